@@ -1,0 +1,6 @@
+//! The ingest Lambda function. Its logic is `charlie::stages`; this only hands it to the runtime.
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_runtime::Error> {
+    charlie::stages::run_lambda("ingest").await
+}

@@ -1,0 +1,117 @@
+# The Charlie module applied to a local AWS emulator (moto by default, LocalStack works too).
+# Lambda code cannot run in the emulator: event source mappings are created disabled and the local
+# runner (localstack/) consumes the queues, fires the schedules and serves the API routes.
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "= 5.100.0"
+    }
+  }
+}
+
+variable "endpoint" {
+  description = "The emulator's URL, e.g. http://127.0.0.1:4566"
+  type        = string
+}
+
+variable "region" {
+  type    = string
+  default = "eu-west-2"
+}
+
+variable "name_prefix" {
+  type    = string
+  default = "charlie-local"
+}
+
+variable "lambda_zip_dir" {
+  type = string
+}
+
+variable "config_file" {
+  type = string
+}
+
+variable "graph_base_url" {
+  type = string
+}
+
+variable "graph_token_url" {
+  type = string
+}
+
+variable "mailboxes" {
+  type    = list(string)
+  default = ["ops-reports@contoso.example/inbox"]
+}
+
+variable "sender" {
+  type    = string
+  default = "reports@charlie.example"
+}
+
+variable "reports" {
+  type = map(object({ cron = string, timezone = string }))
+  default = {
+    call_centre_daily = { cron = "cron(0 6 * * ? *)", timezone = "Europe/London" }
+  }
+}
+
+provider "aws" {
+  region                      = var.region
+  access_key                  = "test"
+  secret_key                  = "test"
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  skip_region_validation      = true
+  s3_use_path_style           = true
+
+  endpoints {
+    apigatewayv2   = var.endpoint
+    cloudwatch     = var.endpoint
+    cloudwatchlogs = var.endpoint
+    dynamodb       = var.endpoint
+    iam            = var.endpoint
+    lambda         = var.endpoint
+    s3             = var.endpoint
+    scheduler      = var.endpoint
+    secretsmanager = var.endpoint
+    ses            = var.endpoint
+    sesv2          = var.endpoint
+    sqs            = var.endpoint
+    sts            = var.endpoint
+  }
+}
+
+module "charlie" {
+  source = "../../modules/charlie"
+
+  name_prefix                   = var.name_prefix
+  lambda_zip_dir                = var.lambda_zip_dir
+  config_file                   = var.config_file
+  sender                        = var.sender
+  mailboxes                     = var.mailboxes
+  graph_base_url                = var.graph_base_url
+  graph_token_url               = var.graph_token_url
+  reports                       = var.reports
+  event_source_mappings_enabled = false
+  log_level                     = "info,charlie=debug"
+
+  # Local-only credentials for the fake Graph; never real ones.
+  graph_credentials    = { client_id = "charlie-local", client_secret = "local-fake-graph-secret" }
+  webhook_client_state = "local-client-state"
+}
+
+output "deployment" {
+  value = {
+    bucket         = module.charlie.bucket
+    rows_table     = module.charlie.rows_table
+    state_table    = module.charlie.state_table
+    queue_urls     = module.charlie.queue_urls
+    dlq_urls       = module.charlie.dlq_urls
+    function_names = module.charlie.function_names
+    api_id         = module.charlie.api_id
+  }
+}

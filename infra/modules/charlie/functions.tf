@@ -1,0 +1,105 @@
+resource "aws_iam_role" "fn" {
+  for_each = local.functions
+  name     = "${local.p}-${each.key}"
+  assume_role_policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [{
+      Effect    = "Allow"
+      Principal = { Service = "lambda.amazonaws.com" }
+      Action    = "sts:AssumeRole"
+    }]
+  })
+}
+
+locals {
+  logs_statement = {
+    Effect   = "Allow"
+    Action   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    Resource = "arn:aws:logs:${local.region}:${local.account_id}:log-group:/aws/lambda/${local.p}-*:*"
+  }
+  read_config = {
+    Effect   = "Allow"
+    Action   = ["s3:GetObject"]
+    Resource = "${aws_s3_bucket.data.arn}/config/*"
+  }
+  read_graph_secret = {
+    Effect   = "Allow"
+    Action   = ["secretsmanager:GetSecretValue"]
+    Resource = aws_secretsmanager_secret.graph.arn
+  }
+  consume = { for q in ["inbound", "mail"] : q => {
+    Effect   = "Allow"
+    Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
+    Resource = aws_sqs_queue.main[q].arn
+  } }
+  send = { for q in keys(local.queues) : q => {
+    Effect   = "Allow"
+    Action   = ["sqs:SendMessage"]
+    Resource = aws_sqs_queue.main[q].arn
+  } }
+  state_rw = {
+    Effect   = "Allow"
+    Action   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"]
+    Resource = [aws_dynamodb_table.state.arn, "${aws_dynamodb_table.state.arn}/index/*"]
+  }
+
+  # Least privilege: each function gets only what its stage does.
+  policies = {
+    graph-webhook = [
+      local.logs_statement,
+      local.send["inbound"],
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.client_state.arn },
+    ]
+    poller = [
+      local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw, local.send["inbound"],
+    ]
+    ingest = [
+      local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw,
+      local.consume["inbound"], local.send["outbound"],
+      { Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject"], Resource = ["${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/inbox/*"] },
+      { Effect = "Allow", Action = ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"], Resource = aws_dynamodb_table.rows.arn },
+    ]
+    report-builder = [
+      local.logs_statement, local.read_config, local.state_rw, local.send["mail"],
+      { Effect = "Allow", Action = ["s3:PutObject"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
+      { Effect = "Allow", Action = ["dynamodb:Query"], Resource = aws_dynamodb_table.rows.arn },
+    ]
+    mailer = [
+      local.logs_statement, local.read_config, local.state_rw, local.consume["mail"],
+      { Effect = "Allow", Action = ["s3:GetObject"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
+      { Effect = "Allow", Action = ["ses:SendEmail", "ses:SendRawEmail"], Resource = "*" },
+    ]
+  }
+}
+
+resource "aws_iam_role_policy" "fn" {
+  for_each = local.functions
+  name     = "${local.p}-${each.key}"
+  role     = aws_iam_role.fn[each.key].id
+  policy   = jsonencode({ Version = "2012-10-17", Statement = local.policies[each.key] })
+}
+
+resource "aws_cloudwatch_log_group" "fn" {
+  for_each          = local.functions
+  name              = "/aws/lambda/${local.p}-${each.key}"
+  retention_in_days = 30
+}
+
+resource "aws_lambda_function" "fn" {
+  for_each         = local.functions
+  function_name    = "${local.p}-${each.key}"
+  role             = aws_iam_role.fn[each.key].arn
+  runtime          = "provided.al2023"
+  handler          = "bootstrap"
+  architectures    = [var.lambda_architecture]
+  filename         = "${var.lambda_zip_dir}/${each.key}.zip"
+  source_code_hash = filebase64sha256("${var.lambda_zip_dir}/${each.key}.zip")
+  timeout          = var.function_timeouts[each.key]
+  memory_size      = var.function_memory[each.key]
+
+  environment {
+    variables = merge(local.common_env, { CHARLIE_STAGE = each.key }, local.function_env[each.key])
+  }
+
+  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn]
+}

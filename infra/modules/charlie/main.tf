@@ -1,0 +1,59 @@
+terraform {
+  required_version = ">= 1.6"
+  required_providers {
+    aws = {
+      source  = "hashicorp/aws"
+      version = "= 5.100.0"
+    }
+  }
+}
+
+data "aws_caller_identity" "current" {}
+data "aws_region" "current" {}
+
+locals {
+  p          = var.name_prefix
+  account_id = data.aws_caller_identity.current.account_id
+  region     = data.aws_region.current.name
+
+  functions = toset(["graph-webhook", "poller", "ingest", "report-builder", "mailer"])
+
+  # Queue -> the function consuming it (its timeout sets the visibility timeout).
+  queues = {
+    inbound  = { consumer = "ingest", batch_size = 10, window = 0 }
+    outbound = { consumer = null, batch_size = 100, window = 30 }
+    mail     = { consumer = "mailer", batch_size = 5, window = 0 }
+  }
+
+  common_env = {
+    RUST_LOG             = var.log_level
+    CHARLIE_BUCKET       = aws_s3_bucket.data.bucket
+    CHARLIE_CONFIG_KEY   = aws_s3_object.config.key
+    CHARLIE_ROWS_TABLE   = aws_dynamodb_table.rows.name
+    CHARLIE_STATE_TABLE  = aws_dynamodb_table.state.name
+    CHARLIE_GRAPH_SECRET = aws_secretsmanager_secret.graph.name
+    GRAPH_BASE_URL       = var.graph_base_url
+    GRAPH_TOKEN_URL      = var.graph_token_url
+  }
+
+  function_env = {
+    graph-webhook = {
+      CHARLIE_INBOUND_QUEUE_URL   = aws_sqs_queue.main["inbound"].url
+      CHARLIE_CLIENT_STATE_SECRET = aws_secretsmanager_secret.client_state.name
+    }
+    poller = {
+      CHARLIE_INBOUND_QUEUE_URL = aws_sqs_queue.main["inbound"].url
+      CHARLIE_MAILBOXES         = join(",", var.mailboxes)
+    }
+    ingest = {
+      CHARLIE_OUTBOUND_QUEUE_URL = aws_sqs_queue.main["outbound"].url
+    }
+    report-builder = {
+      CHARLIE_MAIL_QUEUE_URL = aws_sqs_queue.main["mail"].url
+    }
+    mailer = {
+      CHARLIE_SENDER         = var.sender
+      CHARLIE_SES_CONFIG_SET = aws_ses_configuration_set.main.name
+    }
+  }
+}

@@ -1,0 +1,109 @@
+variable "name_prefix" {
+  description = "Prefix of every resource name; one deployment per prefix and account/region."
+  type        = string
+  default     = "charlie"
+}
+
+variable "lambda_zip_dir" {
+  description = "Folder holding one <function>.zip per function (bootstrap inside), built from the workspace."
+  type        = string
+}
+
+variable "lambda_architecture" {
+  description = "x86_64 or arm64, matching how the zips were built."
+  type        = string
+  default     = "x86_64"
+}
+
+variable "config_file" {
+  description = "Path of reports.toml, uploaded to s3://<bucket>/config/reports.toml and read at cold start."
+  type        = string
+}
+
+variable "sender" {
+  description = "From address of report mail; it (or its domain) becomes a verified SES identity."
+  type        = string
+}
+
+variable "mailboxes" {
+  description = "Mailbox folders the poller reads, as \"user@domain/folder\"."
+  type        = list(string)
+}
+
+variable "graph_base_url" {
+  description = "Microsoft Graph base URL (the v1.0 root)."
+  type        = string
+  default     = "https://graph.microsoft.com/v1.0"
+}
+
+variable "graph_token_url" {
+  description = "OAuth2 token endpoint of the tenant (client credentials)."
+  type        = string
+}
+
+variable "graph_credentials" {
+  description = "Graph app credentials as {client_id, client_secret}; null leaves the secret's value to be set out of band."
+  type        = object({ client_id = string, client_secret = string })
+  default     = null
+  sensitive   = true
+}
+
+variable "webhook_client_state" {
+  description = "Graph webhook clientState; null leaves the secret's value to be set out of band."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "reports" {
+  description = "Report schedules: name -> {cron (EventBridge Scheduler expression), timezone (IANA)}; must match reports.toml."
+  type        = map(object({ cron = string, timezone = string }))
+}
+
+variable "poll_schedule" {
+  description = "Schedule expression of the Graph delta poller."
+  type        = string
+  default     = "rate(5 minutes)"
+}
+
+variable "event_source_mappings_enabled" {
+  description = "false against emulators that cannot run Lambda code (moto): the local runner consumes the queues instead."
+  type        = bool
+  default     = true
+}
+
+variable "log_level" {
+  description = "RUST_LOG of every function."
+  type        = string
+  default     = "info"
+}
+
+variable "function_timeouts" {
+  description = "Timeout in seconds per function; queues get visibility = 6 x their consumer's timeout."
+  type        = map(number)
+  default = {
+    graph-webhook  = 10
+    poller         = 120
+    ingest         = 300
+    report-builder = 600
+    mailer         = 60
+  }
+}
+
+variable "function_memory" {
+  description = "Memory in MB per function."
+  type        = map(number)
+  default = {
+    graph-webhook  = 256
+    poller         = 256
+    ingest         = 1024
+    report-builder = 2048
+    mailer         = 512
+  }
+}
+
+variable "max_receive_count" {
+  description = "Receives before a message moves to its dead-letter queue."
+  type        = number
+  default     = 5
+}

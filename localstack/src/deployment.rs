@@ -1,0 +1,167 @@
+//! The deployment as the emulator holds it after `terraform apply`: functions and their
+//! environments, event source mappings, schedules and API routes. The runner follows exactly
+//! this wiring, never a copy of it.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use aws_config::SdkConfig;
+
+#[derive(Debug, Clone)]
+pub struct Function {
+    pub name: String,
+    pub arn: String,
+    pub environment: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueMapping {
+    pub queue_arn: String,
+    pub queue_url: String,
+    pub function_arn: String,
+    pub batch_size: i32,
+    pub enabled: bool,
+    pub report_batch_item_failures: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub name: String,
+    pub expression: String,
+    pub time_zone: Option<String>,
+    pub target_arn: String,
+    pub input: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// `"POST /graph/notifications"`.
+    pub route_key: String,
+    pub api_id: String,
+    pub function_arn: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub functions: Vec<Function>,
+    pub mappings: Vec<QueueMapping>,
+    pub schedules: Vec<Schedule>,
+    pub routes: Vec<Route>,
+}
+
+impl Deployment {
+    /// Reads everything whose name starts with `prefix` back from the emulator.
+    pub async fn read(config: &SdkConfig, prefix: &str) -> anyhow::Result<Self> {
+        let lambda = aws_sdk_lambda::Client::new(config);
+        let sqs = aws_sdk_sqs::Client::new(config);
+        let scheduler = aws_sdk_scheduler::Client::new(config);
+        let apigw = aws_sdk_apigatewayv2::Client::new(config);
+
+        let mut functions = Vec::new();
+        let listed = lambda.list_functions().max_items(1000).send().await.context("listing functions")?;
+        for f in listed.functions() {
+            let Some(name) = f.function_name().filter(|n| n.starts_with(prefix)) else { continue };
+            let conf = lambda.get_function_configuration().function_name(name).send().await?;
+            functions.push(Function {
+                name: name.to_owned(),
+                arn: conf.function_arn().unwrap_or_default().to_owned(),
+                environment: conf
+                    .environment()
+                    .and_then(|e| e.variables())
+                    .cloned()
+                    .unwrap_or_default(),
+            });
+        }
+        let arns: Vec<&str> = functions.iter().map(|f| f.arn.as_str()).collect();
+
+        let mut mappings = Vec::new();
+        // Listing without a filter: moto ignores a short function name as filter.
+        let esms = lambda.list_event_source_mappings().send().await.context("listing event source mappings")?;
+        for m in esms.event_source_mappings() {
+            let function_arn = m.function_arn().unwrap_or_default();
+            if !arns.contains(&function_arn) {
+                continue;
+            }
+            let queue_arn = m.event_source_arn().unwrap_or_default().to_owned();
+            let queue_name = queue_arn.rsplit(':').next().unwrap_or_default();
+            let url = sqs.get_queue_url().queue_name(queue_name).send().await?.queue_url.unwrap_or_default();
+            mappings.push(QueueMapping {
+                queue_arn,
+                queue_url: url,
+                function_arn: function_arn.to_owned(),
+                batch_size: m.batch_size().unwrap_or(10),
+                enabled: m.state().is_some_and(|s| s.eq_ignore_ascii_case("enabled")),
+                report_batch_item_failures: m
+                    .function_response_types()
+                    .iter()
+                    .any(|t| t.as_str() == "ReportBatchItemFailures"),
+            });
+        }
+
+        let mut schedules = Vec::new();
+        let listed = scheduler.list_schedules().name_prefix(prefix).send().await.context("listing schedules")?;
+        for s in listed.schedules() {
+            let name = s.name().unwrap_or_default();
+            let full = scheduler
+                .get_schedule()
+                .name(name)
+                .set_group_name(s.group_name().map(str::to_owned))
+                .send()
+                .await?;
+            let target = full.target().context("a schedule without target")?;
+            schedules.push(Schedule {
+                name: name.to_owned(),
+                expression: full.schedule_expression().unwrap_or_default().to_owned(),
+                time_zone: full.schedule_expression_timezone().map(str::to_owned),
+                target_arn: target.arn().to_owned(),
+                input: target.input().unwrap_or("{}").to_owned(),
+            });
+        }
+
+        let mut routes = Vec::new();
+        let apis = apigw.get_apis().send().await.context("listing HTTP APIs")?;
+        for api in apis.items() {
+            if !api.name().is_some_and(|n| n.starts_with(prefix)) {
+                continue;
+            }
+            let api_id = api.api_id().unwrap_or_default();
+            let integrations = apigw.get_integrations().api_id(api_id).send().await?;
+            let by_id: HashMap<&str, &str> = integrations
+                .items()
+                .iter()
+                .filter_map(|i| Some((i.integration_id()?, i.integration_uri()?)))
+                .collect();
+            for r in apigw.get_routes().api_id(api_id).send().await?.items() {
+                let Some(target) = r.target().and_then(|t| t.strip_prefix("integrations/")) else { continue };
+                let Some(uri) = by_id.get(target) else { continue };
+                routes.push(Route {
+                    route_key: r.route_key().unwrap_or_default().to_owned(),
+                    api_id: api_id.to_owned(),
+                    function_arn: function_arn_of_invoke_uri(uri),
+                });
+            }
+        }
+        Ok(Deployment { functions, mappings, schedules, routes })
+    }
+
+    pub fn function_by_arn(&self, arn: &str) -> Option<&Function> {
+        self.functions.iter().find(|f| f.arn == arn || arn.starts_with(&format!("{}:", f.arn)))
+    }
+}
+
+/// `arn:aws:apigateway:…:lambda:path/2015-03-31/functions/{function arn}/invocations` → the
+/// function's ARN; a plain function ARN is returned as it is.
+fn function_arn_of_invoke_uri(uri: &str) -> String {
+    uri.split_once("/functions/")
+        .map(|(_, rest)| rest.trim_end_matches("/invocations").to_owned())
+        .unwrap_or_else(|| uri.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn invoke_uris_name_their_function() {
+        let uri = "arn:aws:apigateway:eu-west-2:lambda:path/2015-03-31/functions/arn:aws:lambda:eu-west-2:123456789012:function:x/invocations";
+        assert_eq!(super::function_arn_of_invoke_uri(uri), "arn:aws:lambda:eu-west-2:123456789012:function:x");
+    }
+}

@@ -1,0 +1,126 @@
+//! The AWS emulator (moto server, through `localstack/moto_server.py`) on a free port, stopped
+//! when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::project;
+
+pub const REGION: &str = "eu-west-2";
+
+pub struct Emulator {
+    child: Child,
+    endpoint: String,
+}
+
+impl Emulator {
+    /// Starts the emulator with the project's Python and waits until it answers.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(&project::python(), &project::root().join("localstack/moto_server.py"))
+    }
+
+    pub fn start_with(python: &Path, script: &Path) -> anyhow::Result<Self> {
+        if !python.exists() {
+            bail!(
+                "{} does not exist: run scripts/demo or scripts/test once (they create the project's virtualenv), or set CHARLIE_PYTHON",
+                python.display()
+            );
+        }
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg("--port")
+            .arg("0")
+            // Lambda functions exist, but moto must never try to run them (no Docker here).
+            .env("MOTO_DOCKER_NETWORK_MODE", "none")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} {}", python.display(), script.display()))?;
+        let stdout = child.stdout.take().context("emulator stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(_) => {
+                let _ = child.kill();
+                bail!("the emulator did not report READY within 60 s");
+            }
+        };
+        let Some(endpoint) = line.trim().strip_prefix("READY ") else {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            bail!("the emulator did not start (first line {line:?}, exit {status:?}); is moto[server] installed for that Python?");
+        };
+        Ok(Emulator { child, endpoint: endpoint.to_owned() })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The environment entries that point an AWS SDK at this emulator.
+    pub fn aws_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_REGION".into(), REGION.into()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+        ]
+    }
+
+    /// An AWS SDK configuration for this emulator.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        let env: charlie::env::Env = self.aws_env().into_iter().collect();
+        charlie::adapters::aws::sdk_config(&env).await
+    }
+
+    /// The raw mail SES accepted, oldest first (moto keeps it in memory).
+    pub async fn sent_raw_mail(&self) -> anyhow::Result<Vec<SentMail>> {
+        let url = format!("{}/moto-api/data.json?service=ses", self.endpoint);
+        let dump: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
+        let raw = dump["ses"]["RawMessage"].as_array().cloned().unwrap_or_default();
+        raw.into_iter()
+            .map(|m| {
+                Ok(SentMail {
+                    id: m["id"].as_str().unwrap_or_default().to_owned(),
+                    source: m["source"].as_str().unwrap_or_default().to_owned(),
+                    destinations: serde_json::from_value(m["destinations"].clone()).unwrap_or_default(),
+                    raw: m["raw_data"].as_str().context("a sent mail without raw_data")?.to_owned(),
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SentMail {
+    pub id: String,
+    pub source: String,
+    pub destinations: Vec<String>,
+    pub raw: String,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        // SIGTERM lets moto shut its server down; kill if it does not go.
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,12 @@
+//! Charlie's local cloud: the AWS emulator (moto, on a free port), the Terraform driver that
+//! applies `infra/envs/local` to it, the local runner that executes the functions in-process as
+//! the deployment wires them (queues, schedules, API routes), and a fake Microsoft Graph mailbox.
+
+pub mod demo;
+pub mod deployment;
+pub mod emulator;
+pub mod fake_graph;
+pub mod packaging;
+pub mod project;
+pub mod runner;
+pub mod terraform;

@@ -1,0 +1,360 @@
+//! The local runner: does what Lambda, the event source mappings, EventBridge Scheduler and API
+//! Gateway do in AWS, for a deployment on an emulator that cannot run Lambda code.
+//!
+//! - Each function is built in-process from its deployed environment (plus the emulator's
+//!   endpoint and credentials, which Lambda's own environment provides in AWS).
+//! - Mapped queues are long-polled with the mapping's batch size; each batch goes to the function
+//!   as a real `SqsEvent`; only the messages it did not report as failed are deleted, so the
+//!   queue's redrive policy moves a poison message to its DLQ after maxReceiveCount receives.
+//!   (Difference from AWS, for speed: a failed message becomes visible again at once instead of
+//!   after the visibility timeout; receive counts and redrive are the queue's own.)
+//! - A schedule fires on request, with `<aws.scheduler.scheduled-time>` filled in as Scheduler does.
+//! - API routes are served on a local port as API Gateway v2 (payload 2.0) events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use chrono::{DateTime, Utc};
+use charlie::env::Env;
+use charlie::stages::Stage;
+use serde_json::{Value, json};
+
+use crate::deployment::{Deployment, QueueMapping};
+
+pub struct LocalRunner {
+    pub deployment: Deployment,
+    stages: HashMap<String, Arc<Stage>>,
+    sqs: aws_sdk_sqs::Client,
+    region: String,
+}
+
+/// What draining the queues did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DrainStats {
+    pub batches: u32,
+    pub messages: u32,
+    pub failures: u32,
+}
+
+impl LocalRunner {
+    /// Builds every deployed function from its environment plus `aws_env` (endpoint, region,
+    /// credentials).
+    pub async fn new(deployment: Deployment, config: &aws_config::SdkConfig, aws_env: &[(String, String)]) -> anyhow::Result<Self> {
+        let mut stages = HashMap::new();
+        for f in &deployment.functions {
+            let mut env: Env = f.environment.clone().into_iter().collect();
+            env.extend(aws_env.iter().cloned());
+            let stage_name = env
+                .get("CHARLIE_STAGE")
+                .with_context(|| format!("function {} has no CHARLIE_STAGE", f.name))?
+                .to_owned();
+            let stage = Stage::from_env(&stage_name, &env)
+                .await
+                .with_context(|| format!("cold start of {}", f.name))?;
+            stages.insert(f.arn.clone(), Arc::new(stage));
+        }
+        let region = aws_env
+            .iter()
+            .find(|(k, _)| k == "AWS_REGION")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "eu-west-2".into());
+        Ok(LocalRunner { deployment, stages, sqs: aws_sdk_sqs::Client::new(config), region })
+    }
+
+    fn stage(&self, function_arn: &str) -> anyhow::Result<Arc<Stage>> {
+        let f = self
+            .deployment
+            .function_by_arn(function_arn)
+            .with_context(|| format!("no deployed function {function_arn}"))?;
+        Ok(self.stages[&f.arn].clone())
+    }
+
+    /// Invokes a function by name suffix (`"poller"`) with an event.
+    pub async fn invoke(&self, function_suffix: &str, event: Value) -> anyhow::Result<Value> {
+        let f = self
+            .deployment
+            .functions
+            .iter()
+            .find(|f| f.name.ends_with(function_suffix))
+            .with_context(|| format!("no deployed function ending in {function_suffix}"))?;
+        self.stages[&f.arn].invoke(event).await
+    }
+
+    /// Fires the schedule whose name ends in `suffix` as if it ran at `at`.
+    pub async fn fire_schedule(&self, suffix: &str, at: DateTime<Utc>) -> anyhow::Result<Value> {
+        let s = self
+            .deployment
+            .schedules
+            .iter()
+            .find(|s| s.name.ends_with(suffix))
+            .with_context(|| format!("no schedule ending in {suffix}"))?;
+        let input = s
+            .input
+            .replace("<aws.scheduler.scheduled-time>", &at.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .replace("<aws.scheduler.schedule-arn>", &s.name)
+            .replace("<aws.scheduler.execution-id>", &charlie::stages::new_correlation_id());
+        let event: Value = serde_json::from_str(&input).with_context(|| format!("schedule {} input is not JSON", s.name))?;
+        self.stage(&s.target_arn)?.invoke(event).await
+    }
+
+    /// Pumps every mapped queue until one whole round finds them all empty.
+    pub async fn drain(&self) -> anyhow::Result<DrainStats> {
+        let mut total = DrainStats::default();
+        loop {
+            let rounds = futures::future::join_all(self.deployment.mappings.iter().map(|m| self.pump_once(m))).await;
+            let mut round = DrainStats::default();
+            for r in rounds {
+                let r = r?;
+                round.batches += r.batches;
+                round.messages += r.messages;
+                round.failures += r.failures;
+            }
+            total.batches += round.batches;
+            total.messages += round.messages;
+            total.failures += round.failures;
+            if round.messages == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Receives one batch from `m`'s queue (long poll, 1 s) and hands it to its function.
+    async fn pump_once(&self, m: &QueueMapping) -> anyhow::Result<DrainStats> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&m.queue_url)
+            .max_number_of_messages(m.batch_size.clamp(1, 10))
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .with_context(|| format!("receiving from {}", m.queue_url))?;
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return Ok(DrainStats::default());
+        }
+        let records: Vec<Value> = messages.iter().map(|msg| sqs_record(msg, &m.queue_arn, &self.region)).collect();
+        let event = json!({ "Records": records });
+        let stage = self.stage(&m.function_arn)?;
+        let failed: Vec<String> = match stage.invoke(event).await {
+            Ok(resp) if m.report_batch_item_failures => resp["batchItemFailures"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned)).collect())
+                .unwrap_or_default(),
+            Ok(_) => vec![],
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), queue = m.queue_url, "invocation failed: the whole batch stays");
+                messages.iter().filter_map(|x| x.message_id.clone()).collect()
+            }
+        };
+        // An empty identifier fails the whole batch, as Lambda does.
+        let whole_batch = failed.iter().any(String::is_empty);
+        let mut deletes = Vec::new();
+        for (i, msg) in messages.iter().enumerate() {
+            let id = msg.message_id.clone().unwrap_or_default();
+            let handle = msg.receipt_handle.clone().unwrap_or_default();
+            if whole_batch || failed.contains(&id) {
+                self.sqs
+                    .change_message_visibility()
+                    .queue_url(&m.queue_url)
+                    .receipt_handle(handle)
+                    .visibility_timeout(0)
+                    .send()
+                    .await?;
+            } else {
+                deletes.push(DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build()?);
+            }
+        }
+        if !deletes.is_empty() {
+            let out = self
+                .sqs
+                .delete_message_batch()
+                .queue_url(&m.queue_url)
+                .set_entries(Some(deletes))
+                .send()
+                .await?;
+            if !out.failed.is_empty() {
+                bail!("could not delete {} handled messages from {}", out.failed.len(), m.queue_url);
+            }
+        }
+        Ok(DrainStats {
+            batches: 1,
+            messages: messages.len() as u32,
+            failures: if whole_batch { messages.len() as u32 } else { failed.len() as u32 },
+        })
+    }
+
+    /// Serves the deployment's API routes on `addr` (port 0: a free one) until dropped.
+    pub async fn serve_api(self: &Arc<Self>, addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let runner = self.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let runner = runner.clone();
+            async move { runner.api_request(req).await }
+        });
+        let handle = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok((local, handle))
+    }
+
+    async fn api_request(&self, req: axum::extract::Request) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let (parts, body) = req.into_parts();
+        let method = parts.method.as_str().to_owned();
+        let path = parts.uri.path().to_owned();
+        let key = format!("{method} {path}");
+        let Some(route) = self
+            .deployment
+            .routes
+            .iter()
+            .find(|r| r.route_key == key || r.route_key == "$default")
+        else {
+            return (axum::http::StatusCode::NOT_FOUND, axum::Json(json!({"message": "Not Found"}))).into_response();
+        };
+        let body = match axum::body::to_bytes(body, 10 * 1024 * 1024).await {
+            Ok(b) => b,
+            Err(_) => return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+        };
+        let query = parts.uri.query().unwrap_or_default().to_owned();
+        let mut params = serde_json::Map::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            params.insert(decode(k), Value::String(decode(v)));
+        }
+        let mut headers = serde_json::Map::new();
+        for (k, v) in &parts.headers {
+            headers.insert(k.as_str().to_owned(), Value::String(v.to_str().unwrap_or_default().to_owned()));
+        }
+        let text = std::str::from_utf8(&body).ok().map(str::to_owned);
+        let now = Utc::now();
+        let event = json!({
+            "version": "2.0",
+            "routeKey": route.route_key,
+            "rawPath": path,
+            "rawQueryString": query,
+            "headers": headers,
+            "queryStringParameters": params,
+            "requestContext": {
+                "accountId": "123456789012", "apiId": route.api_id, "domainName": "localhost",
+                "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": ""},
+                "requestId": charlie::stages::new_correlation_id(), "routeKey": route.route_key, "stage": "$default",
+                "time": now.format("%d/%b/%Y:%H:%M:%S +0000").to_string(), "timeEpoch": now.timestamp_millis(),
+            },
+            "body": text.clone().unwrap_or_else(|| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body)),
+            "isBase64Encoded": text.is_none(),
+        });
+        let result = match self.stage(&route.function_arn) {
+            Ok(stage) => stage.invoke(event).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(resp) => {
+                let status = resp["statusCode"].as_u64().unwrap_or(200) as u16;
+                let mut builder = axum::http::Response::builder().status(status);
+                if let Some(h) = resp["headers"].as_object() {
+                    for (k, v) in h {
+                        if let Some(v) = v.as_str() {
+                            builder = builder.header(k, v);
+                        }
+                    }
+                }
+                let body = resp["body"].as_str().unwrap_or_default().to_owned();
+                builder.body(axum::body::Body::from(body)).unwrap_or_default().into_response()
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "API invocation failed");
+                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"message": "Internal Server Error"}))).into_response()
+            }
+        }
+    }
+}
+
+/// An SQS message as a Lambda `SqsEvent` record.
+fn sqs_record(msg: &aws_sdk_sqs::types::Message, queue_arn: &str, region: &str) -> Value {
+    let attributes: serde_json::Map<String, Value> = msg
+        .attributes()
+        .map(|a| a.iter().map(|(k, v)| (k.as_str().to_owned(), Value::String(v.clone()))).collect())
+        .unwrap_or_default();
+    let message_attributes: serde_json::Map<String, Value> = msg
+        .message_attributes()
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| {
+                    (k.clone(), json!({
+                        "stringValue": v.string_value(), "dataType": v.data_type(),
+                        "stringListValues": [], "binaryListValues": [],
+                    }))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "messageId": msg.message_id(),
+        "receiptHandle": msg.receipt_handle(),
+        "body": msg.body(),
+        "attributes": attributes,
+        "messageAttributes": message_attributes,
+        "md5OfBody": msg.md5_of_body(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    })
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Waits up to `timeout` for `f` to return `Some`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_url_decoded() {
+        assert_eq!(super::decode("Validation%3A+Testing%20client"), "Validation: Testing client");
+        assert_eq!(super::decode("100%"), "100%");
+    }
+}

@@ -1,0 +1,335 @@
+//! `RowStore`: the DynamoDB `rows` table. pk `"{dataset}#{yyyy-mm-dd}"`, sk the row's key, the
+//! row's columns in the map `cols`, its source mail in `src`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
+use crate::csv_ingest::KeyedRow;
+use crate::definitions::{ColumnType, Dataset, OnDuplicate};
+use crate::value::{Row, Value};
+
+use super::retry::backoff;
+
+/// DynamoDB's BatchWriteItem limit.
+pub const WRITE_BATCH: usize = 25;
+/// DynamoDB's BatchGetItem limit.
+pub const GET_BATCH: usize = 100;
+const MAX_ATTEMPTS: u32 = 8;
+
+#[derive(Clone, Debug)]
+pub struct RowStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+/// What storing a file's rows did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOutcome {
+    pub new: u64,
+    /// Rows whose key was already stored (kept as stored, or replaced if the dataset says so).
+    pub duplicate: u64,
+}
+
+/// A stored row as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub key: String,
+    pub values: Row,
+    pub source: String,
+}
+
+pub fn partition_key(dataset: &str, date: NaiveDate) -> String {
+    format!("{dataset}#{}", date.format("%Y-%m-%d"))
+}
+
+impl RowStore {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
+        RowStore { client, table: table.into() }
+    }
+
+    /// Stores each row once. With `keep_first`, rows already stored are left as they are and
+    /// counted as duplicates; with `replace`, they are overwritten.
+    pub async fn store(
+        &self,
+        dataset_name: &str,
+        dataset: &Dataset,
+        rows: &[KeyedRow],
+        source: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<StoreOutcome> {
+        let existing = self.existing_keys(dataset_name, rows).await?;
+        let mut outcome = StoreOutcome::default();
+        let mut writes = Vec::new();
+        for row in rows {
+            let pk = partition_key(dataset_name, row.date);
+            let stored = existing.contains(&(pk.clone(), row.key.clone()));
+            if stored {
+                outcome.duplicate += 1;
+                if dataset.on_duplicate == OnDuplicate::KeepFirst {
+                    continue;
+                }
+            } else {
+                outcome.new += 1;
+            }
+            let item = to_item(pk, &row.key, dataset, &row.values, source, now);
+            let put = PutRequest::builder().set_item(Some(item)).build()?;
+            writes.push(WriteRequest::builder().put_request(put).build());
+        }
+        for chunk in writes.chunks(WRITE_BATCH) {
+            let table = self.table.clone();
+            write_all(chunk.to_vec(), |batch| {
+                let client = self.client.clone();
+                let table = table.clone();
+                async move {
+                    let out = client
+                        .batch_write_item()
+                        .request_items(&table, batch)
+                        .send()
+                        .await
+                        .context("BatchWriteItem on the rows table")?;
+                    Ok(out
+                        .unprocessed_items
+                        .and_then(|mut m| m.remove(&table))
+                        .unwrap_or_default())
+                }
+            })
+            .await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn existing_keys(
+        &self,
+        dataset_name: &str,
+        rows: &[KeyedRow],
+    ) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in rows.chunks(GET_BATCH) {
+            let mut pending: Vec<HashMap<String, AttributeValue>> = chunk
+                .iter()
+                .map(|r| key_item(partition_key(dataset_name, r.date), &r.key))
+                .collect();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                let keys = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .projection_expression("pk, sk")
+                    .build()?;
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, keys)
+                    .send()
+                    .await
+                    .context("BatchGetItem on the rows table")?;
+                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
+                    if let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) = (item.get("pk"), item.get("sk")) {
+                        found.insert((pk.clone(), sk.clone()));
+                    }
+                }
+                pending = out
+                    .unprocessed_keys
+                    .and_then(|mut m| m.remove(&self.table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if !pending.is_empty() {
+                    attempt += 1;
+                    if attempt >= MAX_ATTEMPTS {
+                        bail!("BatchGetItem left {} keys unprocessed after {attempt} attempts", pending.len());
+                    }
+                    tokio::time::sleep(backoff(attempt, Duration::from_millis(50), Duration::from_secs(2))).await;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every stored row of `dataset` on `date`, in key order.
+    pub async fn rows_for_day(
+        &self,
+        dataset_name: &str,
+        dataset: &Dataset,
+        date: NaiveDate,
+    ) -> anyhow::Result<Vec<StoredRow>> {
+        let pk = partition_key(dataset_name, date);
+        let mut out = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .with_context(|| format!("querying rows of {pk}"))?;
+            for item in page.items() {
+                out.push(from_item(dataset, item).with_context(|| format!("reading a stored row of {pk}"))?);
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Writes `items` with BatchWriteItem through `send` (which returns the unprocessed ones),
+/// retrying what DynamoDB left unprocessed with jittered backoff until none remain.
+pub async fn write_all<F, Fut>(items: Vec<WriteRequest>, mut send: F) -> anyhow::Result<()>
+where
+    F: FnMut(Vec<WriteRequest>) -> Fut,
+    Fut: Future<Output = anyhow::Result<Vec<WriteRequest>>>,
+{
+    let mut pending = items;
+    let mut attempt = 0;
+    while !pending.is_empty() {
+        pending = send(pending).await?;
+        if pending.is_empty() {
+            break;
+        }
+        attempt += 1;
+        if attempt >= MAX_ATTEMPTS {
+            bail!("BatchWriteItem left {} items unprocessed after {attempt} attempts", pending.len());
+        }
+        tokio::time::sleep(backoff(attempt, Duration::from_millis(50), Duration::from_secs(2))).await;
+    }
+    Ok(())
+}
+
+fn key_item(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(pk)),
+        ("sk".to_owned(), AttributeValue::S(sk.to_owned())),
+    ])
+}
+
+fn to_item(
+    pk: String,
+    key: &str,
+    dataset: &Dataset,
+    values: &Row,
+    source: &str,
+    now: DateTime<Utc>,
+) -> HashMap<String, AttributeValue> {
+    let cols: HashMap<String, AttributeValue> = dataset
+        .columns
+        .iter()
+        .zip(values)
+        .filter_map(|(c, v)| v.as_ref().map(|v| (c.name.clone(), to_attr(v))))
+        .collect();
+    let mut item = key_item(pk, key);
+    item.insert("cols".into(), AttributeValue::M(cols));
+    item.insert("src".into(), AttributeValue::S(source.to_owned()));
+    item.insert("ingested_at".into(), AttributeValue::S(now.to_rfc3339()));
+    item
+}
+
+fn to_attr(v: &Value) -> AttributeValue {
+    match v {
+        Value::Int(i) => AttributeValue::N(i.to_string()),
+        Value::Dec(d) => AttributeValue::N(d.to_string()),
+        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Text(s) => AttributeValue::S(s.clone()),
+        Value::DateTime(t) => AttributeValue::S(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
+        Value::Date(d) => AttributeValue::S(d.format("%Y-%m-%d").to_string()),
+    }
+}
+
+fn from_item(dataset: &Dataset, item: &HashMap<String, AttributeValue>) -> anyhow::Result<StoredRow> {
+    let key = match item.get("sk") {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => bail!("item without a string sk"),
+    };
+    let source = match item.get("src") {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let empty = HashMap::new();
+    let cols = match item.get("cols") {
+        Some(AttributeValue::M(m)) => m,
+        _ => &empty,
+    };
+    let mut values = Vec::with_capacity(dataset.columns.len());
+    for c in &dataset.columns {
+        let v = match cols.get(&c.name) {
+            None | Some(AttributeValue::Null(_)) => None,
+            Some(attr) => Some(from_attr(c.kind, attr).with_context(|| format!("column {}", c.name))?),
+        };
+        values.push(v);
+    }
+    Ok(StoredRow { key, values, source })
+}
+
+fn from_attr(kind: ColumnType, attr: &AttributeValue) -> anyhow::Result<Value> {
+    Ok(match (kind, attr) {
+        (ColumnType::Integer | ColumnType::Duration, AttributeValue::N(n)) => Value::Int(n.parse()?),
+        (ColumnType::Decimal, AttributeValue::N(n)) => Value::Dec(n.parse()?),
+        (ColumnType::Boolean, AttributeValue::Bool(b)) => Value::Bool(*b),
+        (ColumnType::Datetime, AttributeValue::S(s)) => {
+            Value::DateTime(NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")?)
+        }
+        (ColumnType::Date, AttributeValue::S(s)) => Value::Date(NaiveDate::parse_from_str(s, "%Y-%m-%d")?),
+        (ColumnType::Text, AttributeValue::S(s)) => Value::Text(s.clone()),
+        (kind, other) => bail!("stored as {other:?}, which does not fit type {kind:?}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn put(n: usize) -> WriteRequest {
+        let item = key_item(format!("d#{n}"), "k");
+        WriteRequest::builder()
+            .put_request(PutRequest::builder().set_item(Some(item)).build().unwrap())
+            .build()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unprocessed_items_are_retried_until_written() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        // DynamoDB accepts only the first two items of each call.
+        write_all((0..5).map(put).collect(), move |batch| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(batch.len());
+                Ok(batch.into_iter().skip(2).collect())
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(*calls.lock().unwrap(), vec![5, 3, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_never_drains_fails_loudly() {
+        let err = write_all(vec![put(1)], |batch| async move { Ok(batch) }).await.unwrap_err();
+        assert!(err.to_string().contains("1 items unprocessed"), "{err}");
+    }
+
+    #[test]
+    fn values_round_trip_through_attributes() {
+        let cases = [
+            (ColumnType::Integer, Value::Int(-42)),
+            (ColumnType::Decimal, Value::Dec(1.25)),
+            (ColumnType::Boolean, Value::Bool(true)),
+            (ColumnType::Text, Value::Text("=SUM(A1)".into())),
+            (ColumnType::Datetime, Value::DateTime("2024-03-14T09:00:00".parse().unwrap())),
+            (ColumnType::Date, Value::Date("2024-03-14".parse().unwrap())),
+        ];
+        for (kind, v) in cases {
+            assert_eq!(from_attr(kind, &to_attr(&v)).unwrap(), v);
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! CSV attachment → typed, keyed, deduplicated rows, per a dataset's definition. Pure: bytes in,
+//! rows and rejects out; storage decides what is new.
+
+use std::collections::HashSet;
+
+use chrono::{NaiveDate, NaiveDateTime};
+use sha2::{Digest, Sha256};
+
+use crate::definitions::{ColumnType, Dataset};
+use crate::value::{Row, Value};
+
+/// Keys longer than this are stored as their SHA-256 (DynamoDB sort keys are at most 1 KiB).
+const MAX_PLAIN_KEY: usize = 512;
+/// Separates key column values inside a row key; a control character no export uses.
+const KEY_SEPARATOR: char = '\u{1f}';
+
+/// A row ready to store: its key within the day, the day, and its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyedRow {
+    pub key: String,
+    pub date: NaiveDate,
+    pub values: Row,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Reject {
+    /// 1-based line of the file where the record starts.
+    pub line: u64,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct ParsedAttachment {
+    pub encoding: &'static str,
+    pub delimiter: char,
+    /// Data records read (excluding the header).
+    pub rows_total: u64,
+    /// Unique, valid rows in file order (first occurrence of each key).
+    pub rows: Vec<KeyedRow>,
+    /// Valid rows whose key repeated an earlier row of the same file.
+    pub duplicates: u64,
+    pub rejects: Vec<Reject>,
+}
+
+/// Why a whole attachment cannot be used; it goes to quarantine with this reason.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Unusable {
+    #[error("the file is empty")]
+    Empty,
+    #[error("required columns missing from the header: {}", .0.join(", "))]
+    MissingColumns(Vec<String>),
+    #[error("not readable as CSV: {0}")]
+    Malformed(String),
+}
+
+/// Parses one attachment for `dataset`.
+pub fn parse_attachment(dataset: &Dataset, bytes: &[u8]) -> Result<ParsedAttachment, Unusable> {
+    let (text, encoding) = decode(bytes);
+    if text.trim().is_empty() {
+        return Err(Unusable::Empty);
+    }
+    let delimiter = dataset
+        .csv
+        .delimiter
+        .unwrap_or_else(|| sniff_delimiter(&text));
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter as u8)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text.as_bytes());
+
+    let mut records = reader.records();
+    let header = match records.next() {
+        None => return Err(Unusable::Empty),
+        Some(Err(e)) => return Err(Unusable::Malformed(e.to_string())),
+        Some(Ok(h)) => h,
+    };
+    // Position of each declared column in the file, matching names ignoring case and spaces.
+    let positions: Vec<Option<usize>> = dataset
+        .columns
+        .iter()
+        .map(|c| {
+            header
+                .iter()
+                .position(|h| h.trim().eq_ignore_ascii_case(c.name.trim()))
+        })
+        .collect();
+    let key_idx: Vec<usize> = dataset
+        .key
+        .iter()
+        .filter_map(|k| dataset.column(k).map(|(i, _)| i))
+        .collect();
+    let missing: Vec<String> = dataset
+        .columns
+        .iter()
+        .zip(&positions)
+        .filter(|(c, p)| p.is_none() && (c.required || key_idx_contains(dataset, &c.name)))
+        .map(|(c, _)| c.name.clone())
+        .collect();
+    if !missing.is_empty() {
+        return Err(Unusable::MissingColumns(missing));
+    }
+    let date_idx = dataset
+        .column(&dataset.date_column)
+        .map(|(i, _)| i)
+        .expect("validated definitions declare the date column");
+
+    let mut out = ParsedAttachment {
+        encoding,
+        delimiter,
+        rows_total: 0,
+        rows: Vec::new(),
+        duplicates: 0,
+        rejects: Vec::new(),
+    };
+    let mut seen: HashSet<(NaiveDate, String)> = HashSet::new();
+    for record in records {
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let line = e.position().map_or(0, |p| line_of(&text, p));
+                out.rows_total += 1;
+                out.rejects.push(Reject {
+                    line,
+                    reason: format!("unreadable record: {e}"),
+                });
+                continue;
+            }
+        };
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue; // blank or separator-only line: not a record
+        }
+        out.rows_total += 1;
+        let line = record.position().map_or(0, |p| line_of(&text, p));
+        match typed_row(dataset, &positions, &record) {
+            Err(reason) => out.rejects.push(Reject { line, reason }),
+            Ok(values) => {
+                let Some(date) = row_date(values[date_idx].as_ref()) else {
+                    out.rejects.push(Reject {
+                        line,
+                        reason: format!("column {} is empty", dataset.date_column),
+                    });
+                    continue;
+                };
+                let key = match row_key(dataset, &key_idx, &values) {
+                    Ok(k) => k,
+                    Err(reason) => {
+                        out.rejects.push(Reject { line, reason });
+                        continue;
+                    }
+                };
+                if seen.insert((date, key.clone())) {
+                    out.rows.push(KeyedRow { key, date, values });
+                } else {
+                    out.duplicates += 1;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The 1-based line where a record starts. After a CRLF the csv reader has not yet consumed the
+/// `\n` when it stamps the next record's position, so its line count is one behind there.
+fn line_of(text: &str, pos: &csv::Position) -> u64 {
+    match text.as_bytes().get(pos.byte() as usize) {
+        Some(b'\n') => pos.line() + 1,
+        _ => pos.line(),
+    }
+}
+
+fn key_idx_contains(dataset: &Dataset, name: &str) -> bool {
+    dataset.key.iter().any(|k| k.trim().eq_ignore_ascii_case(name.trim()))
+}
+
+fn typed_row(
+    dataset: &Dataset,
+    positions: &[Option<usize>],
+    record: &csv::StringRecord,
+) -> Result<Row, String> {
+    let mut row = Vec::with_capacity(dataset.columns.len());
+    for (col, pos) in dataset.columns.iter().zip(positions) {
+        let raw = pos.and_then(|p| record.get(p)).unwrap_or("");
+        if raw.is_empty() {
+            if col.required {
+                return Err(format!("column {} is required but empty", col.name));
+            }
+            row.push(None);
+            continue;
+        }
+        let value = parse_value(col.kind, col.format.as_deref(), raw)
+            .map_err(|what| format!("column {}: {raw:?} is not {what}", col.name))?;
+        row.push(Some(value));
+    }
+    Ok(row)
+}
+
+/// Parses one non-empty field. Text is kept exactly as received (only an empty field is missing).
+pub fn parse_value(kind: ColumnType, format: Option<&str>, raw: &str) -> Result<Value, &'static str> {
+    let t = raw.trim();
+    match kind {
+        ColumnType::Text => Ok(Value::Text(raw.to_owned())),
+        ColumnType::Integer => t.parse().map(Value::Int).map_err(|_| "an integer"),
+        ColumnType::Decimal => t
+            .parse::<f64>()
+            .ok()
+            .filter(|d| d.is_finite())
+            .map(Value::Dec)
+            .ok_or("a decimal number"),
+        ColumnType::Boolean => match t.to_ascii_lowercase().as_str() {
+            "true" | "yes" | "y" | "1" => Ok(Value::Bool(true)),
+            "false" | "no" | "n" | "0" => Ok(Value::Bool(false)),
+            _ => Err("a boolean"),
+        },
+        ColumnType::Date => {
+            NaiveDate::parse_from_str(t, format.unwrap_or("%Y-%m-%d"))
+                .map(Value::Date)
+                .map_err(|_| "a date")
+        }
+        ColumnType::Datetime => parse_datetime(t, format)
+            .map(Value::DateTime)
+            .ok_or("a date and time"),
+        ColumnType::Duration => parse_duration(t).map(Value::Int).ok_or("a duration"),
+    }
+}
+
+fn parse_datetime(t: &str, format: Option<&str>) -> Option<NaiveDateTime> {
+    match format {
+        Some(f) => NaiveDateTime::parse_from_str(t, f).ok(),
+        None => ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+            .iter()
+            .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok()),
+    }
+}
+
+/// Whole seconds from `123`, `123.0`, `mm:ss` or `hh:mm:ss`.
+fn parse_duration(t: &str) -> Option<i64> {
+    if let Ok(s) = t.parse::<i64>() {
+        return (s >= 0).then_some(s);
+    }
+    if !t.contains(':') {
+        return t.parse::<f64>().ok().filter(|s| *s >= 0.0).map(|s| s.round() as i64);
+    }
+    let parts: Vec<&str> = t.split(':').collect();
+    if parts.len() > 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    parts.iter().try_fold(0i64, |acc, p| Some(acc * 60 + p.parse::<i64>().ok()?))
+}
+
+fn row_date(value: Option<&Value>) -> Option<NaiveDate> {
+    match value? {
+        Value::DateTime(t) => Some(t.date()),
+        Value::Date(d) => Some(*d),
+        _ => None,
+    }
+}
+
+fn row_key(dataset: &Dataset, key_idx: &[usize], values: &Row) -> Result<String, String> {
+    let mut key = String::new();
+    for (n, &i) in key_idx.iter().enumerate() {
+        let v = values[i]
+            .as_ref()
+            .ok_or_else(|| format!("key column {} is empty", dataset.columns[i].name))?;
+        if n > 0 {
+            key.push(KEY_SEPARATOR);
+        }
+        key.push_str(&v.display());
+    }
+    if key.len() > MAX_PLAIN_KEY {
+        key = format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())));
+    }
+    Ok(key)
+}
+
+/// Decodes the bytes of an export: UTF-8 (BOM dropped), UTF-16 with BOM, else Windows-1252.
+pub fn decode(bytes: &[u8]) -> (String, &'static str) {
+    if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
+        return (String::from_utf8_lossy(rest).into_owned(), "utf-8-bom");
+    }
+    if let Some(rest) = bytes.strip_prefix(b"\xFF\xFE") {
+        return (utf16(rest, u16::from_le_bytes), "utf-16le");
+    }
+    if let Some(rest) = bytes.strip_prefix(b"\xFE\xFF") {
+        return (utf16(rest, u16::from_be_bytes), "utf-16be");
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), "utf-8"),
+        Err(_) => (bytes.iter().map(|&b| windows_1252(b)).collect(), "windows-1252"),
+    }
+}
+
+fn utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16) -> String {
+    let units = bytes.chunks_exact(2).map(|c| unit([c[0], c[1]]));
+    char::decode_utf16(units)
+        .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
+        .collect()
+}
+
+/// Windows-1252: Latin-1 but for 0x80–0x9F, which hold typographic characters.
+fn windows_1252(b: u8) -> char {
+    const HIGH: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
+        '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}',
+        'ž', 'Ÿ',
+    ];
+    match b {
+        0x80..=0x9F => HIGH[usize::from(b - 0x80)],
+        _ => char::from(b),
+    }
+}
+
+/// The delimiter among `,` `;` tab `|` that occurs most often outside quotes in the header line.
+pub fn sniff_delimiter(text: &str) -> char {
+    let mut counts = [0usize; 4];
+    let candidates = [',', ';', '\t', '|'];
+    let mut quoted = false;
+    for ch in text.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            '\n' | '\r' if !quoted => break,
+            _ if !quoted => {
+                if let Some(i) = candidates.iter().position(|&c| c == ch) {
+                    counts[i] += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let best = (0..4).max_by_key(|&i| (counts[i], std::cmp::Reverse(i))).unwrap_or(0);
+    if counts[best] == 0 { ',' } else { candidates[best] }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definitions::Definitions;
+
+    fn defs() -> Definitions {
+        Definitions::parse(include_str!("../../reports.toml")).unwrap()
+    }
+
+    const HEADER: &str = "call_id,agent_id,agent_name,queue,started_at,answered_at,ended_at,duration_seconds,wait_seconds,disposition,caller_number,notes";
+
+    fn csv(rows: &[&str]) -> String {
+        let mut s = String::from(HEADER);
+        for r in rows {
+            s.push_str("\r\n");
+            s.push_str(r);
+        }
+        s.push_str("\r\n");
+        s
+    }
+
+    #[test]
+    fn bom_is_dropped_and_never_reaches_the_first_header() {
+        let d = defs();
+        let text = format!("\u{feff}{}", csv(&["c1,A1,Ann,Sales,2024-03-14T09:00:00,,2024-03-14T09:01:00,0,60,ABANDONED,,"]));
+        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        assert_eq!(parsed.encoding, "utf-8-bom");
+        assert_eq!(parsed.rows.len(), 1);
+        assert_eq!(parsed.rows[0].key, "c1");
+    }
+
+    #[test]
+    fn duplicate_keys_in_one_file_keep_the_first_row() {
+        let d = defs();
+        let text = csv(&[
+            "c1,A1,Ann,Sales,2024-03-14T09:00:00,,2024-03-14T09:01:00,0,60,ABANDONED,,first",
+            "c2,A1,Ann,Sales,2024-03-14T10:00:00,,2024-03-14T10:01:00,0,60,ABANDONED,,",
+            "c1,A1,Ann,Sales,2024-03-14T09:00:00,,2024-03-14T09:01:00,0,60,ABANDONED,,edited later",
+        ]);
+        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        assert_eq!(parsed.rows_total, 3);
+        assert_eq!(parsed.rows.len(), 2);
+        assert_eq!(parsed.duplicates, 1);
+        assert_eq!(parsed.rows[0].values[11], Some(Value::Text("first".into())));
+    }
+
+    #[test]
+    fn quoted_fields_keep_delimiters_quotes_and_newlines() {
+        let d = defs();
+        let text = csv(&["c1,A1,\"O'Brien, Jr.\",Sales,2024-03-14T09:00:00,,,0,1,X,0049 30 1234567,\"said \"\"hi\"\"\r\nthen left\""]);
+        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let row = &parsed.rows[0].values;
+        assert_eq!(row[2], Some(Value::Text("O'Brien, Jr.".into())));
+        assert_eq!(row[10], Some(Value::Text("0049 30 1234567".into())), "phone numbers stay text");
+        assert_eq!(row[11], Some(Value::Text("said \"hi\"\r\nthen left".into())));
+    }
+
+    #[test]
+    fn a_value_that_does_not_fit_rejects_its_row_with_line_and_reason() {
+        let d = defs();
+        let text = csv(&[
+            "c1,A1,Ann,Sales,2024-03-14T09:00:00,,,abc,1,X,,",
+            "c2,A1,Ann,Sales,2024-03-14T09:00:00,,,5,1,X,,",
+        ]);
+        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        assert_eq!(parsed.rows.len(), 1);
+        assert_eq!(parsed.rejects.len(), 1);
+        assert_eq!(parsed.rejects[0].line, 2);
+        assert!(parsed.rejects[0].reason.contains("duration_seconds"), "{:?}", parsed.rejects);
+    }
+
+    #[test]
+    fn a_missing_required_column_makes_the_file_unusable() {
+        let d = defs();
+        let text = "agent_id,queue\r\nA1,Sales\r\n";
+        let err = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap_err();
+        assert_eq!(err, Unusable::MissingColumns(vec!["call_id".into(), "started_at".into()]));
+    }
+
+    #[test]
+    fn na_looking_text_is_text_and_only_empty_is_missing() {
+        let d = defs();
+        let text = csv(&["c1,,,Sales,2024-03-14T09:00:00,,,0,1,X,N/A,NULL"]);
+        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let row = &parsed.rows[0].values;
+        assert_eq!(row[1], None);
+        assert_eq!(row[10], Some(Value::Text("N/A".into())));
+        assert_eq!(row[11], Some(Value::Text("NULL".into())));
+    }
+
+    #[test]
+    fn delimiters_are_sniffed_outside_quotes() {
+        assert_eq!(sniff_delimiter("a;b;c\n1;2;3"), ';');
+        assert_eq!(sniff_delimiter("a\tb\tc"), '\t');
+        assert_eq!(sniff_delimiter("\"x,y,z\"|b|c"), '|');
+        assert_eq!(sniff_delimiter("single"), ',');
+    }
+
+    #[test]
+    fn utf16_and_windows_1252_are_decoded() {
+        let mut le = vec![0xFF, 0xFE];
+        for u in "café".encode_utf16() {
+            le.extend_from_slice(&u.to_le_bytes());
+        }
+        assert_eq!(decode(&le), ("café".to_owned(), "utf-16le"));
+        assert_eq!(decode(b"caf\xe9 \x80"), ("café €".to_owned(), "windows-1252"));
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_clock_forms() {
+        assert_eq!(parse_duration("90"), Some(90));
+        assert_eq!(parse_duration("01:02:03"), Some(3723));
+        assert_eq!(parse_duration("2:30"), Some(150));
+        assert_eq!(parse_duration("1:x"), None);
+        assert_eq!(parse_duration("-4"), None);
+    }
+
+    #[test]
+    fn long_keys_are_hashed() {
+        let d = defs();
+        let long = "k".repeat(600);
+        let text = csv(&[&format!("{long},,,Sales,2024-03-14T09:00:00,,,0,1,X,,")]);
+        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        assert!(parsed.rows[0].key.starts_with("sha256:"));
+        assert_eq!(parsed.rows[0].key.len(), 7 + 64);
+    }
+}

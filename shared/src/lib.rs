@@ -1,0 +1,21 @@
+//! Charlie's library: everything the Lambda functions, the local runner and the CLI share.
+//!
+//! Layout: pure logic (`definitions`, `csv_ingest`, `workbook`, `report_mail`, `period`) touches no
+//! network and no clock it was not given; `adapters` talk to AWS and Microsoft Graph; `stages`
+//! hold each function's handler, built from a map of environment variables so several stages can
+//! run in one process with different settings.
+
+pub mod adapters;
+pub mod csv_ingest;
+pub mod definitions;
+pub mod env;
+pub mod messages;
+pub mod period;
+pub mod report_mail;
+pub mod secret;
+pub mod sqs_batch;
+pub mod stages;
+pub mod summary;
+pub mod telemetry;
+pub mod value;
+pub mod workbook;

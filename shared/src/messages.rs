@@ -1,0 +1,133 @@
+//! The JSON messages stages exchange through SQS (each carries `"v": 1`) and the events that
+//! trigger them. A correlation id travels beside them as the SQS message attribute
+//! [`CORRELATION_ATTRIBUTE`] from the first stage to the last.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const CORRELATION_ATTRIBUTE: &str = "correlation_id";
+pub const MESSAGE_VERSION: u8 = 1;
+
+fn v1() -> u8 {
+    MESSAGE_VERSION
+}
+
+/// How a mail reached the `inbound` queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailSource {
+    Webhook,
+    Poller,
+    Resync,
+}
+
+/// `inbound`: one mail to ingest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum InboundMessage {
+    GraphMessage {
+        #[serde(default = "v1")]
+        v: u8,
+        mailbox: String,
+        message_id: String,
+        source: MailSource,
+    },
+}
+
+/// `outbound`: what ingesting one attachment of one mail produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestOutcome {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub mailbox: String,
+    pub message_id: String,
+    pub attachment: String,
+    pub dataset: String,
+    /// Report dates the rows fell on (usually one).
+    pub dates: Vec<NaiveDate>,
+    pub rows_total: u64,
+    pub rows_new: u64,
+    pub rows_duplicate: u64,
+    pub rows_rejected: u64,
+    pub raw_key: String,
+    /// Set when the attachment was unusable and went to `quarantine/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
+}
+
+/// `mail`: a built workbook to deliver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MailRequest {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub run_id: String,
+    pub report: String,
+    pub period: String,
+    pub workbook_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workbook_version: Option<String>,
+    pub workbook_size: u64,
+    pub recipients: Vec<String>,
+    pub subject: String,
+    pub rows: u64,
+    pub time_zone: String,
+}
+
+/// The report-builder's trigger: its schedule (EventBridge Scheduler fills `scheduled_time`) or
+/// an explicit run request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReportTrigger {
+    Scheduled {
+        #[serde(default = "v1")]
+        v: u8,
+        report: String,
+        scheduled_time: DateTime<Utc>,
+    },
+    Run {
+        #[serde(default = "v1")]
+        v: u8,
+        report: String,
+        date: NaiveDate,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run_id: Option<String>,
+    },
+}
+
+/// The poller's trigger (from its schedule).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollTrigger {
+    #[serde(default = "v1")]
+    pub v: u8,
+    #[serde(default)]
+    pub scheduled_time: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_messages_round_trip_in_the_documented_shape() {
+        let json = r#"{"v":1,"kind":"graph_message","mailbox":"a@b.example","message_id":"AAMk=","source":"poller"}"#;
+        let msg: InboundMessage = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            msg,
+            InboundMessage::GraphMessage {
+                v: 1,
+                mailbox: "a@b.example".into(),
+                message_id: "AAMk=".into(),
+                source: MailSource::Poller
+            }
+        );
+        let back: serde_json::Value = serde_json::to_value(&msg).unwrap();
+        assert_eq!(back, serde_json::from_str::<serde_json::Value>(json).unwrap());
+    }
+
+    #[test]
+    fn scheduler_input_parses_as_a_scheduled_trigger() {
+        let json = r#"{"v":1,"kind":"scheduled","report":"daily","scheduled_time":"2024-03-15T06:00:00Z"}"#;
+        let t: ReportTrigger = serde_json::from_str(json).unwrap();
+        assert!(matches!(t, ReportTrigger::Scheduled { ref report, .. } if report == "daily"));
+    }
+}

@@ -1,0 +1,41 @@
+//! Typed cell values: what a CSV field becomes once its column's type is applied.
+
+use chrono::{NaiveDate, NaiveDateTime};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Int(i64),
+    Dec(f64),
+    Bool(bool),
+    Text(String),
+    DateTime(NaiveDateTime),
+    Date(NaiveDate),
+}
+
+impl Value {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Dec(d) => Some(*d),
+            Value::Bool(b) => Some(f64::from(u8::from(*b))),
+            _ => None,
+        }
+    }
+
+    /// The value as the text a person would type (used for grouping and keys).
+    pub fn display(&self) -> String {
+        match self {
+            Value::Int(i) => i.to_string(),
+            Value::Dec(d) => d.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Text(s) => s.clone(),
+            Value::DateTime(t) => t.format("%Y-%m-%dT%H:%M:%S").to_string(),
+            Value::Date(d) => d.format("%Y-%m-%d").to_string(),
+        }
+    }
+}
+
+/// One stored row: values in the dataset's column order; `None` is a missing (empty) field.
+pub type Row = Vec<Option<Value>>;

@@ -1,0 +1,483 @@
+//! The report workbook: summary tables, one raw data sheet per dataset, and an About sheet.
+//! Pure: rows in, XLSX bytes out. Text is always written as text (never a formula, link or
+//! error value), and raw sheets stream in constant-memory mode.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use rust_xlsxwriter::{
+    Color, ConditionalFormat3ColorScale, Format, FormatAlign, FormatBorder, Workbook, Worksheet,
+    XlsxError,
+};
+
+use crate::definitions::{ColumnType, Dataset, Report};
+use crate::summary::{MeasureKind, SummaryTable, summarise};
+use crate::value::{Row, Value};
+
+/// Excel's limits.
+pub const MAX_SHEET_ROWS: u32 = 1_048_576;
+pub const MAX_CELL_CHARS: usize = 32_767;
+const MAX_COLUMN_WIDTH: usize = 50;
+const TRUNCATION_MARKER: &str = "… [cut: over Excel's 32,767 characters]";
+
+const HEADER_BG: u32 = 0x1F4E78;
+
+pub struct DatasetRows<'a> {
+    pub name: &'a str,
+    pub dataset: &'a Dataset,
+    pub rows: &'a [Row],
+    /// Mails whose rows are in `rows`.
+    pub source_mails: usize,
+}
+
+pub struct WorkbookInput<'a> {
+    pub report_name: &'a str,
+    pub report: &'a Report,
+    pub period: &'a str,
+    pub generated_at: DateTime<Utc>,
+    pub datasets: Vec<DatasetRows<'a>>,
+}
+
+#[derive(Debug)]
+pub struct BuiltWorkbook {
+    pub bytes: Vec<u8>,
+    pub sheets: Vec<String>,
+    pub rows: u64,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not write the workbook: {0}")]
+pub struct WorkbookError(#[from] XlsxError);
+
+struct Styles {
+    title: Format,
+    header: Format,
+    bold: Format,
+    total_label: Format,
+    datetime: Format,
+    date: Format,
+    integer: Format,
+    id_integer: Format,
+    decimal: Format,
+    percent: Format,
+    total_integer: Format,
+    total_decimal: Format,
+    total_percent: Format,
+}
+
+impl Styles {
+    fn new() -> Self {
+        let total = || Format::new().set_bold().set_border_top(FormatBorder::Thin);
+        Styles {
+            title: Format::new().set_bold().set_font_size(14),
+            header: Format::new()
+                .set_bold()
+                .set_font_color(Color::White)
+                .set_background_color(Color::RGB(HEADER_BG))
+                .set_border_bottom(FormatBorder::Thin)
+                .set_align(FormatAlign::Center)
+                .set_align(FormatAlign::VerticalCenter)
+                .set_text_wrap(),
+            bold: Format::new().set_bold(),
+            total_label: total(),
+            datetime: Format::new().set_num_format("yyyy-mm-dd hh:mm:ss"),
+            date: Format::new().set_num_format("yyyy-mm-dd"),
+            integer: Format::new().set_num_format("#,##0"),
+            id_integer: Format::new().set_num_format("0"),
+            decimal: Format::new().set_num_format("#,##0.0"),
+            percent: Format::new().set_num_format("0.0%"),
+            total_integer: total().set_num_format("#,##0"),
+            total_decimal: total().set_num_format("#,##0.0"),
+            total_percent: total().set_num_format("0.0%"),
+        }
+    }
+}
+
+/// Builds the workbook in memory.
+pub fn build(input: &WorkbookInput) -> Result<BuiltWorkbook, WorkbookError> {
+    let styles = Styles::new();
+    let mut wb = Workbook::new();
+    let mut sheets = Vec::new();
+    let mut warnings = Vec::new();
+    let total_rows: u64 = input.datasets.iter().map(|d| d.rows.len() as u64).sum();
+
+    // Summary first: it is what people open the workbook for.
+    let tables: Vec<SummaryTable> = input
+        .report
+        .summaries
+        .iter()
+        .filter_map(|s| {
+            let d = input.datasets.iter().find(|d| d.name == s.dataset)?;
+            Some(summarise(d.dataset, s, d.rows))
+        })
+        .collect();
+    {
+        let ws = wb.add_worksheet();
+        ws.set_name("Summary")?;
+        write_summary(ws, &styles, input, &tables, total_rows)?;
+        sheets.push("Summary".to_owned());
+    }
+
+    for d in &input.datasets {
+        // Excel's row limit: continue on "name (2)", "name (3)", ... each with its own header.
+        let per_sheet = (MAX_SHEET_ROWS - 1) as usize;
+        let chunks: Vec<&[Row]> = if d.rows.is_empty() {
+            vec![&[]]
+        } else {
+            d.rows.chunks(per_sheet).collect()
+        };
+        for (n, chunk) in chunks.iter().enumerate() {
+            let name = if n == 0 {
+                sheet_name(d.name)
+            } else {
+                sheet_name(&format!("{} ({})", d.name, n + 1))
+            };
+            let ws = wb.add_worksheet_with_constant_memory()?;
+            ws.set_name(&name)?;
+            write_raw(ws, &styles, d.dataset, chunk, &mut warnings)?;
+            sheets.push(name);
+        }
+        if chunks.len() > 1 {
+            warnings.push(format!(
+                "{} has {} rows, more than one sheet holds: continued on {} sheets",
+                d.name,
+                d.rows.len(),
+                chunks.len()
+            ));
+        }
+    }
+
+    let ws = wb.add_worksheet();
+    ws.set_name("About")?;
+    write_about(ws, &styles, input, total_rows, &warnings)?;
+    sheets.push("About".to_owned());
+
+    Ok(BuiltWorkbook {
+        bytes: wb.save_to_buffer()?,
+        sheets,
+        rows: total_rows,
+        warnings,
+    })
+}
+
+fn write_summary(
+    ws: &mut Worksheet,
+    st: &Styles,
+    input: &WorkbookInput,
+    tables: &[SummaryTable],
+    total_rows: u64,
+) -> Result<(), XlsxError> {
+    ws.write_string_with_format(0, 0, format!("{} — {}", input.report.title, input.period), &st.title)?;
+    let mails: usize = input.datasets.iter().map(|d| d.source_mails).sum();
+    ws.write_string(
+        1,
+        0,
+        format!(
+            "{total_rows} rows from {mails} mail(s); times in {}",
+            input.report.time_zone.0.name()
+        ),
+    )?;
+    let mut widths: Vec<usize> = vec![12; 2];
+    let mut r: u32 = 3;
+    for t in tables {
+        ws.write_string_with_format(r, 0, &t.title, &st.bold)?;
+        r += 1;
+        let headers = t.group_headers.iter().chain(&t.measure_headers);
+        for (c, h) in headers.enumerate() {
+            ws.write_string_with_format(r, c as u16, h, &st.header)?;
+            widen(&mut widths, c, h.chars().count());
+        }
+        let header_row = r;
+        let g = t.group_headers.len();
+        for row in t.rows.iter().chain(std::iter::once(&t.total)) {
+            r += 1;
+            let is_total = std::ptr::eq(row, &t.total);
+            for (c, v) in row.group.iter().enumerate() {
+                if is_total {
+                    ws.write_string_with_format(r, c as u16, v, &st.total_label)?;
+                } else {
+                    ws.write_string(r, c as u16, v)?;
+                }
+                widen(&mut widths, c, v.chars().count());
+            }
+            for (m, v) in row.values.iter().enumerate() {
+                let col = (g + m) as u16;
+                let fmt = match (t.kinds[m], is_total) {
+                    (MeasureKind::Count, false) => &st.integer,
+                    (MeasureKind::Number, false) => &st.decimal,
+                    (MeasureKind::Ratio, false) => &st.percent,
+                    (MeasureKind::Count, true) => &st.total_integer,
+                    (MeasureKind::Number, true) => &st.total_decimal,
+                    (MeasureKind::Ratio, true) => &st.total_percent,
+                };
+                match v {
+                    Some(x) => ws.write_number_with_format(r, col, *x, fmt)?,
+                    None if is_total => ws.write_blank(r, col, fmt)?,
+                    None => ws,
+                };
+            }
+        }
+        // Colour scales cover the group rows, not the total.
+        if !t.rows.is_empty() {
+            for (m, on) in t.color_scale.iter().enumerate() {
+                if *on {
+                    let col = (g + m) as u16;
+                    let scale = ConditionalFormat3ColorScale::new()
+                        .set_minimum_color(Color::RGB(0xF8696B))
+                        .set_midpoint_color(Color::RGB(0xFFEB84))
+                        .set_maximum_color(Color::RGB(0x63BE7B));
+                    ws.add_conditional_format(header_row + 1, col, header_row + t.rows.len() as u32, col, &scale)?;
+                }
+            }
+        }
+        r += 2;
+    }
+    for (c, w) in widths.iter().enumerate() {
+        ws.set_column_width(c as u16, (*w).clamp(10, MAX_COLUMN_WIDTH) as f64 + 2.0)?;
+    }
+    Ok(())
+}
+
+fn widen(widths: &mut Vec<usize>, col: usize, len: usize) {
+    if widths.len() <= col {
+        widths.resize(col + 1, 0);
+    }
+    widths[col] = widths[col].max(len);
+}
+
+fn write_raw(
+    ws: &mut Worksheet,
+    st: &Styles,
+    dataset: &Dataset,
+    rows: &[Row],
+    warnings: &mut Vec<String>,
+) -> Result<(), XlsxError> {
+    let cols = &dataset.columns;
+    // Widths from header and data, capped; set before writing (constant-memory mode).
+    let mut widths: Vec<usize> = cols.iter().map(|c| c.name.chars().count()).collect();
+    for row in rows {
+        for (i, v) in row.iter().enumerate() {
+            let len = match v {
+                None => 0,
+                Some(Value::DateTime(_)) => 19,
+                Some(Value::Date(_)) => 10,
+                Some(Value::Text(s)) => s.lines().map(|l| l.chars().count()).max().unwrap_or(0),
+                Some(v) => v.display().len() + 2,
+            };
+            widths[i] = widths[i].max(len.min(MAX_COLUMN_WIDTH));
+        }
+    }
+    for (c, w) in widths.iter().enumerate() {
+        ws.set_column_width(c as u16, (*w + 2).min(MAX_COLUMN_WIDTH) as f64)?;
+    }
+    for (c, col) in cols.iter().enumerate() {
+        ws.write_string_with_format(0, c as u16, &col.name, &st.header)?;
+    }
+    ws.set_freeze_panes(1, 0)?;
+    ws.autofilter(0, 0, rows.len() as u32, (cols.len().max(1) - 1) as u16)?;
+
+    let is_key: Vec<bool> = cols
+        .iter()
+        .map(|c| dataset.key.iter().any(|k| k.eq_ignore_ascii_case(&c.name)))
+        .collect();
+    let mut cut = 0u64;
+    for (r, row) in rows.iter().enumerate() {
+        let r = r as u32 + 1;
+        for (c, v) in row.iter().enumerate() {
+            let c16 = c as u16;
+            match v {
+                None => {}
+                Some(Value::Text(s)) => {
+                    if s.chars().count() > MAX_CELL_CHARS {
+                        cut += 1;
+                        ws.write_string(r, c16, truncate_cell(s))?;
+                    } else {
+                        ws.write_string(r, c16, s)?;
+                    }
+                }
+                Some(Value::Int(i)) => {
+                    let fmt = if is_key[c] || cols[c].kind != ColumnType::Integer && cols[c].kind != ColumnType::Duration {
+                        &st.id_integer
+                    } else {
+                        &st.integer
+                    };
+                    ws.write_number_with_format(r, c16, *i as f64, fmt)?;
+                }
+                Some(Value::Dec(d)) => {
+                    ws.write_number_with_format(r, c16, *d, &st.decimal)?;
+                }
+                Some(Value::Bool(b)) => {
+                    ws.write_boolean(r, c16, *b)?;
+                }
+                Some(Value::DateTime(t)) => {
+                    ws.write_number_with_format(r, c16, excel_serial(*t), &st.datetime)?;
+                }
+                Some(Value::Date(d)) => {
+                    ws.write_number_with_format(r, c16, excel_serial(d.and_time(Default::default())), &st.date)?;
+                }
+            }
+        }
+    }
+    if cut > 0 {
+        warnings.push(format!(
+            "{cut} cell(s) in {} were longer than Excel's {MAX_CELL_CHARS} characters and were cut",
+            dataset.description
+        ));
+    }
+    Ok(())
+}
+
+fn truncate_cell(s: &str) -> String {
+    let keep = MAX_CELL_CHARS - TRUNCATION_MARKER.chars().count();
+    let mut out: String = s.chars().take(keep).collect();
+    out.push_str(TRUNCATION_MARKER);
+    out
+}
+
+fn write_about(
+    ws: &mut Worksheet,
+    st: &Styles,
+    input: &WorkbookInput,
+    total_rows: u64,
+    warnings: &[String],
+) -> Result<(), XlsxError> {
+    let mut lines: Vec<(String, String)> = vec![
+        ("Report".into(), format!("{} ({})", input.report.title, input.report_name)),
+        ("Period".into(), input.period.to_owned()),
+        ("Time zone".into(), input.report.time_zone.0.name().to_owned()),
+        (
+            "Generated at (UTC)".into(),
+            input.generated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ),
+        ("Rows".into(), total_rows.to_string()),
+    ];
+    for d in &input.datasets {
+        lines.push((
+            format!("Dataset {}", d.name),
+            format!("{} rows from {} source mail(s)", d.rows.len(), d.source_mails),
+        ));
+    }
+    if warnings.is_empty() {
+        lines.push(("Warnings".into(), "none".into()));
+    }
+    for w in warnings {
+        lines.push(("Warning".into(), w.clone()));
+    }
+    ws.write_string_with_format(0, 0, "About this workbook", &st.title)?;
+    for (i, (k, v)) in lines.iter().enumerate() {
+        let r = i as u32 + 2;
+        ws.write_string_with_format(r, 0, k, &st.bold)?;
+        ws.write_string(r, 1, v)?;
+    }
+    ws.set_column_width(0, 22)?;
+    ws.set_column_width(1, 70)?;
+    Ok(())
+}
+
+/// Excel's serial date: days since 1899-12-30, the fraction being the time of day.
+pub fn excel_serial(t: NaiveDateTime) -> f64 {
+    let epoch = NaiveDate::from_ymd_opt(1899, 12, 30)
+        .expect("valid date")
+        .and_hms_opt(0, 0, 0)
+        .expect("valid time");
+    (t - epoch).num_seconds() as f64 / 86_400.0
+}
+
+/// A valid sheet name: no `[]:*?/\`, at most 31 characters, not blank.
+pub fn sheet_name(wanted: &str) -> String {
+    let cleaned: String = wanted
+        .chars()
+        .map(|c| if "[]:*?/\\".contains(c) { '_' } else { c })
+        .collect();
+    let trimmed = cleaned.trim_matches('\'').trim();
+    let name: String = trimmed.chars().take(31).collect();
+    if name.is_empty() { "Sheet".to_owned() } else { name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::csv_ingest::parse_attachment;
+    use crate::definitions::Definitions;
+    use calamine::{Data, Reader, Xlsx};
+
+    fn build_sample(notes: &str) -> (BuiltWorkbook, Xlsx<std::io::Cursor<Vec<u8>>>) {
+        let defs = Definitions::parse(include_str!("../../reports.toml")).unwrap();
+        let ds = &defs.datasets["ib_calls"];
+        let text = format!(
+            "call_id,agent_id,agent_name,queue,started_at,answered_at,wait_seconds,caller_number,notes\n\
+             c1,A1,Ann,Sales,2024-03-14T09:00:00,2024-03-14T09:00:10,10,0049 30 1234567,\"{notes}\"\n\
+             c2,A2,Bob,Billing,2024-03-14T10:30:00,,30,,plain\n"
+        );
+        let rows: Vec<Row> = parse_attachment(ds, text.as_bytes())
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| r.values)
+            .collect();
+        let report = &defs.reports["call_centre_daily"];
+        let built = build(&WorkbookInput {
+            report_name: "call_centre_daily",
+            report,
+            period: "2024-03-14",
+            generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
+            datasets: vec![DatasetRows { name: "ib_calls", dataset: ds, rows: &rows, source_mails: 1 }],
+        })
+        .unwrap();
+        let book = Xlsx::new(std::io::Cursor::new(built.bytes.clone())).unwrap();
+        (built, book)
+    }
+
+    #[test]
+    fn sheets_are_summary_raw_data_and_about() {
+        let (built, book) = build_sample("x");
+        assert_eq!(built.sheets, vec!["Summary", "ib_calls", "About"]);
+        assert_eq!(book.sheet_names(), vec!["Summary", "ib_calls", "About"]);
+        assert_eq!(built.rows, 2);
+    }
+
+    #[test]
+    fn raw_cells_are_typed_and_text_stays_text() {
+        let (_, mut book) = build_sample("=SUM(A1:A3) typed by agent");
+        let raw = book.worksheet_range("ib_calls").unwrap();
+        assert_eq!(raw.get((0, 0)), Some(&Data::String("call_id".into())));
+        // started_at is a real date-time cell.
+        match raw.get((1, 4)) {
+            Some(Data::DateTime(dt)) => {
+                assert_eq!(dt.as_datetime().unwrap().to_string(), "2024-03-14 09:00:00")
+            }
+            other => panic!("started_at should be a date-time cell, got {other:?}"),
+        }
+        assert_eq!(raw.get((1, 8)), Some(&Data::Float(10.0)));
+        assert_eq!(raw.get((1, 10)), Some(&Data::String("0049 30 1234567".into())));
+        assert_eq!(raw.get((1, 11)), Some(&Data::String("=SUM(A1:A3) typed by agent".into())));
+        let formulas = book.worksheet_formula("ib_calls").unwrap();
+        assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()), "no formulas written");
+    }
+
+    #[test]
+    fn summary_holds_groups_and_a_total() {
+        let (_, mut book) = build_sample("x");
+        let s = book.worksheet_range("Summary").unwrap();
+        assert_eq!(s.get((3, 0)), Some(&Data::String("Calls per queue".into())));
+        assert_eq!(s.get((4, 0)), Some(&Data::String("queue".into())));
+        assert_eq!(s.get((5, 0)), Some(&Data::String("Billing".into())));
+        assert_eq!(s.get((5, 1)), Some(&Data::Float(1.0)));
+        assert_eq!(s.get((7, 0)), Some(&Data::String("Total".into())));
+        assert_eq!(s.get((7, 1)), Some(&Data::Float(2.0)));
+        assert_eq!(s.get((7, 3)), Some(&Data::Float(0.5)));
+    }
+
+    #[test]
+    fn sheet_names_are_made_valid() {
+        assert_eq!(sheet_name("a/b:c?"), "a_b_c_");
+        assert_eq!(sheet_name(&"x".repeat(40)).len(), 31);
+        assert_eq!(sheet_name("  "), "Sheet");
+    }
+
+    #[test]
+    fn overlong_cells_are_cut_with_a_marker() {
+        let cut = truncate_cell(&"a".repeat(40_000));
+        assert_eq!(cut.chars().count(), MAX_CELL_CHARS);
+        assert!(cut.ends_with(TRUNCATION_MARKER));
+    }
+}
