@@ -1,6 +1,6 @@
 """Start moto's server for Charlie's local cloud, with the quirks Charlie trips over patched.
 
-Usage: python moto_server.py [--host 127.0.0.1] [--port 0]
+Usage: python moto_server.py [--host 127.0.0.1] [--port 0] [--exit-with-parent]
 
 Port 0 (the default) binds a free port chosen by the kernel, with no window in which another
 process could take it; the first line printed to stdout is `READY http://HOST:PORT` once the
@@ -78,6 +78,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop when stdin reaches end of file (the parent closed its pipe or died)",
+    )
     args = parser.parse_args()
 
     _patch_sqs()
@@ -104,6 +109,14 @@ def main():
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if args.exit_with_parent:
+        import threading
+
+        def watch_parent():
+            sys.stdin.read()  # returns at EOF: the parent is gone
+            server.shutdown()
+
+        threading.Thread(target=watch_parent, daemon=True).start()
     print(f"READY http://{args.host}:{port}", flush=True)
     server.serve_forever()
     sys.exit(0)

@@ -318,7 +318,9 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
         let parsed = mail_parser::MessageParser::default().parse(m.raw.as_bytes()).context("parsing the sent mail")?;
         println!("    {}", p.display());
         println!("      from        {}", m.source);
-        println!("      to          {}", m.destinations.join(", "));
+        // moto adds the header addresses to the envelope ones: show each once.
+        let unique: std::collections::BTreeSet<&String> = m.destinations.iter().collect();
+        println!("      to          {}", unique.into_iter().cloned().collect::<Vec<_>>().join(", "));
         println!("      subject     {}", parsed.subject().unwrap_or(""));
         for a in parsed.attachments() {
             use mail_parser::MimeHeaders;

@@ -16,6 +16,8 @@ pub const REGION: &str = "eu-west-2";
 pub struct Emulator {
     child: Child,
     endpoint: String,
+    // The emulator stops when this pipe closes, even if this process dies without dropping it.
+    _lifeline: Option<std::process::ChildStdin>,
 }
 
 impl Emulator {
@@ -35,12 +37,15 @@ impl Emulator {
             .arg(script)
             .arg("--port")
             .arg("0")
+            .arg("--exit-with-parent")
+            .stdin(Stdio::piped())
             // Lambda functions exist, but moto must never try to run them (no Docker here).
             .env("MOTO_DOCKER_NETWORK_MODE", "none")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {} {}", python.display(), script.display()))?;
+        let lifeline = child.stdin.take();
         let stdout = child.stdout.take().context("emulator stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -60,7 +65,7 @@ impl Emulator {
             let status = child.wait().ok();
             bail!("the emulator did not start (first line {line:?}, exit {status:?}); is moto[server] installed for that Python?");
         };
-        Ok(Emulator { child, endpoint: endpoint.to_owned() })
+        Ok(Emulator { child, endpoint: endpoint.to_owned(), _lifeline: lifeline })
     }
 
     pub fn endpoint(&self) -> &str {

@@ -62,6 +62,8 @@ pub struct MailRequest {
     pub v: u8,
     pub run_id: String,
     pub report: String,
+    /// The report's title, for people.
+    pub title: String,
     pub period: String,
     pub workbook_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

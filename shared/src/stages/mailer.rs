@@ -85,7 +85,7 @@ impl Mailer {
             from: &self.sender,
             to: &req.recipients,
             subject: &req.subject,
-            report_title: &req.report,
+            report_title: &req.title,
             period: &req.period,
             time_zone: &req.time_zone,
             rows: req.rows,

@@ -175,6 +175,7 @@ impl ReportBuilder {
             v: 1,
             run_id: run_id.to_owned(),
             report: report_name.to_owned(),
+            title: report.title.clone(),
             period: period.clone(),
             workbook_key: key,
             workbook_version: stored.version_id,
