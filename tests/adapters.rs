@@ -1,7 +1,6 @@
 //! Adapter tests: Charlie's stores and queues against the real emulator, each test with its own
 //! resources.
 
-use chrono::{Duration, Utc};
 use charlie::adapters::object_store::ObjectStore;
 use charlie::adapters::queue::Queue;
 use charlie::adapters::rows::RowStore;
@@ -9,6 +8,7 @@ use charlie::adapters::state::{Claim, StateStore};
 use charlie::csv_ingest::parse_attachment;
 use charlie::definitions::Definitions;
 use charlie_tests::{clients, create_table, unique};
+use chrono::{Duration, Utc};
 
 fn definitions() -> Definitions {
     Definitions::parse(include_str!("../reports.toml")).unwrap()
@@ -25,24 +25,43 @@ async fn rows_are_stored_once_across_mails() {
     let defs = definitions();
     let ds = &defs.datasets["ib_calls"];
 
-    let first = format!("{HEADER}c1,A1,Sales,2024-03-14T09:00:00,,5,first\nc2,A1,Sales,2024-03-14T10:00:00,,5,\n");
-    let second = format!("{HEADER}c2,A1,Sales,2024-03-14T10:00:00,,5,edited\nc3,A2,Sales,2024-03-14T11:00:00,,5,\n");
+    let first = format!(
+        "{HEADER}c1,A1,Sales,2024-03-14T09:00:00,,5,first\nc2,A1,Sales,2024-03-14T10:00:00,,5,\n"
+    );
+    let second = format!(
+        "{HEADER}c2,A1,Sales,2024-03-14T10:00:00,,5,edited\nc3,A2,Sales,2024-03-14T11:00:00,,5,\n"
+    );
     let rows1 = parse_attachment(ds, first.as_bytes()).unwrap().rows;
     let rows2 = parse_attachment(ds, second.as_bytes()).unwrap().rows;
 
-    let o1 = store.store("ib_calls", ds, &rows1, "mb/m1", Utc::now()).await.unwrap();
+    let o1 = store
+        .store("ib_calls", ds, &rows1, "mb/m1", Utc::now())
+        .await
+        .unwrap();
     assert_eq!((o1.new, o1.duplicate), (2, 0));
-    let o2 = store.store("ib_calls", ds, &rows2, "mb/m2", Utc::now()).await.unwrap();
+    let o2 = store
+        .store("ib_calls", ds, &rows2, "mb/m2", Utc::now())
+        .await
+        .unwrap();
     assert_eq!((o2.new, o2.duplicate), (1, 1));
     // The same mail again changes nothing.
-    let o3 = store.store("ib_calls", ds, &rows2, "mb/m2", Utc::now()).await.unwrap();
+    let o3 = store
+        .store("ib_calls", ds, &rows2, "mb/m2", Utc::now())
+        .await
+        .unwrap();
     assert_eq!((o3.new, o3.duplicate), (0, 2));
 
-    let stored = store.rows_for_day("ib_calls", ds, "2024-03-14".parse().unwrap()).await.unwrap();
+    let stored = store
+        .rows_for_day("ib_calls", ds, "2024-03-14".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 3);
     let c2 = stored.iter().find(|r| r.key == "c2").unwrap();
     assert_eq!(c2.source, "mb/m1", "the first occurrence wins");
-    assert!(c2.values[6].is_none(), "c2's notes stay as first stored (empty)");
+    assert!(
+        c2.values[6].is_none(),
+        "c2's notes stay as first stored (empty)"
+    );
 }
 
 #[tokio::test]
@@ -55,12 +74,22 @@ async fn more_than_one_batch_of_rows_is_written_and_read_back_in_pages() {
     let ds = &defs.datasets["ib_calls"];
     let mut text = HEADER.to_owned();
     for i in 0..260 {
-        text.push_str(&format!("call-{i:04},A1,Sales,2024-03-14T09:{:02}:00,,5,{}\n", i % 60, "x".repeat(2000)));
+        text.push_str(&format!(
+            "call-{i:04},A1,Sales,2024-03-14T09:{:02}:00,,5,{}\n",
+            i % 60,
+            "x".repeat(2000)
+        ));
     }
     let rows = parse_attachment(ds, text.as_bytes()).unwrap().rows;
-    let o = store.store("ib_calls", ds, &rows, "mb/big", Utc::now()).await.unwrap();
+    let o = store
+        .store("ib_calls", ds, &rows, "mb/big", Utc::now())
+        .await
+        .unwrap();
     assert_eq!(o.new, 260);
-    let stored = store.rows_for_day("ib_calls", ds, "2024-03-14".parse().unwrap()).await.unwrap();
+    let stored = store
+        .rows_for_day("ib_calls", ds, "2024-03-14".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(stored.len(), 260);
 }
 
@@ -73,14 +102,29 @@ async fn a_claim_is_exclusive_until_completed_or_released() {
     let now = Utc::now();
     let (hold, keep) = (Duration::minutes(5), Duration::days(1));
 
-    assert_eq!(state.claim("MSG#a", now, hold, keep).await.unwrap(), Claim::Acquired);
-    assert_eq!(state.claim("MSG#a", now, hold, keep).await.unwrap(), Claim::InProgressElsewhere);
+    assert_eq!(
+        state.claim("MSG#a", now, hold, keep).await.unwrap(),
+        Claim::Acquired
+    );
+    assert_eq!(
+        state.claim("MSG#a", now, hold, keep).await.unwrap(),
+        Claim::InProgressElsewhere
+    );
     state.complete("MSG#a", "{\"ok\":true}", now).await.unwrap();
-    assert_eq!(state.claim("MSG#a", now, hold, keep).await.unwrap(), Claim::AlreadyDone("{\"ok\":true}".into()));
+    assert_eq!(
+        state.claim("MSG#a", now, hold, keep).await.unwrap(),
+        Claim::AlreadyDone("{\"ok\":true}".into())
+    );
 
-    assert_eq!(state.claim("MSG#b", now, hold, keep).await.unwrap(), Claim::Acquired);
+    assert_eq!(
+        state.claim("MSG#b", now, hold, keep).await.unwrap(),
+        Claim::Acquired
+    );
     state.release("MSG#b").await.unwrap();
-    assert_eq!(state.claim("MSG#b", now, hold, keep).await.unwrap(), Claim::Acquired);
+    assert_eq!(
+        state.claim("MSG#b", now, hold, keep).await.unwrap(),
+        Claim::Acquired
+    );
 }
 
 #[tokio::test]
@@ -90,17 +134,37 @@ async fn an_expired_in_progress_claim_can_be_taken_over() {
     create_table(&c, &table).await.unwrap();
     let state = StateStore::new(c.dynamodb.clone(), &table);
     let now = Utc::now();
-    assert_eq!(state.claim("RUN#x", now, Duration::seconds(30), Duration::days(1)).await.unwrap(), Claim::Acquired);
+    assert_eq!(
+        state
+            .claim("RUN#x", now, Duration::seconds(30), Duration::days(1))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
     // The holder crashed; a minute later its claim has expired.
     let later = now + Duration::minutes(1);
-    assert_eq!(state.claim("RUN#x", later, Duration::seconds(30), Duration::days(1)).await.unwrap(), Claim::Acquired);
+    assert_eq!(
+        state
+            .claim("RUN#x", later, Duration::seconds(30), Duration::days(1))
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
 }
 
 #[tokio::test]
 async fn queue_batches_deliver_every_message_with_its_correlation_id() {
     let c = clients().await;
     let name = unique("q");
-    let url = c.sqs.create_queue().queue_name(&name).send().await.unwrap().queue_url.unwrap();
+    let url = c
+        .sqs
+        .create_queue()
+        .queue_name(&name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
     let queue = Queue::new(c.sqs.clone(), &url);
     let bodies: Vec<serde_json::Value> = (0..23).map(|i| serde_json::json!({ "n": i })).collect();
     let pairs: Vec<(&serde_json::Value, &str)> = bodies.iter().map(|b| (b, "corr-1")).collect();
@@ -122,11 +186,20 @@ async fn queue_batches_deliver_every_message_with_its_correlation_id() {
             break;
         }
         for m in msgs {
-            let corr = m.message_attributes().unwrap()["correlation_id"].string_value().unwrap().to_owned();
+            let corr = m.message_attributes().unwrap()["correlation_id"]
+                .string_value()
+                .unwrap()
+                .to_owned();
             assert_eq!(corr, "corr-1");
             let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
             seen.push(v["n"].as_i64().unwrap());
-            c.sqs.delete_message().queue_url(&url).receipt_handle(m.receipt_handle().unwrap()).send().await.unwrap();
+            c.sqs
+                .delete_message()
+                .queue_url(&url)
+                .receipt_handle(m.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
         }
     }
     seen.sort();
@@ -158,10 +231,27 @@ async fn objects_round_trip_and_versions_are_kept() {
         .await
         .unwrap();
     let store = ObjectStore::new(c.s3.clone(), &bucket);
-    let v1 = store.put("reports/r/2024-03-14/r.xlsx", b"first".to_vec(), "application/octet-stream").await.unwrap();
-    let v2 = store.put("reports/r/2024-03-14/r.xlsx", b"second".to_vec(), "application/octet-stream").await.unwrap();
+    let v1 = store
+        .put(
+            "reports/r/2024-03-14/r.xlsx",
+            b"first".to_vec(),
+            "application/octet-stream",
+        )
+        .await
+        .unwrap();
+    let v2 = store
+        .put(
+            "reports/r/2024-03-14/r.xlsx",
+            b"second".to_vec(),
+            "application/octet-stream",
+        )
+        .await
+        .unwrap();
     assert_ne!(v1.version_id, v2.version_id);
-    assert_eq!(store.get(&v1.key, v1.version_id.as_deref()).await.unwrap(), b"first");
+    assert_eq!(
+        store.get(&v1.key, v1.version_id.as_deref()).await.unwrap(),
+        b"first"
+    );
     assert_eq!(store.get(&v2.key, None).await.unwrap(), b"second");
     let err = store.get("missing", None).await.unwrap_err();
     assert!(format!("{err:#}").contains("missing"), "{err:#}");

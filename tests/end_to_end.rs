@@ -6,16 +6,19 @@ use std::collections::HashSet;
 use std::io::Cursor;
 
 use calamine::{Data, Reader, Xlsx};
-use chrono::{DateTime, Utc};
 use charlie_local::demo::{LocalCloud, UpOptions};
 use charlie_local::fake_graph::{FakeAttachment, FakeMessage};
+use chrono::{DateTime, Utc};
 use mail_parser::{MessageParser, MimeHeaders};
 
 /// Unique call ids over the sample attachments, counted without Charlie's code.
 fn expected_unique_calls() -> usize {
     let root = charlie_local::project::root().join("events/mailbox");
     let mut ids = HashSet::new();
-    for f in ["ib_calls_2024-03-14_morning.csv", "ib_calls_2024-03-14_afternoon.csv"] {
+    for f in [
+        "ib_calls_2024-03-14_morning.csv",
+        "ib_calls_2024-03-14_afternoon.csv",
+    ] {
         let text = std::fs::read_to_string(root.join(f)).unwrap();
         let mut rdr = csv::Reader::from_reader(text.trim_start_matches('\u{feff}').as_bytes());
         for rec in rdr.records() {
@@ -34,7 +37,11 @@ async fn post(url: &str, body: String) -> (u16, String, String) {
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
     (status, ctype, resp.text().await.unwrap())
 }
 
@@ -50,25 +57,54 @@ fn notification(mailbox: &str, id: &str, client_state: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_path_runs_on_the_local_cloud() {
-    let work = charlie_local::project::target_dir().join(format!("charlie/e2e-{}", std::process::id()));
-    let cloud = LocalCloud::up(UpOptions::new(work.clone())).await.expect("local cloud up");
+    let work =
+        charlie_local::project::target_dir().join(format!("charlie/e2e-{}", std::process::id()));
+    let cloud = LocalCloud::up(UpOptions::new(work.clone()))
+        .await
+        .expect("local cloud up");
 
     // Terraform: a second plan changes nothing.
     if let Err(plan) = cloud.terraform.plan_is_noop().unwrap() {
         panic!("a second plan is not a no-op:\n{plan}");
     }
     assert_eq!(cloud.runner.deployment.mappings.len(), 2);
-    assert!(cloud.runner.deployment.mappings.iter().all(|m| m.report_batch_item_failures && !m.enabled));
+    assert!(
+        cloud
+            .runner
+            .deployment
+            .mappings
+            .iter()
+            .all(|m| m.report_batch_item_failures && !m.enabled)
+    );
 
     // The webhook route: handshake, then a notification with a wrong clientState queues nothing.
-    let (api, _server) = cloud.runner.serve_api("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (api, _server) = cloud
+        .runner
+        .serve_api("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let hook = format!("http://{api}/graph/notifications");
-    let (status, ctype, body) = post(&format!("{hook}?validationToken=Validation%3A%20Testing%20client"), String::new()).await;
-    assert_eq!((status, ctype.as_str(), body.as_str()), (200, "text/plain", "Validation: Testing client"));
+    let (status, ctype, body) = post(
+        &format!("{hook}?validationToken=Validation%3A%20Testing%20client"),
+        String::new(),
+    )
+    .await;
+    assert_eq!(
+        (status, ctype.as_str(), body.as_str()),
+        (200, "text/plain", "Validation: Testing client")
+    );
     let (mailbox, _) = cloud.graph.mailbox();
-    let (status, _, _) = post(&hook, notification(&mailbox, "AAMkAGI2TG93AAA=morning", "not-the-secret")).await;
+    let (status, _, _) = post(
+        &hook,
+        notification(&mailbox, "AAMkAGI2TG93AAA=morning", "not-the-secret"),
+    )
+    .await;
     assert_eq!(status, 202);
-    assert_eq!(cloud.runner.drain().await.unwrap().messages, 0, "a wrong clientState queues nothing");
+    assert_eq!(
+        cloud.runner.drain().await.unwrap().messages,
+        0,
+        "a wrong clientState queues nothing"
+    );
     let (status, _, body) = post(&hook, "{\"value\": 3}".into()).await;
     assert_eq!(status, 400, "{body}");
 
@@ -76,29 +112,50 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     let at: DateTime<Utc> = "2024-03-15T00:10:00Z".parse().unwrap();
     let (poll, drained) = cloud.poll(at).await.unwrap();
     assert_eq!(poll["messages_seen"], 3);
-    assert_eq!(poll["queued"], 2, "the mail without attachments is not queued");
-    assert!(poll["pages"].as_u64().unwrap() >= 2, "the fake pages by 2: {poll}");
+    assert_eq!(
+        poll["queued"], 2,
+        "the mail without attachments is not queued"
+    );
+    assert!(
+        poll["pages"].as_u64().unwrap() >= 2,
+        "the fake pages by 2: {poll}"
+    );
     assert_eq!(drained.failures, 0);
     let expected = expected_unique_calls();
-    assert_eq!(cloud.stored_rows("ib_calls", "2024-03-14").await.unwrap(), expected);
+    assert_eq!(
+        cloud.stored_rows("ib_calls", "2024-03-14").await.unwrap(),
+        expected
+    );
     let outcomes = cloud.outcomes().await.unwrap();
     assert_eq!(outcomes.len(), 2);
     let new: u64 = outcomes.iter().map(|o| o.rows_new).sum();
     assert_eq!(new as usize, expected);
     for o in &outcomes {
         let raw = cloud.object(&o.raw_key).await.unwrap();
-        let sample = std::fs::read(charlie_local::project::root().join("events/mailbox").join(&o.attachment)).unwrap();
+        let sample = std::fs::read(
+            charlie_local::project::root()
+                .join("events/mailbox")
+                .join(&o.attachment),
+        )
+        .unwrap();
         assert_eq!(raw, sample, "the raw attachment is archived as received");
     }
 
     // The same mail notified three times by webhook: still each row once, one outcome each.
     for _ in 0..3 {
-        let (status, _, _) = post(&hook, notification(&mailbox, "AAMkAGI2TG93AAA=morning", "local-client-state")).await;
+        let (status, _, _) = post(
+            &hook,
+            notification(&mailbox, "AAMkAGI2TG93AAA=morning", "local-client-state"),
+        )
+        .await;
         assert_eq!(status, 202);
     }
     let drained = cloud.runner.drain().await.unwrap();
     assert_eq!((drained.messages, drained.failures), (3, 0));
-    assert_eq!(cloud.stored_rows("ib_calls", "2024-03-14").await.unwrap(), expected);
+    assert_eq!(
+        cloud.stored_rows("ib_calls", "2024-03-14").await.unwrap(),
+        expected
+    );
     assert_eq!(cloud.outcomes().await.unwrap().len(), 2);
 
     // Report: workbook in S3, read back with a real XLSX reader.
@@ -107,31 +164,68 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     assert_eq!(run["status"], "built");
     assert_eq!(run["period"], "2024-03-14");
     let key = run["workbook_key"].as_str().unwrap();
-    assert_eq!(key, "reports/call_centre_daily/2024-03-14/call_centre_daily-2024-03-14.xlsx");
+    assert_eq!(
+        key,
+        "reports/call_centre_daily/2024-03-14/call_centre_daily-2024-03-14.xlsx"
+    );
     let workbook = cloud.object(key).await.unwrap();
     let mut book = Xlsx::new(Cursor::new(workbook.clone())).unwrap();
     assert_eq!(book.sheet_names(), vec!["Summary", "ib_calls", "About"]);
     let raw = book.worksheet_range("ib_calls").unwrap();
-    assert_eq!(raw.height(), expected + 1, "header + one row per stored call");
+    assert_eq!(
+        raw.height(),
+        expected + 1,
+        "header + one row per stored call"
+    );
     assert_eq!(raw.get((0, 0)), Some(&Data::String("call_id".into())));
-    assert!(matches!(raw.get((1, 4)), Some(Data::DateTime(_))), "started_at is a date cell: {:?}", raw.get((1, 4)));
+    assert!(
+        matches!(raw.get((1, 4)), Some(Data::DateTime(_))),
+        "started_at is a date cell: {:?}",
+        raw.get((1, 4))
+    );
     let summary = book.worksheet_range("Summary").unwrap();
     let total_row = (0..summary.height() as u32)
         .find(|r| summary.get((*r as usize, 0)) == Some(&Data::String("Total".into())))
         .expect("a Total row");
-    assert_eq!(summary.get((total_row as usize, 1)), Some(&Data::Float(expected as f64)));
+    assert_eq!(
+        summary.get((total_row as usize, 1)),
+        Some(&Data::Float(expected as f64))
+    );
 
     // Mail: exactly one, parsed with a real MIME parser; the attachment is the S3 object.
     let sent = cloud.emulator.sent_raw_mail().await.unwrap();
     assert_eq!(sent.len(), 1);
-    let msg = MessageParser::default().parse(sent[0].raw.as_bytes()).unwrap();
-    assert_eq!(msg.subject(), Some("Call-centre daily report for 2024-03-14"));
-    let to: Vec<&str> = msg.to().unwrap().iter().filter_map(|a| a.address()).collect();
-    assert_eq!(to, vec!["ops-leads@contoso.example", "floor-managers@contoso.example"]);
-    assert!(msg.body_text(0).unwrap().contains("Call-centre daily report"));
+    let msg = MessageParser::default()
+        .parse(sent[0].raw.as_bytes())
+        .unwrap();
+    assert_eq!(
+        msg.subject(),
+        Some("Call-centre daily report for 2024-03-14")
+    );
+    let to: Vec<&str> = msg
+        .to()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.address())
+        .collect();
+    assert_eq!(
+        to,
+        vec![
+            "ops-leads@contoso.example",
+            "floor-managers@contoso.example"
+        ]
+    );
+    assert!(
+        msg.body_text(0)
+            .unwrap()
+            .contains("Call-centre daily report")
+    );
     assert!(msg.body_html(0).unwrap().contains("<b>2024-03-14</b>"));
     let att = msg.attachment(0).unwrap();
-    assert_eq!(att.attachment_name(), Some("call_centre_daily-2024-03-14.xlsx"));
+    assert_eq!(
+        att.attachment_name(),
+        Some("call_centre_daily-2024-03-14.xlsx")
+    );
     assert_eq!(att.contents(), &workbook[..]);
 
     // The same schedule firing again: no second build, no second mail.
@@ -153,22 +247,34 @@ async fn the_whole_path_runs_on_the_local_cloud() {
         }],
     });
     let (poll, drained) = cloud.poll(at).await.unwrap();
-    assert_eq!(poll["queued"], 1, "only the new mail: the delta link was kept");
+    assert_eq!(
+        poll["queued"], 1,
+        "only the new mail: the delta link was kept"
+    );
     assert_eq!(drained.failures, 0, "no retry loop for bad input");
     let reason = cloud
         .object("quarantine/ib_calls/2024-03-15/AAMkAGI2TG93AAA=broken/ib_calls_2024-03-15.csv.reason.json")
         .await
         .unwrap();
     let reason: serde_json::Value = serde_json::from_slice(&reason).unwrap();
-    assert!(reason["reason"].as_str().unwrap().contains("call_id"), "{reason}");
+    assert!(
+        reason["reason"].as_str().unwrap().contains("call_id"),
+        "{reason}"
+    );
 
     // A poison message ends in the DLQ after the queue's max receives.
-    charlie::adapters::queue::Queue::new(cloud.clients.sqs.clone(), &cloud.outputs.queue_urls["inbound"])
-        .send(&serde_json::json!({"v": 1, "kind": "nonsense"}), "poison")
-        .await
-        .unwrap();
+    charlie::adapters::queue::Queue::new(
+        cloud.clients.sqs.clone(),
+        &cloud.outputs.queue_urls["inbound"],
+    )
+    .send(&serde_json::json!({"v": 1, "kind": "nonsense"}), "poison")
+    .await
+    .unwrap();
     let drained = cloud.runner.drain().await.unwrap();
-    assert_eq!(drained.failures, 5, "received and failed maxReceiveCount times");
+    assert_eq!(
+        drained.failures, 5,
+        "received and failed maxReceiveCount times"
+    );
     assert_eq!(cloud.dlq_depth("inbound").await.unwrap(), 1);
 
     drop(cloud);

@@ -4,7 +4,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
 use charlie::adapters::aws::AwsClients;
 use charlie_local::emulator::Emulator;
 
@@ -24,13 +26,27 @@ pub async fn clients() -> AwsClients {
 
 /// A name no other test in this run uses.
 pub fn unique(base: &str) -> String {
-    format!("{base}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{base}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A pk/sk table like the module's `rows` and `state` tables.
 pub async fn create_table(clients: &AwsClients, name: &str) -> anyhow::Result<()> {
-    let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
-    let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build();
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    let key = |n: &str, t| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+    };
     clients
         .dynamodb
         .create_table()

@@ -58,7 +58,12 @@ pub struct UpOptions {
 
 impl UpOptions {
     pub fn new(work_dir: PathBuf) -> Self {
-        UpOptions { work_dir, mailbox_dir: project::root().join("events/mailbox"), graph_page_size: 2, progress: false }
+        UpOptions {
+            work_dir,
+            mailbox_dir: project::root().join("events/mailbox"),
+            graph_page_size: 2,
+            progress: false,
+        }
     }
 }
 
@@ -74,19 +79,45 @@ impl LocalCloud {
         let p = opts.progress;
         let t = Instant::now();
         let emulator = Emulator::start()?;
-        step(p, &format!("      emulator (moto) at {} ({:.1} s)", emulator.endpoint(), t.elapsed().as_secs_f64()));
+        step(
+            p,
+            &format!(
+                "      emulator (moto) at {} ({:.1} s)",
+                emulator.endpoint(),
+                t.elapsed().as_secs_f64()
+            ),
+        );
         let graph = FakeGraph::start(&opts.mailbox_dir, opts.graph_page_size).await?;
-        step(p, &format!("      fake Graph mailbox at {} with {} mails", graph.base_url, graph.message_count()));
+        step(
+            p,
+            &format!(
+                "      fake Graph mailbox at {} with {} mails",
+                graph.base_url,
+                graph.message_count()
+            ),
+        );
 
-        let zips = package_functions(&project::target_dir().join("debug"), &project::target_dir().join("charlie/lambda"))?;
-        step(p, &format!("      Lambda zips (bootstrap per function) in {}", zips.display()));
+        let zips = package_functions(
+            &project::target_dir().join("debug"),
+            &project::target_dir().join("charlie/lambda"),
+        )?;
+        step(
+            p,
+            &format!(
+                "      Lambda zips (bootstrap per function) in {}",
+                zips.display()
+            ),
+        );
 
         let (mailbox, folder) = graph.mailbox();
         let vars = vec![
             ("endpoint".to_owned(), emulator.endpoint().to_owned()),
             ("name_prefix".to_owned(), PREFIX.to_owned()),
             ("lambda_zip_dir".to_owned(), zips.display().to_string()),
-            ("config_file".to_owned(), project::root().join("reports.toml").display().to_string()),
+            (
+                "config_file".to_owned(),
+                project::root().join("reports.toml").display().to_string(),
+            ),
             ("graph_base_url".to_owned(), graph.base_url.clone()),
             ("graph_token_url".to_owned(), graph.token_url.clone()),
             ("mailboxes".to_owned(), format!("[\"{mailbox}/{folder}\"]")),
@@ -95,7 +126,10 @@ impl LocalCloud {
         let terraform = Terraform::new(&opts.work_dir, vars)?;
         let tf = Arc::new(terraform);
         let tf2 = tf.clone();
-        step(p, "      terraform init + apply (infra/envs/local; about a minute and a half) …");
+        step(
+            p,
+            "      terraform init + apply (infra/envs/local; about a minute and a half) …",
+        );
         let ticker = p.then(|| {
             tokio::spawn(async move {
                 let start = Instant::now();
@@ -114,10 +148,12 @@ impl LocalCloud {
             t.abort();
         }
         let apply_seconds = applied?;
-        let terraform = Arc::try_unwrap(tf).map_err(|_| anyhow::anyhow!("terraform handle still shared"))?;
+        let terraform =
+            Arc::try_unwrap(tf).map_err(|_| anyhow::anyhow!("terraform handle still shared"))?;
         step(p, &format!("      applied in {apply_seconds:.1} s"));
-        let outputs: Outputs = serde_json::from_value(terraform.output_json()?["deployment"]["value"].clone())
-            .context("terraform output `deployment`")?;
+        let outputs: Outputs =
+            serde_json::from_value(terraform.output_json()?["deployment"]["value"].clone())
+                .context("terraform output `deployment`")?;
 
         let config = emulator.sdk_config().await;
         let deployment = Deployment::read(&config, PREFIX).await?;
@@ -133,7 +169,15 @@ impl LocalCloud {
         );
         let runner = Arc::new(LocalRunner::new(deployment, &config, &emulator.aws_env()).await?);
         let clients = AwsClients::from_config(&config, true);
-        Ok(LocalCloud { runner, graph, terraform, outputs, clients, apply_seconds, emulator })
+        Ok(LocalCloud {
+            runner,
+            graph,
+            terraform,
+            outputs,
+            clients,
+            apply_seconds,
+            emulator,
+        })
     }
 
     /// The poller's schedule fires; the queues are drained (ingest runs).
@@ -144,8 +188,15 @@ impl LocalCloud {
     }
 
     /// The report's schedule fires; the queues are drained (mailer runs).
-    pub async fn report(&self, report: &str, at: DateTime<Utc>) -> anyhow::Result<(Value, DrainStats)> {
-        let run = self.runner.fire_schedule(&format!("-report-{report}"), at).await?;
+    pub async fn report(
+        &self,
+        report: &str,
+        at: DateTime<Utc>,
+    ) -> anyhow::Result<(Value, DrainStats)> {
+        let run = self
+            .runner
+            .fire_schedule(&format!("-report-{report}"), at)
+            .await?;
         let drained = self.runner.drain().await?;
         Ok((run, drained))
     }
@@ -207,16 +258,21 @@ impl LocalCloud {
             .await?;
         Ok(attrs
             .attributes()
-            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0))
     }
 
     /// An object of the bucket.
     pub async fn object(&self, key: &str) -> anyhow::Result<Vec<u8>> {
-        charlie::adapters::object_store::ObjectStore::new(self.clients.s3.clone(), &self.outputs.bucket)
-            .get(key, None)
-            .await
+        charlie::adapters::object_store::ObjectStore::new(
+            self.clients.s3.clone(),
+            &self.outputs.bucket,
+        )
+        .get(key, None)
+        .await
     }
 }
 
@@ -225,7 +281,11 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(out)?;
     println!("[1/6] Bringing up the local cloud");
-    let cloud = LocalCloud::up(UpOptions { progress: true, ..UpOptions::new(project::target_dir().join("charlie/demo-run")) }).await?;
+    let cloud = LocalCloud::up(UpOptions {
+        progress: true,
+        ..UpOptions::new(project::target_dir().join("charlie/demo-run"))
+    })
+    .await?;
     let (mailbox, folder) = cloud.graph.mailbox();
 
     println!("[2/6] Poller schedule fires: Graph delta of {mailbox}/{folder} → inbound → ingest");
@@ -244,9 +304,13 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
     }
     let stored = cloud.stored_rows("ib_calls", "2024-03-14").await?;
     let duplicates: u64 = outcomes.iter().map(|o| o.rows_duplicate).sum();
-    println!("      rows stored for ib_calls on 2024-03-14: {stored} (duplicates skipped: {duplicates})");
+    println!(
+        "      rows stored for ib_calls on 2024-03-14: {stored} (duplicates skipped: {duplicates})"
+    );
 
-    println!("[3/6] Report schedule fires (06:00 Europe/London on 2024-03-15) → workbook → mail → SES");
+    println!(
+        "[3/6] Report schedule fires (06:00 Europe/London on 2024-03-15) → workbook → mail → SES"
+    );
     let report_at: DateTime<Utc> = "2024-03-15T06:00:00Z".parse()?;
     let (run, drained) = cloud.report("call_centre_daily", report_at).await?;
     println!(
@@ -264,16 +328,23 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
     let graph_before = cloud.graph.message_count();
     // The Graph delta link is stored: the second round sees nothing new. Re-queue every mail as
     // a webhook would (duplicated notifications) to show ingest's claim at work.
-    for msg_id in outcomes.iter().map(|o| o.message_id.clone()).collect::<std::collections::BTreeSet<_>>() {
+    for msg_id in outcomes
+        .iter()
+        .map(|o| o.message_id.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+    {
         let m = charlie::messages::InboundMessage::GraphMessage {
             v: 1,
             mailbox: mailbox.clone(),
             message_id: msg_id,
             source: charlie::messages::MailSource::Webhook,
         };
-        charlie::adapters::queue::Queue::new(cloud.clients.sqs.clone(), &cloud.outputs.queue_urls["inbound"])
-            .send(&m, "demo-repeat")
-            .await?;
+        charlie::adapters::queue::Queue::new(
+            cloud.clients.sqs.clone(),
+            &cloud.outputs.queue_urls["inbound"],
+        )
+        .send(&m, "demo-repeat")
+        .await?;
     }
     let again = cloud.runner.drain().await?;
     let stored2 = cloud.stored_rows("ib_calls", "2024-03-14").await?;
@@ -294,7 +365,9 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
             std::fs::remove_file(p)?;
         }
     }
-    let key = run["workbook_key"].as_str().context("the run stored no workbook")?;
+    let key = run["workbook_key"]
+        .as_str()
+        .context("the run stored no workbook")?;
     let workbook = cloud.object(key).await?;
     let wb_path = out.join(key.rsplit('/').next().unwrap_or("report.xlsx"));
     std::fs::write(&wb_path, &workbook)?;
@@ -309,22 +382,42 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
     println!("[6/6] Done in {:.0} s", started.elapsed().as_secs_f64());
     println!();
     println!("  mails in mailbox        {graph_before}");
-    println!("  mails with a dataset    {}", outcomes.iter().map(|o| &o.message_id).collect::<std::collections::BTreeSet<_>>().len());
+    println!(
+        "  mails with a dataset    {}",
+        outcomes
+            .iter()
+            .map(|o| &o.message_id)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    );
     println!("  rows stored             {stored2}");
     println!("  duplicates skipped      {duplicates}");
-    println!("  workbook                {} ({} bytes)", wb_path.display(), workbook.len());
+    println!(
+        "  workbook                {} ({} bytes)",
+        wb_path.display(),
+        workbook.len()
+    );
     println!("  mails sent              {}", sent.len());
     for (m, p) in sent.iter().zip(&eml_paths) {
-        let parsed = mail_parser::MessageParser::default().parse(m.raw.as_bytes()).context("parsing the sent mail")?;
+        let parsed = mail_parser::MessageParser::default()
+            .parse(m.raw.as_bytes())
+            .context("parsing the sent mail")?;
         println!("    {}", p.display());
         println!("      from        {}", m.source);
         // moto adds the header addresses to the envelope ones: show each once.
         let unique: std::collections::BTreeSet<&String> = m.destinations.iter().collect();
-        println!("      to          {}", unique.into_iter().cloned().collect::<Vec<_>>().join(", "));
+        println!(
+            "      to          {}",
+            unique.into_iter().cloned().collect::<Vec<_>>().join(", ")
+        );
         println!("      subject     {}", parsed.subject().unwrap_or(""));
         for a in parsed.attachments() {
             use mail_parser::MimeHeaders;
-            println!("      attachment  {} ({} bytes)", a.attachment_name().unwrap_or("?"), a.contents().len());
+            println!(
+                "      attachment  {} ({} bytes)",
+                a.attachment_name().unwrap_or("?"),
+                a.contents().len()
+            );
         }
     }
     println!("  terraform apply         {:.1} s", cloud.apply_seconds);

@@ -58,10 +58,21 @@ impl Deployment {
         let apigw = aws_sdk_apigatewayv2::Client::new(config);
 
         let mut functions = Vec::new();
-        let listed = lambda.list_functions().max_items(1000).send().await.context("listing functions")?;
+        let listed = lambda
+            .list_functions()
+            .max_items(1000)
+            .send()
+            .await
+            .context("listing functions")?;
         for f in listed.functions() {
-            let Some(name) = f.function_name().filter(|n| n.starts_with(prefix)) else { continue };
-            let conf = lambda.get_function_configuration().function_name(name).send().await?;
+            let Some(name) = f.function_name().filter(|n| n.starts_with(prefix)) else {
+                continue;
+            };
+            let conf = lambda
+                .get_function_configuration()
+                .function_name(name)
+                .send()
+                .await?;
             functions.push(Function {
                 name: name.to_owned(),
                 arn: conf.function_arn().unwrap_or_default().to_owned(),
@@ -76,7 +87,11 @@ impl Deployment {
 
         let mut mappings = Vec::new();
         // Listing without a filter: moto ignores a short function name as filter.
-        let esms = lambda.list_event_source_mappings().send().await.context("listing event source mappings")?;
+        let esms = lambda
+            .list_event_source_mappings()
+            .send()
+            .await
+            .context("listing event source mappings")?;
         for m in esms.event_source_mappings() {
             let function_arn = m.function_arn().unwrap_or_default();
             if !arns.contains(&function_arn) {
@@ -84,7 +99,13 @@ impl Deployment {
             }
             let queue_arn = m.event_source_arn().unwrap_or_default().to_owned();
             let queue_name = queue_arn.rsplit(':').next().unwrap_or_default();
-            let url = sqs.get_queue_url().queue_name(queue_name).send().await?.queue_url.unwrap_or_default();
+            let url = sqs
+                .get_queue_url()
+                .queue_name(queue_name)
+                .send()
+                .await?
+                .queue_url
+                .unwrap_or_default();
             mappings.push(QueueMapping {
                 queue_arn,
                 queue_url: url,
@@ -99,7 +120,12 @@ impl Deployment {
         }
 
         let mut schedules = Vec::new();
-        let listed = scheduler.list_schedules().name_prefix(prefix).send().await.context("listing schedules")?;
+        let listed = scheduler
+            .list_schedules()
+            .name_prefix(prefix)
+            .send()
+            .await
+            .context("listing schedules")?;
         for s in listed.schedules() {
             let name = s.name().unwrap_or_default();
             let full = scheduler
@@ -132,8 +158,12 @@ impl Deployment {
                 .filter_map(|i| Some((i.integration_id()?, i.integration_uri()?)))
                 .collect();
             for r in apigw.get_routes().api_id(api_id).send().await?.items() {
-                let Some(target) = r.target().and_then(|t| t.strip_prefix("integrations/")) else { continue };
-                let Some(uri) = by_id.get(target) else { continue };
+                let Some(target) = r.target().and_then(|t| t.strip_prefix("integrations/")) else {
+                    continue;
+                };
+                let Some(uri) = by_id.get(target) else {
+                    continue;
+                };
                 routes.push(Route {
                     route_key: r.route_key().unwrap_or_default().to_owned(),
                     api_id: api_id.to_owned(),
@@ -141,11 +171,18 @@ impl Deployment {
                 });
             }
         }
-        Ok(Deployment { functions, mappings, schedules, routes })
+        Ok(Deployment {
+            functions,
+            mappings,
+            schedules,
+            routes,
+        })
     }
 
     pub fn function_by_arn(&self, arn: &str) -> Option<&Function> {
-        self.functions.iter().find(|f| f.arn == arn || arn.starts_with(&format!("{}:", f.arn)))
+        self.functions
+            .iter()
+            .find(|f| f.arn == arn || arn.starts_with(&format!("{}:", f.arn)))
     }
 }
 
@@ -162,6 +199,9 @@ mod tests {
     #[test]
     fn invoke_uris_name_their_function() {
         let uri = "arn:aws:apigateway:eu-west-2:lambda:path/2015-03-31/functions/arn:aws:lambda:eu-west-2:123456789012:function:x/invocations";
-        assert_eq!(super::function_arn_of_invoke_uri(uri), "arn:aws:lambda:eu-west-2:123456789012:function:x");
+        assert_eq!(
+            super::function_arn_of_invoke_uri(uri),
+            "arn:aws:lambda:eu-west-2:123456789012:function:x"
+        );
     }
 }

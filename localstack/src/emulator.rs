@@ -23,7 +23,10 @@ pub struct Emulator {
 impl Emulator {
     /// Starts the emulator with the project's Python and waits until it answers.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(&project::python(), &project::root().join("localstack/moto_server.py"))
+        Self::start_with(
+            &project::python(),
+            &project::root().join("localstack/moto_server.py"),
+        )
     }
 
     pub fn start_with(python: &Path, script: &Path) -> anyhow::Result<Self> {
@@ -63,9 +66,15 @@ impl Emulator {
         let Some(endpoint) = line.trim().strip_prefix("READY ") else {
             let _ = child.kill();
             let status = child.wait().ok();
-            bail!("the emulator did not start (first line {line:?}, exit {status:?}); is moto[server] installed for that Python?");
+            bail!(
+                "the emulator did not start (first line {line:?}, exit {status:?}); is moto[server] installed for that Python?"
+            );
         };
-        Ok(Emulator { child, endpoint: endpoint.to_owned(), _lifeline: lifeline })
+        Ok(Emulator {
+            child,
+            endpoint: endpoint.to_owned(),
+            _lifeline: lifeline,
+        })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -92,14 +101,21 @@ impl Emulator {
     pub async fn sent_raw_mail(&self) -> anyhow::Result<Vec<SentMail>> {
         let url = format!("{}/moto-api/data.json?service=ses", self.endpoint);
         let dump: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
-        let raw = dump["ses"]["RawMessage"].as_array().cloned().unwrap_or_default();
+        let raw = dump["ses"]["RawMessage"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         raw.into_iter()
             .map(|m| {
                 Ok(SentMail {
                     id: m["id"].as_str().unwrap_or_default().to_owned(),
                     source: m["source"].as_str().unwrap_or_default().to_owned(),
-                    destinations: serde_json::from_value(m["destinations"].clone()).unwrap_or_default(),
-                    raw: m["raw_data"].as_str().context("a sent mail without raw_data")?.to_owned(),
+                    destinations: serde_json::from_value(m["destinations"].clone())
+                        .unwrap_or_default(),
+                    raw: m["raw_data"]
+                        .as_str()
+                        .context("a sent mail without raw_data")?
+                        .to_owned(),
                 })
             })
             .collect()

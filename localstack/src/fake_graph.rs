@@ -99,14 +99,25 @@ impl FakeGraph {
         for m in fixture.messages {
             let mut attachments = Vec::new();
             for a in m.attachments {
-                let bytes = std::fs::read(dir.join(&a.file)).with_context(|| format!("reading attachment {}", a.file))?;
-                attachments.push(FakeAttachment { name: a.name, content_type: a.content_type, bytes });
+                let bytes = std::fs::read(dir.join(&a.file))
+                    .with_context(|| format!("reading attachment {}", a.file))?;
+                attachments.push(FakeAttachment {
+                    name: a.name,
+                    content_type: a.content_type,
+                    bytes,
+                });
             }
             messages.push(FakeMessage {
                 id: m.id,
                 subject: m.subject,
-                from_name: m.from["emailAddress"]["name"].as_str().unwrap_or_default().to_owned(),
-                from_address: m.from["emailAddress"]["address"].as_str().unwrap_or_default().to_owned(),
+                from_name: m.from["emailAddress"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                from_address: m.from["emailAddress"]["address"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
                 received: m.received,
                 attachments,
             });
@@ -127,14 +138,24 @@ impl FakeGraph {
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
-            .route("/v1.0/users/{user}/mailFolders/{folder}/messages/delta", get(delta))
+            .route(
+                "/v1.0/users/{user}/mailFolders/{folder}/messages/delta",
+                get(delta),
+            )
             .route("/v1.0/users/{user}/messages/{id}", get(message))
-            .route("/v1.0/users/{user}/messages/{id}/attachments", get(attachments))
+            .route(
+                "/v1.0/users/{user}/messages/{id}/attachments",
+                get(attachments),
+            )
             .with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(FakeGraph { inner, base_url, token_url: format!("http://{addr}/{TENANT}/oauth2/v2.0/token") })
+        Ok(FakeGraph {
+            inner,
+            base_url,
+            token_url: format!("http://{addr}/{TENANT}/oauth2/v2.0/token"),
+        })
     }
 
     /// A new mail arrives in the folder.
@@ -164,16 +185,22 @@ fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn authorised(inner: &mut Inner, headers: &HeaderMap) -> Result<(), Response> {
+/// Counts the call and checks its bearer token.
+fn authorised(inner: &mut Inner, headers: &HeaderMap) -> bool {
     inner.requests += 1;
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match token {
-        Some(t) if inner.tokens.contains(t) => Ok(()),
-        _ => Err(graph_error(StatusCode::UNAUTHORIZED, "InvalidAuthenticationToken", "Access token is empty or invalid.")),
-    }
+    token.is_some_and(|t| inner.tokens.contains(t))
+}
+
+fn unauthorised() -> Response {
+    graph_error(
+        StatusCode::UNAUTHORIZED,
+        "InvalidAuthenticationToken",
+        "Access token is empty or invalid.",
+    )
 }
 
 #[derive(Deserialize)]
@@ -184,7 +211,11 @@ struct TokenForm {
     scope: String,
 }
 
-async fn token(State(state): Shared, UrlPath(_tenant): UrlPath<String>, Form(form): Form<TokenForm>) -> Response {
+async fn token(
+    State(state): Shared,
+    UrlPath(_tenant): UrlPath<String>,
+    Form(form): Form<TokenForm>,
+) -> Response {
     let mut inner = state.lock().unwrap();
     if form.grant_type != "client_credentials" || !form.scope.ends_with("/.default") {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "invalid_request", "error_description": "AADSTS900144: grant_type must be client_credentials with a /.default scope"}))).into_response();
@@ -200,7 +231,12 @@ async fn token(State(state): Shared, UrlPath(_tenant): UrlPath<String>, Form(for
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.finish()
 }
 
@@ -212,11 +248,15 @@ async fn delta(
     headers: HeaderMap,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    if let Err(r) = authorised(&mut inner, &headers) {
-        return r;
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
     }
     if !user.eq_ignore_ascii_case(&inner.mailbox) || !folder.eq_ignore_ascii_case(&inner.folder) {
-        return graph_error(StatusCode::NOT_FOUND, "ErrorItemNotFound", "The specified object was not found in the store.");
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "ErrorItemNotFound",
+            "The specified object was not found in the store.",
+        );
     }
     let total = inner.messages.len();
     let (from, to, offset) = if let Some(skip) = q.get("$skiptoken") {
@@ -228,7 +268,13 @@ async fn delta(
     } else if let Some(d) = q.get("$deltatoken") {
         match d.parse::<usize>() {
             Ok(seen) if seen <= total => (seen, total, seen),
-            _ => return graph_error(StatusCode::GONE, "SyncStateNotFound", "The sync state was not found or has expired."),
+            _ => {
+                return graph_error(
+                    StatusCode::GONE,
+                    "SyncStateNotFound",
+                    "The sync state was not found or has expired.",
+                );
+            }
         }
     } else {
         (0, total, 0)
@@ -236,13 +282,22 @@ async fn delta(
     let wanted = headers
         .get("prefer")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').find_map(|p| p.trim().strip_prefix("odata.maxpagesize=")))
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|p| p.trim().strip_prefix("odata.maxpagesize="))
+        })
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(inner.page_size);
     let size = wanted.min(inner.page_size).max(1);
     let end = (offset + size).min(to);
-    let value: Vec<Value> = inner.messages[offset..end].iter().map(summary_json).collect();
-    let link = format!("{}/users/{user}/mailFolders/{folder}/messages/delta", inner.base_url);
+    let value: Vec<Value> = inner.messages[offset..end]
+        .iter()
+        .map(summary_json)
+        .collect();
+    let link = format!(
+        "{}/users/{user}/mailFolders/{folder}/messages/delta",
+        inner.base_url
+    );
     let mut body = json!({
         "@odata.context": format!("{}/$metadata#Collection(message)", inner.base_url),
         "value": value,
@@ -267,24 +322,40 @@ fn summary_json(m: &FakeMessage) -> Value {
     })
 }
 
-async fn message(State(state): Shared, UrlPath((_user, id)): UrlPath<(String, String)>, headers: HeaderMap) -> Response {
+async fn message(
+    State(state): Shared,
+    UrlPath((_user, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let mut inner = state.lock().unwrap();
-    if let Err(r) = authorised(&mut inner, &headers) {
-        return r;
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
     }
     match inner.messages.iter().find(|m| m.id == id) {
         Some(m) => Json(summary_json(m)).into_response(),
-        None => graph_error(StatusCode::NOT_FOUND, "ErrorItemNotFound", "The specified object was not found in the store."),
+        None => graph_error(
+            StatusCode::NOT_FOUND,
+            "ErrorItemNotFound",
+            "The specified object was not found in the store.",
+        ),
     }
 }
 
-async fn attachments(State(state): Shared, UrlPath((_user, id)): UrlPath<(String, String)>, headers: HeaderMap) -> Response {
+async fn attachments(
+    State(state): Shared,
+    UrlPath((_user, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     let mut inner = state.lock().unwrap();
-    if let Err(r) = authorised(&mut inner, &headers) {
-        return r;
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
     }
     let Some(m) = inner.messages.iter().find(|m| m.id == id) else {
-        return graph_error(StatusCode::NOT_FOUND, "ErrorItemNotFound", "The specified object was not found in the store.");
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "ErrorItemNotFound",
+            "The specified object was not found in the store.",
+        );
     };
     let value: Vec<Value> = m
         .attachments

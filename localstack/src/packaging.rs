@@ -17,7 +17,10 @@ pub fn package_functions(bin_dir: &Path, out_dir: &Path) -> anyhow::Result<PathB
     for name in STAGES {
         let bin = bin_dir.join(name);
         if !bin.exists() {
-            bail!("{} is missing: build the functions first (cargo build --workspace --bins)", bin.display());
+            bail!(
+                "{} is missing: build the functions first (cargo build --workspace --bins)",
+                bin.display()
+            );
         }
         let zip_path = out_dir.join(format!("{name}.zip"));
         let fresh = match (zip_path.metadata(), bin.metadata()) {

@@ -15,7 +15,9 @@ pub fn root() -> PathBuf {
 
 /// Cargo's target folder (`CARGO_TARGET_DIR`, else `<root>/target`).
 pub fn target_dir() -> PathBuf {
-    std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root().join("target"))
+    std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root().join("target"))
 }
 
 /// The Python that runs the emulator: `CHARLIE_PYTHON`, else the project's `.venv`.

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-use chrono::{DateTime, Utc};
 use charlie::env::Env;
 use charlie::stages::Stage;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::deployment::{Deployment, QueueMapping};
@@ -43,7 +43,11 @@ pub struct DrainStats {
 impl LocalRunner {
     /// Builds every deployed function from its environment plus `aws_env` (endpoint, region,
     /// credentials).
-    pub async fn new(deployment: Deployment, config: &aws_config::SdkConfig, aws_env: &[(String, String)]) -> anyhow::Result<Self> {
+    pub async fn new(
+        deployment: Deployment,
+        config: &aws_config::SdkConfig,
+        aws_env: &[(String, String)],
+    ) -> anyhow::Result<Self> {
         let mut stages = HashMap::new();
         for f in &deployment.functions {
             let mut env: Env = f.environment.clone().into_iter().collect();
@@ -62,7 +66,12 @@ impl LocalRunner {
             .find(|(k, _)| k == "AWS_REGION")
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| "eu-west-2".into());
-        Ok(LocalRunner { deployment, stages, sqs: aws_sdk_sqs::Client::new(config), region })
+        Ok(LocalRunner {
+            deployment,
+            stages,
+            sqs: aws_sdk_sqs::Client::new(config),
+            region,
+        })
     }
 
     fn stage(&self, function_arn: &str) -> anyhow::Result<Arc<Stage>> {
@@ -94,10 +103,17 @@ impl LocalRunner {
             .with_context(|| format!("no schedule ending in {suffix}"))?;
         let input = s
             .input
-            .replace("<aws.scheduler.scheduled-time>", &at.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .replace(
+                "<aws.scheduler.scheduled-time>",
+                &at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            )
             .replace("<aws.scheduler.schedule-arn>", &s.name)
-            .replace("<aws.scheduler.execution-id>", &charlie::stages::new_correlation_id());
-        let event: Value = serde_json::from_str(&input).with_context(|| format!("schedule {} input is not JSON", s.name))?;
+            .replace(
+                "<aws.scheduler.execution-id>",
+                &charlie::stages::new_correlation_id(),
+            );
+        let event: Value = serde_json::from_str(&input)
+            .with_context(|| format!("schedule {} input is not JSON", s.name))?;
         self.stage(&s.target_arn)?.invoke(event).await
     }
 
@@ -105,7 +121,10 @@ impl LocalRunner {
     pub async fn drain(&self) -> anyhow::Result<DrainStats> {
         let mut total = DrainStats::default();
         loop {
-            let rounds = futures::future::join_all(self.deployment.mappings.iter().map(|m| self.pump_once(m))).await;
+            let rounds = futures::future::join_all(
+                self.deployment.mappings.iter().map(|m| self.pump_once(m)),
+            )
+            .await;
             let mut round = DrainStats::default();
             for r in rounds {
                 let r = r?;
@@ -139,18 +158,28 @@ impl LocalRunner {
         if messages.is_empty() {
             return Ok(DrainStats::default());
         }
-        let records: Vec<Value> = messages.iter().map(|msg| sqs_record(msg, &m.queue_arn, &self.region)).collect();
+        let records: Vec<Value> = messages
+            .iter()
+            .map(|msg| sqs_record(msg, &m.queue_arn, &self.region))
+            .collect();
         let event = json!({ "Records": records });
         let stage = self.stage(&m.function_arn)?;
         let failed: Vec<String> = match stage.invoke(event).await {
             Ok(resp) if m.report_batch_item_failures => resp["batchItemFailures"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default(),
             Ok(_) => vec![],
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), queue = m.queue_url, "invocation failed: the whole batch stays");
-                messages.iter().filter_map(|x| x.message_id.clone()).collect()
+                messages
+                    .iter()
+                    .filter_map(|x| x.message_id.clone())
+                    .collect()
             }
         };
         // An empty identifier fails the whole batch, as Lambda does.
@@ -168,7 +197,12 @@ impl LocalRunner {
                     .send()
                     .await?;
             } else {
-                deletes.push(DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(handle).build()?);
+                deletes.push(
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .build()?,
+                );
             }
         }
         if !deletes.is_empty() {
@@ -180,18 +214,29 @@ impl LocalRunner {
                 .send()
                 .await?;
             if !out.failed.is_empty() {
-                bail!("could not delete {} handled messages from {}", out.failed.len(), m.queue_url);
+                bail!(
+                    "could not delete {} handled messages from {}",
+                    out.failed.len(),
+                    m.queue_url
+                );
             }
         }
         Ok(DrainStats {
             batches: 1,
             messages: messages.len() as u32,
-            failures: if whole_batch { messages.len() as u32 } else { failed.len() as u32 },
+            failures: if whole_batch {
+                messages.len() as u32
+            } else {
+                failed.len() as u32
+            },
         })
     }
 
     /// Serves the deployment's API routes on `addr` (port 0: a free one) until dropped.
-    pub async fn serve_api(self: &Arc<Self>, addr: SocketAddr) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    pub async fn serve_api(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+    ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let runner = self.clone();
@@ -217,11 +262,21 @@ impl LocalRunner {
             .iter()
             .find(|r| r.route_key == key || r.route_key == "$default")
         else {
-            return (axum::http::StatusCode::NOT_FOUND, axum::Json(json!({"message": "Not Found"}))).into_response();
+            return (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(json!({"message": "Not Found"})),
+            )
+                .into_response();
         };
         let body = match axum::body::to_bytes(body, 10 * 1024 * 1024).await {
             Ok(b) => b,
-            Err(_) => return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+            Err(_) => {
+                return (
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                )
+                    .into_response();
+            }
         };
         let query = parts.uri.query().unwrap_or_default().to_owned();
         let mut params = serde_json::Map::new();
@@ -231,7 +286,10 @@ impl LocalRunner {
         }
         let mut headers = serde_json::Map::new();
         for (k, v) in &parts.headers {
-            headers.insert(k.as_str().to_owned(), Value::String(v.to_str().unwrap_or_default().to_owned()));
+            headers.insert(
+                k.as_str().to_owned(),
+                Value::String(v.to_str().unwrap_or_default().to_owned()),
+            );
         }
         let text = std::str::from_utf8(&body).ok().map(str::to_owned);
         let now = Utc::now();
@@ -267,11 +325,18 @@ impl LocalRunner {
                     }
                 }
                 let body = resp["body"].as_str().unwrap_or_default().to_owned();
-                builder.body(axum::body::Body::from(body)).unwrap_or_default().into_response()
+                builder
+                    .body(axum::body::Body::from(body))
+                    .unwrap_or_default()
+                    .into_response()
             }
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "API invocation failed");
-                (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"message": "Internal Server Error"}))).into_response()
+                (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"message": "Internal Server Error"})),
+                )
+                    .into_response()
             }
         }
     }
@@ -281,17 +346,24 @@ impl LocalRunner {
 fn sqs_record(msg: &aws_sdk_sqs::types::Message, queue_arn: &str, region: &str) -> Value {
     let attributes: serde_json::Map<String, Value> = msg
         .attributes()
-        .map(|a| a.iter().map(|(k, v)| (k.as_str().to_owned(), Value::String(v.clone()))).collect())
+        .map(|a| {
+            a.iter()
+                .map(|(k, v)| (k.as_str().to_owned(), Value::String(v.clone())))
+                .collect()
+        })
         .unwrap_or_default();
     let message_attributes: serde_json::Map<String, Value> = msg
         .message_attributes()
         .map(|a| {
             a.iter()
                 .map(|(k, v)| {
-                    (k.clone(), json!({
-                        "stringValue": v.string_value(), "dataType": v.data_type(),
-                        "stringListValues": [], "binaryListValues": [],
-                    }))
+                    (
+                        k.clone(),
+                        json!({
+                            "stringValue": v.string_value(), "dataType": v.data_type(),
+                            "stringListValues": [], "binaryListValues": [],
+                        }),
+                    )
                 })
                 .collect()
         })
@@ -317,7 +389,10 @@ fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                match u8::from_str_radix(
+                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                    16,
+                ) {
                     Ok(b) => {
                         out.push(b);
                         i += 2;
@@ -354,7 +429,10 @@ where
 mod tests {
     #[test]
     fn query_values_are_url_decoded() {
-        assert_eq!(super::decode("Validation%3A+Testing%20client"), "Validation: Testing client");
+        assert_eq!(
+            super::decode("Validation%3A+Testing%20client"),
+            "Validation: Testing client"
+        );
         assert_eq!(super::decode("100%"), "100%");
     }
 }

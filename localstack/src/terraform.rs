@@ -22,7 +22,11 @@ impl Terraform {
     /// `work_dir` holds this run's state and `.terraform`; `vars` are `-var` values.
     pub fn new(work_dir: &Path, vars: Vec<(String, String)>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(work_dir)?;
-        Ok(Terraform { env_dir: project::root().join("infra/envs/local"), work_dir: work_dir.to_path_buf(), vars })
+        Ok(Terraform {
+            env_dir: project::root().join("infra/envs/local"),
+            work_dir: work_dir.to_path_buf(),
+            vars,
+        })
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -33,13 +37,19 @@ impl Terraform {
             .env("TF_IN_AUTOMATION", "1")
             .env("TF_INPUT", "0");
         if Path::new(MIRROR).is_dir() {
-            cmd.env("TF_CLI_CONFIG_FILE", project::root().join("infra/terraformrc.mirror"));
+            cmd.env(
+                "TF_CLI_CONFIG_FILE",
+                project::root().join("infra/terraformrc.mirror"),
+            );
         }
         cmd
     }
 
     fn var_args(&self) -> Vec<String> {
-        let mut out = vec![format!("-state={}", self.work_dir.join("terraform.tfstate").display())];
+        let mut out = vec![format!(
+            "-state={}",
+            self.work_dir.join("terraform.tfstate").display()
+        )];
         for (k, v) in &self.vars {
             out.push("-var".into());
             out.push(format!("{k}={v}"));
@@ -60,9 +70,15 @@ impl Terraform {
     }
 
     pub fn init(&self) -> anyhow::Result<()> {
-        let out = self.run("init", &["init".into(), "-input=false".into(), "-no-color".into()])?;
+        let out = self.run(
+            "init",
+            &["init".into(), "-input=false".into(), "-no-color".into()],
+        )?;
         if !out.status.success() {
-            bail!("terraform init failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "terraform init failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
@@ -70,7 +86,12 @@ impl Terraform {
     /// Applies and returns the seconds it took.
     pub fn apply(&self) -> anyhow::Result<f64> {
         let start = Instant::now();
-        let mut args = vec!["apply".into(), "-auto-approve".into(), "-input=false".into(), "-no-color".into()];
+        let mut args = vec![
+            "apply".into(),
+            "-auto-approve".into(),
+            "-input=false".into(),
+            "-no-color".into(),
+        ];
         args.extend(self.var_args());
         let out = self.run("apply", &args)?;
         if !out.status.success() {
@@ -85,21 +106,39 @@ impl Terraform {
 
     /// True when a plan finds nothing to change (`-detailed-exitcode` 0); the plan text otherwise.
     pub fn plan_is_noop(&self) -> anyhow::Result<Result<(), String>> {
-        let mut args = vec!["plan".into(), "-detailed-exitcode".into(), "-input=false".into(), "-no-color".into()];
+        let mut args = vec![
+            "plan".into(),
+            "-detailed-exitcode".into(),
+            "-input=false".into(),
+            "-no-color".into(),
+        ];
         args.extend(self.var_args());
         let out = self.run("plan", &args)?;
         match out.status.code() {
             Some(0) => Ok(Ok(())),
             Some(2) => Ok(Err(String::from_utf8_lossy(&out.stdout).into_owned())),
-            _ => bail!("terraform plan failed:\n{}", String::from_utf8_lossy(&out.stderr)),
+            _ => bail!(
+                "terraform plan failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
         }
     }
 
     pub fn output_json(&self) -> anyhow::Result<serde_json::Value> {
-        let args = vec!["output".into(), "-json".into(), format!("-state={}", self.work_dir.join("terraform.tfstate").display())];
+        let args = vec![
+            "output".into(),
+            "-json".into(),
+            format!(
+                "-state={}",
+                self.work_dir.join("terraform.tfstate").display()
+            ),
+        ];
         let out = self.run("output", &args)?;
         if !out.status.success() {
-            bail!("terraform output failed:\n{}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "terraform output failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
     }

@@ -170,7 +170,10 @@ fn line_of(text: &str, pos: &csv::Position) -> u64 {
 }
 
 fn key_idx_contains(dataset: &Dataset, name: &str) -> bool {
-    dataset.key.iter().any(|k| k.trim().eq_ignore_ascii_case(name.trim()))
+    dataset
+        .key
+        .iter()
+        .any(|k| k.trim().eq_ignore_ascii_case(name.trim()))
 }
 
 fn typed_row(
@@ -196,7 +199,11 @@ fn typed_row(
 }
 
 /// Parses one non-empty field. Text is kept exactly as received (only an empty field is missing).
-pub fn parse_value(kind: ColumnType, format: Option<&str>, raw: &str) -> Result<Value, &'static str> {
+pub fn parse_value(
+    kind: ColumnType,
+    format: Option<&str>,
+    raw: &str,
+) -> Result<Value, &'static str> {
     let t = raw.trim();
     match kind {
         ColumnType::Text => Ok(Value::Text(raw.to_owned())),
@@ -212,11 +219,9 @@ pub fn parse_value(kind: ColumnType, format: Option<&str>, raw: &str) -> Result<
             "false" | "no" | "n" | "0" => Ok(Value::Bool(false)),
             _ => Err("a boolean"),
         },
-        ColumnType::Date => {
-            NaiveDate::parse_from_str(t, format.unwrap_or("%Y-%m-%d"))
-                .map(Value::Date)
-                .map_err(|_| "a date")
-        }
+        ColumnType::Date => NaiveDate::parse_from_str(t, format.unwrap_or("%Y-%m-%d"))
+            .map(Value::Date)
+            .map_err(|_| "a date"),
         ColumnType::Datetime => parse_datetime(t, format)
             .map(Value::DateTime)
             .ok_or("a date and time"),
@@ -239,13 +244,23 @@ fn parse_duration(t: &str) -> Option<i64> {
         return (s >= 0).then_some(s);
     }
     if !t.contains(':') {
-        return t.parse::<f64>().ok().filter(|s| *s >= 0.0).map(|s| s.round() as i64);
+        return t
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s >= 0.0)
+            .map(|s| s.round() as i64);
     }
     let parts: Vec<&str> = t.split(':').collect();
-    if parts.len() > 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.len() > 3
+        || parts
+            .iter()
+            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return None;
     }
-    parts.iter().try_fold(0i64, |acc, p| Some(acc * 60 + p.parse::<i64>().ok()?))
+    parts
+        .iter()
+        .try_fold(0i64, |acc, p| Some(acc * 60 + p.parse::<i64>().ok()?))
 }
 
 fn row_date(value: Option<&Value>) -> Option<NaiveDate> {
@@ -286,7 +301,10 @@ pub fn decode(bytes: &[u8]) -> (String, &'static str) {
     }
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_owned(), "utf-8"),
-        Err(_) => (bytes.iter().map(|&b| windows_1252(b)).collect(), "windows-1252"),
+        Err(_) => (
+            bytes.iter().map(|&b| windows_1252(b)).collect(),
+            "windows-1252",
+        ),
     }
 }
 
@@ -327,8 +345,14 @@ pub fn sniff_delimiter(text: &str) -> char {
             _ => {}
         }
     }
-    let best = (0..4).max_by_key(|&i| (counts[i], std::cmp::Reverse(i))).unwrap_or(0);
-    if counts[best] == 0 { ',' } else { candidates[best] }
+    let best = (0..4)
+        .max_by_key(|&i| (counts[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
+    if counts[best] == 0 {
+        ','
+    } else {
+        candidates[best]
+    }
 }
 
 #[cfg(test)]
@@ -355,7 +379,10 @@ mod tests {
     #[test]
     fn bom_is_dropped_and_never_reaches_the_first_header() {
         let d = defs();
-        let text = format!("\u{feff}{}", csv(&["c1,A1,Ann,Sales,2024-03-14T09:00:00,,2024-03-14T09:01:00,0,60,ABANDONED,,"]));
+        let text = format!(
+            "\u{feff}{}",
+            csv(&["c1,A1,Ann,Sales,2024-03-14T09:00:00,,2024-03-14T09:01:00,0,60,ABANDONED,,"])
+        );
         let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
         assert_eq!(parsed.encoding, "utf-8-bom");
         assert_eq!(parsed.rows.len(), 1);
@@ -380,12 +407,21 @@ mod tests {
     #[test]
     fn quoted_fields_keep_delimiters_quotes_and_newlines() {
         let d = defs();
-        let text = csv(&["c1,A1,\"O'Brien, Jr.\",Sales,2024-03-14T09:00:00,,,0,1,X,0049 30 1234567,\"said \"\"hi\"\"\r\nthen left\""]);
+        let text = csv(&[
+            "c1,A1,\"O'Brien, Jr.\",Sales,2024-03-14T09:00:00,,,0,1,X,0049 30 1234567,\"said \"\"hi\"\"\r\nthen left\"",
+        ]);
         let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
         let row = &parsed.rows[0].values;
         assert_eq!(row[2], Some(Value::Text("O'Brien, Jr.".into())));
-        assert_eq!(row[10], Some(Value::Text("0049 30 1234567".into())), "phone numbers stay text");
-        assert_eq!(row[11], Some(Value::Text("said \"hi\"\r\nthen left".into())));
+        assert_eq!(
+            row[10],
+            Some(Value::Text("0049 30 1234567".into())),
+            "phone numbers stay text"
+        );
+        assert_eq!(
+            row[11],
+            Some(Value::Text("said \"hi\"\r\nthen left".into()))
+        );
     }
 
     #[test]
@@ -399,7 +435,11 @@ mod tests {
         assert_eq!(parsed.rows.len(), 1);
         assert_eq!(parsed.rejects.len(), 1);
         assert_eq!(parsed.rejects[0].line, 2);
-        assert!(parsed.rejects[0].reason.contains("duration_seconds"), "{:?}", parsed.rejects);
+        assert!(
+            parsed.rejects[0].reason.contains("duration_seconds"),
+            "{:?}",
+            parsed.rejects
+        );
     }
 
     #[test]
@@ -407,7 +447,10 @@ mod tests {
         let d = defs();
         let text = "agent_id,queue\r\nA1,Sales\r\n";
         let err = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap_err();
-        assert_eq!(err, Unusable::MissingColumns(vec!["call_id".into(), "started_at".into()]));
+        assert_eq!(
+            err,
+            Unusable::MissingColumns(vec!["call_id".into(), "started_at".into()])
+        );
     }
 
     #[test]
@@ -436,7 +479,10 @@ mod tests {
             le.extend_from_slice(&u.to_le_bytes());
         }
         assert_eq!(decode(&le), ("café".to_owned(), "utf-16le"));
-        assert_eq!(decode(b"caf\xe9 \x80"), ("café €".to_owned(), "windows-1252"));
+        assert_eq!(
+            decode(b"caf\xe9 \x80"),
+            ("café €".to_owned(), "windows-1252")
+        );
     }
 
     #[test]

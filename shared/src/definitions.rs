@@ -243,7 +243,9 @@ impl Definitions {
             }
             for k in &ds.key {
                 if !declared.contains(k.as_str()) {
-                    out.push(format!("dataset {name}: key column {k:?} is not declared in columns"));
+                    out.push(format!(
+                        "dataset {name}: key column {k:?} is not declared in columns"
+                    ));
                 }
             }
             match ds.column(&ds.date_column) {
@@ -342,8 +344,15 @@ impl Dataset {
 
     /// Whether a mail's attachment belongs to this dataset.
     pub fn matches(&self, sender: &str, subject: &str, attachment_name: &str) -> bool {
-        self.matcher.sender.as_ref().is_none_or(|p| p.is_match(sender))
-            && self.matcher.subject.as_ref().is_none_or(|p| p.is_match(subject))
+        self.matcher
+            .sender
+            .as_ref()
+            .is_none_or(|p| p.is_match(sender))
+            && self
+                .matcher
+                .subject
+                .as_ref()
+                .is_none_or(|p| p.is_match(subject))
             && self.matcher.attachment.is_match(attachment_name)
     }
 }
@@ -390,7 +399,10 @@ mod tests {
             .replace("datasets = [\"ib_calls\"]", "datasets = [\"ib_call\"]");
         let err = Definitions::parse(&text).unwrap_err();
         let all = err.problems.join("\n");
-        assert!(all.contains("key column \"call_uuid\" is not declared"), "{all}");
+        assert!(
+            all.contains("key column \"call_uuid\" is not declared"),
+            "{all}"
+        );
         assert!(all.contains("unknown dataset \"ib_call\""), "{all}");
     }
 

@@ -123,7 +123,10 @@ mod tests {
             }
         );
         let back: serde_json::Value = serde_json::to_value(&msg).unwrap();
-        assert_eq!(back, serde_json::from_str::<serde_json::Value>(json).unwrap());
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
     }
 
     #[test]

@@ -18,7 +18,13 @@ mod tests {
     fn previous_day_is_taken_in_the_reports_time_zone() {
         // 23:30 UTC on the 14th is already the 15th in Sydney.
         let t: DateTime<Utc> = "2024-03-14T23:30:00Z".parse().unwrap();
-        assert_eq!(previous_day(t, chrono_tz::Australia::Sydney), "2024-03-14".parse().unwrap());
-        assert_eq!(previous_day(t, chrono_tz::Europe::London), "2024-03-13".parse().unwrap());
+        assert_eq!(
+            previous_day(t, chrono_tz::Australia::Sydney),
+            "2024-03-14".parse().unwrap()
+        );
+        assert_eq!(
+            previous_day(t, chrono_tz::Europe::London),
+            "2024-03-13".parse().unwrap()
+        );
     }
 }

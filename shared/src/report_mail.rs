@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use mail_builder::MessageBuilder;
 
-pub const XLSX_CONTENT_TYPE: &str = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
+pub const XLSX_CONTENT_TYPE: &str =
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 
 pub struct ReportMail<'a> {
     pub from: &'a str,
@@ -56,7 +57,10 @@ pub fn render(mail: &ReportMail) -> std::io::Result<Vec<u8>> {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -67,7 +71,10 @@ mod tests {
     #[test]
     fn the_mail_parses_with_both_bodies_and_the_exact_attachment() {
         let workbook: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
-        let to = vec!["a@contoso.example".to_owned(), "b@contoso.example".to_owned()];
+        let to = vec![
+            "a@contoso.example".to_owned(),
+            "b@contoso.example".to_owned(),
+        ];
         let bytes = render(&ReportMail {
             from: "reports@charlie.example",
             to: &to,
@@ -82,14 +89,24 @@ mod tests {
             date: "2024-03-15T06:00:00Z".parse().unwrap(),
         })
         .unwrap();
-        assert!(bytes.split(|&b| b == b'\n').all(|l| l.len() <= 998), "SMTP line limit");
+        assert!(
+            bytes.split(|&b| b == b'\n').all(|l| l.len() <= 998),
+            "SMTP line limit"
+        );
         let msg = MessageParser::default().parse(&bytes).unwrap();
         assert_eq!(msg.subject(), Some("Rapport quotidien — 2024-03-14"));
         assert_eq!(msg.to().unwrap().iter().count(), 2);
         assert!(msg.body_text(0).unwrap().contains("42 rows"));
-        assert!(msg.body_html(0).unwrap().contains("Call-centre &lt;daily&gt;"));
+        assert!(
+            msg.body_html(0)
+                .unwrap()
+                .contains("Call-centre &lt;daily&gt;")
+        );
         let att = msg.attachment(0).unwrap();
-        assert_eq!(att.attachment_name(), Some("call_centre_daily-2024-03-14.xlsx"));
+        assert_eq!(
+            att.attachment_name(),
+            Some("call_centre_daily-2024-03-14.xlsx")
+        );
         assert_eq!(att.content_type().unwrap().ctype(), "application");
         assert_eq!(att.contents(), &workbook[..]);
     }

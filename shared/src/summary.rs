@@ -80,12 +80,22 @@ pub fn summarise(dataset: &Dataset, summary: &Summary, rows: &[Row]) -> SummaryT
     let group_idx: Vec<usize> = summary
         .group_by
         .iter()
-        .map(|g| dataset.column(g).map(|(i, _)| i).expect("validated group column"))
+        .map(|g| {
+            dataset
+                .column(g)
+                .map(|(i, _)| i)
+                .expect("validated group column")
+        })
         .collect();
     let measure_idx: Vec<Option<usize>> = summary
         .measures
         .iter()
-        .map(|m| m.column.as_ref().and_then(|c| dataset.column(c)).map(|(i, _)| i))
+        .map(|m| {
+            m.column
+                .as_ref()
+                .and_then(|c| dataset.column(c))
+                .map(|(i, _)| i)
+        })
         .collect();
 
     let fresh = || vec![Acc::default(); summary.measures.len()];
@@ -94,7 +104,11 @@ pub fn summarise(dataset: &Dataset, summary: &Summary, rows: &[Row]) -> SummaryT
     for row in rows {
         let key: Vec<String> = group_idx
             .iter()
-            .map(|&i| row[i].as_ref().map_or_else(|| summary.missing_group.clone(), Value::display))
+            .map(|&i| {
+                row[i]
+                    .as_ref()
+                    .map_or_else(|| summary.missing_group.clone(), Value::display)
+            })
             .collect();
         let accs = groups.entry(key).or_insert_with(fresh);
         for (m, (measure, idx)) in summary.measures.iter().zip(&measure_idx).enumerate() {
@@ -151,9 +165,14 @@ pub fn summarise(dataset: &Dataset, summary: &Summary, rows: &[Row]) -> SummaryT
         color_scale: summary.measures.iter().map(|m| m.color_scale).collect(),
         rows: {
             // Groups with no value (e.g. calls never routed to an agent) go last.
-            let (missing, known): (Vec<_>, Vec<_>) =
-                groups.iter().partition(|(k, _)| k.iter().all(|v| *v == summary.missing_group));
-            known.into_iter().chain(missing).map(|(k, a)| finish(k.clone(), a)).collect()
+            let (missing, known): (Vec<_>, Vec<_>) = groups
+                .iter()
+                .partition(|(k, _)| k.iter().all(|v| *v == summary.missing_group));
+            known
+                .into_iter()
+                .chain(missing)
+                .map(|(k, a)| finish(k.clone(), a))
+                .collect()
         },
         total: finish(total_label, &total),
     }
@@ -188,7 +207,14 @@ mod tests {
         // Calls, Answered, Answer rate, Avg wait, Max wait, Agents
         assert_eq!(
             billing.values,
-            vec![Some(2.0), Some(1.0), Some(0.5), Some(20.0), Some(20.0), Some(1.0)]
+            vec![
+                Some(2.0),
+                Some(1.0),
+                Some(0.5),
+                Some(20.0),
+                Some(20.0),
+                Some(1.0)
+            ]
         );
         assert_eq!(table.total.group, vec!["Total"]);
         assert_eq!(table.total.values[0], Some(4.0));

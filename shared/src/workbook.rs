@@ -166,7 +166,12 @@ fn write_summary(
     tables: &[SummaryTable],
     total_rows: u64,
 ) -> Result<(), XlsxError> {
-    ws.write_string_with_format(0, 0, format!("{} — {}", input.report.title, input.period), &st.title)?;
+    ws.write_string_with_format(
+        0,
+        0,
+        format!("{} — {}", input.report.title, input.period),
+        &st.title,
+    )?;
     let mails: usize = input.datasets.iter().map(|d| d.source_mails).sum();
     ws.write_string(
         1,
@@ -225,7 +230,13 @@ fn write_summary(
                         .set_minimum_color(Color::RGB(0xF8696B))
                         .set_midpoint_color(Color::RGB(0xFFEB84))
                         .set_maximum_color(Color::RGB(0x63BE7B));
-                    ws.add_conditional_format(header_row + 1, col, header_row + t.rows.len() as u32, col, &scale)?;
+                    ws.add_conditional_format(
+                        header_row + 1,
+                        col,
+                        header_row + t.rows.len() as u32,
+                        col,
+                        &scale,
+                    )?;
                 }
             }
         }
@@ -295,7 +306,10 @@ fn write_raw(
                     }
                 }
                 Some(Value::Int(i)) => {
-                    let fmt = if is_key[c] || cols[c].kind != ColumnType::Integer && cols[c].kind != ColumnType::Duration {
+                    let fmt = if is_key[c]
+                        || cols[c].kind != ColumnType::Integer
+                            && cols[c].kind != ColumnType::Duration
+                    {
                         &st.id_integer
                     } else {
                         &st.integer
@@ -312,7 +326,12 @@ fn write_raw(
                     ws.write_number_with_format(r, c16, excel_serial(*t), &st.datetime)?;
                 }
                 Some(Value::Date(d)) => {
-                    ws.write_number_with_format(r, c16, excel_serial(d.and_time(Default::default())), &st.date)?;
+                    ws.write_number_with_format(
+                        r,
+                        c16,
+                        excel_serial(d.and_time(Default::default())),
+                        &st.date,
+                    )?;
                 }
             }
         }
@@ -341,9 +360,15 @@ fn write_about(
     warnings: &[String],
 ) -> Result<(), XlsxError> {
     let mut lines: Vec<(String, String)> = vec![
-        ("Report".into(), format!("{} ({})", input.report.title, input.report_name)),
+        (
+            "Report".into(),
+            format!("{} ({})", input.report.title, input.report_name),
+        ),
         ("Period".into(), input.period.to_owned()),
-        ("Time zone".into(), input.report.time_zone.0.name().to_owned()),
+        (
+            "Time zone".into(),
+            input.report.time_zone.0.name().to_owned(),
+        ),
         (
             "Generated at (UTC)".into(),
             input.generated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -353,7 +378,11 @@ fn write_about(
     for d in &input.datasets {
         lines.push((
             format!("Dataset {}", d.name),
-            format!("{} rows from {} source mail(s)", d.rows.len(), d.source_mails),
+            format!(
+                "{} rows from {} source mail(s)",
+                d.rows.len(),
+                d.source_mails
+            ),
         ));
     }
     if warnings.is_empty() {
@@ -390,7 +419,11 @@ pub fn sheet_name(wanted: &str) -> String {
         .collect();
     let trimmed = cleaned.trim_matches('\'').trim();
     let name: String = trimmed.chars().take(31).collect();
-    if name.is_empty() { "Sheet".to_owned() } else { name }
+    if name.is_empty() {
+        "Sheet".to_owned()
+    } else {
+        name
+    }
 }
 
 #[cfg(test)]
@@ -420,7 +453,12 @@ mod tests {
             report,
             period: "2024-03-14",
             generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
-            datasets: vec![DatasetRows { name: "ib_calls", dataset: ds, rows: &rows, source_mails: 1 }],
+            datasets: vec![DatasetRows {
+                name: "ib_calls",
+                dataset: ds,
+                rows: &rows,
+                source_mails: 1,
+            }],
         })
         .unwrap();
         let book = Xlsx::new(std::io::Cursor::new(built.bytes.clone())).unwrap();
@@ -448,10 +486,19 @@ mod tests {
             other => panic!("started_at should be a date-time cell, got {other:?}"),
         }
         assert_eq!(raw.get((1, 8)), Some(&Data::Float(10.0)));
-        assert_eq!(raw.get((1, 10)), Some(&Data::String("0049 30 1234567".into())));
-        assert_eq!(raw.get((1, 11)), Some(&Data::String("=SUM(A1:A3) typed by agent".into())));
+        assert_eq!(
+            raw.get((1, 10)),
+            Some(&Data::String("0049 30 1234567".into()))
+        );
+        assert_eq!(
+            raw.get((1, 11)),
+            Some(&Data::String("=SUM(A1:A3) typed by agent".into()))
+        );
         let formulas = book.worksheet_formula("ib_calls").unwrap();
-        assert!(formulas.used_cells().all(|(_, _, f)| f.is_empty()), "no formulas written");
+        assert!(
+            formulas.used_cells().all(|(_, _, f)| f.is_empty()),
+            "no formulas written"
+        );
     }
 
     #[test]

@@ -19,7 +19,10 @@ async fn main() -> std::process::ExitCode {
             other => return usage(&format!("unexpected argument {other:?}")),
         }
     }
-    let env = charlie::env::Env::from_process().with("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()));
+    let env = charlie::env::Env::from_process().with(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+    );
     charlie::telemetry::init(&env);
     match command.as_deref() {
         Some("demo") => match charlie_local::demo::run_demo(&out).await {

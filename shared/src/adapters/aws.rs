@@ -26,9 +26,18 @@ pub async fn sdk_config(env: &Env) -> SdkConfig {
     if let Some(endpoint) = env.get("AWS_ENDPOINT_URL") {
         loader = loader.endpoint_url(endpoint);
     }
-    if let (Some(key), Some(secret)) = (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
+    if let (Some(key), Some(secret)) = (
+        env.get("AWS_ACCESS_KEY_ID"),
+        env.get("AWS_SECRET_ACCESS_KEY"),
+    ) {
         let token = env.get("AWS_SESSION_TOKEN").map(str::to_owned);
-        loader = loader.credentials_provider(Credentials::new(key, secret, token, None, "environment-map"));
+        loader = loader.credentials_provider(Credentials::new(
+            key,
+            secret,
+            token,
+            None,
+            "environment-map",
+        ));
     }
     loader.load().await
 }

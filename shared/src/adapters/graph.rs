@@ -47,11 +47,22 @@ impl std::fmt::Debug for GraphCredentials {
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
     #[error("Graph answered {status} to {what}: {code}: {message}")]
-    Status { status: u16, what: String, code: String, message: String },
+    Status {
+        status: u16,
+        what: String,
+        code: String,
+        message: String,
+    },
     #[error("Graph request {what} failed: {source}")]
-    Transport { what: String, source: reqwest::Error },
+    Transport {
+        what: String,
+        source: reqwest::Error,
+    },
     #[error("Graph's answer to {what} was not of the expected shape: {source}")]
-    Shape { what: String, source: serde_json::Error },
+    Shape {
+        what: String,
+        source: serde_json::Error,
+    },
 }
 
 impl GraphError {
@@ -78,7 +89,9 @@ pub struct Mailbox {
 
 impl std::fmt::Debug for Mailbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mailbox").field("base_url", &self.base_url).finish_non_exhaustive()
+        f.debug_struct("Mailbox")
+            .field("base_url", &self.base_url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -187,7 +200,11 @@ struct ErrorDetail {
 }
 
 impl Mailbox {
-    pub fn new(base_url: &str, token_url: &str, credentials: GraphCredentials) -> anyhow::Result<Self> {
+    pub fn new(
+        base_url: &str,
+        token_url: &str,
+        credentials: GraphCredentials,
+    ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
@@ -225,7 +242,11 @@ impl Mailbox {
     }
 
     /// Every file attachment of a message, decoded (item and reference attachments are skipped).
-    pub async fn attachments(&self, mailbox: &str, id: &str) -> Result<Vec<FileAttachment>, GraphError> {
+    pub async fn attachments(
+        &self,
+        mailbox: &str,
+        id: &str,
+    ) -> Result<Vec<FileAttachment>, GraphError> {
         let mut url = Some(format!(
             "{}/users/{mailbox}/messages/{}/attachments",
             self.base_url,
@@ -249,7 +270,9 @@ impl Mailbox {
                 out.push(FileAttachment {
                     id: a.id,
                     name: a.name,
-                    content_type: a.content_type.unwrap_or_else(|| "application/octet-stream".into()),
+                    content_type: a
+                        .content_type
+                        .unwrap_or_else(|| "application/octet-stream".into()),
                     bytes,
                 });
             }
@@ -279,13 +302,19 @@ impl Mailbox {
             .form(&form)
             .send()
             .await
-            .map_err(|source| GraphError::Transport { what: what.clone(), source })?;
+            .map_err(|source| GraphError::Transport {
+                what: what.clone(),
+                source,
+            })?;
         let body = checked_body(resp, &what).await?;
         let token: TokenResponse =
             serde_json::from_slice(&body).map_err(|source| GraphError::Shape { what, source })?;
         let lifetime = Duration::from_secs(token.expires_in.saturating_sub(60).max(30));
         let value = Secret::new(token.access_token);
-        *cached = Some(CachedToken { value: value.clone(), refresh_after: Instant::now() + lifetime });
+        *cached = Some(CachedToken {
+            value: value.clone(),
+            refresh_after: Instant::now() + lifetime,
+        });
         Ok(value)
     }
 
@@ -302,17 +331,27 @@ impl Mailbox {
                 .header("Prefer", format!("odata.maxpagesize={PAGE_SIZE}"))
                 .send()
                 .await
-                .map_err(|source| GraphError::Transport { what: what.to_owned(), source })?;
+                .map_err(|source| GraphError::Transport {
+                    what: what.to_owned(),
+                    source,
+                })?;
             let status = resp.status();
             let retryable = matches!(
                 status,
-                StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
             );
             if retryable && attempt < MAX_ATTEMPTS {
                 let wait = retry_after(&resp).unwrap_or_else(|| {
                     backoff(attempt, Duration::from_millis(500), Duration::from_secs(20))
                 });
-                tracing::warn!(status = status.as_u16(), wait_ms = wait.as_millis() as u64, what, "Graph throttled; waiting");
+                tracing::warn!(
+                    status = status.as_u16(),
+                    wait_ms = wait.as_millis() as u64,
+                    what,
+                    "Graph throttled; waiting"
+                );
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -321,17 +360,20 @@ impl Mailbox {
                 continue;
             }
             let body = checked_body(resp, what).await?;
-            return serde_json::from_slice(&body).map_err(|source| GraphError::Shape { what: what.to_owned(), source });
+            return serde_json::from_slice(&body).map_err(|source| GraphError::Shape {
+                what: what.to_owned(),
+                source,
+            });
         }
     }
 }
 
 async fn checked_body(resp: reqwest::Response, what: &str) -> Result<Vec<u8>, GraphError> {
     let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|source| GraphError::Transport { what: what.to_owned(), source })?;
+    let body = resp.bytes().await.map_err(|source| GraphError::Transport {
+        what: what.to_owned(),
+        source,
+    })?;
     if status.is_success() {
         return Ok(body.to_vec());
     }
@@ -345,7 +387,14 @@ async fn checked_body(resp: reqwest::Response, what: &str) -> Result<Vec<u8>, Gr
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    let secs: u64 = resp.headers().get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = resp
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
@@ -368,7 +417,8 @@ mod tests {
 
     #[test]
     fn delta_pages_parse_graphs_documented_shape() {
-        let page: DeltaPage = serde_json::from_str(include_str!("../../../events/graph/delta-page.json")).unwrap();
+        let page: DeltaPage =
+            serde_json::from_str(include_str!("../../../events/graph/delta-page.json")).unwrap();
         assert_eq!(page.value.len(), 2);
         assert!(page.value[0].has_attachments);
         assert!(page.value[1].removed.is_some());
@@ -382,7 +432,8 @@ mod tests {
 
     #[test]
     fn credentials_never_print_the_secret() {
-        let c: GraphCredentials = serde_json::from_str(r#"{"client_id":"id","client_secret":"s3cr3t"}"#).unwrap();
+        let c: GraphCredentials =
+            serde_json::from_str(r#"{"client_id":"id","client_secret":"s3cr3t"}"#).unwrap();
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 }

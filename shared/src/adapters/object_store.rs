@@ -18,14 +18,22 @@ pub struct Stored {
 
 impl ObjectStore {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
-        ObjectStore { client, bucket: bucket.into() }
+        ObjectStore {
+            client,
+            bucket: bucket.into(),
+        }
     }
 
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
 
-    pub async fn put(&self, key: &str, bytes: Vec<u8>, content_type: &str) -> anyhow::Result<Stored> {
+    pub async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<Stored> {
         let out = self
             .client
             .put_object()
@@ -36,7 +44,10 @@ impl ObjectStore {
             .send()
             .await
             .with_context(|| format!("writing s3://{}/{key}", self.bucket))?;
-        Ok(Stored { key: key.to_owned(), version_id: out.version_id })
+        Ok(Stored {
+            key: key.to_owned(),
+            version_id: out.version_id,
+        })
     }
 
     pub async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>> {
@@ -61,7 +72,13 @@ impl ObjectStore {
 /// A string made safe as one S3 key segment (Graph ids hold `=`, `/`, `+`).
 pub fn key_segment(raw: &str) -> String {
     raw.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.=".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 

@@ -14,14 +14,21 @@ pub struct Queue {
 
 impl Queue {
     pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        Queue { client, url: url.into() }
+        Queue {
+            client,
+            url: url.into(),
+        }
     }
 
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    pub async fn send<T: Serialize>(&self, message: &T, correlation_id: &str) -> anyhow::Result<()> {
+    pub async fn send<T: Serialize>(
+        &self,
+        message: &T,
+        correlation_id: &str,
+    ) -> anyhow::Result<()> {
         self.send_all(&[(message, correlation_id)]).await
     }
 
@@ -31,7 +38,10 @@ impl Queue {
         for chunk in messages.chunks(10) {
             let mut entries = Vec::with_capacity(chunk.len());
             for (i, (msg, corr)) in chunk.iter().enumerate() {
-                let attr = MessageAttributeValue::builder().data_type("String").string_value(*corr).build()?;
+                let attr = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(*corr)
+                    .build()?;
                 entries.push(
                     SendMessageBatchRequestEntry::builder()
                         .id(i.to_string())

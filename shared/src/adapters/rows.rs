@@ -49,7 +49,10 @@ pub fn partition_key(dataset: &str, date: NaiveDate) -> String {
 
 impl RowStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        RowStore { client, table: table.into() }
+        RowStore {
+            client,
+            table: table.into(),
+        }
     }
 
     /// Stores each row once. With `keep_first`, rows already stored are left as they are and
@@ -127,8 +130,14 @@ impl RowStore {
                     .send()
                     .await
                     .context("BatchGetItem on the rows table")?;
-                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
-                    if let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) = (item.get("pk"), item.get("sk")) {
+                for item in out
+                    .responses
+                    .and_then(|mut r| r.remove(&self.table))
+                    .unwrap_or_default()
+                {
+                    if let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) =
+                        (item.get("pk"), item.get("sk"))
+                    {
                         found.insert((pk.clone(), sk.clone()));
                     }
                 }
@@ -140,9 +149,17 @@ impl RowStore {
                 if !pending.is_empty() {
                     attempt += 1;
                     if attempt >= MAX_ATTEMPTS {
-                        bail!("BatchGetItem left {} keys unprocessed after {attempt} attempts", pending.len());
+                        bail!(
+                            "BatchGetItem left {} keys unprocessed after {attempt} attempts",
+                            pending.len()
+                        );
                     }
-                    tokio::time::sleep(backoff(attempt, Duration::from_millis(50), Duration::from_secs(2))).await;
+                    tokio::time::sleep(backoff(
+                        attempt,
+                        Duration::from_millis(50),
+                        Duration::from_secs(2),
+                    ))
+                    .await;
                 }
             }
         }
@@ -171,7 +188,10 @@ impl RowStore {
                 .await
                 .with_context(|| format!("querying rows of {pk}"))?;
             for item in page.items() {
-                out.push(from_item(dataset, item).with_context(|| format!("reading a stored row of {pk}"))?);
+                out.push(
+                    from_item(dataset, item)
+                        .with_context(|| format!("reading a stored row of {pk}"))?,
+                );
             }
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
@@ -198,9 +218,17 @@ where
         }
         attempt += 1;
         if attempt >= MAX_ATTEMPTS {
-            bail!("BatchWriteItem left {} items unprocessed after {attempt} attempts", pending.len());
+            bail!(
+                "BatchWriteItem left {} items unprocessed after {attempt} attempts",
+                pending.len()
+            );
         }
-        tokio::time::sleep(backoff(attempt, Duration::from_millis(50), Duration::from_secs(2))).await;
+        tokio::time::sleep(backoff(
+            attempt,
+            Duration::from_millis(50),
+            Duration::from_secs(2),
+        ))
+        .await;
     }
     Ok(())
 }
@@ -244,7 +272,10 @@ fn to_attr(v: &Value) -> AttributeValue {
     }
 }
 
-fn from_item(dataset: &Dataset, item: &HashMap<String, AttributeValue>) -> anyhow::Result<StoredRow> {
+fn from_item(
+    dataset: &Dataset,
+    item: &HashMap<String, AttributeValue>,
+) -> anyhow::Result<StoredRow> {
     let key = match item.get("sk") {
         Some(AttributeValue::S(s)) => s.clone(),
         _ => bail!("item without a string sk"),
@@ -262,22 +293,32 @@ fn from_item(dataset: &Dataset, item: &HashMap<String, AttributeValue>) -> anyho
     for c in &dataset.columns {
         let v = match cols.get(&c.name) {
             None | Some(AttributeValue::Null(_)) => None,
-            Some(attr) => Some(from_attr(c.kind, attr).with_context(|| format!("column {}", c.name))?),
+            Some(attr) => {
+                Some(from_attr(c.kind, attr).with_context(|| format!("column {}", c.name))?)
+            }
         };
         values.push(v);
     }
-    Ok(StoredRow { key, values, source })
+    Ok(StoredRow {
+        key,
+        values,
+        source,
+    })
 }
 
 fn from_attr(kind: ColumnType, attr: &AttributeValue) -> anyhow::Result<Value> {
     Ok(match (kind, attr) {
-        (ColumnType::Integer | ColumnType::Duration, AttributeValue::N(n)) => Value::Int(n.parse()?),
+        (ColumnType::Integer | ColumnType::Duration, AttributeValue::N(n)) => {
+            Value::Int(n.parse()?)
+        }
         (ColumnType::Decimal, AttributeValue::N(n)) => Value::Dec(n.parse()?),
         (ColumnType::Boolean, AttributeValue::Bool(b)) => Value::Bool(*b),
         (ColumnType::Datetime, AttributeValue::S(s)) => {
             Value::DateTime(NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")?)
         }
-        (ColumnType::Date, AttributeValue::S(s)) => Value::Date(NaiveDate::parse_from_str(s, "%Y-%m-%d")?),
+        (ColumnType::Date, AttributeValue::S(s)) => {
+            Value::Date(NaiveDate::parse_from_str(s, "%Y-%m-%d")?)
+        }
         (ColumnType::Text, AttributeValue::S(s)) => Value::Text(s.clone()),
         (kind, other) => bail!("stored as {other:?}, which does not fit type {kind:?}"),
     })
@@ -314,7 +355,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_that_never_drains_fails_loudly() {
-        let err = write_all(vec![put(1)], |batch| async move { Ok(batch) }).await.unwrap_err();
+        let err = write_all(vec![put(1)], |batch| async move { Ok(batch) })
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("1 items unprocessed"), "{err}");
     }
 
@@ -325,7 +368,10 @@ mod tests {
             (ColumnType::Decimal, Value::Dec(1.25)),
             (ColumnType::Boolean, Value::Bool(true)),
             (ColumnType::Text, Value::Text("=SUM(A1)".into())),
-            (ColumnType::Datetime, Value::DateTime("2024-03-14T09:00:00".parse().unwrap())),
+            (
+                ColumnType::Datetime,
+                Value::DateTime("2024-03-14T09:00:00".parse().unwrap()),
+            ),
             (ColumnType::Date, Value::Date("2024-03-14".parse().unwrap())),
         ];
         for (kind, v) in cases {

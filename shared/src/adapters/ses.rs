@@ -12,22 +12,39 @@ pub struct SesTransport {
 
 impl SesTransport {
     pub fn new(client: aws_sdk_sesv2::Client, configuration_set: Option<String>) -> Self {
-        SesTransport { client, configuration_set }
+        SesTransport {
+            client,
+            configuration_set,
+        }
     }
 
     /// Sends `mime` to `recipients` (the envelope; headers are in the MIME) and returns SES's
     /// message id.
-    pub async fn send_raw(&self, from: &str, recipients: &[String], mime: Vec<u8>) -> anyhow::Result<String> {
+    pub async fn send_raw(
+        &self,
+        from: &str,
+        recipients: &[String],
+        mime: Vec<u8>,
+    ) -> anyhow::Result<String> {
         let out = self
             .client
             .send_email()
             .from_email_address(from)
-            .destination(Destination::builder().set_to_addresses(Some(recipients.to_vec())).build())
-            .content(EmailContent::builder().raw(RawMessage::builder().data(Blob::new(mime)).build()?).build())
+            .destination(
+                Destination::builder()
+                    .set_to_addresses(Some(recipients.to_vec()))
+                    .build(),
+            )
+            .content(
+                EmailContent::builder()
+                    .raw(RawMessage::builder().data(Blob::new(mime)).build()?)
+                    .build(),
+            )
             .set_configuration_set_name(self.configuration_set.clone())
             .send()
             .await
             .with_context(|| format!("sending through SES to {} recipient(s)", recipients.len()))?;
-        out.message_id.context("SES accepted the mail but returned no message id")
+        out.message_id
+            .context("SES accepted the mail but returned no message id")
     }
 }

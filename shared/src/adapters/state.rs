@@ -36,7 +36,10 @@ pub enum Claim {
 
 impl StateStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        StateStore { client, table: table.into() }
+        StateStore {
+            client,
+            table: table.into(),
+        }
     }
 
     pub fn table(&self) -> &str {
@@ -44,7 +47,13 @@ impl StateStore {
     }
 
     /// Claims `pk` for `hold`; the claim record is kept for `keep` after that.
-    pub async fn claim(&self, pk: &str, now: DateTime<Utc>, hold: Duration, keep: Duration) -> anyhow::Result<Claim> {
+    pub async fn claim(
+        &self,
+        pk: &str,
+        now: DateTime<Utc>,
+        hold: Duration,
+        keep: Duration,
+    ) -> anyhow::Result<Claim> {
         let result = self
             .client
             .put_item()
@@ -55,7 +64,9 @@ impl StateStore {
             .item("in_progress_until", n((now + hold).timestamp()))
             .item("claimed_at", s(&now.to_rfc3339()))
             .item("expires_at", n((now + keep).timestamp()))
-            .condition_expression("attribute_not_exists(pk) OR (#status = :in_progress AND in_progress_until < :now)")
+            .condition_expression(
+                "attribute_not_exists(pk) OR (#status = :in_progress AND in_progress_until < :now)",
+            )
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":in_progress", s(IN_PROGRESS))
             .expression_attribute_values(":now", n(now.timestamp()))
@@ -64,7 +75,9 @@ impl StateStore {
             .await;
         match result {
             Ok(_) => Ok(Claim::Acquired),
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) => {
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
                 let old = match e.err() {
                     PutItemError::ConditionalCheckFailedException(c) => c.item.clone(),
                     _ => None,
@@ -76,7 +89,11 @@ impl StateStore {
                 };
                 let status = item.as_ref().and_then(|i| str_attr(i, "status"));
                 Ok(if status.as_deref() == Some(COMPLETE) {
-                    Claim::AlreadyDone(item.as_ref().and_then(|i| str_attr(i, "result")).unwrap_or_default())
+                    Claim::AlreadyDone(
+                        item.as_ref()
+                            .and_then(|i| str_attr(i, "result"))
+                            .unwrap_or_default(),
+                    )
                 } else {
                     Claim::InProgressElsewhere
                 })
@@ -138,19 +155,35 @@ impl StateStore {
         if let Some((gpk, gsk)) = index {
             req = req.item("gsi1pk", s(gpk)).item("gsi1sk", s(gsk));
         }
-        req.send().await.with_context(|| format!("writing state record {pk}/{sk}"))?;
+        req.send()
+            .await
+            .with_context(|| format!("writing state record {pk}/{sk}"))?;
         Ok(())
     }
 
     /// The `data` of a record written by `put_record`.
-    pub async fn get_record(&self, pk: &str, sk: &str) -> anyhow::Result<Option<serde_json::Value>> {
-        let Some(item) = self.get(pk, sk).await? else { return Ok(None) };
-        let Some(data) = str_attr(&item, "data") else { return Ok(None) };
-        Ok(Some(serde_json::from_str(&data).with_context(|| format!("state record {pk}/{sk} holds invalid JSON"))?))
+    pub async fn get_record(
+        &self,
+        pk: &str,
+        sk: &str,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(item) = self.get(pk, sk).await? else {
+            return Ok(None);
+        };
+        let Some(data) = str_attr(&item, "data") else {
+            return Ok(None);
+        };
+        Ok(Some(serde_json::from_str(&data).with_context(|| {
+            format!("state record {pk}/{sk} holds invalid JSON")
+        })?))
     }
 
     /// Every record under `pk` whose sk starts with `prefix`.
-    pub async fn records(&self, pk: &str, prefix: &str) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
+    pub async fn records(
+        &self,
+        pk: &str,
+        prefix: &str,
+    ) -> anyhow::Result<Vec<(String, serde_json::Value)>> {
         let mut out = Vec::new();
         let mut start = None;
         loop {
@@ -178,7 +211,11 @@ impl StateStore {
         Ok(out)
     }
 
-    async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<HashMap<String, AttributeValue>>> {
+    async fn get(
+        &self,
+        pk: &str,
+        sk: &str,
+    ) -> anyhow::Result<Option<HashMap<String, AttributeValue>>> {
         let out = self
             .client
             .get_item()

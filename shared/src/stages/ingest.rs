@@ -45,7 +45,10 @@ impl Ingest {
         Ok(Ingest {
             common: Common::from_env(env, clients).await?,
             graph: super::mailbox_from_env(env, clients).await?,
-            outbound: Queue::new(clients.sqs.clone(), env.required("CHARLIE_OUTBOUND_QUEUE_URL")?),
+            outbound: Queue::new(
+                clients.sqs.clone(),
+                env.required("CHARLIE_OUTBOUND_QUEUE_URL")?,
+            ),
             claim_hold: Duration::seconds(env.parsed_or("CHARLIE_CLAIM_HOLD_SECONDS", 900)?),
         })
     }
@@ -56,25 +59,57 @@ impl Ingest {
 
     async fn handle_message(&self, msg: SqsMessage) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
-        let inbound: InboundMessage = serde_json::from_str(body)
-            .with_context(|| format!("not an inbound message (expected {{\"v\":1,\"kind\":\"graph_message\",…}}): {}", truncate(body, 200)))?;
-        let InboundMessage::GraphMessage { mailbox, message_id, source, .. } = inbound;
-        let correlation = correlation_id(&msg).map(str::to_owned).unwrap_or_else(super::new_correlation_id);
+        let inbound: InboundMessage = serde_json::from_str(body).with_context(|| {
+            format!(
+                "not an inbound message (expected {{\"v\":1,\"kind\":\"graph_message\",…}}): {}",
+                truncate(body, 200)
+            )
+        })?;
+        let InboundMessage::GraphMessage {
+            mailbox,
+            message_id,
+            source,
+            ..
+        } = inbound;
+        let correlation = correlation_id(&msg)
+            .map(str::to_owned)
+            .unwrap_or_else(super::new_correlation_id);
         let now = Utc::now();
         let claim_pk = format!("MSG#{mailbox}#{message_id}");
         let state = &self.common.state;
-        match state.claim(&claim_pk, now, self.claim_hold, Duration::days(90)).await? {
+        match state
+            .claim(&claim_pk, now, self.claim_hold, Duration::days(90))
+            .await?
+        {
             Claim::AlreadyDone(_) => {
-                info!(mailbox, message_id, ?source, "mail already ingested: nothing to do");
+                info!(
+                    mailbox,
+                    message_id,
+                    ?source,
+                    "mail already ingested: nothing to do"
+                );
                 return Ok(());
             }
-            Claim::InProgressElsewhere => bail!("mail {message_id} is being ingested by another invocation; retrying later"),
+            Claim::InProgressElsewhere => {
+                bail!("mail {message_id} is being ingested by another invocation; retrying later")
+            }
             Claim::Acquired => {}
         }
-        match self.ingest_mail(&mailbox, &message_id, &claim_pk, &correlation, now).await {
+        match self
+            .ingest_mail(&mailbox, &message_id, &claim_pk, &correlation, now)
+            .await
+        {
             Ok(summary) => {
-                info!(mailbox, message_id, status = summary.status, attachments = summary.outcomes.len(), "mail ingested");
-                state.complete(&claim_pk, &serde_json::to_string(&summary)?, Utc::now()).await
+                info!(
+                    mailbox,
+                    message_id,
+                    status = summary.status,
+                    attachments = summary.outcomes.len(),
+                    "mail ingested"
+                );
+                state
+                    .complete(&claim_pk, &serde_json::to_string(&summary)?, Utc::now())
+                    .await
             }
             Err(e) => {
                 if let Err(release) = state.release(&claim_pk).await {
@@ -100,24 +135,46 @@ impl Ingest {
         for att in &attachments {
             for (name, ds) in &self.common.definitions.datasets {
                 if ds.matches(message.sender(), &subject, &att.name) {
-                    outcomes.push(self.ingest_attachment(mailbox, &message, att, name, ds, now).await?);
+                    outcomes.push(
+                        self.ingest_attachment(mailbox, &message, att, name, ds, now)
+                            .await?,
+                    );
                 }
             }
         }
         if outcomes.is_empty() {
-            info!(mailbox, message_id, sender = message.sender(), subject, attachments = attachments.len(), "no attachment matches a dataset: mail ignored");
-            return Ok(MailSummary { status: "ignored", outcomes });
+            info!(
+                mailbox,
+                message_id,
+                sender = message.sender(),
+                subject,
+                attachments = attachments.len(),
+                "no attachment matches a dataset: mail ignored"
+            );
+            return Ok(MailSummary {
+                status: "ignored",
+                outcomes,
+            });
         }
         for o in &outcomes {
             let data = serde_json::to_value(o)?;
             self.common
                 .state
-                .put_record(claim_pk, &format!("OUTCOME#{}#{}", o.dataset, o.attachment), &data, None)
+                .put_record(
+                    claim_pk,
+                    &format!("OUTCOME#{}#{}", o.dataset, o.attachment),
+                    &data,
+                    None,
+                )
                 .await?;
         }
-        let pairs: Vec<(&IngestOutcome, &str)> = outcomes.iter().map(|o| (o, correlation)).collect();
+        let pairs: Vec<(&IngestOutcome, &str)> =
+            outcomes.iter().map(|o| (o, correlation)).collect();
         self.outbound.send_all(&pairs).await?;
-        Ok(MailSummary { status: "ingested", outcomes })
+        Ok(MailSummary {
+            status: "ingested",
+            outcomes,
+        })
     }
 
     async fn ingest_attachment(
@@ -130,10 +187,16 @@ impl Ingest {
         now: DateTime<Utc>,
     ) -> anyhow::Result<IngestOutcome> {
         let received = message.received.unwrap_or(now).format("%Y-%m-%d");
-        let place = format!("{dataset_name}/{received}/{}/{}", key_segment(&message.id), key_segment(&att.name));
+        let place = format!(
+            "{dataset_name}/{received}/{}/{}",
+            key_segment(&message.id),
+            key_segment(&att.name)
+        );
         let raw_key = format!("raw/{place}");
         let objects = &self.common.objects;
-        objects.put(&raw_key, att.bytes.clone(), &att.content_type).await?;
+        objects
+            .put(&raw_key, att.bytes.clone(), &att.content_type)
+            .await?;
 
         let mut outcome = IngestOutcome {
             v: 1,
@@ -153,15 +216,28 @@ impl Ingest {
             Ok(p) => p,
             Err(unusable) => {
                 let reason = unusable.to_string();
-                warn!(attachment = att.name, dataset = dataset_name, reason, "attachment unusable: quarantined");
+                warn!(
+                    attachment = att.name,
+                    dataset = dataset_name,
+                    reason,
+                    "attachment unusable: quarantined"
+                );
                 let q = format!("quarantine/{place}");
-                objects.put(&q, att.bytes.clone(), &att.content_type).await?;
+                objects
+                    .put(&q, att.bytes.clone(), &att.content_type)
+                    .await?;
                 let why = serde_json::json!({
                     "reason": reason, "dataset": dataset_name, "mailbox": mailbox,
                     "message_id": message.id, "attachment": att.name, "raw_key": raw_key,
                     "quarantined_at": now.to_rfc3339(),
                 });
-                objects.put(&format!("{q}.reason.json"), serde_json::to_vec_pretty(&why)?, "application/json").await?;
+                objects
+                    .put(
+                        &format!("{q}.reason.json"),
+                        serde_json::to_vec_pretty(&why)?,
+                        "application/json",
+                    )
+                    .await?;
                 outcome.quarantined = Some(reason);
                 return Ok(outcome);
             }
@@ -174,7 +250,13 @@ impl Ingest {
             .await?;
         if !parsed.rejects.is_empty() {
             let report = serde_json::json!({ "attachment": att.name, "raw_key": raw_key, "rejects": parsed.rejects });
-            objects.put(&format!("{raw_key}.rejects.json"), serde_json::to_vec_pretty(&report)?, "application/json").await?;
+            objects
+                .put(
+                    &format!("{raw_key}.rejects.json"),
+                    serde_json::to_vec_pretty(&report)?,
+                    "application/json",
+                )
+                .await?;
         }
         let dates: BTreeSet<_> = parsed.rows.iter().map(|r| r.date).collect();
         outcome.dates = dates.into_iter().collect();
@@ -183,9 +265,13 @@ impl Ingest {
         outcome.rows_duplicate = parsed.duplicates + stored.duplicate;
         outcome.rows_rejected = parsed.rejects.len() as u64;
         info!(
-            attachment = att.name, dataset = dataset_name, encoding = parsed.encoding,
-            rows_total = outcome.rows_total, rows_new = outcome.rows_new,
-            rows_duplicate = outcome.rows_duplicate, rows_rejected = outcome.rows_rejected,
+            attachment = att.name,
+            dataset = dataset_name,
+            encoding = parsed.encoding,
+            rows_total = outcome.rows_total,
+            rows_new = outcome.rows_new,
+            rows_duplicate = outcome.rows_duplicate,
+            rows_rejected = outcome.rows_rejected,
             "attachment ingested"
         );
         Ok(outcome)

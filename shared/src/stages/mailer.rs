@@ -32,8 +32,14 @@ impl Mailer {
     pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
         Ok(Mailer {
             objects: ObjectStore::new(clients.s3.clone(), env.required("CHARLIE_BUCKET")?),
-            state: StateStore::new(clients.dynamodb.clone(), env.required("CHARLIE_STATE_TABLE")?),
-            ses: SesTransport::new(clients.sesv2.clone(), env.get("CHARLIE_SES_CONFIG_SET").map(str::to_owned)),
+            state: StateStore::new(
+                clients.dynamodb.clone(),
+                env.required("CHARLIE_STATE_TABLE")?,
+            ),
+            ses: SesTransport::new(
+                clients.sesv2.clone(),
+                env.get("CHARLIE_SES_CONFIG_SET").map(str::to_owned),
+            ),
             sender: env.required("CHARLIE_SENDER")?.to_owned(),
         })
     }
@@ -50,12 +56,21 @@ impl Mailer {
         }
         let group = recipient_group(&req.recipients);
         let pk = format!("DLV#{}#{group}", req.run_id);
-        match self.state.claim(&pk, Utc::now(), Duration::minutes(10), Duration::days(400)).await? {
+        match self
+            .state
+            .claim(&pk, Utc::now(), Duration::minutes(10), Duration::days(400))
+            .await?
+        {
             Claim::AlreadyDone(result) => {
-                info!(run_id = req.run_id, result, "already delivered: nothing sent");
+                info!(
+                    run_id = req.run_id,
+                    result, "already delivered: nothing sent"
+                );
                 return Ok(());
             }
-            Claim::InProgressElsewhere => bail!("delivery {pk} is being sent by another invocation"),
+            Claim::InProgressElsewhere => {
+                bail!("delivery {pk} is being sent by another invocation")
+            }
             Claim::Acquired => {}
         }
         match self.deliver(&req, &group).await {
@@ -64,8 +79,15 @@ impl Mailer {
                     "status": "sent", "ses_message_id": message_id, "recipients": req.recipients,
                     "run_id": req.run_id, "sent_at": Utc::now().to_rfc3339(), "mime_bytes": size,
                 });
-                info!(run_id = req.run_id, ses_message_id = message_id, recipients = req.recipients.len(), "report mailed");
-                self.state.complete(&pk, &result.to_string(), Utc::now()).await
+                info!(
+                    run_id = req.run_id,
+                    ses_message_id = message_id,
+                    recipients = req.recipients.len(),
+                    "report mailed"
+                );
+                self.state
+                    .complete(&pk, &result.to_string(), Utc::now())
+                    .await
             }
             Err(e) => {
                 if let Err(release) = self.state.release(&pk).await {
@@ -77,10 +99,19 @@ impl Mailer {
     }
 
     async fn deliver(&self, req: &MailRequest, group: &str) -> anyhow::Result<(String, usize)> {
-        let workbook = self.objects.get(&req.workbook_key, req.workbook_version.as_deref()).await?;
+        let workbook = self
+            .objects
+            .get(&req.workbook_key, req.workbook_version.as_deref())
+            .await?;
         let file_name = req.workbook_key.rsplit('/').next().unwrap_or("report.xlsx");
         let domain = self.sender.rsplit('@').next().unwrap_or("charlie.local");
-        let message_id = format!("{}.{group}@{domain}", req.run_id.replace(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-', "_"));
+        let message_id = format!(
+            "{}.{group}@{domain}",
+            req.run_id.replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
+                "_"
+            )
+        );
         let mime = render(&ReportMail {
             from: &self.sender,
             to: &req.recipients,
@@ -96,14 +127,20 @@ impl Mailer {
         })
         .context("rendering the report mail")?;
         let size = mime.len();
-        let id = self.ses.send_raw(&self.sender, &req.recipients, mime).await?;
+        let id = self
+            .ses
+            .send_raw(&self.sender, &req.recipients, mime)
+            .await?;
         Ok((id, size))
     }
 }
 
 /// A stable id for a set of recipients, whatever their order or case.
 fn recipient_group(recipients: &[String]) -> String {
-    let mut sorted: Vec<String> = recipients.iter().map(|r| r.trim().to_ascii_lowercase()).collect();
+    let mut sorted: Vec<String> = recipients
+        .iter()
+        .map(|r| r.trim().to_ascii_lowercase())
+        .collect();
     sorted.sort();
     sorted.dedup();
     hex::encode(&Sha256::digest(sorted.join(",").as_bytes())[..8])

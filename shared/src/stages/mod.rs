@@ -23,7 +23,13 @@ use crate::definitions::Definitions;
 use crate::env::Env;
 
 /// The stage names, as in `CHARLIE_STAGE` and the `functions/` folders.
-pub const STAGES: [&str; 5] = ["graph-webhook", "poller", "ingest", "report-builder", "mailer"];
+pub const STAGES: [&str; 5] = [
+    "graph-webhook",
+    "poller",
+    "ingest",
+    "report-builder",
+    "mailer",
+];
 
 pub enum Stage {
     GraphWebhook(webhook::GraphWebhook),
@@ -38,10 +44,14 @@ impl Stage {
     pub async fn from_env(name: &str, env: &Env) -> anyhow::Result<Self> {
         let clients = AwsClients::from_env(env).await;
         Ok(match name {
-            "graph-webhook" => Stage::GraphWebhook(webhook::GraphWebhook::from_env(env, &clients).await?),
+            "graph-webhook" => {
+                Stage::GraphWebhook(webhook::GraphWebhook::from_env(env, &clients).await?)
+            }
             "poller" => Stage::Poller(poller::Poller::from_env(env, &clients).await?),
             "ingest" => Stage::Ingest(ingest::Ingest::from_env(env, &clients).await?),
-            "report-builder" => Stage::ReportBuilder(report::ReportBuilder::from_env(env, &clients).await?),
+            "report-builder" => {
+                Stage::ReportBuilder(report::ReportBuilder::from_env(env, &clients).await?)
+            }
             "mailer" => Stage::Mailer(mailer::Mailer::from_env(env, &clients).await?),
             other => anyhow::bail!("unknown stage {other:?}; expected one of {STAGES:?}"),
         })
@@ -101,8 +111,14 @@ impl Common {
         let definitions = load_definitions(env, &objects).await?;
         Ok(Common {
             objects,
-            rows: RowStore::new(clients.dynamodb.clone(), env.required("CHARLIE_ROWS_TABLE")?),
-            state: StateStore::new(clients.dynamodb.clone(), env.required("CHARLIE_STATE_TABLE")?),
+            rows: RowStore::new(
+                clients.dynamodb.clone(),
+                env.required("CHARLIE_ROWS_TABLE")?,
+            ),
+            state: StateStore::new(
+                clients.dynamodb.clone(),
+                env.required("CHARLIE_STATE_TABLE")?,
+            ),
             definitions: Arc::new(definitions),
         })
     }
@@ -110,19 +126,34 @@ impl Common {
 
 /// `reports.toml` from S3 (`CHARLIE_CONFIG_KEY`), checked before use.
 async fn load_definitions(env: &Env, objects: &ObjectStore) -> anyhow::Result<Definitions> {
-    let key = env.get("CHARLIE_CONFIG_KEY").unwrap_or("config/reports.toml");
-    let bytes = objects.get(key, None).await.context("loading the definitions")?;
+    let key = env
+        .get("CHARLIE_CONFIG_KEY")
+        .unwrap_or("config/reports.toml");
+    let bytes = objects
+        .get(key, None)
+        .await
+        .context("loading the definitions")?;
     let text = String::from_utf8(bytes).with_context(|| format!("{key} is not UTF-8"))?;
     Definitions::parse(&text).with_context(|| format!("s3://{}/{key}", objects.bucket()))
 }
 
 /// The Graph client, with the app credentials from Secrets Manager.
-pub(crate) async fn mailbox_from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Arc<Mailbox>> {
+pub(crate) async fn mailbox_from_env(
+    env: &Env,
+    clients: &AwsClients,
+) -> anyhow::Result<Arc<Mailbox>> {
     let secret_id = env.required("CHARLIE_GRAPH_SECRET")?;
     let secret = read_secret(&clients.secrets, secret_id).await?;
-    let credentials: GraphCredentials = serde_json::from_str(secret.expose())
-        .map_err(|e| anyhow::anyhow!("secret {secret_id} is not {{client_id, client_secret}} JSON (at line {}, column {})", e.line(), e.column()))?;
-    let base = env.get("GRAPH_BASE_URL").unwrap_or("https://graph.microsoft.com/v1.0");
+    let credentials: GraphCredentials = serde_json::from_str(secret.expose()).map_err(|e| {
+        anyhow::anyhow!(
+            "secret {secret_id} is not {{client_id, client_secret}} JSON (at line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    let base = env
+        .get("GRAPH_BASE_URL")
+        .unwrap_or("https://graph.microsoft.com/v1.0");
     let token_url = env.required("GRAPH_TOKEN_URL")?;
     Ok(Arc::new(Mailbox::new(base, token_url, credentials)?))
 }

@@ -40,14 +40,23 @@ impl Poller {
     pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
         Ok(Poller {
             graph: mailbox_from_env(env, clients).await?,
-            state: StateStore::new(clients.dynamodb.clone(), env.required("CHARLIE_STATE_TABLE")?),
-            inbound: Queue::new(clients.sqs.clone(), env.required("CHARLIE_INBOUND_QUEUE_URL")?),
+            state: StateStore::new(
+                clients.dynamodb.clone(),
+                env.required("CHARLIE_STATE_TABLE")?,
+            ),
+            inbound: Queue::new(
+                clients.sqs.clone(),
+                env.required("CHARLIE_INBOUND_QUEUE_URL")?,
+            ),
             folders: parse_folders(env.required("CHARLIE_MAILBOXES")?)?,
         })
     }
 
     pub async fn poll(&self, trigger: PollTrigger) -> anyhow::Result<PollSummary> {
-        let mut summary = PollSummary { folders: self.folders.len(), ..Default::default() };
+        let mut summary = PollSummary {
+            folders: self.folders.len(),
+            ..Default::default()
+        };
         for (mailbox, folder) in &self.folders {
             self.poll_folder(mailbox, folder, &mut summary)
                 .await
@@ -57,7 +66,12 @@ impl Poller {
         Ok(summary)
     }
 
-    async fn poll_folder(&self, mailbox: &str, folder: &str, summary: &mut PollSummary) -> anyhow::Result<()> {
+    async fn poll_folder(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        summary: &mut PollSummary,
+    ) -> anyhow::Result<()> {
         let pk = format!("DELTA#{mailbox}#{folder}");
         let stored = self.state.get_record(&pk, "link").await?;
         let mut url = stored
@@ -86,8 +100,11 @@ impl Poller {
                 });
             }
             let correlation: Vec<String> = batch.iter().map(|_| new_correlation_id()).collect();
-            let pairs: Vec<(&InboundMessage, &str)> =
-                batch.iter().zip(&correlation).map(|(m, c)| (m, c.as_str())).collect();
+            let pairs: Vec<(&InboundMessage, &str)> = batch
+                .iter()
+                .zip(&correlation)
+                .map(|(m, c)| (m, c.as_str()))
+                .collect();
             self.inbound.send_all(&pairs).await?;
             summary.queued += batch.len() as u32;
             match (page.next_link, page.delta_link) {
@@ -97,7 +114,9 @@ impl Poller {
                     self.state.put_record(&pk, "link", &data, None).await?;
                     return Ok(());
                 }
-                (None, None) => bail!("a delta page had neither @odata.nextLink nor @odata.deltaLink"),
+                (None, None) => {
+                    bail!("a delta page had neither @odata.nextLink nor @odata.deltaLink")
+                }
             }
         }
     }
@@ -109,7 +128,9 @@ fn parse_folders(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|entry| match entry.split_once('/') {
-            Some((user, folder)) if !user.is_empty() && !folder.is_empty() => Ok((user.to_owned(), folder.to_owned())),
+            Some((user, folder)) if !user.is_empty() && !folder.is_empty() => {
+                Ok((user.to_owned(), folder.to_owned()))
+            }
             _ => bail!("CHARLIE_MAILBOXES entry {entry:?} is not user@domain/folder"),
         })
         .collect()
@@ -123,7 +144,10 @@ mod tests {
     fn mailbox_folders_parse_and_bad_entries_are_named() {
         assert_eq!(
             parse_folders("a@x.example/inbox, b@x.example/Exports").unwrap(),
-            vec![("a@x.example".into(), "inbox".into()), ("b@x.example".into(), "Exports".into())]
+            vec![
+                ("a@x.example".into(), "inbox".into()),
+                ("b@x.example".into(), "Exports".into())
+            ]
         );
         let err = parse_folders("a@x.example").unwrap_err().to_string();
         assert!(err.contains("a@x.example"), "{err}");

@@ -67,29 +67,63 @@ impl ReportBuilder {
     pub async fn run(&self, trigger: ReportTrigger) -> anyhow::Result<RunRecord> {
         let defs = &self.common.definitions;
         let (report_name, date, run_id) = match &trigger {
-            ReportTrigger::Scheduled { report, scheduled_time, .. } => {
-                let def = defs.reports.get(report).with_context(|| format!("unknown report {report:?}"))?;
+            ReportTrigger::Scheduled {
+                report,
+                scheduled_time,
+                ..
+            } => {
+                let def = defs
+                    .reports
+                    .get(report)
+                    .with_context(|| format!("unknown report {report:?}"))?;
                 let date = previous_day(*scheduled_time, def.time_zone.0);
-                (report.clone(), date, format!("{report}.{date}.scheduled.{}", scheduled_time.format("%Y%m%dT%H%M%SZ")))
+                (
+                    report.clone(),
+                    date,
+                    format!(
+                        "{report}.{date}.scheduled.{}",
+                        scheduled_time.format("%Y%m%dT%H%M%SZ")
+                    ),
+                )
             }
-            ReportTrigger::Run { report, date, run_id, .. } => (
+            ReportTrigger::Run {
+                report,
+                date,
+                run_id,
+                ..
+            } => (
                 report.clone(),
                 *date,
-                run_id.clone().unwrap_or_else(|| format!("{report}.{date}.request.{}", super::new_correlation_id())),
+                run_id.clone().unwrap_or_else(|| {
+                    format!("{report}.{date}.request.{}", super::new_correlation_id())
+                }),
             ),
         };
         let span = tracing::info_span!("run", run_id, report = report_name, period = %date);
         let _enter = span.enter();
         let started = Utc::now();
         let claim_pk = format!("RUN#{run_id}");
-        match self.common.state.claim(&claim_pk, started, chrono::Duration::minutes(15), chrono::Duration::days(400)).await? {
+        match self
+            .common
+            .state
+            .claim(
+                &claim_pk,
+                started,
+                chrono::Duration::minutes(15),
+                chrono::Duration::days(400),
+            )
+            .await?
+        {
             Claim::AlreadyDone(result) => {
                 info!("run already done: nothing built, nothing mailed");
-                let mut record: RunRecord = serde_json::from_str(&result).context("the stored run result")?;
+                let mut record: RunRecord =
+                    serde_json::from_str(&result).context("the stored run result")?;
                 record.repeated = true;
                 return Ok(record);
             }
-            Claim::InProgressElsewhere => bail!("run {run_id} is being built by another invocation"),
+            Claim::InProgressElsewhere => {
+                bail!("run {run_id} is being built by another invocation")
+            }
             Claim::Acquired => {}
         }
         match self.build_run(&report_name, date, &run_id, started).await {
@@ -97,9 +131,20 @@ impl ReportBuilder {
                 let data = serde_json::to_value(&record)?;
                 self.common
                     .state
-                    .put_record(&claim_pk, "run", &data, Some((&format!("REPORT#{report_name}"), &format!("{date}#{run_id}"))))
+                    .put_record(
+                        &claim_pk,
+                        "run",
+                        &data,
+                        Some((
+                            &format!("REPORT#{report_name}"),
+                            &format!("{date}#{run_id}"),
+                        )),
+                    )
                     .await?;
-                self.common.state.complete(&claim_pk, &data.to_string(), Utc::now()).await?;
+                self.common
+                    .state
+                    .complete(&claim_pk, &data.to_string(), Utc::now())
+                    .await?;
                 Ok(record)
             }
             Err(e) => {
@@ -126,7 +171,11 @@ impl ReportBuilder {
             let stored = self.common.rows.rows_for_day(name, ds, date).await?;
             let mails: BTreeSet<&str> = stored.iter().map(|r| r.source.as_str()).collect();
             let mails = mails.len();
-            loaded.push((name.as_str(), stored.into_iter().map(|r| r.values).collect(), mails));
+            loaded.push((
+                name.as_str(),
+                stored.into_iter().map(|r| r.values).collect(),
+                mails,
+            ));
         }
         let rows: u64 = loaded.iter().map(|(_, r, _)| r.len() as u64).sum();
         let mut record = RunRecord {
@@ -159,7 +208,12 @@ impl ReportBuilder {
             generated_at: Utc::now(),
             datasets: loaded
                 .iter()
-                .map(|(name, rows, mails)| DatasetRows { name, dataset: &defs.datasets[*name], rows, source_mails: *mails })
+                .map(|(name, rows, mails)| DatasetRows {
+                    name,
+                    dataset: &defs.datasets[*name],
+                    rows,
+                    source_mails: *mails,
+                })
                 .collect(),
         })?;
         let key = format!("reports/{report_name}/{period}/{report_name}-{period}.xlsx");
@@ -167,7 +221,11 @@ impl ReportBuilder {
         record.sha256 = Some(hex::encode(Sha256::digest(&built.bytes)));
         record.sheets = built.sheets.clone();
         record.warnings = built.warnings.clone();
-        let stored = self.common.objects.put(&key, built.bytes, XLSX_CONTENT_TYPE).await?;
+        let stored = self
+            .common
+            .objects
+            .put(&key, built.bytes, XLSX_CONTENT_TYPE)
+            .await?;
         record.workbook_key = Some(key.clone());
         record.workbook_version = stored.version_id.clone();
 
@@ -187,7 +245,11 @@ impl ReportBuilder {
         };
         self.mail.send(&request, run_id).await?;
         record.finished_at = Utc::now().to_rfc3339();
-        info!(rows, size = record.size, "workbook built and queued for mail");
+        info!(
+            rows,
+            size = record.size,
+            "workbook built and queued for mail"
+        );
         Ok(record)
     }
 }

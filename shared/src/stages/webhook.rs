@@ -51,8 +51,15 @@ struct ResourceData {
 impl GraphWebhook {
     pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
         Ok(GraphWebhook {
-            client_state: read_secret(&clients.secrets, env.required("CHARLIE_CLIENT_STATE_SECRET")?).await?,
-            inbound: Queue::new(clients.sqs.clone(), env.required("CHARLIE_INBOUND_QUEUE_URL")?),
+            client_state: read_secret(
+                &clients.secrets,
+                env.required("CHARLIE_CLIENT_STATE_SECRET")?,
+            )
+            .await?,
+            inbound: Queue::new(
+                clients.sqs.clone(),
+                env.required("CHARLIE_INBOUND_QUEUE_URL")?,
+            ),
         })
     }
 
@@ -68,14 +75,25 @@ impl GraphWebhook {
         let notifications: NotificationCollection = match serde_json::from_slice(&body) {
             Ok(n) => n,
             Err(e) => {
-                return problem(400, &format!("the body is not a Graph notification collection ({{\"value\":[…]}}): {e}"));
+                return problem(
+                    400,
+                    &format!(
+                        "the body is not a Graph notification collection ({{\"value\":[…]}}): {e}"
+                    ),
+                );
             }
         };
         let mut messages = Vec::new();
         for n in &notifications.value {
-            let state_ok = n.client_state.as_deref().is_some_and(|c| self.client_state.matches(c));
+            let state_ok = n
+                .client_state
+                .as_deref()
+                .is_some_and(|c| self.client_state.matches(c));
             if !state_ok {
-                warn!(subscription_id = n.subscription_id, "notification with a wrong or missing clientState dropped");
+                warn!(
+                    subscription_id = n.subscription_id,
+                    "notification with a wrong or missing clientState dropped"
+                );
                 continue;
             }
             match mail_of(n) {
@@ -85,14 +103,25 @@ impl GraphWebhook {
                     message_id,
                     source: MailSource::Webhook,
                 }),
-                None => warn!(subscription_id = n.subscription_id, resource = n.resource, "notification for a resource that is not a user's message dropped"),
+                None => warn!(
+                    subscription_id = n.subscription_id,
+                    resource = n.resource,
+                    "notification for a resource that is not a user's message dropped"
+                ),
             }
         }
         if messages.is_empty() {
             return response(202, "text/plain", String::new());
         }
-        let ids: Vec<String> = messages.iter().map(|_| super::new_correlation_id()).collect();
-        let pairs: Vec<(&InboundMessage, &str)> = messages.iter().zip(&ids).map(|(m, c)| (m, c.as_str())).collect();
+        let ids: Vec<String> = messages
+            .iter()
+            .map(|_| super::new_correlation_id())
+            .collect();
+        let pairs: Vec<(&InboundMessage, &str)> = messages
+            .iter()
+            .zip(&ids)
+            .map(|(m, c)| (m, c.as_str()))
+            .collect();
         match self.inbound.send_all(&pairs).await {
             Ok(()) => {
                 info!(queued = messages.len(), "notifications queued");
@@ -110,8 +139,14 @@ impl GraphWebhook {
 fn mail_of(n: &ChangeNotification) -> Option<(String, String)> {
     let parts: Vec<&str> = n.resource.split('/').collect();
     match parts.as_slice() {
-        [users, mailbox, messages, id] if users.eq_ignore_ascii_case("users") && messages.eq_ignore_ascii_case("messages") => {
-            let id = n.resource_data.as_ref().and_then(|d| d.id.clone()).unwrap_or_else(|| (*id).to_owned());
+        [users, mailbox, messages, id]
+            if users.eq_ignore_ascii_case("users") && messages.eq_ignore_ascii_case("messages") =>
+        {
+            let id = n
+                .resource_data
+                .as_ref()
+                .and_then(|d| d.id.clone())
+                .unwrap_or_else(|| (*id).to_owned());
             Some(((*mailbox).to_owned(), id))
         }
         _ => None,
@@ -140,7 +175,11 @@ fn response(status: i64, content_type: &'static str, body: String) -> ApiGateway
 }
 
 fn problem(status: i64, message: &str) -> ApiGatewayV2httpResponse {
-    response(status, "application/json", serde_json::json!({ "error": message }).to_string())
+    response(
+        status,
+        "application/json",
+        serde_json::json!({ "error": message }).to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -149,11 +188,16 @@ mod tests {
 
     #[test]
     fn the_documented_notification_names_its_mailbox_and_message() {
-        let c: NotificationCollection =
-            serde_json::from_str(include_str!("../../../events/graph/change-notification.json")).unwrap();
+        let c: NotificationCollection = serde_json::from_str(include_str!(
+            "../../../events/graph/change-notification.json"
+        ))
+        .unwrap();
         assert_eq!(
             mail_of(&c.value[0]),
-            Some(("ops-reports@contoso.example".into(), "AAMkADNkNAAASq35xAAA=".into()))
+            Some((
+                "ops-reports@contoso.example".into(),
+                "AAMkADNkNAAASq35xAAA=".into()
+            ))
         );
     }
 }

@@ -1,0 +1,42 @@
+# Shared by scripts/demo and scripts/test: install what is missing, from the package registries.
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MOTO_VERSION="5.2.1"
+export CHARLIE_ROOT="$ROOT"
+export CHARLIE_PYTHON="$ROOT/.venv/bin/python"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# The emulator (moto server) lives in a project-local virtualenv.
+ensure_python_env() {
+  if "$CHARLIE_PYTHON" -c "import moto, flask, werkzeug; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null; then
+    return
+  fi
+  local py
+  py=$(command -v python3.11 || command -v python3 || true)
+  if [ -z "$py" ]; then
+    echo "python3 is required (with venv): install it with your package manager" >&2
+    exit 1
+  fi
+  say "Creating .venv with moto[server]==$MOTO_VERSION (once)"
+  "$py" -m venv "$ROOT/.venv"
+  "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+}
+
+ensure_tools() {
+  local missing=()
+  command -v cargo >/dev/null || missing+=("cargo (https://rustup.rs)")
+  command -v terraform >/dev/null || missing+=("terraform >= 1.6")
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "missing: ${missing[*]}" >&2
+    exit 1
+  fi
+}
+
+# One shared target folder; debug builds (the emulator cannot run the release zips anyway).
+build_workspace() {
+  say "Building the workspace (debug)"
+  cargo build --workspace --bins --locked
+}
