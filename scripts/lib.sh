@@ -7,6 +7,13 @@ export CHARLIE_ROOT="$ROOT"
 export CHARLIE_PYTHON="$ROOT/.venv/bin/python"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
+# Terraform: the provider from the machine's mirror when there is one, else the registry.
+if [ -d /opt/tf-plugins ]; then
+  export TF_CLI_CONFIG_FILE="$ROOT/infra/terraformrc.mirror"
+elif [ -n "${TF_CLI_CONFIG_FILE:-}" ] && [ ! -f "$TF_CLI_CONFIG_FILE" ]; then
+  unset TF_CLI_CONFIG_FILE
+fi
+
 say() { printf '\n==> %s\n' "$*"; }
 
 # The emulator (moto server) lives in a project-local virtualenv.

@@ -113,6 +113,9 @@ pub fn build(input: &WorkbookInput) -> Result<BuiltWorkbook, WorkbookError> {
     {
         let ws = wb.add_worksheet();
         ws.set_name("Summary")?;
+        // Printed, the summary fits the page width.
+        ws.set_landscape();
+        ws.set_print_fit_to_pages(1, 0);
         write_summary(ws, &styles, input, &tables, total_rows)?;
         sheets.push("Summary".to_owned());
     }
