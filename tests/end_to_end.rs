@@ -11,14 +11,11 @@ use charlie_local::fake_graph::{FakeAttachment, FakeMessage};
 use chrono::{DateTime, Utc};
 use mail_parser::{MessageParser, MimeHeaders};
 
-/// Unique call ids over the sample attachments, counted without Charlie's code.
-fn expected_unique_calls() -> usize {
+/// Unique keys (first column) over sample attachments, counted without Charlie's code.
+fn expected_unique(files: &[&str]) -> usize {
     let root = charlie_local::project::root().join("events/mailbox");
     let mut ids = HashSet::new();
-    for f in [
-        "ib_calls_2024-03-14_morning.csv",
-        "ib_calls_2024-03-14_afternoon.csv",
-    ] {
+    for f in files {
         let text = std::fs::read_to_string(root.join(f)).unwrap();
         let mut rdr = csv::Reader::from_reader(text.trim_start_matches('\u{feff}').as_bytes());
         for rec in rdr.records() {
@@ -111,9 +108,9 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     // Poll: the delta round pages through the mailbox and ingest stores each row once.
     let at: DateTime<Utc> = "2024-03-15T00:10:00Z".parse().unwrap();
     let (poll, drained) = cloud.poll(at).await.unwrap();
-    assert_eq!(poll["messages_seen"], 3);
+    assert_eq!(poll["messages_seen"], 4);
     assert_eq!(
-        poll["queued"], 2,
+        poll["queued"], 3,
         "the mail without attachments is not queued"
     );
     assert!(
@@ -121,14 +118,26 @@ async fn the_whole_path_runs_on_the_local_cloud() {
         "the fake pages by 2: {poll}"
     );
     assert_eq!(drained.failures, 0);
-    let expected = expected_unique_calls();
+    let expected = expected_unique(&[
+        "ib_calls_2024-03-14_morning.csv",
+        "ib_calls_2024-03-14_afternoon.csv",
+    ]);
+    let expected_dials = expected_unique(&["dials_2024-03-14.csv"]);
     assert_eq!(
         cloud.stored_rows("ib_calls", "2024-03-14").await.unwrap(),
         expected
     );
+    assert_eq!(
+        cloud.stored_rows("dials", "2024-03-14").await.unwrap(),
+        expected_dials
+    );
     let outcomes = cloud.outcomes().await.unwrap();
-    assert_eq!(outcomes.len(), 2);
-    let new: u64 = outcomes.iter().map(|o| o.rows_new).sum();
+    assert_eq!(outcomes.len(), 3);
+    let new: u64 = outcomes
+        .iter()
+        .filter(|o| o.dataset == "ib_calls")
+        .map(|o| o.rows_new)
+        .sum();
     assert_eq!(new as usize, expected);
     for o in &outcomes {
         let raw = cloud.object(&o.raw_key).await.unwrap();
@@ -156,7 +165,60 @@ async fn the_whole_path_runs_on_the_local_cloud() {
         cloud.stored_rows("ib_calls", "2024-03-14").await.unwrap(),
         expected
     );
-    assert_eq!(cloud.outcomes().await.unwrap().len(), 2);
+    assert_eq!(cloud.outcomes().await.unwrap().len(), 3);
+
+    // Re-processing the day removes its rows and re-ingests the archived attachments: same rows.
+    let day: chrono::NaiveDate = "2024-03-14".parse().unwrap();
+    let store = charlie::adapters::rows::RowStore::new(
+        cloud.clients.dynamodb.clone(),
+        &cloud.outputs.rows_table,
+    );
+    let defs = charlie::definitions::Definitions::parse(
+        &std::fs::read_to_string(charlie_local::project::root().join("reports.toml")).unwrap(),
+    )
+    .unwrap();
+    let before = store
+        .rows_for_day("ib_calls", &defs.datasets["ib_calls"], day)
+        .await
+        .unwrap();
+    let outcome = charlie::reprocess::reprocess_day(
+        &defs,
+        &store,
+        &charlie::adapters::state::StateStore::new(
+            cloud.clients.dynamodb.clone(),
+            &cloud.outputs.state_table,
+        ),
+        &charlie::adapters::object_store::ObjectStore::new(
+            cloud.clients.s3.clone(),
+            &cloud.outputs.bucket,
+        ),
+        "ib_calls",
+        day,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            outcome.rows_deleted,
+            outcome.attachments,
+            outcome.rows_stored
+        ),
+        (expected as u64, 2, expected as u64)
+    );
+    let after = store
+        .rows_for_day("ib_calls", &defs.datasets["ib_calls"], day)
+        .await
+        .unwrap();
+    let strip = |rows: &[charlie::adapters::rows::StoredRow]| {
+        rows.iter()
+            .map(|r| (r.key.clone(), r.values.clone(), r.source.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(&after),
+        strip(&before),
+        "re-processing produces the same rows"
+    );
 
     // Report: workbook in S3, read back with a real XLSX reader.
     let report_at: DateTime<Utc> = "2024-03-15T06:00:00Z".parse().unwrap();
@@ -170,7 +232,16 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     );
     let workbook = cloud.object(key).await.unwrap();
     let mut book = Xlsx::new(Cursor::new(workbook.clone())).unwrap();
-    assert_eq!(book.sheet_names(), vec!["Summary", "ib_calls", "About"]);
+    assert_eq!(
+        book.sheet_names(),
+        vec!["Summary", "ib_calls", "dials", "About"]
+    );
+    let dials = book.worksheet_range("dials").unwrap();
+    assert_eq!(dials.height(), expected_dials + 1);
+    assert!(
+        matches!(dials.get((1, 0)), Some(Data::Float(_))),
+        "dial_id is a number"
+    );
     let raw = book.worksheet_range("ib_calls").unwrap();
     assert_eq!(
         raw.height(),

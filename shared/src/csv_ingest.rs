@@ -3,10 +3,11 @@
 
 use std::collections::HashSet;
 
-use chrono::{NaiveDate, NaiveDateTime};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike};
+use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
 
-use crate::definitions::{ColumnType, Dataset};
+use crate::definitions::{Column, ColumnType, Dataset, DeriveFn};
 use crate::value::{Row, Value};
 
 /// Keys longer than this are stored as their SHA-256 (DynamoDB sort keys are at most 1 KiB).
@@ -75,14 +76,17 @@ pub fn parse_attachment(dataset: &Dataset, bytes: &[u8]) -> Result<ParsedAttachm
         Some(Err(e)) => return Err(Unusable::Malformed(e.to_string())),
         Some(Ok(h)) => h,
     };
-    // Position of each declared column in the file, matching names ignoring case and spaces.
+    // Position of each read column in the file, matching headers ignoring case and spaces.
     let positions: Vec<Option<usize>> = dataset
         .columns
         .iter()
         .map(|c| {
+            if c.derive.is_some() {
+                return None;
+            }
             header
                 .iter()
-                .position(|h| h.trim().eq_ignore_ascii_case(c.name.trim()))
+                .position(|h| h.trim().eq_ignore_ascii_case(c.header().trim()))
         })
         .collect();
     let key_idx: Vec<usize> = dataset
@@ -94,8 +98,13 @@ pub fn parse_attachment(dataset: &Dataset, bytes: &[u8]) -> Result<ParsedAttachm
         .columns
         .iter()
         .zip(&positions)
-        .filter(|(c, p)| p.is_none() && (c.required || key_idx_contains(dataset, &c.name)))
-        .map(|(c, _)| c.name.clone())
+        .filter(|(c, p)| {
+            p.is_none()
+                && c.derive.is_none()
+                && c.default.is_none()
+                && (c.required || key_idx_contains(dataset, &c.name))
+        })
+        .map(|(c, _)| c.header().to_owned())
         .collect();
     if !missing.is_empty() {
         return Err(Unusable::MissingColumns(missing));
@@ -181,27 +190,77 @@ fn typed_row(
     positions: &[Option<usize>],
     record: &csv::StringRecord,
 ) -> Result<Row, String> {
+    let tz = dataset.time_zone.0;
     let mut row = Vec::with_capacity(dataset.columns.len());
     for (col, pos) in dataset.columns.iter().zip(positions) {
-        let raw = pos.and_then(|p| record.get(p)).unwrap_or("");
-        if raw.is_empty() {
+        if col.derive.is_some() {
+            row.push(None); // filled below, once its source is typed
+            continue;
+        }
+        let text = cleaned(col, pos.and_then(|p| record.get(p)).unwrap_or(""));
+        if text.is_empty() {
             if col.required {
                 return Err(format!("column {} is required but empty", col.name));
             }
             row.push(None);
             continue;
         }
-        let value = parse_value(col.kind, col.format.as_deref(), raw)
-            .map_err(|what| format!("column {}: {raw:?} is not {what}", col.name))?;
+        let value = parse_value(col.kind, col.format.as_deref(), tz, &text)
+            .map_err(|what| format!("column {}: {text:?} is not {what}", col.name))?;
         row.push(Some(value));
+    }
+    for (i, col) in dataset.columns.iter().enumerate() {
+        if let Some(d) = &col.derive {
+            let (from, _) = dataset.column(&d.from).expect("validated derive source");
+            row[i] = derive(d.func, row[from].as_ref());
+            if row[i].is_none() && col.required {
+                return Err(format!(
+                    "column {} is required but its source {} is empty",
+                    col.name, d.from
+                ));
+            }
+        }
     }
     Ok(row)
 }
 
+/// The field's text after the column's clean-up: trim, lookup table, default.
+fn cleaned<'a>(col: &'a Column, raw: &'a str) -> std::borrow::Cow<'a, str> {
+    let text = if col.trim { raw.trim() } else { raw };
+    let mapped = col
+        .map
+        .as_ref()
+        .and_then(|m| m.get(text))
+        .map(String::as_str)
+        .unwrap_or(text);
+    if mapped.is_empty() {
+        return col.default.as_deref().unwrap_or("").into();
+    }
+    mapped.into()
+}
+
+fn derive(func: DeriveFn, source: Option<&Value>) -> Option<Value> {
+    let source = source?;
+    let date_time = match source {
+        Value::DateTime(t) => Some(*t),
+        Value::Date(d) => d.and_hms_opt(0, 0, 0),
+        _ => None,
+    };
+    match func {
+        DeriveFn::Present => Some(Value::Bool(true)),
+        DeriveFn::Hour => date_time.map(|t| Value::Int(i64::from(t.hour()))),
+        DeriveFn::Date => date_time.map(|t| Value::Date(t.date())),
+        DeriveFn::Weekday => date_time.map(|t| Value::Text(format!("{:?}", t.weekday()))),
+    }
+}
+
 /// Parses one non-empty field. Text is kept exactly as received (only an empty field is missing).
+/// Date-times with an offset are converted to `tz`, the dataset's time zone; those without are
+/// taken as already in it.
 pub fn parse_value(
     kind: ColumnType,
     format: Option<&str>,
+    tz: Tz,
     raw: &str,
 ) -> Result<Value, &'static str> {
     let t = raw.trim();
@@ -222,19 +281,25 @@ pub fn parse_value(
         ColumnType::Date => NaiveDate::parse_from_str(t, format.unwrap_or("%Y-%m-%d"))
             .map(Value::Date)
             .map_err(|_| "a date"),
-        ColumnType::Datetime => parse_datetime(t, format)
+        ColumnType::Datetime => parse_datetime(t, format, tz)
             .map(Value::DateTime)
             .ok_or("a date and time"),
         ColumnType::Duration => parse_duration(t).map(Value::Int).ok_or("a duration"),
     }
 }
 
-fn parse_datetime(t: &str, format: Option<&str>) -> Option<NaiveDateTime> {
+fn parse_datetime(t: &str, format: Option<&str>, tz: Tz) -> Option<NaiveDateTime> {
+    let local = |d: DateTime<chrono::FixedOffset>| d.with_timezone(&tz).naive_local();
     match format {
+        Some(f) if f.contains("%z") || f.contains("%:z") => {
+            DateTime::parse_from_str(t, f).ok().map(local)
+        }
         Some(f) => NaiveDateTime::parse_from_str(t, f).ok(),
-        None => ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
-            .iter()
-            .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok()),
+        None => DateTime::parse_from_rfc3339(t).ok().map(local).or_else(|| {
+            ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                .iter()
+                .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
+        }),
     }
 }
 
@@ -483,6 +548,77 @@ mod tests {
             decode(b"caf\xe9 \x80"),
             ("café €".to_owned(), "windows-1252")
         );
+    }
+
+    #[test]
+    fn datetimes_with_an_offset_land_in_the_datasets_time_zone() {
+        let london = chrono_tz::Europe::London;
+        // 23:30 UTC on 31 March 2024 is 00:30 BST on 1 April: the row belongs to 1 April.
+        let v = parse_value(ColumnType::Datetime, None, london, "2024-03-31T23:30:00Z").unwrap();
+        assert_eq!(v, Value::DateTime("2024-04-01T00:30:00".parse().unwrap()));
+        let naive = parse_value(ColumnType::Datetime, None, london, "2024-03-31 23:30:00").unwrap();
+        assert_eq!(
+            naive,
+            Value::DateTime("2024-03-31T23:30:00".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn columns_are_renamed_trimmed_mapped_defaulted_and_derived() {
+        let text = r#"
+[datasets.t]
+time_zone = "UTC"
+key = ["id"]
+date_column = "at"
+[datasets.t.match]
+attachment = "x"
+[[datasets.t.columns]]
+name = "id"
+type = "text"
+source = "Ticket ID"
+[[datasets.t.columns]]
+name = "at"
+type = "datetime"
+[[datasets.t.columns]]
+name = "team"
+type = "text"
+trim = true
+map = { "TS2" = "Tech Support" }
+default = "(none)"
+[[datasets.t.columns]]
+name = "hour"
+type = "integer"
+derive = { from = "at", fn = "hour" }
+"#;
+        let d = Definitions::parse(text).unwrap();
+        let ds = &d.datasets["t"];
+        let csv = "Ticket ID,at,team\nT1,2024-03-14T09:15:00,  TS2 \nT2,2024-03-14T17:00:00,\n";
+        let parsed = parse_attachment(ds, csv.as_bytes()).unwrap();
+        assert_eq!(parsed.rows[0].key, "T1");
+        assert_eq!(
+            parsed.rows[0].values[2],
+            Some(Value::Text("Tech Support".into()))
+        );
+        assert_eq!(parsed.rows[0].values[3], Some(Value::Int(9)));
+        assert_eq!(parsed.rows[1].values[2], Some(Value::Text("(none)".into())));
+        assert_eq!(parsed.rows[1].values[3], Some(Value::Int(17)));
+    }
+
+    #[test]
+    fn lf_files_report_the_same_lines_as_crlf_files() {
+        let d = defs();
+        let rows = [
+            "c1,A1,Ann,Sales,2024-03-14T09:00:00,,,x,1,X,,",
+            "c2,A1,Ann,Sales,2024-03-14T09:00:00,,,5,1,X,,\"two\nlines\"",
+            "c3,A1,Ann,Sales,bad,,,5,1,X,,",
+        ];
+        let crlf = csv(&rows);
+        let lf = crlf.replace("\r\n", "\n");
+        for text in [crlf, lf] {
+            let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+            let lines: Vec<u64> = parsed.rejects.iter().map(|r| r.line).collect();
+            assert_eq!(lines, vec![2, 5], "{:?}", parsed.rejects);
+        }
     }
 
     #[test]

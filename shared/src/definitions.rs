@@ -65,6 +65,8 @@ pub struct CsvOptions {
     pub delimiter: Option<char>,
 }
 
+/// A column: where its value comes from (a header of the file, or derived from another column),
+/// how the text is cleaned up (trim, lookup table, default), and its type.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Column {
@@ -73,9 +75,64 @@ pub struct Column {
     pub kind: ColumnType,
     #[serde(default)]
     pub required: bool,
-    /// chrono format for date and datetime columns; ISO 8601 when absent.
+    /// chrono format for date and datetime columns; ISO 8601 (with or without offset) when absent.
     #[serde(default)]
     pub format: Option<String>,
+    /// The file's header for this column when it differs from `name` (a rename).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Strip surrounding white space before anything else.
+    #[serde(default)]
+    pub trim: bool,
+    /// Lookup table applied to the text before typing; text not in it is kept as it is.
+    #[serde(default)]
+    pub map: Option<BTreeMap<String, String>>,
+    /// Text used when the field is empty (or the file lacks the column).
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Computed from another column instead of read from the file.
+    #[serde(default)]
+    pub derive: Option<Derive>,
+}
+
+impl Column {
+    /// The header this column is read from (its `source`, else its name).
+    pub fn header(&self) -> &str {
+        self.source.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Derive {
+    pub from: String,
+    #[serde(rename = "fn")]
+    pub func: DeriveFn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeriveFn {
+    /// Hour of day (0–23) of a datetime: type integer.
+    Hour,
+    /// The day of a datetime: type date.
+    Date,
+    /// Monday … Sunday of a date or datetime: type text.
+    Weekday,
+    /// Whether the source is not empty: type boolean.
+    Present,
+}
+
+impl DeriveFn {
+    /// The type a derived column must be declared with.
+    pub fn result_type(self) -> ColumnType {
+        match self {
+            DeriveFn::Hour => ColumnType::Integer,
+            DeriveFn::Date => ColumnType::Date,
+            DeriveFn::Weekday => ColumnType::Text,
+            DeriveFn::Present => ColumnType::Boolean,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -210,20 +267,46 @@ impl<'de> Deserialize<'de> for TimeZone {
     }
 }
 
+/// One thing wrong with a definitions file, and the line where it is (1-based) when known.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 /// Everything wrong with a definitions file, one problem a line.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid definitions:\n{}", .problems.join("\n"))]
+#[error("invalid definitions:\n{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
 pub struct DefinitionsError {
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
 }
 
 impl Definitions {
     /// Parses and checks the file: the result is safe to run with.
     pub fn parse(text: &str) -> Result<Self, DefinitionsError> {
         let defs: Definitions = toml::from_str(text).map_err(|e| DefinitionsError {
-            problems: vec![e.to_string().trim_end().to_owned()],
+            problems: vec![Problem {
+                line: e.span().map(|s| line_at(text, s.start)),
+                message: e.message().trim_end().to_owned(),
+            }],
         })?;
-        let problems = defs.problems();
+        let problems: Vec<Problem> = defs
+            .problems()
+            .into_iter()
+            .map(|(at, message)| Problem {
+                line: at.line(text),
+                message,
+            })
+            .collect();
         if problems.is_empty() {
             Ok(defs)
         } else {
@@ -231,81 +314,174 @@ impl Definitions {
         }
     }
 
-    fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
+    fn problems(&self) -> Vec<(Where, String)> {
+        let mut out: Vec<(Where, String)> = Vec::new();
         for (name, ds) in &self.datasets {
-            let declared: HashSet<&str> = ds.columns.iter().map(|c| c.name.as_str()).collect();
-            if declared.len() != ds.columns.len() {
-                out.push(format!("dataset {name}: a column is declared twice"));
+            let table = format!("datasets.{name}");
+            let columns = format!("{table}.columns");
+            let mut seen = HashSet::new();
+            for (i, c) in ds.columns.iter().enumerate() {
+                let at = || Where::key(&columns, i, "name");
+                if !seen.insert(c.name.trim().to_ascii_lowercase()) {
+                    out.push((
+                        at(),
+                        format!("dataset {name}: column {:?} is declared twice", c.name),
+                    ));
+                }
+                if c.format.is_some() && !matches!(c.kind, ColumnType::Date | ColumnType::Datetime)
+                {
+                    out.push((Where::key(&columns, i, "format"), format!("dataset {name}: column {:?} has a format but is not a date or datetime", c.name)));
+                }
+                if let Some(d) = &c.derive {
+                    let at = || Where::key(&columns, i, "derive");
+                    match ds.column(&d.from) {
+                        None => out.push((
+                            at(),
+                            format!(
+                                "dataset {name}: column {:?} derives from unknown column {:?}",
+                                c.name, d.from
+                            ),
+                        )),
+                        Some((_, src)) if src.derive.is_some() => out.push((
+                            at(),
+                            format!(
+                                "dataset {name}: column {:?} derives from {:?}, itself derived",
+                                c.name, d.from
+                            ),
+                        )),
+                        Some((_, src)) => {
+                            let needs_time = matches!(d.func, DeriveFn::Hour | DeriveFn::Date);
+                            if needs_time && src.kind != ColumnType::Datetime
+                                || d.func == DeriveFn::Weekday
+                                    && !matches!(src.kind, ColumnType::Date | ColumnType::Datetime)
+                            {
+                                out.push((at(), format!("dataset {name}: column {:?}: {:?} needs a date/datetime column, {:?} is {:?}", c.name, d.func, d.from, src.kind)));
+                            }
+                        }
+                    }
+                    if c.kind != d.func.result_type() {
+                        out.push((
+                            at(),
+                            format!(
+                                "dataset {name}: column {:?} derived with {:?} must have type {:?}",
+                                c.name,
+                                d.func,
+                                d.func.result_type()
+                            ),
+                        ));
+                    }
+                    if c.source.is_some() {
+                        out.push((at(), format!("dataset {name}: column {:?} is derived, so it cannot also have a source header", c.name)));
+                    }
+                }
             }
             if ds.key.is_empty() {
-                out.push(format!("dataset {name}: key needs at least one column"));
+                out.push((
+                    Where::key(&table, 0, "key"),
+                    format!("dataset {name}: key needs at least one column"),
+                ));
             }
             for k in &ds.key {
-                if !declared.contains(k.as_str()) {
-                    out.push(format!(
-                        "dataset {name}: key column {k:?} is not declared in columns"
+                if ds.column(k).is_none() {
+                    out.push((
+                        Where::key(&table, 0, "key"),
+                        format!("dataset {name}: key column {k:?} is not declared in columns"),
                     ));
                 }
             }
             match ds.column(&ds.date_column) {
-                None => out.push(format!(
-                    "dataset {name}: date_column {:?} is not declared in columns",
-                    ds.date_column
+                None => out.push((
+                    Where::key(&table, 0, "date_column"),
+                    format!(
+                        "dataset {name}: date_column {:?} is not declared in columns",
+                        ds.date_column
+                    ),
                 )),
                 Some((_, c)) if !matches!(c.kind, ColumnType::Date | ColumnType::Datetime) => out
-                    .push(format!(
-                        "dataset {name}: date_column {:?} must be of type date or datetime",
-                        ds.date_column
+                    .push((
+                        Where::key(&table, 0, "date_column"),
+                        format!(
+                            "dataset {name}: date_column {:?} must be of type date or datetime",
+                            ds.date_column
+                        ),
                     )),
                 Some(_) => {}
             }
         }
         for (name, r) in &self.reports {
+            let table = format!("reports.{name}");
             if r.datasets.is_empty() {
-                out.push(format!("report {name}: datasets is empty"));
+                out.push((
+                    Where::key(&table, 0, "datasets"),
+                    format!("report {name}: datasets is empty"),
+                ));
             }
             for d in &r.datasets {
                 if !self.datasets.contains_key(d) {
-                    out.push(format!("report {name}: unknown dataset {d:?}"));
+                    out.push((
+                        Where::key(&table, 0, "datasets"),
+                        format!("report {name}: unknown dataset {d:?}"),
+                    ));
                 }
             }
             if r.recipients.is_empty() {
-                out.push(format!("report {name}: recipients is empty"));
+                out.push((
+                    Where::key(&table, 0, "recipients"),
+                    format!("report {name}: recipients is empty"),
+                ));
             }
-            for s in &r.summaries {
+            for rcpt in &r.recipients {
+                if !looks_like_address(rcpt) {
+                    out.push((
+                        Where::key(&table, 0, "recipients"),
+                        format!("report {name}: recipient {rcpt:?} is not a mail address"),
+                    ));
+                }
+            }
+            let summaries = format!("{table}.summaries");
+            for (si, s) in r.summaries.iter().enumerate() {
                 let Some(ds) = self.datasets.get(&s.dataset) else {
-                    out.push(format!(
-                        "report {name}: summary {:?} uses unknown dataset {:?}",
-                        s.title, s.dataset
+                    out.push((
+                        Where::key(&summaries, si, "dataset"),
+                        format!(
+                            "report {name}: summary {:?} uses unknown dataset {:?}",
+                            s.title, s.dataset
+                        ),
                     ));
                     continue;
                 };
                 if !r.datasets.contains(&s.dataset) {
-                    out.push(format!(
-                        "report {name}: summary {:?} uses dataset {:?} which the report does not list",
-                        s.title, s.dataset
+                    out.push((
+                        Where::key(&summaries, si, "dataset"),
+                        format!("report {name}: summary {:?} uses dataset {:?} which the report does not list", s.title, s.dataset),
                     ));
                 }
                 for g in &s.group_by {
                     if ds.column(g).is_none() {
-                        out.push(format!(
-                            "report {name}: summary {:?} groups by unknown column {g:?}",
-                            s.title
+                        out.push((
+                            Where::key(&summaries, si, "group_by"),
+                            format!(
+                                "report {name}: summary {:?} groups by unknown column {g:?}",
+                                s.title
+                            ),
                         ));
                     }
                 }
                 let mut labels = HashSet::new();
                 for m in &s.measures {
+                    let at = || Where::value(&summaries, si, &m.label);
                     let needs_column = !matches!(m.func, MeasureFn::Count | MeasureFn::Ratio);
                     match (&m.column, needs_column) {
-                        (None, true) => out.push(format!(
-                            "report {name}: measure {:?} needs a column",
-                            m.label
+                        (None, true) => out.push((
+                            at(),
+                            format!("report {name}: measure {:?} needs a column", m.label),
                         )),
-                        (Some(c), _) if ds.column(c).is_none() => out.push(format!(
-                            "report {name}: measure {:?} uses unknown column {c:?}",
-                            m.label
+                        (Some(c), _) if ds.column(c).is_none() => out.push((
+                            at(),
+                            format!(
+                                "report {name}: measure {:?} uses unknown column {c:?}",
+                                m.label
+                            ),
                         )),
                         _ => {}
                     }
@@ -313,22 +489,116 @@ impl Definitions {
                         for part in [&m.numerator, &m.denominator] {
                             match part {
                                 Some(l) if labels.contains(l.as_str()) => {}
-                                Some(l) => out.push(format!(
-                                    "report {name}: ratio {:?} refers to {l:?}, which is not an earlier measure",
-                                    m.label
-                                )),
-                                None => out.push(format!(
-                                    "report {name}: ratio {:?} needs numerator and denominator",
-                                    m.label
-                                )),
+                                Some(l) => out.push((at(), format!("report {name}: ratio {:?} refers to {l:?}, which is not an earlier measure", m.label))),
+                                None => out.push((at(), format!("report {name}: ratio {:?} needs numerator and denominator", m.label))),
                             }
                         }
                     }
-                    labels.insert(m.label.as_str());
+                    if !labels.insert(m.label.as_str()) {
+                        out.push((
+                            at(),
+                            format!("report {name}: two measures are labelled {:?}", m.label),
+                        ));
+                    }
                 }
             }
         }
         out
+    }
+}
+
+fn looks_like_address(s: &str) -> bool {
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && domain.contains('.')
+                && !s.contains(char::is_whitespace)
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        }
+        None => false,
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Where a problem is: the `nth` table with header path `table` (`[a.b]` or `[[a.b]]`), and in it
+/// the line of `key = …` or the first line quoting `"value"`; the table's header line otherwise.
+struct Where {
+    table: String,
+    nth: usize,
+    key: Option<String>,
+    value: Option<String>,
+}
+
+impl Where {
+    fn key(table: &str, nth: usize, key: &str) -> Self {
+        Where {
+            table: table.to_owned(),
+            nth,
+            key: Some(key.to_owned()),
+            value: None,
+        }
+    }
+
+    fn value(table: &str, nth: usize, value: &str) -> Self {
+        Where {
+            table: table.to_owned(),
+            nth,
+            key: None,
+            value: Some(value.to_owned()),
+        }
+    }
+
+    fn line(&self, text: &str) -> Option<usize> {
+        let mut occurrence = 0usize;
+        let mut header_line = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.starts_with('[') {
+                if header_line.is_some() {
+                    break; // the next table starts: the key was not in ours
+                }
+                let path: String = line
+                    .trim_start_matches('[')
+                    .split(']')
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .filter(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                if path == self.table {
+                    if occurrence == self.nth {
+                        header_line = Some(i + 1);
+                    }
+                    occurrence += 1;
+                }
+                continue;
+            }
+            if header_line.is_none() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(k) = &self.key
+                && line
+                    .strip_prefix(k.as_str())
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            {
+                return Some(i + 1);
+            }
+            if let Some(v) = &self.value
+                && line.contains(&format!("\"{v}\""))
+            {
+                return Some(i + 1);
+            }
+        }
+        header_line
     }
 }
 
@@ -396,14 +666,54 @@ mod tests {
     fn undeclared_key_and_unknown_dataset_are_reported_together() {
         let text = SHIPPED
             .replace("key = [\"call_id\"]", "key = [\"call_uuid\"]")
-            .replace("datasets = [\"ib_calls\"]", "datasets = [\"ib_call\"]");
+            .replace(
+                "datasets = [\"ib_calls\", \"dials\"]",
+                "datasets = [\"ib_call\", \"dials\"]",
+            );
         let err = Definitions::parse(&text).unwrap_err();
-        let all = err.problems.join("\n");
+        let all = err.to_string();
         assert!(
             all.contains("key column \"call_uuid\" is not declared"),
             "{all}"
         );
         assert!(all.contains("unknown dataset \"ib_call\""), "{all}");
+    }
+
+    #[test]
+    fn problems_name_their_line() {
+        let text = SHIPPED.replace("key = [\"call_id\"]", "key = [\"call_uuid\"]");
+        let line = SHIPPED
+            .lines()
+            .position(|l| l.starts_with("key = [\"call_id\"]"))
+            .unwrap()
+            + 1;
+        let err = Definitions::parse(&text).unwrap_err();
+        assert_eq!(err.problems[0].line, Some(line), "{err}");
+        let bad_type = SHIPPED.replacen("type = \"integer\"", "type = \"int\"", 1);
+        let err = Definitions::parse(&bad_type).unwrap_err();
+        let line = SHIPPED
+            .lines()
+            .position(|l| l.contains("type = \"integer\""))
+            .unwrap()
+            + 1;
+        assert_eq!(err.problems[0].line, Some(line), "{err}");
+        assert!(err.to_string().contains("int"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_regex_is_reported() {
+        let text = SHIPPED.replacen("^ib_calls.*\\\\.csv$", "^ib_calls(.csv", 1);
+        let err = Definitions::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("bad regex"), "{err}");
+    }
+
+    #[test]
+    fn derived_columns_must_fit_their_source() {
+        let text = format!(
+            "{SHIPPED}\n[[datasets.ib_calls.columns]]\nname = \"call_hour\"\ntype = \"integer\"\nderive = {{ from = \"queue\", fn = \"hour\" }}\n"
+        );
+        let err = Definitions::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("call_hour") && err.contains("Hour"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! hold each function's handler, built from a map of environment variables so several stages can
 //! run in one process with different settings.
 
+#[cfg(feature = "cloud")]
 pub mod adapters;
 pub mod csv_ingest;
 pub mod definitions;
@@ -12,8 +13,12 @@ pub mod env;
 pub mod messages;
 pub mod period;
 pub mod report_mail;
+#[cfg(feature = "cloud")]
+pub mod reprocess;
 pub mod secret;
+#[cfg(feature = "cloud")]
 pub mod sqs_batch;
+#[cfg(feature = "cloud")]
 pub mod stages;
 pub mod summary;
 pub mod telemetry;

@@ -6,7 +6,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest,
+};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use crate::csv_ingest::KeyedRow;
@@ -199,6 +201,60 @@ impl RowStore {
             }
         }
         Ok(out)
+    }
+}
+
+impl RowStore {
+    /// Deletes every stored row of `dataset` on `date`; returns how many there were.
+    pub async fn delete_day(&self, dataset_name: &str, date: NaiveDate) -> anyhow::Result<u64> {
+        let pk = partition_key(dataset_name, date);
+        let mut deletes = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+                .projection_expression("pk, sk")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .with_context(|| format!("listing rows of {pk} to delete"))?;
+            for item in page.items() {
+                let key = DeleteRequest::builder()
+                    .set_key(Some(item.clone()))
+                    .build()?;
+                deletes.push(WriteRequest::builder().delete_request(key).build());
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        let count = deletes.len() as u64;
+        for chunk in deletes.chunks(WRITE_BATCH) {
+            let table = self.table.clone();
+            write_all(chunk.to_vec(), |batch| {
+                let client = self.client.clone();
+                let table = table.clone();
+                async move {
+                    let out = client
+                        .batch_write_item()
+                        .request_items(&table, batch)
+                        .send()
+                        .await
+                        .context("BatchWriteItem (delete) on the rows table")?;
+                    Ok(out
+                        .unprocessed_items
+                        .and_then(|mut m| m.remove(&table))
+                        .unwrap_or_default())
+                }
+            })
+            .await?;
+        }
+        Ok(count)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::csv_ingest::parse_attachment;
 use crate::definitions::Dataset;
 use crate::env::Env;
 use crate::messages::{InboundMessage, IngestOutcome};
+use crate::reprocess::{DayAttachment, index_day};
 use crate::sqs_batch::{self, correlation_id};
 
 use super::Common;
@@ -259,6 +260,14 @@ impl Ingest {
                 .await?;
         }
         let dates: BTreeSet<_> = parsed.rows.iter().map(|r| r.date).collect();
+        let indexed = DayAttachment {
+            raw_key: raw_key.clone(),
+            source: source.clone(),
+            received: message.received.unwrap_or(now),
+        };
+        for date in &dates {
+            index_day(&self.common.state, dataset_name, *date, &indexed).await?;
+        }
         outcome.dates = dates.into_iter().collect();
         outcome.rows_total = parsed.rows_total;
         outcome.rows_new = stored.new;

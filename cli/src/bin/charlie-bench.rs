@@ -1,0 +1,109 @@
+//! `charlie-bench ingest --dataset NAME [--config FILE] [--reps N] CSV_FILE...`
+//!
+//! Times the exact ingest logic (decode, parse, type, validate, key, dedup: `parse_attachment`)
+//! on each file, on one thread, and prints one JSON object per file: rows, best and median
+//! seconds over the repetitions, rows per second (best), and the process's peak RSS.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use charlie::csv_ingest::parse_attachment;
+use charlie::definitions::Definitions;
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() != Some("ingest") {
+        eprintln!(
+            "usage: charlie-bench ingest --dataset NAME [--config FILE] [--reps N] CSV_FILE..."
+        );
+        return std::process::ExitCode::from(2);
+    }
+    let (mut dataset, mut config, mut reps, mut files) =
+        (None, PathBuf::from("reports.toml"), 3usize, Vec::new());
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--dataset" => dataset = args.next(),
+            "--config" => config = args.next().map(PathBuf::from).unwrap_or(config),
+            "--reps" => {
+                reps = args
+                    .next()
+                    .and_then(|r| r.parse().ok())
+                    .unwrap_or(reps)
+                    .max(1)
+            }
+            f => files.push(PathBuf::from(f)),
+        }
+    }
+    let Some(dataset) = dataset else {
+        eprintln!("--dataset is required");
+        return std::process::ExitCode::from(2);
+    };
+    let defs = match std::fs::read_to_string(&config)
+        .map_err(|e| e.to_string())
+        .and_then(|t| Definitions::parse(&t).map_err(|e| e.to_string()))
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{}: {e}", config.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let Some(ds) = defs.datasets.get(&dataset) else {
+        eprintln!("unknown dataset {dataset}");
+        return std::process::ExitCode::from(2);
+    };
+    for file in files {
+        let bytes = match std::fs::read(&file) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("{}: {e}", file.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let mut times = Vec::with_capacity(reps);
+        let mut summary = None;
+        for _ in 0..reps {
+            let start = Instant::now();
+            let parsed = match parse_attachment(ds, &bytes) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            times.push(start.elapsed().as_secs_f64());
+            summary = Some((
+                parsed.rows_total,
+                parsed.rows.len(),
+                parsed.duplicates,
+                parsed.rejects.len(),
+            ));
+            drop(parsed);
+        }
+        times.sort_by(f64::total_cmp);
+        let (total, unique, duplicates, rejected) = summary.expect("at least one repetition");
+        let best = times[0];
+        println!(
+            "{}",
+            serde_json::json!({
+                "engine": "charlie", "file": file.display().to_string(), "bytes": bytes.len(),
+                "rows_total": total, "rows_unique": unique, "duplicates": duplicates, "rejected": rejected,
+                "reps": reps, "best_s": best, "median_s": times[times.len() / 2],
+                "rows_per_s": total as f64 / best, "peak_rss_mib": peak_rss_mib(),
+            })
+        );
+    }
+    std::process::ExitCode::SUCCESS
+}

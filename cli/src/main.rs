@@ -1,0 +1,179 @@
+//! `charlie`, the operator CLI. Offline commands run the exact library code the functions run.
+//!
+//! Exit codes: 0 success, 1 the input is invalid or unusable, 2 bad usage.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use charlie::csv_ingest::{Unusable, parse_attachment};
+use charlie::definitions::Definitions;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "charlie",
+    version,
+    about = "Operate Charlie: check definitions, try an export offline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Definitions (reports.toml)
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Ingest logic, offline
+    Ingest {
+        #[command(subcommand)]
+        command: IngestCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a definitions file; every problem is printed with its line. Exit 1 when invalid.
+    Check {
+        /// The file to check
+        #[arg(default_value = "reports.toml")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum IngestCommand {
+    /// Run the ingest logic on a CSV file and print one JSON object of what it found.
+    /// Exit 0 when the file is usable (even with rejected rows), 1 when it is not.
+    Check {
+        /// The dataset whose definition applies
+        #[arg(long)]
+        dataset: String,
+        /// The definitions file
+        #[arg(long, default_value = "reports.toml")]
+        config: PathBuf,
+        /// The CSV export
+        csv_file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config_check(&file),
+        Command::Ingest {
+            command:
+                IngestCommand::Check {
+                    dataset,
+                    config,
+                    csv_file,
+                },
+        } => ingest_check(&dataset, &config, &csv_file),
+    }
+}
+
+fn load(file: &Path) -> Result<Definitions, ExitCode> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", file.display());
+            return Err(ExitCode::from(2));
+        }
+    };
+    Definitions::parse(&text).map_err(|err| {
+        for p in &err.problems {
+            match p.line {
+                Some(l) => eprintln!("{}:{l}: {}", file.display(), p.message),
+                None => eprintln!("{}: {}", file.display(), p.message),
+            }
+        }
+        eprintln!(
+            "{}: invalid ({} problem(s))",
+            file.display(),
+            err.problems.len()
+        );
+        ExitCode::FAILURE
+    })
+}
+
+fn config_check(file: &Path) -> ExitCode {
+    match load(file) {
+        Ok(defs) => {
+            let names = |it: Vec<&String>| it.into_iter().cloned().collect::<Vec<_>>().join(", ");
+            println!(
+                "{}: valid — {} dataset(s) ({}), {} report(s) ({})",
+                file.display(),
+                defs.datasets.len(),
+                names(defs.datasets.keys().collect()),
+                defs.reports.len(),
+                names(defs.reports.keys().collect()),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn ingest_check(dataset: &str, config: &Path, csv_file: &Path) -> ExitCode {
+    let defs = match load(config) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let Some(ds) = defs.datasets.get(dataset) else {
+        let known: Vec<&String> = defs.datasets.keys().collect();
+        eprintln!(
+            "unknown dataset {dataset:?}; {} defines {known:?}",
+            config.display()
+        );
+        return ExitCode::from(2);
+    };
+    let bytes = match std::fs::read(csv_file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("{}: cannot read: {e}", csv_file.display());
+            return ExitCode::from(2);
+        }
+    };
+    match parse_attachment(ds, &bytes) {
+        Ok(parsed) => {
+            let rejected = parsed.rejects.len() as u64;
+            let dates: std::collections::BTreeSet<String> =
+                parsed.rows.iter().map(|r| r.date.to_string()).collect();
+            let out = serde_json::json!({
+                "file": csv_file.display().to_string(),
+                "dataset": dataset,
+                "encoding": parsed.encoding,
+                "delimiter": parsed.delimiter.to_string(),
+                "rows_total": parsed.rows_total,
+                "rows_valid": parsed.rows_total - rejected,
+                "rows_rejected": rejected,
+                "duplicates": parsed.duplicates,
+                "rows_unique": parsed.rows.len(),
+                "dates": dates,
+                "rejects": parsed.rejects,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            ExitCode::SUCCESS
+        }
+        Err(unusable) => {
+            let kind = match unusable {
+                Unusable::Empty => "empty",
+                Unusable::MissingColumns(_) => "missing_columns",
+                Unusable::Malformed(_) => "malformed",
+            };
+            let out = serde_json::json!({
+                "file": csv_file.display().to_string(),
+                "dataset": dataset,
+                "error": unusable.to_string(),
+                "kind": kind,
+            });
+            println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+            ExitCode::FAILURE
+        }
+    }
+}

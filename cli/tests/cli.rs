@@ -1,0 +1,198 @@
+//! The `charlie` binary, run as an operator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn charlie(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_charlie"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("charlie-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[test]
+fn config_check_accepts_the_shipped_definitions() {
+    let out = charlie(&["config", "check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("valid") && text.contains("ib_calls") && text.contains("call_centre_daily"),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_check_reports_every_problem_with_its_line_and_exits_1() {
+    let shipped = std::fs::read_to_string(root().join("reports.toml")).unwrap();
+    let broken = shipped
+        .replacen("key = [\"call_id\"]", "key = [\"call_uuid\"]", 1)
+        .replacen(
+            "recipients = [\"ops-leads@contoso.example\"",
+            "recipients = [\"ops-leads\"",
+            1,
+        );
+    let file = temp_file("broken.toml", broken.as_bytes());
+    let out = charlie(&["config", "check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let key_line = shipped
+        .lines()
+        .position(|l| l.starts_with("key = [\"call_id\"]"))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!(
+            "broken.toml:{key_line}: dataset ib_calls: key column \"call_uuid\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("recipient \"ops-leads\" is not a mail address"),
+        "{err}"
+    );
+    assert!(err.contains("2 problem(s)"), "{err}");
+}
+
+#[test]
+fn ingest_check_prints_what_the_ingest_would_do() {
+    let out = charlie(&[
+        "ingest",
+        "check",
+        "--dataset",
+        "ib_calls",
+        "events/mailbox/ib_calls_2024-03-14_morning.csv",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["encoding"], "utf-8-bom");
+    assert_eq!(v["delimiter"], ",");
+    assert_eq!(v["rows_total"], 250);
+    assert_eq!(v["rows_rejected"], 0);
+    assert_eq!(v["rows_valid"], 250);
+    assert_eq!(
+        v["rows_unique"].as_u64().unwrap() + v["duplicates"].as_u64().unwrap(),
+        250
+    );
+    assert_eq!(v["dates"], serde_json::json!(["2024-03-14"]));
+}
+
+#[test]
+fn ingest_check_reads_excels_unicode_text_export() {
+    // Excel's "Unicode text": UTF-16 LE with BOM, tab-delimited, CRLF.
+    let text = "call_id\tstarted_at\tqueue\twait_seconds\r\nc1\t2024-03-14T09:00:00\tVentes – Île\t12\r\nc2\t2024-03-14T09:05:00\tSales\tten\r\n";
+    let mut bytes = vec![0xFF, 0xFE];
+    for u in text.encode_utf16() {
+        bytes.extend_from_slice(&u.to_le_bytes());
+    }
+    let file = temp_file("unicode.txt", &bytes);
+    let out = charlie(&[
+        "ingest",
+        "check",
+        "--dataset",
+        "ib_calls",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["encoding"], "utf-16le");
+    assert_eq!(v["delimiter"], "\t");
+    assert_eq!(
+        (v["rows_total"].as_u64(), v["rows_rejected"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(v["rejects"][0]["line"], 3);
+    assert!(
+        v["rejects"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("wait_seconds")
+    );
+}
+
+#[test]
+fn ingest_check_reads_windows_1252_with_semicolons() {
+    let bytes = b"call_id;started_at;agent_name\r\nc1;2024-03-14T09:00:00;Ren\xe9e M\xfcller\r\n";
+    let file = temp_file("cp1252.csv", bytes);
+    // The delimiter given in the definition wins over sniffing.
+    let defs = std::fs::read_to_string(root().join("reports.toml"))
+        .unwrap()
+        .replacen(
+            "[[datasets.ib_calls.columns]]",
+            "[datasets.ib_calls.csv]\ndelimiter = \";\"\n\n[[datasets.ib_calls.columns]]",
+            1,
+        );
+    let config = temp_file("semicolon.toml", defs.as_bytes());
+    let out = charlie(&[
+        "ingest",
+        "check",
+        "--dataset",
+        "ib_calls",
+        "--config",
+        config.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (v["encoding"].as_str(), v["delimiter"].as_str()),
+        (Some("windows-1252"), Some(";"))
+    );
+    assert_eq!(v["rows_valid"], 1);
+}
+
+#[test]
+fn an_unusable_file_is_an_error_object_and_exit_1() {
+    let file = temp_file("no-key.csv", b"agent_id,queue\r\nA1,Sales\r\n");
+    let out = charlie(&[
+        "ingest",
+        "check",
+        "--dataset",
+        "ib_calls",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "missing_columns");
+    assert!(v["error"].as_str().unwrap().contains("call_id"), "{v}");
+}
+
+#[test]
+fn an_unknown_dataset_is_a_usage_error() {
+    let out = charlie(&[
+        "ingest",
+        "check",
+        "--dataset",
+        "nope",
+        "events/mailbox/dials_2024-03-14.csv",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ib_calls"));
+}
