@@ -24,6 +24,18 @@ impl Value {
         }
     }
 
+    /// Appends the value as `display` writes it, without a temporary string.
+    pub fn write_display(&self, out: &mut String) {
+        use std::fmt::Write;
+        match self {
+            Value::Text(s) => out.push_str(s),
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            other => out.push_str(&other.display()),
+        }
+    }
+
     /// The value as the text a person would type (used for grouping and keys).
     pub fn display(&self) -> String {
         match self {
