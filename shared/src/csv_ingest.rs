@@ -55,147 +55,292 @@ pub enum Unusable {
     Malformed(String),
 }
 
-/// Parses one attachment for `dataset`.
+/// Parses one attachment for `dataset`, keeping every unique row (see [`AttachmentReader`] to
+/// stream instead).
 pub fn parse_attachment(dataset: &Dataset, bytes: &[u8]) -> Result<ParsedAttachment, Unusable> {
-    let (text, encoding) = decode(bytes);
-    if text.trim().is_empty() {
-        return Err(Unusable::Empty);
+    let mut reader = AttachmentReader::new(dataset, bytes)?;
+    let mut rows = Vec::new();
+    while let Some(chunk) = reader.next_chunk(usize::MAX) {
+        rows.extend(chunk);
     }
-    let delimiter = dataset
-        .csv
-        .delimiter
-        .unwrap_or_else(|| sniff_delimiter(&text));
-    let mut reader = csv::ReaderBuilder::new()
-        .delimiter(delimiter as u8)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(text.as_bytes());
+    let s = reader.finish();
+    Ok(ParsedAttachment {
+        encoding: s.encoding,
+        delimiter: s.delimiter,
+        rows_total: s.rows_total,
+        rows,
+        duplicates: s.duplicates,
+        rejects: s.rejects,
+    })
+}
 
-    // One record, reused for every row: no allocation per row for the parse itself.
-    let mut record = csv::ByteRecord::new();
-    match reader.read_byte_record(&mut record) {
-        Ok(true) => {}
-        Ok(false) => return Err(Unusable::Empty),
-        Err(e) => return Err(Unusable::Malformed(e.to_string())),
-    }
-    let header: Vec<String> = record
-        .iter()
-        .map(|h| String::from_utf8_lossy(h).into_owned())
-        .collect();
-    // Position of each read column in the file, matching headers ignoring case and spaces.
-    let positions: Vec<Option<usize>> = dataset
-        .columns
-        .iter()
-        .map(|c| {
-            if c.derive.is_some() {
-                return None;
-            }
-            header
-                .iter()
-                .position(|h| h.trim().eq_ignore_ascii_case(c.header().trim()))
-        })
-        .collect();
-    let key_idx: Vec<usize> = dataset
-        .key
-        .iter()
-        .filter_map(|k| dataset.column(k).map(|(i, _)| i))
-        .collect();
-    let missing: Vec<String> = dataset
-        .columns
-        .iter()
-        .zip(&positions)
-        .filter(|(c, p)| {
-            p.is_none()
-                && c.derive.is_none()
-                && c.default.is_none()
-                && (c.required || key_idx_contains(dataset, &c.name))
-        })
-        .map(|(c, _)| c.header().to_owned())
-        .collect();
-    if !missing.is_empty() {
-        return Err(Unusable::MissingColumns(missing));
-    }
-    let date_idx = dataset
-        .column(&dataset.date_column)
-        .map(|(i, _)| i)
-        .expect("validated definitions declare the date column");
+/// What reading a whole attachment found (the rows themselves went out in chunks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadSummary {
+    pub encoding: &'static str,
+    pub delimiter: char,
+    pub rows_total: u64,
+    pub rows_unique: u64,
+    pub duplicates: u64,
+    pub rejects: Vec<Reject>,
+}
 
-    // Sized once from the line count (an upper bound on records): no regrowth, no rehashing.
-    let lines = text.as_bytes().iter().filter(|&&b| b == b'\n').count() + 1;
-    let mut out = ParsedAttachment {
-        encoding,
-        delimiter,
-        rows_total: 0,
-        rows: Vec::with_capacity(lines),
-        duplicates: 0,
-        rejects: Vec::new(),
-    };
-    // Keys seen so far, as indices into `out.rows` (first occurrence wins): no key is copied.
-    let hasher = hashbrown::DefaultHashBuilder::default();
-    let mut seen: hashbrown::HashTable<usize> = hashbrown::HashTable::with_capacity(lines);
-    loop {
+/// The decoded text, shared by the CSV reader and the line-number fix-up: the input itself when
+/// it is UTF-8 already (no copy), else its decoded form.
+#[derive(Clone)]
+enum SharedText<'a> {
+    Borrowed(&'a str),
+    Decoded(std::sync::Arc<str>),
+}
+
+impl SharedText<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            SharedText::Borrowed(s) => s,
+            SharedText::Decoded(s) => s,
+        }
+    }
+}
+
+impl AsRef<[u8]> for SharedText<'_> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_str().as_bytes()
+    }
+}
+
+/// Streams an attachment: unique, valid rows come out in chunks (first occurrence of each key
+/// wins across the whole file), so memory stays bounded by the chunk size plus a compact set of
+/// the keys seen, whatever the file's size.
+pub struct AttachmentReader<'a> {
+    dataset: &'a Dataset,
+    text: SharedText<'a>,
+    reader: csv::Reader<std::io::Cursor<SharedText<'a>>>,
+    record: csv::ByteRecord,
+    positions: Vec<Option<usize>>,
+    key_idx: Vec<usize>,
+    date_idx: usize,
+    keys: KeySet,
+    summary: ReadSummary,
+    done: bool,
+}
+
+impl<'a> AttachmentReader<'a> {
+    /// Decodes the bytes and reads the header; fails when the file cannot be used at all.
+    pub fn new(dataset: &'a Dataset, bytes: &'a [u8]) -> Result<Self, Unusable> {
+        let (text, encoding) = decode(bytes);
+        if text.trim().is_empty() {
+            return Err(Unusable::Empty);
+        }
+        let delimiter = dataset
+            .csv
+            .delimiter
+            .unwrap_or_else(|| sniff_delimiter(&text));
+        // Records are at most the lines: sizing the key set once spares its rehashing.
+        let lines = text.as_bytes().iter().filter(|&&b| b == b'\n').count() + 1;
+        let text = match text {
+            Cow::Borrowed(s) => SharedText::Borrowed(s),
+            Cow::Owned(s) => SharedText::Decoded(std::sync::Arc::from(s)),
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .delimiter(delimiter as u8)
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(std::io::Cursor::new(text.clone()));
+        // One record, reused for every row: no allocation per row for the parse itself.
+        let mut record = csv::ByteRecord::new();
         match reader.read_byte_record(&mut record) {
             Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => {
-                let line = e.position().map_or(0, |p| line_of(&text, p));
-                out.rows_total += 1;
-                out.rejects.push(Reject {
-                    line,
-                    reason: format!("unreadable record: {e}"),
-                });
-                continue;
-            }
+            Ok(false) => return Err(Unusable::Empty),
+            Err(e) => return Err(Unusable::Malformed(e.to_string())),
         }
-        let blank = record
-            .get(0)
-            .is_none_or(|f| f.iter().all(u8::is_ascii_whitespace))
-            && record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace));
-        if blank {
-            continue; // blank or separator-only line: not a record
+        let header: Vec<String> = record
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .collect();
+        // Position of each read column in the file, matching headers ignoring case and spaces.
+        let positions: Vec<Option<usize>> = dataset
+            .columns
+            .iter()
+            .map(|c| {
+                if c.derive.is_some() {
+                    return None;
+                }
+                header
+                    .iter()
+                    .position(|h| h.trim().eq_ignore_ascii_case(c.header().trim()))
+            })
+            .collect();
+        let key_idx: Vec<usize> = dataset
+            .key
+            .iter()
+            .filter_map(|k| dataset.column(k).map(|(i, _)| i))
+            .collect();
+        let missing: Vec<String> = dataset
+            .columns
+            .iter()
+            .zip(&positions)
+            .filter(|(c, p)| {
+                p.is_none()
+                    && c.derive.is_none()
+                    && c.default.is_none()
+                    && (c.required || key_idx_contains(dataset, &c.name))
+            })
+            .map(|(c, _)| c.header().to_owned())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Unusable::MissingColumns(missing));
         }
-        out.rows_total += 1;
-        let line = || record.position().map_or(0, |p| line_of(&text, p));
-        match typed_row(dataset, &positions, &record) {
-            Err(reason) => out.rejects.push(Reject {
-                line: line(),
-                reason,
-            }),
-            Ok(values) => {
-                let Some(date) = row_date(values[date_idx].as_ref()) else {
-                    out.rejects.push(Reject {
-                        line: line(),
-                        reason: format!("column {} is empty", dataset.date_column),
+        let date_idx = dataset
+            .column(&dataset.date_column)
+            .map(|(i, _)| i)
+            .expect("validated definitions declare the date column");
+        Ok(AttachmentReader {
+            dataset,
+            text,
+            reader,
+            record,
+            positions,
+            key_idx,
+            date_idx,
+            keys: KeySet::with_capacity(lines, bytes.len() / 4),
+            summary: ReadSummary {
+                encoding,
+                delimiter,
+                rows_total: 0,
+                rows_unique: 0,
+                duplicates: 0,
+                rejects: Vec::new(),
+            },
+            done: false,
+        })
+    }
+
+    /// The next unique, valid rows (at most `max`), or `None` at the end of the file.
+    pub fn next_chunk(&mut self, max: usize) -> Option<Vec<KeyedRow>> {
+        if self.done {
+            return None;
+        }
+        let mut rows = Vec::with_capacity(max.min(8192));
+        while rows.len() < max {
+            match self.reader.read_byte_record(&mut self.record) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.done = true;
+                    break;
+                }
+                Err(e) => {
+                    let line = e.position().map_or(0, |p| line_of(self.text.as_str(), p));
+                    self.summary.rows_total += 1;
+                    self.summary.rejects.push(Reject {
+                        line,
+                        reason: format!("unreadable record: {e}"),
                     });
                     continue;
-                };
-                let key = match row_key(dataset, &key_idx, &values) {
-                    Ok(k) => k,
-                    Err(reason) => {
-                        out.rejects.push(Reject {
-                            line: line(),
-                            reason,
-                        });
-                        continue;
-                    }
-                };
-                let rows = &out.rows;
-                let hash = hasher.hash_one((date, key.as_str()));
-                match seen.entry(
-                    hash,
-                    |&i| rows[i].date == date && rows[i].key == key,
-                    |&i| hasher.hash_one((rows[i].date, rows[i].key.as_str())),
-                ) {
-                    hashbrown::hash_table::Entry::Occupied(_) => out.duplicates += 1,
-                    hashbrown::hash_table::Entry::Vacant(slot) => {
-                        slot.insert(out.rows.len());
-                        out.rows.push(KeyedRow { key, date, values });
-                    }
                 }
+            }
+            let record = &self.record;
+            let blank = record
+                .get(0)
+                .is_none_or(|f| f.iter().all(u8::is_ascii_whitespace))
+                && record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace));
+            if blank {
+                continue; // blank or separator-only line: not a record
+            }
+            self.summary.rows_total += 1;
+            let text = self.text.as_str();
+            let line = || record.position().map_or(0, |p| line_of(text, p));
+            let dataset = self.dataset;
+            let values = match typed_row(dataset, &self.positions, record) {
+                Ok(v) => v,
+                Err(reason) => {
+                    self.summary.rejects.push(Reject {
+                        line: line(),
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            let Some(date) = row_date(values[self.date_idx].as_ref()) else {
+                let reason = format!("column {} is empty", dataset.date_column);
+                self.summary.rejects.push(Reject {
+                    line: line(),
+                    reason,
+                });
+                continue;
+            };
+            let key = match row_key(dataset, &self.key_idx, &values) {
+                Ok(k) => k,
+                Err(reason) => {
+                    self.summary.rejects.push(Reject {
+                        line: line(),
+                        reason,
+                    });
+                    continue;
+                }
+            };
+            if self.keys.insert(date, &key) {
+                self.summary.rows_unique += 1;
+                rows.push(KeyedRow { key, date, values });
+            } else {
+                self.summary.duplicates += 1;
+            }
+        }
+        if rows.is_empty() && self.done {
+            None
+        } else {
+            Some(rows)
+        }
+    }
+
+    /// What was read; call after the last chunk.
+    pub fn finish(self) -> ReadSummary {
+        self.summary
+    }
+}
+
+/// The (date, key) pairs seen, with every key in one string arena: one allocation per file
+/// instead of one per row.
+#[derive(Default)]
+struct KeySet {
+    arena: String,
+    table: hashbrown::HashTable<(u32, u32, NaiveDate)>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl KeySet {
+    fn with_capacity(keys: usize, arena_bytes: usize) -> Self {
+        KeySet {
+            arena: String::with_capacity(arena_bytes),
+            table: hashbrown::HashTable::with_capacity(keys),
+            hasher: Default::default(),
+        }
+    }
+
+    /// True when the pair is new (and now recorded).
+    fn insert(&mut self, date: NaiveDate, key: &str) -> bool {
+        let KeySet {
+            arena,
+            table,
+            hasher,
+        } = self;
+        let at = |&(start, len, _): &(u32, u32, NaiveDate)| {
+            &arena[start as usize..(start + len) as usize]
+        };
+        let hash = hasher.hash_one((date, key));
+        match table.entry(
+            hash,
+            |e| e.2 == date && at(e) == key,
+            |e| hasher.hash_one((e.2, at(e))),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => false,
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                let start = arena.len() as u32;
+                slot.insert((start, key.len() as u32, date));
+                arena.push_str(key);
+                true
             }
         }
     }
-    Ok(out)
 }
 
 /// The 1-based line where a record starts. After a CRLF the csv reader has not yet consumed the
@@ -548,6 +693,30 @@ mod tests {
         assert_eq!(parsed.rows.len(), 2);
         assert_eq!(parsed.duplicates, 1);
         assert_eq!(parsed.rows[0].values[11], Some(Value::Text("first".into())));
+    }
+
+    #[test]
+    fn streamed_chunks_keep_the_first_occurrence_across_chunk_boundaries() {
+        let d = defs();
+        let row =
+            |id: &str, note: &str| format!("{id},A1,Ann,Sales,2024-03-14T09:00:00,,,0,1,X,,{note}");
+        let text = csv(&[
+            &row("c1", "first"),
+            &row("c2", ""),
+            &row("c1", "later"),
+            &row("c3", ""),
+        ]);
+        let mut reader = AttachmentReader::new(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let mut rows = Vec::new();
+        while let Some(chunk) = reader.next_chunk(1) {
+            assert!(chunk.len() <= 1);
+            rows.extend(chunk);
+        }
+        let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["c1", "c2", "c3"]);
+        assert_eq!(rows[0].values[11], Some(Value::Text("first".into())));
+        let s = reader.finish();
+        assert_eq!((s.rows_total, s.rows_unique, s.duplicates), (4, 3, 1));
     }
 
     #[test]

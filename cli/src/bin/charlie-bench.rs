@@ -1,14 +1,17 @@
 //! `charlie-bench ingest --dataset NAME [--config FILE] [--reps N] CSV_FILE...`
 //!
-//! Times the exact ingest logic (decode, parse, type, validate, key, dedup: `parse_attachment`)
-//! on each file, on one thread, and prints one JSON object per file: rows, best and median
+//! Times the exact ingest logic (decode, parse, type, validate, key, dedup: `AttachmentReader`,
+//! streamed in chunks of rows as the ingest stage stores them) on each file, on one thread, and prints one JSON object per file: rows, best and median
 //! seconds over the repetitions, rows per second (best), and the process's peak RSS.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use charlie::csv_ingest::parse_attachment;
+use charlie::csv_ingest::AttachmentReader;
 use charlie::definitions::Definitions;
+
+/// Rows per chunk, as the ingest stage stores them.
+const CHUNK_ROWS: usize = 5_000;
 
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -76,21 +79,25 @@ fn main() -> std::process::ExitCode {
         let mut summary = None;
         for _ in 0..reps {
             let start = Instant::now();
-            let parsed = match parse_attachment(ds, &bytes) {
-                Ok(p) => p,
+            let mut reader = match AttachmentReader::new(ds, &bytes) {
+                Ok(r) => r,
                 Err(e) => {
                     eprintln!("{}: {e}", file.display());
                     return std::process::ExitCode::FAILURE;
                 }
             };
+            // As ingest does: chunks of rows go to the store (here: dropped).
+            while let Some(chunk) = reader.next_chunk(CHUNK_ROWS) {
+                std::hint::black_box(chunk);
+            }
+            let s = reader.finish();
             times.push(start.elapsed().as_secs_f64());
             summary = Some((
-                parsed.rows_total,
-                parsed.rows.len(),
-                parsed.duplicates,
-                parsed.rejects.len(),
+                s.rows_total,
+                s.rows_unique as usize,
+                s.duplicates,
+                s.rejects.len(),
             ));
-            drop(parsed);
         }
         times.sort_by(f64::total_cmp);
         let (total, unique, duplicates, rejected) = summary.expect("at least one repetition");

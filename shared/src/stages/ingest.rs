@@ -17,7 +17,7 @@ use crate::adapters::graph::{FileAttachment, Mailbox, Message};
 use crate::adapters::object_store::key_segment;
 use crate::adapters::queue::Queue;
 use crate::adapters::state::Claim;
-use crate::csv_ingest::parse_attachment;
+use crate::csv_ingest::AttachmentReader;
 use crate::definitions::Dataset;
 use crate::env::Env;
 use crate::messages::{InboundMessage, IngestOutcome};
@@ -25,6 +25,9 @@ use crate::reprocess::{DayAttachment, index_day};
 use crate::sqs_batch::{self, correlation_id};
 
 use super::Common;
+
+/// Rows parsed, stored and dropped at a time.
+const STORE_CHUNK_ROWS: usize = 5_000;
 
 pub struct Ingest {
     common: Common,
@@ -213,7 +216,7 @@ impl Ingest {
             raw_key: raw_key.clone(),
             quarantined: None,
         };
-        let parsed = match parse_attachment(dataset, &att.bytes) {
+        let mut reader = match AttachmentReader::new(dataset, &att.bytes) {
             Ok(p) => p,
             Err(unusable) => {
                 let reason = unusable.to_string();
@@ -244,11 +247,20 @@ impl Ingest {
             }
         };
         let source = format!("{mailbox}/{}", message.id);
-        let stored = self
-            .common
-            .rows
-            .store(dataset_name, dataset, &parsed.rows, &source, now)
-            .await?;
+        // Stream: each chunk is stored and dropped, so memory does not grow with the file.
+        let mut stored = crate::adapters::rows::StoreOutcome::default();
+        let mut dates = BTreeSet::new();
+        while let Some(chunk) = reader.next_chunk(STORE_CHUNK_ROWS) {
+            dates.extend(chunk.iter().map(|r| r.date));
+            let o = self
+                .common
+                .rows
+                .store(dataset_name, dataset, &chunk, &source, now)
+                .await?;
+            stored.new += o.new;
+            stored.duplicate += o.duplicate;
+        }
+        let parsed = reader.finish();
         if !parsed.rejects.is_empty() {
             let report = serde_json::json!({ "attachment": att.name, "raw_key": raw_key, "rejects": parsed.rejects });
             objects
@@ -259,7 +271,6 @@ impl Ingest {
                 )
                 .await?;
         }
-        let dates: BTreeSet<_> = parsed.rows.iter().map(|r| r.date).collect();
         let indexed = DayAttachment {
             raw_key: raw_key.clone(),
             source: source.clone(),
