@@ -896,6 +896,69 @@ derive = { from = "at", fn = "hour" }
         }
     }
 
+    fn ib(text: &[u8]) -> ParsedAttachment {
+        parse_attachment(&defs().datasets["ib_calls"], text).unwrap()
+    }
+
+    #[test]
+    fn pipe_delimited_files_are_sniffed() {
+        let parsed = ib(b"call_id|started_at|queue\nc1|2024-03-14T09:00:00|Sales, EMEA\n");
+        assert_eq!(parsed.delimiter, '|');
+        assert_eq!(
+            parsed.rows[0].values[3],
+            Some(Value::Text("Sales, EMEA".into()))
+        );
+    }
+
+    #[test]
+    fn utf16_big_endian_with_bom_is_read() {
+        let mut be = vec![0xFE, 0xFF];
+        for u in "call_id\tstarted_at\r\nc1\t2024-03-14T09:00:00\r\n".encode_utf16() {
+            be.extend_from_slice(&u.to_be_bytes());
+        }
+        let parsed = ib(&be);
+        assert_eq!(
+            (parsed.encoding, parsed.delimiter, parsed.rows.len()),
+            ("utf-16be", '\t', 1)
+        );
+    }
+
+    #[test]
+    fn trailing_blank_and_separator_only_lines_are_not_records() {
+        let parsed = ib(b"call_id,started_at\r\nc1,2024-03-14T09:00:00\r\n\r\n,\r\n  \r\n");
+        assert_eq!(
+            (parsed.rows_total, parsed.rows.len(), parsed.rejects.len()),
+            (1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn short_and_long_records_are_read_by_header_position() {
+        // A record with fewer fields lacks the later columns; extra fields are ignored.
+        let parsed = ib(b"call_id,started_at,queue\nc1,2024-03-14T09:00:00\nc2,2024-03-14T09:01:00,Sales,extra\n");
+        assert_eq!(parsed.rows[0].values[3], None);
+        assert_eq!(parsed.rows[1].values[3], Some(Value::Text("Sales".into())));
+    }
+
+    #[test]
+    fn an_unterminated_quote_keeps_the_rest_of_the_file_in_one_field() {
+        // The CSV rules leave no other reading; the damage stays visible as one long note.
+        let parsed = ib(
+            b"call_id,started_at,notes\nc1,2024-03-14T09:00:00,\"open\nc2,2024-03-14T09:01:00,x\n",
+        );
+        assert_eq!(parsed.rows.len(), 1);
+        assert_eq!(
+            parsed.rows[0].values[11],
+            Some(Value::Text("open\nc2,2024-03-14T09:01:00,x\n".into()))
+        );
+    }
+
+    #[test]
+    fn headers_match_ignoring_case_and_surrounding_spaces() {
+        let parsed = ib(b" CALL_ID ,Started_At\nc1,2024-03-14T09:00:00\n");
+        assert_eq!(parsed.rows.len(), 1);
+    }
+
     #[test]
     fn durations_accept_seconds_and_clock_forms() {
         assert_eq!(parse_duration("90"), Some(90));
