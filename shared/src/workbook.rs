@@ -305,7 +305,7 @@ fn write_raw(
                         cut += 1;
                         ws.write_string(r, c16, truncate_cell(s))?;
                     } else {
-                        ws.write_string(r, c16, s)?;
+                        ws.write_string(r, c16, s.as_str())?;
                     }
                 }
                 Some(Value::Int(i)) => {

@@ -322,7 +322,7 @@ fn to_attr(v: &Value) -> AttributeValue {
         Value::Int(i) => AttributeValue::N(i.to_string()),
         Value::Dec(d) => AttributeValue::N(d.to_string()),
         Value::Bool(b) => AttributeValue::Bool(*b),
-        Value::Text(s) => AttributeValue::S(s.clone()),
+        Value::Text(s) => AttributeValue::S(s.to_string()),
         Value::DateTime(t) => AttributeValue::S(t.format("%Y-%m-%dT%H:%M:%S%.f").to_string()),
         Value::Date(d) => AttributeValue::S(d.format("%Y-%m-%d").to_string()),
     }
@@ -375,7 +375,7 @@ fn from_attr(kind: ColumnType, attr: &AttributeValue) -> anyhow::Result<Value> {
         (ColumnType::Date, AttributeValue::S(s)) => {
             Value::Date(NaiveDate::parse_from_str(s, "%Y-%m-%d")?)
         }
-        (ColumnType::Text, AttributeValue::S(s)) => Value::Text(s.clone()),
+        (ColumnType::Text, AttributeValue::S(s)) => Value::Text(s.as_str().into()),
         (kind, other) => bail!("stored as {other:?}, which does not fit type {kind:?}"),
     })
 }
