@@ -85,11 +85,16 @@ impl RowStore {
             let put = PutRequest::builder().set_item(Some(item)).build()?;
             writes.push(WriteRequest::builder().put_request(put).build());
         }
-        for chunk in writes.chunks(WRITE_BATCH) {
-            let table = self.table.clone();
+        self.write_batches(writes).await?;
+        Ok(outcome)
+    }
+
+    /// Puts or deletes in batches of 25, each retried until DynamoDB processed all of it.
+    async fn write_batches(&self, requests: Vec<WriteRequest>) -> anyhow::Result<()> {
+        for chunk in requests.chunks(WRITE_BATCH) {
             write_all(chunk.to_vec(), |batch| {
                 let client = self.client.clone();
-                let table = table.clone();
+                let table = self.table.clone();
                 async move {
                     let out = client
                         .batch_write_item()
@@ -105,7 +110,7 @@ impl RowStore {
             })
             .await?;
         }
-        Ok(outcome)
+        Ok(())
     }
 
     async fn existing_keys(
@@ -234,26 +239,7 @@ impl RowStore {
             }
         }
         let count = deletes.len() as u64;
-        for chunk in deletes.chunks(WRITE_BATCH) {
-            let table = self.table.clone();
-            write_all(chunk.to_vec(), |batch| {
-                let client = self.client.clone();
-                let table = table.clone();
-                async move {
-                    let out = client
-                        .batch_write_item()
-                        .request_items(&table, batch)
-                        .send()
-                        .await
-                        .context("BatchWriteItem (delete) on the rows table")?;
-                    Ok(out
-                        .unprocessed_items
-                        .and_then(|mut m| m.remove(&table))
-                        .unwrap_or_default())
-                }
-            })
-            .await?;
-        }
+        self.write_batches(deletes).await?;
         Ok(count)
     }
 }
