@@ -302,11 +302,22 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
             o.attachment, o.dataset, o.rows_total, o.rows_new, o.rows_duplicate, o.rows_rejected
         );
     }
-    let stored = cloud.stored_rows("ib_calls", "2024-03-14").await?;
-    let duplicates: u64 = outcomes.iter().map(|o| o.rows_duplicate).sum();
-    println!(
-        "      rows stored for ib_calls on 2024-03-14: {stored} (duplicates skipped: {duplicates})"
-    );
+    let datasets: std::collections::BTreeSet<&str> =
+        outcomes.iter().map(|o| o.dataset.as_str()).collect();
+    // (dataset, rows stored, duplicates skipped) for the report day.
+    let mut per_dataset = Vec::new();
+    for d in &datasets {
+        let stored = cloud.stored_rows(d, "2024-03-14").await?;
+        let skipped: u64 = outcomes
+            .iter()
+            .filter(|o| o.dataset == *d)
+            .map(|o| o.rows_duplicate)
+            .sum();
+        println!(
+            "      rows stored for {d} on 2024-03-14: {stored} (duplicates skipped: {skipped})"
+        );
+        per_dataset.push((*d, stored, skipped));
+    }
 
     println!(
         "[3/6] Report schedule fires (06:00 Europe/London on 2024-03-15) → workbook → mail → SES"
@@ -347,7 +358,11 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
         .await?;
     }
     let again = cloud.runner.drain().await?;
-    let stored2 = cloud.stored_rows("ib_calls", "2024-03-14").await?;
+    let mut stored2 = Vec::new();
+    for (d, _, _) in &per_dataset {
+        stored2.push(format!("{d} {}", cloud.stored_rows(d, "2024-03-14").await?));
+    }
+    let stored2 = stored2.join(", ");
     let (run2, _) = cloud.report("call_centre_daily", report_at).await?;
     println!(
         "      delta round 2 found {} new mail(s) of {graph_before}; {} repeated notifications ingested once: rows stored still {stored2}",
@@ -390,8 +405,9 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
             .collect::<std::collections::BTreeSet<_>>()
             .len()
     );
-    println!("  rows stored             {stored2}");
-    println!("  duplicates skipped      {duplicates}");
+    for (d, stored, skipped) in &per_dataset {
+        println!("  {d:<24}{stored} rows stored, {skipped} duplicates skipped");
+    }
     println!(
         "  workbook                {} ({} bytes)",
         wb_path.display(),
