@@ -32,6 +32,34 @@ enum Command {
         #[command(subcommand)]
         command: IngestCommand,
     },
+    /// Reports, offline
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Build a report's workbook from CSV exports through the same ingest and workbook code the
+    /// functions run (no AWS), and print one JSON object of timings per phase.
+    Build {
+        /// The report to build
+        #[arg(long)]
+        report: String,
+        /// The definitions file
+        #[arg(long, default_value = "reports.toml")]
+        config: PathBuf,
+        /// An export for one of the report's datasets; repeat for several
+        #[arg(long = "csv", value_name = "DATASET=FILE", required = true)]
+        csv: Vec<String>,
+        /// Where to write the workbook
+        #[arg(long)]
+        out: PathBuf,
+        /// The day to report, YYYY-MM-DD (default: the earliest day in the data)
+        #[arg(long)]
+        period: Option<chrono::NaiveDate>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -66,6 +94,16 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
+        Command::Report {
+            command:
+                ReportCommand::Build {
+                    report,
+                    config,
+                    csv,
+                    out,
+                    period,
+                },
+        } => report::build(&report, &config, &csv, &out, period),
         Command::Ingest {
             command:
                 IngestCommand::Check {
@@ -77,7 +115,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(file: &Path) -> Result<Definitions, ExitCode> {
+mod report;
+
+pub(crate) fn load(file: &Path) -> Result<Definitions, ExitCode> {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {

@@ -196,3 +196,66 @@ fn an_unknown_dataset_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ib_calls"));
 }
+
+#[test]
+fn report_build_writes_the_workbook_from_csv_files_and_times_each_phase() {
+    use calamine::{Data, Reader, Xlsx};
+    let out = std::env::temp_dir().join(format!("charlie-cli-{}-report.xlsx", std::process::id()));
+    let run = charlie(&[
+        "report",
+        "build",
+        "--report",
+        "call_centre_daily",
+        "--csv",
+        "ib_calls=events/mailbox/ib_calls_2024-03-14_morning.csv",
+        "--csv",
+        "ib_calls=events/mailbox/ib_calls_2024-03-14_afternoon.csv",
+        "--csv",
+        "dials=events/mailbox/dials_2024-03-14.csv",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    for phase in ["parse_s", "dedupe_s", "aggregate_s", "write_s", "total_s"] {
+        assert!(v[phase].as_f64().unwrap() >= 0.0, "{phase} in {v}");
+    }
+    assert_eq!(v["period"], "2024-03-14");
+    let mut book = Xlsx::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap())).unwrap();
+    assert_eq!(
+        book.sheet_names(),
+        vec!["Summary", "ib_calls", "dials", "About"]
+    );
+    let ib_rows = book.worksheet_range("ib_calls").unwrap().height() as u64 - 1;
+    let dial_rows = book.worksheet_range("dials").unwrap().height() as u64 - 1;
+    assert_eq!(ib_rows + dial_rows, v["rows"].as_u64().unwrap());
+    // The two ib_calls exports overlap: rows repeated across files are kept once.
+    assert!(v["cross_file_duplicates"].as_u64().unwrap() > 0);
+    let summary = book.worksheet_range("Summary").unwrap();
+    assert_eq!(
+        summary.get((0, 0)),
+        Some(&Data::String(
+            "Call-centre daily report — 2024-03-14".into()
+        ))
+    );
+}
+
+#[test]
+fn report_build_refuses_a_dataset_the_report_does_not_use() {
+    let run = charlie(&[
+        "report",
+        "build",
+        "--report",
+        "call_centre_daily",
+        "--csv",
+        "nope=x.csv",
+        "--out",
+        "/tmp/x.xlsx",
+    ]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("uses datasets"));
+}

@@ -94,14 +94,12 @@ impl Styles {
 
 /// Builds the workbook in memory.
 pub fn build(input: &WorkbookInput) -> Result<BuiltWorkbook, WorkbookError> {
-    let styles = Styles::new();
-    let mut wb = Workbook::new();
-    let mut sheets = Vec::new();
-    let mut warnings = Vec::new();
-    let total_rows: u64 = input.datasets.iter().map(|d| d.rows.len() as u64).sum();
+    write(input, &summaries(input))
+}
 
-    // Summary first: it is what people open the workbook for.
-    let tables: Vec<SummaryTable> = input
+/// The report's summary tables over the input's rows (the aggregation phase).
+pub fn summaries(input: &WorkbookInput) -> Vec<SummaryTable> {
+    input
         .report
         .summaries
         .iter()
@@ -109,14 +107,28 @@ pub fn build(input: &WorkbookInput) -> Result<BuiltWorkbook, WorkbookError> {
             let d = input.datasets.iter().find(|d| d.name == s.dataset)?;
             Some(summarise(d.dataset, s, d.rows))
         })
-        .collect();
+        .collect()
+}
+
+/// Writes the workbook with summary tables already computed (the write phase).
+pub fn write(
+    input: &WorkbookInput,
+    tables: &[SummaryTable],
+) -> Result<BuiltWorkbook, WorkbookError> {
+    let styles = Styles::new();
+    let mut wb = Workbook::new();
+    let mut sheets = Vec::new();
+    let mut warnings = Vec::new();
+    let total_rows: u64 = input.datasets.iter().map(|d| d.rows.len() as u64).sum();
+
+    // Summary first: it is what people open the workbook for.
     {
         let ws = wb.add_worksheet();
         ws.set_name("Summary")?;
         // Printed, the summary fits the page width.
         ws.set_landscape();
         ws.set_print_fit_to_pages(1, 0);
-        write_summary(ws, &styles, input, &tables, total_rows)?;
+        write_summary(ws, &styles, input, tables, total_rows)?;
         sheets.push("Summary".to_owned());
     }
 
