@@ -17,7 +17,7 @@ use charlie::messages::IngestOutcome;
 
 use crate::deployment::Deployment;
 use crate::emulator::Emulator;
-use crate::fake_graph::{self, FakeGraph};
+use crate::fake_graph::FakeGraph;
 use crate::packaging::package_functions;
 use crate::project;
 use crate::runner::{DrainStats, LocalRunner};
@@ -440,6 +440,5 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
     if sent.len() != 1 {
         anyhow::bail!("expected exactly one sent mail, found {}", sent.len());
     }
-    let _ = fake_graph::TENANT;
     Ok(())
 }
