@@ -10,18 +10,6 @@ use charlie::value::Row;
 use charlie::workbook::{DatasetRows, WorkbookInput, summaries, write};
 use chrono::{NaiveDate, Utc};
 
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 fn usage(message: String) -> ExitCode {
     eprintln!("{message}");
     ExitCode::from(2)
@@ -178,7 +166,7 @@ pub fn build(
             "aggregate_s": aggregate_s,
             "write_s": write_s,
             "total_s": started.elapsed().as_secs_f64(),
-            "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb": charlie::telemetry::peak_rss_mib(),
         }))
         .expect("JSON")
     );

@@ -13,18 +13,6 @@ use charlie::definitions::Definitions;
 /// Rows per chunk, as the ingest stage stores them.
 const CHUNK_ROWS: usize = 5_000;
 
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("ingest") {
@@ -108,7 +96,7 @@ fn main() -> std::process::ExitCode {
                 "engine": "charlie", "file": file.display().to_string(), "bytes": bytes.len(),
                 "rows_total": total, "rows_unique": unique, "duplicates": duplicates, "rejected": rejected,
                 "reps": reps, "best_s": best, "median_s": times[times.len() / 2],
-                "rows_per_s": total as f64 / best, "peak_rss_mib": peak_rss_mib(),
+                "rows_per_s": total as f64 / best, "peak_rss_mib": charlie::telemetry::peak_rss_mib(),
             })
         );
     }
