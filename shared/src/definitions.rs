@@ -186,6 +186,28 @@ pub struct Summary {
     /// Label of the group for rows whose group columns are empty.
     #[serde(default = "default_missing_group")]
     pub missing_group: String,
+    /// A chart beside the table, over its groups (the totals row is left out).
+    #[serde(default)]
+    pub chart: Option<ChartDef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChartDef {
+    pub kind: ChartKind,
+    /// Labels of the measures drawn, one series each (a pie takes exactly one).
+    pub measures: Vec<String>,
+    /// The chart's title; the table's title when absent.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChartKind {
+    Column,
+    Line,
+    Pie,
 }
 
 fn default_missing_group() -> String {
@@ -501,6 +523,24 @@ impl Definitions {
                         ));
                     }
                 }
+                if let Some(chart) = &s.chart {
+                    let at = || Where::key(&summaries, si, "chart");
+                    let pie_ok = chart.kind != ChartKind::Pie || chart.measures.len() == 1;
+                    if chart.measures.is_empty() || !pie_ok {
+                        out.push((at(), format!("report {name}: the chart of {:?} needs measures (a pie exactly one)", s.title)));
+                    }
+                    for m in &chart.measures {
+                        if !labels.contains(m.as_str()) {
+                            out.push((
+                                at(),
+                                format!(
+                                    "report {name}: the chart of {:?} draws unknown measure {m:?}",
+                                    s.title
+                                ),
+                            ));
+                        }
+                    }
+                }
             }
         }
         out
@@ -714,6 +754,18 @@ mod tests {
         );
         let err = Definitions::parse(&text).unwrap_err().to_string();
         assert!(err.contains("call_hour") && err.contains("Hour"), "{err}");
+    }
+
+    #[test]
+    fn a_chart_must_draw_known_measures() {
+        let text = SHIPPED.replacen(
+            "measures = [\"Calls\", \"Answered\"]",
+            "measures = [\"Calls\", \"Answred\"]",
+            1,
+        );
+        assert_ne!(text, SHIPPED, "the shipped file charts Calls and Answered");
+        let err = Definitions::parse(&text).unwrap_err().to_string();
+        assert!(err.contains("draws unknown measure \"Answred\""), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use crate::definitions::{Dataset, MeasureFn, Summary};
+use crate::definitions::{ChartKind, Dataset, MeasureFn, Summary};
 use crate::value::{Row, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,15 @@ pub struct SummaryTable {
     pub color_scale: Vec<bool>,
     pub rows: Vec<SummaryRow>,
     pub total: SummaryRow,
+    pub chart: Option<TableChart>,
+}
+
+/// A chart over a table's groups: which measures (by index) are drawn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableChart {
+    pub kind: ChartKind,
+    pub measures: Vec<usize>,
+    pub title: String,
 }
 
 #[derive(Default, Clone)]
@@ -163,6 +172,15 @@ pub fn summarise(dataset: &Dataset, summary: &Summary, rows: &[Row]) -> SummaryT
             })
             .collect(),
         color_scale: summary.measures.iter().map(|m| m.color_scale).collect(),
+        chart: summary.chart.as_ref().map(|c| TableChart {
+            kind: c.kind,
+            measures: c
+                .measures
+                .iter()
+                .filter_map(|l| summary.measures.iter().position(|m| &m.label == l))
+                .collect(),
+            title: c.title.clone().unwrap_or_else(|| summary.title.clone()),
+        }),
         rows: {
             // Groups with no value (e.g. calls never routed to an agent) go last.
             let (missing, known): (Vec<_>, Vec<_>) = groups

@@ -4,11 +4,11 @@
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use rust_xlsxwriter::{
-    Color, ConditionalFormat3ColorScale, Format, FormatAlign, FormatBorder, Workbook, Worksheet,
-    XlsxError,
+    Chart, ChartType, Color, ConditionalFormat3ColorScale, Format, FormatAlign, FormatBorder,
+    Workbook, Worksheet, XlsxError,
 };
 
-use crate::definitions::{ColumnType, Dataset, Report};
+use crate::definitions::{ChartKind, ColumnType, Dataset, Report};
 use crate::summary::{MeasureKind, SummaryTable, summarise};
 use crate::value::{Row, Value};
 
@@ -254,6 +254,31 @@ fn write_summary(
                     )?;
                 }
             }
+        }
+        if let Some(c) = &t.chart
+            && !t.rows.is_empty()
+        {
+            // Beside the table, over its group rows (the first group column names them).
+            let (first, last) = (header_row + 1, header_row + t.rows.len() as u32);
+            let mut chart = Chart::new(match c.kind {
+                ChartKind::Column => ChartType::Column,
+                ChartKind::Line => ChartType::Line,
+                ChartKind::Pie => ChartType::Pie,
+            });
+            for &m in &c.measures {
+                let col = (g + m) as u16;
+                chart
+                    .add_series()
+                    .set_name(("Summary", header_row, col))
+                    .set_categories(("Summary", first, 0, last, 0))
+                    .set_values(("Summary", first, col, last, col));
+            }
+            chart.title().set_name(&c.title);
+            chart.set_width(560).set_height(300);
+            let beside = (g + t.measure_headers.len() + 1) as u16;
+            ws.insert_chart(header_row.saturating_sub(1), beside, &chart)?;
+            // Keep the next table below the chart (about 15 rows tall).
+            r = r.max(header_row + 16);
         }
         r += 2;
     }
@@ -527,6 +552,29 @@ mod tests {
         assert_eq!(s.get((7, 0)), Some(&Data::String("Total".into())));
         assert_eq!(s.get((7, 1)), Some(&Data::Float(2.0)));
         assert_eq!(s.get((7, 3)), Some(&Data::Float(0.5)));
+    }
+
+    #[test]
+    fn the_defined_chart_is_drawn_over_the_group_rows() {
+        use std::io::Read;
+        let (built, _) = build_sample("x");
+        let mut pkg = zip::ZipArchive::new(std::io::Cursor::new(built.bytes)).unwrap();
+        let mut xml = String::new();
+        pkg.by_name("xl/charts/chart1.xml")
+            .unwrap()
+            .read_to_string(&mut xml)
+            .unwrap();
+        assert!(
+            xml.contains("<c:barChart>") && xml.contains("<c:barDir val=\"col\"/>"),
+            "a column chart"
+        );
+        assert!(xml.contains("Calls and answers per queue"), "its title");
+        // Two groups (Billing, Sales) under the header on row 5: rows 6-7, totals left out.
+        assert!(
+            xml.contains("Summary!$A$6:$A$7") && xml.contains("Summary!$B$6:$B$7"),
+            "{xml}"
+        );
+        assert!(xml.contains("Summary!$C$6:$C$7"), "the Answered series");
     }
 
     #[test]
