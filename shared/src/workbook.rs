@@ -578,6 +578,73 @@ mod tests {
     }
 
     #[test]
+    fn rows_past_excels_limit_continue_on_a_second_sheet_and_the_about_sheet_says_so() {
+        let text = r#"
+[datasets.narrow]
+time_zone = "UTC"
+key = ["n"]
+date_column = "d"
+[datasets.narrow.match]
+attachment = "x"
+[[datasets.narrow.columns]]
+name = "n"
+type = "integer"
+[[datasets.narrow.columns]]
+name = "d"
+type = "date"
+[reports.big]
+title = "Big"
+datasets = ["narrow"]
+time_zone = "UTC"
+schedule = "cron(0 6 * * ? *)"
+recipients = ["a@b.example"]
+subject = "{title}"
+"#;
+        let defs = Definitions::parse(text).unwrap();
+        let per_sheet = (MAX_SHEET_ROWS - 1) as usize;
+        let rows: Vec<Row> = (0..per_sheet + 10)
+            .map(|i| vec![Some(Value::Int(i as i64)), None])
+            .collect();
+        let built = build(&WorkbookInput {
+            report_name: "big",
+            report: &defs.reports["big"],
+            period: "2024-03-14",
+            generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
+            datasets: vec![DatasetRows {
+                name: "narrow",
+                dataset: &defs.datasets["narrow"],
+                rows: &rows,
+                source_mails: 1,
+            }],
+        })
+        .unwrap();
+        assert_eq!(
+            built.sheets,
+            vec!["Summary", "narrow", "narrow (2)", "About"]
+        );
+        let mut book = Xlsx::new(std::io::Cursor::new(built.bytes)).unwrap();
+        let first = book.worksheet_range("narrow").unwrap();
+        assert_eq!(
+            first.height(),
+            MAX_SHEET_ROWS as usize,
+            "a full sheet: header + 1,048,575 rows"
+        );
+        let second = book.worksheet_range("narrow (2)").unwrap();
+        assert_eq!(second.height(), 11, "header + the 10 rows left");
+        assert_eq!(second.get((0, 0)), Some(&Data::String("n".into())));
+        assert_eq!(second.get((1, 0)), Some(&Data::Float(per_sheet as f64)));
+        let about = book.worksheet_range("About").unwrap();
+        let text: Vec<String> = about
+            .rows()
+            .flat_map(|r| r.iter().map(|c| c.to_string()))
+            .collect();
+        assert!(
+            text.iter().any(|t| t.contains("continued on 2 sheets")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
     fn sheet_names_are_made_valid() {
         assert_eq!(sheet_name("a/b:c?"), "a_b_c_");
         assert_eq!(sheet_name(&"x".repeat(40)).len(), 31);
