@@ -542,6 +542,65 @@ mod tests {
     }
 
     #[test]
+    fn formula_error_and_link_lookalikes_stay_plain_text() {
+        use std::io::Read;
+        let risky = [
+            "=SUM(A1:A3)",
+            "+44 20 7946 0000",
+            "-5",
+            "@mention",
+            "#N/A",
+            "https://example.com/x",
+            "mailto:a@b.example",
+        ];
+        let defs = Definitions::parse(include_str!("../../reports.toml")).unwrap();
+        let ds = &defs.datasets["ib_calls"];
+        let rows: Vec<Row> = risky
+            .iter()
+            .enumerate()
+            .map(|(i, note)| {
+                let mut row: Row = vec![None; ds.columns.len()];
+                row[0] = Some(Value::Text(format!("c{i}").into()));
+                row[4] = Some(Value::DateTime("2024-03-14T09:00:00".parse().unwrap()));
+                row[11] = Some(Value::Text((*note).into()));
+                row
+            })
+            .collect();
+        let built = build(&WorkbookInput {
+            report_name: "call_centre_daily",
+            report: &defs.reports["call_centre_daily"],
+            period: "2024-03-14",
+            generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
+            datasets: vec![DatasetRows {
+                name: "ib_calls",
+                dataset: ds,
+                rows: &rows,
+                source_mails: 1,
+            }],
+        })
+        .unwrap();
+        let mut book = Xlsx::new(std::io::Cursor::new(built.bytes.clone())).unwrap();
+        let raw = book.worksheet_range("ib_calls").unwrap();
+        for (i, note) in risky.iter().enumerate() {
+            assert_eq!(
+                raw.get((i + 1, 11)),
+                Some(&Data::String((*note).into())),
+                "row {i}"
+            );
+        }
+        let mut pkg = zip::ZipArchive::new(std::io::Cursor::new(built.bytes)).unwrap();
+        let mut xml = String::new();
+        pkg.by_name("xl/worksheets/sheet2.xml")
+            .unwrap()
+            .read_to_string(&mut xml)
+            .unwrap();
+        assert!(
+            !xml.contains("<f>") && !xml.contains("t=\"e\"") && !xml.contains("hyperlink"),
+            "no formula, error or link cell"
+        );
+    }
+
+    #[test]
     fn summary_holds_groups_and_a_total() {
         let (_, mut book) = build_sample("x");
         let s = book.worksheet_range("Summary").unwrap();
