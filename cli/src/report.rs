@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use charlie::csv_ingest::{AttachmentReader, KeyedRow};
+use charlie::csv_ingest::{KeyedRow, parse_attachment};
 use charlie::value::Row;
 use charlie::workbook::{DatasetRows, WorkbookInput, summaries, write};
 use chrono::{NaiveDate, Utc};
@@ -58,8 +58,8 @@ pub fn build(
             Ok(b) => b,
             Err(e) => return usage(format!("{}: cannot read: {e}", file.display())),
         };
-        let mut reader = match AttachmentReader::new(&defs.datasets[ds_name], &bytes) {
-            Ok(r) => r,
+        let parsed = match parse_attachment(&defs.datasets[ds_name], &bytes) {
+            Ok(p) => p,
             Err(e) => {
                 println!(
                     "{}",
@@ -68,12 +68,11 @@ pub fn build(
                 return ExitCode::FAILURE;
             }
         };
-        let mut rows = Vec::new();
-        while let Some(chunk) = reader.next_chunk(usize::MAX) {
-            rows.extend(chunk);
-        }
-        rejected += reader.finish().rejects.len() as u64;
-        by_dataset.entry(ds_name.clone()).or_default().push(rows);
+        rejected += parsed.rejects.len() as u64;
+        by_dataset
+            .entry(ds_name.clone())
+            .or_default()
+            .push(parsed.rows);
         *mails.entry(ds_name.clone()).or_default() += 1;
     }
     let parse_s = t.elapsed().as_secs_f64();

@@ -239,48 +239,30 @@ impl<'a> AttachmentReader<'a> {
                 }
             }
             let record = &self.record;
-            let blank = record
-                .get(0)
-                .is_none_or(|f| f.iter().all(u8::is_ascii_whitespace))
-                && record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace));
-            if blank {
+            if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
                 continue; // blank or separator-only line: not a record
             }
             self.summary.rows_total += 1;
-            let text = self.text.as_str();
-            let line = || record.position().map_or(0, |p| line_of(text, p));
-            let dataset = self.dataset;
-            let values = match typed_row(dataset, &self.positions, record) {
-                Ok(v) => v,
+            let row = keyed_row(
+                self.dataset,
+                &self.positions,
+                self.date_idx,
+                &self.key_idx,
+                record,
+            );
+            let row = match row {
+                Ok(r) => r,
                 Err(reason) => {
-                    self.summary.rejects.push(Reject {
-                        line: line(),
-                        reason,
-                    });
+                    let line = record
+                        .position()
+                        .map_or(0, |p| line_of(self.text.as_str(), p));
+                    self.summary.rejects.push(Reject { line, reason });
                     continue;
                 }
             };
-            let Some(date) = row_date(values[self.date_idx].as_ref()) else {
-                let reason = format!("column {} is empty", dataset.date_column);
-                self.summary.rejects.push(Reject {
-                    line: line(),
-                    reason,
-                });
-                continue;
-            };
-            let key = match row_key(dataset, &self.key_idx, &values) {
-                Ok(k) => k,
-                Err(reason) => {
-                    self.summary.rejects.push(Reject {
-                        line: line(),
-                        reason,
-                    });
-                    continue;
-                }
-            };
-            if self.keys.insert(date, &key) {
+            if self.keys.insert(row.date, &row.key) {
                 self.summary.rows_unique += 1;
-                rows.push(KeyedRow { key, date, values });
+                rows.push(row);
             } else {
                 self.summary.duplicates += 1;
             }
@@ -363,6 +345,21 @@ fn line_of(text: &str, pos: &csv::Position) -> u64 {
         Some(b'\n') => pos.line() + 1,
         _ => pos.line(),
     }
+}
+
+/// A record typed, dated and keyed; the reason it is rejected otherwise.
+fn keyed_row(
+    dataset: &Dataset,
+    positions: &[Option<usize>],
+    date_idx: usize,
+    key_idx: &[usize],
+    record: &csv::ByteRecord,
+) -> Result<KeyedRow, String> {
+    let values = typed_row(dataset, positions, record)?;
+    let date = row_date(values[date_idx].as_ref())
+        .ok_or_else(|| format!("column {} is empty", dataset.date_column))?;
+    let key = row_key(dataset, key_idx, &values)?;
+    Ok(KeyedRow { key, date, values })
 }
 
 fn key_idx_contains(dataset: &Dataset, name: &str) -> bool {
