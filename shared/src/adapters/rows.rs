@@ -120,55 +120,46 @@ impl RowStore {
     ) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
         let mut found = std::collections::HashSet::new();
         for chunk in rows.chunks(GET_BATCH) {
-            let mut pending: Vec<HashMap<String, AttributeValue>> = chunk
+            let keys: Vec<HashMap<String, AttributeValue>> = chunk
                 .iter()
                 .map(|r| key_item(partition_key(dataset_name, r.date), &r.key))
                 .collect();
-            let mut attempt = 0;
-            while !pending.is_empty() {
-                let keys = KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut pending)))
-                    .projection_expression("pk, sk")
-                    .build()?;
-                let out = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, keys)
-                    .send()
-                    .await
-                    .context("BatchGetItem on the rows table")?;
-                for item in out
-                    .responses
-                    .and_then(|mut r| r.remove(&self.table))
-                    .unwrap_or_default()
-                {
-                    if let (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) =
-                        (item.get("pk"), item.get("sk"))
-                    {
-                        found.insert((pk.clone(), sk.clone()));
-                    }
+            let stored = until_processed(keys, "BatchGetItem", "keys", |batch| {
+                let client = self.client.clone();
+                let table = self.table.clone();
+                async move {
+                    let keys = KeysAndAttributes::builder()
+                        .set_keys(Some(batch))
+                        .projection_expression("pk, sk")
+                        .build()?;
+                    let out = client
+                        .batch_get_item()
+                        .request_items(&table, keys)
+                        .send()
+                        .await
+                        .context("BatchGetItem on the rows table")?;
+                    let stored = out
+                        .responses
+                        .and_then(|mut r| r.remove(&table))
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|item| match (item.get("pk"), item.get("sk")) {
+                            (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => {
+                                Some((pk.clone(), sk.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let unprocessed = out
+                        .unprocessed_keys
+                        .and_then(|mut m| m.remove(&table))
+                        .map(|k| k.keys)
+                        .unwrap_or_default();
+                    Ok((stored, unprocessed))
                 }
-                pending = out
-                    .unprocessed_keys
-                    .and_then(|mut m| m.remove(&self.table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-                if !pending.is_empty() {
-                    attempt += 1;
-                    if attempt >= MAX_ATTEMPTS {
-                        bail!(
-                            "BatchGetItem left {} keys unprocessed after {attempt} attempts",
-                            pending.len()
-                        );
-                    }
-                    tokio::time::sleep(backoff(
-                        attempt,
-                        Duration::from_millis(50),
-                        Duration::from_secs(2),
-                    ))
-                    .await;
-                }
-            }
+            })
+            .await?;
+            found.extend(stored);
         }
         Ok(found)
     }
@@ -251,17 +242,41 @@ where
     F: FnMut(Vec<WriteRequest>) -> Fut,
     Fut: Future<Output = anyhow::Result<Vec<WriteRequest>>>,
 {
+    until_processed(items, "BatchWriteItem", "items", |batch| {
+        let sent = send(batch);
+        async move { Ok((Vec::<()>::new(), sent.await?)) }
+    })
+    .await?;
+    Ok(())
+}
+
+/// Runs a DynamoDB batch call through `send` (which returns its results and what DynamoDB left
+/// unprocessed) until nothing is left, with jittered backoff between tries; the results of
+/// every try are collected. `op` and `noun` name the call in the error.
+async fn until_processed<T, R, F, Fut>(
+    items: Vec<T>,
+    op: &str,
+    noun: &str,
+    mut send: F,
+) -> anyhow::Result<Vec<R>>
+where
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: Future<Output = anyhow::Result<(Vec<R>, Vec<T>)>>,
+{
+    let mut results = Vec::new();
     let mut pending = items;
     let mut attempt = 0;
     while !pending.is_empty() {
-        pending = send(pending).await?;
+        let (done, left) = send(pending).await?;
+        results.extend(done);
+        pending = left;
         if pending.is_empty() {
             break;
         }
         attempt += 1;
         if attempt >= MAX_ATTEMPTS {
             bail!(
-                "BatchWriteItem left {} items unprocessed after {attempt} attempts",
+                "{op} left {} {noun} unprocessed after {attempt} attempts",
                 pending.len()
             );
         }
@@ -272,7 +287,7 @@ where
         ))
         .await;
     }
-    Ok(())
+    Ok(results)
 }
 
 fn key_item(pk: String, sk: &str) -> HashMap<String, AttributeValue> {
