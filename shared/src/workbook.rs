@@ -473,6 +473,23 @@ mod tests {
     use crate::definitions::Definitions;
     use calamine::{Data, Reader, Xlsx};
 
+    /// The shipped `call_centre_daily` workbook for 2024-03-14 over `rows` of ib_calls.
+    fn build_ib_calls(defs: &Definitions, rows: &[Row]) -> BuiltWorkbook {
+        build(&WorkbookInput {
+            report_name: "call_centre_daily",
+            report: &defs.reports["call_centre_daily"],
+            period: "2024-03-14",
+            generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
+            datasets: vec![DatasetRows {
+                name: "ib_calls",
+                dataset: &defs.datasets["ib_calls"],
+                rows,
+                source_mails: 1,
+            }],
+        })
+        .unwrap()
+    }
+
     fn build_sample(notes: &str) -> (BuiltWorkbook, Xlsx<std::io::Cursor<Vec<u8>>>) {
         let defs = Definitions::parse(include_str!("../../reports.toml")).unwrap();
         let ds = &defs.datasets["ib_calls"];
@@ -487,20 +504,7 @@ mod tests {
             .into_iter()
             .map(|r| r.values)
             .collect();
-        let report = &defs.reports["call_centre_daily"];
-        let built = build(&WorkbookInput {
-            report_name: "call_centre_daily",
-            report,
-            period: "2024-03-14",
-            generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
-            datasets: vec![DatasetRows {
-                name: "ib_calls",
-                dataset: ds,
-                rows: &rows,
-                source_mails: 1,
-            }],
-        })
-        .unwrap();
+        let built = build_ib_calls(&defs, &rows);
         let book = Xlsx::new(std::io::Cursor::new(built.bytes.clone())).unwrap();
         (built, book)
     }
@@ -566,19 +570,7 @@ mod tests {
                 row
             })
             .collect();
-        let built = build(&WorkbookInput {
-            report_name: "call_centre_daily",
-            report: &defs.reports["call_centre_daily"],
-            period: "2024-03-14",
-            generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
-            datasets: vec![DatasetRows {
-                name: "ib_calls",
-                dataset: ds,
-                rows: &rows,
-                source_mails: 1,
-            }],
-        })
-        .unwrap();
+        let built = build_ib_calls(&defs, &rows);
         let mut book = Xlsx::new(std::io::Cursor::new(built.bytes.clone())).unwrap();
         let raw = book.worksheet_range("ib_calls").unwrap();
         for (i, note) in risky.iter().enumerate() {
