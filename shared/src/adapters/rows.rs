@@ -172,7 +172,22 @@ impl RowStore {
         date: NaiveDate,
     ) -> anyhow::Result<Vec<StoredRow>> {
         let pk = partition_key(dataset_name, date);
-        let mut out = Vec::new();
+        self.partition(&pk, None)
+            .await?
+            .iter()
+            .map(|item| {
+                from_item(dataset, item).with_context(|| format!("reading a stored row of {pk}"))
+            })
+            .collect()
+    }
+
+    /// Every item of partition `pk`, all pages, with only `projection`'s attributes if given.
+    async fn partition(
+        &self,
+        pk: &str,
+        projection: Option<&str>,
+    ) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
+        let mut items = Vec::new();
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let page = self
@@ -180,23 +195,18 @@ impl RowStore {
                 .query()
                 .table_name(&self.table)
                 .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
+                .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()))
+                .set_projection_expression(projection.map(str::to_owned))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .with_context(|| format!("querying rows of {pk}"))?;
-            for item in page.items() {
-                out.push(
-                    from_item(dataset, item)
-                        .with_context(|| format!("reading a stored row of {pk}"))?,
-                );
-            }
+            items.extend(page.items.unwrap_or_default());
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
+                _ => return Ok(items),
             }
         }
-        Ok(out)
     }
 }
 
@@ -204,31 +214,15 @@ impl RowStore {
     /// Deletes every stored row of `dataset` on `date`; returns how many there were.
     pub async fn delete_day(&self, dataset_name: &str, date: NaiveDate) -> anyhow::Result<u64> {
         let pk = partition_key(dataset_name, date);
-        let mut deletes = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", AttributeValue::S(pk.clone()))
-                .projection_expression("pk, sk")
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .with_context(|| format!("listing rows of {pk} to delete"))?;
-            for item in page.items() {
-                let key = DeleteRequest::builder()
-                    .set_key(Some(item.clone()))
-                    .build()?;
-                deletes.push(WriteRequest::builder().delete_request(key).build());
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
+        let deletes = self
+            .partition(&pk, Some("pk, sk"))
+            .await?
+            .into_iter()
+            .map(|key| {
+                let key = DeleteRequest::builder().set_key(Some(key)).build()?;
+                Ok(WriteRequest::builder().delete_request(key).build())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let count = deletes.len() as u64;
         self.write_batches(deletes).await?;
         Ok(count)
