@@ -2,17 +2,19 @@
 //! rows and rejects out; storage decides what is new.
 
 use std::borrow::Cow;
-use std::hash::BuildHasher;
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike};
 use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
 
 use crate::definitions::{Column, ColumnType, Dataset, DeriveFn};
+use crate::key_set::KeySet;
 use crate::value::{Row, Value};
 
 /// Keys longer than this are stored as their SHA-256 (DynamoDB sort keys are at most 1 KiB).
 const MAX_PLAIN_KEY: usize = 512;
+/// Rows typed ahead of their dedup, so that their key slots' loads overlap (see `next_chunk`).
+const PREFETCH_BATCH: usize = 16;
 /// Separates key column values inside a row key; a control character no export uses.
 const KEY_SEPARATOR: char = '\u{1f}';
 
@@ -120,6 +122,8 @@ pub struct AttachmentReader<'a> {
     key_idx: Vec<usize>,
     date_idx: usize,
     keys: KeySet,
+    /// Typed rows waiting for dedup, with their keys' hashes (kept to reuse its allocation).
+    batch: Vec<(u64, KeyedRow)>,
     summary: ReadSummary,
     done: bool,
 }
@@ -203,6 +207,7 @@ impl<'a> AttachmentReader<'a> {
             key_idx,
             date_idx,
             keys: KeySet::with_capacity(lines, bytes.len() / 4),
+            batch: Vec::with_capacity(PREFETCH_BATCH),
             summary: ReadSummary {
                 encoding,
                 delimiter,
@@ -216,17 +221,53 @@ impl<'a> AttachmentReader<'a> {
     }
 
     /// The next unique, valid rows (at most `max`), or `None` at the end of the file.
+    ///
+    /// Rows are typed in small batches and their keys' slots prefetched before the batch is
+    /// deduplicated in file order, so the key set's memory latency overlaps useful work.
     pub fn next_chunk(&mut self, max: usize) -> Option<Vec<KeyedRow>> {
         if self.done {
             return None;
         }
         let mut rows = Vec::with_capacity(max.min(8192));
-        while rows.len() < max {
+        let mut batch = std::mem::take(&mut self.batch);
+        while rows.len() < max && !self.done {
+            // Each row of the batch adds at most one row to the chunk: it never overflows `max`.
+            let room = (max - rows.len()).min(PREFETCH_BATCH);
+            while batch.len() < room {
+                match self.next_row() {
+                    Some(row) => {
+                        let hash = self.keys.hash(row.date, &row.key);
+                        self.keys.prefetch(hash);
+                        batch.push((hash, row));
+                    }
+                    None => break,
+                }
+            }
+            for (hash, row) in batch.drain(..) {
+                if self.keys.insert_hashed(hash, row.date, &row.key) {
+                    self.summary.rows_unique += 1;
+                    rows.push(row);
+                } else {
+                    self.summary.duplicates += 1;
+                }
+            }
+        }
+        self.batch = batch;
+        if rows.is_empty() && self.done {
+            None
+        } else {
+            Some(rows)
+        }
+    }
+
+    /// The next valid row of the file, recording rejects on the way; `None` at its end.
+    fn next_row(&mut self) -> Option<KeyedRow> {
+        loop {
             match self.reader.read_byte_record(&mut self.record) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.done = true;
-                    break;
+                    return None;
                 }
                 Err(e) => {
                     let line = e.position().map_or(0, |p| line_of(self.text.as_str(), p));
@@ -243,34 +284,21 @@ impl<'a> AttachmentReader<'a> {
                 continue; // blank or separator-only line: not a record
             }
             self.summary.rows_total += 1;
-            let row = keyed_row(
+            match keyed_row(
                 self.dataset,
                 &self.positions,
                 self.date_idx,
                 &self.key_idx,
                 record,
-            );
-            let row = match row {
-                Ok(r) => r,
+            ) {
+                Ok(row) => return Some(row),
                 Err(reason) => {
                     let line = record
                         .position()
                         .map_or(0, |p| line_of(self.text.as_str(), p));
                     self.summary.rejects.push(Reject { line, reason });
-                    continue;
                 }
-            };
-            if self.keys.insert(row.date, &row.key) {
-                self.summary.rows_unique += 1;
-                rows.push(row);
-            } else {
-                self.summary.duplicates += 1;
             }
-        }
-        if rows.is_empty() && self.done {
-            None
-        } else {
-            Some(rows)
         }
     }
 
@@ -290,51 +318,6 @@ fn estimated_lines(text: &[u8]) -> usize {
         lines
     } else {
         (lines as f64 * text.len() as f64 / SAMPLE as f64 * 1.2) as usize
-    }
-}
-
-/// The (date, key) pairs seen, with every key in one string arena: one allocation per file
-/// instead of one per row.
-#[derive(Default)]
-struct KeySet {
-    arena: String,
-    table: hashbrown::HashTable<(u32, u32, NaiveDate)>,
-    hasher: hashbrown::DefaultHashBuilder,
-}
-
-impl KeySet {
-    fn with_capacity(keys: usize, arena_bytes: usize) -> Self {
-        KeySet {
-            arena: String::with_capacity(arena_bytes),
-            table: hashbrown::HashTable::with_capacity(keys),
-            hasher: Default::default(),
-        }
-    }
-
-    /// True when the pair is new (and now recorded).
-    fn insert(&mut self, date: NaiveDate, key: &str) -> bool {
-        let KeySet {
-            arena,
-            table,
-            hasher,
-        } = self;
-        let at = |&(start, len, _): &(u32, u32, NaiveDate)| {
-            &arena[start as usize..(start + len) as usize]
-        };
-        let hash = hasher.hash_one((date, key));
-        match table.entry(
-            hash,
-            |e| e.2 == date && at(e) == key,
-            |e| hasher.hash_one((e.2, at(e))),
-        ) {
-            hashbrown::hash_table::Entry::Occupied(_) => false,
-            hashbrown::hash_table::Entry::Vacant(slot) => {
-                let start = arena.len() as u32;
-                slot.insert((start, key.len() as u32, date));
-                arena.push_str(key);
-                true
-            }
-        }
     }
 }
 
@@ -452,12 +435,16 @@ fn derive(func: DeriveFn, source: Option<&Value>) -> Option<Value> {
 /// Parses one non-empty field. Text is kept exactly as received (only an empty field is missing).
 /// Date-times with an offset are converted to `tz`, the dataset's time zone; those without are
 /// taken as already in it.
+#[inline]
 pub fn parse_value(
     kind: ColumnType,
     format: Option<&str>,
     tz: Tz,
     raw: &str,
 ) -> Result<Value, &'static str> {
+    if kind == ColumnType::Text {
+        return Ok(Value::Text(raw.into()));
+    }
     let t = raw.trim();
     match kind {
         ColumnType::Text => Ok(Value::Text(raw.into())),
@@ -588,7 +575,10 @@ fn row_key(dataset: &Dataset, key_idx: &[usize], values: &Row) -> Result<String,
 /// Decodes the bytes of an export: UTF-8 (BOM dropped), UTF-16 with BOM, else Windows-1252.
 pub fn decode(bytes: &[u8]) -> (Cow<'_, str>, &'static str) {
     if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
-        return (String::from_utf8_lossy(rest), "utf-8-bom");
+        // `from_utf8` first: it validates several times faster than the lossy decoder.
+        let text =
+            std::str::from_utf8(rest).map_or_else(|_| String::from_utf8_lossy(rest), Cow::from);
+        return (text, "utf-8-bom");
     }
     if let Some(rest) = bytes.strip_prefix(b"\xFF\xFE") {
         return (utf16(rest, u16::from_le_bytes).into(), "utf-16le");

@@ -10,6 +10,7 @@ pub mod adapters;
 pub mod csv_ingest;
 pub mod definitions;
 pub mod env;
+pub mod key_set;
 pub mod messages;
 pub mod period;
 pub mod report_mail;
@@ -24,3 +25,10 @@ pub mod summary;
 pub mod telemetry;
 pub mod value;
 pub mod workbook;
+
+/// Every binary built on this library (the Lambda functions, the CLI, the benchmark, the local
+/// runner) allocates through mimalloc: ingest makes a few small allocations per row (the row,
+/// its longer texts, its key), and glibc's malloc spent a fifth of ingest's time on them
+/// (`bench/ingest`: 0.60 s → 0.48 s for a million rows).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
