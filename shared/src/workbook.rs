@@ -117,6 +117,8 @@ pub fn write(
 ) -> Result<BuiltWorkbook, WorkbookError> {
     let styles = Styles::new();
     let mut wb = Workbook::new();
+    // Excel's own level: about 30% faster to save than zlib's default 6, files about 5% larger.
+    wb.set_zip_compression_level(3);
     let mut sheets = Vec::new();
     let mut warnings = Vec::new();
     let total_rows: u64 = input.datasets.iter().map(|d| d.rows.len() as u64).sum();
@@ -326,10 +328,23 @@ fn write_raw(
     ws.set_freeze_panes(1, 0)?;
     ws.autofilter(0, 0, rows.len() as u32, (cols.len().max(1) - 1) as u16)?;
 
-    let is_key: Vec<bool> = cols
-        .iter()
-        .map(|c| dataset.key.iter().any(|k| k.eq_ignore_ascii_case(&c.name)))
-        .collect();
+    // Number formats go on the columns, once: cells written without a format take their
+    // column's, which spares the writer a format lookup for every numeric cell.
+    for (c, col) in cols.iter().enumerate() {
+        let is_key = dataset
+            .key
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(&col.name));
+        let format = match col.kind {
+            ColumnType::Integer | ColumnType::Duration if is_key => &st.id_integer,
+            ColumnType::Integer | ColumnType::Duration => &st.integer,
+            ColumnType::Decimal => &st.decimal,
+            ColumnType::Datetime => &st.datetime,
+            ColumnType::Date => &st.date,
+            ColumnType::Text | ColumnType::Boolean => continue,
+        };
+        ws.set_column_format(c as u16, format)?;
+    }
     let mut cut = 0u64;
     for (r, row) in rows.iter().enumerate() {
         let r = r as u32 + 1;
@@ -346,32 +361,19 @@ fn write_raw(
                     }
                 }
                 Some(Value::Int(i)) => {
-                    let fmt = if is_key[c]
-                        || cols[c].kind != ColumnType::Integer
-                            && cols[c].kind != ColumnType::Duration
-                    {
-                        &st.id_integer
-                    } else {
-                        &st.integer
-                    };
-                    ws.write_number_with_format(r, c16, *i as f64, fmt)?;
+                    ws.write_number(r, c16, *i as f64)?;
                 }
                 Some(Value::Dec(d)) => {
-                    ws.write_number_with_format(r, c16, *d, &st.decimal)?;
+                    ws.write_number(r, c16, *d)?;
                 }
                 Some(Value::Bool(b)) => {
                     ws.write_boolean(r, c16, *b)?;
                 }
                 Some(Value::DateTime(t)) => {
-                    ws.write_number_with_format(r, c16, excel_serial(*t), &st.datetime)?;
+                    ws.write_number(r, c16, excel_serial(*t))?;
                 }
                 Some(Value::Date(d)) => {
-                    ws.write_number_with_format(
-                        r,
-                        c16,
-                        excel_serial(d.and_time(Default::default())),
-                        &st.date,
-                    )?;
+                    ws.write_number(r, c16, excel_serial(d.and_time(Default::default())))?;
                 }
             }
         }
