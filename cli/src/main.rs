@@ -56,9 +56,11 @@ enum ReportCommand {
         /// Where to write the workbook
         #[arg(long)]
         out: PathBuf,
-        /// The day to report, YYYY-MM-DD (default: the earliest day in the data)
-        #[arg(long)]
-        period: Option<chrono::NaiveDate>,
+        /// Keep only rows of this period: a day (2024-03-14), an ISO week (2024-W11), a month
+        /// (2024-03) or a range (2024-03-01..2024-03-14). Default: every row of the files,
+        /// labelled by the days they cover.
+        #[arg(long, value_parser = |s: &str| charlie::period::Period::parse(s).map_err(|e| e.to_string()))]
+        period: Option<charlie::period::Period>,
     },
 }
 
@@ -205,6 +207,7 @@ fn ingest_check(dataset: &str, config: &Path, csv_file: &Path) -> ExitCode {
                 Unusable::Empty => "empty",
                 Unusable::MissingColumns(_) => "missing_columns",
                 Unusable::Malformed(_) => "malformed",
+                Unusable::Unreadable(_) => "unreadable",
             };
             let out = serde_json::json!({
                 "file": csv_file.display().to_string(),

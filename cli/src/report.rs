@@ -1,18 +1,43 @@
 //! `charlie report build`: a report's workbook from CSV files, offline, with phase timings.
+//!
+//! It streams like the report builder: each file is read in chunks of rows, every chunk is
+//! deduplicated, aggregated and written to its raw sheet before the next is read, so no row is
+//! kept and memory stays flat whatever the files' size. The phases interleave; each one's time
+//! is summed over the chunks.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use charlie::csv_ingest::{KeyedRow, parse_attachment};
-use charlie::value::Row;
-use charlie::workbook::{DatasetRows, WorkbookInput, summaries, write};
+use charlie::csv_ingest::AttachmentReader;
+use charlie::definitions::Dataset;
+use charlie::key_set::KeySet;
+use charlie::period::Period;
+use charlie::workbook::ReportWorkbook;
 use chrono::{NaiveDate, Utc};
+
+/// Rows per chunk, as the ingest stage stores them.
+const CHUNK_ROWS: usize = 5_000;
 
 fn usage(message: String) -> ExitCode {
     eprintln!("{message}");
     ExitCode::from(2)
+}
+
+#[derive(Default)]
+struct Phases {
+    parse: Duration,
+    dedupe: Duration,
+    aggregate: Duration,
+    write: Duration,
+}
+
+/// Times `f`, adding its duration to `total`.
+fn timed<T>(total: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let out = f();
+    *total += t.elapsed();
+    out
 }
 
 pub fn build(
@@ -20,7 +45,7 @@ pub fn build(
     config: &Path,
     specs: &[String],
     out: &Path,
-    period: Option<NaiveDate>,
+    period: Option<Period>,
 ) -> ExitCode {
     let started = Instant::now();
     let defs = match crate::load(config) {
@@ -34,136 +59,135 @@ pub fn build(
             defs.reports.keys().collect::<Vec<_>>()
         ));
     };
-    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    let mut files: Vec<(usize, PathBuf)> = Vec::new();
     for spec in specs {
         let Some((ds, file)) = spec.split_once('=') else {
             return usage(format!("--csv {spec:?}: expected DATASET=FILE"));
         };
-        if !report.datasets.iter().any(|d| d == ds) {
+        let Some(i) = report.datasets.iter().position(|d| d == ds) else {
             return usage(format!(
                 "--csv {spec:?}: report {report_name} uses datasets {:?}",
                 report.datasets
             ));
-        }
-        files.push((ds.to_owned(), PathBuf::from(file)));
-    }
-
-    // Parse: decode, type, validate, key and dedup within each file (fused, as ingest does).
-    let t = Instant::now();
-    let mut by_dataset: BTreeMap<String, Vec<Vec<KeyedRow>>> = BTreeMap::new();
-    let mut mails: BTreeMap<String, usize> = BTreeMap::new();
-    let mut rejected = 0u64;
-    for (ds_name, file) in &files {
-        let bytes = match std::fs::read(file) {
-            Ok(b) => b,
-            Err(e) => return usage(format!("{}: cannot read: {e}", file.display())),
         };
-        let parsed = match parse_attachment(&defs.datasets[ds_name], &bytes) {
-            Ok(p) => p,
-            Err(e) => {
-                println!(
-                    "{}",
-                    serde_json::json!({ "file": file.display().to_string(), "dataset": ds_name, "error": e.to_string() })
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-        rejected += parsed.rejects.len() as u64;
-        by_dataset
-            .entry(ds_name.clone())
-            .or_default()
-            .push(parsed.rows);
-        *mails.entry(ds_name.clone()).or_default() += 1;
+        files.push((i, PathBuf::from(file)));
     }
-    let parse_s = t.elapsed().as_secs_f64();
+    // Datasets are written in the report's order; a dataset's files in the order given.
+    files.sort_by_key(|(i, _)| *i);
 
-    // Dedup across files of one dataset (first file wins), then keep the period's day.
-    let t = Instant::now();
-    let period = period.or_else(|| {
-        report
-            .datasets
-            .iter()
-            .filter_map(|d| by_dataset.get(d))
-            .flat_map(|files| files.iter().flatten().map(|r| r.date))
-            .min()
-    });
-    let Some(period) = period else {
-        return usage("no valid rows in the files and no --period: nothing to report".into());
-    };
-    let mut rows_by_dataset: BTreeMap<String, Vec<Row>> = BTreeMap::new();
-    let mut outside = 0u64;
-    let mut cross_file_duplicates = 0u64;
-    for (ds, file_rows) in by_dataset {
-        let several = file_rows.len() > 1;
-        let mut seen: HashSet<String> = HashSet::new();
-        let mut rows = Vec::new();
-        for r in file_rows.into_iter().flatten() {
-            if r.date != period {
-                outside += 1;
-                continue;
-            }
-            if several && !seen.insert(r.key.clone()) {
-                cross_file_duplicates += 1;
-                continue;
-            }
-            rows.push(r.values);
-        }
-        rows_by_dataset.insert(ds, rows);
-    }
-    let dedupe_s = t.elapsed().as_secs_f64();
-
-    let period_label = period.format("%Y-%m-%d").to_string();
-    let empty: Vec<Row> = Vec::new();
-    let input = WorkbookInput {
-        report_name,
-        report,
-        period: &period_label,
-        generated_at: Utc::now(),
-        datasets: report
-            .datasets
-            .iter()
-            .map(|d| DatasetRows {
-                name: d,
-                dataset: &defs.datasets[d],
-                rows: rows_by_dataset.get(d).unwrap_or(&empty),
-                source_mails: mails.get(d).copied().unwrap_or(0),
-            })
-            .collect(),
-    };
-    let t = Instant::now();
-    let tables = summaries(&input);
-    let aggregate_s = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let built = match write(&input, &tables) {
-        Ok(b) => b,
+    let datasets: Vec<(&str, &Dataset)> = report
+        .datasets
+        .iter()
+        .map(|d| (d.as_str(), &defs.datasets[d]))
+        .collect();
+    let label = period.map(|p| p.to_string()).unwrap_or_default();
+    let mut wb = match ReportWorkbook::new(report_name, report, &datasets, &label, Utc::now()) {
+        Ok(w) => w,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = std::fs::write(out, &built.bytes) {
-        return usage(format!("{}: cannot write: {e}", out.display()));
+    let mut phases = Phases::default();
+    let (mut rejected, mut outside, mut cross_file_duplicates) = (0u64, 0u64, 0u64);
+    let mut days: Option<(NaiveDate, NaiveDate)> = None;
+    let mut seen: Option<(usize, KeySet)> = None;
+    for (i, file) in &files {
+        let (i, dataset) = (*i, datasets[*i].1);
+        let mut reader = match timed(&mut phases.parse, || {
+            AttachmentReader::from_file(dataset, file)
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                println!(
+                    "{}",
+                    serde_json::json!({ "file": file.display().to_string(), "dataset": datasets[i].0, "error": e.to_string() })
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        // Rows repeated across a dataset's files: the first file wins (as stored rows do). The
+        // keys of all its files are kept, only when it has several.
+        if seen.as_ref().is_none_or(|(j, _)| *j != i) {
+            let several = files.iter().filter(|(j, _)| *j == i).count() > 1;
+            seen = several.then(|| (i, KeySet::with_capacity(1 << 16, 1 << 20)));
+        }
+        wb.add_source_mails(i, 1);
+        while let Some(chunk) = timed(&mut phases.parse, || reader.next_chunk(CHUNK_ROWS)) {
+            let keep: Vec<bool> = timed(&mut phases.dedupe, || {
+                chunk
+                    .iter()
+                    .map(|r| {
+                        if period.is_some_and(|p| !p.contains(r.date)) {
+                            outside += 1;
+                            return false;
+                        }
+                        if let Some((_, seen)) = &mut seen
+                            && !seen.insert(r.date, &r.key)
+                        {
+                            cross_file_duplicates += 1;
+                            return false;
+                        }
+                        days = Some(
+                            days.map_or((r.date, r.date), |(a, b)| (a.min(r.date), b.max(r.date))),
+                        );
+                        true
+                    })
+                    .collect()
+            });
+            let rows = || {
+                chunk
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, k)| **k)
+                    .map(|(r, _)| &r.values)
+            };
+            timed(&mut phases.aggregate, || {
+                rows().for_each(|r| wb.aggregate(i, r))
+            });
+            if let Err(e) = timed(&mut phases.write, || {
+                rows().try_for_each(|r| wb.write_row(i, r))
+            }) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        rejected += reader.finish().rejects.len() as u64;
     }
-    let write_s = t.elapsed().as_secs_f64();
-
+    // Without --period, the label says which days the rows cover.
+    let label = match (period, days) {
+        (Some(p), _) => p.to_string(),
+        (None, Some((a, b))) if a == b => Period::Day(a).to_string(),
+        (None, Some((a, b))) => Period::Range(a, b).to_string(),
+        (None, None) => "no rows".to_owned(),
+    };
+    wb.set_period(&label);
+    let saved = timed(&mut phases.write, || wb.finish().and_then(|f| f.save(out)));
+    let saved = match saved {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", out.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
             "report": report_name,
-            "period": period_label,
+            "period": label,
             "out": out.display().to_string(),
-            "size_bytes": built.bytes.len(),
-            "sheets": built.sheets,
-            "rows": built.rows,
+            "size_bytes": size,
+            "sheets": saved.sheets,
+            "rows": saved.rows,
             "rows_rejected": rejected,
             "rows_outside_period": outside,
             "cross_file_duplicates": cross_file_duplicates,
-            "warnings": built.warnings,
-            "parse_s": parse_s,
-            "dedupe_s": dedupe_s,
-            "aggregate_s": aggregate_s,
-            "write_s": write_s,
+            "warnings": saved.warnings,
+            "parse_s": phases.parse.as_secs_f64(),
+            "dedupe_s": phases.dedupe.as_secs_f64(),
+            "aggregate_s": phases.aggregate.as_secs_f64(),
+            "write_s": phases.write.as_secs_f64(),
             "total_s": started.elapsed().as_secs_f64(),
             "peak_rss_mb": charlie::telemetry::peak_rss_mib(),
         }))

@@ -55,6 +55,8 @@ pub enum Unusable {
     MissingColumns(Vec<String>),
     #[error("not readable as CSV: {0}")]
     Malformed(String),
+    #[error("the file cannot be read: {0}")]
+    Unreadable(String),
 }
 
 /// Parses one attachment for `dataset`, keeping every unique row (see [`AttachmentReader`] to
@@ -115,8 +117,11 @@ impl AsRef<[u8]> for SharedText<'_> {
 /// the keys seen, whatever the file's size.
 pub struct AttachmentReader<'a> {
     dataset: &'a Dataset,
-    text: SharedText<'a>,
-    reader: csv::Reader<std::io::Cursor<SharedText<'a>>>,
+    /// The whole text when it is in memory: reject line numbers are then exact.
+    text: Option<SharedText<'a>>,
+    /// A streamed file's line ends are CRLF (from its header line).
+    crlf: bool,
+    reader: csv::Reader<Box<dyn std::io::Read + Send + 'a>>,
     record: csv::ByteRecord,
     positions: Vec<Option<usize>>,
     key_idx: Vec<usize>,
@@ -132,24 +137,103 @@ impl<'a> AttachmentReader<'a> {
     /// Decodes the bytes and reads the header; fails when the file cannot be used at all.
     pub fn new(dataset: &'a Dataset, bytes: &'a [u8]) -> Result<Self, Unusable> {
         let (text, encoding) = decode(bytes);
-        if text.trim().is_empty() {
+        let text = match text {
+            Cow::Borrowed(s) => SharedText::Borrowed(s),
+            Cow::Owned(s) => SharedText::Decoded(std::sync::Arc::from(s)),
+        };
+        Self::from_text(dataset, text, encoding)
+    }
+
+    /// Reads a file as a stream, so that memory holds a buffer of it, never the whole file:
+    /// for exports larger than memory should hold (`charlie report build`). UTF-8 files (the
+    /// exporters' norm) stream; UTF-16 and Windows-1252 files are decoded in memory. Line numbers
+    /// of rejects assume the line ends of the header line throughout.
+    pub fn from_file(dataset: &'a Dataset, path: &std::path::Path) -> Result<Self, Unusable> {
+        use std::io::{Read, Seek};
+        let unreadable = |e: std::io::Error| Unusable::Unreadable(e.to_string());
+        let mut file = std::fs::File::open(path).map_err(unreadable)?;
+        let size = file.metadata().map_err(unreadable)?.len() as usize;
+        // First pass: is it UTF-8 throughout? (Reading it twice costs less than holding it.)
+        let mut head = Vec::new();
+        let mut check = Utf8Checked::new(&mut file);
+        let mut block = vec![0u8; 1 << 20];
+        let utf8 = loop {
+            match check.read(&mut block) {
+                Ok(0) => break true,
+                Ok(n) => {
+                    if head.len() < SNIFF_BYTES {
+                        head.extend_from_slice(&block[..n.min(SNIFF_BYTES - head.len())]);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => break false,
+                Err(e) => return Err(unreadable(e)),
+            }
+        };
+        let bom = head.starts_with(b"\xEF\xBB\xBF");
+        if !utf8 || head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
+            // Decoded in memory, owned by the reader.
+            drop(block);
+            let bytes = std::fs::read(path).map_err(unreadable)?;
+            let (text, encoding) = decode(&bytes);
+            let text = SharedText::Decoded(std::sync::Arc::from(text.into_owned()));
+            return Self::from_text(dataset, text, encoding);
+        }
+        let skip = if bom { 3 } else { 0 };
+        file.seek(std::io::SeekFrom::Start(skip))
+            .map_err(unreadable)?;
+        let head = &head[skip as usize..];
+        let first_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        let crlf = first_line.ends_with(b"\r") && first_line.len() < head.len();
+        let input: Box<dyn std::io::Read + Send + 'a> = Box::new(Utf8Checked::new(file));
+        let mut reader = Self::from_input(
+            dataset,
+            input,
+            &String::from_utf8_lossy(head),
+            size,
+            if bom { "utf-8-bom" } else { "utf-8" },
+        )?;
+        reader.crlf = crlf;
+        Ok(reader)
+    }
+
+    fn from_text(
+        dataset: &'a Dataset,
+        text: SharedText<'a>,
+        encoding: &'static str,
+    ) -> Result<Self, Unusable> {
+        let shared = text.clone();
+        let all = text.as_str();
+        let head = &all[..all.floor_char_boundary(SNIFF_BYTES)];
+        let (head, size) = (head.to_owned(), all.len());
+        let input: Box<dyn std::io::Read + Send + 'a> = Box::new(std::io::Cursor::new(text));
+        let mut reader = Self::from_input(dataset, input, &head, size, encoding)?;
+        reader.text = Some(shared);
+        Ok(reader)
+    }
+
+    /// Reads the header from `input`, whose first bytes are `head` and whose size is `size`.
+    fn from_input(
+        dataset: &'a Dataset,
+        input: Box<dyn std::io::Read + Send + 'a>,
+        head: &str,
+        size: usize,
+        encoding: &'static str,
+    ) -> Result<Self, Unusable> {
+        if head.trim().is_empty() {
             return Err(Unusable::Empty);
         }
         let delimiter = dataset
             .csv
             .delimiter
-            .unwrap_or_else(|| sniff_delimiter(&text));
+            .unwrap_or_else(|| sniff_delimiter(head));
         // Sizing the key set once spares its rehashing: records ≈ lines, estimated from a sample.
-        let lines = estimated_lines(text.as_bytes());
-        let text = match text {
-            Cow::Borrowed(s) => SharedText::Borrowed(s),
-            Cow::Owned(s) => SharedText::Decoded(std::sync::Arc::from(s)),
-        };
+        let lines = estimated_lines(head.as_bytes(), size);
         let mut reader = csv::ReaderBuilder::new()
             .delimiter(delimiter as u8)
             .has_headers(false)
             .flexible(true)
-            .from_reader(std::io::Cursor::new(text.clone()));
+            .buffer_capacity(64 * 1024)
+            .from_reader(input);
         // One record, reused for every row: no allocation per row for the parse itself.
         let mut record = csv::ByteRecord::new();
         match reader.read_byte_record(&mut record) {
@@ -200,13 +284,14 @@ impl<'a> AttachmentReader<'a> {
             .expect("validated definitions declare the date column");
         Ok(AttachmentReader {
             dataset,
-            text,
+            text: None,
+            crlf: false,
             reader,
             record,
             positions,
             key_idx,
             date_idx,
-            keys: KeySet::with_capacity(lines, bytes.len() / 4),
+            keys: KeySet::with_capacity(lines, size / 4),
             batch: Vec::with_capacity(PREFETCH_BATCH),
             summary: ReadSummary {
                 encoding,
@@ -270,7 +355,16 @@ impl<'a> AttachmentReader<'a> {
                     return None;
                 }
                 Err(e) => {
-                    let line = e.position().map_or(0, |p| line_of(self.text.as_str(), p));
+                    let line = e.position().map_or(0, |p| self.line(p));
+                    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                        // The stream broke (or changed under us): nothing after it can be trusted.
+                        self.done = true;
+                        self.summary.rejects.push(Reject {
+                            line,
+                            reason: format!("the file could not be read past here: {e}"),
+                        });
+                        return None;
+                    }
                     self.summary.rows_total += 1;
                     self.summary.rejects.push(Reject {
                         line,
@@ -293,12 +387,21 @@ impl<'a> AttachmentReader<'a> {
             ) {
                 Ok(row) => return Some(row),
                 Err(reason) => {
-                    let line = record
-                        .position()
-                        .map_or(0, |p| line_of(self.text.as_str(), p));
+                    let line = record.position().map_or(0, |p| self.line(p));
                     self.summary.rejects.push(Reject { line, reason });
                 }
             }
+        }
+    }
+
+    /// The 1-based line where the record at `pos` starts. In memory, [`line_of`] looks at the
+    /// byte there; a stream has gone past it, so a CRLF file's records (all after the header,
+    /// whose CRLF puts the reader's count one behind) are taken as one line further on.
+    fn line(&self, pos: &csv::Position) -> u64 {
+        match &self.text {
+            Some(text) => line_of(text.as_str(), pos),
+            None if self.crlf => pos.line() + 1,
+            None => pos.line(),
         }
     }
 
@@ -308,16 +411,87 @@ impl<'a> AttachmentReader<'a> {
     }
 }
 
-/// About how many lines `text` has: counted in the first 256 KiB, extrapolated with a margin
-/// (exact for smaller files). Counting a large file's every byte would cost 4% of its ingest.
-fn estimated_lines(text: &[u8]) -> usize {
-    const SAMPLE: usize = 256 * 1024;
-    let sample = &text[..text.len().min(SAMPLE)];
+/// How much of a file's start is read to sniff its delimiter and estimate its lines.
+const SNIFF_BYTES: usize = 256 * 1024;
+
+/// About how many lines a text of `size` bytes has, from a `sample` of its start: extrapolated
+/// with a margin (exact when the sample is the whole text). Counting a large file's every byte
+/// would cost 4% of its ingest.
+fn estimated_lines(sample: &[u8], size: usize) -> usize {
     let lines = sample.iter().filter(|&&b| b == b'\n').count() + 1;
-    if text.len() <= SAMPLE {
+    if size <= sample.len() {
         lines
     } else {
-        (lines as f64 * text.len() as f64 / SAMPLE as f64 * 1.2) as usize
+        (lines as f64 * size as f64 / sample.len().max(1) as f64 * 1.2) as usize
+    }
+}
+
+/// Passes UTF-8 through, checking it as it goes: an invalid byte is an `InvalidData` error. A
+/// character split across reads is held back until it is whole, so every read ends on a
+/// character boundary (fields are then valid `str`s without another check, see [`field_str`]).
+struct Utf8Checked<R> {
+    inner: R,
+    carry: [u8; 3],
+    carry_len: usize,
+    offset: u64,
+}
+
+impl<R> Utf8Checked<R> {
+    fn new(inner: R) -> Self {
+        Utf8Checked {
+            inner,
+            carry: [0; 3],
+            carry_len: 0,
+            offset: 0,
+        }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Utf8Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::{Error, ErrorKind};
+        if buf.len() < 4 {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "read buffer under 4 bytes",
+            ));
+        }
+        loop {
+            let c = self.carry_len;
+            buf[..c].copy_from_slice(&self.carry[..c]);
+            let n = match self.inner.read(&mut buf[c..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            let end = c + n;
+            if n == 0 {
+                return if c == 0 {
+                    Ok(0)
+                } else {
+                    Err(Error::new(
+                        ErrorKind::InvalidData,
+                        "the file ends inside a UTF-8 character",
+                    ))
+                };
+            }
+            let valid = match std::str::from_utf8(&buf[..end]) {
+                Ok(_) => end,
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                Err(e) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidData,
+                        format!("not UTF-8 at byte {}", self.offset + e.valid_up_to() as u64),
+                    ));
+                }
+            };
+            self.carry_len = end - valid;
+            self.carry[..self.carry_len].copy_from_slice(&buf[valid..end]);
+            if valid > 0 {
+                self.offset += valid as u64;
+                return Ok(valid);
+            }
+        }
     }
 }
 
@@ -868,6 +1042,104 @@ derive = { from = "at", fn = "hour" }
             let lines: Vec<u64> = parsed.rejects.iter().map(|r| r.line).collect();
             assert_eq!(lines, vec![2, 5], "{:?}", parsed.rejects);
         }
+    }
+
+    /// Every row, the rejects and the summary of reading `path` as a stream.
+    fn streamed(path: &std::path::Path) -> (Vec<KeyedRow>, ReadSummary) {
+        let d = defs();
+        let mut reader = AttachmentReader::from_file(&d.datasets["ib_calls"], path).unwrap();
+        let mut rows = Vec::new();
+        while let Some(chunk) = reader.next_chunk(2) {
+            rows.extend(chunk);
+        }
+        (rows, reader.finish())
+    }
+
+    fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("charlie-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_streamed_file_reads_as_the_same_bytes_in_memory_do() {
+        let d = defs();
+        let rows = [
+            "c1,A1,Seán,Sales,2024-03-14T09:00:00,,,x,1,X,,",
+            "c2,A1,Ann,Sales,2024-03-14T09:00:00,,,5,1,X,,\"two\nlines, «quoted»\"",
+            "c3,A1,Ann,Sales,bad,,,5,1,X,,",
+            "c2,A1,Ann,Sales,2024-03-14T09:00:00,,,5,1,X,,again",
+            "c4,A2,Zoë,Billing,2024-03-14T10:00:00,,,7,2,X,,عميل",
+        ];
+        let crlf = format!("\u{feff}{}", csv(&rows));
+        let lf = crlf.replace("\r\n", "\n");
+        for (name, text) in [("crlf.csv", crlf), ("lf.csv", lf)] {
+            let in_memory = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+            let (rows, summary) = streamed(&temp_file(name, text.as_bytes()));
+            assert_eq!(rows, in_memory.rows, "{name}");
+            assert_eq!(summary.rejects, in_memory.rejects, "{name}");
+            assert_eq!(summary.encoding, "utf-8-bom");
+            assert_eq!((summary.rows_total, summary.duplicates), (5, 1));
+            let lines: Vec<u64> = summary.rejects.iter().map(|r| r.line).collect();
+            assert_eq!(lines, vec![2, 5], "{name}: {:?}", summary.rejects);
+        }
+    }
+
+    #[test]
+    fn a_streamed_file_that_is_not_utf8_is_decoded_as_windows_1252() {
+        let text = csv(&["c1,A1,Se\u{e1}n,Sales,2024-03-14T09:00:00,,,1,1,X,,caf\u{e9} \u{20ac}5"]);
+        let bytes: Vec<u8> = text
+            .chars()
+            .map(|c| match c {
+                '\u{20ac}' => 0x80,
+                c => c as u8,
+            })
+            .collect();
+        let (rows, summary) = streamed(&temp_file("1252.csv", &bytes));
+        assert_eq!(summary.encoding, "windows-1252");
+        assert_eq!(rows[0].values[2], Some(Value::Text("Seán".into())));
+        assert_eq!(rows[0].values[11], Some(Value::Text("café €5".into())));
+    }
+
+    #[test]
+    fn utf8_split_across_reads_is_passed_whole_and_bad_bytes_are_refused() {
+        use std::io::Read;
+        /// Hands out one byte per read, the worst case for a character split.
+        struct Trickle<'b>(&'b [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let Some((&b, rest)) = self.0.split_first() else {
+                    return Ok(0);
+                };
+                buf[0] = b;
+                self.0 = rest;
+                Ok(1)
+            }
+        }
+        let text = "Zoë € 𝄞 عميل";
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4];
+        let mut reader = Utf8Checked::new(Trickle(text.as_bytes()));
+        loop {
+            let n = reader.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            assert!(
+                std::str::from_utf8(&buf[..n]).is_ok(),
+                "every read is whole characters"
+            );
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(out, text.as_bytes());
+        let err = Utf8Checked::new(&b"ok \xff no"[..]).read_to_end(&mut Vec::new());
+        assert!(err.unwrap_err().to_string().contains("not UTF-8 at byte 3"));
+        let cut = Utf8Checked::new(&"€".as_bytes()[..2]).read_to_end(&mut Vec::new());
+        assert!(
+            cut.unwrap_err()
+                .to_string()
+                .contains("ends inside a UTF-8 character")
+        );
     }
 
     #[test]

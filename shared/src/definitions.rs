@@ -159,6 +159,10 @@ pub struct Report {
     pub recipients: Vec<String>,
     /// `{report}`, `{title}` and `{period}` are replaced.
     pub subject: String,
+    /// What a scheduled run covers: the last complete day (default), ISO week or month, in
+    /// the report's time zone. Run requests name any period.
+    #[serde(default)]
+    pub period: crate::period::PeriodKind,
     #[serde(default)]
     pub on_empty: OnEmpty,
     #[serde(default)]
@@ -168,11 +172,13 @@ pub struct Report {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnEmpty {
-    /// Build nothing, send nothing; the run records that the period was empty.
+    /// Build nothing, send nothing; the run records `skipped_empty`.
     #[default]
     Skip,
-    /// Send the workbook anyway; its About sheet says the period had no rows.
-    Send,
+    /// Send the recipients a short "no data for this period" mail without a workbook; the run
+    /// records `notice_sent`.
+    #[serde(alias = "send")]
+    Notice,
 }
 
 /// A summary table: rows grouped by columns, one cell per measure.

@@ -65,7 +65,9 @@ pub struct MailRequest {
     /// The report's title, for people.
     pub title: String,
     pub period: String,
-    pub workbook_key: String,
+    /// The workbook in S3; `None` for a "no data" notice (the report's `on_empty = "notice"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workbook_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workbook_version: Option<String>,
     pub workbook_size: u64,
@@ -86,11 +88,14 @@ pub enum ReportTrigger {
         report: String,
         scheduled_time: DateTime<Utc>,
     },
+    /// A run request for any period: `2024-03-14`, `2024-W11`, `2024-03` or
+    /// `2024-03-01..2024-03-14` (`date` is accepted for a day, as version 1 named it).
     Run {
         #[serde(default = "v1")]
         v: u8,
         report: String,
-        date: NaiveDate,
+        #[serde(alias = "date")]
+        period: crate::period::Period,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         run_id: Option<String>,
     },
@@ -134,5 +139,22 @@ mod tests {
         let json = r#"{"v":1,"kind":"scheduled","report":"daily","scheduled_time":"2024-03-15T06:00:00Z"}"#;
         let t: ReportTrigger = serde_json::from_str(json).unwrap();
         assert!(matches!(t, ReportTrigger::Scheduled { ref report, .. } if report == "daily"));
+    }
+
+    #[test]
+    fn run_requests_name_any_period_and_bad_ones_say_why() {
+        let t: ReportTrigger =
+            serde_json::from_str(r#"{"kind":"run","report":"daily","period":"2024-W11"}"#).unwrap();
+        assert!(matches!(t, ReportTrigger::Run { period, .. } if period.to_string() == "2024-W11"));
+        let day: ReportTrigger =
+            serde_json::from_str(r#"{"kind":"run","report":"daily","date":"2024-03-14"}"#).unwrap();
+        assert!(
+            matches!(day, ReportTrigger::Run { period, .. } if period.to_string() == "2024-03-14")
+        );
+        let bad = serde_json::from_str::<ReportTrigger>(
+            r#"{"kind":"run","report":"daily","period":"2024-02-30"}"#,
+        )
+        .unwrap_err();
+        assert!(bad.to_string().contains("bad date"), "{bad}");
     }
 }

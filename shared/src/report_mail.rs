@@ -15,8 +15,8 @@ pub struct ReportMail<'a> {
     pub period: &'a str,
     pub time_zone: &'a str,
     pub rows: u64,
-    pub file_name: &'a str,
-    pub workbook: &'a [u8],
+    /// The workbook's file name and bytes; `None` makes the mail a "no data" notice.
+    pub workbook: Option<(&'a str, &'a [u8])>,
     /// Unique per run and recipient group, so a receiving system can spot a duplicate.
     pub message_id: &'a str,
     pub date: DateTime<Utc>,
@@ -24,36 +24,54 @@ pub struct ReportMail<'a> {
 
 /// Renders the mail to RFC 5322 bytes.
 pub fn render(mail: &ReportMail) -> std::io::Result<Vec<u8>> {
-    let text = format!(
-        "Hello,\n\nattached is the {title} for {period} ({rows} rows, times in {tz}).\n\n\
-         This mail was sent by Charlie; reply to reach the operations team.\n",
-        title = mail.report_title,
-        period = mail.period,
-        rows = mail.rows,
-        tz = mail.time_zone,
-    );
+    const FOOTER: &str = "This mail was sent by Charlie; reply to reach the operations team.";
+    let (title, period, tz) = (mail.report_title, mail.period, mail.time_zone);
+    let (text, html) = match mail.workbook {
+        Some(_) => (
+            format!(
+                "Hello,\n\nattached is the {title} for {period} ({rows} rows, times in {tz}).\n\n{FOOTER}\n",
+                rows = mail.rows,
+            ),
+            format!(
+                "attached is the <b>{}</b> for <b>{}</b> ({} rows, times in {}).",
+                html_escape(title),
+                html_escape(period),
+                mail.rows,
+                html_escape(tz)
+            ),
+        ),
+        None => (
+            format!(
+                "Hello,\n\nthere was no data for the {title} for {period} (times in {tz}), so no \
+                 workbook is attached.\n\n{FOOTER}\n"
+            ),
+            format!(
+                "there was <b>no data</b> for the <b>{}</b> for <b>{}</b> (times in {}), so no \
+                 workbook is attached.",
+                html_escape(title),
+                html_escape(period),
+                html_escape(tz)
+            ),
+        ),
+    };
     let html = format!(
         "<!doctype html><html><body style=\"font-family:Segoe UI,Arial,sans-serif\">\
-         <p>Hello,</p><p>attached is the <b>{title}</b> for <b>{period}</b> \
-         ({rows} rows, times in {tz}).</p>\
-         <p style=\"color:#666\">This mail was sent by Charlie; reply to reach the operations team.</p>\
-         </body></html>",
-        title = html_escape(mail.report_title),
-        period = html_escape(mail.period),
-        rows = mail.rows,
-        tz = html_escape(mail.time_zone),
+         <p>Hello,</p><p>{html}</p><p style=\"color:#666\">{FOOTER}</p></body></html>"
     );
     let to: Vec<&str> = mail.to.iter().map(String::as_str).collect();
-    MessageBuilder::new()
+    let message = MessageBuilder::new()
         .from(("Charlie reports", mail.from))
         .to(to)
         .subject(mail.subject)
         .message_id(mail.message_id)
         .date(mail.date.timestamp())
         .text_body(text)
-        .html_body(html)
-        .attachment(XLSX_CONTENT_TYPE, mail.file_name, mail.workbook)
-        .write_to_vec()
+        .html_body(html);
+    match mail.workbook {
+        Some((file_name, bytes)) => message.attachment(XLSX_CONTENT_TYPE, file_name, bytes),
+        None => message,
+    }
+    .write_to_vec()
 }
 
 fn html_escape(s: &str) -> String {
@@ -83,8 +101,7 @@ mod tests {
             period: "2024-03-14",
             time_zone: "Europe/London",
             rows: 42,
-            file_name: "call_centre_daily-2024-03-14.xlsx",
-            workbook: &workbook,
+            workbook: Some(("call_centre_daily-2024-03-14.xlsx", &workbook)),
             message_id: "run-1.group-1@charlie.example",
             date: "2024-03-15T06:00:00Z".parse().unwrap(),
         })
@@ -109,5 +126,31 @@ mod tests {
         );
         assert_eq!(att.content_type().unwrap().ctype(), "application");
         assert_eq!(att.contents(), &workbook[..]);
+    }
+
+    #[test]
+    fn a_no_data_notice_says_so_and_attaches_nothing() {
+        let to = vec!["a@contoso.example".to_owned()];
+        let bytes = render(&ReportMail {
+            from: "reports@charlie.example",
+            to: &to,
+            subject: "Daily for 2024-03-16",
+            report_title: "Daily",
+            period: "2024-03-16",
+            time_zone: "Europe/London",
+            rows: 0,
+            workbook: None,
+            message_id: "run-2.group-1@charlie.example",
+            date: "2024-03-17T06:00:00Z".parse().unwrap(),
+        })
+        .unwrap();
+        let msg = MessageParser::default().parse(&bytes).unwrap();
+        assert!(
+            msg.body_text(0)
+                .unwrap()
+                .contains("no data for the Daily for 2024-03-16")
+        );
+        assert!(msg.body_html(0).unwrap().contains("<b>no data</b>"));
+        assert_eq!(msg.attachment_count(), 0);
     }
 }

@@ -86,113 +86,140 @@ impl Acc {
 
 /// Builds one summary table. `summary` comes from validated definitions, so its columns exist.
 pub fn summarise(dataset: &Dataset, summary: &Summary, rows: &[Row]) -> SummaryTable {
-    let group_idx: Vec<usize> = summary
-        .group_by
-        .iter()
-        .map(|g| {
-            dataset
-                .column(g)
-                .map(|(i, _)| i)
-                .expect("validated group column")
-        })
-        .collect();
-    let measure_idx: Vec<Option<usize>> = summary
-        .measures
-        .iter()
-        .map(|m| {
-            m.column
-                .as_ref()
-                .and_then(|c| dataset.column(c))
-                .map(|(i, _)| i)
-        })
-        .collect();
-
-    let fresh = || vec![Acc::default(); summary.measures.len()];
-    let mut groups: BTreeMap<Vec<String>, Vec<Acc>> = BTreeMap::new();
-    let mut total = fresh();
+    let mut s = Summariser::new(dataset, summary);
     for row in rows {
-        let key: Vec<String> = group_idx
-            .iter()
-            .map(|&i| {
-                row[i]
-                    .as_ref()
-                    .map_or_else(|| summary.missing_group.clone(), Value::display)
-            })
-            .collect();
-        let accs = groups.entry(key).or_insert_with(fresh);
-        for (m, (measure, idx)) in summary.measures.iter().zip(&measure_idx).enumerate() {
-            let v = idx.and_then(|i| row[i].as_ref());
-            accs[m].add(v, measure.func);
-            total[m].add(v, measure.func);
-        }
+        s.add(row);
     }
+    s.finish()
+}
 
-    let finish = |group: Vec<String>, accs: &[Acc]| {
-        let mut values: Vec<Option<f64>> = summary
-            .measures
-            .iter()
-            .zip(accs)
-            .map(|(m, a)| a.value(m.func))
-            .collect();
-        for (i, m) in summary.measures.iter().enumerate() {
-            if m.func != MeasureFn::Ratio {
-                continue;
-            }
-            let at = |label: &Option<String>| {
-                label
-                    .as_ref()
-                    .and_then(|l| summary.measures.iter().position(|x| &x.label == l))
-                    .and_then(|j| values[j])
-            };
-            values[i] = match (at(&m.numerator), at(&m.denominator)) {
-                (Some(n), Some(d)) if d != 0.0 => Some(n / d),
-                _ => None,
-            };
-        }
-        SummaryRow { group, values }
-    };
+/// A summary table built a row at a time, so that rows need not be kept.
+pub struct Summariser<'a> {
+    summary: &'a Summary,
+    group_idx: Vec<usize>,
+    measure_idx: Vec<Option<usize>>,
+    groups: BTreeMap<Vec<String>, Vec<Acc>>,
+    total: Vec<Acc>,
+    /// The current row's group, reused: a known group costs no allocation.
+    key: Vec<String>,
+}
 
-    let mut total_label = vec![String::new(); group_idx.len()];
-    if let Some(first) = total_label.first_mut() {
-        *first = "Total".to_owned();
-    }
-    SummaryTable {
-        title: summary.title.clone(),
-        group_headers: summary.group_by.clone(),
-        measure_headers: summary.measures.iter().map(|m| m.label.clone()).collect(),
-        kinds: summary
-            .measures
-            .iter()
-            .map(|m| match m.func {
-                MeasureFn::Count | MeasureFn::CountPresent | MeasureFn::Distinct => {
-                    MeasureKind::Count
-                }
-                MeasureFn::Ratio => MeasureKind::Ratio,
-                _ => MeasureKind::Number,
-            })
-            .collect(),
-        color_scale: summary.measures.iter().map(|m| m.color_scale).collect(),
-        chart: summary.chart.as_ref().map(|c| TableChart {
-            kind: c.kind,
-            measures: c
+impl<'a> Summariser<'a> {
+    /// `summary` comes from validated definitions of `dataset`, so its columns exist.
+    pub fn new(dataset: &Dataset, summary: &'a Summary) -> Self {
+        let column = |c: &str| dataset.column(c).map(|(i, _)| i);
+        Summariser {
+            summary,
+            group_idx: summary
+                .group_by
+                .iter()
+                .map(|g| column(g).expect("validated group column"))
+                .collect(),
+            measure_idx: summary
                 .measures
                 .iter()
-                .filter_map(|l| summary.measures.iter().position(|m| &m.label == l))
+                .map(|m| m.column.as_deref().and_then(column))
                 .collect(),
-            title: c.title.clone().unwrap_or_else(|| summary.title.clone()),
-        }),
-        rows: {
-            // Groups with no value (e.g. calls never routed to an agent) go last.
-            let (missing, known): (Vec<_>, Vec<_>) = groups
+            groups: BTreeMap::new(),
+            total: vec![Acc::default(); summary.measures.len()],
+            key: vec![String::new(); summary.group_by.len()],
+        }
+    }
+
+    pub fn add(&mut self, row: &Row) {
+        let summary = self.summary;
+        for (k, &i) in self.key.iter_mut().zip(&self.group_idx) {
+            k.clear();
+            match &row[i] {
+                Some(v) => v.write_display(k),
+                None => k.push_str(&summary.missing_group),
+            }
+        }
+        if !self.groups.contains_key(self.key.as_slice()) {
+            self.groups.insert(
+                self.key.clone(),
+                vec![Acc::default(); summary.measures.len()],
+            );
+        }
+        let accs = self
+            .groups
+            .get_mut(self.key.as_slice())
+            .expect("inserted above");
+        for (m, (measure, idx)) in summary.measures.iter().zip(&self.measure_idx).enumerate() {
+            let v = idx.and_then(|i| row[i].as_ref());
+            accs[m].add(v, measure.func);
+            self.total[m].add(v, measure.func);
+        }
+    }
+
+    pub fn finish(self) -> SummaryTable {
+        let summary = self.summary;
+        let finish = |group: Vec<String>, accs: &[Acc]| {
+            let mut values: Vec<Option<f64>> = summary
+                .measures
                 .iter()
-                .partition(|(k, _)| k.iter().all(|v| *v == summary.missing_group));
-            known
+                .zip(accs)
+                .map(|(m, a)| a.value(m.func))
+                .collect();
+            for (i, m) in summary.measures.iter().enumerate() {
+                if m.func != MeasureFn::Ratio {
+                    continue;
+                }
+                let at = |label: &Option<String>| {
+                    label
+                        .as_ref()
+                        .and_then(|l| summary.measures.iter().position(|x| &x.label == l))
+                        .and_then(|j| values[j])
+                };
+                values[i] = match (at(&m.numerator), at(&m.denominator)) {
+                    (Some(n), Some(d)) if d != 0.0 => Some(n / d),
+                    _ => None,
+                };
+            }
+            SummaryRow { group, values }
+        };
+
+        let mut total_label = vec![String::new(); self.group_idx.len()];
+        if let Some(first) = total_label.first_mut() {
+            *first = "Total".to_owned();
+        }
+        // Groups with no value (e.g. calls never routed to an agent) go last.
+        let (missing, known): (Vec<_>, Vec<_>) = self
+            .groups
+            .into_iter()
+            .partition(|(k, _)| k.iter().all(|v| *v == summary.missing_group));
+        SummaryTable {
+            title: summary.title.clone(),
+            group_headers: summary.group_by.clone(),
+            measure_headers: summary.measures.iter().map(|m| m.label.clone()).collect(),
+            kinds: summary
+                .measures
+                .iter()
+                .map(|m| match m.func {
+                    MeasureFn::Count | MeasureFn::CountPresent | MeasureFn::Distinct => {
+                        MeasureKind::Count
+                    }
+                    MeasureFn::Ratio => MeasureKind::Ratio,
+                    _ => MeasureKind::Number,
+                })
+                .collect(),
+            color_scale: summary.measures.iter().map(|m| m.color_scale).collect(),
+            chart: summary.chart.as_ref().map(|c| TableChart {
+                kind: c.kind,
+                measures: c
+                    .measures
+                    .iter()
+                    .filter_map(|l| summary.measures.iter().position(|m| &m.label == l))
+                    .collect(),
+                title: c.title.clone().unwrap_or_else(|| summary.title.clone()),
+            }),
+            rows: known
                 .into_iter()
                 .chain(missing)
-                .map(|(k, a)| finish(k.clone(), a))
-                .collect()
-        },
-        total: finish(total_label, &total),
+                .map(|(k, a)| finish(k, &a))
+                .collect(),
+            total: finish(total_label, &self.total),
+        }
     }
 }
 

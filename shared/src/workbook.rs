@@ -9,7 +9,7 @@ use rust_xlsxwriter::{
 };
 
 use crate::definitions::{ChartKind, ColumnType, Dataset, Report};
-use crate::summary::{MeasureKind, SummaryTable, summarise};
+use crate::summary::{MeasureKind, Summariser, SummaryTable};
 use crate::value::{Row, Value};
 
 /// Excel's limits.
@@ -45,9 +45,12 @@ pub struct BuiltWorkbook {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not write the workbook: {0}")]
-pub struct WorkbookError(#[from] XlsxError);
-
+pub enum WorkbookError {
+    #[error("could not write the workbook: {0}")]
+    Xlsx(#[from] XlsxError),
+    #[error("rows of dataset {0} came after a later dataset's: datasets are written in order")]
+    OutOfOrder(String),
+}
 struct Styles {
     title: Format,
     header: Format,
@@ -92,112 +95,374 @@ impl Styles {
     }
 }
 
-/// Builds the workbook in memory.
+/// Builds the workbook in memory from rows already loaded (see [`ReportWorkbook`] to stream).
 pub fn build(input: &WorkbookInput) -> Result<BuiltWorkbook, WorkbookError> {
-    write(input, &summaries(input))
+    let datasets: Vec<(&str, &Dataset)> =
+        input.datasets.iter().map(|d| (d.name, d.dataset)).collect();
+    let mut wb = ReportWorkbook::new(
+        input.report_name,
+        input.report,
+        &datasets,
+        input.period,
+        input.generated_at,
+    )?;
+    for (i, d) in input.datasets.iter().enumerate() {
+        wb.add_source_mails(i, d.source_mails);
+        for row in d.rows {
+            wb.aggregate(i, row);
+            wb.write_row(i, row)?;
+        }
+    }
+    wb.finish()?.into_bytes()
 }
 
-/// The report's summary tables over the input's rows (the aggregation phase).
-pub fn summaries(input: &WorkbookInput) -> Vec<SummaryTable> {
-    input
-        .report
-        .summaries
-        .iter()
-        .filter_map(|s| {
-            let d = input.datasets.iter().find(|d| d.name == s.dataset)?;
-            Some(summarise(d.dataset, s, d.rows))
-        })
-        .collect()
+/// One dataset's part of a workbook being written.
+struct DatasetPart<'a> {
+    name: &'a str,
+    dataset: &'a Dataset,
+    /// Index of each summary over this dataset in the report's list.
+    summaries: Vec<(usize, Summariser<'a>)>,
+    /// Worksheet indexes of its raw sheets (more than one past Excel's row limit).
+    sheets: Vec<usize>,
+    /// Rows on its last sheet, and in all.
+    sheet_rows: u32,
+    rows: u64,
+    source_mails: usize,
+    widths: Vec<usize>,
+    cut_cells: u64,
 }
 
-/// Writes the workbook with summary tables already computed (the write phase).
-pub fn write(
-    input: &WorkbookInput,
-    tables: &[SummaryTable],
-) -> Result<BuiltWorkbook, WorkbookError> {
-    let styles = Styles::new();
-    let mut wb = Workbook::new();
-    // Excel's own level: about 30% faster to save than zlib's default 6, files about 5% larger.
-    wb.set_zip_compression_level(3);
-    let mut sheets = Vec::new();
-    let mut warnings = Vec::new();
-    let total_rows: u64 = input.datasets.iter().map(|d| d.rows.len() as u64).sum();
+/// A report workbook written as its rows arrive: raw sheets stream to disk in constant-memory
+/// mode and summaries are aggregated on the fly, so no row is kept and memory stays flat
+/// whatever the period's size. Datasets are written in the report's order (all rows of the
+/// first, then the second…); the Summary sheet comes first in the workbook but is filled in by
+/// [`ReportWorkbook::finish`].
+pub struct ReportWorkbook<'a> {
+    wb: Workbook,
+    styles: Styles,
+    report_name: &'a str,
+    report: &'a Report,
+    period: String,
+    generated_at: DateTime<Utc>,
+    parts: Vec<DatasetPart<'a>>,
+    /// Datasets whose sheets exist; writing goes to the last of them.
+    opened: usize,
+    sheet_names: Vec<String>,
+}
 
-    // Summary first: it is what people open the workbook for.
-    {
+impl<'a> ReportWorkbook<'a> {
+    /// `datasets`: the report's datasets, in order, with their definitions.
+    pub fn new(
+        report_name: &'a str,
+        report: &'a Report,
+        datasets: &[(&'a str, &'a Dataset)],
+        period: &str,
+        generated_at: DateTime<Utc>,
+    ) -> Result<Self, WorkbookError> {
+        let mut wb = Workbook::new();
+        // Excel's own level: about 30% faster to save than zlib's default 6, files ~5% larger.
+        wb.set_zip_compression_level(3);
+        // Summary first: it is what people open the workbook for.
         let ws = wb.add_worksheet();
         ws.set_name("Summary")?;
-        // Printed, the summary fits the page width.
-        ws.set_landscape();
-        ws.set_print_fit_to_pages(1, 0);
-        write_summary(ws, &styles, input, tables, total_rows)?;
-        sheets.push("Summary".to_owned());
+        let parts = datasets
+            .iter()
+            .map(|&(name, dataset)| DatasetPart {
+                name,
+                dataset,
+                summaries: report
+                    .summaries
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.dataset == name)
+                    .map(|(i, s)| (i, Summariser::new(dataset, s)))
+                    .collect(),
+                sheets: Vec::new(),
+                sheet_rows: 0,
+                rows: 0,
+                source_mails: 0,
+                widths: dataset
+                    .columns
+                    .iter()
+                    .map(|c| c.name.chars().count())
+                    .collect(),
+                cut_cells: 0,
+            })
+            .collect();
+        Ok(ReportWorkbook {
+            wb,
+            styles: Styles::new(),
+            report_name,
+            report,
+            period: period.to_owned(),
+            generated_at,
+            parts,
+            opened: 0,
+            sheet_names: vec!["Summary".to_owned()],
+        })
     }
 
-    for d in &input.datasets {
-        // Excel's row limit: continue on "name (2)", "name (3)", ... each with its own header.
-        let per_sheet = (MAX_SHEET_ROWS - 1) as usize;
-        let chunks: Vec<&[Row]> = if d.rows.is_empty() {
-            vec![&[]]
-        } else {
-            d.rows.chunks(per_sheet).collect()
-        };
-        for (n, chunk) in chunks.iter().enumerate() {
-            let name = if n == 0 {
-                sheet_name(d.name)
-            } else {
-                sheet_name(&format!("{} ({})", d.name, n + 1))
+    /// Renames the period (shown on the Summary and About sheets), e.g. once the rows have
+    /// told which days they cover.
+    pub fn set_period(&mut self, period: &str) {
+        self.period = period.to_owned();
+    }
+
+    /// Counts mails whose rows dataset `i` holds (for the Summary and About sheets).
+    pub fn add_source_mails(&mut self, i: usize, mails: usize) {
+        self.parts[i].source_mails += mails;
+    }
+
+    /// Adds a row of dataset `i` to its summaries (the aggregation phase).
+    pub fn aggregate(&mut self, i: usize, row: &Row) {
+        for (_, s) in &mut self.parts[i].summaries {
+            s.add(row);
+        }
+    }
+
+    /// Writes a row of dataset `i` to its raw sheet (the write phase). Rows past Excel's limit
+    /// continue on `name (2)`, `name (3)`…, each with its own header.
+    pub fn write_row(&mut self, i: usize, row: &Row) -> Result<(), WorkbookError> {
+        if i + 1 < self.opened {
+            return Err(WorkbookError::OutOfOrder(self.parts[i].name.to_owned()));
+        }
+        while self.opened <= i {
+            self.open_sheet(self.opened)?;
+            self.opened += 1;
+        }
+        if self.parts[i].sheet_rows == MAX_SHEET_ROWS - 1 {
+            self.open_sheet(i)?;
+        }
+        let part = &mut self.parts[i];
+        let index = *part.sheets.last().expect("opened above");
+        let ws = self.wb.worksheet_from_index(index)?;
+        part.sheet_rows += 1;
+        part.rows += 1;
+        let r = part.sheet_rows;
+        for (c, v) in row.iter().enumerate() {
+            let c16 = c as u16;
+            let len = match v {
+                None => 0,
+                Some(Value::Text(s)) => {
+                    if s.len() > MAX_CELL_CHARS && s.chars().count() > MAX_CELL_CHARS {
+                        part.cut_cells += 1;
+                        ws.write_string(r, c16, truncate_cell(s))?;
+                    } else {
+                        ws.write_string(r, c16, s.as_str())?;
+                    }
+                    // Widest line, by characters; bytes bound it, so short texts skip the count.
+                    if s.len() <= part.widths[c] {
+                        0
+                    } else {
+                        s.lines().map(|l| l.chars().count()).max().unwrap_or(0)
+                    }
+                }
+                Some(Value::Int(n)) => {
+                    ws.write_number(r, c16, *n as f64)?;
+                    digits(*n) + 2
+                }
+                Some(v @ Value::Dec(d)) => {
+                    ws.write_number(r, c16, *d)?;
+                    v.display().len() + 2
+                }
+                Some(Value::Bool(b)) => {
+                    ws.write_boolean(r, c16, *b)?;
+                    if *b { 6 } else { 7 }
+                }
+                Some(Value::DateTime(t)) => {
+                    ws.write_number(r, c16, excel_serial(*t))?;
+                    19
+                }
+                Some(Value::Date(d)) => {
+                    ws.write_number(r, c16, excel_serial(d.and_time(Default::default())))?;
+                    10
+                }
             };
-            let ws = wb.add_worksheet_with_constant_memory()?;
-            ws.set_name(&name)?;
-            write_raw(ws, &styles, d.dataset, chunk, &mut warnings)?;
-            sheets.push(name);
+            if len > part.widths[c] {
+                part.widths[c] = len.min(MAX_COLUMN_WIDTH);
+            }
         }
-        if chunks.len() > 1 {
-            warnings.push(format!(
-                "{} has {} rows, more than one sheet holds: continued on {} sheets",
-                d.name,
-                d.rows.len(),
-                chunks.len()
-            ));
-        }
+        Ok(())
     }
 
-    let ws = wb.add_worksheet();
-    ws.set_name("About")?;
-    write_about(ws, &styles, input, total_rows, &warnings)?;
-    sheets.push("About".to_owned());
+    /// Opens a (further) raw sheet for dataset `i`: header, frozen, number formats on columns.
+    fn open_sheet(&mut self, i: usize) -> Result<(), WorkbookError> {
+        let part = &mut self.parts[i];
+        let name = match part.sheets.len() {
+            0 => sheet_name(part.name),
+            n => sheet_name(&format!("{} ({})", part.name, n + 1)),
+        };
+        let st = &self.styles;
+        let ws = self.wb.add_worksheet_with_constant_memory()?;
+        ws.set_name(&name)?;
+        let cols = &part.dataset.columns;
+        for (c, col) in cols.iter().enumerate() {
+            ws.write_string_with_format(0, c as u16, &col.name, &st.header)?;
+            // Number formats go on the columns: cells written without a format take their
+            // column's, which spares the writer a format lookup for every numeric cell.
+            let is_key = part
+                .dataset
+                .key
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&col.name));
+            let format = match col.kind {
+                ColumnType::Integer | ColumnType::Duration if is_key => &st.id_integer,
+                ColumnType::Integer | ColumnType::Duration => &st.integer,
+                ColumnType::Decimal => &st.decimal,
+                ColumnType::Datetime => &st.datetime,
+                ColumnType::Date => &st.date,
+                ColumnType::Text | ColumnType::Boolean => continue,
+            };
+            ws.set_column_format(c as u16, format)?;
+        }
+        ws.set_freeze_panes(1, 0)?;
+        part.sheets.push(self.sheet_names.len());
+        part.sheet_rows = 0;
+        self.sheet_names.push(name);
+        Ok(())
+    }
 
-    Ok(BuiltWorkbook {
-        bytes: wb.save_to_buffer()?,
-        sheets,
-        rows: total_rows,
-        warnings,
-    })
+    /// Completes the workbook: summary tables, column widths and filters, the About sheet.
+    pub fn finish(mut self) -> Result<FinishedWorkbook, WorkbookError> {
+        // Every dataset has a sheet, even an empty one.
+        while self.opened < self.parts.len() {
+            self.open_sheet(self.opened)?;
+            self.opened += 1;
+        }
+        let mut warnings = Vec::new();
+        let mut tables: Vec<(usize, SummaryTable)> = Vec::new();
+        for part in &mut self.parts {
+            let width = |w: usize| (w + 2).min(MAX_COLUMN_WIDTH) as f64;
+            let last_col = (part.dataset.columns.len().max(1) - 1) as u16;
+            let sheets = part.sheets.len();
+            for (n, &index) in part.sheets.iter().enumerate() {
+                let rows = if n + 1 == sheets {
+                    part.sheet_rows
+                } else {
+                    MAX_SHEET_ROWS - 1
+                };
+                let ws = self.wb.worksheet_from_index(index)?;
+                for (c, w) in part.widths.iter().enumerate() {
+                    ws.set_column_width(c as u16, width(*w))?;
+                }
+                ws.autofilter(0, 0, rows, last_col)?;
+            }
+            if sheets > 1 {
+                warnings.push(format!(
+                    "{} has {} rows, more than one sheet holds: continued on {sheets} sheets",
+                    part.name, part.rows
+                ));
+            }
+            if part.cut_cells > 0 {
+                warnings.push(format!(
+                    "{} cell(s) in {} were longer than Excel's {MAX_CELL_CHARS} characters and were cut",
+                    part.cut_cells, part.dataset.description
+                ));
+            }
+            tables.extend(part.summaries.drain(..).map(|(i, s)| (i, s.finish())));
+        }
+        tables.sort_by_key(|(i, _)| *i);
+        let tables: Vec<SummaryTable> = tables.into_iter().map(|(_, t)| t).collect();
+        let total_rows: u64 = self.parts.iter().map(|p| p.rows).sum();
+        let mails: usize = self.parts.iter().map(|p| p.source_mails).sum();
+        let heading = SummaryHeading {
+            title: format!("{} — {}", self.report.title, self.period),
+            note: format!(
+                "{total_rows} rows from {mails} mail(s); times in {}",
+                self.report.time_zone.0.name()
+            ),
+        };
+        {
+            let ws = self.wb.worksheet_from_index(0)?;
+            // Printed, the summary fits the page width.
+            ws.set_landscape();
+            ws.set_print_fit_to_pages(1, 0);
+            write_summary(ws, &self.styles, &heading, &tables)?;
+        }
+        let about = AboutFacts {
+            report: format!("{} ({})", self.report.title, self.report_name),
+            period: &self.period,
+            time_zone: self.report.time_zone.0.name(),
+            generated_at: self.generated_at,
+            total_rows,
+            datasets: self
+                .parts
+                .iter()
+                .map(|p| (p.name, p.rows, p.source_mails))
+                .collect(),
+            warnings: &warnings,
+        };
+        let ws = self.wb.add_worksheet();
+        ws.set_name("About")?;
+        write_about(ws, &self.styles, &about)?;
+        self.sheet_names.push("About".to_owned());
+        Ok(FinishedWorkbook {
+            wb: self.wb,
+            sheets: self.sheet_names,
+            rows: total_rows,
+            warnings,
+        })
+    }
+}
+
+/// A completed workbook, to be saved: compressing it is most of the write phase.
+pub struct FinishedWorkbook {
+    wb: Workbook,
+    pub sheets: Vec<String>,
+    pub rows: u64,
+    pub warnings: Vec<String>,
+}
+
+impl FinishedWorkbook {
+    pub fn into_bytes(mut self) -> Result<BuiltWorkbook, WorkbookError> {
+        Ok(BuiltWorkbook {
+            bytes: self.wb.save_to_buffer()?,
+            sheets: self.sheets,
+            rows: self.rows,
+            warnings: self.warnings,
+        })
+    }
+
+    /// Saves to a file, streaming (the workbook is never whole in memory).
+    pub fn save(mut self, path: &std::path::Path) -> Result<Saved, WorkbookError> {
+        self.wb.save(path)?;
+        Ok(Saved {
+            sheets: self.sheets,
+            rows: self.rows,
+            warnings: self.warnings,
+        })
+    }
+}
+
+/// What [`FinishedWorkbook::save`] wrote.
+#[derive(Debug)]
+pub struct Saved {
+    pub sheets: Vec<String>,
+    pub rows: u64,
+    pub warnings: Vec<String>,
+}
+
+fn digits(n: i64) -> usize {
+    let sign = usize::from(n < 0);
+    sign + n
+        .unsigned_abs()
+        .checked_ilog10()
+        .map_or(1, |d| d as usize + 1)
+}
+
+struct SummaryHeading {
+    title: String,
+    note: String,
 }
 
 fn write_summary(
     ws: &mut Worksheet,
     st: &Styles,
-    input: &WorkbookInput,
+    heading: &SummaryHeading,
     tables: &[SummaryTable],
-    total_rows: u64,
 ) -> Result<(), XlsxError> {
-    ws.write_string_with_format(
-        0,
-        0,
-        format!("{} — {}", input.report.title, input.period),
-        &st.title,
-    )?;
-    let mails: usize = input.datasets.iter().map(|d| d.source_mails).sum();
-    ws.write_string(
-        1,
-        0,
-        format!(
-            "{total_rows} rows from {mails} mail(s); times in {}",
-            input.report.time_zone.0.name()
-        ),
-    )?;
+    ws.write_string_with_format(0, 0, &heading.title, &st.title)?;
+    ws.write_string(1, 0, &heading.note)?;
     let mut widths: Vec<usize> = vec![12; 2];
     let mut r: u32 = 3;
     for t in tables {
@@ -297,96 +562,6 @@ fn widen(widths: &mut Vec<usize>, col: usize, len: usize) {
     widths[col] = widths[col].max(len);
 }
 
-fn write_raw(
-    ws: &mut Worksheet,
-    st: &Styles,
-    dataset: &Dataset,
-    rows: &[Row],
-    warnings: &mut Vec<String>,
-) -> Result<(), XlsxError> {
-    let cols = &dataset.columns;
-    // Widths from header and data, capped; set before writing (constant-memory mode).
-    let mut widths: Vec<usize> = cols.iter().map(|c| c.name.chars().count()).collect();
-    for row in rows {
-        for (i, v) in row.iter().enumerate() {
-            let len = match v {
-                None => 0,
-                Some(Value::DateTime(_)) => 19,
-                Some(Value::Date(_)) => 10,
-                Some(Value::Text(s)) => s.lines().map(|l| l.chars().count()).max().unwrap_or(0),
-                Some(v) => v.display().len() + 2,
-            };
-            widths[i] = widths[i].max(len.min(MAX_COLUMN_WIDTH));
-        }
-    }
-    for (c, w) in widths.iter().enumerate() {
-        ws.set_column_width(c as u16, (*w + 2).min(MAX_COLUMN_WIDTH) as f64)?;
-    }
-    for (c, col) in cols.iter().enumerate() {
-        ws.write_string_with_format(0, c as u16, &col.name, &st.header)?;
-    }
-    ws.set_freeze_panes(1, 0)?;
-    ws.autofilter(0, 0, rows.len() as u32, (cols.len().max(1) - 1) as u16)?;
-
-    // Number formats go on the columns, once: cells written without a format take their
-    // column's, which spares the writer a format lookup for every numeric cell.
-    for (c, col) in cols.iter().enumerate() {
-        let is_key = dataset
-            .key
-            .iter()
-            .any(|k| k.eq_ignore_ascii_case(&col.name));
-        let format = match col.kind {
-            ColumnType::Integer | ColumnType::Duration if is_key => &st.id_integer,
-            ColumnType::Integer | ColumnType::Duration => &st.integer,
-            ColumnType::Decimal => &st.decimal,
-            ColumnType::Datetime => &st.datetime,
-            ColumnType::Date => &st.date,
-            ColumnType::Text | ColumnType::Boolean => continue,
-        };
-        ws.set_column_format(c as u16, format)?;
-    }
-    let mut cut = 0u64;
-    for (r, row) in rows.iter().enumerate() {
-        let r = r as u32 + 1;
-        for (c, v) in row.iter().enumerate() {
-            let c16 = c as u16;
-            match v {
-                None => {}
-                Some(Value::Text(s)) => {
-                    if s.chars().count() > MAX_CELL_CHARS {
-                        cut += 1;
-                        ws.write_string(r, c16, truncate_cell(s))?;
-                    } else {
-                        ws.write_string(r, c16, s.as_str())?;
-                    }
-                }
-                Some(Value::Int(i)) => {
-                    ws.write_number(r, c16, *i as f64)?;
-                }
-                Some(Value::Dec(d)) => {
-                    ws.write_number(r, c16, *d)?;
-                }
-                Some(Value::Bool(b)) => {
-                    ws.write_boolean(r, c16, *b)?;
-                }
-                Some(Value::DateTime(t)) => {
-                    ws.write_number(r, c16, excel_serial(*t))?;
-                }
-                Some(Value::Date(d)) => {
-                    ws.write_number(r, c16, excel_serial(d.and_time(Default::default())))?;
-                }
-            }
-        }
-    }
-    if cut > 0 {
-        warnings.push(format!(
-            "{cut} cell(s) in {} were longer than Excel's {MAX_CELL_CHARS} characters and were cut",
-            dataset.description
-        ));
-    }
-    Ok(())
-}
-
 fn truncate_cell(s: &str) -> String {
     let keep = MAX_CELL_CHARS - TRUNCATION_MARKER.chars().count();
     let mut out: String = s.chars().take(keep).collect();
@@ -394,37 +569,33 @@ fn truncate_cell(s: &str) -> String {
     out
 }
 
-fn write_about(
-    ws: &mut Worksheet,
-    st: &Styles,
-    input: &WorkbookInput,
+struct AboutFacts<'a> {
+    report: String,
+    period: &'a str,
+    time_zone: &'a str,
+    generated_at: DateTime<Utc>,
     total_rows: u64,
-    warnings: &[String],
-) -> Result<(), XlsxError> {
+    /// Name, rows, source mails.
+    datasets: Vec<(&'a str, u64, usize)>,
+    warnings: &'a [String],
+}
+
+fn write_about(ws: &mut Worksheet, st: &Styles, facts: &AboutFacts) -> Result<(), XlsxError> {
+    let warnings = facts.warnings;
     let mut lines: Vec<(String, String)> = vec![
-        (
-            "Report".into(),
-            format!("{} ({})", input.report.title, input.report_name),
-        ),
-        ("Period".into(), input.period.to_owned()),
-        (
-            "Time zone".into(),
-            input.report.time_zone.0.name().to_owned(),
-        ),
+        ("Report".into(), facts.report.clone()),
+        ("Period".into(), facts.period.to_owned()),
+        ("Time zone".into(), facts.time_zone.to_owned()),
         (
             "Generated at (UTC)".into(),
-            input.generated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            facts.generated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         ),
-        ("Rows".into(), total_rows.to_string()),
+        ("Rows".into(), facts.total_rows.to_string()),
     ];
-    for d in &input.datasets {
+    for (name, rows, mails) in &facts.datasets {
         lines.push((
-            format!("Dataset {}", d.name),
-            format!(
-                "{} rows from {} source mail(s)",
-                d.rows.len(),
-                d.source_mails
-            ),
+            format!("Dataset {name}"),
+            format!("{rows} rows from {mails} source mail(s)"),
         ));
     }
     if warnings.is_empty() {

@@ -171,14 +171,35 @@ impl RowStore {
         dataset: &Dataset,
         date: NaiveDate,
     ) -> anyhow::Result<Vec<StoredRow>> {
+        let mut rows = Vec::new();
+        self.each_row_of_day(dataset_name, dataset, date, |r| {
+            rows.push(r);
+            Ok(())
+        })
+        .await?;
+        Ok(rows)
+    }
+
+    /// Hands every stored row of `dataset` on `date` to `each`, in key order, a page at a time:
+    /// memory holds one page (at most 1 MB of items), whatever the day's size.
+    pub async fn each_row_of_day(
+        &self,
+        dataset_name: &str,
+        dataset: &Dataset,
+        date: NaiveDate,
+        mut each: impl FnMut(StoredRow) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let pk = partition_key(dataset_name, date);
-        self.partition(&pk, None)
-            .await?
-            .iter()
-            .map(|item| {
-                from_item(dataset, item).with_context(|| format!("reading a stored row of {pk}"))
-            })
-            .collect()
+        self.partition_pages(&pk, None, |items| {
+            for item in &items {
+                each(
+                    from_item(dataset, item)
+                        .with_context(|| format!("reading a stored row of {pk}"))?,
+                )?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Every item of partition `pk`, all pages, with only `projection`'s attributes if given.
@@ -188,6 +209,21 @@ impl RowStore {
         projection: Option<&str>,
     ) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
         let mut items = Vec::new();
+        self.partition_pages(pk, projection, |page| {
+            items.extend(page);
+            Ok(())
+        })
+        .await?;
+        Ok(items)
+    }
+
+    /// Hands each page of partition `pk` to `on_page`, following `LastEvaluatedKey`.
+    async fn partition_pages(
+        &self,
+        pk: &str,
+        projection: Option<&str>,
+        mut on_page: impl FnMut(Vec<HashMap<String, AttributeValue>>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let mut start: Option<HashMap<String, AttributeValue>> = None;
         loop {
             let page = self
@@ -201,10 +237,10 @@ impl RowStore {
                 .send()
                 .await
                 .with_context(|| format!("querying rows of {pk}"))?;
-            items.extend(page.items.unwrap_or_default());
+            on_page(page.items.unwrap_or_default())?;
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(items),
+                _ => return Ok(()),
             }
         }
     }

@@ -99,11 +99,16 @@ impl Mailer {
     }
 
     async fn deliver(&self, req: &MailRequest, group: &str) -> anyhow::Result<(String, usize)> {
-        let workbook = self
-            .objects
-            .get(&req.workbook_key, req.workbook_version.as_deref())
-            .await?;
-        let file_name = req.workbook_key.rsplit('/').next().unwrap_or("report.xlsx");
+        // A request without a workbook is a "no data" notice.
+        let workbook = match &req.workbook_key {
+            Some(key) => Some((
+                key.rsplit('/').next().unwrap_or("report.xlsx"),
+                self.objects
+                    .get(key, req.workbook_version.as_deref())
+                    .await?,
+            )),
+            None => None,
+        };
         let domain = self.sender.rsplit('@').next().unwrap_or("charlie.local");
         let message_id = format!(
             "{}.{group}@{domain}",
@@ -120,8 +125,9 @@ impl Mailer {
             period: &req.period,
             time_zone: &req.time_zone,
             rows: req.rows,
-            file_name,
-            workbook: &workbook,
+            workbook: workbook
+                .as_ref()
+                .map(|(name, bytes)| (*name, bytes.as_slice())),
             message_id: &message_id,
             date: Utc::now(),
         })

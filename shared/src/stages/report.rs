@@ -1,14 +1,22 @@
 //! report-builder: builds one report's workbook for one period, stores it in S3, records the run
-//! and queues it for the mailer. A run is claimed first: the same scheduled firing delivered
-//! twice (Scheduler is at-least-once) builds and mails once.
+//! and queues it for the mailer.
+//!
+//! - A run is claimed first (`RUN#{run_id}`): the same scheduled firing delivered twice
+//!   (Scheduler is at-least-once) builds and mails once.
+//! - Runs of the same report and period hold a lock (`LOCK#{report}#{period}`) while they build,
+//!   so two never build at the same time; the second fails transiently and SQS retries it later.
+//!   A re-run of a period writes a new S3 version and mails that one, never the old one again.
+//! - Rows stream from DynamoDB a page at a time into the workbook (raw sheets in constant-memory
+//!   mode, summaries aggregated on the fly): memory does not grow with the period's size
+//!   beyond the finished workbook's bytes.
 
 use std::collections::BTreeSet;
 
 use anyhow::{Context, bail};
-use chrono::{NaiveDate, Utc};
+use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::adapters::aws::AwsClients;
 use crate::adapters::queue::Queue;
@@ -16,10 +24,9 @@ use crate::adapters::state::Claim;
 use crate::definitions::OnEmpty;
 use crate::env::Env;
 use crate::messages::{MailRequest, ReportTrigger};
-use crate::period::previous_day;
+use crate::period::Period;
 use crate::report_mail::XLSX_CONTENT_TYPE;
-use crate::value::Row;
-use crate::workbook::{DatasetRows, WorkbookInput, build};
+use crate::workbook::ReportWorkbook;
 
 use super::Common;
 
@@ -34,7 +41,8 @@ pub struct RunRecord {
     pub run_id: String,
     pub report: String,
     pub period: String,
-    /// `built`, `skipped_empty`, or (for a repeated trigger) the status of the earlier run.
+    /// `built`, `skipped_empty`, `notice_sent` (empty period, "no data" mail queued) or
+    /// `failed`; a repeated trigger returns the earlier run's record.
     pub status: String,
     pub rows: u64,
     #[serde(default)]
@@ -54,6 +62,9 @@ pub struct RunRecord {
     /// True when this invocation found the run already done and did nothing.
     #[serde(default)]
     pub repeated: bool,
+    /// Why a failed run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl ReportBuilder {
@@ -66,46 +77,35 @@ impl ReportBuilder {
 
     pub async fn run(&self, trigger: ReportTrigger) -> anyhow::Result<RunRecord> {
         let defs = &self.common.definitions;
-        let (report_name, date, run_id) = match &trigger {
-            ReportTrigger::Scheduled {
-                report,
-                scheduled_time,
-                ..
-            } => {
-                let def = defs
-                    .reports
-                    .get(report)
-                    .with_context(|| format!("unknown report {report:?}"))?;
-                let date = previous_day(*scheduled_time, def.time_zone.0);
-                (
-                    report.clone(),
-                    date,
-                    format!(
-                        "{report}.{date}.scheduled.{}",
-                        scheduled_time.format("%Y%m%dT%H%M%SZ")
-                    ),
-                )
+        let report_name = match &trigger {
+            ReportTrigger::Scheduled { report, .. } | ReportTrigger::Run { report, .. } => report,
+        };
+        let def = defs
+            .reports
+            .get(report_name)
+            .with_context(|| format!("unknown report {report_name:?}"))?;
+        let (period, run_id) = match &trigger {
+            ReportTrigger::Scheduled { scheduled_time, .. } => {
+                let period = Period::previous(def.period, *scheduled_time, def.time_zone.0);
+                let at = scheduled_time.format("%Y%m%dT%H%M%SZ");
+                (period, format!("{report_name}.{period}.scheduled.{at}"))
             }
-            ReportTrigger::Run {
-                report,
-                date,
-                run_id,
-                ..
-            } => (
-                report.clone(),
-                *date,
+            ReportTrigger::Run { period, run_id, .. } => (
+                *period,
                 run_id.clone().unwrap_or_else(|| {
-                    format!("{report}.{date}.request.{}", super::new_correlation_id())
+                    format!(
+                        "{report_name}.{period}.request.{}",
+                        super::new_correlation_id()
+                    )
                 }),
             ),
         };
-        let span = tracing::info_span!("run", run_id, report = report_name, period = %date);
+        let span = tracing::info_span!("run", run_id, report = report_name, period = %period);
         let _enter = span.enter();
         let started = Utc::now();
         let claim_pk = format!("RUN#{run_id}");
-        match self
-            .common
-            .state
+        let state = &self.common.state;
+        match state
             .claim(
                 &claim_pk,
                 started,
@@ -126,29 +126,60 @@ impl ReportBuilder {
             }
             Claim::Acquired => {}
         }
-        match self.build_run(&report_name, date, &run_id, started).await {
+        // One build per report and period at a time, whatever the runs.
+        let lock_pk = format!("LOCK#{report_name}#{period}");
+        match state
+            .claim(
+                &lock_pk,
+                started,
+                chrono::Duration::minutes(15),
+                chrono::Duration::days(1),
+            )
+            .await
+        {
+            Ok(Claim::Acquired) => {}
+            Ok(_) => {
+                let _ = state.release(&claim_pk).await;
+                bail!(
+                    "another run of {report_name} for {period} is building; this one is retried later"
+                );
+            }
+            Err(e) => {
+                let _ = state.release(&claim_pk).await;
+                return Err(e);
+            }
+        }
+        let built = self.build_run(report_name, period, &run_id, started).await;
+        if let Err(e) = state.release(&lock_pk).await {
+            warn!(error = %format!("{e:#}"), "could not release the period lock; it expires by itself");
+        }
+        let index_sk = format!("{period}#{run_id}");
+        let index = Some((format!("REPORT#{report_name}"), index_sk));
+        let index = index.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
+        match built {
             Ok(record) => {
                 let data = serde_json::to_value(&record)?;
-                self.common
-                    .state
-                    .put_record(
-                        &claim_pk,
-                        "run",
-                        &data,
-                        Some((
-                            &format!("REPORT#{report_name}"),
-                            &format!("{date}#{run_id}"),
-                        )),
-                    )
-                    .await?;
-                self.common
-                    .state
+                state.put_record(&claim_pk, "run", &data, index).await?;
+                state
                     .complete(&claim_pk, &data.to_string(), Utc::now())
                     .await?;
                 Ok(record)
             }
             Err(e) => {
-                let _ = self.common.state.release(&claim_pk).await;
+                // The failure is on record (the claim is released: a retry may still succeed).
+                let failed = RunRecord {
+                    status: "failed".into(),
+                    error: Some(format!("{e:#}")),
+                    finished_at: Utc::now().to_rfc3339(),
+                    ..RunRecord::new(&run_id, report_name, period, started)
+                };
+                if let Err(put) = state
+                    .put_record(&claim_pk, "run", &serde_json::to_value(&failed)?, index)
+                    .await
+                {
+                    warn!(error = %format!("{put:#}"), "could not record the failed run");
+                }
+                let _ = state.release(&claim_pk).await;
                 Err(e)
             }
         }
@@ -157,66 +188,75 @@ impl ReportBuilder {
     async fn build_run(
         &self,
         report_name: &str,
-        date: NaiveDate,
+        period: Period,
         run_id: &str,
         started: chrono::DateTime<Utc>,
     ) -> anyhow::Result<RunRecord> {
         let defs = &self.common.definitions;
         let report = &defs.reports[report_name];
-        let period = date.format("%Y-%m-%d").to_string();
-
-        let mut loaded: Vec<(&str, Vec<Row>, usize)> = Vec::new();
-        for name in &report.datasets {
-            let ds = &defs.datasets[name];
-            let stored = self.common.rows.rows_for_day(name, ds, date).await?;
-            let mails: BTreeSet<&str> = stored.iter().map(|r| r.source.as_str()).collect();
-            let mails = mails.len();
-            loaded.push((
-                name.as_str(),
-                stored.into_iter().map(|r| r.values).collect(),
-                mails,
-            ));
+        let label = period.to_string();
+        let datasets: Vec<(&str, &crate::definitions::Dataset)> = report
+            .datasets
+            .iter()
+            .map(|d| (d.as_str(), &defs.datasets[d]))
+            .collect();
+        let mut wb = ReportWorkbook::new(report_name, report, &datasets, &label, Utc::now())?;
+        let mut rows = 0u64;
+        for (i, (name, ds)) in datasets.iter().enumerate() {
+            let mut mails: BTreeSet<String> = BTreeSet::new();
+            for day in period.days() {
+                self.common
+                    .rows
+                    .each_row_of_day(name, ds, day, |r| {
+                        if !mails.contains(&r.source) {
+                            mails.insert(r.source.clone());
+                        }
+                        wb.aggregate(i, &r.values);
+                        wb.write_row(i, &r.values)?;
+                        rows += 1;
+                        Ok(())
+                    })
+                    .await?;
+            }
+            wb.add_source_mails(i, mails.len());
         }
-        let rows: u64 = loaded.iter().map(|(_, r, _)| r.len() as u64).sum();
         let mut record = RunRecord {
+            rows,
+            ..RunRecord::new(run_id, report_name, period, started)
+        };
+        let subject = report.subject_for(report_name, &label);
+        let mut request = MailRequest {
+            v: 1,
             run_id: run_id.to_owned(),
             report: report_name.to_owned(),
-            period: period.clone(),
-            status: "built".into(),
-            rows,
-            sheets: vec![],
+            title: report.title.clone(),
+            period: label.clone(),
             workbook_key: None,
             workbook_version: None,
-            size: 0,
-            sha256: None,
-            warnings: vec![],
-            started_at: started.to_rfc3339(),
-            finished_at: String::new(),
-            repeated: false,
+            workbook_size: 0,
+            recipients: report.recipients.clone(),
+            subject,
+            rows,
+            time_zone: report.time_zone.0.name().to_owned(),
         };
-        if rows == 0 && report.on_empty == OnEmpty::Skip {
-            info!("no rows in the period: skipped as the definition says (on_empty = skip)");
-            record.status = "skipped_empty".into();
+        if rows == 0 {
             record.finished_at = Utc::now().to_rfc3339();
+            match report.on_empty {
+                OnEmpty::Skip => {
+                    info!("no rows in the period: nothing built or sent (on_empty = skip)");
+                    record.status = "skipped_empty".into();
+                }
+                OnEmpty::Notice => {
+                    self.mail.send(&request, run_id).await?;
+                    info!("no rows in the period: a no-data notice is queued (on_empty = notice)");
+                    record.status = "notice_sent".into();
+                }
+            }
             return Ok(record);
         }
 
-        let built = build(&WorkbookInput {
-            report_name,
-            report,
-            period: &period,
-            generated_at: Utc::now(),
-            datasets: loaded
-                .iter()
-                .map(|(name, rows, mails)| DatasetRows {
-                    name,
-                    dataset: &defs.datasets[*name],
-                    rows,
-                    source_mails: *mails,
-                })
-                .collect(),
-        })?;
-        let key = format!("reports/{report_name}/{period}/{report_name}-{period}.xlsx");
+        let built = wb.finish()?.into_bytes()?;
+        let key = format!("reports/{report_name}/{label}/{report_name}-{label}.xlsx");
         record.size = built.bytes.len() as u64;
         record.sha256 = Some(hex::encode(Sha256::digest(&built.bytes)));
         record.sheets = built.sheets.clone();
@@ -228,22 +268,11 @@ impl ReportBuilder {
             .await?;
         record.workbook_key = Some(key.clone());
         record.workbook_version = stored.version_id.clone();
-
-        let request = MailRequest {
-            v: 1,
-            run_id: run_id.to_owned(),
-            report: report_name.to_owned(),
-            title: report.title.clone(),
-            period: period.clone(),
-            workbook_key: key,
-            workbook_version: stored.version_id,
-            workbook_size: record.size,
-            recipients: report.recipients.clone(),
-            subject: report.subject_for(report_name, &period),
-            rows,
-            time_zone: report.time_zone.0.name().to_owned(),
-        };
+        request.workbook_key = Some(key);
+        request.workbook_version = stored.version_id;
+        request.workbook_size = record.size;
         self.mail.send(&request, run_id).await?;
+        record.status = "built".into();
         record.finished_at = Utc::now().to_rfc3339();
         info!(
             rows,
@@ -251,5 +280,27 @@ impl ReportBuilder {
             "workbook built and queued for mail"
         );
         Ok(record)
+    }
+}
+
+impl RunRecord {
+    fn new(run_id: &str, report: &str, period: Period, started: chrono::DateTime<Utc>) -> Self {
+        RunRecord {
+            run_id: run_id.to_owned(),
+            report: report.to_owned(),
+            period: period.to_string(),
+            status: String::new(),
+            rows: 0,
+            sheets: vec![],
+            workbook_key: None,
+            workbook_version: None,
+            size: 0,
+            sha256: None,
+            warnings: vec![],
+            started_at: started.to_rfc3339(),
+            finished_at: String::new(),
+            repeated: false,
+            error: None,
+        }
     }
 }
