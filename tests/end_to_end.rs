@@ -304,6 +304,113 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     assert_eq!(again["repeated"], true);
     assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 1);
 
+    // Run requests name any period. The ISO week holding the 14th has the day's rows.
+    let run_request = |report: &str, period: &str, run_id: Option<&str>| {
+        let mut event =
+            serde_json::json!({"v": 1, "kind": "run", "report": report, "period": period});
+        if let Some(id) = run_id {
+            event["run_id"] = id.into();
+        }
+        cloud.runner.invoke("report-builder", event)
+    };
+    let week = run_request("call_centre_daily", "2024-W11", None)
+        .await
+        .unwrap();
+    assert_eq!(week["status"], "built", "{week}");
+    assert_eq!(
+        week["workbook_key"],
+        "reports/call_centre_daily/2024-W11/call_centre_daily-2024-W11.xlsx"
+    );
+    let weekly_book = cloud
+        .object(week["workbook_key"].as_str().unwrap())
+        .await
+        .unwrap();
+    let mut weekly_book = Xlsx::new(Cursor::new(weekly_book)).unwrap();
+    assert_eq!(
+        weekly_book.worksheet_range("ib_calls").unwrap().height(),
+        expected + 1
+    );
+    cloud.runner.drain().await.unwrap();
+    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
+    assert_eq!(sent.len(), 2);
+    let msg = MessageParser::default()
+        .parse(sent[1].raw.as_bytes())
+        .unwrap();
+    assert_eq!(msg.subject(), Some("Call-centre daily report for 2024-W11"));
+
+    // A re-run of the day writes a new S3 version and mails that one; the first is not re-sent.
+    let rerun = run_request("call_centre_daily", "2024-03-14", None)
+        .await
+        .unwrap();
+    assert_eq!(rerun["status"], "built");
+    assert_eq!(rerun["workbook_key"], run["workbook_key"]);
+    assert_ne!(rerun["workbook_version"], run["workbook_version"]);
+    cloud.runner.drain().await.unwrap();
+    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
+    assert_eq!(sent.len(), 3);
+    let msg = MessageParser::default()
+        .parse(sent[2].raw.as_bytes())
+        .unwrap();
+    assert_eq!(
+        msg.attachment(0).unwrap().contents(),
+        &cloud.object(key).await.unwrap()[..],
+        "the mail carries the new version"
+    );
+
+    // Two runs of one report and period never build at once: while another holds the period,
+    // a run fails (to be retried) and builds nothing; once it is free, the same run goes ahead.
+    let state = charlie::adapters::state::StateStore::new(
+        cloud.clients.dynamodb.clone(),
+        &cloud.outputs.state_table,
+    );
+    let lock = "LOCK#call_centre_daily#2024-03-13";
+    let held = state
+        .claim(
+            lock,
+            Utc::now(),
+            chrono::Duration::minutes(15),
+            chrono::Duration::days(1),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(held, charlie::adapters::state::Claim::Acquired));
+    let busy = run_request("call_centre_daily", "2024-03-13", Some("held-period"))
+        .await
+        .unwrap_err();
+    assert!(format!("{busy:#}").contains("is building"), "{busy:#}");
+    state.release(lock).await.unwrap();
+    // The 13th has no rows: call_centre_daily skips an empty period and mails nothing.
+    let empty = run_request("call_centre_daily", "2024-03-13", Some("held-period"))
+        .await
+        .unwrap();
+    assert_eq!(empty["status"], "skipped_empty", "{empty}");
+    cloud.runner.drain().await.unwrap();
+    assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 3);
+
+    // The weekly report's Monday schedule covers the week before; an empty week sends a
+    // "no data" notice (on_empty = "notice"), without a workbook.
+    let monday: DateTime<Utc> = "2024-03-18T07:00:00Z".parse().unwrap();
+    let (weekly, _) = cloud.report("call_centre_weekly", monday).await.unwrap();
+    assert_eq!(weekly["status"], "built", "{weekly}");
+    assert_eq!(weekly["period"], "2024-W11");
+    let notice = run_request("call_centre_weekly", "2024-W12", None)
+        .await
+        .unwrap();
+    assert_eq!(notice["status"], "notice_sent", "{notice}");
+    assert!(notice["workbook_key"].is_null());
+    cloud.runner.drain().await.unwrap();
+    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
+    assert_eq!(sent.len(), 5);
+    let msg = MessageParser::default()
+        .parse(sent[4].raw.as_bytes())
+        .unwrap();
+    assert_eq!(
+        msg.subject(),
+        Some("Call-centre weekly report for 2024-W12")
+    );
+    assert!(msg.body_text(0).unwrap().contains("no data"));
+    assert_eq!(msg.attachment_count(), 0);
+
     // An unusable attachment is quarantined with its reason; the mail counts as handled.
     cloud.graph.deliver(FakeMessage {
         id: "AAMkAGI2TG93AAA=broken".into(),

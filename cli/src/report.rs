@@ -1,15 +1,15 @@
 //! `charlie report build`: a report's workbook from CSV files, offline, with phase timings.
 //!
-//! It streams like the report builder: each file is read in chunks of rows, every chunk is
-//! deduplicated, aggregated and written to its raw sheet before the next is read, so no row is
-//! kept and memory stays flat whatever the files' size. The phases interleave; each one's time
-//! is summed over the chunks.
+//! It streams like the report builder: a reader thread parses each file in chunks of rows while
+//! this thread deduplicates, aggregates and writes each chunk to its raw sheet, so no row is
+//! kept and memory stays flat whatever the files' size. Each phase's time is summed over the
+//! chunks; parsing runs beside the others, so the phases can add up to more than `total_s`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use charlie::csv_ingest::AttachmentReader;
+use charlie::csv_ingest::{AttachmentReader, KeyedRow};
 use charlie::definitions::Dataset;
 use charlie::key_set::KeySet;
 use charlie::period::Period;
@@ -92,28 +92,29 @@ pub fn build(
     let (mut rejected, mut outside, mut cross_file_duplicates) = (0u64, 0u64, 0u64);
     let mut days: Option<(NaiveDate, NaiveDate)> = None;
     let mut seen: Option<(usize, KeySet)> = None;
-    for (i, file) in &files {
-        let (i, dataset) = (*i, datasets[*i].1);
-        let mut reader = match timed(&mut phases.parse, || {
-            AttachmentReader::from_file(dataset, file)
-        }) {
-            Ok(r) => r,
-            Err(e) => {
-                println!(
-                    "{}",
-                    serde_json::json!({ "file": file.display().to_string(), "dataset": datasets[i].0, "error": e.to_string() })
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-        // Rows repeated across a dataset's files: the first file wins (as stored rows do). The
-        // keys of all its files are kept, only when it has several.
-        if seen.as_ref().is_none_or(|(j, _)| *j != i) {
-            let several = files.iter().filter(|(j, _)| *j == i).count() > 1;
-            seen = several.then(|| (i, KeySet::with_capacity(1 << 16, 1 << 20)));
-        }
-        wb.add_source_mails(i, 1);
-        while let Some(chunk) = timed(&mut phases.parse, || reader.next_chunk(CHUNK_ROWS)) {
+    // A reader thread parses the files while this one dedups, aggregates and writes: the two
+    // overlap on two cores. A few chunks in flight bound the memory it adds.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Parsed>(4);
+    let outcome = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| read_files(&files, &datasets, tx));
+        for msg in rx {
+            let (i, chunk) = match msg {
+                Parsed::File(i) => {
+                    // Rows repeated across a dataset's files: the first file wins (as stored
+                    // rows do). The keys of all its files are kept, only when it has several.
+                    if seen.as_ref().is_none_or(|(j, _)| *j != i) {
+                        let several = files.iter().filter(|(j, _)| *j == i).count() > 1;
+                        seen = several.then(|| (i, KeySet::with_capacity(1 << 16, 1 << 20)));
+                    }
+                    wb.add_source_mails(i, 1);
+                    continue;
+                }
+                Parsed::Rejected(n) => {
+                    rejected += n;
+                    continue;
+                }
+                Parsed::Rows(i, chunk) => (i, chunk),
+            };
             let keep: Vec<bool> = timed(&mut phases.dedupe, || {
                 chunk
                     .iter()
@@ -148,11 +149,22 @@ pub fn build(
             if let Err(e) = timed(&mut phases.write, || {
                 rows().try_for_each(|r| wb.write_row(i, r))
             }) {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
+                // Dropping the receiver stops the reader at its next chunk.
+                return Err(Failure::Write(e.to_string()));
             }
         }
-        rejected += reader.finish().rejects.len() as u64;
+        reader.join().expect("the reader thread does not panic")
+    });
+    match outcome {
+        Ok(parse) => phases.parse = parse,
+        Err(Failure::Unusable(json)) => {
+            println!("{json}");
+            return ExitCode::FAILURE;
+        }
+        Err(Failure::Write(e)) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
     }
     // Without --period, the label says which days the rows cover.
     let label = match (period, days) {
@@ -194,4 +206,51 @@ pub fn build(
         .expect("JSON")
     );
     ExitCode::SUCCESS
+}
+
+/// What the reader thread sends, in file order.
+enum Parsed {
+    /// A file of dataset `i` starts.
+    File(usize),
+    /// Unique, valid rows of dataset `i`.
+    Rows(usize, Vec<KeyedRow>),
+    /// Rows a file rejected.
+    Rejected(u64),
+}
+
+enum Failure {
+    /// A file could not be used (its JSON error record).
+    Unusable(serde_json::Value),
+    Write(String),
+}
+
+/// Reads every file in chunks, sending them on; returns the time spent parsing.
+fn read_files(
+    files: &[(usize, PathBuf)],
+    datasets: &[(&str, &Dataset)],
+    tx: std::sync::mpsc::SyncSender<Parsed>,
+) -> Result<Duration, Failure> {
+    let mut parse = Duration::ZERO;
+    for (i, file) in files {
+        let (i, (name, dataset)) = (*i, datasets[*i]);
+        let mut reader =
+            timed(&mut parse, || AttachmentReader::from_file(dataset, file)).map_err(|e| {
+                Failure::Unusable(serde_json::json!({
+                    "file": file.display().to_string(), "dataset": name, "error": e.to_string(),
+                }))
+            })?;
+        if tx.send(Parsed::File(i)).is_err() {
+            break; // the writer stopped
+        }
+        while let Some(chunk) = timed(&mut parse, || reader.next_chunk(CHUNK_ROWS)) {
+            if tx.send(Parsed::Rows(i, chunk)).is_err() {
+                return Ok(parse);
+            }
+        }
+        let rejects = reader.finish().rejects.len() as u64;
+        if tx.send(Parsed::Rejected(rejects)).is_err() {
+            break;
+        }
+    }
+    Ok(parse)
 }

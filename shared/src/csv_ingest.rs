@@ -601,6 +601,7 @@ fn derive(func: DeriveFn, source: Option<&Value>) -> Option<Value> {
     match func {
         DeriveFn::Present => Some(Value::Bool(true)),
         DeriveFn::Hour => date_time.map(|t| Value::Int(i64::from(t.hour()))),
+        DeriveFn::HourOfDay => date_time.map(|t| Value::Text(format!("{:02}:00", t.hour()).into())),
         DeriveFn::Date => date_time.map(|t| Value::Date(t.date())),
         DeriveFn::Weekday => date_time.map(|t| Value::Text(format!("{:?}", t.weekday()).into())),
     }

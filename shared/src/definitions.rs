@@ -121,6 +121,8 @@ pub enum DeriveFn {
     Weekday,
     /// Whether the source is not empty: type boolean.
     Present,
+    /// The hour of a datetime as `09:00`: type text (sorts and reads as a time of day).
+    HourOfDay,
 }
 
 impl DeriveFn {
@@ -129,7 +131,7 @@ impl DeriveFn {
         match self {
             DeriveFn::Hour => ColumnType::Integer,
             DeriveFn::Date => ColumnType::Date,
-            DeriveFn::Weekday => ColumnType::Text,
+            DeriveFn::Weekday | DeriveFn::HourOfDay => ColumnType::Text,
             DeriveFn::Present => ColumnType::Boolean,
         }
     }
@@ -192,6 +194,10 @@ pub struct Summary {
     /// Label of the group for rows whose group columns are empty.
     #[serde(default = "default_missing_group")]
     pub missing_group: String,
+    /// Groups always listed, in this order and before any other, even without rows (e.g.
+    /// every hour of the day); only with a single `group_by` column.
+    #[serde(default)]
+    pub include: Vec<String>,
     /// A chart beside the table, over its groups (the totals row is left out).
     #[serde(default)]
     pub chart: Option<ChartDef>,
@@ -206,6 +212,10 @@ pub struct ChartDef {
     /// The chart's title; the table's title when absent.
     #[serde(default)]
     pub title: Option<String>,
+    #[serde(default)]
+    pub x_title: Option<String>,
+    #[serde(default)]
+    pub y_title: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -226,9 +236,16 @@ pub struct Measure {
     pub label: String,
     #[serde(rename = "fn")]
     pub func: MeasureFn,
+    /// The dataset measured, when not the summary's: a summary joins its datasets' rows on the
+    /// `group_by` columns, which each of them must have.
+    #[serde(default)]
+    pub dataset: Option<String>,
     /// The column measured (every fn but `count` and `ratio`).
     #[serde(default)]
     pub column: Option<String>,
+    /// Only rows where this holds are measured.
+    #[serde(default, rename = "where")]
+    pub filter: Option<Filter>,
     /// For `ratio`: labels of two earlier measures.
     #[serde(default)]
     pub numerator: Option<String>,
@@ -237,6 +254,16 @@ pub struct Measure {
     /// Adds a red-yellow-green colour scale over the measure's cells.
     #[serde(default)]
     pub color_scale: bool,
+}
+
+/// `where = { column = "answered_at" }` (the column is not empty) or
+/// `where = { column = "result", equals = "CONNECTED" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub column: String,
+    #[serde(default)]
+    pub equals: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -253,6 +280,8 @@ pub enum MeasureFn {
     Distinct,
     /// numerator / denominator, shown as a percentage.
     Ratio,
+    /// The group's first non-empty value of `column`, as text (e.g. an agent's name).
+    First,
 }
 
 /// A case-insensitive regex from the file.
@@ -484,20 +513,51 @@ impl Definitions {
                         format!("report {name}: summary {:?} uses dataset {:?} which the report does not list", s.title, s.dataset),
                     ));
                 }
-                for g in &s.group_by {
-                    if ds.column(g).is_none() {
-                        out.push((
-                            Where::key(&summaries, si, "group_by"),
-                            format!(
-                                "report {name}: summary {:?} groups by unknown column {g:?}",
-                                s.title
-                            ),
-                        ));
+                // Every dataset the summary draws on must have the group columns.
+                let mut used: Vec<&str> = vec![s.dataset.as_str()];
+                for m in &s.measures {
+                    if let Some(d) = &m.dataset
+                        && !used.contains(&d.as_str())
+                    {
+                        used.push(d);
                     }
+                }
+                for g in &s.group_by {
+                    for d in &used {
+                        if self
+                            .datasets
+                            .get(*d)
+                            .is_some_and(|ds| ds.column(g).is_none())
+                        {
+                            out.push((
+                                Where::key(&summaries, si, "group_by"),
+                                format!(
+                                    "report {name}: summary {:?} groups by column {g:?}, which dataset {d} does not have",
+                                    s.title
+                                ),
+                            ));
+                        }
+                    }
+                }
+                if !s.include.is_empty() && s.group_by.len() != 1 {
+                    out.push((
+                        Where::key(&summaries, si, "include"),
+                        format!("report {name}: summary {:?} lists groups to include, which needs exactly one group_by column", s.title),
+                    ));
                 }
                 let mut labels = HashSet::new();
                 for m in &s.measures {
                     let at = || Where::value(&summaries, si, &m.label);
+                    let ds = match &m.dataset {
+                        None => ds,
+                        Some(d) => match self.datasets.get(d) {
+                            Some(other) if r.datasets.contains(d) => other,
+                            _ => {
+                                out.push((at(), format!("report {name}: measure {:?} uses dataset {d:?}, which the report does not list", m.label)));
+                                continue;
+                            }
+                        },
+                    };
                     let needs_column = !matches!(m.func, MeasureFn::Count | MeasureFn::Ratio);
                     match (&m.column, needs_column) {
                         (None, true) => out.push((
@@ -512,6 +572,17 @@ impl Definitions {
                             ),
                         )),
                         _ => {}
+                    }
+                    if let Some(f) = &m.filter
+                        && ds.column(&f.column).is_none()
+                    {
+                        out.push((
+                            at(),
+                            format!(
+                                "report {name}: measure {:?} filters on unknown column {:?}",
+                                m.label, f.column
+                            ),
+                        ));
                     }
                     if m.func == MeasureFn::Ratio {
                         for part in [&m.numerator, &m.denominator] {
@@ -765,13 +836,58 @@ mod tests {
     #[test]
     fn a_chart_must_draw_known_measures() {
         let text = SHIPPED.replacen(
-            "measures = [\"Calls\", \"Answered\"]",
-            "measures = [\"Calls\", \"Answred\"]",
+            "measures = [\"Inbound calls\", \"Outbound dials\"]",
+            "measures = [\"Inbound calls\", \"Outbound dial\"]",
             1,
         );
-        assert_ne!(text, SHIPPED, "the shipped file charts Calls and Answered");
+        assert_ne!(text, SHIPPED, "the shipped file charts calls and dials");
         let err = Definitions::parse(&text).unwrap_err().to_string();
-        assert!(err.contains("draws unknown measure \"Answred\""), "{err}");
+        assert!(
+            err.contains("draws unknown measure \"Outbound dial\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn measures_from_other_datasets_are_checked_against_them() {
+        let errors = |from: &str, to: &str| {
+            let text = SHIPPED.replacen(from, to, 1);
+            assert_ne!(text, SHIPPED, "{from}");
+            Definitions::parse(&text).unwrap_err().to_string()
+        };
+        // Dials have no queue: a per-queue table cannot count them.
+        let err = errors(
+            "{ label = \"Max wait (s)\", fn = \"max\", column = \"wait_seconds\" },",
+            "{ label = \"Max wait (s)\", fn = \"count\", dataset = \"dials\" },",
+        );
+        assert!(
+            err.contains("groups by column \"queue\", which dataset dials does not have"),
+            "{err}"
+        );
+        let err = errors(
+            "where = { column = \"result\"",
+            "where = { column = \"outcome\"",
+        );
+        assert!(
+            err.contains("filters on unknown column \"outcome\""),
+            "{err}"
+        );
+        // The weekly report does not list dials.
+        let err = errors(
+            "  { label = \"Avg wait (s)\", fn = \"avg\", column = \"wait_seconds\" },\n]\n",
+            "  { label = \"Avg wait (s)\", fn = \"avg\", column = \"wait_seconds\" },\n  { label = \"Dials\", fn = \"count\", dataset = \"dials\" },\n]\n",
+        );
+        assert!(
+            err.contains(
+                "measure \"Dials\" uses dataset \"dials\", which the report does not list"
+            ),
+            "{err}"
+        );
+        let err = errors(
+            "group_by = [\"hour\"]",
+            "group_by = [\"hour\", \"agent_id\"]",
+        );
+        assert!(err.contains("needs exactly one group_by column"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use rust_xlsxwriter::{
 };
 
 use crate::definitions::{ChartKind, ColumnType, Dataset, Report};
-use crate::summary::{MeasureKind, Summariser, SummaryTable};
+use crate::summary::{MeasureKind, MeasureValue, Summariser, SummaryTable};
 use crate::value::{Row, Value};
 
 /// Excel's limits.
@@ -55,6 +55,7 @@ struct Styles {
     title: Format,
     header: Format,
     bold: Format,
+    plain: Format,
     total_label: Format,
     datetime: Format,
     date: Format,
@@ -81,6 +82,7 @@ impl Styles {
                 .set_align(FormatAlign::VerticalCenter)
                 .set_text_wrap(),
             bold: Format::new().set_bold(),
+            plain: Format::new(),
             total_label: total(),
             datetime: Format::new().set_num_format("yyyy-mm-dd hh:mm:ss"),
             date: Format::new().set_num_format("yyyy-mm-dd"),
@@ -120,8 +122,8 @@ pub fn build(input: &WorkbookInput) -> Result<BuiltWorkbook, WorkbookError> {
 struct DatasetPart<'a> {
     name: &'a str,
     dataset: &'a Dataset,
-    /// Index of each summary over this dataset in the report's list.
-    summaries: Vec<(usize, Summariser<'a>)>,
+    /// The summaries its rows feed: (summary, the summary's plan for this dataset).
+    feeds: Vec<(usize, usize)>,
     /// Worksheet indexes of its raw sheets (more than one past Excel's row limit).
     sheets: Vec<usize>,
     /// Rows on its last sheet, and in all.
@@ -145,6 +147,7 @@ pub struct ReportWorkbook<'a> {
     period: String,
     generated_at: DateTime<Utc>,
     parts: Vec<DatasetPart<'a>>,
+    summaries: Vec<Summariser<'a>>,
     /// Datasets whose sheets exist; writing goes to the last of them.
     opened: usize,
     sheet_names: Vec<String>,
@@ -165,17 +168,20 @@ impl<'a> ReportWorkbook<'a> {
         // Summary first: it is what people open the workbook for.
         let ws = wb.add_worksheet();
         ws.set_name("Summary")?;
+        let summaries: Vec<Summariser> = report
+            .summaries
+            .iter()
+            .map(|s| Summariser::new(datasets, s))
+            .collect();
         let parts = datasets
             .iter()
             .map(|&(name, dataset)| DatasetPart {
                 name,
                 dataset,
-                summaries: report
-                    .summaries
+                feeds: summaries
                     .iter()
                     .enumerate()
-                    .filter(|(_, s)| s.dataset == name)
-                    .map(|(i, s)| (i, Summariser::new(dataset, s)))
+                    .filter_map(|(i, s)| s.plan_for(name).map(|p| (i, p)))
                     .collect(),
                 sheets: Vec::new(),
                 sheet_rows: 0,
@@ -197,6 +203,7 @@ impl<'a> ReportWorkbook<'a> {
             period: period.to_owned(),
             generated_at,
             parts,
+            summaries,
             opened: 0,
             sheet_names: vec!["Summary".to_owned()],
         })
@@ -215,8 +222,8 @@ impl<'a> ReportWorkbook<'a> {
 
     /// Adds a row of dataset `i` to its summaries (the aggregation phase).
     pub fn aggregate(&mut self, i: usize, row: &Row) {
-        for (_, s) in &mut self.parts[i].summaries {
-            s.add(row);
+        for &(s, plan) in &self.parts[i].feeds {
+            self.summaries[s].add(plan, row);
         }
     }
 
@@ -330,7 +337,6 @@ impl<'a> ReportWorkbook<'a> {
             self.opened += 1;
         }
         let mut warnings = Vec::new();
-        let mut tables: Vec<(usize, SummaryTable)> = Vec::new();
         for part in &mut self.parts {
             let width = |w: usize| (w + 2).min(MAX_COLUMN_WIDTH) as f64;
             let last_col = (part.dataset.columns.len().max(1) - 1) as u16;
@@ -359,10 +365,11 @@ impl<'a> ReportWorkbook<'a> {
                     part.cut_cells, part.dataset.description
                 ));
             }
-            tables.extend(part.summaries.drain(..).map(|(i, s)| (i, s.finish())));
         }
-        tables.sort_by_key(|(i, _)| *i);
-        let tables: Vec<SummaryTable> = tables.into_iter().map(|(_, t)| t).collect();
+        let tables: Vec<SummaryTable> = std::mem::take(&mut self.summaries)
+            .into_iter()
+            .map(Summariser::finish)
+            .collect();
         let total_rows: u64 = self.parts.iter().map(|p| p.rows).sum();
         let mails: usize = self.parts.iter().map(|p| p.source_mails).sum();
         let heading = SummaryHeading {
@@ -495,12 +502,23 @@ fn write_summary(
                     (MeasureKind::Count, true) => &st.total_integer,
                     (MeasureKind::Number, true) => &st.total_decimal,
                     (MeasureKind::Ratio, true) => &st.total_percent,
+                    (MeasureKind::Text, false) => &st.plain,
+                    (MeasureKind::Text, true) => &st.total_label,
                 };
                 match v {
-                    Some(x) => ws.write_number_with_format(r, col, *x, fmt)?,
+                    Some(MeasureValue::Number(x)) => {
+                        ws.write_number_with_format(r, col, *x, fmt)?
+                    }
+                    Some(MeasureValue::Text(t)) if is_total => {
+                        ws.write_string_with_format(r, col, t, &st.total_label)?
+                    }
+                    Some(MeasureValue::Text(t)) => ws.write_string(r, col, t)?,
                     None if is_total => ws.write_blank(r, col, fmt)?,
                     None => ws,
                 };
+                if let Some(MeasureValue::Text(t)) = v {
+                    widen(&mut widths, g + m, t.chars().count());
+                }
             }
         }
         // Colour scales cover the group rows, not the total.
@@ -541,7 +559,13 @@ fn write_summary(
                     .set_values(("Summary", first, col, last, col));
             }
             chart.title().set_name(&c.title);
-            chart.set_width(560).set_height(300);
+            if let Some(x) = &c.x_title {
+                chart.x_axis().set_name(x);
+            }
+            if let Some(y) = &c.y_title {
+                chart.y_axis().set_name(y);
+            }
+            chart.set_width(720).set_height(380);
             let beside = (g + t.measure_headers.len() + 1) as u16;
             ws.insert_chart(header_row.saturating_sub(1), beside, &chart)?;
             // Keep the next table below the chart (about 15 rows tall).
@@ -769,13 +793,29 @@ mod tests {
     fn summary_holds_groups_and_a_total() {
         let (_, mut book) = build_sample("x");
         let s = book.worksheet_range("Summary").unwrap();
-        assert_eq!(s.get((3, 0)), Some(&Data::String("Calls per queue".into())));
-        assert_eq!(s.get((4, 0)), Some(&Data::String("queue".into())));
-        assert_eq!(s.get((5, 0)), Some(&Data::String("Billing".into())));
-        assert_eq!(s.get((5, 1)), Some(&Data::Float(1.0)));
-        assert_eq!(s.get((7, 0)), Some(&Data::String("Total".into())));
-        assert_eq!(s.get((7, 1)), Some(&Data::Float(2.0)));
-        assert_eq!(s.get((7, 3)), Some(&Data::Float(0.5)));
+        let text = |r, c| match s.get((r, c)) {
+            Some(Data::String(t)) => t.clone(),
+            other => format!("{other:?}"),
+        };
+        assert_eq!(text(3, 0), "Calls and dials per hour");
+        assert_eq!(text(4, 0), "hour");
+        assert_eq!(text(4, 1), "Inbound calls");
+        // Every hour listed: 00:00 on row 5 … 23:00 on row 28, then the total.
+        assert_eq!(text(5, 0), "00:00");
+        assert_eq!(s.get((5, 1)), Some(&Data::Float(0.0)));
+        assert_eq!(text(14, 0), "09:00");
+        assert_eq!(s.get((14, 1)), Some(&Data::Float(1.0)));
+        assert_eq!(text(28, 0), "23:00");
+        assert_eq!(text(29, 0), "Total");
+        assert_eq!(s.get((29, 1)), Some(&Data::Float(2.0)));
+        assert_eq!(s.get((29, 3)), Some(&Data::Float(0.5)), "answer rate");
+        // The agent table follows, with the agent's name as text.
+        let agents = (30..s.height())
+            .find(|&r| text(r, 0) == "Calls and dials per agent")
+            .expect("the agent table");
+        assert_eq!(text(agents + 1, 1), "Agent name");
+        assert_eq!(text(agents + 2, 0), "A1");
+        assert_eq!(text(agents + 2, 1), "Ann");
     }
 
     #[test]
@@ -792,13 +832,17 @@ mod tests {
             xml.contains("<c:barChart>") && xml.contains("<c:barDir val=\"col\"/>"),
             "a column chart"
         );
-        assert!(xml.contains("Calls and answers per queue"), "its title");
-        // Two groups (Billing, Sales) under the header on row 5: rows 6-7, totals left out.
+        assert!(xml.contains("Calls per hour"), "its title");
+        assert!(xml.contains("Hour of day"), "its x axis title");
+        // 24 hours under the header on row 5: rows 6-29, the total left out.
         assert!(
-            xml.contains("Summary!$A$6:$A$7") && xml.contains("Summary!$B$6:$B$7"),
+            xml.contains("Summary!$A$6:$A$29") && xml.contains("Summary!$B$6:$B$29"),
             "{xml}"
         );
-        assert!(xml.contains("Summary!$C$6:$C$7"), "the Answered series");
+        assert!(
+            xml.contains("Summary!$F$6:$F$29"),
+            "the outbound dials series"
+        );
     }
 
     #[test]

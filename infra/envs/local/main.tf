@@ -55,7 +55,8 @@ variable "sender" {
 variable "reports" {
   type = map(object({ cron = string, timezone = string }))
   default = {
-    call_centre_daily = { cron = "cron(0 6 * * ? *)", timezone = "Europe/London" }
+    call_centre_daily  = { cron = "cron(0 6 * * ? *)", timezone = "Europe/London" }
+    call_centre_weekly = { cron = "cron(0 7 ? * MON *)", timezone = "Europe/London" }
   }
 }
 
