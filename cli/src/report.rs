@@ -1,9 +1,10 @@
 //! `charlie report build`: a report's workbook from CSV files, offline, with phase timings.
 //!
-//! It streams like the report builder: a reader thread parses each file in chunks of rows while
-//! this thread deduplicates, aggregates and writes each chunk to its raw sheet, so no row is
-//! kept and memory stays flat whatever the files' size. Each phase's time is summed over the
-//! chunks; parsing runs beside the others, so the phases can add up to more than `total_s`.
+//! It streams like the report builder: a reader thread parses each file in chunks of rows,
+//! deduplicates and aggregates them, while this thread writes each chunk to its raw sheet; no
+//! row is kept, so memory stays flat whatever the files' size. Each phase's time is summed over
+//! the chunks; the reader's phases run beside the writer's, so they can add up to more than
+//! `total_s`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,25 +12,19 @@ use std::time::{Duration, Instant};
 
 use charlie::csv_ingest::{AttachmentReader, KeyedRow};
 use charlie::definitions::Dataset;
+use charlie::definitions::Report;
 use charlie::key_set::KeySet;
 use charlie::period::Period;
-use charlie::workbook::ReportWorkbook;
+use charlie::summary::SummaryTable;
+use charlie::workbook::{ReportSummaries, ReportWorkbook};
 use chrono::{NaiveDate, Utc};
 
 /// Rows per chunk, as the ingest stage stores them.
-const CHUNK_ROWS: usize = 5_000;
+const CHUNK_ROWS: usize = 1_024;
 
 fn usage(message: String) -> ExitCode {
     eprintln!("{message}");
     ExitCode::from(2)
-}
-
-#[derive(Default)]
-struct Phases {
-    parse: Duration,
-    dedupe: Duration,
-    aggregate: Duration,
-    write: Duration,
 }
 
 /// Times `f`, adding its duration to `total`.
@@ -88,75 +83,29 @@ pub fn build(
             return ExitCode::FAILURE;
         }
     };
-    let mut phases = Phases::default();
-    let (mut rejected, mut outside, mut cross_file_duplicates) = (0u64, 0u64, 0u64);
-    let mut days: Option<(NaiveDate, NaiveDate)> = None;
-    let mut seen: Option<(usize, KeySet)> = None;
-    // A reader thread parses the files while this one dedups, aggregates and writes: the two
-    // overlap on two cores. A few chunks in flight bound the memory it adds.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Parsed>(4);
+    // A reader thread parses, deduplicates and aggregates while this one writes the rows it
+    // keeps: the two overlap on two cores. Two chunks in flight bound the memory it adds.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Parsed>(2);
+    let mut write = Duration::ZERO;
     let outcome = std::thread::scope(|scope| {
-        let reader = scope.spawn(|| read_files(&files, &datasets, tx));
+        let reader = scope.spawn(|| read_files(report, &files, &datasets, period, tx));
         for msg in rx {
-            let (i, chunk) = match msg {
-                Parsed::File(i) => {
-                    // Rows repeated across a dataset's files: the first file wins (as stored
-                    // rows do). The keys of all its files are kept, only when it has several.
-                    if seen.as_ref().is_none_or(|(j, _)| *j != i) {
-                        let several = files.iter().filter(|(j, _)| *j == i).count() > 1;
-                        seen = several.then(|| (i, KeySet::with_capacity(1 << 16, 1 << 20)));
+            match msg {
+                Parsed::File(i) => wb.add_source_mails(i, 1),
+                Parsed::Rows(i, chunk) => {
+                    if let Err(e) = timed(&mut write, || {
+                        chunk.iter().try_for_each(|r| wb.write_row(i, &r.values))
+                    }) {
+                        // Dropping the receiver stops the reader at its next chunk.
+                        return Err(Failure::Write(e.to_string()));
                     }
-                    wb.add_source_mails(i, 1);
-                    continue;
                 }
-                Parsed::Rejected(n) => {
-                    rejected += n;
-                    continue;
-                }
-                Parsed::Rows(i, chunk) => (i, chunk),
-            };
-            let keep: Vec<bool> = timed(&mut phases.dedupe, || {
-                chunk
-                    .iter()
-                    .map(|r| {
-                        if period.is_some_and(|p| !p.contains(r.date)) {
-                            outside += 1;
-                            return false;
-                        }
-                        if let Some((_, seen)) = &mut seen
-                            && !seen.insert(r.date, &r.key)
-                        {
-                            cross_file_duplicates += 1;
-                            return false;
-                        }
-                        days = Some(
-                            days.map_or((r.date, r.date), |(a, b)| (a.min(r.date), b.max(r.date))),
-                        );
-                        true
-                    })
-                    .collect()
-            });
-            let rows = || {
-                chunk
-                    .iter()
-                    .zip(&keep)
-                    .filter(|(_, k)| **k)
-                    .map(|(r, _)| &r.values)
-            };
-            timed(&mut phases.aggregate, || {
-                rows().for_each(|r| wb.aggregate(i, r))
-            });
-            if let Err(e) = timed(&mut phases.write, || {
-                rows().try_for_each(|r| wb.write_row(i, r))
-            }) {
-                // Dropping the receiver stops the reader at its next chunk.
-                return Err(Failure::Write(e.to_string()));
             }
         }
         reader.join().expect("the reader thread does not panic")
     });
-    match outcome {
-        Ok(parse) => phases.parse = parse,
+    let read = match outcome {
+        Ok(read) => read,
         Err(Failure::Unusable(json)) => {
             println!("{json}");
             return ExitCode::FAILURE;
@@ -165,16 +114,18 @@ pub fn build(
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
-    }
+    };
     // Without --period, the label says which days the rows cover.
-    let label = match (period, days) {
+    let label = match (period, read.days) {
         (Some(p), _) => p.to_string(),
         (None, Some((a, b))) if a == b => Period::Day(a).to_string(),
         (None, Some((a, b))) => Period::Range(a, b).to_string(),
         (None, None) => "no rows".to_owned(),
     };
     wb.set_period(&label);
-    let saved = timed(&mut phases.write, || wb.finish().and_then(|f| f.save(out)));
+    let saved = timed(&mut write, || {
+        wb.finish_with(read.tables).and_then(|f| f.save(out))
+    });
     let saved = match saved {
         Ok(s) => s,
         Err(e) => {
@@ -192,14 +143,14 @@ pub fn build(
             "size_bytes": size,
             "sheets": saved.sheets,
             "rows": saved.rows,
-            "rows_rejected": rejected,
-            "rows_outside_period": outside,
-            "cross_file_duplicates": cross_file_duplicates,
+            "rows_rejected": read.rejected,
+            "rows_outside_period": read.outside,
+            "cross_file_duplicates": read.cross_file_duplicates,
             "warnings": saved.warnings,
-            "parse_s": phases.parse.as_secs_f64(),
-            "dedupe_s": phases.dedupe.as_secs_f64(),
-            "aggregate_s": phases.aggregate.as_secs_f64(),
-            "write_s": phases.write.as_secs_f64(),
+            "parse_s": read.parse.as_secs_f64(),
+            "dedupe_s": read.dedupe.as_secs_f64(),
+            "aggregate_s": read.aggregate.as_secs_f64(),
+            "write_s": write.as_secs_f64(),
             "total_s": started.elapsed().as_secs_f64(),
             "peak_rss_mb": charlie::telemetry::peak_rss_mib(),
         }))
@@ -212,10 +163,8 @@ pub fn build(
 enum Parsed {
     /// A file of dataset `i` starts.
     File(usize),
-    /// Unique, valid rows of dataset `i`.
+    /// Rows of dataset `i` to write: unique, valid, in the period.
     Rows(usize, Vec<KeyedRow>),
-    /// Rows a file rejected.
-    Rejected(u64),
 }
 
 enum Failure {
@@ -224,33 +173,80 @@ enum Failure {
     Write(String),
 }
 
-/// Reads every file in chunks, sending them on; returns the time spent parsing.
+/// What the reader thread found, and how long each of its phases took.
+#[derive(Default)]
+struct Read {
+    parse: Duration,
+    dedupe: Duration,
+    aggregate: Duration,
+    tables: Vec<SummaryTable>,
+    rejected: u64,
+    outside: u64,
+    cross_file_duplicates: u64,
+    /// First and last day of the rows kept.
+    days: Option<(NaiveDate, NaiveDate)>,
+}
+
+/// Reads every file in chunks: parses, keeps the rows of the period not seen in an earlier file
+/// of the dataset, aggregates them and sends them on to be written.
 fn read_files(
+    report: &Report,
     files: &[(usize, PathBuf)],
     datasets: &[(&str, &Dataset)],
+    period: Option<Period>,
     tx: std::sync::mpsc::SyncSender<Parsed>,
-) -> Result<Duration, Failure> {
-    let mut parse = Duration::ZERO;
+) -> Result<Read, Failure> {
+    let mut read = Read::default();
+    let mut summaries = ReportSummaries::new(report, datasets);
+    let mut seen: Option<(usize, KeySet)> = None;
     for (i, file) in files {
         let (i, (name, dataset)) = (*i, datasets[*i]);
-        let mut reader =
-            timed(&mut parse, || AttachmentReader::from_file(dataset, file)).map_err(|e| {
-                Failure::Unusable(serde_json::json!({
-                    "file": file.display().to_string(), "dataset": name, "error": e.to_string(),
-                }))
-            })?;
+        let mut reader = timed(&mut read.parse, || {
+            AttachmentReader::from_file(dataset, file)
+        })
+        .map_err(|e| {
+            Failure::Unusable(serde_json::json!({
+                "file": file.display().to_string(), "dataset": name, "error": e.to_string(),
+            }))
+        })?;
+        // Rows repeated across a dataset's files: the first file wins (as stored rows do). The
+        // keys of all its files are kept, only when it has several.
+        if seen.as_ref().is_none_or(|(j, _)| *j != i) {
+            let several = files.iter().filter(|(j, _)| *j == i).count() > 1;
+            seen = several.then(|| (i, KeySet::with_capacity(1 << 16, 1 << 20)));
+        }
         if tx.send(Parsed::File(i)).is_err() {
             break; // the writer stopped
         }
-        while let Some(chunk) = timed(&mut parse, || reader.next_chunk(CHUNK_ROWS)) {
+        while let Some(mut chunk) = timed(&mut read.parse, || reader.next_chunk(CHUNK_ROWS)) {
+            timed(&mut read.dedupe, || {
+                chunk.retain(|r| {
+                    if period.is_some_and(|p| !p.contains(r.date)) {
+                        read.outside += 1;
+                        return false;
+                    }
+                    if let Some((_, seen)) = &mut seen
+                        && !seen.insert(r.date, &r.key)
+                    {
+                        read.cross_file_duplicates += 1;
+                        return false;
+                    }
+                    read.days = Some(
+                        read.days
+                            .map_or((r.date, r.date), |(a, b)| (a.min(r.date), b.max(r.date))),
+                    );
+                    true
+                })
+            });
+            timed(&mut read.aggregate, || {
+                chunk.iter().for_each(|r| summaries.add(i, &r.values))
+            });
             if tx.send(Parsed::Rows(i, chunk)).is_err() {
-                return Ok(parse);
+                return Ok(read);
             }
         }
-        let rejects = reader.finish().rejects.len() as u64;
-        if tx.send(Parsed::Rejected(rejects)).is_err() {
-            break;
-        }
+        read.rejected += reader.finish().rejects.len() as u64;
     }
-    Ok(parse)
+    read.tables = timed(&mut read.aggregate, || summaries.finish());
+    Ok(read)
 }

@@ -122,8 +122,6 @@ pub fn build(input: &WorkbookInput) -> Result<BuiltWorkbook, WorkbookError> {
 struct DatasetPart<'a> {
     name: &'a str,
     dataset: &'a Dataset,
-    /// The summaries its rows feed: (summary, the summary's plan for this dataset).
-    feeds: Vec<(usize, usize)>,
     /// Worksheet indexes of its raw sheets (more than one past Excel's row limit).
     sheets: Vec<usize>,
     /// Rows on its last sheet, and in all.
@@ -147,7 +145,7 @@ pub struct ReportWorkbook<'a> {
     period: String,
     generated_at: DateTime<Utc>,
     parts: Vec<DatasetPart<'a>>,
-    summaries: Vec<Summariser<'a>>,
+    summaries: ReportSummaries<'a>,
     /// Datasets whose sheets exist; writing goes to the last of them.
     opened: usize,
     sheet_names: Vec<String>,
@@ -163,26 +161,18 @@ impl<'a> ReportWorkbook<'a> {
         generated_at: DateTime<Utc>,
     ) -> Result<Self, WorkbookError> {
         let mut wb = Workbook::new();
-        // Excel's own level: about 30% faster to save than zlib's default 6, files ~5% larger.
-        wb.set_zip_compression_level(3);
+        // Level 2: measured on 100k calls + 50k dials, the build takes 10% less time than at
+        // level 3 (Excel's own) for a file 5% larger, and about 25% less than at zlib's default 6.
+        wb.set_zip_compression_level(2);
         // Summary first: it is what people open the workbook for.
         let ws = wb.add_worksheet();
         ws.set_name("Summary")?;
-        let summaries: Vec<Summariser> = report
-            .summaries
-            .iter()
-            .map(|s| Summariser::new(datasets, s))
-            .collect();
+        let summaries = ReportSummaries::new(report, datasets);
         let parts = datasets
             .iter()
             .map(|&(name, dataset)| DatasetPart {
                 name,
                 dataset,
-                feeds: summaries
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, s)| s.plan_for(name).map(|p| (i, p)))
-                    .collect(),
                 sheets: Vec::new(),
                 sheet_rows: 0,
                 rows: 0,
@@ -222,9 +212,7 @@ impl<'a> ReportWorkbook<'a> {
 
     /// Adds a row of dataset `i` to its summaries (the aggregation phase).
     pub fn aggregate(&mut self, i: usize, row: &Row) {
-        for &(s, plan) in &self.parts[i].feeds {
-            self.summaries[s].add(plan, row);
-        }
+        self.summaries.add(i, row);
     }
 
     /// Writes a row of dataset `i` to its raw sheet (the write phase). Rows past Excel's limit
@@ -331,6 +319,16 @@ impl<'a> ReportWorkbook<'a> {
 
     /// Completes the workbook: summary tables, column widths and filters, the About sheet.
     pub fn finish(mut self) -> Result<FinishedWorkbook, WorkbookError> {
+        let tables = std::mem::replace(&mut self.summaries, ReportSummaries::empty()).finish();
+        self.finish_with(tables)
+    }
+
+    /// [`ReportWorkbook::finish`] with summary tables aggregated elsewhere (by a
+    /// [`ReportSummaries`] fed the same rows, e.g. on another thread).
+    pub fn finish_with(
+        mut self,
+        tables: Vec<SummaryTable>,
+    ) -> Result<FinishedWorkbook, WorkbookError> {
         // Every dataset has a sheet, even an empty one.
         while self.opened < self.parts.len() {
             self.open_sheet(self.opened)?;
@@ -366,10 +364,6 @@ impl<'a> ReportWorkbook<'a> {
                 ));
             }
         }
-        let tables: Vec<SummaryTable> = std::mem::take(&mut self.summaries)
-            .into_iter()
-            .map(Summariser::finish)
-            .collect();
         let total_rows: u64 = self.parts.iter().map(|p| p.rows).sum();
         let mails: usize = self.parts.iter().map(|p| p.source_mails).sum();
         let heading = SummaryHeading {
@@ -409,6 +403,54 @@ impl<'a> ReportWorkbook<'a> {
             rows: total_rows,
             warnings,
         })
+    }
+}
+
+/// A report's summary tables, aggregated a row at a time from its datasets' rows.
+pub struct ReportSummaries<'a> {
+    summaries: Vec<Summariser<'a>>,
+    /// Per dataset of the report: the summaries its rows feed, with that summary's plan for it.
+    feeds: Vec<Vec<(usize, usize)>>,
+}
+
+impl<'a> ReportSummaries<'a> {
+    /// `datasets`: the report's datasets, in order, with their definitions.
+    pub fn new(report: &'a Report, datasets: &[(&'a str, &'a Dataset)]) -> Self {
+        let summaries: Vec<Summariser> = report
+            .summaries
+            .iter()
+            .map(|s| Summariser::new(datasets, s))
+            .collect();
+        let feeds = datasets
+            .iter()
+            .map(|(name, _)| {
+                summaries
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.plan_for(name).map(|p| (i, p)))
+                    .collect()
+            })
+            .collect();
+        ReportSummaries { summaries, feeds }
+    }
+
+    fn empty() -> Self {
+        ReportSummaries {
+            summaries: Vec::new(),
+            feeds: Vec::new(),
+        }
+    }
+
+    /// Adds a row of dataset `i` (the report's `i`th) to the summaries it feeds.
+    pub fn add(&mut self, i: usize, row: &Row) {
+        for &(s, plan) in &self.feeds[i] {
+            self.summaries[s].add(plan, row);
+        }
+    }
+
+    /// The tables, in the report's order.
+    pub fn finish(self) -> Vec<SummaryTable> {
+        self.summaries.into_iter().map(Summariser::finish).collect()
     }
 }
 
