@@ -124,6 +124,8 @@ pub struct AttachmentReader<'a> {
     reader: csv::Reader<Box<dyn std::io::Read + Send + 'a>>,
     record: csv::ByteRecord,
     positions: Vec<Option<usize>>,
+    /// Each derived column with the column it derives from (looked up once, not per row).
+    derived: Vec<(usize, usize)>,
     key_idx: Vec<usize>,
     date_idx: usize,
     keys: KeySet,
@@ -289,6 +291,15 @@ impl<'a> AttachmentReader<'a> {
             reader,
             record,
             positions,
+            derived: dataset
+                .columns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let from = dataset.column(&c.derive.as_ref()?.from)?.0;
+                    Some((i, from))
+                })
+                .collect(),
             key_idx,
             date_idx,
             keys: KeySet::with_capacity(lines, size / 4),
@@ -381,6 +392,7 @@ impl<'a> AttachmentReader<'a> {
             match keyed_row(
                 self.dataset,
                 &self.positions,
+                &self.derived,
                 self.date_idx,
                 &self.key_idx,
                 record,
@@ -508,11 +520,12 @@ fn line_of(text: &str, pos: &csv::Position) -> u64 {
 fn keyed_row(
     dataset: &Dataset,
     positions: &[Option<usize>],
+    derived: &[(usize, usize)],
     date_idx: usize,
     key_idx: &[usize],
     record: &csv::ByteRecord,
 ) -> Result<KeyedRow, String> {
-    let values = typed_row(dataset, positions, record)?;
+    let values = typed_row(dataset, positions, derived, record)?;
     let date = row_date(values[date_idx].as_ref())
         .ok_or_else(|| format!("column {} is empty", dataset.date_column))?;
     let key = row_key(dataset, key_idx, &values)?;
@@ -529,6 +542,7 @@ fn key_idx_contains(dataset: &Dataset, name: &str) -> bool {
 fn typed_row(
     dataset: &Dataset,
     positions: &[Option<usize>],
+    derived: &[(usize, usize)],
     record: &csv::ByteRecord,
 ) -> Result<Row, String> {
     let tz = dataset.time_zone.0;
@@ -551,9 +565,9 @@ fn typed_row(
             .map_err(|what| format!("column {}: {text:?} is not {what}", col.name))?;
         row.push(Some(value));
     }
-    for (i, col) in dataset.columns.iter().enumerate() {
+    for &(i, from) in derived {
+        let col = &dataset.columns[i];
         if let Some(d) = &col.derive {
-            let (from, _) = dataset.column(&d.from).expect("validated derive source");
             row[i] = derive(d.func, row[from].as_ref());
             if row[i].is_none() && col.required {
                 return Err(format!(
@@ -601,7 +615,17 @@ fn derive(func: DeriveFn, source: Option<&Value>) -> Option<Value> {
     match func {
         DeriveFn::Present => Some(Value::Bool(true)),
         DeriveFn::Hour => date_time.map(|t| Value::Int(i64::from(t.hour()))),
-        DeriveFn::HourOfDay => date_time.map(|t| Value::Text(format!("{:02}:00", t.hour()).into())),
+        DeriveFn::HourOfDay => date_time.map(|t| {
+            const HOURS: [&str; 24] = [
+                "00:00", "01:00", "02:00", "03:00", "04:00", "05:00", "06:00", "07:00", "08:00",
+                "09:00", "10:00", "11:00", "12:00", "13:00", "14:00", "15:00", "16:00", "17:00",
+                "18:00", "19:00", "20:00", "21:00", "22:00", "23:00",
+            ];
+            // A static string: no allocation for a value every row of a large file has.
+            Value::Text(compact_str::CompactString::const_new(
+                HOURS[t.hour() as usize],
+            ))
+        }),
         DeriveFn::Date => date_time.map(|t| Value::Date(t.date())),
         DeriveFn::Weekday => date_time.map(|t| Value::Text(format!("{:?}", t.weekday()).into())),
     }
