@@ -411,6 +411,68 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     assert!(msg.body_text(0).unwrap().contains("no data"));
     assert_eq!(msg.attachment_count(), 0);
 
+    // Size policy: a 12 MB workbook over the 10 MiB limit (infra/envs/local) goes as a download
+    // link that works, and the mail says so.
+    let big: Vec<u8> = (0..12_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let big_key = "reports/call_centre_daily/2024-03-14/call_centre_daily-big.xlsx";
+    let stored = charlie::adapters::object_store::ObjectStore::new(
+        cloud.clients.s3.clone(),
+        &cloud.outputs.bucket,
+    )
+    .put(
+        big_key,
+        big.clone(),
+        charlie::report_mail::XLSX_CONTENT_TYPE,
+    )
+    .await
+    .unwrap();
+    charlie::adapters::queue::Queue::new(
+        cloud.clients.sqs.clone(),
+        &cloud.outputs.queue_urls["mail"],
+    )
+    .send(
+        &charlie::messages::MailRequest {
+            v: 1,
+            run_id: "big-workbook".into(),
+            report: "call_centre_daily".into(),
+            title: "Call-centre daily report".into(),
+            period: "2024-03-14".into(),
+            workbook_key: Some(big_key.into()),
+            workbook_version: stored.version_id,
+            workbook_size: big.len() as u64,
+            recipients: vec!["ops-leads@contoso.example".into()],
+            subject: "Call-centre daily report for 2024-03-14".into(),
+            rows: 1_000_000,
+            time_zone: "Europe/London".into(),
+            warnings: vec![],
+        },
+        "big-workbook",
+    )
+    .await
+    .unwrap();
+    cloud.runner.drain().await.unwrap();
+    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
+    assert_eq!(sent.len(), 6);
+    assert!(
+        sent[5].raw.len() < 1_000_000,
+        "no 12 MB attachment in the mail"
+    );
+    let msg = MessageParser::default()
+        .parse(sent[5].raw.as_bytes())
+        .unwrap();
+    assert_eq!(msg.attachment_count(), 0);
+    let text = msg.body_text(0).unwrap();
+    assert!(text.contains("too large to attach"), "{text}");
+    let link = text
+        .lines()
+        .find(|l| l.starts_with("http"))
+        .expect("the download link");
+    assert!(link.contains("X-Amz-Signature"), "{link}");
+    let downloaded = reqwest::get(link).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&downloaded[..], &big[..], "the link serves the workbook");
+
     // An unusable attachment is quarantined with its reason; the mail counts as handled.
     cloud.graph.deliver(FakeMessage {
         id: "AAMkAGI2TG93AAA=broken".into(),

@@ -159,8 +159,14 @@ pub struct Report {
     /// EventBridge Scheduler expression (also given to Terraform's `reports` variable).
     pub schedule: String,
     pub recipients: Vec<String>,
-    /// `{report}`, `{title}` and `{period}` are replaced.
+    /// The mail's subject, a MiniJinja template (see `mail_template` for the variables), e.g.
+    /// `{{ title }} for {{ period }}`.
     pub subject: String,
+    /// The mail's plain-text and HTML bodies (MiniJinja templates; defaults when absent).
+    #[serde(default)]
+    pub body_text: Option<String>,
+    #[serde(default)]
+    pub body_html: Option<String>,
     /// What a scheduled run covers: the last complete day (default), ISO week or month, in
     /// the report's time zone. Run requests name any period.
     #[serde(default)]
@@ -495,6 +501,9 @@ impl Definitions {
                     ));
                 }
             }
+            if let Err(e) = crate::mail_template::check(name, r) {
+                out.push((Where::key(&table, 0, e.part), e.to_string()));
+            }
             let summaries = format!("{table}.summaries");
             for (si, s) in r.summaries.iter().enumerate() {
                 let Some(ds) = self.datasets.get(&s.dataset) else {
@@ -741,15 +750,6 @@ impl Dataset {
                 .as_ref()
                 .is_none_or(|p| p.is_match(subject))
             && self.matcher.attachment.is_match(attachment_name)
-    }
-}
-
-impl Report {
-    pub fn subject_for(&self, report_name: &str, period: &str) -> String {
-        self.subject
-            .replace("{report}", report_name)
-            .replace("{title}", &self.title)
-            .replace("{period}", period)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod csv_ingest;
 pub mod definitions;
 pub mod env;
 pub mod key_set;
+pub mod mail_template;
 pub mod messages;
 pub mod period;
 pub mod report_mail;

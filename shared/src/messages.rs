@@ -75,6 +75,9 @@ pub struct MailRequest {
     pub subject: String,
     pub rows: u64,
     pub time_zone: String,
+    /// The run's warnings, for the mail to mention.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The report-builder's trigger: its schedule (EventBridge Scheduler fills `scheduled_time`) or

@@ -10,54 +10,21 @@ pub const XLSX_CONTENT_TYPE: &str =
 pub struct ReportMail<'a> {
     pub from: &'a str,
     pub to: &'a [String],
+    /// Subject and bodies, rendered from the report's templates (`mail_template`).
     pub subject: &'a str,
-    pub report_title: &'a str,
-    pub period: &'a str,
-    pub time_zone: &'a str,
-    pub rows: u64,
-    /// The workbook's file name and bytes; `None` makes the mail a "no data" notice.
+    pub text: &'a str,
+    pub html: &'a str,
+    /// The workbook's file name and bytes; `None` when it is not attached (a "no data" notice,
+    /// or a link in the body instead).
     pub workbook: Option<(&'a str, &'a [u8])>,
     /// Unique per run and recipient group, so a receiving system can spot a duplicate.
     pub message_id: &'a str,
     pub date: DateTime<Utc>,
 }
 
-/// Renders the mail to RFC 5322 bytes.
+/// Renders the mail to RFC 5322 bytes: `multipart/mixed` (or `alternative` alone without an
+/// attachment), non-ASCII subject and file name encoded, lines within SMTP's limit.
 pub fn render(mail: &ReportMail) -> std::io::Result<Vec<u8>> {
-    const FOOTER: &str = "This mail was sent by Charlie; reply to reach the operations team.";
-    let (title, period, tz) = (mail.report_title, mail.period, mail.time_zone);
-    let (text, html) = match mail.workbook {
-        Some(_) => (
-            format!(
-                "Hello,\n\nattached is the {title} for {period} ({rows} rows, times in {tz}).\n\n{FOOTER}\n",
-                rows = mail.rows,
-            ),
-            format!(
-                "attached is the <b>{}</b> for <b>{}</b> ({} rows, times in {}).",
-                html_escape(title),
-                html_escape(period),
-                mail.rows,
-                html_escape(tz)
-            ),
-        ),
-        None => (
-            format!(
-                "Hello,\n\nthere was no data for the {title} for {period} (times in {tz}), so no \
-                 workbook is attached.\n\n{FOOTER}\n"
-            ),
-            format!(
-                "there was <b>no data</b> for the <b>{}</b> for <b>{}</b> (times in {}), so no \
-                 workbook is attached.",
-                html_escape(title),
-                html_escape(period),
-                html_escape(tz)
-            ),
-        ),
-    };
-    let html = format!(
-        "<!doctype html><html><body style=\"font-family:Segoe UI,Arial,sans-serif\">\
-         <p>Hello,</p><p>{html}</p><p style=\"color:#666\">{FOOTER}</p></body></html>"
-    );
     let to: Vec<&str> = mail.to.iter().map(String::as_str).collect();
     let message = MessageBuilder::new()
         .from(("Charlie reports", mail.from))
@@ -65,20 +32,13 @@ pub fn render(mail: &ReportMail) -> std::io::Result<Vec<u8>> {
         .subject(mail.subject)
         .message_id(mail.message_id)
         .date(mail.date.timestamp())
-        .text_body(text)
-        .html_body(html);
+        .text_body(mail.text)
+        .html_body(mail.html);
     match mail.workbook {
         Some((file_name, bytes)) => message.attachment(XLSX_CONTENT_TYPE, file_name, bytes),
         None => message,
     }
     .write_to_vec()
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -97,10 +57,8 @@ mod tests {
             from: "reports@charlie.example",
             to: &to,
             subject: "Rapport quotidien — 2024-03-14",
-            report_title: "Call-centre <daily>",
-            period: "2024-03-14",
-            time_zone: "Europe/London",
-            rows: 42,
+            text: "attached: 42 rows",
+            html: "<p>Call-centre &lt;daily&gt;</p>",
             workbook: Some(("call_centre_daily-2024-03-14.xlsx", &workbook)),
             message_id: "run-1.group-1@charlie.example",
             date: "2024-03-15T06:00:00Z".parse().unwrap(),
@@ -135,10 +93,8 @@ mod tests {
             from: "reports@charlie.example",
             to: &to,
             subject: "Daily for 2024-03-16",
-            report_title: "Daily",
-            period: "2024-03-16",
-            time_zone: "Europe/London",
-            rows: 0,
+            text: "there was no data for the Daily for 2024-03-16",
+            html: "<p>there was <b>no data</b></p>",
             workbook: None,
             message_id: "run-2.group-1@charlie.example",
             date: "2024-03-17T06:00:00Z".parse().unwrap(),

@@ -89,14 +89,16 @@ provider "aws" {
 module "charlie" {
   source = "../../modules/charlie"
 
-  name_prefix                   = var.name_prefix
-  lambda_zip_dir                = var.lambda_zip_dir
-  config_file                   = var.config_file
-  sender                        = var.sender
-  mailboxes                     = var.mailboxes
-  graph_base_url                = var.graph_base_url
-  graph_token_url               = var.graph_token_url
-  reports                       = var.reports
+  name_prefix     = var.name_prefix
+  lambda_zip_dir  = var.lambda_zip_dir
+  config_file     = var.config_file
+  sender          = var.sender
+  mailboxes       = var.mailboxes
+  graph_base_url  = var.graph_base_url
+  graph_token_url = var.graph_token_url
+  reports         = var.reports
+  # 10 MiB: the tests send a 12 MB workbook to see the size policy's download link.
+  max_mail_bytes                = 10485760
   event_source_mappings_enabled = false
   log_level                     = "info,charlie=debug"
 

@@ -66,7 +66,7 @@ locals {
     ]
     mailer = [
       local.logs_statement, local.read_config, local.state_rw, local.consume["mail"],
-      { Effect = "Allow", Action = ["s3:GetObject"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
+      { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
       { Effect = "Allow", Action = ["ses:SendEmail", "ses:SendRawEmail"], Resource = "*" },
     ]
   }

@@ -54,6 +54,8 @@ locals {
     mailer = {
       CHARLIE_SENDER         = var.sender
       CHARLIE_SES_CONFIG_SET = aws_ses_configuration_set.main.name
+      CHARLIE_MAX_MAIL_BYTES = tostring(var.max_mail_bytes)
+      CHARLIE_LINK_DAYS      = tostring(var.link_days)
     }
   }
 }

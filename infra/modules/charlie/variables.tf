@@ -107,3 +107,23 @@ variable "max_receive_count" {
   type        = number
   default     = 5
 }
+
+variable "max_mail_bytes" {
+  description = "Size policy: a report mail over this many bytes (MIME, attachment encoded) carries a download link instead of the workbook. SES v2 allows 40 MB."
+  type        = number
+  default     = 41943040
+  validation {
+    condition     = var.max_mail_bytes >= 1 && var.max_mail_bytes <= 41943040
+    error_message = "max_mail_bytes must be between 1 and 41943040 (SES v2's limit)."
+  }
+}
+
+variable "link_days" {
+  description = "How many days a download link (size policy) works; SigV4 presigning allows at most 7."
+  type        = number
+  default     = 7
+  validation {
+    condition     = var.link_days >= 1 && var.link_days <= 7
+    error_message = "link_days must be between 1 and 7."
+  }
+}

@@ -50,6 +50,28 @@ impl ObjectStore {
         })
     }
 
+    /// A URL that downloads `key` (at `version_id`) without credentials until `expires_in` has
+    /// passed (SigV4 presigning: at most 7 days).
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        expires_in: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .context("a presigned link lasts at most 7 days")?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_version_id(version_id.map(str::to_owned))
+            .presigned(config)
+            .await
+            .with_context(|| format!("presigning s3://{}/{key}", self.bucket))?;
+        Ok(request.uri().to_owned())
+    }
+
     pub async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>> {
         let out = self
             .client

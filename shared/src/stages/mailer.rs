@@ -1,5 +1,7 @@
 //! mailer: for each `mail` message, sends the run's workbook to its recipients through SES,
-//! exactly once per run and recipient group.
+//! exactly once per run and recipient group. The words come from the report's templates
+//! (`mail_template`); a mail over the size limit carries a presigned download link instead of
+//! the workbook.
 //!
 //! A delivery record (`DLV#{run}#{group}`) is claimed before sending and completed after, with
 //! SES's message id; a retried message for a completed delivery sends nothing. The one window
@@ -16,22 +18,35 @@ use crate::adapters::aws::AwsClients;
 use crate::adapters::object_store::ObjectStore;
 use crate::adapters::ses::SesTransport;
 use crate::adapters::state::{Claim, StateStore};
+use crate::definitions::Definitions;
 use crate::env::Env;
+use crate::mail_template::{self, MailFacts};
 use crate::messages::MailRequest;
 use crate::report_mail::{ReportMail, render};
 use crate::sqs_batch;
 
 pub struct Mailer {
+    definitions: Definitions,
     objects: ObjectStore,
     state: StateStore,
     ses: SesTransport,
     sender: String,
+    /// Size policy: a mail over this many bytes (MIME, attachment encoded) carries a download
+    /// link instead of the workbook. SES v2 accepts 40 MB; `CHARLIE_MAX_MAIL_BYTES` lowers it.
+    max_mail_bytes: usize,
+    /// How long such a link works (`CHARLIE_LINK_DAYS`, 1–7: SigV4's limit).
+    link_days: u32,
 }
+
+/// SES v2's limit for a whole message, attachments encoded.
+pub const SES_MAX_MAIL_BYTES: usize = 40 * 1024 * 1024;
 
 impl Mailer {
     pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
+        let objects = ObjectStore::new(clients.s3.clone(), env.required("CHARLIE_BUCKET")?);
         Ok(Mailer {
-            objects: ObjectStore::new(clients.s3.clone(), env.required("CHARLIE_BUCKET")?),
+            definitions: super::load_definitions(env, &objects).await?,
+            objects,
             state: StateStore::new(
                 clients.dynamodb.clone(),
                 env.required("CHARLIE_STATE_TABLE")?,
@@ -41,6 +56,26 @@ impl Mailer {
                 env.get("CHARLIE_SES_CONFIG_SET").map(str::to_owned),
             ),
             sender: env.required("CHARLIE_SENDER")?.to_owned(),
+            max_mail_bytes: match env.get("CHARLIE_MAX_MAIL_BYTES") {
+                None => SES_MAX_MAIL_BYTES,
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=SES_MAX_MAIL_BYTES).contains(n))
+                    .with_context(|| {
+                        format!(
+                            "CHARLIE_MAX_MAIL_BYTES={v:?}: expected 1 to {SES_MAX_MAIL_BYTES} bytes"
+                        )
+                    })?,
+            },
+            link_days: match env.get("CHARLIE_LINK_DAYS") {
+                None => 7,
+                Some(v) => v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|d| (1..=7).contains(d))
+                    .with_context(|| format!("CHARLIE_LINK_DAYS={v:?}: expected 1 to 7"))?,
+            },
         })
     }
 
@@ -117,21 +152,66 @@ impl Mailer {
                 "_"
             )
         );
-        let mime = render(&ReportMail {
-            from: &self.sender,
-            to: &req.recipients,
-            subject: &req.subject,
-            report_title: &req.title,
-            period: &req.period,
-            time_zone: &req.time_zone,
-            rows: req.rows,
-            workbook: workbook
-                .as_ref()
-                .map(|(name, bytes)| (*name, bytes.as_slice())),
-            message_id: &message_id,
-            date: Utc::now(),
-        })
-        .context("rendering the report mail")?;
+        let report = self
+            .definitions
+            .reports
+            .get(&req.report)
+            .with_context(|| format!("report {} is not defined (any more)", req.report))?;
+        let compose = |link: Option<(&str, &str)>| -> anyhow::Result<Vec<u8>> {
+            let words = mail_template::render(
+                report,
+                &MailFacts {
+                    report: &req.report,
+                    period: &req.period,
+                    rows: req.rows,
+                    warnings: &req.warnings,
+                    link,
+                    no_data: workbook.is_none(),
+                },
+                false,
+            )?;
+            render(&ReportMail {
+                from: &self.sender,
+                to: &req.recipients,
+                subject: &req.subject,
+                text: &words.text,
+                html: &words.html,
+                workbook: match link {
+                    Some(_) => None,
+                    None => workbook
+                        .as_ref()
+                        .map(|(name, bytes)| (*name, bytes.as_slice())),
+                },
+                message_id: &message_id,
+                date: Utc::now(),
+            })
+            .context("rendering the report mail")
+        };
+        let mut mime = compose(None)?;
+        if mime.len() > self.max_mail_bytes
+            && let Some(key) = &req.workbook_key
+        {
+            // Too large to attach: a link that works for `link_days`, and the mail says so.
+            let days = self.link_days;
+            let url = self
+                .objects
+                .presigned_get(
+                    key,
+                    req.workbook_version.as_deref(),
+                    std::time::Duration::from_secs(u64::from(days) * 86_400),
+                )
+                .await?;
+            let expires = (Utc::now() + Duration::days(i64::from(days)))
+                .format("%Y-%m-%d %H:%M UTC")
+                .to_string();
+            info!(
+                run_id = req.run_id,
+                mail_bytes = mime.len(),
+                limit = self.max_mail_bytes,
+                "workbook too large to attach: sending a download link"
+            );
+            mime = compose(Some((&url, &expires)))?;
+        }
         let size = mime.len();
         let id = self
             .ses

@@ -23,6 +23,7 @@ use crate::adapters::queue::Queue;
 use crate::adapters::state::Claim;
 use crate::definitions::OnEmpty;
 use crate::env::Env;
+use crate::mail_template::{self, MailFacts};
 use crate::messages::{MailRequest, ReportTrigger};
 use crate::period::Period;
 use crate::report_mail::XLSX_CONTENT_TYPE;
@@ -224,7 +225,21 @@ impl ReportBuilder {
             rows,
             ..RunRecord::new(run_id, report_name, period, started)
         };
-        let subject = report.subject_for(report_name, &label);
+        let subject = |warnings: &[String]| {
+            mail_template::render(
+                report,
+                &MailFacts {
+                    report: report_name,
+                    period: &label,
+                    rows,
+                    warnings,
+                    link: None,
+                    no_data: rows == 0,
+                },
+                true,
+            )
+            .map(|m| m.subject)
+        };
         let mut request = MailRequest {
             v: 1,
             run_id: run_id.to_owned(),
@@ -235,9 +250,10 @@ impl ReportBuilder {
             workbook_version: None,
             workbook_size: 0,
             recipients: report.recipients.clone(),
-            subject,
+            subject: subject(&[])?,
             rows,
             time_zone: report.time_zone.0.name().to_owned(),
+            warnings: vec![],
         };
         if rows == 0 {
             record.finished_at = Utc::now().to_rfc3339();
@@ -271,6 +287,8 @@ impl ReportBuilder {
         request.workbook_key = Some(key);
         request.workbook_version = stored.version_id;
         request.workbook_size = record.size;
+        request.warnings = record.warnings.clone();
+        request.subject = subject(&record.warnings)?;
         self.mail.send(&request, run_id).await?;
         record.status = "built".into();
         record.finished_at = Utc::now().to_rfc3339();
