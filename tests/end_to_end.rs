@@ -64,7 +64,11 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     if let Err(plan) = cloud.terraform.plan_is_noop().unwrap() {
         panic!("a second plan is not a no-op:\n{plan}");
     }
-    assert_eq!(cloud.runner.deployment.mappings.len(), 2);
+    assert_eq!(
+        cloud.runner.deployment.mappings.len(),
+        3,
+        "inbound, mail, ses_events"
+    );
     assert!(
         cloud
             .runner
@@ -428,33 +432,41 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     )
     .await
     .unwrap();
+    let big_request = charlie::messages::MailRequest {
+        v: 1,
+        run_id: "big-workbook".into(),
+        report: "call_centre_daily".into(),
+        title: "Call-centre daily report".into(),
+        period: "2024-03-14".into(),
+        workbook_key: Some(big_key.into()),
+        workbook_version: stored.version_id,
+        workbook_size: big.len() as u64,
+        recipients: vec!["ops-leads@contoso.example".into()],
+        subject: "Call-centre daily report for 2024-03-14".into(),
+        rows: 1_000_000,
+        time_zone: "Europe/London".into(),
+        warnings: vec![],
+    };
     charlie::adapters::queue::Queue::new(
         cloud.clients.sqs.clone(),
         &cloud.outputs.queue_urls["mail"],
     )
-    .send(
-        &charlie::messages::MailRequest {
-            v: 1,
-            run_id: "big-workbook".into(),
-            report: "call_centre_daily".into(),
-            title: "Call-centre daily report".into(),
-            period: "2024-03-14".into(),
-            workbook_key: Some(big_key.into()),
-            workbook_version: stored.version_id,
-            workbook_size: big.len() as u64,
-            recipients: vec!["ops-leads@contoso.example".into()],
-            subject: "Call-centre daily report for 2024-03-14".into(),
-            rows: 1_000_000,
-            time_zone: "Europe/London".into(),
-            warnings: vec![],
-        },
-        "big-workbook",
-    )
+    .send(&big_request, "big-workbook")
     .await
     .unwrap();
     cloud.runner.drain().await.unwrap();
     let sent = cloud.emulator.sent_raw_mail().await.unwrap();
     assert_eq!(sent.len(), 6);
+    // The same mail message delivered twice more (SQS is at-least-once) sends nothing more.
+    let mail_queue = charlie::adapters::queue::Queue::new(
+        cloud.clients.sqs.clone(),
+        &cloud.outputs.queue_urls["mail"],
+    );
+    for _ in 0..2 {
+        mail_queue.send(&big_request, "big-workbook").await.unwrap();
+    }
+    cloud.runner.drain().await.unwrap();
+    assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 6);
     assert!(
         sent[5].raw.len() < 1_000_000,
         "no 12 MB attachment in the mail"
@@ -472,6 +484,68 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     assert!(link.contains("X-Amz-Signature"), "{link}");
     let downloaded = reqwest::get(link).await.unwrap().bytes().await.unwrap();
     assert_eq!(&downloaded[..], &big[..], "the link serves the workbook");
+
+    // SES events: a bounce of the first report mail, as the configuration set publishes it
+    // through SNS (the emulator cannot bounce a mail), marks its delivery bounced; a later
+    // delivery event does not lower that.
+    let ses_event = |event_type: &str| {
+        let mut event = serde_json::json!({
+            "eventType": event_type,
+            "mail": {
+                "timestamp": "2024-03-15T06:00:01.000Z",
+                "source": "reports@charlie.example",
+                "messageId": sent[0].id,
+                "destination": ["ops-leads@contoso.example", "floor-managers@contoso.example"],
+            },
+        });
+        if event_type == "Bounce" {
+            event["bounce"] = serde_json::json!({
+                "bounceType": "Permanent", "bounceSubType": "General",
+                "bouncedRecipients": [{
+                    "emailAddress": "ops-leads@contoso.example", "action": "failed",
+                    "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+                }],
+                "timestamp": "2024-03-15T06:01:00.000Z", "feedbackId": "0100018e-bounce-1",
+            });
+        }
+        serde_json::json!({
+            "Type": "Notification",
+            "MessageId": format!("sns-{event_type}"),
+            "TopicArn": "arn:aws:sns:eu-west-2:123456789012:charlie-local-ses-events",
+            "Message": event.to_string(),
+            "Timestamp": "2024-03-15T06:01:01.000Z",
+            "SignatureVersion": "1",
+        })
+    };
+    let ses_events = charlie::adapters::queue::Queue::new(
+        cloud.clients.sqs.clone(),
+        &cloud.outputs.queue_urls["ses_events"],
+    );
+    let delivery_status = || async {
+        let link = state
+            .get_record(&format!("SESMSG#{}", sent[0].id), "delivery")
+            .await
+            .unwrap()
+            .expect("the first mail's delivery is indexed by its SES message id");
+        state
+            .get_record(link["delivery"].as_str().unwrap(), "status")
+            .await
+            .unwrap()
+            .map(|s| s["status"].as_str().unwrap().to_owned())
+    };
+    ses_events
+        .send(&ses_event("Bounce"), "bounce")
+        .await
+        .unwrap();
+    let drained = cloud.runner.drain().await.unwrap();
+    assert_eq!(drained.failures, 0);
+    assert_eq!(delivery_status().await.as_deref(), Some("bounced"));
+    ses_events
+        .send(&ses_event("Delivery"), "delivery")
+        .await
+        .unwrap();
+    cloud.runner.drain().await.unwrap();
+    assert_eq!(delivery_status().await.as_deref(), Some("bounced"));
 
     // An unusable attachment is quarantined with its reason; the mail counts as handled.
     cloud.graph.deliver(FakeMessage {

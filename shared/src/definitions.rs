@@ -633,7 +633,7 @@ impl Definitions {
     }
 }
 
-fn looks_like_address(s: &str) -> bool {
+pub(crate) fn looks_like_address(s: &str) -> bool {
     match s.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()

@@ -81,6 +81,7 @@ provider "aws" {
     secretsmanager = var.endpoint
     ses            = var.endpoint
     sesv2          = var.endpoint
+    sns            = var.endpoint
     sqs            = var.endpoint
     sts            = var.endpoint
   }

@@ -27,7 +27,7 @@ locals {
     Action   = ["secretsmanager:GetSecretValue"]
     Resource = aws_secretsmanager_secret.graph.arn
   }
-  consume = { for q in ["inbound", "mail"] : q => {
+  consume = { for q in ["inbound", "mail", "ses_events"] : q => {
     Effect   = "Allow"
     Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
     Resource = aws_sqs_queue.main[q].arn
@@ -65,7 +65,7 @@ locals {
       { Effect = "Allow", Action = ["dynamodb:Query"], Resource = aws_dynamodb_table.rows.arn },
     ]
     mailer = [
-      local.logs_statement, local.read_config, local.state_rw, local.consume["mail"],
+      local.logs_statement, local.read_config, local.state_rw, local.consume["mail"], local.consume["ses_events"],
       { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
       { Effect = "Allow", Action = ["ses:SendEmail", "ses:SendRawEmail"], Resource = "*" },
     ]

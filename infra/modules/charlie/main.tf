@@ -23,6 +23,8 @@ locals {
     inbound  = { consumer = "ingest", batch_size = 10, window = 0 }
     outbound = { consumer = null, batch_size = 100, window = 30 }
     mail     = { consumer = "mailer", batch_size = 5, window = 0 }
+    # SES bounce, complaint and delivery events (configuration set -> SNS -> here).
+    ses_events = { consumer = "mailer", batch_size = 10, window = 0 }
   }
 
   common_env = {
