@@ -40,6 +40,25 @@ def _patch_sqs():
     sqs_models.json = _CompactJson
 
 
+def _patch_s3_complete_multipart():
+    """moto 5.2.1 names CompleteMultipartUpload's reply <CompleteMultipartUploadResponse>; S3 (and
+    the AWS SDK, which refuses anything else) names it <CompleteMultipartUploadResult>."""
+    from moto.s3.responses import S3Response
+
+    serialized = S3Response.serialized
+
+    def patched(self, action_result):
+        status, headers, body = serialized(self, action_result)
+        if self.data.get("Action") == "CompleteMultipartUpload":
+            if isinstance(body, bytes):
+                body = body.replace(b"CompleteMultipartUploadResponse", b"CompleteMultipartUploadResult")
+            elif isinstance(body, str):
+                body = body.replace("CompleteMultipartUploadResponse", "CompleteMultipartUploadResult")
+        return status, headers, body
+
+    S3Response.serialized = patched
+
+
 def _patch_model_data():
     from urllib.parse import parse_qs, urlparse
 
@@ -86,6 +105,7 @@ def main():
     args = parser.parse_args()
 
     _patch_sqs()
+    _patch_s3_complete_multipart()
     _patch_model_data()
 
     from moto.server import DomainDispatcherApplication, create_backend_app

@@ -97,6 +97,11 @@ resource "aws_lambda_function" "fn" {
   timeout          = var.function_timeouts[each.key]
   memory_size      = var.function_memory[each.key]
 
+  # /tmp: the report builder writes its workbook's sheets and the workbook itself there.
+  ephemeral_storage {
+    size = var.function_ephemeral_storage[each.key]
+  }
+
   environment {
     variables = merge(local.common_env, { CHARLIE_STAGE = each.key }, local.function_env[each.key])
   }

@@ -102,6 +102,18 @@ variable "function_memory" {
   }
 }
 
+variable "function_ephemeral_storage" {
+  description = "/tmp in MB per function (512 to 10240). The report builder streams its sheets and workbook there: about 1 GB per million rows in a period."
+  type        = map(number)
+  default = {
+    graph-webhook  = 512
+    poller         = 512
+    ingest         = 512
+    report-builder = 4096
+    mailer         = 512
+  }
+}
+
 variable "max_receive_count" {
   description = "Receives before a message moves to its dead-letter queue."
   type        = number

@@ -3,6 +3,9 @@
 use anyhow::Context;
 use aws_sdk_s3::primitives::ByteStream;
 
+/// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB, at most 10,000 parts).
+pub const PART_BYTES: u64 = 16 * 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct ObjectStore {
     client: aws_sdk_s3::Client,
@@ -48,6 +51,113 @@ impl ObjectStore {
             key: key.to_owned(),
             version_id: out.version_id,
         })
+    }
+
+    /// Uploads a file without reading it into memory: one PUT up to [`PART_BYTES`], else a
+    /// multipart upload of parts read from the file one at a time (aborted on failure).
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> anyhow::Result<Stored> {
+        use aws_sdk_s3::primitives::Length;
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let at = || format!("writing s3://{}/{key} from {}", self.bucket, path.display());
+        let size = std::fs::metadata(path).with_context(at)?.len();
+        let part = |offset: u64, len: u64| async move {
+            ByteStream::read_from()
+                .path(path)
+                .offset(offset)
+                .length(Length::Exact(len))
+                .build()
+                .await
+        };
+        if size <= PART_BYTES {
+            let out = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type(content_type)
+                .body(part(0, size).await.with_context(at)?)
+                .send()
+                .await
+                .with_context(at)?;
+            return Ok(Stored {
+                key: key.to_owned(),
+                version_id: out.version_id,
+            });
+        }
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .with_context(at)?;
+        let upload_id = upload
+            .upload_id()
+            .context("S3 gave no upload id")?
+            .to_owned();
+        let result = async {
+            let mut parts = Vec::new();
+            for (n, offset) in (0..size).step_by(PART_BYTES as usize).enumerate() {
+                let number = i32::try_from(n + 1).context("too many parts")?;
+                let body = part(offset, PART_BYTES.min(size - offset)).await?;
+                let done = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(body)
+                    .send()
+                    .await?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(done.e_tag)
+                        .build(),
+                );
+            }
+            let out = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await?;
+            anyhow::Ok(out.version_id)
+        }
+        .await;
+        match result {
+            Ok(version_id) => Ok(Stored {
+                key: key.to_owned(),
+                version_id,
+            }),
+            Err(e) => {
+                // Parts of an unfinished upload are billed until aborted.
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                Err(e).with_context(at)
+            }
+        }
     }
 
     /// A URL that downloads `key` (at `version_id`) without credentials until `expires_in` has

@@ -271,16 +271,27 @@ impl ReportBuilder {
             return Ok(record);
         }
 
-        let built = wb.finish()?.into_bytes()?;
+        // The workbook goes to a temporary file and from there to S3 in parts: memory holds
+        // neither its rows nor its bytes, whatever the period's size (the function's
+        // ephemeral storage is sized for it in Terraform).
+        let file = TempFile(std::env::temp_dir().join(format!(
+            "charlie-{}.xlsx",
+            run_id.replace(
+                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
+                "_"
+            )
+        )));
+        let saved = wb.finish()?.save(&file.0)?;
+        let (size, sha256) = file_digest(&file.0)?;
         let key = format!("reports/{report_name}/{label}/{report_name}-{label}.xlsx");
-        record.size = built.bytes.len() as u64;
-        record.sha256 = Some(hex::encode(Sha256::digest(&built.bytes)));
-        record.sheets = built.sheets.clone();
-        record.warnings = built.warnings.clone();
+        record.size = size;
+        record.sha256 = Some(sha256);
+        record.sheets = saved.sheets;
+        record.warnings = saved.warnings;
         let stored = self
             .common
             .objects
-            .put(&key, built.bytes, XLSX_CONTENT_TYPE)
+            .put_file(&key, &file.0, XLSX_CONTENT_TYPE)
             .await?;
         record.workbook_key = Some(key.clone());
         record.workbook_version = stored.version_id.clone();
@@ -320,5 +331,31 @@ impl RunRecord {
             repeated: false,
             error: None,
         }
+    }
+}
+
+/// A file removed when dropped (after the upload, or on any failure).
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Size and SHA-256 (hex) of a file, read in blocks.
+fn file_digest(path: &std::path::Path) -> anyhow::Result<(u64, String)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut hash = Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut block)?;
+        if n == 0 {
+            return Ok((size, hex::encode(hash.finalize())));
+        }
+        hash.update(&block[..n]);
+        size += n as u64;
     }
 }
