@@ -51,6 +51,28 @@ impl Env {
         }
     }
 
+    /// [`Env::parsed_or`] for a setting that must lie in `range`.
+    pub fn in_range_or<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, SettingError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display,
+        T::Err: std::fmt::Display,
+    {
+        let value = self.parsed_or(name, default)?;
+        if range.contains(&value) {
+            Ok(value)
+        } else {
+            Err(SettingError::Invalid {
+                name,
+                reason: format!("{value} is outside {} to {}", range.start(), range.end()),
+            })
+        }
+    }
+
     pub fn with(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.0.insert(name.into(), value.into());
         self
@@ -83,5 +105,18 @@ mod tests {
         let env = Env::default().with("N", "ten");
         let err = env.parsed_or("N", 1u32).unwrap_err().to_string();
         assert!(err.contains("N") && err.contains("invalid"), "{err}");
+    }
+
+    #[test]
+    fn ranged_settings_refuse_values_outside_their_range() {
+        let env = Env::default().with("D", "9").with("E", "3");
+        let err = env.in_range_or("D", 7u32, 1..=7).unwrap_err().to_string();
+        assert!(
+            err.contains("D") && err.contains("9 is outside 1 to 7"),
+            "{err}"
+        );
+        assert_eq!(env.in_range_or("E", 7u32, 1..=7).unwrap(), 3);
+        assert_eq!(env.in_range_or("UNSET", 7u32, 1..=7).unwrap(), 7);
+        assert!(env.with("F", "x").in_range_or("F", 7u32, 1..=7).is_err());
     }
 }

@@ -712,21 +712,26 @@ mod tests {
     use crate::definitions::Definitions;
     use calamine::{Data, Reader, Xlsx};
 
-    /// The shipped `call_centre_daily` workbook for 2024-03-14 over `rows` of ib_calls.
-    fn build_ib_calls(defs: &Definitions, rows: &[Row]) -> BuiltWorkbook {
+    /// Report `report` of `defs` for 2024-03-14 over `rows` of its one dataset `dataset`.
+    fn build_one(defs: &Definitions, report: &str, dataset: &str, rows: &[Row]) -> BuiltWorkbook {
         build(&WorkbookInput {
-            report_name: "call_centre_daily",
-            report: &defs.reports["call_centre_daily"],
+            report_name: report,
+            report: &defs.reports[report],
             period: "2024-03-14",
             generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
             datasets: vec![DatasetRows {
-                name: "ib_calls",
-                dataset: &defs.datasets["ib_calls"],
+                name: dataset,
+                dataset: &defs.datasets[dataset],
                 rows,
                 source_mails: 1,
             }],
         })
         .unwrap()
+    }
+
+    /// The shipped `call_centre_daily` workbook for 2024-03-14 over `rows` of ib_calls.
+    fn build_ib_calls(defs: &Definitions, rows: &[Row]) -> BuiltWorkbook {
+        build_one(defs, "call_centre_daily", "ib_calls", rows)
     }
 
     fn build_sample(notes: &str) -> (BuiltWorkbook, Xlsx<std::io::Cursor<Vec<u8>>>) {
@@ -908,26 +913,14 @@ datasets = ["narrow"]
 time_zone = "UTC"
 schedule = "cron(0 6 * * ? *)"
 recipients = ["a@b.example"]
-subject = "{title}"
+subject = "{{ title }}"
 "#;
         let defs = Definitions::parse(text).unwrap();
         let per_sheet = (MAX_SHEET_ROWS - 1) as usize;
         let rows: Vec<Row> = (0..per_sheet + 10)
             .map(|i| vec![Some(Value::Int(i as i64)), None])
             .collect();
-        let built = build(&WorkbookInput {
-            report_name: "big",
-            report: &defs.reports["big"],
-            period: "2024-03-14",
-            generated_at: "2024-03-15T06:00:00Z".parse().unwrap(),
-            datasets: vec![DatasetRows {
-                name: "narrow",
-                dataset: &defs.datasets["narrow"],
-                rows: &rows,
-                source_mails: 1,
-            }],
-        })
-        .unwrap();
+        let built = build_one(&defs, "big", "narrow", &rows);
         assert_eq!(
             built.sheets,
             vec!["Summary", "narrow", "narrow (2)", "About"]

@@ -37,16 +37,27 @@ impl ObjectStore {
         bytes: Vec<u8>,
         content_type: &str,
     ) -> anyhow::Result<Stored> {
+        self.put_body(key, ByteStream::from(bytes), content_type)
+            .await
+            .with_context(|| format!("writing s3://{}/{key}", self.bucket))
+    }
+
+    /// One PUT of `body`; callers say what was being written.
+    async fn put_body(
+        &self,
+        key: &str,
+        body: ByteStream,
+        content_type: &str,
+    ) -> anyhow::Result<Stored> {
         let out = self
             .client
             .put_object()
             .bucket(&self.bucket)
             .key(key)
             .content_type(content_type)
-            .body(ByteStream::from(bytes))
+            .body(body)
             .send()
-            .await
-            .with_context(|| format!("writing s3://{}/{key}", self.bucket))?;
+            .await?;
         Ok(Stored {
             key: key.to_owned(),
             version_id: out.version_id,
@@ -74,20 +85,11 @@ impl ObjectStore {
                 .await
         };
         if size <= PART_BYTES {
-            let out = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(key)
-                .content_type(content_type)
-                .body(part(0, size).await.with_context(at)?)
-                .send()
+            let body = part(0, size).await.with_context(at)?;
+            return self
+                .put_body(key, body, content_type)
                 .await
-                .with_context(at)?;
-            return Ok(Stored {
-                key: key.to_owned(),
-                version_id: out.version_id,
-            });
+                .with_context(at);
         }
         let upload = self
             .client

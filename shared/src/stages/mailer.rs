@@ -56,26 +56,12 @@ impl Mailer {
                 env.get("CHARLIE_SES_CONFIG_SET").map(str::to_owned),
             ),
             sender: env.required("CHARLIE_SENDER")?.to_owned(),
-            max_mail_bytes: match env.get("CHARLIE_MAX_MAIL_BYTES") {
-                None => SES_MAX_MAIL_BYTES,
-                Some(v) => v
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=SES_MAX_MAIL_BYTES).contains(n))
-                    .with_context(|| {
-                        format!(
-                            "CHARLIE_MAX_MAIL_BYTES={v:?}: expected 1 to {SES_MAX_MAIL_BYTES} bytes"
-                        )
-                    })?,
-            },
-            link_days: match env.get("CHARLIE_LINK_DAYS") {
-                None => 7,
-                Some(v) => v
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|d| (1..=7).contains(d))
-                    .with_context(|| format!("CHARLIE_LINK_DAYS={v:?}: expected 1 to 7"))?,
-            },
+            max_mail_bytes: env.in_range_or(
+                "CHARLIE_MAX_MAIL_BYTES",
+                SES_MAX_MAIL_BYTES,
+                1..=SES_MAX_MAIL_BYTES,
+            )?,
+            link_days: env.in_range_or("CHARLIE_LINK_DAYS", 7, 1..=7)?,
         })
     }
 

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::adapters::aws::AwsClients;
+use crate::adapters::object_store::key_segment;
 use crate::adapters::queue::Queue;
 use crate::adapters::state::Claim;
 use crate::definitions::OnEmpty;
@@ -225,35 +226,36 @@ impl ReportBuilder {
             rows,
             ..RunRecord::new(run_id, report_name, period, started)
         };
-        let subject = |warnings: &[String]| {
-            mail_template::render(
+        // The mail request, its subject rendered once the run's warnings are known.
+        let request = |warnings: Vec<String>| -> anyhow::Result<MailRequest> {
+            let subject = mail_template::render(
                 report,
                 &MailFacts {
                     report: report_name,
                     period: &label,
                     rows,
-                    warnings,
+                    warnings: &warnings,
                     link: None,
                     no_data: rows == 0,
                 },
                 true,
-            )
-            .map(|m| m.subject)
-        };
-        let mut request = MailRequest {
-            v: 1,
-            run_id: run_id.to_owned(),
-            report: report_name.to_owned(),
-            title: report.title.clone(),
-            period: label.clone(),
-            workbook_key: None,
-            workbook_version: None,
-            workbook_size: 0,
-            recipients: report.recipients.clone(),
-            subject: subject(&[])?,
-            rows,
-            time_zone: report.time_zone.0.name().to_owned(),
-            warnings: vec![],
+            )?
+            .subject;
+            Ok(MailRequest {
+                v: 1,
+                run_id: run_id.to_owned(),
+                report: report_name.to_owned(),
+                title: report.title.clone(),
+                period: label.clone(),
+                workbook_key: None,
+                workbook_version: None,
+                workbook_size: 0,
+                recipients: report.recipients.clone(),
+                subject,
+                rows,
+                time_zone: report.time_zone.0.name().to_owned(),
+                warnings,
+            })
         };
         if rows == 0 {
             record.finished_at = Utc::now().to_rfc3339();
@@ -263,7 +265,7 @@ impl ReportBuilder {
                     record.status = "skipped_empty".into();
                 }
                 OnEmpty::Notice => {
-                    self.mail.send(&request, run_id).await?;
+                    self.mail.send(&request(vec![])?, run_id).await?;
                     info!("no rows in the period: a no-data notice is queued (on_empty = notice)");
                     record.status = "notice_sent".into();
                 }
@@ -274,13 +276,8 @@ impl ReportBuilder {
         // The workbook goes to a temporary file and from there to S3 in parts: memory holds
         // neither its rows nor its bytes, whatever the period's size (the function's
         // ephemeral storage is sized for it in Terraform).
-        let file = TempFile(std::env::temp_dir().join(format!(
-            "charlie-{}.xlsx",
-            run_id.replace(
-                |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
-                "_"
-            )
-        )));
+        let file =
+            TempFile(std::env::temp_dir().join(format!("charlie-{}.xlsx", key_segment(run_id))));
         let saved = wb.finish()?.save(&file.0)?;
         let (size, sha256) = file_digest(&file.0)?;
         let key = format!("reports/{report_name}/{label}/{report_name}-{label}.xlsx");
@@ -295,11 +292,10 @@ impl ReportBuilder {
             .await?;
         record.workbook_key = Some(key.clone());
         record.workbook_version = stored.version_id.clone();
+        let mut request = request(record.warnings.clone())?;
         request.workbook_key = Some(key);
         request.workbook_version = stored.version_id;
         request.workbook_size = record.size;
-        request.warnings = record.warnings.clone();
-        request.subject = subject(&record.warnings)?;
         self.mail.send(&request, run_id).await?;
         record.status = "built".into();
         record.finished_at = Utc::now().to_rfc3339();
