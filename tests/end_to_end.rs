@@ -7,7 +7,7 @@ use std::io::Cursor;
 
 use calamine::{Data, Reader, Xlsx};
 use charlie_local::demo::{LocalCloud, UpOptions};
-use charlie_local::fake_graph::{FakeAttachment, FakeMessage};
+use charlie_local::fake_graph::{FakeAttachment, FakeMessage, SendPath};
 use chrono::{DateTime, Utc};
 use mail_parser::{MessageParser, MimeHeaders};
 
@@ -290,6 +290,41 @@ async fn the_whole_path_runs_on_the_local_cloud() {
             "floor-managers@contoso.example"
         ]
     );
+    let cc: Vec<&str> = msg
+        .cc()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.address())
+        .collect();
+    assert_eq!(cc, vec!["wfm-analysts@contoso.example"]);
+    assert!(
+        !sent[0].raw.contains("reports-archive@"),
+        "a blind copy is not in the headers"
+    );
+    assert!(
+        sent[0]
+            .destinations
+            .contains(&"reports-archive@contoso.example".to_owned()),
+        "but it is in the envelope: {:?}",
+        sent[0].destinations
+    );
+    let envelope: HashSet<&String> = sent[0].destinations.iter().collect();
+    assert_eq!(envelope.len(), 4, "to, cc and bcc: {envelope:?}");
+    let deliveries = charlie::adapters::state::StateStore::new(
+        cloud.clients.dynamodb.clone(),
+        &cloud.outputs.state_table,
+    )
+    .records(
+        &format!("RUN#{}", run["run_id"].as_str().unwrap()),
+        "delivery#",
+    )
+    .await
+    .unwrap();
+    assert_eq!(deliveries.len(), 1, "one delivery for one recipient group");
+    let result = &deliveries[0].1["result"];
+    assert_eq!(result["transport"], "ses");
+    assert_eq!(result["provider_message_id"], sent[0].id.as_str());
+    assert_eq!(result["bcc"][0], "reports-archive@contoso.example");
     assert!(
         msg.body_text(0)
             .unwrap()
@@ -391,8 +426,9 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     cloud.runner.drain().await.unwrap();
     assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 3);
 
-    // The weekly report's Monday schedule covers the week before; an empty week sends a
-    // "no data" notice (on_empty = "notice"), without a workbook.
+    // The weekly report's Monday schedule covers the week before; it goes out through Graph
+    // sendMail as the team's mailbox (transport = "graph"), the workbook inline. An empty week
+    // sends a "no data" notice (on_empty = "notice"), without a workbook.
     let monday: DateTime<Utc> = "2024-03-18T07:00:00Z".parse().unwrap();
     let (weekly, _) = cloud.report("call_centre_weekly", monday).await.unwrap();
     assert_eq!(weekly["status"], "built", "{weekly}");
@@ -403,17 +439,119 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     assert_eq!(notice["status"], "notice_sent", "{notice}");
     assert!(notice["workbook_key"].is_null());
     cloud.runner.drain().await.unwrap();
-    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
-    assert_eq!(sent.len(), 5);
-    let msg = MessageParser::default()
-        .parse(sent[4].raw.as_bytes())
-        .unwrap();
     assert_eq!(
-        msg.subject(),
-        Some("Call-centre weekly report for 2024-W12")
+        cloud.emulator.sent_raw_mail().await.unwrap().len(),
+        3,
+        "nothing more through SES"
     );
-    assert!(msg.body_text(0).unwrap().contains("no data"));
-    assert_eq!(msg.attachment_count(), 0);
+    let outlook = cloud.graph.sent_mail();
+    assert_eq!(outlook.len(), 2);
+    let (weekly_mail, notice_mail) = (&outlook[0], &outlook[1]);
+    assert_eq!(weekly_mail.from_user, mailbox);
+    assert_eq!(weekly_mail.path, SendPath::SendMail);
+    assert_eq!(
+        weekly_mail.subject,
+        "Call-centre weekly report for 2024-W11"
+    );
+    assert_eq!(weekly_mail.to, vec!["ops-leads@contoso.example".to_owned()]);
+    assert_eq!(weekly_mail.body_type, "HTML");
+    assert!(
+        weekly_mail.body.contains("<b>2024-W11</b>"),
+        "{}",
+        weekly_mail.body
+    );
+    assert_eq!(weekly_mail.attachments.len(), 1);
+    assert_eq!(
+        weekly_mail.attachments[0].bytes,
+        cloud
+            .object(weekly["workbook_key"].as_str().unwrap())
+            .await
+            .unwrap(),
+        "the inline attachment is the S3 object"
+    );
+    let weekly_deliveries = state
+        .records(
+            &format!("RUN#{}", weekly["run_id"].as_str().unwrap()),
+            "delivery#",
+        )
+        .await
+        .unwrap();
+    assert_eq!(weekly_deliveries[0].1["result"]["transport"], "graph");
+    assert_eq!(
+        weekly_deliveries[0].1["result"]["provider_message_id"].as_str(),
+        weekly_mail.internet_message_id.as_deref()
+    );
+    assert_eq!(
+        notice_mail.subject,
+        "Call-centre weekly report for 2024-W12"
+    );
+    assert!(notice_mail.body.contains("no data"), "{}", notice_mail.body);
+    assert!(notice_mail.attachments.is_empty());
+
+    // A weekly workbook over Graph's 3 MB inline limit (but under the 10 MiB mail limit) goes
+    // through a draft and an upload session, in ranges; the same message three times sends it
+    // once.
+    let objects = charlie::adapters::object_store::ObjectStore::new(
+        cloud.clients.s3.clone(),
+        &cloud.outputs.bucket,
+    );
+    let mail_queue = charlie::adapters::queue::Queue::new(
+        cloud.clients.sqs.clone(),
+        &cloud.outputs.queue_urls["mail"],
+    );
+    let large: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8)
+        .collect();
+    let large_key = "reports/call_centre_weekly/2024-W11/call_centre_weekly-large.xlsx";
+    let stored = objects
+        .put(
+            large_key,
+            large.clone(),
+            charlie::report_mail::XLSX_CONTENT_TYPE,
+        )
+        .await
+        .unwrap();
+    let large_request = charlie::messages::MailRequest {
+        v: 1,
+        run_id: "large-weekly".into(),
+        report: "call_centre_weekly".into(),
+        title: "Call-centre weekly report".into(),
+        period: "2024-W11".into(),
+        workbook_key: Some(large_key.into()),
+        workbook_version: stored.version_id,
+        workbook_size: large.len() as u64,
+        recipients: vec!["ops-leads@contoso.example".into()],
+        cc: vec!["floor-managers@contoso.example".into()],
+        bcc: vec![],
+        subject: "Call-centre weekly report for 2024-W11".into(),
+        rows: 500_000,
+        time_zone: "Europe/London".into(),
+        warnings: vec![],
+    };
+    for _ in 0..3 {
+        mail_queue
+            .send(&large_request, "large-weekly")
+            .await
+            .unwrap();
+    }
+    let drained = cloud.runner.drain().await.unwrap();
+    assert_eq!(drained.failures, 0);
+    let outlook = cloud.graph.sent_mail();
+    assert_eq!(outlook.len(), 3, "one more mail, not three");
+    assert!(
+        matches!(outlook[2].path, SendPath::Draft { ranges } if ranges >= 2),
+        "{:?}",
+        outlook[2].path
+    );
+    assert_eq!(
+        outlook[2].cc,
+        vec!["floor-managers@contoso.example".to_owned()]
+    );
+    assert_eq!(
+        outlook[2].attachments[0].bytes, large,
+        "uploaded byte for byte"
+    );
+    assert_eq!(cloud.graph.draft_count(), 0);
 
     // Size policy: a 12 MB workbook over the 10 MiB limit (infra/envs/local) goes as a download
     // link that works, and the mail says so.
@@ -421,17 +559,14 @@ async fn the_whole_path_runs_on_the_local_cloud() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let big_key = "reports/call_centre_daily/2024-03-14/call_centre_daily-big.xlsx";
-    let stored = charlie::adapters::object_store::ObjectStore::new(
-        cloud.clients.s3.clone(),
-        &cloud.outputs.bucket,
-    )
-    .put(
-        big_key,
-        big.clone(),
-        charlie::report_mail::XLSX_CONTENT_TYPE,
-    )
-    .await
-    .unwrap();
+    let stored = objects
+        .put(
+            big_key,
+            big.clone(),
+            charlie::report_mail::XLSX_CONTENT_TYPE,
+        )
+        .await
+        .unwrap();
     let big_request = charlie::messages::MailRequest {
         v: 1,
         run_id: "big-workbook".into(),
@@ -442,37 +577,29 @@ async fn the_whole_path_runs_on_the_local_cloud() {
         workbook_version: stored.version_id,
         workbook_size: big.len() as u64,
         recipients: vec!["ops-leads@contoso.example".into()],
+        cc: vec![],
+        bcc: vec![],
         subject: "Call-centre daily report for 2024-03-14".into(),
         rows: 1_000_000,
         time_zone: "Europe/London".into(),
         warnings: vec![],
     };
-    charlie::adapters::queue::Queue::new(
-        cloud.clients.sqs.clone(),
-        &cloud.outputs.queue_urls["mail"],
-    )
-    .send(&big_request, "big-workbook")
-    .await
-    .unwrap();
+    mail_queue.send(&big_request, "big-workbook").await.unwrap();
     cloud.runner.drain().await.unwrap();
     let sent = cloud.emulator.sent_raw_mail().await.unwrap();
-    assert_eq!(sent.len(), 6);
+    assert_eq!(sent.len(), 4);
     // The same mail message delivered twice more (SQS is at-least-once) sends nothing more.
-    let mail_queue = charlie::adapters::queue::Queue::new(
-        cloud.clients.sqs.clone(),
-        &cloud.outputs.queue_urls["mail"],
-    );
     for _ in 0..2 {
         mail_queue.send(&big_request, "big-workbook").await.unwrap();
     }
     cloud.runner.drain().await.unwrap();
-    assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 6);
+    assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 4);
     assert!(
-        sent[5].raw.len() < 1_000_000,
+        sent[3].raw.len() < 1_000_000,
         "no 12 MB attachment in the mail"
     );
     let msg = MessageParser::default()
-        .parse(sent[5].raw.as_bytes())
+        .parse(sent[3].raw.as_bytes())
         .unwrap();
     assert_eq!(msg.attachment_count(), 0);
     let text = msg.body_text(0).unwrap();

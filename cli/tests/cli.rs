@@ -67,7 +67,7 @@ fn config_check_reports_every_problem_with_its_line_and_exits_1() {
         "{err}"
     );
     assert!(
-        err.contains("recipient \"ops-leads\" is not a mail address"),
+        err.contains("recipients entry \"ops-leads\" is not a mail address"),
         "{err}"
     );
     assert!(err.contains("2 problem(s)"), "{err}");

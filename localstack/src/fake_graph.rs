@@ -7,8 +7,20 @@
 //!   round returns only what arrived since;
 //! - `GET /v1.0/users/{user}/messages/{id}` and `.../attachments` (`fileAttachment` with base64
 //!   `contentBytes`);
+//! - sending as the mailbox user: `POST /v1.0/users/{user}/sendMail` (202, no body; the
+//!   request at most 4 MB, so files inline only under 3 MB), and the large-file path: `POST
+//!   .../messages` (a draft, 201), `POST .../messages/{id}/attachments/createUploadSession`
+//!   (201, a pre-authenticated `uploadUrl`), `PUT uploadUrl` ranges in order with
+//!   `Content-Range`, at most 4 MB each and *without* an `Authorization` header (200 with
+//!   `nextExpectedRanges`, 201 with `Location` for the last), `POST .../messages/{id}/send`
+//!   (202; 411 without `Content-Length`), `DELETE .../messages/{id}` (204);
 //! - a bearer token on every Graph call (401 `InvalidAuthenticationToken` otherwise); 404
-//!   `ErrorItemNotFound` for unknown messages, with Graph's error body.
+//!   `ErrorItemNotFound` for unknown messages and `ErrorInvalidUser` for other mailboxes, with
+//!   Graph's error body.
+
+// The handlers' helpers return Graph's error answer as the error value: an axum `Response` is
+// large, but boxing it buys nothing in a test server that answers one request at a time.
+#![allow(clippy::result_large_err)]
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -41,6 +53,53 @@ pub struct FakeMessage {
     pub attachments: Vec<FakeAttachment>,
 }
 
+/// How a sent mail reached the fake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPath {
+    /// One `sendMail` call, files inline.
+    SendMail,
+    /// A draft, upload sessions for its files (`ranges` PUTs in all), then `send`.
+    Draft { ranges: u32 },
+}
+
+/// A mail sent through the fake, as Graph would put it in Sent Items.
+#[derive(Debug, Clone)]
+pub struct SentMail {
+    pub from_user: String,
+    pub subject: String,
+    pub body_type: String,
+    pub body: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub internet_message_id: Option<String>,
+    pub attachments: Vec<FakeAttachment>,
+    pub path: SendPath,
+}
+
+struct Draft {
+    user: String,
+    message: Value,
+    attachments: Vec<FakeAttachment>,
+    ranges: u32,
+}
+
+struct UploadState {
+    draft: String,
+    token: String,
+    name: String,
+    content_type: String,
+    size: usize,
+    received: Vec<u8>,
+}
+
+/// Graph's request size limit (a `sendMail` with inline files included).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Largest range one upload-session PUT may carry.
+pub const MAX_RANGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest file an upload session takes.
+pub const MAX_UPLOAD_BYTES: usize = 150 * 1024 * 1024;
+
 struct Inner {
     mailbox: String,
     folder: String,
@@ -51,6 +110,9 @@ struct Inner {
     tokens: HashSet<String>,
     base_url: String,
     requests: u64,
+    drafts: std::collections::HashMap<String, Draft>,
+    uploads: std::collections::HashMap<String, UploadState>,
+    sent: Vec<SentMail>,
 }
 
 #[derive(Clone)]
@@ -135,6 +197,9 @@ impl FakeGraph {
             tokens: HashSet::new(),
             base_url: base_url.clone(),
             requests: 0,
+            drafts: Default::default(),
+            uploads: Default::default(),
+            sent: Vec::new(),
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
@@ -142,11 +207,23 @@ impl FakeGraph {
                 "/v1.0/users/{user}/mailFolders/{folder}/messages/delta",
                 get(delta),
             )
-            .route("/v1.0/users/{user}/messages/{id}", get(message))
+            .route(
+                "/v1.0/users/{user}/messages/{id}",
+                get(message).delete(delete_message),
+            )
             .route(
                 "/v1.0/users/{user}/messages/{id}/attachments",
                 get(attachments),
             )
+            .route("/v1.0/users/{user}/sendMail", post(send_mail))
+            .route("/v1.0/users/{user}/messages", post(create_draft))
+            .route(
+                "/v1.0/users/{user}/messages/{id}/attachments/createUploadSession",
+                post(create_upload_session),
+            )
+            .route("/v1.0/users/{user}/messages/{id}/send", post(send_draft))
+            .route("/upload/{session}", axum::routing::put(upload_range))
+            .layer(axum::extract::DefaultBodyLimit::max(2 * MAX_REQUEST_BYTES))
             .with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -170,6 +247,16 @@ impl FakeGraph {
 
     pub fn message_count(&self) -> usize {
         self.inner.lock().unwrap().messages.len()
+    }
+
+    /// Mails sent through the fake (Sent Items), oldest first.
+    pub fn sent_mail(&self) -> Vec<SentMail> {
+        self.inner.lock().unwrap().sent.clone()
+    }
+
+    /// Drafts not sent (a failed large-file send should leave none).
+    pub fn draft_count(&self) -> usize {
+        self.inner.lock().unwrap().drafts.len()
     }
 
     /// Graph calls served so far (token requests excluded).
@@ -377,4 +464,427 @@ async fn attachments(
         })
         .collect();
     Json(json!({ "@odata.context": "attachments", "value": value })).into_response()
+}
+
+fn invalid_user(user: &str) -> Response {
+    graph_error(
+        StatusCode::NOT_FOUND,
+        "ErrorInvalidUser",
+        &format!("The requested user '{user}' is invalid."),
+    )
+}
+
+fn bad_request(code: &str, message: &str) -> Response {
+    graph_error(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// Addresses of a `recipient` collection (`[{emailAddress: {address}}]`).
+fn addresses(message: &Value, field: &str) -> Result<Vec<String>, Response> {
+    let Some(list) = message.get(field) else {
+        return Ok(vec![]);
+    };
+    let Some(list) = list.as_array() else {
+        return Err(bad_request(
+            "ErrorInvalidRecipients",
+            &format!("{field} must be a collection of recipients."),
+        ));
+    };
+    list.iter()
+        .map(|r| {
+            r["emailAddress"]["address"]
+                .as_str()
+                .filter(|a| a.contains('@'))
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    bad_request(
+                        "ErrorInvalidRecipients",
+                        "At least one recipient is not valid.",
+                    )
+                })
+        })
+        .collect()
+}
+
+/// Checks a `message` resource the way Graph does for what Charlie sends, and turns it into a
+/// sent mail (inline `fileAttachment`s decoded).
+fn sent_of(user: &str, message: &Value, path: SendPath) -> Result<SentMail, Response> {
+    let to = addresses(message, "toRecipients")?;
+    let cc = addresses(message, "ccRecipients")?;
+    let bcc = addresses(message, "bccRecipients")?;
+    if to.len() + cc.len() + bcc.len() == 0 {
+        return Err(bad_request(
+            "ErrorInvalidRecipients",
+            "At least one recipient is required, but none were found.",
+        ));
+    }
+    let body_type = message["body"]["contentType"]
+        .as_str()
+        .unwrap_or("Text")
+        .to_owned();
+    if !body_type.eq_ignore_ascii_case("html") && !body_type.eq_ignore_ascii_case("text") {
+        return Err(bad_request(
+            "RequestBodyRead",
+            &format!(
+                "Cannot convert the literal '{body_type}' to the expected type 'microsoft.graph.bodyType'."
+            ),
+        ));
+    }
+    let internet_message_id = message["internetMessageId"].as_str().map(str::to_owned);
+    if let Some(id) = &internet_message_id
+        && !(id.starts_with('<') && id.ends_with('>') && id.contains('@'))
+    {
+        return Err(bad_request(
+            "ErrorInvalidInternetMessageHeader",
+            "The internet message id must be of the form <local@domain>.",
+        ));
+    }
+    let mut attachments = Vec::new();
+    for a in message["attachments"].as_array().into_iter().flatten() {
+        if a["@odata.type"] != "#microsoft.graph.fileAttachment" {
+            return Err(bad_request(
+                "ErrorInvalidRequest",
+                "Only fileAttachment is supported here.",
+            ));
+        }
+        let bytes = a["contentBytes"]
+            .as_str()
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .ok_or_else(|| {
+                bad_request(
+                    "ErrorInvalidRequest",
+                    "contentBytes is missing or not base64.",
+                )
+            })?;
+        attachments.push(FakeAttachment {
+            name: a["name"].as_str().unwrap_or_default().to_owned(),
+            content_type: a["contentType"]
+                .as_str()
+                .unwrap_or("application/octet-stream")
+                .to_owned(),
+            bytes,
+        });
+    }
+    Ok(SentMail {
+        from_user: user.to_owned(),
+        subject: message["subject"].as_str().unwrap_or_default().to_owned(),
+        body_type,
+        body: message["body"]["content"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        to,
+        cc,
+        bcc,
+        internet_message_id,
+        attachments,
+        path,
+    })
+}
+
+/// Parses a JSON request body, or Graph's 400.
+fn json_body(body: &[u8]) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        bad_request(
+            "BadRequest",
+            &format!("Unable to read JSON request payload: {e}"),
+        )
+    })
+}
+
+async fn send_mail(
+    State(state): Shared,
+    UrlPath(user): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
+    }
+    if !user.eq_ignore_ascii_case(&inner.mailbox) {
+        return invalid_user(&user);
+    }
+    if body.len() > MAX_REQUEST_BYTES {
+        return graph_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "The request is larger than 4 MB; attach large files through an upload session.",
+        );
+    }
+    let request = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(message) = request.get("message") else {
+        return bad_request(
+            "ErrorInvalidParameter",
+            "The 'message' parameter is missing.",
+        );
+    };
+    match sent_of(&user, message, SendPath::SendMail) {
+        Ok(mail) => {
+            inner.sent.push(mail);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn create_draft(
+    State(state): Shared,
+    UrlPath(user): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
+    }
+    if !user.eq_ignore_ascii_case(&inner.mailbox) {
+        return invalid_user(&user);
+    }
+    if body.len() > MAX_REQUEST_BYTES {
+        return graph_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "The request is larger than 4 MB.",
+        );
+    }
+    let mut message = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let id = format!("AAMkDraft{:016x}=", rand_u64());
+    message["id"] = Value::String(id.clone());
+    message["isDraft"] = Value::Bool(true);
+    inner.drafts.insert(
+        id,
+        Draft {
+            user,
+            message: message.clone(),
+            attachments: Vec::new(),
+            ranges: 0,
+        },
+    );
+    (StatusCode::CREATED, Json(message)).into_response()
+}
+
+fn draft_not_found() -> Response {
+    graph_error(
+        StatusCode::NOT_FOUND,
+        "ErrorItemNotFound",
+        "The specified object was not found in the store.",
+    )
+}
+
+async fn create_upload_session(
+    State(state): Shared,
+    UrlPath((_user, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
+    }
+    if !inner.drafts.contains_key(&id) {
+        return draft_not_found();
+    }
+    let request = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let item = &request["AttachmentItem"];
+    if item["attachmentType"] != "file" {
+        return bad_request(
+            "ErrorInvalidParameter",
+            "AttachmentItem.attachmentType must be 'file'.",
+        );
+    }
+    let (Some(name), Some(size)) = (item["name"].as_str(), item["size"].as_u64()) else {
+        return bad_request(
+            "ErrorInvalidParameter",
+            "AttachmentItem needs a name and a size.",
+        );
+    };
+    if size == 0 || size as usize > MAX_UPLOAD_BYTES {
+        return bad_request(
+            "ErrorAttachmentSizeLimitExceeded",
+            "The attachment size must be between 1 byte and 150 MB.",
+        );
+    }
+    let session = format!("{:016x}", rand_u64());
+    let token = format!("{:016x}", rand_u64());
+    inner.uploads.insert(
+        session.clone(),
+        UploadState {
+            draft: id,
+            token: token.clone(),
+            name: name.to_owned(),
+            content_type: item["contentType"]
+                .as_str()
+                .unwrap_or("application/octet-stream")
+                .to_owned(),
+            size: size as usize,
+            received: Vec::new(),
+        },
+    );
+    let root = inner.base_url.trim_end_matches("/v1.0").to_owned();
+    (
+        StatusCode::CREATED,
+        Json(json!({
+            "@odata.context": format!("{}/$metadata#microsoft.graph.uploadSession", inner.base_url),
+            "uploadUrl": format!("{root}/upload/{session}?authtoken={token}"),
+            "expirationDateTime": (chrono::Utc::now() + chrono::Duration::hours(6)).to_rfc3339(),
+            "nextExpectedRanges": ["0-"],
+        })),
+    )
+        .into_response()
+}
+
+/// `bytes {start}-{end}/{total}`.
+fn content_range(headers: &HeaderMap) -> Option<(usize, usize, usize)> {
+    let v = headers.get("content-range")?.to_str().ok()?;
+    let (range, total) = v.strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    Some((start.parse().ok()?, end.parse().ok()?, total.parse().ok()?))
+}
+
+async fn upload_range(
+    State(state): Shared,
+    UrlPath(session): UrlPath<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    inner.requests += 1;
+    if headers.contains_key("authorization") {
+        // The upload URL is pre-authenticated; Graph documents that a bearer token must not
+        // be sent (Outlook rejects it).
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "Do not send an Authorization header to a pre-authenticated upload URL.",
+        );
+    }
+    let Some(upload) = inner.uploads.get_mut(&session) else {
+        return draft_not_found();
+    };
+    if q.get("authtoken") != Some(&upload.token) {
+        return graph_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "The upload URL's token is missing or wrong.",
+        );
+    }
+    let Some((start, end, total)) = content_range(&headers) else {
+        return bad_request(
+            "InvalidContentRange",
+            "Content-Range must be 'bytes {start}-{end}/{total}'.",
+        );
+    };
+    if body.len() > MAX_RANGE_BYTES {
+        return bad_request("InvalidContentRange", "A range may carry at most 4 MB.");
+    }
+    if total != upload.size
+        || start != upload.received.len()
+        || end + 1 != start + body.len()
+        || end >= total
+    {
+        let expected = upload.received.len();
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Json(json!({ "error": { "code": "InvalidRange", "message": format!("expected bytes from {expected} of {}, got {start}-{end}/{total} with {} bytes", upload.size, body.len()) } })),
+        )
+            .into_response();
+    }
+    upload.received.extend_from_slice(&body);
+    let done = upload.received.len() == upload.size;
+    let next = upload.received.len();
+    let draft_id = upload.draft.clone();
+    if let Some(d) = inner.drafts.get_mut(&draft_id) {
+        d.ranges += 1;
+    }
+    if !done {
+        return Json(json!({
+            "@odata.context": "uploadSession",
+            "expirationDateTime": (chrono::Utc::now() + chrono::Duration::hours(6)).to_rfc3339(),
+            "nextExpectedRanges": [next.to_string()],
+        }))
+        .into_response();
+    }
+    let upload = inner.uploads.remove(&session).expect("present above");
+    let attachment_id = format!("AAMkAtt{:016x}=", rand_u64());
+    let location = format!(
+        "{}/users/{}/messages/{draft_id}/attachments/{attachment_id}",
+        inner.base_url, inner.mailbox
+    );
+    let Some(draft) = inner.drafts.get_mut(&draft_id) else {
+        return draft_not_found();
+    };
+    draft.attachments.push(FakeAttachment {
+        name: upload.name,
+        content_type: upload.content_type,
+        bytes: upload.received,
+    });
+    (StatusCode::CREATED, [("location", location)]).into_response()
+}
+
+async fn send_draft(
+    State(state): Shared,
+    UrlPath((user, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
+    }
+    if !headers.contains_key("content-length") {
+        return graph_error(
+            StatusCode::LENGTH_REQUIRED,
+            "LengthRequired",
+            "A POST without a body needs Content-Length: 0.",
+        );
+    }
+    let Some(draft) = inner.drafts.remove(&id) else {
+        return draft_not_found();
+    };
+    if !draft.user.eq_ignore_ascii_case(&user) {
+        inner.drafts.insert(id, draft);
+        return draft_not_found();
+    }
+    match sent_of(
+        &user,
+        &draft.message,
+        SendPath::Draft {
+            ranges: draft.ranges,
+        },
+    ) {
+        Ok(mut mail) => {
+            mail.attachments.extend(draft.attachments);
+            inner.sent.push(mail);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(r) => {
+            inner.drafts.insert(id, draft);
+            r
+        }
+    }
+}
+
+async fn delete_message(
+    State(state): Shared,
+    UrlPath((_user, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
+    }
+    if inner.drafts.remove(&id).is_some() {
+        inner.uploads.retain(|_, u| u.draft != id);
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    draft_not_found()
 }

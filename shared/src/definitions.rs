@@ -159,6 +159,17 @@ pub struct Report {
     /// EventBridge Scheduler expression (also given to Terraform's `reports` variable).
     pub schedule: String,
     pub recipients: Vec<String>,
+    /// Copied (`Cc`, visible) and blind-copied (`Bcc`, envelope only) recipients.
+    #[serde(default)]
+    pub cc: Vec<String>,
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    /// How the mail goes out: SES (default) or Microsoft Graph `sendMail` as the mailbox
+    /// user `send_as`, for teams that must send from Outlook.
+    #[serde(default)]
+    pub transport: MailTransport,
+    #[serde(default)]
+    pub send_as: Option<String>,
     /// The mail's subject, a MiniJinja template (see `mail_template` for the variables), e.g.
     /// `{{ title }} for {{ period }}`.
     pub subject: String,
@@ -175,6 +186,25 @@ pub struct Report {
     pub on_empty: OnEmpty,
     #[serde(default)]
     pub summaries: Vec<Summary>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MailTransport {
+    /// SES v2 raw send from the mailer's verified identity (`CHARLIE_SENDER`).
+    #[default]
+    Ses,
+    /// Microsoft Graph `sendMail` as the report's `send_as` mailbox user.
+    Graph,
+}
+
+impl MailTransport {
+    pub fn name(self) -> &'static str {
+        match self {
+            MailTransport::Ses => "ses",
+            MailTransport::Graph => "graph",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -493,13 +523,34 @@ impl Definitions {
                     format!("report {name}: recipients is empty"),
                 ));
             }
-            for rcpt in &r.recipients {
-                if !looks_like_address(rcpt) {
-                    out.push((
-                        Where::key(&table, 0, "recipients"),
-                        format!("report {name}: recipient {rcpt:?} is not a mail address"),
-                    ));
+            for (field, list) in [
+                ("recipients", &r.recipients),
+                ("cc", &r.cc),
+                ("bcc", &r.bcc),
+            ] {
+                for rcpt in list {
+                    if !looks_like_address(rcpt) {
+                        out.push((
+                            Where::key(&table, 0, field),
+                            format!("report {name}: {field} entry {rcpt:?} is not a mail address"),
+                        ));
+                    }
                 }
+            }
+            match (r.transport, r.send_as.as_deref()) {
+                (MailTransport::Graph, None) => out.push((
+                    Where::key(&table, 0, "transport"),
+                    format!("report {name}: transport = \"graph\" needs send_as, the mailbox user to send as"),
+                )),
+                (MailTransport::Graph, Some(user)) if !looks_like_address(user) => out.push((
+                    Where::key(&table, 0, "send_as"),
+                    format!("report {name}: send_as {user:?} is not a mail address"),
+                )),
+                (MailTransport::Ses, Some(_)) => out.push((
+                    Where::key(&table, 0, "send_as"),
+                    format!("report {name}: send_as is only for transport = \"graph\" (SES sends from the deployment's sender)"),
+                )),
+                _ => {}
             }
             if let Err(e) = crate::mail_template::check(name, r) {
                 out.push((Where::key(&table, 0, e.part), e.to_string()));

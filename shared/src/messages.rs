@@ -72,6 +72,10 @@ pub struct MailRequest {
     pub workbook_version: Option<String>,
     pub workbook_size: u64,
     pub recipients: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cc: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bcc: Vec<String>,
     pub subject: String,
     pub rows: u64,
     pub time_zone: String,
@@ -102,6 +106,27 @@ pub enum ReportTrigger {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         run_id: Option<String>,
     },
+}
+
+/// A Graph lifecycle event (`lifecycleEvent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LifecycleEvent {
+    /// The subscription's access needs renewing: renew it.
+    ReauthorizationRequired,
+    /// Graph removed the subscription: create a new one, then resync the folder by delta.
+    SubscriptionRemoved,
+    /// Graph dropped notifications: resync the folder by delta.
+    Missed,
+}
+
+/// `lifecycle`: work the webhook queued for the poller, so the webhook answers at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LifecycleWork {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub subscription_id: String,
+    pub event: LifecycleEvent,
 }
 
 /// The poller's trigger (from its schedule).

@@ -7,9 +7,65 @@ use mail_builder::MessageBuilder;
 pub const XLSX_CONTENT_TYPE: &str =
     "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet";
 
+/// One message's recipients. SES and Graph count all three lists against their 50.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recipients {
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+}
+
+impl Recipients {
+    pub fn len(&self) -> usize {
+        self.to.len() + self.cc.len() + self.bcc.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every address with its field, `to` first.
+    pub fn all(&self) -> impl Iterator<Item = (Field, &str)> {
+        [
+            (Field::To, &self.to),
+            (Field::Cc, &self.cc),
+            (Field::Bcc, &self.bcc),
+        ]
+        .into_iter()
+        .flat_map(|(f, list)| list.iter().map(move |a| (f, a.as_str())))
+    }
+
+    pub fn push(&mut self, field: Field, address: String) {
+        match field {
+            Field::To => self.to.push(address),
+            Field::Cc => self.cc.push(address),
+            Field::Bcc => self.bcc.push(address),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    To,
+    Cc,
+    Bcc,
+}
+
+impl Field {
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::To => "to",
+            Field::Cc => "cc",
+            Field::Bcc => "bcc",
+        }
+    }
+}
+
 pub struct ReportMail<'a> {
     pub from: &'a str,
     pub to: &'a [String],
+    /// Shown in `Cc`. Blind copies are not in the MIME at all: only in the envelope.
+    pub cc: &'a [String],
     /// Subject and bodies, rendered from the report's templates (`mail_template`).
     pub subject: &'a str,
     pub text: &'a str,
@@ -26,9 +82,14 @@ pub struct ReportMail<'a> {
 /// attachment), non-ASCII subject and file name encoded, lines within SMTP's limit.
 pub fn render(mail: &ReportMail) -> std::io::Result<Vec<u8>> {
     let to: Vec<&str> = mail.to.iter().map(String::as_str).collect();
-    let message = MessageBuilder::new()
-        .from(("Charlie reports", mail.from))
-        .to(to)
+    let mut message = MessageBuilder::new().from(("Charlie reports", mail.from));
+    if !to.is_empty() {
+        message = message.to(to);
+    }
+    if !mail.cc.is_empty() {
+        message = message.cc(mail.cc.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let message = message
         .subject(mail.subject)
         .message_id(mail.message_id)
         .date(mail.date.timestamp())
@@ -56,6 +117,7 @@ mod tests {
         let bytes = render(&ReportMail {
             from: "reports@charlie.example",
             to: &to,
+            cc: &["c@contoso.example".to_owned()],
             subject: "Rapport quotidien — 2024-03-14",
             text: "attached: 42 rows",
             html: "<p>Call-centre &lt;daily&gt;</p>",
@@ -71,6 +133,10 @@ mod tests {
         let msg = MessageParser::default().parse(&bytes).unwrap();
         assert_eq!(msg.subject(), Some("Rapport quotidien — 2024-03-14"));
         assert_eq!(msg.to().unwrap().iter().count(), 2);
+        assert_eq!(
+            msg.cc().unwrap().first().unwrap().address(),
+            Some("c@contoso.example")
+        );
         assert!(msg.body_text(0).unwrap().contains("42 rows"));
         assert!(
             msg.body_html(0)
@@ -92,6 +158,7 @@ mod tests {
         let bytes = render(&ReportMail {
             from: "reports@charlie.example",
             to: &to,
+            cc: &[],
             subject: "Daily for 2024-03-16",
             text: "there was no data for the Daily for 2024-03-16",
             html: "<p>there was <b>no data</b></p>",

@@ -65,7 +65,8 @@ locals {
       { Effect = "Allow", Action = ["dynamodb:Query"], Resource = aws_dynamodb_table.rows.arn },
     ]
     mailer = [
-      local.logs_statement, local.read_config, local.state_rw, local.consume["mail"], local.consume["ses_events"],
+      # The Graph secret: reports with transport = "graph" send through Graph sendMail.
+      local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw, local.consume["mail"], local.consume["ses_events"],
       { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
       { Effect = "Allow", Action = ["ses:SendEmail", "ses:SendRawEmail"], Resource = "*" },
     ]

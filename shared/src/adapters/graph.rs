@@ -5,16 +5,19 @@
 //!
 //! Auth: OAuth2 client credentials; the token is cached until a minute before it expires.
 //! Throttling: 429/503/504 are retried after `Retry-After` (or a jittered backoff), a bounded
-//! number of times; every request has a timeout.
+//! number of times; at most [`MAX_CONCURRENT_PER_MAILBOX`] requests per mailbox are in flight
+//! at once (Graph's limit for Outlook resources); every request has a timeout.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use base64::Engine;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Mutex;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, Semaphore};
 
 use super::retry::backoff;
 use crate::secret::Secret;
@@ -72,6 +75,35 @@ impl GraphError {
             _ => None,
         }
     }
+
+    /// A delta link Graph no longer knows: `410 Gone`, or a `syncStateNotFound` error code.
+    pub fn is_expired_sync_state(&self) -> bool {
+        match self {
+            GraphError::Status { status, code, .. } => {
+                *status == 410
+                    || code.eq_ignore_ascii_case("syncStateNotFound")
+                    || code.eq_ignore_ascii_case("SyncStateInvalid")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Graph allows 4 concurrent requests per mailbox (Outlook service limits).
+pub const MAX_CONCURRENT_PER_MAILBOX: usize = 4;
+
+/// The mailbox a Graph URL addresses (`…/users/{mailbox}/…`), for the concurrency limit;
+/// calls that address none share one limit.
+fn mailbox_of(url: &str) -> String {
+    let lower = url.to_ascii_lowercase();
+    match lower.find("/users/") {
+        Some(i) => lower[i + 7..]
+            .split(['/', '?'])
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        None => String::new(),
+    }
 }
 
 struct CachedToken {
@@ -85,6 +117,8 @@ pub struct Mailbox {
     token_url: String,
     credentials: GraphCredentials,
     token: Mutex<Option<CachedToken>>,
+    /// One semaphore per mailbox: at most [`MAX_CONCURRENT_PER_MAILBOX`] requests in flight.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -216,15 +250,77 @@ impl Mailbox {
             token_url: token_url.to_owned(),
             credentials,
             token: Mutex::new(None),
+            in_flight: Default::default(),
         })
     }
 
-    /// The first delta URL of a mail folder: only the fields Charlie needs.
-    pub fn delta_start_url(&self, mailbox: &str, folder: &str) -> String {
-        format!(
+    /// The first delta URL of a mail folder: only the fields Charlie needs; with `since`, only
+    /// mail received from then on (the one filter Graph's message delta supports).
+    pub fn delta_start_url(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> String {
+        let mut url = format!(
             "{}/users/{mailbox}/mailFolders/{folder}/messages/delta?$select=subject,from,receivedDateTime,hasAttachments",
             self.base_url
-        )
+        );
+        if let Some(t) = since {
+            url.push_str(&format!(
+                "&$filter=receivedDateTime+ge+{}",
+                t.format("%Y-%m-%dT%H:%M:%SZ")
+            ));
+        }
+        url
+    }
+
+    /// Creates a change subscription; Graph first runs the validation handshake against both
+    /// URLs and answers 400 when either fails it.
+    pub async fn create_subscription(
+        &self,
+        request: &SubscriptionRequest<'_>,
+    ) -> Result<Subscription, GraphError> {
+        let body = serde_json::json!({
+            "changeType": "created",
+            "notificationUrl": request.notification_url,
+            "lifecycleNotificationUrl": request.lifecycle_url,
+            "resource": request.resource,
+            "expirationDateTime": request.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "clientState": request.client_state.expose(),
+            "latestSupportedTlsVersion": "v1_2",
+        });
+        let what = "create subscription";
+        let url = format!("{}/subscriptions", self.base_url);
+        let (_, out) = self
+            .call(Method::POST, &url, Payload::Json(&body), what)
+            .await?;
+        parse(&out, what)
+    }
+
+    /// Extends a subscription (also how `reauthorizationRequired` is answered). 404 means
+    /// Graph no longer has it: create a new one.
+    pub async fn renew_subscription(
+        &self,
+        id: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Subscription, GraphError> {
+        let body = serde_json::json!({
+            "expirationDateTime": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        let what = "renew subscription";
+        let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
+        let (_, out) = self
+            .call(Method::PATCH, &url, Payload::Json(&body), what)
+            .await?;
+        parse(&out, what)
+    }
+
+    pub async fn delete_subscription(&self, id: &str) -> Result<(), GraphError> {
+        let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
+        self.call(Method::DELETE, &url, Payload::None, "delete subscription")
+            .await
+            .map(|_| ())
     }
 
     /// One page of a delta round; follow `next_link` until a page carries `delta_link`.
@@ -319,22 +415,60 @@ impl Mailbox {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, url: &str, what: &str) -> Result<T, GraphError> {
+        let (_, body) = self.call(Method::GET, url, Payload::None, what).await?;
+        parse(&body, what)
+    }
+
+    /// One Graph call with the app's token (refreshed once on 401), retried on 429/503/504
+    /// after `Retry-After`. `Payload::Range` calls go to a pre-authenticated upload URL and
+    /// carry no token, as Graph requires.
+    async fn call(
+        &self,
+        method: Method,
+        url: &str,
+        payload: Payload<'_>,
+        what: &str,
+    ) -> Result<(StatusCode, Vec<u8>), GraphError> {
         let mut attempt = 0;
         let mut force_token = false;
+        let authorised = !matches!(payload, Payload::Range { .. });
+        let limit = {
+            let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(mailbox_of(url))
+                .or_insert_with(|| Arc::new(Semaphore::new(MAX_CONCURRENT_PER_MAILBOX)))
+                .clone()
+        };
         loop {
             attempt += 1;
-            let token = self.token(force_token).await?;
-            let resp = self
-                .http
-                .get(url)
-                .bearer_auth(token.expose())
-                .header("Prefer", format!("odata.maxpagesize={PAGE_SIZE}"))
-                .send()
-                .await
-                .map_err(|source| GraphError::Transport {
-                    what: what.to_owned(),
-                    source,
-                })?;
+            // Held for the request only, not while waiting out a Retry-After.
+            let permit = limit.acquire().await.expect("never closed");
+            let mut req = self.http.request(method.clone(), url);
+            if authorised {
+                let token = self.token(force_token).await?;
+                req = req.bearer_auth(token.expose());
+            }
+            req = match &payload {
+                Payload::None if method == Method::GET => {
+                    req.header("Prefer", format!("odata.maxpagesize={PAGE_SIZE}"))
+                }
+                Payload::None => req.header(reqwest::header::CONTENT_LENGTH, 0),
+                Payload::Json(v) => req.json(v),
+                Payload::Range {
+                    bytes,
+                    start,
+                    total,
+                } => req
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .header(
+                        reqwest::header::CONTENT_RANGE,
+                        format!("bytes {start}-{}/{total}", start + bytes.len() as u64 - 1),
+                    )
+                    .body(bytes.to_vec()),
+            };
+            let resp = req.send().await.map_err(|source| GraphError::Transport {
+                what: what.to_owned(),
+                source,
+            })?;
             let status = resp.status();
             let retryable = matches!(
                 status,
@@ -346,6 +480,7 @@ impl Mailbox {
                 let wait = retry_after(&resp).unwrap_or_else(|| {
                     backoff(attempt, Duration::from_millis(500), Duration::from_secs(20))
                 });
+                drop(permit);
                 tracing::warn!(
                     status = status.as_u16(),
                     wait_ms = wait.as_millis() as u64,
@@ -355,16 +490,256 @@ impl Mailbox {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            if status == StatusCode::UNAUTHORIZED && !force_token {
+            if status == StatusCode::UNAUTHORIZED && authorised && !force_token {
                 force_token = true; // token revoked or expired early: fetch a new one once
                 continue;
             }
-            let body = checked_body(resp, what).await?;
-            return serde_json::from_slice(&body).map_err(|source| GraphError::Shape {
-                what: what.to_owned(),
-                source,
+            let body = checked_body(resp, what).await;
+            drop(permit);
+            return Ok((status, body?));
+        }
+    }
+
+    /// Sends a mail as `user` (`Mail.Send` application permission). Without an attachment or
+    /// with one under [`INLINE_ATTACHMENT_MAX`], one `sendMail` call with the file inline;
+    /// above, a draft, an upload session fed in [`UPLOAD_CHUNK`] ranges, then `send`. A draft
+    /// left by a failure is deleted. Graph answers `sendMail` with no id: the mail is known by
+    /// the `internetMessageId` Charlie gives it.
+    pub async fn send_mail(
+        &self,
+        user: &str,
+        mail: &OutgoingMail<'_>,
+    ) -> Result<GraphSent, GraphError> {
+        let user_url = format!("{}/users/{}", self.base_url, encode_segment(user));
+        let inline = mail
+            .attachment
+            .as_ref()
+            .is_none_or(|a| a.bytes.len() < INLINE_ATTACHMENT_MAX);
+        if inline {
+            let body = serde_json::json!({
+                "message": message_json(mail, true),
+                "saveToSentItems": true,
+            });
+            self.call(
+                Method::POST,
+                &format!("{user_url}/sendMail"),
+                Payload::Json(&body),
+                "sendMail",
+            )
+            .await?;
+            return Ok(GraphSent {
+                internet_message_id: mail.internet_message_id.to_owned(),
+                draft_id: None,
             });
         }
+        let (_, created) = self
+            .call(
+                Method::POST,
+                &format!("{user_url}/messages"),
+                Payload::Json(&message_json(mail, false)),
+                "create draft",
+            )
+            .await?;
+        let draft: IdOnly = parse(&created, "create draft")?;
+        let message_url = format!("{user_url}/messages/{}", encode_segment(&draft.id));
+        let sent = async {
+            if let Some(a) = &mail.attachment {
+                self.upload_attachment(&message_url, a).await?;
+            }
+            self.call(
+                Method::POST,
+                &format!("{message_url}/send"),
+                Payload::None,
+                "send draft",
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = sent {
+            if let Err(d) = self
+                .call(Method::DELETE, &message_url, Payload::None, "delete draft")
+                .await
+            {
+                tracing::warn!(error = %d, "could not delete the unsent draft");
+            }
+            return Err(e);
+        }
+        Ok(GraphSent {
+            internet_message_id: mail.internet_message_id.to_owned(),
+            draft_id: Some(draft.id),
+        })
+    }
+
+    /// `createUploadSession` on the draft, then the bytes in order, each range where Graph's
+    /// `nextExpectedRanges` says; the last range is answered `201 Created`.
+    async fn upload_attachment(
+        &self,
+        message_url: &str,
+        a: &OutgoingAttachment<'_>,
+    ) -> Result<(), GraphError> {
+        let what = "createUploadSession";
+        let total = a.bytes.len() as u64;
+        let request = serde_json::json!({ "AttachmentItem": {
+            "attachmentType": "file", "name": a.name, "size": total, "contentType": a.content_type,
+        }});
+        let (_, body) = self
+            .call(
+                Method::POST,
+                &format!("{message_url}/attachments/createUploadSession"),
+                Payload::Json(&request),
+                what,
+            )
+            .await?;
+        let session: UploadSession = parse(&body, what)?;
+        let mut start = session.next_start().unwrap_or(0);
+        loop {
+            let end = (start + UPLOAD_CHUNK as u64).min(total);
+            let (status, body) = self
+                .call(
+                    Method::PUT,
+                    &session.upload_url,
+                    Payload::Range {
+                        bytes: &a.bytes[start as usize..end as usize],
+                        start,
+                        total,
+                    },
+                    "upload attachment range",
+                )
+                .await?;
+            if status == StatusCode::CREATED {
+                return Ok(());
+            }
+            let next: UploadSession = parse(&body, "upload attachment range")?;
+            match next.next_start() {
+                Some(n) if n > start && n < total => start = n,
+                other => {
+                    return Err(GraphError::Status {
+                        status: status.as_u16(),
+                        what: "upload attachment range".into(),
+                        code: "unexpectedNextRange".into(),
+                        message: format!(
+                            "after bytes {start}-{} of {total} Graph expects {other:?}",
+                            end - 1
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Graph's `message` JSON for a mail: HTML body (Graph messages hold one body), recipients,
+/// our `internetMessageId`, and the file inline when asked.
+fn message_json(mail: &OutgoingMail<'_>, with_attachment: bool) -> serde_json::Value {
+    let people = |list: &[String]| -> Vec<serde_json::Value> {
+        list.iter()
+            .map(|a| serde_json::json!({ "emailAddress": { "address": a } }))
+            .collect()
+    };
+    let mut m = serde_json::json!({
+        "subject": mail.subject,
+        "body": { "contentType": "HTML", "content": mail.html },
+        "toRecipients": people(&mail.recipients.to),
+        "ccRecipients": people(&mail.recipients.cc),
+        "bccRecipients": people(&mail.recipients.bcc),
+        "internetMessageId": mail.internet_message_id,
+    });
+    if with_attachment && let Some(a) = &mail.attachment {
+        m["attachments"] = serde_json::json!([{
+            "@odata.type": "#microsoft.graph.fileAttachment",
+            "name": a.name,
+            "contentType": a.content_type,
+            "contentBytes": base64::engine::general_purpose::STANDARD.encode(a.bytes),
+        }]);
+    }
+    m
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, GraphError> {
+    serde_json::from_slice(body).map_err(|source| GraphError::Shape {
+        what: what.to_owned(),
+        source,
+    })
+}
+
+enum Payload<'a> {
+    None,
+    Json(&'a serde_json::Value),
+    /// One range of an upload session (no token: the URL is pre-authenticated).
+    Range {
+        bytes: &'a [u8],
+        start: u64,
+        total: u64,
+    },
+}
+
+/// Graph's limit for a file sent inline (`sendMail`, or POST to `attachments`): under 3 MB.
+pub const INLINE_ATTACHMENT_MAX: usize = 3_000_000;
+/// One upload-session range: under Graph's 4 MB per PUT, a multiple of 320 KiB.
+pub const UPLOAD_CHUNK: usize = 12 * 320 * 1024;
+
+pub struct SubscriptionRequest<'a> {
+    pub notification_url: &'a str,
+    pub lifecycle_url: &'a str,
+    /// `users/{mailbox}/mailFolders('{folder}')/messages`.
+    pub resource: &'a str,
+    pub expires: chrono::DateTime<chrono::Utc>,
+    pub client_state: &'a Secret,
+}
+
+/// A subscription as Graph returns it (the fields Charlie keeps).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Subscription {
+    pub id: String,
+    #[serde(rename = "expirationDateTime")]
+    pub expires: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    pub resource: String,
+}
+
+/// Graph's longest subscription to Outlook messages: 10,070 minutes, just under 7 days.
+pub const MAX_MAIL_SUBSCRIPTION_MINUTES: i64 = 10_070;
+
+pub struct OutgoingAttachment<'a> {
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub bytes: &'a [u8],
+}
+
+pub struct OutgoingMail<'a> {
+    pub subject: &'a str,
+    pub html: &'a str,
+    pub recipients: &'a crate::report_mail::Recipients,
+    /// `<…@…>`, set by Charlie so the sent mail can be found and matched to its delivery.
+    pub internet_message_id: &'a str,
+    pub attachment: Option<OutgoingAttachment<'a>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphSent {
+    pub internet_message_id: String,
+    /// The draft that was sent, when the attachment went through an upload session.
+    pub draft_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct UploadSession {
+    #[serde(default, rename = "uploadUrl")]
+    upload_url: String,
+    #[serde(default, rename = "nextExpectedRanges")]
+    next_expected_ranges: Vec<String>,
+}
+
+impl UploadSession {
+    /// The start of the first range Graph still expects (`"2097152"` or `"2097152-4194303"`).
+    fn next_start(&self) -> Option<u64> {
+        let first = self.next_expected_ranges.first()?;
+        first.split('-').next()?.trim().parse().ok()
     }
 }
 
@@ -423,6 +798,32 @@ mod tests {
         assert!(page.value[0].has_attachments);
         assert!(page.value[1].removed.is_some());
         assert!(page.next_link.is_some() && page.delta_link.is_none());
+    }
+
+    #[test]
+    fn the_concurrency_limit_is_per_mailbox() {
+        assert_eq!(
+            mailbox_of("https://graph.microsoft.com/v1.0/users/Ops@Contoso.example/messages/x"),
+            "ops@contoso.example"
+        );
+        assert_eq!(
+            mailbox_of("https://g/v1.0/users/a@b.example?$x=1"),
+            "a@b.example"
+        );
+        assert_eq!(mailbox_of("https://g/v1.0/subscriptions/1"), "");
+    }
+
+    #[test]
+    fn expired_sync_states_are_recognised_by_status_or_code() {
+        let e = |status, code: &str| GraphError::Status {
+            status,
+            what: "delta".into(),
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(e(410, "").is_expired_sync_state());
+        assert!(e(400, "syncStateNotFound").is_expired_sync_state());
+        assert!(!e(404, "ErrorItemNotFound").is_expired_sync_state());
     }
 
     #[test]

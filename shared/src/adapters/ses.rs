@@ -4,6 +4,8 @@ use anyhow::Context;
 use aws_sdk_sesv2::primitives::Blob;
 use aws_sdk_sesv2::types::{Destination, EmailContent, RawMessage};
 
+use crate::report_mail::Recipients;
+
 #[derive(Clone, Debug)]
 pub struct SesTransport {
     client: aws_sdk_sesv2::Client,
@@ -18,21 +20,24 @@ impl SesTransport {
         }
     }
 
-    /// Sends `mime` to `recipients` (the envelope; headers are in the MIME) and returns SES's
-    /// message id.
+    /// Sends `mime` to `recipients` (the envelope: blind copies are only here; the other
+    /// headers are in the MIME) and returns SES's message id.
     pub async fn send_raw(
         &self,
         from: &str,
-        recipients: &[String],
+        recipients: &Recipients,
         mime: Vec<u8>,
     ) -> anyhow::Result<String> {
+        let list = |l: &[String]| (!l.is_empty()).then(|| l.to_vec());
         let out = self
             .client
             .send_email()
             .from_email_address(from)
             .destination(
                 Destination::builder()
-                    .set_to_addresses(Some(recipients.to_vec()))
+                    .set_to_addresses(list(&recipients.to))
+                    .set_cc_addresses(list(&recipients.cc))
+                    .set_bcc_addresses(list(&recipients.bcc))
                     .build(),
             )
             .content(

@@ -1,12 +1,16 @@
-//! mailer: for each `mail` message, sends the run's workbook to its recipients through SES,
-//! exactly once per run and recipient group. The words come from the report's templates
+//! mailer: for each `mail` message, sends the run's workbook to its recipients (to, cc, bcc)
+//! through SES, or through Microsoft Graph `sendMail` as a mailbox user for reports whose
+//! `transport = "graph"`, exactly once per run and recipient group. The words come from the report's templates
 //! (`mail_template`); a mail over the size limit carries a presigned download link instead of
 //! the workbook.
 //!
 //! A delivery record (`DLV#{run}#{group}`) is claimed before sending and completed after, with
-//! SES's message id; a retried message for a completed delivery sends nothing. The one window
-//! left: a crash after SES accepted the mail and before the record completes sends it again on
-//! retry. It is kept small by doing nothing between the two steps.
+//! the transport and the provider's message id (SES's id; for Graph, the `internetMessageId`
+//! Charlie set, as `sendMail` returns none); a retried message for a completed delivery sends
+//! nothing. The one window left: a crash after the provider accepted the mail and before the
+//! record completes sends it again on retry. It is kept small by doing nothing between the
+//! two steps; the mail's Message-ID is the same on both sends, so receiving systems that
+//! de-duplicate by it show one.
 
 use anyhow::{Context, bail};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -15,14 +19,15 @@ use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use crate::adapters::aws::AwsClients;
+use crate::adapters::graph::{Mailbox, OutgoingAttachment, OutgoingMail};
 use crate::adapters::object_store::ObjectStore;
 use crate::adapters::ses::SesTransport;
 use crate::adapters::state::{Claim, StateStore};
-use crate::definitions::Definitions;
+use crate::definitions::{Definitions, MailTransport};
 use crate::env::Env;
 use crate::mail_template::{self, MailFacts};
 use crate::messages::MailRequest;
-use crate::report_mail::{ReportMail, render};
+use crate::report_mail::{Field, Recipients, ReportMail, XLSX_CONTENT_TYPE, render};
 use crate::sqs_batch;
 
 pub struct Mailer {
@@ -30,6 +35,8 @@ pub struct Mailer {
     objects: ObjectStore,
     state: StateStore,
     ses: SesTransport,
+    /// Present when a report sends through Graph.
+    graph: Option<std::sync::Arc<Mailbox>>,
     sender: String,
     /// Size policy: a mail over this many bytes (MIME, attachment encoded) carries a download
     /// link instead of the workbook. SES v2 accepts 40 MB; `CHARLIE_MAX_MAIL_BYTES` lowers it.
@@ -44,8 +51,19 @@ pub const SES_MAX_MAIL_BYTES: usize = 40 * 1024 * 1024;
 impl Mailer {
     pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
         let objects = ObjectStore::new(clients.s3.clone(), env.required("CHARLIE_BUCKET")?);
+        let definitions = super::load_definitions(env, &objects).await?;
+        let graph = if definitions
+            .reports
+            .values()
+            .any(|r| r.transport == MailTransport::Graph)
+        {
+            Some(super::mailbox_from_env(env, clients).await?)
+        } else {
+            None
+        };
         Ok(Mailer {
-            definitions: super::load_definitions(env, &objects).await?,
+            definitions,
+            graph,
             objects,
             state: StateStore::new(
                 clients.dynamodb.clone(),
@@ -78,13 +96,13 @@ impl Mailer {
             return self.record_ses_event(&note.message).await;
         }
         let req: MailRequest = serde_json::from_str(body).context("not a mail request")?;
-        let groups = recipient_groups(&req.recipients)
+        let groups = recipient_groups(&req.recipients, &req.cc, &req.bcc)
             .with_context(|| format!("mail request for run {}", req.run_id))?;
         // Each group of at most 50 is its own message and delivery: a retry sends only the
         // groups not yet delivered.
         let mut failed = Vec::new();
-        for to in &groups {
-            if let Err(e) = self.deliver_group(&req, to).await {
+        for group in &groups {
+            if let Err(e) = self.deliver_group(&req, group).await {
                 warn!(run_id = req.run_id, error = %format!("{e:#}"), "a recipient group failed");
                 failed.push(e);
             }
@@ -157,7 +175,7 @@ impl Mailer {
     }
 
     /// Sends one message to `to` unless that delivery is already complete.
-    async fn deliver_group(&self, req: &MailRequest, to: &[String]) -> anyhow::Result<()> {
+    async fn deliver_group(&self, req: &MailRequest, to: &Recipients) -> anyhow::Result<()> {
         let group = recipient_group(to);
         let pk = format!("DLV#{}#{group}", req.run_id);
         match self
@@ -178,33 +196,42 @@ impl Mailer {
             Claim::Acquired => {}
         }
         match self.deliver(req, to, &group).await {
-            Ok((message_id, size)) => {
+            Ok(sent) => {
                 let result = serde_json::json!({
-                    "status": "sent", "ses_message_id": message_id, "recipients": to,
-                    "run_id": req.run_id, "sent_at": Utc::now().to_rfc3339(), "mime_bytes": size,
+                    "status": "sent", "transport": sent.transport.name(),
+                    "provider_message_id": sent.provider_id, "graph_draft_id": sent.graph_draft_id,
+                    "to": to.to, "cc": to.cc, "bcc": to.bcc, "link": sent.link,
+                    "run_id": req.run_id, "sent_at": Utc::now().to_rfc3339(), "mime_bytes": sent.size,
                 });
                 info!(
                     run_id = req.run_id,
-                    ses_message_id = message_id,
+                    transport = sent.transport.name(),
+                    provider_message_id = sent.provider_id,
                     recipients = to.len(),
                     "report mailed"
                 );
                 self.state
                     .complete(&pk, &result.to_string(), Utc::now())
                     .await?;
-                // SES events name the message id: this leads them to the delivery. The mail is
-                // out whatever happens here, so a failure is logged, not retried.
-                if let Err(e) = self
-                    .state
-                    .put_record(
-                        &format!("SESMSG#{message_id}"),
-                        "delivery",
-                        &serde_json::json!({ "delivery": pk, "run_id": req.run_id }),
-                        None,
-                    )
-                    .await
-                {
-                    warn!(error = %format!("{e:#}"), ses_message_id = message_id, "could not index the message for SES events");
+                // Indexes: the run lists its deliveries (`RUN#{run}` / `delivery#{group}`), and
+                // SES events, which name SES's message id, find theirs. The mail is out whatever
+                // happens here, so a failure is logged, not retried.
+                let mut indexes = vec![(
+                    format!("RUN#{}", req.run_id),
+                    format!("delivery#{group}"),
+                    serde_json::json!({ "delivery": pk, "result": result }),
+                )];
+                if sent.transport == MailTransport::Ses {
+                    indexes.push((
+                        format!("SESMSG#{}", sent.provider_id),
+                        "delivery".to_owned(),
+                        serde_json::json!({ "delivery": pk, "run_id": req.run_id }),
+                    ));
+                }
+                for (ipk, isk, data) in indexes {
+                    if let Err(e) = self.state.put_record(&ipk, &isk, &data, None).await {
+                        warn!(error = %format!("{e:#}"), index = ipk, "could not index the delivery");
+                    }
                 }
                 Ok(())
             }
@@ -220,9 +247,9 @@ impl Mailer {
     async fn deliver(
         &self,
         req: &MailRequest,
-        to: &[String],
+        to: &Recipients,
         group: &str,
-    ) -> anyhow::Result<(String, usize)> {
+    ) -> anyhow::Result<Sent> {
         // A request without a workbook is a "no data" notice.
         let workbook = match &req.workbook_key {
             Some(key) => Some((
@@ -233,7 +260,19 @@ impl Mailer {
             )),
             None => None,
         };
-        let domain = self.sender.rsplit('@').next().unwrap_or("charlie.local");
+        let report = self
+            .definitions
+            .reports
+            .get(&req.report)
+            .with_context(|| format!("report {} is not defined (any more)", req.report))?;
+        let from = match (report.transport, report.send_as.as_deref()) {
+            (MailTransport::Graph, Some(user)) => user,
+            (MailTransport::Graph, None) => {
+                bail!("report {}: transport graph without send_as", req.report)
+            }
+            (MailTransport::Ses, _) => self.sender.as_str(),
+        };
+        let domain = from.rsplit('@').next().unwrap_or("charlie.local");
         let message_id = format!(
             "{}.{group}@{domain}",
             req.run_id.replace(
@@ -241,12 +280,7 @@ impl Mailer {
                 "_"
             )
         );
-        let report = self
-            .definitions
-            .reports
-            .get(&req.report)
-            .with_context(|| format!("report {} is not defined (any more)", req.report))?;
-        let compose = |link: Option<(&str, &str)>| -> anyhow::Result<Vec<u8>> {
+        let compose = |link: Option<(&str, &str)>| -> anyhow::Result<(Vec<u8>, String)> {
             let words = mail_template::render(
                 report,
                 &MailFacts {
@@ -259,9 +293,10 @@ impl Mailer {
                 },
                 false,
             )?;
-            render(&ReportMail {
-                from: &self.sender,
-                to,
+            let mime = render(&ReportMail {
+                from,
+                to: &to.to,
+                cc: &to.cc,
                 subject: &req.subject,
                 text: &words.text,
                 html: &words.html,
@@ -274,9 +309,13 @@ impl Mailer {
                 message_id: &message_id,
                 date: Utc::now(),
             })
-            .context("rendering the report mail")
+            .context("rendering the report mail")?;
+            Ok((mime, words.html))
         };
-        let mut mime = compose(None)?;
+        // The MIME's size is the mail's size for either transport (Graph's JSON carries the
+        // file base64-encoded too).
+        let (mut mime, mut html) = compose(None)?;
+        let mut link = None;
         if mime.len() > self.max_mail_bytes
             && let Some(key) = &req.workbook_key
         {
@@ -299,12 +338,67 @@ impl Mailer {
                 limit = self.max_mail_bytes,
                 "workbook too large to attach: sending a download link"
             );
-            mime = compose(Some((&url, &expires)))?;
+            (mime, html) = compose(Some((&url, &expires)))?;
+            link = Some(expires);
         }
         let size = mime.len();
-        let id = self.ses.send_raw(&self.sender, to, mime).await?;
-        Ok((id, size))
+        match report.transport {
+            MailTransport::Ses => {
+                let id = self.ses.send_raw(from, to, mime).await?;
+                Ok(Sent {
+                    transport: MailTransport::Ses,
+                    provider_id: id,
+                    graph_draft_id: None,
+                    size,
+                    link,
+                })
+            }
+            MailTransport::Graph => {
+                let graph = self.graph.as_ref().context(
+                    "no Graph client (the definitions loaded at start had no Graph report)",
+                )?;
+                let attachment = match (&link, &workbook) {
+                    (None, Some((name, bytes))) => Some(OutgoingAttachment {
+                        name,
+                        content_type: XLSX_CONTENT_TYPE,
+                        bytes,
+                    }),
+                    _ => None,
+                };
+                let sent = graph
+                    .send_mail(
+                        from,
+                        &OutgoingMail {
+                            subject: &req.subject,
+                            html: &html,
+                            recipients: to,
+                            internet_message_id: &format!("<{message_id}>"),
+                            attachment,
+                        },
+                    )
+                    .await
+                    .with_context(|| format!("sending through Graph as {from}"))?;
+                Ok(Sent {
+                    transport: MailTransport::Graph,
+                    provider_id: sent.internet_message_id,
+                    graph_draft_id: sent.draft_id,
+                    size,
+                    link,
+                })
+            }
+        }
     }
+}
+
+/// What a transport did with one message.
+struct Sent {
+    transport: MailTransport,
+    /// SES's message id, or the `internetMessageId` of a Graph send.
+    provider_id: String,
+    graph_draft_id: Option<String>,
+    size: usize,
+    /// The link's expiry when the workbook went as a link.
+    link: Option<String>,
 }
 
 /// An SNS notification as SNS delivers it to SQS (raw delivery off).
@@ -347,21 +441,27 @@ fn delivery_status(event_type: &str) -> Option<(&'static str, u8)> {
     }
 }
 
-/// SES accepts at most 50 recipients per message.
+/// SES and Graph accept at most 50 recipients (to, cc and bcc together) per message.
 pub const MAX_RECIPIENTS: usize = 50;
 
-/// The recipients, checked and without repeats (ignoring case), in groups of at most
-/// [`MAX_RECIPIENTS`], each sent as its own message.
-fn recipient_groups(recipients: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
+/// The recipients, checked and without repeats (ignoring case; an address in `to` is not
+/// copied again), in groups of at most [`MAX_RECIPIENTS`], each sent as its own message.
+fn recipient_groups(
+    to: &[String],
+    cc: &[String],
+    bcc: &[String],
+) -> anyhow::Result<Vec<Recipients>> {
     let mut seen = std::collections::HashSet::new();
     let mut unique = Vec::new();
-    for r in recipients {
-        let r = r.trim();
-        if !crate::definitions::looks_like_address(r) {
-            bail!("recipient {r:?} is not a mail address");
-        }
-        if seen.insert(r.to_ascii_lowercase()) {
-            unique.push(r.to_owned());
+    for (field, list) in [(Field::To, to), (Field::Cc, cc), (Field::Bcc, bcc)] {
+        for r in list {
+            let r = r.trim();
+            if !crate::definitions::looks_like_address(r) {
+                bail!("{} recipient {r:?} is not a mail address", field.name());
+            }
+            if seen.insert(r.to_ascii_lowercase()) {
+                unique.push((field, r.to_owned()));
+            }
         }
     }
     if unique.is_empty() {
@@ -369,15 +469,28 @@ fn recipient_groups(recipients: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
     }
     Ok(unique
         .chunks(MAX_RECIPIENTS)
-        .map(<[String]>::to_vec)
+        .map(|chunk| {
+            let mut group = Recipients::default();
+            for (field, address) in chunk {
+                group.push(*field, address.clone());
+            }
+            group
+        })
         .collect())
 }
 
-/// A stable id for a set of recipients, whatever their order or case.
-fn recipient_group(recipients: &[String]) -> String {
+/// A stable id for a set of recipients, whatever their order or case (a plain `to` list keeps
+/// the id it had before cc and bcc existed).
+fn recipient_group(recipients: &Recipients) -> String {
     let mut sorted: Vec<String> = recipients
-        .iter()
-        .map(|r| r.trim().to_ascii_lowercase())
+        .all()
+        .map(|(field, r)| {
+            let r = r.trim().to_ascii_lowercase();
+            match field {
+                Field::To => r,
+                other => format!("{}:{r}", other.name()),
+            }
+        })
         .collect();
     sorted.sort();
     sorted.dedup();
@@ -395,19 +508,51 @@ mod tests {
             .collect();
         let mut with_repeats = many.clone();
         with_repeats.push("PERSON3@contoso.example".into());
-        let groups = recipient_groups(&with_repeats).unwrap();
+        let groups = recipient_groups(&with_repeats, &[], &[]).unwrap();
         assert_eq!(
-            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            groups.iter().map(Recipients::len).collect::<Vec<_>>(),
             vec![50, 50, 20]
         );
-        assert_eq!(groups.concat(), many, "every recipient once, in order");
-        let err =
-            recipient_groups(&["ok@contoso.example".into(), "not an address".into()]).unwrap_err();
+        let all: Vec<String> = groups.iter().flat_map(|g| g.to.clone()).collect();
+        assert_eq!(all, many, "every recipient once, in order");
+        let err = recipient_groups(
+            &["ok@contoso.example".into(), "not an address".into()],
+            &[],
+            &[],
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
-                .contains("\"not an address\" is not a mail address")
+                .contains("to recipient \"not an address\" is not a mail address")
         );
-        assert!(recipient_groups(&[]).is_err());
+        assert!(recipient_groups(&[], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn cc_and_bcc_count_against_the_fifty_and_are_not_repeated() {
+        let to: Vec<String> = (0..45).map(|i| format!("to{i}@contoso.example")).collect();
+        let cc: Vec<String> = (0..10).map(|i| format!("cc{i}@contoso.example")).collect();
+        let bcc = vec![
+            "TO1@contoso.example".to_owned(),
+            "audit@contoso.example".to_owned(),
+        ];
+        let groups = recipient_groups(&to, &cc, &bcc).unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!((groups[0].to.len(), groups[0].cc.len()), (45, 5));
+        assert_eq!(
+            groups[1],
+            Recipients {
+                to: vec![],
+                cc: cc[5..].to_vec(),
+                bcc: vec!["audit@contoso.example".into()],
+            },
+            "the bcc already in to is not sent twice"
+        );
+        let err = recipient_groups(&to, &[], &["nope".into()]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("bcc recipient \"nope\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -436,9 +581,16 @@ mod tests {
 
     #[test]
     fn recipient_groups_ignore_order_and_case() {
-        let a = recipient_group(&["B@x.example".into(), "a@x.example".into()]);
-        let b = recipient_group(&["a@x.example".into(), "b@x.example".into()]);
+        let to = |list: &[&str]| Recipients {
+            to: list.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let a = recipient_group(&to(&["B@x.example", "a@x.example"]));
+        let b = recipient_group(&to(&["a@x.example", "b@x.example"]));
         assert_eq!(a, b);
-        assert_ne!(a, recipient_group(&["a@x.example".into()]));
+        assert_ne!(a, recipient_group(&to(&["a@x.example"])));
+        let mut copied = to(&["a@x.example"]);
+        copied.cc.push("b@x.example".into());
+        assert_ne!(a, recipient_group(&copied), "a cc is not a to");
     }
 }

@@ -77,7 +77,7 @@ impl Poller {
         let mut url = stored
             .as_ref()
             .and_then(|d| d["delta_link"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| self.graph.delta_start_url(mailbox, folder));
+            .unwrap_or_else(|| self.graph.delta_start_url(mailbox, folder, None));
         let mut pages = 0;
         loop {
             pages += 1;

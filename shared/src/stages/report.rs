@@ -251,6 +251,8 @@ impl ReportBuilder {
                 workbook_version: None,
                 workbook_size: 0,
                 recipients: report.recipients.clone(),
+                cc: report.cc.clone(),
+                bcc: report.bcc.clone(),
                 subject,
                 rows,
                 time_zone: report.time_zone.0.name().to_owned(),

@@ -1,0 +1,163 @@
+//! The Graph adapter against the fake Graph, which follows Graph's published contract (Graph
+//! itself cannot run here): sending as a mailbox user, inline and through an upload session.
+
+use charlie::adapters::graph::{
+    GraphCredentials, INLINE_ATTACHMENT_MAX, Mailbox, OutgoingAttachment, OutgoingMail,
+    UPLOAD_CHUNK,
+};
+use charlie::report_mail::{Recipients, XLSX_CONTENT_TYPE};
+use charlie_local::fake_graph::{self, FakeGraph, SendPath};
+
+async fn fake() -> (FakeGraph, Mailbox) {
+    let graph = FakeGraph::start(&charlie_local::project::root().join("events/mailbox"), 2)
+        .await
+        .unwrap();
+    let credentials: GraphCredentials = serde_json::from_value(serde_json::json!({
+        "client_id": fake_graph::CLIENT_ID, "client_secret": fake_graph::CLIENT_SECRET,
+    }))
+    .unwrap();
+    let mailbox = Mailbox::new(&graph.base_url, &graph.token_url, credentials).unwrap();
+    (graph, mailbox)
+}
+
+fn people() -> Recipients {
+    Recipients {
+        to: vec!["ops-leads@contoso.example".into()],
+        cc: vec!["floor-managers@contoso.example".into()],
+        bcc: vec!["audit@contoso.example".into()],
+    }
+}
+
+fn bytes(n: usize) -> Vec<u8> {
+    (0..n as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_small_workbook_goes_inline_in_one_send_mail() {
+    let (graph, mailbox) = fake().await;
+    let (user, _) = graph.mailbox();
+    let file = bytes(200_000);
+    let recipients = people();
+    let sent = mailbox
+        .send_mail(
+            &user,
+            &OutgoingMail {
+                subject: "Call-centre weekly report for 2024-W11",
+                html: "<p>attached</p>",
+                recipients: &recipients,
+                internet_message_id: "<run-1.abc@contoso.example>",
+                attachment: Some(OutgoingAttachment {
+                    name: "weekly.xlsx",
+                    content_type: XLSX_CONTENT_TYPE,
+                    bytes: &file,
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(sent.internet_message_id, "<run-1.abc@contoso.example>");
+    assert_eq!(sent.draft_id, None);
+    let out = graph.sent_mail();
+    assert_eq!(out.len(), 1);
+    let m = &out[0];
+    assert_eq!(m.path, SendPath::SendMail);
+    assert_eq!(m.from_user, user);
+    assert_eq!(
+        (m.to.clone(), m.cc.clone(), m.bcc.clone()),
+        (recipients.to, recipients.cc, recipients.bcc)
+    );
+    assert_eq!(m.body_type, "HTML");
+    assert_eq!(m.body, "<p>attached</p>");
+    assert_eq!(
+        m.internet_message_id.as_deref(),
+        Some("<run-1.abc@contoso.example>")
+    );
+    assert_eq!(m.attachments.len(), 1);
+    assert_eq!(m.attachments[0].name, "weekly.xlsx");
+    assert_eq!(m.attachments[0].content_type, XLSX_CONTENT_TYPE);
+    assert_eq!(m.attachments[0].bytes, file);
+}
+
+#[tokio::test]
+async fn a_large_workbook_goes_through_a_draft_and_an_upload_session() {
+    let (graph, mailbox) = fake().await;
+    let (user, _) = graph.mailbox();
+    // Over the inline limit and over two ranges, so the session takes three PUTs.
+    let file = bytes(2 * UPLOAD_CHUNK + 12_345);
+    assert!(file.len() > INLINE_ATTACHMENT_MAX);
+    let recipients = people();
+    let sent = mailbox
+        .send_mail(
+            &user,
+            &OutgoingMail {
+                subject: "Big",
+                html: "<p>big</p>",
+                recipients: &recipients,
+                internet_message_id: "<run-2.abc@contoso.example>",
+                attachment: Some(OutgoingAttachment {
+                    name: "big.xlsx",
+                    content_type: XLSX_CONTENT_TYPE,
+                    bytes: &file,
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(sent.draft_id.is_some());
+    let out = graph.sent_mail();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].path, SendPath::Draft { ranges: 3 });
+    assert_eq!(out[0].attachments.len(), 1);
+    assert_eq!(out[0].attachments[0].bytes, file, "every byte, in order");
+    assert_eq!(out[0].bcc, vec!["audit@contoso.example".to_owned()]);
+    assert_eq!(
+        graph.draft_count(),
+        0,
+        "the draft was sent, not left behind"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_send_names_graphs_error_and_leaves_no_draft() {
+    let (graph, mailbox) = fake().await;
+    let file = bytes(INLINE_ATTACHMENT_MAX + 1);
+    let recipients = people();
+    let mail = OutgoingMail {
+        subject: "x",
+        html: "<p>x</p>",
+        recipients: &recipients,
+        internet_message_id: "<run-3.abc@contoso.example>",
+        attachment: Some(OutgoingAttachment {
+            name: "x.xlsx",
+            content_type: XLSX_CONTENT_TYPE,
+            bytes: &file,
+        }),
+    };
+    let err = mailbox
+        .send_mail("someone-else@contoso.example", &mail)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(404));
+    assert!(err.to_string().contains("ErrorInvalidUser"), "{err}");
+    // A bad recipient is refused when the draft is sent: the draft is deleted again.
+    let (user, _) = graph.mailbox();
+    let nobody = Recipients {
+        to: vec!["not-an-address".into()],
+        ..Default::default()
+    };
+    let err = mailbox
+        .send_mail(
+            &user,
+            &OutgoingMail {
+                recipients: &nobody,
+                ..mail
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ErrorInvalidRecipients"), "{err}");
+    assert_eq!(graph.draft_count(), 0);
+    assert!(graph.sent_mail().is_empty());
+}
