@@ -42,9 +42,9 @@ async fn post(url: &str, body: String) -> (u16, String, String) {
     (status, ctype, resp.text().await.unwrap())
 }
 
-fn notification(mailbox: &str, id: &str, client_state: &str) -> String {
+fn notification(subscription: &str, mailbox: &str, id: &str, client_state: &str) -> String {
     serde_json::json!({ "value": [{
-        "subscriptionId": "sub-1", "changeType": "created", "clientState": client_state,
+        "subscriptionId": subscription, "changeType": "created", "clientState": client_state,
         "resource": format!("Users/{mailbox}/Messages/{id}"),
         "resourceData": { "@odata.type": "#Microsoft.Graph.Message", "id": id },
         "tenantId": "t"
@@ -54,6 +54,12 @@ fn notification(mailbox: &str, id: &str, client_state: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_path_runs_on_the_local_cloud() {
+    // On the heap: the whole path is one long future, too large for a test thread's stack in a
+    // debug build.
+    Box::pin(whole_path()).await;
+}
+
+async fn whole_path() {
     let work =
         charlie_local::project::target_dir().join(format!("charlie/e2e-{}", std::process::id()));
     let cloud = LocalCloud::up(UpOptions::new(work.clone()))
@@ -66,8 +72,8 @@ async fn the_whole_path_runs_on_the_local_cloud() {
     }
     assert_eq!(
         cloud.runner.deployment.mappings.len(),
-        3,
-        "inbound, mail, ses_events"
+        4,
+        "inbound, mail, ses_events, lifecycle"
     );
     assert!(
         cloud
@@ -78,40 +84,44 @@ async fn the_whole_path_runs_on_the_local_cloud() {
             .all(|m| m.report_batch_item_failures && !m.enabled)
     );
 
-    // The webhook route: handshake, then a notification with a wrong clientState queues nothing.
-    let (api, _server) = cloud
-        .runner
-        .serve_api("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let hook = format!("http://{api}/graph/notifications");
-    let (status, ctype, body) = post(
-        &format!("{hook}?validationToken=Validation%3A%20Testing%20client"),
-        String::new(),
-    )
-    .await;
-    assert_eq!(
-        (status, ctype.as_str(), body.as_str()),
-        (200, "text/plain", "Validation: Testing client")
-    );
-    let (mailbox, _) = cloud.graph.mailbox();
-    let (status, _, _) = post(
-        &hook,
-        notification(&mailbox, "AAMkAGI2TG93AAA=morning", "not-the-secret"),
-    )
-    .await;
-    assert_eq!(status, 202);
-    assert_eq!(
-        cloud.runner.drain().await.unwrap().messages,
-        0,
-        "a wrong clientState queues nothing"
-    );
+    // The webhook routes: the handshake on both URLs; a body that is not a notification
+    // collection gets 400.
+    let hook = cloud.api_url("/graph/notifications");
+    for url in [&hook, &cloud.api_url("/graph/lifecycle")] {
+        let (status, ctype, body) = post(
+            &format!("{url}?validationToken=Validation%3A%20Testing%20client"),
+            String::new(),
+        )
+        .await;
+        assert_eq!(
+            (status, ctype.as_str(), body.as_str()),
+            (200, "text/plain", "Validation: Testing client")
+        );
+    }
     let (status, _, body) = post(&hook, "{\"value\": 3}".into()).await;
     assert_eq!(status, 400, "{body}");
+    assert!(body.contains("notification collection"), "{body}");
 
-    // Poll: the delta round pages through the mailbox and ingest stores each row once.
+    // Poll: the poller subscribes to the folder (Graph runs the handshake against the webhook
+    // first), then the delta round pages through the mailbox and ingest stores each row once.
     let at: DateTime<Utc> = "2024-03-15T00:10:00Z".parse().unwrap();
+    let (mailbox, _) = cloud.graph.mailbox();
     let (poll, drained) = cloud.poll(at).await.unwrap();
+    assert_eq!(poll["subscriptions_created"], 1, "{poll}");
+    let subs = cloud.graph.subscriptions();
+    assert_eq!(subs.len(), 1);
+    let sub = subs[0].clone();
+    assert_eq!(sub.notification_url, hook);
+    assert_eq!(
+        sub.lifecycle_url.as_deref(),
+        Some(cloud.api_url("/graph/lifecycle").as_str())
+    );
+    let client_state = sub.client_state.clone().unwrap();
+    assert!(
+        client_state.len() == 64 && client_state.chars().all(|c| c.is_ascii_hexdigit()),
+        "a fresh random clientState"
+    );
+    assert!(sub.expires > Utc::now() + chrono::Duration::days(6));
     assert_eq!(poll["messages_seen"], 4);
     assert_eq!(
         poll["queued"], 3,
@@ -154,15 +164,30 @@ async fn the_whole_path_runs_on_the_local_cloud() {
         assert_eq!(raw, sample, "the raw attachment is archived as received");
     }
 
-    // The same mail notified three times by webhook: still each row once, one outcome each.
-    for _ in 0..3 {
+    // A notification with a wrong clientState, or for a subscription Charlie did not make,
+    // queues nothing.
+    for (subscription, state) in [
+        (sub.id.as_str(), "not-the-secret"),
+        ("sub-1", client_state.as_str()),
+    ] {
         let (status, _, _) = post(
             &hook,
-            notification(&mailbox, "AAMkAGI2TG93AAA=morning", "local-client-state"),
+            notification(subscription, &mailbox, "AAMkAGI2TG93AAA=morning", state),
         )
         .await;
         assert_eq!(status, 202);
     }
+    assert_eq!(
+        cloud.runner.drain().await.unwrap().messages,
+        0,
+        "dropped, not queued"
+    );
+
+    // The same mail notified three times by Graph: still each row once, one outcome each.
+    assert_eq!(
+        cloud.graph.notify("AAMkAGI2TG93AAA=morning", 3).await,
+        vec![202, 202, 202]
+    );
     let drained = cloud.runner.drain().await.unwrap();
     assert_eq!((drained.messages, drained.failures), (3, 0));
     assert_eq!(
@@ -702,6 +727,189 @@ async fn the_whole_path_runs_on_the_local_cloud() {
         reason["reason"].as_str().unwrap().contains("call_id"),
         "{reason}"
     );
+
+    // Graph intake under faults. Each new mail is a small ib_calls export of its own day.
+    let export = |day: &str, n: usize| -> Vec<u8> {
+        let mut csv = String::from(
+            "call_id,agent_id,agent_name,queue,started_at,answered_at,ended_at,duration_seconds,wait_seconds,disposition,caller_number,notes\n",
+        );
+        for i in 0..n {
+            csv.push_str(&format!("{day}-call-{i},A0075,Anne-Marie Nowak,Support,{day}T09:0{i}:00,{day}T09:0{i}:05,{day}T09:0{i}:50,45,5,RESOLVED,+44 20 7946 0000,\n"));
+        }
+        csv.into_bytes()
+    };
+    let new_mail = |id: &str, day: &str, n: usize| FakeMessage {
+        id: id.into(),
+        subject: format!("IB calls export {day}"),
+        from_name: "Dialer Exports".into(),
+        from_address: "exports@dialer.example".into(),
+        received: format!("{day}T10:00:00Z"),
+        attachments: vec![FakeAttachment {
+            name: format!("ib_calls_{day}.csv"),
+            content_type: "text/csv".into(),
+            bytes: export(day, n),
+        }],
+    };
+    let cloud_ref = &cloud;
+    let outcomes_of = move |id: &str| {
+        let id = id.to_owned();
+        let cloud = cloud_ref;
+        async move {
+            cloud
+                .outcomes()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|o| o.message_id == id)
+                .count()
+        }
+    };
+
+    // A mail notified three times by webhook and also found by the poller is ingested once.
+    cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day16", "2024-03-16", 3));
+    assert_eq!(
+        cloud.graph.notify("AAMkAGI2TG93AAA=day16", 3).await,
+        vec![202, 202, 202]
+    );
+    let drained = cloud.runner.drain().await.unwrap();
+    assert_eq!((drained.messages, drained.failures), (3, 0));
+    let later: DateTime<Utc> = "2024-03-16T12:00:00Z".parse().unwrap();
+    let (poll, _) = cloud.poll(later).await.unwrap();
+    assert_eq!(poll["queued"], 1, "the poller finds it too: {poll}");
+    assert_eq!(
+        cloud.stored_rows("ib_calls", "2024-03-16").await.unwrap(),
+        3
+    );
+    assert_eq!(
+        outcomes_of("AAMkAGI2TG93AAA=day16").await,
+        1,
+        "ingested once"
+    );
+
+    // A mail whose notification was dropped is found by the resync a `missed` lifecycle event
+    // starts (webhook → lifecycle queue → poller → delta → inbound → ingest).
+    cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day17", "2024-03-17", 2));
+    assert_eq!(cloud.graph.lifecycle("missed").await, vec![202]);
+    let drained = cloud.runner.drain().await.unwrap();
+    assert_eq!(drained.failures, 0);
+    assert_eq!(
+        cloud.stored_rows("ib_calls", "2024-03-17").await.unwrap(),
+        2
+    );
+    assert_eq!(outcomes_of("AAMkAGI2TG93AAA=day17").await, 1);
+
+    // A subscription near its expiry is renewed by the next round; a reauthorizationRequired
+    // event renews it too.
+    let soon = Utc::now() + chrono::Duration::hours(1);
+    cloud.graph.set_subscription_expiry(&sub.id, soon);
+    let sub_pk = format!("SUB#{mailbox}#inbox");
+    let mut record = state
+        .get_record(&sub_pk, "subscription")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record["id"], sub.id.as_str());
+    record["expires_at"] = soon.to_rfc3339().into();
+    state
+        .put_record(&sub_pk, "subscription", &record, None)
+        .await
+        .unwrap();
+    let (poll, _) = cloud.poll(later).await.unwrap();
+    assert_eq!(poll["subscriptions_renewed"], 1, "{poll}");
+    let renewed = cloud.graph.subscriptions();
+    assert_eq!(
+        (renewed.len(), renewed[0].id.as_str(), renewed[0].renewals),
+        (1, sub.id.as_str(), 1)
+    );
+    assert!(renewed[0].expires > Utc::now() + chrono::Duration::days(6));
+    let (poll, _) = cloud.poll(later).await.unwrap();
+    assert_eq!(
+        poll["subscriptions_renewed"], 0,
+        "not again while far from expiry"
+    );
+    assert_eq!(
+        cloud.graph.lifecycle("reauthorizationRequired").await,
+        vec![202]
+    );
+    assert_eq!(cloud.runner.drain().await.unwrap().failures, 0);
+    assert_eq!(cloud.graph.subscriptions()[0].renewals, 2);
+
+    // subscriptionRemoved: the poller subscribes again (new id, new clientState) and resyncs;
+    // notifications of the old subscription no longer count.
+    cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day18", "2024-03-18", 2));
+    assert_eq!(
+        cloud.graph.lifecycle("subscriptionRemoved").await,
+        vec![202]
+    );
+    assert_eq!(cloud.runner.drain().await.unwrap().failures, 0);
+    let replaced = cloud.graph.subscriptions();
+    assert_eq!(replaced.len(), 1);
+    assert_ne!(replaced[0].id, sub.id);
+    assert_ne!(
+        replaced[0].client_state.as_deref(),
+        Some(client_state.as_str())
+    );
+    assert_eq!(
+        cloud.stored_rows("ib_calls", "2024-03-18").await.unwrap(),
+        2,
+        "resynced"
+    );
+    // The webhook trusts its copy of the clientStates for client_state_cache_seconds (1 here).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _, _) = post(
+        &hook,
+        notification(&sub.id, &mailbox, "AAMkAGI2TG93AAA=day18", &client_state),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        cloud.runner.drain().await.unwrap().messages,
+        0,
+        "the old subscription is unknown now"
+    );
+
+    // A 429 storm slows the poller down (it waits out each Retry-After) and loses nothing.
+    cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day19", "2024-03-19", 4));
+    cloud.graph.throttle(4, 1);
+    let started = std::time::Instant::now();
+    let (poll, drained) = cloud.poll(later).await.unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(cloud.graph.throttled(), 4);
+    assert_eq!((poll["queued"].as_u64(), drained.failures), (Some(1), 0));
+    assert_eq!(
+        cloud.stored_rows("ib_calls", "2024-03-19").await.unwrap(),
+        4
+    );
+
+    // Graph forgets the delta link (410 SyncStateNotFound): a fresh sync over the look-back
+    // window (72 h) finds the mails received since, and ingest's claims keep them once.
+    cloud.graph.expire_delta_links();
+    let rows_before = cloud.stored_rows("ib_calls", "2024-03-16").await.unwrap();
+    let at_19: DateTime<Utc> = "2024-03-19T09:00:00Z".parse().unwrap();
+    let (poll, drained) = cloud.poll(at_19).await.unwrap();
+    assert_eq!(poll["resyncs"], 1, "{poll}");
+    assert_eq!(
+        poll["queued"], 4,
+        "the mails of the 16th to the 19th: {poll}"
+    );
+    assert_eq!(drained.failures, 0);
+    assert_eq!(
+        cloud.stored_rows("ib_calls", "2024-03-16").await.unwrap(),
+        rows_before
+    );
+    assert_eq!(outcomes_of("AAMkAGI2TG93AAA=day16").await, 1);
 
     // A poison message ends in the DLQ after the queue's max receives.
     charlie::adapters::queue::Queue::new(

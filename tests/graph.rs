@@ -161,3 +161,66 @@ async fn a_failed_send_names_graphs_error_and_leaves_no_draft() {
     assert_eq!(graph.draft_count(), 0);
     assert!(graph.sent_mail().is_empty());
 }
+
+#[tokio::test]
+async fn at_most_four_requests_are_in_flight_per_mailbox() {
+    let (graph, mailbox) = fake().await;
+    let (user, _) = graph.mailbox();
+    graph.set_slow(std::time::Duration::from_millis(150));
+    let calls = (0..12).map(|_| mailbox.message(&user, "AAMkAGI2TG93AAA=morning"));
+    for r in futures::future::join_all(calls).await {
+        r.unwrap();
+    }
+    let most = graph.take_max_in_flight();
+    assert!(
+        (2..=charlie::adapters::graph::MAX_CONCURRENT_PER_MAILBOX as u32).contains(&most),
+        "{most} in flight at once"
+    );
+}
+
+#[tokio::test]
+async fn throttled_calls_wait_out_retry_after_and_succeed() {
+    let (graph, mailbox) = fake().await;
+    let (user, _) = graph.mailbox();
+    graph.throttle(2, 1);
+    let started = std::time::Instant::now();
+    let m = mailbox
+        .message(&user, "AAMkAGI2TG93AAA=morning")
+        .await
+        .unwrap();
+    assert_eq!(m.id, "AAMkAGI2TG93AAA=morning");
+    assert_eq!(graph.throttled(), 2);
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn an_expired_delta_link_is_answered_410_sync_state_not_found() {
+    let (graph, mailbox) = fake().await;
+    let (user, folder) = graph.mailbox();
+    let mut url = mailbox.delta_start_url(&user, &folder, None);
+    let delta = loop {
+        let page = mailbox.delta_page(&url).await.unwrap();
+        match (page.next_link, page.delta_link) {
+            (Some(n), _) => url = n,
+            (None, Some(d)) => break d,
+            _ => panic!("a page without links"),
+        }
+    };
+    graph.expire_delta_links();
+    let err = mailbox.delta_page(&delta).await.unwrap_err();
+    assert_eq!(err.status(), Some(410));
+    assert!(err.is_expired_sync_state(), "{err}");
+    // A fresh round limited to mail received since the 15th sees only those.
+    let since = "2024-03-15T00:00:00Z".parse().unwrap();
+    let mut url = mailbox.delta_start_url(&user, &folder, Some(since));
+    let mut seen = 0;
+    loop {
+        let page = mailbox.delta_page(&url).await.unwrap();
+        seen += page.value.len();
+        match page.next_link {
+            Some(n) => url = n,
+            None => break,
+        }
+    }
+    assert_eq!(seen, 2, "the two mails of the 15th");
+}

@@ -25,6 +25,12 @@ use crate::terraform::Terraform;
 
 pub const PREFIX: &str = "charlie-local";
 
+impl Drop for LocalCloud {
+    fn drop(&mut self) {
+        self.api_server.abort();
+    }
+}
+
 /// Names Terraform gave the deployment (its `deployment` output).
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Outputs {
@@ -37,6 +43,9 @@ pub struct Outputs {
 
 pub struct LocalCloud {
     pub runner: Arc<LocalRunner>,
+    /// Where the runner serves the API routes (Graph's notification URLs point here).
+    pub api: std::net::SocketAddr,
+    api_server: tokio::task::JoinHandle<()>,
     pub graph: FakeGraph,
     pub terraform: Terraform,
     pub outputs: Outputs,
@@ -109,8 +118,13 @@ impl LocalCloud {
             ),
         );
 
+        // The API's port is taken now: Terraform gives its URL to the poller, which hands it to
+        // Graph (the fake) when it subscribes.
+        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api = api_listener.local_addr()?;
         let (mailbox, folder) = graph.mailbox();
         let vars = vec![
+            ("webhook_base_url".to_owned(), format!("http://{api}")),
             ("endpoint".to_owned(), emulator.endpoint().to_owned()),
             ("name_prefix".to_owned(), PREFIX.to_owned()),
             ("lambda_zip_dir".to_owned(), zips.display().to_string()),
@@ -168,9 +182,13 @@ impl LocalCloud {
             ),
         );
         let runner = Arc::new(LocalRunner::new(deployment, &config, &emulator.aws_env()).await?);
+        let (_, api_server) = runner.serve_api_on(api_listener)?;
+        step(p, &format!("      API routes served at http://{api}"));
         let clients = AwsClients::from_config(&config, true);
         Ok(LocalCloud {
             runner,
+            api,
+            api_server,
             graph,
             terraform,
             outputs,
@@ -178,6 +196,11 @@ impl LocalCloud {
             apply_seconds,
             emulator,
         })
+    }
+
+    /// The runner's API URL of `path` (e.g. `/graph/notifications`).
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
     }
 
     /// The poller's schedule fires; the queues are drained (ingest runs).
@@ -295,6 +318,14 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
         "      mails found: {} in {} delta page(s); {} with attachments queued; ingest handled {} message(s), {} failed",
         poll["messages_seen"], poll["pages"], poll["queued"], drained.messages, drained.failures
     );
+    for sub in cloud.graph.subscriptions() {
+        println!(
+            "      subscribed to {} (expires {}), notifications to {}",
+            sub.resource,
+            sub.expires.format("%Y-%m-%d %H:%M UTC"),
+            sub.notification_url
+        );
+    }
     let outcomes = cloud.outcomes().await?;
     for o in &outcomes {
         println!(
@@ -337,25 +368,18 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
     println!("[4/6] The same again (at-least-once delivery): poll, ingest, report");
     let (poll2, _) = cloud.poll(poll_at).await?;
     let graph_before = cloud.graph.message_count();
-    // The Graph delta link is stored: the second round sees nothing new. Re-queue every mail as
-    // a webhook would (duplicated notifications) to show ingest's claim at work.
+    // The Graph delta link is stored: the second round sees nothing new. Graph then notifies
+    // every mail again through the subscription the poller made (duplicated notifications, as
+    // Graph may send) to show ingest's claim at work.
     for msg_id in outcomes
         .iter()
         .map(|o| o.message_id.clone())
         .collect::<std::collections::BTreeSet<_>>()
     {
-        let m = charlie::messages::InboundMessage::GraphMessage {
-            v: 1,
-            mailbox: mailbox.clone(),
-            message_id: msg_id,
-            source: charlie::messages::MailSource::Webhook,
-        };
-        charlie::adapters::queue::Queue::new(
-            cloud.clients.sqs.clone(),
-            &cloud.outputs.queue_urls["inbound"],
-        )
-        .send(&m, "demo-repeat")
-        .await?;
+        let statuses = cloud.graph.notify(&msg_id, 1).await;
+        if statuses.iter().any(|s| *s != 202) {
+            anyhow::bail!("the webhook answered {statuses:?} to a notification");
+        }
     }
     let again = cloud.runner.drain().await?;
     let mut stored2 = Vec::new();

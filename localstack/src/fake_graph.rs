@@ -14,6 +14,17 @@
 //!   `Content-Range`, at most 4 MB each and *without* an `Authorization` header (200 with
 //!   `nextExpectedRanges`, 201 with `Location` for the last), `POST .../messages/{id}/send`
 //!   (202; 411 without `Content-Length`), `DELETE .../messages/{id}` (204);
+//! - subscriptions: `POST /v1.0/subscriptions` runs the validation handshake against the
+//!   `notificationUrl` and the `lifecycleNotificationUrl` (`POST ?validationToken=…`, expecting
+//!   `200` with the decoded token as `text/plain` within 10 s) before answering 201, refuses
+//!   an expiry more than 10,070 minutes ahead, and checks the resource is the fake's folder;
+//!   `PATCH` renews, `DELETE` removes, both 404 `ResourceNotFound` for unknown ids;
+//! - change and lifecycle notifications posted to the subscriber, built from Microsoft's
+//!   documented examples in `events/graph/` ([`FakeGraph::notify`], [`FakeGraph::lifecycle`]);
+//! - switches: the next N calls answer 429 with `Retry-After` ([`FakeGraph::throttle`]), delta
+//!   links expire (410 `SyncStateNotFound`, [`FakeGraph::expire_delta_links`]), every answer
+//!   is slow ([`FakeGraph::set_slow`]); the most requests in flight per mailbox are counted;
+//!   `$filter=receivedDateTime ge …` limits a fresh delta round;
 //! - a bearer token on every Graph call (401 `InvalidAuthenticationToken` otherwise); 404
 //!   `ErrorItemNotFound` for unknown messages and `ErrorInvalidUser` for other mailboxes, with
 //!   Graph's error body.
@@ -100,6 +111,21 @@ pub const MAX_RANGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest file an upload session takes.
 pub const MAX_UPLOAD_BYTES: usize = 150 * 1024 * 1024;
 
+/// A subscription as the fake keeps it.
+#[derive(Debug, Clone)]
+pub struct FakeSubscription {
+    pub id: String,
+    pub resource: String,
+    pub notification_url: String,
+    pub lifecycle_url: Option<String>,
+    pub client_state: Option<String>,
+    pub expires: chrono::DateTime<chrono::Utc>,
+    pub renewals: u32,
+}
+
+/// Graph's longest mail subscription.
+pub const MAX_SUBSCRIPTION_MINUTES: i64 = 10_070;
+
 struct Inner {
     mailbox: String,
     folder: String,
@@ -113,6 +139,15 @@ struct Inner {
     drafts: std::collections::HashMap<String, Draft>,
     uploads: std::collections::HashMap<String, UploadState>,
     sent: Vec<SentMail>,
+    subscriptions: Vec<FakeSubscription>,
+    /// Switches.
+    throttle_left: u32,
+    throttle_retry_after: u64,
+    throttled: u32,
+    delta_epoch: u32,
+    slow: std::time::Duration,
+    in_flight: std::collections::HashMap<String, u32>,
+    max_in_flight: u32,
 }
 
 #[derive(Clone)]
@@ -200,6 +235,14 @@ impl FakeGraph {
             drafts: Default::default(),
             uploads: Default::default(),
             sent: Vec::new(),
+            subscriptions: Vec::new(),
+            throttle_left: 0,
+            throttle_retry_after: 0,
+            throttled: 0,
+            delta_epoch: 1,
+            slow: std::time::Duration::ZERO,
+            in_flight: Default::default(),
+            max_in_flight: 0,
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
@@ -223,7 +266,18 @@ impl FakeGraph {
             )
             .route("/v1.0/users/{user}/messages/{id}/send", post(send_draft))
             .route("/upload/{session}", axum::routing::put(upload_range))
+            .route("/v1.0/subscriptions", post(create_subscription))
+            .route(
+                "/v1.0/subscriptions/{id}",
+                get(get_subscription)
+                    .patch(renew_subscription)
+                    .delete(delete_subscription),
+            )
             .layer(axum::extract::DefaultBodyLimit::max(2 * MAX_REQUEST_BYTES))
+            .layer(axum::middleware::from_fn_with_state(
+                inner.clone(),
+                switches,
+            ))
             .with_state(inner.clone());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -249,6 +303,111 @@ impl FakeGraph {
         self.inner.lock().unwrap().messages.len()
     }
 
+    /// The next `calls` Graph calls (token requests excluded) answer 429 with `Retry-After`.
+    pub fn throttle(&self, calls: u32, retry_after_secs: u64) {
+        let mut i = self.inner.lock().unwrap();
+        i.throttle_left = calls;
+        i.throttle_retry_after = retry_after_secs;
+    }
+
+    /// 429s answered so far.
+    pub fn throttled(&self) -> u32 {
+        self.inner.lock().unwrap().throttled
+    }
+
+    /// Every delta and skip token handed out so far is forgotten: they answer 410.
+    pub fn expire_delta_links(&self) {
+        self.inner.lock().unwrap().delta_epoch += 1;
+    }
+
+    /// Every answer waits this long first.
+    pub fn set_slow(&self, delay: std::time::Duration) {
+        self.inner.lock().unwrap().slow = delay;
+    }
+
+    /// The most Graph requests one mailbox had in flight at once, since the last call.
+    pub fn take_max_in_flight(&self) -> u32 {
+        std::mem::take(&mut self.inner.lock().unwrap().max_in_flight)
+    }
+
+    pub fn subscriptions(&self) -> Vec<FakeSubscription> {
+        self.inner.lock().unwrap().subscriptions.clone()
+    }
+
+    /// Moves a subscription's expiry (as if time had passed).
+    pub fn set_subscription_expiry(&self, id: &str, expires: chrono::DateTime<chrono::Utc>) {
+        let mut i = self.inner.lock().unwrap();
+        if let Some(s) = i.subscriptions.iter_mut().find(|s| s.id == id) {
+            s.expires = expires;
+        }
+    }
+
+    /// Posts the documented change notification for `message_id` to every subscription on
+    /// the folder, `copies` times each (Graph may deliver one more than once). Returns the
+    /// subscriber's status codes.
+    pub async fn notify(&self, message_id: &str, copies: usize) -> Vec<u16> {
+        let targets: Vec<(String, Value)> = {
+            let i = self.inner.lock().unwrap();
+            i.subscriptions
+                .iter()
+                .map(|s| {
+                    let mut body: Value =
+                        serde_json::from_str(CHANGE_NOTIFICATION).expect("fixture is JSON");
+                    let n = &mut body["value"][0];
+                    let resource = format!("Users/{}/Messages/{message_id}", i.mailbox);
+                    n["subscriptionId"] = json!(s.id);
+                    n["subscriptionExpirationDateTime"] = json!(s.expires.to_rfc3339());
+                    n["clientState"] = json!(s.client_state);
+                    n["resource"] = json!(resource);
+                    n["resourceData"]["@odata.id"] = json!(resource);
+                    n["resourceData"]["id"] = json!(message_id);
+                    (s.notification_url.clone(), body)
+                })
+                .collect()
+        };
+        let mut statuses = Vec::new();
+        for (url, body) in targets {
+            for _ in 0..copies {
+                statuses.push(post_json(&url, &body).await);
+            }
+        }
+        statuses
+    }
+
+    /// Posts a lifecycle notification (`missed`, `reauthorizationRequired` or
+    /// `subscriptionRemoved`, from the documented examples) for every subscription to its
+    /// lifecycle URL. `subscriptionRemoved` removes the subscriptions first, as Graph has.
+    pub async fn lifecycle(&self, event: &str) -> Vec<u16> {
+        let fixture = match event {
+            "missed" => LIFECYCLE_MISSED,
+            "reauthorizationRequired" => LIFECYCLE_REAUTHORIZATION,
+            "subscriptionRemoved" => LIFECYCLE_REMOVED,
+            other => panic!("no lifecycle event {other}"),
+        };
+        let targets: Vec<(String, Value)> = {
+            let mut i = self.inner.lock().unwrap();
+            let subs = i.subscriptions.clone();
+            if event == "subscriptionRemoved" {
+                i.subscriptions.clear();
+            }
+            subs.iter()
+                .filter_map(|s| {
+                    let mut body: Value = serde_json::from_str(fixture).expect("fixture is JSON");
+                    let n = &mut body["value"][0];
+                    n["subscriptionId"] = json!(s.id);
+                    n["subscriptionExpirationDateTime"] = json!(s.expires.to_rfc3339());
+                    n["clientState"] = json!(s.client_state);
+                    Some((s.lifecycle_url.clone()?, body))
+                })
+                .collect()
+        };
+        let mut statuses = Vec::new();
+        for (url, body) in targets {
+            statuses.push(post_json(&url, &body).await);
+        }
+        statuses
+    }
+
     /// Mails sent through the fake (Sent Items), oldest first.
     pub fn sent_mail(&self) -> Vec<SentMail> {
         self.inner.lock().unwrap().sent.clone()
@@ -266,6 +425,72 @@ impl FakeGraph {
 }
 
 type Shared = State<Arc<Mutex<Inner>>>;
+
+const CHANGE_NOTIFICATION: &str = include_str!("../../events/graph/change-notification.json");
+const LIFECYCLE_MISSED: &str = include_str!("../../events/graph/lifecycle-missed.json");
+const LIFECYCLE_REAUTHORIZATION: &str =
+    include_str!("../../events/graph/lifecycle-reauthorization-required.json");
+const LIFECYCLE_REMOVED: &str =
+    include_str!("../../events/graph/lifecycle-subscription-removed.json");
+const SUBSCRIPTION_CREATED: &str = include_str!("../../events/graph/subscription-created.json");
+const SYNC_STATE_NOT_FOUND: &str =
+    include_str!("../../events/graph/delta-sync-state-not-found.json");
+const TOO_MANY_REQUESTS: &str = include_str!("../../events/graph/too-many-requests.json");
+
+/// Posts JSON as Graph posts notifications; the status code (0 when unreachable).
+async fn post_json(url: &str, body: &Value) -> u16 {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("client");
+    match client.post(url).json(body).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// The switches, around every call: 429 while throttled, the slow delay, and the count of
+/// requests in flight per mailbox.
+async fn switches(
+    State(state): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path().to_ascii_lowercase();
+    let graph_call = path.starts_with("/v1.0/") || path.starts_with("/upload/");
+    let mailbox = path
+        .strip_prefix("/v1.0/users/")
+        .and_then(|r| r.split('/').next())
+        .unwrap_or("")
+        .to_owned();
+    let slow = {
+        let mut i = state.lock().unwrap();
+        if graph_call && i.throttle_left > 0 {
+            i.throttle_left -= 1;
+            i.throttled += 1;
+            let body: Value = serde_json::from_str(TOO_MANY_REQUESTS).expect("fixture is JSON");
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", i.throttle_retry_after.to_string())],
+                Json(body),
+            )
+                .into_response();
+        }
+        let n = i.in_flight.entry(mailbox.clone()).or_insert(0);
+        *n += 1;
+        let now = *n;
+        i.max_in_flight = i.max_in_flight.max(now);
+        i.slow
+    };
+    if !slow.is_zero() {
+        tokio::time::sleep(slow).await;
+    }
+    let resp = next.run(req).await;
+    if let Some(n) = state.lock().unwrap().in_flight.get_mut(&mailbox) {
+        *n -= 1;
+    }
+    resp
+}
 
 fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({ "error": { "code": code, "message": message, "innerError": { "request-id": "00000000-0000-0000-0000-000000000000" } } })))
@@ -327,7 +552,8 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// Round state in the tokens: `$skiptoken` = `{from}.{to}.{offset}`, `$deltatoken` = `{seen}`.
+/// Round state in the tokens: `$skiptoken` = `{epoch}.{from}.{to}.{offset}.{since}`,
+/// `$deltatoken` = `{epoch}.{seen}`; a token of an older epoch answers 410.
 async fn delta(
     State(state): Shared,
     UrlPath((user, folder)): UrlPath<(String, String)>,
@@ -345,27 +571,61 @@ async fn delta(
             "The specified object was not found in the store.",
         );
     }
+    let gone = || {
+        let body: Value = serde_json::from_str(SYNC_STATE_NOT_FOUND).expect("fixture is JSON");
+        (StatusCode::GONE, Json(body)).into_response()
+    };
+    let epoch = inner.delta_epoch;
     let total = inner.messages.len();
-    let (from, to, offset) = if let Some(skip) = q.get("$skiptoken") {
-        let parts: Vec<usize> = skip.split('.').filter_map(|p| p.parse().ok()).collect();
-        match parts.as_slice() {
-            [f, t, o] => (*f, *t, *o),
+    let (from, to, offset, since) = if let Some(skip) = q.get("$skiptoken") {
+        let parts: Vec<&str> = skip.split('.').collect();
+        let num = |i: usize| parts.get(i).and_then(|p| p.parse::<usize>().ok());
+        match (num(0), num(1), num(2), num(3), parts.get(4)) {
+            (Some(e), _, _, _, _) if e as u32 != epoch => return gone(),
+            (Some(_), Some(f), Some(t), Some(o), Some(since)) => {
+                (f, t, o, since.parse::<i64>().ok())
+            }
             _ => return graph_error(StatusCode::BAD_REQUEST, "BadRequest", "Invalid skip token."),
         }
     } else if let Some(d) = q.get("$deltatoken") {
-        match d.parse::<usize>() {
-            Ok(seen) if seen <= total => (seen, total, seen),
-            _ => {
-                return graph_error(
-                    StatusCode::GONE,
-                    "SyncStateNotFound",
-                    "The sync state was not found or has expired.",
-                );
-            }
+        match d
+            .split_once('.')
+            .map(|(e, s)| (e.parse::<u32>(), s.parse::<usize>()))
+        {
+            Some((Ok(e), Ok(seen))) if e == epoch && seen <= total => (seen, total, 0, None),
+            _ => return gone(),
         }
     } else {
-        (0, total, 0)
+        let since = match q.get("$filter") {
+            None => None,
+            Some(f) => match f
+                .trim()
+                .strip_prefix("receivedDateTime ge ")
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.trim()).ok())
+            {
+                Some(t) => Some(t.timestamp()),
+                None => {
+                    return graph_error(
+                        StatusCode::BAD_REQUEST,
+                        "ErrorInvalidUrlQueryFilter",
+                        "The only supported filter for a message delta is receivedDateTime ge {time}.",
+                    );
+                }
+            },
+        };
+        (0, total, 0, since)
     };
+    // The round's messages: those that arrived in [from, to), received since the filter.
+    let eligible: Vec<&FakeMessage> = inner.messages[from..to]
+        .iter()
+        .filter(|m| {
+            since.is_none_or(|s| {
+                chrono::DateTime::parse_from_rfc3339(&m.received)
+                    .map(|r| r.timestamp() >= s)
+                    .unwrap_or(true)
+            })
+        })
+        .collect();
     let wanted = headers
         .get("prefer")
         .and_then(|v| v.to_str().ok())
@@ -376,10 +636,10 @@ async fn delta(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(inner.page_size);
     let size = wanted.min(inner.page_size).max(1);
-    let end = (offset + size).min(to);
-    let value: Vec<Value> = inner.messages[offset..end]
+    let end = (offset + size).min(eligible.len());
+    let value: Vec<Value> = eligible[offset.min(end)..end]
         .iter()
-        .map(summary_json)
+        .map(|m| summary_json(m))
         .collect();
     let link = format!(
         "{}/users/{user}/mailFolders/{folder}/messages/delta",
@@ -389,10 +649,13 @@ async fn delta(
         "@odata.context": format!("{}/$metadata#Collection(message)", inner.base_url),
         "value": value,
     });
-    if end < to {
-        body["@odata.nextLink"] = Value::String(format!("{link}?$skiptoken={from}.{to}.{end}"));
+    let since_part = since.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+    if end < eligible.len() {
+        body["@odata.nextLink"] = Value::String(format!(
+            "{link}?$skiptoken={epoch}.{from}.{to}.{end}.{since_part}"
+        ));
     } else {
-        body["@odata.deltaLink"] = Value::String(format!("{link}?$deltatoken={to}"));
+        body["@odata.deltaLink"] = Value::String(format!("{link}?$deltatoken={epoch}.{to}"));
     }
     Json(body).into_response()
 }
@@ -887,4 +1150,233 @@ async fn delete_message(
         return StatusCode::NO_CONTENT.into_response();
     }
     draft_not_found()
+}
+
+fn subscription_not_found() -> Response {
+    graph_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        "The object was not found.",
+    )
+}
+
+fn subscription_json(s: &FakeSubscription) -> Value {
+    let mut body: Value = serde_json::from_str(SUBSCRIPTION_CREATED).expect("fixture is JSON");
+    body["id"] = json!(s.id);
+    body["resource"] = json!(s.resource);
+    body["clientState"] = json!(s.client_state);
+    body["notificationUrl"] = json!(s.notification_url);
+    body["lifecycleNotificationUrl"] = json!(s.lifecycle_url);
+    body["expirationDateTime"] = json!(s.expires.to_rfc3339());
+    body
+}
+
+/// An expiry Graph accepts for mail: in the future, at most 10,070 minutes ahead.
+fn valid_expiry(v: &Value) -> Result<chrono::DateTime<chrono::Utc>, Response> {
+    let t = v
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .ok_or_else(|| {
+            bad_request(
+                "InvalidRequest",
+                "expirationDateTime is missing or not a date.",
+            )
+        })?;
+    let now = chrono::Utc::now();
+    if t <= now {
+        return Err(bad_request(
+            "InvalidRequest",
+            "Subscription expiration must be in the future.",
+        ));
+    }
+    if t > now + chrono::Duration::minutes(MAX_SUBSCRIPTION_MINUTES) {
+        return Err(bad_request(
+            "InvalidRequest",
+            "Subscription expiration can only be 10070 minutes in the future.",
+        ));
+    }
+    Ok(t)
+}
+
+/// Graph's validation handshake: POST `url?validationToken=…`; the subscriber must answer 200
+/// with the token as text/plain within 10 seconds.
+async fn handshake(url: &str) -> Result<(), String> {
+    let token = format!(
+        "Validation: Testing client application reachability for subscription Request-Id: {:016x}",
+        rand_u64()
+    );
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .post(url)
+        .query(&[("validationToken", &token)])
+        .header("content-type", "text/plain; charset=utf-8")
+        .send()
+        .await
+        .map_err(|e| format!("{url} unreachable: {e}"))?;
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = resp.text().await.unwrap_or_default();
+    if status != StatusCode::OK || !ctype.starts_with("text/plain") || body != token {
+        return Err(format!(
+            "{url} answered {status} ({ctype}) without the decoded validation token"
+        ));
+    }
+    Ok(())
+}
+
+async fn create_subscription(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (mailbox, folder) = {
+        let mut inner = state.lock().unwrap();
+        if !authorised(&mut inner, &headers) {
+            return unauthorised();
+        }
+        (
+            inner.mailbox.to_ascii_lowercase(),
+            inner.folder.to_ascii_lowercase(),
+        )
+    };
+    let request = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if request["changeType"].as_str().is_none_or(|c| {
+        !c.split(',')
+            .all(|t| ["created", "updated", "deleted"].contains(&t.trim()))
+    }) {
+        return bad_request(
+            "InvalidRequest",
+            "changeType must be created, updated and/or deleted.",
+        );
+    }
+    let resource = request["resource"].as_str().unwrap_or_default().to_owned();
+    let wanted = [
+        format!("users/{mailbox}/mailfolders('{folder}')/messages"),
+        format!("users/{mailbox}/mailfolders/{folder}/messages"),
+    ];
+    if !wanted.contains(&resource.trim_start_matches('/').to_ascii_lowercase()) {
+        return bad_request(
+            "ExtensionError",
+            &format!("Resource '{resource}' is not supported here."),
+        );
+    }
+    let expires = match valid_expiry(&request["expirationDateTime"]) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let client_state = request["clientState"].as_str().map(str::to_owned);
+    if client_state.as_ref().is_some_and(|c| c.len() > 128) {
+        return bad_request(
+            "InvalidRequest",
+            "clientState can be at most 128 characters.",
+        );
+    }
+    let Some(notification_url) = request["notificationUrl"].as_str().map(str::to_owned) else {
+        return bad_request("InvalidRequest", "notificationUrl is required.");
+    };
+    let lifecycle_url = request["lifecycleNotificationUrl"]
+        .as_str()
+        .map(str::to_owned);
+    // The handshake, outside the lock: the subscriber may call back into the fake.
+    for url in std::iter::once(&notification_url).chain(lifecycle_url.as_ref()) {
+        if let Err(why) = handshake(url).await {
+            return bad_request(
+                "ValidationError",
+                &format!(
+                    "Subscription validation request failed. Notification endpoint must respond with 200 OK to validation request. ({why})"
+                ),
+            );
+        }
+    }
+    let sub = FakeSubscription {
+        id: format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            rand_u64() as u32,
+            rand_u64() as u16,
+            rand_u64() as u16 & 0xfff,
+            rand_u64() as u16 & 0xfff,
+            rand_u64() & 0xffff_ffff_ffff
+        ),
+        resource,
+        notification_url,
+        lifecycle_url,
+        client_state,
+        expires,
+        renewals: 0,
+    };
+    let body = subscription_json(&sub);
+    state.lock().unwrap().subscriptions.push(sub);
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+async fn get_subscription(
+    State(state): Shared,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
+    }
+    match inner.subscriptions.iter().find(|s| s.id == id) {
+        Some(s) => Json(subscription_json(s)).into_response(),
+        None => subscription_not_found(),
+    }
+}
+
+async fn renew_subscription(
+    State(state): Shared,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
+    }
+    let request = match json_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(sub) = inner.subscriptions.iter_mut().find(|s| s.id == id) else {
+        return subscription_not_found();
+    };
+    match valid_expiry(&request["expirationDateTime"]) {
+        Ok(t) => {
+            sub.expires = t;
+            sub.renewals += 1;
+            Json(subscription_json(sub)).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn delete_subscription(
+    State(state): Shared,
+    UrlPath(id): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut inner = state.lock().unwrap();
+    if !authorised(&mut inner, &headers) {
+        return unauthorised();
+    }
+    let before = inner.subscriptions.len();
+    inner.subscriptions.retain(|s| s.id != id);
+    if inner.subscriptions.len() < before {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        subscription_not_found()
+    }
 }

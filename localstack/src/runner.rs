@@ -237,6 +237,14 @@ impl LocalRunner {
         addr: SocketAddr,
     ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        self.serve_api_on(listener)
+    }
+
+    /// Serves the API routes on a listener bound earlier (its URL went into Terraform).
+    pub fn serve_api_on(
+        self: &Arc<Self>,
+        listener: tokio::net::TcpListener,
+    ) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let local = listener.local_addr()?;
         let runner = self.clone();
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| {

@@ -42,6 +42,11 @@ variable "graph_token_url" {
   type = string
 }
 
+variable "webhook_base_url" {
+  description = "The local runner's API address, where the fake Graph posts notifications"
+  type        = string
+}
+
 variable "mailboxes" {
   type    = list(string)
   default = ["ops-reports@contoso.example/inbox"]
@@ -104,8 +109,11 @@ module "charlie" {
   log_level                     = "info,charlie=debug"
 
   # Local-only credentials for the fake Graph; never real ones.
-  graph_credentials    = { client_id = "charlie-local", client_secret = "local-fake-graph-secret" }
-  webhook_client_state = "local-client-state"
+  graph_credentials = { client_id = "charlie-local", client_secret = "local-fake-graph-secret" }
+  # The local runner serves the API routes on this URL (moto serves none).
+  webhook_base_url = var.webhook_base_url
+  # The tests see a replaced subscription stop counting after a second, not a minute.
+  client_state_cache_seconds = 1
 }
 
 output "deployment" {

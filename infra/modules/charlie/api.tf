@@ -18,6 +18,13 @@ resource "aws_apigatewayv2_route" "graph_notifications" {
   target    = "integrations/${aws_apigatewayv2_integration.graph_webhook.id}"
 }
 
+# Graph's lifecycle notifications (lifecycleNotificationUrl): the same function tells them apart.
+resource "aws_apigatewayv2_route" "graph_lifecycle" {
+  api_id    = aws_apigatewayv2_api.http.id
+  route_key = "POST /graph/lifecycle"
+  target    = "integrations/${aws_apigatewayv2_integration.graph_webhook.id}"
+}
+
 resource "aws_apigatewayv2_stage" "default" {
   api_id      = aws_apigatewayv2_api.http.id
   name        = "$default"
@@ -29,5 +36,5 @@ resource "aws_lambda_permission" "api_graph_webhook" {
   action        = "lambda:InvokeFunction"
   function_name = aws_lambda_function.fn["graph-webhook"].function_name
   principal     = "apigateway.amazonaws.com"
-  source_arn    = "${aws_apigatewayv2_api.http.execution_arn}/*/*/graph/notifications"
+  source_arn    = "${aws_apigatewayv2_api.http.execution_arn}/*/*/graph/*"
 }

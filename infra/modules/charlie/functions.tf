@@ -27,7 +27,7 @@ locals {
     Action   = ["secretsmanager:GetSecretValue"]
     Resource = aws_secretsmanager_secret.graph.arn
   }
-  consume = { for q in ["inbound", "mail", "ses_events"] : q => {
+  consume = { for q in ["inbound", "mail", "ses_events", "lifecycle"] : q => {
     Effect   = "Allow"
     Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
     Resource = aws_sqs_queue.main[q].arn
@@ -47,11 +47,14 @@ locals {
   policies = {
     graph-webhook = [
       local.logs_statement,
-      local.send["inbound"],
+      local.send["inbound"], local.send["lifecycle"],
       { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.client_state.arn },
     ]
     poller = [
       local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw, local.send["inbound"],
+      local.consume["lifecycle"],
+      # It creates subscriptions, each with a fresh clientState the webhook reads.
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], Resource = aws_secretsmanager_secret.client_state.arn },
     ]
     ingest = [
       local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw,

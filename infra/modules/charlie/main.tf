@@ -25,7 +25,13 @@ locals {
     mail     = { consumer = "mailer", batch_size = 5, window = 0 }
     # SES bounce, complaint and delivery events (configuration set -> SNS -> here).
     ses_events = { consumer = "mailer", batch_size = 10, window = 0 }
+    # Graph lifecycle events the webhook queued: the poller renews, recreates or resyncs.
+    lifecycle = { consumer = "poller", batch_size = 10, window = 0 }
   }
+
+  # Where Graph posts notifications: the API's own URL unless one is given (a custom domain,
+  # or the local runner's port).
+  webhook_base_url = trimsuffix(var.webhook_base_url != null ? var.webhook_base_url : aws_apigatewayv2_stage.default.invoke_url, "/")
 
   common_env = {
     RUST_LOG             = var.log_level
@@ -40,12 +46,19 @@ locals {
 
   function_env = {
     graph-webhook = {
-      CHARLIE_INBOUND_QUEUE_URL   = aws_sqs_queue.main["inbound"].url
-      CHARLIE_CLIENT_STATE_SECRET = aws_secretsmanager_secret.client_state.name
+      CHARLIE_INBOUND_QUEUE_URL          = aws_sqs_queue.main["inbound"].url
+      CHARLIE_LIFECYCLE_QUEUE_URL        = aws_sqs_queue.main["lifecycle"].url
+      CHARLIE_CLIENT_STATE_SECRET        = aws_secretsmanager_secret.client_state.name
+      CHARLIE_CLIENT_STATE_CACHE_SECONDS = tostring(var.client_state_cache_seconds)
     }
     poller = {
-      CHARLIE_INBOUND_QUEUE_URL = aws_sqs_queue.main["inbound"].url
-      CHARLIE_MAILBOXES         = join(",", var.mailboxes)
+      CHARLIE_INBOUND_QUEUE_URL        = aws_sqs_queue.main["inbound"].url
+      CHARLIE_MAILBOXES                = join(",", var.mailboxes)
+      CHARLIE_CLIENT_STATE_SECRET      = aws_secretsmanager_secret.client_state.name
+      CHARLIE_NOTIFICATION_URL         = "${local.webhook_base_url}/graph/notifications"
+      CHARLIE_LIFECYCLE_URL            = "${local.webhook_base_url}/graph/lifecycle"
+      CHARLIE_RESYNC_LOOKBACK_HOURS    = tostring(var.resync_lookback_hours)
+      CHARLIE_SUBSCRIPTION_RENEW_HOURS = tostring(var.subscription_renew_hours)
     }
     ingest = {
       CHARLIE_OUTBOUND_QUEUE_URL = aws_sqs_queue.main["outbound"].url

@@ -133,16 +133,12 @@ resource "aws_secretsmanager_secret_version" "graph" {
   secret_string = jsonencode(var.graph_credentials)
 }
 
+# The poller owns its value: {"subscriptions": {id: clientState}}, a fresh random clientState
+# per Graph subscription it creates. Terraform creates the secret only.
 resource "aws_secretsmanager_secret" "client_state" {
   name                    = "${local.p}/webhook-client-state"
-  description             = "clientState expected on Graph change notifications"
+  description             = "clientState of each Graph subscription (written by the poller)"
   recovery_window_in_days = 0
-}
-
-resource "aws_secretsmanager_secret_version" "client_state" {
-  count         = var.webhook_client_state == null ? 0 : 1
-  secret_id     = aws_secretsmanager_secret.client_state.id
-  secret_string = var.webhook_client_state
 }
 
 resource "aws_ses_email_identity" "sender" {

@@ -48,11 +48,40 @@ variable "graph_credentials" {
   sensitive   = true
 }
 
-variable "webhook_client_state" {
-  description = "Graph webhook clientState; null leaves the secret's value to be set out of band."
+variable "webhook_base_url" {
+  description = "Base URL Graph posts notifications to (…/graph/notifications, …/graph/lifecycle); null: the API's invoke URL."
   type        = string
   default     = null
-  sensitive   = true
+}
+
+variable "client_state_cache_seconds" {
+  description = "How long the webhook trusts its copy of the subscriptions' clientStates; a replaced subscription stops counting within this time."
+  type        = number
+  default     = 60
+  validation {
+    condition     = var.client_state_cache_seconds >= 0 && var.client_state_cache_seconds <= 3600
+    error_message = "client_state_cache_seconds must be 0-3600."
+  }
+}
+
+variable "resync_lookback_hours" {
+  description = "A fresh delta sync (first, or after Graph expired the delta link) covers mail received this many hours back."
+  type        = number
+  default     = 72
+  validation {
+    condition     = var.resync_lookback_hours >= 1 && var.resync_lookback_hours <= 720
+    error_message = "resync_lookback_hours must be 1-720."
+  }
+}
+
+variable "subscription_renew_hours" {
+  description = "A Graph subscription is renewed when fewer than this many hours remain (mail subscriptions last just under 7 days)."
+  type        = number
+  default     = 72
+  validation {
+    condition     = var.subscription_renew_hours >= 1 && var.subscription_renew_hours <= 160
+    error_message = "subscription_renew_hours must be 1-160."
+  }
 }
 
 variable "reports" {
@@ -86,7 +115,7 @@ variable "function_timeouts" {
     poller         = 120
     ingest         = 300
     report-builder = 600
-    mailer         = 60
+    mailer         = 180 # a large workbook through a Graph upload session takes a while
   }
 }
 

@@ -2,6 +2,7 @@
 //! does for Charlie (`RowStore`, `StateStore`, `ObjectStore`, `Queue`, `Mailbox`, `SesTransport`).
 
 pub mod aws;
+pub mod client_state;
 pub mod graph;
 pub mod object_store;
 pub mod queue;

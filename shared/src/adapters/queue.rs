@@ -1,6 +1,6 @@
 //! `Queue`: sends Charlie's JSON messages to an SQS queue, with the correlation id attribute.
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use serde::Serialize;
 
@@ -35,40 +35,76 @@ impl Queue {
     /// Sends in batches of 10 and checks every entry: any entry SQS refused fails the call,
     /// naming it, so the caller's retry covers it (duplicates are harmless downstream).
     pub async fn send_all<T: Serialize>(&self, messages: &[(&T, &str)]) -> anyhow::Result<()> {
+        let (_, failure) = self.send_each(messages).await;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Like [`Queue::send_all`], but tries every batch whatever the others did: how many
+    /// messages SQS took, and the first failure if any.
+    pub async fn send_each<T: Serialize>(
+        &self,
+        messages: &[(&T, &str)],
+    ) -> (usize, Option<anyhow::Error>) {
+        let mut sent = 0;
+        let mut first_failure = None;
         for chunk in messages.chunks(10) {
-            let mut entries = Vec::with_capacity(chunk.len());
-            for (i, (msg, corr)) in chunk.iter().enumerate() {
+            match self.send_batch(chunk).await {
+                Ok(n) => sent += n,
+                Err(e) => {
+                    sent += e.1;
+                    first_failure.get_or_insert(e.0);
+                }
+            }
+        }
+        (sent, first_failure)
+    }
+
+    /// One batch: `Ok(n)` when all went; otherwise the error and how many went.
+    async fn send_batch<T: Serialize>(
+        &self,
+        chunk: &[(&T, &str)],
+    ) -> Result<usize, (anyhow::Error, usize)> {
+        let mut entries = Vec::with_capacity(chunk.len());
+        for (i, (msg, corr)) in chunk.iter().enumerate() {
+            let entry = (|| -> anyhow::Result<SendMessageBatchRequestEntry> {
                 let attr = MessageAttributeValue::builder()
                     .data_type("String")
                     .string_value(*corr)
                     .build()?;
-                entries.push(
-                    SendMessageBatchRequestEntry::builder()
-                        .id(i.to_string())
-                        .message_body(serde_json::to_string(msg)?)
-                        .message_attributes(CORRELATION_ATTRIBUTE, attr)
-                        .build()?,
-                );
-            }
-            let out = self
-                .client
-                .send_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .with_context(|| format!("sending to {}", self.url))?;
-            if let Some(f) = out.failed.first() {
-                bail!(
+                Ok(SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(serde_json::to_string(msg)?)
+                    .message_attributes(CORRELATION_ATTRIBUTE, attr)
+                    .build()?)
+            })()
+            .map_err(|e| (e, 0))?;
+            entries.push(entry);
+        }
+        let out = self
+            .client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .with_context(|| format!("sending to {}", self.url))
+            .map_err(|e| (e, 0))?;
+        match out.failed.first() {
+            Some(f) => Err((
+                anyhow!(
                     "SQS refused {} of {} messages to {} (first: {} {})",
                     out.failed.len(),
                     chunk.len(),
                     self.url,
                     f.code,
                     f.message.as_deref().unwrap_or("")
-                );
-            }
+                ),
+                out.successful.len(),
+            )),
+            None => Ok(chunk.len()),
         }
-        Ok(())
     }
 }

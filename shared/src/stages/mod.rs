@@ -59,12 +59,20 @@ impl Stage {
 
     /// Handles one invocation: the function's event JSON in, its response JSON out.
     pub async fn invoke(&self, event: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+        // Each stage's future is boxed: they are deep (Graph, AWS SDK calls), and the runner
+        // nests many of them in one task.
         let out = match self {
-            Stage::GraphWebhook(s) => serde_json::to_value(s.handle(parse(event)?).await)?,
-            Stage::Poller(s) => serde_json::to_value(s.poll(parse(event)?).await?)?,
-            Stage::Ingest(s) => serde_json::to_value(s.handle(parse(event)?).await)?,
-            Stage::ReportBuilder(s) => serde_json::to_value(s.run(parse(event)?).await?)?,
-            Stage::Mailer(s) => serde_json::to_value(s.handle(parse(event)?).await)?,
+            Stage::GraphWebhook(s) => {
+                serde_json::to_value(Box::pin(s.handle(parse(event)?)).await)?
+            }
+            // Its schedule, or the `lifecycle` queue.
+            Stage::Poller(s) if event.get("Records").is_some() => {
+                serde_json::to_value(Box::pin(s.handle(parse(event)?)).await)?
+            }
+            Stage::Poller(s) => serde_json::to_value(Box::pin(s.poll(parse(event)?)).await?)?,
+            Stage::Ingest(s) => serde_json::to_value(Box::pin(s.handle(parse(event)?)).await)?,
+            Stage::ReportBuilder(s) => serde_json::to_value(Box::pin(s.run(parse(event)?)).await?)?,
+            Stage::Mailer(s) => serde_json::to_value(Box::pin(s.handle(parse(event)?)).await)?,
         };
         Ok(out)
     }

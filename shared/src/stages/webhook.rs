@@ -1,41 +1,77 @@
-//! graph-webhook: Microsoft Graph's notification URL behind API Gateway
-//! (`POST /graph/notifications`).
+//! graph-webhook: Microsoft Graph's notification URLs behind API Gateway
+//! (`POST /graph/notifications` for changes, `POST /graph/lifecycle` for lifecycle events; the
+//! same code serves both).
 //!
-//! - Validation handshake: `?validationToken=…` is answered `200 text/plain` with the token.
-//! - Change notifications: each one's `clientState` is compared in constant time with the secret;
-//!   a mismatch is dropped and logged (never the secret), the rest go to `inbound`. Answers `202`
-//!   at once; `5xx` only when nothing could be queued, so Graph retries; `400` for a body that is
-//!   not a notification collection.
+//! - Validation handshake: `?validationToken=…` is answered `200 text/plain` with the decoded
+//!   token and nothing else.
+//! - Each notification's subscription must be one the poller created, and its `clientState`
+//!   that subscription's secret (compared in constant time). Anything else is dropped and
+//!   logged, never with the secret.
+//! - Change notifications go to `inbound` (batches of 10, each entry checked); lifecycle
+//!   events (`reauthorizationRequired`, `subscriptionRemoved`, `missed`) go to `lifecycle`,
+//!   where the poller renews, recreates or resyncs. Nothing slow happens in the answer: `202`
+//!   at once, `5xx` only when nothing could be queued (Graph retries), `400` for a body that
+//!   is not a notification collection.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use base64::Engine;
 use serde::Deserialize;
+use tokio::sync::RwLock;
 use tracing::{error, info, warn};
 
-use crate::adapters::aws::{AwsClients, read_secret};
+use crate::adapters::aws::AwsClients;
+use crate::adapters::client_state::ClientStates;
 use crate::adapters::queue::Queue;
 use crate::env::Env;
-use crate::messages::{InboundMessage, MailSource};
+use crate::messages::{InboundMessage, LifecycleEvent, LifecycleWork, MailSource};
 use crate::secret::Secret;
 
+/// The clientState map is re-read at most this often when an unknown subscription shows up
+/// (a subscription the poller just created); and anyway once it is older than
+/// `CHARLIE_CLIENT_STATE_CACHE_SECONDS` (60 by default), so a replaced subscription stops
+/// counting within that time.
+const REFRESH_UNKNOWN: Duration = Duration::from_secs(10);
+
 pub struct GraphWebhook {
-    client_state: Secret,
+    client_states: ClientStates,
+    refresh_always: Duration,
+    known: RwLock<Known>,
     inbound: Queue,
+    lifecycle: Queue,
+}
+
+#[derive(Default)]
+struct Known {
+    states: HashMap<String, Secret>,
+    loaded: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Valid,
+    WrongClientState,
+    UnknownSubscription,
 }
 
 #[derive(Debug, Deserialize)]
 struct NotificationCollection {
-    value: Vec<ChangeNotification>,
+    value: Vec<Notification>,
 }
 
+/// A change or a lifecycle notification (the latter carries `lifecycleEvent`).
 #[derive(Debug, Deserialize)]
-struct ChangeNotification {
+struct Notification {
     #[serde(rename = "subscriptionId")]
     subscription_id: String,
     #[serde(default, rename = "clientState")]
     client_state: Option<String>,
+    #[serde(default, rename = "lifecycleEvent")]
+    lifecycle_event: Option<LifecycleEvent>,
     #[serde(default)]
     resource: String,
     #[serde(default, rename = "resourceData")]
@@ -50,17 +86,60 @@ struct ResourceData {
 
 impl GraphWebhook {
     pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
+        let client_states = ClientStates::new(
+            clients.secrets.clone(),
+            env.required("CHARLIE_CLIENT_STATE_SECRET")?,
+        );
+        // Read once at cold start, so a missing permission shows at once.
+        let states = client_states.load().await?;
         Ok(GraphWebhook {
-            client_state: read_secret(
-                &clients.secrets,
-                env.required("CHARLIE_CLIENT_STATE_SECRET")?,
-            )
-            .await?,
+            client_states,
+            refresh_always: Duration::from_secs(env.in_range_or(
+                "CHARLIE_CLIENT_STATE_CACHE_SECONDS",
+                60,
+                0..=3600,
+            )?),
+            known: RwLock::new(Known {
+                states,
+                loaded: Some(Instant::now()),
+            }),
             inbound: Queue::new(
                 clients.sqs.clone(),
                 env.required("CHARLIE_INBOUND_QUEUE_URL")?,
             ),
+            lifecycle: Queue::new(
+                clients.sqs.clone(),
+                env.required("CHARLIE_LIFECYCLE_QUEUE_URL")?,
+            ),
         })
+    }
+
+    /// Checks a notification's subscription and clientState, re-reading the map when the
+    /// subscription is unknown (and it was not just read).
+    async fn verdict(&self, subscription: &str, candidate: Option<&str>) -> Verdict {
+        let stale = |k: &Known, after: Duration| k.loaded.is_none_or(|t| t.elapsed() >= after);
+        let needs_reload = {
+            let k = self.known.read().await;
+            stale(&k, self.refresh_always)
+                || (!k.states.contains_key(subscription)
+                    && stale(&k, REFRESH_UNKNOWN.min(self.refresh_always)))
+        };
+        if needs_reload {
+            let mut k = self.known.write().await;
+            match self.client_states.load().await {
+                Ok(states) => k.states = states,
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "could not re-read the clientState secret; using the last copy")
+                }
+            }
+            k.loaded = Some(Instant::now());
+        }
+        let k = self.known.read().await;
+        match k.states.get(subscription) {
+            None => Verdict::UnknownSubscription,
+            Some(secret) if candidate.is_some_and(|c| secret.matches(c)) => Verdict::Valid,
+            Some(_) => Verdict::WrongClientState,
+        }
     }
 
     pub async fn handle(&self, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
@@ -83,21 +162,44 @@ impl GraphWebhook {
                 );
             }
         };
-        let mut messages = Vec::new();
+        let mut mails = Vec::new();
+        let mut work = Vec::new();
         for n in &notifications.value {
-            let state_ok = n
-                .client_state
-                .as_deref()
-                .is_some_and(|c| self.client_state.matches(c));
-            if !state_ok {
-                warn!(
+            match self
+                .verdict(&n.subscription_id, n.client_state.as_deref())
+                .await
+            {
+                Verdict::Valid => {}
+                Verdict::WrongClientState => {
+                    warn!(
+                        subscription_id = n.subscription_id,
+                        "notification with a wrong or missing clientState dropped"
+                    );
+                    continue;
+                }
+                Verdict::UnknownSubscription => {
+                    warn!(
+                        subscription_id = n.subscription_id,
+                        "notification for an unknown subscription dropped"
+                    );
+                    continue;
+                }
+            }
+            if let Some(event) = n.lifecycle_event {
+                info!(
                     subscription_id = n.subscription_id,
-                    "notification with a wrong or missing clientState dropped"
+                    ?event,
+                    "lifecycle event"
                 );
+                work.push(LifecycleWork {
+                    v: 1,
+                    subscription_id: n.subscription_id.clone(),
+                    event,
+                });
                 continue;
             }
             match mail_of(n) {
-                Some((mailbox, message_id)) => messages.push(InboundMessage::GraphMessage {
+                Some((mailbox, message_id)) => mails.push(InboundMessage::GraphMessage {
                     v: 1,
                     mailbox,
                     message_id,
@@ -110,33 +212,46 @@ impl GraphWebhook {
                 ),
             }
         }
-        if messages.is_empty() {
+        let wanted = mails.len() + work.len();
+        if wanted == 0 {
             return response(202, "text/plain", String::new());
         }
-        let ids: Vec<String> = messages
-            .iter()
-            .map(|_| super::new_correlation_id())
-            .collect();
-        let pairs: Vec<(&InboundMessage, &str)> = messages
-            .iter()
-            .zip(&ids)
-            .map(|(m, c)| (m, c.as_str()))
-            .collect();
-        match self.inbound.send_all(&pairs).await {
-            Ok(()) => {
-                info!(queued = messages.len(), "notifications queued");
-                response(202, "text/plain", String::new())
-            }
-            Err(e) => {
-                error!(error = %format!("{e:#}"), "could not queue notifications; Graph will retry");
-                problem(503, "notifications could not be queued; retry later")
-            }
+        let (sent_mails, mail_failure) = queue_each(&self.inbound, &mails).await;
+        let (sent_work, work_failure) = queue_each(&self.lifecycle, &work).await;
+        let queued = sent_mails + sent_work;
+        for e in [mail_failure, work_failure].into_iter().flatten() {
+            error!(error = %format!("{e:#}"), queued, wanted, "some notifications could not be queued");
         }
+        if queued == 0 {
+            // Graph retries a 5xx; nothing was taken, so nothing is doubled.
+            return problem(503, "notifications could not be queued; retry later");
+        }
+        info!(queued, wanted, "notifications queued");
+        response(202, "text/plain", String::new())
     }
 }
 
+async fn queue_each<T: serde::Serialize>(
+    queue: &Queue,
+    messages: &[T],
+) -> (usize, Option<anyhow::Error>) {
+    if messages.is_empty() {
+        return (0, None);
+    }
+    let ids: Vec<String> = messages
+        .iter()
+        .map(|_| super::new_correlation_id())
+        .collect();
+    let pairs: Vec<(&T, &str)> = messages
+        .iter()
+        .zip(&ids)
+        .map(|(m, c)| (m, c.as_str()))
+        .collect();
+    queue.send_each(&pairs).await
+}
+
 /// (mailbox, message id) from `Users/{mailbox}/Messages/{id}`.
-fn mail_of(n: &ChangeNotification) -> Option<(String, String)> {
+fn mail_of(n: &Notification) -> Option<(String, String)> {
     let parts: Vec<&str> = n.resource.split('/').collect();
     match parts.as_slice() {
         [users, mailbox, messages, id]
@@ -199,5 +314,28 @@ mod tests {
                 "AAMkADNkNAAASq35xAAA=".into()
             ))
         );
+        assert_eq!(c.value[0].lifecycle_event, None);
+    }
+
+    #[test]
+    fn the_documented_lifecycle_notifications_name_their_event() {
+        for (file, event) in [
+            (
+                include_str!("../../../events/graph/lifecycle-missed.json"),
+                LifecycleEvent::Missed,
+            ),
+            (
+                include_str!("../../../events/graph/lifecycle-reauthorization-required.json"),
+                LifecycleEvent::ReauthorizationRequired,
+            ),
+            (
+                include_str!("../../../events/graph/lifecycle-subscription-removed.json"),
+                LifecycleEvent::SubscriptionRemoved,
+            ),
+        ] {
+            let c: NotificationCollection = serde_json::from_str(file).unwrap();
+            assert_eq!(c.value[0].lifecycle_event, Some(event));
+            assert!(c.value[0].client_state.is_some());
+        }
     }
 }
