@@ -854,6 +854,30 @@ fn json_body(body: &[u8]) -> Result<Value, Response> {
     })
 }
 
+/// What `sendMail` and draft creation check first: the token, the mailbox, Graph's 4 MB request
+/// limit and the JSON.
+fn mailbox_json(
+    inner: &mut Inner,
+    user: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, Response> {
+    if !authorised(inner, headers) {
+        return Err(unauthorised());
+    }
+    if !user.eq_ignore_ascii_case(&inner.mailbox) {
+        return Err(invalid_user(user));
+    }
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(graph_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "The request is larger than 4 MB; attach large files through an upload session.",
+        ));
+    }
+    json_body(body)
+}
+
 async fn send_mail(
     State(state): Shared,
     UrlPath(user): UrlPath<String>,
@@ -861,20 +885,7 @@ async fn send_mail(
     body: axum::body::Bytes,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
-    if !user.eq_ignore_ascii_case(&inner.mailbox) {
-        return invalid_user(&user);
-    }
-    if body.len() > MAX_REQUEST_BYTES {
-        return graph_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            "The request is larger than 4 MB; attach large files through an upload session.",
-        );
-    }
-    let request = match json_body(&body) {
+    let request = match mailbox_json(&mut inner, &user, &headers, &body) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -900,20 +911,7 @@ async fn create_draft(
     body: axum::body::Bytes,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
-    if !user.eq_ignore_ascii_case(&inner.mailbox) {
-        return invalid_user(&user);
-    }
-    if body.len() > MAX_REQUEST_BYTES {
-        return graph_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            "The request is larger than 4 MB.",
-        );
-    }
-    let mut message = match json_body(&body) {
+    let mut message = match mailbox_json(&mut inner, &user, &headers, &body) {
         Ok(v) => v,
         Err(r) => return r,
     };

@@ -1,7 +1,8 @@
 # The Charlie module deployed to AWS. Build the zips first:
 #   cargo lambda build --release --output-format zip   (writes target/lambda/<fn>/bootstrap.zip)
 #   scripts/package-lambdas target/lambda dist/lambda  (renames them to dist/lambda/<fn>.zip)
-# Secrets' values (Graph app credentials, webhook clientState) are set out of band, never in state.
+# The Graph app credentials are set out of band, never in state; the poller writes the
+# subscriptions' clientStates itself.
 terraform {
   required_version = ">= 1.6"
   required_providers {
