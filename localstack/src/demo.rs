@@ -444,12 +444,34 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
             .context("parsing the sent mail")?;
         println!("    {}", p.display());
         println!("      from        {}", m.source);
-        // moto adds the header addresses to the envelope ones: show each once.
-        let unique: std::collections::BTreeSet<&String> = m.destinations.iter().collect();
-        println!(
-            "      to          {}",
-            unique.into_iter().cloned().collect::<Vec<_>>().join(", ")
-        );
+        // The envelope holds every recipient; the headers name To and Cc. What is only in the
+        // envelope went as Bcc (moto also adds the header addresses to the envelope).
+        let header = |a: Option<&mail_parser::Address>| -> Vec<String> {
+            a.map(|a| {
+                a.iter()
+                    .filter_map(|x| x.address().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let (to, cc) = (header(parsed.to()), header(parsed.cc()));
+        let bcc: std::collections::BTreeSet<&String> = m
+            .destinations
+            .iter()
+            .filter(|d| !to.contains(d) && !cc.contains(d))
+            .collect();
+        for (field, list) in [
+            ("to", to.join(", ")),
+            ("cc", cc.join(", ")),
+            (
+                "bcc",
+                bcc.into_iter().cloned().collect::<Vec<_>>().join(", "),
+            ),
+        ] {
+            if !list.is_empty() {
+                println!("      {field:<12}{list}");
+            }
+        }
         println!("      subject     {}", parsed.subject().unwrap_or(""));
         for a in parsed.attachments() {
             use mail_parser::MimeHeaders;
