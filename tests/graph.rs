@@ -224,3 +224,25 @@ async fn an_expired_delta_link_is_answered_410_sync_state_not_found() {
     }
     assert_eq!(seen, 2, "the two mails of the 15th");
 }
+
+#[tokio::test]
+async fn calls_without_an_issued_token_are_refused_401() {
+    let (graph, _) = fake().await;
+    let (user, _) = graph.mailbox();
+    let http = reqwest::Client::new();
+    let calls = [
+        http.get(format!("{}/users/{user}/messages/any", graph.base_url)),
+        http.post(format!("{}/users/{user}/sendMail", graph.base_url))
+            .body("{}"),
+        http.get(format!("{}/subscriptions/any", graph.base_url))
+            .bearer_auth("a-token-the-fake-never-issued"),
+    ];
+    for call in calls {
+        let resp = call.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 401);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+    }
+    assert_eq!(graph.requests(), 3, "every Graph call is counted");
+    assert!(graph.sent_mail().is_empty());
+}

@@ -449,8 +449,9 @@ async fn post_json(url: &str, body: &Value) -> u16 {
     }
 }
 
-/// The switches, around every call: 429 while throttled, the slow delay, and the count of
-/// requests in flight per mailbox.
+/// Around every call: 429 while throttled, the count of Graph calls and of those in flight per
+/// mailbox, the slow delay, and the bearer token every `/v1.0/` call needs (the upload URL is
+/// pre-authenticated and checks its own token).
 async fn switches(
     State(state): Shared,
     req: axum::extract::Request,
@@ -476,6 +477,9 @@ async fn switches(
             )
                 .into_response();
         }
+        if graph_call {
+            i.requests += 1;
+        }
         let n = i.in_flight.entry(mailbox.clone()).or_insert(0);
         *n += 1;
         let now = *n;
@@ -485,7 +489,12 @@ async fn switches(
     if !slow.is_zero() {
         tokio::time::sleep(slow).await;
     }
-    let resp = next.run(req).await;
+    let bearer_needed = path.starts_with("/v1.0/");
+    let resp = if bearer_needed && !authorised(&state.lock().unwrap(), req.headers()) {
+        unauthorised()
+    } else {
+        next.run(req).await
+    };
     if let Some(n) = state.lock().unwrap().in_flight.get_mut(&mailbox) {
         *n -= 1;
     }
@@ -497,9 +506,8 @@ fn graph_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Counts the call and checks its bearer token.
-fn authorised(inner: &mut Inner, headers: &HeaderMap) -> bool {
-    inner.requests += 1;
+/// Whether the call carries a bearer token the token endpoint issued.
+fn authorised(inner: &Inner, headers: &HeaderMap) -> bool {
     let token = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -560,10 +568,7 @@ async fn delta(
     Query(q): Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
+    let inner = state.lock().unwrap();
     if !user.eq_ignore_ascii_case(&inner.mailbox) || !folder.eq_ignore_ascii_case(&inner.folder) {
         return graph_error(
             StatusCode::NOT_FOUND,
@@ -675,12 +680,8 @@ fn summary_json(m: &FakeMessage) -> Value {
 async fn message(
     State(state): Shared,
     UrlPath((_user, id)): UrlPath<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
+    let inner = state.lock().unwrap();
     match inner.messages.iter().find(|m| m.id == id) {
         Some(m) => Json(summary_json(m)).into_response(),
         None => graph_error(
@@ -694,12 +695,8 @@ async fn message(
 async fn attachments(
     State(state): Shared,
     UrlPath((_user, id)): UrlPath<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
-    let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
+    let inner = state.lock().unwrap();
     let Some(m) = inner.messages.iter().find(|m| m.id == id) else {
         return graph_error(
             StatusCode::NOT_FOUND,
@@ -854,17 +851,9 @@ fn json_body(body: &[u8]) -> Result<Value, Response> {
     })
 }
 
-/// What `sendMail` and draft creation check first: the token, the mailbox, Graph's 4 MB request
-/// limit and the JSON.
-fn mailbox_json(
-    inner: &mut Inner,
-    user: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Value, Response> {
-    if !authorised(inner, headers) {
-        return Err(unauthorised());
-    }
+/// What `sendMail` and draft creation check first (after the token): the mailbox, Graph's 4 MB
+/// request limit and the JSON.
+fn mailbox_json(inner: &Inner, user: &str, body: &[u8]) -> Result<Value, Response> {
     if !user.eq_ignore_ascii_case(&inner.mailbox) {
         return Err(invalid_user(user));
     }
@@ -881,11 +870,10 @@ fn mailbox_json(
 async fn send_mail(
     State(state): Shared,
     UrlPath(user): UrlPath<String>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    let request = match mailbox_json(&mut inner, &user, &headers, &body) {
+    let request = match mailbox_json(&inner, &user, &body) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -907,11 +895,10 @@ async fn send_mail(
 async fn create_draft(
     State(state): Shared,
     UrlPath(user): UrlPath<String>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    let mut message = match mailbox_json(&mut inner, &user, &headers, &body) {
+    let mut message = match mailbox_json(&inner, &user, &body) {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -941,13 +928,9 @@ fn draft_not_found() -> Response {
 async fn create_upload_session(
     State(state): Shared,
     UrlPath((_user, id)): UrlPath<(String, String)>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
     if !inner.drafts.contains_key(&id) {
         return draft_not_found();
     }
@@ -1019,7 +1002,6 @@ async fn upload_range(
     body: axum::body::Bytes,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    inner.requests += 1;
     if headers.contains_key("authorization") {
         // The upload URL is pre-authenticated; Graph documents that a bearer token must not
         // be sent (Outlook rejects it).
@@ -1098,9 +1080,6 @@ async fn send_draft(
     headers: HeaderMap,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
     if !headers.contains_key("content-length") {
         return graph_error(
             StatusCode::LENGTH_REQUIRED,
@@ -1137,12 +1116,8 @@ async fn send_draft(
 async fn delete_message(
     State(state): Shared,
     UrlPath((_user, id)): UrlPath<(String, String)>,
-    headers: HeaderMap,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
     if inner.drafts.remove(&id).is_some() {
         inner.uploads.retain(|_, u| u.draft != id);
         return StatusCode::NO_CONTENT.into_response();
@@ -1231,16 +1206,9 @@ async fn handshake(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn create_subscription(
-    State(state): Shared,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn create_subscription(State(state): Shared, body: axum::body::Bytes) -> Response {
     let (mailbox, folder) = {
-        let mut inner = state.lock().unwrap();
-        if !authorised(&mut inner, &headers) {
-            return unauthorised();
-        }
+        let inner = state.lock().unwrap();
         (
             inner.mailbox.to_ascii_lowercase(),
             inner.folder.to_ascii_lowercase(),
@@ -1319,15 +1287,8 @@ async fn create_subscription(
     (StatusCode::CREATED, Json(body)).into_response()
 }
 
-async fn get_subscription(
-    State(state): Shared,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
-    let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
+async fn get_subscription(State(state): Shared, UrlPath(id): UrlPath<String>) -> Response {
+    let inner = state.lock().unwrap();
     match inner.subscriptions.iter().find(|s| s.id == id) {
         Some(s) => Json(subscription_json(s)).into_response(),
         None => subscription_not_found(),
@@ -1337,13 +1298,9 @@ async fn get_subscription(
 async fn renew_subscription(
     State(state): Shared,
     UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
     let request = match json_body(&body) {
         Ok(v) => v,
         Err(r) => return r,
@@ -1361,15 +1318,8 @@ async fn renew_subscription(
     }
 }
 
-async fn delete_subscription(
-    State(state): Shared,
-    UrlPath(id): UrlPath<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn delete_subscription(State(state): Shared, UrlPath(id): UrlPath<String>) -> Response {
     let mut inner = state.lock().unwrap();
-    if !authorised(&mut inner, &headers) {
-        return unauthorised();
-    }
     let before = inner.subscriptions.len();
     inner.subscriptions.retain(|s| s.id != id);
     if inner.subscriptions.len() < before {
