@@ -121,6 +121,14 @@ impl StateStore {
         Ok(())
     }
 
+    /// [`StateStore::release`] for a caller that carries on either way: a failure is logged,
+    /// and the claim frees itself when its hold ends.
+    pub async fn release_or_let_expire(&self, pk: &str) {
+        if let Err(e) = self.release(pk).await {
+            tracing::warn!(error = %format!("{e:#}"), claim = pk, "could not release the claim; it expires by itself");
+        }
+    }
+
     /// Gives a claim back after a failure, so the retry can take it at once.
     pub async fn release(&self, pk: &str) -> anyhow::Result<()> {
         self.client

@@ -116,9 +116,7 @@ impl Ingest {
                     .await
             }
             Err(e) => {
-                if let Err(release) = state.release(&claim_pk).await {
-                    warn!(error = %format!("{release:#}"), "could not release the claim; it expires by itself");
-                }
+                state.release_or_let_expire(&claim_pk).await;
                 Err(e)
             }
         }

@@ -236,9 +236,7 @@ impl Mailer {
                 Ok(())
             }
             Err(e) => {
-                if let Err(release) = self.state.release(&pk).await {
-                    warn!(error = %format!("{release:#}"), "could not release the delivery claim; it expires by itself");
-                }
+                self.state.release_or_let_expire(&pk).await;
                 Err(e)
             }
         }

@@ -143,7 +143,7 @@ impl Poller {
                 .poll_folder(mailbox, folder, now, &mut summary)
                 .await
                 .with_context(|| format!("{mailbox}/{folder}"));
-            self.unlock(&lock).await;
+            self.state.release_or_let_expire(&lock).await;
             if let Err(e) = result {
                 error!(error = %format!("{e:#}"), mailbox, folder, "folder round failed");
                 first_error.get_or_insert(e);
@@ -224,7 +224,7 @@ impl Poller {
             anyhow::Ok(())
         }
         .await;
-        self.unlock(&lock).await;
+        self.state.release_or_let_expire(&lock).await;
         info!(mailbox, folder, event = ?work.event, ?summary, "lifecycle work done");
         result
     }
@@ -238,12 +238,6 @@ impl Poller {
         {
             Claim::Acquired => Ok(Some(pk)),
             Claim::InProgressElsewhere | Claim::AlreadyDone(_) => Ok(None),
-        }
-    }
-
-    async fn unlock(&self, pk: &str) {
-        if let Err(e) = self.state.release(pk).await {
-            warn!(error = %format!("{e:#}"), "could not release the folder lock; it expires by itself");
         }
     }
 

@@ -141,20 +141,18 @@ impl ReportBuilder {
         {
             Ok(Claim::Acquired) => {}
             Ok(_) => {
-                let _ = state.release(&claim_pk).await;
+                state.release_or_let_expire(&claim_pk).await;
                 bail!(
                     "another run of {report_name} for {period} is building; this one is retried later"
                 );
             }
             Err(e) => {
-                let _ = state.release(&claim_pk).await;
+                state.release_or_let_expire(&claim_pk).await;
                 return Err(e);
             }
         }
         let built = self.build_run(report_name, period, &run_id, started).await;
-        if let Err(e) = state.release(&lock_pk).await {
-            warn!(error = %format!("{e:#}"), "could not release the period lock; it expires by itself");
-        }
+        state.release_or_let_expire(&lock_pk).await;
         let index_sk = format!("{period}#{run_id}");
         let index = Some((format!("REPORT#{report_name}"), index_sk));
         let index = index.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
@@ -181,7 +179,7 @@ impl ReportBuilder {
                 {
                     warn!(error = %format!("{put:#}"), "could not record the failed run");
                 }
-                let _ = state.release(&claim_pk).await;
+                state.release_or_let_expire(&claim_pk).await;
                 Err(e)
             }
         }
