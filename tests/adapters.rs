@@ -1,6 +1,7 @@
 //! Adapter tests: Charlie's stores and queues against the real emulator, each test with its own
 //! resources.
 
+use charlie::adapters::client_state::{ClientStates, fresh_client_state};
 use charlie::adapters::object_store::ObjectStore;
 use charlie::adapters::queue::Queue;
 use charlie::adapters::rows::RowStore;
@@ -286,4 +287,50 @@ async fn objects_round_trip_and_versions_are_kept() {
         assert!(back == bytes, "{size} bytes round trip");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn client_states_written_at_once_by_several_folders_are_all_kept() {
+    let c = clients().await;
+    let table = unique("state");
+    create_table(&c, &table).await.unwrap();
+    let state = StateStore::new(c.dynamodb.clone(), &table);
+    let secret = unique("client-state");
+    c.secrets
+        .create_secret()
+        .name(&secret)
+        .send()
+        .await
+        .unwrap();
+    let states = ClientStates::new(c.secrets.clone(), &secret);
+
+    // Eight subscriptions created at once (each folder's poller or lifecycle work): every
+    // write reads the map and writes it back, so unserialised writers would lose each other's.
+    let written: Vec<_> = (0..8)
+        .map(|i| (format!("sub-{i}"), fresh_client_state()))
+        .collect();
+    let writes = written
+        .iter()
+        .map(|(id, value)| states.put(&state, id, value, &[]));
+    for result in futures::future::join_all(writes).await {
+        result.unwrap();
+    }
+    let stored = states.load().await.unwrap();
+    assert_eq!(stored.len(), 8, "every clientState is kept");
+    for (id, value) in &written {
+        assert!(
+            stored[id].matches(value.expose()),
+            "{id} keeps its own value"
+        );
+    }
+
+    // A replacement drops the old subscription's value in the same write.
+    let newer = fresh_client_state();
+    states
+        .put(&state, "sub-8", &newer, &["sub-0"])
+        .await
+        .unwrap();
+    let stored = states.load().await.unwrap();
+    assert!(!stored.contains_key("sub-0"));
+    assert!(stored["sub-8"].matches(newer.expose()));
 }

@@ -3,14 +3,27 @@
 //!
 //! The poller creates each subscription with a fresh random value and writes it here; the
 //! webhook reads it to check notifications. A subscription not in the map is unknown.
+//!
+//! Secrets Manager has no conditional write, and every write reads the whole map and puts it
+//! back, so writers (each folder's poll, lifecycle work) take turns under a claim in the state
+//! table; otherwise two subscriptions created at once would lose one clientState, and every
+//! notification of that subscription would be dropped as unknown.
 
 use std::collections::HashMap;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 
+use crate::adapters::state::{Claim, StateStore};
 use crate::secret::Secret;
+
+/// The state-table claim writers hold while they read, change and write the map.
+const WRITE_LOCK: &str = "LOCK#CLIENTSTATES";
+/// How long a crashed writer's claim blocks the others.
+const WRITE_LOCK_HOLD: chrono::Duration = chrono::Duration::seconds(30);
+/// How long a writer waits for its turn before giving up (its caller retries later).
+const WRITE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Clone, Debug)]
 pub struct ClientStates {
@@ -43,29 +56,49 @@ impl ClientStates {
             .collect())
     }
 
-    /// Records `subscription`'s clientState and forgets the ones in `drop`.
+    /// Records `subscription`'s clientState and forgets the ones in `drop`, holding the write
+    /// lock in `locks` (the state table) meanwhile.
     pub async fn put(
         &self,
+        locks: &StateStore,
         subscription: &str,
         state: &Secret,
         drop: &[&str],
     ) -> anyhow::Result<()> {
-        let mut stored = self.stored().await?;
-        for d in drop {
-            stored.subscriptions.remove(*d);
+        let waited = std::time::Instant::now();
+        loop {
+            let now = chrono::Utc::now();
+            match locks
+                .claim(WRITE_LOCK, now, WRITE_LOCK_HOLD, chrono::Duration::days(1))
+                .await?
+            {
+                Claim::Acquired => break,
+                Claim::InProgressElsewhere | Claim::AlreadyDone(_)
+                    if waited.elapsed() < WRITE_LOCK_WAIT =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+                Claim::InProgressElsewhere | Claim::AlreadyDone(_) => {
+                    bail!(
+                        "another writer held {WRITE_LOCK} for over {} s",
+                        WRITE_LOCK_WAIT.as_secs()
+                    )
+                }
+            }
         }
-        stored
-            .subscriptions
-            .insert(subscription.to_owned(), state.expose().to_owned());
-        self.write(&stored).await
-    }
-
-    pub async fn remove(&self, subscription: &str) -> anyhow::Result<()> {
-        let mut stored = self.stored().await?;
-        if stored.subscriptions.remove(subscription).is_some() {
-            self.write(&stored).await?;
+        let written = async {
+            let mut stored = self.stored().await?;
+            for d in drop {
+                stored.subscriptions.remove(*d);
+            }
+            stored
+                .subscriptions
+                .insert(subscription.to_owned(), state.expose().to_owned());
+            self.write(&stored).await
         }
-        Ok(())
+        .await;
+        locks.release_or_let_expire(WRITE_LOCK).await;
+        written
     }
 
     async fn stored(&self) -> anyhow::Result<Stored> {

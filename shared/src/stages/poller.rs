@@ -328,7 +328,7 @@ impl Poller {
         let drop: Vec<&str> = old.into_iter().collect();
         if let Err(e) = self
             .client_states
-            .put(&created.id, &client_state, &drop)
+            .put(&self.state, &created.id, &client_state, &drop)
             .await
         {
             if let Err(d) = self.graph.delete_subscription(&created.id).await {
