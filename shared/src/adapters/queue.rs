@@ -67,22 +67,12 @@ impl Queue {
         &self,
         chunk: &[(&T, &str)],
     ) -> Result<usize, (anyhow::Error, usize)> {
-        let mut entries = Vec::with_capacity(chunk.len());
-        for (i, (msg, corr)) in chunk.iter().enumerate() {
-            let entry = (|| -> anyhow::Result<SendMessageBatchRequestEntry> {
-                let attr = MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(*corr)
-                    .build()?;
-                Ok(SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(serde_json::to_string(msg)?)
-                    .message_attributes(CORRELATION_ATTRIBUTE, attr)
-                    .build()?)
-            })()
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (msg, corr))| entry(i, msg, corr))
+            .collect::<anyhow::Result<Vec<_>>>()
             .map_err(|e| (e, 0))?;
-            entries.push(entry);
-        }
         let out = self
             .client
             .send_message_batch()
@@ -107,4 +97,21 @@ impl Queue {
             None => Ok(chunk.len()),
         }
     }
+}
+
+/// One batch entry: the message as JSON with its correlation id attribute.
+fn entry<T: Serialize>(
+    id: usize,
+    msg: &T,
+    correlation_id: &str,
+) -> anyhow::Result<SendMessageBatchRequestEntry> {
+    let attr = MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(correlation_id)
+        .build()?;
+    Ok(SendMessageBatchRequestEntry::builder()
+        .id(id.to_string())
+        .message_body(serde_json::to_string(msg)?)
+        .message_attributes(CORRELATION_ATTRIBUTE, attr)
+        .build()?)
 }

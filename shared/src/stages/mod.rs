@@ -170,3 +170,21 @@ pub(crate) async fn mailbox_from_env(
 pub fn new_correlation_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
+
+/// Queues messages that each start their own piece of work (each gets a fresh correlation id),
+/// trying every batch: how many SQS took, and the first failure if any.
+pub(crate) async fn queue_new_work<T: serde::Serialize>(
+    queue: &crate::adapters::queue::Queue,
+    messages: &[T],
+) -> (usize, Option<anyhow::Error>) {
+    if messages.is_empty() {
+        return (0, None);
+    }
+    let ids: Vec<String> = messages.iter().map(|_| new_correlation_id()).collect();
+    let pairs: Vec<(&T, &str)> = messages
+        .iter()
+        .zip(&ids)
+        .map(|(m, c)| (m, c.as_str()))
+        .collect();
+    queue.send_each(&pairs).await
+}

@@ -35,7 +35,7 @@ use crate::env::Env;
 use crate::messages::{InboundMessage, LifecycleEvent, LifecycleWork, MailSource, PollTrigger};
 use crate::sqs_batch;
 
-use super::{mailbox_from_env, new_correlation_id};
+use super::{mailbox_from_env, queue_new_work};
 
 /// Guards against a delta round that never ends (a Graph or fake bug): pages per folder.
 const MAX_PAGES: u32 = 10_000;
@@ -448,13 +448,9 @@ impl Poller {
                     },
                 });
             }
-            let correlation: Vec<String> = batch.iter().map(|_| new_correlation_id()).collect();
-            let pairs: Vec<(&InboundMessage, &str)> = batch
-                .iter()
-                .zip(&correlation)
-                .map(|(m, c)| (m, c.as_str()))
-                .collect();
-            self.inbound.send_all(&pairs).await?;
+            if let (_, Some(e)) = queue_new_work(&self.inbound, &batch).await {
+                return Err(e);
+            }
             summary.queued += batch.len() as u32;
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => url = next,

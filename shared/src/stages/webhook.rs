@@ -216,8 +216,8 @@ impl GraphWebhook {
         if wanted == 0 {
             return response(202, "text/plain", String::new());
         }
-        let (sent_mails, mail_failure) = queue_each(&self.inbound, &mails).await;
-        let (sent_work, work_failure) = queue_each(&self.lifecycle, &work).await;
+        let (sent_mails, mail_failure) = super::queue_new_work(&self.inbound, &mails).await;
+        let (sent_work, work_failure) = super::queue_new_work(&self.lifecycle, &work).await;
         let queued = sent_mails + sent_work;
         for e in [mail_failure, work_failure].into_iter().flatten() {
             error!(error = %format!("{e:#}"), queued, wanted, "some notifications could not be queued");
@@ -229,25 +229,6 @@ impl GraphWebhook {
         info!(queued, wanted, "notifications queued");
         response(202, "text/plain", String::new())
     }
-}
-
-async fn queue_each<T: serde::Serialize>(
-    queue: &Queue,
-    messages: &[T],
-) -> (usize, Option<anyhow::Error>) {
-    if messages.is_empty() {
-        return (0, None);
-    }
-    let ids: Vec<String> = messages
-        .iter()
-        .map(|_| super::new_correlation_id())
-        .collect();
-    let pairs: Vec<(&T, &str)> = messages
-        .iter()
-        .zip(&ids)
-        .map(|(m, c)| (m, c.as_str()))
-        .collect();
-    queue.send_each(&pairs).await
 }
 
 /// (mailbox, message id) from `Users/{mailbox}/Messages/{id}`.
