@@ -290,12 +290,14 @@ impl Mailbox {
             "clientState": request.client_state.expose(),
             "latestSupportedTlsVersion": "v1_2",
         });
-        let what = "create subscription";
         let url = format!("{}/subscriptions", self.base_url);
-        let (_, out) = self
-            .call(Method::POST, &url, Payload::Json(&body), what)
-            .await?;
-        parse(&out, what)
+        self.call_json(
+            Method::POST,
+            &url,
+            Payload::Json(&body),
+            "create subscription",
+        )
+        .await
     }
 
     /// Extends a subscription (also how `reauthorizationRequired` is answered). 404 means
@@ -308,12 +310,14 @@ impl Mailbox {
         let body = serde_json::json!({
             "expirationDateTime": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         });
-        let what = "renew subscription";
         let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
-        let (_, out) = self
-            .call(Method::PATCH, &url, Payload::Json(&body), what)
-            .await?;
-        parse(&out, what)
+        self.call_json(
+            Method::PATCH,
+            &url,
+            Payload::Json(&body),
+            "renew subscription",
+        )
+        .await
     }
 
     pub async fn delete_subscription(&self, id: &str) -> Result<(), GraphError> {
@@ -415,7 +419,18 @@ impl Mailbox {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, url: &str, what: &str) -> Result<T, GraphError> {
-        let (_, body) = self.call(Method::GET, url, Payload::None, what).await?;
+        self.call_json(Method::GET, url, Payload::None, what).await
+    }
+
+    /// [`Mailbox::call`], with the answer's JSON parsed.
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: &str,
+        payload: Payload<'_>,
+        what: &str,
+    ) -> Result<T, GraphError> {
+        let (_, body) = self.call(method, url, payload, what).await?;
         parse(&body, what)
     }
 
@@ -532,15 +547,14 @@ impl Mailbox {
                 draft_id: None,
             });
         }
-        let (_, created) = self
-            .call(
+        let draft: IdOnly = self
+            .call_json(
                 Method::POST,
                 &format!("{user_url}/messages"),
                 Payload::Json(&message_json(mail, false)),
                 "create draft",
             )
             .await?;
-        let draft: IdOnly = parse(&created, "create draft")?;
         let message_url = format!("{user_url}/messages/{}", encode_segment(&draft.id));
         let sent = async {
             if let Some(a) = &mail.attachment {
@@ -577,20 +591,18 @@ impl Mailbox {
         message_url: &str,
         a: &OutgoingAttachment<'_>,
     ) -> Result<(), GraphError> {
-        let what = "createUploadSession";
         let total = a.bytes.len() as u64;
         let request = serde_json::json!({ "AttachmentItem": {
             "attachmentType": "file", "name": a.name, "size": total, "contentType": a.content_type,
         }});
-        let (_, body) = self
-            .call(
+        let session: UploadSession = self
+            .call_json(
                 Method::POST,
                 &format!("{message_url}/attachments/createUploadSession"),
                 Payload::Json(&request),
-                what,
+                "createUploadSession",
             )
             .await?;
-        let session: UploadSession = parse(&body, what)?;
         let mut start = session.next_start().unwrap_or(0);
         loop {
             let end = (start + UPLOAD_CHUNK as u64).min(total);
