@@ -1,13 +1,15 @@
 //! Adapter tests: Charlie's stores and queues against the real emulator, each test with its own
 //! resources.
 
-use charlie::adapters::client_state::{ClientStates, fresh_client_state};
-use charlie::adapters::object_store::ObjectStore;
-use charlie::adapters::queue::Queue;
-use charlie::adapters::rows::RowStore;
-use charlie::adapters::state::{Claim, StateStore};
+use charlie::adapters::aws::dynamodb::{DynamoRowStore, DynamoState};
+use charlie::adapters::aws::s3::{PART_BYTES, S3Objects};
+use charlie::adapters::aws::secrets::SecretClientStates;
+use charlie::adapters::aws::sqs::SqsQueue;
 use charlie::csv_ingest::parse_attachment;
 use charlie::definitions::Definitions;
+use charlie::invocation::Invocation;
+use charlie::ports::{Claim, Claims, ClientStateStore, Objects, RowStore, WorkQueue};
+use charlie::stages::poller::{fresh_client_state, keep_client_state};
 use charlie_tests::{clients, create_table, unique};
 use chrono::{Duration, Utc};
 
@@ -22,7 +24,7 @@ async fn rows_are_stored_once_across_mails() {
     let c = clients().await;
     let table = unique("rows");
     create_table(&c, &table).await.unwrap();
-    let store = RowStore::new(c.dynamodb.clone(), &table);
+    let store: &dyn RowStore = &DynamoRowStore::new(c.dynamodb.clone(), &table);
     let defs = definitions();
     let ds = &defs.datasets["ib_calls"];
 
@@ -70,7 +72,7 @@ async fn more_than_one_batch_of_rows_is_written_and_read_back_in_pages() {
     let c = clients().await;
     let table = unique("rows");
     create_table(&c, &table).await.unwrap();
-    let store = RowStore::new(c.dynamodb.clone(), &table);
+    let store: &dyn RowStore = &DynamoRowStore::new(c.dynamodb.clone(), &table);
     let defs = definitions();
     let ds = &defs.datasets["ib_calls"];
     let mut text = HEADER.to_owned();
@@ -99,31 +101,49 @@ async fn a_claim_is_exclusive_until_completed_or_released() {
     let c = clients().await;
     let table = unique("state");
     create_table(&c, &table).await.unwrap();
-    let state = StateStore::new(c.dynamodb.clone(), &table);
+    let state = DynamoState::new(c.dynamodb.clone(), &table);
     let now = Utc::now();
     let (hold, keep) = (Duration::minutes(5), Duration::days(1));
 
     assert_eq!(
-        state.claim("MSG#a", now, hold, keep).await.unwrap(),
+        state
+            .claim("MSG#a", "h1", now, now + hold, now + keep)
+            .await
+            .unwrap(),
         Claim::Acquired
     );
     assert_eq!(
-        state.claim("MSG#a", now, hold, keep).await.unwrap(),
+        state
+            .claim("MSG#a", "h1", now, now + hold, now + keep)
+            .await
+            .unwrap(),
         Claim::InProgressElsewhere
     );
     state.complete("MSG#a", "{\"ok\":true}", now).await.unwrap();
     assert_eq!(
-        state.claim("MSG#a", now, hold, keep).await.unwrap(),
-        Claim::AlreadyDone("{\"ok\":true}".into())
+        state
+            .claim("MSG#a", "h1", now, now + hold, now + keep)
+            .await
+            .unwrap(),
+        Claim::AlreadyDone {
+            result: "{\"ok\":true}".into(),
+            payload_hash: Some("h1".into())
+        }
     );
 
     assert_eq!(
-        state.claim("MSG#b", now, hold, keep).await.unwrap(),
+        state
+            .claim("MSG#b", "h1", now, now + hold, now + keep)
+            .await
+            .unwrap(),
         Claim::Acquired
     );
     state.release("MSG#b").await.unwrap();
     assert_eq!(
-        state.claim("MSG#b", now, hold, keep).await.unwrap(),
+        state
+            .claim("MSG#b", "h1", now, now + hold, now + keep)
+            .await
+            .unwrap(),
         Claim::Acquired
     );
 }
@@ -133,11 +153,17 @@ async fn an_expired_in_progress_claim_can_be_taken_over() {
     let c = clients().await;
     let table = unique("state");
     create_table(&c, &table).await.unwrap();
-    let state = StateStore::new(c.dynamodb.clone(), &table);
+    let state = DynamoState::new(c.dynamodb.clone(), &table);
     let now = Utc::now();
     assert_eq!(
         state
-            .claim("RUN#x", now, Duration::seconds(30), Duration::days(1))
+            .claim(
+                "RUN#x",
+                "h1",
+                now,
+                now + Duration::seconds(30),
+                now + Duration::days(1)
+            )
             .await
             .unwrap(),
         Claim::Acquired
@@ -146,7 +172,46 @@ async fn an_expired_in_progress_claim_can_be_taken_over() {
     let later = now + Duration::minutes(1);
     assert_eq!(
         state
-            .claim("RUN#x", later, Duration::seconds(30), Duration::days(1))
+            .claim(
+                "RUN#x",
+                "h1",
+                later,
+                later + Duration::seconds(30),
+                later + Duration::days(1)
+            )
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+}
+
+#[tokio::test]
+async fn a_completed_claim_past_its_ttl_can_be_claimed_again() {
+    let c = clients().await;
+    let table = unique("state");
+    create_table(&c, &table).await.unwrap();
+    let state = DynamoState::new(c.dynamodb.clone(), &table);
+    let now = Utc::now();
+    let keep = now + Duration::days(1);
+    assert_eq!(
+        state
+            .claim("DLV#r#g", "h1", now, now + Duration::seconds(30), keep)
+            .await
+            .unwrap(),
+        Claim::Acquired
+    );
+    state.complete("DLV#r#g", "{}", now).await.unwrap();
+    // DynamoDB deletes expired items lazily; until then the condition treats them as gone.
+    let after = keep + Duration::seconds(1);
+    assert_eq!(
+        state
+            .claim(
+                "DLV#r#g",
+                "h2",
+                after,
+                after + Duration::seconds(30),
+                after + Duration::days(1)
+            )
             .await
             .unwrap(),
         Claim::Acquired
@@ -166,7 +231,7 @@ async fn queue_batches_deliver_every_message_with_its_correlation_id() {
         .unwrap()
         .queue_url
         .unwrap();
-    let queue = Queue::new(c.sqs.clone(), &url);
+    let queue: &dyn WorkQueue = &SqsQueue::new(c.sqs.clone(), &url);
     let bodies: Vec<serde_json::Value> = (0..23).map(|i| serde_json::json!({ "n": i })).collect();
     let pairs: Vec<(&serde_json::Value, &str)> = bodies.iter().map(|b| (b, "corr-1")).collect();
     queue.send_all(&pairs).await.unwrap();
@@ -231,7 +296,7 @@ async fn objects_round_trip_and_versions_are_kept() {
         .send()
         .await
         .unwrap();
-    let store = ObjectStore::new(c.s3.clone(), &bucket);
+    let store = S3Objects::new(c.s3.clone(), &bucket);
     let v1 = store
         .put(
             "reports/r/2024-03-14/r.xlsx",
@@ -261,10 +326,7 @@ async fn objects_round_trip_and_versions_are_kept() {
     // parts (here 3: 16 + 16 + 8 MiB), each a new version, byte for byte.
     let dir = std::env::temp_dir().join(unique("upload"));
     std::fs::create_dir_all(&dir).unwrap();
-    for size in [
-        1_000u64,
-        2 * charlie::adapters::object_store::PART_BYTES + 8 * 1024 * 1024,
-    ] {
+    for size in [1_000u64, 2 * PART_BYTES + 8 * 1024 * 1024] {
         let bytes: Vec<u8> = (0..size)
             .map(|i| ((i * 2_654_435_761) >> 13) as u8)
             .collect();
@@ -294,7 +356,7 @@ async fn client_states_written_at_once_by_several_folders_are_all_kept() {
     let c = clients().await;
     let table = unique("state");
     create_table(&c, &table).await.unwrap();
-    let state = StateStore::new(c.dynamodb.clone(), &table);
+    let state = DynamoState::new(c.dynamodb.clone(), &table);
     let secret = unique("client-state");
     c.secrets
         .create_secret()
@@ -302,7 +364,8 @@ async fn client_states_written_at_once_by_several_folders_are_all_kept() {
         .send()
         .await
         .unwrap();
-    let states = ClientStates::new(c.secrets.clone(), &secret);
+    let states = SecretClientStates::new(c.secrets.clone(), &secret);
+    let invocation = Invocation::with_timeout(std::time::Duration::from_secs(120));
 
     // Eight subscriptions created at once (each folder's poller or lifecycle work): every
     // write reads the map and writes it back, so unserialised writers would lose each other's.
@@ -311,7 +374,7 @@ async fn client_states_written_at_once_by_several_folders_are_all_kept() {
         .collect();
     let writes = written
         .iter()
-        .map(|(id, value)| states.put(&state, id, value, &[]));
+        .map(|(id, value)| keep_client_state(&state, &states, id, value, &[], &invocation));
     for result in futures::future::join_all(writes).await {
         result.unwrap();
     }
@@ -326,8 +389,7 @@ async fn client_states_written_at_once_by_several_folders_are_all_kept() {
 
     // A replacement drops the old subscription's value in the same write.
     let newer = fresh_client_state();
-    states
-        .put(&state, "sub-8", &newer, &["sub-0"])
+    keep_client_state(&state, &states, "sub-8", &newer, &["sub-0"], &invocation)
         .await
         .unwrap();
     let stored = states.load().await.unwrap();

@@ -1,15 +1,166 @@
-//! End to end on the local cloud: Terraform applied to the emulator, the sample mailbox pushed
-//! through every stage, faults included. One test, because applying the infrastructure takes
-//! a minute and a half; each section asserts one behaviour.
+//! End to end on the local cloud, as named scenarios: Terraform is applied to the emulator once
+//! for this test binary, the sample mailbox is ingested, then each scenario pushes its own mail
+//! and runs through the stages and checks one behaviour. A failing scenario is reported by
+//! name and the others still run (`cargo test --test end_to_end -- NAME` runs the scenarios
+//! whose names contain NAME).
 
 use std::collections::HashSet;
 use std::io::Cursor;
 
 use calamine::{Data, Reader, Xlsx};
+use charlie::adapters::aws::dynamodb::{DynamoRowStore, DynamoState};
+use charlie::adapters::aws::s3::S3Objects;
+use charlie::adapters::aws::sqs::{CAUSE_ATTRIBUTE, STAGE_ATTRIBUTE, SqsQueue};
+use charlie::definitions::Definitions;
+use charlie::messages::MailRequest;
+use charlie::ports::{Claim, Claims, Objects, RowStore, StateRecords, StoredRow, WorkQueue};
+use charlie::state::{DeliveryStatus, RecordKey, SesMessage, SubscriptionRecord};
 use charlie_local::demo::{LocalCloud, UpOptions};
+use charlie_local::emulator::SentMail;
 use charlie_local::fake_graph::{FakeAttachment, FakeMessage, SendPath};
-use chrono::{DateTime, Utc};
+use charlie_tests::scenarios::{self, Args};
+use chrono::{DateTime, NaiveDate, Utc};
 use mail_parser::{MessageParser, MimeHeaders};
+
+/// What every scenario shares: the deployment and handles on what it wrote.
+struct Ctx {
+    cloud: LocalCloud,
+    defs: Definitions,
+    state: DynamoState,
+    rows: DynamoRowStore,
+    objects: S3Objects,
+    mailbox: String,
+    /// Unique keys of the sample mailbox's day, counted without Charlie's code.
+    expected_calls: usize,
+    expected_dials: usize,
+}
+
+impl Ctx {
+    fn records(&self) -> &dyn StateRecords {
+        &self.state
+    }
+
+    fn queue(&self, name: &str) -> SqsQueue {
+        self.cloud
+            .clients
+            .queue(&self.cloud.outputs.queue_urls[name])
+    }
+
+    async fn ses_mail(&self) -> Vec<SentMail> {
+        self.cloud.emulator.sent_raw_mail().await.unwrap()
+    }
+
+    async fn rows_of(&self, dataset: &str, day: &str) -> usize {
+        self.cloud.stored_rows(dataset, day).await.unwrap()
+    }
+
+    /// The number of outcomes recorded for one mail.
+    async fn outcomes_of(&self, message_id: &str) -> usize {
+        self.records()
+            .outcomes_of_mail(&self.mailbox, message_id)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    fn hook(&self) -> String {
+        self.cloud.api_url("/graph/notifications")
+    }
+
+    /// A run request straight to the report builder.
+    async fn run_request(
+        &self,
+        report: &str,
+        period: &str,
+        run_id: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut event =
+            serde_json::json!({"v": 1, "kind": "run", "report": report, "period": period});
+        if let Some(id) = run_id {
+            event["run_id"] = id.into();
+        }
+        self.cloud.runner.invoke("report-builder", event).await
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::from_env();
+    let all = charlie_tests::scenarios!(Ctx;
+        terraform_plans_nothing_after_apply,
+        webhook_answers_the_handshake_and_refuses_a_body_that_is_no_notification,
+        the_first_poll_subscribes_and_stores_every_row_once,
+        notifications_with_a_wrong_client_state_queue_nothing,
+        a_mail_notified_three_times_is_stored_once,
+        reprocessing_a_day_gives_the_same_rows,
+        a_scheduled_report_is_built_and_mailed_once,
+        run_requests_name_any_period,
+        a_rerun_mails_the_new_version_only,
+        a_held_period_lock_defers_the_run_and_an_empty_day_is_skipped,
+        the_weekly_report_goes_through_graph_and_an_empty_week_sends_a_notice,
+        a_large_workbook_goes_through_a_graph_upload_session_once,
+        an_oversized_workbook_goes_as_a_download_link,
+        an_ses_bounce_marks_the_delivery_and_is_never_lowered,
+        an_unusable_attachment_is_quarantined_with_its_reason,
+        a_mail_found_by_webhook_and_poll_is_ingested_once,
+        a_missed_lifecycle_event_resyncs_the_folder,
+        subscriptions_are_renewed_near_expiry_and_on_reauthorization,
+        a_removed_subscription_is_recreated_and_the_folder_resynced,
+        a_429_storm_slows_the_poll_and_loses_nothing,
+        an_expired_delta_link_resyncs_over_the_look_back_window,
+        a_poison_message_goes_to_the_dead_letter_queue_at_once_with_its_cause,
+    );
+    if args.list {
+        for s in &all {
+            println!("{}: test", s.name);
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // The stages' futures are deep in a debug build.
+        .thread_stack_size(16 * 1024 * 1024)
+        .enable_all()
+        .build()
+        .unwrap();
+    let passed = runtime.block_on(async {
+        let work = charlie_local::project::target_dir()
+            .join(format!("charlie/e2e-{}", std::process::id()));
+        let cx = Box::pin(up(work.clone())).await;
+        let passed = scenarios::run(&cx, &all, &args).await;
+        drop(cx);
+        let _ = std::fs::remove_dir_all(work);
+        passed
+    });
+    if passed {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+async fn up(work: std::path::PathBuf) -> Ctx {
+    let cloud = LocalCloud::up(UpOptions::new(work))
+        .await
+        .expect("local cloud up");
+    let defs = Definitions::parse(
+        &std::fs::read_to_string(charlie_local::project::root().join("reports.toml")).unwrap(),
+    )
+    .unwrap();
+    let (mailbox, _) = cloud.graph.mailbox();
+    Ctx {
+        state: cloud.clients.state(&cloud.outputs.state_table),
+        rows: cloud.clients.rows(&cloud.outputs.rows_table),
+        objects: cloud.clients.objects(&cloud.outputs.bucket),
+        defs,
+        mailbox,
+        expected_calls: expected_unique(&[
+            "ib_calls_2024-03-14_morning.csv",
+            "ib_calls_2024-03-14_afternoon.csv",
+        ]),
+        expected_dials: expected_unique(&["dials_2024-03-14.csv"]),
+        cloud,
+    }
+}
 
 /// Unique keys (first column) over sample attachments, counted without Charlie's code.
 fn expected_unique(files: &[&str]) -> usize {
@@ -52,42 +203,79 @@ fn notification(subscription: &str, mailbox: &str, id: &str, client_state: &str)
     .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_whole_path_runs_on_the_local_cloud() {
-    // On the heap: the whole path is one long future, too large for a test thread's stack in a
-    // debug build.
-    Box::pin(whole_path()).await;
+/// A small ib_calls export of one day.
+fn export(day: &str, n: usize) -> Vec<u8> {
+    let mut csv = String::from(
+        "call_id,agent_id,agent_name,queue,started_at,answered_at,ended_at,duration_seconds,wait_seconds,disposition,caller_number,notes\n",
+    );
+    for i in 0..n {
+        csv.push_str(&format!("{day}-call-{i},A0075,Anne-Marie Nowak,Support,{day}T09:0{i}:00,{day}T09:0{i}:05,{day}T09:0{i}:50,45,5,RESOLVED,+44 20 7946 0000,\n"));
+    }
+    csv.into_bytes()
 }
 
-async fn whole_path() {
-    let work =
-        charlie_local::project::target_dir().join(format!("charlie/e2e-{}", std::process::id()));
-    let cloud = LocalCloud::up(UpOptions::new(work.clone()))
-        .await
-        .expect("local cloud up");
+fn new_mail(id: &str, day: &str, n: usize) -> FakeMessage {
+    FakeMessage {
+        id: id.into(),
+        subject: format!("IB calls export {day}"),
+        from_name: "Dialer Exports".into(),
+        from_address: "exports@dialer.example".into(),
+        received: format!("{day}T10:00:00Z"),
+        attachments: vec![FakeAttachment {
+            name: format!("ib_calls_{day}.csv"),
+            content_type: "text/csv".into(),
+            bytes: export(day, n),
+        }],
+    }
+}
 
-    // Terraform: a second plan changes nothing.
-    if let Err(plan) = cloud.terraform.plan_is_noop().unwrap() {
+fn parse_mail(raw: &str) -> mail_parser::Message<'_> {
+    MessageParser::default().parse(raw.as_bytes()).unwrap()
+}
+
+fn mail_request(run_id: &str, report: &str, key: &str, version: Option<String>) -> MailRequest {
+    MailRequest {
+        v: 1,
+        run_id: run_id.into(),
+        report: report.into(),
+        title: "Call-centre report".into(),
+        period: "2024-W11".into(),
+        workbook_key: Some(key.into()),
+        workbook_version: version,
+        workbook_size: 0,
+        recipients: vec!["ops-leads@contoso.example".into()],
+        cc: vec![],
+        bcc: vec![],
+        subject: format!("Call-centre report {run_id}"),
+        rows: 500_000,
+        time_zone: "Europe/London".into(),
+        warnings: vec![],
+    }
+}
+
+/// The poll that every scenario after the first finds done: the sample day is stored.
+const FIRST_POLL: &str = "2024-03-15T00:10:00Z";
+const LATER: &str = "2024-03-16T12:00:00Z";
+
+fn at(t: &str) -> DateTime<Utc> {
+    t.parse().unwrap()
+}
+
+async fn terraform_plans_nothing_after_apply(cx: &Ctx) {
+    if let Err(plan) = cx.cloud.terraform.plan_is_noop().unwrap() {
         panic!("a second plan is not a no-op:\n{plan}");
     }
-    assert_eq!(
-        cloud.runner.deployment.mappings.len(),
-        4,
-        "inbound, mail, ses_events, lifecycle"
-    );
+    let mappings = &cx.cloud.runner.deployment.mappings;
+    assert_eq!(mappings.len(), 4, "inbound, mail, ses_events, lifecycle");
     assert!(
-        cloud
-            .runner
-            .deployment
-            .mappings
+        mappings
             .iter()
             .all(|m| m.report_batch_item_failures && !m.enabled)
     );
+}
 
-    // The webhook routes: the handshake on both URLs; a body that is not a notification
-    // collection gets 400.
-    let hook = cloud.api_url("/graph/notifications");
-    for url in [&hook, &cloud.api_url("/graph/lifecycle")] {
+async fn webhook_answers_the_handshake_and_refuses_a_body_that_is_no_notification(cx: &Ctx) {
+    for url in [cx.hook(), cx.cloud.api_url("/graph/lifecycle")] {
         let (status, ctype, body) = post(
             &format!("{url}?validationToken=Validation%3A%20Testing%20client"),
             String::new(),
@@ -98,23 +286,23 @@ async fn whole_path() {
             (200, "text/plain", "Validation: Testing client")
         );
     }
-    let (status, _, body) = post(&hook, "{\"value\": 3}".into()).await;
+    let (status, _, body) = post(&cx.hook(), "{\"value\": 3}".into()).await;
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("notification collection"), "{body}");
+}
 
-    // Poll: the poller subscribes to the folder (Graph runs the handshake against the webhook
-    // first), then the delta round pages through the mailbox and ingest stores each row once.
-    let at: DateTime<Utc> = "2024-03-15T00:10:00Z".parse().unwrap();
-    let (mailbox, _) = cloud.graph.mailbox();
-    let (poll, drained) = cloud.poll(at).await.unwrap();
+/// The poller subscribes to the folder (Graph runs the handshake against the webhook first),
+/// then the delta round pages through the mailbox and ingest stores each row once.
+async fn the_first_poll_subscribes_and_stores_every_row_once(cx: &Ctx) {
+    let (poll, drained) = cx.cloud.poll(at(FIRST_POLL)).await.unwrap();
     assert_eq!(poll["subscriptions_created"], 1, "{poll}");
-    let subs = cloud.graph.subscriptions();
+    let subs = cx.cloud.graph.subscriptions();
     assert_eq!(subs.len(), 1);
-    let sub = subs[0].clone();
-    assert_eq!(sub.notification_url, hook);
+    let sub = &subs[0];
+    assert_eq!(sub.notification_url, cx.hook());
     assert_eq!(
         sub.lifecycle_url.as_deref(),
-        Some(cloud.api_url("/graph/lifecycle").as_str())
+        Some(cx.cloud.api_url("/graph/lifecycle").as_str())
     );
     let client_state = sub.client_state.clone().unwrap();
     assert!(
@@ -132,29 +320,21 @@ async fn whole_path() {
         "the fake pages by 2: {poll}"
     );
     assert_eq!(drained.failures, 0);
-    let expected = expected_unique(&[
-        "ib_calls_2024-03-14_morning.csv",
-        "ib_calls_2024-03-14_afternoon.csv",
-    ]);
-    let expected_dials = expected_unique(&["dials_2024-03-14.csv"]);
     assert_eq!(
-        cloud.stored_rows("ib_calls", "2024-03-14").await.unwrap(),
-        expected
+        cx.rows_of("ib_calls", "2024-03-14").await,
+        cx.expected_calls
     );
-    assert_eq!(
-        cloud.stored_rows("dials", "2024-03-14").await.unwrap(),
-        expected_dials
-    );
-    let outcomes = cloud.outcomes().await.unwrap();
+    assert_eq!(cx.rows_of("dials", "2024-03-14").await, cx.expected_dials);
+    let outcomes = cx.cloud.outcomes().await.unwrap();
     assert_eq!(outcomes.len(), 3);
     let new: u64 = outcomes
         .iter()
         .filter(|o| o.dataset == "ib_calls")
         .map(|o| o.rows_new)
         .sum();
-    assert_eq!(new as usize, expected);
+    assert_eq!(new as usize, cx.expected_calls);
     for o in &outcomes {
-        let raw = cloud.object(&o.raw_key).await.unwrap();
+        let raw = cx.cloud.object(&o.raw_key).await.unwrap();
         let sample = std::fs::read(
             charlie_local::project::root()
                 .join("events/mailbox")
@@ -163,82 +343,71 @@ async fn whole_path() {
         .unwrap();
         assert_eq!(raw, sample, "the raw attachment is archived as received");
     }
+}
 
-    // A notification with a wrong clientState, or for a subscription Charlie did not make,
-    // queues nothing.
+async fn notifications_with_a_wrong_client_state_queue_nothing(cx: &Ctx) {
+    let sub = cx.cloud.graph.subscriptions()[0].clone();
+    let client_state = sub.client_state.clone().unwrap();
     for (subscription, state) in [
         (sub.id.as_str(), "not-the-secret"),
         ("sub-1", client_state.as_str()),
     ] {
         let (status, _, _) = post(
-            &hook,
-            notification(subscription, &mailbox, "AAMkAGI2TG93AAA=morning", state),
+            &cx.hook(),
+            notification(subscription, &cx.mailbox, "AAMkAGI2TG93AAA=morning", state),
         )
         .await;
         assert_eq!(status, 202);
     }
     assert_eq!(
-        cloud.runner.drain().await.unwrap().messages,
+        cx.cloud.runner.drain().await.unwrap().messages,
         0,
         "dropped, not queued"
     );
+}
 
-    // The same mail notified three times by Graph: still each row once, one outcome each.
+async fn a_mail_notified_three_times_is_stored_once(cx: &Ctx) {
+    let before = cx.cloud.outcomes().await.unwrap().len();
     assert_eq!(
-        cloud.graph.notify("AAMkAGI2TG93AAA=morning", 3).await,
+        cx.cloud.graph.notify("AAMkAGI2TG93AAA=morning", 3).await,
         vec![202, 202, 202]
     );
-    let drained = cloud.runner.drain().await.unwrap();
+    let drained = cx.cloud.runner.drain().await.unwrap();
     assert_eq!((drained.messages, drained.failures), (3, 0));
     assert_eq!(
-        cloud.stored_rows("ib_calls", "2024-03-14").await.unwrap(),
-        expected
+        cx.rows_of("ib_calls", "2024-03-14").await,
+        cx.expected_calls
     );
-    assert_eq!(cloud.outcomes().await.unwrap().len(), 3);
+    assert_eq!(cx.cloud.outcomes().await.unwrap().len(), before);
+}
 
-    // Re-processing the day removes its rows and re-ingests the archived attachments: same rows.
-    let day: chrono::NaiveDate = "2024-03-14".parse().unwrap();
-    let store = charlie::adapters::rows::RowStore::new(
-        cloud.clients.dynamodb.clone(),
-        &cloud.outputs.rows_table,
-    );
-    let defs = charlie::definitions::Definitions::parse(
-        &std::fs::read_to_string(charlie_local::project::root().join("reports.toml")).unwrap(),
-    )
-    .unwrap();
-    let before = store
-        .rows_for_day("ib_calls", &defs.datasets["ib_calls"], day)
-        .await
-        .unwrap();
+/// Re-processing the day removes its rows and re-ingests the archived attachments.
+async fn reprocessing_a_day_gives_the_same_rows(cx: &Ctx) {
+    let day: NaiveDate = "2024-03-14".parse().unwrap();
+    let ds = &cx.defs.datasets["ib_calls"];
+    let rows: &dyn RowStore = &cx.rows;
+    let before = rows.rows_for_day("ib_calls", ds, day).await.unwrap();
     let outcome = charlie::reprocess::reprocess_day(
-        &defs,
-        &store,
-        &charlie::adapters::state::StateStore::new(
-            cloud.clients.dynamodb.clone(),
-            &cloud.outputs.state_table,
-        ),
-        &charlie::adapters::object_store::ObjectStore::new(
-            cloud.clients.s3.clone(),
-            &cloud.outputs.bucket,
-        ),
+        &cx.defs,
+        rows,
+        cx.records(),
+        &cx.objects,
         "ib_calls",
         day,
     )
     .await
     .unwrap();
+    let expected = cx.expected_calls as u64;
     assert_eq!(
         (
             outcome.rows_deleted,
             outcome.attachments,
             outcome.rows_stored
         ),
-        (expected as u64, 2, expected as u64)
+        (expected, 2, expected)
     );
-    let after = store
-        .rows_for_day("ib_calls", &defs.datasets["ib_calls"], day)
-        .await
-        .unwrap();
-    let strip = |rows: &[charlie::adapters::rows::StoredRow]| {
+    let after = rows.rows_for_day("ib_calls", ds, day).await.unwrap();
+    let strip = |rows: &[StoredRow]| {
         rows.iter()
             .map(|r| (r.key.clone(), r.values.clone(), r.source.clone()))
             .collect::<Vec<_>>()
@@ -248,25 +417,33 @@ async fn whole_path() {
         strip(&before),
         "re-processing produces the same rows"
     );
+}
 
-    // Report: workbook in S3, read back with a real XLSX reader.
-    let report_at: DateTime<Utc> = "2024-03-15T06:00:00Z".parse().unwrap();
-    let (run, _) = cloud.report("call_centre_daily", report_at).await.unwrap();
-    assert_eq!(run["status"], "built");
+/// The workbook is in S3 (read back with a real XLSX reader), one mail (read with a real MIME
+/// parser) carries it, and the same firing again builds and sends nothing.
+async fn a_scheduled_report_is_built_and_mailed_once(cx: &Ctx) {
+    let mails_before = cx.ses_mail().await.len();
+    let report_at = at("2024-03-15T06:00:00Z");
+    let (run, _) = cx
+        .cloud
+        .report("call_centre_daily", report_at)
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "built", "{run}");
     assert_eq!(run["period"], "2024-03-14");
     let key = run["workbook_key"].as_str().unwrap();
     assert_eq!(
         key,
         "reports/call_centre_daily/2024-03-14/call_centre_daily-2024-03-14.xlsx"
     );
-    let workbook = cloud.object(key).await.unwrap();
+    let workbook = cx.cloud.object(key).await.unwrap();
     let mut book = Xlsx::new(Cursor::new(workbook.clone())).unwrap();
     assert_eq!(
         book.sheet_names(),
         vec!["Summary", "ib_calls", "dials", "About"]
     );
     let dials = book.worksheet_range("dials").unwrap();
-    assert_eq!(dials.height(), expected_dials + 1);
+    assert_eq!(dials.height(), cx.expected_dials + 1);
     assert!(
         matches!(dials.get((1, 0)), Some(Data::Float(_))),
         "dial_id is a number"
@@ -274,7 +451,7 @@ async fn whole_path() {
     let raw = book.worksheet_range("ib_calls").unwrap();
     assert_eq!(
         raw.height(),
-        expected + 1,
+        cx.expected_calls + 1,
         "header + one row per stored call"
     );
     assert_eq!(raw.get((0, 0)), Some(&Data::String("call_id".into())));
@@ -284,20 +461,18 @@ async fn whole_path() {
         raw.get((1, 4))
     );
     let summary = book.worksheet_range("Summary").unwrap();
-    let total_row = (0..summary.height() as u32)
-        .find(|r| summary.get((*r as usize, 0)) == Some(&Data::String("Total".into())))
+    let total_row = (0..summary.height())
+        .find(|r| summary.get((*r, 0)) == Some(&Data::String("Total".into())))
         .expect("a Total row");
     assert_eq!(
-        summary.get((total_row as usize, 1)),
-        Some(&Data::Float(expected as f64))
+        summary.get((total_row, 1)),
+        Some(&Data::Float(cx.expected_calls as f64))
     );
 
-    // Mail: exactly one, parsed with a real MIME parser; the attachment is the S3 object.
-    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
-    assert_eq!(sent.len(), 1);
-    let msg = MessageParser::default()
-        .parse(sent[0].raw.as_bytes())
-        .unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), mails_before + 1, "exactly one mail");
+    let mail = &sent[mails_before];
+    let msg = parse_mail(&mail.raw);
     assert_eq!(
         msg.subject(),
         Some("Call-centre daily report for 2024-03-14")
@@ -323,33 +498,30 @@ async fn whole_path() {
         .collect();
     assert_eq!(cc, vec!["wfm-analysts@contoso.example"]);
     assert!(
-        !sent[0].raw.contains("reports-archive@"),
+        !mail.raw.contains("reports-archive@"),
         "a blind copy is not in the headers"
     );
     assert!(
-        sent[0]
-            .destinations
+        mail.destinations
             .contains(&"reports-archive@contoso.example".to_owned()),
         "but it is in the envelope: {:?}",
-        sent[0].destinations
+        mail.destinations
     );
-    let envelope: HashSet<&String> = sent[0].destinations.iter().collect();
+    let envelope: HashSet<&String> = mail.destinations.iter().collect();
     assert_eq!(envelope.len(), 4, "to, cc and bcc: {envelope:?}");
-    let deliveries = charlie::adapters::state::StateStore::new(
-        cloud.clients.dynamodb.clone(),
-        &cloud.outputs.state_table,
-    )
-    .records(
-        &format!("RUN#{}", run["run_id"].as_str().unwrap()),
-        "delivery#",
-    )
-    .await
-    .unwrap();
+    let deliveries = cx
+        .records()
+        .deliveries_of_run(run["run_id"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(deliveries.len(), 1, "one delivery for one recipient group");
-    let result = &deliveries[0].1["result"];
-    assert_eq!(result["transport"], "ses");
-    assert_eq!(result["provider_message_id"], sent[0].id.as_str());
-    assert_eq!(result["bcc"][0], "reports-archive@contoso.example");
+    let result = &deliveries[0].result;
+    assert_eq!(result.transport, "ses");
+    assert_eq!(result.provider_message_id, mail.id);
+    assert_eq!(
+        result.bcc,
+        vec!["reports-archive@contoso.example".to_owned()]
+    );
     assert!(
         msg.body_text(0)
             .unwrap()
@@ -364,20 +536,20 @@ async fn whole_path() {
     assert_eq!(att.contents(), &workbook[..]);
 
     // The same schedule firing again: no second build, no second mail.
-    let (again, _) = cloud.report("call_centre_daily", report_at).await.unwrap();
+    let (again, _) = cx
+        .cloud
+        .report("call_centre_daily", report_at)
+        .await
+        .unwrap();
     assert_eq!(again["repeated"], true);
-    assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 1);
+    assert_eq!(cx.ses_mail().await.len(), mails_before + 1);
+}
 
-    // Run requests name any period. The ISO week holding the 14th has the day's rows.
-    let run_request = |report: &str, period: &str, run_id: Option<&str>| {
-        let mut event =
-            serde_json::json!({"v": 1, "kind": "run", "report": report, "period": period});
-        if let Some(id) = run_id {
-            event["run_id"] = id.into();
-        }
-        cloud.runner.invoke("report-builder", event)
-    };
-    let week = run_request("call_centre_daily", "2024-W11", None)
+/// The ISO week holding the 14th has the day's rows, under its own key and subject.
+async fn run_requests_name_any_period(cx: &Ctx) {
+    let before = cx.ses_mail().await.len();
+    let week = cx
+        .run_request("call_centre_daily", "2024-W11", None)
         .await
         .unwrap();
     assert_eq!(week["status"], "built", "{week}");
@@ -385,94 +557,109 @@ async fn whole_path() {
         week["workbook_key"],
         "reports/call_centre_daily/2024-W11/call_centre_daily-2024-W11.xlsx"
     );
-    let weekly_book = cloud
+    let book = cx
+        .cloud
         .object(week["workbook_key"].as_str().unwrap())
         .await
         .unwrap();
-    let mut weekly_book = Xlsx::new(Cursor::new(weekly_book)).unwrap();
+    let mut book = Xlsx::new(Cursor::new(book)).unwrap();
     assert_eq!(
-        weekly_book.worksheet_range("ib_calls").unwrap().height(),
-        expected + 1
+        book.worksheet_range("ib_calls").unwrap().height(),
+        cx.expected_calls + 1
     );
-    cloud.runner.drain().await.unwrap();
-    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
-    assert_eq!(sent.len(), 2);
-    let msg = MessageParser::default()
-        .parse(sent[1].raw.as_bytes())
-        .unwrap();
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), before + 1);
+    let msg = parse_mail(&sent[before].raw);
     assert_eq!(msg.subject(), Some("Call-centre daily report for 2024-W11"));
+}
 
-    // A re-run of the day writes a new S3 version and mails that one; the first is not re-sent.
-    let rerun = run_request("call_centre_daily", "2024-03-14", None)
+/// A re-run of a day writes a new S3 version and mails that one; the first is not re-sent.
+async fn a_rerun_mails_the_new_version_only(cx: &Ctx) {
+    let first = cx
+        .run_request("call_centre_daily", "2024-03-14", None)
+        .await
+        .unwrap();
+    cx.cloud.runner.drain().await.unwrap();
+    let before = cx.ses_mail().await.len();
+    let rerun = cx
+        .run_request("call_centre_daily", "2024-03-14", None)
         .await
         .unwrap();
     assert_eq!(rerun["status"], "built");
-    assert_eq!(rerun["workbook_key"], run["workbook_key"]);
-    assert_ne!(rerun["workbook_version"], run["workbook_version"]);
-    cloud.runner.drain().await.unwrap();
-    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
-    assert_eq!(sent.len(), 3);
-    let msg = MessageParser::default()
-        .parse(sent[2].raw.as_bytes())
-        .unwrap();
+    assert_eq!(rerun["workbook_key"], first["workbook_key"]);
+    assert_ne!(rerun["workbook_version"], first["workbook_version"]);
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), before + 1, "one mail: the re-run's");
+    let msg = parse_mail(&sent[before].raw);
+    let key = rerun["workbook_key"].as_str().unwrap();
     assert_eq!(
         msg.attachment(0).unwrap().contents(),
-        &cloud.object(key).await.unwrap()[..],
+        &cx.cloud.object(key).await.unwrap()[..],
         "the mail carries the new version"
     );
+}
 
-    // Two runs of one report and period never build at once: while another holds the period,
-    // a run fails (to be retried) and builds nothing; once it is free, the same run goes ahead.
-    let state = charlie::adapters::state::StateStore::new(
-        cloud.clients.dynamodb.clone(),
-        &cloud.outputs.state_table,
-    );
-    let lock = "LOCK#call_centre_daily#2024-03-13";
-    let held = state
+/// While another run holds the period, a run fails (to be retried) and builds nothing; once it
+/// is free, the same run goes ahead: the 13th has no rows, and call_centre_daily skips an
+/// empty period and mails nothing.
+async fn a_held_period_lock_defers_the_run_and_an_empty_day_is_skipped(cx: &Ctx) {
+    let before = cx.ses_mail().await.len();
+    let lock = charlie::state::period_lock("call_centre_daily", "2024-03-13");
+    let now = Utc::now();
+    let held = cx
+        .state
         .claim(
-            lock,
-            Utc::now(),
-            chrono::Duration::minutes(15),
-            chrono::Duration::days(1),
+            &lock,
+            "",
+            now,
+            now + chrono::Duration::minutes(15),
+            now + chrono::Duration::days(1),
         )
         .await
         .unwrap();
-    assert!(matches!(held, charlie::adapters::state::Claim::Acquired));
-    let busy = run_request("call_centre_daily", "2024-03-13", Some("held-period"))
+    assert_eq!(held, Claim::Acquired);
+    let busy = cx
+        .run_request("call_centre_daily", "2024-03-13", Some("held-period"))
         .await
         .unwrap_err();
     assert!(format!("{busy:#}").contains("is building"), "{busy:#}");
-    state.release(lock).await.unwrap();
-    // The 13th has no rows: call_centre_daily skips an empty period and mails nothing.
-    let empty = run_request("call_centre_daily", "2024-03-13", Some("held-period"))
+    cx.state.release(&lock).await.unwrap();
+    let empty = cx
+        .run_request("call_centre_daily", "2024-03-13", Some("held-period"))
         .await
         .unwrap();
     assert_eq!(empty["status"], "skipped_empty", "{empty}");
-    cloud.runner.drain().await.unwrap();
-    assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 3);
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.ses_mail().await.len(), before);
+}
 
-    // The weekly report's Monday schedule covers the week before; it goes out through Graph
-    // sendMail as the team's mailbox (transport = "graph"), the workbook inline. An empty week
-    // sends a "no data" notice (on_empty = "notice"), without a workbook.
-    let monday: DateTime<Utc> = "2024-03-18T07:00:00Z".parse().unwrap();
-    let (weekly, _) = cloud.report("call_centre_weekly", monday).await.unwrap();
+/// The weekly report's Monday schedule covers the week before; it goes out through Graph
+/// sendMail as the team's mailbox (transport = "graph"), the workbook inline. An empty week
+/// sends a "no data" notice (on_empty = "notice"), without a workbook.
+async fn the_weekly_report_goes_through_graph_and_an_empty_week_sends_a_notice(cx: &Ctx) {
+    let ses_before = cx.ses_mail().await.len();
+    let outlook_before = cx.cloud.graph.sent_mail().len();
+    let (weekly, _) = cx
+        .cloud
+        .report("call_centre_weekly", at("2024-03-18T07:00:00Z"))
+        .await
+        .unwrap();
     assert_eq!(weekly["status"], "built", "{weekly}");
     assert_eq!(weekly["period"], "2024-W11");
-    let notice = run_request("call_centre_weekly", "2024-W12", None)
+    let notice = cx
+        .run_request("call_centre_weekly", "2024-W12", None)
         .await
         .unwrap();
     assert_eq!(notice["status"], "notice_sent", "{notice}");
     assert!(notice["workbook_key"].is_null());
-    cloud.runner.drain().await.unwrap();
-    assert_eq!(
-        cloud.emulator.sent_raw_mail().await.unwrap().len(),
-        3,
-        "nothing more through SES"
-    );
-    let outlook = cloud.graph.sent_mail();
-    assert_eq!(outlook.len(), 2);
-    let (weekly_mail, notice_mail) = (&outlook[0], &outlook[1]);
-    assert_eq!(weekly_mail.from_user, mailbox);
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.ses_mail().await.len(), ses_before, "nothing through SES");
+    let outlook = cx.cloud.graph.sent_mail();
+    assert_eq!(outlook.len(), outlook_before + 2);
+    let (weekly_mail, notice_mail) = (&outlook[outlook_before], &outlook[outlook_before + 1]);
+    assert_eq!(weekly_mail.from_user, cx.mailbox);
     assert_eq!(weekly_mail.path, SendPath::SendMail);
     assert_eq!(
         weekly_mail.subject,
@@ -488,22 +675,20 @@ async fn whole_path() {
     assert_eq!(weekly_mail.attachments.len(), 1);
     assert_eq!(
         weekly_mail.attachments[0].bytes,
-        cloud
+        cx.cloud
             .object(weekly["workbook_key"].as_str().unwrap())
             .await
             .unwrap(),
         "the inline attachment is the S3 object"
     );
-    let weekly_deliveries = state
-        .records(
-            &format!("RUN#{}", weekly["run_id"].as_str().unwrap()),
-            "delivery#",
-        )
+    let deliveries = cx
+        .records()
+        .deliveries_of_run(weekly["run_id"].as_str().unwrap())
         .await
         .unwrap();
-    assert_eq!(weekly_deliveries[0].1["result"]["transport"], "graph");
+    assert_eq!(deliveries[0].result.transport, "graph");
     assert_eq!(
-        weekly_deliveries[0].1["result"]["provider_message_id"].as_str(),
+        Some(deliveries[0].result.provider_message_id.as_str()),
         weekly_mail.internet_message_id.as_deref()
     );
     assert_eq!(
@@ -512,120 +697,73 @@ async fn whole_path() {
     );
     assert!(notice_mail.body.contains("no data"), "{}", notice_mail.body);
     assert!(notice_mail.attachments.is_empty());
+}
 
-    // A weekly workbook over Graph's 3 MB inline limit (but under the 10 MiB mail limit) goes
-    // through a draft and an upload session, in ranges; the same message three times sends it
-    // once.
-    let objects = charlie::adapters::object_store::ObjectStore::new(
-        cloud.clients.s3.clone(),
-        &cloud.outputs.bucket,
-    );
-    let mail_queue = charlie::adapters::queue::Queue::new(
-        cloud.clients.sqs.clone(),
-        &cloud.outputs.queue_urls["mail"],
-    );
+/// A weekly workbook over Graph's 3 MB inline limit (but under the 10 MiB mail limit) goes
+/// through a draft and an upload session, in ranges; the same message three times sends it
+/// once.
+async fn a_large_workbook_goes_through_a_graph_upload_session_once(cx: &Ctx) {
+    let before = cx.cloud.graph.sent_mail().len();
     let large: Vec<u8> = (0..5_000_000u32)
         .map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8)
         .collect();
-    let large_key = "reports/call_centre_weekly/2024-W11/call_centre_weekly-large.xlsx";
-    let stored = objects
-        .put(
-            large_key,
-            large.clone(),
-            charlie::report_mail::XLSX_CONTENT_TYPE,
-        )
+    let key = "reports/call_centre_weekly/2024-W11/call_centre_weekly-large.xlsx";
+    let stored = cx
+        .objects
+        .put(key, large.clone(), charlie::report_mail::XLSX_CONTENT_TYPE)
         .await
         .unwrap();
-    let large_request = charlie::messages::MailRequest {
-        v: 1,
-        run_id: "large-weekly".into(),
-        report: "call_centre_weekly".into(),
-        title: "Call-centre weekly report".into(),
-        period: "2024-W11".into(),
-        workbook_key: Some(large_key.into()),
-        workbook_version: stored.version_id,
-        workbook_size: large.len() as u64,
-        recipients: vec!["ops-leads@contoso.example".into()],
-        cc: vec!["floor-managers@contoso.example".into()],
-        bcc: vec![],
-        subject: "Call-centre weekly report for 2024-W11".into(),
-        rows: 500_000,
-        time_zone: "Europe/London".into(),
-        warnings: vec![],
-    };
+    let mut request = mail_request("large-weekly", "call_centre_weekly", key, stored.version_id);
+    request.cc = vec!["floor-managers@contoso.example".into()];
+    let queue: &dyn WorkQueue = &cx.queue("mail");
     for _ in 0..3 {
-        mail_queue
-            .send(&large_request, "large-weekly")
-            .await
-            .unwrap();
+        queue.send(&request, "large-weekly").await.unwrap();
     }
-    let drained = cloud.runner.drain().await.unwrap();
+    let drained = cx.cloud.runner.drain().await.unwrap();
     assert_eq!(drained.failures, 0);
-    let outlook = cloud.graph.sent_mail();
-    assert_eq!(outlook.len(), 3, "one more mail, not three");
+    let outlook = cx.cloud.graph.sent_mail();
+    assert_eq!(outlook.len(), before + 1, "one more mail, not three");
+    let sent = &outlook[before];
     assert!(
-        matches!(outlook[2].path, SendPath::Draft { ranges } if ranges >= 2),
+        matches!(sent.path, SendPath::Draft { ranges } if ranges >= 2),
         "{:?}",
-        outlook[2].path
+        sent.path
     );
-    assert_eq!(
-        outlook[2].cc,
-        vec!["floor-managers@contoso.example".to_owned()]
-    );
-    assert_eq!(
-        outlook[2].attachments[0].bytes, large,
-        "uploaded byte for byte"
-    );
-    assert_eq!(cloud.graph.draft_count(), 0);
+    assert_eq!(sent.cc, vec!["floor-managers@contoso.example".to_owned()]);
+    assert_eq!(sent.attachments[0].bytes, large, "uploaded byte for byte");
+    assert_eq!(cx.cloud.graph.draft_count(), 0);
+}
 
-    // Size policy: a 12 MB workbook over the 10 MiB limit (infra/envs/local) goes as a download
-    // link that works, and the mail says so.
+/// A 12 MB workbook over the 10 MiB limit (infra/envs/local) goes as a download link that
+/// works, and the mail says so; the same message twice more sends nothing more.
+async fn an_oversized_workbook_goes_as_a_download_link(cx: &Ctx) {
+    let before = cx.ses_mail().await.len();
     let big: Vec<u8> = (0..12_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let big_key = "reports/call_centre_daily/2024-03-14/call_centre_daily-big.xlsx";
-    let stored = objects
-        .put(
-            big_key,
-            big.clone(),
-            charlie::report_mail::XLSX_CONTENT_TYPE,
-        )
+    let key = "reports/call_centre_daily/2024-03-14/call_centre_daily-big.xlsx";
+    let stored = cx
+        .objects
+        .put(key, big.clone(), charlie::report_mail::XLSX_CONTENT_TYPE)
         .await
         .unwrap();
-    let big_request = charlie::messages::MailRequest {
-        v: 1,
-        run_id: "big-workbook".into(),
-        report: "call_centre_daily".into(),
-        title: "Call-centre daily report".into(),
-        period: "2024-03-14".into(),
-        workbook_key: Some(big_key.into()),
-        workbook_version: stored.version_id,
-        workbook_size: big.len() as u64,
-        recipients: vec!["ops-leads@contoso.example".into()],
-        cc: vec![],
-        bcc: vec![],
-        subject: "Call-centre daily report for 2024-03-14".into(),
-        rows: 1_000_000,
-        time_zone: "Europe/London".into(),
-        warnings: vec![],
-    };
-    mail_queue.send(&big_request, "big-workbook").await.unwrap();
-    cloud.runner.drain().await.unwrap();
-    let sent = cloud.emulator.sent_raw_mail().await.unwrap();
-    assert_eq!(sent.len(), 4);
-    // The same mail message delivered twice more (SQS is at-least-once) sends nothing more.
+    let request = mail_request("big-workbook", "call_centre_daily", key, stored.version_id);
+    let queue: &dyn WorkQueue = &cx.queue("mail");
+    queue.send(&request, "big-workbook").await.unwrap();
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), before + 1);
     for _ in 0..2 {
-        mail_queue.send(&big_request, "big-workbook").await.unwrap();
+        queue.send(&request, "big-workbook").await.unwrap();
     }
-    cloud.runner.drain().await.unwrap();
-    assert_eq!(cloud.emulator.sent_raw_mail().await.unwrap().len(), 4);
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.ses_mail().await.len(), before + 1);
+    let mail = &sent[before];
     assert!(
-        sent[3].raw.len() < 1_000_000,
+        mail.raw.len() < 1_000_000,
         "no 12 MB attachment in the mail"
     );
-    let msg = MessageParser::default()
-        .parse(sent[3].raw.as_bytes())
-        .unwrap();
+    let msg = parse_mail(&mail.raw);
     assert_eq!(msg.attachment_count(), 0);
     let text = msg.body_text(0).unwrap();
     assert!(text.contains("too large to attach"), "{text}");
@@ -636,17 +774,28 @@ async fn whole_path() {
     assert!(link.contains("X-Amz-Signature"), "{link}");
     let downloaded = reqwest::get(link).await.unwrap().bytes().await.unwrap();
     assert_eq!(&downloaded[..], &big[..], "the link serves the workbook");
+}
 
-    // SES events: a bounce of the first report mail, as the configuration set publishes it
-    // through SNS (the emulator cannot bounce a mail), marks its delivery bounced; a later
-    // delivery event does not lower that.
+/// A bounce, as the configuration set publishes it through SNS (the emulator cannot bounce a
+/// mail), marks the delivery bounced; a later delivery event does not lower that.
+async fn an_ses_bounce_marks_the_delivery_and_is_never_lowered(cx: &Ctx) {
+    let before = cx.ses_mail().await.len();
+    let run = cx
+        .run_request("call_centre_daily", "2024-03-14", Some("bounced-run"))
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "built", "{run}");
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), before + 1);
+    let ses_id = sent[before].id.clone();
     let ses_event = |event_type: &str| {
         let mut event = serde_json::json!({
             "eventType": event_type,
             "mail": {
                 "timestamp": "2024-03-15T06:00:01.000Z",
                 "source": "reports@charlie.example",
-                "messageId": sent[0].id,
+                "messageId": ses_id,
                 "destination": ["ops-leads@contoso.example", "floor-managers@contoso.example"],
             },
         });
@@ -669,38 +818,35 @@ async fn whole_path() {
             "SignatureVersion": "1",
         })
     };
-    let ses_events = charlie::adapters::queue::Queue::new(
-        cloud.clients.sqs.clone(),
-        &cloud.outputs.queue_urls["ses_events"],
-    );
-    let delivery_status = || async {
-        let link = state
-            .get_record(&format!("SESMSG#{}", sent[0].id), "delivery")
+    let status = || async {
+        let link: SesMessage = cx
+            .records()
+            .get_record(&RecordKey::ses_message(&ses_id))
             .await
             .unwrap()
-            .expect("the first mail's delivery is indexed by its SES message id");
-        state
-            .get_record(link["delivery"].as_str().unwrap(), "status")
+            .expect("the mail's delivery is indexed by its SES message id");
+        assert_eq!(link.run_id, "bounced-run");
+        cx.records()
+            .get_record(&RecordKey::delivery_status(&link.delivery))
             .await
             .unwrap()
-            .map(|s| s["status"].as_str().unwrap().to_owned())
+            .map(|s: DeliveryStatus| s.status)
     };
-    ses_events
-        .send(&ses_event("Bounce"), "bounce")
-        .await
-        .unwrap();
-    let drained = cloud.runner.drain().await.unwrap();
-    assert_eq!(drained.failures, 0);
-    assert_eq!(delivery_status().await.as_deref(), Some("bounced"));
-    ses_events
+    let events: &dyn WorkQueue = &cx.queue("ses_events");
+    events.send(&ses_event("Bounce"), "bounce").await.unwrap();
+    assert_eq!(cx.cloud.runner.drain().await.unwrap().failures, 0);
+    assert_eq!(status().await.as_deref(), Some("bounced"));
+    events
         .send(&ses_event("Delivery"), "delivery")
         .await
         .unwrap();
-    cloud.runner.drain().await.unwrap();
-    assert_eq!(delivery_status().await.as_deref(), Some("bounced"));
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(status().await.as_deref(), Some("bounced"));
+}
 
-    // An unusable attachment is quarantined with its reason; the mail counts as handled.
-    cloud.graph.deliver(FakeMessage {
+/// The mail counts as handled: no retry loop for bad input.
+async fn an_unusable_attachment_is_quarantined_with_its_reason(cx: &Ctx) {
+    cx.cloud.graph.deliver(FakeMessage {
         id: "AAMkAGI2TG93AAA=broken".into(),
         subject: "IB calls export 2024-03-15".into(),
         from_name: "Dialer Exports".into(),
@@ -712,13 +858,14 @@ async fn whole_path() {
             bytes: b"agent_id,queue\r\nA1,Sales\r\n".to_vec(),
         }],
     });
-    let (poll, drained) = cloud.poll(at).await.unwrap();
+    let (poll, drained) = cx.cloud.poll(at(FIRST_POLL)).await.unwrap();
     assert_eq!(
         poll["queued"], 1,
         "only the new mail: the delta link was kept"
     );
     assert_eq!(drained.failures, 0, "no retry loop for bad input");
-    let reason = cloud
+    let reason = cx
+        .cloud
         .object("quarantine/ib_calls/2024-03-15/AAMkAGI2TG93AAA=broken/ib_calls_2024-03-15.csv.reason.json")
         .await
         .unwrap();
@@ -727,205 +874,183 @@ async fn whole_path() {
         reason["reason"].as_str().unwrap().contains("call_id"),
         "{reason}"
     );
+}
 
-    // Graph intake under faults. Each new mail is a small ib_calls export of its own day.
-    let export = |day: &str, n: usize| -> Vec<u8> {
-        let mut csv = String::from(
-            "call_id,agent_id,agent_name,queue,started_at,answered_at,ended_at,duration_seconds,wait_seconds,disposition,caller_number,notes\n",
-        );
-        for i in 0..n {
-            csv.push_str(&format!("{day}-call-{i},A0075,Anne-Marie Nowak,Support,{day}T09:0{i}:00,{day}T09:0{i}:05,{day}T09:0{i}:50,45,5,RESOLVED,+44 20 7946 0000,\n"));
-        }
-        csv.into_bytes()
-    };
-    let new_mail = |id: &str, day: &str, n: usize| FakeMessage {
-        id: id.into(),
-        subject: format!("IB calls export {day}"),
-        from_name: "Dialer Exports".into(),
-        from_address: "exports@dialer.example".into(),
-        received: format!("{day}T10:00:00Z"),
-        attachments: vec![FakeAttachment {
-            name: format!("ib_calls_{day}.csv"),
-            content_type: "text/csv".into(),
-            bytes: export(day, n),
-        }],
-    };
-    let cloud_ref = &cloud;
-    let outcomes_of = move |id: &str| {
-        let id = id.to_owned();
-        let cloud = cloud_ref;
-        async move {
-            cloud
-                .outcomes()
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|o| o.message_id == id)
-                .count()
-        }
-    };
-
-    // A mail notified three times by webhook and also found by the poller is ingested once.
-    cloud
+async fn a_mail_found_by_webhook_and_poll_is_ingested_once(cx: &Ctx) {
+    cx.cloud
         .graph
         .deliver(new_mail("AAMkAGI2TG93AAA=day16", "2024-03-16", 3));
     assert_eq!(
-        cloud.graph.notify("AAMkAGI2TG93AAA=day16", 3).await,
+        cx.cloud.graph.notify("AAMkAGI2TG93AAA=day16", 3).await,
         vec![202, 202, 202]
     );
-    let drained = cloud.runner.drain().await.unwrap();
+    let drained = cx.cloud.runner.drain().await.unwrap();
     assert_eq!((drained.messages, drained.failures), (3, 0));
-    let later: DateTime<Utc> = "2024-03-16T12:00:00Z".parse().unwrap();
-    let (poll, _) = cloud.poll(later).await.unwrap();
+    let (poll, _) = cx.cloud.poll(at(LATER)).await.unwrap();
     assert_eq!(poll["queued"], 1, "the poller finds it too: {poll}");
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-16").await, 3);
     assert_eq!(
-        cloud.stored_rows("ib_calls", "2024-03-16").await.unwrap(),
-        3
-    );
-    assert_eq!(
-        outcomes_of("AAMkAGI2TG93AAA=day16").await,
+        cx.outcomes_of("AAMkAGI2TG93AAA=day16").await,
         1,
         "ingested once"
     );
+}
 
-    // A mail whose notification was dropped is found by the resync a `missed` lifecycle event
-    // starts (webhook → lifecycle queue → poller → delta → inbound → ingest).
-    cloud
+/// webhook → lifecycle queue → poller → delta → inbound → ingest.
+async fn a_missed_lifecycle_event_resyncs_the_folder(cx: &Ctx) {
+    cx.cloud
         .graph
         .deliver(new_mail("AAMkAGI2TG93AAA=day17", "2024-03-17", 2));
-    assert_eq!(cloud.graph.lifecycle("missed").await, vec![202]);
-    let drained = cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.cloud.graph.lifecycle("missed").await, vec![202]);
+    let drained = cx.cloud.runner.drain().await.unwrap();
     assert_eq!(drained.failures, 0);
-    assert_eq!(
-        cloud.stored_rows("ib_calls", "2024-03-17").await.unwrap(),
-        2
-    );
-    assert_eq!(outcomes_of("AAMkAGI2TG93AAA=day17").await, 1);
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-17").await, 2);
+    assert_eq!(cx.outcomes_of("AAMkAGI2TG93AAA=day17").await, 1);
+}
 
-    // A subscription near its expiry is renewed by the next round; a reauthorizationRequired
-    // event renews it too.
+async fn subscriptions_are_renewed_near_expiry_and_on_reauthorization(cx: &Ctx) {
+    let sub = cx.cloud.graph.subscriptions()[0].clone();
+    let renewals = sub.renewals;
     let soon = Utc::now() + chrono::Duration::hours(1);
-    cloud.graph.set_subscription_expiry(&sub.id, soon);
-    let sub_pk = format!("SUB#{mailbox}#inbox");
-    let mut record = state
-        .get_record(&sub_pk, "subscription")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(record["id"], sub.id.as_str());
-    record["expires_at"] = soon.to_rfc3339().into();
-    state
-        .put_record(&sub_pk, "subscription", &record, None)
-        .await
-        .unwrap();
-    let (poll, _) = cloud.poll(later).await.unwrap();
+    cx.cloud.graph.set_subscription_expiry(&sub.id, soon);
+    let key = RecordKey::<SubscriptionRecord>::subscription(&cx.mailbox, "inbox");
+    let mut record = cx.records().get_record(&key).await.unwrap().unwrap();
+    assert_eq!(record.id, sub.id);
+    record.expires_at = soon;
+    cx.records().put_record(&key, &record, None).await.unwrap();
+    let (poll, _) = cx.cloud.poll(at(LATER)).await.unwrap();
     assert_eq!(poll["subscriptions_renewed"], 1, "{poll}");
-    let renewed = cloud.graph.subscriptions();
+    let renewed = cx.cloud.graph.subscriptions();
     assert_eq!(
         (renewed.len(), renewed[0].id.as_str(), renewed[0].renewals),
-        (1, sub.id.as_str(), 1)
+        (1, sub.id.as_str(), renewals + 1)
     );
     assert!(renewed[0].expires > Utc::now() + chrono::Duration::days(6));
-    let (poll, _) = cloud.poll(later).await.unwrap();
+    let (poll, _) = cx.cloud.poll(at(LATER)).await.unwrap();
     assert_eq!(
         poll["subscriptions_renewed"], 0,
         "not again while far from expiry"
     );
     assert_eq!(
-        cloud.graph.lifecycle("reauthorizationRequired").await,
+        cx.cloud.graph.lifecycle("reauthorizationRequired").await,
         vec![202]
     );
-    assert_eq!(cloud.runner.drain().await.unwrap().failures, 0);
-    assert_eq!(cloud.graph.subscriptions()[0].renewals, 2);
+    assert_eq!(cx.cloud.runner.drain().await.unwrap().failures, 0);
+    assert_eq!(cx.cloud.graph.subscriptions()[0].renewals, renewals + 2);
+}
 
-    // subscriptionRemoved: the poller subscribes again (new id, new clientState) and resyncs;
-    // notifications of the old subscription no longer count.
-    cloud
+/// The poller subscribes again (new id, new clientState) and resyncs; notifications of the
+/// old subscription no longer count.
+async fn a_removed_subscription_is_recreated_and_the_folder_resynced(cx: &Ctx) {
+    let sub = cx.cloud.graph.subscriptions()[0].clone();
+    let client_state = sub.client_state.clone().unwrap();
+    cx.cloud
         .graph
         .deliver(new_mail("AAMkAGI2TG93AAA=day18", "2024-03-18", 2));
     assert_eq!(
-        cloud.graph.lifecycle("subscriptionRemoved").await,
+        cx.cloud.graph.lifecycle("subscriptionRemoved").await,
         vec![202]
     );
-    assert_eq!(cloud.runner.drain().await.unwrap().failures, 0);
-    let replaced = cloud.graph.subscriptions();
+    assert_eq!(cx.cloud.runner.drain().await.unwrap().failures, 0);
+    let replaced = cx.cloud.graph.subscriptions();
     assert_eq!(replaced.len(), 1);
     assert_ne!(replaced[0].id, sub.id);
     assert_ne!(
         replaced[0].client_state.as_deref(),
         Some(client_state.as_str())
     );
-    assert_eq!(
-        cloud.stored_rows("ib_calls", "2024-03-18").await.unwrap(),
-        2,
-        "resynced"
-    );
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-18").await, 2, "resynced");
     // The webhook trusts its copy of the clientStates for client_state_cache_seconds (1 here).
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (status, _, _) = post(
-        &hook,
-        notification(&sub.id, &mailbox, "AAMkAGI2TG93AAA=day18", &client_state),
+        &cx.hook(),
+        notification(&sub.id, &cx.mailbox, "AAMkAGI2TG93AAA=day18", &client_state),
     )
     .await;
     assert_eq!(status, 202);
     assert_eq!(
-        cloud.runner.drain().await.unwrap().messages,
+        cx.cloud.runner.drain().await.unwrap().messages,
         0,
         "the old subscription is unknown now"
     );
+}
 
-    // A 429 storm slows the poller down (it waits out each Retry-After) and loses nothing.
-    cloud
+/// The poller waits out each Retry-After.
+async fn a_429_storm_slows_the_poll_and_loses_nothing(cx: &Ctx) {
+    cx.cloud
         .graph
         .deliver(new_mail("AAMkAGI2TG93AAA=day19", "2024-03-19", 4));
-    cloud.graph.throttle(4, 1);
+    let throttled = cx.cloud.graph.throttled();
+    cx.cloud.graph.throttle(4, 1);
     let started = std::time::Instant::now();
-    let (poll, drained) = cloud.poll(later).await.unwrap();
+    let (poll, drained) = cx.cloud.poll(at(LATER)).await.unwrap();
     assert!(
         started.elapsed() >= std::time::Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(cloud.graph.throttled(), 4);
+    assert_eq!(cx.cloud.graph.throttled(), throttled + 4);
     assert_eq!((poll["queued"].as_u64(), drained.failures), (Some(1), 0));
-    assert_eq!(
-        cloud.stored_rows("ib_calls", "2024-03-19").await.unwrap(),
-        4
-    );
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-19").await, 4);
+}
 
-    // Graph forgets the delta link (410 SyncStateNotFound): a fresh sync over the look-back
-    // window (72 h) finds the mails received since, and ingest's claims keep them once.
-    cloud.graph.expire_delta_links();
-    let rows_before = cloud.stored_rows("ib_calls", "2024-03-16").await.unwrap();
-    let at_19: DateTime<Utc> = "2024-03-19T09:00:00Z".parse().unwrap();
-    let (poll, drained) = cloud.poll(at_19).await.unwrap();
+/// Graph forgets the delta link (410 SyncStateNotFound): a fresh sync over the look-back
+/// window (72 h) finds the mails received since, and ingest's claims keep them once.
+async fn an_expired_delta_link_resyncs_over_the_look_back_window(cx: &Ctx) {
+    for (id, day) in [
+        ("AAMkAGI2TG93AAA=lb16", "2024-03-16"),
+        ("AAMkAGI2TG93AAA=lb19", "2024-03-19"),
+    ] {
+        cx.cloud.graph.deliver(new_mail(id, day, 1));
+    }
+    cx.cloud.poll(at(LATER)).await.unwrap();
+    let rows_before = cx.rows_of("ib_calls", "2024-03-16").await;
+    cx.cloud.graph.expire_delta_links();
+    let (poll, drained) = cx.cloud.poll(at("2024-03-19T09:00:00Z")).await.unwrap();
     assert_eq!(poll["resyncs"], 1, "{poll}");
-    assert_eq!(
-        poll["queued"], 4,
-        "the mails of the 16th to the 19th: {poll}"
-    );
+    // Every mail with attachments received in the window, each already ingested.
+    let in_window = cx
+        .cloud
+        .graph
+        .with_attachments_since(at("2024-03-16T09:00:00Z"));
+    assert!(in_window >= 2, "{in_window}");
+    assert_eq!(poll["queued"].as_u64(), Some(in_window as u64), "{poll}");
     assert_eq!(drained.failures, 0);
-    assert_eq!(
-        cloud.stored_rows("ib_calls", "2024-03-16").await.unwrap(),
-        rows_before
-    );
-    assert_eq!(outcomes_of("AAMkAGI2TG93AAA=day16").await, 1);
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-16").await, rows_before);
+    assert_eq!(cx.outcomes_of("AAMkAGI2TG93AAA=lb16").await, 1);
+}
 
-    // A poison message ends in the DLQ after the queue's max receives.
-    charlie::adapters::queue::Queue::new(
-        cloud.clients.sqs.clone(),
-        &cloud.outputs.queue_urls["inbound"],
-    )
-    .send(&serde_json::json!({"v": 1, "kind": "nonsense"}), "poison")
-    .await
-    .unwrap();
-    let drained = cloud.runner.drain().await.unwrap();
-    assert_eq!(
-        drained.failures, 5,
-        "received and failed maxReceiveCount times"
-    );
-    assert_eq!(cloud.dlq_depth("inbound").await.unwrap(), 1);
-
-    drop(cloud);
-    let _ = std::fs::remove_dir_all(work);
+/// A malformed message cannot succeed on a retry: it goes to the DLQ on its first failure,
+/// with the cause and the stage as message attributes.
+async fn a_poison_message_goes_to_the_dead_letter_queue_at_once_with_its_cause(cx: &Ctx) {
+    let depth = cx.cloud.dlq_depth("inbound").await.unwrap();
+    let inbound: &dyn WorkQueue = &cx.queue("inbound");
+    inbound
+        .send(&serde_json::json!({"v": 1, "kind": "nonsense"}), "poison")
+        .await
+        .unwrap();
+    let drained = cx.cloud.runner.drain().await.unwrap();
+    assert_eq!((drained.messages, drained.failures), (1, 0), "not retried");
+    assert_eq!(cx.cloud.dlq_depth("inbound").await.unwrap(), depth + 1);
+    let letter = cx
+        .cloud
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(&cx.cloud.outputs.dlq_urls["inbound"])
+        .message_attribute_names("All")
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.body().is_some_and(|b| b.contains("nonsense")))
+        .expect("the poison message in the dead-letter queue");
+    let attrs = letter.message_attributes().unwrap();
+    let cause = attrs[CAUSE_ATTRIBUTE].string_value().unwrap();
+    assert!(cause.contains("not an inbound message"), "{cause}");
+    assert_eq!(attrs[STAGE_ATTRIBUTE].string_value(), Some("ingest"));
+    assert_eq!(attrs["correlation_id"].string_value(), Some("poison"));
 }

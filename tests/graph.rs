@@ -2,13 +2,13 @@
 //! itself cannot run here): sending as a mailbox user, inline and through an upload session.
 
 use charlie::adapters::graph::{
-    GraphCredentials, INLINE_ATTACHMENT_MAX, Mailbox, OutgoingAttachment, OutgoingMail,
-    UPLOAD_CHUNK,
+    GraphClient, GraphCredentials, INLINE_ATTACHMENT_MAX, UPLOAD_CHUNK,
 };
+use charlie::ports::{MailSource, OutgoingAttachment, OutgoingMail};
 use charlie::report_mail::{Recipients, XLSX_CONTENT_TYPE};
 use charlie_local::fake_graph::{self, FakeGraph, SendPath};
 
-async fn fake() -> (FakeGraph, Mailbox) {
+async fn fake() -> (FakeGraph, GraphClient) {
     let graph = FakeGraph::start(&charlie_local::project::root().join("events/mailbox"), 2)
         .await
         .unwrap();
@@ -16,7 +16,7 @@ async fn fake() -> (FakeGraph, Mailbox) {
         "client_id": fake_graph::CLIENT_ID, "client_secret": fake_graph::CLIENT_SECRET,
     }))
     .unwrap();
-    let mailbox = Mailbox::new(&graph.base_url, &graph.token_url, credentials).unwrap();
+    let mailbox = GraphClient::new(&graph.base_url, &graph.token_url, credentials).unwrap();
     (graph, mailbox)
 }
 
@@ -41,23 +41,22 @@ async fn a_small_workbook_goes_inline_in_one_send_mail() {
     let file = bytes(200_000);
     let recipients = people();
     let sent = mailbox
-        .send_mail(
-            &user,
-            &OutgoingMail {
-                subject: "Call-centre weekly report for 2024-W11",
-                html: "<p>attached</p>",
-                recipients: &recipients,
-                internet_message_id: "<run-1.abc@contoso.example>",
-                attachment: Some(OutgoingAttachment {
-                    name: "weekly.xlsx",
-                    content_type: XLSX_CONTENT_TYPE,
-                    bytes: &file,
-                }),
-            },
-        )
+        .send_mail(&OutgoingMail {
+            from: &user,
+            mime: b"",
+            subject: "Call-centre weekly report for 2024-W11",
+            html: "<p>attached</p>",
+            recipients: &recipients,
+            internet_message_id: "<run-1.abc@contoso.example>",
+            attachment: Some(OutgoingAttachment {
+                name: "weekly.xlsx",
+                content_type: XLSX_CONTENT_TYPE,
+                bytes: &file,
+            }),
+        })
         .await
         .unwrap();
-    assert_eq!(sent.internet_message_id, "<run-1.abc@contoso.example>");
+    assert_eq!(sent.provider_message_id, "<run-1.abc@contoso.example>");
     assert_eq!(sent.draft_id, None);
     let out = graph.sent_mail();
     assert_eq!(out.len(), 1);
@@ -89,20 +88,19 @@ async fn a_large_workbook_goes_through_a_draft_and_an_upload_session() {
     assert!(file.len() > INLINE_ATTACHMENT_MAX);
     let recipients = people();
     let sent = mailbox
-        .send_mail(
-            &user,
-            &OutgoingMail {
-                subject: "Big",
-                html: "<p>big</p>",
-                recipients: &recipients,
-                internet_message_id: "<run-2.abc@contoso.example>",
-                attachment: Some(OutgoingAttachment {
-                    name: "big.xlsx",
-                    content_type: XLSX_CONTENT_TYPE,
-                    bytes: &file,
-                }),
-            },
-        )
+        .send_mail(&OutgoingMail {
+            from: &user,
+            mime: b"",
+            subject: "Big",
+            html: "<p>big</p>",
+            recipients: &recipients,
+            internet_message_id: "<run-2.abc@contoso.example>",
+            attachment: Some(OutgoingAttachment {
+                name: "big.xlsx",
+                content_type: XLSX_CONTENT_TYPE,
+                bytes: &file,
+            }),
+        })
         .await
         .unwrap();
     assert!(sent.draft_id.is_some());
@@ -125,6 +123,8 @@ async fn a_failed_send_names_graphs_error_and_leaves_no_draft() {
     let file = bytes(INLINE_ATTACHMENT_MAX + 1);
     let recipients = people();
     let mail = OutgoingMail {
+        from: "someone-else@contoso.example",
+        mime: b"",
         subject: "x",
         html: "<p>x</p>",
         recipients: &recipients,
@@ -135,10 +135,7 @@ async fn a_failed_send_names_graphs_error_and_leaves_no_draft() {
             bytes: &file,
         }),
     };
-    let err = mailbox
-        .send_mail("someone-else@contoso.example", &mail)
-        .await
-        .unwrap_err();
+    let err = mailbox.send_mail(&mail).await.unwrap_err();
     assert_eq!(err.status(), Some(404));
     assert!(err.to_string().contains("ErrorInvalidUser"), "{err}");
     // A bad recipient is refused when the draft is sent: the draft is deleted again.
@@ -148,13 +145,11 @@ async fn a_failed_send_names_graphs_error_and_leaves_no_draft() {
         ..Default::default()
     };
     let err = mailbox
-        .send_mail(
-            &user,
-            &OutgoingMail {
-                recipients: &nobody,
-                ..mail
-            },
-        )
+        .send_mail(&OutgoingMail {
+            from: &user,
+            recipients: &nobody,
+            ..mail
+        })
         .await
         .unwrap_err();
     assert!(err.to_string().contains("ErrorInvalidRecipients"), "{err}");

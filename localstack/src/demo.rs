@@ -12,9 +12,10 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use charlie::adapters::aws::AwsClients;
 use charlie::messages::IngestOutcome;
+use charlie::ports::Objects;
 
+use crate::clients::AwsClients;
 use crate::deployment::Deployment;
 use crate::emulator::Emulator;
 use crate::fake_graph::FakeGraph;
@@ -290,12 +291,10 @@ impl LocalCloud {
 
     /// An object of the bucket.
     pub async fn object(&self, key: &str) -> anyhow::Result<Vec<u8>> {
-        charlie::adapters::object_store::ObjectStore::new(
-            self.clients.s3.clone(),
-            &self.outputs.bucket,
-        )
-        .get(key, None)
-        .await
+        self.clients
+            .objects(&self.outputs.bucket)
+            .get(key, None)
+            .await
     }
 }
 

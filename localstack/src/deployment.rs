@@ -12,6 +12,17 @@ pub struct Function {
     pub name: String,
     pub arn: String,
     pub environment: HashMap<String, String>,
+    /// The function's timeout in seconds.
+    pub timeout: i32,
+}
+
+impl Function {
+    /// A fresh invocation that may run for the function's timeout, as Lambda gives one.
+    pub fn invocation(&self) -> charlie::invocation::Invocation {
+        charlie::invocation::Invocation::with_timeout(std::time::Duration::from_secs(
+            u64::try_from(self.timeout).unwrap_or(3),
+        ))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +92,7 @@ impl Deployment {
                     .and_then(|e| e.variables())
                     .cloned()
                     .unwrap_or_default(),
+                timeout: conf.timeout().unwrap_or(3),
             });
         }
         let arns: Vec<&str> = functions.iter().map(|f| f.arn.as_str()).collect();

@@ -303,6 +303,22 @@ impl FakeGraph {
         self.inner.lock().unwrap().messages.len()
     }
 
+    /// How many mails with attachments were received at or after `since`.
+    pub fn with_attachments_since(&self, since: chrono::DateTime<chrono::Utc>) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .filter(|m| !m.attachments.is_empty())
+            .filter(|m| {
+                m.received
+                    .parse::<chrono::DateTime<chrono::Utc>>()
+                    .is_ok_and(|r| r >= since)
+            })
+            .count()
+    }
+
     /// The next `calls` Graph calls (token requests excluded) answer 429 with `Retry-After`.
     pub fn throttle(&self, calls: u32, retry_after_secs: u64) {
         let mut i = self.inner.lock().unwrap();

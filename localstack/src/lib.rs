@@ -2,6 +2,7 @@
 //! applies `infra/envs/local` to it, the local runner that executes the functions in-process as
 //! the deployment wires them (queues, schedules, API routes), and a fake Microsoft Graph mailbox.
 
+pub mod clients;
 pub mod demo;
 pub mod deployment;
 pub mod emulator;

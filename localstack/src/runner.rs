@@ -18,7 +18,8 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
 use charlie::env::Env;
-use charlie::stages::Stage;
+use charlie::invocation::Invocation;
+use charlie::stages::Handler;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
@@ -26,7 +27,7 @@ use crate::deployment::{Deployment, QueueMapping};
 
 pub struct LocalRunner {
     pub deployment: Deployment,
-    stages: HashMap<String, Arc<Stage>>,
+    stages: HashMap<String, Arc<dyn Handler>>,
     sqs: aws_sdk_sqs::Client,
     region: String,
 }
@@ -55,10 +56,10 @@ impl LocalRunner {
                 .get("CHARLIE_STAGE")
                 .with_context(|| format!("function {} has no CHARLIE_STAGE", f.name))?
                 .to_owned();
-            let stage = Stage::from_env(&stage_name, &env)
+            let stage = build_stage(&stage_name, &env)
                 .await
                 .with_context(|| format!("cold start of {}", f.name))?;
-            stages.insert(f.arn.clone(), Arc::new(stage));
+            stages.insert(f.arn.clone(), stage);
         }
         let region = aws_env
             .iter()
@@ -73,12 +74,14 @@ impl LocalRunner {
         })
     }
 
-    fn stage(&self, function_arn: &str) -> anyhow::Result<Arc<Stage>> {
+    /// The function's handler and a fresh invocation with its deployed timeout, as Lambda
+    /// gives each invocation.
+    fn stage(&self, function_arn: &str) -> anyhow::Result<(Arc<dyn Handler>, Invocation)> {
         let f = self
             .deployment
             .function_by_arn(function_arn)
             .with_context(|| format!("no deployed function {function_arn}"))?;
-        Ok(self.stages[&f.arn].clone())
+        Ok((self.stages[&f.arn].clone(), f.invocation()))
     }
 
     /// Invokes a function by name suffix (`"poller"`) with an event.
@@ -89,7 +92,7 @@ impl LocalRunner {
             .iter()
             .find(|f| f.name.ends_with(function_suffix))
             .with_context(|| format!("no deployed function ending in {function_suffix}"))?;
-        self.stages[&f.arn].invoke(event).await
+        self.stages[&f.arn].invoke(event, &f.invocation()).await
     }
 
     /// Fires the schedule whose name ends in `suffix` as if it ran at `at`.
@@ -109,11 +112,12 @@ impl LocalRunner {
             .replace("<aws.scheduler.schedule-arn>", &s.name)
             .replace(
                 "<aws.scheduler.execution-id>",
-                &charlie::stages::new_correlation_id(),
+                &charlie::invocation::new_correlation_id(),
             );
         let event: Value = serde_json::from_str(&input)
             .with_context(|| format!("schedule {} input is not JSON", s.name))?;
-        self.stage(&s.target_arn)?.invoke(event).await
+        let (stage, invocation) = self.stage(&s.target_arn)?;
+        stage.invoke(event, &invocation).await
     }
 
     /// Pumps every mapped queue until one whole round finds them all empty.
@@ -162,8 +166,8 @@ impl LocalRunner {
             .map(|msg| sqs_record(msg, &m.queue_arn, &self.region))
             .collect();
         let event = json!({ "Records": records });
-        let stage = self.stage(&m.function_arn)?;
-        let failed: Vec<String> = match stage.invoke(event).await {
+        let (stage, invocation) = self.stage(&m.function_arn)?;
+        let failed: Vec<String> = match stage.invoke(event, &invocation).await {
             Ok(resp) if m.report_batch_item_failures => resp["batchItemFailures"]
                 .as_array()
                 .map(|a| {
@@ -310,14 +314,14 @@ impl LocalRunner {
             "requestContext": {
                 "accountId": "123456789012", "apiId": route.api_id, "domainName": "localhost",
                 "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": ""},
-                "requestId": charlie::stages::new_correlation_id(), "routeKey": route.route_key, "stage": "$default",
+                "requestId": charlie::invocation::new_correlation_id(), "routeKey": route.route_key, "stage": "$default",
                 "time": now.format("%d/%b/%Y:%H:%M:%S +0000").to_string(), "timeEpoch": now.timestamp_millis(),
             },
             "body": text.clone().unwrap_or_else(|| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body)),
             "isBase64Encoded": text.is_none(),
         });
         let result = match self.stage(&route.function_arn) {
-            Ok(stage) => stage.invoke(event).await,
+            Ok((stage, invocation)) => stage.invoke(event, &invocation).await,
             Err(e) => Err(e),
         };
         match result {
@@ -347,6 +351,23 @@ impl LocalRunner {
             }
         }
     }
+}
+
+/// A deployed function's handler, built from its environment as its cold start does. The
+/// runner hosts every stage in one process; each Lambda binary links only its own.
+pub async fn build_stage(name: &str, env: &Env) -> anyhow::Result<Arc<dyn Handler>> {
+    use charlie::stages::{ingest, mailer, poller, report, webhook};
+    Ok(match name {
+        "graph-webhook" => Arc::new(webhook::GraphWebhook::from_env(env).await?),
+        "poller" => Arc::new(poller::Poller::from_env(env).await?),
+        "ingest" => Arc::new(ingest::Ingest::from_env(env).await?),
+        "report-builder" => Arc::new(report::ReportBuilder::from_env(env).await?),
+        "mailer" => Arc::new(mailer::Mailer::from_env(env).await?),
+        other => bail!(
+            "unknown stage {other:?}; expected one of {:?}",
+            charlie::stages::STAGES
+        ),
+    })
 }
 
 /// An SQS message as a Lambda `SqsEvent` record.

@@ -167,7 +167,7 @@ pub struct Report {
     /// How the mail goes out: SES (default) or Microsoft Graph `sendMail` as the mailbox
     /// user `send_as`, for teams that must send from Outlook.
     #[serde(default)]
-    pub transport: MailTransport,
+    pub transport: TransportKind,
     #[serde(default)]
     pub send_as: Option<String>,
     /// The mail's subject, a MiniJinja template (see `mail_template` for the variables), e.g.
@@ -190,7 +190,7 @@ pub struct Report {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MailTransport {
+pub enum TransportKind {
     /// SES v2 raw send from the mailer's verified identity (`CHARLIE_SENDER`).
     #[default]
     Ses,
@@ -198,11 +198,24 @@ pub enum MailTransport {
     Graph,
 }
 
-impl MailTransport {
+impl Report {
+    /// The mail templates, as `mail_template` renders them.
+    pub fn templates(&self) -> crate::mail_template::Templates<'_> {
+        crate::mail_template::Templates {
+            title: &self.title,
+            time_zone: self.time_zone.0.name(),
+            subject: &self.subject,
+            body_text: self.body_text.as_deref(),
+            body_html: self.body_html.as_deref(),
+        }
+    }
+}
+
+impl TransportKind {
     pub fn name(self) -> &'static str {
         match self {
-            MailTransport::Ses => "ses",
-            MailTransport::Graph => "graph",
+            TransportKind::Ses => "ses",
+            TransportKind::Graph => "graph",
         }
     }
 }
@@ -538,21 +551,21 @@ impl Definitions {
                 }
             }
             match (r.transport, r.send_as.as_deref()) {
-                (MailTransport::Graph, None) => out.push((
+                (TransportKind::Graph, None) => out.push((
                     Where::key(&table, 0, "transport"),
                     format!("report {name}: transport = \"graph\" needs send_as, the mailbox user to send as"),
                 )),
-                (MailTransport::Graph, Some(user)) if !looks_like_address(user) => out.push((
+                (TransportKind::Graph, Some(user)) if !looks_like_address(user) => out.push((
                     Where::key(&table, 0, "send_as"),
                     format!("report {name}: send_as {user:?} is not a mail address"),
                 )),
-                (MailTransport::Ses, Some(_)) => out.push((
+                (TransportKind::Ses, Some(_)) => out.push((
                     Where::key(&table, 0, "send_as"),
                     format!("report {name}: send_as is only for transport = \"graph\" (SES sends from the deployment's sender)"),
                 )),
                 _ => {}
             }
-            if let Err(e) = crate::mail_template::check(name, r) {
+            if let Err(e) = crate::mail_template::check(name, &r.templates()) {
                 out.push((Where::key(&table, 0, e.part), e.to_string()));
             }
             let summaries = format!("{table}.summaries");

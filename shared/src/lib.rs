@@ -1,35 +1,43 @@
 //! Charlie's library: everything the Lambda functions, the local runner and the CLI share.
 //!
-//! Layout: pure logic (`definitions`, `csv_ingest`, `workbook`, `report_mail`, `period`) touches no
-//! network and no clock it was not given; `adapters` talk to AWS and Microsoft Graph; `stages`
-//! hold each function's handler, built from a map of environment variables so several stages can
-//! run in one process with different settings.
+//! Layout (ports and adapters):
+//! - pure logic (`definitions`, `csv_ingest`, `summary`, `workbook`, `report_mail`, `period`)
+//!   touches no network and no clock it was not given;
+//! - `ports`: the small traits the stages need from the world (`RowStore`, `Claims`,
+//!   `StateRecords`, `Objects`, `WorkQueue`, `DeadLetters`, `MailSource`, `Subscriptions`,
+//!   `MailTransport`, `ClientStateStore`);
+//! - `adapters`: their implementations, in folders named for what they talk to
+//!   (`aws::dynamodb`, `aws::s3`, `aws::sqs`, `aws::ses`, `aws::secrets`, `graph`, `memory`);
+//! - `state` (state keys and typed records), `object_keys` (bucket layout), `idempotency` (the
+//!   one claim → work → complete mechanism), `failure` (retryable or permanent);
+//! - `stages`: one module per function, the business steps over ports, wired to adapters
+//!   from the function's environment by its Cargo feature.
 
-#[cfg(feature = "cloud")]
 pub mod adapters;
 pub mod csv_ingest;
 pub mod definitions;
 pub mod env;
+pub mod failure;
+pub mod idempotency;
+pub mod invocation;
 pub mod key_set;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod mail_template;
 pub mod messages;
+pub mod object_keys;
 pub mod period;
+pub mod ports;
 pub mod report_mail;
-#[cfg(feature = "cloud")]
+#[cfg(feature = "stages")]
 pub mod reprocess;
 pub mod secret;
-#[cfg(feature = "cloud")]
+#[cfg(feature = "stages")]
 pub mod sqs_batch;
-#[cfg(feature = "cloud")]
+#[cfg(feature = "stages")]
 pub mod stages;
+pub mod state;
 pub mod summary;
 pub mod telemetry;
 pub mod value;
 pub mod workbook;
-
-/// Every binary built on this library (the Lambda functions, the CLI, the benchmark, the local
-/// runner) allocates through mimalloc: ingest makes a few small allocations per row (the row,
-/// its longer texts, its key), and glibc's malloc spent a fifth of ingest's time on them
-/// (`bench/ingest`: 0.60 s → 0.48 s for a million rows).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -9,8 +9,6 @@
 
 use minijinja::{Environment, UndefinedBehavior, context};
 
-use crate::definitions::Report;
-
 pub const DEFAULT_TEXT: &str = "\
 Hello,
 
@@ -75,9 +73,20 @@ pub struct TemplateError {
     pub message: String,
 }
 
+/// A report's mail templates and the facts of the report they name (`definitions::Report`
+/// gives them; this module depends on no definition type).
+#[derive(Debug, Clone, Copy)]
+pub struct Templates<'a> {
+    pub title: &'a str,
+    pub time_zone: &'a str,
+    pub subject: &'a str,
+    pub body_text: Option<&'a str>,
+    pub body_html: Option<&'a str>,
+}
+
 /// Renders the report's subject (always), and its bodies unless `subject_only`.
 pub fn render(
-    report: &Report,
+    report: &Templates<'_>,
     facts: &MailFacts,
     subject_only: bool,
 ) -> Result<RenderedMail, TemplateError> {
@@ -87,7 +96,7 @@ pub fn render(
         report => facts.report,
         title => report.title,
         period => facts.period,
-        time_zone => report.time_zone.0.name(),
+        time_zone => report.time_zone,
         rows => facts.rows,
         warnings => facts.warnings,
         attached => facts.link.is_none() && !facts.no_data,
@@ -104,7 +113,7 @@ pub fn render(
             })
     };
     // A subject is one line, whatever the template's whitespace.
-    let subject = part("subject", "subject.txt", &report.subject)?
+    let subject = part("subject", "subject.txt", report.subject)?
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
@@ -118,12 +127,12 @@ pub fn render(
     let text = part(
         "body_text",
         "body.txt",
-        report.body_text.as_deref().unwrap_or(DEFAULT_TEXT),
+        report.body_text.unwrap_or(DEFAULT_TEXT),
     )?;
     let html = part(
         "body_html",
         "body.html",
-        report.body_html.as_deref().unwrap_or(DEFAULT_HTML),
+        report.body_html.unwrap_or(DEFAULT_HTML),
     )?;
     Ok(RenderedMail {
         subject,
@@ -134,7 +143,7 @@ pub fn render(
 
 /// Renders every template of `report` in each case a mail can be in (attached, link, no data,
 /// with warnings), so that a template that cannot render is found before a run needs it.
-pub fn check(name: &str, report: &Report) -> Result<(), TemplateError> {
+pub fn check(name: &str, report: &Templates<'_>) -> Result<(), TemplateError> {
     let warnings = ["A warning".to_owned()];
     let cases = [
         MailFacts {
@@ -197,7 +206,7 @@ mod tests {
         let r = &defs.reports["call_centre_daily"];
         let warnings = ["3 cell(s) were cut".to_owned()];
         let attached = render(
-            r,
+            &r.templates(),
             &MailFacts {
                 report: "call_centre_daily",
                 period: "2024-03-14",
@@ -213,7 +222,7 @@ mod tests {
         assert!(attached.text.contains("- 3 cell(s) were cut"));
         assert!(attached.html.contains("<li>3 cell(s) were cut</li>"));
         let link = render(
-            r,
+            &r.templates(),
             &MailFacts {
                 report: "call_centre_daily",
                 period: "2024-03-14",
@@ -235,7 +244,7 @@ mod tests {
             link.html
         );
         let none = render(
-            r,
+            &r.templates(),
             &MailFacts {
                 report: "call_centre_daily",
                 period: "2024-03-16",
@@ -261,7 +270,7 @@ mod tests {
             );
         let defs = Definitions::parse(&text).unwrap();
         let mail = render(
-            &defs.reports["call_centre_daily"],
+            &defs.reports["call_centre_daily"].templates(),
             &MailFacts {
                 report: "call_centre_daily",
                 period: "2024-03-14",

@@ -15,7 +15,7 @@ fn v1() -> u8 {
 /// How a mail reached the `inbound` queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum MailSource {
+pub enum FoundBy {
     Webhook,
     Poller,
     Resync,
@@ -30,7 +30,7 @@ pub enum InboundMessage {
         v: u8,
         mailbox: String,
         message_id: String,
-        source: MailSource,
+        source: FoundBy,
     },
 }
 
@@ -152,7 +152,7 @@ mod tests {
                 v: 1,
                 mailbox: "a@b.example".into(),
                 message_id: "AAMk=".into(),
-                source: MailSource::Poller
+                source: FoundBy::Poller
             }
         );
         let back: serde_json::Value = serde_json::to_value(&msg).unwrap();

@@ -1,13 +1,24 @@
-//! The one way Charlie consumes an SQS batch: each message runs in its own span, every result is
-//! kept, and only the messages that failed are reported back (`ReportBatchItemFailures`), so SQS
-//! retries those alone and dead-letters them after the queue's max receives.
+//! The one way Charlie consumes an SQS batch: each message runs in its own span; every result
+//! is kept; a retryable failure (or a panic) is reported back (`ReportBatchItemFailures`) so
+//! SQS retries that message alone and dead-letters it after the queue's max receives; a
+//! permanent failure goes to the dead-letter queue at once with its cause and is not retried.
+//! Messages the invocation has no time left for are not started, and reported for retry.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use tracing::{Instrument, error, info_span};
+use chrono::Duration;
+use futures::FutureExt;
+use tracing::{Instrument, error, info_span, warn};
 
+use crate::failure::{FailureKind, kind_of};
+use crate::invocation::Invocation;
 use crate::messages::CORRELATION_ATTRIBUTE;
+use crate::ports::{DeadLetter, DeadLetters};
+
+/// A message is not started with less than this left of the invocation.
+pub const STOP_MARGIN: Duration = Duration::seconds(5);
 
 /// The correlation id a message carries, if any.
 pub fn correlation_id(msg: &SqsMessage) -> Option<&str> {
@@ -16,18 +27,36 @@ pub fn correlation_id(msg: &SqsMessage) -> Option<&str> {
         .and_then(|a| a.string_value.as_deref())
 }
 
-/// Handles every message of `event` with `handle` (in order) and returns the failures.
+/// Where a batch's permanent failures go and who gave up on them.
+pub struct Consumer<'a> {
+    pub stage: &'a str,
+    pub dead_letters: &'a dyn DeadLetters,
+}
+
+/// Handles every message of `event` with `handle` (in order) and returns the failures to
+/// retry.
 ///
 /// A message without a `messageId` cannot be reported alone; it is reported with an empty
 /// identifier, which Lambda treats as a failure of the whole batch: nothing is lost.
-pub async fn process<F, Fut>(event: SqsEvent, handle: F) -> SqsBatchResponse
+pub async fn process<F, Fut>(
+    event: SqsEvent,
+    invocation: &Invocation,
+    consumer: Consumer<'_>,
+    handle: F,
+) -> SqsBatchResponse
 where
     F: Fn(SqsMessage) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let mut response = SqsBatchResponse::default();
+    let mut not_started = 0;
     for msg in event.records {
         let id = msg.message_id.clone().unwrap_or_default();
+        if invocation.remaining() < STOP_MARGIN {
+            not_started += 1;
+            response.batch_item_failures.push(failure(id));
+            continue;
+        }
         let receives = msg
             .attributes
             .get("ApproximateReceiveCount")
@@ -39,53 +68,232 @@ where
             correlation_id = correlation_id(&msg).unwrap_or("-"),
             receive_count = %receives,
         );
-        if let Err(e) = handle(msg).instrument(span.clone()).await {
-            span.in_scope(|| {
-                error!(error = %format!("{e:#}"), "message failed: left on the queue for retry, then the dead-letter queue")
-            });
-            let mut failure = BatchItemFailure::default();
-            failure.item_identifier = id;
-            response.batch_item_failures.push(failure);
+        let letter = |cause: String| DeadLetter {
+            source_queue: msg.event_source_arn.clone().unwrap_or_default(),
+            message_id: id.clone(),
+            body: msg.body.clone().unwrap_or_default(),
+            correlation_id: correlation_id(&msg).map(str::to_owned),
+            cause,
+            stage: consumer.stage.to_owned(),
+        };
+        let letter_of = letter(String::new());
+        let outcome = AssertUnwindSafe(handle(msg.clone()).instrument(span.clone()))
+            .catch_unwind()
+            .await;
+        let error = match outcome {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".to_owned());
+                anyhow::anyhow!("the handler panicked: {what}")
+            }
+        };
+        let cause = format!("{error:#}");
+        match kind_of(&error) {
+            FailureKind::Permanent => {
+                let letter = DeadLetter {
+                    cause: cause.clone(),
+                    ..letter_of
+                };
+                match consumer
+                    .dead_letters
+                    .send(&letter)
+                    .instrument(span.clone())
+                    .await
+                {
+                    Ok(()) => span.in_scope(|| {
+                        error!(
+                            error = cause,
+                            kind = "permanent",
+                            "message failed for good: sent to the dead-letter queue with its cause"
+                        )
+                    }),
+                    Err(dlq) => {
+                        span.in_scope(|| {
+                            error!(error = cause, dead_letter_error = %format!("{dlq:#}"), kind = "permanent", "message failed for good, and the dead-letter queue refused it: left on the queue")
+                        });
+                        response.batch_item_failures.push(failure(id));
+                    }
+                }
+            }
+            FailureKind::Retryable => {
+                span.in_scope(|| {
+                    error!(
+                        error = cause,
+                        kind = "retryable",
+                        "message failed: left on the queue for retry, then the dead-letter queue"
+                    )
+                });
+                response.batch_item_failures.push(failure(id));
+            }
         }
     }
+    if not_started > 0 {
+        warn!(
+            not_started,
+            remaining_ms = invocation.remaining().num_milliseconds(),
+            "the invocation's time is nearly up: messages left for the next one"
+        );
+    }
     response
+}
+
+fn failure(id: String) -> BatchItemFailure {
+    let mut failure = BatchItemFailure::default();
+    failure.item_identifier = id;
+    failure
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::memory::MemoryDeadLetters;
+    use crate::failure::permanent;
 
     fn event(bodies: &[&str]) -> SqsEvent {
         let records: Vec<serde_json::Value> = bodies
             .iter()
             .enumerate()
-            .map(|(i, b)| serde_json::json!({"messageId": format!("m{i}"), "body": b, "attributes": {}, "messageAttributes": {}}))
+            .map(|(i, b)| serde_json::json!({"messageId": format!("m{i}"), "body": b, "attributes": {}, "messageAttributes": {}, "eventSourceARN": "arn:aws:sqs:eu-west-2:123456789012:inbound"}))
             .collect();
         serde_json::from_value(serde_json::json!({ "Records": records })).unwrap()
     }
 
-    #[tokio::test]
-    async fn only_failed_messages_are_reported() {
-        let resp = process(event(&["ok", "bad", "ok", "bad"]), |m| async move {
-            if m.body.as_deref() == Some("bad") {
-                anyhow::bail!("poison")
-            }
-            Ok(())
-        })
-        .await;
-        let ids: Vec<&str> = resp
-            .batch_item_failures
+    fn invocation() -> Invocation {
+        Invocation::with_timeout(std::time::Duration::from_secs(60))
+    }
+
+    fn ids(resp: &SqsBatchResponse) -> Vec<&str> {
+        resp.batch_item_failures
             .iter()
             .map(|f| f.item_identifier.as_str())
-            .collect();
-        assert_eq!(ids, vec!["m1", "m3"]);
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn only_failed_messages_are_reported() {
+        let dlq = MemoryDeadLetters::default();
+        let consumer = Consumer {
+            stage: "ingest",
+            dead_letters: &dlq,
+        };
+        let resp = process(
+            event(&["ok", "bad", "ok", "bad"]),
+            &invocation(),
+            consumer,
+            |m| async move {
+                if m.body.as_deref() == Some("bad") {
+                    anyhow::bail!("throttled")
+                }
+                Ok(())
+            },
+        )
+        .await;
+        assert_eq!(ids(&resp), vec!["m1", "m3"]);
+        assert!(dlq.letters().is_empty(), "retryable: not dead-lettered");
     }
 
     #[tokio::test]
     async fn a_fully_successful_batch_reports_nothing() {
-        let resp = process(event(&["a", "b"]), |_| async { Ok(()) }).await;
+        let dlq = MemoryDeadLetters::default();
+        let consumer = Consumer {
+            stage: "ingest",
+            dead_letters: &dlq,
+        };
+        let resp = process(event(&["a", "b"]), &invocation(), consumer, |_| async {
+            Ok(())
+        })
+        .await;
         assert!(resp.batch_item_failures.is_empty());
         let json = serde_json::to_value(&resp).unwrap();
         assert_eq!(json, serde_json::json!({"batchItemFailures": []}));
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_goes_to_the_dead_letter_queue_at_once_with_its_cause() {
+        let dlq = MemoryDeadLetters::default();
+        let consumer = Consumer {
+            stage: "ingest",
+            dead_letters: &dlq,
+        };
+        let resp = process(
+            event(&["ok", "poison"]),
+            &invocation(),
+            consumer,
+            |m| async move {
+                if m.body.as_deref() == Some("poison") {
+                    return Err(permanent("not an inbound message"));
+                }
+                Ok(())
+            },
+        )
+        .await;
+        assert!(resp.batch_item_failures.is_empty(), "not retried");
+        let letters = dlq.letters();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].body, "poison");
+        assert_eq!(letters[0].message_id, "m1");
+        assert_eq!(letters[0].stage, "ingest");
+        assert_eq!(
+            letters[0].source_queue,
+            "arn:aws:sqs:eu-west-2:123456789012:inbound"
+        );
+        assert!(letters[0].cause.contains("not an inbound message"));
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_the_dead_letter_queue_refuses_stays_on_the_queue() {
+        let dlq = MemoryDeadLetters::default();
+        dlq.fault.set("AccessDenied");
+        let consumer = Consumer {
+            stage: "mailer",
+            dead_letters: &dlq,
+        };
+        let resp = process(event(&["poison"]), &invocation(), consumer, |_| async {
+            Err(permanent("bad recipient"))
+        })
+        .await;
+        assert_eq!(ids(&resp), vec!["m0"], "left for the queue's own redrive");
+    }
+
+    #[tokio::test]
+    async fn a_panic_fails_its_message_alone() {
+        let dlq = MemoryDeadLetters::default();
+        let consumer = Consumer {
+            stage: "mailer",
+            dead_letters: &dlq,
+        };
+        let resp = process(
+            event(&["ok", "boom", "ok"]),
+            &invocation(),
+            consumer,
+            |m| async move {
+                if m.body.as_deref() == Some("boom") {
+                    panic!("index out of bounds");
+                }
+                Ok(())
+            },
+        )
+        .await;
+        assert_eq!(ids(&resp), vec!["m1"]);
+    }
+
+    #[tokio::test]
+    async fn no_message_is_started_when_the_invocation_is_out_of_time() {
+        let dlq = MemoryDeadLetters::default();
+        let consumer = Consumer {
+            stage: "ingest",
+            dead_letters: &dlq,
+        };
+        let nearly_over = Invocation::new("r", chrono::Utc::now() + Duration::seconds(2));
+        let resp = process(event(&["a", "b"]), &nearly_over, consumer, |_| async {
+            panic!("must not start")
+        })
+        .await;
+        assert_eq!(ids(&resp), vec!["m0", "m1"]);
     }
 }

@@ -4,6 +4,11 @@
 //! streamed in chunks of rows as the ingest stage stores them) on each file, on one thread, and prints one JSON object per file: rows, best and median
 //! seconds over the repetitions, rows per second (best), and the process's peak RSS.
 
+/// mimalloc: ingest makes a few small allocations per row, and glibc's malloc spent a fifth
+/// of its time on them (`bench/ingest`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -32,6 +32,11 @@ locals {
     Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
     Resource = aws_sqs_queue.main[q].arn
   } }
+  send_dead_letters = { for fn, qs in local.consumed : fn => [for q in qs : {
+    Effect   = "Allow"
+    Action   = ["sqs:SendMessage"]
+    Resource = aws_sqs_queue.dlq[q].arn
+  }] }
   send = { for q in keys(local.queues) : q => {
     Effect   = "Allow"
     Action   = ["sqs:SendMessage"]
@@ -80,7 +85,10 @@ resource "aws_iam_role_policy" "fn" {
   for_each = local.functions
   name     = "${local.p}-${each.key}"
   role     = aws_iam_role.fn[each.key].id
-  policy   = jsonencode({ Version = "2012-10-17", Statement = local.policies[each.key] })
+  policy = jsonencode({
+    Version   = "2012-10-17",
+    Statement = concat(local.policies[each.key], local.send_dead_letters[each.key])
+  })
 }
 
 resource "aws_cloudwatch_log_group" "fn" {
@@ -107,7 +115,7 @@ resource "aws_lambda_function" "fn" {
   }
 
   environment {
-    variables = merge(local.common_env, { CHARLIE_STAGE = each.key }, local.function_env[each.key])
+    variables = merge(local.common_env, { CHARLIE_STAGE = each.key }, local.function_env[each.key], local.dead_letter_env[each.key])
   }
 
   depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn]

@@ -33,15 +33,24 @@ locals {
   # or the local runner's port).
   webhook_base_url = trimsuffix(var.webhook_base_url != null ? var.webhook_base_url : aws_apigatewayv2_stage.default.invoke_url, "/")
 
+  # Per consuming function: its queues' ARNs -> their dead-letter queues, where a message that
+  # failed permanently goes at once with its cause.
+  consumed = { for fn in local.functions : fn => [for q, v in local.queues : q if v.consumer == fn] }
+  dead_letter_env = { for fn, qs in local.consumed : fn => length(qs) == 0 ? {} : {
+    CHARLIE_DEAD_LETTER_QUEUES = jsonencode({ for q in qs : aws_sqs_queue.main[q].arn => aws_sqs_queue.dlq[q].url })
+  } }
+
   common_env = {
-    RUST_LOG             = var.log_level
-    CHARLIE_BUCKET       = aws_s3_bucket.data.bucket
-    CHARLIE_CONFIG_KEY   = aws_s3_object.config.key
-    CHARLIE_ROWS_TABLE   = aws_dynamodb_table.rows.name
-    CHARLIE_STATE_TABLE  = aws_dynamodb_table.state.name
-    CHARLIE_GRAPH_SECRET = aws_secretsmanager_secret.graph.name
-    GRAPH_BASE_URL       = var.graph_base_url
-    GRAPH_TOKEN_URL      = var.graph_token_url
+    RUST_LOG           = var.log_level
+    CHARLIE_BUCKET     = aws_s3_bucket.data.bucket
+    CHARLIE_CONFIG_KEY = aws_s3_object.config.key
+    # The definitions by version: every instance runs the file this apply uploaded.
+    CHARLIE_CONFIG_VERSION = aws_s3_object.config.version_id
+    CHARLIE_ROWS_TABLE     = aws_dynamodb_table.rows.name
+    CHARLIE_STATE_TABLE    = aws_dynamodb_table.state.name
+    CHARLIE_GRAPH_SECRET   = aws_secretsmanager_secret.graph.name
+    GRAPH_BASE_URL         = var.graph_base_url
+    GRAPH_TOKEN_URL        = var.graph_token_url
   }
 
   function_env = {

@@ -33,6 +33,15 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
   depends_on = [aws_s3_bucket_versioning.data]
 
   rule {
+    id     = "abort-incomplete-uploads"
+    status = "Enabled"
+    filter {}
+    abort_incomplete_multipart_upload {
+      days_after_initiation = 1
+    }
+  }
+
+  rule {
     id     = "expire-old-report-versions"
     status = "Enabled"
     filter {
@@ -45,6 +54,8 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
 }
 
 resource "aws_s3_object" "config" {
+  # Versioned first, so the object has the version id the functions load it by.
+  depends_on   = [aws_s3_bucket_versioning.data]
   bucket       = aws_s3_bucket.data.id
   key          = "config/reports.toml"
   source       = var.config_file

@@ -1,4 +1,4 @@
-//! `Mailbox`: the few Microsoft Graph calls Charlie makes, over plain `reqwest` with typed serde
+//! `GraphClient`: the few Microsoft Graph calls Charlie makes, over plain `reqwest` with typed serde
 //! structs. The base URL and the token URL are configuration, so the same binary talks to Graph
 //! in Azure or to the local fake Graph (`graph-rs-sdk` refuses non-Microsoft hosts outside its
 //! test feature and cannot change its token endpoint at all).
@@ -11,6 +11,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use async_trait::async_trait;
 use base64::Engine;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -20,6 +21,11 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, Semaphore};
 
 use super::retry::backoff;
+use crate::definitions::TransportKind;
+use crate::ports::{
+    DeltaPage, FileAttachment, GraphError, MailMessage, MailSource, MailTransport,
+    OutgoingAttachment, OutgoingMail, SentMail, Subscription, SubscriptionRequest, Subscriptions,
+};
 use crate::secret::Secret;
 
 const MAX_ATTEMPTS: u32 = 5;
@@ -47,48 +53,6 @@ impl std::fmt::Debug for GraphCredentials {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum GraphError {
-    #[error("Graph answered {status} to {what}: {code}: {message}")]
-    Status {
-        status: u16,
-        what: String,
-        code: String,
-        message: String,
-    },
-    #[error("Graph request {what} failed: {source}")]
-    Transport {
-        what: String,
-        source: reqwest::Error,
-    },
-    #[error("Graph's answer to {what} was not of the expected shape: {source}")]
-    Shape {
-        what: String,
-        source: serde_json::Error,
-    },
-}
-
-impl GraphError {
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            GraphError::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// A delta link Graph no longer knows: `410 Gone`, or a `syncStateNotFound` error code.
-    pub fn is_expired_sync_state(&self) -> bool {
-        match self {
-            GraphError::Status { status, code, .. } => {
-                *status == 410
-                    || code.eq_ignore_ascii_case("syncStateNotFound")
-                    || code.eq_ignore_ascii_case("SyncStateInvalid")
-            }
-            _ => false,
-        }
-    }
-}
-
 /// Graph allows 4 concurrent requests per mailbox (Outlook service limits).
 pub const MAX_CONCURRENT_PER_MAILBOX: usize = 4;
 
@@ -111,7 +75,7 @@ struct CachedToken {
     refresh_after: Instant,
 }
 
-pub struct Mailbox {
+pub struct GraphClient {
     http: reqwest::Client,
     base_url: String,
     token_url: String,
@@ -121,76 +85,12 @@ pub struct Mailbox {
     in_flight: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
 }
 
-impl std::fmt::Debug for Mailbox {
+impl std::fmt::Debug for GraphClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Mailbox")
+        f.debug_struct("GraphClient")
             .field("base_url", &self.base_url)
             .finish_non_exhaustive()
     }
-}
-
-/// One entry of a delta page.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DeltaEntry {
-    pub id: String,
-    #[serde(default, rename = "hasAttachments")]
-    pub has_attachments: bool,
-    #[serde(default)]
-    pub subject: Option<String>,
-    #[serde(default, rename = "@removed")]
-    pub removed: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct DeltaPage {
-    #[serde(default)]
-    pub value: Vec<DeltaEntry>,
-    #[serde(default, rename = "@odata.nextLink")]
-    pub next_link: Option<String>,
-    #[serde(default, rename = "@odata.deltaLink")]
-    pub delta_link: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct EmailAddress {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub address: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Recipient {
-    #[serde(rename = "emailAddress")]
-    pub email_address: EmailAddress,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Message {
-    pub id: String,
-    #[serde(default)]
-    pub subject: Option<String>,
-    #[serde(default)]
-    pub from: Option<Recipient>,
-    #[serde(default, rename = "receivedDateTime")]
-    pub received: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl Message {
-    pub fn sender(&self) -> &str {
-        self.from
-            .as_ref()
-            .and_then(|f| f.email_address.address.as_deref())
-            .unwrap_or("")
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct FileAttachment {
-    pub id: String,
-    pub name: String,
-    pub content_type: String,
-    pub bytes: Vec<u8>,
 }
 
 #[derive(Deserialize)]
@@ -233,7 +133,7 @@ struct ErrorDetail {
     message: String,
 }
 
-impl Mailbox {
+impl GraphClient {
     pub fn new(
         base_url: &str,
         token_url: &str,
@@ -244,7 +144,7 @@ impl Mailbox {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("building the HTTP client for Graph")?;
-        Ok(Mailbox {
+        Ok(GraphClient {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
             token_url: token_url.to_owned(),
@@ -252,133 +152,6 @@ impl Mailbox {
             token: Mutex::new(None),
             in_flight: Default::default(),
         })
-    }
-
-    /// The first delta URL of a mail folder: only the fields Charlie needs; with `since`, only
-    /// mail received from then on (the one filter Graph's message delta supports).
-    pub fn delta_start_url(
-        &self,
-        mailbox: &str,
-        folder: &str,
-        since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> String {
-        let mut url = format!(
-            "{}/users/{mailbox}/mailFolders/{folder}/messages/delta?$select=subject,from,receivedDateTime,hasAttachments",
-            self.base_url
-        );
-        if let Some(t) = since {
-            url.push_str(&format!(
-                "&$filter=receivedDateTime+ge+{}",
-                t.format("%Y-%m-%dT%H:%M:%SZ")
-            ));
-        }
-        url
-    }
-
-    /// Creates a change subscription; Graph first runs the validation handshake against both
-    /// URLs and answers 400 when either fails it.
-    pub async fn create_subscription(
-        &self,
-        request: &SubscriptionRequest<'_>,
-    ) -> Result<Subscription, GraphError> {
-        let body = serde_json::json!({
-            "changeType": "created",
-            "notificationUrl": request.notification_url,
-            "lifecycleNotificationUrl": request.lifecycle_url,
-            "resource": request.resource,
-            "expirationDateTime": request.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            "clientState": request.client_state.expose(),
-            "latestSupportedTlsVersion": "v1_2",
-        });
-        let url = format!("{}/subscriptions", self.base_url);
-        self.call_json(
-            Method::POST,
-            &url,
-            Payload::Json(&body),
-            "create subscription",
-        )
-        .await
-    }
-
-    /// Extends a subscription (also how `reauthorizationRequired` is answered). 404 means
-    /// Graph no longer has it: create a new one.
-    pub async fn renew_subscription(
-        &self,
-        id: &str,
-        expires: chrono::DateTime<chrono::Utc>,
-    ) -> Result<Subscription, GraphError> {
-        let body = serde_json::json!({
-            "expirationDateTime": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        });
-        let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
-        self.call_json(
-            Method::PATCH,
-            &url,
-            Payload::Json(&body),
-            "renew subscription",
-        )
-        .await
-    }
-
-    pub async fn delete_subscription(&self, id: &str) -> Result<(), GraphError> {
-        let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
-        self.call(Method::DELETE, &url, Payload::None, "delete subscription")
-            .await
-            .map(|_| ())
-    }
-
-    /// One page of a delta round; follow `next_link` until a page carries `delta_link`.
-    pub async fn delta_page(&self, url: &str) -> Result<DeltaPage, GraphError> {
-        self.get_json(url, "messages delta").await
-    }
-
-    pub async fn message(&self, mailbox: &str, id: &str) -> Result<Message, GraphError> {
-        let url = format!(
-            "{}/users/{mailbox}/messages/{}?$select=subject,from,receivedDateTime,hasAttachments",
-            self.base_url,
-            encode_segment(id)
-        );
-        self.get_json(&url, "get message").await
-    }
-
-    /// Every file attachment of a message, decoded (item and reference attachments are skipped).
-    pub async fn attachments(
-        &self,
-        mailbox: &str,
-        id: &str,
-    ) -> Result<Vec<FileAttachment>, GraphError> {
-        let mut url = Some(format!(
-            "{}/users/{mailbox}/messages/{}/attachments",
-            self.base_url,
-            encode_segment(id)
-        ));
-        let mut out = Vec::new();
-        while let Some(u) = url.take() {
-            let page: ValueList<RawAttachment> = self.get_json(&u, "list attachments").await?;
-            for a in page.value {
-                if a.odata_type != "#microsoft.graph.fileAttachment" {
-                    continue;
-                }
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(a.content_bytes.unwrap_or_default())
-                    .map_err(|e| GraphError::Status {
-                        status: 200,
-                        what: "list attachments".into(),
-                        code: "invalidContentBytes".into(),
-                        message: format!("attachment {} is not valid base64: {e}", a.name),
-                    })?;
-                out.push(FileAttachment {
-                    id: a.id,
-                    name: a.name,
-                    content_type: a
-                        .content_type
-                        .unwrap_or_else(|| "application/octet-stream".into()),
-                    bytes,
-                });
-            }
-            url = page.next_link;
-        }
-        Ok(out)
     }
 
     async fn token(&self, force: bool) -> Result<Secret, GraphError> {
@@ -404,7 +177,7 @@ impl Mailbox {
             .await
             .map_err(|source| GraphError::Transport {
                 what: what.clone(),
-                source,
+                source: source.into(),
             })?;
         let body = checked_body(resp, &what).await?;
         let token: TokenResponse =
@@ -422,7 +195,7 @@ impl Mailbox {
         self.call_json(Method::GET, url, Payload::None, what).await
     }
 
-    /// [`Mailbox::call`], with the answer's JSON parsed.
+    /// [`GraphClient::call`], with the answer's JSON parsed.
     async fn call_json<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -482,7 +255,7 @@ impl Mailbox {
             };
             let resp = req.send().await.map_err(|source| GraphError::Transport {
                 what: what.to_owned(),
-                source,
+                source: source.into(),
             })?;
             let status = resp.status();
             let retryable = matches!(
@@ -520,12 +293,8 @@ impl Mailbox {
     /// above, a draft, an upload session fed in [`UPLOAD_CHUNK`] ranges, then `send`. A draft
     /// left by a failure is deleted. Graph answers `sendMail` with no id: the mail is known by
     /// the `internetMessageId` Charlie gives it.
-    pub async fn send_mail(
-        &self,
-        user: &str,
-        mail: &OutgoingMail<'_>,
-    ) -> Result<GraphSent, GraphError> {
-        let user_url = format!("{}/users/{}", self.base_url, encode_segment(user));
+    pub async fn send_mail(&self, mail: &OutgoingMail<'_>) -> Result<SentMail, GraphError> {
+        let user_url = format!("{}/users/{}", self.base_url, encode_segment(mail.from));
         let inline = mail
             .attachment
             .as_ref()
@@ -542,8 +311,8 @@ impl Mailbox {
                 "sendMail",
             )
             .await?;
-            return Ok(GraphSent {
-                internet_message_id: mail.internet_message_id.to_owned(),
+            return Ok(SentMail {
+                provider_message_id: mail.internet_message_id.to_owned(),
                 draft_id: None,
             });
         }
@@ -578,8 +347,8 @@ impl Mailbox {
             }
             return Err(e);
         }
-        Ok(GraphSent {
-            internet_message_id: mail.internet_message_id.to_owned(),
+        Ok(SentMail {
+            provider_message_id: mail.internet_message_id.to_owned(),
             draft_id: Some(draft.id),
         })
     }
@@ -640,6 +409,151 @@ impl Mailbox {
     }
 }
 
+#[async_trait]
+impl MailSource for GraphClient {
+    /// The first delta URL of a mail folder: only the fields Charlie needs; with `since`, only
+    /// mail received from then on (the one filter Graph's message delta supports).
+    fn delta_start_url(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> String {
+        let mut url = format!(
+            "{}/users/{mailbox}/mailFolders/{folder}/messages/delta?$select=subject,from,receivedDateTime,hasAttachments",
+            self.base_url
+        );
+        if let Some(t) = since {
+            url.push_str(&format!(
+                "&$filter=receivedDateTime+ge+{}",
+                t.format("%Y-%m-%dT%H:%M:%SZ")
+            ));
+        }
+        url
+    }
+
+    /// One page of a delta round; follow `next_link` until a page carries `delta_link`.
+    async fn delta_page(&self, url: &str) -> Result<DeltaPage, GraphError> {
+        self.get_json(url, "messages delta").await
+    }
+
+    async fn message(&self, mailbox: &str, id: &str) -> Result<MailMessage, GraphError> {
+        let url = format!(
+            "{}/users/{mailbox}/messages/{}?$select=subject,from,receivedDateTime,hasAttachments",
+            self.base_url,
+            encode_segment(id)
+        );
+        self.get_json(&url, "get message").await
+    }
+
+    /// Every file attachment of a message, decoded (item and reference attachments are skipped).
+    async fn attachments(
+        &self,
+        mailbox: &str,
+        id: &str,
+    ) -> Result<Vec<FileAttachment>, GraphError> {
+        let mut url = Some(format!(
+            "{}/users/{mailbox}/messages/{}/attachments",
+            self.base_url,
+            encode_segment(id)
+        ));
+        let mut out = Vec::new();
+        while let Some(u) = url.take() {
+            let page: ValueList<RawAttachment> = self.get_json(&u, "list attachments").await?;
+            for a in page.value {
+                if a.odata_type != "#microsoft.graph.fileAttachment" {
+                    continue;
+                }
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(a.content_bytes.unwrap_or_default())
+                    .map_err(|e| GraphError::Status {
+                        status: 200,
+                        what: "list attachments".into(),
+                        code: "invalidContentBytes".into(),
+                        message: format!("attachment {} is not valid base64: {e}", a.name),
+                    })?;
+                out.push(FileAttachment {
+                    id: a.id,
+                    name: a.name,
+                    content_type: a
+                        .content_type
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    bytes,
+                });
+            }
+            url = page.next_link;
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Subscriptions for GraphClient {
+    /// Creates a change subscription; Graph first runs the validation handshake against both
+    /// URLs and answers 400 when either fails it.
+    async fn create(&self, request: &SubscriptionRequest<'_>) -> Result<Subscription, GraphError> {
+        let body = serde_json::json!({
+            "changeType": "created",
+            "notificationUrl": request.notification_url,
+            "lifecycleNotificationUrl": request.lifecycle_url,
+            "resource": request.resource,
+            "expirationDateTime": request.expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "clientState": request.client_state.expose(),
+            "latestSupportedTlsVersion": "v1_2",
+        });
+        let url = format!("{}/subscriptions", self.base_url);
+        self.call_json(
+            Method::POST,
+            &url,
+            Payload::Json(&body),
+            "create subscription",
+        )
+        .await
+    }
+
+    /// Extends a subscription (also how `reauthorizationRequired` is answered). 404 means
+    /// Graph no longer has it: create a new one.
+    async fn renew(
+        &self,
+        id: &str,
+        expires: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Subscription, GraphError> {
+        let body = serde_json::json!({
+            "expirationDateTime": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
+        self.call_json(
+            Method::PATCH,
+            &url,
+            Payload::Json(&body),
+            "renew subscription",
+        )
+        .await
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), GraphError> {
+        let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
+        self.call(Method::DELETE, &url, Payload::None, "delete subscription")
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Report mail through Graph `sendMail` as the report's `send_as` mailbox user
+/// (`Mail.Send` application permission).
+#[async_trait]
+impl MailTransport for GraphClient {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Graph
+    }
+
+    async fn send(&self, mail: &OutgoingMail<'_>) -> anyhow::Result<SentMail> {
+        self.send_mail(mail)
+            .await
+            .with_context(|| format!("sending through Graph as {}", mail.from))
+    }
+}
+
 /// Graph's `message` JSON for a mail: HTML body (Graph messages hold one body), recipients,
 /// our `internetMessageId`, and the file inline when asked.
 fn message_json(mail: &OutgoingMail<'_>, with_attachment: bool) -> serde_json::Value {
@@ -690,50 +604,6 @@ pub const INLINE_ATTACHMENT_MAX: usize = 3_000_000;
 /// One upload-session range: under Graph's 4 MB per PUT, a multiple of 320 KiB.
 pub const UPLOAD_CHUNK: usize = 12 * 320 * 1024;
 
-pub struct SubscriptionRequest<'a> {
-    pub notification_url: &'a str,
-    pub lifecycle_url: &'a str,
-    /// `users/{mailbox}/mailFolders('{folder}')/messages`.
-    pub resource: &'a str,
-    pub expires: chrono::DateTime<chrono::Utc>,
-    pub client_state: &'a Secret,
-}
-
-/// A subscription as Graph returns it (the fields Charlie keeps).
-#[derive(Debug, Clone, Deserialize)]
-pub struct Subscription {
-    pub id: String,
-    #[serde(rename = "expirationDateTime")]
-    pub expires: chrono::DateTime<chrono::Utc>,
-    #[serde(default)]
-    pub resource: String,
-}
-
-/// Graph's longest subscription to Outlook messages: 10,070 minutes, just under 7 days.
-pub const MAX_MAIL_SUBSCRIPTION_MINUTES: i64 = 10_070;
-
-pub struct OutgoingAttachment<'a> {
-    pub name: &'a str,
-    pub content_type: &'a str,
-    pub bytes: &'a [u8],
-}
-
-pub struct OutgoingMail<'a> {
-    pub subject: &'a str,
-    pub html: &'a str,
-    pub recipients: &'a crate::report_mail::Recipients,
-    /// `<…@…>`, set by Charlie so the sent mail can be found and matched to its delivery.
-    pub internet_message_id: &'a str,
-    pub attachment: Option<OutgoingAttachment<'a>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GraphSent {
-    pub internet_message_id: String,
-    /// The draft that was sent, when the attachment went through an upload session.
-    pub draft_id: Option<String>,
-}
-
 #[derive(Deserialize)]
 struct IdOnly {
     id: String,
@@ -759,7 +629,7 @@ async fn checked_body(resp: reqwest::Response, what: &str) -> Result<Vec<u8>, Gr
     let status = resp.status();
     let body = resp.bytes().await.map_err(|source| GraphError::Transport {
         what: what.to_owned(),
-        source,
+        source: source.into(),
     })?;
     if status.is_success() {
         return Ok(body.to_vec());

@@ -1,12 +1,11 @@
-//! Adapters: the AWS services and Microsoft Graph, each behind a small type named for what it
-//! does for Charlie (`RowStore`, `StateStore`, `ObjectStore`, `Queue`, `Mailbox`, `SesTransport`).
+//! Adapters: each implements ports (`crate::ports`) for one thing it talks to, in the folder
+//! named for it. The AWS and Graph ones are compiled only with their Cargo features, so a
+//! function links the clients its stage uses and no others; `memory` is always there.
 
+#[cfg(feature = "aws")]
 pub mod aws;
-pub mod client_state;
+#[cfg(feature = "graph")]
 pub mod graph;
-pub mod object_store;
-pub mod queue;
+pub mod memory;
+#[cfg(any(feature = "aws", feature = "graph"))]
 pub mod retry;
-pub mod rows;
-pub mod ses;
-pub mod state;

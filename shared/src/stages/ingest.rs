@@ -6,68 +6,104 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::adapters::aws::AwsClients;
-use crate::adapters::graph::{FileAttachment, Mailbox, Message};
-use crate::adapters::object_store::key_segment;
-use crate::adapters::queue::Queue;
-use crate::adapters::state::Claim;
 use crate::csv_ingest::AttachmentReader;
-use crate::definitions::Dataset;
-use crate::env::Env;
+use crate::definitions::{Dataset, Definitions};
+use crate::failure::permanent;
+use crate::idempotency::{IdempotencyKey, Once, once};
+use crate::invocation::Invocation;
 use crate::messages::{InboundMessage, IngestOutcome};
-use crate::reprocess::{DayAttachment, index_day};
-use crate::sqs_batch::{self, correlation_id};
-
-use super::Common;
+use crate::object_keys;
+use crate::ports::{
+    Claims, DeadLetters, FileAttachment, MailMessage, MailSource, Objects, RowStore, StateRecords,
+    StoreOutcome, WorkQueue,
+};
+use crate::reprocess::index_day;
+use crate::sqs_batch::{self, Consumer, correlation_id};
+use crate::state::{self, DayAttachment, RecordKey};
 
 /// Rows parsed, stored and dropped at a time.
 const STORE_CHUNK_ROWS: usize = 5_000;
+/// How long a mail's claim is kept: a mail announced again within this time is recognised.
+const KEEP_CLAIMS: Duration = Duration::days(90);
 
 pub struct Ingest {
-    common: Common,
-    graph: Arc<Mailbox>,
-    outbound: Queue,
-    /// How long a claim holds before another invocation may take over (a crashed holder).
-    claim_hold: Duration,
+    pub definitions: Arc<Definitions>,
+    pub mail: Arc<dyn MailSource>,
+    pub objects: Arc<dyn Objects>,
+    pub rows: Arc<dyn RowStore>,
+    pub claims: Arc<dyn Claims>,
+    pub records: Arc<dyn StateRecords>,
+    pub outbound: Arc<dyn WorkQueue>,
+    pub dead_letters: Arc<dyn DeadLetters>,
 }
 
 /// What ingesting one mail did; stored as the claim's result.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MailSummary {
-    pub status: &'static str,
+    /// `ingested`, or `ignored` when no attachment matched a dataset.
+    pub status: String,
     pub outcomes: Vec<IngestOutcome>,
 }
 
+#[cfg(feature = "ingest")]
 impl Ingest {
-    pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
+    pub async fn from_env(env: &crate::env::Env) -> anyhow::Result<Self> {
+        use super::wiring;
+        let aws = crate::adapters::aws::AwsConfig::from_env(env).await;
+        let objects = wiring::objects(&aws, env)?;
+        let state = wiring::state(&aws, env)?;
         Ok(Ingest {
-            common: Common::from_env(env, clients).await?,
-            graph: super::mailbox_from_env(env, clients).await?,
-            outbound: Queue::new(
-                clients.sqs.clone(),
-                env.required("CHARLIE_OUTBOUND_QUEUE_URL")?,
-            ),
-            claim_hold: Duration::seconds(env.parsed_or("CHARLIE_CLAIM_HOLD_SECONDS", 900)?),
+            definitions: Arc::new(super::load_definitions(env, objects.as_ref()).await?),
+            mail: wiring::graph(&aws, env).await?,
+            objects,
+            rows: wiring::rows(&aws, env)?,
+            claims: state.clone(),
+            records: state,
+            outbound: wiring::queue(&aws, env, "CHARLIE_OUTBOUND_QUEUE_URL")?,
+            dead_letters: wiring::dead_letters(&aws, env)?,
         })
     }
+}
 
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        sqs_batch::process(event, |m| self.handle_message(m)).await
+#[async_trait]
+impl super::Handler for Ingest {
+    async fn invoke(
+        &self,
+        event: serde_json::Value,
+        invocation: &Invocation,
+    ) -> anyhow::Result<serde_json::Value> {
+        let event = super::parse_event(event)?;
+        Ok(serde_json::to_value(
+            Box::pin(self.handle(event, invocation)).await,
+        )?)
+    }
+}
+
+impl Ingest {
+    pub async fn handle(&self, event: SqsEvent, invocation: &Invocation) -> SqsBatchResponse {
+        let consumer = Consumer {
+            stage: "ingest",
+            dead_letters: self.dead_letters.as_ref(),
+        };
+        sqs_batch::process(event, invocation, consumer, |m| {
+            self.handle_message(m, invocation)
+        })
+        .await
     }
 
-    async fn handle_message(&self, msg: SqsMessage) -> anyhow::Result<()> {
+    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
-        let inbound: InboundMessage = serde_json::from_str(body).with_context(|| {
-            format!(
-                "not an inbound message (expected {{\"v\":1,\"kind\":\"graph_message\",…}}): {}",
+        let inbound: InboundMessage = serde_json::from_str(body).map_err(|e| {
+            permanent(format!(
+                "not an inbound message (expected {{\"v\":1,\"kind\":\"graph_message\",…}}): {e}: {}",
                 truncate(body, 200)
-            )
+            ))
         })?;
         let InboundMessage::GraphMessage {
             mailbox,
@@ -77,65 +113,47 @@ impl Ingest {
         } = inbound;
         let correlation = correlation_id(&msg)
             .map(str::to_owned)
-            .unwrap_or_else(super::new_correlation_id);
-        let now = Utc::now();
-        let claim_pk = format!("MSG#{mailbox}#{message_id}");
-        let state = &self.common.state;
-        match state
-            .claim(&claim_pk, now, self.claim_hold, Duration::days(90))
-            .await?
-        {
-            Claim::AlreadyDone(_) => {
+            .unwrap_or_else(crate::invocation::new_correlation_id);
+        // The same mail whatever path announced it: the key and payload leave out the source.
+        let key = IdempotencyKey::new(
+            state::mail_claim(&mailbox, &message_id),
+            &(&mailbox, &message_id),
+        );
+        let work = self.ingest_mail(&mailbox, &message_id, &correlation, Utc::now());
+        match once(self.claims.as_ref(), &key, invocation, KEEP_CLAIMS, work).await? {
+            Once::AlreadyDone(_) => {
                 info!(
                     mailbox,
                     message_id,
                     ?source,
                     "mail already ingested: nothing to do"
                 );
-                return Ok(());
             }
-            Claim::InProgressElsewhere => {
-                bail!("mail {message_id} is being ingested by another invocation; retrying later")
-            }
-            Claim::Acquired => {}
+            Once::Ran(summary) => info!(
+                mailbox,
+                message_id,
+                ?source,
+                status = summary.status,
+                attachments = summary.outcomes.len(),
+                "mail ingested"
+            ),
         }
-        match self
-            .ingest_mail(&mailbox, &message_id, &claim_pk, &correlation, now)
-            .await
-        {
-            Ok(summary) => {
-                info!(
-                    mailbox,
-                    message_id,
-                    status = summary.status,
-                    attachments = summary.outcomes.len(),
-                    "mail ingested"
-                );
-                state
-                    .complete(&claim_pk, &serde_json::to_string(&summary)?, Utc::now())
-                    .await
-            }
-            Err(e) => {
-                state.release_or_let_expire(&claim_pk).await;
-                Err(e)
-            }
-        }
+        Ok(())
     }
 
     async fn ingest_mail(
         &self,
         mailbox: &str,
         message_id: &str,
-        claim_pk: &str,
         correlation: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<MailSummary> {
-        let message = self.graph.message(mailbox, message_id).await?;
-        let attachments = self.graph.attachments(mailbox, message_id).await?;
+        let message = self.mail.message(mailbox, message_id).await?;
+        let attachments = self.mail.attachments(mailbox, message_id).await?;
         let subject = message.subject.clone().unwrap_or_default();
         let mut outcomes = Vec::new();
         for att in &attachments {
-            for (name, ds) in &self.common.definitions.datasets {
+            for (name, ds) in &self.definitions.datasets {
                 if ds.matches(message.sender(), &subject, &att.name) {
                     outcomes.push(
                         self.ingest_attachment(mailbox, &message, att, name, ds, now)
@@ -154,27 +172,20 @@ impl Ingest {
                 "no attachment matches a dataset: mail ignored"
             );
             return Ok(MailSummary {
-                status: "ignored",
+                status: "ignored".into(),
                 outcomes,
             });
         }
         for o in &outcomes {
-            let data = serde_json::to_value(o)?;
-            self.common
-                .state
-                .put_record(
-                    claim_pk,
-                    &format!("OUTCOME#{}#{}", o.dataset, o.attachment),
-                    &data,
-                    None,
-                )
+            self.records
+                .put_record(&RecordKey::outcome(o), o, None)
                 .await?;
         }
         let pairs: Vec<(&IngestOutcome, &str)> =
             outcomes.iter().map(|o| (o, correlation)).collect();
         self.outbound.send_all(&pairs).await?;
         Ok(MailSummary {
-            status: "ingested",
+            status: "ingested".into(),
             outcomes,
         })
     }
@@ -182,20 +193,21 @@ impl Ingest {
     async fn ingest_attachment(
         &self,
         mailbox: &str,
-        message: &Message,
+        message: &MailMessage,
         att: &FileAttachment,
         dataset_name: &str,
         dataset: &Dataset,
         now: DateTime<Utc>,
     ) -> anyhow::Result<IngestOutcome> {
-        let received = message.received.unwrap_or(now).format("%Y-%m-%d");
-        let place = format!(
-            "{dataset_name}/{received}/{}/{}",
-            key_segment(&message.id),
-            key_segment(&att.name)
+        let received = message.received.unwrap_or(now);
+        let place = object_keys::attachment_place(
+            dataset_name,
+            &received.format("%Y-%m-%d").to_string(),
+            &message.id,
+            &att.name,
         );
-        let raw_key = format!("raw/{place}");
-        let objects = &self.common.objects;
+        let raw_key = object_keys::raw(&place);
+        let objects = &self.objects;
         objects
             .put(&raw_key, att.bytes.clone(), &att.content_type)
             .await?;
@@ -224,7 +236,7 @@ impl Ingest {
                     reason,
                     "attachment unusable: quarantined"
                 );
-                let q = format!("quarantine/{place}");
+                let q = object_keys::quarantine(&place);
                 objects
                     .put(&q, att.bytes.clone(), &att.content_type)
                     .await?;
@@ -246,17 +258,14 @@ impl Ingest {
         };
         let source = format!("{mailbox}/{}", message.id);
         // Stream: each chunk is stored and dropped, so memory does not grow with the file.
-        let mut stored = crate::adapters::rows::StoreOutcome::default();
+        let mut stored = StoreOutcome::default();
         let mut dates = BTreeSet::new();
         while let Some(chunk) = reader.next_chunk(STORE_CHUNK_ROWS) {
             dates.extend(chunk.iter().map(|r| r.date));
-            let o = self
-                .common
+            stored += self
                 .rows
                 .store(dataset_name, dataset, &chunk, &source, now)
                 .await?;
-            stored.new += o.new;
-            stored.duplicate += o.duplicate;
         }
         let parsed = reader.finish();
         if !parsed.rejects.is_empty() {
@@ -272,10 +281,10 @@ impl Ingest {
         let indexed = DayAttachment {
             raw_key: raw_key.clone(),
             source: source.clone(),
-            received: message.received.unwrap_or(now),
+            received,
         };
         for date in &dates {
-            index_day(&self.common.state, dataset_name, *date, &indexed).await?;
+            index_day(self.records.as_ref(), dataset_name, *date, &indexed).await?;
         }
         outcome.dates = dates.into_iter().collect();
         outcome.rows_total = parsed.rows_total;
@@ -300,5 +309,306 @@ fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::memory::{
+        MemoryClaims, MemoryDeadLetters, MemoryMailbox, MemoryObjects, MemoryQueue, MemoryRowStore,
+        MemoryState,
+    };
+    use crate::stages::testkit::{self, MAILBOX, failures, inbound, invocation, sqs_event};
+
+    struct World {
+        mail: Arc<MemoryMailbox>,
+        objects: Arc<MemoryObjects>,
+        rows: Arc<MemoryRowStore>,
+        claims: Arc<MemoryClaims>,
+        records: Arc<MemoryState>,
+        outbound: Arc<MemoryQueue>,
+        dead_letters: Arc<MemoryDeadLetters>,
+        ingest: Ingest,
+    }
+
+    fn world() -> World {
+        let (mail, objects, rows) = (Arc::default(), Arc::default(), Arc::default());
+        let (claims, records, outbound, dead_letters) = (
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        );
+        let ingest = Ingest {
+            definitions: testkit::definitions(),
+            mail: Arc::clone(&mail) as _,
+            objects: Arc::clone(&objects) as _,
+            rows: Arc::clone(&rows) as _,
+            claims: Arc::clone(&claims) as _,
+            records: Arc::clone(&records) as _,
+            outbound: Arc::clone(&outbound) as _,
+            dead_letters: Arc::clone(&dead_letters) as _,
+        };
+        World {
+            mail,
+            objects,
+            rows,
+            claims,
+            records,
+            outbound,
+            dead_letters,
+            ingest,
+        }
+    }
+
+    fn day(d: &str) -> chrono::NaiveDate {
+        d.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_mail_announced_three_times_is_stored_once() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 5));
+        let announced = vec![inbound("m-1"), inbound("m-1"), inbound("m-1")];
+        let resp = w.ingest.handle(sqs_event(&announced), &invocation()).await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 5);
+        let records: &dyn StateRecords = w.records.as_ref();
+        let outcomes = records.outcomes_of_mail(MAILBOX, "m-1").await.unwrap();
+        assert_eq!(outcomes.len(), 1);
+        assert_eq!((outcomes[0].rows_total, outcomes[0].rows_new), (5, 5));
+        assert_eq!(w.outbound.sent().len(), 1, "one outcome forwarded");
+        assert_eq!(w.outbound.sent()[0].correlation_id, "corr-0");
+        let summary: MailSummary =
+            serde_json::from_str(&w.claims.result(&state::mail_claim(MAILBOX, "m-1")).unwrap())
+                .unwrap();
+        assert_eq!(summary.status, "ingested");
+        assert!(
+            w.objects
+                .current("raw/ib_calls/2024-03-14/m-1/ib_calls_2024-03-14.csv")
+                .is_some(),
+            "archived as received: {:?}",
+            w.objects.keys()
+        );
+    }
+
+    #[tokio::test]
+    async fn rows_already_stored_by_another_mail_count_as_duplicates() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 3));
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-2", "2024-03-14", 5));
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-1"), inbound("m-2")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        let records: &dyn StateRecords = w.records.as_ref();
+        let second = &records.outcomes_of_mail(MAILBOX, "m-2").await.unwrap()[0];
+        assert_eq!((second.rows_new, second.rows_duplicate), (2, 3));
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 5);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_attachment_is_quarantined_and_the_mail_counts_as_handled() {
+        let w = world();
+        w.mail.deliver(testkit::mail(
+            "m-broken",
+            "2024-03-15T12:00:00Z",
+            "IB calls export 2024-03-15",
+            "ib_calls_2024-03-15.csv",
+            b"agent_id,queue\r\nA1,Sales\r\n",
+        ));
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-broken")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty(), "no retry loop for bad input");
+        let place = "ib_calls/2024-03-15/m-broken/ib_calls_2024-03-15.csv";
+        assert!(w.objects.current(&format!("quarantine/{place}")).is_some());
+        let reason: serde_json::Value = serde_json::from_slice(
+            &w.objects
+                .current(&format!("quarantine/{place}.reason.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            reason["reason"].as_str().unwrap().contains("call_id"),
+            "{reason}"
+        );
+        let records: &dyn StateRecords = w.records.as_ref();
+        let outcome = &records.outcomes_of_mail(MAILBOX, "m-broken").await.unwrap()[0];
+        assert!(outcome.quarantined.is_some());
+        assert!(
+            w.claims
+                .result(&state::mail_claim(MAILBOX, "m-broken"))
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mail_without_a_matching_attachment_is_ignored_once() {
+        let w = world();
+        w.mail.deliver(testkit::mail(
+            "m-lunch",
+            "2024-03-14T12:30:00Z",
+            "Lunch on Friday?",
+            "menu.csv",
+            b"dish\nsoup\n",
+        ));
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-lunch")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        assert!(w.outbound.sent().is_empty());
+        assert!(w.objects.keys().is_empty());
+        let summary: MailSummary = serde_json::from_str(
+            &w.claims
+                .result(&state::mail_claim(MAILBOX, "m-lunch"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(summary.status, "ignored");
+    }
+
+    #[tokio::test]
+    async fn a_mail_claimed_by_another_invocation_is_left_for_retry() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 2));
+        let now = Utc::now();
+        w.claims
+            .claim(
+                &state::mail_claim(MAILBOX, "m-1"),
+                "",
+                now,
+                now + Duration::minutes(5),
+                now + Duration::days(1),
+            )
+            .await
+            .unwrap();
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-1")]), &invocation())
+            .await;
+        assert_eq!(failures(&resp), vec!["m0"]);
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 0);
+        assert!(w.dead_letters.letters().is_empty(), "retryable, not dead");
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_releases_the_claim_and_the_retry_stores_the_rows() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 4));
+        w.rows.fault.set("ProvisionedThroughputExceededException");
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-1")]), &invocation())
+            .await;
+        assert_eq!(failures(&resp), vec!["m0"]);
+        assert!(!w.claims.in_progress(&state::mail_claim(MAILBOX, "m-1")));
+        w.rows.fault.clear();
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-1")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 4);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_message_goes_to_the_dead_letter_queue_at_once() {
+        let w = world();
+        let resp = w
+            .ingest
+            .handle(
+                sqs_event(&[r#"{"v":1,"kind":"nonsense"}"#.to_owned()]),
+                &invocation(),
+            )
+            .await;
+        assert!(failures(&resp).is_empty(), "not retried");
+        let letters = w.dead_letters.letters();
+        assert_eq!(letters.len(), 1);
+        assert!(
+            letters[0].cause.contains("not an inbound message"),
+            "{}",
+            letters[0].cause
+        );
+        assert_eq!(letters[0].correlation_id.as_deref(), Some("corr-0"));
+    }
+
+    #[tokio::test]
+    async fn a_mail_graph_no_longer_has_is_dead_lettered_and_released() {
+        let w = world();
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-gone")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        let letters = w.dead_letters.letters();
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].cause.contains("404"), "{}", letters[0].cause);
+        assert!(!w.claims.in_progress(&state::mail_claim(MAILBOX, "m-gone")));
+    }
+
+    #[tokio::test]
+    async fn graph_unavailable_is_retried() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 1));
+        w.mail.answer_every_call_with(Some(503));
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-1")]), &invocation())
+            .await;
+        assert_eq!(failures(&resp), vec!["m0"]);
+        assert!(w.dead_letters.letters().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reprocessed_day_has_the_rows_of_a_first_ingest() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 3));
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-2", "2024-03-14", 6));
+        w.ingest
+            .handle(sqs_event(&[inbound("m-1"), inbound("m-2")]), &invocation())
+            .await;
+        let rows: &dyn RowStore = w.rows.as_ref();
+        let defs = testkit::definitions();
+        let ds = &defs.datasets["ib_calls"];
+        let before = rows
+            .rows_for_day("ib_calls", ds, day("2024-03-14"))
+            .await
+            .unwrap();
+        let outcome = crate::reprocess::reprocess_day(
+            &defs,
+            rows,
+            w.records.as_ref(),
+            w.objects.as_ref(),
+            "ib_calls",
+            day("2024-03-14"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (
+                outcome.rows_deleted,
+                outcome.attachments,
+                outcome.rows_stored
+            ),
+            (6, 2, 6)
+        );
+        let after = rows
+            .rows_for_day("ib_calls", ds, day("2024-03-14"))
+            .await
+            .unwrap();
+        assert_eq!(after, before, "same rows, same first sources");
     }
 }

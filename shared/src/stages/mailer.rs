@@ -12,67 +12,79 @@
 //! two steps; the mail's Message-ID is the same on both sends, so receiving systems that
 //! de-duplicate by it show one.
 
-use anyhow::{Context, bail};
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{Duration, Utc};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::adapters::aws::AwsClients;
-use crate::adapters::graph::{Mailbox, OutgoingAttachment, OutgoingMail};
-use crate::adapters::object_store::ObjectStore;
-use crate::adapters::ses::SesTransport;
-use crate::adapters::state::{Claim, StateStore};
-use crate::definitions::{Definitions, MailTransport};
-use crate::env::Env;
+use crate::definitions::{Definitions, TransportKind};
+use crate::failure::{OrPermanent, permanent};
+use crate::idempotency::{IdempotencyKey, Once, once};
+use crate::invocation::Invocation;
 use crate::mail_template::{self, MailFacts};
 use crate::messages::MailRequest;
+use crate::ports::{
+    Claims, DeadLetters, MailTransport, Objects, OutgoingAttachment, OutgoingMail, StateRecords,
+};
 use crate::report_mail::{Field, Recipients, ReportMail, XLSX_CONTENT_TYPE, render};
-use crate::sqs_batch;
+use crate::sqs_batch::{self, Consumer};
+use crate::state::{
+    self, DeliveryEvent, DeliveryResult, DeliveryStatus, RecordKey, RunDelivery, SesMessage,
+};
+
+/// How long a delivery's claim is kept: the same mail request within this time sends nothing.
+const KEEP_DELIVERIES: Duration = Duration::days(400);
 
 pub struct Mailer {
-    definitions: Definitions,
-    objects: ObjectStore,
-    state: StateStore,
-    ses: SesTransport,
-    /// Present when a report sends through Graph.
-    graph: Option<std::sync::Arc<Mailbox>>,
-    sender: String,
+    pub definitions: Arc<Definitions>,
+    pub objects: Arc<dyn Objects>,
+    pub claims: Arc<dyn Claims>,
+    pub records: Arc<dyn StateRecords>,
+    /// One transport per kind a report may name (SES always; Graph when a report uses it).
+    pub transports: Vec<Arc<dyn MailTransport>>,
+    pub dead_letters: Arc<dyn DeadLetters>,
+    pub sender: String,
     /// Size policy: a mail over this many bytes (MIME, attachment encoded) carries a download
     /// link instead of the workbook. SES v2 accepts 40 MB; `CHARLIE_MAX_MAIL_BYTES` lowers it.
-    max_mail_bytes: usize,
+    pub max_mail_bytes: usize,
     /// How long such a link works (`CHARLIE_LINK_DAYS`, 1–7: SigV4's limit).
-    link_days: u32,
+    pub link_days: u32,
 }
 
 /// SES v2's limit for a whole message, attachments encoded.
 pub const SES_MAX_MAIL_BYTES: usize = 40 * 1024 * 1024;
 
+#[cfg(feature = "mailer")]
 impl Mailer {
-    pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
-        let objects = ObjectStore::new(clients.s3.clone(), env.required("CHARLIE_BUCKET")?);
-        let definitions = super::load_definitions(env, &objects).await?;
-        let graph = if definitions
+    pub async fn from_env(env: &crate::env::Env) -> anyhow::Result<Self> {
+        use super::wiring;
+        let aws = crate::adapters::aws::AwsConfig::from_env(env).await;
+        let objects = wiring::objects(&aws, env)?;
+        let definitions = super::load_definitions(env, objects.as_ref()).await?;
+        let mut transports: Vec<Arc<dyn MailTransport>> =
+            vec![Arc::new(crate::adapters::aws::ses::SesTransport::new(
+                aws_sdk_sesv2::Client::new(&aws.sdk),
+                env.get("CHARLIE_SES_CONFIG_SET").map(str::to_owned),
+            ))];
+        if definitions
             .reports
             .values()
-            .any(|r| r.transport == MailTransport::Graph)
+            .any(|r| r.transport == TransportKind::Graph)
         {
-            Some(super::mailbox_from_env(env, clients).await?)
-        } else {
-            None
-        };
+            transports.push(wiring::graph(&aws, env).await?);
+        }
+        let state = wiring::state(&aws, env)?;
         Ok(Mailer {
-            definitions,
-            graph,
+            definitions: Arc::new(definitions),
             objects,
-            state: StateStore::new(
-                clients.dynamodb.clone(),
-                env.required("CHARLIE_STATE_TABLE")?,
-            ),
-            ses: SesTransport::new(
-                clients.sesv2.clone(),
-                env.get("CHARLIE_SES_CONFIG_SET").map(str::to_owned),
-            ),
+            claims: state.clone(),
+            records: state,
+            transports,
+            dead_letters: wiring::dead_letters(&aws, env)?,
             sender: env.required("CHARLIE_SENDER")?.to_owned(),
             max_mail_bytes: env.in_range_or(
                 "CHARLIE_MAX_MAIL_BYTES",
@@ -82,12 +94,35 @@ impl Mailer {
             link_days: env.in_range_or("CHARLIE_LINK_DAYS", 7, 1..=7)?,
         })
     }
+}
 
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        sqs_batch::process(event, |m| self.handle_message(m)).await
+#[async_trait]
+impl super::Handler for Mailer {
+    async fn invoke(
+        &self,
+        event: serde_json::Value,
+        invocation: &Invocation,
+    ) -> anyhow::Result<serde_json::Value> {
+        let event = super::parse_event(event)?;
+        Ok(serde_json::to_value(
+            Box::pin(self.handle(event, invocation)).await,
+        )?)
+    }
+}
+
+impl Mailer {
+    pub async fn handle(&self, event: SqsEvent, invocation: &Invocation) -> SqsBatchResponse {
+        let consumer = Consumer {
+            stage: "mailer",
+            dead_letters: self.dead_letters.as_ref(),
+        };
+        sqs_batch::process(event, invocation, consumer, |m| {
+            self.handle_message(m, invocation)
+        })
+        .await
     }
 
-    async fn handle_message(&self, msg: SqsMessage) -> anyhow::Result<()> {
+    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
         // The ses_events queue carries SNS notifications; the mail queue, mail requests.
         if let Ok(note) = serde_json::from_str::<SnsNotification>(body)
@@ -95,14 +130,17 @@ impl Mailer {
         {
             return self.record_ses_event(&note.message).await;
         }
-        let req: MailRequest = serde_json::from_str(body).context("not a mail request")?;
+        let req: MailRequest = serde_json::from_str(body)
+            .context("not a mail request")
+            .or_permanent()?;
         let groups = recipient_groups(&req.recipients, &req.cc, &req.bcc)
-            .with_context(|| format!("mail request for run {}", req.run_id))?;
+            .with_context(|| format!("mail request for run {}", req.run_id))
+            .or_permanent()?;
         // Each group of at most 50 is its own message and delivery: a retry sends only the
         // groups not yet delivered.
         let mut failed = Vec::new();
         for group in &groups {
-            if let Err(e) = self.deliver_group(&req, group).await {
+            if let Err(e) = self.deliver_group(&req, group, invocation).await {
                 warn!(run_id = req.run_id, error = %format!("{e:#}"), "a recipient group failed");
                 failed.push(e);
             }
@@ -120,15 +158,16 @@ impl Mailer {
     /// delivery's status (`delivered`, `bounced`, `complained`).
     async fn record_ses_event(&self, message: &str) -> anyhow::Result<()> {
         let event: SesEvent = serde_json::from_str(message)
-            .context("an SNS notification that is not an SES event")?;
+            .context("an SNS notification that is not an SES event")
+            .or_permanent()?;
         let Some((status, rank)) = delivery_status(&event.event_type) else {
             info!(event_type = event.event_type, "SES event ignored");
             return Ok(());
         };
         let ses_id = &event.mail.message_id;
         let Some(link) = self
-            .state
-            .get_record(&format!("SESMSG#{ses_id}"), "delivery")
+            .records
+            .get_record(&RecordKey::ses_message(ses_id))
             .await?
         else {
             // Not a message this mailer sent (or its record expired): nothing to update, and
@@ -139,107 +178,123 @@ impl Mailer {
             );
             return Ok(());
         };
-        let delivery = link["delivery"]
-            .as_str()
-            .context("SESMSG record without its delivery")?;
+        let delivery = link.delivery.as_str();
         let detail = event.bounce.or(event.complaint).unwrap_or_default();
         let now = Utc::now().to_rfc3339();
-        self.state
+        self.records
             .put_record(
-                delivery,
-                &format!("event#{}#{ses_id}", event.event_type.to_ascii_lowercase()),
-                &serde_json::json!({ "type": event.event_type, "detail": detail, "at": now }),
+                &RecordKey::delivery_event(delivery, &event.event_type, ses_id),
+                &DeliveryEvent {
+                    event_type: event.event_type.clone(),
+                    detail: detail.clone(),
+                    at: now.clone(),
+                },
                 None,
             )
             .await?;
-        let current = self.state.get_record(delivery, "status").await?;
-        let current_rank = current
-            .as_ref()
-            .and_then(|c| c["rank"].as_u64())
-            .unwrap_or(0);
-        if u64::from(rank) >= current_rank {
-            self.state
-                .put_record(
-                    delivery,
-                    "status",
-                    &serde_json::json!({
-                        "status": status, "rank": rank, "ses_message_id": ses_id,
-                        "detail": detail, "at": now,
-                    }),
-                    None,
-                )
-                .await?;
+        let status_key = RecordKey::delivery_status(delivery);
+        let current_rank = self
+            .records
+            .get_record(&status_key)
+            .await?
+            .map_or(0, |c| c.rank);
+        if rank >= current_rank {
+            let record = DeliveryStatus {
+                status: status.to_owned(),
+                rank,
+                ses_message_id: ses_id.clone(),
+                detail,
+                at: now,
+            };
+            self.records.put_record(&status_key, &record, None).await?;
         }
         info!(delivery, status, "SES event recorded on the delivery");
         Ok(())
     }
 
     /// Sends one message to `to` unless that delivery is already complete.
-    async fn deliver_group(&self, req: &MailRequest, to: &Recipients) -> anyhow::Result<()> {
+    async fn deliver_group(
+        &self,
+        req: &MailRequest,
+        to: &Recipients,
+        invocation: &Invocation,
+    ) -> anyhow::Result<()> {
         let group = recipient_group(to);
-        let pk = format!("DLV#{}#{group}", req.run_id);
-        match self
-            .state
-            .claim(&pk, Utc::now(), Duration::minutes(10), Duration::days(400))
-            .await?
+        let pk = state::delivery_claim(&req.run_id, &group);
+        // The payload: what this delivery sends; the same key for another workbook is refused.
+        let key = IdempotencyKey::new(
+            pk.clone(),
+            &(
+                &req.report,
+                &req.period,
+                &req.workbook_key,
+                &req.workbook_version,
+            ),
+        );
+        let work = async {
+            let sent = self.deliver(req, to, &group).await?;
+            info!(
+                run_id = req.run_id,
+                transport = sent.transport,
+                provider_message_id = sent.provider_message_id,
+                recipients = to.len(),
+                "report mailed"
+            );
+            anyhow::Ok(sent)
+        };
+        let result = match once(
+            self.claims.as_ref(),
+            &key,
+            invocation,
+            KEEP_DELIVERIES,
+            work,
+        )
+        .await?
         {
-            Claim::AlreadyDone(result) => {
+            Once::AlreadyDone(result) => {
                 info!(
                     run_id = req.run_id,
-                    result, "already delivered: nothing sent"
+                    provider_message_id = result.provider_message_id,
+                    "already delivered: nothing sent"
                 );
                 return Ok(());
             }
-            Claim::InProgressElsewhere => {
-                bail!("delivery {pk} is being sent by another invocation")
-            }
-            Claim::Acquired => {}
-        }
-        match self.deliver(req, to, &group).await {
-            Ok(sent) => {
-                let result = serde_json::json!({
-                    "status": "sent", "transport": sent.transport.name(),
-                    "provider_message_id": sent.provider_id, "graph_draft_id": sent.graph_draft_id,
-                    "to": to.to, "cc": to.cc, "bcc": to.bcc, "link": sent.link,
-                    "run_id": req.run_id, "sent_at": Utc::now().to_rfc3339(), "mime_bytes": sent.size,
-                });
-                info!(
-                    run_id = req.run_id,
-                    transport = sent.transport.name(),
-                    provider_message_id = sent.provider_id,
-                    recipients = to.len(),
-                    "report mailed"
-                );
-                self.state
-                    .complete(&pk, &result.to_string(), Utc::now())
+            Once::Ran(result) => result,
+        };
+        // Indexes: the run lists its deliveries, and SES events, which name SES's message id,
+        // find theirs. The mail is out whatever happens here, so a failure is logged, not
+        // retried.
+        let indexed = async {
+            let transport = result.transport.clone();
+            let provider_id = result.provider_message_id.clone();
+            self.records
+                .put_record(
+                    &RecordKey::run_delivery(&req.run_id, &group),
+                    &RunDelivery {
+                        delivery: pk.clone(),
+                        result,
+                    },
+                    None,
+                )
+                .await?;
+            if transport == TransportKind::Ses.name() {
+                self.records
+                    .put_record(
+                        &RecordKey::ses_message(&provider_id),
+                        &SesMessage {
+                            delivery: pk.clone(),
+                            run_id: req.run_id.clone(),
+                        },
+                        None,
+                    )
                     .await?;
-                // Indexes: the run lists its deliveries (`RUN#{run}` / `delivery#{group}`), and
-                // SES events, which name SES's message id, find theirs. The mail is out whatever
-                // happens here, so a failure is logged, not retried.
-                let mut indexes = vec![(
-                    format!("RUN#{}", req.run_id),
-                    format!("delivery#{group}"),
-                    serde_json::json!({ "delivery": pk, "result": result }),
-                )];
-                if sent.transport == MailTransport::Ses {
-                    indexes.push((
-                        format!("SESMSG#{}", sent.provider_id),
-                        "delivery".to_owned(),
-                        serde_json::json!({ "delivery": pk, "run_id": req.run_id }),
-                    ));
-                }
-                for (ipk, isk, data) in indexes {
-                    if let Err(e) = self.state.put_record(&ipk, &isk, &data, None).await {
-                        warn!(error = %format!("{e:#}"), index = ipk, "could not index the delivery");
-                    }
-                }
-                Ok(())
             }
-            Err(e) => {
-                self.state.release_or_let_expire(&pk).await;
-                Err(e)
-            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = indexed.await {
+            warn!(error = %format!("{e:#}"), delivery = pk, "could not index the delivery");
         }
+        Ok(())
     }
 
     async fn deliver(
@@ -247,7 +302,31 @@ impl Mailer {
         req: &MailRequest,
         to: &Recipients,
         group: &str,
-    ) -> anyhow::Result<Sent> {
+    ) -> anyhow::Result<DeliveryResult> {
+        let report =
+            self.definitions.reports.get(&req.report).ok_or_else(|| {
+                permanent(format!("report {} is not defined (any more)", req.report))
+            })?;
+        let transport = self
+            .transports
+            .iter()
+            .find(|t| t.kind() == report.transport)
+            .ok_or_else(|| {
+                permanent(format!(
+                    "no {} transport (the definitions loaded at start named none)",
+                    report.transport.name()
+                ))
+            })?;
+        let from = match (report.transport, report.send_as.as_deref()) {
+            (TransportKind::Graph, Some(user)) => user,
+            (TransportKind::Graph, None) => {
+                return Err(permanent(format!(
+                    "report {}: transport graph without send_as",
+                    req.report
+                )));
+            }
+            (TransportKind::Ses, _) => self.sender.as_str(),
+        };
         // A request without a workbook is a "no data" notice.
         let workbook = match &req.workbook_key {
             Some(key) => Some((
@@ -257,18 +336,6 @@ impl Mailer {
                     .await?,
             )),
             None => None,
-        };
-        let report = self
-            .definitions
-            .reports
-            .get(&req.report)
-            .with_context(|| format!("report {} is not defined (any more)", req.report))?;
-        let from = match (report.transport, report.send_as.as_deref()) {
-            (MailTransport::Graph, Some(user)) => user,
-            (MailTransport::Graph, None) => {
-                bail!("report {}: transport graph without send_as", req.report)
-            }
-            (MailTransport::Ses, _) => self.sender.as_str(),
         };
         let domain = from.rsplit('@').next().unwrap_or("charlie.local");
         let message_id = format!(
@@ -280,7 +347,7 @@ impl Mailer {
         );
         let compose = |link: Option<(&str, &str)>| -> anyhow::Result<(Vec<u8>, String)> {
             let words = mail_template::render(
-                report,
+                &report.templates(),
                 &MailFacts {
                     report: &req.report,
                     period: &req.period,
@@ -290,7 +357,8 @@ impl Mailer {
                     no_data: workbook.is_none(),
                 },
                 false,
-            )?;
+            )
+            .map_err(permanent)?;
             let mime = render(&ReportMail {
                 from,
                 to: &to.to,
@@ -339,64 +407,39 @@ impl Mailer {
             (mime, html) = compose(Some((&url, &expires)))?;
             link = Some(expires);
         }
-        let size = mime.len();
-        match report.transport {
-            MailTransport::Ses => {
-                let id = self.ses.send_raw(from, to, mime).await?;
-                Ok(Sent {
-                    transport: MailTransport::Ses,
-                    provider_id: id,
-                    graph_draft_id: None,
-                    size,
-                    link,
-                })
-            }
-            MailTransport::Graph => {
-                let graph = self.graph.as_ref().context(
-                    "no Graph client (the definitions loaded at start had no Graph report)",
-                )?;
-                let attachment = match (&link, &workbook) {
-                    (None, Some((name, bytes))) => Some(OutgoingAttachment {
-                        name,
-                        content_type: XLSX_CONTENT_TYPE,
-                        bytes,
-                    }),
-                    _ => None,
-                };
-                let sent = graph
-                    .send_mail(
-                        from,
-                        &OutgoingMail {
-                            subject: &req.subject,
-                            html: &html,
-                            recipients: to,
-                            internet_message_id: &format!("<{message_id}>"),
-                            attachment,
-                        },
-                    )
-                    .await
-                    .with_context(|| format!("sending through Graph as {from}"))?;
-                Ok(Sent {
-                    transport: MailTransport::Graph,
-                    provider_id: sent.internet_message_id,
-                    graph_draft_id: sent.draft_id,
-                    size,
-                    link,
-                })
-            }
-        }
+        let attachment = match (&link, &workbook) {
+            (None, Some((name, bytes))) => Some(OutgoingAttachment {
+                name,
+                content_type: XLSX_CONTENT_TYPE,
+                bytes,
+            }),
+            _ => None,
+        };
+        let sent = transport
+            .send(&OutgoingMail {
+                from,
+                recipients: to,
+                subject: &req.subject,
+                html: &html,
+                mime: &mime,
+                internet_message_id: &format!("<{message_id}>"),
+                attachment,
+            })
+            .await?;
+        Ok(DeliveryResult {
+            status: "sent".into(),
+            transport: transport.kind().name().to_owned(),
+            provider_message_id: sent.provider_message_id,
+            graph_draft_id: sent.draft_id,
+            to: to.to.clone(),
+            cc: to.cc.clone(),
+            bcc: to.bcc.clone(),
+            link,
+            run_id: req.run_id.clone(),
+            sent_at: Utc::now().to_rfc3339(),
+            mime_bytes: mime.len(),
+        })
     }
-}
-
-/// What a transport did with one message.
-struct Sent {
-    transport: MailTransport,
-    /// SES's message id, or the `internetMessageId` of a Graph send.
-    provider_id: String,
-    graph_draft_id: Option<String>,
-    size: usize,
-    /// The link's expiry when the workbook went as a link.
-    link: Option<String>,
 }
 
 /// An SNS notification as SNS delivers it to SQS (raw delivery off).
@@ -455,7 +498,7 @@ fn recipient_groups(
         for r in list {
             let r = r.trim();
             if !crate::definitions::looks_like_address(r) {
-                bail!("{} recipient {r:?} is not a mail address", field.name());
+                anyhow::bail!("{} recipient {r:?} is not a mail address", field.name());
             }
             if seen.insert(r.to_ascii_lowercase()) {
                 unique.push((field, r.to_owned()));
@@ -463,7 +506,7 @@ fn recipient_groups(
         }
     }
     if unique.is_empty() {
-        bail!("no recipients");
+        anyhow::bail!("no recipients");
     }
     Ok(unique
         .chunks(MAX_RECIPIENTS)
@@ -498,6 +541,269 @@ fn recipient_group(recipients: &Recipients) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::memory::{
+        MemoryClaims, MemoryDeadLetters, MemoryObjects, MemoryState, MemoryTransport,
+    };
+    use crate::stages::testkit::{self, failures, invocation, sqs_event};
+
+    struct World {
+        objects: Arc<MemoryObjects>,
+        claims: Arc<MemoryClaims>,
+        records: Arc<MemoryState>,
+        ses: Arc<MemoryTransport>,
+        graph: Arc<MemoryTransport>,
+        dead_letters: Arc<MemoryDeadLetters>,
+        mailer: Mailer,
+    }
+
+    fn world(max_mail_bytes: usize) -> World {
+        let (objects, claims, records, dead_letters) = (
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+            Arc::default(),
+        );
+        let ses = Arc::new(MemoryTransport::new(TransportKind::Ses));
+        let graph = Arc::new(MemoryTransport::new(TransportKind::Graph));
+        let mailer = Mailer {
+            definitions: testkit::definitions(),
+            objects: Arc::clone(&objects) as _,
+            claims: Arc::clone(&claims) as _,
+            records: Arc::clone(&records) as _,
+            transports: vec![Arc::clone(&ses) as _, Arc::clone(&graph) as _],
+            dead_letters: Arc::clone(&dead_letters) as _,
+            sender: "reports@charlie.example".into(),
+            max_mail_bytes,
+            link_days: 7,
+        };
+        World {
+            objects,
+            claims,
+            records,
+            ses,
+            graph,
+            dead_letters,
+            mailer,
+        }
+    }
+
+    /// A request for a workbook stored in the world's bucket.
+    async fn request(w: &World, run_id: &str, report: &str, bytes: Vec<u8>) -> MailRequest {
+        let key = format!("reports/{report}/2024-03-14/{report}-2024-03-14.xlsx");
+        let stored = w.objects.put(&key, bytes, XLSX_CONTENT_TYPE).await.unwrap();
+        MailRequest {
+            v: 1,
+            run_id: run_id.into(),
+            report: report.into(),
+            title: "Call-centre daily report".into(),
+            period: "2024-03-14".into(),
+            workbook_key: Some(key),
+            workbook_version: stored.version_id,
+            workbook_size: 0,
+            recipients: vec!["ops-leads@contoso.example".into()],
+            cc: vec!["wfm-analysts@contoso.example".into()],
+            bcc: vec!["reports-archive@contoso.example".into()],
+            subject: format!("Report {run_id}"),
+            rows: 42,
+            time_zone: "Europe/London".into(),
+            warnings: vec![],
+        }
+    }
+
+    fn body(r: &MailRequest) -> String {
+        serde_json::to_string(r).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_mail_request_delivered_twice_is_sent_once_and_indexed() {
+        let w = world(SES_MAX_MAIL_BYTES);
+        let req = request(&w, "r-1", "call_centre_daily", b"workbook".to_vec()).await;
+        let resp = w
+            .mailer
+            .handle(sqs_event(&[body(&req), body(&req)]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        let sent = w.ses.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].from, "reports@charlie.example");
+        assert_eq!(
+            sent[0].recipients.bcc,
+            vec!["reports-archive@contoso.example".to_owned()]
+        );
+        let mime = String::from_utf8_lossy(&sent[0].mime);
+        assert!(
+            !mime.contains("reports-archive@"),
+            "bcc only in the envelope"
+        );
+        assert!(w.graph.sent().is_empty());
+        let records: &dyn StateRecords = w.records.as_ref();
+        let deliveries = records.deliveries_of_run("r-1").await.unwrap();
+        assert_eq!(deliveries.len(), 1);
+        assert_eq!(deliveries[0].result.transport, "ses");
+        assert_eq!(
+            deliveries[0].result.provider_message_id,
+            sent[0].provider_message_id
+        );
+        let link = records
+            .get_record(&RecordKey::ses_message(&sent[0].provider_message_id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(link.delivery, deliveries[0].delivery);
+    }
+
+    #[tokio::test]
+    async fn a_graph_report_goes_as_its_mailbox_user_with_the_workbook() {
+        let w = world(SES_MAX_MAIL_BYTES);
+        let req = request(&w, "r-w", "call_centre_weekly", b"weekly".to_vec()).await;
+        let resp = w
+            .mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        assert!(w.ses.sent().is_empty());
+        let sent = w.graph.sent();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].from, "ops-reports@contoso.example");
+        assert_eq!(
+            sent[0].attachment,
+            Some((
+                "call_centre_weekly-2024-03-14.xlsx".into(),
+                b"weekly".to_vec()
+            ))
+        );
+        assert!(sent[0].internet_message_id.starts_with("<r-w."));
+    }
+
+    #[tokio::test]
+    async fn a_workbook_over_the_size_limit_goes_as_a_download_link() {
+        let w = world(4_000);
+        let req = request(&w, "r-big", "call_centre_daily", vec![7u8; 20_000]).await;
+        w.mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        let sent = w.ses.sent();
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].mime.len() < 4_000, "{} bytes", sent[0].mime.len());
+        assert!(sent[0].attachment.is_none());
+        let mime = String::from_utf8_lossy(&sent[0].mime);
+        assert!(mime.contains("too large to attach"), "{mime}");
+        let records: &dyn StateRecords = w.records.as_ref();
+        let d = &records.deliveries_of_run("r-big").await.unwrap()[0];
+        assert!(
+            d.result.link.is_some(),
+            "the delivery says it went as a link"
+        );
+    }
+
+    #[tokio::test]
+    async fn recipients_over_fifty_go_in_groups_each_delivered_once() {
+        let w = world(SES_MAX_MAIL_BYTES);
+        let mut req = request(&w, "r-many", "call_centre_daily", b"x".to_vec()).await;
+        req.recipients = (0..60).map(|i| format!("p{i}@contoso.example")).collect();
+        req.cc.clear();
+        req.bcc.clear();
+        w.mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        w.mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        let sizes: Vec<usize> = w.ses.sent().iter().map(|m| m.recipients.len()).collect();
+        assert_eq!(sizes, vec![50, 10]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_send_releases_the_delivery_and_the_retry_sends_it() {
+        let w = world(SES_MAX_MAIL_BYTES);
+        let req = request(&w, "r-f", "call_centre_daily", b"x".to_vec()).await;
+        w.ses.fault.set("Throttling: Maximum sending rate exceeded");
+        let resp = w
+            .mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        assert_eq!(failures(&resp), vec!["m0"]);
+        assert!(w.dead_letters.letters().is_empty());
+        w.ses.fault.clear();
+        let resp = w
+            .mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(w.ses.sent().len(), 1);
+        let group =
+            recipient_group(&recipient_groups(&req.recipients, &req.cc, &req.bcc).unwrap()[0]);
+        assert!(
+            w.claims
+                .result(&state::delivery_claim("r-f", &group))
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_recipient_or_an_unknown_report_is_dead_lettered_at_once() {
+        let w = world(SES_MAX_MAIL_BYTES);
+        let mut bad = request(&w, "r-bad", "call_centre_daily", b"x".to_vec()).await;
+        bad.recipients = vec!["not an address".into()];
+        let mut gone = request(&w, "r-gone", "call_centre_daily", b"x".to_vec()).await;
+        gone.report = "retired_report".into();
+        let resp = w
+            .mailer
+            .handle(sqs_event(&[body(&bad), body(&gone)]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty(), "not retried");
+        let causes: Vec<String> = w
+            .dead_letters
+            .letters()
+            .into_iter()
+            .map(|l| l.cause)
+            .collect();
+        assert_eq!(causes.len(), 2);
+        assert!(causes[0].contains("is not a mail address"), "{}", causes[0]);
+        assert!(causes[1].contains("retired_report"), "{}", causes[1]);
+        assert!(w.ses.sent().is_empty());
+    }
+
+    fn ses_notification(event_type: &str, ses_id: &str) -> String {
+        let mut event = serde_json::json!({"eventType": event_type, "mail": {"messageId": ses_id}});
+        if event_type == "Bounce" {
+            event["bounce"] = serde_json::json!({"bounceType": "Permanent"});
+        }
+        serde_json::json!({"Type": "Notification", "Message": event.to_string()}).to_string()
+    }
+
+    #[tokio::test]
+    async fn a_bounce_marks_the_delivery_and_a_later_delivery_event_does_not_lower_it() {
+        let w = world(SES_MAX_MAIL_BYTES);
+        let req = request(&w, "r-b", "call_centre_daily", b"x".to_vec()).await;
+        w.mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        let ses_id = w.ses.sent()[0].provider_message_id.clone();
+        let events = [
+            ses_notification("Bounce", &ses_id),
+            ses_notification("Delivery", &ses_id),
+            ses_notification("Bounce", "someone-elses-message"),
+        ];
+        let resp = w.mailer.handle(sqs_event(&events), &invocation()).await;
+        assert!(
+            failures(&resp).is_empty(),
+            "an unknown message's event is ignored"
+        );
+        let records: &dyn StateRecords = w.records.as_ref();
+        let delivery = records.deliveries_of_run("r-b").await.unwrap()[0]
+            .delivery
+            .clone();
+        let status = records
+            .get_record(&RecordKey::delivery_status(&delivery))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.status, "bounced");
+        assert_eq!(status.detail["bounceType"], "Permanent");
+        let logged = records.query(&delivery, "event#").await.unwrap();
+        assert_eq!(logged.len(), 2, "each event as it came");
+    }
 
     #[test]
     fn recipients_are_checked_deduplicated_and_split_by_fifty() {

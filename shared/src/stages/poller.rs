@@ -18,24 +18,29 @@
 //! One folder is worked on by one invocation at a time (a state lock): a scheduled round skips
 //! a busy folder; lifecycle work on a busy folder fails and is retried by SQS.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use tracing::{error, info, warn};
 
-use crate::adapters::aws::AwsClients;
-use crate::adapters::client_state::{ClientStates, fresh_client_state};
-use crate::adapters::graph::{MAX_MAIL_SUBSCRIPTION_MINUTES, Mailbox, SubscriptionRequest};
-use crate::adapters::queue::Queue;
-use crate::adapters::state::{Claim, StateStore};
-use crate::env::Env;
-use crate::messages::{InboundMessage, LifecycleEvent, LifecycleWork, MailSource, PollTrigger};
-use crate::sqs_batch;
-
-use super::{mailbox_from_env, queue_new_work};
+use crate::failure::OrPermanent;
+use crate::idempotency::{exclusive, release_or_let_expire, try_lock};
+use crate::invocation::Invocation;
+use crate::messages::{FoundBy, InboundMessage, LifecycleEvent, LifecycleWork, PollTrigger};
+use crate::ports::{
+    Claims, ClientStateStore, DeadLetters, MAX_MAIL_SUBSCRIPTION_MINUTES, MailSource, StateRecords,
+    SubscriptionRequest, Subscriptions, WorkQueue,
+};
+use crate::secret::Secret;
+use crate::sqs_batch::{self, Consumer};
+use crate::state::{
+    self, CLIENT_STATES_LOCK, DeltaLink, RecordKey, SubscribedFolder, SubscriptionRecord,
+};
 
 /// Guards against a delta round that never ends (a Graph or fake bug): pages per folder.
 const MAX_PAGES: u32 = 10_000;
@@ -43,17 +48,24 @@ const MAX_PAGES: u32 = 10_000;
 /// for clock skew.
 const SUBSCRIPTION_MINUTES: i64 = MAX_MAIL_SUBSCRIPTION_MINUTES - 30;
 const _: () = assert!(SUBSCRIPTION_MINUTES > 6 * 24 * 60, "close to a week");
+/// How long a crashed client-state writer blocks the others.
+const CLIENT_STATES_HOLD: Duration = Duration::seconds(30);
+/// How long a client-state writer waits for its turn before giving up (its caller retries).
+const CLIENT_STATES_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 pub struct Poller {
-    graph: Arc<Mailbox>,
-    state: StateStore,
-    inbound: Queue,
-    client_states: ClientStates,
-    folders: Vec<(String, String)>,
+    pub mail: Arc<dyn MailSource>,
+    pub subscriptions: Arc<dyn Subscriptions>,
+    pub claims: Arc<dyn Claims>,
+    pub records: Arc<dyn StateRecords>,
+    pub inbound: Arc<dyn WorkQueue>,
+    pub client_states: Arc<dyn ClientStateStore>,
+    pub dead_letters: Arc<dyn DeadLetters>,
+    pub folders: Vec<(String, String)>,
     /// Where Graph posts change and lifecycle notifications; `None`: delta rounds only.
-    urls: Option<(String, String)>,
-    lookback: Duration,
-    renew_before: Duration,
+    pub urls: Option<(String, String)>,
+    pub lookback: Duration,
+    pub renew_before: Duration,
 }
 
 #[derive(Debug, Default, Serialize, PartialEq, Eq)]
@@ -70,18 +82,10 @@ pub struct PollSummary {
     pub busy: u32,
 }
 
-/// A folder's subscription as kept in state (`SUB#{mailbox}#{folder}` / `subscription`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-struct SubscriptionRecord {
-    id: String,
-    expires_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-    #[serde(default)]
-    renewed_at: Option<DateTime<Utc>>,
-}
-
+#[cfg(feature = "poller")]
 impl Poller {
-    pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
+    pub async fn from_env(env: &crate::env::Env) -> anyhow::Result<Self> {
+        use super::wiring;
         let urls = match (
             env.get("CHARLIE_NOTIFICATION_URL"),
             env.get("CHARLIE_LIFECYCLE_URL"),
@@ -92,20 +96,17 @@ impl Poller {
             (None, None) => None,
             _ => bail!("set both CHARLIE_NOTIFICATION_URL and CHARLIE_LIFECYCLE_URL, or neither"),
         };
+        let aws = crate::adapters::aws::AwsConfig::from_env(env).await;
+        let graph = wiring::graph(&aws, env).await?;
+        let state = wiring::state(&aws, env)?;
         Ok(Poller {
-            graph: mailbox_from_env(env, clients).await?,
-            state: StateStore::new(
-                clients.dynamodb.clone(),
-                env.required("CHARLIE_STATE_TABLE")?,
-            ),
-            inbound: Queue::new(
-                clients.sqs.clone(),
-                env.required("CHARLIE_INBOUND_QUEUE_URL")?,
-            ),
-            client_states: ClientStates::new(
-                clients.secrets.clone(),
-                env.required("CHARLIE_CLIENT_STATE_SECRET")?,
-            ),
+            mail: graph.clone(),
+            subscriptions: graph,
+            claims: state.clone(),
+            records: state,
+            inbound: wiring::queue(&aws, env, "CHARLIE_INBOUND_QUEUE_URL")?,
+            client_states: wiring::client_states(&aws, env)?,
+            dead_letters: wiring::dead_letters(&aws, env)?,
             folders: parse_folders(env.required("CHARLIE_MAILBOXES")?)?,
             urls,
             lookback: Duration::hours(env.in_range_or(
@@ -120,10 +121,37 @@ impl Poller {
             )?),
         })
     }
+}
 
+#[async_trait]
+impl super::Handler for Poller {
+    /// Its schedule, or the `lifecycle` queue.
+    async fn invoke(
+        &self,
+        event: serde_json::Value,
+        invocation: &Invocation,
+    ) -> anyhow::Result<serde_json::Value> {
+        if event.get("Records").is_some() {
+            let event = super::parse_event(event)?;
+            return Ok(serde_json::to_value(
+                Box::pin(self.handle(event, invocation)).await,
+            )?);
+        }
+        let trigger = super::parse_event(event)?;
+        Ok(serde_json::to_value(
+            Box::pin(self.poll(trigger, invocation)).await?,
+        )?)
+    }
+}
+
+impl Poller {
     /// The scheduled round over every folder. Every folder is tried; the first failure is
     /// returned afterwards, so one broken mailbox does not starve the others.
-    pub async fn poll(&self, trigger: PollTrigger) -> anyhow::Result<PollSummary> {
+    pub async fn poll(
+        &self,
+        trigger: PollTrigger,
+        invocation: &Invocation,
+    ) -> anyhow::Result<PollSummary> {
         let now = trigger.scheduled_time.unwrap_or_else(Utc::now);
         let mut summary = PollSummary {
             folders: self.folders.len(),
@@ -131,22 +159,27 @@ impl Poller {
         };
         let mut first_error = None;
         for (mailbox, folder) in &self.folders {
-            let Some(lock) = self.lock(mailbox, folder).await? else {
-                info!(
-                    mailbox,
-                    folder, "folder busy in another invocation: skipped"
-                );
-                summary.busy += 1;
-                continue;
-            };
-            let result = self
-                .poll_folder(mailbox, folder, now, &mut summary)
-                .await
-                .with_context(|| format!("{mailbox}/{folder}"));
-            self.state.release_or_let_expire(&lock).await;
-            if let Err(e) = result {
-                error!(error = %format!("{e:#}"), mailbox, folder, "folder round failed");
-                first_error.get_or_insert(e);
+            let result = exclusive(
+                self.claims.as_ref(),
+                &state::poll_lock(mailbox, folder),
+                invocation.deadline,
+                self.poll_folder(mailbox, folder, now, invocation, &mut summary),
+            )
+            .await
+            .with_context(|| format!("{mailbox}/{folder}"));
+            match result {
+                Ok(Some(())) => {}
+                Ok(None) => {
+                    info!(
+                        mailbox,
+                        folder, "folder busy in another invocation: skipped"
+                    );
+                    summary.busy += 1;
+                }
+                Err(e) => {
+                    error!(error = %format!("{e:#}"), mailbox, folder, "folder round failed");
+                    first_error.get_or_insert(e);
+                }
             }
         }
         info!(?trigger.scheduled_time, ?summary, "poll finished");
@@ -161,28 +194,37 @@ impl Poller {
         mailbox: &str,
         folder: &str,
         now: DateTime<Utc>,
+        invocation: &Invocation,
         summary: &mut PollSummary,
     ) -> anyhow::Result<()> {
         // The delta round runs even when the subscription could not be kept: it is the
         // backstop. The subscription's failure is reported after it.
         let subscribed = self
-            .keep_subscription(mailbox, folder, false, summary)
+            .keep_subscription(mailbox, folder, false, invocation, summary)
             .await;
         self.delta_round(mailbox, folder, now, summary).await?;
         subscribed.context("keeping the subscription")
     }
 
     /// Lifecycle work queued by the webhook.
-    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
-        sqs_batch::process(event, |m| self.handle_work(m)).await
+    pub async fn handle(&self, event: SqsEvent, invocation: &Invocation) -> SqsBatchResponse {
+        let consumer = Consumer {
+            stage: "poller",
+            dead_letters: self.dead_letters.as_ref(),
+        };
+        sqs_batch::process(event, invocation, consumer, |m| {
+            self.handle_work(m, invocation)
+        })
+        .await
     }
 
-    async fn handle_work(&self, msg: SqsMessage) -> anyhow::Result<()> {
+    async fn handle_work(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         let work: LifecycleWork = serde_json::from_str(msg.body.as_deref().unwrap_or_default())
-            .context("not a lifecycle work message")?;
-        let Some(record) = self
-            .state
-            .get_record(&format!("SUBID#{}", work.subscription_id), "folder")
+            .context("not a lifecycle work message")
+            .or_permanent()?;
+        let Some(SubscribedFolder { mailbox, folder }) = self
+            .records
+            .get_record(&RecordKey::subscribed_folder(&work.subscription_id))
             .await?
         else {
             // The webhook only passes subscriptions it knows, so this one was replaced since.
@@ -192,53 +234,51 @@ impl Poller {
             );
             return Ok(());
         };
-        let (Some(mailbox), Some(folder)) = (record["mailbox"].as_str(), record["folder"].as_str())
-        else {
-            bail!("SUBID#{} names no folder", work.subscription_id);
-        };
-        let Some(lock) = self.lock(mailbox, folder).await? else {
-            bail!("{mailbox}/{folder} is busy in another invocation; retried later");
-        };
+        let (mailbox, folder) = (mailbox.as_str(), folder.as_str());
         let mut summary = PollSummary::default();
-        let result = async {
-            match work.event {
-                LifecycleEvent::ReauthorizationRequired => {
-                    self.keep_subscription(mailbox, folder, false, &mut summary)
-                        .await?;
-                    // Renewal at any age: that is what reauthorization asks for.
-                    if summary.subscriptions_created + summary.subscriptions_renewed == 0 {
-                        self.renew_current(mailbox, folder, &mut summary).await?;
-                    }
-                }
-                LifecycleEvent::SubscriptionRemoved => {
-                    self.keep_subscription(mailbox, folder, true, &mut summary)
-                        .await?;
-                    self.delta_round(mailbox, folder, Utc::now(), &mut summary)
-                        .await?;
-                }
-                LifecycleEvent::Missed => {
-                    self.delta_round(mailbox, folder, Utc::now(), &mut summary)
-                        .await?;
-                }
-            }
-            anyhow::Ok(())
+        let done = exclusive(
+            self.claims.as_ref(),
+            &state::poll_lock(mailbox, folder),
+            invocation.deadline,
+            self.lifecycle_work(mailbox, folder, work.event, invocation, &mut summary),
+        )
+        .await?;
+        if done.is_none() {
+            bail!("{mailbox}/{folder} is busy in another invocation; retried later");
         }
-        .await;
-        self.state.release_or_let_expire(&lock).await;
         info!(mailbox, folder, event = ?work.event, ?summary, "lifecycle work done");
-        result
+        Ok(())
     }
 
-    async fn lock(&self, mailbox: &str, folder: &str) -> anyhow::Result<Option<String>> {
-        let pk = format!("LOCK#POLL#{mailbox}#{folder}");
-        match self
-            .state
-            .claim(&pk, Utc::now(), Duration::minutes(15), Duration::days(1))
-            .await?
-        {
-            Claim::Acquired => Ok(Some(pk)),
-            Claim::InProgressElsewhere | Claim::AlreadyDone(_) => Ok(None),
+    async fn lifecycle_work(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        event: LifecycleEvent,
+        invocation: &Invocation,
+        summary: &mut PollSummary,
+    ) -> anyhow::Result<()> {
+        match event {
+            LifecycleEvent::ReauthorizationRequired => {
+                self.keep_subscription(mailbox, folder, false, invocation, summary)
+                    .await?;
+                // Renewal at any age: that is what reauthorization asks for.
+                if summary.subscriptions_created + summary.subscriptions_renewed == 0 {
+                    self.renew_current(mailbox, folder, summary).await?;
+                }
+            }
+            LifecycleEvent::SubscriptionRemoved => {
+                self.keep_subscription(mailbox, folder, true, invocation, summary)
+                    .await?;
+                self.delta_round(mailbox, folder, Utc::now(), summary)
+                    .await?;
+            }
+            LifecycleEvent::Missed => {
+                self.delta_round(mailbox, folder, Utc::now(), summary)
+                    .await?;
+            }
         }
+        Ok(())
     }
 
     /// Creates the folder's subscription when it has none (or `replace`), renews it when it
@@ -248,6 +288,7 @@ impl Poller {
         mailbox: &str,
         folder: &str,
         replace: bool,
+        invocation: &Invocation,
         summary: &mut PollSummary,
     ) -> anyhow::Result<()> {
         if self.urls.is_none() {
@@ -264,8 +305,13 @@ impl Poller {
                 return Ok(());
             }
         }
-        self.create_subscription(mailbox, folder, current.as_ref().map(|s| s.id.as_str()))
-            .await?;
+        self.create_subscription(
+            mailbox,
+            folder,
+            current.as_ref().map(|s| s.id.as_str()),
+            invocation,
+        )
+        .await?;
         summary.subscriptions_created += 1;
         Ok(())
     }
@@ -281,7 +327,7 @@ impl Poller {
             return Ok(false);
         };
         let expires = Utc::now() + Duration::minutes(SUBSCRIPTION_MINUTES);
-        match self.graph.renew_subscription(&sub.id, expires).await {
+        match self.subscriptions.renew(&sub.id, expires).await {
             Ok(renewed) => {
                 sub.expires_at = renewed.expires;
                 sub.renewed_at = Some(Utc::now());
@@ -308,13 +354,14 @@ impl Poller {
         mailbox: &str,
         folder: &str,
         old: Option<&str>,
+        invocation: &Invocation,
     ) -> anyhow::Result<()> {
         let (notification_url, lifecycle_url) = self.urls.as_ref().expect("checked by caller");
         let client_state = fresh_client_state();
         let resource = format!("users/{mailbox}/mailFolders('{folder}')/messages");
         let created = self
-            .graph
-            .create_subscription(&SubscriptionRequest {
+            .subscriptions
+            .create(&SubscriptionRequest {
                 notification_url,
                 lifecycle_url,
                 resource: &resource,
@@ -326,12 +373,17 @@ impl Poller {
         // The webhook must know the clientState before notifications can count; without it
         // the subscription is useless, so it is deleted again.
         let drop: Vec<&str> = old.into_iter().collect();
-        if let Err(e) = self
-            .client_states
-            .put(&self.state, &created.id, &client_state, &drop)
-            .await
+        if let Err(e) = keep_client_state(
+            self.claims.as_ref(),
+            self.client_states.as_ref(),
+            &created.id,
+            &client_state,
+            &drop,
+            invocation,
+        )
+        .await
         {
-            if let Err(d) = self.graph.delete_subscription(&created.id).await {
+            if let Err(d) = self.subscriptions.delete(&created.id).await {
                 warn!(error = %d, "could not delete the subscription whose clientState was not stored");
             }
             return Err(e.context("storing the new subscription's clientState"));
@@ -343,17 +395,20 @@ impl Poller {
             renewed_at: None,
         };
         self.save_subscription(mailbox, folder, &record).await?;
-        self.state
+        let folder_record = SubscribedFolder {
+            mailbox: mailbox.to_owned(),
+            folder: folder.to_owned(),
+        };
+        self.records
             .put_record(
-                &format!("SUBID#{}", created.id),
-                "folder",
-                &serde_json::json!({ "mailbox": mailbox, "folder": folder }),
+                &RecordKey::subscribed_folder(&created.id),
+                &folder_record,
                 None,
             )
             .await?;
         if let Some(old) = old {
             // Graph may still have it (a replace after `subscriptionRemoved` finds none).
-            match self.graph.delete_subscription(old).await {
+            match self.subscriptions.delete(old).await {
                 Ok(()) => {}
                 Err(e) if e.status() == Some(404) => {}
                 Err(e) => {
@@ -370,11 +425,9 @@ impl Poller {
         mailbox: &str,
         folder: &str,
     ) -> anyhow::Result<Option<SubscriptionRecord>> {
-        self.state
-            .get_record(&format!("SUB#{mailbox}#{folder}"), "subscription")
-            .await?
-            .map(|v| serde_json::from_value(v).context("subscription record"))
-            .transpose()
+        self.records
+            .get_record(&RecordKey::subscription(mailbox, folder))
+            .await
     }
 
     async fn save_subscription(
@@ -383,13 +436,8 @@ impl Poller {
         folder: &str,
         record: &SubscriptionRecord,
     ) -> anyhow::Result<()> {
-        self.state
-            .put_record(
-                &format!("SUB#{mailbox}#{folder}"),
-                "subscription",
-                &serde_json::to_value(record)?,
-                None,
-            )
+        self.records
+            .put_record(&RecordKey::subscription(mailbox, folder), record, None)
             .await
     }
 
@@ -401,14 +449,14 @@ impl Poller {
         now: DateTime<Utc>,
         summary: &mut PollSummary,
     ) -> anyhow::Result<()> {
-        let pk = format!("DELTA#{mailbox}#{folder}");
-        let stored = self.state.get_record(&pk, "link").await?;
+        let key = RecordKey::delta(mailbox, folder);
+        let stored = self.records.get_record(&key).await?;
         let since = now - self.lookback;
-        let fresh = || self.graph.delta_start_url(mailbox, folder, Some(since));
+        let fresh = || self.mail.delta_start_url(mailbox, folder, Some(since));
         let mut restarted = false;
         let mut url = stored
             .as_ref()
-            .and_then(|d| d["delta_link"].as_str().map(str::to_owned))
+            .map(|d| d.delta_link.clone())
             .unwrap_or_else(|| {
                 restarted = true;
                 fresh()
@@ -419,7 +467,7 @@ impl Poller {
             if pages > MAX_PAGES {
                 bail!("more than {MAX_PAGES} delta pages without a deltaLink");
             }
-            let page = match self.graph.delta_page(&url).await {
+            let page = match self.mail.delta_page(&url).await {
                 Ok(page) => page,
                 Err(e) if e.is_expired_sync_state() && !restarted => {
                     warn!(mailbox, folder, error = %e, since = %since, "Graph forgot the delta link: a fresh sync over the look-back window");
@@ -442,21 +490,24 @@ impl Poller {
                     mailbox: mailbox.to_owned(),
                     message_id: entry.id.clone(),
                     source: if restarted && stored.is_some() {
-                        MailSource::Resync
+                        FoundBy::Resync
                     } else {
-                        MailSource::Poller
+                        FoundBy::Poller
                     },
                 });
             }
-            if let (_, Some(e)) = queue_new_work(&self.inbound, &batch).await {
+            if let (_, Some(e)) = self.inbound.send_new_work(&batch).await {
                 return Err(e);
             }
             summary.queued += batch.len() as u32;
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => url = next,
                 (None, Some(delta)) => {
-                    let data = serde_json::json!({ "delta_link": delta, "saved_at": Utc::now().to_rfc3339() });
-                    self.state.put_record(&pk, "link", &data, None).await?;
+                    let link = DeltaLink {
+                        delta_link: delta,
+                        saved_at: Utc::now().to_rfc3339(),
+                    };
+                    self.records.put_record(&key, &link, None).await?;
                     return Ok(());
                 }
                 (None, None) => {
@@ -467,8 +518,54 @@ impl Poller {
     }
 }
 
+/// Records `subscription`'s clientState and forgets the ones in `drop`.
+///
+/// The store has no conditional write, and every write reads the whole map and puts it back,
+/// so writers (each folder's poll, lifecycle work) take turns under a lock; otherwise two
+/// subscriptions created at once would lose one clientState, and every notification of that
+/// subscription would be dropped as unknown.
+pub async fn keep_client_state(
+    claims: &dyn Claims,
+    store: &dyn ClientStateStore,
+    subscription: &str,
+    client_state: &Secret,
+    drop: &[&str],
+    invocation: &Invocation,
+) -> anyhow::Result<()> {
+    let waited = std::time::Instant::now();
+    loop {
+        let until = (Utc::now() + CLIENT_STATES_HOLD).min(invocation.deadline);
+        if try_lock(claims, CLIENT_STATES_LOCK, until).await? {
+            break;
+        }
+        if waited.elapsed() >= CLIENT_STATES_WAIT {
+            bail!(
+                "another writer held {CLIENT_STATES_LOCK} for over {} s",
+                CLIENT_STATES_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let written = async {
+        let mut states: HashMap<String, Secret> = store.load().await?;
+        for d in drop {
+            states.remove(*d);
+        }
+        states.insert(subscription.to_owned(), client_state.clone());
+        store.save(&states).await
+    }
+    .await;
+    release_or_let_expire(claims, CLIENT_STATES_LOCK).await;
+    written
+}
+
+/// A fresh clientState: 32 random bytes, hex (Graph allows up to 128 characters).
+pub fn fresh_client_state() -> Secret {
+    Secret::new(hex::encode(rand::random::<[u8; 32]>()))
+}
+
 /// `CHARLIE_MAILBOXES`: comma-separated `user@domain/folder` entries.
-fn parse_folders(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
+pub fn parse_folders(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
     raw.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -484,6 +581,325 @@ fn parse_folders(raw: &str) -> anyhow::Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::memory::{
+        MemoryClaims, MemoryClientStates, MemoryDeadLetters, MemoryMailbox, MemoryQueue,
+        MemoryState,
+    };
+    use crate::stages::testkit::{self, MAILBOX, failures, invocation, sqs_event};
+
+    struct World {
+        mail: Arc<MemoryMailbox>,
+        claims: Arc<MemoryClaims>,
+        records: Arc<MemoryState>,
+        inbound: Arc<MemoryQueue>,
+        client_states: Arc<MemoryClientStates>,
+        dead_letters: Arc<MemoryDeadLetters>,
+        poller: Poller,
+    }
+
+    fn world() -> World {
+        let (mail, claims, records) = (
+            Arc::<MemoryMailbox>::default(),
+            Arc::default(),
+            Arc::default(),
+        );
+        let (inbound, client_states, dead_letters) =
+            (Arc::default(), Arc::default(), Arc::default());
+        let poller = Poller {
+            mail: Arc::clone(&mail) as _,
+            subscriptions: Arc::clone(&mail) as _,
+            claims: Arc::clone(&claims) as _,
+            records: Arc::clone(&records) as _,
+            inbound: Arc::clone(&inbound) as _,
+            client_states: Arc::clone(&client_states) as _,
+            dead_letters: Arc::clone(&dead_letters) as _,
+            folders: vec![(MAILBOX.into(), "inbox".into())],
+            urls: Some((
+                "https://hooks.example/graph/notifications".into(),
+                "https://hooks.example/graph/lifecycle".into(),
+            )),
+            lookback: Duration::hours(72),
+            renew_before: Duration::hours(72),
+        };
+        World {
+            mail,
+            claims,
+            records,
+            inbound,
+            client_states,
+            dead_letters,
+            poller,
+        }
+    }
+
+    fn trigger(at: &str) -> PollTrigger {
+        PollTrigger {
+            v: 1,
+            scheduled_time: Some(at.parse().unwrap()),
+        }
+    }
+
+    fn queued_ids(q: &MemoryQueue) -> Vec<String> {
+        q.bodies::<InboundMessage>()
+            .into_iter()
+            .map(|InboundMessage::GraphMessage { message_id, .. }| message_id)
+            .collect()
+    }
+
+    fn lifecycle(subscription_id: &str, event: &str) -> String {
+        serde_json::json!({"v": 1, "subscription_id": subscription_id, "event": event}).to_string()
+    }
+
+    #[tokio::test]
+    async fn the_first_round_subscribes_and_queues_each_mail_with_attachments_once() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 1));
+        let mut note = testkit::ib_calls_mail("m-note", "2024-03-14", 1);
+        note.attachments.clear();
+        w.mail.deliver(note);
+        let summary = w
+            .poller
+            .poll(trigger("2024-03-15T00:10:00Z"), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                summary.subscriptions_created,
+                summary.messages_seen,
+                summary.queued
+            ),
+            (1, 2, 1)
+        );
+        assert_eq!(queued_ids(&w.inbound), vec!["m-1"]);
+        let sub = &w.mail.subscriptions()[0];
+        assert_eq!(
+            sub.resource,
+            "users/ops-reports@contoso.example/mailFolders('inbox')/messages"
+        );
+        let states = w.client_states.load().await.unwrap();
+        assert_eq!(
+            states[&sub.id].expose().len(),
+            64,
+            "a fresh clientState for the webhook"
+        );
+        let records: &dyn StateRecords = w.records.as_ref();
+        let folder = records
+            .get_record(&RecordKey::subscribed_folder(&sub.id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (folder.mailbox.as_str(), folder.folder.as_str()),
+            (MAILBOX, "inbox")
+        );
+        // The next round reads from the kept delta link: only what arrived since.
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-2", "2024-03-15", 1));
+        let summary = w
+            .poller
+            .poll(trigger("2024-03-15T00:15:00Z"), &invocation())
+            .await
+            .unwrap();
+        assert_eq!((summary.subscriptions_created, summary.queued), (0, 1));
+        assert_eq!(queued_ids(&w.inbound), vec!["m-1", "m-2"]);
+    }
+
+    #[tokio::test]
+    async fn an_expired_delta_link_starts_a_fresh_sync_over_the_look_back_window() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-old", "2024-03-01", 1));
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 1));
+        w.poller
+            .poll(trigger("2024-03-15T00:10:00Z"), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(
+            queued_ids(&w.inbound),
+            vec!["m-1"],
+            "the first sync looks back 72 h"
+        );
+        w.inbound.take();
+        w.mail.expire_delta_links();
+        let summary = w
+            .poller
+            .poll(trigger("2024-03-15T00:20:00Z"), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(summary.resyncs, 1);
+        let resynced = w.inbound.bodies::<InboundMessage>();
+        assert!(
+            matches!(&resynced[..], [InboundMessage::GraphMessage { message_id, source: FoundBy::Resync, .. }] if message_id == "m-1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_folder_busy_in_another_invocation_is_skipped() {
+        let w = world();
+        let lock = state::poll_lock(MAILBOX, "inbox");
+        assert!(
+            try_lock(w.claims.as_ref(), &lock, Utc::now() + Duration::minutes(5))
+                .await
+                .unwrap()
+        );
+        let summary = w
+            .poller
+            .poll(trigger("2024-03-15T00:10:00Z"), &invocation())
+            .await
+            .unwrap();
+        assert_eq!((summary.busy, summary.pages), (1, 0));
+        assert!(w.mail.subscriptions().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_subscription_near_expiry_is_renewed_and_a_lost_one_replaced() {
+        let w = world();
+        w.poller
+            .poll(trigger("2024-03-15T00:10:00Z"), &invocation())
+            .await
+            .unwrap();
+        let first = w.mail.subscriptions()[0].clone();
+        let records: &dyn StateRecords = w.records.as_ref();
+        let key = RecordKey::subscription(MAILBOX, "inbox");
+        let mut record = records.get_record(&key).await.unwrap().unwrap();
+        record.expires_at = Utc::now() + Duration::hours(1);
+        records.put_record(&key, &record, None).await.unwrap();
+        let summary = w
+            .poller
+            .poll(trigger("2024-03-15T00:15:00Z"), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(
+            (summary.subscriptions_renewed, summary.subscriptions_created),
+            (1, 0)
+        );
+        assert!(w.mail.subscriptions()[0].expires > Utc::now() + Duration::days(6));
+        // Graph lost it: the renewal's 404 makes a new one, and the old clientState goes.
+        w.mail.forget_subscription(&first.id);
+        let mut record = records.get_record(&key).await.unwrap().unwrap();
+        record.expires_at = Utc::now() + Duration::hours(1);
+        records.put_record(&key, &record, None).await.unwrap();
+        let summary = w
+            .poller
+            .poll(trigger("2024-03-15T00:20:00Z"), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(summary.subscriptions_created, 1);
+        let now = w.mail.subscriptions();
+        assert_eq!(now.len(), 1);
+        assert_ne!(now[0].id, first.id);
+        let states = w.client_states.load().await.unwrap();
+        assert!(!states.contains_key(&first.id) && states.contains_key(&now[0].id));
+    }
+
+    #[tokio::test]
+    async fn lifecycle_events_renew_recreate_or_resync_and_unknown_ones_are_ignored() {
+        let w = world();
+        w.poller
+            .poll(trigger("2024-03-15T00:10:00Z"), &invocation())
+            .await
+            .unwrap();
+        let first = w.mail.subscriptions()[0].clone();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-late", "2024-03-15", 1));
+        let events = [
+            lifecycle(&first.id, "missed"),
+            lifecycle(&first.id, "reauthorizationRequired"),
+            lifecycle("sub-unknown", "missed"),
+        ];
+        let resp = w.poller.handle(sqs_event(&events), &invocation()).await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(
+            queued_ids(&w.inbound),
+            vec!["m-late"],
+            "the resync after `missed`"
+        );
+        let resp = w
+            .poller
+            .handle(
+                sqs_event(&[lifecycle(&first.id, "subscriptionRemoved")]),
+                &invocation(),
+            )
+            .await;
+        assert!(failures(&resp).is_empty());
+        let now = w.mail.subscriptions();
+        assert_eq!(now.len(), 1);
+        assert_ne!(now[0].id, first.id, "recreated");
+        assert!(
+            !w.client_states
+                .load()
+                .await
+                .unwrap()
+                .contains_key(&first.id)
+        );
+    }
+
+    #[tokio::test]
+    async fn lifecycle_work_on_a_busy_folder_is_retried_and_a_malformed_one_dead_lettered() {
+        let w = world();
+        w.poller
+            .poll(trigger("2024-03-15T00:10:00Z"), &invocation())
+            .await
+            .unwrap();
+        let sub = w.mail.subscriptions()[0].clone();
+        let lock = state::poll_lock(MAILBOX, "inbox");
+        assert!(
+            try_lock(w.claims.as_ref(), &lock, Utc::now() + Duration::minutes(5))
+                .await
+                .unwrap()
+        );
+        let resp = w
+            .poller
+            .handle(
+                sqs_event(&[lifecycle(&sub.id, "missed"), "{}".into()]),
+                &invocation(),
+            )
+            .await;
+        assert_eq!(failures(&resp), vec!["m0"]);
+        let letters = w.dead_letters.letters();
+        assert_eq!(letters.len(), 1);
+        assert!(letters[0].cause.contains("not a lifecycle work message"));
+    }
+
+    #[tokio::test]
+    async fn client_states_written_at_once_are_all_kept() {
+        let claims = MemoryClaims::default();
+        let store = MemoryClientStates::default();
+        let inv = invocation();
+        let written: Vec<(String, Secret)> = (0..8)
+            .map(|i| (format!("sub-{i}"), fresh_client_state()))
+            .collect();
+        let writes = written
+            .iter()
+            .map(|(id, s)| keep_client_state(&claims, &store, id, s, &[], &inv));
+        for r in futures::future::join_all(writes).await {
+            r.unwrap();
+        }
+        let kept = store.load().await.unwrap();
+        assert_eq!(kept.len(), 8);
+        for (id, s) in &written {
+            assert!(kept[id].matches(s.expose()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_client_state_write_deletes_the_new_subscription() {
+        let w = world();
+        w.client_states.fault.set("AccessDeniedException");
+        let err = w
+            .poller
+            .poll(trigger("2024-03-15T00:10:00Z"), &invocation())
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("clientState"), "{err:#}");
+        assert!(
+            w.mail.subscriptions().is_empty(),
+            "no subscription without its secret"
+        );
+        assert!(!w.claims.in_progress(CLIENT_STATES_LOCK));
+    }
 
     #[test]
     fn mailbox_folders_parse_and_bad_entries_are_named() {

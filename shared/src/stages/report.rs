@@ -1,91 +1,106 @@
-//! report-builder: builds one report's workbook for one period, stores it in S3, records the run
-//! and queues it for the mailer.
+//! report-builder: builds one report's workbook for one period, stores it in S3, records the
+//! run and queues it for the mailer.
 //!
-//! - A run is claimed first (`RUN#{run_id}`): the same scheduled firing delivered twice
-//!   (Scheduler is at-least-once) builds and mails once.
-//! - Runs of the same report and period hold a lock (`LOCK#{report}#{period}`) while they build,
-//!   so two never build at the same time; the second fails transiently and SQS retries it later.
+//! - A run is claimed first (`RUN#{run id}`, the payload being its report and period): the
+//!   same scheduled firing delivered twice (Scheduler is at-least-once) builds and mails once.
+//! - Runs of the same report and period hold a lock (`LOCK#{report}#{period}`) while they
+//!   build, so two never build at the same time; the second fails transiently and is retried.
 //!   A re-run of a period writes a new S3 version and mails that one, never the old one again.
-//! - Rows stream from DynamoDB a page at a time into the workbook (raw sheets in constant-memory
-//!   mode, summaries aggregated on the fly): memory does not grow with the period's size
-//!   beyond the finished workbook's bytes.
+//! - Rows stream from the row store a page at a time to a writer thread (raw sheets in
+//!   constant-memory mode, summaries aggregated on the fly), which saves the workbook to a
+//!   temporary file and hashes it; the file goes to S3 in parts. Memory holds neither the
+//!   period's rows nor the workbook's bytes, and no CPU-bound work runs on the async runtime.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+use async_trait::async_trait;
 use chrono::Utc;
-use serde::Serialize;
+use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
-use crate::adapters::aws::AwsClients;
-use crate::adapters::object_store::key_segment;
-use crate::adapters::queue::Queue;
-use crate::adapters::state::Claim;
-use crate::definitions::OnEmpty;
-use crate::env::Env;
+use crate::definitions::{Definitions, OnEmpty};
+use crate::failure::permanent;
+use crate::idempotency::{IdempotencyKey, Once, exclusive, once};
+use crate::invocation::Invocation;
 use crate::mail_template::{self, MailFacts};
 use crate::messages::{MailRequest, ReportTrigger};
+use crate::object_keys;
 use crate::period::Period;
+use crate::ports::{Claims, Objects, RowStore, StateRecords, StoredRow, WorkQueue};
 use crate::report_mail::XLSX_CONTENT_TYPE;
+use crate::state::{self, RecordKey, RunRecord};
 use crate::workbook::ReportWorkbook;
 
-use super::Common;
+/// How long a run's claim is kept: the same firing within this time is recognised.
+const KEEP_RUNS: chrono::Duration = chrono::Duration::days(400);
+/// Pages on their way to the writer thread.
+const PAGES_IN_FLIGHT: usize = 4;
 
 pub struct ReportBuilder {
-    common: Common,
-    mail: Queue,
+    pub definitions: Arc<Definitions>,
+    pub rows: Arc<dyn RowStore>,
+    pub claims: Arc<dyn Claims>,
+    pub records: Arc<dyn StateRecords>,
+    pub objects: Arc<dyn Objects>,
+    pub mail: Arc<dyn WorkQueue>,
 }
 
-/// What a run did; also its record in state (`RUN#{run_id}` / `run`).
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct RunRecord {
-    pub run_id: String,
-    pub report: String,
-    pub period: String,
-    /// `built`, `skipped_empty`, `notice_sent` (empty period, "no data" mail queued) or
-    /// `failed`; a repeated trigger returns the earlier run's record.
-    pub status: String,
-    pub rows: u64,
-    #[serde(default)]
-    pub sheets: Vec<String>,
-    #[serde(default)]
-    pub workbook_key: Option<String>,
-    #[serde(default)]
-    pub workbook_version: Option<String>,
-    #[serde(default)]
-    pub size: u64,
-    #[serde(default)]
-    pub sha256: Option<String>,
-    #[serde(default)]
-    pub warnings: Vec<String>,
-    pub started_at: String,
-    pub finished_at: String,
-    /// True when this invocation found the run already done and did nothing.
-    #[serde(default)]
-    pub repeated: bool,
-    /// Why a failed run failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+#[cfg(feature = "report-builder")]
+impl ReportBuilder {
+    pub async fn from_env(env: &crate::env::Env) -> anyhow::Result<Self> {
+        use super::wiring;
+        let aws = crate::adapters::aws::AwsConfig::from_env(env).await;
+        let objects = wiring::objects(&aws, env)?;
+        let state = wiring::state(&aws, env)?;
+        Ok(ReportBuilder {
+            definitions: Arc::new(super::load_definitions(env, objects.as_ref()).await?),
+            rows: wiring::rows(&aws, env)?,
+            claims: state.clone(),
+            records: state,
+            objects,
+            mail: wiring::queue(&aws, env, "CHARLIE_MAIL_QUEUE_URL")?,
+        })
+    }
+}
+
+#[async_trait]
+impl super::Handler for ReportBuilder {
+    async fn invoke(
+        &self,
+        event: serde_json::Value,
+        invocation: &Invocation,
+    ) -> anyhow::Result<serde_json::Value> {
+        let trigger = super::parse_event(event)?;
+        Ok(serde_json::to_value(
+            Box::pin(self.run(trigger, invocation)).await?,
+        )?)
+    }
+}
+
+/// What the writer thread made of a period's rows.
+struct WrittenWorkbook {
+    rows: u64,
+    /// The saved file, its size, SHA-256, sheets and warnings; `None` for an empty period.
+    file: Option<(TempFile, u64, String, crate::workbook::Saved)>,
 }
 
 impl ReportBuilder {
-    pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
-        Ok(ReportBuilder {
-            common: Common::from_env(env, clients).await?,
-            mail: Queue::new(clients.sqs.clone(), env.required("CHARLIE_MAIL_QUEUE_URL")?),
-        })
-    }
-
-    pub async fn run(&self, trigger: ReportTrigger) -> anyhow::Result<RunRecord> {
-        let defs = &self.common.definitions;
+    pub async fn run(
+        &self,
+        trigger: ReportTrigger,
+        invocation: &Invocation,
+    ) -> anyhow::Result<RunRecord> {
         let report_name = match &trigger {
             ReportTrigger::Scheduled { report, .. } | ReportTrigger::Run { report, .. } => report,
         };
-        let def = defs
+        let def = self
+            .definitions
             .reports
             .get(report_name)
-            .with_context(|| format!("unknown report {report_name:?}"))?;
+            .ok_or_else(|| permanent(format!("unknown report {report_name:?}")))?;
         let (period, run_id) = match &trigger {
             ReportTrigger::Scheduled { scheduled_time, .. } => {
                 let period = Period::previous(def.period, *scheduled_time, def.time_zone.0);
@@ -97,92 +112,64 @@ impl ReportBuilder {
                 run_id.clone().unwrap_or_else(|| {
                     format!(
                         "{report_name}.{period}.request.{}",
-                        super::new_correlation_id()
+                        crate::invocation::new_correlation_id()
                     )
                 }),
             ),
         };
-        let span = tracing::info_span!("run", run_id, report = report_name, period = %period);
-        let _enter = span.enter();
+        let span =
+            tracing::info_span!("run", run_id, report = report_name.as_str(), period = %period);
+        let label = period.to_string();
+        let key = IdempotencyKey::new(state::run_claim(&run_id), &(report_name, &label));
         let started = Utc::now();
-        let claim_pk = format!("RUN#{run_id}");
-        let state = &self.common.state;
-        match state
-            .claim(
-                &claim_pk,
-                started,
-                chrono::Duration::minutes(15),
-                chrono::Duration::days(400),
+        let work = async {
+            // One build per report and period at a time, whatever the runs.
+            let lock = state::period_lock(report_name, &label);
+            let built = exclusive(
+                self.claims.as_ref(),
+                &lock,
+                invocation.deadline,
+                self.build_run(report_name, period, &run_id, started),
             )
-            .await?
-        {
-            Claim::AlreadyDone(result) => {
-                info!("run already done: nothing built, nothing mailed");
-                let mut record: RunRecord =
-                    serde_json::from_str(&result).context("the stored run result")?;
-                record.repeated = true;
-                return Ok(record);
-            }
-            Claim::InProgressElsewhere => {
-                bail!("run {run_id} is being built by another invocation")
-            }
-            Claim::Acquired => {}
-        }
-        // One build per report and period at a time, whatever the runs.
-        let lock_pk = format!("LOCK#{report_name}#{period}");
-        match state
-            .claim(
-                &lock_pk,
-                started,
-                chrono::Duration::minutes(15),
-                chrono::Duration::days(1),
-            )
-            .await
-        {
-            Ok(Claim::Acquired) => {}
-            Ok(_) => {
-                state.release_or_let_expire(&claim_pk).await;
-                bail!(
-                    "another run of {report_name} for {period} is building; this one is retried later"
-                );
-            }
-            Err(e) => {
-                state.release_or_let_expire(&claim_pk).await;
-                return Err(e);
-            }
-        }
-        let built = self.build_run(report_name, period, &run_id, started).await;
-        state.release_or_let_expire(&lock_pk).await;
-        let index_sk = format!("{period}#{run_id}");
-        let index = Some((format!("REPORT#{report_name}"), index_sk));
-        let index = index.as_ref().map(|(a, b)| (a.as_str(), b.as_str()));
-        match built {
-            Ok(record) => {
-                let data = serde_json::to_value(&record)?;
-                state.put_record(&claim_pk, "run", &data, index).await?;
-                state
-                    .complete(&claim_pk, &data.to_string(), Utc::now())
-                    .await?;
-                Ok(record)
-            }
-            Err(e) => {
-                // The failure is on record (the claim is released: a retry may still succeed).
-                let failed = RunRecord {
-                    status: "failed".into(),
-                    error: Some(format!("{e:#}")),
-                    finished_at: Utc::now().to_rfc3339(),
-                    ..RunRecord::new(&run_id, report_name, period, started)
-                };
-                if let Err(put) = state
-                    .put_record(&claim_pk, "run", &serde_json::to_value(&failed)?, index)
-                    .await
-                {
-                    warn!(error = %format!("{put:#}"), "could not record the failed run");
+            .await;
+            let index = (format!("REPORT#{report_name}"), format!("{label}#{run_id}"));
+            let index = Some((index.0.as_str(), index.1.as_str()));
+            let run_key = RecordKey::run(&run_id);
+            match built {
+                Ok(Some(record)) => {
+                    self.records.put_record(&run_key, &record, index).await?;
+                    Ok(record)
                 }
-                state.release_or_let_expire(&claim_pk).await;
-                Err(e)
+                Ok(None) => anyhow::bail!(
+                    "another run of {report_name} for {period} is building; this one is retried later"
+                ),
+                Err(e) => {
+                    // The failure is on record (the claim is released: a retry may succeed).
+                    let failed = RunRecord {
+                        status: "failed".into(),
+                        error: Some(format!("{e:#}")),
+                        finished_at: Utc::now().to_rfc3339(),
+                        ..new_record(&run_id, report_name, period, started)
+                    };
+                    if let Err(put) = self.records.put_record(&run_key, &failed, index).await {
+                        warn!(error = %format!("{put:#}"), "could not record the failed run");
+                    }
+                    Err(e)
+                }
+            }
+        };
+        async {
+            match once(self.claims.as_ref(), &key, invocation, KEEP_RUNS, work).await? {
+                Once::Ran(record) => Ok(record),
+                Once::AlreadyDone(mut record) => {
+                    info!("run already done: nothing built, nothing mailed");
+                    record.repeated = true;
+                    Ok(record)
+                }
             }
         }
+        .instrument(span)
+        .await
     }
 
     async fn build_run(
@@ -192,42 +179,50 @@ impl ReportBuilder {
         run_id: &str,
         started: chrono::DateTime<Utc>,
     ) -> anyhow::Result<RunRecord> {
-        let defs = &self.common.definitions;
+        let defs = &self.definitions;
         let report = &defs.reports[report_name];
         let label = period.to_string();
-        let datasets: Vec<(&str, &crate::definitions::Dataset)> = report
-            .datasets
-            .iter()
-            .map(|d| (d.as_str(), &defs.datasets[d]))
-            .collect();
-        let mut wb = ReportWorkbook::new(report_name, report, &datasets, &label, Utc::now())?;
-        let mut rows = 0u64;
-        for (i, (name, ds)) in datasets.iter().enumerate() {
-            let mut mails: BTreeSet<String> = BTreeSet::new();
-            for day in period.days() {
-                self.common
-                    .rows
-                    .each_row_of_day(name, ds, day, |r| {
-                        if !mails.contains(&r.source) {
-                            mails.insert(r.source.clone());
+        let dataset_names = report.datasets.clone();
+
+        // Pages go to the writer thread; this task only reads.
+        let (pages, inbox) = tokio::sync::mpsc::channel::<(usize, Vec<StoredRow>)>(PAGES_IN_FLIGHT);
+        let path =
+            std::env::temp_dir().join(format!("charlie-{}.xlsx", object_keys::key_segment(run_id)));
+        let writer = {
+            let (defs, report_name, label) = (defs.clone(), report_name.to_owned(), label.clone());
+            tokio::task::spawn_blocking(move || {
+                write_workbook(&defs, &report_name, &label, inbox, TempFile(path))
+            })
+        };
+        let read = async {
+            for (i, name) in dataset_names.iter().enumerate() {
+                let ds = &defs.datasets[name];
+                for day in period.days() {
+                    let mut day_pages = self.rows.day_pages(name, ds, day);
+                    while let Some(page) = day_pages.try_next().await? {
+                        if pages.send((i, page)).await.is_err() {
+                            // The writer stopped; its error says why.
+                            return anyhow::Ok(());
                         }
-                        wb.aggregate(i, &r.values);
-                        wb.write_row(i, &r.values)?;
-                        rows += 1;
-                        Ok(())
-                    })
-                    .await?;
+                    }
+                }
             }
-            wb.add_source_mails(i, mails.len());
+            Ok(())
         }
+        .await;
+        drop(pages);
+        let written = writer.await.context("the workbook writer thread")??;
+        read?;
+
+        let rows = written.rows;
         let mut record = RunRecord {
             rows,
-            ..RunRecord::new(run_id, report_name, period, started)
+            ..new_record(run_id, report_name, period, started)
         };
         // The mail request, its subject rendered once the run's warnings are known.
         let request = |warnings: Vec<String>| -> anyhow::Result<MailRequest> {
             let subject = mail_template::render(
-                report,
+                &report.templates(),
                 &MailFacts {
                     report: report_name,
                     period: &label,
@@ -237,7 +232,8 @@ impl ReportBuilder {
                     no_data: rows == 0,
                 },
                 true,
-            )?
+            )
+            .map_err(permanent)?
             .subject;
             Ok(MailRequest {
                 v: 1,
@@ -257,7 +253,7 @@ impl ReportBuilder {
                 warnings,
             })
         };
-        if rows == 0 {
+        let Some((file, size, sha256, saved)) = written.file else {
             record.finished_at = Utc::now().to_rfc3339();
             match report.on_empty {
                 OnEmpty::Skip => {
@@ -271,25 +267,17 @@ impl ReportBuilder {
                 }
             }
             return Ok(record);
-        }
-
-        // The workbook goes to a temporary file and from there to S3 in parts: memory holds
-        // neither its rows nor its bytes, whatever the period's size (the function's
-        // ephemeral storage is sized for it in Terraform).
-        let file =
-            TempFile(std::env::temp_dir().join(format!("charlie-{}.xlsx", key_segment(run_id))));
-        let saved = wb.finish()?.save(&file.0)?;
-        let (size, sha256) = file_digest(&file.0)?;
-        let key = format!("reports/{report_name}/{label}/{report_name}-{label}.xlsx");
+        };
+        let key = object_keys::workbook(report_name, &label);
         record.size = size;
         record.sha256 = Some(sha256);
         record.sheets = saved.sheets;
         record.warnings = saved.warnings;
         let stored = self
-            .common
             .objects
             .put_file(&key, &file.0, XLSX_CONTENT_TYPE)
             .await?;
+        drop(file);
         record.workbook_key = Some(key.clone());
         record.workbook_version = stored.version_id.clone();
         let mut request = request(record.warnings.clone())?;
@@ -308,25 +296,70 @@ impl ReportBuilder {
     }
 }
 
-impl RunRecord {
-    fn new(run_id: &str, report: &str, period: Period, started: chrono::DateTime<Utc>) -> Self {
-        RunRecord {
-            run_id: run_id.to_owned(),
-            report: report.to_owned(),
-            period: period.to_string(),
-            status: String::new(),
-            rows: 0,
-            sheets: vec![],
-            workbook_key: None,
-            workbook_version: None,
-            size: 0,
-            sha256: None,
-            warnings: vec![],
-            started_at: started.to_rfc3339(),
-            finished_at: String::new(),
-            repeated: false,
-            error: None,
+/// The writer thread: aggregates and writes every page it receives, then (when there were
+/// rows) saves the workbook to `file` and hashes it.
+fn write_workbook(
+    defs: &Definitions,
+    report_name: &str,
+    label: &str,
+    mut inbox: tokio::sync::mpsc::Receiver<(usize, Vec<StoredRow>)>,
+    file: TempFile,
+) -> anyhow::Result<WrittenWorkbook> {
+    let report = &defs.reports[report_name];
+    let datasets: Vec<(&str, &crate::definitions::Dataset)> = report
+        .datasets
+        .iter()
+        .map(|d| (d.as_str(), &defs.datasets[d]))
+        .collect();
+    let mut wb = ReportWorkbook::new(report_name, report, &datasets, label, Utc::now())?;
+    let mut mails: Vec<BTreeSet<String>> = vec![BTreeSet::new(); datasets.len()];
+    let mut rows = 0u64;
+    while let Some((i, page)) = inbox.blocking_recv() {
+        for r in page {
+            if !mails[i].contains(&r.source) {
+                mails[i].insert(r.source.clone());
+            }
+            wb.aggregate(i, &r.values);
+            wb.write_row(i, &r.values)?;
+            rows += 1;
         }
+    }
+    if rows == 0 {
+        return Ok(WrittenWorkbook { rows, file: None });
+    }
+    for (i, m) in mails.iter().enumerate() {
+        wb.add_source_mails(i, m.len());
+    }
+    let saved = wb.finish()?.save(&file.0)?;
+    let (size, sha256) = file_digest(&file.0)?;
+    Ok(WrittenWorkbook {
+        rows,
+        file: Some((file, size, sha256, saved)),
+    })
+}
+
+fn new_record(
+    run_id: &str,
+    report: &str,
+    period: Period,
+    started: chrono::DateTime<Utc>,
+) -> RunRecord {
+    RunRecord {
+        run_id: run_id.to_owned(),
+        report: report.to_owned(),
+        period: period.to_string(),
+        status: String::new(),
+        rows: 0,
+        sheets: vec![],
+        workbook_key: None,
+        workbook_version: None,
+        size: 0,
+        sha256: None,
+        warnings: vec![],
+        started_at: started.to_rfc3339(),
+        finished_at: String::new(),
+        repeated: false,
+        error: None,
     }
 }
 
@@ -335,7 +368,11 @@ struct TempFile(std::path::PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if let Err(e) = std::fs::remove_file(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(error = %e, path = %self.0.display(), "could not remove a temporary workbook");
+        }
     }
 }
 
@@ -353,5 +390,283 @@ fn file_digest(path: &std::path::Path) -> anyhow::Result<(u64, String)> {
         }
         hash.update(&block[..n]);
         size += n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::memory::{
+        MemoryClaims, MemoryObjects, MemoryQueue, MemoryRowStore, MemoryState,
+    };
+    use crate::csv_ingest::parse_attachment;
+    use crate::failure::{FailureKind, kind_of};
+    use crate::stages::testkit::{self, invocation};
+
+    struct World {
+        rows: Arc<MemoryRowStore>,
+        claims: Arc<MemoryClaims>,
+        records: Arc<MemoryState>,
+        objects: Arc<MemoryObjects>,
+        mail: Arc<MemoryQueue>,
+        builder: ReportBuilder,
+    }
+
+    fn world() -> World {
+        let (rows, claims, records) = (Arc::default(), Arc::default(), Arc::default());
+        let (objects, mail) = (Arc::default(), Arc::default());
+        let builder = ReportBuilder {
+            definitions: testkit::definitions(),
+            rows: Arc::clone(&rows) as _,
+            claims: Arc::clone(&claims) as _,
+            records: Arc::clone(&records) as _,
+            objects: Arc::clone(&objects) as _,
+            mail: Arc::clone(&mail) as _,
+        };
+        World {
+            rows,
+            claims,
+            records,
+            objects,
+            mail,
+            builder,
+        }
+    }
+
+    async fn store_calls(w: &World, day: &str, n: usize) {
+        let defs = testkit::definitions();
+        let ds = &defs.datasets["ib_calls"];
+        let parsed = parse_attachment(ds, &testkit::ib_calls(day, n)).unwrap();
+        w.rows
+            .store("ib_calls", ds, &parsed.rows, "mb/m-1", Utc::now())
+            .await
+            .unwrap();
+    }
+
+    fn run(report: &str, period: &str, run_id: Option<&str>) -> ReportTrigger {
+        serde_json::from_value(serde_json::json!({
+            "kind": "run", "report": report, "period": period, "run_id": run_id,
+        }))
+        .unwrap()
+    }
+
+    fn scheduled(report: &str, at: &str) -> ReportTrigger {
+        serde_json::from_value(serde_json::json!({
+            "kind": "scheduled", "report": report, "scheduled_time": at,
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_period_with_rows_is_built_stored_recorded_and_queued_for_mail() {
+        let w = world();
+        store_calls(&w, "2024-03-14", 30).await;
+        let record = w
+            .builder
+            .run(
+                run("call_centre_daily", "2024-03-14", Some("r-1")),
+                &invocation(),
+            )
+            .await
+            .unwrap();
+        assert_eq!((record.status.as_str(), record.rows), ("built", 30));
+        let key = "reports/call_centre_daily/2024-03-14/call_centre_daily-2024-03-14.xlsx";
+        assert_eq!(record.workbook_key.as_deref(), Some(key));
+        let bytes = w.objects.current(key).unwrap();
+        assert_eq!(record.size, bytes.len() as u64);
+        assert_eq!(record.sha256, Some(hex::encode(Sha256::digest(&bytes))));
+        use calamine::Reader;
+        let mut book = calamine::Xlsx::new(std::io::Cursor::new(bytes)).unwrap();
+        assert_eq!(book.worksheet_range("ib_calls").unwrap().height(), 31);
+        let requests: Vec<MailRequest> = w.mail.bodies();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].workbook_key.as_deref(), Some(key));
+        assert_eq!(requests[0].workbook_version, record.workbook_version);
+        assert_eq!(
+            requests[0].subject,
+            "Call-centre daily report for 2024-03-14"
+        );
+        let records: &dyn StateRecords = w.records.as_ref();
+        let stored = records.get_record(&RecordKey::run("r-1")).await.unwrap();
+        assert_eq!(stored, Some(record));
+    }
+
+    #[tokio::test]
+    async fn the_same_firing_twice_builds_and_mails_once() {
+        let w = world();
+        store_calls(&w, "2024-03-14", 3).await;
+        let trigger = scheduled("call_centre_daily", "2024-03-15T06:00:00Z");
+        let first = w.builder.run(trigger.clone(), &invocation()).await.unwrap();
+        assert_eq!(first.period, "2024-03-14");
+        assert!(!first.repeated);
+        let again = w.builder.run(trigger, &invocation()).await.unwrap();
+        assert!(again.repeated);
+        assert_eq!(again.run_id, first.run_id);
+        assert_eq!(w.mail.sent().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rerun_writes_and_mails_a_new_version() {
+        let w = world();
+        store_calls(&w, "2024-03-14", 3).await;
+        let a = w
+            .builder
+            .run(run("call_centre_daily", "2024-03-14", None), &invocation())
+            .await
+            .unwrap();
+        let b = w
+            .builder
+            .run(run("call_centre_daily", "2024-03-14", None), &invocation())
+            .await
+            .unwrap();
+        assert_ne!(a.run_id, b.run_id);
+        assert_ne!(a.workbook_version, b.workbook_version);
+        let versions: Vec<Option<String>> = w
+            .mail
+            .bodies::<MailRequest>()
+            .into_iter()
+            .map(|r| r.workbook_version)
+            .collect();
+        assert_eq!(versions, vec![a.workbook_version, b.workbook_version]);
+    }
+
+    #[tokio::test]
+    async fn a_held_period_lock_leaves_the_run_for_retry_and_then_lets_it_through() {
+        let w = world();
+        store_calls(&w, "2024-03-14", 3).await;
+        let lock = state::period_lock("call_centre_daily", "2024-03-14");
+        assert!(
+            crate::idempotency::try_lock(
+                w.claims.as_ref(),
+                &lock,
+                Utc::now() + chrono::Duration::minutes(5)
+            )
+            .await
+            .unwrap()
+        );
+        let busy = w
+            .builder
+            .run(
+                run("call_centre_daily", "2024-03-14", Some("r-held")),
+                &invocation(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(&busy), FailureKind::Retryable);
+        assert!(busy.to_string().contains("is building"), "{busy}");
+        assert!(w.mail.sent().is_empty() && w.objects.keys().is_empty());
+        w.claims.release(&lock).await.unwrap();
+        let built = w
+            .builder
+            .run(
+                run("call_centre_daily", "2024-03-14", Some("r-held")),
+                &invocation(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(built.status, "built");
+    }
+
+    #[tokio::test]
+    async fn an_empty_period_is_skipped_or_noticed_as_its_report_says() {
+        let w = world();
+        let skipped = w
+            .builder
+            .run(run("call_centre_daily", "2024-03-13", None), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(skipped.status, "skipped_empty");
+        assert!(w.mail.sent().is_empty() && w.objects.keys().is_empty());
+        let noticed = w
+            .builder
+            .run(run("call_centre_weekly", "2024-W12", None), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(noticed.status, "notice_sent");
+        let requests: Vec<MailRequest> = w.mail.bodies();
+        assert_eq!(requests.len(), 1);
+        assert!(
+            requests[0].workbook_key.is_none(),
+            "a notice carries no workbook"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_is_recorded_and_the_retry_builds() {
+        let w = world();
+        store_calls(&w, "2024-03-14", 3).await;
+        w.objects.fault.set("SlowDown");
+        let err = w
+            .builder
+            .run(
+                run("call_centre_daily", "2024-03-14", Some("r-f")),
+                &invocation(),
+            )
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("SlowDown"), "{err:#}");
+        let records: &dyn StateRecords = w.records.as_ref();
+        let failed = records
+            .get_record(&RecordKey::run("r-f"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(failed.status, "failed");
+        assert!(failed.error.unwrap().contains("SlowDown"));
+        assert!(!w.claims.in_progress(&state::run_claim("r-f")), "released");
+        assert!(
+            !w.claims
+                .in_progress(&state::period_lock("call_centre_daily", "2024-03-14"))
+        );
+        w.objects.fault.clear();
+        let built = w
+            .builder
+            .run(
+                run("call_centre_daily", "2024-03-14", Some("r-f")),
+                &invocation(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(built.status, "built");
+        assert_eq!(w.mail.sent().len(), 1, "mailed once");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_report_or_a_reused_run_id_is_permanent() {
+        let w = world();
+        let unknown = w
+            .builder
+            .run(run("no_such_report", "2024-03-14", None), &invocation())
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(&unknown), FailureKind::Permanent);
+        w.builder
+            .run(
+                run("call_centre_daily", "2024-03-13", Some("r-x")),
+                &invocation(),
+            )
+            .await
+            .unwrap();
+        let reused = w
+            .builder
+            .run(
+                run("call_centre_daily", "2024-03-12", Some("r-x")),
+                &invocation(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(kind_of(&reused), FailureKind::Permanent);
+    }
+
+    #[tokio::test]
+    async fn rows_read_in_many_pages_reach_the_workbook_once() {
+        let w = world();
+        store_calls(&w, "2024-03-14", 450).await;
+        let record = w
+            .builder
+            .run(run("call_centre_daily", "2024-03-14", None), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(record.rows, 450, "five pages of the memory store");
     }
 }

@@ -14,8 +14,10 @@
 //!   is not a notification collection.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
@@ -24,11 +26,9 @@ use serde::Deserialize;
 use tokio::sync::RwLock;
 use tracing::{error, info, warn};
 
-use crate::adapters::aws::AwsClients;
-use crate::adapters::client_state::ClientStates;
-use crate::adapters::queue::Queue;
-use crate::env::Env;
-use crate::messages::{InboundMessage, LifecycleEvent, LifecycleWork, MailSource};
+use crate::invocation::Invocation;
+use crate::messages::{FoundBy, InboundMessage, LifecycleEvent, LifecycleWork};
+use crate::ports::{ClientStateStore, WorkQueue};
 use crate::secret::Secret;
 
 /// The clientState map is re-read at most this often when an unknown subscription shows up
@@ -38,11 +38,11 @@ use crate::secret::Secret;
 const REFRESH_UNKNOWN: Duration = Duration::from_secs(10);
 
 pub struct GraphWebhook {
-    client_states: ClientStates,
+    client_states: Arc<dyn ClientStateStore>,
     refresh_always: Duration,
     known: RwLock<Known>,
-    inbound: Queue,
-    lifecycle: Queue,
+    inbound: Arc<dyn WorkQueue>,
+    lifecycle: Arc<dyn WorkQueue>,
 }
 
 #[derive(Default)]
@@ -85,33 +85,42 @@ struct ResourceData {
 }
 
 impl GraphWebhook {
-    pub async fn from_env(env: &Env, clients: &AwsClients) -> anyhow::Result<Self> {
-        let client_states = ClientStates::new(
-            clients.secrets.clone(),
-            env.required("CHARLIE_CLIENT_STATE_SECRET")?,
-        );
-        // Read once at cold start, so a missing permission shows at once.
+    /// Reads the clientStates once, so a missing permission shows at cold start.
+    /// `refresh_always`: how long the copy is trusted (`CHARLIE_CLIENT_STATE_CACHE_SECONDS`).
+    pub async fn new(
+        client_states: Arc<dyn ClientStateStore>,
+        refresh_always: Duration,
+        inbound: Arc<dyn WorkQueue>,
+        lifecycle: Arc<dyn WorkQueue>,
+    ) -> anyhow::Result<Self> {
         let states = client_states.load().await?;
         Ok(GraphWebhook {
             client_states,
-            refresh_always: Duration::from_secs(env.in_range_or(
-                "CHARLIE_CLIENT_STATE_CACHE_SECONDS",
-                60,
-                0..=3600,
-            )?),
+            refresh_always,
             known: RwLock::new(Known {
                 states,
                 loaded: Some(Instant::now()),
             }),
-            inbound: Queue::new(
-                clients.sqs.clone(),
-                env.required("CHARLIE_INBOUND_QUEUE_URL")?,
-            ),
-            lifecycle: Queue::new(
-                clients.sqs.clone(),
-                env.required("CHARLIE_LIFECYCLE_QUEUE_URL")?,
-            ),
+            inbound,
+            lifecycle,
         })
+    }
+
+    #[cfg(feature = "graph-webhook")]
+    pub async fn from_env(env: &crate::env::Env) -> anyhow::Result<Self> {
+        use super::wiring;
+        let aws = crate::adapters::aws::AwsConfig::from_env(env).await;
+        Self::new(
+            wiring::client_states(&aws, env)?,
+            Duration::from_secs(env.in_range_or(
+                "CHARLIE_CLIENT_STATE_CACHE_SECONDS",
+                60,
+                0..=3600,
+            )?),
+            wiring::queue(&aws, env, "CHARLIE_INBOUND_QUEUE_URL")?,
+            wiring::queue(&aws, env, "CHARLIE_LIFECYCLE_QUEUE_URL")?,
+        )
+        .await
     }
 
     /// Checks a notification's subscription and clientState, re-reading the map when the
@@ -203,7 +212,7 @@ impl GraphWebhook {
                     v: 1,
                     mailbox,
                     message_id,
-                    source: MailSource::Webhook,
+                    source: FoundBy::Webhook,
                 }),
                 None => warn!(
                     subscription_id = n.subscription_id,
@@ -216,8 +225,8 @@ impl GraphWebhook {
         if wanted == 0 {
             return response(202, "text/plain", String::new());
         }
-        let (sent_mails, mail_failure) = super::queue_new_work(&self.inbound, &mails).await;
-        let (sent_work, work_failure) = super::queue_new_work(&self.lifecycle, &work).await;
+        let (sent_mails, mail_failure) = self.inbound.send_new_work(&mails).await;
+        let (sent_work, work_failure) = self.lifecycle.send_new_work(&work).await;
         let queued = sent_mails + sent_work;
         for e in [mail_failure, work_failure].into_iter().flatten() {
             error!(error = %format!("{e:#}"), queued, wanted, "some notifications could not be queued");
@@ -228,6 +237,18 @@ impl GraphWebhook {
         }
         info!(queued, wanted, "notifications queued");
         response(202, "text/plain", String::new())
+    }
+}
+
+#[async_trait]
+impl super::Handler for GraphWebhook {
+    async fn invoke(
+        &self,
+        event: serde_json::Value,
+        _invocation: &Invocation,
+    ) -> anyhow::Result<serde_json::Value> {
+        let request = super::parse_event(event)?;
+        Ok(serde_json::to_value(Box::pin(self.handle(request)).await)?)
     }
 }
 
@@ -281,6 +302,145 @@ fn problem(status: i64, message: &str) -> ApiGatewayV2httpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::adapters::memory::{MemoryClientStates, MemoryQueue};
+
+    async fn webhook(
+        states: &[(&str, &str)],
+    ) -> (GraphWebhook, Arc<MemoryQueue>, Arc<MemoryQueue>) {
+        let store = Arc::new(MemoryClientStates::default());
+        let map = states
+            .iter()
+            .map(|(id, s)| ((*id).to_owned(), Secret::new(*s)))
+            .collect();
+        store.save(&map).await.unwrap();
+        let (inbound, lifecycle) = (
+            Arc::new(MemoryQueue::default()),
+            Arc::new(MemoryQueue::default()),
+        );
+        let hook = GraphWebhook::new(
+            store,
+            Duration::from_secs(60),
+            Arc::clone(&inbound) as _,
+            Arc::clone(&lifecycle) as _,
+        )
+        .await
+        .unwrap();
+        (hook, inbound, lifecycle)
+    }
+
+    fn request(query: serde_json::Value, body: &str) -> ApiGatewayV2httpRequest {
+        serde_json::from_value(serde_json::json!({
+            "version": "2.0", "routeKey": "POST /graph/notifications", "rawPath": "/graph/notifications",
+            "queryStringParameters": query, "body": body, "isBase64Encoded": false,
+            "requestContext": {"http": {"method": "POST", "path": "/graph/notifications"}},
+        }))
+        .unwrap()
+    }
+
+    fn change(subscription: &str, client_state: &str, id: &str) -> serde_json::Value {
+        serde_json::json!({
+            "subscriptionId": subscription, "clientState": client_state, "changeType": "created",
+            "resource": format!("Users/ops-reports@contoso.example/Messages/{id}"),
+            "resourceData": {"id": id},
+        })
+    }
+
+    fn text(r: &ApiGatewayV2httpResponse) -> &str {
+        match &r.body {
+            Some(Body::Text(t)) => t,
+            _ => "",
+        }
+    }
+
+    #[tokio::test]
+    async fn the_validation_handshake_echoes_the_token_as_plain_text() {
+        let (hook, inbound, _) = webhook(&[]).await;
+        let r = hook
+            .handle(request(
+                serde_json::json!({"validationToken": "Validation: Testing client"}),
+                "",
+            ))
+            .await;
+        assert_eq!(r.status_code, 200);
+        assert_eq!(r.headers[CONTENT_TYPE], "text/plain");
+        assert_eq!(text(&r), "Validation: Testing client");
+        assert!(inbound.sent().is_empty());
+    }
+
+    #[tokio::test]
+    async fn only_notifications_with_their_subscriptions_client_state_are_queued() {
+        let (hook, inbound, lifecycle) = webhook(&[("sub-1", "s3cr3t")]).await;
+        let body = serde_json::json!({"value": [
+            change("sub-1", "s3cr3t", "AAMk-good"),
+            change("sub-1", "guess", "AAMk-forged"),
+            change("sub-9", "s3cr3t", "AAMk-unknown"),
+            {"subscriptionId": "sub-1", "clientState": "s3cr3t", "lifecycleEvent": "missed", "resource": ""},
+        ]});
+        let r = hook
+            .handle(request(serde_json::json!({}), &body.to_string()))
+            .await;
+        assert_eq!(r.status_code, 202);
+        let mails: Vec<InboundMessage> = inbound.bodies();
+        assert_eq!(
+            mails,
+            vec![InboundMessage::GraphMessage {
+                v: 1,
+                mailbox: "ops-reports@contoso.example".into(),
+                message_id: "AAMk-good".into(),
+                source: FoundBy::Webhook,
+            }]
+        );
+        let work: Vec<LifecycleWork> = lifecycle.bodies();
+        assert_eq!(work.len(), 1);
+        assert_eq!(work[0].event, LifecycleEvent::Missed);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_no_notification_collection_gets_400() {
+        let (hook, _, _) = webhook(&[]).await;
+        let r = hook
+            .handle(request(serde_json::json!({}), r#"{"value": 3}"#))
+            .await;
+        assert_eq!(r.status_code, 400);
+        assert!(text(&r).contains("notification collection"), "{}", text(&r));
+    }
+
+    #[tokio::test]
+    async fn nothing_queued_answers_503_so_graph_retries() {
+        let (hook, inbound, _) = webhook(&[("sub-1", "s3cr3t")]).await;
+        inbound.fault.set("AWS.SimpleQueueService.NonExistentQueue");
+        let body = serde_json::json!({"value": [change("sub-1", "s3cr3t", "AAMk-1")]});
+        let r = hook
+            .handle(request(serde_json::json!({}), &body.to_string()))
+            .await;
+        assert_eq!(r.status_code, 503);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_created_after_start_is_known_after_a_reload() {
+        let store = Arc::new(MemoryClientStates::default());
+        let inbound = Arc::new(MemoryQueue::default());
+        let hook = GraphWebhook::new(
+            Arc::clone(&store) as _,
+            Duration::ZERO,
+            Arc::clone(&inbound) as _,
+            Arc::new(MemoryQueue::default()),
+        )
+        .await
+        .unwrap();
+        let map = [("sub-new".to_owned(), Secret::new("fresh"))]
+            .into_iter()
+            .collect();
+        store.save(&map).await.unwrap();
+        let body = serde_json::json!({"value": [change("sub-new", "fresh", "AAMk-1")]});
+        assert_eq!(
+            hook.handle(request(serde_json::json!({}), &body.to_string()))
+                .await
+                .status_code,
+            202
+        );
+        assert_eq!(inbound.sent().len(), 1);
+    }
 
     #[test]
     fn the_documented_notification_names_its_mailbox_and_message() {

@@ -1,10 +1,12 @@
-//! `SesTransport`: sends raw MIME through SES v2 from a verified identity.
+//! SES v2: report mail sent as raw MIME from a verified identity.
 
 use anyhow::Context;
+use async_trait::async_trait;
 use aws_sdk_sesv2::primitives::Blob;
 use aws_sdk_sesv2::types::{Destination, EmailContent, RawMessage};
 
-use crate::report_mail::Recipients;
+use crate::definitions::TransportKind;
+use crate::ports::{MailTransport, OutgoingMail, SentMail};
 
 #[derive(Clone, Debug)]
 pub struct SesTransport {
@@ -19,20 +21,23 @@ impl SesTransport {
             configuration_set,
         }
     }
+}
 
-    /// Sends `mime` to `recipients` (the envelope: blind copies are only here; the other
+#[async_trait]
+impl MailTransport for SesTransport {
+    fn kind(&self) -> TransportKind {
+        TransportKind::Ses
+    }
+
+    /// Sends the MIME to the recipients (the envelope: blind copies are only here; the other
     /// headers are in the MIME) and returns SES's message id.
-    pub async fn send_raw(
-        &self,
-        from: &str,
-        recipients: &Recipients,
-        mime: Vec<u8>,
-    ) -> anyhow::Result<String> {
+    async fn send(&self, mail: &OutgoingMail<'_>) -> anyhow::Result<SentMail> {
+        let recipients = mail.recipients;
         let list = |l: &[String]| (!l.is_empty()).then(|| l.to_vec());
         let out = self
             .client
             .send_email()
-            .from_email_address(from)
+            .from_email_address(mail.from)
             .destination(
                 Destination::builder()
                     .set_to_addresses(list(&recipients.to))
@@ -42,14 +47,23 @@ impl SesTransport {
             )
             .content(
                 EmailContent::builder()
-                    .raw(RawMessage::builder().data(Blob::new(mime)).build()?)
+                    .raw(
+                        RawMessage::builder()
+                            .data(Blob::new(mail.mime.to_vec()))
+                            .build()?,
+                    )
                     .build(),
             )
             .set_configuration_set_name(self.configuration_set.clone())
             .send()
             .await
             .with_context(|| format!("sending through SES to {} recipient(s)", recipients.len()))?;
-        out.message_id
-            .context("SES accepted the mail but returned no message id")
+        let id = out
+            .message_id
+            .context("SES accepted the mail but returned no message id")?;
+        Ok(SentMail {
+            provider_message_id: id,
+            draft_id: None,
+        })
     }
 }

@@ -1,45 +1,38 @@
-//! `ObjectStore`: the S3 bucket (raw/, quarantine/, reports/, config/).
+//! The bucket on S3 (raw/, quarantine/, reports/, config/).
 
 use anyhow::Context;
+use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
+
+use crate::ports::{Objects, StoredObject};
 
 /// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB, at most 10,000 parts).
 pub const PART_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Clone, Debug)]
-pub struct ObjectStore {
+pub struct S3Objects {
     client: aws_sdk_s3::Client,
     bucket: String,
 }
 
-/// Where a stored object landed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Stored {
-    pub key: String,
-    pub version_id: Option<String>,
-}
-
-impl ObjectStore {
+impl S3Objects {
     pub fn new(client: aws_sdk_s3::Client, bucket: impl Into<String>) -> Self {
-        ObjectStore {
+        S3Objects {
             client,
             bucket: bucket.into(),
         }
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
+    /// The S3 client for `config` (path-style against an emulator).
+    pub fn client(config: &super::AwsConfig) -> aws_sdk_s3::Client {
+        let s3 = aws_sdk_s3::config::Builder::from(&config.sdk)
+            .force_path_style(config.path_style)
+            .build();
+        aws_sdk_s3::Client::from_conf(s3)
     }
 
-    pub async fn put(
-        &self,
-        key: &str,
-        bytes: Vec<u8>,
-        content_type: &str,
-    ) -> anyhow::Result<Stored> {
-        self.put_body(key, ByteStream::from(bytes), content_type)
-            .await
-            .with_context(|| format!("writing s3://{}/{key}", self.bucket))
+    pub fn bucket(&self) -> &str {
+        &self.bucket
     }
 
     /// One PUT of `body`; callers say what was being written.
@@ -48,7 +41,7 @@ impl ObjectStore {
         key: &str,
         body: ByteStream,
         content_type: &str,
-    ) -> anyhow::Result<Stored> {
+    ) -> anyhow::Result<StoredObject> {
         let out = self
             .client
             .put_object()
@@ -58,20 +51,38 @@ impl ObjectStore {
             .body(body)
             .send()
             .await?;
-        Ok(Stored {
+        Ok(StoredObject {
             key: key.to_owned(),
             version_id: out.version_id,
         })
     }
+}
+
+#[async_trait]
+impl Objects for S3Objects {
+    fn locate(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<StoredObject> {
+        self.put_body(key, ByteStream::from(bytes), content_type)
+            .await
+            .with_context(|| format!("writing s3://{}/{key}", self.bucket))
+    }
 
     /// Uploads a file without reading it into memory: one PUT up to [`PART_BYTES`], else a
     /// multipart upload of parts read from the file one at a time (aborted on failure).
-    pub async fn put_file(
+    async fn put_file(
         &self,
         key: &str,
         path: &std::path::Path,
         content_type: &str,
-    ) -> anyhow::Result<Stored> {
+    ) -> anyhow::Result<StoredObject> {
         use aws_sdk_s3::primitives::Length;
         use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
         let at = || format!("writing s3://{}/{key} from {}", self.bucket, path.display());
@@ -143,20 +154,24 @@ impl ObjectStore {
         }
         .await;
         match result {
-            Ok(version_id) => Ok(Stored {
+            Ok(version_id) => Ok(StoredObject {
                 key: key.to_owned(),
                 version_id,
             }),
             Err(e) => {
-                // Parts of an unfinished upload are billed until aborted.
-                let _ = self
+                // Parts of an unfinished upload are billed until aborted; the lifecycle rule
+                // cleans up what an abort that fails leaves.
+                if let Err(abort) = self
                     .client
                     .abort_multipart_upload()
                     .bucket(&self.bucket)
                     .key(key)
                     .upload_id(&upload_id)
                     .send()
-                    .await;
+                    .await
+                {
+                    tracing::warn!(error = %abort, key, "could not abort the failed multipart upload");
+                }
                 Err(e).with_context(at)
             }
         }
@@ -164,7 +179,7 @@ impl ObjectStore {
 
     /// A URL that downloads `key` (at `version_id`) without credentials until `expires_in` has
     /// passed (SigV4 presigning: at most 7 days).
-    pub async fn presigned_get(
+    async fn presigned_get(
         &self,
         key: &str,
         version_id: Option<&str>,
@@ -184,7 +199,7 @@ impl ObjectStore {
         Ok(request.uri().to_owned())
     }
 
-    pub async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>> {
         let out = self
             .client
             .get_object()
@@ -200,26 +215,5 @@ impl ObjectStore {
             .await
             .with_context(|| format!("reading the body of s3://{}/{key}", self.bucket))?;
         Ok(body.into_bytes().to_vec())
-    }
-}
-
-/// A string made safe as one S3 key segment (Graph ids hold `=`, `/`, `+`).
-pub fn key_segment(raw: &str) -> String {
-    raw.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.=".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn key_segments_keep_no_slashes() {
-        assert_eq!(super::key_segment("AAMk/a+b=="), "AAMk_a_b==");
     }
 }

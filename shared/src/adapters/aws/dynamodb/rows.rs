@@ -1,21 +1,24 @@
-//! `RowStore`: the DynamoDB `rows` table. pk `"{dataset}#{yyyy-mm-dd}"`, sk the row's key, the
-//! row's columns in the map `cols`, its source mail in `src`.
+//! The row store on the DynamoDB `rows` table. pk `"{dataset}#{yyyy-mm-dd}"`, sk the row's key,
+//! the row's columns in the map `cols`, its source mail in `src`.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeValue, DeleteRequest, KeysAndAttributes, PutRequest, WriteRequest,
 };
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 
+use crate::adapters::retry::backoff;
 use crate::csv_ingest::KeyedRow;
 use crate::definitions::{ColumnType, Dataset, OnDuplicate};
+use crate::ports::{RowStore, StoreOutcome, StoredRow};
 use crate::value::{Row, Value};
-
-use super::retry::backoff;
 
 /// DynamoDB's BatchWriteItem limit.
 pub const WRITE_BATCH: usize = 25;
@@ -24,42 +27,29 @@ pub const GET_BATCH: usize = 100;
 const MAX_ATTEMPTS: u32 = 8;
 
 #[derive(Clone, Debug)]
-pub struct RowStore {
+pub struct DynamoRowStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
-}
-
-/// What storing a file's rows did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreOutcome {
-    pub new: u64,
-    /// Rows whose key was already stored (kept as stored, or replaced if the dataset says so).
-    pub duplicate: u64,
-}
-
-/// A stored row as read back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredRow {
-    pub key: String,
-    pub values: Row,
-    pub source: String,
 }
 
 pub fn partition_key(dataset: &str, date: NaiveDate) -> String {
     format!("{dataset}#{}", date.format("%Y-%m-%d"))
 }
 
-impl RowStore {
+impl DynamoRowStore {
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>) -> Self {
-        RowStore {
+        DynamoRowStore {
             client,
             table: table.into(),
         }
     }
+}
 
+#[async_trait]
+impl RowStore for DynamoRowStore {
     /// Stores each row once. With `keep_first`, rows already stored are left as they are and
     /// counted as duplicates; with `replace`, they are overwritten.
-    pub async fn store(
+    async fn store(
         &self,
         dataset_name: &str,
         dataset: &Dataset,
@@ -89,6 +79,56 @@ impl RowStore {
         Ok(outcome)
     }
 
+    /// Hands every stored row of `dataset` on `date` to `each`, in key order, a page at a time:
+    /// memory holds one page (at most 1 MB of items), whatever the day's size.
+    fn day_pages<'a>(
+        &'a self,
+        dataset_name: &'a str,
+        dataset: &'a Dataset,
+        date: NaiveDate,
+    ) -> BoxStream<'a, anyhow::Result<Vec<StoredRow>>> {
+        let pk = partition_key(dataset_name, date);
+        // (the next page's start, whether a page is still to come)
+        futures::stream::try_unfold((None, true), move |(start, more)| {
+            let pk = pk.clone();
+            async move {
+                if !more {
+                    return Ok(None);
+                }
+                let (items, next) = self.page(&pk, None, start).await?;
+                let rows = items
+                    .iter()
+                    .map(|item| {
+                        from_item(dataset, item)
+                            .with_context(|| format!("reading a stored row of {pk}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let more = next.is_some();
+                Ok(Some((rows, (next, more))))
+            }
+        })
+        .boxed()
+    }
+
+    /// Deletes every stored row of `dataset` on `date`; returns how many there were.
+    async fn delete_day(&self, dataset_name: &str, date: NaiveDate) -> anyhow::Result<u64> {
+        let pk = partition_key(dataset_name, date);
+        let deletes = self
+            .partition(&pk, Some("pk, sk"))
+            .await?
+            .into_iter()
+            .map(|key| {
+                let key = DeleteRequest::builder().set_key(Some(key)).build()?;
+                Ok(WriteRequest::builder().delete_request(key).build())
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let count = deletes.len() as u64;
+        self.write_batches(deletes).await?;
+        Ok(count)
+    }
+}
+
+impl DynamoRowStore {
     /// Puts or deletes in batches of 25, each retried until DynamoDB processed all of it.
     async fn write_batches(&self, requests: Vec<WriteRequest>) -> anyhow::Result<()> {
         for chunk in requests.chunks(WRITE_BATCH) {
@@ -164,106 +204,45 @@ impl RowStore {
         Ok(found)
     }
 
-    /// Every stored row of `dataset` on `date`, in key order.
-    pub async fn rows_for_day(
-        &self,
-        dataset_name: &str,
-        dataset: &Dataset,
-        date: NaiveDate,
-    ) -> anyhow::Result<Vec<StoredRow>> {
-        let mut rows = Vec::new();
-        self.each_row_of_day(dataset_name, dataset, date, |r| {
-            rows.push(r);
-            Ok(())
-        })
-        .await?;
-        Ok(rows)
-    }
-
-    /// Hands every stored row of `dataset` on `date` to `each`, in key order, a page at a time:
-    /// memory holds one page (at most 1 MB of items), whatever the day's size.
-    pub async fn each_row_of_day(
-        &self,
-        dataset_name: &str,
-        dataset: &Dataset,
-        date: NaiveDate,
-        mut each: impl FnMut(StoredRow) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let pk = partition_key(dataset_name, date);
-        self.partition_pages(&pk, None, |items| {
-            for item in &items {
-                each(
-                    from_item(dataset, item)
-                        .with_context(|| format!("reading a stored row of {pk}"))?,
-                )?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
     /// Every item of partition `pk`, all pages, with only `projection`'s attributes if given.
-    async fn partition(
-        &self,
-        pk: &str,
-        projection: Option<&str>,
-    ) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
+    async fn partition(&self, pk: &str, projection: Option<&str>) -> anyhow::Result<Vec<Item>> {
         let mut items = Vec::new();
-        self.partition_pages(pk, projection, |page| {
-            items.extend(page);
-            Ok(())
-        })
-        .await?;
-        Ok(items)
-    }
-
-    /// Hands each page of partition `pk` to `on_page`, following `LastEvaluatedKey`.
-    async fn partition_pages(
-        &self,
-        pk: &str,
-        projection: Option<&str>,
-        mut on_page: impl FnMut(Vec<HashMap<String, AttributeValue>>) -> anyhow::Result<()>,
-    ) -> anyhow::Result<()> {
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        let mut start = None;
         loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()))
-                .set_projection_expression(projection.map(str::to_owned))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .with_context(|| format!("querying rows of {pk}"))?;
-            on_page(page.items.unwrap_or_default())?;
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(()),
+            let (page, next) = self.page(pk, projection, start).await?;
+            items.extend(page);
+            match next {
+                Some(k) => start = Some(k),
+                None => return Ok(items),
             }
         }
     }
-}
 
-impl RowStore {
-    /// Deletes every stored row of `dataset` on `date`; returns how many there were.
-    pub async fn delete_day(&self, dataset_name: &str, date: NaiveDate) -> anyhow::Result<u64> {
-        let pk = partition_key(dataset_name, date);
-        let deletes = self
-            .partition(&pk, Some("pk, sk"))
-            .await?
-            .into_iter()
-            .map(|key| {
-                let key = DeleteRequest::builder().set_key(Some(key)).build()?;
-                Ok(WriteRequest::builder().delete_request(key).build())
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        let count = deletes.len() as u64;
-        self.write_batches(deletes).await?;
-        Ok(count)
+    /// One page of partition `pk` from `start`, with only `projection`'s attributes if
+    /// given, and where the next page starts (`None`: this was the last).
+    async fn page(
+        &self,
+        pk: &str,
+        projection: Option<&str>,
+        start: Option<HashMap<String, AttributeValue>>,
+    ) -> anyhow::Result<(Vec<Item>, Option<Item>)> {
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()))
+            .set_projection_expression(projection.map(str::to_owned))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .with_context(|| format!("querying rows of {pk}"))?;
+        let next = page.last_evaluated_key.filter(|k| !k.is_empty());
+        Ok((page.items.unwrap_or_default(), next))
     }
 }
+
+type Item = HashMap<String, AttributeValue>;
 
 /// Writes `items` with BatchWriteItem through `send` (which returns the unprocessed ones),
 /// retrying what DynamoDB left unprocessed with jittered backoff until none remain.

@@ -1,0 +1,48 @@
+//! AWS clients for the emulator, for the demo and the tests to look at what the stages did.
+
+use charlie::adapters::aws::AwsConfig;
+use charlie::adapters::aws::dynamodb::{DynamoRowStore, DynamoState};
+use charlie::adapters::aws::s3::S3Objects;
+use charlie::adapters::aws::sqs::SqsQueue;
+
+#[derive(Clone, Debug)]
+pub struct AwsClients {
+    pub config: AwsConfig,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub secrets: aws_sdk_secretsmanager::Client,
+}
+
+impl AwsClients {
+    /// `path_style`: S3 against an emulator needs path-style addressing.
+    pub fn from_config(sdk: &aws_config::SdkConfig, path_style: bool) -> Self {
+        let config = AwsConfig {
+            sdk: sdk.clone(),
+            path_style,
+        };
+        AwsClients {
+            s3: S3Objects::client(&config),
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+            secrets: aws_sdk_secretsmanager::Client::new(sdk),
+            config,
+        }
+    }
+
+    pub fn objects(&self, bucket: &str) -> S3Objects {
+        S3Objects::new(self.s3.clone(), bucket)
+    }
+
+    pub fn state(&self, table: &str) -> DynamoState {
+        DynamoState::new(self.dynamodb.clone(), table)
+    }
+
+    pub fn rows(&self, table: &str) -> DynamoRowStore {
+        DynamoRowStore::new(self.dynamodb.clone(), table)
+    }
+
+    pub fn queue(&self, url: &str) -> SqsQueue {
+        SqsQueue::new(self.sqs.clone(), url)
+    }
+}

@@ -1,0 +1,689 @@
+//! In-memory adapters of every port, for unit tests of the stages: the same semantics as the
+//! AWS and Graph adapters (dedup by key, conditional claims, versioned objects, paged delta
+//! rounds), with switches that make a call fail the way the real service can.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use anyhow::bail;
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+
+use crate::csv_ingest::KeyedRow;
+use crate::definitions::{Dataset, OnDuplicate, TransportKind};
+use crate::ports::{
+    Claim, Claims, ClientStateStore, DeadLetter, DeadLetters, DeltaEntry, DeltaPage,
+    FileAttachment, GraphError, MailMessage, MailSource, MailTransport, Objects, OutgoingMail,
+    QueuedMessage, RowStore, SentMail, StateRecords, StoreOutcome, StoredObject, StoredRow,
+    Subscription, SubscriptionRequest, Subscriptions, WorkQueue,
+};
+use crate::report_mail::Recipients;
+use crate::secret::Secret;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A switch that makes the next calls of an adapter fail with a message.
+#[derive(Default)]
+pub struct Fault(Mutex<Option<String>>);
+
+impl Fault {
+    /// Every call fails with `message` until [`Fault::clear`].
+    pub fn set(&self, message: &str) {
+        *lock(&self.0) = Some(message.to_owned());
+    }
+
+    pub fn clear(&self) {
+        *lock(&self.0) = None;
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        match lock(&self.0).as_ref() {
+            Some(m) => bail!("{m}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Rows by (dataset, day, key), in key order.
+#[derive(Default)]
+pub struct MemoryRowStore {
+    rows: Mutex<BTreeMap<(String, NaiveDate, String), StoredRow>>,
+    pub fault: Fault,
+}
+
+impl MemoryRowStore {
+    pub fn count(&self, dataset: &str, date: NaiveDate) -> usize {
+        lock(&self.rows)
+            .keys()
+            .filter(|(d, day, _)| d == dataset && *day == date)
+            .count()
+    }
+}
+
+#[async_trait]
+impl RowStore for MemoryRowStore {
+    async fn store(
+        &self,
+        dataset_name: &str,
+        dataset: &Dataset,
+        rows: &[KeyedRow],
+        source: &str,
+        _now: DateTime<Utc>,
+    ) -> anyhow::Result<StoreOutcome> {
+        self.fault.check()?;
+        let mut stored = lock(&self.rows);
+        let mut outcome = StoreOutcome::default();
+        for row in rows {
+            let key = (dataset_name.to_owned(), row.date, row.key.clone());
+            let value = StoredRow {
+                key: row.key.clone(),
+                values: row.values.clone(),
+                source: source.to_owned(),
+            };
+            match stored.entry(key) {
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    outcome.duplicate += 1;
+                    if dataset.on_duplicate == OnDuplicate::Replace {
+                        e.insert(value);
+                    }
+                }
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    outcome.new += 1;
+                    e.insert(value);
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn day_pages<'a>(
+        &'a self,
+        dataset_name: &'a str,
+        _dataset: &'a Dataset,
+        date: NaiveDate,
+    ) -> BoxStream<'a, anyhow::Result<Vec<StoredRow>>> {
+        // Pages of 100 rows, so callers see more than one page.
+        let pages: Vec<anyhow::Result<Vec<StoredRow>>> = match self.fault.check() {
+            Err(e) => vec![Err(e)],
+            Ok(()) => {
+                let rows: Vec<StoredRow> = lock(&self.rows)
+                    .iter()
+                    .filter(|((d, day, _), _)| d == dataset_name && *day == date)
+                    .map(|(_, r)| r.clone())
+                    .collect();
+                rows.chunks(100).map(|c| Ok(c.to_vec())).collect()
+            }
+        };
+        futures::stream::iter(pages).boxed()
+    }
+
+    async fn delete_day(&self, dataset_name: &str, date: NaiveDate) -> anyhow::Result<u64> {
+        self.fault.check()?;
+        let mut rows = lock(&self.rows);
+        let before = rows.len();
+        rows.retain(|(d, day, _), _| !(d == dataset_name && *day == date));
+        Ok((before - rows.len()) as u64)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ClaimRecord {
+    complete: bool,
+    payload_hash: String,
+    in_progress_until: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    result: String,
+}
+
+/// Claims with the conditional write's semantics.
+#[derive(Default)]
+pub struct MemoryClaims {
+    records: Mutex<HashMap<String, ClaimRecord>>,
+    pub fault: Fault,
+}
+
+impl MemoryClaims {
+    /// The stored result of a completed claim.
+    pub fn result(&self, key: &str) -> Option<String> {
+        lock(&self.records)
+            .get(key)
+            .filter(|r| r.complete)
+            .map(|r| r.result.clone())
+    }
+
+    /// True while `key` is claimed and not completed.
+    pub fn in_progress(&self, key: &str) -> bool {
+        lock(&self.records).get(key).is_some_and(|r| !r.complete)
+    }
+}
+
+#[async_trait]
+impl Claims for MemoryClaims {
+    async fn claim(
+        &self,
+        key: &str,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> anyhow::Result<Claim> {
+        self.fault.check()?;
+        let mut records = lock(&self.records);
+        if let Some(r) = records.get(key) {
+            let free = r.expires_at < now || (!r.complete && r.in_progress_until < now);
+            if !free {
+                return Ok(if r.complete {
+                    Claim::AlreadyDone {
+                        result: r.result.clone(),
+                        payload_hash: Some(r.payload_hash.clone()).filter(|h| !h.is_empty()),
+                    }
+                } else {
+                    Claim::InProgressElsewhere
+                });
+            }
+        }
+        records.insert(
+            key.to_owned(),
+            ClaimRecord {
+                complete: false,
+                payload_hash: payload_hash.to_owned(),
+                in_progress_until,
+                expires_at,
+                result: String::new(),
+            },
+        );
+        Ok(Claim::Acquired)
+    }
+
+    async fn complete(&self, key: &str, result: &str, _now: DateTime<Utc>) -> anyhow::Result<()> {
+        self.fault.check()?;
+        match lock(&self.records).get_mut(key) {
+            Some(r) => {
+                r.complete = true;
+                r.result = result.to_owned();
+                Ok(())
+            }
+            None => bail!("completing claim {key}: no such claim"),
+        }
+    }
+
+    async fn release(&self, key: &str) -> anyhow::Result<()> {
+        self.fault.check()?;
+        let mut records = lock(&self.records);
+        match records.get(key) {
+            Some(r) if !r.complete => {
+                records.remove(key);
+                Ok(())
+            }
+            _ => bail!("releasing claim {key}: not in progress"),
+        }
+    }
+}
+
+/// Records by (pk, sk), in sk order.
+#[derive(Default)]
+pub struct MemoryState {
+    records: Mutex<BTreeMap<(String, String), String>>,
+    pub fault: Fault,
+}
+
+impl MemoryState {
+    /// How many records have a pk starting with `prefix`.
+    pub fn count(&self, pk_prefix: &str) -> usize {
+        lock(&self.records)
+            .keys()
+            .filter(|(pk, _)| pk.starts_with(pk_prefix))
+            .count()
+    }
+}
+
+#[async_trait]
+impl StateRecords for MemoryState {
+    async fn put(
+        &self,
+        pk: &str,
+        sk: &str,
+        data: String,
+        _index: Option<(&str, &str)>,
+    ) -> anyhow::Result<()> {
+        self.fault.check()?;
+        lock(&self.records).insert((pk.to_owned(), sk.to_owned()), data);
+        Ok(())
+    }
+
+    async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>> {
+        self.fault.check()?;
+        Ok(lock(&self.records)
+            .get(&(pk.to_owned(), sk.to_owned()))
+            .cloned())
+    }
+
+    async fn query(&self, pk: &str, sk_prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
+        self.fault.check()?;
+        Ok(lock(&self.records)
+            .iter()
+            .filter(|((p, s), _)| p == pk && s.starts_with(sk_prefix))
+            .map(|((_, s), d)| (s.clone(), d.clone()))
+            .collect())
+    }
+}
+
+/// (version id, bytes, content type).
+type ObjectVersion = (String, Vec<u8>, String);
+
+/// A versioned bucket.
+#[derive(Default)]
+pub struct MemoryObjects {
+    /// Every version of each key, oldest first.
+    objects: Mutex<HashMap<String, Vec<ObjectVersion>>>,
+    pub fault: Fault,
+}
+
+impl MemoryObjects {
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = lock(&self.objects).keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// The current version's bytes.
+    pub fn current(&self, key: &str) -> Option<Vec<u8>> {
+        lock(&self.objects)
+            .get(key)
+            .and_then(|v| v.last())
+            .map(|(_, b, _)| b.clone())
+    }
+}
+
+#[async_trait]
+impl Objects for MemoryObjects {
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<StoredObject> {
+        self.fault.check()?;
+        let mut objects = lock(&self.objects);
+        let versions = objects.entry(key.to_owned()).or_default();
+        let version = format!("v{}", versions.len() + 1);
+        versions.push((version.clone(), bytes, content_type.to_owned()));
+        Ok(StoredObject {
+            key: key.to_owned(),
+            version_id: Some(version),
+        })
+    }
+
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> anyhow::Result<StoredObject> {
+        let bytes = std::fs::read(path)?;
+        self.put(key, bytes, content_type).await
+    }
+
+    async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>> {
+        self.fault.check()?;
+        let objects = lock(&self.objects);
+        let versions = objects
+            .get(key)
+            .ok_or_else(|| anyhow::anyhow!("reading memory://{key}: NoSuchKey"))?;
+        let found = match version_id {
+            Some(v) => versions.iter().find(|(id, _, _)| id == v),
+            None => versions.last(),
+        };
+        match found {
+            Some((_, bytes, _)) => Ok(bytes.clone()),
+            None => bail!("reading memory://{key}: NoSuchVersion {version_id:?}"),
+        }
+    }
+
+    async fn presigned_get(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        expires_in: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        Ok(format!(
+            "https://memory.invalid/{key}?versionId={}&X-Amz-Expires={}",
+            version_id.unwrap_or(""),
+            expires_in.as_secs()
+        ))
+    }
+
+    fn locate(&self, key: &str) -> String {
+        format!("memory://{key}")
+    }
+}
+
+/// A queue that keeps what was sent.
+#[derive(Default)]
+pub struct MemoryQueue {
+    sent: Mutex<Vec<QueuedMessage>>,
+    pub fault: Fault,
+}
+
+impl MemoryQueue {
+    pub fn sent(&self) -> Vec<QueuedMessage> {
+        lock(&self.sent).clone()
+    }
+
+    /// The sent bodies, parsed.
+    pub fn bodies<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
+        self.sent()
+            .iter()
+            .map(|m| serde_json::from_str(&m.body).expect("a JSON body"))
+            .collect()
+    }
+
+    /// Takes what was sent so far.
+    pub fn take(&self) -> Vec<QueuedMessage> {
+        std::mem::take(&mut *lock(&self.sent))
+    }
+}
+
+#[async_trait]
+impl WorkQueue for MemoryQueue {
+    async fn send_each(&self, messages: &[QueuedMessage]) -> (usize, Option<anyhow::Error>) {
+        if let Err(e) = self.fault.check() {
+            return (0, Some(e));
+        }
+        lock(&self.sent).extend_from_slice(messages);
+        (messages.len(), None)
+    }
+
+    fn name(&self) -> &str {
+        "memory-queue"
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryDeadLetters {
+    letters: Mutex<Vec<DeadLetter>>,
+    pub fault: Fault,
+}
+
+impl MemoryDeadLetters {
+    pub fn letters(&self) -> Vec<DeadLetter> {
+        lock(&self.letters).clone()
+    }
+}
+
+#[async_trait]
+impl DeadLetters for MemoryDeadLetters {
+    async fn send(&self, letter: &DeadLetter) -> anyhow::Result<()> {
+        self.fault.check()?;
+        lock(&self.letters).push(letter.clone());
+        Ok(())
+    }
+}
+
+/// A mail in a [`MemoryMailbox`].
+#[derive(Debug, Clone)]
+pub struct MemoryMail {
+    pub mailbox: String,
+    pub folder: String,
+    pub message: MailMessage,
+    pub attachments: Vec<FileAttachment>,
+}
+
+/// Mail folders with Graph's delta and subscription behaviour: a delta link remembers how
+/// many mails the folder had; an expired one answers `410 Gone` (`syncStateNotFound`).
+#[derive(Default)]
+pub struct MemoryMailbox {
+    mails: Mutex<Vec<MemoryMail>>,
+    subscriptions: Mutex<BTreeMap<String, Subscription>>,
+    next_id: Mutex<u32>,
+    links_expired: Mutex<bool>,
+    /// Every Graph call answers this status while set (e.g. 503, 404).
+    status: Mutex<Option<u16>>,
+}
+
+impl MemoryMailbox {
+    pub fn deliver(&self, mail: MemoryMail) {
+        lock(&self.mails).push(mail);
+    }
+
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        lock(&self.subscriptions).values().cloned().collect()
+    }
+
+    /// Graph forgets every delta link issued so far.
+    pub fn expire_delta_links(&self) {
+        *lock(&self.links_expired) = true;
+    }
+
+    /// Graph forgets a subscription (as after `subscriptionRemoved`).
+    pub fn forget_subscription(&self, id: &str) {
+        lock(&self.subscriptions).remove(id);
+    }
+
+    pub fn answer_every_call_with(&self, status: Option<u16>) {
+        *lock(&self.status) = status;
+    }
+
+    fn check(&self, what: &str) -> Result<(), GraphError> {
+        match *lock(&self.status) {
+            Some(status) => Err(GraphError::Status {
+                status,
+                what: what.into(),
+                code: "injected".into(),
+                message: format!("the memory mailbox answers {status}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn not_found(what: &str) -> GraphError {
+        GraphError::Status {
+            status: 404,
+            what: what.into(),
+            code: "ErrorItemNotFound".into(),
+            message: "not found".into(),
+        }
+    }
+
+    fn fresh_id(&self, prefix: &str) -> String {
+        let mut n = lock(&self.next_id);
+        *n += 1;
+        format!("{prefix}-{n}")
+    }
+}
+
+#[async_trait]
+impl MailSource for MemoryMailbox {
+    async fn message(&self, mailbox: &str, id: &str) -> Result<MailMessage, GraphError> {
+        self.check("get message")?;
+        lock(&self.mails)
+            .iter()
+            .find(|m| m.mailbox == mailbox && m.message.id == id)
+            .map(|m| m.message.clone())
+            .ok_or_else(|| Self::not_found("get message"))
+    }
+
+    async fn attachments(
+        &self,
+        mailbox: &str,
+        id: &str,
+    ) -> Result<Vec<FileAttachment>, GraphError> {
+        self.check("list attachments")?;
+        lock(&self.mails)
+            .iter()
+            .find(|m| m.mailbox == mailbox && m.message.id == id)
+            .map(|m| m.attachments.clone())
+            .ok_or_else(|| Self::not_found("list attachments"))
+    }
+
+    fn delta_start_url(&self, mailbox: &str, folder: &str, since: Option<DateTime<Utc>>) -> String {
+        let since = since.map(|t| t.timestamp()).unwrap_or(i64::MIN);
+        format!("memory-delta:{mailbox}:{folder}:start:{since}")
+    }
+
+    async fn delta_page(&self, url: &str) -> Result<DeltaPage, GraphError> {
+        self.check("messages delta")?;
+        let parts: Vec<&str> = url.splitn(5, ':').collect();
+        let [_, mailbox, folder, kind, arg] = parts[..] else {
+            return Err(Self::not_found("messages delta"));
+        };
+        if kind == "link" && *lock(&self.links_expired) {
+            return Err(GraphError::Status {
+                status: 410,
+                what: "messages delta".into(),
+                code: "syncStateNotFound".into(),
+                message: "the sync state is gone".into(),
+            });
+        }
+        let mails = lock(&self.mails);
+        let in_folder: Vec<&MemoryMail> = mails
+            .iter()
+            .filter(|m| m.mailbox == mailbox && m.folder == folder)
+            .collect();
+        let (skip, since) = match kind {
+            "link" => (arg.parse().unwrap_or(0), i64::MIN),
+            _ => (0, arg.parse().unwrap_or(i64::MIN)),
+        };
+        let value = in_folder
+            .iter()
+            .skip(skip)
+            .filter(|m| m.message.received.is_none_or(|r| r.timestamp() >= since))
+            .map(|m| DeltaEntry {
+                id: m.message.id.clone(),
+                has_attachments: !m.attachments.is_empty(),
+                subject: m.message.subject.clone(),
+                removed: None,
+            })
+            .collect();
+        *lock(&self.links_expired) = false;
+        Ok(DeltaPage {
+            value,
+            next_link: None,
+            delta_link: Some(format!(
+                "memory-delta:{mailbox}:{folder}:link:{}",
+                in_folder.len()
+            )),
+        })
+    }
+}
+
+#[async_trait]
+impl Subscriptions for MemoryMailbox {
+    async fn create(&self, request: &SubscriptionRequest<'_>) -> Result<Subscription, GraphError> {
+        self.check("create subscription")?;
+        let sub = Subscription {
+            id: self.fresh_id("sub"),
+            expires: request.expires,
+            resource: request.resource.to_owned(),
+        };
+        lock(&self.subscriptions).insert(sub.id.clone(), sub.clone());
+        Ok(sub)
+    }
+
+    async fn renew(&self, id: &str, expires: DateTime<Utc>) -> Result<Subscription, GraphError> {
+        self.check("renew subscription")?;
+        let mut subs = lock(&self.subscriptions);
+        let sub = subs
+            .get_mut(id)
+            .ok_or_else(|| Self::not_found("renew subscription"))?;
+        sub.expires = expires;
+        Ok(sub.clone())
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), GraphError> {
+        self.check("delete subscription")?;
+        match lock(&self.subscriptions).remove(id) {
+            Some(_) => Ok(()),
+            None => Err(Self::not_found("delete subscription")),
+        }
+    }
+}
+
+/// A mail a [`MemoryTransport`] sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentByMemory {
+    pub from: String,
+    pub recipients: Recipients,
+    pub subject: String,
+    pub html: String,
+    pub mime: Vec<u8>,
+    pub internet_message_id: String,
+    pub attachment: Option<(String, Vec<u8>)>,
+    pub provider_message_id: String,
+}
+
+/// A transport that keeps what it sent.
+pub struct MemoryTransport {
+    kind: TransportKind,
+    sent: Mutex<Vec<SentByMemory>>,
+    pub fault: Fault,
+}
+
+impl MemoryTransport {
+    pub fn new(kind: TransportKind) -> Self {
+        MemoryTransport {
+            kind,
+            sent: Mutex::default(),
+            fault: Fault::default(),
+        }
+    }
+
+    pub fn sent(&self) -> Vec<SentByMemory> {
+        lock(&self.sent).clone()
+    }
+}
+
+#[async_trait]
+impl MailTransport for MemoryTransport {
+    fn kind(&self) -> TransportKind {
+        self.kind
+    }
+
+    async fn send(&self, mail: &OutgoingMail<'_>) -> anyhow::Result<SentMail> {
+        self.fault.check()?;
+        let mut sent = lock(&self.sent);
+        let id = format!("{}-{}", self.kind.name(), sent.len() + 1);
+        sent.push(SentByMemory {
+            from: mail.from.to_owned(),
+            recipients: mail.recipients.clone(),
+            subject: mail.subject.to_owned(),
+            html: mail.html.to_owned(),
+            mime: mail.mime.to_vec(),
+            internet_message_id: mail.internet_message_id.to_owned(),
+            attachment: mail
+                .attachment
+                .as_ref()
+                .map(|a| (a.name.to_owned(), a.bytes.to_vec())),
+            provider_message_id: id.clone(),
+        });
+        Ok(SentMail {
+            provider_message_id: id,
+            draft_id: None,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct MemoryClientStates {
+    states: Mutex<HashMap<String, Secret>>,
+    pub fault: Fault,
+}
+
+#[async_trait]
+impl ClientStateStore for MemoryClientStates {
+    async fn load(&self) -> anyhow::Result<HashMap<String, Secret>> {
+        self.fault.check()?;
+        Ok(lock(&self.states).clone())
+    }
+
+    async fn save(&self, states: &HashMap<String, Secret>) -> anyhow::Result<()> {
+        self.fault.check()?;
+        *lock(&self.states) = states.clone();
+        Ok(())
+    }
+}

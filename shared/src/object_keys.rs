@@ -1,0 +1,53 @@
+//! Where things go in the bucket: one function per kind of object.
+//!
+//! - `raw/{dataset}/{received day}/{message id}/{file}`: an attachment as received, with
+//!   `.rejects.json` beside it when rows were rejected;
+//! - `quarantine/…/{file}` + `.reason.json`: an unusable attachment and why;
+//! - `reports/{report}/{period}/{report}-{period}.xlsx`: a run's workbook (versioned);
+//! - `config/reports.toml`: the definitions the functions run on.
+
+/// The place of an attachment under `raw/` and `quarantine/`.
+pub fn attachment_place(dataset: &str, received_day: &str, message_id: &str, file: &str) -> String {
+    format!(
+        "{dataset}/{received_day}/{}/{}",
+        key_segment(message_id),
+        key_segment(file)
+    )
+}
+
+pub fn raw(place: &str) -> String {
+    format!("raw/{place}")
+}
+
+pub fn quarantine(place: &str) -> String {
+    format!("quarantine/{place}")
+}
+
+pub fn workbook(report: &str, period: &str) -> String {
+    format!("reports/{report}/{period}/{report}-{period}.xlsx")
+}
+
+/// A string made safe as one S3 key segment (Graph ids hold `=`, `/`, `+`).
+pub fn key_segment(raw: &str) -> String {
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.=".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn key_segments_keep_no_slashes() {
+        assert_eq!(super::key_segment("AAMk/a+b=="), "AAMk_a_b==");
+        assert_eq!(
+            super::attachment_place("ib_calls", "2024-03-14", "AAMk/a", "x y.csv"),
+            "ib_calls/2024-03-14/AAMk_a/x_y.csv"
+        );
+    }
+}

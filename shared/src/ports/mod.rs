@@ -1,0 +1,149 @@
+//! Ports: what the stages need from the world, as small traits named for what they do.
+//!
+//! Stages hold `Arc<dyn Port>`s and contain no SDK types. Adapters implement the ports, each in
+//! the folder named for what it talks to: `adapters::aws::{dynamodb, s3, sqs, ses, secrets}`,
+//! `adapters::graph`, and `adapters::memory`, which implements every port in memory for unit
+//! tests. Traits use boxed futures (`async_trait`) so they can be used as trait objects.
+
+mod mail;
+mod rows;
+mod state;
+
+pub use mail::{
+    ClientStateStore, DeltaEntry, DeltaPage, EmailAddress, FileAttachment, GraphError,
+    MAX_MAIL_SUBSCRIPTION_MINUTES, MailMessage, MailSource, MailTransport, OutgoingAttachment,
+    OutgoingMail, Recipient, SentMail, Subscription, SubscriptionRequest, Subscriptions,
+};
+pub use rows::{RowStore, StoreOutcome, StoredRow};
+pub use state::{Claim, Claims, StateRecords};
+
+use async_trait::async_trait;
+
+/// Where a stored object landed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredObject {
+    pub key: String,
+    pub version_id: Option<String>,
+}
+
+/// The bucket: `raw/`, `quarantine/`, `reports/`, `config/`.
+#[async_trait]
+pub trait Objects: Send + Sync {
+    async fn put(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        content_type: &str,
+    ) -> anyhow::Result<StoredObject>;
+    /// Uploads a file without reading it whole into memory.
+    async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        content_type: &str,
+    ) -> anyhow::Result<StoredObject>;
+    async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>>;
+    /// A URL that downloads `key` (at `version_id`) without credentials until `expires_in`.
+    async fn presigned_get(
+        &self,
+        key: &str,
+        version_id: Option<&str>,
+        expires_in: std::time::Duration,
+    ) -> anyhow::Result<String>;
+    /// `s3://bucket/key`, for messages.
+    fn locate(&self, key: &str) -> String;
+}
+
+/// One message for a [`WorkQueue`]: its JSON body and the correlation id it carries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedMessage {
+    pub body: String,
+    pub correlation_id: String,
+}
+
+/// An SQS queue the stage sends work to.
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Sends every message (in batches), trying every batch whatever the others did: how many
+    /// the queue took, and the first failure if any.
+    async fn send_each(&self, messages: &[QueuedMessage]) -> (usize, Option<anyhow::Error>);
+    /// The queue's name or URL, for messages.
+    fn name(&self) -> &str;
+}
+
+impl<'a> dyn WorkQueue + 'a {
+    /// Sends one message; any refusal is an error.
+    pub async fn send<T: serde::Serialize + ?Sized>(
+        &self,
+        message: &T,
+        correlation_id: &str,
+    ) -> anyhow::Result<()> {
+        self.send_all(&[(message, correlation_id)]).await
+    }
+
+    /// Sends every message; any refusal fails the call, naming it, so the caller's retry
+    /// covers it (duplicates are harmless downstream).
+    pub async fn send_all<T: serde::Serialize + ?Sized>(
+        &self,
+        messages: &[(&T, &str)],
+    ) -> anyhow::Result<()> {
+        let queued = messages
+            .iter()
+            .map(|(m, c)| {
+                Ok(QueuedMessage {
+                    body: serde_json::to_string(m)?,
+                    correlation_id: (*c).to_owned(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        match self.send_each(&queued).await {
+            (_, Some(e)) => Err(e),
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// Queues messages that each start their own piece of work (each gets a fresh
+    /// correlation id), trying every batch: how many went, and the first failure if any.
+    pub async fn send_new_work<T: serde::Serialize>(
+        &self,
+        messages: &[T],
+    ) -> (usize, Option<anyhow::Error>) {
+        if messages.is_empty() {
+            return (0, None);
+        }
+        let queued: Result<Vec<QueuedMessage>, _> = messages
+            .iter()
+            .map(|m| {
+                serde_json::to_string(m).map(|body| QueuedMessage {
+                    body,
+                    correlation_id: crate::invocation::new_correlation_id(),
+                })
+            })
+            .collect();
+        match queued {
+            Ok(q) => self.send_each(&q).await,
+            Err(e) => (0, Some(e.into())),
+        }
+    }
+}
+
+/// A message that failed for good, as its dead-letter queue keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The queue the message came from (its ARN).
+    pub source_queue: String,
+    pub message_id: String,
+    pub body: String,
+    pub correlation_id: Option<String>,
+    /// Why no retry can help, as logged.
+    pub cause: String,
+    /// The stage that gave up on it.
+    pub stage: String,
+}
+
+/// Sends a permanently failed message to its queue's dead-letter queue at once, with its cause
+/// attached, instead of letting it burn through the queue's receives.
+#[async_trait]
+pub trait DeadLetters: Send + Sync {
+    async fn send(&self, letter: &DeadLetter) -> anyhow::Result<()>;
+}

@@ -1,0 +1,77 @@
+//! The row store: every row of a dataset once per (day, key).
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use futures::stream::BoxStream;
+
+use crate::csv_ingest::KeyedRow;
+use crate::definitions::Dataset;
+use crate::value::Row;
+
+/// What storing a batch of rows did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreOutcome {
+    pub new: u64,
+    /// Rows whose key was already stored (kept as stored, or replaced if the dataset says so).
+    pub duplicate: u64,
+}
+
+impl std::ops::AddAssign for StoreOutcome {
+    fn add_assign(&mut self, other: Self) {
+        self.new += other.new;
+        self.duplicate += other.duplicate;
+    }
+}
+
+/// A stored row as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    pub key: String,
+    pub values: Row,
+    /// `mailbox/message id` of the mail that first brought it.
+    pub source: String,
+}
+
+/// Rows by (dataset, day, key). Re-storing a row changes nothing (`keep_first`) or replaces
+/// it (`replace`); both adapters (DynamoDB, PostgreSQL) keep exactly these semantics.
+#[async_trait]
+pub trait RowStore: Send + Sync {
+    /// Stores each row once and says how many were new.
+    async fn store(
+        &self,
+        dataset_name: &str,
+        dataset: &Dataset,
+        rows: &[KeyedRow],
+        source: &str,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<StoreOutcome>;
+
+    /// Every stored row of `dataset` on `date`, in key order, a page at a time: memory holds
+    /// the page being read, whatever the day's size.
+    fn day_pages<'a>(
+        &'a self,
+        dataset_name: &'a str,
+        dataset: &'a Dataset,
+        date: NaiveDate,
+    ) -> BoxStream<'a, anyhow::Result<Vec<StoredRow>>>;
+
+    /// Deletes every stored row of `dataset` on `date`; returns how many there were.
+    async fn delete_day(&self, dataset_name: &str, date: NaiveDate) -> anyhow::Result<u64>;
+}
+
+impl<'a> dyn RowStore + 'a {
+    /// Every stored row of `dataset` on `date`, in key order (tests and small days only).
+    pub async fn rows_for_day(
+        &self,
+        dataset_name: &str,
+        dataset: &Dataset,
+        date: NaiveDate,
+    ) -> anyhow::Result<Vec<StoredRow>> {
+        let pages: Vec<Vec<StoredRow>> = self
+            .day_pages(dataset_name, dataset, date)
+            .try_collect()
+            .await?;
+        Ok(pages.into_iter().flatten().collect())
+    }
+}

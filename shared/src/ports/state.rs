@@ -1,0 +1,59 @@
+//! The state table, as two ports: claims (idempotency records and locks) and typed records.
+//! Keys and record types live in `crate::state`; nothing outside reads state as raw text.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Ours: do the work, then complete or release.
+    Acquired,
+    /// Done before; carries the stored result and the hash of the payload it was done for
+    /// (`None` on records written before hashes were kept).
+    AlreadyDone {
+        result: String,
+        payload_hash: Option<String>,
+    },
+    /// Someone else holds it right now (until its in-progress expiry).
+    InProgressElsewhere,
+}
+
+/// Idempotency records in the shape of AWS Powertools': one conditional write claims a key
+/// when no record exists, when the record expired, or when an earlier in-progress claim
+/// passed its in-progress expiry (its holder died).
+#[async_trait]
+pub trait Claims: Send + Sync {
+    /// Claims `key` for work on the payload hashed as `payload_hash`, held until
+    /// `in_progress_until`; the record is kept until `expires_at`.
+    async fn claim(
+        &self,
+        key: &str,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> anyhow::Result<Claim>;
+
+    /// Marks a claim done with its result (JSON text, shown to operators and later claims).
+    async fn complete(&self, key: &str, result: &str, now: DateTime<Utc>) -> anyhow::Result<()>;
+
+    /// Gives an in-progress claim back after a failure, so a retry can take it at once.
+    async fn release(&self, key: &str) -> anyhow::Result<()>;
+}
+
+/// Records by (pk, sk), each holding one JSON document; `crate::state` types them.
+#[async_trait]
+pub trait StateRecords: Send + Sync {
+    /// Writes a record; `index` puts it on the secondary index (`gsi1pk`, `gsi1sk`).
+    async fn put(
+        &self,
+        pk: &str,
+        sk: &str,
+        data: String,
+        index: Option<(&str, &str)>,
+    ) -> anyhow::Result<()>;
+    async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>>;
+    /// Every record under `pk` whose sk starts with `sk_prefix`, in sk order.
+    async fn query(&self, pk: &str, sk_prefix: &str) -> anyhow::Result<Vec<(String, String)>>;
+}

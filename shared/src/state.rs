@@ -1,0 +1,343 @@
+//! The state table's keys and typed records, in one place.
+//!
+//! Claim keys (idempotency records and locks, see `idempotency`):
+//! - `MSG#{mailbox}#{message id}`: a mail's ingest.
+//! - `RUN#{run id}`: a report run.
+//! - `LOCK#{report}#{period}`: held while a run of that report and period builds.
+//! - `DLV#{run id}#{recipient group}`: a delivery of a run to one recipient group.
+//! - `LOCK#POLL#{mailbox}#{folder}`: one invocation works on a folder at a time.
+//! - `LOCK#CLIENTSTATES`: held while the client-state secret is read, changed and written.
+//!
+//! Records (pk / sk → type): see the constructors of [`RecordKey`]. Every record is read
+//! and written through its type: a key fixes the type of what it holds.
+
+use std::marker::PhantomData;
+
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::messages::IngestOutcome;
+use crate::ports::StateRecords;
+
+pub fn mail_claim(mailbox: &str, message_id: &str) -> String {
+    format!("MSG#{mailbox}#{message_id}")
+}
+
+pub fn run_claim(run_id: &str) -> String {
+    format!("RUN#{run_id}")
+}
+
+pub fn period_lock(report: &str, period: &str) -> String {
+    format!("LOCK#{report}#{period}")
+}
+
+pub fn delivery_claim(run_id: &str, group: &str) -> String {
+    format!("DLV#{run_id}#{group}")
+}
+
+pub fn poll_lock(mailbox: &str, folder: &str) -> String {
+    format!("LOCK#POLL#{mailbox}#{folder}")
+}
+
+pub const CLIENT_STATES_LOCK: &str = "LOCK#CLIENTSTATES";
+
+/// Where a record of type `R` lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordKey<R> {
+    pub pk: String,
+    pub sk: String,
+    record: PhantomData<fn() -> R>,
+}
+
+impl<R> RecordKey<R> {
+    fn new(pk: String, sk: impl Into<String>) -> Self {
+        RecordKey {
+            pk,
+            sk: sk.into(),
+            record: PhantomData,
+        }
+    }
+}
+
+impl RecordKey<IngestOutcome> {
+    /// `MSG#{mailbox}#{message}` / `OUTCOME#{dataset}#{attachment}`.
+    pub fn outcome(o: &IngestOutcome) -> Self {
+        Self::new(
+            mail_claim(&o.mailbox, &o.message_id),
+            format!("OUTCOME#{}#{}", o.dataset, o.attachment),
+        )
+    }
+}
+
+impl RecordKey<RunRecord> {
+    /// `RUN#{run id}` / `run`, on the index as `REPORT#{report}` / `{period}#{run id}`.
+    pub fn run(run_id: &str) -> Self {
+        Self::new(run_claim(run_id), "run")
+    }
+}
+
+impl RecordKey<RunDelivery> {
+    /// `RUN#{run id}` / `delivery#{group}`: a run lists its deliveries with one query.
+    pub fn run_delivery(run_id: &str, group: &str) -> Self {
+        Self::new(run_claim(run_id), format!("delivery#{group}"))
+    }
+}
+
+impl RecordKey<SesMessage> {
+    /// `SESMSG#{SES message id}` / `delivery`: leads an SES event to its delivery.
+    pub fn ses_message(ses_message_id: &str) -> Self {
+        Self::new(format!("SESMSG#{ses_message_id}"), "delivery")
+    }
+}
+
+impl RecordKey<DeliveryStatus> {
+    /// `DLV#…` / `status`.
+    pub fn delivery_status(delivery: &str) -> Self {
+        Self::new(delivery.to_owned(), "status")
+    }
+}
+
+impl RecordKey<DeliveryEvent> {
+    /// `DLV#…` / `event#{type}#{SES message id}`: each SES event as it came.
+    pub fn delivery_event(delivery: &str, event_type: &str, ses_message_id: &str) -> Self {
+        Self::new(
+            delivery.to_owned(),
+            format!("event#{}#{ses_message_id}", event_type.to_ascii_lowercase()),
+        )
+    }
+}
+
+impl RecordKey<DeltaLink> {
+    /// `DELTA#{mailbox}#{folder}` / `link`.
+    pub fn delta(mailbox: &str, folder: &str) -> Self {
+        Self::new(format!("DELTA#{mailbox}#{folder}"), "link")
+    }
+}
+
+impl RecordKey<SubscriptionRecord> {
+    /// `SUB#{mailbox}#{folder}` / `subscription`.
+    pub fn subscription(mailbox: &str, folder: &str) -> Self {
+        Self::new(format!("SUB#{mailbox}#{folder}"), "subscription")
+    }
+}
+
+impl RecordKey<SubscribedFolder> {
+    /// `SUBID#{subscription id}` / `folder`: maps a subscription back to its folder.
+    pub fn subscribed_folder(subscription_id: &str) -> Self {
+        Self::new(format!("SUBID#{subscription_id}"), "folder")
+    }
+}
+
+/// `DAY#{dataset}#{day}`: the archived attachments that held rows of a day.
+pub fn day_index(dataset: &str, date: NaiveDate) -> String {
+    format!("DAY#{dataset}#{date}")
+}
+
+impl RecordKey<DayAttachment> {
+    /// `DAY#{dataset}#{day}` / `RAW#{received}#{raw key}`: sorts in receiving order.
+    pub fn day_attachment(dataset: &str, date: NaiveDate, a: &DayAttachment) -> Self {
+        Self::new(
+            day_index(dataset, date),
+            format!(
+                "RAW#{}#{}",
+                a.received.format("%Y%m%dT%H%M%S%.3fZ"),
+                a.raw_key
+            ),
+        )
+    }
+}
+
+/// What a run did; its record `RUN#{run id}` / `run`, and the run claim's result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub report: String,
+    pub period: String,
+    /// `built`, `skipped_empty`, `notice_sent` (empty period, "no data" mail queued) or
+    /// `failed`; a repeated trigger returns the earlier run's record.
+    pub status: String,
+    pub rows: u64,
+    #[serde(default)]
+    pub sheets: Vec<String>,
+    #[serde(default)]
+    pub workbook_key: Option<String>,
+    #[serde(default)]
+    pub workbook_version: Option<String>,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    pub started_at: String,
+    pub finished_at: String,
+    /// True when this invocation found the run already done and did nothing.
+    #[serde(default)]
+    pub repeated: bool,
+    /// Why a failed run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A delivery's result: the delivery claim's result and part of its run's index entry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliveryResult {
+    pub status: String,
+    pub transport: String,
+    pub provider_message_id: String,
+    #[serde(default)]
+    pub graph_draft_id: Option<String>,
+    pub to: Vec<String>,
+    #[serde(default)]
+    pub cc: Vec<String>,
+    #[serde(default)]
+    pub bcc: Vec<String>,
+    /// The link's expiry when the workbook went as a download link.
+    #[serde(default)]
+    pub link: Option<String>,
+    pub run_id: String,
+    pub sent_at: String,
+    pub mime_bytes: usize,
+}
+
+/// `RUN#…` / `delivery#{group}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunDelivery {
+    /// The delivery's claim key (`DLV#…`).
+    pub delivery: String,
+    pub result: DeliveryResult,
+}
+
+/// `SESMSG#…` / `delivery`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SesMessage {
+    pub delivery: String,
+    pub run_id: String,
+}
+
+/// `DLV#…` / `status`: `delivered` < `bounced` < `complained`, never lowered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliveryStatus {
+    pub status: String,
+    pub rank: u8,
+    pub ses_message_id: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+    pub at: String,
+}
+
+/// `DLV#…` / `event#…`: an SES event as it came.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliveryEvent {
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+    pub at: String,
+}
+
+/// `DELTA#…` / `link`: the whole `@odata.deltaLink` of a folder's last round.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeltaLink {
+    pub delta_link: String,
+    pub saved_at: String,
+}
+
+/// `SUB#…` / `subscription`: a folder's Graph subscription.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubscriptionRecord {
+    pub id: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub renewed_at: Option<DateTime<Utc>>,
+}
+
+/// `SUBID#…` / `folder`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubscribedFolder {
+    pub mailbox: String,
+    pub folder: String,
+}
+
+/// `DAY#…` / `RAW#…`: an archived attachment that held rows of a day.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DayAttachment {
+    pub raw_key: String,
+    pub source: String,
+    pub received: DateTime<Utc>,
+}
+
+impl<'a> dyn StateRecords + 'a {
+    /// Writes `record` where `key` says; `index` puts it on the secondary index.
+    pub async fn put_record<R: Serialize>(
+        &self,
+        key: &RecordKey<R>,
+        record: &R,
+        index: Option<(&str, &str)>,
+    ) -> anyhow::Result<()> {
+        self.put(&key.pk, &key.sk, serde_json::to_string(record)?, index)
+            .await
+    }
+
+    pub async fn get_record<R: DeserializeOwned>(
+        &self,
+        key: &RecordKey<R>,
+    ) -> anyhow::Result<Option<R>> {
+        let Some(text) = self.get(&key.pk, &key.sk).await? else {
+            return Ok(None);
+        };
+        let record = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "state record {}/{} is not a {}",
+                key.pk,
+                key.sk,
+                std::any::type_name::<R>()
+            )
+        })?;
+        Ok(Some(record))
+    }
+
+    /// Every record of type `R` under `pk` whose sk starts with `sk_prefix`, in sk order.
+    pub async fn records<R: DeserializeOwned>(
+        &self,
+        pk: &str,
+        sk_prefix: &str,
+    ) -> anyhow::Result<Vec<(String, R)>> {
+        self.query(pk, sk_prefix)
+            .await?
+            .into_iter()
+            .map(|(sk, text)| {
+                let r = serde_json::from_str(&text)
+                    .with_context(|| format!("state record {pk}/{sk}"))?;
+                Ok((sk, r))
+            })
+            .collect()
+    }
+
+    /// The outcomes of one mail's attachments.
+    pub async fn outcomes_of_mail(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+    ) -> anyhow::Result<Vec<IngestOutcome>> {
+        Ok(self
+            .records(&mail_claim(mailbox, message_id), "OUTCOME#")
+            .await?
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect())
+    }
+
+    /// A run's deliveries, one per recipient group.
+    pub async fn deliveries_of_run(&self, run_id: &str) -> anyhow::Result<Vec<RunDelivery>> {
+        Ok(self
+            .records(&run_claim(run_id), "delivery#")
+            .await?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect())
+    }
+}
