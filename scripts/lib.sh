@@ -32,6 +32,22 @@ ensure_python_env() {
   "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 }
 
+# PostgreSQL's server binaries (the second row store), from Debian's packages when missing.
+ensure_postgres() {
+  if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${CHARLIE_PG_BIN:-}" ]; then
+    return
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "PostgreSQL's server is required: install it with your package manager (or set CHARLIE_PG_BIN)" >&2
+    exit 1
+  fi
+  say "Installing PostgreSQL (Debian's postgresql package, once)"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+}
+
 ensure_tools() {
   local missing=()
   command -v cargo >/dev/null || missing+=("cargo (https://rustup.rs)")

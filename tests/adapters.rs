@@ -10,8 +10,9 @@ use charlie::definitions::Definitions;
 use charlie::invocation::Invocation;
 use charlie::ports::{Claim, Claims, ClientStateStore, Objects, RowStore, WorkQueue};
 use charlie::stages::poller::{fresh_client_state, keep_client_state};
-use charlie_tests::{clients, create_table, unique};
+use charlie_tests::{clients, create_table, postgres_rows, unique};
 use chrono::{Duration, Utc};
+use futures::TryStreamExt;
 
 fn definitions() -> Definitions {
     Definitions::parse(include_str!("../reports.toml")).unwrap()
@@ -19,15 +20,25 @@ fn definitions() -> Definitions {
 
 const HEADER: &str = "call_id,agent_id,queue,started_at,answered_at,wait_seconds,notes\n";
 
-#[tokio::test]
-async fn rows_are_stored_once_across_mails() {
+/// Each row store on fresh resources: the DynamoDB table and a PostgreSQL database. Every row
+/// test runs on both, so their semantics stay the same.
+async fn row_stores() -> Vec<(&'static str, Box<dyn RowStore>)> {
     let c = clients().await;
     let table = unique("rows");
     create_table(&c, &table).await.unwrap();
-    let store: &dyn RowStore = &DynamoRowStore::new(c.dynamodb.clone(), &table);
+    vec![
+        (
+            "dynamodb",
+            Box::new(DynamoRowStore::new(c.dynamodb.clone(), &table)),
+        ),
+        ("postgres", Box::new(postgres_rows().await)),
+    ]
+}
+
+#[tokio::test]
+async fn rows_are_stored_once_across_mails() {
     let defs = definitions();
     let ds = &defs.datasets["ib_calls"];
-
     let first = format!(
         "{HEADER}c1,A1,Sales,2024-03-14T09:00:00,,5,first\nc2,A1,Sales,2024-03-14T10:00:00,,5,\n"
     );
@@ -36,64 +47,158 @@ async fn rows_are_stored_once_across_mails() {
     );
     let rows1 = parse_attachment(ds, first.as_bytes()).unwrap().rows;
     let rows2 = parse_attachment(ds, second.as_bytes()).unwrap().rows;
+    for (name, store) in row_stores().await {
+        let o1 = store
+            .store("ib_calls", ds, &rows1, "mb/m1", Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((o1.new, o1.duplicate), (2, 0), "{name}");
+        let o2 = store
+            .store("ib_calls", ds, &rows2, "mb/m2", Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((o2.new, o2.duplicate), (1, 1), "{name}");
+        // The same mail again changes nothing.
+        let o3 = store
+            .store("ib_calls", ds, &rows2, "mb/m2", Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((o3.new, o3.duplicate), (0, 2), "{name}");
 
-    let o1 = store
-        .store("ib_calls", ds, &rows1, "mb/m1", Utc::now())
-        .await
-        .unwrap();
-    assert_eq!((o1.new, o1.duplicate), (2, 0));
-    let o2 = store
-        .store("ib_calls", ds, &rows2, "mb/m2", Utc::now())
-        .await
-        .unwrap();
-    assert_eq!((o2.new, o2.duplicate), (1, 1));
-    // The same mail again changes nothing.
-    let o3 = store
-        .store("ib_calls", ds, &rows2, "mb/m2", Utc::now())
-        .await
-        .unwrap();
-    assert_eq!((o3.new, o3.duplicate), (0, 2));
+        let stored = store
+            .rows_for_day("ib_calls", ds, "2024-03-14".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 3, "{name}");
+        let c2 = stored.iter().find(|r| r.key == "c2").unwrap();
+        assert_eq!(c2.source, "mb/m1", "{name}: the first occurrence wins");
+        assert!(
+            c2.values[6].is_none(),
+            "{name}: c2's notes stay as first stored (empty)"
+        );
+    }
+}
 
-    let stored = store
-        .rows_for_day("ib_calls", ds, "2024-03-14".parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stored.len(), 3);
-    let c2 = stored.iter().find(|r| r.key == "c2").unwrap();
-    assert_eq!(c2.source, "mb/m1", "the first occurrence wins");
-    assert!(
-        c2.values[6].is_none(),
-        "c2's notes stay as first stored (empty)"
+#[tokio::test]
+async fn with_replace_a_repeated_row_overwrites_the_stored_one_on_both_stores() {
+    let text = include_str!("../reports.toml").replacen(
+        "on_duplicate = \"keep_first\"",
+        "on_duplicate = \"replace\"",
+        1,
+    );
+    let defs = Definitions::parse(&text).unwrap();
+    let ds = &defs.datasets["ib_calls"];
+    let first = parse_attachment(
+        ds,
+        format!("{HEADER}c1,A1,Sales,2024-03-14T09:00:00,,5,first\n").as_bytes(),
+    )
+    .unwrap()
+    .rows;
+    let second = parse_attachment(
+        ds,
+        format!("{HEADER}c1,A1,Sales,2024-03-14T09:00:00,,7,second\nc2,A1,Sales,2024-03-14T09:30:00,,1,\n").as_bytes(),
+    )
+    .unwrap()
+    .rows;
+    for (name, store) in row_stores().await {
+        store
+            .store("ib_calls", ds, &first, "mb/m1", Utc::now())
+            .await
+            .unwrap();
+        let o = store
+            .store("ib_calls", ds, &second, "mb/m2", Utc::now())
+            .await
+            .unwrap();
+        assert_eq!((o.new, o.duplicate), (1, 1), "{name}");
+        let stored = store
+            .rows_for_day("ib_calls", ds, "2024-03-14".parse().unwrap())
+            .await
+            .unwrap();
+        let c1 = stored.iter().find(|r| r.key == "c1").unwrap();
+        assert_eq!(c1.source, "mb/m2", "{name}: replaced");
+        assert_eq!(c1.values, second[0].values, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn more_than_one_batch_of_rows_is_written_read_back_in_pages_and_deleted() {
+    let defs = definitions();
+    let ds = &defs.datasets["ib_calls"];
+    let mut text = HEADER.to_owned();
+    for i in 0..2600 {
+        text.push_str(&format!(
+            "call-{i:04},A1,Sales,2024-03-14T09:{:02}:00,,5,{}\n",
+            i % 60,
+            "x".repeat(if i < 260 { 2000 } else { 10 })
+        ));
+    }
+    let rows = parse_attachment(ds, text.as_bytes()).unwrap().rows;
+    let day = "2024-03-14".parse().unwrap();
+    let mut orders = Vec::new();
+    for (name, store) in row_stores().await {
+        let o = store
+            .store("ib_calls", ds, &rows, "mb/big", Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(o.new, 2600, "{name}");
+        let pages: Vec<usize> = store
+            .day_pages("ib_calls", ds, day)
+            .map_ok(|p| p.len())
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(pages.len() > 1, "{name}: read in pages: {pages:?}");
+        let stored = store.rows_for_day("ib_calls", ds, day).await.unwrap();
+        assert_eq!(stored.len(), 2600, "{name}");
+        orders.push(stored.into_iter().map(|r| r.key).collect::<Vec<_>>());
+        assert_eq!(
+            store.delete_day("ib_calls", day).await.unwrap(),
+            2600,
+            "{name}"
+        );
+        assert!(
+            store
+                .rows_for_day("ib_calls", ds, day)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    assert_eq!(
+        orders[0], orders[1],
+        "both stores read a day in the same key order"
     );
 }
 
 #[tokio::test]
-async fn more_than_one_batch_of_rows_is_written_and_read_back_in_pages() {
-    let c = clients().await;
-    let table = unique("rows");
-    create_table(&c, &table).await.unwrap();
-    let store: &dyn RowStore = &DynamoRowStore::new(c.dynamodb.clone(), &table);
-    let defs = definitions();
-    let ds = &defs.datasets["ib_calls"];
-    let mut text = HEADER.to_owned();
-    for i in 0..260 {
-        text.push_str(&format!(
-            "call-{i:04},A1,Sales,2024-03-14T09:{:02}:00,,5,{}\n",
-            i % 60,
-            "x".repeat(2000)
-        ));
+async fn postgres_migrations_apply_once_however_often_the_store_connects() {
+    let server = charlie_tests::postgres();
+    let db = unique("m").replace('-', "_");
+    server.create_database(&db).unwrap();
+    let settings = || charlie::adapters::postgres::PostgresSettings {
+        url: server.url_of(&db),
+        password: None,
+    };
+    let connects =
+        (0..4).map(|_| charlie::adapters::postgres::PostgresRowStore::connect(settings()));
+    for store in futures::future::join_all(connects).await {
+        store.unwrap();
     }
-    let rows = parse_attachment(ds, text.as_bytes()).unwrap().rows;
-    let o = store
-        .store("ib_calls", ds, &rows, "mb/big", Utc::now())
-        .await
-        .unwrap();
-    assert_eq!(o.new, 260);
-    let stored = store
-        .rows_for_day("ib_calls", ds, "2024-03-14".parse().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(stored.len(), 260);
+    let unreachable = charlie::adapters::postgres::PostgresRowStore::connect(
+        charlie::adapters::postgres::PostgresSettings {
+            url: "host=127.0.0.1 port=1 user=charlie dbname=x sslmode=disable".into(),
+            password: Some(charlie::secret::Secret::new("hunter2")),
+        },
+    )
+    .await
+    .err()
+    .expect("nothing listens on port 1");
+    let shown = format!("{unreachable:#}");
+    assert!(shown.contains("127.0.0.1:1/x"), "{shown}");
+    assert!(
+        !shown.contains("hunter2"),
+        "the password never shows: {shown}"
+    );
 }
 
 #[tokio::test]

@@ -4,13 +4,31 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
+use charlie::adapters::postgres::{PostgresRowStore, PostgresSettings};
 use charlie_local::clients::AwsClients;
 use charlie_local::emulator::Emulator;
+use charlie_local::postgres::PostgresServer;
 
 static EMULATOR: OnceLock<Emulator> = OnceLock::new();
+static POSTGRES: OnceLock<PostgresServer> = OnceLock::new();
+
+/// The test binary's PostgreSQL server, started on first use.
+pub fn postgres() -> &'static PostgresServer {
+    POSTGRES.get_or_init(|| PostgresServer::start().expect("starting PostgreSQL"))
+}
+
+/// A row store on a database of its own (migrations applied).
+pub async fn postgres_rows() -> PostgresRowStore {
+    let server = postgres();
+    let db = unique("t").replace('-', "_");
+    server.create_database(&db).unwrap();
+    PostgresRowStore::connect(PostgresSettings {
+        url: server.url_of(&db),
+        password: None,
+    })
+    .await
+    .unwrap()
+}
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The test binary's emulator, started on first use.
@@ -35,30 +53,7 @@ pub fn unique(base: &str) -> String {
 
 /// A pk/sk table like the module's `rows` and `state` tables.
 pub async fn create_table(clients: &AwsClients, name: &str) -> anyhow::Result<()> {
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-    };
-    let key = |n: &str, t| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-    };
-    clients
-        .dynamodb
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("pk")?)
-        .attribute_definitions(attr("sk")?)
-        .key_schema(key("pk", KeyType::Hash)?)
-        .key_schema(key("sk", KeyType::Range)?)
-        .send()
-        .await?;
-    Ok(())
+    clients.create_pk_sk_table(name).await
 }
 
 /// Named end-to-end scenarios sharing one deployment: each runs on its own (a failed

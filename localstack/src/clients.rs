@@ -45,4 +45,34 @@ impl AwsClients {
     pub fn queue(&self, url: &str) -> SqsQueue {
         SqsQueue::new(self.sqs.clone(), url)
     }
+
+    /// A table keyed like the module's `rows` and `state` tables (pk, sk), on demand.
+    pub async fn create_pk_sk_table(&self, name: &str) -> anyhow::Result<()> {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let attr = |n: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(n)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+        };
+        let key = |n: &str, t| {
+            KeySchemaElement::builder()
+                .attribute_name(n)
+                .key_type(t)
+                .build()
+        };
+        self.dynamodb
+            .create_table()
+            .table_name(name)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk")?)
+            .attribute_definitions(attr("sk")?)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .send()
+            .await?;
+        Ok(())
+    }
 }

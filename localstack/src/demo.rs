@@ -12,14 +12,18 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use charlie::adapters::postgres::{PostgresRowStore, PostgresSettings};
+use charlie::definitions::Definitions;
 use charlie::messages::IngestOutcome;
-use charlie::ports::Objects;
+use charlie::ports::{Objects, RowStore};
+use futures::TryStreamExt;
 
 use crate::clients::AwsClients;
 use crate::deployment::Deployment;
 use crate::emulator::Emulator;
 use crate::fake_graph::FakeGraph;
 use crate::packaging::package_functions;
+use crate::postgres::PostgresServer;
 use crate::project;
 use crate::runner::{DrainStats, LocalRunner};
 use crate::terraform::Terraform;
@@ -52,8 +56,37 @@ pub struct LocalCloud {
     pub outputs: Outputs,
     pub clients: AwsClients,
     pub apply_seconds: f64,
-    // Last: dropped after everything that talks to it.
+    /// The deployment's row store, as the functions reach it.
+    pub rows: Arc<dyn RowStore>,
+    pub definitions: Definitions,
+    pub row_store: RowStoreKind,
+    // Last: dropped after everything that talks to them.
+    pub postgres: Option<PostgresServer>,
     pub emulator: Emulator,
+}
+
+/// Where a deployment keeps its rows (Terraform's `row_store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowStoreKind {
+    DynamoDb,
+    Postgres,
+}
+
+impl RowStoreKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RowStoreKind::DynamoDb => "dynamodb",
+            RowStoreKind::Postgres => "postgres",
+        }
+    }
+
+    pub fn parse(name: &str) -> anyhow::Result<Self> {
+        match name {
+            "dynamodb" => Ok(RowStoreKind::DynamoDb),
+            "postgres" => Ok(RowStoreKind::Postgres),
+            other => anyhow::bail!("row store {other:?} is neither dynamodb nor postgres"),
+        }
+    }
 }
 
 pub struct UpOptions {
@@ -64,6 +97,7 @@ pub struct UpOptions {
     pub graph_page_size: usize,
     /// Prints progress lines when true.
     pub progress: bool,
+    pub row_store: RowStoreKind,
 }
 
 impl UpOptions {
@@ -73,6 +107,7 @@ impl UpOptions {
             mailbox_dir: project::root().join("events/mailbox"),
             graph_page_size: 2,
             progress: false,
+            row_store: RowStoreKind::DynamoDb,
         }
     }
 }
@@ -97,6 +132,22 @@ impl LocalCloud {
                 t.elapsed().as_secs_f64()
             ),
         );
+        let postgres = match opts.row_store {
+            RowStoreKind::DynamoDb => None,
+            RowStoreKind::Postgres => {
+                let t = Instant::now();
+                let server = PostgresServer::start()?;
+                step(
+                    p,
+                    &format!(
+                        "      PostgreSQL (row store) on 127.0.0.1:{} ({:.1} s)",
+                        server.port(),
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
+                Some(server)
+            }
+        };
         let graph = FakeGraph::start(&opts.mailbox_dir, opts.graph_page_size).await?;
         step(
             p,
@@ -124,7 +175,7 @@ impl LocalCloud {
         let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let api = api_listener.local_addr()?;
         let (mailbox, folder) = graph.mailbox();
-        let vars = vec![
+        let mut vars = vec![
             ("webhook_base_url".to_owned(), format!("http://{api}")),
             ("endpoint".to_owned(), emulator.endpoint().to_owned()),
             ("name_prefix".to_owned(), PREFIX.to_owned()),
@@ -136,7 +187,11 @@ impl LocalCloud {
             ("graph_base_url".to_owned(), graph.base_url.clone()),
             ("graph_token_url".to_owned(), graph.token_url.clone()),
             ("mailboxes".to_owned(), format!("[\"{mailbox}/{folder}\"]")),
+            ("row_store".to_owned(), opts.row_store.name().to_owned()),
         ];
+        if let Some(pg) = &postgres {
+            vars.push(("postgres_url".to_owned(), pg.url()));
+        }
         let _ = std::fs::remove_dir_all(&opts.work_dir);
         let terraform = Terraform::new(&opts.work_dir, vars)?;
         let tf = Arc::new(terraform);
@@ -186,6 +241,19 @@ impl LocalCloud {
         let (_, api_server) = runner.serve_api_on(api_listener)?;
         step(p, &format!("      API routes served at http://{api}"));
         let clients = AwsClients::from_config(&config, true);
+        let rows: Arc<dyn RowStore> = match &postgres {
+            None => Arc::new(clients.rows(&outputs.rows_table)),
+            Some(pg) => Arc::new(
+                PostgresRowStore::connect(PostgresSettings {
+                    url: pg.url(),
+                    password: None,
+                })
+                .await?,
+            ),
+        };
+        let definitions = Definitions::parse(&std::fs::read_to_string(
+            project::root().join("reports.toml"),
+        )?)?;
         Ok(LocalCloud {
             runner,
             api,
@@ -195,6 +263,10 @@ impl LocalCloud {
             outputs,
             clients,
             apply_seconds,
+            rows,
+            definitions,
+            row_store: opts.row_store,
+            postgres,
             emulator,
         })
     }
@@ -225,28 +297,19 @@ impl LocalCloud {
         Ok((run, drained))
     }
 
-    /// Rows stored for `dataset` on `date`.
+    /// Rows stored for `dataset` on `date`, read back from the deployment's row store.
     pub async fn stored_rows(&self, dataset: &str, date: &str) -> anyhow::Result<usize> {
+        let ds = self
+            .definitions
+            .datasets
+            .get(dataset)
+            .with_context(|| format!("no dataset {dataset}"))?;
+        let mut pages = self.rows.day_pages(dataset, ds, date.parse()?);
         let mut count = 0;
-        let mut start = None;
-        loop {
-            let page = self
-                .clients
-                .dynamodb
-                .query()
-                .table_name(&self.outputs.rows_table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", AttributeValue::S(format!("{dataset}#{date}")))
-                .select(aws_sdk_dynamodb::types::Select::Count)
-                .set_exclusive_start_key(start)
-                .send()
-                .await?;
-            count += page.count as usize;
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(count),
-            }
+        while let Some(page) = pages.try_next().await? {
+            count += page.len();
         }
+        Ok(count)
     }
 
     /// Every ingest outcome recorded in state.
@@ -299,12 +362,16 @@ impl LocalCloud {
 }
 
 /// The demo: the whole path twice, results left under `out`.
-pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
+pub async fn run_demo(out: &Path, row_store: RowStoreKind) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(out)?;
-    println!("[1/6] Bringing up the local cloud");
+    println!(
+        "[1/6] Bringing up the local cloud (rows in {})",
+        row_store.name()
+    );
     let cloud = LocalCloud::up(UpOptions {
         progress: true,
+        row_store,
         ..UpOptions::new(project::target_dir().join("charlie/demo-run"))
     })
     .await?;
@@ -344,7 +411,8 @@ pub async fn run_demo(out: &Path) -> anyhow::Result<()> {
             .map(|o| o.rows_duplicate)
             .sum();
         println!(
-            "      rows stored for {d} on 2024-03-14: {stored} (duplicates skipped: {skipped})"
+            "      rows stored for {d} on 2024-03-14 in {}: {stored} (duplicates skipped: {skipped})",
+            cloud.row_store.name()
         );
         per_dataset.push((*d, stored, skipped));
     }

@@ -2,12 +2,14 @@
 //! applies `infra/envs/local` to it, the local runner that executes the functions in-process as
 //! the deployment wires them (queues, schedules, API routes), and a fake Microsoft Graph mailbox.
 
+pub mod bench;
 pub mod clients;
 pub mod demo;
 pub mod deployment;
 pub mod emulator;
 pub mod fake_graph;
 pub mod packaging;
+pub mod postgres;
 pub mod project;
 pub mod runner;
 pub mod terraform;

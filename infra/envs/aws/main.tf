@@ -33,8 +33,35 @@ variable "reports" {
   type = map(object({ cron = string, timezone = string }))
 }
 
+variable "row_store" {
+  description = "dynamodb (default), or postgres: an RDS PostgreSQL instance behind RDS Proxy in vpc_id"
+  type        = string
+  default     = "dynamodb"
+}
+
+variable "vpc_id" {
+  description = "With row_store = postgres: the VPC of the database and of the functions that reach it"
+  type        = string
+  default     = null
+}
+
+variable "private_subnet_ids" {
+  description = "With row_store = postgres: private subnets (two AZs or more) with a NAT gateway, so ingest still reaches Graph and the AWS APIs"
+  type        = list(string)
+  default     = []
+}
+
+variable "db_instance_class" {
+  type    = string
+  default = "db.t4g.medium"
+}
+
 provider "aws" {
   region = var.region
+}
+
+locals {
+  postgres = var.row_store == "postgres"
 }
 
 module "charlie" {
@@ -46,4 +73,13 @@ module "charlie" {
   mailboxes       = var.mailboxes
   graph_token_url = "https://login.microsoftonline.com/${var.tenant_id}/oauth2/v2.0/token"
   reports         = var.reports
+
+  row_store = var.row_store
+  # Through the proxy, with TLS; the password comes from the instance's managed secret.
+  postgres_url        = local.postgres ? "host=${aws_db_proxy.rows[0].endpoint} port=5432 user=charlie dbname=charlie sslmode=require" : null
+  postgres_secret_arn = local.postgres ? aws_db_instance.rows[0].master_user_secret[0].secret_arn : null
+  vpc = local.postgres ? {
+    subnet_ids         = var.private_subnet_ids
+    security_group_ids = [aws_security_group.functions[0].id]
+  } : null
 }

@@ -52,6 +52,17 @@ variable "mailboxes" {
   default = ["ops-reports@contoso.example/inbox"]
 }
 
+variable "row_store" {
+  description = "dynamodb, or postgres on the local server at postgres_url (scripts/demo --row-store postgres)"
+  type        = string
+  default     = "dynamodb"
+}
+
+variable "postgres_url" {
+  type    = string
+  default = null
+}
+
 variable "sender" {
   type    = string
   default = "reports@charlie.example"
@@ -103,6 +114,8 @@ module "charlie" {
   graph_base_url  = var.graph_base_url
   graph_token_url = var.graph_token_url
   reports         = var.reports
+  row_store       = var.row_store
+  postgres_url    = var.postgres_url
   # 10 MiB: the tests send a 12 MB workbook to see the size policy's download link.
   max_mail_bytes                = 10485760
   event_source_mappings_enabled = false

@@ -81,13 +81,22 @@ locals {
   }
 }
 
+locals {
+  # The PostgreSQL password, for the functions that reach the row store.
+  read_postgres_secret = { for fn in local.functions : fn => (
+    contains(local.row_store_users, fn) && var.row_store == "postgres" && var.postgres_secret_arn != null
+    ? [{ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = var.postgres_secret_arn }]
+    : []
+  ) }
+}
+
 resource "aws_iam_role_policy" "fn" {
   for_each = local.functions
   name     = "${local.p}-${each.key}"
   role     = aws_iam_role.fn[each.key].id
   policy = jsonencode({
     Version   = "2012-10-17",
-    Statement = concat(local.policies[each.key], local.send_dead_letters[each.key])
+    Statement = concat(local.policies[each.key], local.send_dead_letters[each.key], local.read_postgres_secret[each.key])
   })
 }
 
@@ -114,9 +123,32 @@ resource "aws_lambda_function" "fn" {
     size = var.function_ephemeral_storage[each.key]
   }
 
+  # In the database's VPC only the functions that reach it.
+  dynamic "vpc_config" {
+    for_each = var.vpc != null && contains(local.row_store_users, each.key) ? [var.vpc] : []
+    content {
+      subnet_ids         = vpc_config.value.subnet_ids
+      security_group_ids = vpc_config.value.security_group_ids
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.row_store != "postgres" || var.postgres_url != null
+      error_message = "row_store = \"postgres\" needs postgres_url."
+    }
+  }
+
   environment {
     variables = merge(local.common_env, { CHARLIE_STAGE = each.key }, local.function_env[each.key], local.dead_letter_env[each.key])
   }
 
-  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn]
+  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn, aws_iam_role_policy_attachment.vpc]
+}
+
+# Functions in a VPC create network interfaces there.
+resource "aws_iam_role_policy_attachment" "vpc" {
+  for_each   = var.vpc != null ? local.row_store_users : toset([])
+  role       = aws_iam_role.fn[each.key].name
+  policy_arn = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 }

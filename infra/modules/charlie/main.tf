@@ -40,6 +40,14 @@ locals {
     CHARLIE_DEAD_LETTER_QUEUES = jsonencode({ for q in qs : aws_sqs_queue.main[q].arn => aws_sqs_queue.dlq[q].url })
   } }
 
+  # The functions that read or write rows, and how they reach the row store.
+  row_store_users = toset(["ingest", "report-builder"])
+  row_store_env = merge(
+    { CHARLIE_ROW_STORE = var.row_store },
+    var.row_store == "postgres" ? { CHARLIE_POSTGRES_URL = var.postgres_url } : {},
+    var.row_store == "postgres" && var.postgres_secret_arn != null ? { CHARLIE_POSTGRES_SECRET = var.postgres_secret_arn } : {},
+  )
+
   common_env = {
     RUST_LOG           = var.log_level
     CHARLIE_BUCKET     = aws_s3_bucket.data.bucket
@@ -69,12 +77,12 @@ locals {
       CHARLIE_RESYNC_LOOKBACK_HOURS    = tostring(var.resync_lookback_hours)
       CHARLIE_SUBSCRIPTION_RENEW_HOURS = tostring(var.subscription_renew_hours)
     }
-    ingest = {
+    ingest = merge(local.row_store_env, {
       CHARLIE_OUTBOUND_QUEUE_URL = aws_sqs_queue.main["outbound"].url
-    }
-    report-builder = {
+    })
+    report-builder = merge(local.row_store_env, {
       CHARLIE_MAIL_QUEUE_URL = aws_sqs_queue.main["mail"].url
-    }
+    })
     mailer = {
       CHARLIE_SENDER         = var.sender
       CHARLIE_SES_CONFIG_SET = aws_ses_configuration_set.main.name

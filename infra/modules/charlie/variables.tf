@@ -168,3 +168,31 @@ variable "link_days" {
     error_message = "link_days must be between 1 and 7."
   }
 }
+
+variable "row_store" {
+  description = "Where rows are stored: \"dynamodb\" (the rows table) or \"postgres\" (postgres_url; RDS in infra/envs/aws)."
+  type        = string
+  default     = "dynamodb"
+  validation {
+    condition     = contains(["dynamodb", "postgres"], var.row_store)
+    error_message = "row_store must be \"dynamodb\" or \"postgres\"."
+  }
+}
+
+variable "postgres_url" {
+  description = "With row_store = \"postgres\": the libpq connection string of the server (or RDS Proxy), without the password, e.g. \"host=… port=5432 user=charlie dbname=charlie sslmode=require\"."
+  type        = string
+  default     = null
+}
+
+variable "postgres_secret_arn" {
+  description = "With row_store = \"postgres\": the Secrets Manager secret holding {\"password\": …} (RDS's managed master secret has that shape); null when the server needs none."
+  type        = string
+  default     = null
+}
+
+variable "vpc" {
+  description = "Subnets and security groups of the functions that reach the database (ingest, report-builder); null: no VPC. Those functions then reach Graph, SES and AWS APIs through the VPC (NAT gateway or VPC endpoints)."
+  type        = object({ subnet_ids = list(string), security_group_ids = list(string) })
+  default     = null
+}

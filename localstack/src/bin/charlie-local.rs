@@ -1,4 +1,6 @@
-//! `charlie-local demo [--out DIR]`: the whole pipeline on the local cloud, artefacts in DIR.
+//! `charlie-local demo [--out DIR] [--row-store dynamodb|postgres]`: the whole pipeline on the
+//! local cloud, artefacts in DIR.
+//! `charlie-local bench-stores FILE…`: stores each ib_calls export through each row store.
 
 use std::path::PathBuf;
 
@@ -6,6 +8,8 @@ use std::path::PathBuf;
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut out = charlie_local::project::root().join("out");
+    let mut row_store = charlie_local::demo::RowStoreKind::DynamoDb;
+    let mut files = Vec::new();
     let mut command = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -14,8 +18,17 @@ async fn main() -> std::process::ExitCode {
                 Some(v) => out = PathBuf::from(v),
                 None => return usage("--out needs a folder"),
             },
+            "--row-store" => match it
+                .next()
+                .map(|v| charlie_local::demo::RowStoreKind::parse(v))
+            {
+                Some(Ok(k)) => row_store = k,
+                Some(Err(e)) => return usage(&e.to_string()),
+                None => return usage("--row-store needs dynamodb or postgres"),
+            },
             "-h" | "--help" => return usage(""),
             c if command.is_none() => command = Some(c.to_owned()),
+            f if command.as_deref() == Some("bench-stores") => files.push(PathBuf::from(f)),
             other => return usage(&format!("unexpected argument {other:?}")),
         }
     }
@@ -25,13 +38,22 @@ async fn main() -> std::process::ExitCode {
     );
     charlie::telemetry::init(&env);
     match command.as_deref() {
-        Some("demo") => match charlie_local::demo::run_demo(&out).await {
+        Some("demo") => match charlie_local::demo::run_demo(&out, row_store).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("demo failed: {e:#}");
                 std::process::ExitCode::FAILURE
             }
         },
+        Some("bench-stores") if !files.is_empty() => {
+            match charlie_local::bench::bench_stores(&files).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench-stores failed: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         _ => usage("which command?"),
     }
 }
@@ -40,6 +62,7 @@ fn usage(problem: &str) -> std::process::ExitCode {
     if !problem.is_empty() {
         eprintln!("charlie-local: {problem}");
     }
-    eprintln!("usage: charlie-local demo [--out DIR]");
+    eprintln!("usage: charlie-local demo [--out DIR] [--row-store dynamodb|postgres]");
+    eprintln!("       charlie-local bench-stores IB_CALLS_CSV...");
     std::process::ExitCode::from(2)
 }

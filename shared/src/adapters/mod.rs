@@ -1,5 +1,5 @@
 //! Adapters: each implements ports (`crate::ports`) for one thing it talks to, in the folder
-//! named for it. The AWS and Graph ones are compiled only with their Cargo features, so a
+//! named for it (`aws/…`, `graph`, `postgres`, `memory`). The AWS and Graph ones are compiled only with their Cargo features, so a
 //! function links the clients its stage uses and no others; `memory` is always there.
 
 #[cfg(feature = "aws")]
@@ -7,5 +7,7 @@ pub mod aws;
 #[cfg(feature = "graph")]
 pub mod graph;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(any(feature = "aws", feature = "graph"))]
 pub mod retry;

@@ -24,7 +24,7 @@ use crate::ports::{
     StoreOutcome, WorkQueue,
 };
 use crate::reprocess::index_day;
-use crate::sqs_batch::{self, Consumer, correlation_id};
+use crate::sqs_batch::correlation_id;
 use crate::state::{self, DayAttachment, RecordKey};
 
 /// Rows parsed, stored and dropped at a time.
@@ -62,7 +62,7 @@ impl Ingest {
             definitions: Arc::new(super::load_definitions(env, objects.as_ref()).await?),
             mail: wiring::graph(&aws, env).await?,
             objects,
-            rows: wiring::rows(&aws, env)?,
+            rows: wiring::rows(&aws, env).await?,
             claims: state.clone(),
             records: state,
             outbound: wiring::queue(&aws, env, "CHARLIE_OUTBOUND_QUEUE_URL")?,
@@ -78,26 +78,29 @@ impl super::Handler for Ingest {
         event: serde_json::Value,
         invocation: &Invocation,
     ) -> anyhow::Result<serde_json::Value> {
-        let event = super::parse_event(event)?;
-        Ok(serde_json::to_value(
-            Box::pin(self.handle(event, invocation)).await,
-        )?)
+        super::invoke_batch(self, event, invocation).await
+    }
+}
+
+#[async_trait]
+impl super::MessageHandler for Ingest {
+    const STAGE: &'static str = "ingest";
+
+    fn dead_letters(&self) -> &dyn DeadLetters {
+        self.dead_letters.as_ref()
+    }
+
+    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
+        self.ingest_message(msg, invocation).await
     }
 }
 
 impl Ingest {
     pub async fn handle(&self, event: SqsEvent, invocation: &Invocation) -> SqsBatchResponse {
-        let consumer = Consumer {
-            stage: "ingest",
-            dead_letters: self.dead_letters.as_ref(),
-        };
-        sqs_batch::process(event, invocation, consumer, |m| {
-            self.handle_message(m, invocation)
-        })
-        .await
+        super::handle_batch(self, event, invocation).await
     }
 
-    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
+    async fn ingest_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
         let inbound: InboundMessage = serde_json::from_str(body).map_err(|e| {
             permanent(format!(

@@ -31,7 +31,6 @@ use crate::ports::{
     Claims, DeadLetters, MailTransport, Objects, OutgoingAttachment, OutgoingMail, StateRecords,
 };
 use crate::report_mail::{Field, Recipients, ReportMail, XLSX_CONTENT_TYPE, render};
-use crate::sqs_batch::{self, Consumer};
 use crate::state::{
     self, DeliveryEvent, DeliveryResult, DeliveryStatus, RecordKey, RunDelivery, SesMessage,
 };
@@ -103,26 +102,33 @@ impl super::Handler for Mailer {
         event: serde_json::Value,
         invocation: &Invocation,
     ) -> anyhow::Result<serde_json::Value> {
-        let event = super::parse_event(event)?;
-        Ok(serde_json::to_value(
-            Box::pin(self.handle(event, invocation)).await,
-        )?)
+        super::invoke_batch(self, event, invocation).await
+    }
+}
+
+#[async_trait]
+impl super::MessageHandler for Mailer {
+    const STAGE: &'static str = "mailer";
+
+    fn dead_letters(&self) -> &dyn DeadLetters {
+        self.dead_letters.as_ref()
+    }
+
+    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
+        self.deliver_message(msg, invocation).await
     }
 }
 
 impl Mailer {
     pub async fn handle(&self, event: SqsEvent, invocation: &Invocation) -> SqsBatchResponse {
-        let consumer = Consumer {
-            stage: "mailer",
-            dead_letters: self.dead_letters.as_ref(),
-        };
-        sqs_batch::process(event, invocation, consumer, |m| {
-            self.handle_message(m, invocation)
-        })
-        .await
+        super::handle_batch(self, event, invocation).await
     }
 
-    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
+    async fn deliver_message(
+        &self,
+        msg: SqsMessage,
+        invocation: &Invocation,
+    ) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
         // The ses_events queue carries SNS notifications; the mail queue, mail requests.
         if let Ok(note) = serde_json::from_str::<SnsNotification>(body)

@@ -23,7 +23,9 @@ use crate::definitions::Definitions;
 use crate::env::Env;
 use crate::failure::permanent;
 use crate::invocation::Invocation;
-use crate::ports::Objects;
+use crate::ports::{DeadLetters, Objects};
+use crate::sqs_batch::{self, Consumer};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
 /// The stage names, as in the `functions/` folders and the deployed function names.
 pub const STAGES: [&str; 5] = [
@@ -43,6 +45,43 @@ pub trait Handler: Send + Sync {
         event: serde_json::Value,
         invocation: &Invocation,
     ) -> anyhow::Result<serde_json::Value>;
+}
+
+/// A stage that consumes an SQS queue, a message at a time.
+#[async_trait]
+pub(crate) trait MessageHandler: Send + Sync {
+    /// The stage's name, as its dead letters carry it.
+    const STAGE: &'static str;
+    fn dead_letters(&self) -> &dyn DeadLetters;
+    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()>;
+}
+
+/// A batch through `sqs_batch::process`, each message to `handler`.
+pub(crate) async fn handle_batch<H: MessageHandler>(
+    handler: &H,
+    event: SqsEvent,
+    invocation: &Invocation,
+) -> SqsBatchResponse {
+    let consumer = Consumer {
+        stage: H::STAGE,
+        dead_letters: handler.dead_letters(),
+    };
+    sqs_batch::process(event, invocation, consumer, |m| {
+        handler.handle_message(m, invocation)
+    })
+    .await
+}
+
+/// [`Handler::invoke`] of a message handler: the SQS event in, the batch response out.
+pub(crate) async fn invoke_batch<H: MessageHandler>(
+    handler: &H,
+    event: serde_json::Value,
+    invocation: &Invocation,
+) -> anyhow::Result<serde_json::Value> {
+    let event = parse_event(event)?;
+    Ok(serde_json::to_value(
+        Box::pin(handle_batch(handler, event, invocation)).await,
+    )?)
 }
 
 /// The event as the type the stage expects; anything else is a permanent error.
@@ -131,17 +170,56 @@ pub mod wiring {
         )))
     }
 
-    #[cfg(feature = "dynamodb")]
-    pub fn rows(
+    /// The row store the deployment chose (`CHARLIE_ROW_STORE`: `dynamodb`, the default, or
+    /// `postgres` with `CHARLIE_POSTGRES_URL` and, when the server wants a password,
+    /// `CHARLIE_POSTGRES_SECRET` holding `{"password": …}` as RDS keeps it).
+    #[cfg(all(feature = "dynamodb", feature = "postgres", feature = "secrets"))]
+    pub async fn rows(
         aws: &AwsConfig,
         env: &Env,
-    ) -> anyhow::Result<Arc<crate::adapters::aws::dynamodb::DynamoRowStore>> {
-        Ok(Arc::new(
-            crate::adapters::aws::dynamodb::DynamoRowStore::new(
-                aws_sdk_dynamodb::Client::new(&aws.sdk),
-                env.required("CHARLIE_ROWS_TABLE")?,
-            ),
-        ))
+    ) -> anyhow::Result<Arc<dyn crate::ports::RowStore>> {
+        match env.get("CHARLIE_ROW_STORE").unwrap_or("dynamodb") {
+            "dynamodb" => Ok(Arc::new(
+                crate::adapters::aws::dynamodb::DynamoRowStore::new(
+                    aws_sdk_dynamodb::Client::new(&aws.sdk),
+                    env.required("CHARLIE_ROWS_TABLE")?,
+                ),
+            )),
+            "postgres" => {
+                let password = match env.get("CHARLIE_POSTGRES_SECRET") {
+                    None => None,
+                    Some(id) => {
+                        let secrets = aws_sdk_secretsmanager::Client::new(&aws.sdk);
+                        let secret =
+                            crate::adapters::aws::secrets::read_secret(&secrets, id).await?;
+                        #[derive(serde::Deserialize)]
+                        struct Credentials {
+                            password: String,
+                        }
+                        let c: Credentials = serde_json::from_str(secret.expose()).map_err(|e| {
+                            anyhow::anyhow!(
+                                "secret {id} is not {{\"password\": …}} JSON (line {}, column {})",
+                                e.line(),
+                                e.column()
+                            )
+                        })?;
+                        Some(crate::secret::Secret::new(c.password))
+                    }
+                };
+                let settings = crate::adapters::postgres::PostgresSettings {
+                    url: env.required("CHARLIE_POSTGRES_URL")?.to_owned(),
+                    password,
+                };
+                Ok(Arc::new(
+                    crate::adapters::postgres::PostgresRowStore::connect(settings).await?,
+                ))
+            }
+            other => Err(crate::env::SettingError::Invalid {
+                name: "CHARLIE_ROW_STORE",
+                reason: format!("{other:?} is neither \"dynamodb\" nor \"postgres\""),
+            }
+            .into()),
+        }
     }
 
     #[cfg(feature = "secrets")]

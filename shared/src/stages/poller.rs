@@ -37,7 +37,6 @@ use crate::ports::{
     SubscriptionRequest, Subscriptions, WorkQueue,
 };
 use crate::secret::Secret;
-use crate::sqs_batch::{self, Consumer};
 use crate::state::{
     self, CLIENT_STATES_LOCK, DeltaLink, RecordKey, SubscribedFolder, SubscriptionRecord,
 };
@@ -132,15 +131,25 @@ impl super::Handler for Poller {
         invocation: &Invocation,
     ) -> anyhow::Result<serde_json::Value> {
         if event.get("Records").is_some() {
-            let event = super::parse_event(event)?;
-            return Ok(serde_json::to_value(
-                Box::pin(self.handle(event, invocation)).await,
-            )?);
+            return super::invoke_batch(self, event, invocation).await;
         }
         let trigger = super::parse_event(event)?;
         Ok(serde_json::to_value(
             Box::pin(self.poll(trigger, invocation)).await?,
         )?)
+    }
+}
+
+#[async_trait]
+impl super::MessageHandler for Poller {
+    const STAGE: &'static str = "poller";
+
+    fn dead_letters(&self) -> &dyn DeadLetters {
+        self.dead_letters.as_ref()
+    }
+
+    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
+        self.handle_work(msg, invocation).await
     }
 }
 
@@ -208,14 +217,7 @@ impl Poller {
 
     /// Lifecycle work queued by the webhook.
     pub async fn handle(&self, event: SqsEvent, invocation: &Invocation) -> SqsBatchResponse {
-        let consumer = Consumer {
-            stage: "poller",
-            dead_letters: self.dead_letters.as_ref(),
-        };
-        sqs_batch::process(event, invocation, consumer, |m| {
-            self.handle_work(m, invocation)
-        })
-        .await
+        super::handle_batch(self, event, invocation).await
     }
 
     async fn handle_work(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {

@@ -57,7 +57,7 @@ impl ReportBuilder {
         let state = wiring::state(&aws, env)?;
         Ok(ReportBuilder {
             definitions: Arc::new(super::load_definitions(env, objects.as_ref()).await?),
-            rows: wiring::rows(&aws, env)?,
+            rows: wiring::rows(&aws, env).await?,
             claims: state.clone(),
             records: state,
             objects,

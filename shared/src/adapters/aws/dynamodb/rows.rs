@@ -30,6 +30,8 @@ const MAX_ATTEMPTS: u32 = 8;
 pub struct DynamoRowStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
+    /// Requests sent so far (for the store benchmark).
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub fn partition_key(dataset: &str, date: NaiveDate) -> String {
@@ -41,7 +43,18 @@ impl DynamoRowStore {
         DynamoRowStore {
             client,
             table: table.into(),
+            requests: Default::default(),
         }
+    }
+
+    /// Requests sent so far (for the store benchmark).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count(&self) {
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -135,6 +148,7 @@ impl DynamoRowStore {
             write_all(chunk.to_vec(), |batch| {
                 let client = self.client.clone();
                 let table = self.table.clone();
+                self.count();
                 async move {
                     let out = client
                         .batch_write_item()
@@ -167,6 +181,7 @@ impl DynamoRowStore {
             let stored = until_processed(keys, "BatchGetItem", "keys", |batch| {
                 let client = self.client.clone();
                 let table = self.table.clone();
+                self.count();
                 async move {
                     let keys = KeysAndAttributes::builder()
                         .set_keys(Some(batch))
@@ -226,6 +241,7 @@ impl DynamoRowStore {
         projection: Option<&str>,
         start: Option<HashMap<String, AttributeValue>>,
     ) -> anyhow::Result<(Vec<Item>, Option<Item>)> {
+        self.count();
         let page = self
             .client
             .query()

@@ -1,0 +1,1059 @@
+// The end-to-end scenarios, included by end_to_end.rs (rows in DynamoDB) and
+// end_to_end_postgres.rs (rows in PostgreSQL): one list, run on each row store.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+
+use calamine::{Data, Reader, Xlsx};
+use charlie::adapters::aws::dynamodb::DynamoState;
+use charlie::adapters::aws::s3::S3Objects;
+use charlie::adapters::aws::sqs::{CAUSE_ATTRIBUTE, STAGE_ATTRIBUTE, SqsQueue};
+use charlie::definitions::Definitions;
+use charlie::messages::MailRequest;
+use charlie::ports::{Claim, Claims, Objects, RowStore, StateRecords, StoredRow, WorkQueue};
+use charlie::state::{DeliveryStatus, RecordKey, SesMessage, SubscriptionRecord};
+use charlie_local::demo::{LocalCloud, RowStoreKind, UpOptions};
+use charlie_local::emulator::SentMail;
+use charlie_local::fake_graph::{FakeAttachment, FakeMessage, SendPath};
+use charlie_tests::scenarios::{self, Args};
+use chrono::{DateTime, NaiveDate, Utc};
+use mail_parser::{MessageParser, MimeHeaders};
+
+/// What every scenario shares: the deployment and handles on what it wrote.
+struct Ctx {
+    cloud: LocalCloud,
+    defs: Definitions,
+    state: DynamoState,
+    objects: S3Objects,
+    mailbox: String,
+    /// Unique keys of the sample mailbox's day, counted without Charlie's code.
+    expected_calls: usize,
+    expected_dials: usize,
+}
+
+impl Ctx {
+    fn records(&self) -> &dyn StateRecords {
+        &self.state
+    }
+
+    fn queue(&self, name: &str) -> SqsQueue {
+        self.cloud
+            .clients
+            .queue(&self.cloud.outputs.queue_urls[name])
+    }
+
+    async fn ses_mail(&self) -> Vec<SentMail> {
+        self.cloud.emulator.sent_raw_mail().await.unwrap()
+    }
+
+    async fn rows_of(&self, dataset: &str, day: &str) -> usize {
+        self.cloud.stored_rows(dataset, day).await.unwrap()
+    }
+
+    /// The number of outcomes recorded for one mail.
+    async fn outcomes_of(&self, message_id: &str) -> usize {
+        self.records()
+            .outcomes_of_mail(&self.mailbox, message_id)
+            .await
+            .unwrap()
+            .len()
+    }
+
+    fn hook(&self) -> String {
+        self.cloud.api_url("/graph/notifications")
+    }
+
+    /// A run request straight to the report builder.
+    async fn run_request(
+        &self,
+        report: &str,
+        period: &str,
+        run_id: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut event =
+            serde_json::json!({"v": 1, "kind": "run", "report": report, "period": period});
+        if let Some(id) = run_id {
+            event["run_id"] = id.into();
+        }
+        self.cloud.runner.invoke("report-builder", event).await
+    }
+}
+
+/// Runs every scenario (or those the command line names) on one deployment whose rows live in
+/// `row_store`.
+fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
+    let args = Args::from_env();
+    let all = charlie_tests::scenarios!(Ctx;
+        terraform_plans_nothing_after_apply,
+        webhook_answers_the_handshake_and_refuses_a_body_that_is_no_notification,
+        the_first_poll_subscribes_and_stores_every_row_once,
+        notifications_with_a_wrong_client_state_queue_nothing,
+        a_mail_notified_three_times_is_stored_once,
+        reprocessing_a_day_gives_the_same_rows,
+        a_scheduled_report_is_built_and_mailed_once,
+        run_requests_name_any_period,
+        a_rerun_mails_the_new_version_only,
+        a_held_period_lock_defers_the_run_and_an_empty_day_is_skipped,
+        the_weekly_report_goes_through_graph_and_an_empty_week_sends_a_notice,
+        a_large_workbook_goes_through_a_graph_upload_session_once,
+        an_oversized_workbook_goes_as_a_download_link,
+        an_ses_bounce_marks_the_delivery_and_is_never_lowered,
+        an_unusable_attachment_is_quarantined_with_its_reason,
+        a_mail_found_by_webhook_and_poll_is_ingested_once,
+        a_missed_lifecycle_event_resyncs_the_folder,
+        subscriptions_are_renewed_near_expiry_and_on_reauthorization,
+        a_removed_subscription_is_recreated_and_the_folder_resynced,
+        a_429_storm_slows_the_poll_and_loses_nothing,
+        an_expired_delta_link_resyncs_over_the_look_back_window,
+        a_poison_message_goes_to_the_dead_letter_queue_at_once_with_its_cause,
+    );
+    if args.list {
+        for s in &all {
+            println!("{}: test", s.name);
+        }
+        return std::process::ExitCode::SUCCESS;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        // The stages' futures are deep in a debug build.
+        .thread_stack_size(16 * 1024 * 1024)
+        .enable_all()
+        .build()
+        .unwrap();
+    let passed = runtime.block_on(async {
+        let work = charlie_local::project::target_dir().join(format!(
+            "charlie/e2e-{}-{}",
+            row_store.name(),
+            std::process::id()
+        ));
+        let cx = Box::pin(up(work.clone(), row_store)).await;
+        let passed = scenarios::run(&cx, &all, &args).await;
+        drop(cx);
+        let _ = std::fs::remove_dir_all(work);
+        passed
+    });
+    if passed {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+async fn up(work: std::path::PathBuf, row_store: RowStoreKind) -> Ctx {
+    let cloud = LocalCloud::up(UpOptions {
+        row_store,
+        ..UpOptions::new(work)
+    })
+    .await
+    .expect("local cloud up");
+    let defs = Definitions::parse(
+        &std::fs::read_to_string(charlie_local::project::root().join("reports.toml")).unwrap(),
+    )
+    .unwrap();
+    let (mailbox, _) = cloud.graph.mailbox();
+    Ctx {
+        state: cloud.clients.state(&cloud.outputs.state_table),
+        objects: cloud.clients.objects(&cloud.outputs.bucket),
+        defs,
+        mailbox,
+        expected_calls: expected_unique(&[
+            "ib_calls_2024-03-14_morning.csv",
+            "ib_calls_2024-03-14_afternoon.csv",
+        ]),
+        expected_dials: expected_unique(&["dials_2024-03-14.csv"]),
+        cloud,
+    }
+}
+
+/// Unique keys (first column) over sample attachments, counted without Charlie's code.
+fn expected_unique(files: &[&str]) -> usize {
+    let root = charlie_local::project::root().join("events/mailbox");
+    let mut ids = HashSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        let mut rdr = csv::Reader::from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+        for rec in rdr.records() {
+            ids.insert(rec.unwrap()[0].to_owned());
+        }
+    }
+    ids.len()
+}
+
+async fn post(url: &str, body: String) -> (u16, String, String) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, ctype, resp.text().await.unwrap())
+}
+
+fn notification(subscription: &str, mailbox: &str, id: &str, client_state: &str) -> String {
+    serde_json::json!({ "value": [{
+        "subscriptionId": subscription, "changeType": "created", "clientState": client_state,
+        "resource": format!("Users/{mailbox}/Messages/{id}"),
+        "resourceData": { "@odata.type": "#Microsoft.Graph.Message", "id": id },
+        "tenantId": "t"
+    }]})
+    .to_string()
+}
+
+/// A small ib_calls export of one day.
+fn export(day: &str, n: usize) -> Vec<u8> {
+    let mut csv = String::from(
+        "call_id,agent_id,agent_name,queue,started_at,answered_at,ended_at,duration_seconds,wait_seconds,disposition,caller_number,notes\n",
+    );
+    for i in 0..n {
+        csv.push_str(&format!("{day}-call-{i},A0075,Anne-Marie Nowak,Support,{day}T09:0{i}:00,{day}T09:0{i}:05,{day}T09:0{i}:50,45,5,RESOLVED,+44 20 7946 0000,\n"));
+    }
+    csv.into_bytes()
+}
+
+fn new_mail(id: &str, day: &str, n: usize) -> FakeMessage {
+    FakeMessage {
+        id: id.into(),
+        subject: format!("IB calls export {day}"),
+        from_name: "Dialer Exports".into(),
+        from_address: "exports@dialer.example".into(),
+        received: format!("{day}T10:00:00Z"),
+        attachments: vec![FakeAttachment {
+            name: format!("ib_calls_{day}.csv"),
+            content_type: "text/csv".into(),
+            bytes: export(day, n),
+        }],
+    }
+}
+
+fn parse_mail(raw: &str) -> mail_parser::Message<'_> {
+    MessageParser::default().parse(raw.as_bytes()).unwrap()
+}
+
+fn mail_request(run_id: &str, report: &str, key: &str, version: Option<String>) -> MailRequest {
+    MailRequest {
+        v: 1,
+        run_id: run_id.into(),
+        report: report.into(),
+        title: "Call-centre report".into(),
+        period: "2024-W11".into(),
+        workbook_key: Some(key.into()),
+        workbook_version: version,
+        workbook_size: 0,
+        recipients: vec!["ops-leads@contoso.example".into()],
+        cc: vec![],
+        bcc: vec![],
+        subject: format!("Call-centre report {run_id}"),
+        rows: 500_000,
+        time_zone: "Europe/London".into(),
+        warnings: vec![],
+    }
+}
+
+/// The poll that every scenario after the first finds done: the sample day is stored.
+const FIRST_POLL: &str = "2024-03-15T00:10:00Z";
+const LATER: &str = "2024-03-16T12:00:00Z";
+
+fn at(t: &str) -> DateTime<Utc> {
+    t.parse().unwrap()
+}
+
+async fn terraform_plans_nothing_after_apply(cx: &Ctx) {
+    if let Err(plan) = cx.cloud.terraform.plan_is_noop().unwrap() {
+        panic!("a second plan is not a no-op:\n{plan}");
+    }
+    let mappings = &cx.cloud.runner.deployment.mappings;
+    assert_eq!(mappings.len(), 4, "inbound, mail, ses_events, lifecycle");
+    assert!(
+        mappings
+            .iter()
+            .all(|m| m.report_batch_item_failures && !m.enabled)
+    );
+}
+
+async fn webhook_answers_the_handshake_and_refuses_a_body_that_is_no_notification(cx: &Ctx) {
+    for url in [cx.hook(), cx.cloud.api_url("/graph/lifecycle")] {
+        let (status, ctype, body) = post(
+            &format!("{url}?validationToken=Validation%3A%20Testing%20client"),
+            String::new(),
+        )
+        .await;
+        assert_eq!(
+            (status, ctype.as_str(), body.as_str()),
+            (200, "text/plain", "Validation: Testing client")
+        );
+    }
+    let (status, _, body) = post(&cx.hook(), "{\"value\": 3}".into()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("notification collection"), "{body}");
+}
+
+/// The poller subscribes to the folder (Graph runs the handshake against the webhook first),
+/// then the delta round pages through the mailbox and ingest stores each row once.
+async fn the_first_poll_subscribes_and_stores_every_row_once(cx: &Ctx) {
+    let (poll, drained) = cx.cloud.poll(at(FIRST_POLL)).await.unwrap();
+    assert_eq!(poll["subscriptions_created"], 1, "{poll}");
+    let subs = cx.cloud.graph.subscriptions();
+    assert_eq!(subs.len(), 1);
+    let sub = &subs[0];
+    assert_eq!(sub.notification_url, cx.hook());
+    assert_eq!(
+        sub.lifecycle_url.as_deref(),
+        Some(cx.cloud.api_url("/graph/lifecycle").as_str())
+    );
+    let client_state = sub.client_state.clone().unwrap();
+    assert!(
+        client_state.len() == 64 && client_state.chars().all(|c| c.is_ascii_hexdigit()),
+        "a fresh random clientState"
+    );
+    assert!(sub.expires > Utc::now() + chrono::Duration::days(6));
+    assert_eq!(poll["messages_seen"], 4);
+    assert_eq!(
+        poll["queued"], 3,
+        "the mail without attachments is not queued"
+    );
+    assert!(
+        poll["pages"].as_u64().unwrap() >= 2,
+        "the fake pages by 2: {poll}"
+    );
+    assert_eq!(drained.failures, 0);
+    assert_eq!(
+        cx.rows_of("ib_calls", "2024-03-14").await,
+        cx.expected_calls
+    );
+    assert_eq!(cx.rows_of("dials", "2024-03-14").await, cx.expected_dials);
+    let outcomes = cx.cloud.outcomes().await.unwrap();
+    assert_eq!(outcomes.len(), 3);
+    let new: u64 = outcomes
+        .iter()
+        .filter(|o| o.dataset == "ib_calls")
+        .map(|o| o.rows_new)
+        .sum();
+    assert_eq!(new as usize, cx.expected_calls);
+    for o in &outcomes {
+        let raw = cx.cloud.object(&o.raw_key).await.unwrap();
+        let sample = std::fs::read(
+            charlie_local::project::root()
+                .join("events/mailbox")
+                .join(&o.attachment),
+        )
+        .unwrap();
+        assert_eq!(raw, sample, "the raw attachment is archived as received");
+    }
+}
+
+async fn notifications_with_a_wrong_client_state_queue_nothing(cx: &Ctx) {
+    let sub = cx.cloud.graph.subscriptions()[0].clone();
+    let client_state = sub.client_state.clone().unwrap();
+    for (subscription, state) in [
+        (sub.id.as_str(), "not-the-secret"),
+        ("sub-1", client_state.as_str()),
+    ] {
+        let (status, _, _) = post(
+            &cx.hook(),
+            notification(subscription, &cx.mailbox, "AAMkAGI2TG93AAA=morning", state),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    assert_eq!(
+        cx.cloud.runner.drain().await.unwrap().messages,
+        0,
+        "dropped, not queued"
+    );
+}
+
+async fn a_mail_notified_three_times_is_stored_once(cx: &Ctx) {
+    let before = cx.cloud.outcomes().await.unwrap().len();
+    assert_eq!(
+        cx.cloud.graph.notify("AAMkAGI2TG93AAA=morning", 3).await,
+        vec![202, 202, 202]
+    );
+    let drained = cx.cloud.runner.drain().await.unwrap();
+    assert_eq!((drained.messages, drained.failures), (3, 0));
+    assert_eq!(
+        cx.rows_of("ib_calls", "2024-03-14").await,
+        cx.expected_calls
+    );
+    assert_eq!(cx.cloud.outcomes().await.unwrap().len(), before);
+}
+
+/// Re-processing the day removes its rows and re-ingests the archived attachments.
+async fn reprocessing_a_day_gives_the_same_rows(cx: &Ctx) {
+    let day: NaiveDate = "2024-03-14".parse().unwrap();
+    let ds = &cx.defs.datasets["ib_calls"];
+    let rows: &dyn RowStore = cx.cloud.rows.as_ref();
+    let before = rows.rows_for_day("ib_calls", ds, day).await.unwrap();
+    let outcome = charlie::reprocess::reprocess_day(
+        &cx.defs,
+        rows,
+        cx.records(),
+        &cx.objects,
+        "ib_calls",
+        day,
+    )
+    .await
+    .unwrap();
+    let expected = cx.expected_calls as u64;
+    assert_eq!(
+        (
+            outcome.rows_deleted,
+            outcome.attachments,
+            outcome.rows_stored
+        ),
+        (expected, 2, expected)
+    );
+    let after = rows.rows_for_day("ib_calls", ds, day).await.unwrap();
+    let strip = |rows: &[StoredRow]| {
+        rows.iter()
+            .map(|r| (r.key.clone(), r.values.clone(), r.source.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(&after),
+        strip(&before),
+        "re-processing produces the same rows"
+    );
+}
+
+/// The workbook is in S3 (read back with a real XLSX reader), one mail (read with a real MIME
+/// parser) carries it, and the same firing again builds and sends nothing.
+async fn a_scheduled_report_is_built_and_mailed_once(cx: &Ctx) {
+    let mails_before = cx.ses_mail().await.len();
+    let report_at = at("2024-03-15T06:00:00Z");
+    let (run, _) = cx
+        .cloud
+        .report("call_centre_daily", report_at)
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "built", "{run}");
+    assert_eq!(run["period"], "2024-03-14");
+    let key = run["workbook_key"].as_str().unwrap();
+    assert_eq!(
+        key,
+        "reports/call_centre_daily/2024-03-14/call_centre_daily-2024-03-14.xlsx"
+    );
+    let workbook = cx.cloud.object(key).await.unwrap();
+    let mut book = Xlsx::new(Cursor::new(workbook.clone())).unwrap();
+    assert_eq!(
+        book.sheet_names(),
+        vec!["Summary", "ib_calls", "dials", "About"]
+    );
+    let dials = book.worksheet_range("dials").unwrap();
+    assert_eq!(dials.height(), cx.expected_dials + 1);
+    assert!(
+        matches!(dials.get((1, 0)), Some(Data::Float(_))),
+        "dial_id is a number"
+    );
+    let raw = book.worksheet_range("ib_calls").unwrap();
+    assert_eq!(
+        raw.height(),
+        cx.expected_calls + 1,
+        "header + one row per stored call"
+    );
+    assert_eq!(raw.get((0, 0)), Some(&Data::String("call_id".into())));
+    assert!(
+        matches!(raw.get((1, 4)), Some(Data::DateTime(_))),
+        "started_at is a date cell: {:?}",
+        raw.get((1, 4))
+    );
+    let summary = book.worksheet_range("Summary").unwrap();
+    let total_row = (0..summary.height())
+        .find(|r| summary.get((*r, 0)) == Some(&Data::String("Total".into())))
+        .expect("a Total row");
+    assert_eq!(
+        summary.get((total_row, 1)),
+        Some(&Data::Float(cx.expected_calls as f64))
+    );
+
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), mails_before + 1, "exactly one mail");
+    let mail = &sent[mails_before];
+    let msg = parse_mail(&mail.raw);
+    assert_eq!(
+        msg.subject(),
+        Some("Call-centre daily report for 2024-03-14")
+    );
+    let to: Vec<&str> = msg
+        .to()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.address())
+        .collect();
+    assert_eq!(
+        to,
+        vec![
+            "ops-leads@contoso.example",
+            "floor-managers@contoso.example"
+        ]
+    );
+    let cc: Vec<&str> = msg
+        .cc()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.address())
+        .collect();
+    assert_eq!(cc, vec!["wfm-analysts@contoso.example"]);
+    assert!(
+        !mail.raw.contains("reports-archive@"),
+        "a blind copy is not in the headers"
+    );
+    assert!(
+        mail.destinations
+            .contains(&"reports-archive@contoso.example".to_owned()),
+        "but it is in the envelope: {:?}",
+        mail.destinations
+    );
+    let envelope: HashSet<&String> = mail.destinations.iter().collect();
+    assert_eq!(envelope.len(), 4, "to, cc and bcc: {envelope:?}");
+    let deliveries = cx
+        .records()
+        .deliveries_of_run(run["run_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(deliveries.len(), 1, "one delivery for one recipient group");
+    let result = &deliveries[0].result;
+    assert_eq!(result.transport, "ses");
+    assert_eq!(result.provider_message_id, mail.id);
+    assert_eq!(
+        result.bcc,
+        vec!["reports-archive@contoso.example".to_owned()]
+    );
+    assert!(
+        msg.body_text(0)
+            .unwrap()
+            .contains("Call-centre daily report")
+    );
+    assert!(msg.body_html(0).unwrap().contains("<b>2024-03-14</b>"));
+    let att = msg.attachment(0).unwrap();
+    assert_eq!(
+        att.attachment_name(),
+        Some("call_centre_daily-2024-03-14.xlsx")
+    );
+    assert_eq!(att.contents(), &workbook[..]);
+
+    // The same schedule firing again: no second build, no second mail.
+    let (again, _) = cx
+        .cloud
+        .report("call_centre_daily", report_at)
+        .await
+        .unwrap();
+    assert_eq!(again["repeated"], true);
+    assert_eq!(cx.ses_mail().await.len(), mails_before + 1);
+}
+
+/// The ISO week holding the 14th has the day's rows, under its own key and subject.
+async fn run_requests_name_any_period(cx: &Ctx) {
+    let before = cx.ses_mail().await.len();
+    let week = cx
+        .run_request("call_centre_daily", "2024-W11", None)
+        .await
+        .unwrap();
+    assert_eq!(week["status"], "built", "{week}");
+    assert_eq!(
+        week["workbook_key"],
+        "reports/call_centre_daily/2024-W11/call_centre_daily-2024-W11.xlsx"
+    );
+    let book = cx
+        .cloud
+        .object(week["workbook_key"].as_str().unwrap())
+        .await
+        .unwrap();
+    let mut book = Xlsx::new(Cursor::new(book)).unwrap();
+    assert_eq!(
+        book.worksheet_range("ib_calls").unwrap().height(),
+        cx.expected_calls + 1
+    );
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), before + 1);
+    let msg = parse_mail(&sent[before].raw);
+    assert_eq!(msg.subject(), Some("Call-centre daily report for 2024-W11"));
+}
+
+/// A re-run of a day writes a new S3 version and mails that one; the first is not re-sent.
+async fn a_rerun_mails_the_new_version_only(cx: &Ctx) {
+    let first = cx
+        .run_request("call_centre_daily", "2024-03-14", None)
+        .await
+        .unwrap();
+    cx.cloud.runner.drain().await.unwrap();
+    let before = cx.ses_mail().await.len();
+    let rerun = cx
+        .run_request("call_centre_daily", "2024-03-14", None)
+        .await
+        .unwrap();
+    assert_eq!(rerun["status"], "built");
+    assert_eq!(rerun["workbook_key"], first["workbook_key"]);
+    assert_ne!(rerun["workbook_version"], first["workbook_version"]);
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), before + 1, "one mail: the re-run's");
+    let msg = parse_mail(&sent[before].raw);
+    let key = rerun["workbook_key"].as_str().unwrap();
+    assert_eq!(
+        msg.attachment(0).unwrap().contents(),
+        &cx.cloud.object(key).await.unwrap()[..],
+        "the mail carries the new version"
+    );
+}
+
+/// While another run holds the period, a run fails (to be retried) and builds nothing; once it
+/// is free, the same run goes ahead: the 13th has no rows, and call_centre_daily skips an
+/// empty period and mails nothing.
+async fn a_held_period_lock_defers_the_run_and_an_empty_day_is_skipped(cx: &Ctx) {
+    let before = cx.ses_mail().await.len();
+    let lock = charlie::state::period_lock("call_centre_daily", "2024-03-13");
+    let now = Utc::now();
+    let held = cx
+        .state
+        .claim(
+            &lock,
+            "",
+            now,
+            now + chrono::Duration::minutes(15),
+            now + chrono::Duration::days(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, Claim::Acquired);
+    let busy = cx
+        .run_request("call_centre_daily", "2024-03-13", Some("held-period"))
+        .await
+        .unwrap_err();
+    assert!(format!("{busy:#}").contains("is building"), "{busy:#}");
+    cx.state.release(&lock).await.unwrap();
+    let empty = cx
+        .run_request("call_centre_daily", "2024-03-13", Some("held-period"))
+        .await
+        .unwrap();
+    assert_eq!(empty["status"], "skipped_empty", "{empty}");
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.ses_mail().await.len(), before);
+}
+
+/// The weekly report's Monday schedule covers the week before; it goes out through Graph
+/// sendMail as the team's mailbox (transport = "graph"), the workbook inline. An empty week
+/// sends a "no data" notice (on_empty = "notice"), without a workbook.
+async fn the_weekly_report_goes_through_graph_and_an_empty_week_sends_a_notice(cx: &Ctx) {
+    let ses_before = cx.ses_mail().await.len();
+    let outlook_before = cx.cloud.graph.sent_mail().len();
+    let (weekly, _) = cx
+        .cloud
+        .report("call_centre_weekly", at("2024-03-18T07:00:00Z"))
+        .await
+        .unwrap();
+    assert_eq!(weekly["status"], "built", "{weekly}");
+    assert_eq!(weekly["period"], "2024-W11");
+    let notice = cx
+        .run_request("call_centre_weekly", "2024-W12", None)
+        .await
+        .unwrap();
+    assert_eq!(notice["status"], "notice_sent", "{notice}");
+    assert!(notice["workbook_key"].is_null());
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.ses_mail().await.len(), ses_before, "nothing through SES");
+    let outlook = cx.cloud.graph.sent_mail();
+    assert_eq!(outlook.len(), outlook_before + 2);
+    let (weekly_mail, notice_mail) = (&outlook[outlook_before], &outlook[outlook_before + 1]);
+    assert_eq!(weekly_mail.from_user, cx.mailbox);
+    assert_eq!(weekly_mail.path, SendPath::SendMail);
+    assert_eq!(
+        weekly_mail.subject,
+        "Call-centre weekly report for 2024-W11"
+    );
+    assert_eq!(weekly_mail.to, vec!["ops-leads@contoso.example".to_owned()]);
+    assert_eq!(weekly_mail.body_type, "HTML");
+    assert!(
+        weekly_mail.body.contains("<b>2024-W11</b>"),
+        "{}",
+        weekly_mail.body
+    );
+    assert_eq!(weekly_mail.attachments.len(), 1);
+    assert_eq!(
+        weekly_mail.attachments[0].bytes,
+        cx.cloud
+            .object(weekly["workbook_key"].as_str().unwrap())
+            .await
+            .unwrap(),
+        "the inline attachment is the S3 object"
+    );
+    let deliveries = cx
+        .records()
+        .deliveries_of_run(weekly["run_id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(deliveries[0].result.transport, "graph");
+    assert_eq!(
+        Some(deliveries[0].result.provider_message_id.as_str()),
+        weekly_mail.internet_message_id.as_deref()
+    );
+    assert_eq!(
+        notice_mail.subject,
+        "Call-centre weekly report for 2024-W12"
+    );
+    assert!(notice_mail.body.contains("no data"), "{}", notice_mail.body);
+    assert!(notice_mail.attachments.is_empty());
+}
+
+/// A weekly workbook over Graph's 3 MB inline limit (but under the 10 MiB mail limit) goes
+/// through a draft and an upload session, in ranges; the same message three times sends it
+/// once.
+async fn a_large_workbook_goes_through_a_graph_upload_session_once(cx: &Ctx) {
+    let before = cx.cloud.graph.sent_mail().len();
+    let large: Vec<u8> = (0..5_000_000u32)
+        .map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8)
+        .collect();
+    let key = "reports/call_centre_weekly/2024-W11/call_centre_weekly-large.xlsx";
+    let stored = cx
+        .objects
+        .put(key, large.clone(), charlie::report_mail::XLSX_CONTENT_TYPE)
+        .await
+        .unwrap();
+    let mut request = mail_request("large-weekly", "call_centre_weekly", key, stored.version_id);
+    request.cc = vec!["floor-managers@contoso.example".into()];
+    let queue: &dyn WorkQueue = &cx.queue("mail");
+    for _ in 0..3 {
+        queue.send(&request, "large-weekly").await.unwrap();
+    }
+    let drained = cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(drained.failures, 0);
+    let outlook = cx.cloud.graph.sent_mail();
+    assert_eq!(outlook.len(), before + 1, "one more mail, not three");
+    let sent = &outlook[before];
+    assert!(
+        matches!(sent.path, SendPath::Draft { ranges } if ranges >= 2),
+        "{:?}",
+        sent.path
+    );
+    assert_eq!(sent.cc, vec!["floor-managers@contoso.example".to_owned()]);
+    assert_eq!(sent.attachments[0].bytes, large, "uploaded byte for byte");
+    assert_eq!(cx.cloud.graph.draft_count(), 0);
+}
+
+/// A 12 MB workbook over the 10 MiB limit (infra/envs/local) goes as a download link that
+/// works, and the mail says so; the same message twice more sends nothing more.
+async fn an_oversized_workbook_goes_as_a_download_link(cx: &Ctx) {
+    let before = cx.ses_mail().await.len();
+    let big: Vec<u8> = (0..12_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let key = "reports/call_centre_daily/2024-03-14/call_centre_daily-big.xlsx";
+    let stored = cx
+        .objects
+        .put(key, big.clone(), charlie::report_mail::XLSX_CONTENT_TYPE)
+        .await
+        .unwrap();
+    let request = mail_request("big-workbook", "call_centre_daily", key, stored.version_id);
+    let queue: &dyn WorkQueue = &cx.queue("mail");
+    queue.send(&request, "big-workbook").await.unwrap();
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), before + 1);
+    for _ in 0..2 {
+        queue.send(&request, "big-workbook").await.unwrap();
+    }
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.ses_mail().await.len(), before + 1);
+    let mail = &sent[before];
+    assert!(
+        mail.raw.len() < 1_000_000,
+        "no 12 MB attachment in the mail"
+    );
+    let msg = parse_mail(&mail.raw);
+    assert_eq!(msg.attachment_count(), 0);
+    let text = msg.body_text(0).unwrap();
+    assert!(text.contains("too large to attach"), "{text}");
+    let link = text
+        .lines()
+        .find(|l| l.starts_with("http"))
+        .expect("the download link");
+    assert!(link.contains("X-Amz-Signature"), "{link}");
+    let downloaded = reqwest::get(link).await.unwrap().bytes().await.unwrap();
+    assert_eq!(&downloaded[..], &big[..], "the link serves the workbook");
+}
+
+/// A bounce, as the configuration set publishes it through SNS (the emulator cannot bounce a
+/// mail), marks the delivery bounced; a later delivery event does not lower that.
+async fn an_ses_bounce_marks_the_delivery_and_is_never_lowered(cx: &Ctx) {
+    let before = cx.ses_mail().await.len();
+    let run = cx
+        .run_request("call_centre_daily", "2024-03-14", Some("bounced-run"))
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "built", "{run}");
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), before + 1);
+    let ses_id = sent[before].id.clone();
+    let ses_event = |event_type: &str| {
+        let mut event = serde_json::json!({
+            "eventType": event_type,
+            "mail": {
+                "timestamp": "2024-03-15T06:00:01.000Z",
+                "source": "reports@charlie.example",
+                "messageId": ses_id,
+                "destination": ["ops-leads@contoso.example", "floor-managers@contoso.example"],
+            },
+        });
+        if event_type == "Bounce" {
+            event["bounce"] = serde_json::json!({
+                "bounceType": "Permanent", "bounceSubType": "General",
+                "bouncedRecipients": [{
+                    "emailAddress": "ops-leads@contoso.example", "action": "failed",
+                    "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1 user unknown",
+                }],
+                "timestamp": "2024-03-15T06:01:00.000Z", "feedbackId": "0100018e-bounce-1",
+            });
+        }
+        serde_json::json!({
+            "Type": "Notification",
+            "MessageId": format!("sns-{event_type}"),
+            "TopicArn": "arn:aws:sns:eu-west-2:123456789012:charlie-local-ses-events",
+            "Message": event.to_string(),
+            "Timestamp": "2024-03-15T06:01:01.000Z",
+            "SignatureVersion": "1",
+        })
+    };
+    let status = || async {
+        let link: SesMessage = cx
+            .records()
+            .get_record(&RecordKey::ses_message(&ses_id))
+            .await
+            .unwrap()
+            .expect("the mail's delivery is indexed by its SES message id");
+        assert_eq!(link.run_id, "bounced-run");
+        cx.records()
+            .get_record(&RecordKey::delivery_status(&link.delivery))
+            .await
+            .unwrap()
+            .map(|s: DeliveryStatus| s.status)
+    };
+    let events: &dyn WorkQueue = &cx.queue("ses_events");
+    events.send(&ses_event("Bounce"), "bounce").await.unwrap();
+    assert_eq!(cx.cloud.runner.drain().await.unwrap().failures, 0);
+    assert_eq!(status().await.as_deref(), Some("bounced"));
+    events
+        .send(&ses_event("Delivery"), "delivery")
+        .await
+        .unwrap();
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(status().await.as_deref(), Some("bounced"));
+}
+
+/// The mail counts as handled: no retry loop for bad input.
+async fn an_unusable_attachment_is_quarantined_with_its_reason(cx: &Ctx) {
+    cx.cloud.graph.deliver(FakeMessage {
+        id: "AAMkAGI2TG93AAA=broken".into(),
+        subject: "IB calls export 2024-03-15".into(),
+        from_name: "Dialer Exports".into(),
+        from_address: "exports@dialer.example".into(),
+        received: "2024-03-15T12:00:00Z".into(),
+        attachments: vec![FakeAttachment {
+            name: "ib_calls_2024-03-15.csv".into(),
+            content_type: "text/csv".into(),
+            bytes: b"agent_id,queue\r\nA1,Sales\r\n".to_vec(),
+        }],
+    });
+    let (poll, drained) = cx.cloud.poll(at(FIRST_POLL)).await.unwrap();
+    assert_eq!(
+        poll["queued"], 1,
+        "only the new mail: the delta link was kept"
+    );
+    assert_eq!(drained.failures, 0, "no retry loop for bad input");
+    let reason = cx
+        .cloud
+        .object("quarantine/ib_calls/2024-03-15/AAMkAGI2TG93AAA=broken/ib_calls_2024-03-15.csv.reason.json")
+        .await
+        .unwrap();
+    let reason: serde_json::Value = serde_json::from_slice(&reason).unwrap();
+    assert!(
+        reason["reason"].as_str().unwrap().contains("call_id"),
+        "{reason}"
+    );
+}
+
+async fn a_mail_found_by_webhook_and_poll_is_ingested_once(cx: &Ctx) {
+    cx.cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day16", "2024-03-16", 3));
+    assert_eq!(
+        cx.cloud.graph.notify("AAMkAGI2TG93AAA=day16", 3).await,
+        vec![202, 202, 202]
+    );
+    let drained = cx.cloud.runner.drain().await.unwrap();
+    assert_eq!((drained.messages, drained.failures), (3, 0));
+    let (poll, _) = cx.cloud.poll(at(LATER)).await.unwrap();
+    assert_eq!(poll["queued"], 1, "the poller finds it too: {poll}");
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-16").await, 3);
+    assert_eq!(
+        cx.outcomes_of("AAMkAGI2TG93AAA=day16").await,
+        1,
+        "ingested once"
+    );
+}
+
+/// webhook → lifecycle queue → poller → delta → inbound → ingest.
+async fn a_missed_lifecycle_event_resyncs_the_folder(cx: &Ctx) {
+    cx.cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day17", "2024-03-17", 2));
+    assert_eq!(cx.cloud.graph.lifecycle("missed").await, vec![202]);
+    let drained = cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(drained.failures, 0);
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-17").await, 2);
+    assert_eq!(cx.outcomes_of("AAMkAGI2TG93AAA=day17").await, 1);
+}
+
+async fn subscriptions_are_renewed_near_expiry_and_on_reauthorization(cx: &Ctx) {
+    let sub = cx.cloud.graph.subscriptions()[0].clone();
+    let renewals = sub.renewals;
+    let soon = Utc::now() + chrono::Duration::hours(1);
+    cx.cloud.graph.set_subscription_expiry(&sub.id, soon);
+    let key = RecordKey::<SubscriptionRecord>::subscription(&cx.mailbox, "inbox");
+    let mut record = cx.records().get_record(&key).await.unwrap().unwrap();
+    assert_eq!(record.id, sub.id);
+    record.expires_at = soon;
+    cx.records().put_record(&key, &record, None).await.unwrap();
+    let (poll, _) = cx.cloud.poll(at(LATER)).await.unwrap();
+    assert_eq!(poll["subscriptions_renewed"], 1, "{poll}");
+    let renewed = cx.cloud.graph.subscriptions();
+    assert_eq!(
+        (renewed.len(), renewed[0].id.as_str(), renewed[0].renewals),
+        (1, sub.id.as_str(), renewals + 1)
+    );
+    assert!(renewed[0].expires > Utc::now() + chrono::Duration::days(6));
+    let (poll, _) = cx.cloud.poll(at(LATER)).await.unwrap();
+    assert_eq!(
+        poll["subscriptions_renewed"], 0,
+        "not again while far from expiry"
+    );
+    assert_eq!(
+        cx.cloud.graph.lifecycle("reauthorizationRequired").await,
+        vec![202]
+    );
+    assert_eq!(cx.cloud.runner.drain().await.unwrap().failures, 0);
+    assert_eq!(cx.cloud.graph.subscriptions()[0].renewals, renewals + 2);
+}
+
+/// The poller subscribes again (new id, new clientState) and resyncs; notifications of the
+/// old subscription no longer count.
+async fn a_removed_subscription_is_recreated_and_the_folder_resynced(cx: &Ctx) {
+    let sub = cx.cloud.graph.subscriptions()[0].clone();
+    let client_state = sub.client_state.clone().unwrap();
+    cx.cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day18", "2024-03-18", 2));
+    assert_eq!(
+        cx.cloud.graph.lifecycle("subscriptionRemoved").await,
+        vec![202]
+    );
+    assert_eq!(cx.cloud.runner.drain().await.unwrap().failures, 0);
+    let replaced = cx.cloud.graph.subscriptions();
+    assert_eq!(replaced.len(), 1);
+    assert_ne!(replaced[0].id, sub.id);
+    assert_ne!(
+        replaced[0].client_state.as_deref(),
+        Some(client_state.as_str())
+    );
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-18").await, 2, "resynced");
+    // The webhook trusts its copy of the clientStates for client_state_cache_seconds (1 here).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, _, _) = post(
+        &cx.hook(),
+        notification(&sub.id, &cx.mailbox, "AAMkAGI2TG93AAA=day18", &client_state),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        cx.cloud.runner.drain().await.unwrap().messages,
+        0,
+        "the old subscription is unknown now"
+    );
+}
+
+/// The poller waits out each Retry-After.
+async fn a_429_storm_slows_the_poll_and_loses_nothing(cx: &Ctx) {
+    cx.cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day19", "2024-03-19", 4));
+    let throttled = cx.cloud.graph.throttled();
+    cx.cloud.graph.throttle(4, 1);
+    let started = std::time::Instant::now();
+    let (poll, drained) = cx.cloud.poll(at(LATER)).await.unwrap();
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(cx.cloud.graph.throttled(), throttled + 4);
+    assert_eq!((poll["queued"].as_u64(), drained.failures), (Some(1), 0));
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-19").await, 4);
+}
+
+/// Graph forgets the delta link (410 SyncStateNotFound): a fresh sync over the look-back
+/// window (72 h) finds the mails received since, and ingest's claims keep them once.
+async fn an_expired_delta_link_resyncs_over_the_look_back_window(cx: &Ctx) {
+    for (id, day) in [
+        ("AAMkAGI2TG93AAA=lb16", "2024-03-16"),
+        ("AAMkAGI2TG93AAA=lb19", "2024-03-19"),
+    ] {
+        cx.cloud.graph.deliver(new_mail(id, day, 1));
+    }
+    cx.cloud.poll(at(LATER)).await.unwrap();
+    let rows_before = cx.rows_of("ib_calls", "2024-03-16").await;
+    cx.cloud.graph.expire_delta_links();
+    let (poll, drained) = cx.cloud.poll(at("2024-03-19T09:00:00Z")).await.unwrap();
+    assert_eq!(poll["resyncs"], 1, "{poll}");
+    // Every mail with attachments received in the window, each already ingested.
+    let in_window = cx
+        .cloud
+        .graph
+        .with_attachments_since(at("2024-03-16T09:00:00Z"));
+    assert!(in_window >= 2, "{in_window}");
+    assert_eq!(poll["queued"].as_u64(), Some(in_window as u64), "{poll}");
+    assert_eq!(drained.failures, 0);
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-16").await, rows_before);
+    assert_eq!(cx.outcomes_of("AAMkAGI2TG93AAA=lb16").await, 1);
+}
+
+/// A malformed message cannot succeed on a retry: it goes to the DLQ on its first failure,
+/// with the cause and the stage as message attributes.
+async fn a_poison_message_goes_to_the_dead_letter_queue_at_once_with_its_cause(cx: &Ctx) {
+    let depth = cx.cloud.dlq_depth("inbound").await.unwrap();
+    let inbound: &dyn WorkQueue = &cx.queue("inbound");
+    inbound
+        .send(&serde_json::json!({"v": 1, "kind": "nonsense"}), "poison")
+        .await
+        .unwrap();
+    let drained = cx.cloud.runner.drain().await.unwrap();
+    assert_eq!((drained.messages, drained.failures), (1, 0), "not retried");
+    assert_eq!(cx.cloud.dlq_depth("inbound").await.unwrap(), depth + 1);
+    let letter = cx
+        .cloud
+        .clients
+        .sqs
+        .receive_message()
+        .queue_url(&cx.cloud.outputs.dlq_urls["inbound"])
+        .message_attribute_names("All")
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+        .into_iter()
+        .find(|m| m.body().is_some_and(|b| b.contains("nonsense")))
+        .expect("the poison message in the dead-letter queue");
+    let attrs = letter.message_attributes().unwrap();
+    let cause = attrs[CAUSE_ATTRIBUTE].string_value().unwrap();
+    assert!(cause.contains("not an inbound message"), "{cause}");
+    assert_eq!(attrs[STAGE_ATTRIBUTE].string_value(), Some("ingest"));
+    assert_eq!(attrs["correlation_id"].string_value(), Some("poison"));
+}
