@@ -61,6 +61,7 @@ pub async fn create_table(clients: &AwsClients, name: &str) -> anyhow::Result<()
 /// libtest's summary line.
 pub mod scenarios {
     use std::panic::AssertUnwindSafe;
+    use std::sync::Mutex;
     use std::time::Instant;
 
     use futures::FutureExt;
@@ -115,9 +116,31 @@ pub mod scenarios {
         }
     }
 
+    /// Where the last panic happened and what it said: the scenario's failure, printed once
+    /// under its name instead of a backtrace per scenario.
+    static LAST_PANIC: Mutex<Option<String>> = Mutex::new(None);
+
     /// Runs the selected scenarios in order; true when none failed.
     pub async fn run<C>(cx: &C, all: &[Scenario<C>], args: &Args) -> bool {
         let started = Instant::now();
+        std::panic::set_hook(Box::new(|info| {
+            let place = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let what = info
+                .payload()
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| {
+                    info.payload()
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                })
+                .unwrap_or_default();
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(format!("at {place}: {what}"));
+        }));
         let chosen: Vec<&Scenario<C>> = all.iter().filter(|s| args.selects(s.name)).collect();
         println!("\nrunning {} scenarios", chosen.len());
         let mut failed = Vec::new();
@@ -127,11 +150,11 @@ pub mod scenarios {
             let secs = t.elapsed().as_secs_f64();
             match outcome {
                 Ok(()) => println!("test {} ... ok ({secs:.1} s)", s.name),
-                Err(panic) => {
-                    let why = panic
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                Err(_) => {
+                    let why = LAST_PANIC
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take()
                         .unwrap_or_default();
                     println!("test {} ... FAILED ({secs:.1} s)\n    {why}", s.name);
                     failed.push(s.name);
@@ -146,6 +169,7 @@ pub mod scenarios {
             }
             println!();
         }
+        let _ = std::panic::take_hook();
         println!(
             "test result: {}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s",
             if failed.is_empty() { "ok" } else { "FAILED" },

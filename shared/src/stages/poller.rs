@@ -29,7 +29,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::failure::OrPermanent;
-use crate::idempotency::{exclusive, release_or_let_expire, try_lock};
+use crate::idempotency::exclusive;
 use crate::invocation::Invocation;
 use crate::messages::{FoundBy, InboundMessage, LifecycleEvent, LifecycleWork, PollTrigger};
 use crate::ports::{
@@ -537,8 +537,19 @@ pub async fn keep_client_state(
     let waited = std::time::Instant::now();
     loop {
         let until = (Utc::now() + CLIENT_STATES_HOLD).min(invocation.deadline);
-        if try_lock(claims, CLIENT_STATES_LOCK, until).await? {
-            break;
+        let write = async {
+            let mut states: HashMap<String, Secret> = store.load().await?;
+            for d in drop {
+                states.remove(*d);
+            }
+            states.insert(subscription.to_owned(), client_state.clone());
+            store.save(&states).await
+        };
+        if exclusive(claims, CLIENT_STATES_LOCK, until, write)
+            .await?
+            .is_some()
+        {
+            return Ok(());
         }
         if waited.elapsed() >= CLIENT_STATES_WAIT {
             bail!(
@@ -548,17 +559,6 @@ pub async fn keep_client_state(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let written = async {
-        let mut states: HashMap<String, Secret> = store.load().await?;
-        for d in drop {
-            states.remove(*d);
-        }
-        states.insert(subscription.to_owned(), client_state.clone());
-        store.save(&states).await
-    }
-    .await;
-    release_or_let_expire(claims, CLIENT_STATES_LOCK).await;
-    written
 }
 
 /// A fresh clientState: 32 random bytes, hex (Graph allows up to 128 characters).
@@ -587,6 +587,7 @@ mod tests {
         MemoryClaims, MemoryClientStates, MemoryDeadLetters, MemoryMailbox, MemoryQueue,
         MemoryState,
     };
+    use crate::idempotency::try_lock;
     use crate::stages::testkit::{self, MAILBOX, failures, invocation, sqs_event};
 
     struct World {
