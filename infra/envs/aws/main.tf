@@ -1,6 +1,7 @@
-# The Charlie module deployed to AWS. Build the zips first:
-#   cargo lambda build --release --output-format zip   (writes target/lambda/<fn>/bootstrap.zip)
-#   scripts/package-lambdas target/lambda dist/lambda  (renames them to dist/lambda/<fn>.zip)
+# The Charlie module deployed to AWS. Build the zips first (README, "Deploying to AWS"):
+#   cargo lambda build --release --output-format zip -p graph-webhook -p poller -p ingest \
+#     -p report-builder -p mailer            (writes target/lambda/<fn>/bootstrap.zip)
+#   then copy each to dist/lambda/<fn>.zip
 # The Graph app credentials are set out of band, never in state; the poller writes the
 # subscriptions' clientStates itself.
 terraform {
