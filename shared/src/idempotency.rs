@@ -51,14 +51,6 @@ pub enum Once<T> {
     AlreadyDone(T),
 }
 
-impl<T> Once<T> {
-    pub fn into_inner(self) -> T {
-        match self {
-            Once::Ran(t) | Once::AlreadyDone(t) => t,
-        }
-    }
-}
-
 /// Runs `work` once for `key`: claims it until the invocation's deadline, completes it with
 /// the work's result, releases it when the work fails (so the retry can take it at once).
 /// Another invocation holding the key is a retryable error.

@@ -68,16 +68,16 @@ where
             correlation_id = correlation_id(&msg).unwrap_or("-"),
             receive_count = %receives,
         );
-        let letter = |cause: String| DeadLetter {
+        // What a dead letter of this message carries, taken before the handler owns it.
+        let letter_of = DeadLetter {
             source_queue: msg.event_source_arn.clone().unwrap_or_default(),
             message_id: id.clone(),
             body: msg.body.clone().unwrap_or_default(),
             correlation_id: correlation_id(&msg).map(str::to_owned),
-            cause,
+            cause: String::new(),
             stage: consumer.stage.to_owned(),
         };
-        let letter_of = letter(String::new());
-        let outcome = AssertUnwindSafe(handle(msg.clone()).instrument(span.clone()))
+        let outcome = AssertUnwindSafe(handle(msg).instrument(span.clone()))
             .catch_unwind()
             .await;
         let error = match outcome {

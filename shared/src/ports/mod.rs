@@ -61,6 +61,19 @@ pub struct QueuedMessage {
     pub correlation_id: String,
 }
 
+impl QueuedMessage {
+    /// `message` as its JSON body, carrying `correlation_id`.
+    pub fn new<T: serde::Serialize + ?Sized>(
+        message: &T,
+        correlation_id: impl Into<String>,
+    ) -> serde_json::Result<Self> {
+        Ok(QueuedMessage {
+            body: serde_json::to_string(message)?,
+            correlation_id: correlation_id.into(),
+        })
+    }
+}
+
 /// An SQS queue the stage sends work to.
 #[async_trait]
 pub trait WorkQueue: Send + Sync {
@@ -89,13 +102,8 @@ impl<'a> dyn WorkQueue + 'a {
     ) -> anyhow::Result<()> {
         let queued = messages
             .iter()
-            .map(|(m, c)| {
-                Ok(QueuedMessage {
-                    body: serde_json::to_string(m)?,
-                    correlation_id: (*c).to_owned(),
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .map(|(m, c)| QueuedMessage::new(*m, *c))
+            .collect::<serde_json::Result<Vec<_>>>()?;
         match self.send_each(&queued).await {
             (_, Some(e)) => Err(e),
             (_, None) => Ok(()),
@@ -111,14 +119,9 @@ impl<'a> dyn WorkQueue + 'a {
         if messages.is_empty() {
             return (0, None);
         }
-        let queued: Result<Vec<QueuedMessage>, _> = messages
+        let queued: serde_json::Result<Vec<QueuedMessage>> = messages
             .iter()
-            .map(|m| {
-                serde_json::to_string(m).map(|body| QueuedMessage {
-                    body,
-                    correlation_id: crate::invocation::new_correlation_id(),
-                })
-            })
+            .map(|m| QueuedMessage::new(m, crate::invocation::new_correlation_id()))
             .collect();
         match queued {
             Ok(q) => self.send_each(&q).await,
