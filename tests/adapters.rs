@@ -5,7 +5,7 @@ use charlie::adapters::aws::dynamodb::{DynamoRowStore, DynamoState};
 use charlie::adapters::aws::s3::{PART_BYTES, S3Objects};
 use charlie::adapters::aws::secrets::SecretClientStates;
 use charlie::adapters::aws::sqs::SqsQueue;
-use charlie::csv_ingest::parse_attachment;
+use charlie::csv_ingest::{Origin, parse_attachment};
 use charlie::definitions::Definitions;
 use charlie::invocation::Invocation;
 use charlie::ports::{Claim, Claims, ClientStateStore, Objects, RowStore, WorkQueue};
@@ -45,8 +45,12 @@ async fn rows_are_stored_once_across_mails() {
     let second = format!(
         "{HEADER}c2,A1,Sales,2024-03-14T10:00:00,,5,edited\nc3,A2,Sales,2024-03-14T11:00:00,,5,\n"
     );
-    let rows1 = parse_attachment(ds, first.as_bytes()).unwrap().rows;
-    let rows2 = parse_attachment(ds, second.as_bytes()).unwrap().rows;
+    let rows1 = parse_attachment(ds, first.as_bytes(), &Origin::default())
+        .unwrap()
+        .rows;
+    let rows2 = parse_attachment(ds, second.as_bytes(), &Origin::default())
+        .unwrap()
+        .rows;
     for (name, store) in row_stores().await {
         let o1 = store
             .store("ib_calls", ds, &rows1, "mb/m1", Utc::now())
@@ -91,12 +95,14 @@ async fn with_replace_a_repeated_row_overwrites_the_stored_one_on_both_stores() 
     let first = parse_attachment(
         ds,
         format!("{HEADER}c1,A1,Sales,2024-03-14T09:00:00,,5,first\n").as_bytes(),
+        &Origin::default(),
     )
     .unwrap()
     .rows;
     let second = parse_attachment(
         ds,
         format!("{HEADER}c1,A1,Sales,2024-03-14T09:00:00,,7,second\nc2,A1,Sales,2024-03-14T09:30:00,,1,\n").as_bytes(),
+        &Origin::default(),
     )
     .unwrap()
     .rows;
@@ -132,7 +138,9 @@ async fn more_than_one_batch_of_rows_is_written_read_back_in_pages_and_deleted()
             "x".repeat(if i < 260 { 2000 } else { 10 })
         ));
     }
-    let rows = parse_attachment(ds, text.as_bytes()).unwrap().rows;
+    let rows = parse_attachment(ds, text.as_bytes(), &Origin::default())
+        .unwrap()
+        .rows;
     let day = "2024-03-14".parse().unwrap();
     let mut orders = Vec::new();
     for (name, store) in row_stores().await {

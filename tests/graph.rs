@@ -241,3 +241,49 @@ async fn calls_without_an_issued_token_are_refused_401() {
     assert_eq!(graph.requests(), 3, "every Graph call is counted");
     assert!(graph.sent_mail().is_empty());
 }
+
+#[tokio::test]
+async fn links_to_another_host_are_refused_before_any_request() {
+    let (graph, client) = fake().await;
+    let before = graph.requests();
+    for link in [
+        "https://evil.example/v1.0/users/x/mailFolders/inbox/messages/delta?$skiptoken=1",
+        "http://127.0.0.2:1/v1.0/users/x/messages/delta",
+    ] {
+        let err = client.delta_page(link).await.unwrap_err();
+        assert!(
+            matches!(err, charlie::ports::GraphError::ForeignHost { .. }),
+            "{err}"
+        );
+        assert!(err.is_permanent());
+    }
+    assert_eq!(
+        graph.requests(),
+        before,
+        "nothing was sent, so no token left"
+    );
+}
+
+#[tokio::test]
+async fn mailboxes_resolve_to_their_object_id_and_ids_are_immutable() {
+    let (graph, client) = fake().await;
+    let (user, folder) = graph.mailbox();
+    let id = client.mailbox_id(&user).await.unwrap();
+    assert_eq!(id, fake_graph::MAILBOX_OBJECT_ID);
+    // The delta round by object id lists the immutable ids the notifications carry.
+    let page = client
+        .delta_page(&client.delta_start_url(&id, &folder, None))
+        .await
+        .unwrap();
+    let first = &page.value[0];
+    assert!(!first.id.ends_with("-default"), "{}", first.id);
+    let message = client.message(&id, &first.id).await.unwrap();
+    assert_eq!(message.id, first.id);
+    assert!(message.internet_message_id.is_some());
+    let listed = client.attachment_list(&id, &first.id).await.unwrap();
+    let bytes = client
+        .attachment_content(&id, &first.id, &listed[0].id)
+        .await
+        .unwrap();
+    assert_eq!(bytes.len() as u64, listed[0].size);
+}

@@ -26,6 +26,8 @@ struct Ctx {
     state: DynamoState,
     objects: S3Objects,
     mailbox: String,
+    /// The mailbox's directory object id: the name Charlie keys it by.
+    mailbox_id: String,
     /// Unique keys of the sample mailbox's day, counted without Charlie's code.
     expected_calls: usize,
     expected_dials: usize,
@@ -53,7 +55,7 @@ impl Ctx {
     /// The number of outcomes recorded for one mail.
     async fn outcomes_of(&self, message_id: &str) -> usize {
         self.records()
-            .outcomes_of_mail(&self.mailbox, message_id)
+            .outcomes_of_mail(&self.mailbox_id, message_id)
             .await
             .unwrap()
             .len()
@@ -156,6 +158,7 @@ async fn up(work: std::path::PathBuf, row_store: RowStoreKind) -> Ctx {
         objects: cloud.clients.objects(&cloud.outputs.bucket),
         defs,
         mailbox,
+        mailbox_id: charlie_local::fake_graph::MAILBOX_OBJECT_ID.to_owned(),
         expected_calls: expected_unique(&[
             "ib_calls_2024-03-14_morning.csv",
             "ib_calls_2024-03-14_afternoon.csv",
@@ -357,7 +360,7 @@ async fn notifications_with_a_wrong_client_state_queue_nothing(cx: &Ctx) {
     ] {
         let (status, _, _) = post(
             &cx.hook(),
-            notification(subscription, &cx.mailbox, "AAMkAGI2TG93AAA=morning", state),
+            notification(subscription, &cx.mailbox_id, "AAMkAGI2TG93AAA=morning", state),
         )
         .await;
         assert_eq!(status, 202);
@@ -916,7 +919,7 @@ async fn subscriptions_are_renewed_near_expiry_and_on_reauthorization(cx: &Ctx) 
     let renewals = sub.renewals;
     let soon = Utc::now() + chrono::Duration::hours(1);
     cx.cloud.graph.set_subscription_expiry(&sub.id, soon);
-    let key = RecordKey::<SubscriptionRecord>::subscription(&cx.mailbox, "inbox");
+    let key = RecordKey::<SubscriptionRecord>::subscription(&cx.mailbox_id, "inbox");
     let mut record = cx.records().get_record(&key).await.unwrap().unwrap();
     assert_eq!(record.id, sub.id);
     record.expires_at = soon;
@@ -967,7 +970,7 @@ async fn a_removed_subscription_is_recreated_and_the_folder_resynced(cx: &Ctx) {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let (status, _, _) = post(
         &cx.hook(),
-        notification(&sub.id, &cx.mailbox, "AAMkAGI2TG93AAA=day18", &client_state),
+        notification(&sub.id, &cx.mailbox_id, "AAMkAGI2TG93AAA=day18", &client_state),
     )
     .await;
     assert_eq!(status, 202);

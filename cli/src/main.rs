@@ -10,8 +10,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use charlie::csv_ingest::{Unusable, parse_attachment};
-use charlie::definitions::Definitions;
+use charlie::csv_ingest::{Origin, parse_attachment};
+use charlie::definitions::{DateSource, Definitions};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -90,6 +90,13 @@ enum IngestCommand {
         /// The definitions file
         #[arg(long, default_value = "reports.toml")]
         config: PathBuf,
+        /// The mail's received time (RFC 3339), for datasets with `date = "received"`
+        #[arg(long, value_parser = |s: &str| chrono::DateTime::parse_from_rfc3339(s).map(|t| t.to_utc()).map_err(|e| e.to_string()))]
+        received: Option<chrono::DateTime<chrono::Utc>>,
+        /// The attachment's name as mailed, for datasets that take the date from it (default:
+        /// the file's name)
+        #[arg(long)]
+        name: Option<String>,
         /// The CSV export
         csv_file: PathBuf,
     },
@@ -116,9 +123,11 @@ fn main() -> ExitCode {
                 IngestCommand::Check {
                     dataset,
                     config,
+                    received,
+                    name,
                     csv_file,
                 },
-        } => ingest_check(&dataset, &config, &csv_file),
+        } => ingest_check(&dataset, &config, &csv_file, name.as_deref(), received),
     }
 }
 
@@ -166,7 +175,13 @@ fn config_check(file: &Path) -> ExitCode {
     }
 }
 
-fn ingest_check(dataset: &str, config: &Path, csv_file: &Path) -> ExitCode {
+fn ingest_check(
+    dataset: &str,
+    config: &Path,
+    csv_file: &Path,
+    name: Option<&str>,
+    received: Option<chrono::DateTime<chrono::Utc>>,
+) -> ExitCode {
     let defs = match load(config) {
         Ok(d) => d,
         Err(code) => return code,
@@ -186,9 +201,29 @@ fn ingest_check(dataset: &str, config: &Path, csv_file: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match parse_attachment(ds, &bytes) {
+    let file_name = name.map(str::to_owned).unwrap_or_else(|| {
+        csv_file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    let origin = Origin {
+        file_name: &file_name,
+        received,
+    };
+    let date_source = match ds.date_source() {
+        Some(DateSource::Column(c)) => format!("column {c}"),
+        Some(DateSource::FileName { pattern, .. }) => {
+            format!("file name {file_name:?} (pattern {:?})", pattern.as_str())
+        }
+        Some(DateSource::Received) => match received {
+            Some(t) => format!("received {} in {}", t.to_rfc3339(), ds.time_zone.0.name()),
+            None => "received (give --received)".to_owned(),
+        },
+        None => "none".to_owned(),
+    };
+    match parse_attachment(ds, &bytes, &origin) {
         Ok(parsed) => {
-            let rejected = parsed.rejects.len() as u64;
             let dates: std::collections::BTreeSet<String> =
                 parsed.rows.iter().map(|r| r.date.to_string()).collect();
             let out = serde_json::json!({
@@ -196,29 +231,27 @@ fn ingest_check(dataset: &str, config: &Path, csv_file: &Path) -> ExitCode {
                 "dataset": dataset,
                 "encoding": parsed.encoding,
                 "delimiter": parsed.delimiter.to_string(),
+                "date_source": date_source,
+                "date": parsed.fixed_date.map(|d| d.to_string()),
                 "rows_total": parsed.rows_total,
-                "rows_valid": parsed.rows_total - rejected,
-                "rows_rejected": rejected,
+                "rows_valid": parsed.rows_total - parsed.rows_rejected,
+                "rows_rejected": parsed.rows_rejected,
                 "duplicates": parsed.duplicates,
                 "rows_unique": parsed.rows.len(),
                 "dates": dates,
+                "lines": parsed.lines,
                 "rejects": parsed.rejects,
             });
             println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
             ExitCode::SUCCESS
         }
         Err(unusable) => {
-            let kind = match unusable {
-                Unusable::Empty => "empty",
-                Unusable::MissingColumns(_) => "missing_columns",
-                Unusable::Malformed(_) => "malformed",
-                Unusable::Unreadable(_) => "unreadable",
-            };
             let out = serde_json::json!({
                 "file": csv_file.display().to_string(),
                 "dataset": dataset,
+                "date_source": date_source,
                 "error": unusable.to_string(),
-                "kind": kind,
+                "kind": unusable.kind(),
             });
             println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
             ExitCode::FAILURE

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use charlie::csv_ingest::{AttachmentReader, KeyedRow};
+use charlie::csv_ingest::{AttachmentReader, KeyedRow, Origin};
 use charlie::definitions::Dataset;
 use charlie::definitions::Report;
 use charlie::key_set::KeySet;
@@ -202,7 +202,12 @@ fn read_files(
     for (i, file) in files {
         let (i, (name, dataset)) = (*i, datasets[*i]);
         let mut reader = timed(&mut read.parse, || {
-            AttachmentReader::from_file(dataset, file)
+            let name = file.file_name().map(|n| n.to_string_lossy().into_owned());
+            AttachmentReader::from_file(
+                dataset,
+                file,
+                &Origin::named(name.as_deref().unwrap_or_default()),
+            )
         })
         .map_err(|e| {
             Failure::Unusable(serde_json::json!({
@@ -218,7 +223,14 @@ fn read_files(
         if tx.send(Parsed::File(i)).is_err() {
             break; // the writer stopped
         }
-        while let Some(mut chunk) = timed(&mut read.parse, || reader.next_chunk(CHUNK_ROWS)) {
+        let unusable = |e: charlie::csv_ingest::Unusable| {
+            Failure::Unusable(serde_json::json!({
+                "file": file.display().to_string(), "dataset": name, "error": e.to_string(),
+            }))
+        };
+        while let Some(mut chunk) =
+            timed(&mut read.parse, || reader.next_chunk(CHUNK_ROWS)).map_err(unusable)?
+        {
             timed(&mut read.dedupe, || {
                 chunk.retain(|r| {
                     if period.is_some_and(|p| !p.contains(r.date)) {
@@ -245,7 +257,7 @@ fn read_files(
                 return Ok(read);
             }
         }
-        read.rejected += reader.finish().rejects.len() as u64;
+        read.rejected += reader.finish().rows_rejected;
     }
     read.tables = timed(&mut read.aggregate, || summaries.finish());
     Ok(read)

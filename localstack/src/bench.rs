@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use charlie::adapters::aws::dynamodb::DynamoRowStore;
 use charlie::adapters::postgres::{PostgresRowStore, PostgresSettings};
-use charlie::csv_ingest::AttachmentReader;
+use charlie::csv_ingest::{AttachmentReader, Origin};
 use charlie::definitions::{Dataset, Definitions};
 use charlie::ports::RowStore;
 use chrono::Utc;
@@ -75,9 +75,10 @@ async fn store_file(
     bytes: &[u8],
 ) -> anyhow::Result<(u64, f64)> {
     let started = Instant::now();
-    let mut reader = AttachmentReader::new(ds, bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut reader = AttachmentReader::new(ds, bytes, &Origin::named("bench.csv"))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut stored = 0;
-    while let Some(chunk) = reader.next_chunk(CHUNK_ROWS) {
+    while let Some(chunk) = reader.next_chunk(CHUNK_ROWS)? {
         stored += store
             .store("ib_calls", ds, &chunk, "bench/mail", Utc::now())
             .await?

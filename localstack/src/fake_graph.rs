@@ -5,8 +5,15 @@
 //!   odata.maxpagesize` (at most the fake's page size) linked by `@odata.nextLink`
 //!   (`$skiptoken`), the last one carrying `@odata.deltaLink` (`$deltatoken`) from which a later
 //!   round returns only what arrived since;
+//! - `GET /v1.0/users/{user}` (`id`: the mailbox's directory object id, a GUID; every
+//!   `{user}` below may be its UPN or that id);
 //! - `GET /v1.0/users/{user}/messages/{id}` and `.../attachments` (`fileAttachment` with base64
-//!   `contentBytes`);
+//!   `contentBytes`, left out under a `$select` that does not name it), `.../attachments/{id}/$value`
+//!   (the raw bytes);
+//! - ids: a message's default id differs from its immutable id; a request with `Prefer:
+//!   IdType="ImmutableId"` gets immutable ids, and so do the notifications of a subscription
+//!   created with it. Lookups take either. Change notifications name the mailbox by its object
+//!   id: `Users/{guid}/Messages/{id}`, as Graph's do;
 //! - sending as the mailbox user: `POST /v1.0/users/{user}/sendMail` (202, no body; the
 //!   request at most 4 MB, so files inline only under 3 MB), and the large-file path: `POST
 //!   .../messages` (a draft, 201), `POST .../messages/{id}/attachments/createUploadSession`
@@ -121,10 +128,30 @@ pub struct FakeSubscription {
     pub client_state: Option<String>,
     pub expires: chrono::DateTime<chrono::Utc>,
     pub renewals: u32,
+    /// Created with `Prefer: IdType="ImmutableId"`: its notifications carry immutable ids.
+    pub immutable_ids: bool,
 }
 
 /// Graph's longest mail subscription.
 pub const MAX_SUBSCRIPTION_MINUTES: i64 = 10_070;
+
+/// The fake mailbox's directory object id.
+pub const MAILBOX_OBJECT_ID: &str = "5b3f8c1e-2d4a-4e6b-9c7d-8a1f0e2b3c4d";
+
+/// The id Graph gives a message by default (not immutable: it changes when the mail moves).
+fn default_id(immutable: &str) -> String {
+    format!("{immutable}-default")
+}
+
+/// Whether a request asked for immutable ids.
+fn wants_immutable(headers: &HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("IdType=\"ImmutableId\""))
+        })
+    })
+}
 
 struct Inner {
     mailbox: String,
@@ -185,6 +212,19 @@ struct FixtureAttachment {
 pub const CLIENT_ID: &str = "charlie-local";
 pub const CLIENT_SECRET: &str = "local-fake-graph-secret";
 pub const TENANT: &str = "contoso-local";
+
+impl Inner {
+    /// `user` names the fake mailbox, by UPN or object id.
+    fn is_mailbox(&self, user: &str) -> bool {
+        user.eq_ignore_ascii_case(&self.mailbox) || user.eq_ignore_ascii_case(MAILBOX_OBJECT_ID)
+    }
+
+    fn find(&self, id: &str) -> Option<&FakeMessage> {
+        self.messages
+            .iter()
+            .find(|m| m.id == id || default_id(&m.id) == id)
+    }
+}
 
 impl FakeGraph {
     /// Loads `dir/messages.json` (attachments from files beside it) and serves it on a free port.
@@ -257,6 +297,11 @@ impl FakeGraph {
             .route(
                 "/v1.0/users/{user}/messages/{id}/attachments",
                 get(attachments),
+            )
+            .route("/v1.0/users/{user}", get(user))
+            .route(
+                "/v1.0/users/{user}/messages/{id}/attachments/{attachment}/$value",
+                get(attachment_value),
             )
             .route("/v1.0/users/{user}/sendMail", post(send_mail))
             .route("/v1.0/users/{user}/messages", post(create_draft))
@@ -370,13 +415,18 @@ impl FakeGraph {
                     let mut body: Value =
                         serde_json::from_str(CHANGE_NOTIFICATION).expect("fixture is JSON");
                     let n = &mut body["value"][0];
-                    let resource = format!("Users/{}/Messages/{message_id}", i.mailbox);
+                    let id = if s.immutable_ids {
+                        message_id.to_owned()
+                    } else {
+                        default_id(message_id)
+                    };
+                    let resource = format!("Users/{MAILBOX_OBJECT_ID}/Messages/{id}");
                     n["subscriptionId"] = json!(s.id);
                     n["subscriptionExpirationDateTime"] = json!(s.expires.to_rfc3339());
                     n["clientState"] = json!(s.client_state);
                     n["resource"] = json!(resource);
                     n["resourceData"]["@odata.id"] = json!(resource);
-                    n["resourceData"]["id"] = json!(message_id);
+                    n["resourceData"]["id"] = json!(id);
                     (s.notification_url.clone(), body)
                 })
                 .collect()
@@ -480,8 +530,14 @@ async fn switches(
         .and_then(|r| r.split('/').next())
         .unwrap_or("")
         .to_owned();
-    let slow = {
+    let (slow, mailbox) = {
         let mut i = state.lock().unwrap();
+        // One mailbox, by either of its names.
+        let mailbox = if mailbox.eq_ignore_ascii_case(MAILBOX_OBJECT_ID) {
+            i.mailbox.to_ascii_lowercase()
+        } else {
+            mailbox.clone()
+        };
         if graph_call && i.throttle_left > 0 {
             i.throttle_left -= 1;
             i.throttled += 1;
@@ -500,7 +556,7 @@ async fn switches(
         *n += 1;
         let now = *n;
         i.max_in_flight = i.max_in_flight.max(now);
-        i.slow
+        (i.slow, mailbox)
     };
     if !slow.is_zero() {
         tokio::time::sleep(slow).await;
@@ -585,7 +641,7 @@ async fn delta(
     headers: HeaderMap,
 ) -> Response {
     let inner = state.lock().unwrap();
-    if !user.eq_ignore_ascii_case(&inner.mailbox) || !folder.eq_ignore_ascii_case(&inner.folder) {
+    if !inner.is_mailbox(&user) || !folder.eq_ignore_ascii_case(&inner.folder) {
         return graph_error(
             StatusCode::NOT_FOUND,
             "ErrorItemNotFound",
@@ -658,9 +714,10 @@ async fn delta(
         .unwrap_or(inner.page_size);
     let size = wanted.min(inner.page_size).max(1);
     let end = (offset + size).min(eligible.len());
+    let immutable = wants_immutable(&headers);
     let value: Vec<Value> = eligible[offset.min(end)..end]
         .iter()
-        .map(|m| summary_json(m))
+        .map(|m| summary_json(m, immutable))
         .collect();
     let link = format!(
         "{}/users/{user}/mailFolders/{folder}/messages/delta",
@@ -681,11 +738,12 @@ async fn delta(
     Json(body).into_response()
 }
 
-fn summary_json(m: &FakeMessage) -> Value {
+fn summary_json(m: &FakeMessage, immutable: bool) -> Value {
     json!({
         "@odata.type": "#microsoft.graph.message",
         "@odata.etag": format!("W/\"{}\"", m.id.len()),
-        "id": m.id,
+        "id": if immutable { m.id.clone() } else { default_id(&m.id) },
+        "internetMessageId": format!("<{}@fake.graph>", m.id),
         "subject": m.subject,
         "receivedDateTime": m.received,
         "hasAttachments": !m.attachments.is_empty(),
@@ -693,13 +751,34 @@ fn summary_json(m: &FakeMessage) -> Value {
     })
 }
 
+async fn user(State(state): Shared, UrlPath(user): UrlPath<String>) -> Response {
+    let inner = state.lock().unwrap();
+    if !inner.is_mailbox(&user) {
+        return graph_error(
+            StatusCode::NOT_FOUND,
+            "Request_ResourceNotFound",
+            &format!(
+                "Resource '{user}' does not exist or one of its queried reference-property objects are not present."
+            ),
+        );
+    }
+    Json(json!({
+        "@odata.context": format!("{}/$metadata#users(id)/$entity", inner.base_url),
+        "id": MAILBOX_OBJECT_ID,
+        "userPrincipalName": inner.mailbox,
+        "mail": inner.mailbox,
+    }))
+    .into_response()
+}
+
 async fn message(
     State(state): Shared,
     UrlPath((_user, id)): UrlPath<(String, String)>,
+    headers: HeaderMap,
 ) -> Response {
     let inner = state.lock().unwrap();
-    match inner.messages.iter().find(|m| m.id == id) {
-        Some(m) => Json(summary_json(m)).into_response(),
+    match inner.find(&id) {
+        Some(m) => Json(summary_json(m, wants_immutable(&headers))).into_response(),
         None => graph_error(
             StatusCode::NOT_FOUND,
             "ErrorItemNotFound",
@@ -711,9 +790,14 @@ async fn message(
 async fn attachments(
     State(state): Shared,
     UrlPath((_user, id)): UrlPath<(String, String)>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let inner = state.lock().unwrap();
-    let Some(m) = inner.messages.iter().find(|m| m.id == id) else {
+    // `$select` without `contentBytes` leaves the content out, as Graph does.
+    let with_content = q
+        .get("$select")
+        .is_none_or(|s| s.split(',').any(|f| f.trim() == "contentBytes"));
+    let Some(m) = inner.find(&id) else {
         return graph_error(
             StatusCode::NOT_FOUND,
             "ErrorItemNotFound",
@@ -738,8 +822,40 @@ async fn attachments(
                 "contentBytes": base64::engine::general_purpose::STANDARD.encode(&a.bytes),
             })
         })
+        .map(|mut v: Value| {
+            if !with_content {
+                v.as_object_mut().map(|o| o.remove("contentBytes"));
+            }
+            v
+        })
         .collect();
     Json(json!({ "@odata.context": "attachments", "value": value })).into_response()
+}
+
+async fn attachment_value(
+    State(state): Shared,
+    UrlPath((_user, id, attachment)): UrlPath<(String, String, String)>,
+) -> Response {
+    let inner = state.lock().unwrap();
+    let found = inner.find(&id).and_then(|m| {
+        m.attachments
+            .iter()
+            .enumerate()
+            .find(|(i, _)| format!("{}-att{i}", m.id) == attachment)
+    });
+    match found {
+        Some((_, a)) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, a.content_type.clone())],
+            a.bytes.clone(),
+        )
+            .into_response(),
+        None => graph_error(
+            StatusCode::NOT_FOUND,
+            "ErrorItemNotFound",
+            "The specified object was not found in the store.",
+        ),
+    }
 }
 
 fn invalid_user(user: &str) -> Response {
@@ -870,7 +986,7 @@ fn json_body(body: &[u8]) -> Result<Value, Response> {
 /// What `sendMail` and draft creation check first (after the token): the mailbox, Graph's 4 MB
 /// request limit and the JSON.
 fn mailbox_json(inner: &Inner, user: &str, body: &[u8]) -> Result<Value, Response> {
-    if !user.eq_ignore_ascii_case(&inner.mailbox) {
+    if !inner.is_mailbox(user) {
         return Err(invalid_user(user));
     }
     if body.len() > MAX_REQUEST_BYTES {
@@ -1222,7 +1338,11 @@ async fn handshake(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn create_subscription(State(state): Shared, body: axum::body::Bytes) -> Response {
+async fn create_subscription(
+    State(state): Shared,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let (mailbox, folder) = {
         let inner = state.lock().unwrap();
         (
@@ -1244,9 +1364,12 @@ async fn create_subscription(State(state): Shared, body: axum::body::Bytes) -> R
         );
     }
     let resource = request["resource"].as_str().unwrap_or_default().to_owned();
+    let id = MAILBOX_OBJECT_ID;
     let wanted = [
         format!("users/{mailbox}/mailfolders('{folder}')/messages"),
         format!("users/{mailbox}/mailfolders/{folder}/messages"),
+        format!("users/{id}/mailfolders('{folder}')/messages"),
+        format!("users/{id}/mailfolders/{folder}/messages"),
     ];
     if !wanted.contains(&resource.trim_start_matches('/').to_ascii_lowercase()) {
         return bad_request(
@@ -1297,6 +1420,7 @@ async fn create_subscription(State(state): Shared, body: axum::body::Bytes) -> R
         client_state,
         expires,
         renewals: 0,
+        immutable_ids: wants_immutable(&headers),
     };
     let body = subscription_json(&sub);
     state.lock().unwrap().subscriptions.push(sub);

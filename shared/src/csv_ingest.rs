@@ -2,12 +2,14 @@
 //! rows and rejects out; storage decides what is new.
 
 use std::borrow::Cow;
+use std::io::Read;
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use sha2::{Digest, Sha256};
 
-use crate::definitions::{Column, ColumnType, Dataset, DeriveFn};
+use crate::csv_records::{RecordError, RecordReader, TextEncoding};
+use crate::definitions::{Column, ColumnType, Dataset, DateSource, DeriveFn};
 use crate::key_set::KeySet;
 use crate::value::{Row, Value};
 
@@ -24,26 +26,73 @@ pub struct KeyedRow {
     pub key: String,
     pub date: NaiveDate,
     pub values: Row,
+    /// 1-based line of the file where its record starts.
+    pub line: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reject {
     /// 1-based line of the file where the record starts.
     pub line: u64,
     pub reason: String,
 }
 
+impl std::fmt::Display for Reject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// Every physical line of a file, by what it held: `header + valid + rejected + blank = total`
+/// (a record spanning lines counts all of them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LineCounts {
+    pub total: u64,
+    pub header: u64,
+    pub valid: u64,
+    pub rejected: u64,
+    pub blank: u64,
+}
+
+impl LineCounts {
+    /// Whether every line is accounted for.
+    pub fn balanced(&self) -> bool {
+        self.header + self.valid + self.rejected + self.blank == self.total
+    }
+}
+
+/// Where an attachment came from, for datasets whose rows take their day from it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'o> {
+    pub file_name: &'o str,
+    pub received: Option<DateTime<Utc>>,
+}
+
+impl<'o> Origin<'o> {
+    pub fn named(file_name: &'o str) -> Self {
+        Origin {
+            file_name,
+            received: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ParsedAttachment {
     pub encoding: &'static str,
     pub delimiter: char,
-    /// Data records read (excluding the header).
+    /// Data records read (excluding the header and blank lines).
     pub rows_total: u64,
     /// Unique, valid rows in file order (first occurrence of each key).
     pub rows: Vec<KeyedRow>,
     /// Valid rows whose key repeated an earlier row of the same file.
     pub duplicates: u64,
+    pub rows_rejected: u64,
+    /// The first [`MAX_REJECT_DETAILS`] rejects, in file order.
     pub rejects: Vec<Reject>,
+    pub lines: LineCounts,
+    /// The day every row took, when it came from the file name or the received time.
+    pub fixed_date: Option<NaiveDate>,
 }
 
 /// Why a whole attachment cannot be used; it goes to quarantine with this reason.
@@ -57,14 +106,39 @@ pub enum Unusable {
     Malformed(String),
     #[error("the file cannot be read: {0}")]
     Unreadable(String),
+    #[error("over a limit: {0}")]
+    OverLimit(String),
+    #[error("no date for its rows: {0}")]
+    NoDate(String),
 }
+
+impl Unusable {
+    /// A short name for the kind of problem (`charlie ingest check`, metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Unusable::Empty => "empty",
+            Unusable::MissingColumns(_) => "missing_columns",
+            Unusable::Malformed(_) => "malformed",
+            Unusable::Unreadable(_) => "unreadable",
+            Unusable::OverLimit(_) => "over_limit",
+            Unusable::NoDate(_) => "no_date",
+        }
+    }
+}
+
+/// Rejects kept in detail per attachment (all are counted).
+pub const MAX_REJECT_DETAILS: usize = 10_000;
 
 /// Parses one attachment for `dataset`, keeping every unique row (see [`AttachmentReader`] to
 /// stream instead).
-pub fn parse_attachment(dataset: &Dataset, bytes: &[u8]) -> Result<ParsedAttachment, Unusable> {
-    let mut reader = AttachmentReader::new(dataset, bytes)?;
+pub fn parse_attachment(
+    dataset: &Dataset,
+    bytes: &[u8],
+    origin: &Origin<'_>,
+) -> Result<ParsedAttachment, Unusable> {
+    let mut reader = AttachmentReader::new(dataset, bytes, origin)?;
     let mut rows = Vec::new();
-    while let Some(chunk) = reader.next_chunk(usize::MAX) {
+    while let Some(chunk) = reader.next_chunk(usize::MAX)? {
         rows.extend(chunk);
     }
     let s = reader.finish();
@@ -74,7 +148,10 @@ pub fn parse_attachment(dataset: &Dataset, bytes: &[u8]) -> Result<ParsedAttachm
         rows_total: s.rows_total,
         rows,
         duplicates: s.duplicates,
+        rows_rejected: s.rows_rejected,
         rejects: s.rejects,
+        lines: s.lines,
+        fixed_date: s.fixed_date,
     })
 }
 
@@ -86,30 +163,17 @@ pub struct ReadSummary {
     pub rows_total: u64,
     pub rows_unique: u64,
     pub duplicates: u64,
+    pub rows_rejected: u64,
     pub rejects: Vec<Reject>,
+    pub lines: LineCounts,
+    pub fixed_date: Option<NaiveDate>,
 }
 
-/// The decoded text, shared by the CSV reader and the line-number fix-up: the input itself when
-/// it is UTF-8 already (no copy), else its decoded form.
-#[derive(Clone)]
-enum SharedText<'a> {
-    Borrowed(&'a str),
-    Decoded(std::sync::Arc<str>),
-}
-
-impl SharedText<'_> {
-    fn as_str(&self) -> &str {
-        match self {
-            SharedText::Borrowed(s) => s,
-            SharedText::Decoded(s) => s,
-        }
-    }
-}
-
-impl AsRef<[u8]> for SharedText<'_> {
-    fn as_ref(&self) -> &[u8] {
-        self.as_str().as_bytes()
-    }
+/// The day of a row: a column of it, or one day for the whole file.
+#[derive(Debug, Clone, Copy)]
+enum RowDay {
+    Column(usize),
+    Fixed(NaiveDate),
 }
 
 /// Streams an attachment: unique, valid rows come out in chunks (first occurrence of each key
@@ -117,17 +181,13 @@ impl AsRef<[u8]> for SharedText<'_> {
 /// the keys seen, whatever the file's size.
 pub struct AttachmentReader<'a> {
     dataset: &'a Dataset,
-    /// The whole text when it is in memory: reject line numbers are then exact.
-    text: Option<SharedText<'a>>,
-    /// A streamed file's line ends are CRLF (from its header line).
-    crlf: bool,
-    reader: csv::Reader<Box<dyn std::io::Read + Send + 'a>>,
-    record: csv::ByteRecord,
+    records: RecordReader<'a>,
+    header_len: usize,
     positions: Vec<Option<usize>>,
     /// Each derived column with the column it derives from (looked up once, not per row).
     derived: Vec<(usize, usize)>,
     key_idx: Vec<usize>,
-    date_idx: usize,
+    day: RowDay,
     keys: KeySet,
     /// Typed rows waiting for dedup, with their keys' hashes (kept to reuse its allocation).
     batch: Vec<(u64, KeyedRow)>,
@@ -135,118 +195,135 @@ pub struct AttachmentReader<'a> {
     done: bool,
 }
 
+/// How much of a file's start is read to choose its encoding, sniff its delimiter and estimate
+/// its rows.
+const SNIFF_BYTES: usize = 256 * 1024;
+/// The key set is sized from an estimate up to this many rows; past it, it grows as it fills,
+/// so a bad estimate never reserves much.
+const MAX_PRESIZED_ROWS: usize = 2_000_000;
+
 impl<'a> AttachmentReader<'a> {
-    /// Decodes the bytes and reads the header; fails when the file cannot be used at all.
-    pub fn new(dataset: &'a Dataset, bytes: &'a [u8]) -> Result<Self, Unusable> {
-        let (text, encoding) = decode(bytes);
-        let text = match text {
-            Cow::Borrowed(s) => SharedText::Borrowed(s),
-            Cow::Owned(s) => SharedText::Decoded(std::sync::Arc::from(s)),
+    /// Reads an attachment held in memory: decodes it, reads the header; fails when the file
+    /// cannot be used at all.
+    pub fn new(
+        dataset: &'a Dataset,
+        bytes: &'a [u8],
+        origin: &Origin<'_>,
+    ) -> Result<Self, Unusable> {
+        let configured = dataset.csv.encoding.map(|e| e.0);
+        let encoding = TextEncoding::choose(bytes, true, configured);
+        let body = &bytes[encoding.bom..];
+        let text: Box<dyn std::io::Read + Send + 'a> = if encoding.is_utf8() {
+            Box::new(body)
+        } else {
+            encoding.decoder(body)
         };
-        Self::from_text(dataset, text, encoding)
-    }
-
-    /// Reads a file as a stream, so that memory holds a buffer of it, never the whole file:
-    /// for exports larger than memory should hold (`charlie report build`). UTF-8 files (the
-    /// exporters' norm) stream; UTF-16 and Windows-1252 files are decoded in memory. Line numbers
-    /// of rejects assume the line ends of the header line throughout.
-    pub fn from_file(dataset: &'a Dataset, path: &std::path::Path) -> Result<Self, Unusable> {
-        use std::io::{Read, Seek};
-        let unreadable = |e: std::io::Error| Unusable::Unreadable(e.to_string());
-        let mut file = std::fs::File::open(path).map_err(unreadable)?;
-        let size = file.metadata().map_err(unreadable)?.len() as usize;
-        // First pass: is it UTF-8 throughout? (Reading it twice costs less than holding it.)
-        let mut head = Vec::new();
-        let mut check = Utf8Checked::new(&mut file);
-        let mut block = vec![0u8; 1 << 20];
-        let utf8 = loop {
-            match check.read(&mut block) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    if head.len() < SNIFF_BYTES {
-                        head.extend_from_slice(&block[..n.min(SNIFF_BYTES - head.len())]);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => break false,
-                Err(e) => return Err(unreadable(e)),
-            }
-        };
-        let bom = head.starts_with(b"\xEF\xBB\xBF");
-        if !utf8 || head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
-            // Decoded in memory, owned by the reader.
-            drop(block);
-            let bytes = std::fs::read(path).map_err(unreadable)?;
-            let (text, encoding) = decode(&bytes);
-            let text = SharedText::Decoded(std::sync::Arc::from(text.into_owned()));
-            return Self::from_text(dataset, text, encoding);
-        }
-        let skip = if bom { 3 } else { 0 };
-        file.seek(std::io::SeekFrom::Start(skip))
-            .map_err(unreadable)?;
-        let head = &head[skip as usize..];
-        let first_line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-        let crlf = first_line.ends_with(b"\r") && first_line.len() < head.len();
-        let input: Box<dyn std::io::Read + Send + 'a> = Box::new(Utf8Checked::new(file));
-        let mut reader = Self::from_input(
+        Self::open(
             dataset,
-            input,
-            &String::from_utf8_lossy(head),
-            size,
-            if bom { "utf-8-bom" } else { "utf-8" },
-        )?;
-        reader.crlf = crlf;
-        Ok(reader)
+            body,
+            text,
+            encoding,
+            Some(bytes.len() as u64),
+            origin,
+        )
     }
 
-    fn from_text(
+    /// Reads an attachment as a stream, so that memory holds a buffer of it, never the whole
+    /// file. `size` (when known) is checked against the dataset's `max_attachment_bytes` first.
+    /// The encoding is chosen from the first 256 KiB: a UTF-8 start with other bytes later
+    /// rejects the records holding them, with a reason that names the `encoding` option.
+    pub fn from_reader<R: std::io::Read + Send + 'a>(
         dataset: &'a Dataset,
-        text: SharedText<'a>,
-        encoding: &'static str,
+        mut input: R,
+        size: Option<u64>,
+        origin: &Origin<'_>,
     ) -> Result<Self, Unusable> {
-        let shared = text.clone();
-        let all = text.as_str();
-        let head = &all[..all.floor_char_boundary(SNIFF_BYTES)];
-        let (head, size) = (head.to_owned(), all.len());
-        let input: Box<dyn std::io::Read + Send + 'a> = Box::new(std::io::Cursor::new(text));
-        let mut reader = Self::from_input(dataset, input, &head, size, encoding)?;
-        reader.text = Some(shared);
-        Ok(reader)
+        check_size(dataset, size)?;
+        let mut head = Vec::with_capacity(SNIFF_BYTES.min(size.unwrap_or(u64::MAX) as usize));
+        (&mut input)
+            .take(SNIFF_BYTES as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| Unusable::Unreadable(e.to_string()))?;
+        let whole = head.len() < SNIFF_BYTES;
+        let configured = dataset.csv.encoding.map(|e| e.0);
+        let encoding = TextEncoding::choose(&head, whole, configured);
+        let rest = std::io::Cursor::new(head.split_off(encoding.bom.min(head.len())));
+        let sample = rest.get_ref().clone();
+        let text: Box<dyn std::io::Read + Send + 'a> = if encoding.is_utf8() {
+            Box::new(rest.chain(input))
+        } else {
+            encoding.decoder(rest.chain(input))
+        };
+        Self::open(dataset, &sample, text, encoding, size, origin)
     }
 
-    /// Reads the header from `input`, whose first bytes are `head` and whose size is `size`.
-    fn from_input(
+    /// [`AttachmentReader::from_reader`] on a file.
+    pub fn from_file(
         dataset: &'a Dataset,
-        input: Box<dyn std::io::Read + Send + 'a>,
-        head: &str,
-        size: usize,
-        encoding: &'static str,
+        path: &std::path::Path,
+        origin: &Origin<'_>,
     ) -> Result<Self, Unusable> {
-        if head.trim().is_empty() {
+        let unreadable = |e: std::io::Error| Unusable::Unreadable(e.to_string());
+        let file = std::fs::File::open(path).map_err(unreadable)?;
+        let size = file.metadata().map_err(unreadable)?.len();
+        Self::from_reader(dataset, file, Some(size), origin)
+    }
+
+    /// Reads the header from `text` (decoded), whose first bytes before decoding are `head`.
+    fn open(
+        dataset: &'a Dataset,
+        head: &[u8],
+        text: Box<dyn std::io::Read + Send + 'a>,
+        encoding: TextEncoding,
+        size: Option<u64>,
+        origin: &Origin<'_>,
+    ) -> Result<Self, Unusable> {
+        check_size(dataset, size)?;
+        let limits = dataset.effective_limits;
+        let sample = &head[..head.len().min(SNIFF_BYTES)];
+        let sample_text = if encoding.is_utf8() {
+            String::from_utf8_lossy(sample)
+        } else {
+            Cow::Owned(text_of(encoding, sample))
+        };
+        if sample_text.trim().is_empty() {
             return Err(Unusable::Empty);
         }
-        let delimiter = dataset
-            .csv
-            .delimiter
-            .unwrap_or_else(|| sniff_delimiter(head));
-        // Sizing the key set once spares its rehashing: records ≈ lines, estimated from a sample.
-        let lines = estimated_lines(head.as_bytes(), size);
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(delimiter as u8)
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(64 * 1024)
-            .from_reader(input);
-        // One record, reused for every row: no allocation per row for the parse itself.
-        let mut record = csv::ByteRecord::new();
-        match reader.read_byte_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) => return Err(Unusable::Empty),
-            Err(e) => return Err(Unusable::Malformed(e.to_string())),
+        let day = row_day(dataset, origin)?;
+        let delimiter = match dataset.csv.delimiter {
+            Some(d) if d.is_ascii() => d,
+            Some(d) => {
+                return Err(Unusable::Malformed(format!(
+                    "the delimiter {d:?} is not one ASCII character"
+                )));
+            }
+            None => sniff_delimiter(&sample_text),
+        };
+        let mut records = RecordReader::new(
+            text,
+            delimiter as u8,
+            limits.max_field_bytes,
+            limits.max_columns,
+        );
+        let over = |e: RecordError| match e {
+            RecordError::Io(e) => Unusable::Unreadable(e.to_string()),
+            other => Unusable::OverLimit(other.to_string()),
+        };
+        let Some(info) = records.next_record().map_err(over)? else {
+            return Err(Unusable::Empty);
+        };
+        if let Some(open) = info.unterminated_quote {
+            return Err(Unusable::Malformed(format!(
+                "unterminated quote opened at line {open} in the header"
+            )));
         }
-        let header: Vec<String> = record
-            .iter()
-            .map(|h| String::from_utf8_lossy(h).into_owned())
+        let header_text = records
+            .text()
+            .ok_or_else(|| Unusable::Malformed("the header is not valid text".into()))?;
+        let header: Vec<&str> = (0..records.len())
+            .filter_map(|i| records.field_range(i).and_then(|r| header_text.get(r)))
             .collect();
+        let header_len = header.len();
         // Position of each read column in the file, matching headers ignoring case and spaces.
         let positions: Vec<Option<usize>> = dataset
             .columns
@@ -273,23 +350,27 @@ impl<'a> AttachmentReader<'a> {
                 p.is_none()
                     && c.derive.is_none()
                     && c.default.is_none()
-                    && (c.required || key_idx_contains(dataset, &c.name))
+                    && (c.required
+                        || key_idx_contains(dataset, &c.name)
+                        || matches!(day, RowDay::Column(i) if dataset.columns[i].name == c.name))
             })
             .map(|(c, _)| c.header().to_owned())
             .collect();
         if !missing.is_empty() {
             return Err(Unusable::MissingColumns(missing));
         }
-        let date_idx = dataset
-            .column(&dataset.date_column)
-            .map(|(i, _)| i)
-            .expect("validated definitions declare the date column");
+        let header_lines = records.blank_lines + info.lines;
+        records.blank_lines = 0;
+        // Sizing the key set once spares its rehashing: records ≈ non-blank lines, estimated
+        // from the sample, never more than the row limit or a few million.
+        let rows = estimated_rows(sample, size.unwrap_or(sample.len() as u64))
+            .min(limits.max_rows.try_into().unwrap_or(usize::MAX))
+            .min(MAX_PRESIZED_ROWS);
+        let key_bytes = rows.saturating_mul(16);
         Ok(AttachmentReader {
             dataset,
-            text: None,
-            crlf: false,
-            reader,
-            record,
+            records,
+            header_len,
             positions,
             derived: dataset
                 .columns
@@ -301,28 +382,38 @@ impl<'a> AttachmentReader<'a> {
                 })
                 .collect(),
             key_idx,
-            date_idx,
-            keys: KeySet::with_capacity(lines, size / 4),
+            day,
+            keys: KeySet::with_capacity(rows, key_bytes),
             batch: Vec::with_capacity(PREFETCH_BATCH),
             summary: ReadSummary {
-                encoding,
+                encoding: encoding.name(),
                 delimiter,
                 rows_total: 0,
                 rows_unique: 0,
                 duplicates: 0,
+                rows_rejected: 0,
                 rejects: Vec::new(),
+                lines: LineCounts {
+                    header: header_lines,
+                    ..LineCounts::default()
+                },
+                fixed_date: match day {
+                    RowDay::Fixed(d) => Some(d),
+                    RowDay::Column(_) => None,
+                },
             },
             done: false,
         })
     }
 
-    /// The next unique, valid rows (at most `max`), or `None` at the end of the file.
+    /// The next unique, valid rows (at most `max`), or `None` at the end of the file; an error
+    /// when the file turns out unusable part way (a limit, a read error).
     ///
     /// Rows are typed in small batches and their keys' slots prefetched before the batch is
     /// deduplicated in file order, so the key set's memory latency overlaps useful work.
-    pub fn next_chunk(&mut self, max: usize) -> Option<Vec<KeyedRow>> {
+    pub fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<KeyedRow>>, Unusable> {
         if self.done {
-            return None;
+            return Ok(None);
         }
         let mut rows = Vec::with_capacity(max.min(8192));
         let mut batch = std::mem::take(&mut self.batch);
@@ -330,7 +421,7 @@ impl<'a> AttachmentReader<'a> {
             // Each row of the batch adds at most one row to the chunk: it never overflows `max`.
             let room = (max - rows.len()).min(PREFETCH_BATCH);
             while batch.len() < room {
-                match self.next_row() {
+                match self.next_row()? {
                     Some(row) => {
                         let hash = self.keys.hash(row.date, &row.key);
                         self.keys.prefetch(hash);
@@ -350,70 +441,129 @@ impl<'a> AttachmentReader<'a> {
         }
         self.batch = batch;
         if rows.is_empty() && self.done {
-            None
+            Ok(None)
         } else {
-            Some(rows)
+            Ok(Some(rows))
+        }
+    }
+
+    fn reject(&mut self, line: u64, lines: u64, reason: String) {
+        self.summary.rows_rejected += 1;
+        self.summary.lines.rejected += lines;
+        if self.summary.rejects.len() < MAX_REJECT_DETAILS {
+            self.summary.rejects.push(Reject { line, reason });
         }
     }
 
     /// The next valid row of the file, recording rejects on the way; `None` at its end.
-    fn next_row(&mut self) -> Option<KeyedRow> {
+    fn next_row(&mut self) -> Result<Option<KeyedRow>, Unusable> {
+        let limits = self.dataset.effective_limits;
         loop {
-            match self.reader.read_byte_record(&mut self.record) {
-                Ok(true) => {}
-                Ok(false) => {
+            let info = match self.records.next_record() {
+                Ok(Some(info)) => info,
+                Ok(None) => {
                     self.done = true;
-                    return None;
+                    let lines = &mut self.summary.lines;
+                    lines.blank += self.records.blank_lines;
+                    self.records.blank_lines = 0;
+                    lines.total = self.records.lines_read();
+                    return Ok(None);
+                }
+                Err(RecordError::Io(e)) => {
+                    self.done = true;
+                    return Err(Unusable::Unreadable(format!(
+                        "after line {}: {e}",
+                        self.records.lines_read()
+                    )));
                 }
                 Err(e) => {
-                    let line = e.position().map_or(0, |p| self.line(p));
-                    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                        // The stream broke (or changed under us): nothing after it can be trusted.
-                        self.done = true;
-                        self.summary.rejects.push(Reject {
-                            line,
-                            reason: format!("the file could not be read past here: {e}"),
-                        });
-                        return None;
-                    }
-                    self.summary.rows_total += 1;
-                    self.summary.rejects.push(Reject {
-                        line,
-                        reason: format!("unreadable record: {e}"),
-                    });
-                    continue;
+                    self.done = true;
+                    return Err(Unusable::OverLimit(e.to_string()));
                 }
+            };
+            if self.records.consumed > limits.max_attachment_bytes {
+                self.done = true;
+                return Err(Unusable::OverLimit(format!(
+                    "line {}: the text is longer than the limit of {} bytes (max_attachment_bytes)",
+                    info.line, limits.max_attachment_bytes
+                )));
             }
-            let record = &self.record;
-            if record.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
+            let Some(text) = self.records.text() else {
+                self.summary.rows_total += 1;
+                let reason = format!(
+                    "not valid {} text: the file's start read as {}; set the dataset's csv encoding (e.g. encoding = \"windows-1252\")",
+                    self.summary.encoding, self.summary.encoding
+                );
+                self.reject(info.line, info.lines, reason);
+                continue;
+            };
+            let fields = Fields {
+                text,
+                records: &self.records,
+            };
+            if fields.all_blank() && info.unterminated_quote.is_none() {
+                self.summary.lines.blank += info.lines;
                 continue; // blank or separator-only line: not a record
             }
             self.summary.rows_total += 1;
+            if self.summary.rows_total > limits.max_rows {
+                self.done = true;
+                return Err(Unusable::OverLimit(format!(
+                    "line {}: more than the limit of {} rows (max_rows)",
+                    info.line, limits.max_rows
+                )));
+            }
+            if let Some(open) = info.unterminated_quote {
+                let last = info.line + info.lines - 1;
+                let reason = format!(
+                    "unterminated quote opened at line {open}: lines {open}-{last}, the rest of the file, are inside one field"
+                );
+                self.reject(info.line, info.lines, reason);
+                continue;
+            }
+            if let Some((open, close)) = info.text_after_quote {
+                let reason = if open == close {
+                    format!(
+                        "text follows the closing quote of a field on line {open}: a quote is stray or missing"
+                    )
+                } else {
+                    format!(
+                        "a quoted field opened at line {open} closes at line {close} and text follows its closing quote: a quote is missing or stray (lines {open}-{close} read as one record)"
+                    )
+                };
+                self.reject(info.line, info.lines, reason);
+                continue;
+            }
+            let n = self.records.len();
+            let csv = &self.dataset.csv;
+            if n < self.header_len && !csv.pad || n > self.header_len && !csv.ignore_extra {
+                let reason = format!(
+                    "{n} field{}, the header has {}",
+                    if n == 1 { "" } else { "s" },
+                    self.header_len
+                );
+                self.reject(info.line, info.lines, reason);
+                continue;
+            }
             match keyed_row(
                 self.dataset,
                 &self.positions,
                 &self.derived,
-                self.date_idx,
+                self.day,
                 &self.key_idx,
-                record,
+                &fields,
             ) {
-                Ok(row) => return Some(row),
-                Err(reason) => {
-                    let line = record.position().map_or(0, |p| self.line(p));
-                    self.summary.rejects.push(Reject { line, reason });
+                Ok((key, date, values)) => {
+                    self.summary.lines.valid += info.lines;
+                    return Ok(Some(KeyedRow {
+                        key,
+                        date,
+                        values,
+                        line: info.line,
+                    }));
                 }
+                Err(reason) => self.reject(info.line, info.lines, reason),
             }
-        }
-    }
-
-    /// The 1-based line where the record at `pos` starts. In memory, [`line_of`] looks at the
-    /// byte there; a stream has gone past it, so a CRLF file's records (all after the header,
-    /// whose CRLF puts the reader's count one behind) are taken as one line further on.
-    fn line(&self, pos: &csv::Position) -> u64 {
-        match &self.text {
-            Some(text) => line_of(text.as_str(), pos),
-            None if self.crlf => pos.line() + 1,
-            None => pos.line(),
         }
     }
 
@@ -423,96 +573,88 @@ impl<'a> AttachmentReader<'a> {
     }
 }
 
-/// How much of a file's start is read to sniff its delimiter and estimate its lines.
-const SNIFF_BYTES: usize = 256 * 1024;
+/// The fields of the current record, as text.
+struct Fields<'r, 'a> {
+    text: &'r str,
+    records: &'r RecordReader<'a>,
+}
 
-/// About how many lines a text of `size` bytes has, from a `sample` of its start: extrapolated
-/// with a margin (exact when the sample is the whole text). Counting a large file's every byte
-/// would cost 4% of its ingest.
-fn estimated_lines(sample: &[u8], size: usize) -> usize {
-    let lines = sample.iter().filter(|&&b| b == b'\n').count() + 1;
-    if size <= sample.len() {
+impl Fields<'_, '_> {
+    fn get(&self, i: usize) -> Option<&str> {
+        self.records.field_range(i).and_then(|r| self.text.get(r))
+    }
+
+    fn all_blank(&self) -> bool {
+        self.text.bytes().all(|b| b.is_ascii_whitespace())
+    }
+}
+
+fn check_size(dataset: &Dataset, size: Option<u64>) -> Result<(), Unusable> {
+    let limit = dataset.effective_limits.max_attachment_bytes;
+    match size {
+        Some(size) if size > limit => Err(Unusable::OverLimit(format!(
+            "the attachment is {size} bytes, over the limit of {limit} bytes (max_attachment_bytes)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The day every row takes when it does not come from a column.
+fn row_day(dataset: &Dataset, origin: &Origin<'_>) -> Result<RowDay, Unusable> {
+    match dataset.date_source() {
+        Some(DateSource::Column(c)) => dataset
+            .column(c)
+            .map(|(i, _)| RowDay::Column(i))
+            .ok_or_else(|| Unusable::NoDate(format!("the date column {c:?} is not declared"))),
+        Some(DateSource::FileName { pattern, format }) => {
+            let caps = pattern.captures(origin.file_name).ok_or_else(|| {
+                Unusable::NoDate(format!(
+                    "the file name {:?} does not match the date pattern {:?}",
+                    origin.file_name,
+                    pattern.as_str()
+                ))
+            })?;
+            let found = caps
+                .name("date")
+                .or_else(|| caps.get(1))
+                .map_or("", |m| m.as_str());
+            NaiveDate::parse_from_str(found, format)
+                .map(RowDay::Fixed)
+                .map_err(|_| {
+                    Unusable::NoDate(format!(
+                        "{found:?} in the file name {:?} is not a date of the form {format:?}",
+                        origin.file_name
+                    ))
+                })
+        }
+        Some(DateSource::Received) => origin
+            .received
+            .map(|t| RowDay::Fixed(t.with_timezone(&dataset.time_zone.0).date_naive()))
+            .ok_or_else(|| Unusable::NoDate("the mail's received time is not known".into())),
+        None => Err(Unusable::NoDate("the dataset names no date source".into())),
+    }
+}
+
+/// `bytes` decoded whole, for sniffing.
+fn text_of(encoding: TextEncoding, bytes: &[u8]) -> String {
+    let mut text = String::new();
+    // A read error cannot happen on a slice; what decoded so far is a fine sample either way.
+    let _ = encoding.decoder(bytes).read_to_string(&mut text);
+    text
+}
+
+/// About how many records a text of `size` bytes has, from a `sample` of its start: its
+/// non-blank lines, extrapolated (exact when the sample is the whole text). Counting a large
+/// file's every byte would cost 4% of its ingest; a sample of blank lines estimates none.
+fn estimated_rows(sample: &[u8], size: u64) -> usize {
+    let lines = sample
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .count();
+    if size <= sample.len() as u64 {
         lines
     } else {
-        (lines as f64 * size as f64 / sample.len().max(1) as f64 * 1.2) as usize
-    }
-}
-
-/// Passes UTF-8 through, checking it as it goes: an invalid byte is an `InvalidData` error. A
-/// character split across reads is held back until it is whole, so every read ends on a
-/// character boundary (fields are then valid `str`s without another check, see [`field_str`]).
-struct Utf8Checked<R> {
-    inner: R,
-    carry: [u8; 3],
-    carry_len: usize,
-    offset: u64,
-}
-
-impl<R> Utf8Checked<R> {
-    fn new(inner: R) -> Self {
-        Utf8Checked {
-            inner,
-            carry: [0; 3],
-            carry_len: 0,
-            offset: 0,
-        }
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for Utf8Checked<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        use std::io::{Error, ErrorKind};
-        if buf.len() < 4 {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "read buffer under 4 bytes",
-            ));
-        }
-        loop {
-            let c = self.carry_len;
-            buf[..c].copy_from_slice(&self.carry[..c]);
-            let n = match self.inner.read(&mut buf[c..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            let end = c + n;
-            if n == 0 {
-                return if c == 0 {
-                    Ok(0)
-                } else {
-                    Err(Error::new(
-                        ErrorKind::InvalidData,
-                        "the file ends inside a UTF-8 character",
-                    ))
-                };
-            }
-            let valid = match std::str::from_utf8(&buf[..end]) {
-                Ok(_) => end,
-                Err(e) if e.error_len().is_none() => e.valid_up_to(),
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::InvalidData,
-                        format!("not UTF-8 at byte {}", self.offset + e.valid_up_to() as u64),
-                    ));
-                }
-            };
-            self.carry_len = end - valid;
-            self.carry[..self.carry_len].copy_from_slice(&buf[valid..end]);
-            if valid > 0 {
-                self.offset += valid as u64;
-                return Ok(valid);
-            }
-        }
-    }
-}
-
-/// The 1-based line where a record starts. After a CRLF the csv reader has not yet consumed the
-/// `\n` when it stamps the next record's position, so its line count is one behind there.
-fn line_of(text: &str, pos: &csv::Position) -> u64 {
-    match text.as_bytes().get(pos.byte() as usize) {
-        Some(b'\n') => pos.line() + 1,
-        _ => pos.line(),
+        (lines as f64 * size as f64 / sample.len().max(1) as f64 * 1.1) as usize
     }
 }
 
@@ -521,15 +663,18 @@ fn keyed_row(
     dataset: &Dataset,
     positions: &[Option<usize>],
     derived: &[(usize, usize)],
-    date_idx: usize,
+    day: RowDay,
     key_idx: &[usize],
-    record: &csv::ByteRecord,
-) -> Result<KeyedRow, String> {
-    let values = typed_row(dataset, positions, derived, record)?;
-    let date = row_date(values[date_idx].as_ref())
-        .ok_or_else(|| format!("column {} is empty", dataset.date_column))?;
+    fields: &Fields<'_, '_>,
+) -> Result<(String, NaiveDate, Row), String> {
+    let values = typed_row(dataset, positions, derived, fields)?;
+    let date = match day {
+        RowDay::Fixed(d) => d,
+        RowDay::Column(i) => row_date(values[i].as_ref())
+            .ok_or_else(|| format!("column {} is empty", dataset.columns[i].name))?,
+    };
     let key = row_key(dataset, key_idx, &values)?;
-    Ok(KeyedRow { key, date, values })
+    Ok((key, date, values))
 }
 
 fn key_idx_contains(dataset: &Dataset, name: &str) -> bool {
@@ -543,7 +688,7 @@ fn typed_row(
     dataset: &Dataset,
     positions: &[Option<usize>],
     derived: &[(usize, usize)],
-    record: &csv::ByteRecord,
+    fields: &Fields<'_, '_>,
 ) -> Result<Row, String> {
     let tz = dataset.time_zone.0;
     let mut row = Vec::with_capacity(dataset.columns.len());
@@ -552,7 +697,7 @@ fn typed_row(
             row.push(None); // filled below, once its source is typed
             continue;
         }
-        let raw = pos.and_then(|p| record.get(p)).map_or("", field_str);
+        let raw = pos.and_then(|p| fields.get(p)).unwrap_or("");
         let text = cleaned(col, raw);
         if text.is_empty() {
             if col.required {
@@ -578,16 +723,6 @@ fn typed_row(
         }
     }
     Ok(row)
-}
-
-/// A field as text. The whole input was decoded to a `str` before parsing, and the CSV reader
-/// splits and unescapes only at ASCII bytes (delimiter, quote, CR, LF), which never occur inside
-/// a UTF-8 multi-byte sequence: every field is valid UTF-8, so it is not validated again (that
-/// check was 4% of the ingest time).
-fn field_str(f: &[u8]) -> &str {
-    debug_assert!(std::str::from_utf8(f).is_ok());
-    // SAFETY: see above; debug builds (and so every test) check it.
-    unsafe { std::str::from_utf8_unchecked(f) }
 }
 
 /// The field's text after the column's clean-up: trim, lookup table, default.
@@ -771,53 +906,6 @@ fn row_key(dataset: &Dataset, key_idx: &[usize], values: &Row) -> Result<String,
     Ok(key)
 }
 
-/// Decodes the bytes of an export: UTF-8 (BOM dropped), UTF-16 with BOM, else Windows-1252.
-pub fn decode(bytes: &[u8]) -> (Cow<'_, str>, &'static str) {
-    if let Some(rest) = bytes.strip_prefix(b"\xEF\xBB\xBF") {
-        // `from_utf8` first: it validates several times faster than the lossy decoder.
-        let text =
-            std::str::from_utf8(rest).map_or_else(|_| String::from_utf8_lossy(rest), Cow::from);
-        return (text, "utf-8-bom");
-    }
-    if let Some(rest) = bytes.strip_prefix(b"\xFF\xFE") {
-        return (utf16(rest, u16::from_le_bytes).into(), "utf-16le");
-    }
-    if let Some(rest) = bytes.strip_prefix(b"\xFE\xFF") {
-        return (utf16(rest, u16::from_be_bytes).into(), "utf-16be");
-    }
-    match std::str::from_utf8(bytes) {
-        Ok(s) => (s.into(), "utf-8"),
-        Err(_) => (
-            bytes
-                .iter()
-                .map(|&b| windows_1252(b))
-                .collect::<String>()
-                .into(),
-            "windows-1252",
-        ),
-    }
-}
-
-fn utf16(bytes: &[u8], unit: fn([u8; 2]) -> u16) -> String {
-    let units = bytes.chunks_exact(2).map(|c| unit([c[0], c[1]]));
-    char::decode_utf16(units)
-        .map(|r| r.unwrap_or(char::REPLACEMENT_CHARACTER))
-        .collect()
-}
-
-/// Windows-1252: Latin-1 but for 0x80–0x9F, which hold typographic characters.
-fn windows_1252(b: u8) -> char {
-    const HIGH: [char; 32] = [
-        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž',
-        '\u{8f}', '\u{90}', '‘', '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}',
-        'ž', 'Ÿ',
-    ];
-    match b {
-        0x80..=0x9F => HIGH[usize::from(b - 0x80)],
-        _ => char::from(b),
-    }
-}
-
 /// The delimiter among `,` `;` tab `|` that occurs most often outside quotes in the header line.
 pub fn sniff_delimiter(text: &str) -> char {
     let mut counts = [0usize; 4];
@@ -873,7 +961,8 @@ mod tests {
             "\u{feff}{}",
             csv(&["c1,A1,Ann,Sales,2024-03-14T09:00:00,,2024-03-14T09:01:00,0,60,ABANDONED,,"])
         );
-        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let parsed =
+            parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default()).unwrap();
         assert_eq!(parsed.encoding, "utf-8-bom");
         assert_eq!(parsed.rows.len(), 1);
         assert_eq!(parsed.rows[0].key, "c1");
@@ -887,7 +976,8 @@ mod tests {
             "c2,A1,Ann,Sales,2024-03-14T10:00:00,,2024-03-14T10:01:00,0,60,ABANDONED,,",
             "c1,A1,Ann,Sales,2024-03-14T09:00:00,,2024-03-14T09:01:00,0,60,ABANDONED,,edited later",
         ]);
-        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let parsed =
+            parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default()).unwrap();
         assert_eq!(parsed.rows_total, 3);
         assert_eq!(parsed.rows.len(), 2);
         assert_eq!(parsed.duplicates, 1);
@@ -905,9 +995,11 @@ mod tests {
             &row("c1", "later"),
             &row("c3", ""),
         ]);
-        let mut reader = AttachmentReader::new(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let mut reader =
+            AttachmentReader::new(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default())
+                .unwrap();
         let mut rows = Vec::new();
-        while let Some(chunk) = reader.next_chunk(1) {
+        while let Some(chunk) = reader.next_chunk(1).unwrap() {
             assert!(chunk.len() <= 1);
             rows.extend(chunk);
         }
@@ -924,7 +1016,8 @@ mod tests {
         let text = csv(&[
             "c1,A1,\"O'Brien, Jr.\",Sales,2024-03-14T09:00:00,,,0,1,X,0049 30 1234567,\"said \"\"hi\"\"\r\nthen left\"",
         ]);
-        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let parsed =
+            parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default()).unwrap();
         let row = &parsed.rows[0].values;
         assert_eq!(row[2], Some(Value::Text("O'Brien, Jr.".into())));
         assert_eq!(
@@ -945,7 +1038,8 @@ mod tests {
             "c1,A1,Ann,Sales,2024-03-14T09:00:00,,,abc,1,X,,",
             "c2,A1,Ann,Sales,2024-03-14T09:00:00,,,5,1,X,,",
         ]);
-        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let parsed =
+            parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default()).unwrap();
         assert_eq!(parsed.rows.len(), 1);
         assert_eq!(parsed.rejects.len(), 1);
         assert_eq!(parsed.rejects[0].line, 2);
@@ -960,7 +1054,8 @@ mod tests {
     fn a_missing_required_column_makes_the_file_unusable() {
         let d = defs();
         let text = "agent_id,queue\r\nA1,Sales\r\n";
-        let err = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap_err();
+        let err = parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default())
+            .unwrap_err();
         assert_eq!(
             err,
             Unusable::MissingColumns(vec!["call_id".into(), "started_at".into()])
@@ -971,7 +1066,8 @@ mod tests {
     fn na_looking_text_is_text_and_only_empty_is_missing() {
         let d = defs();
         let text = csv(&["c1,,,Sales,2024-03-14T09:00:00,,,0,1,X,N/A,NULL"]);
-        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let parsed =
+            parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default()).unwrap();
         let row = &parsed.rows[0].values;
         assert_eq!(row[1], None);
         assert_eq!(row[10], Some(Value::Text("N/A".into())));
@@ -989,13 +1085,15 @@ mod tests {
     #[test]
     fn utf16_and_windows_1252_are_decoded() {
         let mut le = vec![0xFF, 0xFE];
-        for u in "café".encode_utf16() {
+        for u in "call_id,started_at,agent_name\r\nc1,2024-03-14T09:00:00,Zoë\r\n".encode_utf16() {
             le.extend_from_slice(&u.to_le_bytes());
         }
-        let (text, encoding) = decode(&le);
-        assert_eq!((text.as_ref(), encoding), ("café", "utf-16le"));
-        let (text, encoding) = decode(b"caf\xe9 \x80");
-        assert_eq!((text.as_ref(), encoding), ("café €", "windows-1252"));
+        let parsed = ib(&le);
+        assert_eq!(parsed.encoding, "utf-16le");
+        assert_eq!(parsed.rows[0].values[2], Some(Value::Text("Zoë".into())));
+        let parsed = ib(b"call_id,started_at,agent_name\nc1,2024-03-14T09:00:00,caf\xe9 \x80\n");
+        assert_eq!(parsed.encoding, "windows-1252");
+        assert_eq!(parsed.rows[0].values[2], Some(Value::Text("café €".into())));
     }
 
     #[test]
@@ -1041,7 +1139,7 @@ derive = { from = "at", fn = "hour" }
         let d = Definitions::parse(text).unwrap();
         let ds = &d.datasets["t"];
         let csv = "Ticket ID,at,team\nT1,2024-03-14T09:15:00,  TS2 \nT2,2024-03-14T17:00:00,\n";
-        let parsed = parse_attachment(ds, csv.as_bytes()).unwrap();
+        let parsed = parse_attachment(ds, csv.as_bytes(), &Origin::default()).unwrap();
         assert_eq!(parsed.rows[0].key, "T1");
         assert_eq!(
             parsed.rows[0].values[2],
@@ -1063,7 +1161,9 @@ derive = { from = "at", fn = "hour" }
         let crlf = csv(&rows);
         let lf = crlf.replace("\r\n", "\n");
         for text in [crlf, lf] {
-            let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+            let parsed =
+                parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default())
+                    .unwrap();
             let lines: Vec<u64> = parsed.rejects.iter().map(|r| r.line).collect();
             assert_eq!(lines, vec![2, 5], "{:?}", parsed.rejects);
         }
@@ -1072,9 +1172,10 @@ derive = { from = "at", fn = "hour" }
     /// Every row, the rejects and the summary of reading `path` as a stream.
     fn streamed(path: &std::path::Path) -> (Vec<KeyedRow>, ReadSummary) {
         let d = defs();
-        let mut reader = AttachmentReader::from_file(&d.datasets["ib_calls"], path).unwrap();
+        let mut reader =
+            AttachmentReader::from_file(&d.datasets["ib_calls"], path, &Origin::default()).unwrap();
         let mut rows = Vec::new();
-        while let Some(chunk) = reader.next_chunk(2) {
+        while let Some(chunk) = reader.next_chunk(2).unwrap() {
             rows.extend(chunk);
         }
         (rows, reader.finish())
@@ -1099,7 +1200,9 @@ derive = { from = "at", fn = "hour" }
         let crlf = format!("\u{feff}{}", csv(&rows));
         let lf = crlf.replace("\r\n", "\n");
         for (name, text) in [("crlf.csv", crlf), ("lf.csv", lf)] {
-            let in_memory = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+            let in_memory =
+                parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default())
+                    .unwrap();
             let (rows, summary) = streamed(&temp_file(name, text.as_bytes()));
             assert_eq!(rows, in_memory.rows, "{name}");
             assert_eq!(summary.rejects, in_memory.rejects, "{name}");
@@ -1124,47 +1227,6 @@ derive = { from = "at", fn = "hour" }
         assert_eq!(summary.encoding, "windows-1252");
         assert_eq!(rows[0].values[2], Some(Value::Text("Seán".into())));
         assert_eq!(rows[0].values[11], Some(Value::Text("café €5".into())));
-    }
-
-    #[test]
-    fn utf8_split_across_reads_is_passed_whole_and_bad_bytes_are_refused() {
-        use std::io::Read;
-        /// Hands out one byte per read, the worst case for a character split.
-        struct Trickle<'b>(&'b [u8]);
-        impl Read for Trickle<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let Some((&b, rest)) = self.0.split_first() else {
-                    return Ok(0);
-                };
-                buf[0] = b;
-                self.0 = rest;
-                Ok(1)
-            }
-        }
-        let text = "Zoë € 𝄞 عميل";
-        let mut out = Vec::new();
-        let mut buf = [0u8; 4];
-        let mut reader = Utf8Checked::new(Trickle(text.as_bytes()));
-        loop {
-            let n = reader.read(&mut buf).unwrap();
-            if n == 0 {
-                break;
-            }
-            assert!(
-                std::str::from_utf8(&buf[..n]).is_ok(),
-                "every read is whole characters"
-            );
-            out.extend_from_slice(&buf[..n]);
-        }
-        assert_eq!(out, text.as_bytes());
-        let err = Utf8Checked::new(&b"ok \xff no"[..]).read_to_end(&mut Vec::new());
-        assert!(err.unwrap_err().to_string().contains("not UTF-8 at byte 3"));
-        let cut = Utf8Checked::new(&"€".as_bytes()[..2]).read_to_end(&mut Vec::new());
-        assert!(
-            cut.unwrap_err()
-                .to_string()
-                .contains("ends inside a UTF-8 character")
-        );
     }
 
     #[test]
@@ -1194,7 +1256,7 @@ derive = { from = "at", fn = "hour" }
     }
 
     fn ib(text: &[u8]) -> ParsedAttachment {
-        parse_attachment(&defs().datasets["ib_calls"], text).unwrap()
+        parse_attachment(&defs().datasets["ib_calls"], text, &Origin::default()).unwrap()
     }
 
     #[test]
@@ -1230,23 +1292,76 @@ derive = { from = "at", fn = "hour" }
     }
 
     #[test]
-    fn short_and_long_records_are_read_by_header_position() {
-        // A record with fewer fields lacks the later columns; extra fields are ignored.
-        let parsed = ib(b"call_id,started_at,queue\nc1,2024-03-14T09:00:00\nc2,2024-03-14T09:01:00,Sales,extra\n");
-        assert_eq!(parsed.rows[0].values[3], None);
-        assert_eq!(parsed.rows[1].values[3], Some(Value::Text("Sales".into())));
+    fn records_with_another_field_count_than_the_header_are_rejected_by_default() {
+        let text = b"call_id,started_at,queue\nc1,2024-03-14T09:00:00\nc2,2024-03-14T09:01:00,Sales,extra\nc3,2024-03-14T09:02:00,Sales\n";
+        let parsed = ib(text);
+        assert_eq!(parsed.rows.len(), 1);
+        let rejects: Vec<String> = parsed.rejects.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rejects,
+            [
+                "line 2: 2 fields, the header has 3",
+                "line 3: 4 fields, the header has 3"
+            ]
+        );
+        assert_eq!(
+            parsed.lines,
+            LineCounts {
+                total: 4,
+                header: 1,
+                valid: 1,
+                rejected: 2,
+                blank: 0
+            }
+        );
     }
 
     #[test]
-    fn an_unterminated_quote_keeps_the_rest_of_the_file_in_one_field() {
-        // The CSV rules leave no other reading; the damage stays visible as one long note.
+    fn a_dataset_may_pad_short_records_and_drop_extra_fields() {
+        for (options, kept) in [
+            ("pad = true", ["c1", "c3"].as_slice()),
+            ("ignore_extra = true", &["c2", "c3"]),
+            ("pad = true\nignore_extra = true", &["c1", "c2", "c3"]),
+        ] {
+            let toml = include_str!("../../reports.toml").replace(
+                "[datasets.ib_calls.match]",
+                &format!("[datasets.ib_calls.csv]\n{options}\n\n[datasets.ib_calls.match]"),
+            );
+            let d = Definitions::parse(&toml).unwrap();
+            let text = b"call_id,started_at,queue\nc1,2024-03-14T09:00:00\nc2,2024-03-14T09:01:00,Sales,extra\nc3,2024-03-14T09:02:00,Sales\n";
+            let parsed =
+                parse_attachment(&d.datasets["ib_calls"], text, &Origin::default()).unwrap();
+            let keys: Vec<&str> = parsed.rows.iter().map(|r| r.key.as_str()).collect();
+            assert_eq!(keys, kept, "{options}");
+            if let Some(c2) = parsed.rows.iter().find(|r| r.key == "c2") {
+                assert_eq!(c2.values[3], Some(Value::Text("Sales".into())));
+            }
+            if let Some(c1) = parsed.rows.iter().find(|r| r.key == "c1") {
+                assert_eq!(c1.values[3], None);
+            }
+        }
+    }
+
+    #[test]
+    fn an_unterminated_quote_rejects_its_record_and_the_lines_it_swallowed() {
         let parsed = ib(
-            b"call_id,started_at,notes\nc1,2024-03-14T09:00:00,\"open\nc2,2024-03-14T09:01:00,x\n",
+            b"call_id,started_at,notes\nc1,2024-03-14T09:00:00,ok\nc2,2024-03-14T09:00:00,\"open\nc3,2024-03-14T09:01:00,x\nc4,2024-03-14T09:02:00,y\n",
         );
         assert_eq!(parsed.rows.len(), 1);
+        assert_eq!(parsed.rows_rejected, 1);
         assert_eq!(
-            parsed.rows[0].values[11],
-            Some(Value::Text("open\nc2,2024-03-14T09:01:00,x\n".into()))
+            parsed.rejects[0].to_string(),
+            "line 3: unterminated quote opened at line 3: lines 3-5, the rest of the file, are inside one field"
+        );
+        assert_eq!(
+            parsed.lines,
+            LineCounts {
+                total: 5,
+                header: 1,
+                valid: 1,
+                rejected: 3,
+                blank: 0
+            }
         );
     }
 
@@ -1270,8 +1385,257 @@ derive = { from = "at", fn = "hour" }
         let d = defs();
         let long = "k".repeat(600);
         let text = csv(&[&format!("{long},,,Sales,2024-03-14T09:00:00,,,0,1,X,,")]);
-        let parsed = parse_attachment(&d.datasets["ib_calls"], text.as_bytes()).unwrap();
+        let parsed =
+            parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default()).unwrap();
         assert!(parsed.rows[0].key.starts_with("sha256:"));
         assert_eq!(parsed.rows[0].key.len(), 7 + 64);
+    }
+
+    /// A random export: random delimiter and line ends, quoted fields holding delimiters, line
+    /// breaks and escaped quotes, stray quotes, blank and separator-only lines, records of the
+    /// wrong width, bad values, duplicates, sometimes a quote that never closes, sometimes no
+    /// break after the last line.
+    fn random_file(rng: &mut rand::rngs::StdRng) -> Vec<u8> {
+        use rand::Rng;
+        let delim = [",", ";", "\t", "|"][rng.random_range(0..4)];
+        let ends = ["\n", "\r\n", "\r"];
+        let end = |rng: &mut rand::rngs::StdRng| ends[rng.random_range(0..3)];
+        let mut out = format!("call_id{delim}started_at{delim}notes");
+        let records = rng.random_range(0..40);
+        for n in 0..records {
+            out.push_str(end(rng));
+            let r = &mut *rng;
+            match r.random_range(0..12) {
+                0 => {}                                                                        // blank line
+                1 => out.push_str(&delim.repeat(2)), // separators only
+                2 => out.push_str("   "),            // white space only
+                3 => out.push_str(&format!("c{n}{delim}2024-03-14T09:00:00")), // short
+                4 => out.push_str(&format!("c{n}{delim}2024-03-14T09:00:00{delim}x{delim}y")), // long
+                5 => out.push_str(&format!("c{n}{delim}not a date{delim}z")),
+                6 => out.push_str(&format!("c{}{delim}2024-03-14T09:00:00{delim}dup", n % 3)),
+                7 => out.push_str(&format!("c{n}{delim}2024-03-14T09:00:00{delim}5\" screen")),
+                8 => {
+                    let inner = ["a\nb", "a\r\nb", "a\rb", "x\"\"y", "q{delim}r", "", "\n\n"]
+                        [r.random_range(0..7)]
+                    .replace("{delim}", delim);
+                    out.push_str(&format!("c{n}{delim}2024-03-14T09:00:00{delim}\"{inner}\""));
+                }
+                9 if n + 1 == records => {
+                    out.push_str(&format!(
+                        "c{n}{delim}2024-03-14T09:00:00{delim}\"never closed"
+                    ));
+                }
+                _ => out.push_str(&format!(
+                    "c{n}{delim}2024-03-14T09:{:02}:00{delim}ok",
+                    n % 60
+                )),
+            }
+        }
+        if rng.random_bool(0.7) {
+            out.push_str(end(rng));
+        }
+        if rng.random_bool(0.2) {
+            out.push_str(end(rng));
+        }
+        out.into_bytes()
+    }
+
+    use rand::SeedableRng;
+
+    #[test]
+    fn every_physical_line_is_accounted_for_in_any_file() {
+        let d = defs();
+        let ds = &d.datasets["ib_calls"];
+        for seed in 0..2000u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let bytes = random_file(&mut rng);
+            let shown = String::from_utf8_lossy(&bytes).into_owned();
+            let parsed = parse_attachment(ds, &bytes, &Origin::default())
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}\n{shown:?}"));
+            let lines = parsed.lines;
+            assert_eq!(
+                lines.total,
+                crate::csv_records::physical_lines(&bytes),
+                "seed {seed}: {lines:?}\n{shown:?}"
+            );
+            assert!(lines.balanced(), "seed {seed}: {lines:?}\n{shown:?}");
+            assert_eq!(
+                parsed.rows.len() as u64 + parsed.duplicates + parsed.rows_rejected,
+                parsed.rows_total,
+                "seed {seed}\n{shown:?}"
+            );
+            assert_eq!(
+                parsed.rejects.len() as u64,
+                parsed.rows_rejected,
+                "seed {seed}"
+            );
+            for r in &parsed.rejects {
+                assert!(
+                    r.line >= 2 && r.line <= lines.total,
+                    "seed {seed}: {r}\n{shown:?}"
+                );
+                assert!(!r.reason.is_empty());
+            }
+            if shown.contains("never closed") {
+                assert!(
+                    parsed
+                        .rejects
+                        .iter()
+                        .any(|r| r.reason.starts_with("unterminated quote opened at line")),
+                    "seed {seed}: {:?}\n{shown:?}",
+                    parsed.rejects
+                );
+            }
+        }
+    }
+
+    /// ib_calls with `replace` applied to the shipped definitions.
+    fn ib_with(old: &str, new: &str) -> Definitions {
+        let toml = include_str!("../../reports.toml");
+        assert!(toml.contains(old), "{old}");
+        Definitions::parse(&toml.replacen(old, new, 1)).unwrap()
+    }
+
+    #[test]
+    fn a_row_may_take_its_day_from_the_file_name_or_the_received_time() {
+        let text = b"call_id,started_at\nc1,2024-03-14T23:30:00\nc2,\n";
+        let by_name = ib_with(
+            "date_column = \"started_at\"",
+            "date = { from = \"file_name\", pattern = \"_(\\\\d{8})\\\\.csv$\", format = \"%Y%m%d\" }",
+        );
+        let ds = &by_name.datasets["ib_calls"];
+        let parsed = parse_attachment(ds, text, &Origin::named("ib_calls_20240316.csv")).unwrap();
+        assert_eq!(parsed.fixed_date, Some("2024-03-16".parse().unwrap()));
+        assert!(
+            parsed
+                .rows
+                .iter()
+                .all(|r| r.date.to_string() == "2024-03-16")
+        );
+        assert_eq!(
+            parsed.rows_rejected, 1,
+            "started_at is still required: {:?}",
+            parsed.rejects
+        );
+        let err = parse_attachment(ds, text, &Origin::named("ib_calls.csv")).unwrap_err();
+        assert!(
+            matches!(err, Unusable::NoDate(ref m) if m.contains("does not match")),
+            "{err}"
+        );
+        let err = parse_attachment(ds, text, &Origin::named("ib_calls_20241399.csv")).unwrap_err();
+        assert!(
+            err.to_string().contains("\"20241399\" in the file name"),
+            "{err}"
+        );
+
+        let by_received = ib_with("date_column = \"started_at\"", "date = \"received\"");
+        let ds = &by_received.datasets["ib_calls"];
+        // 23:30 UTC on 31 March is 00:30 on 1 April in London (summer time).
+        let origin = Origin {
+            file_name: "x.csv",
+            received: Some("2024-03-31T23:30:00Z".parse().unwrap()),
+        };
+        let parsed = parse_attachment(ds, text, &origin).unwrap();
+        assert_eq!(parsed.fixed_date, Some("2024-04-01".parse().unwrap()));
+        let err = parse_attachment(ds, text, &Origin::named("x.csv")).unwrap_err();
+        assert!(matches!(err, Unusable::NoDate(_)), "{err}");
+    }
+
+    #[test]
+    fn over_a_limit_the_attachment_is_unusable_and_the_limit_named() {
+        let cases = [
+            ("max_attachment_bytes = 100", "max_attachment_bytes"),
+            ("max_rows = 2", "max_rows"),
+            ("max_columns = 2", "max_columns"),
+            ("max_field_bytes = 8", "max_field_bytes"),
+        ];
+        let text = "call_id,started_at,notes\nc1,2024-03-14T09:00:00,short\nc2,2024-03-14T09:00:00,a longer note\nc3,2024-03-14T09:00:00,x\n";
+        for (limit, named) in cases {
+            // Per dataset, and as the file-wide default.
+            for d in [
+                ib_with(
+                    "[datasets.ib_calls.match]",
+                    &format!("[datasets.ib_calls.limits]\n{limit}\n\n[datasets.ib_calls.match]"),
+                ),
+                Definitions::parse(&format!(
+                    "[limits]\n{limit}\n\n{}",
+                    include_str!("../../reports.toml")
+                ))
+                .unwrap(),
+            ] {
+                let err =
+                    parse_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default())
+                        .unwrap_err();
+                assert!(
+                    matches!(err, Unusable::OverLimit(ref m) if m.contains(named)),
+                    "{limit}: {err}"
+                );
+            }
+        }
+        let fine = parse_attachment(
+            &defs().datasets["ib_calls"],
+            text.as_bytes(),
+            &Origin::default(),
+        )
+        .unwrap();
+        assert_eq!(fine.rows.len(), 3);
+    }
+
+    #[test]
+    fn the_key_set_is_never_sized_from_blank_lines() {
+        let mut text = "\n".repeat(SNIFF_BYTES);
+        text.insert_str(0, "call_id,started_at\n");
+        // One line of 256 KiB extrapolated to 1 GiB: thousands, not the millions lines would say.
+        assert!(estimated_rows(text.as_bytes(), 1 << 30) < 10_000);
+        let rows = "c1,2024-03-14T09:00:00\n".repeat(1000);
+        let estimate = estimated_rows(rows.as_bytes(), rows.len() as u64 * 10);
+        assert!((10_000..12_000).contains(&estimate), "{estimate}");
+    }
+
+    #[test]
+    fn a_configured_encoding_decodes_files_without_a_bom() {
+        let d = ib_with(
+            "[datasets.ib_calls.match]",
+            "[datasets.ib_calls.csv]\nencoding = \"iso-8859-15\"\n\n[datasets.ib_calls.match]",
+        );
+        // 0xA4 is € in ISO-8859-15 (¤ in Windows-1252).
+        let parsed = parse_attachment(
+            &d.datasets["ib_calls"],
+            b"call_id,started_at,notes\nc1,2024-03-14T09:00:00,5 \xa4\n",
+            &Origin::default(),
+        )
+        .unwrap();
+        assert_eq!(parsed.encoding, "ISO-8859-15");
+        assert_eq!(parsed.rows[0].values[11], Some(Value::Text("5 €".into())));
+    }
+
+    #[test]
+    fn a_stream_that_stops_being_utf8_rejects_the_records_it_cannot_read() {
+        let mut text = b"call_id,started_at,notes\n".to_vec();
+        for i in 0..20_000 {
+            text.extend_from_slice(format!("c{i},2024-03-14T09:00:00,ok\n").as_bytes());
+        }
+        text.extend_from_slice(b"late,2024-03-14T09:00:00,caf\xe9\n");
+        let d = defs();
+        let mut reader = AttachmentReader::from_reader(
+            &d.datasets["ib_calls"],
+            &text[..],
+            None,
+            &Origin::default(),
+        )
+        .unwrap();
+        while reader.next_chunk(1000).unwrap().is_some() {}
+        let s = reader.finish();
+        assert_eq!(
+            (s.encoding, s.rows_unique, s.rows_rejected),
+            ("utf-8", 20_000, 1)
+        );
+        assert_eq!(s.rejects[0].line, 20_002);
+        assert!(
+            s.rejects[0].reason.contains("encoding = "),
+            "{}",
+            s.rejects[0].reason
+        );
+        assert!(s.lines.balanced());
     }
 }

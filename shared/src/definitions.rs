@@ -11,6 +11,9 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Definitions {
+    /// Defaults for every dataset's `limits`.
+    #[serde(default)]
+    pub limits: LimitSettings,
     #[serde(default)]
     pub datasets: BTreeMap<String, Dataset>,
     #[serde(default)]
@@ -25,8 +28,22 @@ pub struct Dataset {
     pub time_zone: TimeZone,
     /// Columns whose values identify a row; a row with the same key is stored once.
     pub key: Vec<String>,
-    /// The datetime (or date) column that decides which day a row belongs to.
-    pub date_column: String,
+    /// The datetime (or date) column that decides which day a row belongs to; or, instead,
+    /// `date` (see [`DateSetting`]).
+    #[serde(default)]
+    pub date_column: Option<String>,
+    /// Where a row's day comes from when it is not a column: `date = "received"` (the mail's
+    /// received time, in the dataset's time zone) or
+    /// `date = { from = "file_name", pattern = "(\\d{4}-\\d{2}-\\d{2})" }`.
+    #[serde(default)]
+    pub date: Option<DateSetting>,
+    /// Bounds on what one attachment may hold; unset ones come from the top-level `[limits]`.
+    #[serde(default)]
+    pub limits: LimitSettings,
+    /// The limits in force (this dataset's, else the file's, else the defaults); set by
+    /// [`Definitions::parse`].
+    #[serde(skip)]
+    pub effective_limits: Limits,
     #[serde(default)]
     pub on_duplicate: OnDuplicate,
     #[serde(rename = "match")]
@@ -60,9 +77,134 @@ pub struct MatchRule {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CsvOptions {
-    /// One character; sniffed among `,` `;` tab `|` when absent.
+    /// One ASCII character; sniffed among `,` `;` tab `|` when absent.
     #[serde(default)]
     pub delimiter: Option<char>,
+    /// A WHATWG encoding label (`windows-1252`, `iso-8859-15`, `shift_jis`, `utf-16le`, …) for
+    /// files without a byte-order mark; when absent, UTF-8 if the file is, else Windows-1252.
+    #[serde(default)]
+    pub encoding: Option<EncodingLabel>,
+    /// Accept a record with fewer fields than the header (the missing ones are empty). By
+    /// default it is rejected: "4 fields, the header has 5".
+    #[serde(default)]
+    pub pad: bool,
+    /// Accept a record with more fields than the header (the extra ones are dropped). By
+    /// default it is rejected.
+    #[serde(default)]
+    pub ignore_extra: bool,
+}
+
+/// An encoding named in the file, by any WHATWG label.
+#[derive(Clone, Copy)]
+pub struct EncodingLabel(pub &'static encoding_rs::Encoding);
+
+impl fmt::Debug for EncodingLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for EncodingLabel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        encoding_rs::Encoding::for_label(raw.trim().as_bytes())
+            .map(EncodingLabel)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown encoding {raw:?}: use a WHATWG label such as \"windows-1252\", \"iso-8859-15\", \"shift_jis\" or \"utf-16le\""
+                ))
+            })
+    }
+}
+
+/// `date = "received"` or `date = { from = "…", … }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DateSetting {
+    Named(String),
+    Table(DateTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DateTable {
+    pub from: DateFrom,
+    /// For `from = "column"`: the column.
+    #[serde(default)]
+    pub column: Option<String>,
+    /// For `from = "file_name"`: a regex whose first capture group (or group named `date`) is
+    /// the date.
+    #[serde(default)]
+    pub pattern: Option<Pattern>,
+    /// For `from = "file_name"`: the chrono format of the captured date (`%Y-%m-%d` when absent).
+    #[serde(default)]
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DateFrom {
+    Column,
+    FileName,
+    Received,
+}
+
+/// Where a row's day comes from, resolved from `date_column` / `date`.
+#[derive(Debug, Clone, Copy)]
+pub enum DateSource<'d> {
+    Column(&'d str),
+    FileName { pattern: &'d Regex, format: &'d str },
+    Received,
+}
+
+/// Per-attachment bounds as written in the file (any may be left out).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    #[serde(default)]
+    pub max_attachment_bytes: Option<u64>,
+    #[serde(default)]
+    pub max_rows: Option<u64>,
+    #[serde(default)]
+    pub max_columns: Option<usize>,
+    #[serde(default)]
+    pub max_field_bytes: Option<usize>,
+}
+
+/// The bounds one attachment is read within. Over one, the attachment is quarantined with the
+/// limit named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_attachment_bytes: u64,
+    pub max_rows: u64,
+    pub max_columns: usize,
+    pub max_field_bytes: usize,
+}
+
+impl Default for Limits {
+    /// Generous for exports (a million-row call log is about 150 MB), tight enough that one
+    /// file cannot exhaust a function: fields stay well under DynamoDB's 400 KB item.
+    fn default() -> Self {
+        Limits {
+            max_attachment_bytes: 1 << 30,
+            max_rows: 10_000_000,
+            max_columns: 500,
+            max_field_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl LimitSettings {
+    fn over(&self, base: Limits) -> Limits {
+        Limits {
+            max_attachment_bytes: self
+                .max_attachment_bytes
+                .unwrap_or(base.max_attachment_bytes),
+            max_rows: self.max_rows.unwrap_or(base.max_rows),
+            max_columns: self.max_columns.unwrap_or(base.max_columns),
+            max_field_bytes: self.max_field_bytes.unwrap_or(base.max_field_bytes),
+        }
+    }
 }
 
 /// A column: where its value comes from (a header of the file, or derived from another column),
@@ -399,12 +541,16 @@ pub struct DefinitionsError {
 impl Definitions {
     /// Parses and checks the file: the result is safe to run with.
     pub fn parse(text: &str) -> Result<Self, DefinitionsError> {
-        let defs: Definitions = toml::from_str(text).map_err(|e| DefinitionsError {
+        let mut defs: Definitions = toml::from_str(text).map_err(|e| DefinitionsError {
             problems: vec![Problem {
                 line: e.span().map(|s| line_at(text, s.start)),
                 message: e.message().trim_end().to_owned(),
             }],
         })?;
+        let base = defs.limits.over(Limits::default());
+        for ds in defs.datasets.values_mut() {
+            ds.effective_limits = ds.limits.over(base);
+        }
         let problems: Vec<Problem> = defs
             .problems()
             .into_iter()
@@ -495,23 +641,35 @@ impl Definitions {
                     ));
                 }
             }
-            match ds.column(&ds.date_column) {
-                None => out.push((
-                    Where::key(&table, 0, "date_column"),
-                    format!(
-                        "dataset {name}: date_column {:?} is not declared in columns",
-                        ds.date_column
+            out.extend(date_problems(name, &table, ds));
+            if let Some(d) = ds.csv.delimiter
+                && !(d.is_ascii() && !d.is_ascii_alphanumeric() && !matches!(d, '"' | '\r' | '\n'))
+            {
+                out.push((
+                    Where::key(&format!("{table}.csv"), 0, "delimiter"),
+                    format!("dataset {name}: delimiter {d:?} must be one ASCII character other than a letter, digit, quote or line break"),
+                ));
+            }
+            for (limits, at) in [
+                (&self.limits, "limits".to_owned()),
+                (&ds.limits, format!("{table}.limits")),
+            ] {
+                for (key, zero) in [
+                    (
+                        "max_attachment_bytes",
+                        limits.max_attachment_bytes == Some(0),
                     ),
-                )),
-                Some((_, c)) if !matches!(c.kind, ColumnType::Date | ColumnType::Datetime) => out
-                    .push((
-                        Where::key(&table, 0, "date_column"),
-                        format!(
-                            "dataset {name}: date_column {:?} must be of type date or datetime",
-                            ds.date_column
-                        ),
-                    )),
-                Some(_) => {}
+                    ("max_rows", limits.max_rows == Some(0)),
+                    ("max_columns", limits.max_columns == Some(0)),
+                    ("max_field_bytes", limits.max_field_bytes == Some(0)),
+                ] {
+                    if zero {
+                        out.push((
+                            Where::key(&at, 0, key),
+                            format!("{at}.{key} must be above 0"),
+                        ));
+                    }
+                }
             }
         }
         for (name, r) in &self.reports {
@@ -802,6 +960,23 @@ impl Dataset {
             .find(|(_, c)| c.name.trim().eq_ignore_ascii_case(wanted))
     }
 
+    /// Where a row's day comes from; `None` only for definitions [`Definitions::parse`] refused.
+    pub fn date_source(&self) -> Option<DateSource<'_>> {
+        match (&self.date_column, &self.date) {
+            (Some(c), None) => Some(DateSource::Column(c)),
+            (None, Some(DateSetting::Named(n))) if n == "received" => Some(DateSource::Received),
+            (None, Some(DateSetting::Table(t))) => match t.from {
+                DateFrom::Column => t.column.as_deref().map(DateSource::Column),
+                DateFrom::Received => Some(DateSource::Received),
+                DateFrom::FileName => t.pattern.as_ref().map(|p| DateSource::FileName {
+                    pattern: &p.0,
+                    format: t.format.as_deref().unwrap_or("%Y-%m-%d"),
+                }),
+            },
+            _ => None,
+        }
+    }
+
     /// Whether a mail's attachment belongs to this dataset.
     pub fn matches(&self, sender: &str, subject: &str, attachment_name: &str) -> bool {
         self.matcher
@@ -815,6 +990,73 @@ impl Dataset {
                 .is_none_or(|p| p.is_match(subject))
             && self.matcher.attachment.is_match(attachment_name)
     }
+}
+
+/// What is wrong with a dataset's `date_column` / `date`.
+fn date_problems(name: &str, table: &str, ds: &Dataset) -> Vec<(Where, String)> {
+    let at = |key: &str| Where::key(table, 0, key);
+    let mut out = Vec::new();
+    let tz = ds.time_zone.0.name();
+    match (&ds.date_column, &ds.date) {
+        (Some(_), Some(_)) => out.push((at("date"), format!("dataset {name}: give date_column or date, not both"))),
+        (None, None) => out.push((at("key"), format!("dataset {name}: say where a row's day comes from: date_column = \"<column>\", date = \"received\" (the mail's received time in {tz}) or date = {{ from = \"file_name\", pattern = \"…(\\\\d{{4}}-\\\\d{{2}}-\\\\d{{2}})…\" }}"))),
+        (None, Some(DateSetting::Named(n))) if n != "received" => out.push((at("date"), format!("dataset {name}: date = {n:?} is not a date source: use date = \"received\", date = {{ from = \"file_name\", pattern = \"…\" }}, or date_column = {n:?} for a column"))),
+        (None, Some(DateSetting::Table(t))) => {
+            let stray = |key: &str, set: bool| set.then(|| (at("date"), format!("dataset {name}: date.{key} does not apply to from = {:?}", t.from)));
+            match t.from {
+                DateFrom::Column => {
+                    if t.column.is_none() {
+                        out.push((at("date"), format!("dataset {name}: date from = \"column\" needs column = \"<column>\"")));
+                    }
+                    out.extend(stray("pattern", t.pattern.is_some()));
+                    out.extend(stray("format", t.format.is_some()));
+                }
+                DateFrom::Received => {
+                    out.extend(stray("column", t.column.is_some()));
+                    out.extend(stray("pattern", t.pattern.is_some()));
+                    out.extend(stray("format", t.format.is_some()));
+                }
+                DateFrom::FileName => {
+                    out.extend(stray("column", t.column.is_some()));
+                    match &t.pattern {
+                        None => out.push((at("date"), format!("dataset {name}: date from = \"file_name\" needs pattern, a regex whose first group is the date"))),
+                        Some(p) if p.0.captures_len() < 2 => out.push((at("date"), format!("dataset {name}: date pattern {:?} has no capture group for the date", p.0.as_str()))),
+                        Some(_) => {}
+                    }
+                    let format = t.format.as_deref().unwrap_or("%Y-%m-%d");
+                    let sample = chrono::NaiveDate::from_ymd_opt(2024, 3, 14).expect("a date");
+                    let shown = chrono::format::StrftimeItems::new(format);
+                    if shown.clone().any(|i| matches!(i, chrono::format::Item::Error))
+                        || chrono::NaiveDate::parse_from_str(&sample.format_with_items(shown).to_string(), format).ok() != Some(sample)
+                    {
+                        out.push((at("date"), format!("dataset {name}: date format {format:?} does not name a whole date (year, month and day)")));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(DateSource::Column(col)) = ds.date_source() {
+        let key = if ds.date_column.is_some() {
+            "date_column"
+        } else {
+            "date"
+        };
+        match ds.column(col) {
+            None => out.push((
+                at(key),
+                format!("dataset {name}: date column {col:?} is not declared in columns"),
+            )),
+            Some((_, c)) if !matches!(c.kind, ColumnType::Date | ColumnType::Datetime) => {
+                out.push((
+                    at(key),
+                    format!("dataset {name}: date column {col:?} must be of type date or datetime"),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -959,5 +1201,114 @@ mod tests {
         let text = SHIPPED.replacen("Europe/London", "Europe/Londn", 1);
         let err = Definitions::parse(&text).unwrap_err().to_string();
         assert!(err.contains("Europe/Londn"), "{err}");
+    }
+
+    fn problems_of(old: &str, new: &str) -> String {
+        assert!(SHIPPED.contains(old), "{old}");
+        match Definitions::parse(&SHIPPED.replacen(old, new, 1)) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_delimiter_must_be_one_ascii_character() {
+        for bad in ["§", "€", "a", "\\\""] {
+            let err = problems_of(
+                "[datasets.ib_calls.match]",
+                &format!(
+                    "[datasets.ib_calls.csv]\ndelimiter = \"{bad}\"\n\n[datasets.ib_calls.match]"
+                ),
+            );
+            assert!(err.contains("must be one ASCII character"), "{bad}: {err}");
+        }
+        let ok = problems_of(
+            "[datasets.ib_calls.match]",
+            "[datasets.ib_calls.csv]\ndelimiter = \";\"\n\n[datasets.ib_calls.match]",
+        );
+        assert_eq!(ok, "");
+        let two = problems_of(
+            "[datasets.ib_calls.match]",
+            "[datasets.ib_calls.csv]\ndelimiter = \";;\"\n\n[datasets.ib_calls.match]",
+        );
+        assert!(two.contains("line "), "{two}");
+    }
+
+    #[test]
+    fn an_unknown_encoding_label_is_refused() {
+        let err = problems_of(
+            "[datasets.ib_calls.match]",
+            "[datasets.ib_calls.csv]\nencoding = \"klingon\"\n\n[datasets.ib_calls.match]",
+        );
+        assert!(err.contains("unknown encoding \"klingon\""), "{err}");
+    }
+
+    #[test]
+    fn each_date_source_is_checked() {
+        let col = "date_column = \"started_at\"";
+        for (new, expect) in [
+            ("date = \"received\"", ""),
+            (
+                "date = { from = \"file_name\", pattern = \"(\\\\d{4}-\\\\d{2}-\\\\d{2})\" }",
+                "",
+            ),
+            ("date = { from = \"column\", column = \"started_at\" }", ""),
+            ("date = \"started_at\"", "is not a date source"),
+            ("date = { from = \"file_name\" }", "needs pattern"),
+            (
+                "date = { from = \"file_name\", pattern = \"\\\\d{8}\" }",
+                "no capture group",
+            ),
+            (
+                "date = { from = \"file_name\", pattern = \"(\\\\d{6})\", format = \"%Y%m\" }",
+                "does not name a whole date",
+            ),
+            (
+                "date = { from = \"received\", pattern = \"(x)\" }",
+                "does not apply",
+            ),
+            (
+                "date = { from = \"column\", column = \"queue\" }",
+                "must be of type date or datetime",
+            ),
+            ("date = { from = \"column\" }", "needs column"),
+            ("", "say where a row's day comes from"),
+            (
+                "date_column = \"started_at\"\ndate = \"received\"",
+                "not both",
+            ),
+        ] {
+            let err = problems_of(col, new);
+            if expect.is_empty() {
+                assert_eq!(err, "", "{new}");
+            } else {
+                assert!(err.contains(expect), "{new}: {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn limits_apply_per_dataset_over_the_file_defaults() {
+        let text = format!(
+            "[limits]\nmax_rows = 5\nmax_columns = 7\n\n{}",
+            SHIPPED.replacen(
+                "[datasets.ib_calls.match]",
+                "[datasets.ib_calls.limits]\nmax_rows = 9\n\n[datasets.ib_calls.match]",
+                1,
+            )
+        );
+        let d = Definitions::parse(&text).unwrap();
+        let ib = d.datasets["ib_calls"].effective_limits;
+        assert_eq!(
+            (ib.max_rows, ib.max_columns, ib.max_field_bytes),
+            (9, 7, 64 * 1024)
+        );
+        let dials = d.datasets["dials"].effective_limits;
+        assert_eq!((dials.max_rows, dials.max_columns), (5, 7));
+        let zero = problems_of(
+            "[datasets.ib_calls.match]",
+            "[datasets.ib_calls.limits]\nmax_rows = 0\n\n[datasets.ib_calls.match]",
+        );
+        assert!(zero.contains("max_rows must be above 0"), "{zero}");
     }
 }

@@ -68,9 +68,10 @@ impl GraphError {
     /// A 4xx other than 408 (timeout) and 429 (throttled) is permanent; a 5xx, a throttle,
     /// no answer or an odd answer may pass next time.
     pub fn kind(&self) -> FailureKind {
-        match self.status() {
-            Some(s) if (400..500).contains(&s) && s != 408 && s != 429 => FailureKind::Permanent,
-            _ => FailureKind::Retryable,
+        if self.is_permanent() {
+            FailureKind::Permanent
+        } else {
+            FailureKind::Retryable
         }
     }
 }

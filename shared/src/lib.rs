@@ -15,6 +15,7 @@
 
 pub mod adapters;
 pub mod csv_ingest;
+pub mod csv_records;
 pub mod definitions;
 pub mod env;
 pub mod failure;

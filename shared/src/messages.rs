@@ -53,6 +53,9 @@ pub struct IngestOutcome {
     /// Set when the attachment was unusable and went to `quarantine/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined: Option<String>,
+    /// Every physical line of the file by what it held (absent when it could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<crate::csv_ingest::LineCounts>,
 }
 
 /// `mail`: a built workbook to deliver.

@@ -11,8 +11,21 @@ pub fn attachment_place(dataset: &str, received_day: &str, message_id: &str, fil
     format!(
         "{dataset}/{received_day}/{}/{}",
         key_segment(message_id),
-        key_segment(file)
+        file_segment(file)
     )
+}
+
+/// A file name as one key segment that no other name maps to: a name the segment had to
+/// change (`a b.csv` → `a_b.csv`) takes a short hash of the original (`a_b.csv~3f2a…`), so
+/// it never overwrites `a_b.csv` itself.
+pub fn file_segment(file: &str) -> String {
+    use sha2::Digest;
+    let segment = key_segment(file);
+    if segment == file {
+        return segment;
+    }
+    let hash = hex::encode(sha2::Sha256::digest(file.as_bytes()));
+    format!("{segment}~{}", &hash[..12])
 }
 
 pub fn raw(place: &str) -> String {
@@ -45,9 +58,14 @@ mod tests {
     #[test]
     fn key_segments_keep_no_slashes() {
         assert_eq!(super::key_segment("AAMk/a+b=="), "AAMk_a_b==");
-        assert_eq!(
-            super::attachment_place("ib_calls", "2024-03-14", "AAMk/a", "x y.csv"),
-            "ib_calls/2024-03-14/AAMk_a/x_y.csv"
+        let spaced = super::attachment_place("ib_calls", "2024-03-14", "AAMk/a", "x y.csv");
+        assert!(
+            spaced.starts_with("ib_calls/2024-03-14/AAMk_a/x_y.csv~"),
+            "{spaced}"
         );
+        let plain = super::attachment_place("ib_calls", "2024-03-14", "AAMk/a", "x_y.csv");
+        assert_eq!(plain, "ib_calls/2024-03-14/AAMk_a/x_y.csv");
+        let other = super::attachment_place("ib_calls", "2024-03-14", "AAMk/a", "x+y.csv");
+        assert!(other != spaced && other != plain);
     }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use chrono::{NaiveDate, Utc};
 use serde::Serialize;
 
-use crate::csv_ingest::parse_attachment;
+use crate::csv_ingest::{Origin, parse_attachment};
 use crate::definitions::Definitions;
 use crate::failure::permanent;
 use crate::ports::{Objects, RowStore, StateRecords};
@@ -62,7 +62,11 @@ pub async fn reprocess_day(
     let mut rows_stored = 0;
     for a in &attachments {
         let bytes = objects.get(&a.raw_key, None).await?;
-        let parsed = parse_attachment(dataset, &bytes)
+        let origin = Origin {
+            file_name: a.raw_key.rsplit('/').next().unwrap_or_default(),
+            received: Some(a.received),
+        };
+        let parsed = parse_attachment(dataset, &bytes, &origin)
             .map_err(|e| permanent(format!("{} can no longer be parsed: {e}", a.raw_key)))?;
         let of_day: Vec<_> = parsed.rows.into_iter().filter(|r| r.date == date).collect();
         rows_stored += rows

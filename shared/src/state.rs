@@ -25,6 +25,11 @@ pub fn mail_claim(mailbox: &str, message_id: &str) -> String {
     format!("MSG#{mailbox}#{message_id}")
 }
 
+/// A mail by its RFC 5322 Message-ID, holding the Graph id it was first ingested under.
+pub fn internet_message_claim(mailbox: &str, internet_message_id: &str) -> String {
+    format!("MAILID#{mailbox}#{internet_message_id}")
+}
+
 pub fn run_claim(run_id: &str) -> String {
     format!("RUN#{run_id}")
 }
@@ -66,7 +71,8 @@ impl RecordKey<IngestOutcome> {
     pub fn outcome(o: &IngestOutcome) -> Self {
         Self::new(
             mail_claim(&o.mailbox, &o.message_id),
-            format!("OUTCOME#{}#{}", o.dataset, o.attachment),
+            // By the archived file, unique per attachment even when two share a name.
+            format!("OUTCOME#{}#{}", o.dataset, o.raw_key),
         )
     }
 }

@@ -360,11 +360,11 @@ impl<'a> Summariser<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::csv_ingest::parse_attachment;
+    use crate::csv_ingest::{Origin, parse_attachment};
     use crate::definitions::Definitions;
 
     fn rows(defs: &Definitions, dataset: &str, text: &str) -> Vec<Row> {
-        parse_attachment(&defs.datasets[dataset], text.as_bytes())
+        parse_attachment(&defs.datasets[dataset], text.as_bytes(), &Origin::default())
             .unwrap()
             .rows
             .into_iter()

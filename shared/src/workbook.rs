@@ -708,7 +708,7 @@ pub fn sheet_name(wanted: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::csv_ingest::parse_attachment;
+    use crate::csv_ingest::{Origin, parse_attachment};
     use crate::definitions::Definitions;
     use calamine::{Data, Reader, Xlsx};
 
@@ -742,7 +742,7 @@ mod tests {
              c1,A1,Ann,Sales,2024-03-14T09:00:00,2024-03-14T09:00:10,10,0049 30 1234567,\"{notes}\"\n\
              c2,A2,Bob,Billing,2024-03-14T10:30:00,,30,,plain\n"
         );
-        let rows: Vec<Row> = parse_attachment(ds, text.as_bytes())
+        let rows: Vec<Row> = parse_attachment(ds, text.as_bytes(), &Origin::default())
             .unwrap()
             .rows
             .into_iter()

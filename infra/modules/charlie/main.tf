@@ -19,14 +19,20 @@ locals {
   functions = toset(["graph-webhook", "poller", "ingest", "report-builder", "mailer"])
 
   # Queue -> the function consuming it (its timeout sets the visibility timeout).
+  # max_concurrency bounds how many instances a queue's consumer runs at once (null: Lambda's
+  # own scaling). Graph allows 4 concurrent requests per app and mailbox, and each consumer
+  # handles a batch's messages one after the other, so each instance has at most one Graph
+  # call in flight: ingest at `graph_ingest_concurrency` (2) + the poller (1: it works on a
+  # folder under the folder's lock, whichever of schedule or lifecycle queue started it) + the
+  # mailer sending as that mailbox (1) stays within 4.
   queues = {
-    inbound  = { consumer = "ingest", batch_size = 10, window = 0 }
-    outbound = { consumer = null, batch_size = 100, window = 30 }
-    mail     = { consumer = "mailer", batch_size = 5, window = 0 }
+    inbound  = { consumer = "ingest", batch_size = 10, window = 0, max_concurrency = var.graph_ingest_concurrency }
+    outbound = { consumer = null, batch_size = 100, window = 30, max_concurrency = null }
+    mail     = { consumer = "mailer", batch_size = 5, window = 0, max_concurrency = null }
     # SES bounce, complaint and delivery events (configuration set -> SNS -> here).
-    ses_events = { consumer = "mailer", batch_size = 10, window = 0 }
+    ses_events = { consumer = "mailer", batch_size = 10, window = 0, max_concurrency = null }
     # Graph lifecycle events the webhook queued: the poller renews, recreates or resyncs.
-    lifecycle = { consumer = "poller", batch_size = 10, window = 0 }
+    lifecycle = { consumer = "poller", batch_size = 10, window = 0, max_concurrency = 2 }
   }
 
   # Where Graph posts notifications: the API's own URL unless one is given (a custom domain,
@@ -78,7 +84,8 @@ locals {
       CHARLIE_SUBSCRIPTION_RENEW_HOURS = tostring(var.subscription_renew_hours)
     }
     ingest = merge(local.row_store_env, {
-      CHARLIE_OUTBOUND_QUEUE_URL = aws_sqs_queue.main["outbound"].url
+      CHARLIE_OUTBOUND_QUEUE_URL    = aws_sqs_queue.main["outbound"].url
+      CHARLIE_ROW_WRITE_CONCURRENCY = tostring(var.row_write_concurrency)
     })
     report-builder = merge(local.row_store_env, {
       CHARLIE_MAIL_QUEUE_URL = aws_sqs_queue.main["mail"].url

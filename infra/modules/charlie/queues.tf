@@ -41,4 +41,10 @@ resource "aws_lambda_event_source_mapping" "consumer" {
   maximum_batching_window_in_seconds = each.value.window
   function_response_types            = ["ReportBatchItemFailures"]
   enabled                            = var.event_source_mappings_enabled
+  dynamic "scaling_config" {
+    for_each = each.value.max_concurrency == null ? [] : [each.value.max_concurrency]
+    content {
+      maximum_concurrency = scaling_config.value
+    }
+  }
 }

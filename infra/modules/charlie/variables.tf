@@ -196,3 +196,23 @@ variable "vpc" {
   type        = object({ subnet_ids = list(string), security_group_ids = list(string) })
   default     = null
 }
+
+variable "row_write_concurrency" {
+  description = "DynamoDB batch calls each ingest invocation keeps in flight (1-64). On-demand tables take far more; a provisioned table throttles, and throttled calls back off."
+  type        = number
+  default     = 8
+  validation {
+    condition     = var.row_write_concurrency >= 1 && var.row_write_concurrency <= 64
+    error_message = "row_write_concurrency must be between 1 and 64."
+  }
+}
+
+variable "graph_ingest_concurrency" {
+  description = "Most ingest instances at once (the inbound queue's event source mapping; SQS allows 2 or more). Each makes one Graph call at a time, and Graph allows 4 per mailbox in all (see the queues in main.tf)."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.graph_ingest_concurrency >= 2 && var.graph_ingest_concurrency <= 4
+    error_message = "graph_ingest_concurrency must be 2, 3 or 4: Graph allows 4 concurrent requests per mailbox."
+  }
+}

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, Semaphore};
 use super::retry::backoff;
 use crate::definitions::TransportKind;
 use crate::ports::{
-    DeltaPage, FileAttachment, GraphError, MailMessage, MailSource, MailTransport,
+    AttachmentInfo, DeltaPage, GraphError, MailMessage, MailSource, MailTransport,
     OutgoingAttachment, OutgoingMail, SentMail, Subscription, SubscriptionRequest, Subscriptions,
 };
 use crate::secret::Secret;
@@ -75,9 +75,21 @@ struct CachedToken {
     refresh_after: Instant,
 }
 
+/// Where Graph's upload sessions for Outlook attachments live besides Graph itself (the
+/// `uploadUrl` of `createUploadSession`).
+pub const OUTLOOK_UPLOAD_HOSTS: [&str; 2] = ["outlook.office.com", "outlook.office365.com"];
+
+/// Every call asks for immutable ids: a message keeps its id when it moves folder, and delta,
+/// messages and (for subscriptions created with it) change notifications all use the same one.
+const PREFER_IMMUTABLE_IDS: &str = "IdType=\"ImmutableId\"";
+
 pub struct GraphClient {
     http: reqwest::Client,
     base_url: String,
+    /// The host of `base_url`: links elsewhere are not followed.
+    graph_host: String,
+    /// Mailbox → directory object id, resolved once.
+    mailbox_ids: Mutex<std::collections::HashMap<String, String>>,
     token_url: String,
     credentials: GraphCredentials,
     token: Mutex<Option<CachedToken>>,
@@ -102,8 +114,8 @@ struct RawAttachment {
     name: String,
     #[serde(default, rename = "contentType")]
     content_type: Option<String>,
-    #[serde(default, rename = "contentBytes")]
-    content_bytes: Option<String>,
+    #[serde(default)]
+    size: u64,
 }
 
 #[derive(Deserialize)]
@@ -144,8 +156,14 @@ impl GraphClient {
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("building the HTTP client for Graph")?;
+        let graph_host = reqwest::Url::parse(base_url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .with_context(|| format!("GRAPH_BASE_URL {base_url:?} has no host"))?;
         Ok(GraphClient {
             http,
+            graph_host,
+            mailbox_ids: Mutex::new(Default::default()),
             base_url: base_url.trim_end_matches('/').to_owned(),
             token_url: token_url.to_owned(),
             credentials,
@@ -220,6 +238,7 @@ impl GraphClient {
         let mut attempt = 0;
         let mut force_token = false;
         let authorised = !matches!(payload, Payload::Range { .. });
+        self.check_host(url, !authorised, what)?;
         let limit = {
             let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(mailbox_of(url))
@@ -234,6 +253,9 @@ impl GraphClient {
             if authorised {
                 let token = self.token(force_token).await?;
                 req = req.bearer_auth(token.expose());
+            }
+            if authorised {
+                req = req.header("Prefer", PREFER_IMMUTABLE_IDS);
             }
             req = match &payload {
                 Payload::None if method == Method::GET => {
@@ -286,6 +308,23 @@ impl GraphClient {
             drop(permit);
             return Ok((status, body?));
         }
+    }
+
+    /// Refuses a URL whose host is not Graph's (or, for an upload session, Outlook's upload
+    /// host), so the token and the data never go elsewhere.
+    fn check_host(&self, url: &str, upload: bool, what: &str) -> Result<(), GraphError> {
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+            .unwrap_or_default();
+        if host == self.graph_host || upload && OUTLOOK_UPLOAD_HOSTS.contains(&host.as_str()) {
+            return Ok(());
+        }
+        tracing::error!(what, host, "refused a link to a host that is not Graph's");
+        Err(GraphError::ForeignHost {
+            what: what.to_owned(),
+            host,
+        })
     }
 
     /// Sends a mail as `user` (`Mail.Send` application permission). Without an attachment or
@@ -439,21 +478,43 @@ impl MailSource for GraphClient {
 
     async fn message(&self, mailbox: &str, id: &str) -> Result<MailMessage, GraphError> {
         let url = format!(
-            "{}/users/{mailbox}/messages/{}?$select=subject,from,receivedDateTime,hasAttachments",
+            "{}/users/{mailbox}/messages/{}?$select=subject,from,receivedDateTime,hasAttachments,internetMessageId,internetMessageHeaders",
             self.base_url,
             encode_segment(id)
         );
         self.get_json(&url, "get message").await
     }
 
-    /// Every file attachment of a message, decoded (item and reference attachments are skipped).
-    async fn attachments(
+    async fn mailbox_id(&self, mailbox: &str) -> Result<String, GraphError> {
+        if let Some(id) = self.mailbox_ids.lock().await.get(mailbox) {
+            return Ok(id.clone());
+        }
+        #[derive(Deserialize)]
+        struct User {
+            id: String,
+        }
+        let url = format!(
+            "{}/users/{}?$select=id",
+            self.base_url,
+            encode_segment(mailbox)
+        );
+        let user: User = self.get_json(&url, "get user").await?;
+        self.mailbox_ids
+            .lock()
+            .await
+            .insert(mailbox.to_owned(), user.id.clone());
+        Ok(user.id)
+    }
+
+    /// The message's file attachments without their content (`$select` leaves out
+    /// `contentBytes`; item and reference attachments are skipped).
+    async fn attachment_list(
         &self,
         mailbox: &str,
         id: &str,
-    ) -> Result<Vec<FileAttachment>, GraphError> {
+    ) -> Result<Vec<AttachmentInfo>, GraphError> {
         let mut url = Some(format!(
-            "{}/users/{mailbox}/messages/{}/attachments",
+            "{}/users/{mailbox}/messages/{}/attachments?$select=id,name,contentType,size,isInline",
             self.base_url,
             encode_segment(id)
         ));
@@ -464,26 +525,36 @@ impl MailSource for GraphClient {
                 if a.odata_type != "#microsoft.graph.fileAttachment" {
                     continue;
                 }
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(a.content_bytes.unwrap_or_default())
-                    .map_err(|e| GraphError::Status {
-                        status: 200,
-                        what: "list attachments".into(),
-                        code: "invalidContentBytes".into(),
-                        message: format!("attachment {} is not valid base64: {e}", a.name),
-                    })?;
-                out.push(FileAttachment {
+                out.push(AttachmentInfo {
                     id: a.id,
                     name: a.name,
                     content_type: a
                         .content_type
                         .unwrap_or_else(|| "application/octet-stream".into()),
-                    bytes,
+                    size: a.size,
                 });
             }
             url = page.next_link;
         }
         Ok(out)
+    }
+
+    async fn attachment_content(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        attachment_id: &str,
+    ) -> Result<Vec<u8>, GraphError> {
+        let url = format!(
+            "{}/users/{mailbox}/messages/{}/attachments/{}/$value",
+            self.base_url,
+            encode_segment(message_id),
+            encode_segment(attachment_id)
+        );
+        let (_, body) = self
+            .call(Method::GET, &url, Payload::None, "get attachment content")
+            .await?;
+        Ok(body)
     }
 }
 

@@ -14,10 +14,10 @@ use futures::stream::BoxStream;
 use crate::csv_ingest::KeyedRow;
 use crate::definitions::{Dataset, OnDuplicate, TransportKind};
 use crate::ports::{
-    Claim, Claims, ClientStateStore, DeadLetter, DeadLetters, DeltaEntry, DeltaPage,
-    FileAttachment, GraphError, MailMessage, MailSource, MailTransport, Objects, OutgoingMail,
-    QueuedMessage, RowStore, SentMail, StateRecords, StoreOutcome, StoredObject, StoredRow,
-    Subscription, SubscriptionRequest, Subscriptions, WorkQueue,
+    AttachmentInfo, Claim, Claims, ClientStateStore, DeadLetter, DeadLetters, DeltaEntry,
+    DeltaPage, FileAttachment, GraphError, MailMessage, MailSource, MailTransport, Objects,
+    OutgoingMail, QueuedMessage, RowStore, SentMail, StateRecords, StoreOutcome, StoredObject,
+    StoredRow, Subscription, SubscriptionRequest, Subscriptions, WorkQueue,
 };
 use crate::report_mail::Recipients;
 use crate::secret::Secret;
@@ -444,6 +444,8 @@ pub struct MemoryMailbox {
     links_expired: Mutex<bool>,
     /// Every Graph call answers this status while set (e.g. 503, 404).
     status: Mutex<Option<u16>>,
+    /// Attachment contents fetched so far.
+    content_fetches: Mutex<u32>,
 }
 
 impl MemoryMailbox {
@@ -463,6 +465,11 @@ impl MemoryMailbox {
     /// Graph forgets a subscription (as after `subscriptionRemoved`).
     pub fn forget_subscription(&self, id: &str) {
         lock(&self.subscriptions).remove(id);
+    }
+
+    /// How many attachment contents were fetched.
+    pub fn content_fetches(&self) -> u32 {
+        *lock(&self.content_fetches)
     }
 
     pub fn answer_every_call_with(&self, status: Option<u16>) {
@@ -508,17 +515,48 @@ impl MailSource for MemoryMailbox {
             .ok_or_else(|| Self::not_found("get message"))
     }
 
-    async fn attachments(
+    async fn mailbox_id(&self, mailbox: &str) -> Result<String, GraphError> {
+        self.check("get user")?;
+        Ok(mailbox.to_owned())
+    }
+
+    async fn attachment_list(
         &self,
         mailbox: &str,
         id: &str,
-    ) -> Result<Vec<FileAttachment>, GraphError> {
+    ) -> Result<Vec<AttachmentInfo>, GraphError> {
         self.check("list attachments")?;
         lock(&self.mails)
             .iter()
             .find(|m| m.mailbox == mailbox && m.message.id == id)
-            .map(|m| m.attachments.clone())
+            .map(|m| {
+                m.attachments
+                    .iter()
+                    .map(|a| AttachmentInfo {
+                        id: a.id.clone(),
+                        name: a.name.clone(),
+                        content_type: a.content_type.clone(),
+                        size: a.bytes.len() as u64,
+                    })
+                    .collect()
+            })
             .ok_or_else(|| Self::not_found("list attachments"))
+    }
+
+    async fn attachment_content(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        attachment_id: &str,
+    ) -> Result<Vec<u8>, GraphError> {
+        self.check("get attachment content")?;
+        *lock(&self.content_fetches) += 1;
+        lock(&self.mails)
+            .iter()
+            .find(|m| m.mailbox == mailbox && m.message.id == message_id)
+            .and_then(|m| m.attachments.iter().find(|a| a.id == attachment_id))
+            .map(|a| a.bytes.clone())
+            .ok_or_else(|| Self::not_found("get attachment content"))
     }
 
     fn delta_start_url(&self, mailbox: &str, folder: &str, since: Option<DateTime<Utc>>) -> String {

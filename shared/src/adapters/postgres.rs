@@ -262,6 +262,7 @@ impl RowStore for PostgresRowStore {
         Ok(StoreOutcome {
             new,
             duplicate: rows.len() as u64 - new,
+            rejected: Vec::new(),
         })
     }
 
@@ -393,6 +394,7 @@ mod tests {
         let parsed = crate::csv_ingest::parse_attachment(
             ds,
             include_bytes!("../../../events/mailbox/ib_calls_2024-03-14_morning.csv"),
+            &crate::csv_ingest::Origin::default(),
         )
         .unwrap();
         for row in parsed.rows.iter().take(50) {

@@ -32,9 +32,23 @@ pub enum GraphError {
         what: String,
         source: serde_json::Error,
     },
+    /// A link (`@odata.nextLink`, `@odata.deltaLink`, an upload URL) to a host that is not
+    /// Graph's: not followed, so the token goes nowhere else.
+    #[error("refused to follow {what} to {host:?}: not the configured Graph host")]
+    ForeignHost { what: String, host: String },
 }
 
 impl GraphError {
+    /// Permanent: a 4xx other than 408 and 429, or a link to a foreign host.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            GraphError::ForeignHost { .. } => true,
+            _ => self
+                .status()
+                .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429),
+        }
+    }
+
     pub fn status(&self) -> Option<u16> {
         match self {
             GraphError::Status { status, .. } => Some(*status),
@@ -101,6 +115,18 @@ pub struct MailMessage {
     pub from: Option<Recipient>,
     #[serde(default, rename = "receivedDateTime")]
     pub received: Option<DateTime<Utc>>,
+    /// The RFC 5322 Message-ID: the same mail however Graph's ids for it changed.
+    #[serde(default, rename = "internetMessageId")]
+    pub internet_message_id: Option<String>,
+    /// Transport headers (`Authentication-Results` and the like), when asked for.
+    #[serde(default, rename = "internetMessageHeaders")]
+    pub headers: Vec<MessageHeader>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MessageHeader {
+    pub name: String,
+    pub value: String,
 }
 
 impl MailMessage {
@@ -112,6 +138,7 @@ impl MailMessage {
     }
 }
 
+/// A file attachment with its content.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileAttachment {
     pub id: String,
@@ -120,13 +147,36 @@ pub struct FileAttachment {
     pub bytes: Vec<u8>,
 }
 
-/// The mailboxes' mail: messages, their attachments, and delta rounds over a folder.
+/// A file attachment as listed, without its content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttachmentInfo {
+    pub id: String,
+    pub name: String,
+    pub content_type: String,
+    pub size: u64,
+}
+
+/// The mailboxes' mail: messages, their attachments, and delta rounds over a folder. Ids are
+/// Graph's immutable ids (the same whichever path found a mail, and after it moves folder).
 #[async_trait]
 pub trait MailSource: Send + Sync {
+    /// The mailbox's directory object id (a GUID), which change notifications name it by.
+    async fn mailbox_id(&self, mailbox: &str) -> Result<String, GraphError>;
     async fn message(&self, mailbox: &str, id: &str) -> Result<MailMessage, GraphError>;
-    /// Every file attachment of a message, decoded.
-    async fn attachments(&self, mailbox: &str, id: &str)
-    -> Result<Vec<FileAttachment>, GraphError>;
+    /// The message's file attachments, without content (item and reference attachments are
+    /// left out).
+    async fn attachment_list(
+        &self,
+        mailbox: &str,
+        id: &str,
+    ) -> Result<Vec<AttachmentInfo>, GraphError>;
+    /// One attachment's raw bytes (`/$value`: no base64 to decode).
+    async fn attachment_content(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        attachment_id: &str,
+    ) -> Result<Vec<u8>, GraphError>;
     /// The first delta URL of a folder; with `since`, only mail received from then on.
     fn delta_start_url(&self, mailbox: &str, folder: &str, since: Option<DateTime<Utc>>) -> String;
     /// One page of a delta round; follow `next_link` until a page carries `delta_link`.

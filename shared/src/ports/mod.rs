@@ -10,9 +10,10 @@ mod rows;
 mod state;
 
 pub use mail::{
-    ClientStateStore, DeltaEntry, DeltaPage, EmailAddress, FileAttachment, GraphError,
-    MAX_MAIL_SUBSCRIPTION_MINUTES, MailMessage, MailSource, MailTransport, OutgoingAttachment,
-    OutgoingMail, Recipient, SentMail, Subscription, SubscriptionRequest, Subscriptions,
+    AttachmentInfo, ClientStateStore, DeltaEntry, DeltaPage, EmailAddress, FileAttachment,
+    GraphError, MAX_MAIL_SUBSCRIPTION_MINUTES, MailMessage, MailSource, MailTransport,
+    MessageHeader, OutgoingAttachment, OutgoingMail, Recipient, SentMail, Subscription,
+    SubscriptionRequest, Subscriptions,
 };
 pub use rows::{RowStore, StoreOutcome, StoredRow};
 pub use state::{Claim, Claims, StateRecords};

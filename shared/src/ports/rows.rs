@@ -10,17 +10,21 @@ use crate::definitions::Dataset;
 use crate::value::Row;
 
 /// What storing a batch of rows did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreOutcome {
     pub new: u64,
     /// Rows whose key was already stored (kept as stored, or replaced if the dataset says so).
     pub duplicate: u64,
+    /// Rows this store cannot hold (e.g. over DynamoDB's 400 KB item size), with the reason;
+    /// the others of the batch are stored.
+    pub rejected: Vec<crate::csv_ingest::Reject>,
 }
 
 impl std::ops::AddAssign for StoreOutcome {
-    fn add_assign(&mut self, other: Self) {
+    fn add_assign(&mut self, mut other: Self) {
         self.new += other.new;
         self.duplicate += other.duplicate;
+        self.rejected.append(&mut other.rejected);
     }
 }
 

@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::csv_ingest::AttachmentReader;
+use crate::csv_ingest::{AttachmentReader, Origin};
 use crate::definitions::{Dataset, Definitions};
 use crate::failure::permanent;
 use crate::idempotency::{IdempotencyKey, Once, once};
@@ -152,17 +152,64 @@ impl Ingest {
         now: DateTime<Utc>,
     ) -> anyhow::Result<MailSummary> {
         let message = self.mail.message(mailbox, message_id).await?;
-        let attachments = self.mail.attachments(mailbox, message_id).await?;
+        // The second guard: the same mail under another Graph id (from before immutable ids,
+        // or announced by an older path) is recognised by its Message-ID.
+        if let Some(internet_id) = &message.internet_message_id {
+            let key = IdempotencyKey::new(
+                state::internet_message_claim(mailbox, internet_id),
+                &(mailbox, internet_id),
+            );
+            match try_claim_forever(self.claims.as_ref(), &key, message_id).await? {
+                Some(first) if first != message_id => {
+                    info!(
+                        mailbox,
+                        message_id,
+                        first_seen_as = first,
+                        "the same mail (by Message-ID) was ingested under another id: nothing to do"
+                    );
+                    return Ok(MailSummary {
+                        status: "duplicate".into(),
+                        outcomes: Vec::new(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let listed = self.mail.attachment_list(mailbox, message_id).await?;
         let subject = message.subject.clone().unwrap_or_default();
         let mut outcomes = Vec::new();
-        for att in &attachments {
-            for (name, ds) in &self.definitions.datasets {
-                if ds.matches(message.sender(), &subject, &att.name) {
-                    outcomes.push(
-                        self.ingest_attachment(mailbox, &message, att, name, ds, now)
-                            .await?,
-                    );
-                }
+        let mut names = std::collections::HashSet::new();
+        for (i, info) in listed.iter().enumerate() {
+            let matching: Vec<(&String, &Dataset)> = self
+                .definitions
+                .datasets
+                .iter()
+                .filter(|(_, ds)| ds.matches(message.sender(), &subject, &info.name))
+                .collect();
+            if matching.is_empty() {
+                continue; // not downloaded
+            }
+            let bytes = self
+                .mail
+                .attachment_content(mailbox, message_id, &info.id)
+                .await?;
+            // Two attachments of one mail may share a name: the later ones are archived apart.
+            let stored_name = if names.insert(info.name.clone()) {
+                info.name.clone()
+            } else {
+                format!("{}#{}", info.name, i + 1)
+            };
+            let att = FileAttachment {
+                id: info.id.clone(),
+                name: info.name.clone(),
+                content_type: info.content_type.clone(),
+                bytes,
+            };
+            for (name, ds) in matching {
+                outcomes.push(
+                    self.ingest_attachment(mailbox, &message, &att, &stored_name, (name, ds), now)
+                        .await?,
+                );
             }
         }
         if outcomes.is_empty() {
@@ -171,7 +218,7 @@ impl Ingest {
                 message_id,
                 sender = message.sender(),
                 subject,
-                attachments = attachments.len(),
+                attachments = listed.len(),
                 "no attachment matches a dataset: mail ignored"
             );
             return Ok(MailSummary {
@@ -198,8 +245,8 @@ impl Ingest {
         mailbox: &str,
         message: &MailMessage,
         att: &FileAttachment,
-        dataset_name: &str,
-        dataset: &Dataset,
+        stored_name: &str,
+        (dataset_name, dataset): (&str, &Dataset),
         now: DateTime<Utc>,
     ) -> anyhow::Result<IngestOutcome> {
         let received = message.received.unwrap_or(now);
@@ -207,7 +254,7 @@ impl Ingest {
             dataset_name,
             &received.format("%Y-%m-%d").to_string(),
             &message.id,
-            &att.name,
+            stored_name,
         );
         let raw_key = object_keys::raw(&place);
         let objects = &self.objects;
@@ -228,34 +275,42 @@ impl Ingest {
             rows_rejected: 0,
             raw_key: raw_key.clone(),
             quarantined: None,
+            lines: None,
         };
-        let mut reader = match AttachmentReader::new(dataset, &att.bytes) {
+        let origin = Origin {
+            file_name: &att.name,
+            received: Some(received),
+        };
+        let (raw, place) = (&raw_key, &place);
+        let quarantine = |reason: String| async move {
+            warn!(
+                attachment = att.name,
+                dataset = dataset_name,
+                reason,
+                "attachment unusable: quarantined"
+            );
+            let q = object_keys::quarantine(place);
+            objects
+                .put(&q, att.bytes.clone(), &att.content_type)
+                .await?;
+            let why = serde_json::json!({
+                "reason": reason, "dataset": dataset_name, "mailbox": mailbox,
+                "message_id": message.id, "attachment": att.name, "raw_key": raw,
+                "quarantined_at": now.to_rfc3339(),
+            });
+            objects
+                .put(
+                    &format!("{q}.reason.json"),
+                    serde_json::to_vec_pretty(&why)?,
+                    "application/json",
+                )
+                .await?;
+            anyhow::Ok(reason)
+        };
+        let mut reader = match AttachmentReader::new(dataset, &att.bytes, &origin) {
             Ok(p) => p,
             Err(unusable) => {
-                let reason = unusable.to_string();
-                warn!(
-                    attachment = att.name,
-                    dataset = dataset_name,
-                    reason,
-                    "attachment unusable: quarantined"
-                );
-                let q = object_keys::quarantine(&place);
-                objects
-                    .put(&q, att.bytes.clone(), &att.content_type)
-                    .await?;
-                let why = serde_json::json!({
-                    "reason": reason, "dataset": dataset_name, "mailbox": mailbox,
-                    "message_id": message.id, "attachment": att.name, "raw_key": raw_key,
-                    "quarantined_at": now.to_rfc3339(),
-                });
-                objects
-                    .put(
-                        &format!("{q}.reason.json"),
-                        serde_json::to_vec_pretty(&why)?,
-                        "application/json",
-                    )
-                    .await?;
-                outcome.quarantined = Some(reason);
+                outcome.quarantined = Some(quarantine(unusable.to_string()).await?);
                 return Ok(outcome);
             }
         };
@@ -263,16 +318,40 @@ impl Ingest {
         // Stream: each chunk is stored and dropped, so memory does not grow with the file.
         let mut stored = StoreOutcome::default();
         let mut dates = BTreeSet::new();
-        while let Some(chunk) = reader.next_chunk(STORE_CHUNK_ROWS) {
+        let mut store_rejects = Vec::new();
+        loop {
+            let chunk = match reader.next_chunk(STORE_CHUNK_ROWS) {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(unusable) => {
+                    // Part way: the rows before stay stored (and counted); the file is held
+                    // whole in quarantine so that it can be re-ingested once fixed.
+                    outcome.quarantined = Some(quarantine(unusable.to_string()).await?);
+                    break;
+                }
+            };
             dates.extend(chunk.iter().map(|r| r.date));
-            stored += self
+            let mut done = self
                 .rows
                 .store(dataset_name, dataset, &chunk, &source, now)
                 .await?;
+            store_rejects.append(&mut done.rejected);
+            stored += done;
         }
-        let parsed = reader.finish();
+        let mut parsed = reader.finish();
+        if !store_rejects.is_empty() {
+            // Rows the store cannot hold (e.g. over DynamoDB's item size) count as rejected.
+            parsed.rows_rejected += store_rejects.len() as u64;
+            parsed.rows_unique -= store_rejects.len() as u64;
+            parsed.rejects.extend(store_rejects);
+            parsed.rejects.sort_by_key(|r| r.line);
+        }
         if !parsed.rejects.is_empty() {
-            let report = serde_json::json!({ "attachment": att.name, "raw_key": raw_key, "rejects": parsed.rejects });
+            let report = serde_json::json!({
+                "attachment": att.name, "raw_key": raw_key,
+                "rows_rejected": parsed.rows_rejected, "lines": parsed.lines,
+                "rejects": parsed.rejects,
+            });
             objects
                 .put(
                     &format!("{raw_key}.rejects.json"),
@@ -293,7 +372,8 @@ impl Ingest {
         outcome.rows_total = parsed.rows_total;
         outcome.rows_new = stored.new;
         outcome.rows_duplicate = parsed.duplicates + stored.duplicate;
-        outcome.rows_rejected = parsed.rejects.len() as u64;
+        outcome.rows_rejected = parsed.rows_rejected;
+        outcome.lines = Some(parsed.lines);
         info!(
             attachment = att.name,
             dataset = dataset_name,
@@ -305,6 +385,32 @@ impl Ingest {
             "attachment ingested"
         );
         Ok(outcome)
+    }
+}
+
+/// Claims `key` for good with `value` as its result; `None` when it was free (now ours),
+/// else the value it holds.
+async fn try_claim_forever(
+    claims: &dyn Claims,
+    key: &IdempotencyKey,
+    value: &str,
+) -> anyhow::Result<Option<String>> {
+    let now = Utc::now();
+    let forever = now + KEEP_CLAIMS;
+    match claims
+        .claim(&key.key, &key.payload_hash, now, forever, forever)
+        .await?
+    {
+        crate::ports::Claim::Acquired => {
+            claims
+                .complete(&key.key, &serde_json::to_string(value)?, now)
+                .await?;
+            Ok(None)
+        }
+        crate::ports::Claim::AlreadyDone { result, .. } => {
+            Ok(Some(serde_json::from_str(&result).unwrap_or(result)))
+        }
+        crate::ports::Claim::InProgressElsewhere => Ok(None),
     }
 }
 
@@ -476,6 +582,85 @@ mod tests {
         )
         .unwrap();
         assert_eq!(summary.status, "ignored");
+    }
+
+    #[tokio::test]
+    async fn attachments_that_match_no_dataset_are_not_downloaded() {
+        let w = world();
+        let mut mail = testkit::ib_calls_mail("m-1", "2024-03-14", 2);
+        mail.attachments.push(FileAttachment {
+            id: "m-1-logo".into(),
+            name: "logo.png".into(),
+            content_type: "image/png".into(),
+            bytes: vec![0x89, b'P', b'N', b'G'],
+        });
+        w.mail.deliver(mail);
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-1")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(w.mail.content_fetches(), 1, "only the CSV was fetched");
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 2);
+    }
+
+    #[tokio::test]
+    async fn the_same_mail_under_another_id_is_recognised_by_its_message_id() {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 3));
+        let mut again = testkit::ib_calls_mail("m-1-moved", "2024-03-14", 3);
+        again.message.internet_message_id = Some("<m-1@dialer.example>".into());
+        w.mail.deliver(again);
+        let resp = w
+            .ingest
+            .handle(
+                sqs_event(&[inbound("m-1"), inbound("m-1-moved")]),
+                &invocation(),
+            )
+            .await;
+        assert!(failures(&resp).is_empty());
+        let summary: MailSummary = serde_json::from_str(
+            &w.claims
+                .result(&state::mail_claim(MAILBOX, "m-1-moved"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(summary.status, "duplicate");
+        assert_eq!(w.outbound.sent().len(), 1, "one outcome, not two");
+        assert_eq!(w.mail.content_fetches(), 1);
+    }
+
+    #[tokio::test]
+    async fn attachments_whose_names_differ_only_in_dropped_characters_are_kept_apart() {
+        let w = world();
+        let mut mail = testkit::ib_calls_mail("m-1", "2024-03-14", 2);
+        let mut second = mail.attachments[0].clone();
+        second.id = "m-1-att2".into();
+        second.name = "ib_calls 2024-03-14.csv".into();
+        second.bytes = testkit::ib_calls("2024-03-15", 1);
+        let mut third = mail.attachments[0].clone();
+        third.id = "m-1-att3".into(); // the same name twice
+        third.bytes = testkit::ib_calls("2024-03-16", 1);
+        mail.attachments[0].name = "ib_calls_2024-03-14.csv".into();
+        mail.attachments.push(second);
+        mail.attachments.push(third);
+        w.mail.deliver(mail);
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-1")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        let raws: Vec<String> = w
+            .objects
+            .keys()
+            .into_iter()
+            .filter(|k| k.starts_with("raw/"))
+            .collect();
+        assert_eq!(raws.len(), 3, "{raws:?}");
+        let records: &dyn StateRecords = w.records.as_ref();
+        let outcomes = records.outcomes_of_mail(MAILBOX, "m-1").await.unwrap();
+        assert_eq!(outcomes.len(), 3, "{outcomes:?}");
     }
 
     #[tokio::test]

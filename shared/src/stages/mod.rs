@@ -183,7 +183,12 @@ pub mod wiring {
                 crate::adapters::aws::dynamodb::DynamoRowStore::new(
                     aws_sdk_dynamodb::Client::new(&aws.sdk),
                     env.required("CHARLIE_ROWS_TABLE")?,
-                ),
+                )
+                .with_concurrency(env.in_range_or(
+                    "CHARLIE_ROW_WRITE_CONCURRENCY",
+                    crate::adapters::aws::dynamodb::DEFAULT_CONCURRENCY,
+                    1..=64,
+                )?),
             )),
             "postgres" => {
                 let password = match env.get("CHARLIE_POSTGRES_SECRET") {

@@ -79,6 +79,8 @@ pub struct PollSummary {
     pub subscriptions_renewed: u32,
     /// Folders skipped because another invocation was working on them.
     pub busy: u32,
+    /// Delta rounds stopped before the invocation's deadline (they go on from the saved page).
+    pub unfinished: u32,
 }
 
 #[cfg(feature = "poller")]
@@ -167,7 +169,20 @@ impl Poller {
             ..Default::default()
         };
         let mut first_error = None;
-        for (mailbox, folder) in &self.folders {
+        for (configured, folder) in &self.folders {
+            // By its object id from here on: change notifications name mailboxes so, and the
+            // same mail must be claimed under the same key whichever path found it.
+            let mailbox = match self.mail.mailbox_id(configured).await {
+                Ok(id) => id,
+                Err(e) => {
+                    let e =
+                        anyhow::Error::new(e).context(format!("resolving mailbox {configured}"));
+                    error!(error = %format!("{e:#}"), mailbox = configured, folder, "folder round failed");
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            };
+            let mailbox = mailbox.as_str();
             let result = exclusive(
                 self.claims.as_ref(),
                 &state::poll_lock(mailbox, folder),
@@ -175,7 +190,7 @@ impl Poller {
                 self.poll_folder(mailbox, folder, now, invocation, &mut summary),
             )
             .await
-            .with_context(|| format!("{mailbox}/{folder}"));
+            .with_context(|| format!("{configured} ({mailbox})/{folder}"));
             match result {
                 Ok(Some(())) => {}
                 Ok(None) => {
@@ -211,7 +226,8 @@ impl Poller {
         let subscribed = self
             .keep_subscription(mailbox, folder, false, invocation, summary)
             .await;
-        self.delta_round(mailbox, folder, now, summary).await?;
+        self.delta_round(mailbox, folder, now, Some(invocation.deadline), summary)
+            .await?;
         subscribed.context("keeping the subscription")
     }
 
@@ -272,12 +288,24 @@ impl Poller {
             LifecycleEvent::SubscriptionRemoved => {
                 self.keep_subscription(mailbox, folder, true, invocation, summary)
                     .await?;
-                self.delta_round(mailbox, folder, Utc::now(), summary)
-                    .await?;
+                self.delta_round(
+                    mailbox,
+                    folder,
+                    Utc::now(),
+                    Some(invocation.deadline),
+                    summary,
+                )
+                .await?;
             }
             LifecycleEvent::Missed => {
-                self.delta_round(mailbox, folder, Utc::now(), summary)
-                    .await?;
+                self.delta_round(
+                    mailbox,
+                    folder,
+                    Utc::now(),
+                    Some(invocation.deadline),
+                    summary,
+                )
+                .await?;
             }
         }
         Ok(())
@@ -449,6 +477,7 @@ impl Poller {
         mailbox: &str,
         folder: &str,
         now: DateTime<Utc>,
+        deadline: Option<DateTime<Utc>>,
         summary: &mut PollSummary,
     ) -> anyhow::Result<()> {
         let key = RecordKey::delta(mailbox, folder);
@@ -503,7 +532,26 @@ impl Poller {
             }
             summary.queued += batch.len() as u32;
             match (page.next_link, page.delta_link) {
-                (Some(next), _) => url = next,
+                (Some(next), _) => {
+                    // The position, page by page: a backlog longer than one invocation goes on
+                    // from here next time instead of starting over.
+                    let link = DeltaLink {
+                        delta_link: next.clone(),
+                        saved_at: Utc::now().to_rfc3339(),
+                    };
+                    self.records.put_record(&key, &link, None).await?;
+                    if deadline.is_some_and(|d| Utc::now() + crate::sqs_batch::STOP_MARGIN > d) {
+                        warn!(
+                            mailbox,
+                            folder,
+                            pages,
+                            "stopping the delta round before the deadline; it goes on from the saved page"
+                        );
+                        summary.unfinished += 1;
+                        return Ok(());
+                    }
+                    url = next;
+                }
                 (None, Some(delta)) => {
                     let link = DeltaLink {
                         delta_link: delta,

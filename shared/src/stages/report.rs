@@ -399,7 +399,7 @@ mod tests {
     use crate::adapters::memory::{
         MemoryClaims, MemoryObjects, MemoryQueue, MemoryRowStore, MemoryState,
     };
-    use crate::csv_ingest::parse_attachment;
+    use crate::csv_ingest::{Origin, parse_attachment};
     use crate::failure::{FailureKind, kind_of};
     use crate::stages::testkit::{self, invocation};
 
@@ -436,7 +436,7 @@ mod tests {
     async fn store_calls(w: &World, day: &str, n: usize) {
         let defs = testkit::definitions();
         let ds = &defs.datasets["ib_calls"];
-        let parsed = parse_attachment(ds, &testkit::ib_calls(day, n)).unwrap();
+        let parsed = parse_attachment(ds, &testkit::ib_calls(day, n), &Origin::default()).unwrap();
         w.rows
             .store("ib_calls", ds, &parsed.rows, "mb/m-1", Utc::now())
             .await

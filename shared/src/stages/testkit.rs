@@ -60,6 +60,8 @@ pub fn mail(id: &str, received: &str, subject: &str, file: &str, bytes: &[u8]) -
                 },
             }),
             received: Some(received.parse().unwrap()),
+            internet_message_id: Some(format!("<{id}@dialer.example>")),
+            headers: Vec::new(),
         },
         attachments: vec![FileAttachment {
             id: format!("{id}-att"),

@@ -3,7 +3,10 @@
 mod rows;
 mod state;
 
-pub use rows::{DynamoRowStore, GET_BATCH, WRITE_BATCH, partition_key, write_all};
+pub use rows::{
+    DEFAULT_CONCURRENCY, DynamoRowStore, GET_BATCH, MAX_ITEM_BYTES, RequestCounts, WRITE_BATCH,
+    partition_key, write_all,
+};
 pub use state::DynamoState;
 
 use std::collections::HashMap;

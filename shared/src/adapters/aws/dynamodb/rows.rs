@@ -24,14 +24,55 @@ use crate::value::{Row, Value};
 pub const WRITE_BATCH: usize = 25;
 /// DynamoDB's BatchGetItem limit.
 pub const GET_BATCH: usize = 100;
-const MAX_ATTEMPTS: u32 = 8;
+const MAX_ATTEMPTS: u32 = 10;
+/// DynamoDB's largest item; a row over it is rejected, not retried.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+/// Batch calls in flight at once per `store` call, unless configured.
+pub const DEFAULT_CONCURRENCY: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct DynamoRowStore {
     client: aws_sdk_dynamodb::Client,
     table: String,
-    /// Requests sent so far (for the store benchmark).
-    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Batch calls in flight at once (`CHARLIE_ROW_WRITE_CONCURRENCY`): with on-demand
+    /// capacity a table takes thousands of writes a second; provisioned tables throttle, and
+    /// throttled calls back off (they never push past the table's rate on purpose).
+    concurrency: usize,
+    /// Requests sent so far, by operation (for the benchmarks).
+    requests: std::sync::Arc<RequestCounts>,
+}
+
+/// Calls made, by operation.
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    pub batch_get: std::sync::atomic::AtomicU64,
+    pub batch_write: std::sync::atomic::AtomicU64,
+    pub query: std::sync::atomic::AtomicU64,
+    /// Calls DynamoDB throttled (each retried after a backoff).
+    pub throttled: std::sync::atomic::AtomicU64,
+}
+
+/// A throttled call (`ProvisionedThroughputExceededException`, `ThrottlingException`,
+/// `RequestLimitExceeded`): retried after a backoff.
+#[derive(Debug, thiserror::Error)]
+#[error("DynamoDB throttled {0}: {1}")]
+struct Throttled(&'static str, String);
+
+/// The error of a batch call, marked [`Throttled`] when DynamoDB asked us to slow down.
+fn call_error<E>(op: &'static str, e: aws_sdk_dynamodb::error::SdkError<E>) -> anyhow::Error
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+    let code = e.code().unwrap_or_default().to_owned();
+    if matches!(
+        code.as_str(),
+        "ProvisionedThroughputExceededException" | "ThrottlingException" | "RequestLimitExceeded"
+    ) {
+        anyhow::Error::new(Throttled(op, code))
+    } else {
+        anyhow::Error::new(e).context(format!("{op} on the rows table"))
+    }
 }
 
 pub fn partition_key(dataset: &str, date: NaiveDate) -> String {
@@ -43,18 +84,31 @@ impl DynamoRowStore {
         DynamoRowStore {
             client,
             table: table.into(),
+            concurrency: DEFAULT_CONCURRENCY,
             requests: Default::default(),
         }
     }
 
-    /// Requests sent so far (for the store benchmark).
-    pub fn requests(&self) -> u64 {
-        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    /// At most `n` (≥ 1) batch calls in flight per `store` call.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
     }
 
-    fn count(&self) {
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Requests sent so far, all operations (for the store benchmark).
+    pub fn requests(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &self.requests;
+        r.batch_get.load(Relaxed) + r.batch_write.load(Relaxed) + r.query.load(Relaxed)
+    }
+
+    /// Requests sent so far, by operation.
+    pub fn request_counts(&self) -> &RequestCounts {
+        &self.requests
+    }
+
+    fn count(&self, op: &std::sync::atomic::AtomicU64) {
+        op.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -70,8 +124,24 @@ impl RowStore for DynamoRowStore {
         source: &str,
         now: DateTime<Utc>,
     ) -> anyhow::Result<StoreOutcome> {
-        let existing = self.existing_keys(dataset_name, rows).await?;
         let mut outcome = StoreOutcome::default();
+        let mut fitting = Vec::with_capacity(rows.len());
+        for row in rows {
+            let size = item_size(dataset, &row.key, &row.values, source);
+            if size > MAX_ITEM_BYTES {
+                outcome.rejected.push(crate::csv_ingest::Reject {
+                    line: row.line,
+                    reason: format!(
+                        "the row takes {} KB as a DynamoDB item, over the item limit of 400 KB",
+                        size.div_ceil(1024)
+                    ),
+                });
+            } else {
+                fitting.push(row);
+            }
+        }
+        let rows = fitting;
+        let existing = self.existing_keys(dataset_name, &rows).await?;
         let mut writes = Vec::new();
         for row in rows {
             let pk = partition_key(dataset_name, row.date);
@@ -142,27 +212,37 @@ impl RowStore for DynamoRowStore {
 }
 
 impl DynamoRowStore {
-    /// Puts or deletes in batches of 25, each retried until DynamoDB processed all of it.
+    /// Puts or deletes in batches of 25, `concurrency` at a time, each retried until DynamoDB
+    /// processed all of it.
     async fn write_batches(&self, requests: Vec<WriteRequest>) -> anyhow::Result<()> {
-        for chunk in requests.chunks(WRITE_BATCH) {
-            write_all(chunk.to_vec(), |batch| {
-                let client = self.client.clone();
-                let table = self.table.clone();
-                self.count();
-                async move {
-                    let out = client
-                        .batch_write_item()
-                        .request_items(&table, batch)
-                        .send()
-                        .await
-                        .context("BatchWriteItem on the rows table")?;
-                    Ok(out
-                        .unprocessed_items
-                        .and_then(|mut m| m.remove(&table))
-                        .unwrap_or_default())
-                }
+        let mut requests = requests.into_iter().peekable();
+        let mut batches = Vec::new();
+        while requests.peek().is_some() {
+            batches.push(requests.by_ref().take(WRITE_BATCH).collect::<Vec<_>>());
+        }
+        let mut calls = futures::stream::iter(batches)
+            .map(|batch| {
+                write_all(batch, |batch| {
+                    let client = self.client.clone();
+                    let table = self.table.clone();
+                    self.count(&self.requests.batch_write);
+                    async move {
+                        let out = client
+                            .batch_write_item()
+                            .request_items(&table, batch)
+                            .send()
+                            .await
+                            .map_err(|e| call_error("BatchWriteItem", e))?;
+                        Ok(out
+                            .unprocessed_items
+                            .and_then(|mut m| m.remove(&table))
+                            .unwrap_or_default())
+                    }
+                })
             })
-            .await?;
+            .buffer_unordered(self.concurrency);
+        while let Some(done) = calls.next().await {
+            done?;
         }
         Ok(())
     }
@@ -170,51 +250,59 @@ impl DynamoRowStore {
     async fn existing_keys(
         &self,
         dataset_name: &str,
-        rows: &[KeyedRow],
+        rows: &[&KeyedRow],
     ) -> anyhow::Result<std::collections::HashSet<(String, String)>> {
         let mut found = std::collections::HashSet::new();
-        for chunk in rows.chunks(GET_BATCH) {
-            let keys: Vec<HashMap<String, AttributeValue>> = chunk
-                .iter()
-                .map(|r| key_item(partition_key(dataset_name, r.date), &r.key))
-                .collect();
-            let stored = until_processed(keys, "BatchGetItem", "keys", |batch| {
-                let client = self.client.clone();
-                let table = self.table.clone();
-                self.count();
-                async move {
-                    let keys = KeysAndAttributes::builder()
-                        .set_keys(Some(batch))
-                        .projection_expression("pk, sk")
-                        .build()?;
-                    let out = client
-                        .batch_get_item()
-                        .request_items(&table, keys)
-                        .send()
-                        .await
-                        .context("BatchGetItem on the rows table")?;
-                    let stored = out
-                        .responses
-                        .and_then(|mut r| r.remove(&table))
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|item| match (item.get("pk"), item.get("sk")) {
-                            (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => {
-                                Some((pk.clone(), sk.clone()))
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    let unprocessed = out
-                        .unprocessed_keys
-                        .and_then(|mut m| m.remove(&table))
-                        .map(|k| k.keys)
-                        .unwrap_or_default();
-                    Ok((stored, unprocessed))
-                }
+        let batches: Vec<Vec<HashMap<String, AttributeValue>>> = rows
+            .chunks(GET_BATCH)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .map(|r| key_item(partition_key(dataset_name, r.date), &r.key))
+                    .collect()
             })
-            .await?;
-            found.extend(stored);
+            .collect();
+        let mut calls = futures::stream::iter(batches)
+            .map(|keys| {
+                until_processed(keys, "BatchGetItem", "keys", |batch| {
+                    let client = self.client.clone();
+                    let table = self.table.clone();
+                    self.count(&self.requests.batch_get);
+                    async move {
+                        let keys = KeysAndAttributes::builder()
+                            .set_keys(Some(batch))
+                            .projection_expression("pk, sk")
+                            .build()?;
+                        let out = client
+                            .batch_get_item()
+                            .request_items(&table, keys)
+                            .send()
+                            .await
+                            .map_err(|e| call_error("BatchGetItem", e))?;
+                        let stored = out
+                            .responses
+                            .and_then(|mut r| r.remove(&table))
+                            .unwrap_or_default()
+                            .into_iter()
+                            .filter_map(|item| match (item.get("pk"), item.get("sk")) {
+                                (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => {
+                                    Some((pk.clone(), sk.clone()))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        let unprocessed = out
+                            .unprocessed_keys
+                            .and_then(|mut m| m.remove(&table))
+                            .map(|k| k.keys)
+                            .unwrap_or_default();
+                        Ok((stored, unprocessed))
+                    }
+                })
+            })
+            .buffer_unordered(self.concurrency);
+        while let Some(stored) = calls.next().await {
+            found.extend(stored?);
         }
         Ok(found)
     }
@@ -241,7 +329,7 @@ impl DynamoRowStore {
         projection: Option<&str>,
         start: Option<HashMap<String, AttributeValue>>,
     ) -> anyhow::Result<(Vec<Item>, Option<Item>)> {
-        self.count();
+        self.count(&self.requests.query);
         let page = self
             .client
             .query()
@@ -285,6 +373,7 @@ async fn until_processed<T, R, F, Fut>(
     mut send: F,
 ) -> anyhow::Result<Vec<R>>
 where
+    T: Clone,
     F: FnMut(Vec<T>) -> Fut,
     Fut: Future<Output = anyhow::Result<(Vec<R>, Vec<T>)>>,
 {
@@ -292,7 +381,22 @@ where
     let mut pending = items;
     let mut attempt = 0;
     while !pending.is_empty() {
-        let (done, left) = send(pending).await?;
+        let (done, left) = match send(pending.clone()).await {
+            Ok(sent) => sent,
+            Err(e) if e.is::<Throttled>() && attempt + 1 < MAX_ATTEMPTS => {
+                // Slowed down by the table: the same batch again after a longer backoff.
+                attempt += 1;
+                tracing::warn!(op, attempt, error = %e, "throttled: backing off");
+                tokio::time::sleep(backoff(
+                    attempt,
+                    Duration::from_millis(100),
+                    Duration::from_secs(5),
+                ))
+                .await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         results.extend(done);
         pending = left;
         if pending.is_empty() {
@@ -341,6 +445,27 @@ fn to_item(
     item.insert("src".into(), AttributeValue::S(source.to_owned()));
     item.insert("ingested_at".into(), AttributeValue::S(now.to_rfc3339()));
     item
+}
+
+/// About how many bytes the row's item takes in DynamoDB's accounting (attribute names plus
+/// values; numbers as their digits), a little over rather than under.
+fn item_size(dataset: &Dataset, key: &str, values: &Row, source: &str) -> usize {
+    let fixed = "pk".len() + 64 + "sk".len() + key.len() + "src".len() + source.len();
+    let fixed = fixed + "ingested_at".len() + 32 + "cols".len() + 3;
+    let cols: usize = dataset
+        .columns
+        .iter()
+        .zip(values)
+        .filter_map(|(c, v)| {
+            let value = match v.as_ref()? {
+                Value::Text(s) => s.len(),
+                Value::Bool(_) => 1,
+                _ => 32,
+            };
+            Some(c.name.len() + value + 1)
+        })
+        .sum();
+    fixed + cols
 }
 
 fn to_attr(v: &Value) -> AttributeValue {
