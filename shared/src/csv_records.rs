@@ -77,6 +77,7 @@ impl TextEncoding {
                 start: 0,
                 end: 0,
                 eof: false,
+                finished: false,
                 pending: Vec::new(),
             })
         }
@@ -91,6 +92,8 @@ struct Decoding<R> {
     start: usize,
     end: usize,
     eof: bool,
+    /// The decoder has seen the end (it must not be called again).
+    finished: bool,
     /// Decoded text a small read had no room for.
     pending: Vec<u8>,
 }
@@ -102,6 +105,9 @@ impl<R: Read> Read for Decoding<R> {
             out[..n].copy_from_slice(&self.pending[..n]);
             self.pending.drain(..n);
             return Ok(n);
+        }
+        if self.finished {
+            return Ok(0);
         }
         if out.len() < 16 {
             // The decoder needs room for a whole character: decode into a buffer of our own.
@@ -119,11 +125,14 @@ impl<R: Read> Read for Decoding<R> {
                 };
                 (self.start, self.end, self.eof) = (0, n, n == 0);
             }
-            let (_, read, written, _) =
+            let (result, read, written, _) =
                 self.decoder
                     .decode_to_utf8(&self.buf[self.start..self.end], out, self.eof);
             self.start += read;
-            if written > 0 || (self.eof && self.start == self.end) {
+            if self.eof && result == encoding_rs::CoderResult::InputEmpty {
+                self.finished = true;
+            }
+            if written > 0 || self.finished {
                 return Ok(written);
             }
         }
@@ -608,5 +617,18 @@ mod tests {
             .read_to_string(&mut text)
             .unwrap();
         assert_eq!(text, "日本");
+    }
+
+    /// Found by the `csv_ingest` fuzz target: a read after the end called the finished decoder.
+    #[test]
+    fn a_decoder_read_past_its_end_answers_zero() {
+        let enc = TextEncoding::choose(b"caf\xe9", true, None);
+        let mut d = enc.decoder(&b"caf\xe9,\x80"[..]);
+        let mut text = String::new();
+        d.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "café,€");
+        let mut buf = [0u8; 64];
+        assert_eq!(d.read(&mut buf).unwrap(), 0);
+        assert_eq!(d.read(&mut buf[..3]).unwrap(), 0);
     }
 }
