@@ -210,6 +210,7 @@ impl<'a> AttachmentReader<'a> {
         bytes: &'a [u8],
         origin: &Origin<'_>,
     ) -> Result<Self, Unusable> {
+        check_size(dataset, Some(bytes.len() as u64))?;
         let configured = dataset.csv.encoding.map(|e| e.0);
         let encoding = TextEncoding::choose(bytes, true, configured);
         let body = &bytes[encoding.bom..];
@@ -278,7 +279,6 @@ impl<'a> AttachmentReader<'a> {
         size: Option<u64>,
         origin: &Origin<'_>,
     ) -> Result<Self, Unusable> {
-        check_size(dataset, size)?;
         let limits = dataset.effective_limits;
         let sample = &head[..head.len().min(SNIFF_BYTES)];
         let sample_text = if encoding.is_utf8() {

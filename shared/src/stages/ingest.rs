@@ -122,7 +122,7 @@ impl Ingest {
             state::mail_claim(&mailbox, &message_id),
             &(&mailbox, &message_id),
         );
-        let work = self.ingest_mail(&mailbox, &message_id, &correlation, Utc::now());
+        let work = self.ingest_mail(&mailbox, &message_id, &correlation, invocation, Utc::now());
         match once(self.claims.as_ref(), &key, invocation, KEEP_CLAIMS, work).await? {
             Once::AlreadyDone(_) => {
                 info!(
@@ -149,6 +149,7 @@ impl Ingest {
         mailbox: &str,
         message_id: &str,
         correlation: &str,
+        invocation: &Invocation,
         now: DateTime<Utc>,
     ) -> anyhow::Result<MailSummary> {
         let message = self.mail.message(mailbox, message_id).await?;
@@ -159,8 +160,16 @@ impl Ingest {
                 state::internet_message_claim(mailbox, internet_id),
                 &(mailbox, internet_id),
             );
-            match try_claim_forever(self.claims.as_ref(), &key, message_id).await? {
-                Some(first) if first != message_id => {
+            let first_seen = async { Ok(message_id.to_owned()) };
+            let claimed = once(
+                self.claims.as_ref(),
+                &key,
+                invocation,
+                KEEP_CLAIMS,
+                first_seen,
+            );
+            match claimed.await? {
+                Once::AlreadyDone(first) if first != message_id => {
                     info!(
                         mailbox,
                         message_id,
@@ -298,13 +307,7 @@ impl Ingest {
                 "message_id": message.id, "attachment": att.name, "raw_key": raw,
                 "quarantined_at": now.to_rfc3339(),
             });
-            objects
-                .put(
-                    &format!("{q}.reason.json"),
-                    serde_json::to_vec_pretty(&why)?,
-                    "application/json",
-                )
-                .await?;
+            put_json(objects.as_ref(), &format!("{q}.reason.json"), &why).await?;
             anyhow::Ok(reason)
         };
         let mut reader = match AttachmentReader::new(dataset, &att.bytes, &origin) {
@@ -352,13 +355,12 @@ impl Ingest {
                 "rows_rejected": parsed.rows_rejected, "lines": parsed.lines,
                 "rejects": parsed.rejects,
             });
-            objects
-                .put(
-                    &format!("{raw_key}.rejects.json"),
-                    serde_json::to_vec_pretty(&report)?,
-                    "application/json",
-                )
-                .await?;
+            put_json(
+                objects.as_ref(),
+                &format!("{raw_key}.rejects.json"),
+                &report,
+            )
+            .await?;
         }
         let indexed = DayAttachment {
             raw_key: raw_key.clone(),
@@ -388,30 +390,11 @@ impl Ingest {
     }
 }
 
-/// Claims `key` for good with `value` as its result; `None` when it was free (now ours),
-/// else the value it holds.
-async fn try_claim_forever(
-    claims: &dyn Claims,
-    key: &IdempotencyKey,
-    value: &str,
-) -> anyhow::Result<Option<String>> {
-    let now = Utc::now();
-    let forever = now + KEEP_CLAIMS;
-    match claims
-        .claim(&key.key, &key.payload_hash, now, forever, forever)
-        .await?
-    {
-        crate::ports::Claim::Acquired => {
-            claims
-                .complete(&key.key, &serde_json::to_string(value)?, now)
-                .await?;
-            Ok(None)
-        }
-        crate::ports::Claim::AlreadyDone { result, .. } => {
-            Ok(Some(serde_json::from_str(&result).unwrap_or(result)))
-        }
-        crate::ports::Claim::InProgressElsewhere => Ok(None),
-    }
+/// A JSON document beside an archived file (a quarantine reason, an attachment's rejects).
+async fn put_json(objects: &dyn Objects, key: &str, doc: &serde_json::Value) -> anyhow::Result<()> {
+    let body = serde_json::to_vec_pretty(doc)?;
+    objects.put(key, body, "application/json").await?;
+    Ok(())
 }
 
 fn truncate(s: &str, max: usize) -> String {

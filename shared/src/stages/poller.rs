@@ -226,7 +226,7 @@ impl Poller {
         let subscribed = self
             .keep_subscription(mailbox, folder, false, invocation, summary)
             .await;
-        self.delta_round(mailbox, folder, now, Some(invocation.deadline), summary)
+        self.delta_round(mailbox, folder, now, invocation, summary)
             .await?;
         subscribed.context("keeping the subscription")
     }
@@ -288,24 +288,12 @@ impl Poller {
             LifecycleEvent::SubscriptionRemoved => {
                 self.keep_subscription(mailbox, folder, true, invocation, summary)
                     .await?;
-                self.delta_round(
-                    mailbox,
-                    folder,
-                    Utc::now(),
-                    Some(invocation.deadline),
-                    summary,
-                )
-                .await?;
+                self.delta_round(mailbox, folder, Utc::now(), invocation, summary)
+                    .await?;
             }
             LifecycleEvent::Missed => {
-                self.delta_round(
-                    mailbox,
-                    folder,
-                    Utc::now(),
-                    Some(invocation.deadline),
-                    summary,
-                )
-                .await?;
+                self.delta_round(mailbox, folder, Utc::now(), invocation, summary)
+                    .await?;
             }
         }
         Ok(())
@@ -477,7 +465,7 @@ impl Poller {
         mailbox: &str,
         folder: &str,
         now: DateTime<Utc>,
-        deadline: Option<DateTime<Utc>>,
+        invocation: &Invocation,
         summary: &mut PollSummary,
     ) -> anyhow::Result<()> {
         let key = RecordKey::delta(mailbox, folder);
@@ -531,16 +519,19 @@ impl Poller {
                 return Err(e);
             }
             summary.queued += batch.len() as u32;
+            // The position, page by page: a backlog longer than one invocation goes on from
+            // here next time instead of starting over.
+            let position = page.next_link.clone().or(page.delta_link.clone());
+            if let Some(link) = position {
+                let link = DeltaLink {
+                    delta_link: link,
+                    saved_at: Utc::now().to_rfc3339(),
+                };
+                self.records.put_record(&key, &link, None).await?;
+            }
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => {
-                    // The position, page by page: a backlog longer than one invocation goes on
-                    // from here next time instead of starting over.
-                    let link = DeltaLink {
-                        delta_link: next.clone(),
-                        saved_at: Utc::now().to_rfc3339(),
-                    };
-                    self.records.put_record(&key, &link, None).await?;
-                    if deadline.is_some_and(|d| Utc::now() + crate::sqs_batch::STOP_MARGIN > d) {
+                    if invocation.remaining() < crate::sqs_batch::STOP_MARGIN {
                         warn!(
                             mailbox,
                             folder,
@@ -552,14 +543,7 @@ impl Poller {
                     }
                     url = next;
                 }
-                (None, Some(delta)) => {
-                    let link = DeltaLink {
-                        delta_link: delta,
-                        saved_at: Utc::now().to_rfc3339(),
-                    };
-                    self.records.put_record(&key, &link, None).await?;
-                    return Ok(());
-                }
+                (None, Some(_)) => return Ok(()),
                 (None, None) => {
                     bail!("a delta page had neither @odata.nextLink nor @odata.deltaLink")
                 }
