@@ -58,6 +58,35 @@ ensure_tools() {
   fi
 }
 
+# cargo-fuzz (the fuzz targets' runner), from crates.io when missing.
+CARGO_FUZZ_VERSION="0.13.2"
+ensure_cargo_fuzz() {
+  if cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
+    return
+  fi
+  say "Installing cargo-fuzz $CARGO_FUZZ_VERSION (once)"
+  cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}
+
+# Runs each fuzz target for $1 seconds from the committed seed corpus (new inputs go to a
+# throwaway folder); a crash fails the run and leaves its input under fuzz/artifacts/.
+fuzz_briefly() {
+  local seconds=$1 target work
+  for target in csv_ingest definitions webhook_body; do
+    work=$(mktemp -d)
+    say "cargo fuzz run $target (${seconds} s)"
+    if ! (cd "$ROOT/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "$work/corpus" "corpus/$target" -- \
+      -max_total_time="$seconds" -print_final_stats=1 >"$work/log" 2>&1); then
+      tail -n 60 "$work/log"
+      echo "fuzz target $target failed: the input is under fuzz/artifacts/$target/" >&2
+      rm -rf "$work"
+      return 1
+    fi
+    grep -E "^(Done|stat::number_of_executed_units|stat::peak_rss_mb)" "$work/log" || true
+    rm -rf "$work"
+  done
+}
+
 # One shared target folder; debug builds (the emulator cannot run the release zips anyway).
 build_workspace() {
   say "Building the workspace (debug)"

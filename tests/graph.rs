@@ -7,6 +7,7 @@ use charlie::adapters::graph::{
 use charlie::ports::{MailSource, OutgoingAttachment, OutgoingMail};
 use charlie::report_mail::{Recipients, XLSX_CONTENT_TYPE};
 use charlie_local::fake_graph::{self, FakeGraph, SendPath};
+use futures::TryStreamExt;
 
 async fn fake() -> (FakeGraph, GraphClient) {
     let graph = FakeGraph::start(&charlie_local::project::root().join("events/mailbox"), 2)
@@ -286,4 +287,21 @@ async fn mailboxes_resolve_to_their_object_id_and_ids_are_immutable() {
         .await
         .unwrap();
     assert_eq!(bytes.len() as u64, listed[0].size);
+    // The same content as a stream, held in pieces.
+    let streamed: Vec<bytes::Bytes> = client
+        .attachment_stream(&id, &first.id, &listed[0].id)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(streamed.concat(), bytes);
+    // The transport headers come when selected, with Exchange's Authentication-Results.
+    let sender = message.sender().to_owned();
+    assert_eq!(
+        charlie::sender_auth::check(&message.headers, &sender),
+        Ok(()),
+        "{:?}",
+        message.headers
+    );
 }

@@ -232,6 +232,7 @@ fn new_mail(id: &str, day: &str, n: usize) -> FakeMessage {
             content_type: "text/csv".into(),
             bytes: export(day, n),
         }],
+        authentication_results: None,
     }
 }
 
@@ -863,6 +864,7 @@ async fn an_unusable_attachment_is_quarantined_with_its_reason(cx: &Ctx) {
             content_type: "text/csv".into(),
             bytes: b"agent_id,queue\r\nA1,Sales\r\n".to_vec(),
         }],
+        authentication_results: None,
     });
     let (poll, drained) = cx.cloud.poll(at(FIRST_POLL)).await.unwrap();
     assert_eq!(

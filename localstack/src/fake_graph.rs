@@ -69,6 +69,9 @@ pub struct FakeMessage {
     pub from_address: String,
     pub received: String,
     pub attachments: Vec<FakeAttachment>,
+    /// The `Authentication-Results` header Exchange Online added; `None`: a pass for the
+    /// sender's domain, as a genuine sender gets.
+    pub authentication_results: Option<String>,
 }
 
 /// How a sent mail reached the fake.
@@ -257,6 +260,7 @@ impl FakeGraph {
                     .to_owned(),
                 received: m.received,
                 attachments,
+                authentication_results: None,
             });
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -751,6 +755,24 @@ fn summary_json(m: &FakeMessage, immutable: bool) -> Value {
     })
 }
 
+/// The transport headers Exchange Online keeps, in Graph's shape (`name`, `value`), topmost
+/// first: its own `Authentication-Results` as it writes it (no authserv-id).
+fn internet_headers(m: &FakeMessage) -> Value {
+    let domain = m.from_address.rsplit('@').next().unwrap_or_default();
+    let results = m.authentication_results.clone().unwrap_or_else(|| {
+        format!(
+            "spf=pass (sender IP is 203.0.113.7) smtp.mailfrom={domain}; dkim=pass (signature was verified) header.d={domain};dmarc=pass action=none header.from={domain};compauth=pass reason=100"
+        )
+    });
+    json!([
+        { "name": "Received", "value": "from mail.example (203.0.113.7) by EXCH01.prod.outlook.com with Microsoft SMTP Server" },
+        { "name": "Authentication-Results", "value": results },
+        { "name": "Message-ID", "value": format!("<{}@fake.graph>", m.id) },
+        { "name": "From", "value": format!("{} <{}>", m.from_name, m.from_address) },
+        { "name": "Subject", "value": m.subject },
+    ])
+}
+
 async fn user(State(state): Shared, UrlPath(user): UrlPath<String>) -> Response {
     let inner = state.lock().unwrap();
     if !inner.is_mailbox(&user) {
@@ -774,11 +796,22 @@ async fn user(State(state): Shared, UrlPath(user): UrlPath<String>) -> Response 
 async fn message(
     State(state): Shared,
     UrlPath((_user, id)): UrlPath<(String, String)>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
     let inner = state.lock().unwrap();
     match inner.find(&id) {
-        Some(m) => Json(summary_json(m, wants_immutable(&headers))).into_response(),
+        Some(m) => {
+            let mut body = summary_json(m, wants_immutable(&headers));
+            // Graph returns internetMessageHeaders only when `$select` names them.
+            let selected = q
+                .get("$select")
+                .is_some_and(|s| s.split(',').any(|f| f.trim() == "internetMessageHeaders"));
+            if selected {
+                body["internetMessageHeaders"] = internet_headers(m);
+            }
+            Json(body).into_response()
+        }
         None => graph_error(
             StatusCode::NOT_FOUND,
             "ErrorItemNotFound",

@@ -589,7 +589,8 @@ impl Fields<'_, '_> {
     }
 }
 
-fn check_size(dataset: &Dataset, size: Option<u64>) -> Result<(), Unusable> {
+/// Refuses an attachment over its dataset's `max_attachment_bytes`.
+pub fn check_size(dataset: &Dataset, size: Option<u64>) -> Result<(), Unusable> {
     let limit = dataset.effective_limits.max_attachment_bytes;
     match size {
         Some(size) if size > limit => Err(Unusable::OverLimit(format!(

@@ -48,6 +48,10 @@ pub struct Dataset {
     pub on_duplicate: OnDuplicate,
     #[serde(rename = "match")]
     pub matcher: MatchRule,
+    /// Accept a mail only when its `Authentication-Results` show DMARC (or SPF and DKIM) pass
+    /// for the sender's domain (see `sender_auth`); others are recorded as ignored, with why.
+    #[serde(default)]
+    pub require_authenticated_sender: bool,
     #[serde(default)]
     pub csv: CsvOptions,
     pub columns: Vec<Column>,

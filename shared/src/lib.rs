@@ -1,7 +1,8 @@
 //! Charlie's library: everything the Lambda functions, the local runner and the CLI share.
 //!
 //! Layout (ports and adapters):
-//! - pure logic (`definitions`, `csv_ingest`, `summary`, `workbook`, `report_mail`, `period`)
+//! - pure logic (`definitions`, `csv_ingest`, `sender_auth`, `summary`, `workbook`,
+//!   `report_mail`, `period`)
 //!   touches no network and no clock it was not given;
 //! - `ports`: the small traits the stages need from the world (`RowStore`, `Claims`,
 //!   `StateRecords`, `Objects`, `WorkQueue`, `DeadLetters`, `MailSource`, `Subscriptions`,
@@ -33,6 +34,7 @@ pub mod report_mail;
 #[cfg(feature = "stages")]
 pub mod reprocess;
 pub mod secret;
+pub mod sender_auth;
 #[cfg(feature = "stages")]
 pub mod sqs_batch;
 #[cfg(feature = "stages")]

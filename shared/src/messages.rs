@@ -32,6 +32,16 @@ pub enum InboundMessage {
         message_id: String,
         source: FoundBy,
     },
+    /// Carries on with a mail whose ingest stopped before its invocation's deadline; `step`
+    /// counts the continuations (1 for the first), and the mail's progress record says where
+    /// to carry on.
+    Continuation {
+        #[serde(default = "v1")]
+        v: u8,
+        mailbox: String,
+        message_id: String,
+        step: u32,
+    },
 }
 
 /// `outbound`: what ingesting one attachment of one mail produced.

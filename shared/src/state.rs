@@ -1,7 +1,7 @@
 //! The state table's keys and typed records, in one place.
 //!
 //! Claim keys (idempotency records and locks, see `idempotency`):
-//! - `MSG#{mailbox}#{message id}`: a mail's ingest.
+//! - `MSG#{mailbox}#{message id}`: a mail's ingest; `…#STEP#{n}` each continuation of it.
 //! - `RUN#{run id}`: a report run.
 //! - `LOCK#{report}#{period}`: held while a run of that report and period builds.
 //! - `DLV#{run id}#{recipient group}`: a delivery of a run to one recipient group.
@@ -23,6 +23,11 @@ use crate::ports::StateRecords;
 
 pub fn mail_claim(mailbox: &str, message_id: &str) -> String {
     format!("MSG#{mailbox}#{message_id}")
+}
+
+/// The `step`-th continuation of a mail's ingest.
+pub fn continuation_claim(mailbox: &str, message_id: &str, step: u32) -> String {
+    format!("{}#STEP#{step}", mail_claim(mailbox, message_id))
 }
 
 /// A mail by its RFC 5322 Message-ID, holding the Graph id it was first ingested under.
@@ -73,6 +78,17 @@ impl RecordKey<IngestOutcome> {
             mail_claim(&o.mailbox, &o.message_id),
             // By the archived file, unique per attachment even when two share a name.
             format!("OUTCOME#{}#{}", o.dataset, o.raw_key),
+        )
+    }
+}
+
+impl RecordKey<MailProgress> {
+    /// `MSG#{mailbox}#{message}` / `progress#{step}`: one record per continuation, so a retry
+    /// of a step reads the position that step started from.
+    pub fn mail_progress(mailbox: &str, message_id: &str, step: u32) -> Self {
+        Self::new(
+            mail_claim(mailbox, message_id),
+            format!("progress#{step:06}"),
         )
     }
 }
@@ -266,6 +282,36 @@ pub struct SubscriptionRecord {
 pub struct SubscribedFolder {
     pub mailbox: String,
     pub folder: String,
+}
+
+/// `MSG#…` / `progress#{step}`: how far the ingest of a mail too large for one invocation got,
+/// written before its continuation `step` is queued.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MailProgress {
+    /// The continuation that carries on from here.
+    pub step: u32,
+    /// When the mail's ingest started: every row of it is stamped with this time.
+    pub started: DateTime<Utc>,
+    pub correlation_id: String,
+    /// The attachments as listed when the ingest started; their order fixes the work's.
+    pub attachments: Vec<crate::ports::AttachmentInfo>,
+    /// The outcomes of the (attachment, dataset) pairs finished, in order.
+    pub done: Vec<IngestOutcome>,
+    /// Where the pair in work stopped (`None`: at its start).
+    pub at: Option<FilePosition>,
+}
+
+/// How far into one attachment's rows (for one dataset) an ingest got.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FilePosition {
+    /// Chunks of rows stored (a re-read of the file skips this many).
+    pub chunks_done: u64,
+    /// What the store said of them.
+    pub rows_new: u64,
+    pub rows_duplicate: u64,
+    /// Rows the store could not hold, and the first of them in detail.
+    pub store_rejected: u64,
+    pub store_rejects: Vec<crate::csv_ingest::Reject>,
 }
 
 /// `DAY#…` / `RAW#…`: an archived attachment that held rows of a day.

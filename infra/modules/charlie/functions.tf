@@ -63,8 +63,9 @@ locals {
     ]
     ingest = [
       local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw,
-      local.consume["inbound"], local.send["outbound"],
-      { Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject"], Resource = ["${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/inbox/*"] },
+      local.consume["inbound"], local.send["inbound"], local.send["outbound"],
+      # Large attachments stream to raw/ as multipart uploads; quarantine copies from raw/.
+      { Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"], Resource = ["${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/inbox/*"] },
       { Effect = "Allow", Action = ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"], Resource = aws_dynamodb_table.rows.arn },
     ]
     report-builder = [

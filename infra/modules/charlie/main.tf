@@ -84,6 +84,8 @@ locals {
       CHARLIE_SUBSCRIPTION_RENEW_HOURS = tostring(var.subscription_renew_hours)
     }
     ingest = merge(local.row_store_env, {
+      # Continuations of a file that did not finish in one invocation go back on inbound.
+      CHARLIE_INBOUND_QUEUE_URL     = aws_sqs_queue.main["inbound"].url
       CHARLIE_OUTBOUND_QUEUE_URL    = aws_sqs_queue.main["outbound"].url
       CHARLIE_ROW_WRITE_CONCURRENCY = tostring(var.row_write_concurrency)
     })

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use async_trait::async_trait;
 use base64::Engine;
+use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -23,7 +24,7 @@ use tokio::sync::{Mutex, Semaphore};
 use super::retry::backoff;
 use crate::definitions::TransportKind;
 use crate::ports::{
-    AttachmentInfo, DeltaPage, GraphError, MailMessage, MailSource, MailTransport,
+    AttachmentInfo, ByteChunks, DeltaPage, GraphError, MailMessage, MailSource, MailTransport,
     OutgoingAttachment, OutgoingMail, SentMail, Subscription, SubscriptionRequest, Subscriptions,
 };
 use crate::secret::Secret;
@@ -235,6 +236,22 @@ impl GraphClient {
         payload: Payload<'_>,
         what: &str,
     ) -> Result<(StatusCode, Vec<u8>), GraphError> {
+        let (resp, permit) = self.respond(method, url, payload, what).await?;
+        let status = resp.status();
+        let body = checked_body(resp, what).await;
+        drop(permit);
+        Ok((status, body?))
+    }
+
+    /// [`GraphClient::call`] up to the answer's headers: the response (its body unread) and
+    /// the mailbox's concurrency permit, to hold while the body is read.
+    async fn respond(
+        &self,
+        method: Method,
+        url: &str,
+        payload: Payload<'_>,
+        what: &str,
+    ) -> Result<(reqwest::Response, tokio::sync::OwnedSemaphorePermit), GraphError> {
         let mut attempt = 0;
         let mut force_token = false;
         let authorised = !matches!(payload, Payload::Range { .. });
@@ -248,7 +265,7 @@ impl GraphClient {
         loop {
             attempt += 1;
             // Held for the request only, not while waiting out a Retry-After.
-            let permit = limit.acquire().await.expect("never closed");
+            let permit = limit.clone().acquire_owned().await.expect("never closed");
             let mut req = self.http.request(method.clone(), url);
             if authorised {
                 let token = self.token(force_token).await?;
@@ -304,9 +321,7 @@ impl GraphClient {
                 force_token = true; // token revoked or expired early: fetch a new one once
                 continue;
             }
-            let body = checked_body(resp, what).await;
-            drop(permit);
-            return Ok((status, body?));
+            return Ok((resp, permit));
         }
     }
 
@@ -556,6 +571,33 @@ impl MailSource for GraphClient {
             .await?;
         Ok(body)
     }
+
+    /// `/$value` as a stream; the mailbox's concurrency permit is held until it is read.
+    async fn attachment_stream(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        attachment_id: &str,
+    ) -> Result<ByteChunks, GraphError> {
+        let what = "get attachment content";
+        let url = format!(
+            "{}/users/{mailbox}/messages/{}/attachments/{}/$value",
+            self.base_url,
+            encode_segment(message_id),
+            encode_segment(attachment_id)
+        );
+        let (resp, permit) = self.respond(Method::GET, &url, Payload::None, what).await?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(status_error(status, &body, what));
+        }
+        let body = resp.bytes_stream().map(move |piece| {
+            let _held = &permit;
+            piece.map_err(|e| anyhow::anyhow!("reading an attachment from Graph: {e}"))
+        });
+        Ok(body.boxed())
+    }
 }
 
 #[async_trait]
@@ -705,13 +747,18 @@ async fn checked_body(resp: reqwest::Response, what: &str) -> Result<Vec<u8>, Gr
     if status.is_success() {
         return Ok(body.to_vec());
     }
-    let detail: ErrorBody = serde_json::from_slice(&body).unwrap_or_default();
-    Err(GraphError::Status {
+    Err(status_error(status, &body, what))
+}
+
+/// An unsuccessful answer as an error, with Graph's code and message from its body.
+fn status_error(status: StatusCode, body: &[u8], what: &str) -> GraphError {
+    let detail: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    GraphError::Status {
         status: status.as_u16(),
         what: what.to_owned(),
         code: detail.error.code,
         message: detail.error.message,
-    })
+    }
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {

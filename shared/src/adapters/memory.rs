@@ -14,13 +14,23 @@ use futures::stream::BoxStream;
 use crate::csv_ingest::KeyedRow;
 use crate::definitions::{Dataset, OnDuplicate, TransportKind};
 use crate::ports::{
-    AttachmentInfo, Claim, Claims, ClientStateStore, DeadLetter, DeadLetters, DeltaEntry,
-    DeltaPage, FileAttachment, GraphError, MailMessage, MailSource, MailTransport, Objects,
-    OutgoingMail, QueuedMessage, RowStore, SentMail, StateRecords, StoreOutcome, StoredObject,
-    StoredRow, Subscription, SubscriptionRequest, Subscriptions, WorkQueue,
+    AttachmentInfo, ByteChunks, Claim, Claims, ClientStateStore, DeadLetter, DeadLetters,
+    DeltaEntry, DeltaPage, FileAttachment, GraphError, MailMessage, MailSource, MailTransport,
+    Objects, OutgoingMail, QueuedMessage, RowStore, SentMail, StateRecords, StoreOutcome,
+    StoredObject, StoredRow, Subscription, SubscriptionRequest, Subscriptions, WorkQueue,
 };
 use crate::report_mail::Recipients;
 use crate::secret::Secret;
+
+/// `bytes` as a stream of 64 KiB pieces, as a network body arrives.
+fn chunked(bytes: Vec<u8>) -> ByteChunks {
+    let bytes = bytes::Bytes::from(bytes);
+    let pieces: Vec<anyhow::Result<bytes::Bytes>> = (0..bytes.len())
+        .step_by(64 * 1024)
+        .map(|at| Ok(bytes.slice(at..(at + 64 * 1024).min(bytes.len()))))
+        .collect();
+    futures::stream::iter(pieces).boxed()
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -329,6 +339,35 @@ impl Objects for MemoryObjects {
         self.put(key, bytes, content_type).await
     }
 
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut body: ByteChunks,
+        content_type: &str,
+    ) -> anyhow::Result<StoredObject> {
+        let mut bytes = Vec::new();
+        while let Some(piece) = body.next().await {
+            bytes.extend_from_slice(&piece?);
+        }
+        self.put(key, bytes, content_type).await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> anyhow::Result<StoredObject> {
+        let bytes = self.get(from, None).await?;
+        let content_type = lock(&self.objects)
+            .get(from)
+            .and_then(|v| v.last())
+            .map(|(_, _, t)| t.clone())
+            .unwrap_or_default();
+        self.put(to, bytes, &content_type).await
+    }
+
+    async fn get_stream(&self, key: &str) -> anyhow::Result<(ByteChunks, u64)> {
+        let bytes = self.get(key, None).await?;
+        let size = bytes.len() as u64;
+        Ok((chunked(bytes), size))
+    }
+
     async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>> {
         self.fault.check()?;
         let objects = lock(&self.objects);
@@ -444,8 +483,10 @@ pub struct MemoryMailbox {
     links_expired: Mutex<bool>,
     /// Every Graph call answers this status while set (e.g. 503, 404).
     status: Mutex<Option<u16>>,
-    /// Attachment contents fetched so far.
+    /// Attachment contents fetched so far (whole or streamed).
     content_fetches: Mutex<u32>,
+    /// Of those, how many were streamed.
+    streamed: Mutex<u32>,
 }
 
 impl MemoryMailbox {
@@ -470,6 +511,11 @@ impl MemoryMailbox {
     /// How many attachment contents were fetched.
     pub fn content_fetches(&self) -> u32 {
         *lock(&self.content_fetches)
+    }
+
+    /// How many attachment contents were streamed rather than fetched whole.
+    pub fn streamed(&self) -> u32 {
+        *lock(&self.streamed)
     }
 
     pub fn answer_every_call_with(&self, status: Option<u16>) {
@@ -557,6 +603,19 @@ impl MailSource for MemoryMailbox {
             .and_then(|m| m.attachments.iter().find(|a| a.id == attachment_id))
             .map(|a| a.bytes.clone())
             .ok_or_else(|| Self::not_found("get attachment content"))
+    }
+
+    async fn attachment_stream(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        attachment_id: &str,
+    ) -> Result<ByteChunks, GraphError> {
+        let bytes = self
+            .attachment_content(mailbox, message_id, attachment_id)
+            .await?;
+        *lock(&self.streamed) += 1;
+        Ok(chunked(bytes))
     }
 
     fn delta_start_url(&self, mailbox: &str, folder: &str, since: Option<DateTime<Utc>>) -> String {

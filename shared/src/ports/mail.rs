@@ -148,7 +148,7 @@ pub struct FileAttachment {
 }
 
 /// A file attachment as listed, without its content.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
 pub struct AttachmentInfo {
     pub id: String,
     pub name: String,
@@ -177,6 +177,14 @@ pub trait MailSource: Send + Sync {
         message_id: &str,
         attachment_id: &str,
     ) -> Result<Vec<u8>, GraphError>;
+    /// One attachment's raw bytes as a stream (`/$value`), for attachments too large to hold:
+    /// memory holds one piece at a time.
+    async fn attachment_stream(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        attachment_id: &str,
+    ) -> Result<super::ByteChunks, GraphError>;
     /// The first delta URL of a folder; with `since`, only mail received from then on.
     fn delta_start_url(&self, mailbox: &str, folder: &str, since: Option<DateTime<Utc>>) -> String;
     /// One page of a delta round; follow `next_link` until a page carries `delta_link`.

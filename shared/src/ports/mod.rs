@@ -20,6 +20,9 @@ pub use state::{Claim, Claims, StateRecords};
 
 use async_trait::async_trait;
 
+/// Bytes as a stream of pieces (an S3 body, a Graph download), read without holding them whole.
+pub type ByteChunks = futures::stream::BoxStream<'static, anyhow::Result<bytes::Bytes>>;
+
 /// Where a stored object landed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredObject {
@@ -43,7 +46,19 @@ pub trait Objects: Send + Sync {
         path: &std::path::Path,
         content_type: &str,
     ) -> anyhow::Result<StoredObject>;
+    /// Uploads a stream of unknown length without holding it whole: memory holds one part of
+    /// a multipart upload at a time.
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteChunks,
+        content_type: &str,
+    ) -> anyhow::Result<StoredObject>;
+    /// Copies an object inside the bucket (server side).
+    async fn copy(&self, from: &str, to: &str) -> anyhow::Result<StoredObject>;
     async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>>;
+    /// An object as a stream (and its size), for objects too large to hold.
+    async fn get_stream(&self, key: &str) -> anyhow::Result<(ByteChunks, u64)>;
     /// A URL that downloads `key` (at `version_id`) without credentials until `expires_in`.
     async fn presigned_get(
         &self,

@@ -677,7 +677,10 @@ mod tests {
     fn queued_ids(q: &MemoryQueue) -> Vec<String> {
         q.bodies::<InboundMessage>()
             .into_iter()
-            .map(|InboundMessage::GraphMessage { message_id, .. }| message_id)
+            .filter_map(|m| match m {
+                InboundMessage::GraphMessage { message_id, .. } => Some(message_id),
+                InboundMessage::Continuation { .. } => None,
+            })
             .collect()
     }
 

@@ -4,7 +4,9 @@ use anyhow::Context;
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 
-use crate::ports::{Objects, StoredObject};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::ports::{ByteChunks, Objects, StoredObject};
 
 /// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB, at most 10,000 parts).
 pub const PART_BYTES: u64 = 16 * 1024 * 1024;
@@ -84,7 +86,6 @@ impl Objects for S3Objects {
         content_type: &str,
     ) -> anyhow::Result<StoredObject> {
         use aws_sdk_s3::primitives::Length;
-        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
         let at = || format!("writing s3://{}/{key} from {}", self.bucket, path.display());
         let size = std::fs::metadata(path).with_context(at)?.len();
         let part = |offset: u64, len: u64| async move {
@@ -94,6 +95,7 @@ impl Objects for S3Objects {
                 .length(Length::Exact(len))
                 .build()
                 .await
+                .map_err(anyhow::Error::from)
         };
         if size <= PART_BYTES {
             let body = part(0, size).await.with_context(at)?;
@@ -102,79 +104,59 @@ impl Objects for S3Objects {
                 .await
                 .with_context(at);
         }
-        let upload = self
+        let parts = futures::stream::iter((0..size).step_by(PART_BYTES as usize))
+            .then(|offset| part(offset, PART_BYTES.min(size - offset)))
+            .boxed();
+        self.multipart(key, content_type, parts)
+            .await
+            .with_context(at)
+    }
+
+    /// Uploads a stream part by part: memory holds one part ([`PART_BYTES`]); a stream that
+    /// ends within the first part is one PUT.
+    async fn put_stream(
+        &self,
+        key: &str,
+        body: ByteChunks,
+        content_type: &str,
+    ) -> anyhow::Result<StoredObject> {
+        let at = || format!("writing s3://{}/{key} from a stream", self.bucket);
+        let mut parts = parts_of(body, PART_BYTES as usize).boxed();
+        let Some(first) = parts.next().await.transpose().with_context(at)? else {
+            return self
+                .put_body(key, ByteStream::from_static(b""), content_type)
+                .await
+                .with_context(at);
+        };
+        if first.len() < PART_BYTES as usize {
+            return self
+                .put_body(key, ByteStream::from(first), content_type)
+                .await
+                .with_context(at);
+        }
+        let parts = futures::stream::once(async { Ok(first) })
+            .chain(parts)
+            .map_ok(ByteStream::from)
+            .boxed();
+        self.multipart(key, content_type, parts)
+            .await
+            .with_context(at)
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> anyhow::Result<StoredObject> {
+        let out = self
             .client
-            .create_multipart_upload()
+            .copy_object()
             .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type)
+            .key(to)
+            .copy_source(format!("{}/{}", self.bucket, encode_copy_source(from)))
             .send()
             .await
-            .with_context(at)?;
-        let upload_id = upload
-            .upload_id()
-            .context("S3 gave no upload id")?
-            .to_owned();
-        let result = async {
-            let mut parts = Vec::new();
-            for (n, offset) in (0..size).step_by(PART_BYTES as usize).enumerate() {
-                let number = i32::try_from(n + 1).context("too many parts")?;
-                let body = part(offset, PART_BYTES.min(size - offset)).await?;
-                let done = self
-                    .client
-                    .upload_part()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .part_number(number)
-                    .body(body)
-                    .send()
-                    .await?;
-                parts.push(
-                    CompletedPart::builder()
-                        .part_number(number)
-                        .set_e_tag(done.e_tag)
-                        .build(),
-                );
-            }
-            let out = self
-                .client
-                .complete_multipart_upload()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(&upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await?;
-            anyhow::Ok(out.version_id)
-        }
-        .await;
-        match result {
-            Ok(version_id) => Ok(StoredObject {
-                key: key.to_owned(),
-                version_id,
-            }),
-            Err(e) => {
-                // Parts of an unfinished upload are billed until aborted; the lifecycle rule
-                // cleans up what an abort that fails leaves.
-                if let Err(abort) = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await
-                {
-                    tracing::warn!(error = %abort, key, "could not abort the failed multipart upload");
-                }
-                Err(e).with_context(at)
-            }
-        }
+            .with_context(|| format!("copying s3://{}/{from} to {to}", self.bucket))?;
+        Ok(StoredObject {
+            key: to.to_owned(),
+            version_id: out.version_id,
+        })
     }
 
     /// A URL that downloads `key` (at `version_id`) without credentials until `expires_in` has
@@ -215,5 +197,196 @@ impl Objects for S3Objects {
             .await
             .with_context(|| format!("reading the body of s3://{}/{key}", self.bucket))?;
         Ok(body.into_bytes().to_vec())
+    }
+
+    async fn get_stream(&self, key: &str) -> anyhow::Result<(ByteChunks, u64)> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .with_context(|| format!("reading s3://{}/{key}", self.bucket))?;
+        let size = out.content_length.unwrap_or_default().max(0) as u64;
+        let at = format!("reading the body of s3://{}/{key}", self.bucket);
+        let body = futures::stream::try_unfold(out.body, move |mut body| {
+            let at = at.clone();
+            async move {
+                match body.try_next().await.context(at)? {
+                    Some(piece) => Ok(Some((piece, body))),
+                    None => Ok(None),
+                }
+            }
+        })
+        .boxed();
+        Ok((body, size))
+    }
+}
+
+impl S3Objects {
+    /// A multipart upload of `parts` (each but the last at least 5 MiB), aborted on failure.
+    async fn multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+        mut parts: futures::stream::BoxStream<'_, anyhow::Result<ByteStream>>,
+    ) -> anyhow::Result<StoredObject> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await?;
+        let upload_id = upload
+            .upload_id()
+            .context("S3 gave no upload id")?
+            .to_owned();
+        let result = async {
+            let mut done = Vec::new();
+            while let Some(body) = parts.next().await {
+                let number = i32::try_from(done.len() + 1).context("too many parts")?;
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(body?)
+                    .send()
+                    .await?;
+                done.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag)
+                        .build(),
+                );
+            }
+            let out = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(done))
+                        .build(),
+                )
+                .send()
+                .await?;
+            anyhow::Ok(out.version_id)
+        }
+        .await;
+        match result {
+            Ok(version_id) => Ok(StoredObject {
+                key: key.to_owned(),
+                version_id,
+            }),
+            Err(e) => {
+                // Parts of an unfinished upload are billed until aborted; the lifecycle rule
+                // cleans up what an abort that fails leaves.
+                if let Err(abort) = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await
+                {
+                    tracing::warn!(error = %abort, key, "could not abort the failed multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Regroups a stream's pieces into parts of `size` bytes (the last one shorter).
+fn parts_of(
+    body: ByteChunks,
+    size: usize,
+) -> impl futures::Stream<Item = anyhow::Result<Vec<u8>>> + Send {
+    futures::stream::try_unfold(
+        (body, Vec::with_capacity(size), false),
+        move |(mut body, mut buf, mut ended)| async move {
+            loop {
+                if buf.len() >= size {
+                    let mut rest = buf.split_off(size);
+                    rest.reserve(size - rest.len().min(size));
+                    return Ok(Some((buf, (body, rest, ended))));
+                }
+                if ended {
+                    return Ok((!buf.is_empty()).then(|| (buf, (body, Vec::new(), true))));
+                }
+                match body.next().await.transpose()? {
+                    Some(piece) => buf.extend_from_slice(&piece),
+                    None => ended = true,
+                }
+            }
+        },
+    )
+}
+
+/// A key as CopyObject's `x-amz-copy-source` wants it: URL-encoded, `/` kept.
+fn encode_copy_source(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_is_regrouped_into_parts_of_the_size_asked() {
+        let pieces: Vec<anyhow::Result<bytes::Bytes>> = [3usize, 7, 1, 12, 2]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Ok(bytes::Bytes::from(vec![i as u8; *n])))
+            .collect();
+        let parts: Vec<Vec<u8>> = parts_of(futures::stream::iter(pieces).boxed(), 5)
+            .try_collect()
+            .await
+            .unwrap();
+        let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![5, 5, 5, 5, 5]);
+        let flat: Vec<u8> = parts.concat();
+        let mut expected = Vec::new();
+        for (i, n) in [3usize, 7, 1, 12, 2].iter().enumerate() {
+            expected.extend(std::iter::repeat_n(i as u8, *n));
+        }
+        assert_eq!(flat, expected);
+    }
+
+    #[tokio::test]
+    async fn a_short_stream_is_one_short_part_and_an_empty_one_none() {
+        let one = futures::stream::iter(vec![Ok(bytes::Bytes::from_static(b"abc"))]).boxed();
+        let parts: Vec<Vec<u8>> = parts_of(one, 5).try_collect().await.unwrap();
+        assert_eq!(parts, vec![b"abc".to_vec()]);
+        let none = futures::stream::iter(Vec::<anyhow::Result<bytes::Bytes>>::new()).boxed();
+        let parts: Vec<Vec<u8>> = parts_of(none, 5).try_collect().await.unwrap();
+        assert!(parts.is_empty());
+    }
+
+    #[test]
+    fn copy_sources_are_url_encoded() {
+        assert_eq!(
+            encode_copy_source("raw/ib calls/a#1~b.csv"),
+            "raw/ib%20calls/a%231~b.csv"
+        );
     }
 }
