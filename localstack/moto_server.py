@@ -12,6 +12,11 @@ Patches (each one a moto behaviour that differs from AWS and breaks Terraform or
 2. `GET /moto-api/data.json` fails with 500 as soon as a Lambda function exists and Docker is
    absent (reading some Lambda attributes tries to reach Docker). We skip attributes that raise
    and accept `?service=NAME` to return one service only (the full dump is megabytes).
+
+Added: every request is counted by service and operation with the time the server spent on it,
+read at `GET /_charlie/requests` (with the server's CPU seconds) and zeroed by
+`POST /_charlie/requests/reset`, so a load run can say what it asked of AWS and how much of its
+wall time the emulator took.
 """
 
 import argparse
@@ -93,6 +98,77 @@ def _patch_model_data():
     MotoAPIResponse.model_data = model_data
 
 
+class _RequestCounter:
+    """WSGI middleware: counts requests by `service.Operation` and the seconds spent on each."""
+
+    def __init__(self, app):
+        import threading
+
+        self.app = app
+        self.lock = threading.Lock()
+        self.counts = {}
+
+    @staticmethod
+    def operation(environ):
+        from urllib.parse import parse_qs
+
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        service = "unknown"
+        if "Credential=" in auth:
+            scope = auth.split("Credential=", 1)[1].split(",", 1)[0].split("/")
+            if len(scope) >= 4:
+                service = scope[3]
+        if target:
+            return f"{service}.{target.rsplit('.', 1)[-1]}"
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        if "Action" in query:
+            return f"{service}.{query['Action'][0]}"
+        method = environ.get("REQUEST_METHOD", "")
+        if service == "s3":
+            path = environ.get("PATH_INFO", "/").strip("/")
+            has_key = "/" in path
+            if "uploads" in query:
+                return "s3.CreateMultipartUpload"
+            if "uploadId" in query:
+                if method == "PUT":
+                    return "s3.UploadPart"
+                return {"POST": "s3.CompleteMultipartUpload", "DELETE": "s3.AbortMultipartUpload"}.get(method, "s3.ListParts")
+            if method == "PUT" and environ.get("HTTP_X_AMZ_COPY_SOURCE"):
+                return "s3.CopyObject"
+            names = {"PUT": "PutObject", "GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}
+            if has_key and method in names:
+                return f"s3.{names[method]}"
+            return f"s3.{method} bucket"
+        return f"{service}.{method} {environ.get('PATH_INFO', '')[:40]}"
+
+    def __call__(self, environ, start_response):
+        import time
+
+        path = environ.get("PATH_INFO", "")
+        if path == "/_charlie/requests":
+            with self.lock:
+                body = json.dumps({"cpu_seconds": time.process_time(), "requests": self.counts}).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        if path == "/_charlie/requests/reset":
+            with self.lock:
+                self.counts = {}
+            start_response("204 No Content", [])
+            return [b""]
+        op = self.operation(environ)
+        started = time.perf_counter()
+        try:
+            # Bodies are small or streamed; the time is the server's until the body is built.
+            return self.app(environ, start_response)
+        finally:
+            spent = time.perf_counter() - started
+            with self.lock:
+                entry = self.counts.setdefault(op, {"count": 0, "seconds": 0.0})
+                entry["count"] += 1
+                entry["seconds"] += spent
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -118,7 +194,7 @@ def main():
     port = sock.getsockname()[1]
     os.environ.setdefault("MOTO_PORT", str(port))
 
-    app = DomainDispatcherApplication(create_backend_app)
+    app = _RequestCounter(DomainDispatcherApplication(create_backend_app))
     server = make_server(args.host, port, app, threaded=True, fd=sock.fileno())
 
     def stop(_signum, _frame):

@@ -252,7 +252,7 @@ fn rand_suffix() -> String {
 }
 
 /// A field of `/proc/self/status` in KiB (0 where there is none).
-fn rss_kib(field: &str) -> u64 {
+pub(crate) fn rss_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -264,7 +264,7 @@ fn rss_kib(field: &str) -> u64 {
 }
 
 /// Resets the process's peak RSS (`VmHWM`) to its current RSS (Linux `clear_refs` 5).
-fn reset_peak_rss() {
+pub(crate) fn reset_peak_rss() {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
         eprintln!("cannot reset the peak RSS ({e}): peaks include earlier runs");
     }

@@ -314,16 +314,19 @@ impl LocalCloud {
 
     /// Every ingest outcome recorded in state.
     pub async fn outcomes(&self) -> anyhow::Result<Vec<IngestOutcome>> {
-        let out = self
+        let items: Vec<_> = self
             .clients
             .dynamodb
             .scan()
             .table_name(&self.outputs.state_table)
             .filter_expression("begins_with(sk, :p)")
             .expression_attribute_values(":p", AttributeValue::S("OUTCOME#".into()))
+            .into_paginator()
+            .items()
             .send()
+            .try_collect()
             .await?;
-        out.items()
+        items
             .iter()
             .map(|i| match i.get("data") {
                 Some(AttributeValue::S(d)) => Ok(serde_json::from_str(d)?),

@@ -31,6 +31,8 @@ pub struct QueueMapping {
     pub queue_url: String,
     pub function_arn: String,
     pub batch_size: i32,
+    /// The mapping's `ScalingConfig.MaximumConcurrency`: how many batches run at once.
+    pub max_concurrency: Option<i32>,
     pub enabled: bool,
     pub report_batch_item_failures: bool,
 }
@@ -123,6 +125,7 @@ impl Deployment {
                 queue_url: url,
                 function_arn: function_arn.to_owned(),
                 batch_size: m.batch_size().unwrap_or(10),
+                max_concurrency: m.scaling_config().and_then(|c| c.maximum_concurrency()),
                 enabled: m.state().is_some_and(|s| s.eq_ignore_ascii_case("enabled")),
                 report_batch_item_failures: m
                     .function_response_types()

@@ -8,6 +8,7 @@ pub mod demo;
 pub mod deployment;
 pub mod emulator;
 pub mod fake_graph;
+pub mod load;
 pub mod packaging;
 pub mod postgres;
 pub mod project;

@@ -120,14 +120,17 @@ impl LocalRunner {
         stage.invoke(event, &invocation).await
     }
 
-    /// Pumps every mapped queue until one whole round finds them all empty.
+    /// Pumps every mapped queue until one whole round finds them all empty. A mapping with a
+    /// maximum concurrency gets that many batches at once (as Lambda runs that many
+    /// instances); others one.
     pub async fn drain(&self) -> anyhow::Result<DrainStats> {
         let mut total = DrainStats::default();
         loop {
-            let rounds = futures::future::join_all(
-                self.deployment.mappings.iter().map(|m| self.pump_once(m)),
-            )
-            .await;
+            let pumps = self.deployment.mappings.iter().flat_map(|m| {
+                let n = m.max_concurrency.unwrap_or(1).max(1);
+                (0..n).map(move |_| self.pump_once(m))
+            });
+            let rounds = futures::future::join_all(pumps).await;
             let mut round = DrainStats::default();
             for r in rounds {
                 let r = r?;

@@ -14,6 +14,8 @@
 //! - `stages`: one module per function, the business steps over ports, wired to adapters
 //!   from the function's environment by its Cargo feature.
 
+#![forbid(unsafe_code)]
+
 pub mod adapters;
 pub mod csv_ingest;
 pub mod csv_records;

@@ -1,6 +1,7 @@
 //! `charlie-local demo [--out DIR] [--row-store dynamodb|postgres]`: the whole pipeline on the
 //! local cloud, artefacts in DIR.
-//! `charlie-local bench-stores FILE…`: stores each ib_calls export through each row store.
+//! `charlie-local bench-stores FILE…`: ingests each ib_calls export into each row store.
+//! `charlie-local load [--mails N] [--rows R]`: the load run (see `charlie_local::load`).
 
 use std::path::PathBuf;
 
@@ -10,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     let mut out = charlie_local::project::root().join("out");
     let mut row_store = charlie_local::demo::RowStoreKind::DynamoDb;
     let mut files = Vec::new();
+    let (mut mails, mut rows) = (10_000usize, 20usize);
     let mut command = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -25,6 +27,11 @@ async fn main() -> std::process::ExitCode {
                 Some(Ok(k)) => row_store = k,
                 Some(Err(e)) => return usage(&e.to_string()),
                 None => return usage("--row-store needs dynamodb or postgres"),
+            },
+            "--mails" | "--rows" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(v) if a == "--mails" => mails = v,
+                Some(v) => rows = v,
+                None => return usage(&format!("{a} needs a number")),
             },
             "-h" | "--help" => return usage(""),
             c if command.is_none() => command = Some(c.to_owned()),
@@ -54,6 +61,20 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Some("load") => {
+            let opts = charlie_local::load::LoadOptions {
+                mails,
+                rows_per_mail: rows,
+                work_dir: charlie_local::project::target_dir().join("charlie/load"),
+            };
+            match charlie_local::load::run_load(opts).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("load run failed: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         _ => usage("which command?"),
     }
 }
@@ -64,5 +85,6 @@ fn usage(problem: &str) -> std::process::ExitCode {
     }
     eprintln!("usage: charlie-local demo [--out DIR] [--row-store dynamodb|postgres]");
     eprintln!("       charlie-local bench-stores IB_CALLS_CSV...");
+    eprintln!("       charlie-local load [--mails N] [--rows R]");
     std::process::ExitCode::from(2)
 }
