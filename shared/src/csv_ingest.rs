@@ -15,8 +15,8 @@ use crate::value::{Row, Value};
 
 /// Keys longer than this are stored as their SHA-256 (DynamoDB sort keys are at most 1 KiB).
 const MAX_PLAIN_KEY: usize = 512;
-/// Rows typed ahead of their dedup, so that their key slots' loads overlap (see `next_chunk`).
-const PREFETCH_BATCH: usize = 16;
+/// Rows typed ahead of their dedup, a few at a time (see `next_chunk`).
+const TYPING_BATCH: usize = 16;
 /// Separates key column values inside a row key; a control character no export uses.
 const KEY_SEPARATOR: char = '\u{1f}';
 
@@ -384,7 +384,7 @@ impl<'a> AttachmentReader<'a> {
             key_idx,
             day,
             keys: KeySet::with_capacity(rows, key_bytes),
-            batch: Vec::with_capacity(PREFETCH_BATCH),
+            batch: Vec::with_capacity(TYPING_BATCH),
             summary: ReadSummary {
                 encoding: encoding.name(),
                 delimiter,
@@ -409,8 +409,7 @@ impl<'a> AttachmentReader<'a> {
     /// The next unique, valid rows (at most `max`), or `None` at the end of the file; an error
     /// when the file turns out unusable part way (a limit, a read error).
     ///
-    /// Rows are typed in small batches and their keys' slots prefetched before the batch is
-    /// deduplicated in file order, so the key set's memory latency overlaps useful work.
+    /// Rows are typed in small batches, each batch then deduplicated in file order.
     pub fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<KeyedRow>>, Unusable> {
         if self.done {
             return Ok(None);
@@ -419,12 +418,11 @@ impl<'a> AttachmentReader<'a> {
         let mut batch = std::mem::take(&mut self.batch);
         while rows.len() < max && !self.done {
             // Each row of the batch adds at most one row to the chunk: it never overflows `max`.
-            let room = (max - rows.len()).min(PREFETCH_BATCH);
+            let room = (max - rows.len()).min(TYPING_BATCH);
             while batch.len() < room {
                 match self.next_row()? {
                     Some(row) => {
                         let hash = self.keys.hash(row.date, &row.key);
-                        self.keys.prefetch(hash);
                         batch.push((hash, row));
                     }
                     None => break,

@@ -37,6 +37,9 @@ use crate::sqs_batch::correlation_id;
 use crate::state::{self, DayAttachment, FilePosition, MailProgress, RecordKey};
 use pipeline::{Ended, Input};
 
+/// Rows the store refused, kept in detail per attachment (all are counted).
+const STORE_REJECT_DETAILS: usize = 100;
+
 /// How long a mail's claim is kept: a mail announced again within this time is recognised.
 const KEEP_CLAIMS: Duration = Duration::days(90);
 
@@ -570,7 +573,8 @@ impl Ingest {
             position.rows_new += stored.new;
             position.rows_duplicate += stored.duplicate;
             position.store_rejected += stored.rejected.len() as u64;
-            let room = MAX_REJECT_DETAILS.saturating_sub(position.store_rejects.len());
+            // Kept in the progress record, a state item under DynamoDB's 400 KB: a few suffice.
+            let room = STORE_REJECT_DETAILS.saturating_sub(position.store_rejects.len());
             stored.rejected.truncate(room);
             position.store_rejects.append(&mut stored.rejected);
             // The reader is a chunk ahead: a file whose last chunk was just stored finishes
