@@ -74,6 +74,7 @@ fuzz_briefly() {
   local seconds=$1 target work
   for target in csv_ingest definitions webhook_body; do
     work=$(mktemp -d)
+    mkdir -p "$work/corpus"
     say "cargo fuzz run $target (${seconds} s)"
     if ! (cd "$ROOT/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$target" "$work/corpus" "corpus/$target" -- \
       -max_total_time="$seconds" -print_final_stats=1 >"$work/log" 2>&1); then
