@@ -98,16 +98,7 @@ fn sqs_event(body: String) -> SqsEvent {
 
 async fn bucket(c: &charlie_local::clients::AwsClients) -> String {
     let bucket = unique("large");
-    c.s3.create_bucket()
-        .bucket(&bucket)
-        .create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest2)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    c.create_bucket(&bucket).await.unwrap();
     bucket
 }
 

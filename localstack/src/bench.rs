@@ -168,17 +168,7 @@ async fn ingest_file(
     i: usize,
 ) -> anyhow::Result<Run> {
     let bucket = format!("bench-{i}-{}", rand_suffix());
-    clients
-        .s3
-        .create_bucket()
-        .bucket(&bucket)
-        .create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest2)
-                .build(),
-        )
-        .send()
-        .await?;
+    clients.create_bucket(&bucket).await?;
     let table = format!("bench-state-{i}-{}", rand_suffix());
     clients.create_pk_sk_table(&table).await?;
     let state = Arc::new(DynamoState::new(clients.dynamodb.clone(), &table));

@@ -1,5 +1,6 @@
 //! AWS clients for the emulator, for the demo and the tests to look at what the stages did.
 
+use anyhow::Context;
 use charlie::adapters::aws::AwsConfig;
 use charlie::adapters::aws::dynamodb::{DynamoRowStore, DynamoState};
 use charlie::adapters::aws::s3::S3Objects;
@@ -44,6 +45,23 @@ impl AwsClients {
 
     pub fn queue(&self, url: &str) -> SqsQueue {
         SqsQueue::new(self.sqs.clone(), url)
+    }
+
+    /// A bucket in the emulator's region (eu-west-2), on demand.
+    pub async fn create_bucket(&self, name: &str) -> anyhow::Result<()> {
+        use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+        self.s3
+            .create_bucket()
+            .bucket(name)
+            .create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::EuWest2)
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("creating bucket {name}"))?;
+        Ok(())
     }
 
     /// A table keyed like the module's `rows` and `state` tables (pk, sk), on demand.
