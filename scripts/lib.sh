@@ -32,6 +32,19 @@ ensure_python_env() {
   "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 }
 
+# schemathesis (the control API's contract test) in its own virtualenv, so its dependencies
+# never meet moto's.
+SCHEMATHESIS_VERSION="4.32.5"
+export CHARLIE_SCHEMATHESIS="$ROOT/.venv-schemathesis/bin/schemathesis"
+ensure_schemathesis() {
+  if "$ROOT/.venv-schemathesis/bin/python" -c "import importlib.metadata as m; assert m.version('schemathesis') == '$SCHEMATHESIS_VERSION'" 2>/dev/null; then
+    return
+  fi
+  say "Creating .venv-schemathesis with schemathesis==$SCHEMATHESIS_VERSION (once)"
+  python3 -m venv "$ROOT/.venv-schemathesis"
+  "$ROOT/.venv-schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+}
+
 # PostgreSQL's server binaries (the second row store), from Debian's packages when missing.
 ensure_postgres() {
   if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${CHARLIE_PG_BIN:-}" ]; then

@@ -9,19 +9,18 @@
 //! on both.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_lambda_events::sqs::SqsEvent;
 use charlie::adapters::aws::dynamodb::{DynamoRowStore, DynamoState};
 use charlie::adapters::aws::s3::S3Objects;
-use charlie::adapters::memory::{MemoryDeadLetters, MemoryMail, MemoryMailbox, MemoryQueue};
+use charlie::adapters::memory::{MemoryMail, MemoryMailbox};
 use charlie::definitions::Definitions;
-use charlie::invocation::Invocation;
 use charlie::messages::IngestOutcome;
 use charlie::ports::{
     EmailAddress, FileAttachment, MailMessage, Objects, Recipient, RowStore, StateRecords,
 };
-use charlie::stages::ingest::{Ingest, IngestTuning};
+use charlie::stages::ingest::IngestTuning;
+use charlie_local::bench::IngestHarness;
 use charlie_tests::{clients, create_table, postgres_rows, unique};
 use futures::TryStreamExt;
 
@@ -87,15 +86,6 @@ fn mail(bytes: Vec<u8>) -> MemoryMail {
     }
 }
 
-fn sqs_event(body: String) -> SqsEvent {
-    serde_json::from_value(serde_json::json!({"Records": [{
-        "messageId": "m0", "body": body, "eventSourceARN": "arn:aws:sqs:eu-west-2:123456789012:inbound",
-        "attributes": {"ApproximateReceiveCount": "1"},
-        "messageAttributes": {"correlation_id": {"stringValue": "corr-large", "dataType": "String"}},
-    }]}))
-    .unwrap()
-}
-
 async fn bucket(c: &charlie_local::clients::AwsClients) -> String {
     let bucket = unique("large");
     c.create_bucket(&bucket).await.unwrap();
@@ -113,45 +103,22 @@ async fn ingest_large_file(store: &str, rows: Arc<dyn RowStore>, n: usize) {
     let bytes = export(n);
     let size = bytes.len();
     mailbox.deliver(mail(bytes));
-    let (inbound, outbound) = (
-        Arc::new(MemoryQueue::default()),
-        Arc::new(MemoryQueue::default()),
-    );
-    let dead_letters = Arc::new(MemoryDeadLetters::default());
-    let ingest = Ingest {
-        definitions: Arc::new(Definitions::parse(include_str!("../reports.toml")).unwrap()),
-        mail: mailbox.clone(),
-        objects: objects.clone(),
-        rows: rows.clone(),
-        claims: state.clone(),
-        records: state.clone(),
-        inbound: inbound.clone(),
-        outbound: outbound.clone(),
-        dead_letters: dead_letters.clone(),
-        tuning: IngestTuning {
+    let harness = IngestHarness::new(
+        Arc::new(Definitions::parse(include_str!("../reports.toml")).unwrap()),
+        mailbox.clone(),
+        objects.clone(),
+        rows.clone(),
+        state.clone(),
+        IngestTuning {
             checkpoint_margin: chrono::Duration::seconds(MARGIN_SECONDS),
             ..IngestTuning::default()
         },
-    };
-    let started = Instant::now();
-    let first = serde_json::json!({"v": 1, "kind": "graph_message", "mailbox": MAILBOX, "message_id": "m-large", "source": "webhook"});
-    let mut next = vec![first.to_string()];
-    let mut invocations = 0;
-    while let Some(body) = next.pop() {
-        invocations += 1;
-        let resp = ingest
-            .handle(sqs_event(body), &Invocation::with_timeout(TIMEOUT))
-            .await;
-        assert!(
-            resp.batch_item_failures.is_empty(),
-            "{store}: invocation {invocations} failed: {:?}",
-            dead_letters.letters()
-        );
-        next.extend(inbound.take().into_iter().map(|q| q.body));
-        assert!(invocations < 100, "{store}: no end in sight");
-    }
-    let secs = started.elapsed().as_secs_f64();
-    assert!(dead_letters.letters().is_empty());
+    );
+    let driven = harness
+        .drive(MAILBOX, "m-large", TIMEOUT, 100)
+        .await
+        .unwrap_or_else(|e| panic!("{store}: {e:#}"));
+    let (invocations, secs) = (driven.invocations, driven.seconds);
     assert!(
         invocations >= 2,
         "{store}: a file this size takes more than one invocation ({invocations})"
@@ -159,7 +126,7 @@ async fn ingest_large_file(store: &str, rows: Arc<dyn RowStore>, n: usize) {
     assert_eq!(mailbox.streamed(), 1, "{store}: streamed, once");
 
     let unique_rows = (n - n / 10) as u64;
-    let outcomes: Vec<IngestOutcome> = outbound.bodies();
+    let outcomes: Vec<IngestOutcome> = driven.outcomes;
     assert_eq!(outcomes.len(), 1, "{store}: one outcome");
     let o = &outcomes[0];
     assert_eq!(

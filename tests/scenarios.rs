@@ -65,19 +65,80 @@ impl Ctx {
         self.cloud.api_url("/graph/notifications")
     }
 
-    /// A run request straight to the report builder.
+    /// A run request on the `runs` queue, the queues drained: the run's record.
     async fn run_request(
         &self,
         report: &str,
         period: &str,
         run_id: Option<&str>,
     ) -> anyhow::Result<serde_json::Value> {
-        let mut event =
-            serde_json::json!({"v": 1, "kind": "run", "report": report, "period": period});
-        if let Some(id) = run_id {
-            event["run_id"] = id.into();
+        Ok(self.cloud.request_run(report, period, run_id).await?.0)
+    }
+
+    /// A control API call through the API routes: (status, JSON body or text).
+    async fn api(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let mut req = client.request(method.parse().unwrap(), self.cloud.api_url(path));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
         }
-        self.cloud.runner.invoke("report-builder", event).await
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// A control API key with `scope`, made as `charlie keys create` makes the first one.
+    async fn key(&self, name: &str, scope: charlie::stages::api::keys::Scope) -> String {
+        let (_, key) = charlie::stages::api::keys::create(self.records(), name, &[scope], "e2e")
+            .await
+            .unwrap();
+        key.expose().to_owned()
+    }
+
+    /// The messages in `queue`'s dead-letter queue (left there: visibility 0).
+    async fn dead_letters(&self, queue: &str) -> Vec<aws_sdk_sqs::types::Message> {
+        let mut all = Vec::new();
+        for _ in 0..5 {
+            let got = self
+                .cloud
+                .clients
+                .sqs
+                .receive_message()
+                .queue_url(&self.cloud.outputs.dlq_urls[queue])
+                .message_attribute_names("All")
+                .max_number_of_messages(10)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .unwrap()
+                .messages
+                .unwrap_or_default();
+            for m in got {
+                if !all
+                    .iter()
+                    .any(|a: &aws_sdk_sqs::types::Message| a.message_id == m.message_id)
+                {
+                    all.push(m);
+                }
+            }
+        }
+        all
     }
 }
 
@@ -95,7 +156,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         a_scheduled_report_is_built_and_mailed_once,
         run_requests_name_any_period,
         a_rerun_mails_the_new_version_only,
-        a_held_period_lock_defers_the_run_and_an_empty_day_is_skipped,
+        a_run_that_keeps_failing_ends_failed_in_the_dead_letter_queue_with_its_cause,
         the_weekly_report_goes_through_graph_and_an_empty_week_sends_a_notice,
         a_large_workbook_goes_through_a_graph_upload_session_once,
         an_oversized_workbook_goes_as_a_download_link,
@@ -108,6 +169,12 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         a_429_storm_slows_the_poll_and_loses_nothing,
         an_expired_delta_link_resyncs_over_the_look_back_window,
         a_poison_message_goes_to_the_dead_letter_queue_at_once_with_its_cause,
+        a_run_is_started_listed_shown_and_cancelled_through_the_api,
+        wrong_expired_or_weak_keys_are_refused_on_every_route_class,
+        a_dead_letter_is_peeked_and_redriven_through_the_api,
+        intake_is_seen_and_a_day_reprocessed_through_the_api,
+        // Last: the requests it generates (runs of odd periods) are left queued.
+        the_control_api_keeps_to_its_openapi_document_under_schemathesis,
     );
     if args.list {
         for s in &all {
@@ -273,12 +340,33 @@ async fn terraform_plans_nothing_after_apply(cx: &Ctx) {
         panic!("a second plan is not a no-op:\n{plan}");
     }
     let mappings = &cx.cloud.runner.deployment.mappings;
-    assert_eq!(mappings.len(), 4, "inbound, mail, ses_events, lifecycle");
+    assert_eq!(mappings.len(), 5, "inbound, mail, ses_events, lifecycle, runs");
     assert!(
         mappings
             .iter()
             .all(|m| m.report_batch_item_failures && !m.enabled)
     );
+    // The report schedules put their firings on `runs`; Scheduler's own DLQ catches what it
+    // could not deliver.
+    let runs_arn = &cx
+        .cloud
+        .runner
+        .deployment
+        .mappings
+        .iter()
+        .find(|m| m.queue_url == cx.cloud.outputs.queue_urls["runs"])
+        .expect("the runs mapping")
+        .queue_arn;
+    let reports: Vec<_> = cx
+        .cloud
+        .runner
+        .deployment
+        .schedules
+        .iter()
+        .filter(|s| s.name.contains("-report-"))
+        .collect();
+    assert_eq!(reports.len(), 2, "one per report of reports.toml");
+    assert!(reports.iter().all(|s| &s.target_arn == runs_arn), "{reports:?}");
 }
 
 async fn webhook_answers_the_handshake_and_refuses_a_body_that_is_no_notification(cx: &Ctx) {
@@ -548,7 +636,7 @@ async fn a_scheduled_report_is_built_and_mailed_once(cx: &Ctx) {
         .report("call_centre_daily", report_at)
         .await
         .unwrap();
-    assert_eq!(again["repeated"], true);
+    assert_eq!(again, run, "the run's record is as the first firing left it");
     assert_eq!(cx.ses_mail().await.len(), mails_before + 1);
 }
 
@@ -608,10 +696,11 @@ async fn a_rerun_mails_the_new_version_only(cx: &Ctx) {
     );
 }
 
-/// While another run holds the period, a run fails (to be retried) and builds nothing; once it
-/// is free, the same run goes ahead: the 13th has no rows, and call_centre_daily skips an
-/// empty period and mails nothing.
-async fn a_held_period_lock_defers_the_run_and_an_empty_day_is_skipped(cx: &Ctx) {
+/// While another run holds the period, a run fails (to be retried) and builds nothing. On
+/// the queue's last receive (the 5th) it is `failed`, with the error, and in the runs DLQ
+/// with its cause. Once the period is free, a redriven copy of the request goes ahead: the
+/// 13th has no rows, and call_centre_daily skips an empty period and mails nothing.
+async fn a_run_that_keeps_failing_ends_failed_in_the_dead_letter_queue_with_its_cause(cx: &Ctx) {
     let before = cx.ses_mail().await.len();
     let lock = charlie::state::period_lock("call_centre_daily", "2024-03-13");
     let now = Utc::now();
@@ -627,18 +716,43 @@ async fn a_held_period_lock_defers_the_run_and_an_empty_day_is_skipped(cx: &Ctx)
         .await
         .unwrap();
     assert_eq!(held, Claim::Acquired);
-    let busy = cx
-        .run_request("call_centre_daily", "2024-03-13", Some("held-period"))
-        .await
-        .unwrap_err();
-    assert!(format!("{busy:#}").contains("is building"), "{busy:#}");
-    cx.state.release(&lock).await.unwrap();
-    let empty = cx
-        .run_request("call_centre_daily", "2024-03-13", Some("held-period"))
+    let depth = cx.cloud.dlq_depth("runs").await.unwrap();
+    let (failed, drained) = cx
+        .cloud
+        .request_run("call_centre_daily", "2024-03-13", Some("held-period"))
         .await
         .unwrap();
-    assert_eq!(empty["status"], "skipped_empty", "{empty}");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["attempts"], 5, "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("is building"), "{error}");
+    assert_eq!(drained.failures, 4, "retried 4 times, then handed over");
+    assert_eq!(cx.cloud.dlq_depth("runs").await.unwrap(), depth + 1);
+    let letter = cx
+        .dead_letters("runs")
+        .await
+        .into_iter()
+        .find(|m| m.body().is_some_and(|b| b.contains("held-period")))
+        .expect("the run request in the runs DLQ");
+    let attrs = letter.message_attributes().unwrap();
+    let cause = attrs[CAUSE_ATTRIBUTE].string_value().unwrap();
+    assert!(
+        cause.starts_with("failed on each of its 5 receives; the last time: ")
+            && cause.contains("is building"),
+        "{cause}"
+    );
+    assert_eq!(attrs[STAGE_ATTRIBUTE].string_value(), Some("report-builder"));
+    assert_eq!(attrs["correlation_id"].string_value(), Some("held-period"));
+
+    cx.state.release(&lock).await.unwrap();
+    let runs: &dyn WorkQueue = &cx.queue("runs");
+    runs.send(&serde_json::from_str::<serde_json::Value>(letter.body().unwrap()).unwrap(), "held-period")
+        .await
+        .unwrap();
     cx.cloud.runner.drain().await.unwrap();
+    let empty = cx.cloud.run_record("held-period").await.unwrap();
+    assert_eq!(empty["status"], "skipped_empty", "{empty}");
+    assert!(empty["error"].is_null(), "{empty}");
     assert_eq!(cx.ses_mail().await.len(), before);
 }
 
@@ -754,6 +868,17 @@ async fn an_oversized_workbook_goes_as_a_download_link(cx: &Ctx) {
         .put(key, big.clone(), charlie::report_mail::XLSX_CONTENT_TYPE)
         .await
         .unwrap();
+    // The run the mail is for (the download route checks the run still holds that version).
+    let run: charlie::state::RunRecord = serde_json::from_value(serde_json::json!({
+        "run_id": "big-workbook", "report": "call_centre_daily", "period": "2024-03-14",
+        "status": "built", "rows": 1, "workbook_key": key, "workbook_version": stored.version_id,
+        "started_at": "", "finished_at": "",
+    }))
+    .unwrap();
+    cx.records()
+        .put_record(&RecordKey::run("big-workbook"), &run, None)
+        .await
+        .unwrap();
     let request = mail_request("big-workbook", "call_centre_daily", key, stored.version_id);
     let queue: &dyn WorkQueue = &cx.queue("mail");
     queue.send(&request, "big-workbook").await.unwrap();
@@ -778,9 +903,31 @@ async fn an_oversized_workbook_goes_as_a_download_link(cx: &Ctx) {
         .lines()
         .find(|l| l.starts_with("http"))
         .expect("the download link");
-    assert!(link.contains("X-Amz-Signature"), "{link}");
+    // The link is the API's download route with a signed token: no credentials of the
+    // mailer's (whose role session ends in hours) are in it.
+    assert!(
+        link.starts_with(&cx.cloud.api_url("/v1/links/")) && !link.contains("X-Amz"),
+        "{link}"
+    );
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let answer = no_redirects.get(link).send().await.unwrap();
+    assert_eq!(answer.status().as_u16(), 302);
+    let fresh = answer.headers()["location"].to_str().unwrap().to_owned();
+    // Presigned now, by the API, for minutes: valid whatever became of the mailer's keys.
+    assert!(fresh.contains("X-Amz-Expires=300"), "{fresh}");
     let downloaded = reqwest::get(link).await.unwrap().bytes().await.unwrap();
     assert_eq!(&downloaded[..], &big[..], "the link serves the workbook");
+    // One character changed: refused, with a page that says why.
+    let mut altered = link.to_owned();
+    let last = altered.pop().unwrap();
+    altered.push(if last == 'A' { 'B' } else { 'A' });
+    let refused = no_redirects.get(&altered).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("cannot be used"), "{page}");
 }
 
 /// A bounce, as the configuration set publishes it through SNS (the emulator cannot bounce a
@@ -1061,4 +1208,306 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_at_once_with_its_cause(c
     assert!(cause.contains("not an inbound message"), "{cause}");
     assert_eq!(attrs[STAGE_ATTRIBUTE].string_value(), Some("ingest"));
     assert_eq!(attrs["correlation_id"].string_value(), Some("poison"));
+}
+
+/// Through the control API: a run started (202), listed, shown once built with its delivery;
+/// another cancelled before the builder reached it, which then builds and mails nothing.
+async fn a_run_is_started_listed_shown_and_cancelled_through_the_api(cx: &Ctx) {
+    use charlie::stages::api::keys::Scope;
+    let operator = cx.key("operator", Scope::Operate).await;
+    let mails = cx.ses_mail().await.len();
+    let (status, started) = cx
+        .api(
+            "POST",
+            "/v1/runs",
+            Some(&operator),
+            Some(serde_json::json!({"report": "call_centre_daily", "period": "2024-03-14"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    let (_, listed) = cx
+        .api("GET", "/v1/runs?report=call_centre_daily&limit=5", Some(&operator), None)
+        .await;
+    assert_eq!(listed["runs"][0]["run_id"], run_id.as_str(), "newest first: {listed}");
+    assert_eq!(listed["runs"][0]["status"], "queued");
+
+    let (_, second) = cx
+        .api(
+            "POST",
+            "/v1/runs",
+            Some(&operator),
+            Some(serde_json::json!({"report": "call_centre_daily", "period": "2024-W11"})),
+        )
+        .await;
+    let cancelled_id = second["run_id"].as_str().unwrap().to_owned();
+    let (status, cancel) = cx
+        .api("POST", &format!("/v1/runs/{cancelled_id}/cancel"), Some(&operator), None)
+        .await;
+    assert_eq!(status, 202, "{cancel}");
+
+    cx.cloud.runner.drain().await.unwrap();
+    let (status, shown) = cx
+        .api("GET", &format!("/v1/runs/{run_id}"), Some(&operator), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["status"], "built", "{shown}");
+    assert_eq!(shown["requested_by"], "operator");
+    assert_eq!(shown["deliveries"][0]["transport"], "ses", "{shown}");
+    assert_eq!(shown["deliveries"][0]["status"], "sent", "no SES event yet");
+    let (_, gone) = cx
+        .api("GET", &format!("/v1/runs/{cancelled_id}"), Some(&operator), None)
+        .await;
+    assert_eq!(gone["status"], "cancelled", "{gone}");
+    assert_eq!(gone["cancel_requested"], true);
+    assert_eq!(cx.ses_mail().await.len(), mails + 1, "the cancelled run mailed nothing");
+    let (status, again) = cx
+        .api("POST", &format!("/v1/runs/{run_id}/cancel"), Some(&operator), None)
+        .await;
+    assert_eq!(status, 409, "a built run cannot be cancelled: {again}");
+
+    // The workbook downloads through the API (a redirect to a short presigned URL).
+    let (status, _) = cx
+        .api("GET", &format!("/v1/runs/{run_id}/download"), Some(&operator), None)
+        .await;
+    assert_eq!(status, 302);
+}
+
+/// 401 for a missing, wrong or revoked key and 403 for a key without the scope, on each route
+/// class (read, operate, admin); nothing changes on a refused call.
+async fn wrong_expired_or_weak_keys_are_refused_on_every_route_class(cx: &Ctx) {
+    use charlie::stages::api::keys::Scope;
+    let viewer = cx.key("viewer", Scope::Read).await;
+    let operator = cx.key("operator-2", Scope::Operate).await;
+    let admin = cx.key("admin", Scope::Admin).await;
+    let routes: [(&str, &str, Option<serde_json::Value>, Scope); 3] = [
+        ("GET", "/v1/runs", None, Scope::Read),
+        (
+            "POST",
+            "/v1/runs",
+            Some(serde_json::json!({"report": "call_centre_daily", "period": "2024-03-13"})),
+            Scope::Operate,
+        ),
+        ("GET", "/v1/keys", None, Scope::Admin),
+    ];
+    let queued = cx.cloud.dlq_depth("runs").await.unwrap();
+    for (method, path, body, needs) in &routes {
+        let wrong = "chk_0123456789abcdef_not-a-real-secret";
+        for key in [None, Some(wrong)] {
+            let (status, answer) = cx.api(method, path, key, body.clone()).await;
+            assert_eq!(status, 401, "{method} {path} with {key:?}: {answer}");
+        }
+        for (key, has) in [(&viewer, Scope::Read), (&operator, Scope::Operate), (&admin, Scope::Admin)] {
+            let (status, answer) = cx.api(method, path, Some(key), body.clone()).await;
+            if has >= *needs {
+                assert!(status < 400, "{method} {path} as {has:?}: {status} {answer}");
+            } else {
+                assert_eq!(status, 403, "{method} {path} as {has:?}: {answer}");
+                assert!(answer["message"].as_str().unwrap().contains(needs.name()), "{answer}");
+            }
+        }
+    }
+    // Revoked: refused from then on.
+    let (_, keys) = cx.api("GET", "/v1/keys", Some(&admin), None).await;
+    let id = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "viewer")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = cx.api("DELETE", &format!("/v1/keys/{id}"), Some(&admin), None).await;
+    assert_eq!(status, 200);
+    let (status, answer) = cx.api("GET", "/v1/runs", Some(&viewer), None).await;
+    assert_eq!(status, 401);
+    assert!(answer["message"].as_str().unwrap().contains("revoked"));
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.cloud.dlq_depth("runs").await.unwrap(), queued);
+}
+
+/// A mail request that died (as in an SES outage) sits in the mail DLQ with its cause; the
+/// API shows it without consuming it, redrives it, and the mailer then sends it once.
+async fn a_dead_letter_is_peeked_and_redriven_through_the_api(cx: &Ctx) {
+    use charlie::stages::api::keys::Scope;
+    let operator = cx.key("operator-3", Scope::Operate).await;
+    let key = "reports/call_centre_daily/2024-03-14/redriven.xlsx";
+    let stored = cx
+        .objects
+        .put(key, b"a workbook".to_vec(), charlie::report_mail::XLSX_CONTENT_TYPE)
+        .await
+        .unwrap();
+    let request = mail_request("redriven-run", "call_centre_daily", key, stored.version_id);
+    cx.cloud
+        .clients
+        .sqs
+        .send_message()
+        .queue_url(&cx.cloud.outputs.dlq_urls["mail"])
+        .message_body(serde_json::to_string(&request).unwrap())
+        .message_attributes(
+            CAUSE_ATTRIBUTE,
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value("failed on each of its 5 receives; the last time: SES throttled")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (status, peeked) = cx.api("GET", "/v1/dead-letters/mail", Some(&operator), None).await;
+    assert_eq!(status, 200, "{peeked}");
+    let found = peeked["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["body"].as_str().unwrap().contains("redriven-run"))
+        .expect("the dead letter")
+        .clone();
+    assert!(found["cause"].as_str().unwrap().contains("SES throttled"));
+    let (_, again) = cx.api("GET", "/v1/dead-letters/mail", Some(&operator), None).await;
+    assert_eq!(again["messages"].as_array().unwrap().len(), peeked["messages"].as_array().unwrap().len(), "peeking consumed nothing");
+
+    let mails = cx.ses_mail().await.len();
+    let (status, moved) = cx
+        .api(
+            "POST",
+            "/v1/dead-letters/mail/redrive",
+            Some(&operator),
+            Some(serde_json::json!({"message_ids": [found["message_id"]]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["moved"][0], found["message_id"]);
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), mails + 1);
+    assert!(parse_mail(&sent[mails].raw).subject().unwrap().contains("redriven-run"));
+    let (_, after) = cx.api("GET", "/v1/dead-letters/mail", Some(&operator), None).await;
+    assert!(
+        !after["messages"].as_array().unwrap().iter().any(|m| m["message_id"] == found["message_id"]),
+        "{after}"
+    );
+    // Scheduler's DLQ has no source queue: redrive is refused, saying what to do.
+    let (status, refused) = cx
+        .api("POST", "/v1/dead-letters/scheduler/redrive", Some(&operator), Some(serde_json::json!({"all": true})))
+        .await;
+    assert_eq!(status, 409, "{refused}");
+}
+
+/// The API shows a day's outcomes and the quarantined file with its reason (and hands the file
+/// out), and a reprocess asked for through it (asynchronously) gives the same rows.
+async fn intake_is_seen_and_a_day_reprocessed_through_the_api(cx: &Ctx) {
+    use charlie::stages::api::keys::Scope;
+    let operator = cx.key("operator-4", Scope::Operate).await;
+    let (status, day) = cx
+        .api("GET", "/v1/intake/outcomes?dataset=ib_calls&date=2024-03-14", Some(&operator), None)
+        .await;
+    assert_eq!(status, 200, "{day}");
+    let outcomes = day["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "morning and afternoon: {day}");
+    assert_eq!(
+        day["totals"]["rows_new"].as_u64().unwrap() as usize,
+        cx.expected_calls,
+        "{day}"
+    );
+    let (status, q) = cx
+        .api("GET", "/v1/intake/quarantine?dataset=ib_calls", Some(&operator), None)
+        .await;
+    assert_eq!(status, 200, "{q}");
+    let broken = q["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"].as_str().unwrap().contains("broken"))
+        .expect("the quarantined file")
+        .clone();
+    assert!(broken["reason"].as_str().unwrap().contains("call_id"), "{broken}");
+    let (status, _) = cx
+        .api(
+            "GET",
+            &format!("/v1/intake/quarantine/file?key={}", broken["key"].as_str().unwrap().replace('=', "%3D")),
+            Some(&operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, 302);
+
+    let day_: NaiveDate = "2024-03-14".parse().unwrap();
+    let ds = &cx.defs.datasets["ib_calls"];
+    let rows: &dyn RowStore = cx.cloud.rows.as_ref();
+    let before = rows.rows_for_day("ib_calls", ds, day_).await.unwrap();
+    let (status, asked) = cx
+        .api(
+            "POST",
+            "/v1/reprocess",
+            Some(&operator),
+            Some(serde_json::json!({"dataset": "ib_calls", "date": "2024-03-14"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    let id = asked["request_id"].as_str().unwrap().to_owned();
+    cx.cloud.runner.drain().await.unwrap();
+    let (_, done) = cx.api("GET", &format!("/v1/reprocess/{id}"), Some(&operator), None).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["rows_stored"].as_u64().unwrap() as usize, cx.expected_calls, "{done}");
+    let after = rows.rows_for_day("ib_calls", ds, day_).await.unwrap();
+    let strip = |rows: &[StoredRow]| {
+        rows.iter()
+            .map(|r| (r.key.clone(), r.values.clone(), r.source.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(strip(&after), strip(&before), "the same rows");
+
+    // Poll now: a new mail is found without waiting for the schedule.
+    cx.cloud
+        .graph
+        .deliver(new_mail("AAMkAGI2TG93AAA=day21", "2024-03-21", 4));
+    let (status, _) = cx.api("POST", "/v1/intake/poll", Some(&operator), None).await;
+    assert_eq!(status, 202);
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-21").await, 4);
+}
+
+/// schemathesis generates requests for every operation of `docs/openapi.json` (valid ones, and
+/// edge cases from the schemas) against the deployed API: no answer is a 5xx, and every answer
+/// (status, content type, headers, body) is what the document says.
+async fn the_control_api_keeps_to_its_openapi_document_under_schemathesis(cx: &Ctx) {
+    use charlie::stages::api::keys::Scope;
+    let admin = cx.key("schemathesis", Scope::Admin).await;
+    let bin = std::env::var("CHARLIE_SCHEMATHESIS").map_or_else(
+        |_| charlie_local::project::root().join(".venv-schemathesis/bin/schemathesis"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        bin.exists(),
+        "schemathesis is not at {} (scripts/test installs it: ensure_schemathesis)",
+        bin.display()
+    );
+    // Its cache of found crashes goes to target/, not the source tree.
+    let scratch = charlie_local::project::target_dir().join("charlie/schemathesis");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let out = tokio::process::Command::new(&bin)
+        .current_dir(&scratch)
+        .arg("run")
+        .arg(cx.cloud.api_url("/v1/openapi.json"))
+        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance"])
+        .args(["--phases", "examples,coverage,fuzzing"])
+        .args(["--max-examples", "25", "--seed", "1", "--no-color"])
+        .args(["--header", &format!("Authorization: Bearer {admin}")])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .await
+        .unwrap();
+    // Its reproduction commands carry the header: the key is blanked before anything prints.
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .replace(&admin, "chk_***");
+    let tail: String = report.lines().rev().take(60).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    assert!(out.status.success(), "schemathesis found problems:\n{report}");
+    println!("{tail}");
 }

@@ -1,6 +1,8 @@
-//! `charlie`, the operator CLI. Offline commands run the exact library code the functions run.
+//! `charlie`, the operator CLI. Offline commands (`config`, `ingest`, `report`) run the exact
+//! library code the functions run; the others talk to a deployment's control API (`remote`).
 //!
-//! Exit codes: 0 success, 1 the input is invalid or unusable, 2 bad usage.
+//! Exit codes: 0 success, 1 the input is invalid or unusable (offline) or what was asked for
+//! failed (remote), 2 bad usage or a bad request, 3-6 see `remote`.
 
 /// mimalloc: ingest makes a few small allocations per row, and glibc's malloc spent a fifth
 /// of its time on them (`bench/ingest`).
@@ -18,9 +20,11 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "charlie",
     version,
-    about = "Operate Charlie: check definitions, try an export offline"
+    about = "Operate Charlie: check definitions and try exports offline; see and steer a deployment through its control API (--api or CHARLIE_API_URL, the key in CHARLIE_API_KEY)"
 )]
 struct Cli {
+    #[command(flatten)]
+    remote: remote::Remote,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +45,39 @@ enum Command {
     Report {
         #[command(subcommand)]
         command: ReportCommand,
+    },
+    /// Runs of a deployment: list, show, start, cancel, rerun
+    Runs {
+        #[command(subcommand)]
+        command: remote::RunsCommand,
+    },
+    /// A run's workbook, downloaded
+    Download {
+        run: String,
+        /// Where to write it (default: the workbook's own name)
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
+    /// Dead-letter queues: list, peek, redrive, delete
+    Dlq {
+        #[command(subcommand)]
+        command: remote::DlqCommand,
+    },
+    /// The deployment's report definitions and workbook versions
+    Reports {
+        #[command(subcommand)]
+        command: remote::ReportsCommand,
+    },
+    /// The deployment's health (exit 1 when unhealthy)
+    Health,
+    /// Counters: runs by status over the last day, queue depths (JSON)
+    Metrics,
+    /// The audit trail of state-changing API calls (JSON; admin)
+    Audit,
+    /// Control API keys: create, list, revoke
+    Keys {
+        #[command(subcommand)]
+        command: remote::KeysCommand,
     },
 }
 
@@ -77,6 +114,20 @@ enum ConfigCommand {
         #[arg(default_value = "reports.toml")]
         file: PathBuf,
     },
+    /// Write each report's schedule and time zone as the JSON Terraform reads
+    /// (`schedules_file`), so reports.toml stays their one source. With --check, write
+    /// nothing and exit 1 when OUT is stale.
+    Schedules {
+        /// The definitions file
+        #[arg(default_value = "reports.toml")]
+        file: PathBuf,
+        /// Where Terraform reads the schedules
+        #[arg(short, long, default_value = "reports.schedules.json")]
+        out: PathBuf,
+        /// Only compare OUT with what would be written
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -104,10 +155,37 @@ enum IngestCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let remote_command = matches!(
+        cli.command,
+        Command::Runs { .. }
+            | Command::Download { .. }
+            | Command::Dlq { .. }
+            | Command::Reports { .. }
+            | Command::Health
+            | Command::Metrics
+            | Command::Audit
+            | Command::Keys { .. }
+    );
+    if remote_command {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("charlie: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return runtime.block_on(run_remote(cli));
+    }
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
+        Command::Config {
+            command: ConfigCommand::Schedules { file, out, check },
+        } => config_schedules(&file, &out, check),
         Command::Report {
             command:
                 ReportCommand::Build {
@@ -128,10 +206,39 @@ fn main() -> ExitCode {
                     csv_file,
                 },
         } => ingest_check(&dataset, &config, &csv_file, name.as_deref(), received),
+        Command::Runs { .. }
+        | Command::Download { .. }
+        | Command::Dlq { .. }
+        | Command::Reports { .. }
+        | Command::Health
+        | Command::Metrics
+        | Command::Audit
+        | Command::Keys { .. } => unreachable!("remote commands run in run_remote"),
     }
 }
 
+mod remote;
 mod report;
+
+async fn run_remote(cli: Cli) -> ExitCode {
+    if let Command::Keys { command } = cli.command {
+        return remote::keys(&cli.remote, command).await;
+    }
+    let client = match remote::Client::new(&cli.remote) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match cli.command {
+        Command::Runs { command } => remote::runs(&client, command).await,
+        Command::Download { run, out } => remote::download(&client, &run, out).await,
+        Command::Dlq { command } => remote::dlq(&client, command).await,
+        Command::Reports { command } => remote::reports(&client, command).await,
+        Command::Health => remote::health(&client).await,
+        Command::Metrics => remote::simple(&client, "/v1/metrics").await,
+        Command::Audit => remote::simple(&client, "/v1/audit").await,
+        _ => unreachable!("offline commands are handled in main"),
+    }
+}
 
 pub(crate) fn load(file: &Path) -> Result<Definitions, ExitCode> {
     let text = match std::fs::read_to_string(file) {
@@ -173,6 +280,47 @@ fn config_check(file: &Path) -> ExitCode {
         }
         Err(code) => code,
     }
+}
+
+fn config_schedules(file: &Path, out: &Path, check: bool) -> ExitCode {
+    let defs = match load(file) {
+        Ok(d) => d,
+        Err(code) => return code,
+    };
+    let text = defs.schedules_json();
+    if check {
+        return match std::fs::read_to_string(out) {
+            Ok(current) if current == text => {
+                println!("{}: up to date with {}", out.display(), file.display());
+                ExitCode::SUCCESS
+            }
+            Ok(_) => {
+                eprintln!(
+                    "{}: stale: the schedules in {} changed; run `charlie config schedules {} -o {}` and commit it",
+                    out.display(),
+                    file.display(),
+                    file.display(),
+                    out.display()
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", out.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Err(e) = std::fs::write(out, &text) {
+        eprintln!("{}: cannot write: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{}: {} schedule(s) from {}",
+        out.display(),
+        defs.reports.len(),
+        file.display()
+    );
+    ExitCode::SUCCESS
 }
 
 fn ingest_check(

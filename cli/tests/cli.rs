@@ -26,6 +26,36 @@ fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// Terraform reads the schedules from reports.schedules.json; reports.toml is their source.
+#[test]
+fn the_schedules_terraform_reads_are_those_of_reports_toml() {
+    let out = charlie(&["config", "schedules", "--check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // And a changed schedule is caught.
+    let changed = std::fs::read_to_string(root().join("reports.toml"))
+        .unwrap()
+        .replace("cron(0 6 * * ? *)", "cron(30 6 * * ? *)");
+    let file = temp_file("changed.toml", changed.as_bytes());
+    let stale = charlie(&[
+        "config",
+        "schedules",
+        file.to_str().unwrap(),
+        "--check",
+        "-o",
+        "reports.schedules.json",
+    ]);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&stale.stderr).contains("stale"),
+        "{}",
+        String::from_utf8_lossy(&stale.stderr)
+    );
+}
+
 #[test]
 fn config_check_accepts_the_shipped_definitions() {
     let out = charlie(&["config", "check"]);

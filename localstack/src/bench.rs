@@ -160,6 +160,99 @@ struct Run {
 
 /// Ingests `bytes` as one mail's attachment through the ingest stage (S3 and state on the
 /// emulator, rows in `rows`), following its continuations until the outcome is recorded.
+/// The ingest stage wired as the large-file test and this benchmark need it: S3 and state in
+/// the emulator, the given row store, one mailbox in memory, queues in memory; driven from the
+/// first `inbound` message through every continuation it queues, as SQS would.
+pub struct IngestHarness {
+    pub ingest: Ingest,
+    pub inbound: Arc<MemoryQueue>,
+    pub outbound: Arc<MemoryQueue>,
+    pub dead_letters: Arc<MemoryDeadLetters>,
+}
+
+/// What driving one mail through the stage took.
+pub struct Driven {
+    pub invocations: u32,
+    pub seconds: f64,
+    pub outcomes: Vec<IngestOutcome>,
+}
+
+impl IngestHarness {
+    pub fn new(
+        definitions: Arc<Definitions>,
+        mailbox: Arc<MemoryMailbox>,
+        objects: Arc<S3Objects>,
+        rows: Arc<dyn RowStore>,
+        state: Arc<DynamoState>,
+        tuning: IngestTuning,
+    ) -> Self {
+        let (inbound, outbound) = (
+            Arc::new(MemoryQueue::default()),
+            Arc::new(MemoryQueue::default()),
+        );
+        let dead_letters = Arc::new(MemoryDeadLetters::default());
+        IngestHarness {
+            ingest: Ingest {
+                definitions,
+                mail: mailbox,
+                objects,
+                rows,
+                claims: state.clone(),
+                records: state,
+                inbound: inbound.clone(),
+                outbound: outbound.clone(),
+                dead_letters: dead_letters.clone(),
+                tuning,
+            },
+            inbound,
+            outbound,
+            dead_letters,
+        }
+    }
+
+    /// Ingests `message_id` of `mailbox`: one invocation of `timeout` per message, each
+    /// continuation it queues handled next; fails when an invocation reports a failure, a
+    /// message is dead-lettered, or it takes more than `max_invocations`.
+    pub async fn drive(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        timeout: Duration,
+        max_invocations: u32,
+    ) -> anyhow::Result<Driven> {
+        let started = Instant::now();
+        let mut next = vec![serde_json::json!({"v": 1, "kind": "graph_message", "mailbox": mailbox, "message_id": message_id, "source": "webhook"}).to_string()];
+        let mut invocations = 0;
+        while let Some(body) = next.pop() {
+            invocations += 1;
+            anyhow::ensure!(
+                invocations <= max_invocations,
+                "no end in sight after {max_invocations} invocations"
+            );
+            let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [{
+                "messageId": format!("m{invocations}"), "body": body,
+                "eventSourceARN": "arn:aws:sqs:eu-west-2:123456789012:inbound",
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+            }]}))?;
+            let resp = self
+                .ingest
+                .handle(event, &Invocation::with_timeout(timeout))
+                .await;
+            anyhow::ensure!(
+                resp.batch_item_failures.is_empty() && self.dead_letters.letters().is_empty(),
+                "invocation {invocations} failed: {:?}",
+                self.dead_letters.letters()
+            );
+            next.extend(self.inbound.take().into_iter().map(|q| q.body));
+        }
+        Ok(Driven {
+            invocations,
+            seconds: started.elapsed().as_secs_f64(),
+            outcomes: self.outbound.bodies(),
+        })
+    }
+}
+
 async fn ingest_file(
     clients: &AwsClients,
     definitions: Arc<Definitions>,
@@ -171,59 +264,30 @@ async fn ingest_file(
     clients.create_bucket(&bucket).await?;
     let table = format!("bench-state-{i}-{}", rand_suffix());
     clients.create_pk_sk_table(&table).await?;
-    let state = Arc::new(DynamoState::new(clients.dynamodb.clone(), &table));
     let mailbox = Arc::new(MemoryMailbox::default());
     mailbox.deliver(bench_mail(bytes));
-    let (inbound, outbound) = (
-        Arc::new(MemoryQueue::default()),
-        Arc::new(MemoryQueue::default()),
-    );
-    let dead_letters = Arc::new(MemoryDeadLetters::default());
-    let ingest = Ingest {
+    let harness = IngestHarness::new(
         definitions,
-        mail: mailbox,
-        objects: Arc::new(S3Objects::new(clients.s3.clone(), &bucket)),
+        mailbox,
+        Arc::new(S3Objects::new(clients.s3.clone(), &bucket)),
         rows,
-        claims: state.clone(),
-        records: state,
-        inbound: inbound.clone(),
-        outbound: outbound.clone(),
-        dead_letters: dead_letters.clone(),
-        tuning: IngestTuning::default(),
-    };
+        Arc::new(DynamoState::new(clients.dynamodb.clone(), &table)),
+        IngestTuning::default(),
+    );
     let before = rss_kib("VmRSS");
     reset_peak_rss();
-    let started = Instant::now();
-    let mut next = vec![serde_json::json!({"v": 1, "kind": "graph_message", "mailbox": BENCH_MAILBOX, "message_id": "bench", "source": "webhook"}).to_string()];
-    let mut invocations = 0;
-    while let Some(body) = next.pop() {
-        invocations += 1;
-        let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records": [{
-            "messageId": format!("m{invocations}"), "body": body,
-            "eventSourceARN": "arn:aws:sqs:eu-west-2:123456789012:inbound",
-            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
-        }]}))?;
-        let resp = ingest
-            .handle(event, &Invocation::with_timeout(INVOCATION))
-            .await;
-        anyhow::ensure!(
-            resp.batch_item_failures.is_empty() && dead_letters.letters().is_empty(),
-            "invocation {invocations} failed: {:?}",
-            dead_letters.letters()
-        );
-        next.extend(inbound.take().into_iter().map(|q| q.body));
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let driven = harness
+        .drive(BENCH_MAILBOX, "bench", INVOCATION, 1000)
+        .await?;
     let peak = rss_kib("VmHWM");
-    let outcomes: Vec<IngestOutcome> = outbound.bodies();
-    let [outcome] = &outcomes[..] else {
-        anyhow::bail!("expected one outcome, got {outcomes:?}");
+    let [outcome] = &driven.outcomes[..] else {
+        anyhow::bail!("expected one outcome, got {:?}", driven.outcomes);
     };
     Ok(Run {
         rows_total: outcome.rows_total,
         rows_new: outcome.rows_new,
-        seconds,
-        invocations,
+        seconds: driven.seconds,
+        invocations: driven.invocations,
         peak_rss_mib: round2(peak.saturating_sub(before) as f64 / 1024.0),
     })
 }

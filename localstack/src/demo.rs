@@ -283,18 +283,59 @@ impl LocalCloud {
         Ok((summary, drained))
     }
 
-    /// The report's schedule fires; the queues are drained (mailer runs).
+    /// The report's schedule fires (a message on `runs`); the queues are drained (the
+    /// report builder, then the mailer run); the run's record.
     pub async fn report(
         &self,
         report: &str,
         at: DateTime<Utc>,
     ) -> anyhow::Result<(Value, DrainStats)> {
-        let run = self
-            .runner
+        self.runner
             .fire_schedule(&format!("-report-{report}"), at)
             .await?;
         let drained = self.runner.drain().await?;
-        Ok((run, drained))
+        let trigger = charlie::messages::ReportTrigger::Scheduled {
+            v: 1,
+            report: report.to_owned(),
+            scheduled_time: at,
+        };
+        let (_, _, run_id) = charlie::stages::report::resolve(&self.definitions, &trigger)?;
+        Ok((self.run_record(&run_id).await?, drained))
+    }
+
+    /// A run request on `runs`, as the control API sends one (a fresh run id unless
+    /// `run_id`); the queues are drained; the run's record.
+    pub async fn request_run(
+        &self,
+        report: &str,
+        period: &str,
+        run_id: Option<&str>,
+    ) -> anyhow::Result<(Value, DrainStats)> {
+        let run_id = run_id.map(str::to_owned).unwrap_or_else(|| {
+            format!(
+                "{report}.{period}.request.{}",
+                charlie::invocation::new_correlation_id()
+            )
+        });
+        let request = serde_json::json!({
+            "v": 1, "kind": "run", "report": report, "period": period, "run_id": run_id,
+        });
+        let runs = self.clients.queue(&self.outputs.queue_urls["runs"]);
+        let runs: &dyn charlie::ports::WorkQueue = &runs;
+        runs.send(&request, &run_id).await?;
+        let drained = self.runner.drain().await?;
+        Ok((self.run_record(&run_id).await?, drained))
+    }
+
+    /// A run's record (`RUN#{id}` / `run`) as JSON; an error when there is none.
+    pub async fn run_record(&self, run_id: &str) -> anyhow::Result<Value> {
+        let state = self.clients.state(&self.outputs.state_table);
+        let records: &dyn charlie::ports::StateRecords = &state;
+        let record = records
+            .get_record(&charlie::state::RecordKey::run(run_id))
+            .await?
+            .with_context(|| format!("no record of run {run_id}"))?;
+        Ok(serde_json::to_value(record)?)
     }
 
     /// Rows stored for `dataset` on `date`, read back from the deployment's row store.
@@ -457,15 +498,25 @@ pub async fn run_demo(out: &Path, row_store: RowStoreKind) -> anyhow::Result<()>
         stored2.push(format!("{d} {}", cloud.stored_rows(d, "2024-03-14").await?));
     }
     let stored2 = stored2.join(", ");
+    let mails_before = cloud.emulator.sent_raw_mail().await?.len();
     let (run2, _) = cloud.report("call_centre_daily", report_at).await?;
+    let mails_after = cloud.emulator.sent_raw_mail().await?.len();
     println!(
         "      delta round 2 found {} new mail(s) of {graph_before}; {} repeated notifications ingested once: rows stored still {stored2}",
         poll2["queued"], again.messages
     );
     println!(
-        "      repeated report trigger: run already done = {}, nothing built or mailed again",
-        run2["repeated"]
+        "      repeated report trigger: run {} unchanged (finished {}), mails sent {mails_before} → {mails_after}: nothing built or mailed again",
+        if run2 == run {
+            "record"
+        } else {
+            "RECORD CHANGED:"
+        },
+        run2["finished_at"].as_str().unwrap_or("?"),
     );
+    if run2 != run || mails_after != mails_before {
+        anyhow::bail!("the repeated firing built or mailed again: {run2}");
+    }
 
     println!("[5/6] Collecting artefacts into {}", out.display());
     for entry in std::fs::read_dir(out)? {

@@ -14,3 +14,4 @@ pub mod postgres;
 pub mod project;
 pub mod runner;
 pub mod terraform;
+pub mod up;

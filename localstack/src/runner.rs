@@ -8,7 +8,9 @@
 //!   queue's redrive policy moves a poison message to its DLQ after maxReceiveCount receives.
 //!   (Difference from AWS, for speed: a failed message becomes visible again at once instead of
 //!   after the visibility timeout; receive counts and redrive are the queue's own.)
-//! - A schedule fires on request, with `<aws.scheduler.scheduled-time>` filled in as Scheduler does.
+//! - A schedule fires on request, with `<aws.scheduler.scheduled-time>` filled in as Scheduler does:
+//!   a function target is invoked with the input, an SQS target (the report schedules' `runs`
+//!   queue) gets the input as a message, which the queue's consumer then takes.
 //! - API routes are served on a local port as API Gateway v2 (payload 2.0) events.
 
 use std::collections::HashMap;
@@ -24,6 +26,26 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::deployment::{Deployment, QueueMapping};
+
+/// How a route key (`"POST /graph/notifications"`, `"ANY /v1/{proxy+}"`) matches a request:
+/// `Some(0)` exactly, `Some(1)` through a greedy path variable, `None` not at all.
+fn route_matches(route_key: &str, method: &str, path: &str) -> Option<u8> {
+    let (m, pattern) = route_key.split_once(' ')?;
+    if m != "ANY" && m != method {
+        return None;
+    }
+    if pattern == path {
+        return Some(0);
+    }
+    let prefix = pattern.strip_suffix("{proxy+}")?;
+    (path.starts_with(prefix) && path.len() > prefix.len()).then_some(1)
+}
+
+/// The queue name of an SQS ARN (`arn:aws:sqs:{region}:{account}:{name}`).
+fn sqs_queue_name(arn: &str) -> Option<&str> {
+    arn.strip_prefix("arn:aws:sqs:")
+        .and_then(|rest| rest.rsplit(':').next())
+}
 
 pub struct LocalRunner {
     pub deployment: Deployment,
@@ -116,6 +138,27 @@ impl LocalRunner {
             );
         let event: Value = serde_json::from_str(&input)
             .with_context(|| format!("schedule {} input is not JSON", s.name))?;
+        if let Some(queue_name) = sqs_queue_name(&s.target_arn) {
+            // Scheduler's SQS target: the input becomes the message body.
+            let url = self
+                .sqs
+                .get_queue_url()
+                .queue_name(queue_name)
+                .send()
+                .await
+                .with_context(|| format!("schedule {} targets {}", s.name, s.target_arn))?
+                .queue_url
+                .unwrap_or_default();
+            let sent = self
+                .sqs
+                .send_message()
+                .queue_url(&url)
+                .message_body(input)
+                .send()
+                .await
+                .with_context(|| format!("schedule {} sending to {url}", s.name))?;
+            return Ok(json!({ "queued": url, "message_id": sent.message_id }));
+        }
         let (stage, invocation) = self.stage(&s.target_arn)?;
         stage.invoke(event, &invocation).await
     }
@@ -269,12 +312,25 @@ impl LocalRunner {
         let (parts, body) = req.into_parts();
         let method = parts.method.as_str().to_owned();
         let path = parts.uri.path().to_owned();
-        let key = format!("{method} {path}");
+        // API Gateway's choice: the exact route, then the greedy `{proxy+}` ones, then
+        // `$default`.
         let Some(route) = self
             .deployment
             .routes
             .iter()
-            .find(|r| r.route_key == key || r.route_key == "$default")
+            .find(|r| route_matches(&r.route_key, &method, &path) == Some(0))
+            .or_else(|| {
+                self.deployment
+                    .routes
+                    .iter()
+                    .find(|r| route_matches(&r.route_key, &method, &path) == Some(1))
+            })
+            .or_else(|| {
+                self.deployment
+                    .routes
+                    .iter()
+                    .find(|r| r.route_key == "$default")
+            })
         else {
             return (
                 axum::http::StatusCode::NOT_FOUND,
@@ -359,13 +415,14 @@ impl LocalRunner {
 /// A deployed function's handler, built from its environment as its cold start does. The
 /// runner hosts every stage in one process; each Lambda binary links only its own.
 pub async fn build_stage(name: &str, env: &Env) -> anyhow::Result<Arc<dyn Handler>> {
-    use charlie::stages::{ingest, mailer, poller, report, webhook};
+    use charlie::stages::{api, ingest, mailer, poller, report, webhook};
     Ok(match name {
         "graph-webhook" => Arc::new(webhook::GraphWebhook::from_env(env).await?),
         "poller" => Arc::new(poller::Poller::from_env(env).await?),
         "ingest" => Arc::new(ingest::Ingest::from_env(env).await?),
         "report-builder" => Arc::new(report::ReportBuilder::from_env(env).await?),
         "mailer" => Arc::new(mailer::Mailer::from_env(env).await?),
+        "api" => Arc::new(api::Api::from_env(env).await?),
         other => bail!(
             "unknown stage {other:?}; expected one of {:?}",
             charlie::stages::STAGES
@@ -440,6 +497,25 @@ fn decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn routes_match_as_api_gateway_matches_them() {
+        use super::route_matches;
+        assert_eq!(
+            route_matches("POST /graph/lifecycle", "POST", "/graph/lifecycle"),
+            Some(0)
+        );
+        assert_eq!(
+            route_matches("POST /graph/lifecycle", "GET", "/graph/lifecycle"),
+            None
+        );
+        assert_eq!(
+            route_matches("ANY /v1/{proxy+}", "DELETE", "/v1/keys/abc"),
+            Some(1)
+        );
+        assert_eq!(route_matches("ANY /v1/{proxy+}", "GET", "/v1/"), None);
+        assert_eq!(route_matches("ANY /v1/{proxy+}", "GET", "/v2/x"), None);
+    }
+
     #[test]
     fn query_values_are_url_decoded() {
         assert_eq!(

@@ -366,7 +366,7 @@ impl TransportKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnEmpty {
     /// Build nothing, send nothing; the run records `skipped_empty`.
@@ -543,6 +543,25 @@ pub struct DefinitionsError {
 }
 
 impl Definitions {
+    /// Each report's schedule as Terraform reads it (`schedules_file`): `{"report": {"cron":
+    /// "…", "timezone": "…"}}`, pretty-printed with a final newline, in report order. Written
+    /// by `charlie config schedules`; `reports.toml` stays the one source of the schedules.
+    pub fn schedules_json(&self) -> String {
+        let schedules: BTreeMap<&str, serde_json::Value> = self
+            .reports
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.as_str(),
+                    serde_json::json!({"cron": r.schedule, "timezone": r.time_zone.0.name()}),
+                )
+            })
+            .collect();
+        let mut text = serde_json::to_string_pretty(&schedules).unwrap_or_default();
+        text.push('\n');
+        text
+    }
+
     /// Parses and checks the file: the result is safe to run with.
     pub fn parse(text: &str) -> Result<Self, DefinitionsError> {
         let mut defs: Definitions = toml::from_str(text).map_err(|e| DefinitionsError {
@@ -729,6 +748,12 @@ impl Definitions {
             }
             if let Err(e) = crate::mail_template::check(name, &r.templates()) {
                 out.push((Where::key(&table, 0, e.part), e.to_string()));
+            }
+            if let Err(e) = crate::schedule::Expression::parse(&r.schedule) {
+                out.push((
+                    Where::key(&table, 0, "schedule"),
+                    format!("report {name}: schedule {e}"),
+                ));
             }
             let summaries = format!("{table}.summaries");
             for (si, s) in r.summaries.iter().enumerate() {

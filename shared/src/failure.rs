@@ -35,6 +35,22 @@ impl FailureKind {
 #[error("{0}")]
 pub struct Permanent(pub String);
 
+/// Work another invocation holds (a claim in progress, a held lock): retryable, and expected
+/// under concurrency, so it is logged as a warning rather than an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Busy(pub String);
+
+/// A [`Busy`] error with this reason.
+pub fn busy(reason: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(Busy(reason.to_string()))
+}
+
+/// Whether the error is (or was caused by) work held elsewhere.
+pub fn is_busy(error: &anyhow::Error) -> bool {
+    error.chain().any(|c| c.is::<Busy>())
+}
+
 /// A permanent error with this reason.
 pub fn permanent(reason: impl std::fmt::Display) -> anyhow::Error {
     anyhow::Error::new(Permanent(reason.to_string()))
@@ -89,6 +105,14 @@ mod tests {
         assert_eq!(kind_of(&e), FailureKind::Permanent);
         assert!(format!("{e:#}").contains("unknown report"));
         assert_eq!(kind_of(&anyhow::anyhow!("timeout")), FailureKind::Retryable);
+    }
+
+    #[test]
+    fn busy_work_is_retryable_and_known_as_busy() {
+        let e = busy("MSG#x is being worked on").context("ingest");
+        assert_eq!(kind_of(&e), FailureKind::Retryable);
+        assert!(is_busy(&e));
+        assert!(!is_busy(&anyhow::anyhow!("timeout")));
     }
 
     #[test]

@@ -92,10 +92,10 @@ where
             return Ok(Once::AlreadyDone(stored));
         }
         Claim::InProgressElsewhere => {
-            anyhow::bail!(
+            return Err(crate::failure::busy(format!(
                 "{} is being worked on by another invocation; retried later",
                 key.key
-            )
+            )));
         }
         Claim::Acquired => {}
     }

@@ -27,6 +27,8 @@ pub mod invocation;
 pub mod key_set;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+#[cfg(feature = "stages")]
+pub mod links;
 pub mod mail_template;
 pub mod messages;
 pub mod object_keys;
@@ -35,6 +37,7 @@ pub mod ports;
 pub mod report_mail;
 #[cfg(feature = "stages")]
 pub mod reprocess;
+pub mod schedule;
 pub mod secret;
 pub mod sender_auth;
 #[cfg(feature = "stages")]

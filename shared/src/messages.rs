@@ -42,6 +42,15 @@ pub enum InboundMessage {
         message_id: String,
         step: u32,
     },
+    /// Re-ingest a dataset's day from its archived attachments (the control API asks; the
+    /// status is at `REPROCESS#{request_id}`).
+    Reprocess {
+        #[serde(default = "v1")]
+        v: u8,
+        request_id: String,
+        dataset: String,
+        date: NaiveDate,
+    },
 }
 
 /// `outbound`: what ingesting one attachment of one mail produced.
@@ -118,6 +127,12 @@ pub enum ReportTrigger {
         period: crate::period::Period,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         run_id: Option<String>,
+        /// When it was asked for (the control API sets it; runs list by it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_at: Option<DateTime<Utc>>,
+        /// Who asked (the API key's name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requested_by: Option<String>,
     },
 }
 
@@ -142,7 +157,25 @@ pub struct LifecycleWork {
     pub event: LifecycleEvent,
 }
 
-/// The poller's trigger (from its schedule).
+/// `lifecycle`: an operator's "poll now" (the control API's `POST /v1/intake/poll`): the
+/// poller runs its scheduled round at once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PollNow {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub kind: PollNowKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+}
+
+/// The one kind of [`PollNow`]: `"poll_now"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollNowKind {
+    PollNow,
+}
+
+/// The poller's scheduled round (EventBridge Scheduler's input).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PollTrigger {
     #[serde(default = "v1")]

@@ -31,7 +31,7 @@ pub async fn index_day(
         .await
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct ReprocessOutcome {
     pub rows_deleted: u64,
     pub attachments: u64,

@@ -2,6 +2,9 @@
 //! is kept; a retryable failure (or a panic) is reported back (`ReportBatchItemFailures`) so
 //! SQS retries that message alone and dead-letters it after the queue's max receives; a
 //! permanent failure goes to the dead-letter queue at once with its cause and is not retried.
+//! On the last receive the queue allows (`DeadLetters::max_receives`), a retryable failure is
+//! sent to the dead-letter queue with its cause too, instead of being moved there by the
+//! queue's redrive without one.
 //! Messages the invocation has no time left for are not started, and reported for retry.
 
 use std::future::Future;
@@ -93,40 +96,59 @@ where
             }
         };
         let cause = format!("{error:#}");
-        match kind_of(&error) {
-            FailureKind::Permanent => {
-                let letter = DeadLetter {
-                    cause: cause.clone(),
-                    ..letter_of
-                };
-                match consumer
-                    .dead_letters
-                    .send(&letter)
-                    .instrument(span.clone())
-                    .await
-                {
-                    Ok(()) => span.in_scope(|| {
-                        error!(
-                            error = cause,
-                            kind = "permanent",
-                            "message failed for good: sent to the dead-letter queue with its cause"
-                        )
-                    }),
-                    Err(dlq) => {
-                        span.in_scope(|| {
-                            error!(error = cause, dead_letter_error = %format!("{dlq:#}"), kind = "permanent", "message failed for good, and the dead-letter queue refused it: left on the queue")
-                        });
-                        response.batch_item_failures.push(failure(id));
-                    }
-                }
-            }
-            FailureKind::Retryable => {
-                span.in_scope(|| {
+        let kind = kind_of(&error);
+        // The last receive the queue allows: a retryable failure now would only move the
+        // message to the dead-letter queue without a word, so it goes there with its cause.
+        let last_receive = consumer
+            .dead_letters
+            .max_receives()
+            .is_some_and(|max| receives.parse::<u32>().is_ok_and(|n| n >= max));
+        if kind == FailureKind::Retryable && !last_receive {
+            span.in_scope(|| {
+                if crate::failure::is_busy(&error) {
+                    warn!(
+                        error = cause,
+                        kind = "busy",
+                        "message held by another invocation: left on the queue for retry"
+                    )
+                } else {
                     error!(
                         error = cause,
                         kind = "retryable",
                         "message failed: left on the queue for retry, then the dead-letter queue"
                     )
+                }
+            });
+            response.batch_item_failures.push(failure(id));
+            continue;
+        }
+        let (kind_name, cause) = match kind {
+            FailureKind::Permanent => ("permanent", cause),
+            FailureKind::Retryable => (
+                "retries exhausted",
+                format!("failed on each of its {receives} receives; the last time: {cause}"),
+            ),
+        };
+        let letter = DeadLetter {
+            cause: cause.clone(),
+            ..letter_of
+        };
+        match consumer
+            .dead_letters
+            .send(&letter)
+            .instrument(span.clone())
+            .await
+        {
+            Ok(()) => span.in_scope(|| {
+                error!(
+                    error = cause,
+                    kind = kind_name,
+                    "message failed for good: sent to the dead-letter queue with its cause"
+                )
+            }),
+            Err(dlq) => {
+                span.in_scope(|| {
+                    error!(error = cause, dead_letter_error = %format!("{dlq:#}"), kind = kind_name, "message failed for good, and the dead-letter queue refused it: left on the queue")
                 });
                 response.batch_item_failures.push(failure(id));
             }
@@ -258,6 +280,54 @@ mod tests {
         })
         .await;
         assert_eq!(ids(&resp), vec!["m0"], "left for the queue's own redrive");
+    }
+
+    /// Messages received `receives` times each.
+    fn received(bodies: &[&str], receives: u32) -> SqsEvent {
+        let mut event = event(bodies);
+        for r in &mut event.records {
+            r.attributes
+                .insert("ApproximateReceiveCount".into(), receives.to_string());
+        }
+        event
+    }
+
+    #[tokio::test]
+    async fn a_retryable_failure_on_the_last_receive_is_dead_lettered_with_its_cause() {
+        let dlq = MemoryDeadLetters::with_max_receives(5);
+        let fail = |_| async { Err::<(), _>(anyhow::anyhow!("the row store timed out")) };
+        let consumer = || Consumer {
+            stage: "report-builder",
+            dead_letters: &dlq,
+        };
+        let resp = process(received(&["run"], 4), &invocation(), consumer(), fail).await;
+        assert_eq!(ids(&resp), vec!["m0"], "receive 4 of 5: retried");
+        assert!(dlq.letters().is_empty());
+
+        let resp = process(received(&["run"], 5), &invocation(), consumer(), fail).await;
+        assert!(resp.batch_item_failures.is_empty(), "handed to the DLQ");
+        let letters = dlq.letters();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            letters[0].cause,
+            "failed on each of its 5 receives; the last time: the row store timed out"
+        );
+        assert_eq!(letters[0].stage, "report-builder");
+    }
+
+    #[tokio::test]
+    async fn without_a_known_maximum_retryable_failures_stay_with_the_queue() {
+        let dlq = MemoryDeadLetters::default();
+        let consumer = Consumer {
+            stage: "ingest",
+            dead_letters: &dlq,
+        };
+        let resp = process(received(&["m"], 50), &invocation(), consumer, |_| async {
+            Err(crate::failure::busy("claimed elsewhere"))
+        })
+        .await;
+        assert_eq!(ids(&resp), vec!["m0"]);
+        assert!(dlq.letters().is_empty());
     }
 
     #[tokio::test]

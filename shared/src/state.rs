@@ -94,9 +94,124 @@ impl RecordKey<MailProgress> {
 }
 
 impl RecordKey<RunRecord> {
-    /// `RUN#{run id}` / `run`, on the index as `REPORT#{report}` / `{period}#{run id}`.
+    /// `RUN#{run id}` / `run`, on the index as [`RUNS_INDEX`] / [`run_index_sk`].
     pub fn run(run_id: &str) -> Self {
         Self::new(run_claim(run_id), "run")
+    }
+}
+
+/// The index partition listing each folder's subscription (`SUB#…`) and delta link
+/// (`DELTA#…`), for the control API's health.
+pub const FOLDERS_INDEX: &str = "FOLDERS";
+
+/// A folder record's place on [`FOLDERS_INDEX`]: `{kind}#{mailbox}#{folder}`.
+pub fn folder_index_sk(kind: &str, mailbox: &str, folder: &str) -> String {
+    format!("{kind}#{mailbox}#{folder}")
+}
+
+/// `APIKEY#{id}` / `key`: a control API key. Only the SHA-256 of its secret is kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    /// `read`, `operate` (includes read), `admin` (includes both: keys).
+    pub scopes: Vec<String>,
+    /// SHA-256 (hex) of the key's secret part.
+    pub secret_sha256: String,
+    pub created_at: String,
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+impl RecordKey<ApiKeyRecord> {
+    pub fn api_key(id: &str) -> Self {
+        Self::new(format!("APIKEY#{id}"), "key")
+    }
+}
+
+/// Every API key on the index, by creation time.
+pub const API_KEYS_INDEX: &str = "APIKEYS";
+
+/// `AUDIT#{day}` / `{at}#{request id}`: one state-changing API call (on the index as
+/// [`AUDIT_INDEX`], newest first).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    pub at: String,
+    pub request_id: String,
+    pub key_id: String,
+    pub key_name: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// What was asked, in a line (`run call_centre_daily 2024-03-14`).
+    pub summary: String,
+}
+
+impl RecordKey<AuditRecord> {
+    pub fn audit(at: &DateTime<Utc>, request_id: &str) -> Self {
+        Self::new(
+            format!("AUDIT#{}", at.format("%Y-%m-%d")),
+            format!(
+                "{}#{request_id}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ),
+        )
+    }
+}
+
+pub const AUDIT_INDEX: &str = "AUDIT";
+
+/// `REPROCESS#{id}` / `status`: a reprocess asked for through the API and how it went
+/// (`queued`, `running`, `done` or `failed`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReprocessRecord {
+    pub request_id: String,
+    pub dataset: String,
+    pub date: NaiveDate,
+    pub status: String,
+    pub requested_at: String,
+    pub requested_by: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub attachments: u64,
+    #[serde(default)]
+    pub rows_deleted: u64,
+    #[serde(default)]
+    pub rows_stored: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl RecordKey<ReprocessRecord> {
+    pub fn reprocess(request_id: &str) -> Self {
+        Self::new(format!("REPROCESS#{request_id}"), "status")
+    }
+}
+
+/// The index partition listing every run, newest first by request time.
+pub const RUNS_INDEX: &str = "RUNS";
+
+/// A run's place on the runs index: `{requested_at}#{run id}` (RFC 3339 UTC with `Z`, so
+/// text order is time order).
+pub fn run_index_sk(requested_at: &str, run_id: &str) -> String {
+    format!("{requested_at}#{run_id}")
+}
+
+/// An operator's request to cancel a run (the control API writes it; the builder honours it
+/// before it starts and between pages, never after the workbook is stored).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunCancel {
+    pub requested_at: String,
+    /// Who asked (the API key's name).
+    pub by: String,
+}
+
+impl RecordKey<RunCancel> {
+    /// `RUN#{run id}` / `cancel`.
+    pub fn run_cancel(run_id: &str) -> Self {
+        Self::new(run_claim(run_id), "cancel")
     }
 }
 
@@ -177,8 +292,11 @@ pub struct RunRecord {
     pub run_id: String,
     pub report: String,
     pub period: String,
-    /// `built`, `skipped_empty`, `notice_sent` (empty period, "no data" mail queued) or
-    /// `failed`; a repeated trigger returns the earlier run's record.
+    /// `queued` (requested through the API), `building` (an attempt is at work, until
+    /// `deadline`), `retrying` (an attempt failed: `error` says why, the queue tries again),
+    /// then one of `built`, `skipped_empty`, `notice_sent` (empty period, "no data" mail
+    /// queued), `cancelled` or `failed` (for good: `error`, and the message is in the runs
+    /// DLQ); a repeated trigger returns the earlier run's record.
     pub status: String,
     pub rows: u64,
     #[serde(default)]
@@ -193,6 +311,13 @@ pub struct RunRecord {
     pub sha256: Option<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// When the run was asked for: the schedule's firing time, or the API request's time
+    /// (RFC 3339, UTC).
+    #[serde(default)]
+    pub requested_at: String,
+    /// Who asked: `schedule`, or the API key's name.
+    #[serde(default)]
+    pub requested_by: String,
     pub started_at: String,
     pub finished_at: String,
     /// True when this invocation found the run already done and did nothing.
@@ -201,6 +326,13 @@ pub struct RunRecord {
     /// Why a failed run failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Attempts so far (the run message's receive count).
+    #[serde(default)]
+    pub attempts: u32,
+    /// While `building`: the attempt's deadline; past it, that attempt is dead (it timed out
+    /// or crashed) and the queue delivers the run again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
 }
 
 /// A delivery's result: the delivery claim's result and part of its run's index entry.

@@ -30,10 +30,6 @@ variable "mailboxes" {
   type = list(string)
 }
 
-variable "reports" {
-  type = map(object({ cron = string, timezone = string }))
-}
-
 variable "row_store" {
   description = "dynamodb (default), or postgres: an RDS PostgreSQL instance behind RDS Proxy in vpc_id"
   type        = string
@@ -73,7 +69,7 @@ module "charlie" {
   sender          = var.sender
   mailboxes       = var.mailboxes
   graph_token_url = "https://login.microsoftonline.com/${var.tenant_id}/oauth2/v2.0/token"
-  reports         = var.reports
+  schedules_file  = "${path.root}/../../../reports.schedules.json"
 
   row_store = var.row_store
   # Through the proxy, with TLS; the password comes from the instance's managed secret.

@@ -68,14 +68,6 @@ variable "sender" {
   default = "reports@charlie.example"
 }
 
-variable "reports" {
-  type = map(object({ cron = string, timezone = string }))
-  default = {
-    call_centre_daily  = { cron = "cron(0 6 * * ? *)", timezone = "Europe/London" }
-    call_centre_weekly = { cron = "cron(0 7 ? * MON *)", timezone = "Europe/London" }
-  }
-}
-
 provider "aws" {
   region                      = var.region
   access_key                  = "test"
@@ -113,9 +105,10 @@ module "charlie" {
   mailboxes       = var.mailboxes
   graph_base_url  = var.graph_base_url
   graph_token_url = var.graph_token_url
-  reports         = var.reports
-  row_store       = var.row_store
-  postgres_url    = var.postgres_url
+  # Beside the definitions: reports.toml -> reports.schedules.json (`charlie config schedules`).
+  schedules_file = "${trimsuffix(var.config_file, ".toml")}.schedules.json"
+  row_store      = var.row_store
+  postgres_url   = var.postgres_url
   # 10 MiB: the tests send a 12 MB workbook to see the size policy's download link.
   max_mail_bytes                = 10485760
   event_source_mappings_enabled = false

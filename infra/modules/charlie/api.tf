@@ -25,10 +25,39 @@ resource "aws_apigatewayv2_route" "graph_lifecycle" {
   target    = "integrations/${aws_apigatewayv2_integration.graph_webhook.id}"
 }
 
+# The control API: every route under /v1 goes to the api function, which routes it.
+resource "aws_apigatewayv2_integration" "api" {
+  api_id                 = aws_apigatewayv2_api.http.id
+  integration_type       = "AWS_PROXY"
+  integration_uri        = aws_lambda_function.fn["api"].invoke_arn
+  integration_method     = "POST"
+  payload_format_version = "2.0"
+  timeout_milliseconds   = 30000
+}
+
+resource "aws_apigatewayv2_route" "api" {
+  api_id    = aws_apigatewayv2_api.http.id
+  route_key = "ANY /v1/{proxy+}"
+  target    = "integrations/${aws_apigatewayv2_integration.api.id}"
+}
+
 resource "aws_apigatewayv2_stage" "default" {
   api_id      = aws_apigatewayv2_api.http.id
   name        = "$default"
   auto_deploy = true
+  # Every route, the webhook's included (Graph's bursts stay well under it).
+  default_route_settings {
+    throttling_rate_limit  = var.api_throttle.rate
+    throttling_burst_limit = var.api_throttle.burst
+  }
+}
+
+resource "aws_lambda_permission" "api" {
+  statement_id  = "AllowApiGatewayInvokeApi"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.fn["api"].function_name
+  principal     = "apigateway.amazonaws.com"
+  source_arn    = "${aws_apigatewayv2_api.http.execution_arn}/*/*/v1/*"
 }
 
 resource "aws_lambda_permission" "api_graph_webhook" {

@@ -27,7 +27,7 @@ locals {
     Action   = ["secretsmanager:GetSecretValue"]
     Resource = aws_secretsmanager_secret.graph.arn
   }
-  consume = { for q in ["inbound", "mail", "ses_events", "lifecycle"] : q => {
+  consume = { for q in ["inbound", "mail", "ses_events", "lifecycle", "runs"] : q => {
     Effect   = "Allow"
     Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
     Resource = aws_sqs_queue.main[q].arn
@@ -69,15 +69,29 @@ locals {
       { Effect = "Allow", Action = ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"], Resource = aws_dynamodb_table.rows.arn },
     ]
     report-builder = [
-      local.logs_statement, local.read_config, local.state_rw, local.send["mail"],
+      local.logs_statement, local.read_config, local.state_rw, local.send["mail"], local.consume["runs"],
       { Effect = "Allow", Action = ["s3:PutObject"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
       { Effect = "Allow", Action = ["dynamodb:Query"], Resource = aws_dynamodb_table.rows.arn },
+    ]
+    api = [
+      local.logs_statement, local.read_config, local.send["runs"], local.send["inbound"],
+      # Runs, keys, audit, cancel requests, and the folders' health records.
+      { Effect = "Allow", Action = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"], Resource = [aws_dynamodb_table.state.arn, "${aws_dynamodb_table.state.arn}/index/*"] },
+      # Workbook versions and the presigned downloads it redirects to.
+      { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = ["${aws_s3_bucket.data.arn}/reports/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/raw/*"] },
+      { Effect = "Allow", Action = ["s3:ListBucket", "s3:ListBucketVersions"], Resource = aws_s3_bucket.data.arn },
+      # Depths of every queue; dead letters peeked, deleted and redriven to their source.
+      { Effect = "Allow", Action = ["sqs:GetQueueAttributes"], Resource = concat([for q in aws_sqs_queue.main : q.arn], [for q in aws_sqs_queue.dlq : q.arn], [aws_sqs_queue.scheduler_dlq.arn]) },
+      { Effect = "Allow", Action = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"], Resource = concat([for q in aws_sqs_queue.dlq : q.arn], [aws_sqs_queue.scheduler_dlq.arn]) },
+      { Effect = "Allow", Action = ["sqs:SendMessage"], Resource = [for q in aws_sqs_queue.main : q.arn] },
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.link_key.arn },
     ]
     mailer = [
       # The Graph secret: reports with transport = "graph" send through Graph sendMail.
       local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw, local.consume["mail"], local.consume["ses_events"],
       { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
       { Effect = "Allow", Action = ["ses:SendEmail", "ses:SendRawEmail"], Resource = "*" },
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.link_key.arn },
     ]
   }
 }
@@ -144,7 +158,7 @@ resource "aws_lambda_function" "fn" {
     variables = merge(local.common_env, { CHARLIE_STAGE = each.key }, local.function_env[each.key], local.dead_letter_env[each.key])
   }
 
-  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn, aws_iam_role_policy_attachment.vpc]
+  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn, aws_iam_role_policy_attachment.vpc, aws_secretsmanager_secret_version.link_key]
 }
 
 # Functions in a VPC create network interfaces there.

@@ -12,11 +12,13 @@ data "aws_caller_identity" "current" {}
 data "aws_region" "current" {}
 
 locals {
-  p          = var.name_prefix
+  p = var.name_prefix
+  # name -> {cron, timezone}, generated from reports.toml.
+  reports    = jsondecode(file(var.schedules_file))
   account_id = data.aws_caller_identity.current.account_id
   region     = data.aws_region.current.name
 
-  functions = toset(["graph-webhook", "poller", "ingest", "report-builder", "mailer"])
+  functions = toset(["graph-webhook", "poller", "ingest", "report-builder", "mailer", "api"])
 
   # Queue -> the function consuming it (its timeout sets the visibility timeout).
   # max_concurrency bounds how many instances a queue's consumer runs at once (null: Lambda's
@@ -33,6 +35,9 @@ locals {
     ses_events = { consumer = "mailer", batch_size = 10, window = 0, max_concurrency = null }
     # Graph lifecycle events the webhook queued: the poller renews, recreates or resyncs.
     lifecycle = { consumer = "poller", batch_size = 10, window = 0, max_concurrency = 2 }
+    # Report runs: each schedule's firings (Scheduler's SQS target) and the API's run requests.
+    # One run per invocation (a build may take the function's whole timeout).
+    runs = { consumer = "report-builder", batch_size = 1, window = 0, max_concurrency = null }
   }
 
   # Where Graph posts notifications: the API's own URL unless one is given (a custom domain,
@@ -42,8 +47,11 @@ locals {
   # Per consuming function: its queues' ARNs -> their dead-letter queues, where a message that
   # failed permanently goes at once with its cause.
   consumed = { for fn in local.functions : fn => [for q, v in local.queues : q if v.consumer == fn] }
+  # On a message's last receive (max_receive_count) a retryable failure goes there too, with
+  # its cause, rather than being moved by the redrive policy without one.
   dead_letter_env = { for fn, qs in local.consumed : fn => length(qs) == 0 ? {} : {
     CHARLIE_DEAD_LETTER_QUEUES = jsonencode({ for q in qs : aws_sqs_queue.main[q].arn => aws_sqs_queue.dlq[q].url })
+    CHARLIE_MAX_RECEIVE_COUNT  = tostring(var.max_receive_count)
   } }
 
   # The functions that read or write rows, and how they reach the row store.
@@ -92,11 +100,27 @@ locals {
     report-builder = merge(local.row_store_env, {
       CHARLIE_MAIL_QUEUE_URL = aws_sqs_queue.main["mail"].url
     })
+    api = {
+      CHARLIE_RUNS_QUEUE_URL      = aws_sqs_queue.main["runs"].url
+      CHARLIE_INBOUND_QUEUE_URL   = aws_sqs_queue.main["inbound"].url
+      CHARLIE_LIFECYCLE_QUEUE_URL = aws_sqs_queue.main["lifecycle"].url
+      CHARLIE_LINK_SECRET         = aws_secretsmanager_secret.link_key.name
+      CHARLIE_POLL_STALE_MINUTES  = tostring(var.poll_stale_minutes)
+      # Every queue with its DLQ, and Scheduler's DLQ (no source queue).
+      CHARLIE_QUEUES = jsonencode(merge(
+        { for q, _ in local.queues : q => { url = aws_sqs_queue.main[q].url, dlq_url = aws_sqs_queue.dlq[q].url } },
+        { scheduler = { url = null, dlq_url = aws_sqs_queue.scheduler_dlq.url } },
+      ))
+    }
     mailer = {
       CHARLIE_SENDER         = var.sender
       CHARLIE_SES_CONFIG_SET = aws_ses_configuration_set.main.name
       CHARLIE_MAX_MAIL_BYTES = tostring(var.max_mail_bytes)
       CHARLIE_LINK_DAYS      = tostring(var.link_days)
+      # Links to the API's download route, signed with the link key: they work for link_days
+      # whatever happens to the mailer's role session.
+      CHARLIE_LINK_SECRET  = aws_secretsmanager_secret.link_key.name
+      CHARLIE_API_BASE_URL = local.webhook_base_url
     }
   }
 }

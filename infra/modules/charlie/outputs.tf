@@ -15,7 +15,8 @@ output "queue_urls" {
 }
 
 output "dlq_urls" {
-  value = { for k, q in aws_sqs_queue.dlq : k => q.url }
+  # Each queue's DLQ, and Scheduler's own for firings it could not deliver.
+  value = merge({ for k, q in aws_sqs_queue.dlq : k => q.url }, { scheduler = aws_sqs_queue.scheduler_dlq.url })
 }
 
 output "function_names" {

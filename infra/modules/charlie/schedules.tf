@@ -15,12 +15,33 @@ resource "aws_iam_role_policy" "scheduler" {
   role = aws_iam_role.scheduler.id
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [{
-      Effect   = "Allow"
-      Action   = ["lambda:InvokeFunction"]
-      Resource = [aws_lambda_function.fn["poller"].arn, aws_lambda_function.fn["report-builder"].arn]
-    }]
+    Statement = [
+      { Effect = "Allow", Action = ["lambda:InvokeFunction"], Resource = [aws_lambda_function.fn["poller"].arn] },
+      { Effect = "Allow", Action = ["sqs:SendMessage"], Resource = [aws_sqs_queue.main["runs"].arn, aws_sqs_queue.scheduler_dlq.arn] },
+    ]
   })
+}
+
+# Where Scheduler puts a firing it could not deliver after its retries (the target refused it,
+# the role lacked a permission, the queue was gone), so no firing is lost unseen.
+resource "aws_sqs_queue" "scheduler_dlq" {
+  name                      = "${local.p}-scheduler-dlq"
+  message_retention_seconds = 1209600
+  sqs_managed_sse_enabled   = true
+}
+
+resource "aws_cloudwatch_metric_alarm" "scheduler_dlq_depth" {
+  alarm_name          = "${local.p}-scheduler-dlq-not-empty"
+  alarm_description   = "A schedule firing Scheduler could not deliver is in ${aws_sqs_queue.scheduler_dlq.name}: its message attributes say why"
+  namespace           = "AWS/SQS"
+  metric_name         = "ApproximateNumberOfMessagesVisible"
+  dimensions          = { QueueName = aws_sqs_queue.scheduler_dlq.name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  threshold           = 0
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
 }
 
 locals {
@@ -30,7 +51,7 @@ locals {
   poll_input = replace(replace(jsonencode({
     v = 1, scheduled_time = local.scheduled_time
   }), "\\u003c", "<"), "\\u003e", ">")
-  report_inputs = { for name, _ in var.reports : name => replace(replace(jsonencode({
+  report_inputs = { for name, _ in local.reports : name => replace(replace(jsonencode({
     v = 1, kind = "scheduled", report = name, scheduled_time = local.scheduled_time
   }), "\\u003c", "<"), "\\u003e", ">") }
 }
@@ -45,13 +66,22 @@ resource "aws_scheduler_schedule" "poller" {
     arn      = aws_lambda_function.fn["poller"].arn
     role_arn = aws_iam_role.scheduler.arn
     input    = local.poll_input
+    retry_policy {
+      maximum_retry_attempts       = 2
+      maximum_event_age_in_seconds = 300
+    }
+    dead_letter_config {
+      arn = aws_sqs_queue.scheduler_dlq.arn
+    }
   }
 }
 
-# One schedule per report, in the report's own time zone. The scheduled time travels in the input,
-# so a retried invocation builds the same run (same period, same run id: no second mail).
+# One schedule per report, in the report's own time zone, each firing a message on `runs` (the
+# report builder consumes it with partial batch failures; a run that keeps failing ends in the
+# runs DLQ with its cause). The scheduled time travels in the input, so a redelivered firing
+# builds the same run (same period, same run id: no second mail).
 resource "aws_scheduler_schedule" "report" {
-  for_each                     = var.reports
+  for_each                     = local.reports
   name                         = "${local.p}-report-${each.key}"
   schedule_expression          = each.value.cron
   schedule_expression_timezone = each.value.timezone
@@ -59,12 +89,15 @@ resource "aws_scheduler_schedule" "report" {
     mode = "OFF"
   }
   target {
-    arn      = aws_lambda_function.fn["report-builder"].arn
+    arn      = aws_sqs_queue.main["runs"].arn
     role_arn = aws_iam_role.scheduler.arn
     input    = local.report_inputs[each.key]
     retry_policy {
       maximum_retry_attempts       = 3
       maximum_event_age_in_seconds = 3600
+    }
+    dead_letter_config {
+      arn = aws_sqs_queue.scheduler_dlq.arn
     }
   }
 }

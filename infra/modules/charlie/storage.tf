@@ -152,6 +152,28 @@ resource "aws_secretsmanager_secret" "client_state" {
   recovery_window_in_days = 0
 }
 
+# The key that signs the mails' download links (HMAC); the api checks them, the mailer signs.
+# Its value is made once; rotating it (a new version) invalidates every link sent before.
+resource "aws_secretsmanager_secret" "link_key" {
+  name                    = "${local.p}/link-signing-key"
+  description             = "HMAC key of the report mails' download links"
+  recovery_window_in_days = 0
+}
+
+data "aws_secretsmanager_random_password" "link_key" {
+  password_length     = 48
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret_version" "link_key" {
+  secret_id     = aws_secretsmanager_secret.link_key.id
+  secret_string = data.aws_secretsmanager_random_password.link_key.random_password
+  lifecycle {
+    # A new random value on every plan must not replace the key in use.
+    ignore_changes = [secret_string]
+  }
+}
+
 resource "aws_ses_email_identity" "sender" {
   email = var.sender
 }

@@ -84,9 +84,9 @@ variable "subscription_renew_hours" {
   }
 }
 
-variable "reports" {
-  description = "Report schedules: name -> {cron (EventBridge Scheduler expression), timezone (IANA)}; must match reports.toml."
-  type        = map(object({ cron = string, timezone = string }))
+variable "schedules_file" {
+  description = "The report schedules, {name: {cron, timezone}} JSON written from reports.toml by `charlie config schedules` (reports.toml is their one source; a test fails when this file is stale)."
+  type        = string
 }
 
 variable "poll_schedule" {
@@ -116,6 +116,7 @@ variable "function_timeouts" {
     ingest         = 300
     report-builder = 600
     mailer         = 180 # a large workbook through a Graph upload session takes a while
+    api            = 29  # API Gateway's HTTP API integration timeout is 30 s
   }
 }
 
@@ -128,6 +129,7 @@ variable "function_memory" {
     ingest         = 1024
     report-builder = 2048
     mailer         = 512
+    api            = 256
   }
 }
 
@@ -140,7 +142,20 @@ variable "function_ephemeral_storage" {
     ingest         = 512
     report-builder = 4096
     mailer         = 512
+    api            = 512
   }
+}
+
+variable "api_throttle" {
+  description = "API Gateway throttling of every route: steady requests per second and burst."
+  type        = object({ rate = number, burst = number })
+  default     = { rate = 20, burst = 40 }
+}
+
+variable "poll_stale_minutes" {
+  description = "The control API's health is 503 when a folder had no successful poll for this long."
+  type        = number
+  default     = 30
 }
 
 variable "max_receive_count" {
@@ -160,12 +175,12 @@ variable "max_mail_bytes" {
 }
 
 variable "link_days" {
-  description = "How many days a download link (size policy) works; SigV4 presigning allows at most 7."
+  description = "How many days a mail's download link (size policy) works: a token signed with the link key for the API's download route, which redirects to a presigned URL valid for minutes."
   type        = number
-  default     = 7
+  default     = 14
   validation {
-    condition     = var.link_days >= 1 && var.link_days <= 7
-    error_message = "link_days must be between 1 and 7."
+    condition     = var.link_days >= 1 && var.link_days <= 90
+    error_message = "link_days must be between 1 and 90."
   }
 }
 

@@ -2,6 +2,8 @@
 //! local cloud, artefacts in DIR.
 //! `charlie-local bench-stores FILE…`: ingests each ib_calls export into each row store.
 //! `charlie-local load [--mails N] [--rows R]`: the load run (see `charlie_local::load`).
+//! `charlie-local up [--row-store dynamodb|postgres]`: the local cloud kept running, with the
+//! control API, until Ctrl-C (see `charlie_local::up`).
 
 use std::path::PathBuf;
 
@@ -52,6 +54,19 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
+        Some("up") => {
+            let work = charlie_local::project::target_dir()
+                .join(format!("charlie/up-{}", std::process::id()));
+            let result = charlie_local::up::run_up(work.clone(), row_store).await;
+            let _ = std::fs::remove_dir_all(&work);
+            match result {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("up failed: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Some("bench-stores") if !files.is_empty() => {
             match charlie_local::bench::bench_stores(&files).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -86,5 +101,6 @@ fn usage(problem: &str) -> std::process::ExitCode {
     eprintln!("usage: charlie-local demo [--out DIR] [--row-store dynamodb|postgres]");
     eprintln!("       charlie-local bench-stores IB_CALLS_CSV...");
     eprintln!("       charlie-local load [--mails N] [--rows R]");
+    eprintln!("       charlie-local up [--row-store dynamodb|postgres]");
     std::process::ExitCode::from(2)
 }

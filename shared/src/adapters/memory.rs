@@ -16,8 +16,9 @@ use crate::definitions::{Dataset, OnDuplicate, TransportKind};
 use crate::ports::{
     AttachmentInfo, ByteChunks, Claim, Claims, ClientStateStore, DeadLetter, DeadLetters,
     DeltaEntry, DeltaPage, FileAttachment, GraphError, MailMessage, MailSource, MailTransport,
-    Objects, OutgoingMail, QueuedMessage, RowStore, SentMail, StateRecords, StoreOutcome,
-    StoredObject, StoredRow, Subscription, SubscriptionRequest, Subscriptions, WorkQueue,
+    ObjectInfo, Objects, OutgoingMail, QueuedMessage, RowStore, SentMail, StateRecords,
+    StoreOutcome, StoredObject, StoredRow, Subscription, SubscriptionRequest, Subscriptions,
+    WorkQueue,
 };
 use crate::report_mail::Recipients;
 use crate::secret::Secret;
@@ -238,6 +239,8 @@ impl Claims for MemoryClaims {
 #[derive(Default)]
 pub struct MemoryState {
     records: Mutex<BTreeMap<(String, String), String>>,
+    /// (pk, sk) → the record's place on the secondary index.
+    index: Mutex<HashMap<(String, String), (String, String)>>,
     pub fault: Fault,
 }
 
@@ -258,10 +261,19 @@ impl StateRecords for MemoryState {
         pk: &str,
         sk: &str,
         data: String,
-        _index: Option<(&str, &str)>,
+        index: Option<(&str, &str)>,
     ) -> anyhow::Result<()> {
         self.fault.check()?;
-        lock(&self.records).insert((pk.to_owned(), sk.to_owned()), data);
+        let key = (pk.to_owned(), sk.to_owned());
+        match index {
+            Some((gpk, gsk)) => {
+                lock(&self.index).insert(key.clone(), (gpk.to_owned(), gsk.to_owned()));
+            }
+            None => {
+                lock(&self.index).remove(&key);
+            }
+        }
+        lock(&self.records).insert(key, data);
         Ok(())
     }
 
@@ -280,10 +292,40 @@ impl StateRecords for MemoryState {
             .map(|((_, s), d)| (s.clone(), d.clone()))
             .collect())
     }
+
+    async fn query_index(
+        &self,
+        index_pk: &str,
+        before: Option<&str>,
+        from: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<crate::ports::IndexedRecord>> {
+        self.fault.check()?;
+        let records = lock(&self.records);
+        let mut found: Vec<crate::ports::IndexedRecord> = lock(&self.index)
+            .iter()
+            .filter(|(_, (gpk, gsk))| {
+                gpk == index_pk
+                    && before.is_none_or(|b| gsk.as_str() < b)
+                    && from.is_none_or(|f| gsk.as_str() >= f)
+            })
+            .filter_map(|((pk, sk), (_, gsk))| {
+                Some(crate::ports::IndexedRecord {
+                    pk: pk.clone(),
+                    sk: sk.clone(),
+                    index_sk: gsk.clone(),
+                    data: records.get(&(pk.clone(), sk.clone()))?.clone(),
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| b.index_sk.cmp(&a.index_sk));
+        found.truncate(limit);
+        Ok(found)
+    }
 }
 
-/// (version id, bytes, content type).
-type ObjectVersion = (String, Vec<u8>, String);
+/// (version id, bytes, content type, stored at).
+type ObjectVersion = (String, Vec<u8>, String, DateTime<Utc>);
 
 /// A versioned bucket.
 #[derive(Default)]
@@ -306,7 +348,7 @@ impl MemoryObjects {
         lock(&self.objects)
             .get(key)
             .and_then(|v| v.last())
-            .map(|(_, b, _)| b.clone())
+            .map(|(_, b, _, _)| b.clone())
     }
 }
 
@@ -322,7 +364,7 @@ impl Objects for MemoryObjects {
         let mut objects = lock(&self.objects);
         let versions = objects.entry(key.to_owned()).or_default();
         let version = format!("v{}", versions.len() + 1);
-        versions.push((version.clone(), bytes, content_type.to_owned()));
+        versions.push((version.clone(), bytes, content_type.to_owned(), Utc::now()));
         Ok(StoredObject {
             key: key.to_owned(),
             version_id: Some(version),
@@ -357,7 +399,7 @@ impl Objects for MemoryObjects {
         let content_type = lock(&self.objects)
             .get(from)
             .and_then(|v| v.last())
-            .map(|(_, _, t)| t.clone())
+            .map(|(_, _, t, _)| t.clone())
             .unwrap_or_default();
         self.put(to, bytes, &content_type).await
     }
@@ -375,11 +417,11 @@ impl Objects for MemoryObjects {
             .get(key)
             .ok_or_else(|| anyhow::anyhow!("reading memory://{key}: NoSuchKey"))?;
         let found = match version_id {
-            Some(v) => versions.iter().find(|(id, _, _)| id == v),
+            Some(v) => versions.iter().find(|(id, _, _, _)| id == v),
             None => versions.last(),
         };
         match found {
-            Some((_, bytes, _)) => Ok(bytes.clone()),
+            Some((_, bytes, _, _)) => Ok(bytes.clone()),
             None => bail!("reading memory://{key}: NoSuchVersion {version_id:?}"),
         }
     }
@@ -395,6 +437,56 @@ impl Objects for MemoryObjects {
             version_id.unwrap_or(""),
             expires_in.as_secs()
         ))
+    }
+
+    async fn versions(&self, key: &str) -> anyhow::Result<Vec<ObjectInfo>> {
+        self.fault.check()?;
+        let objects = lock(&self.objects);
+        let Some(versions) = objects.get(key) else {
+            return Ok(vec![]);
+        };
+        let n = versions.len();
+        Ok(versions
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, (id, bytes, _, at))| ObjectInfo {
+                key: key.to_owned(),
+                version_id: Some(id.clone()),
+                size: bytes.len() as u64,
+                modified: *at,
+                latest: i + 1 == n,
+            })
+            .collect())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<ObjectInfo>> {
+        self.fault.check()?;
+        let objects = lock(&self.objects);
+        let mut keys: Vec<&String> = objects
+            .keys()
+            .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+            .collect();
+        keys.sort();
+        Ok(keys
+            .into_iter()
+            .take(limit)
+            .filter_map(|k| {
+                let (id, bytes, _, at) = objects[k].last()?;
+                Some(ObjectInfo {
+                    key: k.clone(),
+                    version_id: Some(id.clone()),
+                    size: bytes.len() as u64,
+                    modified: *at,
+                    latest: true,
+                })
+            })
+            .collect())
     }
 
     fn locate(&self, key: &str) -> String {
@@ -447,9 +539,19 @@ impl WorkQueue for MemoryQueue {
 pub struct MemoryDeadLetters {
     letters: Mutex<Vec<DeadLetter>>,
     pub fault: Fault,
+    /// The consumed queue's `maxReceiveCount`, when a test gives one.
+    pub max_receives: Option<u32>,
 }
 
 impl MemoryDeadLetters {
+    /// Dead letters for a queue whose `maxReceiveCount` is `max`.
+    pub fn with_max_receives(max: u32) -> Self {
+        MemoryDeadLetters {
+            max_receives: Some(max),
+            ..Default::default()
+        }
+    }
+
     pub fn letters(&self) -> Vec<DeadLetter> {
         lock(&self.letters).clone()
     }
@@ -461,6 +563,10 @@ impl DeadLetters for MemoryDeadLetters {
         self.fault.check()?;
         lock(&self.letters).push(letter.clone());
         Ok(())
+    }
+
+    fn max_receives(&self) -> Option<u32> {
+        self.max_receives
     }
 }
 
@@ -782,5 +888,123 @@ impl ClientStateStore for MemoryClientStates {
         self.fault.check()?;
         *lock(&self.states) = states.clone();
         Ok(())
+    }
+}
+
+/// One queue of a [`MemoryQueueAdmin`]: (has a source queue, source depth, dead letters).
+type MemoryQueueState = (bool, u64, Vec<crate::ports::Letter>);
+
+/// Queues and their dead letters in memory, for the control API's tests.
+#[derive(Default)]
+pub struct MemoryQueueAdmin {
+    queues: Mutex<BTreeMap<String, MemoryQueueState>>,
+    /// (queue, message id) of every letter redriven.
+    redriven: Mutex<Vec<(String, String)>>,
+    pub fault: Fault,
+}
+
+impl MemoryQueueAdmin {
+    pub fn with_queues(names: &[(&str, bool)]) -> Self {
+        let admin = MemoryQueueAdmin::default();
+        for (n, source) in names {
+            lock(&admin.queues).insert((*n).to_owned(), (*source, 0, vec![]));
+        }
+        admin
+    }
+
+    /// A dead letter in `queue`'s DLQ.
+    pub fn add_letter(&self, queue: &str, letter: crate::ports::Letter) {
+        lock(&self.queues)
+            .entry(queue.to_owned())
+            .or_insert((true, 0, vec![]))
+            .2
+            .push(letter);
+    }
+
+    pub fn redriven(&self) -> Vec<(String, String)> {
+        lock(&self.redriven).clone()
+    }
+
+    fn with<T>(
+        &self,
+        queue: &str,
+        f: impl FnOnce(&mut MemoryQueueState) -> T,
+    ) -> anyhow::Result<T> {
+        self.fault.check()?;
+        let mut queues = lock(&self.queues);
+        match queues.get_mut(queue) {
+            Some(q) => Ok(f(q)),
+            None => Err(crate::failure::permanent(format!(
+                "no queue named {queue:?}"
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::ports::QueueAdmin for MemoryQueueAdmin {
+    fn queues(&self) -> Vec<(String, bool)> {
+        lock(&self.queues)
+            .iter()
+            .map(|(n, (source, _, _))| (n.clone(), *source))
+            .collect()
+    }
+
+    async fn depth(&self, queue: &str, dead: bool) -> anyhow::Result<crate::ports::QueueDepth> {
+        self.with(queue, |(_, depth, letters)| crate::ports::QueueDepth {
+            visible: if dead { letters.len() as u64 } else { *depth },
+            ..Default::default()
+        })
+    }
+
+    async fn peek(&self, queue: &str, max: usize) -> anyhow::Result<Vec<crate::ports::Letter>> {
+        self.with(queue, |(_, _, letters)| {
+            letters.iter().take(max).cloned().collect()
+        })
+    }
+
+    async fn redrive(
+        &self,
+        queue: &str,
+        ids: Option<&[String]>,
+        max: usize,
+    ) -> anyhow::Result<crate::ports::Redriven> {
+        let done = self.with(queue, |(source, depth, letters)| {
+            if !*source {
+                return Err(crate::failure::permanent(format!(
+                    "{queue} has no source queue"
+                )));
+            }
+            let mut done = crate::ports::Redriven::default();
+            letters.retain(|l| {
+                let wanted = match ids {
+                    Some(ids) => ids.contains(&l.message_id),
+                    None => done.moved.len() < max,
+                };
+                if wanted {
+                    done.moved.push(l.message_id.clone());
+                    *depth += 1;
+                }
+                !wanted
+            });
+            if let Some(ids) = ids {
+                done.not_found = ids
+                    .iter()
+                    .filter(|i| !done.moved.contains(i))
+                    .cloned()
+                    .collect();
+            }
+            Ok(done)
+        })??;
+        lock(&self.redriven).extend(done.moved.iter().map(|id| (queue.to_owned(), id.clone())));
+        Ok(done)
+    }
+
+    async fn delete(&self, queue: &str, message_id: &str) -> anyhow::Result<bool> {
+        self.with(queue, |(_, _, letters)| {
+            let before = letters.len();
+            letters.retain(|l| l.message_id != message_id);
+            letters.len() < before
+        })
     }
 }

@@ -16,7 +16,7 @@ pub use mail::{
     SubscriptionRequest, Subscriptions,
 };
 pub use rows::{RowStore, StoreOutcome, StoredRow};
-pub use state::{Claim, Claims, StateRecords};
+pub use state::{Claim, Claims, IndexedRecord, StateRecords};
 
 use async_trait::async_trait;
 
@@ -66,8 +66,29 @@ pub trait Objects: Send + Sync {
         version_id: Option<&str>,
         expires_in: std::time::Duration,
     ) -> anyhow::Result<String>;
+    /// Every version of `key`, newest first (none when there is no such key).
+    async fn versions(&self, key: &str) -> anyhow::Result<Vec<ObjectInfo>>;
+    /// Current objects under `prefix` in key order, after `after` (a page's last key), at
+    /// most `limit`.
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<ObjectInfo>>;
     /// `s3://bucket/key`, for messages.
     fn locate(&self, key: &str) -> String;
+}
+
+/// An object (or one version of it) as a listing shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub version_id: Option<String>,
+    pub size: u64,
+    pub modified: chrono::DateTime<chrono::Utc>,
+    /// The current version.
+    pub latest: bool,
 }
 
 /// One message for a [`WorkQueue`]: its JSON body and the correlation id it carries.
@@ -160,9 +181,70 @@ pub struct DeadLetter {
     pub stage: String,
 }
 
+/// A queue's depth, as SQS approximates it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct QueueDepth {
+    /// Waiting to be received.
+    pub visible: u64,
+    /// Received, not yet deleted (in work).
+    pub in_flight: u64,
+    pub delayed: u64,
+}
+
+/// A message in a dead-letter queue, as peeked.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Letter {
+    pub message_id: String,
+    pub body: String,
+    pub sent_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How often it was received from the dead-letter queue (peeks count).
+    pub receive_count: u32,
+    /// Why it is here (absent when the queue's redrive moved it without a word).
+    pub cause: Option<String>,
+    pub failed_stage: Option<String>,
+    pub source_message_id: Option<String>,
+    pub correlation_id: Option<String>,
+}
+
+/// What a redrive did.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Redriven {
+    /// Message ids moved back to the source queue.
+    pub moved: Vec<String>,
+    /// Asked-for ids not found in the dead-letter queue.
+    pub not_found: Vec<String>,
+}
+
+/// The deployment's queues and their dead-letter queues, by name (`inbound`, `mail`, …), for
+/// operators: depths, and dead letters peeked, redriven and deleted.
+#[async_trait]
+pub trait QueueAdmin: Send + Sync {
+    /// Every queue name, and whether it has a source queue (a DLQ without one, Scheduler's,
+    /// can be peeked and deleted from but not redriven).
+    fn queues(&self) -> Vec<(String, bool)>;
+    /// The depth of the queue (`dead`: of its dead-letter queue).
+    async fn depth(&self, queue: &str, dead: bool) -> anyhow::Result<QueueDepth>;
+    /// Up to `max` messages of the queue's DLQ, left where they are.
+    async fn peek(&self, queue: &str, max: usize) -> anyhow::Result<Vec<Letter>>;
+    /// Moves the DLQ's messages `ids` (all when `None`, at most `max`) back to the queue.
+    async fn redrive(
+        &self,
+        queue: &str,
+        ids: Option<&[String]>,
+        max: usize,
+    ) -> anyhow::Result<Redriven>;
+    /// Deletes one message from the queue's DLQ; false when it is not there.
+    async fn delete(&self, queue: &str, message_id: &str) -> anyhow::Result<bool>;
+}
+
 /// Sends a permanently failed message to its queue's dead-letter queue at once, with its cause
 /// attached, instead of letting it burn through the queue's receives.
 #[async_trait]
 pub trait DeadLetters: Send + Sync {
     async fn send(&self, letter: &DeadLetter) -> anyhow::Result<()>;
+    /// The consumed queues' `maxReceiveCount`, when known: a retryable failure on that
+    /// receive is the message's last, and is dead-lettered with its cause.
+    fn max_receives(&self) -> Option<u32> {
+        None
+    }
 }

@@ -56,4 +56,23 @@ pub trait StateRecords: Send + Sync {
     async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>>;
     /// Every record under `pk` whose sk starts with `sk_prefix`, in sk order.
     async fn query(&self, pk: &str, sk_prefix: &str) -> anyhow::Result<Vec<(String, String)>>;
+    /// Records on the secondary index under `index_pk`, highest index sk first: up to
+    /// `limit` of those whose index sk is below `before` (the last one of the page before)
+    /// and at or above `from`.
+    async fn query_index(
+        &self,
+        index_pk: &str,
+        before: Option<&str>,
+        from: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<IndexedRecord>>;
+}
+
+/// A record found on the secondary index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedRecord {
+    pub pk: String,
+    pub sk: String,
+    pub index_sk: String,
+    pub data: String,
 }

@@ -50,8 +50,20 @@ pub struct Mailer {
     /// Size policy: a mail over this many bytes (MIME, attachment encoded) carries a download
     /// link instead of the workbook. SES v2 accepts 40 MB; `CHARLIE_MAX_MAIL_BYTES` lowers it.
     pub max_mail_bytes: usize,
-    /// How long such a link works (`CHARLIE_LINK_DAYS`, 1–7: SigV4's limit).
+    /// How long such a link works (`CHARLIE_LINK_DAYS`: 1–90 through the API, 1–7 as a bare
+    /// presigned URL, SigV4's limit).
     pub link_days: u32,
+    /// Signs links to the control API's download route, which outlive the mailer's
+    /// credentials; without it the mail carries a presigned URL (which dies with the role
+    /// session that signed it, hours later).
+    pub links: Option<LinkSigner>,
+}
+
+/// The key and the API's base URL of the mails' download links.
+pub struct LinkSigner {
+    pub key: crate::secret::Secret,
+    /// `https://…` without a trailing `/`.
+    pub api_base_url: String,
 }
 
 /// SES v2's limit for a whole message, attachments encoded.
@@ -77,6 +89,21 @@ impl Mailer {
             transports.push(wiring::graph(&aws, env).await?);
         }
         let state = wiring::state(&aws, env)?;
+        let links = match (
+            env.get("CHARLIE_LINK_SECRET"),
+            env.get("CHARLIE_API_BASE_URL"),
+        ) {
+            (Some(id), Some(base)) => {
+                let secrets = aws_sdk_secretsmanager::Client::new(&aws.sdk);
+                Some(LinkSigner {
+                    key: crate::adapters::aws::secrets::read_secret(&secrets, id).await?,
+                    api_base_url: base.trim_end_matches('/').to_owned(),
+                })
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("set both CHARLIE_LINK_SECRET and CHARLIE_API_BASE_URL, or neither"),
+        };
+        let max_days = if links.is_some() { 90 } else { 7 };
         Ok(Mailer {
             definitions: Arc::new(definitions),
             objects,
@@ -90,7 +117,8 @@ impl Mailer {
                 SES_MAX_MAIL_BYTES,
                 1..=SES_MAX_MAIL_BYTES,
             )?,
-            link_days: env.in_range_or("CHARLIE_LINK_DAYS", 7, 1..=7)?,
+            link_days: env.in_range_or("CHARLIE_LINK_DAYS", 7, 1..=max_days)?,
+            links,
         })
     }
 }
@@ -393,17 +421,32 @@ impl Mailer {
         {
             // Too large to attach: a link that works for `link_days`, and the mail says so.
             let days = self.link_days;
-            let url = self
-                .objects
-                .presigned_get(
-                    key,
-                    req.workbook_version.as_deref(),
-                    std::time::Duration::from_secs(u64::from(days) * 86_400),
-                )
-                .await?;
-            let expires = (Utc::now() + Duration::days(i64::from(days)))
-                .format("%Y-%m-%d %H:%M UTC")
-                .to_string();
+            let until = Utc::now() + Duration::days(i64::from(days));
+            let url = match &self.links {
+                Some(signer) => {
+                    let claims = crate::links::LinkClaims {
+                        run_id: req.run_id.clone(),
+                        workbook_key: key.clone(),
+                        workbook_version: req.workbook_version.clone(),
+                        expires: until.timestamp(),
+                    };
+                    format!(
+                        "{}/v1/links/{}",
+                        signer.api_base_url,
+                        crate::links::sign(&signer.key, &claims)
+                    )
+                }
+                None => {
+                    self.objects
+                        .presigned_get(
+                            key,
+                            req.workbook_version.as_deref(),
+                            std::time::Duration::from_secs(u64::from(days.min(7)) * 86_400),
+                        )
+                        .await?
+                }
+            };
+            let expires = until.format("%Y-%m-%d %H:%M UTC").to_string();
             info!(
                 run_id = req.run_id,
                 mail_bytes = mime.len(),
@@ -581,6 +624,7 @@ mod tests {
             sender: "reports@charlie.example".into(),
             max_mail_bytes,
             link_days: 7,
+            links: None,
         };
         World {
             objects,
@@ -699,6 +743,49 @@ mod tests {
         assert!(
             d.result.link.is_some(),
             "the delivery says it went as a link"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_a_link_key_the_link_is_the_api_route_signed_for_the_run_and_version() {
+        let mut w = world(4_000);
+        w.mailer.link_days = 30;
+        w.mailer.links = Some(LinkSigner {
+            key: crate::secret::Secret::new("k".repeat(40)),
+            api_base_url: "https://api.charlie.example".into(),
+        });
+        let req = request(&w, "r-link", "call_centre_daily", vec![7u8; 20_000]).await;
+        w.mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        let sent = w.ses.sent();
+        let msg = mail_parser::MessageParser::default()
+            .parse(&sent[0].mime)
+            .unwrap();
+        let text = msg.body_text(0).unwrap();
+        let start = text
+            .find("https://api.charlie.example/v1/links/")
+            .expect("the API link");
+        let url: String = text[start..]
+            .chars()
+            .take_while(|c| !c.is_whitespace())
+            .collect();
+        let token = url.rsplit('/').next().unwrap();
+        let claims = crate::links::verify(
+            &crate::secret::Secret::new("k".repeat(40)),
+            token,
+            Utc::now() + Duration::days(29),
+        )
+        .expect("valid for the link days");
+        assert_eq!(claims.run_id, "r-link");
+        assert_eq!(claims.workbook_version, req.workbook_version);
+        assert!(
+            crate::links::verify(
+                &crate::secret::Secret::new("k".repeat(40)),
+                token,
+                Utc::now() + Duration::days(31)
+            )
+            .is_err()
         );
     }
 

@@ -7,6 +7,7 @@
 //! function binaries and the local runner both call it, so the runner executes exactly the
 //! deployed path.
 
+pub mod api;
 pub mod ingest;
 pub mod mailer;
 pub mod poller;
@@ -28,12 +29,13 @@ use crate::sqs_batch::{self, Consumer};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
 /// The stage names, as in the `functions/` folders and the deployed function names.
-pub const STAGES: [&str; 5] = [
+pub const STAGES: [&str; 6] = [
     "graph-webhook",
     "poller",
     "ingest",
     "report-builder",
     "mailer",
+    "api",
 ];
 
 /// One function's handler.
@@ -115,7 +117,12 @@ pub async fn load_definitions(env: &Env, objects: &dyn Objects) -> anyhow::Resul
 /// Building blocks of the stages' `from_env`: each adapter from its settings.
 #[cfg(feature = "aws")]
 pub mod wiring {
-    #[cfg(feature = "sqs")]
+    #[cfg(any(
+        feature = "sqs",
+        feature = "dynamodb",
+        feature = "s3",
+        feature = "secrets"
+    ))]
     use std::sync::Arc;
 
     use crate::adapters::aws::AwsConfig;
@@ -139,11 +146,16 @@ pub mod wiring {
         aws: &AwsConfig,
         env: &Env,
     ) -> anyhow::Result<Arc<crate::adapters::aws::sqs::SqsDeadLetters>> {
+        let max_receives = match env.get("CHARLIE_MAX_RECEIVE_COUNT") {
+            None => None,
+            Some(_) => Some(env.in_range_or("CHARLIE_MAX_RECEIVE_COUNT", 5, 1..=1000)?),
+        };
         Ok(Arc::new(
             crate::adapters::aws::sqs::SqsDeadLetters::from_json(
                 aws_sdk_sqs::Client::new(&aws.sdk),
                 env.get("CHARLIE_DEAD_LETTER_QUEUES").unwrap_or("{}"),
-            )?,
+            )?
+            .with_max_receives(max_receives),
         ))
     }
 

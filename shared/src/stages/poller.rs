@@ -237,7 +237,21 @@ impl Poller {
     }
 
     async fn handle_work(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
-        let work: LifecycleWork = serde_json::from_str(msg.body.as_deref().unwrap_or_default())
+        let body = msg.body.as_deref().unwrap_or_default();
+        if let Ok(asked) = serde_json::from_str::<crate::messages::PollNow>(body) {
+            let trigger = crate::messages::PollTrigger {
+                v: 1,
+                scheduled_time: None,
+            };
+            let summary = Box::pin(self.poll(trigger, invocation)).await?;
+            info!(
+                by = asked.requested_by.as_deref().unwrap_or("-"),
+                ?summary,
+                "poll asked for: round done"
+            );
+            return Ok(());
+        }
+        let work: LifecycleWork = serde_json::from_str(body)
             .context("not a lifecycle work message")
             .or_permanent()?;
         let Some(SubscribedFolder { mailbox, folder }) = self
@@ -262,7 +276,9 @@ impl Poller {
         )
         .await?;
         if done.is_none() {
-            bail!("{mailbox}/{folder} is busy in another invocation; retried later");
+            return Err(crate::failure::busy(format!(
+                "{mailbox}/{folder} is busy in another invocation; retried later"
+            )));
         }
         info!(mailbox, folder, event = ?work.event, ?summary, "lifecycle work done");
         Ok(())
@@ -454,8 +470,13 @@ impl Poller {
         folder: &str,
         record: &SubscriptionRecord,
     ) -> anyhow::Result<()> {
+        let index = state::folder_index_sk("SUB", mailbox, folder);
         self.records
-            .put_record(&RecordKey::subscription(mailbox, folder), record, None)
+            .put_record(
+                &RecordKey::subscription(mailbox, folder),
+                record,
+                Some((state::FOLDERS_INDEX, &index)),
+            )
             .await
     }
 
@@ -527,7 +548,10 @@ impl Poller {
                     delta_link: link,
                     saved_at: Utc::now().to_rfc3339(),
                 };
-                self.records.put_record(&key, &link, None).await?;
+                let index = state::folder_index_sk("DELTA", mailbox, folder);
+                self.records
+                    .put_record(&key, &link, Some((state::FOLDERS_INDEX, &index)))
+                    .await?;
             }
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => {
@@ -679,7 +703,7 @@ mod tests {
             .into_iter()
             .filter_map(|m| match m {
                 InboundMessage::GraphMessage { message_id, .. } => Some(message_id),
-                InboundMessage::Continuation { .. } => None,
+                InboundMessage::Continuation { .. } | InboundMessage::Reprocess { .. } => None,
             })
             .collect()
     }

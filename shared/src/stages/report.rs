@@ -22,22 +22,25 @@ use sha2::{Digest, Sha256};
 use tracing::{Instrument, info, warn};
 
 use crate::definitions::{Definitions, OnEmpty};
-use crate::failure::permanent;
+use crate::failure::{FailureKind, busy, kind_of, permanent};
 use crate::idempotency::{IdempotencyKey, Once, exclusive, once};
 use crate::invocation::Invocation;
 use crate::mail_template::{self, MailFacts};
 use crate::messages::{MailRequest, ReportTrigger};
 use crate::object_keys;
 use crate::period::Period;
-use crate::ports::{Claims, Objects, RowStore, StateRecords, StoredRow, WorkQueue};
+use crate::ports::{Claims, DeadLetters, Objects, RowStore, StateRecords, StoredRow, WorkQueue};
 use crate::report_mail::XLSX_CONTENT_TYPE;
 use crate::state::{self, RecordKey, RunRecord};
 use crate::workbook::ReportWorkbook;
+use aws_lambda_events::sqs::SqsMessage;
 
 /// How long a run's claim is kept: the same firing within this time is recognised.
 const KEEP_RUNS: chrono::Duration = chrono::Duration::days(400);
 /// Pages on their way to the writer thread.
 const PAGES_IN_FLIGHT: usize = 4;
+/// How often a build looks for a cancel request between pages.
+const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct ReportBuilder {
     pub definitions: Arc<Definitions>,
@@ -46,6 +49,7 @@ pub struct ReportBuilder {
     pub records: Arc<dyn StateRecords>,
     pub objects: Arc<dyn Objects>,
     pub mail: Arc<dyn WorkQueue>,
+    pub dead_letters: Arc<dyn DeadLetters>,
 }
 
 #[cfg(feature = "report-builder")]
@@ -62,22 +66,138 @@ impl ReportBuilder {
             records: state,
             objects,
             mail: wiring::queue(&aws, env, "CHARLIE_MAIL_QUEUE_URL")?,
+            dead_letters: wiring::dead_letters(&aws, env)?,
         })
     }
 }
 
 #[async_trait]
 impl super::Handler for ReportBuilder {
+    /// The `runs` queue's batch: every run (scheduled or requested) arrives as a message.
     async fn invoke(
         &self,
         event: serde_json::Value,
         invocation: &Invocation,
     ) -> anyhow::Result<serde_json::Value> {
-        let trigger = super::parse_event(event)?;
-        Ok(serde_json::to_value(
-            Box::pin(self.run(trigger, invocation)).await?,
-        )?)
+        super::invoke_batch(self, event, invocation).await
     }
+}
+
+#[async_trait]
+impl super::MessageHandler for ReportBuilder {
+    const STAGE: &'static str = "report-builder";
+
+    fn dead_letters(&self) -> &dyn DeadLetters {
+        self.dead_letters.as_ref()
+    }
+
+    async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
+        let body = msg.body.as_deref().unwrap_or_default();
+        let trigger: ReportTrigger = serde_json::from_str(body)
+            .map_err(|e| permanent(format!("the message is not a run request: {e}")))?;
+        let number = msg
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(1);
+        let attempt = Attempt {
+            number,
+            last: self
+                .dead_letters
+                .max_receives()
+                .is_some_and(|m| number >= m),
+        };
+        Box::pin(self.run_attempt(trigger, invocation, attempt)).await?;
+        Ok(())
+    }
+}
+
+/// Which attempt at a run this is.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    /// 1 for the first.
+    pub number: u32,
+    /// The queue gives up on the run if this one fails.
+    pub last: bool,
+}
+
+impl Attempt {
+    pub const FIRST: Attempt = Attempt {
+        number: 1,
+        last: false,
+    };
+}
+
+/// A run's report, period and id. A scheduled run's id comes from the firing (the same
+/// firing delivered twice is the same run); a requested run names its id (the control API
+/// gives one) or gets a fresh one.
+pub fn resolve(
+    definitions: &Definitions,
+    trigger: &ReportTrigger,
+) -> anyhow::Result<(String, Period, String)> {
+    resolve_run(definitions, trigger).map(|r| (r.report, r.period, r.run_id))
+}
+
+/// What a trigger asks for.
+pub struct Resolved {
+    pub report: String,
+    pub period: Period,
+    pub run_id: String,
+    pub requested_at: String,
+    pub requested_by: String,
+}
+
+/// The trigger's report, period, run id and who asked when.
+pub fn resolve_run(definitions: &Definitions, trigger: &ReportTrigger) -> anyhow::Result<Resolved> {
+    let report_name = match trigger {
+        ReportTrigger::Scheduled { report, .. } | ReportTrigger::Run { report, .. } => report,
+    };
+    let def = definitions
+        .reports
+        .get(report_name)
+        .ok_or_else(|| permanent(format!("unknown report {report_name:?}")))?;
+    let (period, run_id) = match trigger {
+        ReportTrigger::Scheduled { scheduled_time, .. } => {
+            let period = Period::previous(def.period, *scheduled_time, def.time_zone.0);
+            let at = scheduled_time.format("%Y%m%dT%H%M%SZ");
+            (period, format!("{report_name}.{period}.scheduled.{at}"))
+        }
+        ReportTrigger::Run { period, run_id, .. } => (
+            *period,
+            run_id.clone().unwrap_or_else(|| {
+                format!(
+                    "{report_name}.{period}.request.{}",
+                    crate::invocation::new_correlation_id()
+                )
+            }),
+        ),
+    };
+    let at = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let (requested_at, requested_by) = match trigger {
+        ReportTrigger::Scheduled { scheduled_time, .. } => (at(scheduled_time), "schedule".into()),
+        ReportTrigger::Run {
+            requested_at,
+            requested_by,
+            ..
+        } => (
+            at(&requested_at.unwrap_or_else(Utc::now)),
+            requested_by.clone().unwrap_or_else(|| "request".into()),
+        ),
+    };
+    Ok(Resolved {
+        report: report_name.clone(),
+        period,
+        run_id,
+        requested_at,
+        requested_by,
+    })
+}
+
+/// How far reading the period's rows went.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    All,
+    Cancelled,
 }
 
 /// What the writer thread made of a period's rows.
@@ -88,68 +208,88 @@ struct WrittenWorkbook {
 }
 
 impl ReportBuilder {
+    /// A first attempt at a run (tests and tools; the queue's messages go through
+    /// [`ReportBuilder::run_attempt`] with their receive count).
     pub async fn run(
         &self,
         trigger: ReportTrigger,
         invocation: &Invocation,
     ) -> anyhow::Result<RunRecord> {
-        let report_name = match &trigger {
-            ReportTrigger::Scheduled { report, .. } | ReportTrigger::Run { report, .. } => report,
-        };
-        let def = self
-            .definitions
-            .reports
-            .get(report_name)
-            .ok_or_else(|| permanent(format!("unknown report {report_name:?}")))?;
-        let (period, run_id) = match &trigger {
-            ReportTrigger::Scheduled { scheduled_time, .. } => {
-                let period = Period::previous(def.period, *scheduled_time, def.time_zone.0);
-                let at = scheduled_time.format("%Y%m%dT%H%M%SZ");
-                (period, format!("{report_name}.{period}.scheduled.{at}"))
-            }
-            ReportTrigger::Run { period, run_id, .. } => (
-                *period,
-                run_id.clone().unwrap_or_else(|| {
-                    format!(
-                        "{report_name}.{period}.request.{}",
-                        crate::invocation::new_correlation_id()
-                    )
-                }),
-            ),
-        };
-        let span =
-            tracing::info_span!("run", run_id, report = report_name.as_str(), period = %period);
+        self.run_attempt(trigger, invocation, Attempt::FIRST).await
+    }
+
+    /// Runs `trigger` once (claimed by its run id) and records what happened: `building`
+    /// while at work, then the outcome; a failure is `retrying` unless it is permanent or
+    /// the `attempt` is the last, then `failed`.
+    pub async fn run_attempt(
+        &self,
+        trigger: ReportTrigger,
+        invocation: &Invocation,
+        attempt: Attempt,
+    ) -> anyhow::Result<RunRecord> {
+        let Resolved {
+            report: report_name,
+            period,
+            run_id,
+            requested_at,
+            requested_by,
+        } = resolve_run(&self.definitions, &trigger)?;
+        let report_name = report_name.as_str();
+        let span = tracing::info_span!("run", run_id, report = report_name, period = %period, attempt = attempt.number);
         let label = period.to_string();
         let key = IdempotencyKey::new(state::run_claim(&run_id), &(report_name, &label));
         let started = Utc::now();
         let work = async {
+            let index_sk = state::run_index_sk(&requested_at, &run_id);
+            let index = Some((state::RUNS_INDEX, index_sk.as_str()));
+            let run_key = RecordKey::run(&run_id);
+            let base = RunRecord {
+                attempts: attempt.number,
+                requested_at: requested_at.clone(),
+                requested_by: requested_by.clone(),
+                ..new_record(&run_id, report_name, period, started)
+            };
+            if self.cancel_requested(&run_id).await? {
+                info!("cancelled before it started: nothing built, nothing mailed");
+                let record = cancelled(base);
+                self.records.put_record(&run_key, &record, index).await?;
+                return Ok(record);
+            }
+            let building = RunRecord {
+                status: "building".into(),
+                deadline: Some(invocation.deadline.to_rfc3339()),
+                ..base.clone()
+            };
+            self.records.put_record(&run_key, &building, index).await?;
             // One build per report and period at a time, whatever the runs.
             let lock = state::period_lock(report_name, &label);
             let built = exclusive(
                 self.claims.as_ref(),
                 &lock,
                 invocation.deadline,
-                self.build_run(report_name, period, &run_id, started),
+                self.build_run(report_name, period, &run_id, base.clone()),
             )
-            .await;
-            let index = (format!("REPORT#{report_name}"), format!("{label}#{run_id}"));
-            let index = Some((index.0.as_str(), index.1.as_str()));
-            let run_key = RecordKey::run(&run_id);
+            .await
+            .and_then(|built| {
+                built.ok_or_else(|| {
+                    busy(format!(
+                        "another run of {report_name} for {period} is building; this one is retried later"
+                    ))
+                })
+            });
             match built {
-                Ok(Some(record)) => {
+                Ok(record) => {
                     self.records.put_record(&run_key, &record, index).await?;
                     Ok(record)
                 }
-                Ok(None) => anyhow::bail!(
-                    "another run of {report_name} for {period} is building; this one is retried later"
-                ),
                 Err(e) => {
                     // The failure is on record (the claim is released: a retry may succeed).
+                    let for_good = attempt.last || kind_of(&e) == FailureKind::Permanent;
                     let failed = RunRecord {
-                        status: "failed".into(),
+                        status: if for_good { "failed" } else { "retrying" }.into(),
                         error: Some(format!("{e:#}")),
                         finished_at: Utc::now().to_rfc3339(),
-                        ..new_record(&run_id, report_name, period, started)
+                        ..base
                     };
                     if let Err(put) = self.records.put_record(&run_key, &failed, index).await {
                         warn!(error = %format!("{put:#}"), "could not record the failed run");
@@ -172,12 +312,21 @@ impl ReportBuilder {
         .await
     }
 
+    /// Whether an operator asked to cancel the run.
+    async fn cancel_requested(&self, run_id: &str) -> anyhow::Result<bool> {
+        Ok(self
+            .records
+            .get_record(&RecordKey::run_cancel(run_id))
+            .await?
+            .is_some())
+    }
+
     async fn build_run(
         &self,
         report_name: &str,
         period: Period,
         run_id: &str,
-        started: chrono::DateTime<Utc>,
+        base: RunRecord,
     ) -> anyhow::Result<RunRecord> {
         let defs = &self.definitions;
         let report = &defs.reports[report_name];
@@ -194,31 +343,43 @@ impl ReportBuilder {
                 write_workbook(&defs, &report_name, &label, inbox, TempFile(path))
             })
         };
+        // At the first page and then at most every CANCEL_CHECK, a cancel request stops the
+        // build.
         let read = async {
+            let mut checked: Option<std::time::Instant> = None;
             for (i, name) in dataset_names.iter().enumerate() {
                 let ds = &defs.datasets[name];
                 for day in period.days() {
                     let mut day_pages = self.rows.day_pages(name, ds, day);
                     while let Some(page) = day_pages.try_next().await? {
+                        if checked.is_none_or(|t| t.elapsed() >= CANCEL_CHECK) {
+                            checked = Some(std::time::Instant::now());
+                            if self.cancel_requested(run_id).await? {
+                                return anyhow::Ok(Read::Cancelled);
+                            }
+                        }
                         if pages.send((i, page)).await.is_err() {
                             // The writer stopped; its error says why.
-                            return anyhow::Ok(());
+                            return Ok(Read::All);
                         }
                     }
                 }
             }
-            Ok(())
+            Ok(Read::All)
         }
         .await;
         drop(pages);
         let written = writer.await.context("the workbook writer thread")??;
-        read?;
+        if read? == Read::Cancelled || self.cancel_requested(run_id).await? {
+            info!(
+                rows = written.rows,
+                "cancelled while building: the workbook is discarded, nothing stored or mailed"
+            );
+            return Ok(cancelled(base));
+        }
 
         let rows = written.rows;
-        let mut record = RunRecord {
-            rows,
-            ..new_record(run_id, report_name, period, started)
-        };
+        let mut record = RunRecord { rows, ..base };
         // The mail request, its subject rendered once the run's warnings are known.
         let request = |warnings: Vec<String>| -> anyhow::Result<MailRequest> {
             let subject = mail_template::render(
@@ -338,6 +499,14 @@ fn write_workbook(
     })
 }
 
+fn cancelled(base: RunRecord) -> RunRecord {
+    RunRecord {
+        status: "cancelled".into(),
+        finished_at: Utc::now().to_rfc3339(),
+        ..base
+    }
+}
+
 fn new_record(
     run_id: &str,
     report: &str,
@@ -356,10 +525,14 @@ fn new_record(
         size: 0,
         sha256: None,
         warnings: vec![],
+        requested_at: String::new(),
+        requested_by: String::new(),
         started_at: started.to_rfc3339(),
         finished_at: String::new(),
         repeated: false,
         error: None,
+        attempts: 0,
+        deadline: None,
     }
 }
 
@@ -397,7 +570,7 @@ fn file_digest(path: &std::path::Path) -> anyhow::Result<(u64, String)> {
 mod tests {
     use super::*;
     use crate::adapters::memory::{
-        MemoryClaims, MemoryObjects, MemoryQueue, MemoryRowStore, MemoryState,
+        MemoryClaims, MemoryDeadLetters, MemoryObjects, MemoryQueue, MemoryRowStore, MemoryState,
     };
     use crate::csv_ingest::{Origin, parse_attachment};
     use crate::failure::{FailureKind, kind_of};
@@ -422,6 +595,7 @@ mod tests {
             records: Arc::clone(&records) as _,
             objects: Arc::clone(&objects) as _,
             mail: Arc::clone(&mail) as _,
+            dead_letters: Arc::new(MemoryDeadLetters::with_max_receives(5)),
         };
         World {
             rows,
@@ -611,7 +785,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(failed.status, "failed");
+        assert_eq!(failed.status, "retrying", "the queue tries again");
         assert!(failed.error.unwrap().contains("SlowDown"));
         assert!(!w.claims.in_progress(&state::run_claim("r-f")), "released");
         assert!(
@@ -629,6 +803,187 @@ mod tests {
             .unwrap();
         assert_eq!(built.status, "built");
         assert_eq!(w.mail.sent().len(), 1, "mailed once");
+    }
+
+    /// The run's messages as the `runs` queue delivers them, `receives` times each.
+    fn runs_event(bodies: &[serde_json::Value], receives: u32) -> serde_json::Value {
+        let records: Vec<serde_json::Value> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                serde_json::json!({
+                    "messageId": format!("m{i}"), "body": b.to_string(),
+                    "attributes": {"ApproximateReceiveCount": receives.to_string()},
+                    "messageAttributes": {},
+                    "eventSourceARN": "arn:aws:sqs:eu-west-2:123456789012:runs",
+                })
+            })
+            .collect();
+        serde_json::json!({ "Records": records })
+    }
+
+    #[tokio::test]
+    async fn runs_arrive_as_a_queue_batch_and_a_bad_one_fails_alone() {
+        use crate::stages::Handler;
+        let w = world();
+        store_calls(&w, "2024-03-14", 3).await;
+        let good = serde_json::json!({"v": 1, "kind": "run", "report": "call_centre_daily", "period": "2024-03-14", "run_id": "q-1"});
+        let unknown =
+            serde_json::json!({"v": 1, "kind": "run", "report": "nope", "period": "2024-03-14"});
+        let resp = w
+            .builder
+            .invoke(runs_event(&[good, unknown], 1), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(resp["batchItemFailures"], serde_json::json!([]));
+        let records: &dyn StateRecords = w.records.as_ref();
+        let built = records.get_record(&RecordKey::run("q-1")).await.unwrap();
+        assert_eq!(
+            built.map(|r| (r.status, r.attempts)),
+            Some(("built".into(), 1))
+        );
+        assert_eq!(w.mail.sent().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_failing_on_its_last_receive_is_failed_and_dead_lettered_with_its_cause() {
+        use crate::stages::Handler;
+        let w = world();
+        store_calls(&w, "2024-03-14", 3).await;
+        w.objects.fault.set("SlowDown");
+        let body = serde_json::json!({"v": 1, "kind": "run", "report": "call_centre_daily", "period": "2024-03-14", "run_id": "q-5"});
+        let records: &dyn StateRecords = w.records.as_ref();
+        let resp = w
+            .builder
+            .invoke(runs_event(std::slice::from_ref(&body), 4), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(resp["batchItemFailures"][0]["itemIdentifier"], "m0");
+        let record = records
+            .get_record(&RecordKey::run("q-5"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((record.status.as_str(), record.attempts), ("retrying", 4));
+
+        let resp = w
+            .builder
+            .invoke(runs_event(&[body], 5), &invocation())
+            .await
+            .unwrap();
+        assert_eq!(
+            resp["batchItemFailures"],
+            serde_json::json!([]),
+            "handed to the DLQ"
+        );
+        let record = records
+            .get_record(&RecordKey::run("q-5"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((record.status.as_str(), record.attempts), ("failed", 5));
+        assert!(record.error.unwrap().contains("SlowDown"));
+        let dead = w.builder.dead_letters.max_receives();
+        assert_eq!(dead, Some(5));
+        assert!(w.mail.sent().is_empty());
+    }
+
+    /// A row store that asks to cancel `run_id` when its rows are first read, as an operator
+    /// would while the run builds.
+    struct CancelOnRead {
+        inner: Arc<MemoryRowStore>,
+        records: Arc<MemoryState>,
+        run_id: &'static str,
+    }
+
+    #[async_trait]
+    impl RowStore for CancelOnRead {
+        async fn store(
+            &self,
+            dataset_name: &str,
+            dataset: &crate::definitions::Dataset,
+            rows: &[crate::csv_ingest::KeyedRow],
+            source: &str,
+            now: chrono::DateTime<Utc>,
+        ) -> anyhow::Result<crate::ports::StoreOutcome> {
+            self.inner
+                .store(dataset_name, dataset, rows, source, now)
+                .await
+        }
+
+        fn day_pages<'a>(
+            &'a self,
+            dataset_name: &'a str,
+            dataset: &'a crate::definitions::Dataset,
+            date: chrono::NaiveDate,
+        ) -> futures::stream::BoxStream<'a, anyhow::Result<Vec<StoredRow>>> {
+            let cancel = state::RunCancel {
+                requested_at: Utc::now().to_rfc3339(),
+                by: "ops".into(),
+            };
+            let records: &dyn StateRecords = self.records.as_ref();
+            futures::executor::block_on(records.put_record(
+                &RecordKey::run_cancel(self.run_id),
+                &cancel,
+                None,
+            ))
+            .unwrap();
+            self.inner.day_pages(dataset_name, dataset, date)
+        }
+
+        async fn delete_day(
+            &self,
+            dataset_name: &str,
+            date: chrono::NaiveDate,
+        ) -> anyhow::Result<u64> {
+            self.inner.delete_day(dataset_name, date).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_run_stores_and_mails_nothing_before_or_while_it_builds() {
+        let mut w = world();
+        store_calls(&w, "2024-03-14", 450).await;
+        let records: &dyn StateRecords = w.records.as_ref();
+        let cancel = state::RunCancel {
+            requested_at: Utc::now().to_rfc3339(),
+            by: "ops".into(),
+        };
+        records
+            .put_record(&RecordKey::run_cancel("c-before"), &cancel, None)
+            .await
+            .unwrap();
+        let before = w
+            .builder
+            .run(
+                run("call_centre_daily", "2024-03-14", Some("c-before")),
+                &invocation(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(before.status, "cancelled");
+
+        w.builder.rows = Arc::new(CancelOnRead {
+            inner: Arc::clone(&w.rows),
+            records: Arc::clone(&w.records),
+            run_id: "c-during",
+        });
+        let during = w
+            .builder
+            .run(
+                run("call_centre_daily", "2024-03-14", Some("c-during")),
+                &invocation(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(during.status, "cancelled");
+        assert!(w.objects.keys().is_empty(), "no workbook stored");
+        assert!(w.mail.sent().is_empty(), "nothing mailed");
+        let stored = records
+            .get_record(&RecordKey::run("c-during"))
+            .await
+            .unwrap();
+        assert_eq!(stored.map(|r| r.status), Some("cancelled".into()));
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use aws_sdk_s3::primitives::ByteStream;
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::ports::{ByteChunks, Objects, StoredObject};
+use crate::ports::{ByteChunks, ObjectInfo, Objects, StoredObject};
 
 /// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB, at most 10,000 parts).
 pub const PART_BYTES: u64 = 16 * 1024 * 1024;
@@ -64,6 +64,79 @@ impl S3Objects {
 impl Objects for S3Objects {
     fn locate(&self, key: &str) -> String {
         format!("s3://{}/{key}", self.bucket)
+    }
+
+    async fn versions(&self, key: &str) -> anyhow::Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(key)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .with_context(|| format!("listing the versions of s3://{}/{key}", self.bucket))?;
+            for v in page.versions() {
+                if v.key() != Some(key) {
+                    continue;
+                }
+                out.push(ObjectInfo {
+                    key: key.to_owned(),
+                    version_id: v.version_id().map(str::to_owned),
+                    size: v.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                    modified: v
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                        .unwrap_or_default(),
+                    latest: v.is_latest().unwrap_or(false),
+                });
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_owned);
+            version_marker = page.next_version_id_marker().map(str::to_owned);
+        }
+        out.sort_by(|a, b| b.modified.cmp(&a.modified).then(b.latest.cmp(&a.latest)));
+        Ok(out)
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<ObjectInfo>> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_start_after(after.map(str::to_owned))
+            .max_keys(i32::try_from(limit.min(1000)).unwrap_or(1000))
+            .send()
+            .await
+            .with_context(|| format!("listing s3://{}/{prefix}", self.bucket))?;
+        Ok(page
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_owned(),
+                    version_id: None,
+                    size: o.size().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                    modified: o
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                        .unwrap_or_default(),
+                    latest: true,
+                })
+            })
+            .collect())
     }
 
     async fn put(

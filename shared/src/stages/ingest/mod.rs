@@ -157,6 +157,78 @@ impl Ingest {
         super::handle_batch(self, event, invocation).await
     }
 
+    /// A reprocess the control API asked for: once per request id (a redelivery of a done
+    /// one does nothing), its status on record before, during and after.
+    async fn reprocess(
+        &self,
+        request_id: &str,
+        dataset: &str,
+        date: chrono::NaiveDate,
+        invocation: &Invocation,
+    ) -> anyhow::Result<()> {
+        use crate::state::ReprocessRecord;
+        let key = RecordKey::reprocess(request_id);
+        let Some(mut record) = self.records.get_record(&key).await? else {
+            return Err(permanent(format!(
+                "no reprocess request {request_id} on record (the API writes it before queueing)"
+            )));
+        };
+        if record.dataset != dataset || record.date != date {
+            return Err(permanent(format!(
+                "reprocess request {request_id} is for {} {}, not {dataset} {date}",
+                record.dataset, record.date
+            )));
+        }
+        let claim = crate::idempotency::IdempotencyKey::new(
+            format!("REPROCESS#{request_id}"),
+            &(dataset, date),
+        );
+        record.status = "running".into();
+        self.records.put_record(&key, &record, None).await?;
+        let work = crate::reprocess::reprocess_day(
+            &self.definitions,
+            self.rows.as_ref(),
+            self.records.as_ref(),
+            self.objects.as_ref(),
+            dataset,
+            date,
+        );
+        let done = crate::idempotency::once(
+            self.claims.as_ref(),
+            &claim,
+            invocation,
+            chrono::Duration::days(30),
+            work,
+        )
+        .await;
+        let finished = Utc::now().to_rfc3339();
+        let record = match &done {
+            Ok(Once::Ran(o) | Once::AlreadyDone(o)) => ReprocessRecord {
+                status: "done".into(),
+                finished_at: Some(finished),
+                attachments: o.attachments,
+                rows_deleted: o.rows_deleted,
+                rows_stored: o.rows_stored,
+                error: None,
+                ..record
+            },
+            Err(e) => ReprocessRecord {
+                status: if crate::failure::kind_of(e) == crate::failure::FailureKind::Permanent {
+                    "failed"
+                } else {
+                    "retrying"
+                }
+                .into(),
+                finished_at: Some(finished),
+                error: Some(format!("{e:#}")),
+                ..record
+            },
+        };
+        self.records.put_record(&key, &record, None).await?;
+        info!(request_id, dataset, %date, status = record.status, rows = record.rows_stored, "reprocess");
+        done.map(|_| ())
+    }
+
     async fn ingest_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
         let inbound: InboundMessage = serde_json::from_str(body).map_err(|e| {
@@ -168,6 +240,15 @@ impl Ingest {
         let correlation = correlation_id(&msg)
             .map(str::to_owned)
             .unwrap_or_else(crate::invocation::new_correlation_id);
+        if let InboundMessage::Reprocess {
+            request_id,
+            dataset,
+            date,
+            ..
+        } = &inbound
+        {
+            return self.reprocess(request_id, dataset, *date, invocation).await;
+        }
         let (mailbox, message_id, step, source) = match &inbound {
             InboundMessage::GraphMessage {
                 mailbox,
@@ -181,6 +262,7 @@ impl Ingest {
                 step,
                 ..
             } => (mailbox, message_id, *step, None),
+            InboundMessage::Reprocess { .. } => unreachable!("reprocess requests returned above"),
         };
         let done = if step == 0 {
             // The same mail whatever path announced it: the key and payload leave out the source.

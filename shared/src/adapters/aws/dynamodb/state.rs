@@ -215,4 +215,68 @@ impl StateRecords for DynamoState {
         }
         Ok(out)
     }
+
+    async fn query_index(
+        &self,
+        index_pk: &str,
+        before: Option<&str>,
+        from: Option<&str>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<crate::ports::IndexedRecord>> {
+        // One condition on the sort key: BETWEEN is inclusive, so `before` itself is dropped.
+        let condition = match (before, from) {
+            (Some(_), Some(_)) => "gsi1pk = :pk AND gsi1sk BETWEEN :from AND :before",
+            (Some(_), None) => "gsi1pk = :pk AND gsi1sk < :before",
+            (None, Some(_)) => "gsi1pk = :pk AND gsi1sk >= :from",
+            (None, None) => "gsi1pk = :pk",
+        };
+        let mut out = Vec::new();
+        let mut start = None;
+        while out.len() < limit {
+            let mut req = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name("gsi1")
+                .key_condition_expression(condition)
+                .expression_attribute_values(":pk", s(index_pk))
+                .scan_index_forward(false)
+                .limit(i32::try_from(limit - out.len() + 1).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            if let Some(b) = before {
+                req = req.expression_attribute_values(":before", s(b));
+            }
+            if let Some(f) = from {
+                req = req.expression_attribute_values(":from", s(f));
+            }
+            let page = req
+                .send()
+                .await
+                .with_context(|| format!("querying the state index under {index_pk}"))?;
+            for item in page.items() {
+                let (Some(pk), Some(sk), Some(index_sk), Some(data)) = (
+                    str_attr(item, "pk"),
+                    str_attr(item, "sk"),
+                    str_attr(item, "gsi1sk"),
+                    str_attr(item, "data"),
+                ) else {
+                    continue;
+                };
+                if before.is_some_and(|b| index_sk.as_str() >= b) || out.len() >= limit {
+                    continue;
+                }
+                out.push(crate::ports::IndexedRecord {
+                    pk,
+                    sk,
+                    index_sk,
+                    data,
+                });
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
 }

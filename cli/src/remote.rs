@@ -1,0 +1,1019 @@
+//! The commands that talk to a deployment's control API (`--api URL` or `CHARLIE_API_URL`,
+//! the key in `CHARLIE_API_KEY`). Tables for people, `--json` for scripts.
+//!
+//! Exit codes: 0 done; 1 what was asked for failed (a run failed or was cancelled, the
+//! deployment is unhealthy); 2 a bad request (the message names the field); 3 the key was
+//! refused (401) or lacks the scope (403); 4 no such thing (404); 5 the API could not be
+//! reached or failed (5xx); 6 a conflict (409: e.g. cancelling a finished run).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Args, Clone)]
+pub struct Remote {
+    /// The control API's base URL (e.g. https://abc123.execute-api.eu-west-2.amazonaws.com)
+    #[arg(long, env = "CHARLIE_API_URL", global = true)]
+    api: Option<String>,
+    /// Print the API's JSON instead of a table
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// Runs, newest first
+    List {
+        #[arg(long)]
+        report: Option<String>,
+        /// queued, building, retrying, built, skipped_empty, notice_sent, failed, cancelled
+        #[arg(long)]
+        status: Option<String>,
+        /// Requested on or after this day (yyyy-mm-dd)
+        #[arg(long)]
+        from: Option<String>,
+        /// Requested on or before this day (yyyy-mm-dd)
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// One run: status, timings, rows, workbook, error, deliveries
+    Show { run: String },
+    /// Start a run of REPORT for PERIOD (2024-03-14, 2024-W11, 2024-03, 2024-03-01..2024-03-14)
+    Start {
+        report: String,
+        period: String,
+        /// Show progress until the run is sent, skipped or failed
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Cancel a queued or building run
+    Cancel { run: String },
+    /// Run the same report and period again
+    Rerun {
+        run: String,
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Every dead-letter queue and how many messages it holds
+    List,
+    /// The messages of QUEUE's dead-letter queue, with their causes (left where they are)
+    Peek {
+        queue: String,
+        #[arg(long, default_value_t = 10)]
+        max: u32,
+    },
+    /// Move dead letters back to their queue: the ids given, or --all
+    Redrive {
+        queue: String,
+        ids: Vec<String>,
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+    /// Delete one dead letter
+    Delete { queue: String, id: String },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key (shown once). With --state-table, written straight to the state table with
+    /// your AWS credentials: how the first key of a deployment is made.
+    Create {
+        name: String,
+        /// read, operate or admin (each includes the ones before)
+        #[arg(long, default_value = "read")]
+        scope: String,
+        /// The deployment's state table (Terraform output state_table)
+        #[arg(long)]
+        state_table: Option<String>,
+    },
+    /// Every key (never their secrets)
+    List,
+    /// Revoke a key by id
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum ReportsCommand {
+    /// The report definitions and when each fires next
+    List,
+    /// The stored versions of a period's workbook
+    Versions { report: String, period: String },
+}
+
+/// An answer from the API.
+struct Answer {
+    status: u16,
+    body: Value,
+    location: Option<String>,
+}
+
+/// A refusal turned into an exit code and a message that says what to do.
+struct Failure(u8, String);
+
+impl From<Failure> for ExitCode {
+    fn from(f: Failure) -> Self {
+        eprintln!("charlie: {}", f.1);
+        ExitCode::from(f.0)
+    }
+}
+
+pub struct Client {
+    base: String,
+    key: Option<String>,
+    http: reqwest::Client,
+    pub json: bool,
+}
+
+impl Client {
+    pub fn new(remote: &Remote) -> Result<Self, ExitCode> {
+        let Some(base) = remote.api.clone() else {
+            eprintln!(
+                "charlie: no API URL: pass --api URL or set CHARLIE_API_URL (Terraform output api_endpoint)"
+            );
+            return Err(ExitCode::from(2));
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| {
+                eprintln!("charlie: {e}");
+                ExitCode::from(5)
+            })?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_owned(),
+            key: std::env::var("CHARLIE_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
+            http,
+            json: remote.json,
+        })
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Answer, Failure> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self
+            .http
+            .request(method.parse().unwrap_or(reqwest::Method::GET), &url);
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| Failure(5, format!("cannot reach {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| Failure(5, format!("reading the answer of {url}: {e}")))?;
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status >= 400 {
+            let message = body["message"]
+                .as_str()
+                .unwrap_or("(no message)")
+                .to_owned();
+            let field = body["field"]
+                .as_str()
+                .map(|f| format!(" [field: {f}]"))
+                .unwrap_or_default();
+            let hint = match status {
+                401 if self.key.is_none() => " — set CHARLIE_API_KEY".to_owned(),
+                401 => " — check CHARLIE_API_KEY (make one with `charlie keys create`)".to_owned(),
+                403 => " — use a key with that scope".to_owned(),
+                _ => String::new(),
+            };
+            let code = match status {
+                400 | 405 | 422 => 2,
+                401 | 403 => 3,
+                404 => 4,
+                409 => 6,
+                _ => 5,
+            };
+            return Err(Failure(
+                code,
+                format!("{method} {path}: {status}: {message}{field}{hint}"),
+            ));
+        }
+        Ok(Answer {
+            status,
+            body,
+            location,
+        })
+    }
+
+    fn print_json(&self, v: &Value) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+/// Column widths from the cells; the last column is not padded.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let n = cells.len();
+        let text: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) if x.is_empty() => "-".into(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `2024-03-14T06:00:01.123+00:00` → `2024-03-14 06:00:01`.
+fn when(v: &Value) -> String {
+    let t = s(v);
+    if t.len() >= 19 && t.as_bytes()[10] == b'T' {
+        format!("{} {}", &t[..10], &t[11..19])
+    } else {
+        t
+    }
+}
+
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const FINAL: [&str; 5] = [
+    "built",
+    "skipped_empty",
+    "notice_sent",
+    "failed",
+    "cancelled",
+];
+
+pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
+    let result = match command {
+        RunsCommand::List {
+            report,
+            status,
+            from,
+            to,
+            limit,
+        } => {
+            let mut q = vec![format!("limit={limit}")];
+            for (k, v) in [
+                ("report", report),
+                ("status", status),
+                ("from", from),
+                ("to", to),
+            ] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", encode(&v)));
+                }
+            }
+            match c
+                .call("GET", &format!("/v1/runs?{}", q.join("&")), None)
+                .await
+            {
+                Ok(a) if c.json => {
+                    c.print_json(&a.body);
+                    Ok(())
+                }
+                Ok(a) => {
+                    let rows: Vec<Vec<String>> = a.body["runs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|r| {
+                            vec![
+                                s(&r["run_id"]),
+                                s(&r["report"]),
+                                s(&r["period"]),
+                                s(&r["status"]),
+                                s(&r["rows"]),
+                                when(&r["requested_at"]),
+                                s(&r["requested_by"]),
+                            ]
+                        })
+                        .collect();
+                    if rows.is_empty() {
+                        println!("no runs");
+                    } else {
+                        table(
+                            &[
+                                "run",
+                                "report",
+                                "period",
+                                "status",
+                                "rows",
+                                "requested",
+                                "by",
+                            ],
+                            &rows,
+                        );
+                    }
+                    if let Some(next) = a.body["next_cursor"].as_str() {
+                        println!("(more: the API's next_cursor is {next})");
+                    }
+                    Ok(())
+                }
+                Err(f) => Err(f),
+            }
+        }
+        RunsCommand::Show { run } => show_run(c, &run).await.map(|_| ()),
+        RunsCommand::Start {
+            report,
+            period,
+            wait,
+        } => {
+            match c
+                .call(
+                    "POST",
+                    "/v1/runs",
+                    Some(json!({"report": report, "period": period})),
+                )
+                .await
+            {
+                Ok(a) => started(c, a, wait).await,
+                Err(f) => Err(f),
+            }
+        }
+        RunsCommand::Rerun { run, wait } => {
+            match c
+                .call("POST", &format!("/v1/runs/{}/rerun", encode(&run)), None)
+                .await
+            {
+                Ok(a) => started(c, a, wait).await,
+                Err(f) => Err(f),
+            }
+        }
+        RunsCommand::Cancel { run } => {
+            match c
+                .call("POST", &format!("/v1/runs/{}/cancel", encode(&run)), None)
+                .await
+            {
+                Ok(a) if c.json => {
+                    c.print_json(&a.body);
+                    Ok(())
+                }
+                Ok(a) => {
+                    println!(
+                        "cancel requested for {run} (it was {}): the builder stops before it starts or at its next page; `charlie runs show {run}` says when",
+                        s(&a.body["status"])
+                    );
+                    Ok(())
+                }
+                Err(f) => Err(f),
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.into(),
+    }
+}
+
+async fn started(c: &Client, a: Answer, wait: bool) -> Result<(), Failure> {
+    let run = s(&a.body["run_id"]);
+    if !wait {
+        if c.json {
+            c.print_json(&a.body);
+        } else {
+            println!(
+                "{run}: queued ({} {})",
+                s(&a.body["report"]),
+                s(&a.body["period"])
+            );
+        }
+        return Ok(());
+    }
+    if !c.json {
+        println!("{run}: queued");
+    }
+    let mut last = String::from("queued");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30 * 60);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = c
+            .call("GET", &format!("/v1/runs/{}", encode(&run)), None)
+            .await?
+            .body;
+        let status = s(&r["status"]);
+        if status != last && !c.json {
+            let extra = match status.as_str() {
+                "retrying" => format!(" ({}; attempt {})", s(&r["error"]), s(&r["attempts"])),
+                "built" => format!(" ({} rows, {} bytes)", s(&r["rows"]), s(&r["size"])),
+                "failed" => format!(" ({})", s(&r["error"])),
+                _ => String::new(),
+            };
+            println!("{run}: {status}{extra}");
+            last = status.clone();
+        }
+        let delivered = r["deliveries"].as_array().is_some_and(|d| !d.is_empty());
+        let done = match status.as_str() {
+            // Built: done once the mailer recorded its deliveries.
+            "built" | "notice_sent" => delivered,
+            s => FINAL.contains(&s),
+        };
+        if done {
+            if c.json {
+                c.print_json(&r);
+            } else {
+                for d in r["deliveries"].as_array().into_iter().flatten() {
+                    println!(
+                        "{run}: sent by {} to {} ({}, message id {})",
+                        s(&d["transport"]),
+                        d["to"]
+                            .as_array()
+                            .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default(),
+                        s(&d["status"]),
+                        s(&d["provider_message_id"])
+                    );
+                }
+            }
+            return match status.as_str() {
+                "failed" | "cancelled" => Err(Failure(1, format!("run {run} {status}"))),
+                _ => Ok(()),
+            };
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(Failure(
+                1,
+                format!(
+                    "run {run} is still {status} after 30 minutes; `charlie runs show {run}` later"
+                ),
+            ));
+        }
+    }
+}
+
+async fn show_run(c: &Client, run: &str) -> Result<Value, Failure> {
+    let r = c
+        .call("GET", &format!("/v1/runs/{}", encode(run)), None)
+        .await?
+        .body;
+    if c.json {
+        c.print_json(&r);
+        return Ok(r);
+    }
+    let fields = [
+        ("run", s(&r["run_id"])),
+        ("report", s(&r["report"])),
+        ("period", s(&r["period"])),
+        (
+            "status",
+            format!(
+                "{}{}",
+                s(&r["status"]),
+                if r["stale"] == true {
+                    " (stale: its attempt died; the queue delivers it again)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        ("attempts", s(&r["attempts"])),
+        (
+            "requested",
+            format!("{} by {}", when(&r["requested_at"]), s(&r["requested_by"])),
+        ),
+        ("started", when(&r["started_at"])),
+        ("finished", when(&r["finished_at"])),
+        ("rows", s(&r["rows"])),
+        (
+            "sheets",
+            r["sheets"]
+                .as_array()
+                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+        ),
+        (
+            "workbook",
+            format!(
+                "{} (version {})",
+                s(&r["workbook_key"]),
+                s(&r["workbook_version"])
+            ),
+        ),
+        ("size", s(&r["size"])),
+        ("sha256", s(&r["sha256"])),
+        ("error", s(&r["error"])),
+        ("cancel requested", s(&r["cancel_requested"])),
+    ];
+    for (k, v) in fields {
+        println!("{k:<17} {v}");
+    }
+    let rows: Vec<Vec<String>> = r["deliveries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            vec![
+                s(&d["group"]),
+                s(&d["transport"]),
+                s(&d["status"]),
+                when(&d["sent_at"]),
+                d["to"]
+                    .as_array()
+                    .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+                s(&d["provider_message_id"]),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("deliveries        none yet");
+    } else {
+        println!();
+        table(
+            &["group", "transport", "status", "sent", "to", "message id"],
+            &rows,
+        );
+    }
+    Ok(r)
+}
+
+pub async fn download(c: &Client, run: &str, out: Option<std::path::PathBuf>) -> ExitCode {
+    let a = match c
+        .call("GET", &format!("/v1/runs/{}/download", encode(run)), None)
+        .await
+    {
+        Ok(a) => a,
+        Err(f) => return f.into(),
+    };
+    let (Some(url), 302) = (a.location, a.status) else {
+        return Failure(
+            5,
+            format!("the API answered {} without a redirect", a.status),
+        )
+        .into();
+    };
+    // The presigned URL is the credential: no API key goes with it.
+    let bytes = match reqwest::get(&url).await.and_then(|r| r.error_for_status()) {
+        Ok(r) => match r.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Failure(5, format!("downloading the workbook: {e}")).into(),
+        },
+        Err(e) => return Failure(5, format!("downloading the workbook: {e}")).into(),
+    };
+    let path = out.unwrap_or_else(|| {
+        let name = url
+            .split('?')
+            .next()
+            .and_then(|u| u.rsplit('/').next())
+            .filter(|n| n.ends_with(".xlsx"))
+            .unwrap_or("workbook.xlsx");
+        std::path::PathBuf::from(name)
+    });
+    if let Err(e) = std::fs::write(&path, &bytes) {
+        return Failure(1, format!("{}: {e}", path.display())).into();
+    }
+    println!("{}: {} bytes", path.display(), bytes.len());
+    ExitCode::SUCCESS
+}
+
+pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
+    let result = async {
+        match command {
+            DlqCommand::List => {
+                let a = c.call("GET", "/v1/dead-letters", None).await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                let rows: Vec<Vec<String>> = a.body["dead_letter_queues"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|q| {
+                        vec![
+                            s(&q["queue"]),
+                            s(&q["messages"]),
+                            when(&q["oldest_sent_at"]),
+                            if q["redrivable"] == true {
+                                "yes".into()
+                            } else {
+                                "no (no source queue)".into()
+                            },
+                        ]
+                    })
+                    .collect();
+                table(&["queue", "dead letters", "oldest", "redrivable"], &rows);
+                Ok(())
+            }
+            DlqCommand::Peek { queue, max } => {
+                let a = c
+                    .call(
+                        "GET",
+                        &format!("/v1/dead-letters/{}?max={max}", encode(&queue)),
+                        None,
+                    )
+                    .await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                let letters = a.body["messages"].as_array().cloned().unwrap_or_default();
+                if letters.is_empty() {
+                    println!("{queue}: no dead letters");
+                }
+                for l in letters {
+                    println!(
+                        "{}  sent {}  received {}x  stage {}",
+                        s(&l["message_id"]),
+                        when(&l["sent_at"]),
+                        s(&l["receive_count"]),
+                        s(&l["failed_stage"])
+                    );
+                    println!("  cause: {}", s(&l["cause"]));
+                    let body = s(&l["body"]);
+                    let short: String = body.chars().take(160).collect();
+                    println!(
+                        "  body:  {short}{}",
+                        if body.chars().count() > 160 {
+                            "…"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                Ok(())
+            }
+            DlqCommand::Redrive { queue, ids, all } => {
+                let body = if all {
+                    json!({"all": true})
+                } else if ids.is_empty() {
+                    return Err(Failure(
+                        2,
+                        "give the message ids to redrive, or --all".into(),
+                    ));
+                } else {
+                    json!({"message_ids": ids})
+                };
+                let a = c
+                    .call(
+                        "POST",
+                        &format!("/v1/dead-letters/{}/redrive", encode(&queue)),
+                        Some(body),
+                    )
+                    .await?;
+                if c.json {
+                    c.print_json(&a.body);
+                } else {
+                    let moved = a.body["moved"].as_array().map_or(0, Vec::len);
+                    println!("{queue}: {moved} message(s) moved back to the queue");
+                    for id in a.body["not_found"].as_array().into_iter().flatten() {
+                        println!("  not found: {}", s(id));
+                    }
+                }
+                if a.body["not_found"]
+                    .as_array()
+                    .is_some_and(|n| !n.is_empty())
+                {
+                    return Err(Failure(
+                        4,
+                        "some messages were not in the dead-letter queue".into(),
+                    ));
+                }
+                Ok(())
+            }
+            DlqCommand::Delete { queue, id } => {
+                c.call(
+                    "DELETE",
+                    &format!("/v1/dead-letters/{}/{}", encode(&queue), encode(&id)),
+                    None,
+                )
+                .await?;
+                if !c.json {
+                    println!("{queue}: {id} deleted");
+                }
+                Ok(())
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.into(),
+    }
+}
+
+pub async fn health(c: &Client) -> ExitCode {
+    let url = format!("{}/v1/health", c.base);
+    let mut req = c.http.get(&url);
+    if let Some(k) = &c.key {
+        req = req.bearer_auth(k);
+    }
+    // 503 is an answer here (unhealthy, with the reasons), not a failure to reach the API.
+    let resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => return Failure(5, format!("cannot reach {url}: {e}")).into(),
+    };
+    let status = resp.status().as_u16();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    if status != 200 && status != 503 {
+        return Failure(
+            if status == 401 || status == 403 { 3 } else { 5 },
+            format!("GET /v1/health: {status}: {}", s(&body["message"])),
+        )
+        .into();
+    }
+    if c.json {
+        c.print_json(&body);
+    } else {
+        println!("status: {}", s(&body["status"]));
+        for p in body["problems"].as_array().into_iter().flatten() {
+            println!("  problem: {}", s(p));
+        }
+        for w in body["warnings"].as_array().into_iter().flatten() {
+            println!("  warning: {}", s(w));
+        }
+        let rows: Vec<Vec<String>> = body["queues"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|q| {
+                vec![
+                    s(&q["queue"]),
+                    s(&q["depth"]["visible"]),
+                    s(&q["depth"]["in_flight"]),
+                    s(&q["dead_letters"]["visible"]),
+                ]
+            })
+            .collect();
+        table(&["queue", "waiting", "in work", "dead letters"], &rows);
+        for f in body["folders"].as_array().into_iter().flatten() {
+            println!(
+                "folder {}: last poll {}, subscription expires {}",
+                s(&f["folder"]),
+                when(&f["last_poll_at"]),
+                when(&f["subscription_expires_at"])
+            );
+        }
+    }
+    if status == 200 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+pub async fn simple(c: &Client, path: &str) -> ExitCode {
+    match c.call("GET", path, None).await {
+        Ok(a) => {
+            c.print_json(&a.body);
+            ExitCode::SUCCESS
+        }
+        Err(f) => f.into(),
+    }
+}
+
+pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {
+    let result = async {
+        match command {
+            ReportsCommand::List => {
+                let a = c.call("GET", "/v1/reports", None).await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                let rows: Vec<Vec<String>> = a.body["reports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            s(&r["name"]),
+                            s(&r["schedule"]),
+                            s(&r["next_run_local"]),
+                            s(&r["transport"]),
+                            r["recipients"]
+                                .as_array()
+                                .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["report", "schedule", "next run", "transport", "recipients"],
+                    &rows,
+                );
+                Ok::<(), Failure>(())
+            }
+            ReportsCommand::Versions { report, period } => {
+                let a = c
+                    .call(
+                        "GET",
+                        &format!(
+                            "/v1/reports/{}/versions?period={}",
+                            encode(&report),
+                            encode(&period)
+                        ),
+                        None,
+                    )
+                    .await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                println!("{}", s(&a.body["key"]));
+                let rows: Vec<Vec<String>> = a.body["versions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|v| {
+                        vec![
+                            s(&v["version_id"]),
+                            when(&v["modified"]),
+                            s(&v["size"]),
+                            if v["latest"] == true {
+                                "latest".into()
+                            } else {
+                                String::new()
+                            },
+                        ]
+                    })
+                    .collect();
+                table(&["version", "stored", "bytes", ""], &rows);
+                Ok(())
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.into(),
+    }
+}
+
+pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
+    use charlie::stages::api::keys::Scope;
+    if let KeysCommand::Create {
+        name,
+        scope,
+        state_table: Some(table),
+    } = &command
+    {
+        let Some(scope) = Scope::parse(scope) else {
+            return Failure(
+                2,
+                format!("scope {scope:?} is not one of {:?}", Scope::NAMES),
+            )
+            .into();
+        };
+        let aws =
+            charlie::adapters::aws::AwsConfig::from_env(&charlie::env::Env::from_process()).await;
+        let state = charlie::adapters::aws::dynamodb::DynamoState::new(
+            aws_sdk_dynamodb::Client::new(&aws.sdk),
+            table,
+        );
+        let by = std::env::var("USER").unwrap_or_else(|_| "cli".into());
+        return match charlie::stages::api::keys::create(
+            &state,
+            name,
+            &[scope],
+            &format!("{by} (charlie keys create)"),
+        )
+        .await
+        {
+            Ok((record, key)) => {
+                if remote.json {
+                    println!(
+                        "{}",
+                        json!({"id": record.id, "name": record.name, "scopes": record.scopes, "key": key.expose()})
+                    );
+                } else {
+                    println!(
+                        "key {} ({}, {}): {}",
+                        record.id,
+                        record.name,
+                        record.scopes.join(","),
+                        key.expose()
+                    );
+                    println!(
+                        "shown once: keep it in a password manager; CHARLIE_API_KEY=<key> for the CLI"
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => Failure(5, format!("writing the key to {table}: {e:#}")).into(),
+        };
+    }
+    let c = match Client::new(remote) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let result = async {
+        match command {
+            KeysCommand::Create { name, scope, .. } => {
+                let a = c
+                    .call(
+                        "POST",
+                        "/v1/keys",
+                        Some(json!({"name": name, "scopes": [scope]})),
+                    )
+                    .await?;
+                if c.json {
+                    c.print_json(&a.body);
+                } else {
+                    println!(
+                        "key {} ({}, {}): {}",
+                        s(&a.body["id"]),
+                        s(&a.body["name"]),
+                        s(&a.body["scopes"][0]),
+                        s(&a.body["key"])
+                    );
+                    println!("shown once: keep it in a password manager");
+                }
+                Ok::<(), Failure>(())
+            }
+            KeysCommand::List => {
+                let a = c.call("GET", "/v1/keys", None).await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                let rows: Vec<Vec<String>> = a.body["keys"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|k| {
+                        vec![
+                            s(&k["id"]),
+                            s(&k["name"]),
+                            k["scopes"]
+                                .as_array()
+                                .map(|t| t.iter().map(s).collect::<Vec<_>>().join(","))
+                                .unwrap_or_default(),
+                            when(&k["created_at"]),
+                            when(&k["revoked_at"]),
+                        ]
+                    })
+                    .collect();
+                table(&["id", "name", "scopes", "created", "revoked"], &rows);
+                Ok(())
+            }
+            KeysCommand::Revoke { id } => {
+                let a = c
+                    .call("DELETE", &format!("/v1/keys/{}", encode(&id)), None)
+                    .await?;
+                if c.json {
+                    c.print_json(&a.body);
+                } else {
+                    println!(
+                        "key {id} ({}) revoked at {}",
+                        s(&a.body["name"]),
+                        when(&a.body["revoked_at"])
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.into(),
+    }
+}

@@ -1,0 +1,89 @@
+//! `charlie-local up`: the local cloud brought up as the demo brings it up (emulator, fake
+//! Graph, Terraform applied, the runner, the API), the sample mailbox ingested, an admin key
+//! made; then it stays up until Ctrl-C, doing what Lambda's event source mappings and
+//! Scheduler do: the queues are drained every second and the poller fires every five minutes,
+//! so runs started through the API (or `charlie runs start`) are built and mailed.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+
+use crate::demo::{LocalCloud, RowStoreKind, UpOptions};
+
+pub async fn run_up(work_dir: std::path::PathBuf, row_store: RowStoreKind) -> anyhow::Result<()> {
+    println!("==> charlie-local up: the local cloud, kept running until Ctrl-C");
+    let cloud = LocalCloud::up(UpOptions {
+        progress: true,
+        row_store,
+        ..UpOptions::new(work_dir)
+    })
+    .await?;
+    // The sample mailbox's mails were received on 2024-03-14: the first poll looks back from
+    // the next night, as the demo's does.
+    let first: DateTime<Utc> = "2024-03-15T00:10:00Z".parse()?;
+    let (poll, drained) = cloud.poll(first).await?;
+    println!(
+        "      sample mailbox polled: {} mail(s) queued, {} message(s) handled",
+        poll["queued"], drained.messages
+    );
+    let state = cloud.clients.state(&cloud.outputs.state_table);
+    let (record, key) = charlie::stages::api::keys::create(
+        &state,
+        "local-admin",
+        &[charlie::stages::api::keys::Scope::Admin],
+        "charlie-local up",
+    )
+    .await?;
+    let api = format!("http://{}", cloud.api);
+    let cli = crate::project::target_dir().join("debug/charlie");
+    println!();
+    println!("The control API is at {api}/v1 (OpenAPI: {api}/v1/openapi.json).");
+    println!(
+        "A throwaway admin key of this local stack ({}, id {}):",
+        record.name, record.id
+    );
+    println!();
+    println!("  export CHARLIE_API_URL={api}");
+    println!("  export CHARLIE_API_KEY={}", key.expose());
+    println!("  alias charlie={}", cli.display());
+    println!();
+    println!("Try:");
+    println!("  charlie health");
+    println!("  charlie reports list");
+    println!("  charlie runs start call_centre_daily 2024-03-14 --wait");
+    println!("  charlie runs list");
+    println!("  charlie runs show <run id>");
+    println!("  charlie download <run id> -o /tmp/report.xlsx");
+    println!("  charlie dlq list");
+    println!("  charlie keys create viewer --scope read");
+    println!();
+    println!(
+        "Queues are drained every second, the poller fires every 5 minutes. Ctrl-C stops everything."
+    );
+    let mut last_poll = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                if last_poll.elapsed() >= Duration::from_secs(300) {
+                    last_poll = Instant::now();
+                    if let Err(e) = cloud.runner.fire_schedule("-poller", Utc::now()).await {
+                        tracing::warn!(error = %format!("{e:#}"), "the poller's round failed");
+                    }
+                }
+                match cloud.runner.drain().await {
+                    Ok(d) if d.messages > 0 => println!(
+                        "      handled {} message(s) in {} batch(es), {} to retry",
+                        d.messages, d.batches, d.failures
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "draining the queues failed"),
+                }
+            }
+        }
+    }
+    println!("==> stopping: the emulator, the fake Graph and the API go with this process");
+    drop(cloud);
+    Ok(())
+}

@@ -1,0 +1,531 @@
+use super::*;
+use crate::adapters::memory::{MemoryObjects, MemoryQueue, MemoryQueueAdmin, MemoryState};
+use crate::ports::Letter;
+use crate::stages::testkit;
+
+struct World {
+    records: Arc<MemoryState>,
+    runs: Arc<MemoryQueue>,
+    queues: Arc<MemoryQueueAdmin>,
+    objects: Arc<MemoryObjects>,
+    api: Api,
+    /// Keys by scope.
+    read: String,
+    operate: String,
+    admin: String,
+}
+
+fn rec(w: &World) -> &dyn StateRecords {
+    w.records.as_ref()
+}
+
+const LINK_KEY: &str = "link-key-for-tests-0123456789abcdef";
+
+async fn world() -> World {
+    let records: Arc<MemoryState> = Arc::default();
+    let runs: Arc<MemoryQueue> = Arc::default();
+    let objects: Arc<MemoryObjects> = Arc::default();
+    let queues = Arc::new(MemoryQueueAdmin::with_queues(&[
+        ("inbound", true),
+        ("runs", true),
+        ("scheduler", false),
+    ]));
+    let api = Api {
+        definitions: testkit::definitions(),
+        records: Arc::clone(&records) as _,
+        objects: Arc::clone(&objects) as _,
+        runs: Arc::clone(&runs) as _,
+        inbound: Arc::new(MemoryQueue::default()),
+        lifecycle: Arc::new(MemoryQueue::default()),
+        queues: Arc::clone(&queues) as _,
+        link_key: Some(Secret::new(LINK_KEY)),
+        poll_stale: chrono::Duration::minutes(30),
+    };
+    let key = |name: &str, scope: Scope| {
+        let records = Arc::clone(&records);
+        let name = name.to_owned();
+        async move {
+            keys::create(records.as_ref(), &name, &[scope], "test")
+                .await
+                .unwrap()
+                .1
+                .expose()
+                .to_owned()
+        }
+    };
+    let read = key("viewer", Scope::Read).await;
+    let operate = key("operator", Scope::Operate).await;
+    let admin = key("admin", Scope::Admin).await;
+    World {
+        records,
+        runs,
+        queues,
+        objects,
+        api,
+        read,
+        operate,
+        admin,
+    }
+}
+
+/// (status, headers, body as JSON or text).
+async fn call(
+    w: &World,
+    method: &str,
+    path_and_query: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, HeaderMap, Value) {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let mut params = serde_json::Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.insert(k.into(), v.into());
+    }
+    let mut headers = serde_json::Map::new();
+    if let Some(k) = key {
+        headers.insert("authorization".into(), format!("Bearer {k}").into());
+    }
+    let event = json!({
+        "version": "2.0", "routeKey": "ANY /v1/{proxy+}", "rawPath": path, "rawQueryString": query,
+        "headers": headers, "queryStringParameters": params,
+        "requestContext": {"http": {"method": method, "path": path}, "requestId": crate::invocation::new_correlation_id()},
+        "body": body.map(|b| b.to_string()), "isBase64Encoded": false,
+    });
+    let req: ApiGatewayV2httpRequest = serde_json::from_value(event).unwrap();
+    let resp = w.api.handle(req).await;
+    let text = match resp.body {
+        Some(Body::Text(t)) => t,
+        _ => String::new(),
+    };
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (resp.status_code as u16, resp.headers, body)
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_served_without_a_key_and_names_every_route() {
+    let w = world().await;
+    let (status, headers, doc) = call(&w, "GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/v1/health",
+        "/v1/runs",
+        "/v1/runs/{run_id}",
+        "/v1/runs/{run_id}/cancel",
+        "/v1/runs/{run_id}/rerun",
+        "/v1/runs/{run_id}/download",
+        "/v1/reports",
+        "/v1/reports/{report}/versions",
+        "/v1/dead-letters",
+        "/v1/dead-letters/{queue}",
+        "/v1/dead-letters/{queue}/redrive",
+        "/v1/dead-letters/{queue}/{message_id}",
+        "/v1/keys",
+        "/v1/keys/{key_id}",
+        "/v1/links/{token}",
+        "/v1/metrics",
+        "/v1/audit",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_wrong_or_revoked_key_is_401_and_a_weak_one_403_naming_the_scope() {
+    let w = world().await;
+    let (status, headers, body) = call(&w, "GET", "/v1/runs", None, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"charlie\"");
+    assert!(body["message"].as_str().unwrap().contains("no API key"));
+    let (status, _, body) = call(
+        &w,
+        "GET",
+        "/v1/runs",
+        Some("chk_0123456789abcdef_nope"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+
+    let start = json!({"report": "call_centre_daily", "period": "2024-03-14"});
+    let (status, _, body) = call(&w, "POST", "/v1/runs", Some(&w.read), Some(start.clone())).await;
+    assert_eq!(status, 403);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs a key with scope operate"),
+        "{body}"
+    );
+    let (status, _, _) = call(&w, "GET", "/v1/keys", Some(&w.operate), None).await;
+    assert_eq!(status, 403, "keys are admin's");
+    assert!(w.runs.sent().is_empty(), "nothing queued by a refused call");
+
+    // Revoked by an admin: refused from then on.
+    let (_, _, keys) = call(&w, "GET", "/v1/keys", Some(&w.admin), None).await;
+    let viewer = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "viewer")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _, revoked) = call(
+        &w,
+        "DELETE",
+        &format!("/v1/keys/{viewer}"),
+        Some(&w.admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(revoked["revoked_at"].is_string());
+    let (status, _, body) = call(&w, "GET", "/v1/runs", Some(&w.read), None).await;
+    assert_eq!(status, 401);
+    assert!(body["message"].as_str().unwrap().contains("revoked"));
+}
+
+#[tokio::test]
+async fn a_run_is_queued_listed_shown_cancelled_and_rerun() {
+    let w = world().await;
+    let start = json!({"report": "call_centre_daily", "period": "2024-03-14"});
+    let (status, headers, started) =
+        call(&w, "POST", "/v1/runs", Some(&w.operate), Some(start)).await;
+    assert_eq!(status, 202, "{started}");
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(headers["location"], format!("/v1/runs/{run_id}").as_str());
+    let queued: Vec<ReportTrigger> = w.runs.bodies();
+    assert!(
+        matches!(&queued[..], [ReportTrigger::Run { run_id: Some(id), requested_by: Some(by), .. }] if *id == run_id && by == "operator"),
+        "{queued:?}"
+    );
+
+    let (status, _, list) = call(
+        &w,
+        "GET",
+        "/v1/runs?report=call_centre_daily",
+        Some(&w.read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["runs"][0]["run_id"], run_id.as_str());
+    assert_eq!(list["runs"][0]["status"], "queued");
+    let (_, _, none) = call(&w, "GET", "/v1/runs?status=built", Some(&w.read), None).await;
+    assert_eq!(none["runs"], json!([]));
+
+    let (status, _, shown) = call(
+        &w,
+        "GET",
+        &format!("/v1/runs/{run_id}"),
+        Some(&w.read),
+        None,
+    )
+    .await;
+    assert_eq!((status, shown["status"].as_str()), (200, Some("queued")));
+    assert_eq!(shown["cancel_requested"], false);
+
+    let (status, _, cancelled) = call(
+        &w,
+        "POST",
+        &format!("/v1/runs/{run_id}/cancel"),
+        Some(&w.operate),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202, "{cancelled}");
+    let cancel = rec(&w)
+        .get_record(&RecordKey::run_cancel(&run_id))
+        .await
+        .unwrap();
+    assert_eq!(cancel.map(|c| c.by), Some("operator".into()));
+
+    // A finished run cannot be cancelled.
+    let mut built: RunRecord = rec(&w)
+        .get_record(&RecordKey::run(&run_id))
+        .await
+        .unwrap()
+        .unwrap();
+    built.status = "built".into();
+    rec(&w)
+        .put_record(&RecordKey::run(&run_id), &built, None)
+        .await
+        .unwrap();
+    let (status, _, body) = call(
+        &w,
+        "POST",
+        &format!("/v1/runs/{run_id}/cancel"),
+        Some(&w.operate),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(body["message"].as_str().unwrap().contains("is built"));
+
+    let (status, _, rerun) = call(
+        &w,
+        "POST",
+        &format!("/v1/runs/{run_id}/rerun"),
+        Some(&w.operate),
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_ne!(rerun["run_id"], run_id.as_str());
+    assert_eq!(rerun["period"], "2024-03-14");
+
+    // Every state-changing call is audited, refusals too.
+    let (_, _, audit) = call(&w, "GET", "/v1/audit", Some(&w.admin), None).await;
+    let lines: Vec<(String, u64)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|(p, s)| p.ends_with("/cancel") && *s == 409)
+    );
+    assert!(lines.iter().any(|(p, s)| p == "/v1/runs" && *s == 202));
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_and_unknown_ids_are_404() {
+    let w = world().await;
+    for (body, field) in [
+        (json!({"period": "2024-03-14"}), "report"),
+        (
+            json!({"report": "call_centre_daily", "period": "2024-13-45"}),
+            "period",
+        ),
+        (json!({"report": "nope", "period": "2024-03-14"}), "report"),
+        (
+            json!({"report": "call_centre_daily", "period": "2024-03-14", "colour": "red"}),
+            "colour",
+        ),
+    ] {
+        let (status, _, resp) =
+            call(&w, "POST", "/v1/runs", Some(&w.operate), Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {resp}");
+        assert_eq!(resp["field"], field, "{body}: {resp}");
+    }
+    let (status, _, resp) = call(&w, "GET", "/v1/runs?limit=0", Some(&w.read), None).await;
+    assert_eq!((status, resp["field"].as_str()), (400, Some("limit")));
+    let (status, _, resp) = call(&w, "GET", "/v1/runs?from=yesterday", Some(&w.read), None).await;
+    assert_eq!((status, resp["field"].as_str()), (400, Some("from")));
+    for path in [
+        "/v1/runs/no-such-run",
+        "/v1/reports/nope",
+        "/v1/dead-letters/nope",
+        "/v1/nothing-here",
+    ] {
+        let (status, _, _) = call(&w, "GET", path, Some(&w.read), None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    assert!(w.runs.sent().is_empty());
+}
+
+fn letter(id: &str) -> Letter {
+    Letter {
+        message_id: id.into(),
+        body: "{\"v\":1}".into(),
+        sent_at: Some(Utc::now()),
+        receive_count: 1,
+        cause: Some("not an inbound message".into()),
+        failed_stage: Some("ingest".into()),
+        source_message_id: Some("src-1".into()),
+        correlation_id: Some("c-1".into()),
+    }
+}
+
+#[tokio::test]
+async fn dead_letters_are_peeked_redriven_and_deleted() {
+    let w = world().await;
+    for id in ["d-1", "d-2", "d-3"] {
+        w.queues.add_letter("inbound", letter(id));
+    }
+    let (_, _, all) = call(&w, "GET", "/v1/dead-letters", Some(&w.read), None).await;
+    let inbound = all["dead_letter_queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "inbound")
+        .unwrap()
+        .clone();
+    assert_eq!(inbound["messages"], 3);
+    let (status, _, peeked) = call(
+        &w,
+        "GET",
+        "/v1/dead-letters/inbound?max=2",
+        Some(&w.read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(peeked["messages"].as_array().unwrap().len(), 2);
+    assert_eq!(peeked["messages"][0]["cause"], "not an inbound message");
+
+    let (status, _, moved) = call(
+        &w,
+        "POST",
+        "/v1/dead-letters/inbound/redrive",
+        Some(&w.operate),
+        Some(json!({"message_ids": ["d-1", "gone"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["moved"], json!(["d-1"]));
+    assert_eq!(moved["not_found"], json!(["gone"]));
+    assert_eq!(
+        w.queues.redriven(),
+        vec![("inbound".to_owned(), "d-1".to_owned())]
+    );
+
+    let (status, _, _) = call(
+        &w,
+        "DELETE",
+        "/v1/dead-letters/inbound/d-2",
+        Some(&w.operate),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let (status, _, _) = call(
+        &w,
+        "DELETE",
+        "/v1/dead-letters/inbound/d-2",
+        Some(&w.operate),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, body) = call(
+        &w,
+        "POST",
+        "/v1/dead-letters/inbound/redrive",
+        Some(&w.operate),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((status, body["field"].as_str()), (400, Some("message_ids")));
+
+    w.queues.add_letter("scheduler", letter("s-1"));
+    let (status, _, body) = call(
+        &w,
+        "POST",
+        "/v1/dead-letters/scheduler/redrive",
+        Some(&w.operate),
+        Some(json!({"all": true})),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+}
+
+#[tokio::test]
+async fn a_mail_link_redirects_while_valid_and_a_forged_or_expired_one_gets_a_page_saying_so() {
+    let w = world().await;
+    let stored = w
+        .objects
+        .put(
+            "reports/r/2024-03-14/r-2024-03-14.xlsx",
+            b"xlsx".to_vec(),
+            "x",
+        )
+        .await
+        .unwrap();
+    let run = RunRecord {
+        status: "built".into(),
+        workbook_key: Some(stored.key.clone()),
+        workbook_version: stored.version_id.clone(),
+        ..serde_json::from_value(json!({
+            "run_id": "r-1", "report": "call_centre_daily", "period": "2024-03-14", "status": "built",
+            "rows": 1, "started_at": "", "finished_at": ""
+        }))
+        .unwrap()
+    };
+    rec(&w)
+        .put_record(&RecordKey::run("r-1"), &run, None)
+        .await
+        .unwrap();
+    let claims = |expires: i64| crate::links::LinkClaims {
+        run_id: "r-1".into(),
+        workbook_key: stored.key.clone(),
+        workbook_version: stored.version_id.clone(),
+        expires,
+    };
+    let key = Secret::new(LINK_KEY);
+    let valid = crate::links::sign(&key, &claims(Utc::now().timestamp() + 3600));
+    let (status, headers, _) = call(&w, "GET", &format!("/v1/links/{valid}"), None, None).await;
+    assert_eq!(status, 302);
+    let location = headers["location"].to_str().unwrap();
+    assert!(
+        location.contains(&stored.key) && location.contains("X-Amz-Expires=300"),
+        "{location}"
+    );
+
+    let expired = crate::links::sign(&key, &claims(Utc::now().timestamp() - 1));
+    let forged = crate::links::sign(
+        &Secret::new("another key"),
+        &claims(Utc::now().timestamp() + 3600),
+    );
+    for (token, says) in [
+        (expired, "expired"),
+        (forged, "signature"),
+        ("x.y".to_owned(), "not a Charlie"),
+    ] {
+        let (status, headers, page) =
+            call(&w, "GET", &format!("/v1/links/{token}"), None, None).await;
+        assert_eq!(status, 403);
+        assert_eq!(headers["content-type"], "text/html; charset=utf-8");
+        assert!(page.as_str().unwrap().contains(says), "{page}");
+    }
+}
+
+#[tokio::test]
+async fn health_is_503_with_the_reason_when_a_subscription_expired() {
+    let w = world().await;
+    let (status, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "ok");
+
+    let sub = state::SubscriptionRecord {
+        id: "s-1".into(),
+        expires_at: Utc::now() - chrono::Duration::minutes(1),
+        created_at: Utc::now() - chrono::Duration::days(3),
+        renewed_at: None,
+    };
+    let index = state::folder_index_sk("SUB", "mb", "inbox");
+    rec(&w)
+        .put_record(
+            &RecordKey::subscription("mb", "inbox"),
+            &sub,
+            Some((FOLDERS_INDEX, &index)),
+        )
+        .await
+        .unwrap();
+    let (status, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
+    assert_eq!(status, 503);
+    assert!(
+        body["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("subscription expired"),
+        "{body}"
+    );
+}
