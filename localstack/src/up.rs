@@ -1,4 +1,4 @@
-//! `charlie-local up`: the local cloud brought up as the demo brings it up (emulator, fake
+//! `charlie-local up` (`scripts/up`): the local cloud brought up as the demo brings it up (emulator, fake
 //! Graph, Terraform applied, the runner, the API), the sample mailbox ingested, an admin key
 //! made; then it stays up until Ctrl-C, doing what Lambda's event source mappings and
 //! Scheduler do: the queues are drained every second and the poller fires every five minutes,
@@ -62,9 +62,14 @@ pub async fn run_up(work_dir: std::path::PathBuf, row_store: RowStoreKind) -> an
     );
     let mut last_poll = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // One listener each for the whole run: a Ctrl-C (or a SIGTERM, as a service manager
+    // stops things) while the queues are drained is not lost.
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut terminated = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut interrupted => break,
+            _ = terminated.recv() => break,
             _ = tick.tick() => {
                 if last_poll.elapsed() >= Duration::from_secs(300) {
                     last_poll = Instant::now();

@@ -1531,12 +1531,8 @@ fn run_summary(run: &RunRecord) -> Value {
 }
 
 fn parse_period(text: &str) -> Result<Period, ApiError> {
-    Period::parse(text).map_err(|e| {
-        ApiError::bad(
-            "period",
-            format!("period {text:?}: {e} (a day 2024-03-14, an ISO week 2024-W11, a month 2024-03 or a range 2024-03-01..2024-03-14)"),
-        )
-    })
+    // The parse error names the text and the forms a period takes.
+    Period::parse(text).map_err(|e| ApiError::bad("period", e.to_string()))
 }
 
 fn redirect(url: String) -> Reply {
