@@ -58,6 +58,21 @@ enum Command {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+    /// A run's deliveries: transport, status, provider message id, SES events
+    Deliveries { run: String },
+    /// Re-ingest DATASET's DATE from its archived attachments (the same rows)
+    Reprocess {
+        dataset: String,
+        date: String,
+        /// Wait until it is done
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Intake: outcomes of a day, quarantined files, an attachment's rejects, poll now
+    Intake {
+        #[command(subcommand)]
+        command: remote::IntakeCommand,
+    },
     /// Dead-letter queues: list, peek, redrive, delete
     Dlq {
         #[command(subcommand)]
@@ -158,6 +173,9 @@ fn main() -> ExitCode {
     let remote_command = matches!(
         cli.command,
         Command::Runs { .. }
+            | Command::Deliveries { .. }
+            | Command::Reprocess { .. }
+            | Command::Intake { .. }
             | Command::Download { .. }
             | Command::Dlq { .. }
             | Command::Reports { .. }
@@ -207,6 +225,9 @@ fn main() -> ExitCode {
                 },
         } => ingest_check(&dataset, &config, &csv_file, name.as_deref(), received),
         Command::Runs { .. }
+        | Command::Deliveries { .. }
+        | Command::Reprocess { .. }
+        | Command::Intake { .. }
         | Command::Download { .. }
         | Command::Dlq { .. }
         | Command::Reports { .. }
@@ -231,6 +252,13 @@ async fn run_remote(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Runs { command } => remote::runs(&client, command).await,
         Command::Download { run, out } => remote::download(&client, &run, out).await,
+        Command::Deliveries { run } => remote::deliveries(&client, &run).await,
+        Command::Reprocess {
+            dataset,
+            date,
+            wait,
+        } => remote::reprocess(&client, &dataset, &date, wait).await,
+        Command::Intake { command } => remote::intake(&client, command).await,
         Command::Dlq { command } => remote::dlq(&client, command).await,
         Command::Reports { command } => remote::reports(&client, command).await,
         Command::Health => remote::health(&client).await,

@@ -101,6 +101,23 @@ pub enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+pub enum IntakeCommand {
+    /// What ingest made of each attachment with rows on DATASET's DATE, and the totals
+    Outcomes { dataset: String, date: String },
+    /// Quarantined files with their reasons
+    Quarantine {
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// The rejected rows (line, reason) of an archived attachment (an outcome's raw_key)
+    Rejects { raw_key: String },
+    /// Poll every folder now instead of waiting for the schedule
+    Poll,
+}
+
+#[derive(Subcommand)]
 pub enum ReportsCommand {
     /// The report definitions and when each fires next
     List,
@@ -1008,6 +1025,231 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
                     );
                 }
                 Ok(())
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.into(),
+    }
+}
+
+pub async fn deliveries(c: &Client, run: &str) -> ExitCode {
+    let a = match c
+        .call("GET", &format!("/v1/runs/{}/deliveries", encode(run)), None)
+        .await
+    {
+        Ok(a) => a,
+        Err(f) => return f.into(),
+    };
+    if c.json {
+        c.print_json(&a.body);
+        return ExitCode::SUCCESS;
+    }
+    let rows: Vec<Vec<String>> = a.body["deliveries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let events = d["events"]
+                .as_array()
+                .map(|e| {
+                    e.iter()
+                        .map(|x| s(&x["event_type"]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
+            vec![
+                s(&d["group"]),
+                s(&d["transport"]),
+                s(&d["status"]),
+                when(&d["sent_at"]),
+                s(&d["provider_message_id"]),
+                if events.is_empty() {
+                    "-".into()
+                } else {
+                    events
+                },
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("{run}: no deliveries yet");
+    } else {
+        table(
+            &[
+                "group",
+                "transport",
+                "status",
+                "sent",
+                "message id",
+                "events",
+            ],
+            &rows,
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+pub async fn reprocess(c: &Client, dataset: &str, date: &str, wait: bool) -> ExitCode {
+    let a = match c
+        .call(
+            "POST",
+            "/v1/reprocess",
+            Some(json!({"dataset": dataset, "date": date})),
+        )
+        .await
+    {
+        Ok(a) => a,
+        Err(f) => return f.into(),
+    };
+    let id = s(&a.body["request_id"]);
+    if !wait {
+        if c.json {
+            c.print_json(&a.body);
+        } else {
+            println!("{id}: queued; `charlie reprocess {dataset} {date} --wait` waits for it");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30 * 60);
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = match c
+            .call("GET", &format!("/v1/reprocess/{}", encode(&id)), None)
+            .await
+        {
+            Ok(a) => a.body,
+            Err(f) => return f.into(),
+        };
+        match r["status"].as_str() {
+            Some("done") => {
+                if c.json {
+                    c.print_json(&r);
+                } else {
+                    println!(
+                        "{id}: done: {} attachment(s) re-ingested, {} row(s) deleted, {} stored",
+                        s(&r["attachments"]),
+                        s(&r["rows_deleted"]),
+                        s(&r["rows_stored"])
+                    );
+                }
+                return ExitCode::SUCCESS;
+            }
+            Some("failed") => return Failure(1, format!("{id} failed: {}", s(&r["error"]))).into(),
+            _ if std::time::Instant::now() > deadline => {
+                return Failure(
+                    1,
+                    format!("{id} is still {} after 30 minutes", s(&r["status"])),
+                )
+                .into();
+            }
+            _ => {}
+        }
+    }
+}
+
+pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
+    let result = async {
+        match command {
+            IntakeCommand::Outcomes { dataset, date } => {
+                let a = c
+                    .call(
+                        "GET",
+                        &format!(
+                            "/v1/intake/outcomes?dataset={}&date={}",
+                            encode(&dataset),
+                            encode(&date)
+                        ),
+                        None,
+                    )
+                    .await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                let t = &a.body["totals"];
+                println!(
+                    "{dataset} {date}: {} rows: {} new, {} duplicate, {} rejected",
+                    s(&t["rows_total"]),
+                    s(&t["rows_new"]),
+                    s(&t["rows_duplicate"]),
+                    s(&t["rows_rejected"])
+                );
+                let rows: Vec<Vec<String>> = a.body["outcomes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|o| {
+                        vec![
+                            s(&o["attachment"]),
+                            when(&o["received"]),
+                            s(&o["rows_total"]),
+                            s(&o["rows_new"]),
+                            s(&o["rows_duplicate"]),
+                            s(&o["rows_rejected"]),
+                            s(&o["raw_key"]),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "attachment",
+                        "received",
+                        "rows",
+                        "new",
+                        "duplicate",
+                        "rejected",
+                        "raw key",
+                    ],
+                    &rows,
+                );
+                Ok(())
+            }
+            IntakeCommand::Quarantine { dataset, limit } => {
+                let mut path = format!("/v1/intake/quarantine?limit={limit}");
+                if let Some(d) = dataset {
+                    path.push_str(&format!("&dataset={}", encode(&d)));
+                }
+                let a = c.call("GET", &path, None).await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                let files = a.body["files"].as_array().cloned().unwrap_or_default();
+                if files.is_empty() {
+                    println!("nothing quarantined");
+                }
+                for f in files {
+                    println!(
+                        "{}  ({}, {})",
+                        s(&f["key"]),
+                        s(&f["attachment"]),
+                        when(&f["quarantined_at"])
+                    );
+                    println!("  reason: {}", s(&f["reason"]));
+                }
+                Ok(())
+            }
+            IntakeCommand::Rejects { raw_key } => {
+                let a = c
+                    .call(
+                        "GET",
+                        &format!("/v1/intake/rejects?raw_key={}", encode(&raw_key)),
+                        None,
+                    )
+                    .await?;
+                c.print_json(&a.body);
+                Ok(())
+            }
+            IntakeCommand::Poll => {
+                c.call("POST", "/v1/intake/poll", None).await?;
+                if !c.json {
+                    println!("poll queued: the poller runs its round over every folder now");
+                }
+                Ok::<(), Failure>(())
             }
         }
     }
