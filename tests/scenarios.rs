@@ -173,6 +173,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         wrong_expired_or_weak_keys_are_refused_on_every_route_class,
         a_dead_letter_is_peeked_and_redriven_through_the_api,
         intake_is_seen_and_a_day_reprocessed_through_the_api,
+        paused_intake_records_mails_and_resume_ingests_them,
         // Last: the requests it generates (runs of odd periods) are left queued.
         the_control_api_keeps_to_its_openapi_document_under_schemathesis,
     );
@@ -1468,6 +1469,33 @@ async fn intake_is_seen_and_a_day_reprocessed_through_the_api(cx: &Ctx) {
     assert_eq!(status, 202);
     cx.cloud.runner.drain().await.unwrap();
     assert_eq!(cx.rows_of("ib_calls", "2024-03-21").await, 4);
+}
+
+/// Paused, the webhook records the mail it is told of instead of queueing it (nothing is
+/// ingested); resumed, what was recorded is queued and ingested once.
+async fn paused_intake_records_mails_and_resume_ingests_them(cx: &Ctx) {
+    use charlie::stages::api::keys::Scope;
+    let operator = cx.key("operator-5", Scope::Operate).await;
+    let (status, paused) = cx.api("POST", "/v1/intake/pause", Some(&operator), None).await;
+    assert_eq!((status, paused["paused"].as_bool()), (200, Some(true)), "{paused}");
+    // The webhook trusts its copy of the flag for 5 s.
+    tokio::time::sleep(charlie::intake_control::GATE_TTL + std::time::Duration::from_secs(1)).await;
+    let id = "AAMkAGI2TG93AAA=day22";
+    cx.cloud.graph.deliver(new_mail(id, "2024-03-22", 3));
+    let statuses = cx.cloud.graph.notify(id, 1).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-22").await, 0, "nothing ingested while paused");
+    let (_, state) = cx.api("GET", "/v1/intake", Some(&operator), None).await;
+    assert_eq!(state["parked"], 1, "{state}");
+
+    let (status, resumed) = cx.api("POST", "/v1/intake/resume", Some(&operator), None).await;
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!((resumed["resumed"].as_u64(), resumed["paused"].as_bool()), (Some(1), Some(false)));
+    cx.cloud.runner.drain().await.unwrap();
+    assert_eq!(cx.rows_of("ib_calls", "2024-03-22").await, 3);
+    let (_, state) = cx.api("GET", "/v1/intake", Some(&operator), None).await;
+    assert_eq!(state["parked"], 0, "{state}");
 }
 
 /// schemathesis generates requests for every operation of `docs/openapi.json` (valid ones, and

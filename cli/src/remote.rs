@@ -115,6 +115,12 @@ pub enum IntakeCommand {
     Rejects { raw_key: String },
     /// Poll every folder now instead of waiting for the schedule
     Poll,
+    /// Pause intake: notifications and polls are recorded, nothing is queued
+    Pause,
+    /// Resume intake: what arrived while paused is queued
+    Resume,
+    /// Whether intake is paused and how many mails wait
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -1242,6 +1248,33 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                     )
                     .await?;
                 c.print_json(&a.body);
+                Ok(())
+            }
+            IntakeCommand::Pause | IntakeCommand::Resume | IntakeCommand::Status => {
+                let (method, path) = match command {
+                    IntakeCommand::Pause => ("POST", "/v1/intake/pause"),
+                    IntakeCommand::Resume => ("POST", "/v1/intake/resume"),
+                    _ => ("GET", "/v1/intake"),
+                };
+                let a = c.call(method, path, None).await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                let b = &a.body;
+                if b["paused"] == true {
+                    println!(
+                        "intake paused since {} by {}; {} mail(s) parked",
+                        when(&b["since"]),
+                        s(&b["by"]),
+                        s(&b["parked"])
+                    );
+                } else {
+                    println!("intake running; {} mail(s) parked", s(&b["parked"]));
+                }
+                if let Some(n) = b["resumed"].as_u64() {
+                    println!("{n} parked mail(s) queued for ingest");
+                }
                 Ok(())
             }
             IntakeCommand::Poll => {

@@ -23,6 +23,7 @@ pub mod definitions;
 pub mod env;
 pub mod failure;
 pub mod idempotency;
+pub mod intake_control;
 pub mod invocation;
 pub mod key_set;
 #[cfg(feature = "lambda")]

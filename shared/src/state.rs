@@ -190,6 +190,41 @@ impl RecordKey<ReprocessRecord> {
     }
 }
 
+/// `INTAKE#control` / `state`: whether intake is paused (`crate::intake_control`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntakeControl {
+    pub paused: bool,
+    pub since: String,
+    pub by: String,
+}
+
+impl RecordKey<IntakeControl> {
+    pub fn intake_control() -> Self {
+        Self::new("INTAKE#control".into(), "state")
+    }
+}
+
+/// `PARKED#{id}` / `message`: one inbound message that arrived while intake was paused; on the
+/// index as [`PARKED_INDEX`] / `{parked at}#{id}` until resumed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedMessage {
+    /// The `inbound` message, as it would have been queued.
+    pub message: serde_json::Value,
+    pub parked_at: String,
+    /// `webhook` or `poller`.
+    pub by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<String>,
+}
+
+impl RecordKey<ParkedMessage> {
+    pub fn parked(id: &str) -> Self {
+        Self::new(format!("PARKED#{id}"), "message")
+    }
+}
+
+pub const PARKED_INDEX: &str = "PARKED";
+
 /// The index partition listing every run, newest first by request time.
 pub const RUNS_INDEX: &str = "RUNS";
 

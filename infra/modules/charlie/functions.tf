@@ -54,6 +54,8 @@ locals {
       local.logs_statement,
       local.send["inbound"], local.send["lifecycle"],
       { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.client_state.arn },
+      # Intake's pause flag, and the mails it parks while paused.
+      { Effect = "Allow", Action = ["dynamodb:GetItem", "dynamodb:PutItem"], Resource = aws_dynamodb_table.state.arn },
     ]
     poller = [
       local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw, local.send["inbound"],

@@ -73,6 +73,8 @@ pub struct PollSummary {
     pub pages: u32,
     pub messages_seen: u32,
     pub queued: u32,
+    /// Found while intake was paused: recorded, queued on resume.
+    pub parked: u32,
     /// Fresh syncs after Graph forgot a delta link.
     pub resyncs: u32,
     pub subscriptions_created: u32,
@@ -536,10 +538,22 @@ impl Poller {
                     },
                 });
             }
-            if let (_, Some(e)) = self.inbound.send_new_work(&batch).await {
-                return Err(e);
+            // Paused intake: the mails found are parked, and the delta link still advances.
+            let paused = !batch.is_empty()
+                && crate::intake_control::PauseGate::uncached(self.records.clone())
+                    .paused()
+                    .await;
+            if paused {
+                crate::intake_control::PauseGate::uncached(self.records.clone())
+                    .park(&batch, "poller")
+                    .await?;
+                summary.parked += batch.len() as u32;
+            } else {
+                if let (_, Some(e)) = self.inbound.send_new_work(&batch).await {
+                    return Err(e);
+                }
+                summary.queued += batch.len() as u32;
             }
-            summary.queued += batch.len() as u32;
             // The position, page by page: a backlog longer than one invocation goes on from
             // here next time instead of starting over.
             let position = page.next_link.clone().or(page.delta_link.clone());

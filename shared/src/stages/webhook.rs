@@ -43,6 +43,8 @@ pub struct GraphWebhook {
     known: RwLock<Known>,
     inbound: Arc<dyn WorkQueue>,
     lifecycle: Arc<dyn WorkQueue>,
+    /// Paused intake parks the mails instead of queueing them (`None`: never paused).
+    gate: Option<crate::intake_control::PauseGate>,
 }
 
 #[derive(Default)]
@@ -103,14 +105,21 @@ impl GraphWebhook {
             }),
             inbound,
             lifecycle,
+            gate: None,
         })
+    }
+
+    /// With intake's pause flag (the state table).
+    pub fn with_gate(mut self, gate: crate::intake_control::PauseGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     #[cfg(feature = "graph-webhook")]
     pub async fn from_env(env: &crate::env::Env) -> anyhow::Result<Self> {
         use super::wiring;
         let aws = crate::adapters::aws::AwsConfig::from_env(env).await;
-        Self::new(
+        let hook = Self::new(
             wiring::client_states(&aws, env)?,
             Duration::from_secs(env.in_range_or(
                 "CHARLIE_CLIENT_STATE_CACHE_SECONDS",
@@ -120,7 +129,12 @@ impl GraphWebhook {
             wiring::queue(&aws, env, "CHARLIE_INBOUND_QUEUE_URL")?,
             wiring::queue(&aws, env, "CHARLIE_LIFECYCLE_QUEUE_URL")?,
         )
-        .await
+        .await?;
+        Ok(
+            hook.with_gate(crate::intake_control::PauseGate::new(wiring::state(
+                &aws, env,
+            )?)),
+        )
     }
 
     /// Checks a notification's subscription and clientState, re-reading the map when the
@@ -225,7 +239,23 @@ impl GraphWebhook {
         if wanted == 0 {
             return response(202, "text/plain", String::new());
         }
-        let (sent_mails, mail_failure) = self.inbound.send_new_work(&mails).await;
+        let paused = match &self.gate {
+            Some(gate) if !mails.is_empty() => gate.paused().await,
+            _ => false,
+        };
+        let (sent_mails, mail_failure) = match &self.gate {
+            Some(gate) if paused => match gate.park(&mails, "webhook").await {
+                Ok(n) => {
+                    info!(
+                        parked = n,
+                        "intake paused: notifications recorded, not queued"
+                    );
+                    (n, None)
+                }
+                Err(e) => (0, Some(e)),
+            },
+            _ => self.inbound.send_new_work(&mails).await,
+        };
         let (sent_work, work_failure) = self.lifecycle.send_new_work(&work).await;
         let queued = sent_mails + sent_work;
         for e in [mail_failure, work_failure].into_iter().flatten() {

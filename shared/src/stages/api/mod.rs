@@ -69,6 +69,9 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("GET", &["intake", "quarantine", "file"]),
     ("GET", &["intake", "rejects"]),
     ("POST", &["intake", "poll"]),
+    ("GET", &["intake"]),
+    ("POST", &["intake", "pause"]),
+    ("POST", &["intake", "resume"]),
     ("GET", &["dead-letters"]),
     ("GET", &["dead-letters", "*"]),
     ("POST", &["dead-letters", "*", "redrive"]),
@@ -457,6 +460,42 @@ impl Api {
                 ))
             }
             ("GET", ["intake", "outcomes"]) => self.outcomes(req).await,
+            ("GET", ["intake"]) => self.intake_state().await,
+            ("POST", ["intake", "pause"]) => {
+                use crate::intake_control::IntakeControl;
+                let control = IntakeControl {
+                    paused: true,
+                    since: Utc::now().to_rfc3339(),
+                    by: key.name.clone(),
+                };
+                self.records
+                    .put_record(&RecordKey::intake_control(), &control, None)
+                    .await?;
+                info!(by = key.name, "intake paused");
+                Ok(self.intake_state().await?.said("pause intake"))
+            }
+            ("POST", ["intake", "resume"]) => {
+                use crate::intake_control::IntakeControl;
+                let control = IntakeControl {
+                    paused: false,
+                    since: Utc::now().to_rfc3339(),
+                    by: key.name.clone(),
+                };
+                self.records
+                    .put_record(&RecordKey::intake_control(), &control, None)
+                    .await?;
+                // The webhook and poller trust their copy of the flag for a few seconds: what
+                // they park meanwhile is queued by the next resume (or shows in the count).
+                let resumed =
+                    crate::intake_control::resume(self.records.as_ref(), self.inbound.as_ref())
+                        .await?;
+                info!(by = key.name, resumed, "intake resumed");
+                let mut reply = self.intake_state().await?;
+                if let ReplyBody::Json(body) = &mut reply.body {
+                    body["resumed"] = json!(resumed);
+                }
+                Ok(reply.said(format!("resume intake: {resumed} queued")))
+            }
             ("POST", ["intake", "poll"]) => {
                 let asked = crate::messages::PollNow {
                     v: 1,
@@ -851,6 +890,21 @@ impl Api {
             )
         })?;
         Ok((dataset.to_owned(), date))
+    }
+
+    /// Whether intake is paused, since when and by whom, and how many mails wait for resume.
+    async fn intake_state(&self) -> Result<Reply, ApiError> {
+        let control: Option<crate::intake_control::IntakeControl> = self
+            .records
+            .get_record(&RecordKey::intake_control())
+            .await?;
+        let parked = crate::intake_control::parked_count(self.records.as_ref()).await?;
+        Ok(Reply::ok(json!({
+            "paused": control.as_ref().is_some_and(|c| c.paused),
+            "since": control.as_ref().map(|c| c.since.clone()),
+            "by": control.as_ref().map(|c| c.by.clone()),
+            "parked": parked,
+        })))
     }
 
     /// A dataset's day: each attachment that had rows on it and what ingest made of it.
