@@ -275,6 +275,21 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// The exit code of a command's result.
+fn exit(result: Result<(), Failure>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => f.into(),
+    }
+}
+
+/// A JSON array of strings as one `sep`-joined cell (empty when not an array).
+fn joined(v: &Value, sep: &str) -> String {
+    v.as_array()
+        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(sep))
+        .unwrap_or_default()
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -430,10 +445,7 @@ pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
             }
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.into(),
-    }
+    exit(result)
 }
 
 async fn started(c: &Client, a: Answer, wait: bool) -> Result<(), Failure> {
@@ -486,10 +498,7 @@ async fn started(c: &Client, a: Answer, wait: bool) -> Result<(), Failure> {
                     println!(
                         "{run}: sent by {} to {} ({}, message id {})",
                         s(&d["transport"]),
-                        d["to"]
-                            .as_array()
-                            .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
-                            .unwrap_or_default(),
+                        joined(&d["to"], ", "),
                         s(&d["status"]),
                         s(&d["provider_message_id"])
                     );
@@ -544,13 +553,7 @@ async fn show_run(c: &Client, run: &str) -> Result<Value, Failure> {
         ("started", when(&r["started_at"])),
         ("finished", when(&r["finished_at"])),
         ("rows", s(&r["rows"])),
-        (
-            "sheets",
-            r["sheets"]
-                .as_array()
-                .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default(),
-        ),
+        ("sheets", joined(&r["sheets"], ", ")),
         (
             "workbook",
             format!(
@@ -577,10 +580,7 @@ async fn show_run(c: &Client, run: &str) -> Result<Value, Failure> {
                 s(&d["transport"]),
                 s(&d["status"]),
                 when(&d["sent_at"]),
-                d["to"]
-                    .as_array()
-                    .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default(),
+                joined(&d["to"], ", "),
                 s(&d["provider_message_id"]),
             ]
         })
@@ -756,10 +756,7 @@ pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
         }
     }
     .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.into(),
-    }
+    exit(result)
 }
 
 pub async fn health(c: &Client) -> ExitCode {
@@ -851,10 +848,7 @@ pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {
                             s(&r["schedule"]),
                             s(&r["next_run_local"]),
                             s(&r["transport"]),
-                            r["recipients"]
-                                .as_array()
-                                .map(|t| t.iter().map(s).collect::<Vec<_>>().join(", "))
-                                .unwrap_or_default(),
+                            joined(&r["recipients"], ", "),
                         ]
                     })
                     .collect();
@@ -904,10 +898,7 @@ pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {
         }
     }
     .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.into(),
-    }
+    exit(result)
 }
 
 pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
@@ -1005,10 +996,7 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
                         vec![
                             s(&k["id"]),
                             s(&k["name"]),
-                            k["scopes"]
-                                .as_array()
-                                .map(|t| t.iter().map(s).collect::<Vec<_>>().join(","))
-                                .unwrap_or_default(),
+                            joined(&k["scopes"], ","),
                             when(&k["created_at"]),
                             when(&k["revoked_at"]),
                         ]
@@ -1035,10 +1023,7 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
         }
     }
     .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.into(),
-    }
+    exit(result)
 }
 
 pub async fn deliveries(c: &Client, run: &str) -> ExitCode {
@@ -1287,8 +1272,5 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
         }
     }
     .await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(f) => f.into(),
-    }
+    exit(result)
 }

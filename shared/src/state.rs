@@ -370,6 +370,33 @@ pub struct RunRecord {
     pub deadline: Option<String>,
 }
 
+impl RunRecord {
+    /// A run of `report` for `period` with nothing done yet (no status, no times).
+    pub fn new(run_id: &str, report: &str, period: &str) -> Self {
+        RunRecord {
+            run_id: run_id.to_owned(),
+            report: report.to_owned(),
+            period: period.to_owned(),
+            status: String::new(),
+            rows: 0,
+            sheets: vec![],
+            workbook_key: None,
+            workbook_version: None,
+            size: 0,
+            sha256: None,
+            warnings: vec![],
+            requested_at: String::new(),
+            requested_by: String::new(),
+            started_at: String::new(),
+            finished_at: String::new(),
+            repeated: false,
+            error: None,
+            attempts: 0,
+            deadline: None,
+        }
+    }
+}
+
 /// A delivery's result: the delivery claim's result and part of its run's index entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeliveryResult {

@@ -239,6 +239,24 @@ pub mod wiring {
         }
     }
 
+    /// The secret named by the setting `name`, when it is set.
+    #[cfg(feature = "secrets")]
+    pub async fn optional_secret(
+        aws: &AwsConfig,
+        env: &Env,
+        name: &str,
+    ) -> anyhow::Result<Option<crate::secret::Secret>> {
+        match env.get(name) {
+            None => Ok(None),
+            Some(id) => {
+                let secrets = aws_sdk_secretsmanager::Client::new(&aws.sdk);
+                Ok(Some(
+                    crate::adapters::aws::secrets::read_secret(&secrets, id).await?,
+                ))
+            }
+        }
+    }
+
     #[cfg(feature = "secrets")]
     pub fn client_states(
         aws: &AwsConfig,

@@ -539,14 +539,9 @@ impl Poller {
                 });
             }
             // Paused intake: the mails found are parked, and the delta link still advances.
-            let paused = !batch.is_empty()
-                && crate::intake_control::PauseGate::uncached(self.records.clone())
-                    .paused()
-                    .await;
-            if paused {
-                crate::intake_control::PauseGate::uncached(self.records.clone())
-                    .park(&batch, "poller")
-                    .await?;
+            let gate = crate::intake_control::PauseGate::uncached(self.records.clone());
+            if !batch.is_empty() && gate.paused().await {
+                gate.park(&batch, "poller").await?;
                 summary.parked += batch.len() as u32;
             } else {
                 if let (_, Some(e)) = self.inbound.send_new_work(&batch).await {

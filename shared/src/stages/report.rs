@@ -514,25 +514,8 @@ fn new_record(
     started: chrono::DateTime<Utc>,
 ) -> RunRecord {
     RunRecord {
-        run_id: run_id.to_owned(),
-        report: report.to_owned(),
-        period: period.to_string(),
-        status: String::new(),
-        rows: 0,
-        sheets: vec![],
-        workbook_key: None,
-        workbook_version: None,
-        size: 0,
-        sha256: None,
-        warnings: vec![],
-        requested_at: String::new(),
-        requested_by: String::new(),
         started_at: started.to_rfc3339(),
-        finished_at: String::new(),
-        repeated: false,
-        error: None,
-        attempts: 0,
-        deadline: None,
+        ..RunRecord::new(run_id, report, &period.to_string())
     }
 }
 

@@ -127,13 +127,7 @@ impl Api {
         let aws = crate::adapters::aws::AwsConfig::from_env(env).await;
         let objects = wiring::objects(&aws, env)?;
         let state = wiring::state(&aws, env)?;
-        let link_key = match env.get("CHARLIE_LINK_SECRET") {
-            None => None,
-            Some(id) => {
-                let secrets = aws_sdk_secretsmanager::Client::new(&aws.sdk);
-                Some(crate::adapters::aws::secrets::read_secret(&secrets, id).await?)
-            }
-        };
+        let link_key = wiring::optional_secret(&aws, env, "CHARLIE_LINK_SECRET").await?;
         Ok(Api {
             definitions: Arc::new(super::load_definitions(env, objects.as_ref()).await?),
             records: state,
@@ -258,6 +252,23 @@ struct Request<'a> {
 impl Request<'_> {
     fn query(&self, name: &str) -> Option<&str> {
         self.query.first(name).filter(|v| !v.is_empty())
+    }
+
+    /// A count parameter: `default` when absent, else a whole number from 1 to `max`.
+    fn count(&self, name: &'static str, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.query(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        name,
+                        format!("{name} {v:?} is not a number from 1 to {max}"),
+                    )
+                }),
+        }
     }
 
     fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
@@ -659,25 +670,10 @@ impl Api {
         );
         let requested_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let queued = RunRecord {
-            run_id: run_id.clone(),
-            report: report.to_owned(),
-            period: period.to_string(),
             status: "queued".into(),
-            rows: 0,
-            sheets: vec![],
-            workbook_key: None,
-            workbook_version: None,
-            size: 0,
-            sha256: None,
-            warnings: vec![],
             requested_at: requested_at.clone(),
             requested_by: key.name.clone(),
-            started_at: String::new(),
-            finished_at: String::new(),
-            repeated: false,
-            error: None,
-            attempts: 0,
-            deadline: None,
+            ..RunRecord::new(&run_id, report, &period.to_string())
         };
         let index = state::run_index_sk(&requested_at, &run_id);
         self.records
@@ -711,19 +707,7 @@ impl Api {
     }
 
     async fn list_runs(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
-        let limit = match req.query("limit") {
-            None => 20,
-            Some(l) => l
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=100).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad(
-                        "limit",
-                        format!("limit {l:?} is not a number from 1 to 100"),
-                    )
-                })?,
-        };
+        let limit = req.count("limit", 20, 100)?;
         let report = req.query("report");
         if let Some(r) = report
             && !self.definitions.reports.contains_key(r)
@@ -955,19 +939,7 @@ impl Api {
             Some(d) => return Err(ApiError::bad("dataset", format!("no dataset {d:?}"))),
             None => "quarantine/".to_owned(),
         };
-        let limit = match req.query("limit") {
-            None => 50,
-            Some(l) => l
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=200).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad(
-                        "limit",
-                        format!("limit {l:?} is not a number from 1 to 200"),
-                    )
-                })?,
-        };
+        let limit = req.count("limit", 50, 200)?;
         let after = req.query("after");
         if after.is_some_and(|a| !a.starts_with(&prefix) || !object_key_ok(a)) {
             return Err(ApiError::bad(
@@ -1212,16 +1184,7 @@ impl Api {
 
     async fn peek(&self, req: &Request<'_>, queue: &str) -> Result<Reply, ApiError> {
         self.known_queue(queue)?;
-        let max = match req.query("max") {
-            None => 10,
-            Some(m) => m
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=100).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad("max", format!("max {m:?} is not a number from 1 to 100"))
-                })?,
-        };
+        let max = req.count("max", 10, 100)?;
         let letters = self.queues.peek(queue, max).await?;
         Ok(Reply::ok(json!({"queue": queue, "messages": letters})))
     }
@@ -1498,19 +1461,7 @@ impl Api {
     }
 
     async fn audit_trail(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
-        let limit = match req.query("limit") {
-            None => 50,
-            Some(l) => l
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=500).contains(n))
-                .ok_or_else(|| {
-                    ApiError::bad(
-                        "limit",
-                        format!("limit {l:?} is not a number from 1 to 500"),
-                    )
-                })?,
-        };
+        let limit = req.count("limit", 50, 500)?;
         let found = self
             .records
             .query_index(AUDIT_INDEX, None, None, limit)
