@@ -583,7 +583,10 @@ impl Fields<'_, '_> {
     }
 
     fn all_blank(&self) -> bool {
-        self.text.bytes().all(|b| b.is_ascii_whitespace())
+        (0..self.records.len()).all(|i| {
+            self.get(i)
+                .is_some_and(|f| f.bytes().all(|b| b.is_ascii_whitespace()))
+        })
     }
 }
 
@@ -726,7 +729,7 @@ fn typed_row(
 
 /// The field's text after the column's clean-up: trim, lookup table, default.
 fn cleaned<'a>(col: &'a Column, raw: &'a str) -> std::borrow::Cow<'a, str> {
-    let text = if col.trim { raw.trim() } else { raw };
+    let text = if col.trim { trimmed(raw) } else { raw };
     let mapped = col
         .map
         .as_ref()
@@ -778,7 +781,7 @@ pub fn parse_value(
     if kind == ColumnType::Text {
         return Ok(Value::Text(raw.into()));
     }
-    let t = raw.trim();
+    let t = trimmed(raw);
     match kind {
         ColumnType::Text => Ok(Value::Text(raw.into())),
         ColumnType::Integer => t.parse().map(Value::Int).map_err(|_| "an integer"),
@@ -800,6 +803,16 @@ pub fn parse_value(
             .map(Value::DateTime)
             .ok_or("a date and time"),
         ColumnType::Duration => parse_duration(t).map(Value::Int).ok_or("a duration"),
+    }
+}
+
+/// `text` without the white space around it; most fields have none, and a field that starts and
+/// ends with a visible ASCII character is returned without `str::trim`'s Unicode tables.
+#[inline]
+fn trimmed(text: &str) -> &str {
+    match (text.as_bytes().first(), text.as_bytes().last()) {
+        (Some(&a), Some(&z)) if a.is_ascii_graphic() && z.is_ascii_graphic() => text,
+        _ => text.trim(),
     }
 }
 
@@ -851,20 +864,22 @@ fn parse_duration(t: &str) -> Option<i64> {
 /// `YYYY-MM-DD[T ]HH:MM:SS[.fff]` without an offset, parsed by hand: exports write millions of
 /// these, and chrono's format-driven parser is several times slower.
 fn iso_datetime(b: &[u8]) -> Option<NaiveDateTime> {
-    if b.len() < 19
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
+    let head: &[u8; 19] = b.first_chunk()?;
+    if head[4] != b'-'
+        || head[7] != b'-'
+        || !matches!(head[10], b'T' | b' ')
+        || head[13] != b':'
+        || head[16] != b':'
     {
         return None;
     }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        b[r].iter().try_fold(0u32, |acc, &c| {
-            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
-        })
-    };
+    // Each digit's value, or 10 and more for any other byte (wrapping below '0').
+    let d = |i: usize| u32::from(head[i].wrapping_sub(b'0'));
+    const DIGITS: [usize; 14] = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18];
+    if DIGITS.iter().any(|&i| d(i) > 9) {
+        return None;
+    }
+    let two = |i: usize| d(i) * 10 + d(i + 1);
     let mut nanos = 0u32;
     if b.len() > 19 {
         let frac = b[19..].strip_prefix(b".")?;
@@ -876,8 +891,9 @@ fn iso_datetime(b: &[u8]) -> Option<NaiveDateTime> {
             .fold(0u32, |acc, &c| acc * 10 + u32::from(c - b'0'))
             * 10u32.pow(9 - frac.len() as u32);
     }
-    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
-    date.and_hms_nano_opt(num(11..13)?, num(14..16)?, num(17..19)?, nanos)
+    let year = (two(0) * 100 + two(2)) as i32;
+    let date = NaiveDate::from_ymd_opt(year, two(5), two(8))?;
+    date.and_hms_nano_opt(two(11), two(14), two(17), nanos)
 }
 
 fn row_date(value: Option<&Value>) -> Option<NaiveDate> {
