@@ -174,6 +174,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         a_dead_letter_is_peeked_and_redriven_through_the_api,
         intake_is_seen_and_a_day_reprocessed_through_the_api,
         paused_intake_records_mails_and_resume_ingests_them,
+        an_iam_caller_signs_with_sigv4_and_an_unsigned_or_forged_request_is_refused,
         // Last: the requests it generates (runs of odd periods) are left queued.
         the_control_api_keeps_to_its_openapi_document_under_schemathesis,
     );
@@ -1476,6 +1477,11 @@ async fn intake_is_seen_and_a_day_reprocessed_through_the_api(cx: &Ctx) {
 async fn paused_intake_records_mails_and_resume_ingests_them(cx: &Ctx) {
     use charlie::stages::api::keys::Scope;
     let operator = cx.key("operator-5", Scope::Operate).await;
+    let counted = |m: &serde_json::Value, kind: &str| m["counters"]["totals"][kind].as_u64().unwrap_or(0);
+    let (status, before) = cx.api("GET", "/v1/metrics?since=6h", Some(&operator), None).await;
+    assert_eq!(status, 200, "{before}");
+    assert!(counted(&before, "mails_processed") > 0 && counted(&before, "runs_built") > 0, "{before}");
+    assert!(counted(&before, "mails_sent") > 0, "{before}");
     let (status, paused) = cx.api("POST", "/v1/intake/pause", Some(&operator), None).await;
     assert_eq!((status, paused["paused"].as_bool()), (200, Some(true)), "{paused}");
     // The webhook trusts its copy of the flag for 5 s.
@@ -1496,6 +1502,58 @@ async fn paused_intake_records_mails_and_resume_ingests_them(cx: &Ctx) {
     assert_eq!(cx.rows_of("ib_calls", "2024-03-22").await, 3);
     let (_, state) = cx.api("GET", "/v1/intake", Some(&operator), None).await;
     assert_eq!(state["parked"], 0, "{state}");
+    // Counted once each: the one mail and its three rows, whatever paths announced it.
+    let (_, after) = cx.api("GET", "/v1/metrics?since=6h", Some(&operator), None).await;
+    assert_eq!(counted(&after, "mails_processed"), counted(&before, "mails_processed") + 1, "{after}");
+    assert_eq!(counted(&after, "rows_new"), counted(&before, "rows_new") + 3, "{after}");
+    // Health reads each queue's age of oldest message from CloudWatch (the runner publishes it
+    // as SQS does); the queues were just drained.
+    let (_, health) = cx.api("GET", "/v1/health", Some(&operator), None).await;
+    let inbound = health["queues"].as_array().unwrap().iter().find(|q| q["queue"] == "inbound").unwrap().clone();
+    assert!(inbound["oldest_message_age_seconds"].as_u64().is_some_and(|a| a < 600), "{health}");
+    // The session's counters: from the hour of the resume.
+    assert!(state["counters"]["by"]["ib_calls"]["rows_new"].as_u64().unwrap() >= 3, "{state}");
+}
+
+/// Callers inside AWS use the `/iam/v1` routes (API Gateway's AWS_IAM authorization): `charlie
+/// --sigv4` signs with the caller's AWS credentials, the local runner checks the signature as
+/// API Gateway does, and the API maps the principal to its scope (`api_iam_principals`).
+async fn an_iam_caller_signs_with_sigv4_and_an_unsigned_or_forged_request_is_refused(cx: &Ctx) {
+    let cli = charlie_local::project::target_dir().join("debug/charlie");
+    let charlie = |secret: &str, args: &[&str]| {
+        let mut c = std::process::Command::new(&cli);
+        c.args(["--api", &cx.cloud.api_url(""), "--sigv4"])
+            .args(args)
+            .env_remove("CHARLIE_API_KEY")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "eu-west-2")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN");
+        c.output().unwrap()
+    };
+    let out = charlie("test", &["--json", "runs", "list", "--limit", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!listed["runs"].as_array().unwrap().is_empty(), "{listed}");
+    // A state-changing call, signed with its body, is audited under the principal.
+    let out = charlie("test", &["intake", "poll"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = cx.key("iam-auditor", charlie::stages::api::keys::Scope::Admin).await;
+    let (_, audit) = cx.api("GET", "/v1/audit", Some(&admin), None).await;
+    assert!(audit.to_string().contains("arn:aws:iam::123456789012:user/charlie-local"), "{audit}");
+    // operate, not admin: keys are refused with the scope named.
+    let out = charlie("test", &["keys", "list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // A signature made with another secret, or none at all, never reaches the function.
+    let out = charlie("not-the-secret", &["runs", "list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, body) = cx.api("GET", "/iam/v1/runs", None, None).await;
+    assert_eq!((status, body["message"].as_str()), (403, Some("Forbidden")), "{body}");
+    // A key does not open the IAM routes, and an IAM context cannot be smuggled onto /v1.
+    let (status, _) = cx.api("GET", "/iam/v1/runs", Some(&admin), None).await;
+    assert_eq!(status, 403);
+    cx.cloud.runner.drain().await.unwrap();
 }
 
 /// schemathesis generates requests for every operation of `docs/openapi.json` (valid ones, and

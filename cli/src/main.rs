@@ -85,8 +85,13 @@ enum Command {
     },
     /// The deployment's health (exit 1 when unhealthy)
     Health,
-    /// Counters: runs by status over the last day, queue depths (JSON)
-    Metrics,
+    /// Counters since a point in time (mails, rows, runs, mails sent, bounces), runs by
+    /// status, queue depths
+    Metrics {
+        /// RFC 3339 time or a span back (90m, 24h, 7d); default a day back
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// The audit trail of state-changing API calls (JSON; admin)
     Audit,
     /// Control API keys: create, list, revoke
@@ -180,7 +185,7 @@ fn main() -> ExitCode {
             | Command::Dlq { .. }
             | Command::Reports { .. }
             | Command::Health
-            | Command::Metrics
+            | Command::Metrics { .. }
             | Command::Audit
             | Command::Keys { .. }
     );
@@ -232,7 +237,7 @@ fn main() -> ExitCode {
         | Command::Dlq { .. }
         | Command::Reports { .. }
         | Command::Health
-        | Command::Metrics
+        | Command::Metrics { .. }
         | Command::Audit
         | Command::Keys { .. } => unreachable!("remote commands run in run_remote"),
     }
@@ -245,7 +250,7 @@ async fn run_remote(cli: Cli) -> ExitCode {
     if let Command::Keys { command } = cli.command {
         return remote::keys(&cli.remote, command).await;
     }
-    let client = match remote::Client::new(&cli.remote) {
+    let client = match remote::Client::new(&cli.remote).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -262,7 +267,7 @@ async fn run_remote(cli: Cli) -> ExitCode {
         Command::Dlq { command } => remote::dlq(&client, command).await,
         Command::Reports { command } => remote::reports(&client, command).await,
         Command::Health => remote::health(&client).await,
-        Command::Metrics => remote::simple(&client, "/v1/metrics").await,
+        Command::Metrics { since } => remote::metrics(&client, since.as_deref()).await,
         Command::Audit => remote::simple(&client, "/v1/audit").await,
         _ => unreachable!("offline commands are handled in main"),
     }

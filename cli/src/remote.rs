@@ -20,6 +20,10 @@ pub struct Remote {
     /// Print the API's JSON instead of a table
     #[arg(long, global = true)]
     json: bool,
+    /// Call the /iam/v1 routes signed (SigV4) with your AWS credentials (the usual chain:
+    /// environment, profile, role) instead of an API key
+    #[arg(long, env = "CHARLIE_API_SIGV4", global = true)]
+    sigv4: bool,
 }
 
 #[derive(Subcommand)]
@@ -119,8 +123,13 @@ pub enum IntakeCommand {
     Pause,
     /// Resume intake: what arrived while paused is queued
     Resume,
-    /// Whether intake is paused and how many mails wait
-    Status,
+    /// Whether intake is paused, how many mails wait, and the intake's counters
+    Status {
+        /// Count from this time (RFC 3339) or span back (90m, 24h, 7d); default the last
+        /// pause or resume
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,12 +160,14 @@ impl From<Failure> for ExitCode {
 pub struct Client {
     base: String,
     key: Option<String>,
+    /// `--sigv4`: the credentials and region requests are signed with.
+    sigv4: Option<(aws_credential_types::Credentials, String)>,
     http: reqwest::Client,
     pub json: bool,
 }
 
 impl Client {
-    pub fn new(remote: &Remote) -> Result<Self, ExitCode> {
+    pub async fn new(remote: &Remote) -> Result<Self, ExitCode> {
         let Some(base) = remote.api.clone() else {
             eprintln!(
                 "charlie: no API URL: pass --api URL or set CHARLIE_API_URL (Terraform output api_endpoint)"
@@ -171,26 +182,106 @@ impl Client {
                 eprintln!("charlie: {e}");
                 ExitCode::from(5)
             })?;
+        let sigv4 = if remote.sigv4 {
+            use aws_credential_types::provider::ProvideCredentials;
+            let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+            let region = config.region().map(|r| r.to_string()).ok_or_else(|| {
+                eprintln!("charlie: --sigv4 needs a region: set AWS_REGION (the API's region)");
+                ExitCode::from(2)
+            })?;
+            let provider = config.credentials_provider().ok_or_else(|| {
+                eprintln!("charlie: --sigv4 found no AWS credentials provider");
+                ExitCode::from(3)
+            })?;
+            let credentials = provider.provide_credentials().await.map_err(|e| {
+                eprintln!("charlie: --sigv4: no AWS credentials: {e}");
+                ExitCode::from(3)
+            })?;
+            Some((credentials, region))
+        } else {
+            None
+        };
         Ok(Client {
             base: base.trim_end_matches('/').to_owned(),
             key: std::env::var("CHARLIE_API_KEY")
                 .ok()
-                .filter(|k| !k.is_empty()),
+                .filter(|k| !k.is_empty() && !remote.sigv4),
+            sigv4,
             http,
             json: remote.json,
         })
     }
 
+    /// The headers that sign a request for `execute-api` (SigV4, now).
+    fn signed_headers(
+        &self,
+        method: &str,
+        url: &reqwest::Url,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<Vec<(String, String)>, Failure> {
+        use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+        let Some((credentials, region)) = &self.sigv4 else {
+            return Ok(Vec::new());
+        };
+        let identity = credentials.clone().into();
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(region)
+            .name("execute-api")
+            .time(std::time::SystemTime::now())
+            .settings(SigningSettings::default())
+            .build()
+            .map_err(|e| Failure(5, format!("signing the request: {e}")))?;
+        let request = SignableRequest::new(
+            method,
+            url.as_str(),
+            headers.iter().map(|(k, v)| (*k, v.as_str())),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|e| Failure(5, format!("signing the request: {e}")))?;
+        let (instructions, _) = sign(request, &params.into())
+            .map_err(|e| Failure(5, format!("signing the request: {e}")))?
+            .into_parts();
+        Ok(instructions
+            .headers()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect())
+    }
+
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Answer, Failure> {
-        let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method.parse().unwrap_or(reqwest::Method::GET), &url);
+        // Signed calls go to the same API behind API Gateway's AWS_IAM authorization.
+        let prefix = if self.sigv4.is_some() { "/iam" } else { "" };
+        let url = format!("{}{prefix}{path}", self.base);
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| Failure(2, format!("{url} is not a URL: {e}")))?;
+        let mut req = self.http.request(
+            method.parse().unwrap_or(reqwest::Method::GET),
+            parsed.clone(),
+        );
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
         }
-        if let Some(b) = body {
-            req = req.json(&b);
+        let bytes = match &body {
+            Some(b) => serde_json::to_vec(b).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut headers: Vec<(&str, String)> = Vec::new();
+        if let Some(host) = parsed.host_str() {
+            let host = match parsed.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host.to_owned(),
+            };
+            headers.push(("host", host));
+        }
+        if body.is_some() {
+            headers.push(("content-type", "application/json".to_owned()));
+        }
+        for (name, value) in self.signed_headers(method, &parsed, &headers, &bytes)? {
+            req = req.header(name, value);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json").body(bytes);
         }
         let resp = req
             .send()
@@ -217,6 +308,9 @@ impl Client {
                 .map(|f| format!(" [field: {f}]"))
                 .unwrap_or_default();
             let hint = match status {
+                401 | 403 if self.sigv4.is_some() => {
+                    " — the deployment's api_iam_principals must name your role or user".to_owned()
+                }
                 401 if self.key.is_none() => " — set CHARLIE_API_KEY".to_owned(),
                 401 => " — check CHARLIE_API_KEY (make one with `charlie keys create`)".to_owned(),
                 403 => " — use a key with that scope".to_owned(),
@@ -794,15 +888,22 @@ pub async fn health(c: &Client) -> ExitCode {
             .into_iter()
             .flatten()
             .map(|q| {
+                let age = q["oldest_message_age_seconds"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_owned(), |a| format!("{a} s"));
                 vec![
                     s(&q["queue"]),
                     s(&q["depth"]["visible"]),
                     s(&q["depth"]["in_flight"]),
+                    age,
                     s(&q["dead_letters"]["visible"]),
                 ]
             })
             .collect();
-        table(&["queue", "waiting", "in work", "dead letters"], &rows);
+        table(
+            &["queue", "waiting", "in work", "oldest", "dead letters"],
+            &rows,
+        );
         for f in body["folders"].as_array().into_iter().flatten() {
             println!(
                 "folder {}: last poll {}, subscription expires {}",
@@ -817,6 +918,77 @@ pub async fn health(c: &Client) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Counters as a table: one row per kind, its total, then one column per dataset, report,
+/// mailbox or stage it is about.
+fn print_counters(counters: &Value) {
+    println!("counted since {}:", when(&counters["since"]));
+    let Some(totals) = counters["totals"].as_object().filter(|t| !t.is_empty()) else {
+        println!("  nothing");
+        return;
+    };
+    let by = counters["by"].as_object();
+    let abouts: Vec<&String> = by.into_iter().flat_map(|b| b.keys()).collect();
+    let mut headers = vec!["counter", "total"];
+    headers.extend(abouts.iter().map(|a| a.as_str()));
+    let rows: Vec<Vec<String>> = totals
+        .iter()
+        .map(|(kind, n)| {
+            let mut row = vec![kind.clone(), s(n)];
+            for a in &abouts {
+                let v = &counters["by"][a.as_str()][kind.as_str()];
+                row.push(if v.is_null() { "-".into() } else { s(v) });
+            }
+            row
+        })
+        .collect();
+    table(&headers, &rows);
+}
+
+pub async fn metrics(c: &Client, since: Option<&str>) -> ExitCode {
+    let path = match since {
+        Some(since) => format!("/v1/metrics?since={}", encode(since)),
+        None => "/v1/metrics".to_owned(),
+    };
+    let result = async {
+        let a = c.call("GET", &path, None).await?;
+        if c.json {
+            c.print_json(&a.body);
+            return Ok::<(), Failure>(());
+        }
+        let b = &a.body;
+        print_counters(&b["counters"]);
+        let runs: Vec<Vec<String>> = b["runs_by_status"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(status, n)| vec![status.clone(), s(n)])
+            .collect();
+        println!("runs requested since {}:", when(&b["since"]));
+        if runs.is_empty() {
+            println!("  none");
+        } else {
+            table(&["status", "runs"], &runs);
+        }
+        let queues: Vec<Vec<String>> = b["queues"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(q, d)| {
+                let depth = if d["depth"].is_null() {
+                    "-".into()
+                } else {
+                    s(&d["depth"])
+                };
+                vec![q.clone(), depth, s(&d["dead_letters"])]
+            })
+            .collect();
+        table(&["queue", "waiting", "dead letters"], &queues);
+        Ok(())
+    }
+    .await;
+    exit(result)
 }
 
 pub async fn simple(c: &Client, path: &str) -> ExitCode {
@@ -954,7 +1126,7 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
             Err(e) => Failure(5, format!("writing the key to {table}: {e:#}")).into(),
         };
     }
-    let c = match Client::new(remote) {
+    let c = match Client::new(remote).await {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -1235,13 +1407,16 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                 c.print_json(&a.body);
                 Ok(())
             }
-            IntakeCommand::Pause | IntakeCommand::Resume | IntakeCommand::Status => {
-                let (method, path) = match command {
-                    IntakeCommand::Pause => ("POST", "/v1/intake/pause"),
-                    IntakeCommand::Resume => ("POST", "/v1/intake/resume"),
-                    _ => ("GET", "/v1/intake"),
+            IntakeCommand::Pause | IntakeCommand::Resume | IntakeCommand::Status { .. } => {
+                let (method, path) = match &command {
+                    IntakeCommand::Pause => ("POST", "/v1/intake/pause".to_owned()),
+                    IntakeCommand::Resume => ("POST", "/v1/intake/resume".to_owned()),
+                    IntakeCommand::Status { since: Some(since) } => {
+                        ("GET", format!("/v1/intake?since={}", encode(since)))
+                    }
+                    _ => ("GET", "/v1/intake".to_owned()),
                 };
-                let a = c.call(method, path, None).await?;
+                let a = c.call(method, &path, None).await?;
                 if c.json {
                     c.print_json(&a.body);
                     return Ok(());
@@ -1259,6 +1434,9 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                 }
                 if let Some(n) = b["resumed"].as_u64() {
                     println!("{n} parked mail(s) queued for ingest");
+                }
+                if matches!(command, IntakeCommand::Status { .. }) {
+                    print_counters(&b["counters"]);
                 }
                 Ok(())
             }

@@ -50,6 +50,8 @@ pub struct Schedule {
 pub struct Route {
     /// `"POST /graph/notifications"`.
     pub route_key: String,
+    /// `NONE`, or `AWS_IAM` (SigV4, checked by the runner as API Gateway does).
+    pub authorization_type: String,
     pub api_id: String,
     pub function_arn: String,
 }
@@ -181,6 +183,9 @@ impl Deployment {
                 };
                 routes.push(Route {
                     route_key: r.route_key().unwrap_or_default().to_owned(),
+                    authorization_type: r
+                        .authorization_type()
+                        .map_or_else(|| "NONE".to_owned(), |a| a.as_str().to_owned()),
                     api_id: api_id.to_owned(),
                     function_arn: function_arn_of_invoke_uri(uri),
                 });

@@ -12,6 +12,9 @@
 //!   a function target is invoked with the input, an SQS target (the report schedules' `runs`
 //!   queue) gets the input as a message, which the queue's consumer then takes.
 //! - API routes are served on a local port as API Gateway v2 (payload 2.0) events.
+//! - SQS's `ApproximateAgeOfOldestMessage` goes to the emulator's CloudWatch, as SQS publishes
+//!   it on AWS: at each receive, the age of the oldest message received (0 when the queue
+//!   gave none), so the API's health has a figure to read.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +44,109 @@ fn route_matches(route_key: &str, method: &str, path: &str) -> Option<u8> {
     (path.starts_with(prefix) && path.len() > prefix.len()).then_some(1)
 }
 
+fn env_of(env: &[(String, String)], name: &str) -> String {
+    env.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// Checks a request's SigV4 signature (`Authorization: AWS4-HMAC-SHA256 Credential=…,
+/// SignedHeaders=…, Signature=…`, `X-Amz-Date`) as API Gateway's AWS_IAM authorization does:
+/// signs the same method, path, query, signed headers and body again with the secret of the
+/// access key named, for `execute-api` in the credential's region at the request's time, and
+/// compares. Only `identity`'s access key is known. The principal's ARN, or why not.
+pub fn check_sigv4(
+    identity: &(String, String, String),
+    method: &str,
+    uri: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+    now: DateTime<Utc>,
+) -> Result<String, String> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let auth = header("authorization").ok_or("no Authorization header")?;
+    let fields = auth
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .ok_or("not a SigV4 Authorization header")?;
+    let field = |name: &str| {
+        fields
+            .split(',')
+            .map(str::trim)
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+    };
+    let (credential, signed, signature) = match (
+        field("Credential"),
+        field("SignedHeaders"),
+        field("Signature"),
+    ) {
+        (Some(c), Some(h), Some(s)) => (c, h, s),
+        _ => {
+            return Err(
+                "the Authorization header lacks Credential, SignedHeaders or Signature".into(),
+            );
+        }
+    };
+    let parts: Vec<&str> = credential.split('/').collect();
+    let [access_key, _day, region, service, "aws4_request"] = parts[..] else {
+        return Err(format!("malformed credential scope {credential:?}"));
+    };
+    if service != "execute-api" {
+        return Err(format!("signed for {service:?}, not execute-api"));
+    }
+    if access_key != identity.0 {
+        return Err(format!("unknown access key {access_key}"));
+    }
+    let date = header("x-amz-date").ok_or("no X-Amz-Date header")?;
+    let at = chrono::NaiveDateTime::parse_from_str(date, "%Y%m%dT%H%M%SZ")
+        .map_err(|_| format!("X-Amz-Date {date:?} is not yyyymmddThhmmssZ"))?
+        .and_utc();
+    if (now - at).num_minutes().abs() > 5 {
+        return Err(format!("signed at {at}, more than 5 minutes from now"));
+    }
+    let names: Vec<&str> = signed.split(';').collect();
+    let signed_headers: Vec<(&str, &str)> = names
+        .iter()
+        .map(|n| {
+            Ok((
+                *n,
+                header(n).ok_or_else(|| format!("signed header {n} is missing"))?,
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    let credentials = aws_credential_types::Credentials::new(
+        &identity.0,
+        &identity.1,
+        header("x-amz-security-token").map(str::to_owned),
+        None,
+        "local",
+    );
+    let id = credentials.into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&id)
+        .region(region)
+        .name(service)
+        .time(at.into())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let request = SignableRequest::new(
+        method,
+        uri,
+        signed_headers.into_iter(),
+        SignableBody::Bytes(body),
+    )
+    .map_err(|e| e.to_string())?;
+    let (_, expected) = sign(request, &params.into())
+        .map_err(|e| e.to_string())?
+        .into_parts();
+    if expected != signature {
+        return Err("the signature does not match".into());
+    }
+    Ok(identity.2.clone())
+}
+
 /// The queue name of an SQS ARN (`arn:aws:sqs:{region}:{account}:{name}`).
 fn sqs_queue_name(arn: &str) -> Option<&str> {
     arn.strip_prefix("arn:aws:sqs:")
@@ -51,8 +157,15 @@ pub struct LocalRunner {
     pub deployment: Deployment,
     stages: HashMap<String, Arc<dyn Handler>>,
     sqs: aws_sdk_sqs::Client,
+    cloudwatch: aws_sdk_cloudwatch::Client,
     region: String,
+    /// The one IAM identity of the local cloud: (access key id, secret, its ARN), against
+    /// which SigV4 requests on AWS_IAM routes are checked.
+    iam: (String, String, String),
 }
+
+/// The ARN the local credentials answer to on AWS_IAM routes (`infra/envs/local` allows it).
+pub const LOCAL_IAM_ARN: &str = "arn:aws:iam::123456789012:user/charlie-local";
 
 /// What draining the queues did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -92,6 +205,12 @@ impl LocalRunner {
             deployment,
             stages,
             sqs: aws_sdk_sqs::Client::new(config),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(config),
+            iam: (
+                env_of(aws_env, "AWS_ACCESS_KEY_ID"),
+                env_of(aws_env, "AWS_SECRET_ACCESS_KEY"),
+                LOCAL_IAM_ARN.to_owned(),
+            ),
             region,
         })
     }
@@ -204,6 +323,7 @@ impl LocalRunner {
             .await
             .with_context(|| format!("receiving from {}", m.queue_url))?;
         let messages = out.messages.unwrap_or_default();
+        self.publish_oldest_age(m, &messages).await?;
         if messages.is_empty() {
             return Ok(DrainStats::default());
         }
@@ -279,6 +399,44 @@ impl LocalRunner {
                 failed.len() as u32
             },
         })
+    }
+
+    /// Puts the age of the oldest of `received` (seconds since its `SentTimestamp`) as the
+    /// queue's `AWS/SQS` `ApproximateAgeOfOldestMessage`.
+    async fn publish_oldest_age(
+        &self,
+        m: &QueueMapping,
+        received: &[aws_sdk_sqs::types::Message],
+    ) -> anyhow::Result<()> {
+        use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+        let now = Utc::now().timestamp_millis();
+        let oldest = received
+            .iter()
+            .filter_map(|msg| {
+                msg.attributes()?
+                    .get(&MessageSystemAttributeName::SentTimestamp)?
+                    .parse::<i64>()
+                    .ok()
+            })
+            .map(|sent| (now - sent).max(0) / 1000)
+            .max()
+            .unwrap_or(0);
+        let name = m.queue_url.rsplit('/').next().unwrap_or(&m.queue_url);
+        self.cloudwatch
+            .put_metric_data()
+            .namespace("AWS/SQS")
+            .metric_data(
+                MetricDatum::builder()
+                    .metric_name("ApproximateAgeOfOldestMessage")
+                    .dimensions(Dimension::builder().name("QueueName").value(name).build())
+                    .value(oldest as f64)
+                    .unit(StandardUnit::Seconds)
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("publishing {name}'s age of oldest message"))?;
+        Ok(())
     }
 
     /// Serves the deployment's API routes on `addr` (port 0: a free one) until dropped.
@@ -363,6 +521,25 @@ impl LocalRunner {
         }
         let text = std::str::from_utf8(&body).ok().map(str::to_owned);
         let now = Utc::now();
+        // AWS_IAM routes: API Gateway refuses what is not signed by a known principal (403,
+        // as it does), and passes the principal on in the request context.
+        let mut authorizer = Value::Null;
+        if route.authorization_type == "AWS_IAM" {
+            let uri = parts.uri.to_string();
+            match check_sigv4(&self.iam, &method, &uri, &parts.headers, &body, now) {
+                Ok(arn) => {
+                    authorizer = json!({"iam": {"accessKey": self.iam.0, "accountId": "123456789012", "userArn": arn, "userId": "AIDALOCAL"}});
+                }
+                Err(why) => {
+                    tracing::info!(route = route.route_key, why, "SigV4 check failed: 403");
+                    return (
+                        axum::http::StatusCode::FORBIDDEN,
+                        axum::Json(json!({"message": "Forbidden"})),
+                    )
+                        .into_response();
+                }
+            }
+        }
         let event = json!({
             "version": "2.0",
             "routeKey": route.route_key,
@@ -375,6 +552,7 @@ impl LocalRunner {
                 "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": ""},
                 "requestId": charlie::invocation::new_correlation_id(), "routeKey": route.route_key, "stage": "$default",
                 "time": now.format("%d/%b/%Y:%H:%M:%S +0000").to_string(), "timeEpoch": now.timestamp_millis(),
+                "authorizer": authorizer,
             },
             "body": text.clone().unwrap_or_else(|| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body)),
             "isBase64Encoded": text.is_none(),

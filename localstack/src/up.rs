@@ -55,7 +55,14 @@ pub async fn run_up(work_dir: std::path::PathBuf, row_store: RowStoreKind) -> an
     println!("  charlie runs show <run id>");
     println!("  charlie download <run id> -o /tmp/report.xlsx");
     println!("  charlie dlq list");
+    println!(
+        "  charlie metrics --since 1h        # counted once each: mails, rows, runs, mails sent"
+    );
+    println!("  charlie intake status");
     println!("  charlie keys create viewer --scope read");
+    println!(
+        "  AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=eu-west-2 charlie --sigv4 runs list   # as an IAM caller"
+    );
     println!();
     println!(
         "Queues are drained every second, the poller fires every 5 minutes. Ctrl-C stops everything."

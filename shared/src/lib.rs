@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod counters;
 pub mod csv_ingest;
 pub mod csv_records;
 pub mod definitions;

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use chrono::Duration;
+use chrono::{Duration, Utc};
 use futures::FutureExt;
 use tracing::{Instrument, error, info_span, warn};
 
@@ -34,6 +34,8 @@ pub fn correlation_id(msg: &SqsMessage) -> Option<&str> {
 pub struct Consumer<'a> {
     pub stage: &'a str,
     pub dead_letters: &'a dyn DeadLetters,
+    /// Where each message sent to the dead-letter queue is counted (`dead_lettered/{stage}`).
+    pub counters: Option<&'a dyn crate::ports::StateRecords>,
 }
 
 /// Handles every message of `event` with `handle` (in order) and returns the failures to
@@ -139,13 +141,30 @@ where
             .instrument(span.clone())
             .await
         {
-            Ok(()) => span.in_scope(|| {
-                error!(
-                    error = cause,
-                    kind = kind_name,
-                    "message failed for good: sent to the dead-letter queue with its cause"
-                )
-            }),
+            Ok(()) => {
+                span.in_scope(|| {
+                    error!(
+                        error = cause,
+                        kind = kind_name,
+                        "message failed for good: sent to the dead-letter queue with its cause"
+                    )
+                });
+                if let Some(records) = consumer.counters {
+                    let mut counts = crate::counters::Counts::default();
+                    counts.add(crate::counters::kind::DEAD_LETTERED, consumer.stage, 1);
+                    let event = format!("dead_letter/{}/{}", consumer.stage, letter.message_id);
+                    // The message is in the dead-letter queue: failing it now would put it
+                    // there twice. A counter that could not be written is said, not retried.
+                    if let Err(e) = crate::counters::count(records, &event, Utc::now(), &counts)
+                        .instrument(span.clone())
+                        .await
+                    {
+                        span.in_scope(
+                            || error!(error = %format!("{e:#}"), "the dead letter was not counted"),
+                        );
+                    }
+                }
+            }
             Err(dlq) => {
                 span.in_scope(|| {
                     error!(error = cause, dead_letter_error = %format!("{dlq:#}"), kind = kind_name, "message failed for good, and the dead-letter queue refused it: left on the queue")
@@ -202,6 +221,7 @@ mod tests {
         let consumer = Consumer {
             stage: "ingest",
             dead_letters: &dlq,
+            counters: None,
         };
         let resp = process(
             event(&["ok", "bad", "ok", "bad"]),
@@ -225,6 +245,7 @@ mod tests {
         let consumer = Consumer {
             stage: "ingest",
             dead_letters: &dlq,
+            counters: None,
         };
         let resp = process(event(&["a", "b"]), &invocation(), consumer, |_| async {
             Ok(())
@@ -241,6 +262,7 @@ mod tests {
         let consumer = Consumer {
             stage: "ingest",
             dead_letters: &dlq,
+            counters: None,
         };
         let resp = process(
             event(&["ok", "poison"]),
@@ -274,6 +296,7 @@ mod tests {
         let consumer = Consumer {
             stage: "mailer",
             dead_letters: &dlq,
+            counters: None,
         };
         let resp = process(event(&["poison"]), &invocation(), consumer, |_| async {
             Err(permanent("bad recipient"))
@@ -299,6 +322,7 @@ mod tests {
         let consumer = || Consumer {
             stage: "report-builder",
             dead_letters: &dlq,
+            counters: None,
         };
         let resp = process(received(&["run"], 4), &invocation(), consumer(), fail).await;
         assert_eq!(ids(&resp), vec!["m0"], "receive 4 of 5: retried");
@@ -321,6 +345,7 @@ mod tests {
         let consumer = Consumer {
             stage: "ingest",
             dead_letters: &dlq,
+            counters: None,
         };
         let resp = process(received(&["m"], 50), &invocation(), consumer, |_| async {
             Err(crate::failure::busy("claimed elsewhere"))
@@ -336,6 +361,7 @@ mod tests {
         let consumer = Consumer {
             stage: "mailer",
             dead_letters: &dlq,
+            counters: None,
         };
         let resp = process(
             event(&["ok", "boom", "ok"]),
@@ -358,6 +384,7 @@ mod tests {
         let consumer = Consumer {
             stage: "ingest",
             dead_letters: &dlq,
+            counters: None,
         };
         let nearly_over = Invocation::new("r", chrono::Utc::now() + Duration::seconds(2));
         let resp = process(event(&["a", "b"]), &nearly_over, consumer, |_| async {

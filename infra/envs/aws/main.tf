@@ -53,6 +53,15 @@ variable "db_instance_class" {
   default = "db.t4g.medium"
 }
 
+variable "api_iam_principals" {
+  description = "IAM users and roles allowed on the control API's /iam/v1 routes (SigV4), each with a scope: read, operate or admin."
+  type = list(object({
+    arn   = string
+    scope = string
+  }))
+  default = []
+}
+
 provider "aws" {
   region = var.region
 }
@@ -70,6 +79,8 @@ module "charlie" {
   mailboxes       = var.mailboxes
   graph_token_url = "https://login.microsoftonline.com/${var.tenant_id}/oauth2/v2.0/token"
   schedules_file  = "${path.root}/../../../reports.schedules.json"
+  # Callers inside AWS (SigV4 on /iam/v1), each with a scope.
+  api_iam_principals = var.api_iam_principals
 
   row_store = var.row_store
   # Through the proxy, with TLS; the password comes from the instance's managed secret.

@@ -120,6 +120,9 @@ module "charlie" {
   webhook_base_url = var.webhook_base_url
   # The tests see a replaced subscription stop counting after a second, not a minute.
   client_state_cache_seconds = 1
+  # The principal the local runner's API Gateway checks SigV4 requests against (the local
+  # credentials), allowed on the /iam/v1 routes.
+  api_iam_principals = [{ arn = "arn:aws:iam::123456789012:user/charlie-local", scope = "operate" }]
 }
 
 output "deployment" {

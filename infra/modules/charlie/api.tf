@@ -41,6 +41,16 @@ resource "aws_apigatewayv2_route" "api" {
   target    = "integrations/${aws_apigatewayv2_integration.api.id}"
 }
 
+# The same API for callers inside AWS: SigV4-signed requests, checked by API Gateway, the
+# principal then mapped to a scope by the function (api_iam_principals). A caller needs
+# execute-api:Invoke on this route in its own policy.
+resource "aws_apigatewayv2_route" "api_iam" {
+  api_id             = aws_apigatewayv2_api.http.id
+  route_key          = "ANY /iam/v1/{proxy+}"
+  authorization_type = "AWS_IAM"
+  target             = "integrations/${aws_apigatewayv2_integration.api.id}"
+}
+
 resource "aws_apigatewayv2_stage" "default" {
   api_id      = aws_apigatewayv2_api.http.id
   name        = "$default"

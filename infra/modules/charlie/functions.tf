@@ -42,6 +42,7 @@ locals {
     Action   = ["sqs:SendMessage"]
     Resource = aws_sqs_queue.main[q].arn
   } }
+  # Counters add with TransactWriteItems, which needs PutItem and UpdateItem on the items.
   state_rw = {
     Effect   = "Allow"
     Action   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:Query"]
@@ -87,6 +88,9 @@ locals {
       { Effect = "Allow", Action = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"], Resource = concat([for q in aws_sqs_queue.dlq : q.arn], [aws_sqs_queue.scheduler_dlq.arn]) },
       { Effect = "Allow", Action = ["sqs:SendMessage"], Resource = [for q in aws_sqs_queue.main : q.arn] },
       { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.link_key.arn },
+      # Each queue's age of oldest message, which SQS publishes to CloudWatch only (the action
+      # takes no resource-level permissions).
+      { Effect = "Allow", Action = ["cloudwatch:GetMetricStatistics"], Resource = "*" },
     ]
     mailer = [
       # The Graph secret: reports with transport = "graph" send through Graph sendMail.

@@ -106,6 +106,10 @@ locals {
       CHARLIE_LIFECYCLE_QUEUE_URL = aws_sqs_queue.main["lifecycle"].url
       CHARLIE_LINK_SECRET         = aws_secretsmanager_secret.link_key.name
       CHARLIE_POLL_STALE_MINUTES  = tostring(var.poll_stale_minutes)
+      # Who may call the /iam/v1 routes (SigV4), each with its scope.
+      CHARLIE_IAM_PRINCIPALS = jsonencode(var.api_iam_principals)
+      # A queue's oldest message older than this makes health 503.
+      CHARLIE_MAX_MESSAGE_AGE_SECONDS = tostring(var.max_message_age_seconds)
       # Every queue with its DLQ, and Scheduler's DLQ (no source queue).
       CHARLIE_QUEUES = jsonencode(merge(
         { for q, _ in local.queues : q => { url = aws_sqs_queue.main[q].url, dlq_url = aws_sqs_queue.dlq[q].url } },

@@ -158,6 +158,29 @@ variable "poll_stale_minutes" {
   default     = 30
 }
 
+variable "api_iam_principals" {
+  description = "IAM users and roles that may call the control API's /iam/v1 routes with SigV4, each with a scope (read, operate or admin). A role also covers its sessions. Each also needs execute-api:Invoke on the route."
+  type = list(object({
+    arn   = string
+    scope = string
+  }))
+  default = []
+  validation {
+    condition     = alltrue([for p in var.api_iam_principals : contains(["read", "operate", "admin"], p.scope) && startswith(p.arn, "arn:aws")])
+    error_message = "Each of api_iam_principals needs an ARN (arn:aws…) and a scope of read, operate or admin."
+  }
+}
+
+variable "max_message_age_seconds" {
+  description = "The control API's health is 503 when a queue's oldest message has waited longer than this (SQS's ApproximateAgeOfOldestMessage)."
+  type        = number
+  default     = 3600
+  validation {
+    condition     = var.max_message_age_seconds >= 60 && var.max_message_age_seconds <= 1209600
+    error_message = "max_message_age_seconds must be between 60 and 1209600 (14 days, SQS's longest retention)."
+  }
+}
+
 variable "max_receive_count" {
   description = "Receives before a message moves to its dead-letter queue."
   type        = number

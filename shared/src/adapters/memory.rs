@@ -2,7 +2,7 @@
 //! AWS and Graph adapters (dedup by key, conditional claims, versioned objects, paged delta
 //! rounds), with switches that make a call fail the way the real service can.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use anyhow::bail;
@@ -235,10 +235,17 @@ impl Claims for MemoryClaims {
     }
 }
 
+/// Counter buckets by (pk, sk), and the events counted (the table's markers).
+type MemoryCounters = (
+    BTreeMap<(String, String), crate::ports::CounterValues>,
+    HashSet<String>,
+);
+
 /// Records by (pk, sk), in sk order.
 #[derive(Default)]
 pub struct MemoryState {
     records: Mutex<BTreeMap<(String, String), String>>,
+    counters: Mutex<MemoryCounters>,
     /// (pk, sk) → the record's place on the secondary index.
     index: Mutex<HashMap<(String, String), (String, String)>>,
     pub fault: Fault,
@@ -321,6 +328,41 @@ impl StateRecords for MemoryState {
         found.sort_by(|a, b| b.index_sk.cmp(&a.index_sk));
         found.truncate(limit);
         Ok(found)
+    }
+
+    async fn count_once(
+        &self,
+        event: &str,
+        bucket: (&str, &str),
+        increments: &[(String, u64)],
+        _keep_marker_until: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
+        self.fault.check()?;
+        let mut guard = lock(&self.counters);
+        let (buckets, events) = &mut *guard;
+        if !events.insert(event.to_owned()) {
+            return Ok(false);
+        }
+        let values = buckets
+            .entry((bucket.0.to_owned(), bucket.1.to_owned()))
+            .or_default();
+        for (name, n) in increments {
+            *values.entry(name.clone()).or_default() += n;
+        }
+        Ok(true)
+    }
+
+    async fn counters(
+        &self,
+        pk: &str,
+    ) -> anyhow::Result<Vec<(String, crate::ports::CounterValues)>> {
+        self.fault.check()?;
+        Ok(lock(&self.counters)
+            .0
+            .iter()
+            .filter(|((p, _), _)| p == pk)
+            .map(|((_, sk), v)| (sk.clone(), v.clone()))
+            .collect())
     }
 }
 
@@ -900,6 +942,8 @@ pub struct MemoryQueueAdmin {
     queues: Mutex<BTreeMap<String, MemoryQueueState>>,
     /// (queue, message id) of every letter redriven.
     redriven: Mutex<Vec<(String, String)>>,
+    /// Each queue's age of oldest message, as CloudWatch would report it.
+    ages: Mutex<HashMap<String, u64>>,
     pub fault: Fault,
 }
 
@@ -925,6 +969,11 @@ impl MemoryQueueAdmin {
         lock(&self.redriven).clone()
     }
 
+    /// Sets `queue`'s age of oldest message, in seconds.
+    pub fn set_oldest_age(&self, queue: &str, seconds: u64) {
+        lock(&self.ages).insert(queue.to_owned(), seconds);
+    }
+
     fn with<T>(
         &self,
         queue: &str,
@@ -948,6 +997,11 @@ impl crate::ports::QueueAdmin for MemoryQueueAdmin {
             .iter()
             .map(|(n, (source, _, _))| (n.clone(), *source))
             .collect()
+    }
+
+    async fn oldest_age(&self, queue: &str) -> anyhow::Result<Option<u64>> {
+        self.fault.check()?;
+        Ok(lock(&self.ages).get(queue).copied())
     }
 
     async fn depth(&self, queue: &str, dead: bool) -> anyhow::Result<crate::ports::QueueDepth> {

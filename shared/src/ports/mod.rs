@@ -16,7 +16,7 @@ pub use mail::{
     SubscriptionRequest, Subscriptions,
 };
 pub use rows::{RowStore, StoreOutcome, StoredRow};
-pub use state::{Claim, Claims, IndexedRecord, StateRecords};
+pub use state::{Claim, Claims, CounterValues, IndexedRecord, StateRecords};
 
 use async_trait::async_trait;
 
@@ -235,6 +235,10 @@ pub trait QueueAdmin: Send + Sync {
     ) -> anyhow::Result<Redriven>;
     /// Deletes one message from the queue's DLQ; false when it is not there.
     async fn delete(&self, queue: &str, message_id: &str) -> anyhow::Result<bool>;
+    /// The age in seconds of the source queue's oldest message, as SQS last reported it
+    /// (CloudWatch's `ApproximateAgeOfOldestMessage` of the last few minutes); `None` when
+    /// there is no recent figure or no source queue.
+    async fn oldest_age(&self, queue: &str) -> anyhow::Result<Option<u64>>;
 }
 
 /// Sends a permanently failed message to its queue's dead-letter queue at once, with its cause

@@ -66,7 +66,24 @@ pub trait StateRecords: Send + Sync {
         from: Option<&str>,
         limit: usize,
     ) -> anyhow::Result<Vec<IndexedRecord>>;
+
+    /// Adds each of `increments` to the counters of `bucket` (pk, sk) once per `event`: in
+    /// one transaction with a marker for the event (kept until `keep_marker_until`), so the
+    /// same event counted again changes nothing. True when it counted. See `crate::counters`.
+    async fn count_once(
+        &self,
+        event: &str,
+        bucket: (&str, &str),
+        increments: &[(String, u64)],
+        keep_marker_until: DateTime<Utc>,
+    ) -> anyhow::Result<bool>;
+
+    /// The counters of each bucket under `pk`, by sk.
+    async fn counters(&self, pk: &str) -> anyhow::Result<Vec<(String, CounterValues)>>;
 }
+
+/// Counter values by name.
+pub type CounterValues = std::collections::BTreeMap<String, u64>;
 
 /// A record found on the secondary index.
 #[derive(Debug, Clone, PartialEq)]

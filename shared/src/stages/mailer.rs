@@ -142,6 +142,10 @@ impl super::MessageHandler for Mailer {
         self.dead_letters.as_ref()
     }
 
+    fn records(&self) -> &dyn StateRecords {
+        self.records.as_ref()
+    }
+
     async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         self.deliver_message(msg, invocation).await
     }
@@ -243,6 +247,21 @@ impl Mailer {
             self.records.put_record(&status_key, &record, None).await?;
         }
         info!(delivery, status, "SES event recorded on the delivery");
+        // `ses_{event}/{report}`, once per message and event type (as the event's record).
+        let report = self
+            .records
+            .get_record(&RecordKey::run(&link.run_id))
+            .await?
+            .map_or_else(|| "unknown".to_owned(), |r| r.report);
+        let mut counts = crate::counters::Counts::default();
+        let kind = format!(
+            "{}_{}",
+            crate::counters::kind::SES,
+            event.event_type.to_ascii_lowercase()
+        );
+        counts.add(&kind, &report, 1);
+        let counted = format!("ses/{ses_id}/{}", event.event_type);
+        crate::counters::count(self.records.as_ref(), &counted, Utc::now(), &counts).await?;
         Ok(())
     }
 
@@ -291,7 +310,8 @@ impl Mailer {
                     provider_message_id = result.provider_message_id,
                     "already delivered: nothing sent"
                 );
-                return Ok(());
+                // Counted already, unless the first attempt ended before its count.
+                return self.count_sent(req, &pk).await;
             }
             Once::Ran(result) => result,
         };
@@ -328,6 +348,17 @@ impl Mailer {
         if let Err(e) = indexed.await {
             warn!(error = %format!("{e:#}"), delivery = pk, "could not index the delivery");
         }
+        // A failure here is retried: the delivery is claimed, so the retry sends nothing and
+        // only counts.
+        self.count_sent(req, &pk).await
+    }
+
+    /// Counts a delivery (`mails_sent/{report}`, once per delivery: `crate::counters`).
+    async fn count_sent(&self, req: &MailRequest, delivery: &str) -> anyhow::Result<()> {
+        let mut counts = crate::counters::Counts::default();
+        counts.add(crate::counters::kind::MAILS_SENT, &req.report, 1);
+        let event = format!("sent/{delivery}");
+        crate::counters::count(self.records.as_ref(), &event, Utc::now(), &counts).await?;
         Ok(())
     }
 
@@ -896,6 +927,25 @@ mod tests {
         assert_eq!(status.detail["bounceType"], "Permanent");
         let logged = records.query(&delivery, "event#").await.unwrap();
         assert_eq!(logged.len(), 2, "each event as it came");
+        // The same events again (SNS delivers at least once) and the mail again count nothing.
+        w.mailer.handle(sqs_event(&events), &invocation()).await;
+        w.mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        let now = Utc::now();
+        let (counts, _) = crate::counters::since(records, now - chrono::Duration::hours(1), now)
+            .await
+            .unwrap();
+        let totals = counts.totals();
+        assert_eq!(
+            (
+                totals["mails_sent"],
+                totals["ses_bounce"],
+                totals["ses_delivery"]
+            ),
+            (1, 1, 1),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub(crate) trait MessageHandler: Send + Sync {
     /// The stage's name, as its dead letters carry it.
     const STAGE: &'static str;
     fn dead_letters(&self) -> &dyn DeadLetters;
+    /// Where the messages it gives up on are counted (`crate::counters`).
+    fn records(&self) -> &dyn crate::ports::StateRecords;
     async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()>;
 }
 
@@ -67,6 +69,7 @@ pub(crate) async fn handle_batch<H: MessageHandler>(
     let consumer = Consumer {
         stage: H::STAGE,
         dead_letters: handler.dead_letters(),
+        counters: Some(handler.records()),
     };
     sqs_batch::process(event, invocation, consumer, |m| {
         handler.handle_message(m, invocation)

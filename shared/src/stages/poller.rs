@@ -152,6 +152,10 @@ impl super::MessageHandler for Poller {
         self.dead_letters.as_ref()
     }
 
+    fn records(&self) -> &dyn StateRecords {
+        self.records.as_ref()
+    }
+
     async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         self.handle_work(msg, invocation).await
     }

@@ -91,6 +91,10 @@ impl super::MessageHandler for ReportBuilder {
         self.dead_letters.as_ref()
     }
 
+    fn records(&self) -> &dyn StateRecords {
+        self.records.as_ref()
+    }
+
     async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
         let trigger: ReportTrigger = serde_json::from_str(body)
@@ -294,22 +298,39 @@ impl ReportBuilder {
                     if let Err(put) = self.records.put_record(&run_key, &failed, index).await {
                         warn!(error = %format!("{put:#}"), "could not record the failed run");
                     }
+                    if for_good && let Err(count) = self.count_run(&failed).await {
+                        warn!(error = %format!("{count:#}"), "could not count the failed run");
+                    }
                     Err(e)
                 }
             }
         };
         async {
-            match once(self.claims.as_ref(), &key, invocation, KEEP_RUNS, work).await? {
-                Once::Ran(record) => Ok(record),
+            let record = match once(self.claims.as_ref(), &key, invocation, KEEP_RUNS, work).await?
+            {
+                Once::Ran(record) => record,
                 Once::AlreadyDone(mut record) => {
                     info!("run already done: nothing built, nothing mailed");
                     record.repeated = true;
-                    Ok(record)
+                    record
                 }
-            }
+            };
+            // Also when done before: a crash between the run and its count leaves it here.
+            self.count_run(&record).await?;
+            Ok(record)
         }
         .instrument(span)
         .await
+    }
+
+    /// Counts a run's end (`runs_{status}/{report}`, once per run: `crate::counters`).
+    async fn count_run(&self, record: &RunRecord) -> anyhow::Result<()> {
+        let mut counts = crate::counters::Counts::default();
+        let kind = format!("{}_{}", crate::counters::kind::RUNS, record.status);
+        counts.add(&kind, &record.report, 1);
+        let event = format!("run/{}", record.run_id);
+        crate::counters::count(self.records.as_ref(), &event, Utc::now(), &counts).await?;
+        Ok(())
     }
 
     /// Whether an operator asked to cancel the run.
@@ -722,6 +743,20 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(built.status, "built");
+        // Run again (a redelivery): done before, counted once.
+        w.builder
+            .run(
+                run("call_centre_daily", "2024-03-14", Some("r-held")),
+                &invocation(),
+            )
+            .await
+            .unwrap();
+        let now = Utc::now();
+        let (counts, _) =
+            crate::counters::since(w.records.as_ref(), now - chrono::Duration::hours(1), now)
+                .await
+                .unwrap();
+        assert_eq!(counts.0["runs_built/call_centre_daily"], 1, "{counts:?}");
     }
 
     #[tokio::test]

@@ -204,7 +204,14 @@ pub struct QueuePair {
 pub struct SqsQueueAdmin {
     client: aws_sdk_sqs::Client,
     queues: std::collections::BTreeMap<String, QueuePair>,
+    /// Where SQS publishes each queue's age of oldest message (SQS's API has no such figure).
+    #[cfg(feature = "cloudwatch")]
+    cloudwatch: Option<aws_sdk_cloudwatch::Client>,
 }
+
+/// How far back the latest age-of-oldest-message figure is looked for: SQS publishes it
+/// every minute while a queue is active.
+const OLDEST_AGE_WINDOW_SECS: u64 = 600;
 
 /// Rounds of ReceiveMessage a peek, redrive or delete makes at most: SQS returns a sample of
 /// the queue each time, so a message is found in a few rounds, not always the first.
@@ -217,7 +224,21 @@ impl SqsQueueAdmin {
                 "CHARLIE_QUEUES is not a JSON object of name to {{url, dlq_url}}: {e}"
             ))
         })?;
-        Ok(SqsQueueAdmin { client, queues })
+        Ok(SqsQueueAdmin {
+            client,
+            queues,
+            #[cfg(feature = "cloudwatch")]
+            cloudwatch: None,
+        })
+    }
+
+    /// Reads the queues' oldest-message ages from CloudWatch.
+    #[cfg(feature = "cloudwatch")]
+    pub fn with_cloudwatch(self, cloudwatch: aws_sdk_cloudwatch::Client) -> Self {
+        SqsQueueAdmin {
+            cloudwatch: Some(cloudwatch),
+            ..self
+        }
     }
 
     fn pair(&self, queue: &str) -> anyhow::Result<&QueuePair> {
@@ -350,6 +371,39 @@ impl crate::ports::QueueAdmin for SqsQueueAdmin {
             in_flight: get(Q::ApproximateNumberOfMessagesNotVisible),
             delayed: get(Q::ApproximateNumberOfMessagesDelayed),
         })
+    }
+
+    #[cfg(not(feature = "cloudwatch"))]
+    async fn oldest_age(&self, _queue: &str) -> anyhow::Result<Option<u64>> {
+        Ok(None)
+    }
+
+    #[cfg(feature = "cloudwatch")]
+    async fn oldest_age(&self, queue: &str) -> anyhow::Result<Option<u64>> {
+        use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+        let (Some(cloudwatch), Some(url)) = (&self.cloudwatch, &self.pair(queue)?.url) else {
+            return Ok(None);
+        };
+        let name = url.rsplit('/').next().unwrap_or(url);
+        let now = std::time::SystemTime::now();
+        let out = cloudwatch
+            .get_metric_statistics()
+            .namespace("AWS/SQS")
+            .metric_name("ApproximateAgeOfOldestMessage")
+            .dimensions(Dimension::builder().name("QueueName").value(name).build())
+            .start_time((now - std::time::Duration::from_secs(OLDEST_AGE_WINDOW_SECS)).into())
+            .end_time(now.into())
+            .period(60)
+            .statistics(Statistic::Maximum)
+            .send()
+            .await
+            .with_context(|| format!("reading {name}'s age of oldest message from CloudWatch"))?;
+        Ok(out
+            .datapoints()
+            .iter()
+            .filter_map(|d| Some((d.timestamp()?.secs(), d.maximum()?)))
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, age)| age.max(0.0) as u64))
     }
 
     async fn peek(&self, queue: &str, max: usize) -> anyhow::Result<Vec<crate::ports::Letter>> {

@@ -118,6 +118,10 @@ pub struct Api {
     pub link_key: Option<Secret>,
     /// No successful poll of a folder for this long makes the deployment unhealthy.
     pub poll_stale: chrono::Duration,
+    /// A queue's oldest message waiting longer than this makes the deployment unhealthy.
+    pub max_message_age: chrono::Duration,
+    /// Who may call the `/iam/v1` routes, and with what scope.
+    pub iam_principals: Vec<(String, Scope)>,
 }
 
 #[cfg(feature = "api")]
@@ -135,9 +139,18 @@ impl Api {
             runs: wiring::queue(&aws, env, "CHARLIE_RUNS_QUEUE_URL")?,
             inbound: wiring::queue(&aws, env, "CHARLIE_INBOUND_QUEUE_URL")?,
             lifecycle: wiring::queue(&aws, env, "CHARLIE_LIFECYCLE_QUEUE_URL")?,
-            queues: Arc::new(crate::adapters::aws::sqs::SqsQueueAdmin::from_json(
-                aws_sdk_sqs::Client::new(&aws.sdk),
-                env.required("CHARLIE_QUEUES")?,
+            queues: Arc::new(
+                crate::adapters::aws::sqs::SqsQueueAdmin::from_json(
+                    aws_sdk_sqs::Client::new(&aws.sdk),
+                    env.required("CHARLIE_QUEUES")?,
+                )?
+                .with_cloudwatch(aws_sdk_cloudwatch::Client::new(&aws.sdk)),
+            ),
+            iam_principals: iam_principals(env.get("CHARLIE_IAM_PRINCIPALS"))?,
+            max_message_age: chrono::Duration::seconds(env.in_range_or(
+                "CHARLIE_MAX_MESSAGE_AGE_SECONDS",
+                3600,
+                60..=1_209_600,
             )?),
             link_key,
             poll_stale: chrono::Duration::minutes(env.in_range_or(
@@ -239,6 +252,151 @@ impl Reply {
     }
 }
 
+/// An IAM principal allowed on the `/iam/v1` routes, with its scope.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct IamPrincipal {
+    /// An IAM user or role ARN (`arn:aws:iam::123456789012:role/ops`); a role also matches
+    /// its sessions (`arn:aws:sts::123456789012:assumed-role/ops/…`). A trailing `*` matches
+    /// any rest.
+    pub arn: String,
+    pub scope: String,
+}
+
+/// The IAM principals from `CHARLIE_IAM_PRINCIPALS` (`[{"arn": …, "scope": …}]`); none when
+/// unset. A bad entry fails the cold start: better than a principal silently refused.
+pub fn iam_principals(json: Option<&str>) -> anyhow::Result<Vec<(String, Scope)>> {
+    let Some(json) = json.filter(|j| !j.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<IamPrincipal> = serde_json::from_str(json).map_err(|e| {
+        crate::failure::permanent(format!(
+            "CHARLIE_IAM_PRINCIPALS is not a JSON list of {{\"arn\", \"scope\"}}: {e}"
+        ))
+    })?;
+    list.into_iter()
+        .map(|p| {
+            let scope = Scope::parse(&p.scope).ok_or_else(|| {
+                crate::failure::permanent(format!(
+                    "CHARLIE_IAM_PRINCIPALS: {} has scope {:?}, not one of {}",
+                    p.arn,
+                    p.scope,
+                    Scope::NAMES.join(", ")
+                ))
+            })?;
+            if !p.arn.starts_with("arn:aws") {
+                return Err(crate::failure::permanent(format!(
+                    "CHARLIE_IAM_PRINCIPALS: {:?} is not an ARN",
+                    p.arn
+                )));
+            }
+            Ok((p.arn, scope))
+        })
+        .collect()
+}
+
+/// The ARNs a caller's principal answers to: itself, and for a role's session the role's ARN
+/// (with no path: a session's ARN does not carry it; a configured role ARN with a path is
+/// compared by account and name).
+fn principal_matches(pattern: &str, principal: &str) -> bool {
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return principal.starts_with(prefix);
+    }
+    if pattern == principal {
+        return true;
+    }
+    // arn:aws:sts::{account}:assumed-role/{role}/{session}
+    let session = principal
+        .strip_prefix("arn:aws:sts::")
+        .and_then(|r| r.split_once(":assumed-role/"))
+        .and_then(|(account, rest)| Some((account, rest.split_once('/')?.0)));
+    // arn:aws:iam::{account}:role/{path/}{role}
+    let role = pattern
+        .strip_prefix("arn:aws:iam::")
+        .and_then(|r| r.split_once(":role/"))
+        .map(|(account, rest)| (account, rest.rsplit('/').next().unwrap_or(rest)));
+    matches!((session, role), (Some(s), Some(r)) if s == r)
+}
+
+/// The caller on an `/iam/v1` route as a key record (its name the principal's ARN, its scope
+/// the highest configured for it), or why not.
+fn iam_caller(
+    principals: &[(String, Scope)],
+    principal: Option<&str>,
+) -> Result<ApiKeyRecord, ApiError> {
+    let Some(principal) = principal else {
+        return Err(ApiError::new(
+            401,
+            "unauthorized",
+            "the /iam/v1 routes take SigV4-signed requests (API Gateway's AWS_IAM authorization); this one names no IAM principal",
+        ));
+    };
+    let scope = principals
+        .iter()
+        .filter(|(arn, _)| principal_matches(arn, principal))
+        .map(|(_, scope)| *scope)
+        .max()
+        .ok_or_else(|| {
+            ApiError::new(
+                403,
+                "forbidden",
+                format!(
+                    "the IAM principal {principal} is not allowed on this API (add it to the deployment's api_iam_principals)"
+                ),
+            )
+        })?;
+    Ok(ApiKeyRecord {
+        id: "iam".into(),
+        name: principal.to_owned(),
+        scopes: vec![scope.name().to_owned()],
+        secret_sha256: String::new(),
+        created_at: String::new(),
+        created_by: "api_iam_principals".into(),
+        revoked_at: None,
+    })
+}
+
+/// `90061` → `1d 1h 1m 1s`, leaving out zero parts.
+fn human_secs(secs: u64) -> String {
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, u)| format!("{n}{u}"))
+        .collect();
+    if text.is_empty() {
+        "0s".into()
+    } else {
+        text.join(" ")
+    }
+}
+
+/// How far back counters can be asked for.
+const MAX_SINCE_DAYS: i64 = 31;
+
+/// Counters as the API shows them: the hour they start from, totals by kind, and each
+/// dataset's, report's and stage's own.
+fn counters_json(counts: &crate::counters::Counts, start: DateTime<Utc>) -> Value {
+    let mut about: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for (name, n) in &counts.0 {
+        if let Some((kind, what)) = name.split_once('/') {
+            about
+                .entry(what.to_owned())
+                .or_default()
+                .insert(kind.to_owned(), *n);
+        }
+    }
+    json!({
+        "since": start.to_rfc3339(),
+        "totals": counts.totals(),
+        "by": about,
+    })
+}
+
 /// What the router needs of a request.
 struct Request<'a> {
     method: &'a str,
@@ -269,6 +427,41 @@ impl Request<'_> {
                     )
                 }),
         }
+    }
+
+    /// The `since` parameter: an RFC 3339 time or a span back from `now` (`90m`, `24h`,
+    /// `7d`); `default` when absent; never more than [`MAX_SINCE_DAYS`] back nor in the future.
+    fn since(&self, now: DateTime<Utc>, default: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
+        let Some(v) = self.query("since") else {
+            return Ok(default.max(now - chrono::Duration::days(MAX_SINCE_DAYS)));
+        };
+        let span = |n: &str, unit: fn(i64) -> chrono::Duration| {
+            n.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .map(|n| now - unit(n))
+        };
+        let at = match v.char_indices().last() {
+            Some((i, 'm')) => span(&v[..i], chrono::Duration::minutes),
+            Some((i, 'h')) => span(&v[..i], chrono::Duration::hours),
+            Some((i, 'd')) => span(&v[..i], chrono::Duration::days),
+            _ => DateTime::parse_from_rfc3339(v)
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+        };
+        let bad = |why: &str| ApiError::bad("since", format!("since {v:?} {why}"));
+        let at = at.ok_or_else(|| {
+            bad("is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor a span back (90m, 24h, 7d)")
+        })?;
+        if at > now {
+            return Err(bad("is in the future"));
+        }
+        if at < now - chrono::Duration::days(MAX_SINCE_DAYS) {
+            return Err(bad(&format!(
+                "is more than {MAX_SINCE_DAYS} days back (the counters' markers last 35 days, their buckets as long as the table keeps them; ask for at most {MAX_SINCE_DAYS})"
+            )));
+        }
+        Ok(at)
     }
 
     fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
@@ -319,9 +512,15 @@ impl Api {
             }
             Some(b) => b.as_bytes().to_vec(),
         };
-        let Some(rest) = path
+        // `/iam/v1/…` is the same API behind API Gateway's AWS_IAM authorization: the caller
+        // signed with SigV4 and API Gateway checked it and names the principal.
+        let (api_path, iam_route) = match path.strip_prefix("/iam") {
+            Some(rest) if rest.starts_with("/v1") => (rest, true),
+            _ => (path.as_str(), false),
+        };
+        let Some(rest) = api_path
             .strip_prefix("/v1/")
-            .or(path.strip_prefix("/v1").filter(|r| r.is_empty()))
+            .or(api_path.strip_prefix("/v1").filter(|r| r.is_empty()))
         else {
             return respond(Err(ApiError::not_found(format!(
                 "no route {path}: routes are under /v1"
@@ -384,13 +583,26 @@ impl Api {
             ("GET", ["links", token]) => return respond(self.follow_link(token).await),
             _ => {}
         }
-        let presented = bearer(&req.headers);
-        let key = match keys::authenticate(self.records.as_ref(), presented.as_deref()).await {
-            Ok(Ok(key)) => key,
-            Ok(Err(refused)) => {
-                return respond(Err(ApiError::new(401, "unauthorized", refused.message())));
+        let key = if iam_route {
+            let principal = req
+                .request_context
+                .authorizer
+                .as_ref()
+                .and_then(|a| a.iam.as_ref())
+                .and_then(|iam| iam.user_arn.clone());
+            match iam_caller(&self.iam_principals, principal.as_deref()) {
+                Ok(caller) => caller,
+                Err(e) => return respond(Err(e)),
             }
-            Err(e) => return respond(Err(e.into())),
+        } else {
+            let presented = bearer(&req.headers);
+            match keys::authenticate(self.records.as_ref(), presented.as_deref()).await {
+                Ok(Ok(key)) => key,
+                Ok(Err(refused)) => {
+                    return respond(Err(ApiError::new(401, "unauthorized", refused.message())));
+                }
+                Err(e) => return respond(Err(e.into())),
+            }
         };
         let needed = match (method.as_str(), segments.first().copied()) {
             (_, Some("keys")) | ("GET", Some("audit")) => Scope::Admin,
@@ -425,7 +637,7 @@ impl Api {
     ) -> Result<Reply, ApiError> {
         match (req.method, segments) {
             ("GET", ["health"]) => self.health().await,
-            ("GET", ["metrics"]) => self.metrics().await,
+            ("GET", ["metrics"]) => self.metrics(req).await,
             ("GET", ["reports"]) => Ok(Reply::ok(json!({
                 "reports": self
                     .definitions
@@ -471,7 +683,7 @@ impl Api {
                 ))
             }
             ("GET", ["intake", "outcomes"]) => self.outcomes(req).await,
-            ("GET", ["intake"]) => self.intake_state().await,
+            ("GET", ["intake"]) => self.intake_state(Some(req)).await,
             ("POST", ["intake", "pause"]) => {
                 use crate::intake_control::IntakeControl;
                 let control = IntakeControl {
@@ -483,7 +695,7 @@ impl Api {
                     .put_record(&RecordKey::intake_control(), &control, None)
                     .await?;
                 info!(by = key.name, "intake paused");
-                Ok(self.intake_state().await?.said("pause intake"))
+                Ok(self.intake_state(None).await?.said("pause intake"))
             }
             ("POST", ["intake", "resume"]) => {
                 use crate::intake_control::IntakeControl;
@@ -501,7 +713,7 @@ impl Api {
                     crate::intake_control::resume(self.records.as_ref(), self.inbound.as_ref())
                         .await?;
                 info!(by = key.name, resumed, "intake resumed");
-                let mut reply = self.intake_state().await?;
+                let mut reply = self.intake_state(None).await?;
                 if let ReplyBody::Json(body) = &mut reply.body {
                     body["resumed"] = json!(resumed);
                 }
@@ -876,18 +1088,46 @@ impl Api {
         Ok((dataset.to_owned(), date))
     }
 
-    /// Whether intake is paused, since when and by whom, and how many mails wait for resume.
-    async fn intake_state(&self) -> Result<Reply, ApiError> {
+    /// Whether intake is paused, since when and by whom, how many mails wait for resume, and
+    /// the intake's counters since `since` (default: the last pause or resume, the seed's
+    /// "session", or a day back).
+    async fn intake_state(&self, req: Option<&Request<'_>>) -> Result<Reply, ApiError> {
+        use crate::counters::kind;
         let control: Option<crate::intake_control::IntakeControl> = self
             .records
             .get_record(&RecordKey::intake_control())
             .await?;
         let parked = crate::intake_control::parked_count(self.records.as_ref()).await?;
+        let now = Utc::now();
+        let session = control
+            .as_ref()
+            .and_then(|c| DateTime::parse_from_rfc3339(&c.since).ok())
+            .map_or(now - chrono::Duration::days(1), |t| t.with_timezone(&Utc));
+        let since = match req {
+            Some(req) => req.since(now, session)?,
+            None => session.max(now - chrono::Duration::days(MAX_SINCE_DAYS)),
+        };
+        let (mut counts, start) = crate::counters::since(self.records.as_ref(), since, now).await?;
+        let intake = [
+            kind::MAILS_PROCESSED,
+            kind::MAILS_IGNORED,
+            kind::MAILS_DUPLICATE,
+            kind::ATTACHMENTS,
+            kind::ATTACHMENTS_QUARANTINED,
+            kind::ROWS_NEW,
+            kind::ROWS_DUPLICATE,
+            kind::ROWS_REJECTED,
+        ];
+        counts.0.retain(|name, _| {
+            let k = name.split_once('/').map_or(name.as_str(), |(k, _)| k);
+            intake.contains(&k) || name == "dead_lettered/ingest"
+        });
         Ok(Reply::ok(json!({
             "paused": control.as_ref().is_some_and(|c| c.paused),
             "since": control.as_ref().map(|c| c.since.clone()),
             "by": control.as_ref().map(|c| c.by.clone()),
             "parked": parked,
+            "counters": counters_json(&counts, start),
         })))
     }
 
@@ -1286,7 +1526,27 @@ impl Api {
                     d.visible
                 ));
             }
-            queues.push(json!({"queue": name, "depth": source, "dead_letters": dead}));
+            let oldest = if has_source {
+                match self.queues.oldest_age(&name).await {
+                    Ok(age) => age,
+                    Err(e) => {
+                        warnings.push(format!("queue {name}'s oldest message: {e:#}"));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(age) = oldest
+                && age > self.max_message_age.num_seconds() as u64
+            {
+                problems.push(format!(
+                    "queue {name}: its oldest message has waited {} (more than {}, CHARLIE_MAX_MESSAGE_AGE_SECONDS): its consumer is stuck or failing",
+                    human_secs(age),
+                    human_secs(self.max_message_age.num_seconds() as u64)
+                ));
+            }
+            queues.push(json!({"queue": name, "depth": source, "dead_letters": dead, "oldest_message_age_seconds": oldest}));
         }
         let mut folders: BTreeMap<String, Value> = BTreeMap::new();
         match self
@@ -1356,9 +1616,11 @@ impl Api {
         Ok(Reply::json(if healthy { 200 } else { 503 }, body))
     }
 
-    async fn metrics(&self) -> Result<Reply, ApiError> {
+    async fn metrics(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
+        let now = Utc::now();
+        let since = req.since(now, now - chrono::Duration::days(1))?;
+        let (counts, start) = crate::counters::since(self.records.as_ref(), since, now).await?;
         let mut runs: BTreeMap<String, u64> = BTreeMap::new();
-        let since = Utc::now() - chrono::Duration::days(1);
         let from = since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for r in self
             .records
@@ -1383,6 +1645,7 @@ impl Api {
             "since": since.to_rfc3339(),
             "runs_by_status": runs,
             "queues": queues,
+            "counters": counters_json(&counts, start),
         })))
     }
 

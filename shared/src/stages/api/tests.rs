@@ -40,6 +40,17 @@ async fn world() -> World {
         queues: Arc::clone(&queues) as _,
         link_key: Some(Secret::new(LINK_KEY)),
         poll_stale: chrono::Duration::minutes(30),
+        max_message_age: chrono::Duration::hours(1),
+        iam_principals: vec![
+            (
+                "arn:aws:iam::123456789012:role/ops/charlie-operator".into(),
+                keys::Scope::Operate,
+            ),
+            (
+                "arn:aws:iam::123456789012:user/auditor".into(),
+                keys::Scope::Read,
+            ),
+        ],
     };
     let key = |name: &str, scope: Scope| {
         let records = Arc::clone(&records);
@@ -528,4 +539,161 @@ async fn health_is_503_with_the_reason_when_a_subscription_expired() {
             .contains("subscription expired"),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn counters_are_summed_since_the_time_or_span_asked_for_and_a_bad_since_is_400() {
+    let w = world().await;
+    let now = Utc::now();
+    let mut mail = crate::counters::Counts::default();
+    mail.add(
+        crate::counters::kind::MAILS_PROCESSED,
+        "ops@contoso.example",
+        1,
+    );
+    mail.add(crate::counters::kind::ROWS_NEW, "ib_calls", 40);
+    let hours_ago = |h| now - chrono::Duration::hours(h);
+    crate::counters::count(w.records.as_ref(), "mail/a", hours_ago(30), &mail)
+        .await
+        .unwrap();
+    crate::counters::count(w.records.as_ref(), "mail/b", hours_ago(2), &mail)
+        .await
+        .unwrap();
+    crate::counters::count(w.records.as_ref(), "mail/b", now, &mail)
+        .await
+        .unwrap();
+    let (status, _, m) = call(&w, "GET", "/v1/metrics", Some(&w.read), None).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(
+        m["counters"]["totals"]["mails_processed"], 1,
+        "a day back by default: {m}"
+    );
+    assert_eq!(m["counters"]["by"]["ib_calls"]["rows_new"], 40, "{m}");
+    let (_, _, m) = call(&w, "GET", "/v1/metrics?since=2d", Some(&w.read), None).await;
+    assert_eq!(m["counters"]["totals"]["rows_new"], 80, "{m}");
+    let (_, _, i) = call(&w, "GET", "/v1/intake?since=3h", Some(&w.read), None).await;
+    assert_eq!(i["counters"]["totals"]["mails_processed"], 1, "{i}");
+    for bad in ["yesterday", "0h", "40d", "2999-01-01T00:00:00Z"] {
+        let (status, _, body) = call(
+            &w,
+            "GET",
+            &format!("/v1/metrics?since={bad}"),
+            Some(&w.read),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (400, Some("since")),
+            "{bad}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_queue_whose_oldest_message_waits_too_long_makes_health_503_naming_it() {
+    let w = world().await;
+    w.queues.set_oldest_age("inbound", 42);
+    let (_, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
+    let inbound = body["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "inbound")
+        .unwrap()
+        .clone();
+    assert_eq!(inbound["oldest_message_age_seconds"], 42, "{body}");
+    assert!(
+        !body["problems"].to_string().contains("inbound"),
+        "42 s is fine: {body}"
+    );
+    w.queues.set_oldest_age("runs", 2 * 3600 + 5);
+    let (status, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["problems"]
+            .to_string()
+            .contains("queue runs: its oldest message has waited 2h 5s (more than 1h"),
+        "{body}"
+    );
+}
+
+/// A request on the `/iam/v1` route as API Gateway passes it on once it checked the SigV4
+/// signature: the principal in `requestContext.authorizer.iam`.
+async fn call_iam(w: &World, method: &str, path: &str, principal: Option<&str>) -> (u16, Value) {
+    let mut context = json!({"http": {"method": method, "path": path}, "requestId": "r-iam"});
+    if let Some(arn) = principal {
+        context["authorizer"] =
+            json!({"iam": {"accountId": "123456789012", "userArn": arn, "accessKey": "ASIA…"}});
+    }
+    let event = json!({
+        "version": "2.0", "routeKey": "ANY /iam/v1/{proxy+}", "rawPath": path, "rawQueryString": "",
+        "headers": {}, "requestContext": context, "isBase64Encoded": false,
+    });
+    let resp = w.api.handle(serde_json::from_value(event).unwrap()).await;
+    let text = match resp.body {
+        Some(Body::Text(t)) => t,
+        _ => String::new(),
+    };
+    (
+        resp.status_code as u16,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn iam_callers_get_the_scope_configured_for_their_role_or_user_and_others_are_refused() {
+    let w = world().await;
+    let session = "arn:aws:sts::123456789012:assumed-role/charlie-operator/deploy-42";
+    let (status, body) = call_iam(&w, "GET", "/iam/v1/runs", Some(session)).await;
+    assert_eq!(status, 200, "a role's session is the role: {body}");
+    let (status, body) = call_iam(&w, "POST", "/iam/v1/intake/pause", Some(session)).await;
+    assert_eq!(status, 200, "operate: {body}");
+    let audit = w.records.count("AUDIT#");
+    assert!(audit > 0, "its call is audited under its ARN");
+    let (status, body) = call_iam(&w, "GET", "/iam/v1/keys", Some(session)).await;
+    assert_eq!(status, 403, "keys are admin's: {body}");
+    let auditor = "arn:aws:iam::123456789012:user/auditor";
+    let (status, _) = call_iam(&w, "GET", "/iam/v1/metrics", Some(auditor)).await;
+    assert_eq!(status, 200);
+    let (status, body) = call_iam(&w, "POST", "/iam/v1/intake/resume", Some(auditor)).await;
+    assert_eq!(status, 403, "read only: {body}");
+    let other = "arn:aws:sts::999999999999:assumed-role/charlie-operator/x";
+    let (status, body) = call_iam(&w, "GET", "/iam/v1/runs", Some(other)).await;
+    assert_eq!(
+        status, 403,
+        "another account's role of the same name: {body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("api_iam_principals"),
+        "{body}"
+    );
+    let (status, body) = call_iam(&w, "GET", "/iam/v1/runs", None).await;
+    assert_eq!(status, 401, "{body}");
+    // The key route ignores an IAM context it could not have come with.
+    let (status, _, _) = call(&w, "GET", "/v1/runs", None, None).await;
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn iam_principals_are_read_strictly() {
+    let ok = iam_principals(Some(
+        r#"[{"arn":"arn:aws:iam::1:role/ops","scope":"operate"}]"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        ok,
+        vec![("arn:aws:iam::1:role/ops".to_owned(), keys::Scope::Operate)]
+    );
+    assert!(iam_principals(None).unwrap().is_empty());
+    for bad in [
+        r#"[{"arn":"arn:aws:iam::1:role/ops","scope":"root"}]"#,
+        r#"[{"arn":"ops","scope":"read"}]"#,
+        "{}",
+    ] {
+        assert!(iam_principals(Some(bad)).is_err(), "{bad}");
+    }
 }

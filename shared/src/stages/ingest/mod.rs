@@ -132,6 +132,10 @@ impl super::MessageHandler for Ingest {
         self.dead_letters.as_ref()
     }
 
+    fn records(&self) -> &dyn StateRecords {
+        self.records.as_ref()
+    }
+
     async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         self.ingest_message(msg, invocation).await
     }
@@ -280,6 +284,12 @@ impl Ingest {
             let work = self.continue_mail(mailbox, message_id, step, invocation);
             once(self.claims.as_ref(), &key, invocation, KEEP_CLAIMS, work).await?
         };
+        let summary = match &done {
+            Once::Ran(s) | Once::AlreadyDone(s) => s,
+        };
+        // Also when done before: a crash between the work and its count leaves it to this
+        // retry, and an event already counted counts nothing.
+        self.count_mail(mailbox, message_id, summary).await?;
         match done {
             Once::AlreadyDone(_) => info!(
                 mailbox,
@@ -298,6 +308,37 @@ impl Ingest {
                 "mail ingested"
             ),
         }
+        Ok(())
+    }
+
+    /// Counts a mail once its last step is done (`crate::counters`).
+    async fn count_mail(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        summary: &MailSummary,
+    ) -> anyhow::Result<()> {
+        use crate::counters::{Counts, kind};
+        let mut counts = Counts::default();
+        match summary.status.as_str() {
+            "ingested" => {
+                counts.add(kind::MAILS_PROCESSED, mailbox, 1);
+                for o in &summary.outcomes {
+                    counts.add(kind::ATTACHMENTS, &o.dataset, 1);
+                    counts.add(kind::ROWS_NEW, &o.dataset, o.rows_new);
+                    counts.add(kind::ROWS_DUPLICATE, &o.dataset, o.rows_duplicate);
+                    counts.add(kind::ROWS_REJECTED, &o.dataset, o.rows_rejected);
+                    if o.quarantined.is_some() {
+                        counts.add(kind::ATTACHMENTS_QUARANTINED, &o.dataset, 1);
+                    }
+                }
+            }
+            "ignored" => counts.add(kind::MAILS_IGNORED, mailbox, 1),
+            "duplicate" => counts.add(kind::MAILS_DUPLICATE, mailbox, 1),
+            _ => return Ok(()), // continued: its last step counts it
+        }
+        let event = format!("mail/{mailbox}/{message_id}");
+        crate::counters::count(self.records.as_ref(), &event, Utc::now(), &counts).await?;
         Ok(())
     }
 
@@ -804,6 +845,16 @@ mod tests {
         }
     }
 
+    /// What the counters hold from an hour back.
+    async fn counted(w: &World) -> crate::counters::Counts {
+        let now = Utc::now();
+        let since = now - chrono::Duration::hours(1);
+        crate::counters::since(w.records.as_ref(), since, now)
+            .await
+            .unwrap()
+            .0
+    }
+
     fn day(d: &str) -> chrono::NaiveDate {
         d.parse().unwrap()
     }
@@ -827,6 +878,13 @@ mod tests {
             serde_json::from_str(&w.claims.result(&state::mail_claim(MAILBOX, "m-1")).unwrap())
                 .unwrap();
         assert_eq!(summary.status, "ingested");
+        let counts = counted(&w).await;
+        assert_eq!(
+            counts.totals()["mails_processed"],
+            1,
+            "announced thrice, counted once"
+        );
+        assert_eq!(counts.about("ib_calls")["rows_new"], 5);
         assert!(
             w.objects
                 .current("raw/ib_calls/2024-03-14/m-1/ib_calls_2024-03-14.csv")
@@ -852,6 +910,8 @@ mod tests {
         let second = &records.outcomes_of_mail(MAILBOX, "m-2").await.unwrap()[0];
         assert_eq!((second.rows_new, second.rows_duplicate), (2, 3));
         assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 5);
+        let counts = counted(&w).await.about("ib_calls");
+        assert_eq!((counts["rows_new"], counts["rows_duplicate"]), (5, 3));
     }
 
     #[tokio::test]
@@ -884,6 +944,10 @@ mod tests {
         let records: &dyn StateRecords = w.records.as_ref();
         let outcome = &records.outcomes_of_mail(MAILBOX, "m-broken").await.unwrap()[0];
         assert!(outcome.quarantined.is_some());
+        assert_eq!(
+            counted(&w).await.about("ib_calls")["attachments_quarantined"],
+            1
+        );
         assert!(
             w.claims
                 .result(&state::mail_claim(MAILBOX, "m-broken"))
@@ -1061,6 +1125,7 @@ mod tests {
             letters[0].cause
         );
         assert_eq!(letters[0].correlation_id.as_deref(), Some("corr-0"));
+        assert_eq!(counted(&w).await.0["dead_lettered/ingest"], 1);
     }
 
     #[tokio::test]
@@ -1206,6 +1271,15 @@ mod tests {
             serde_json::from_str(&w.claims.result(&state::mail_claim(MAILBOX, "m-1")).unwrap())
                 .unwrap();
         assert_eq!(summary.status, "continued");
+        let counts = counted(&w).await;
+        assert_eq!(
+            (
+                counts.totals()["mails_processed"],
+                counts.about("ib_calls")["rows_new"]
+            ),
+            (1, 23),
+            "counted once, at the last step, with every step's rows"
+        );
         let last: MailSummary = serde_json::from_str(
             &w.claims
                 .result(&state::continuation_claim(MAILBOX, "m-1", 4))

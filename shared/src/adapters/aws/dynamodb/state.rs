@@ -18,6 +18,8 @@ use super::{n, s, str_attr};
 use crate::ports::{Claim, Claims, StateRecords};
 
 const CLAIM_SK: &str = "claim";
+/// A counter bucket's attributes are `c.{name}` (numbers, added to atomically).
+const COUNTER_PREFIX: &str = "c.";
 const IN_PROGRESS: &str = "IN_PROGRESS";
 const COMPLETE: &str = "COMPLETE";
 
@@ -271,6 +273,103 @@ impl StateRecords for DynamoState {
                     index_sk,
                     data,
                 });
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
+    async fn count_once(
+        &self,
+        event: &str,
+        bucket: (&str, &str),
+        increments: &[(String, u64)],
+        keep_marker_until: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+        if increments.is_empty() {
+            return Ok(false);
+        }
+        let marker = Put::builder()
+            .table_name(&self.table)
+            .item("pk", s(&format!("COUNTED#{event}")))
+            .item("sk", s("counted"))
+            .item("expires_at", n(keep_marker_until.timestamp()))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()?;
+        let mut update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(bucket.0))
+            .key("sk", s(bucket.1));
+        let mut adds = Vec::new();
+        for (i, (name, v)) in increments.iter().enumerate() {
+            adds.push(format!("#c{i} :v{i}"));
+            update = update
+                .expression_attribute_names(format!("#c{i}"), format!("{COUNTER_PREFIX}{name}"))
+                .expression_attribute_values(format!(":v{i}"), AttributeValue::N(v.to_string()));
+        }
+        let update = update
+            .update_expression(format!("ADD {}", adds.join(", ")))
+            .build()?;
+        let sent = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().put(marker).build())
+            .transact_items(TransactWriteItem::builder().update(update).build())
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e))
+                if matches!(
+                    e.err(),
+                    TransactWriteItemsError::TransactionCanceledException(c)
+                        if c.cancellation_reasons().first().and_then(|r| r.code())
+                            == Some("ConditionalCheckFailed")
+                ) =>
+            {
+                Ok(false) // counted before
+            }
+            Err(e) => Err(anyhow::Error::new(e)
+                .context(format!("counting {event} in {}/{}", bucket.0, bucket.1))),
+        }
+    }
+
+    async fn counters(
+        &self,
+        pk: &str,
+    ) -> anyhow::Result<Vec<(String, crate::ports::CounterValues)>> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .with_context(|| format!("reading counters {pk}"))?;
+            for item in page.items() {
+                let Some(sk) = str_attr(item, "sk") else {
+                    continue;
+                };
+                let values = item
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let name = k.strip_prefix(COUNTER_PREFIX)?;
+                        let n = v.as_n().ok()?.parse().ok()?;
+                        Some((name.to_owned(), n))
+                    })
+                    .collect();
+                out.push((sk, values));
             }
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),

@@ -1,0 +1,170 @@
+//! Counters by the hour: what the pipeline did (mails processed, rows stored, runs built, mails
+//! sent, bounces, …) summed since any point in time, for the control API's metrics and the
+//! intake's counters.
+//!
+//! Each counted event has a stable id (a mail, a run and its end state, a delivery, an SES
+//! event), and [`StateRecords::count_once`] adds its increments in one transaction with a
+//! marker for that id: a retried message, a redelivery or a second invocation counts nothing
+//! twice, and a crash before the count leaves it to the retry. Buckets are one record per
+//! hour (`COUNTS#{day}` / `{hour}`), so a day's counters are one query; `since` is rounded down
+//! to its hour, and the answer says which hour it started from.
+//!
+//! A counter's name is its kind, then `/` and the dataset, report or stage it is about
+//! (`rows_new/ib_calls`); [`Counts::totals`] sums each kind over them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+
+use crate::ports::StateRecords;
+
+/// How long an event's marker is kept: a redelivery later than this would count again, and
+/// no queue keeps a message this long (SQS: 14 days at most).
+pub const KEEP_MARKERS: Duration = Duration::days(35);
+
+/// Counter kinds, each with `/` and what it is about.
+pub mod kind {
+    /// A mail ingested (its attachments read), per mailbox's… dataset-less: `/all`.
+    pub const MAILS_PROCESSED: &str = "mails_processed";
+    /// A mail no attachment of matched a dataset.
+    pub const MAILS_IGNORED: &str = "mails_ignored";
+    /// A mail ingested before under another id.
+    pub const MAILS_DUPLICATE: &str = "mails_duplicate";
+    /// A message a stage gave up on (sent to its dead-letter queue), per stage.
+    pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const ROWS_NEW: &str = "rows_new";
+    pub const ROWS_DUPLICATE: &str = "rows_duplicate";
+    pub const ROWS_REJECTED: &str = "rows_rejected";
+    pub const ATTACHMENTS: &str = "attachments";
+    pub const ATTACHMENTS_QUARANTINED: &str = "attachments_quarantined";
+    /// `runs_{status}` per report: built, skipped_empty, notice_sent, cancelled, failed.
+    pub const RUNS: &str = "runs";
+    pub const MAILS_SENT: &str = "mails_sent";
+    /// `ses_{event}` per report's deliveries: bounce, complaint, delivery, reject, …
+    pub const SES: &str = "ses";
+}
+
+/// Counter values by name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts(pub BTreeMap<String, u64>);
+
+impl Counts {
+    /// Adds `n` to `kind/about`.
+    pub fn add(&mut self, kind: &str, about: &str, n: u64) {
+        if n > 0 {
+            *self.0.entry(format!("{kind}/{about}")).or_default() += n;
+        }
+    }
+
+    /// Each kind summed over what it is about.
+    pub fn totals(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (name, n) in &self.0 {
+            let kind = name.split_once('/').map_or(name.as_str(), |(k, _)| k);
+            *out.entry(kind.to_owned()).or_default() += n;
+        }
+        out
+    }
+
+    /// The counters about `about` (a dataset, a report, a stage), by kind.
+    pub fn about(&self, about: &str) -> BTreeMap<String, u64> {
+        self.0
+            .iter()
+            .filter_map(|(name, n)| {
+                let (kind, a) = name.split_once('/')?;
+                (a == about).then(|| (kind.to_owned(), *n))
+            })
+            .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The hour bucket `at` falls in: (pk, sk).
+pub fn bucket(at: DateTime<Utc>) -> (String, String) {
+    (
+        format!("COUNTS#{}", at.format("%Y-%m-%d")),
+        at.format("%H").to_string(),
+    )
+}
+
+/// Counts `counts` for `event` (a stable id) in the hour of `at`, once.
+pub async fn count(
+    records: &dyn StateRecords,
+    event: &str,
+    at: DateTime<Utc>,
+    counts: &Counts,
+) -> anyhow::Result<bool> {
+    if counts.is_empty() {
+        return Ok(false);
+    }
+    let (pk, sk) = bucket(at);
+    let increments: Vec<(String, u64)> = counts.0.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    records
+        .count_once(event, (&pk, &sk), &increments, at + KEEP_MARKERS)
+        .await
+}
+
+/// Everything counted from the hour of `since` to now, and the hour it started from.
+pub async fn since(
+    records: &dyn StateRecords,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> anyhow::Result<(Counts, DateTime<Utc>)> {
+    let start = since
+        .duration_trunc(Duration::hours(1))
+        .unwrap_or(since)
+        .min(now);
+    let (first_pk, first_sk) = bucket(start);
+    let mut out = Counts::default();
+    let mut day = start.date_naive();
+    while day <= now.date_naive() {
+        let pk = format!("COUNTS#{day}");
+        for (hour, counters) in records.counters(&pk).await? {
+            if pk == first_pk && hour < first_sk {
+                continue;
+            }
+            for (name, n) in counters {
+                *out.0.entry(name).or_default() += n;
+            }
+        }
+        day = day.succ_opt().unwrap_or(day);
+        if day == chrono::NaiveDate::MAX {
+            break;
+        }
+    }
+    Ok((out, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::memory::MemoryState;
+    use chrono::TimeZone;
+
+    #[tokio::test]
+    async fn an_event_counts_once_and_counters_sum_from_the_hour_of_since() {
+        let state = MemoryState::default();
+        let at = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 12, 1, h, m, 0).unwrap();
+        let mut mail = Counts::default();
+        mail.add(kind::MAILS_PROCESSED, "all", 1);
+        mail.add(kind::ROWS_NEW, "ib_calls", 40);
+        mail.add(kind::ROWS_NEW, "dials", 2);
+        assert!(count(&state, "mail/a", at(9, 10), &mail).await.unwrap());
+        assert!(!count(&state, "mail/a", at(9, 50), &mail).await.unwrap());
+        assert!(count(&state, "mail/b", at(11, 5), &mail).await.unwrap());
+        let (counts, start) = since(&state, at(9, 30), at(12, 0)).await.unwrap();
+        assert_eq!(start, at(9, 0));
+        assert_eq!(counts.totals()["rows_new"], 84);
+        assert_eq!(counts.about("ib_calls")["rows_new"], 80);
+        let (counts, _) = since(&state, at(10, 0), at(12, 0)).await.unwrap();
+        assert_eq!(counts.totals()["mails_processed"], 1);
+        // A later day's buckets are read too.
+        let next_day = Utc.with_ymd_and_hms(2026, 12, 2, 0, 30, 0).unwrap();
+        assert!(count(&state, "mail/c", next_day, &mail).await.unwrap());
+        let (counts, _) = since(&state, at(0, 0), next_day).await.unwrap();
+        assert_eq!(counts.totals()["mails_processed"], 3);
+    }
+}
