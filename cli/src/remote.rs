@@ -309,7 +309,7 @@ impl Client {
                 .unwrap_or_default();
             let hint = match status {
                 401 | 403 if self.sigv4.is_some() => {
-                    " — the deployment's api_iam_principals must name your role or user".to_owned()
+                    " — check your AWS credentials and AWS_REGION, and that the deployment's api_iam_principals names your role or user with that scope".to_owned()
                 }
                 401 if self.key.is_none() => " — set CHARLIE_API_KEY".to_owned(),
                 401 => " — check CHARLIE_API_KEY (make one with `charlie keys create`)".to_owned(),
@@ -920,8 +920,8 @@ pub async fn health(c: &Client) -> ExitCode {
     }
 }
 
-/// Counters as a table: one row per kind, its total, then one column per dataset, report,
-/// mailbox or stage it is about.
+/// Counters as a table: one row per kind, its total, and what it is about (datasets, reports,
+/// mailboxes, stages) with each one's count.
 fn print_counters(counters: &Value) {
     println!("counted since {}:", when(&counters["since"]));
     let Some(totals) = counters["totals"].as_object().filter(|t| !t.is_empty()) else {
@@ -929,21 +929,18 @@ fn print_counters(counters: &Value) {
         return;
     };
     let by = counters["by"].as_object();
-    let abouts: Vec<&String> = by.into_iter().flat_map(|b| b.keys()).collect();
-    let mut headers = vec!["counter", "total"];
-    headers.extend(abouts.iter().map(|a| a.as_str()));
     let rows: Vec<Vec<String>> = totals
         .iter()
         .map(|(kind, n)| {
-            let mut row = vec![kind.clone(), s(n)];
-            for a in &abouts {
-                let v = &counters["by"][a.as_str()][kind.as_str()];
-                row.push(if v.is_null() { "-".into() } else { s(v) });
-            }
-            row
+            let parts: Vec<String> = by
+                .into_iter()
+                .flatten()
+                .filter_map(|(about, kinds)| Some(format!("{about} {}", s(kinds.get(kind)?))))
+                .collect();
+            vec![kind.clone(), s(n), parts.join(", ")]
         })
         .collect();
-    table(&headers, &rows);
+    table(&["counter", "total", "by"], &rows);
 }
 
 pub async fn metrics(c: &Client, since: Option<&str>) -> ExitCode {

@@ -615,7 +615,8 @@ impl Api {
                 403,
                 "forbidden",
                 format!(
-                    "{method} {path} needs a key with scope {}; this key ({}) has {}",
+                    "{method} {path} needs a {} with scope {}; this one ({}) has {}",
+                    if iam_route { "caller" } else { "key" },
                     needed.name(),
                     key.name,
                     key.scopes.join(", ")
