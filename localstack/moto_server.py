@@ -13,6 +13,9 @@ Patches (each one a moto behaviour that differs from AWS and breaks Terraform or
    absent (reading some Lambda attributes tries to reach Docker). We skip attributes that raise
    and accept `?service=NAME` to return one service only (the full dump is megabytes).
 
+Added: with CHARLIE_SERIAL_REQUESTS set, AWS requests are handled one at a time (moto's recorder
+and replay then agree on ids, see `_RequestCounter`).
+
 Added: every request is counted by service and operation with the time the server spent on it,
 read at `GET /_charlie/requests` (with the server's CPU seconds) and zeroed by
 `POST /_charlie/requests/reset`, so a load run can say what it asked of AWS and how much of its
@@ -107,6 +110,10 @@ class _RequestCounter:
         self.app = app
         self.lock = threading.Lock()
         self.counts = {}
+        # CHARLIE_SERIAL_REQUESTS: one AWS request at a time (moto's own routes aside), so that
+        # moto's seeded random ids are drawn in the order requests are recorded, and a replay
+        # of the recording makes the same ids (`charlie-local up` reusing an apply).
+        self.serial = threading.Lock() if os.environ.get("CHARLIE_SERIAL_REQUESTS") else None
 
     @staticmethod
     def operation(environ):
@@ -160,6 +167,9 @@ class _RequestCounter:
         started = time.perf_counter()
         try:
             # Bodies are small or streamed; the time is the server's until the body is built.
+            if self.serial is not None and not path.startswith("/moto-api/"):
+                with self.serial:
+                    return self.app(environ, start_response)
             return self.app(environ, start_response)
         finally:
             spent = time.perf_counter() - started

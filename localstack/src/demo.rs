@@ -98,6 +98,10 @@ pub struct UpOptions {
     /// Prints progress lines when true.
     pub progress: bool,
     pub row_store: RowStoreKind,
+    /// Reuse an earlier apply kept here when nothing changed (`crate::reuse`); `None`: apply.
+    pub reuse: Option<PathBuf>,
+    /// With `reuse`: apply (and record) even when the recorded apply would do.
+    pub fresh: bool,
 }
 
 impl UpOptions {
@@ -108,6 +112,8 @@ impl UpOptions {
             graph_page_size: 2,
             progress: false,
             row_store: RowStoreKind::DynamoDb,
+            reuse: None,
+            fresh: false,
         }
     }
 }
@@ -119,11 +125,62 @@ pub fn step(progress: bool, text: &str) {
     }
 }
 
+/// Functions, queue mappings, schedules and API routes.
+fn shape(d: &Deployment) -> [usize; 4] {
+    [
+        d.functions.len(),
+        d.mappings.len(),
+        d.schedules.len(),
+        d.routes.len(),
+    ]
+}
+
+/// `terraform init` and `apply`, with a line every 15 s; the apply's seconds.
+async fn apply(p: bool, terraform: Terraform) -> anyhow::Result<(Terraform, f64)> {
+    step(
+        p,
+        "      terraform init + apply (infra/envs/local; about a minute and a half) …",
+    );
+    let ticker = p.then(|| {
+        tokio::spawn(async move {
+            let start = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_secs(15)).await;
+                println!("        … applying, {:.0} s", start.elapsed().as_secs_f64());
+            }
+        })
+    });
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(Terraform, f64)> {
+        terraform.init()?;
+        let seconds = terraform.apply()?;
+        Ok((terraform, seconds))
+    })
+    .await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    result?
+}
+
 impl LocalCloud {
     pub async fn up(opts: UpOptions) -> anyhow::Result<Self> {
         let p = opts.progress;
         let t = Instant::now();
-        let emulator = Emulator::start()?;
+        let cache = opts.reuse.clone().map(crate::reuse::Cache::new);
+        let recorded = cache
+            .as_ref()
+            .filter(|_| !opts.fresh)
+            .and_then(crate::reuse::Cache::load);
+        let wanted = |port: fn(&crate::reuse::Recorded) -> u16| recorded.as_ref().map_or(0, port);
+        let emulator = match &cache {
+            None => Emulator::start()?,
+            Some(c) => {
+                c.prepare()?;
+                // The recorded ports, or free ones when they are taken (then nothing is reused).
+                Emulator::start_recordable(wanted(|r| r.emulator_port), &c.recording())
+                    .or_else(|_| Emulator::start_recordable(0, &c.recording()))?
+            }
+        };
         step(
             p,
             &format!(
@@ -148,7 +205,16 @@ impl LocalCloud {
                 Some(server)
             }
         };
-        let graph = FakeGraph::start(&opts.mailbox_dir, opts.graph_page_size).await?;
+        let graph = match FakeGraph::start_on(
+            &opts.mailbox_dir,
+            opts.graph_page_size,
+            wanted(|r| r.graph_port),
+        )
+        .await
+        {
+            Ok(g) => g,
+            Err(_) => FakeGraph::start(&opts.mailbox_dir, opts.graph_page_size).await?,
+        };
         step(
             p,
             &format!(
@@ -172,7 +238,11 @@ impl LocalCloud {
 
         // The API's port is taken now: Terraform gives its URL to the poller, which hands it to
         // Graph (the fake) when it subscribes.
-        let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let api_listener =
+            match tokio::net::TcpListener::bind(("127.0.0.1", wanted(|r| r.api_port))).await {
+                Ok(l) => l,
+                Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            };
         let api = api_listener.local_addr()?;
         let (mailbox, folder) = graph.mailbox();
         let mut vars = vec![
@@ -193,39 +263,77 @@ impl LocalCloud {
             vars.push(("postgres_url".to_owned(), pg.url()));
         }
         let _ = std::fs::remove_dir_all(&opts.work_dir);
-        let terraform = Terraform::new(&opts.work_dir, vars)?;
-        let tf = Arc::new(terraform);
-        let tf2 = tf.clone();
-        step(
-            p,
-            "      terraform init + apply (infra/envs/local; about a minute and a half) …",
-        );
-        let ticker = p.then(|| {
-            tokio::spawn(async move {
-                let start = Instant::now();
-                loop {
-                    tokio::time::sleep(Duration::from_secs(15)).await;
-                    println!("        … applying, {:.0} s", start.elapsed().as_secs_f64());
-                }
-            })
-        });
-        let applied = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
-            tf2.init()?;
-            tf2.apply()
-        })
-        .await?;
-        if let Some(t) = ticker {
-            t.abort();
-        }
-        let apply_seconds = applied?;
-        let terraform =
-            Arc::try_unwrap(tf).map_err(|_| anyhow::anyhow!("terraform handle still shared"))?;
-        step(p, &format!("      applied in {apply_seconds:.1} s"));
-        let outputs: Outputs =
-            serde_json::from_value(terraform.output_json()?["deployment"]["value"].clone())
-                .context("terraform output `deployment`")?;
-
+        let key = match &cache {
+            Some(_) => Some(crate::reuse::key(&vars, &zips)?),
+            None => None,
+        };
+        let mut terraform = Terraform::new(&opts.work_dir, vars)?;
         let config = emulator.sdk_config().await;
+        let mut replayed = None;
+        if let (Some(r), Some(key)) = (&recorded, &key)
+            && *key == r.key
+        {
+            let t = Instant::now();
+            step(
+                p,
+                &format!(
+                    "      nothing changed since the apply recorded at {}: replaying it …",
+                    r.recorded_at
+                ),
+            );
+            emulator.seed().await?;
+            emulator.replay().await?;
+            let deployment = Deployment::read(&config, PREFIX).await?;
+            if shape(&deployment) == r.shape {
+                step(
+                    p,
+                    &format!(
+                        "      replayed in {:.1} s (terraform apply skipped; `charlie-local up --fresh` applies)",
+                        t.elapsed().as_secs_f64()
+                    ),
+                );
+                replayed = Some((r.outputs.clone(), t.elapsed().as_secs_f64()));
+            } else {
+                step(
+                    p,
+                    "      the replay did not make the recorded deployment: applying instead",
+                );
+                if let Some(c) = &cache {
+                    c.forget();
+                }
+                emulator.reset().await?;
+            }
+        }
+        let (outputs_json, apply_seconds) = match replayed {
+            Some(done) => done,
+            None => {
+                if cache.is_some() {
+                    emulator.seed().await?;
+                    emulator.start_recording().await?;
+                }
+                let seconds;
+                (terraform, seconds) = apply(p, terraform).await?;
+                step(p, &format!("      applied in {seconds:.1} s"));
+                let outputs = terraform.output_json()?["deployment"]["value"].clone();
+                if let (Some(c), Some(key)) = (&cache, key) {
+                    emulator.stop_recording().await?;
+                    let deployment = Deployment::read(&config, PREFIX).await?;
+                    c.save(&crate::reuse::Recorded {
+                        key,
+                        emulator_port: emulator.port(),
+                        graph_port: graph.port(),
+                        api_port: api.port(),
+                        outputs: outputs.clone(),
+                        shape: shape(&deployment),
+                        recorded_at: Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+                    })?;
+                }
+                (outputs, seconds)
+            }
+        };
+        let outputs: Outputs =
+            serde_json::from_value(outputs_json).context("terraform output `deployment`")?;
+
         let deployment = Deployment::read(&config, PREFIX).await?;
         step(
             p,

@@ -30,16 +30,45 @@ impl Emulator {
     }
 
     pub fn start_with(python: &Path, script: &Path) -> anyhow::Result<Self> {
+        Self::start_with_options(python, script, 0, None)
+    }
+
+    /// Starts the emulator on `port` (0: a free one), recording the requests it is asked to
+    /// record (`start_recording`) to `recording` (moto's recorder), so that a later emulator on
+    /// the same port can replay them.
+    pub fn start_recordable(port: u16, recording: &Path) -> anyhow::Result<Self> {
+        Self::start_with_options(
+            &project::python(),
+            &project::root().join("localstack/moto_server.py"),
+            port,
+            Some(recording),
+        )
+    }
+
+    fn start_with_options(
+        python: &Path,
+        script: &Path,
+        port: u16,
+        recording: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         if !python.exists() {
             bail!(
                 "{} does not exist: run scripts/demo or scripts/test once (they create the project's virtualenv), or set CHARLIE_PYTHON",
                 python.display()
             );
         }
-        let mut child = Command::new(python)
+        let mut command = Command::new(python);
+        if let Some(file) = recording {
+            // Recorded requests are replayed one after the other: handled one at a time here
+            // too, the seeded ids come out the same.
+            command
+                .env("MOTO_RECORDER_FILEPATH", file)
+                .env("CHARLIE_SERIAL_REQUESTS", "1");
+        }
+        let mut child = command
             .arg(script)
             .arg("--port")
-            .arg("0")
+            .arg(port.to_string())
             .arg("--exit-with-parent")
             .stdin(Stdio::piped())
             // Lambda functions exist, but moto must never try to run them (no Docker here).
@@ -79,6 +108,53 @@ impl Emulator {
 
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The port the emulator listens on.
+    pub fn port(&self) -> u16 {
+        self.endpoint
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// POSTs to one of moto's own routes (`/moto-api/…`).
+    async fn moto_api(&self, path: &str) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.endpoint);
+        reqwest::Client::new()
+            .post(&url)
+            .timeout(Duration::from_secs(600))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .with_context(|| format!("POST {url}"))?;
+        Ok(())
+    }
+
+    /// Seeds moto's random ids: the same requests in the same order then make the same ids.
+    pub async fn seed(&self) -> anyhow::Result<()> {
+        self.moto_api("/moto-api/seed?a=20261201").await
+    }
+
+    /// Records every request from now on (to the file the emulator was started with), afresh.
+    pub async fn start_recording(&self) -> anyhow::Result<()> {
+        self.moto_api("/moto-api/recorder/reset-recording").await?;
+        self.moto_api("/moto-api/recorder/start-recording").await
+    }
+
+    pub async fn stop_recording(&self) -> anyhow::Result<()> {
+        self.moto_api("/moto-api/recorder/stop-recording").await
+    }
+
+    /// Replays the recording, in order, against this emulator.
+    pub async fn replay(&self) -> anyhow::Result<()> {
+        self.moto_api("/moto-api/recorder/replay-recording").await
+    }
+
+    /// Forgets everything the emulator holds.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        self.moto_api("/moto-api/reset").await
     }
 
     /// The environment entries that point an AWS SDK at this emulator.

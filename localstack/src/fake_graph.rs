@@ -231,7 +231,22 @@ impl Inner {
 
 impl FakeGraph {
     /// Loads `dir/messages.json` (attachments from files beside it) and serves it on a free port.
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.base_url
+            .trim_end_matches("/v1.0")
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub async fn start(dir: &Path, page_size: usize) -> anyhow::Result<Self> {
+        Self::start_on(dir, page_size, 0).await
+    }
+
+    /// [`FakeGraph::start`] on `port` (0: a free one).
+    pub async fn start_on(dir: &Path, page_size: usize, port: u16) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(dir.join("messages.json"))
             .with_context(|| format!("reading {}/messages.json", dir.display()))?;
         let fixture: MailboxFixture = serde_json::from_str(&text).context("messages.json")?;
@@ -263,7 +278,7 @@ impl FakeGraph {
                 authentication_results: None,
             });
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let base_url = format!("http://{addr}/v1.0");
         let inner = Arc::new(Mutex::new(Inner {

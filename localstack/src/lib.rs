@@ -12,6 +12,7 @@ pub mod load;
 pub mod packaging;
 pub mod postgres;
 pub mod project;
+pub mod reuse;
 pub mod runner;
 pub mod terraform;
 pub mod up;

@@ -2,7 +2,9 @@
 //! Graph, Terraform applied, the runner, the API), the sample mailbox ingested, an admin key
 //! made; then it stays up until Ctrl-C, doing what Lambda's event source mappings and
 //! Scheduler do: the queues are drained every second and the poller fires every five minutes,
-//! so runs started through the API (or `charlie runs start`) are built and mailed.
+//! so runs started through the API (or `charlie runs start`) are built and mailed. An earlier
+//! apply is replayed instead of applied again when nothing changed (`crate::reuse`; `--fresh`
+//! applies anyway).
 
 use std::time::{Duration, Instant};
 
@@ -10,11 +12,21 @@ use chrono::{DateTime, Utc};
 
 use crate::demo::{LocalCloud, RowStoreKind, UpOptions};
 
-pub async fn run_up(work_dir: std::path::PathBuf, row_store: RowStoreKind) -> anyhow::Result<()> {
+pub async fn run_up(
+    work_dir: std::path::PathBuf,
+    row_store: RowStoreKind,
+    fresh: bool,
+) -> anyhow::Result<()> {
     println!("==> charlie-local up: the local cloud, kept running until Ctrl-C");
+    // An unchanged apply is replayed (`crate::reuse`); not with PostgreSQL, whose throwaway
+    // server gets a new port and database each time.
+    let reuse = (row_store == RowStoreKind::DynamoDb)
+        .then(|| crate::project::target_dir().join("charlie/up-cache"));
     let cloud = LocalCloud::up(UpOptions {
         progress: true,
         row_store,
+        reuse,
+        fresh,
         ..UpOptions::new(work_dir)
     })
     .await?;

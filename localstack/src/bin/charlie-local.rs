@@ -2,7 +2,7 @@
 //! local cloud, artefacts in DIR.
 //! `charlie-local bench-stores FILE…`: ingests each ib_calls export into each row store.
 //! `charlie-local load [--mails N] [--rows R]`: the load run (see `charlie_local::load`).
-//! `charlie-local up [--row-store dynamodb|postgres]`: the local cloud kept running, with the
+//! `charlie-local up [--row-store dynamodb|postgres] [--fresh]`: the local cloud kept running, with the
 //! control API, until Ctrl-C (see `charlie_local::up`).
 
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use std::path::PathBuf;
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut out = charlie_local::project::root().join("out");
+    let mut fresh = false;
     let mut row_store = charlie_local::demo::RowStoreKind::DynamoDb;
     let mut files = Vec::new();
     let (mut mails, mut rows) = (10_000usize, 20usize);
@@ -35,6 +36,7 @@ async fn main() -> std::process::ExitCode {
                 Some(v) => rows = v,
                 None => return usage(&format!("{a} needs a number")),
             },
+            "--fresh" => fresh = true,
             "-h" | "--help" => return usage(""),
             c if command.is_none() => command = Some(c.to_owned()),
             f if command.as_deref() == Some("bench-stores") => files.push(PathBuf::from(f)),
@@ -57,7 +59,7 @@ async fn main() -> std::process::ExitCode {
         Some("up") => {
             let work = charlie_local::project::target_dir()
                 .join(format!("charlie/up-{}", std::process::id()));
-            let result = charlie_local::up::run_up(work.clone(), row_store).await;
+            let result = charlie_local::up::run_up(work.clone(), row_store, fresh).await;
             let _ = std::fs::remove_dir_all(&work);
             match result {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -101,6 +103,6 @@ fn usage(problem: &str) -> std::process::ExitCode {
     eprintln!("usage: charlie-local demo [--out DIR] [--row-store dynamodb|postgres]");
     eprintln!("       charlie-local bench-stores IB_CALLS_CSV...");
     eprintln!("       charlie-local load [--mails N] [--rows R]");
-    eprintln!("       charlie-local up [--row-store dynamodb|postgres]");
+    eprintln!("       charlie-local up [--row-store dynamodb|postgres] [--fresh]");
     std::process::ExitCode::from(2)
 }
