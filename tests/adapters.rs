@@ -332,6 +332,30 @@ async fn a_completed_claim_past_its_ttl_can_be_claimed_again() {
 }
 
 #[tokio::test]
+async fn counters_add_once_per_event_in_one_transaction_on_dynamodb() {
+    use charlie::counters::{Counts, count, kind, since};
+    let c = clients().await;
+    let table = unique("state");
+    create_table(&c, &table).await.unwrap();
+    let state = DynamoState::new(c.dynamodb.clone(), &table);
+    let now = Utc::now();
+    let mut mail = Counts::default();
+    mail.add(kind::MAILS_PROCESSED, "ops@contoso.example", 1);
+    mail.add(kind::ROWS_NEW, "ib_calls", 40);
+    mail.add(kind::ROWS_NEW, "dials", 2);
+    assert!(count(&state, "mail/a", now, &mail).await.unwrap());
+    assert!(
+        !count(&state, "mail/a", now, &mail).await.unwrap(),
+        "counted before"
+    );
+    assert!(count(&state, "mail/b", now, &mail).await.unwrap());
+    let (counts, _) = since(&state, now - Duration::hours(1), now).await.unwrap();
+    assert_eq!(counts.totals()["mails_processed"], 2);
+    assert_eq!(counts.about("ib_calls")["rows_new"], 80);
+    assert_eq!(counts.about("dials")["rows_new"], 4);
+}
+
+#[tokio::test]
 async fn queue_batches_deliver_every_message_with_its_correlation_id() {
     let c = clients().await;
     let name = unique("q");

@@ -105,6 +105,11 @@ async fn call(
         "requestContext": {"http": {"method": method, "path": path}, "requestId": crate::invocation::new_correlation_id()},
         "body": body.map(|b| b.to_string()), "isBase64Encoded": false,
     });
+    send(w, event).await
+}
+
+/// An API Gateway event through the API: (status, headers, body as JSON or text).
+async fn send(w: &World, event: Value) -> (u16, HeaderMap, Value) {
     let req: ApiGatewayV2httpRequest = serde_json::from_value(event).unwrap();
     let resp = w.api.handle(req).await;
     let text = match resp.body {
@@ -630,15 +635,8 @@ async fn call_iam(w: &World, method: &str, path: &str, principal: Option<&str>) 
         "version": "2.0", "routeKey": "ANY /iam/v1/{proxy+}", "rawPath": path, "rawQueryString": "",
         "headers": {}, "requestContext": context, "isBase64Encoded": false,
     });
-    let resp = w.api.handle(serde_json::from_value(event).unwrap()).await;
-    let text = match resp.body {
-        Some(Body::Text(t)) => t,
-        _ => String::new(),
-    };
-    (
-        resp.status_code as u16,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
+    let (status, _, body) = send(w, event).await;
+    (status, body)
 }
 
 #[tokio::test]

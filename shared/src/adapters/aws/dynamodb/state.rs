@@ -41,6 +41,41 @@ impl DynamoState {
         &self.table
     }
 
+    /// Every item under `pk` (whose sk starts with `sk_prefix`, when given), page after page.
+    async fn items_under(
+        &self,
+        pk: &str,
+        sk_prefix: Option<&str>,
+        consistent: bool,
+    ) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let mut req = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .expression_attribute_values(":pk", s(pk))
+                .consistent_read(consistent)
+                .set_exclusive_start_key(start.take());
+            req = match sk_prefix {
+                Some(prefix) => req
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":prefix", s(prefix)),
+                None => req.key_condition_expression("pk = :pk"),
+            };
+            let page = req.send().await.with_context(|| {
+                format!("querying state records {pk}/{}*", sk_prefix.unwrap_or(""))
+            })?;
+            out.extend(page.items().iter().cloned());
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     async fn item(
         &self,
         pk: &str,
@@ -191,31 +226,12 @@ impl StateRecords for DynamoState {
     }
 
     async fn query(&self, pk: &str, sk_prefix: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":prefix", s(sk_prefix))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .with_context(|| format!("querying state records {pk}/{sk_prefix}*"))?;
-            for item in page.items() {
-                if let (Some(sk), Some(data)) = (str_attr(item, "sk"), str_attr(item, "data")) {
-                    out.push((sk, data));
-                }
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
-        Ok(out)
+        Ok(self
+            .items_under(pk, Some(sk_prefix), false)
+            .await?
+            .iter()
+            .filter_map(|item| Some((str_attr(item, "sk")?, str_attr(item, "data")?)))
+            .collect())
     }
 
     async fn query_index(
@@ -343,39 +359,19 @@ impl StateRecords for DynamoState {
         &self,
         pk: &str,
     ) -> anyhow::Result<Vec<(String, crate::ports::CounterValues)>> {
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(pk))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .with_context(|| format!("reading counters {pk}"))?;
-            for item in page.items() {
-                let Some(sk) = str_attr(item, "sk") else {
-                    continue;
-                };
+        let items = self.items_under(pk, None, true).await?;
+        Ok(items
+            .iter()
+            .filter_map(|item| {
                 let values = item
                     .iter()
                     .filter_map(|(k, v)| {
                         let name = k.strip_prefix(COUNTER_PREFIX)?;
-                        let n = v.as_n().ok()?.parse().ok()?;
-                        Some((name.to_owned(), n))
+                        Some((name.to_owned(), v.as_n().ok()?.parse().ok()?))
                     })
                     .collect();
-                out.push((sk, values));
-            }
-            match page.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => break,
-            }
-        }
-        Ok(out)
+                Some((str_attr(item, "sk")?, values))
+            })
+            .collect())
     }
 }
