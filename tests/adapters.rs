@@ -14,6 +14,15 @@ use charlie_tests::{clients, create_table, postgres_rows, unique};
 use chrono::{Duration, Utc};
 use futures::{StreamExt, TryStreamExt};
 
+/// The emulator's clients and a state table of the test's own.
+async fn fresh_state() -> (charlie_local::clients::AwsClients, DynamoState) {
+    let c = clients().await;
+    let table = unique("state");
+    create_table(&c, &table).await.unwrap();
+    let state = DynamoState::new(c.dynamodb.clone(), &table);
+    (c, state)
+}
+
 fn definitions() -> Definitions {
     Definitions::parse(include_str!("../reports.toml")).unwrap()
 }
@@ -211,10 +220,7 @@ async fn postgres_migrations_apply_once_however_often_the_store_connects() {
 
 #[tokio::test]
 async fn a_claim_is_exclusive_until_completed_or_released() {
-    let c = clients().await;
-    let table = unique("state");
-    create_table(&c, &table).await.unwrap();
-    let state = DynamoState::new(c.dynamodb.clone(), &table);
+    let (_, state) = fresh_state().await;
     let now = Utc::now();
     let (hold, keep) = (Duration::minutes(5), Duration::days(1));
 
@@ -263,10 +269,7 @@ async fn a_claim_is_exclusive_until_completed_or_released() {
 
 #[tokio::test]
 async fn an_expired_in_progress_claim_can_be_taken_over() {
-    let c = clients().await;
-    let table = unique("state");
-    create_table(&c, &table).await.unwrap();
-    let state = DynamoState::new(c.dynamodb.clone(), &table);
+    let (_, state) = fresh_state().await;
     let now = Utc::now();
     assert_eq!(
         state
@@ -300,10 +303,7 @@ async fn an_expired_in_progress_claim_can_be_taken_over() {
 
 #[tokio::test]
 async fn a_completed_claim_past_its_ttl_can_be_claimed_again() {
-    let c = clients().await;
-    let table = unique("state");
-    create_table(&c, &table).await.unwrap();
-    let state = DynamoState::new(c.dynamodb.clone(), &table);
+    let (_, state) = fresh_state().await;
     let now = Utc::now();
     let keep = now + Duration::days(1);
     assert_eq!(
@@ -334,10 +334,7 @@ async fn a_completed_claim_past_its_ttl_can_be_claimed_again() {
 #[tokio::test]
 async fn counters_add_once_per_event_in_one_transaction_on_dynamodb() {
     use charlie::counters::{Counts, count, kind, since};
-    let c = clients().await;
-    let table = unique("state");
-    create_table(&c, &table).await.unwrap();
-    let state = DynamoState::new(c.dynamodb.clone(), &table);
+    let (_, state) = fresh_state().await;
     let now = Utc::now();
     let mut mail = Counts::default();
     mail.add(kind::MAILS_PROCESSED, "ops@contoso.example", 1);
@@ -506,10 +503,7 @@ async fn objects_round_trip_and_versions_are_kept() {
 
 #[tokio::test]
 async fn client_states_written_at_once_by_several_folders_are_all_kept() {
-    let c = clients().await;
-    let table = unique("state");
-    create_table(&c, &table).await.unwrap();
-    let state = DynamoState::new(c.dynamodb.clone(), &table);
+    let (c, state) = fresh_state().await;
     let secret = unique("client-state");
     c.secrets
         .create_secret()

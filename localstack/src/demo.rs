@@ -283,15 +283,11 @@ impl LocalCloud {
             );
             emulator.seed().await?;
             // A replay that fails, or reads back as another deployment, is applied instead.
-            let replay = emulator.replay().await;
-            let made = match replay {
-                Ok(()) => Deployment::read(&config, PREFIX)
-                    .await
-                    .ok()
-                    .map(|d| shape(&d)),
+            let made = match emulator.replay().await {
+                Ok(()) => Deployment::read(&config, PREFIX).await.ok(),
                 Err(_) => None,
             };
-            if made == Some(r.shape) {
+            if let Some(deployment) = made.filter(|d| shape(d) == r.shape) {
                 step(
                     p,
                     &format!(
@@ -299,7 +295,7 @@ impl LocalCloud {
                         t.elapsed().as_secs_f64()
                     ),
                 );
-                replayed = Some((r.outputs.clone(), t.elapsed().as_secs_f64()));
+                replayed = Some((r.outputs.clone(), t.elapsed().as_secs_f64(), deployment));
             } else {
                 step(
                     p,
@@ -311,7 +307,7 @@ impl LocalCloud {
                 emulator.reset().await?;
             }
         }
-        let (outputs_json, apply_seconds) = match replayed {
+        let (outputs_json, apply_seconds, deployment) = match replayed {
             Some(done) => done,
             None => {
                 if cache.is_some() {
@@ -322,9 +318,11 @@ impl LocalCloud {
                 (terraform, seconds) = apply(p, terraform).await?;
                 step(p, &format!("      applied in {seconds:.1} s"));
                 let outputs = terraform.output_json()?["deployment"]["value"].clone();
-                if let (Some(c), Some(key)) = (&cache, key) {
+                if cache.is_some() {
                     emulator.stop_recording().await?;
-                    let deployment = Deployment::read(&config, PREFIX).await?;
+                }
+                let deployment = Deployment::read(&config, PREFIX).await?;
+                if let (Some(c), Some(key)) = (&cache, key) {
                     c.save(&crate::reuse::Recorded {
                         key,
                         emulator_port: emulator.port(),
@@ -335,13 +333,11 @@ impl LocalCloud {
                         recorded_at: Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
                     })?;
                 }
-                (outputs, seconds)
+                (outputs, seconds, deployment)
             }
         };
         let outputs: Outputs =
             serde_json::from_value(outputs_json).context("terraform output `deployment`")?;
-
-        let deployment = Deployment::read(&config, PREFIX).await?;
         step(
             p,
             &format!(

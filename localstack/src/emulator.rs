@@ -112,11 +112,7 @@ impl Emulator {
 
     /// The port the emulator listens on.
     pub fn port(&self) -> u16 {
-        self.endpoint
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0)
+        project::port_of(&self.endpoint)
     }
 
     /// POSTs to one of moto's own routes (`/moto-api/…`).

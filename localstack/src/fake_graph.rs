@@ -230,17 +230,12 @@ impl Inner {
 }
 
 impl FakeGraph {
-    /// Loads `dir/messages.json` (attachments from files beside it) and serves it on a free port.
     /// The port it listens on.
     pub fn port(&self) -> u16 {
-        self.base_url
-            .trim_end_matches("/v1.0")
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0)
+        crate::project::port_of(&self.base_url)
     }
 
+    /// Loads `dir/messages.json` (attachments from files beside it) and serves it on a free port.
     pub async fn start(dir: &Path, page_size: usize) -> anyhow::Result<Self> {
         Self::start_on(dir, page_size, 0).await
     }

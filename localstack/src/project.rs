@@ -26,3 +26,11 @@ pub fn python() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| root().join(".venv/bin/python"))
 }
+
+/// The port of a URL (`http://127.0.0.1:4566/…`), 0 when it names none.
+pub fn port_of(url: &str) -> u16 {
+    reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.port())
+        .unwrap_or(0)
+}

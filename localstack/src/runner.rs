@@ -196,10 +196,8 @@ impl LocalRunner {
                 .with_context(|| format!("cold start of {}", f.name))?;
             stages.insert(f.arn.clone(), stage);
         }
-        let region = aws_env
-            .iter()
-            .find(|(k, _)| k == "AWS_REGION")
-            .map(|(_, v)| v.clone())
+        let region = Some(env_of(aws_env, "AWS_REGION"))
+            .filter(|r| !r.is_empty())
             .unwrap_or_else(|| "eu-west-2".into());
         Ok(LocalRunner {
             deployment,

@@ -56,25 +56,45 @@ impl Counts {
         }
     }
 
+    /// Each counter as (kind, what it is about, value); a name without `/` is about nothing.
+    fn split(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+        self.0.iter().map(|(name, n)| {
+            let (kind, about) = name.split_once('/').unwrap_or((name.as_str(), ""));
+            (kind, about, *n)
+        })
+    }
+
     /// Each kind summed over what it is about.
     pub fn totals(&self) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
-        for (name, n) in &self.0 {
-            let kind = name.split_once('/').map_or(name.as_str(), |(k, _)| k);
+        for (kind, _, n) in self.split() {
             *out.entry(kind.to_owned()).or_default() += n;
+        }
+        out
+    }
+
+    /// For each dataset, report, mailbox or stage, its counters by kind.
+    pub fn by_about(&self) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let mut out: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (kind, about, n) in self.split().filter(|(_, a, _)| !a.is_empty()) {
+            out.entry(about.to_owned())
+                .or_default()
+                .insert(kind.to_owned(), n);
         }
         out
     }
 
     /// The counters about `about` (a dataset, a report, a stage), by kind.
     pub fn about(&self, about: &str) -> BTreeMap<String, u64> {
-        self.0
-            .iter()
-            .filter_map(|(name, n)| {
-                let (kind, a) = name.split_once('/')?;
-                (a == about).then(|| (kind.to_owned(), *n))
-            })
-            .collect()
+        self.by_about().remove(about).unwrap_or_default()
+    }
+
+    /// Keeps the counters whose (kind, about) `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&str, &str) -> bool) {
+        self.0.retain(|name, _| {
+            let (kind, about) = name.split_once('/').unwrap_or((name.as_str(), ""));
+            keep(kind, about)
+        });
     }
 
     pub fn is_empty(&self) -> bool {

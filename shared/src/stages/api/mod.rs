@@ -381,19 +381,10 @@ const MAX_SINCE_DAYS: i64 = 31;
 /// Counters as the API shows them: the hour they start from, totals by kind, and each
 /// dataset's, report's and stage's own.
 fn counters_json(counts: &crate::counters::Counts, start: DateTime<Utc>) -> Value {
-    let mut about: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for (name, n) in &counts.0 {
-        if let Some((kind, what)) = name.split_once('/') {
-            about
-                .entry(what.to_owned())
-                .or_default()
-                .insert(kind.to_owned(), *n);
-        }
-    }
     json!({
         "since": start.to_rfc3339(),
         "totals": counts.totals(),
-        "by": about,
+        "by": counts.by_about(),
     })
 }
 
@@ -1119,9 +1110,8 @@ impl Api {
             kind::ROWS_DUPLICATE,
             kind::ROWS_REJECTED,
         ];
-        counts.0.retain(|name, _| {
-            let k = name.split_once('/').map_or(name.as_str(), |(k, _)| k);
-            intake.contains(&k) || name == "dead_lettered/ingest"
+        counts.retain(|kind, about| {
+            intake.contains(&kind) || (kind == kind::DEAD_LETTERED && about == "ingest")
         });
         Ok(Reply::ok(json!({
             "paused": control.as_ref().is_some_and(|c| c.paused),

@@ -108,6 +108,16 @@ async fn call(
     send(w, event).await
 }
 
+/// The entry of `queue` in a list of queues.
+fn queue(list: &Value, queue: &str) -> Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == queue)
+        .unwrap_or_else(|| panic!("no {queue} in {list}"))
+        .clone()
+}
+
 /// An API Gateway event through the API: (status, headers, body as JSON or text).
 async fn send(w: &World, event: Value) -> (u16, HeaderMap, Value) {
     let req: ApiGatewayV2httpRequest = serde_json::from_value(event).unwrap();
@@ -377,13 +387,7 @@ async fn dead_letters_are_peeked_redriven_and_deleted() {
         w.queues.add_letter("inbound", letter(id));
     }
     let (_, _, all) = call(&w, "GET", "/v1/dead-letters", Some(&w.read), None).await;
-    let inbound = all["dead_letter_queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["queue"] == "inbound")
-        .unwrap()
-        .clone();
+    let inbound = queue(&all["dead_letter_queues"], "inbound");
     assert_eq!(inbound["messages"], 3);
     let (status, _, peeked) = call(
         &w,
@@ -600,13 +604,7 @@ async fn a_queue_whose_oldest_message_waits_too_long_makes_health_503_naming_it(
     let w = world().await;
     w.queues.set_oldest_age("inbound", 42);
     let (_, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
-    let inbound = body["queues"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|q| q["queue"] == "inbound")
-        .unwrap()
-        .clone();
+    let inbound = queue(&body["queues"], "inbound");
     assert_eq!(inbound["oldest_message_age_seconds"], 42, "{body}");
     assert!(
         !body["problems"].to_string().contains("inbound"),
