@@ -4,8 +4,18 @@
 use std::collections::HashMap;
 
 /// A function's environment: the variables Terraform set on it (plus, in AWS, the runtime's own).
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` names the variables and never shows a value: the runtime's own include the
+/// session credentials.
+#[derive(Clone, Default)]
 pub struct Env(HashMap<String, String>);
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Env").field("names", &names).finish()
+    }
+}
 
 /// A setting that is missing or malformed; never retryable, it needs a deployment fix.
 #[derive(Debug, thiserror::Error)]
@@ -118,5 +128,14 @@ mod tests {
         assert_eq!(env.in_range_or("E", 7u32, 1..=7).unwrap(), 3);
         assert_eq!(env.in_range_or("UNSET", 7u32, 1..=7).unwrap(), 7);
         assert!(env.with("F", "x").in_range_or("F", 7u32, 1..=7).is_err());
+    }
+
+    #[test]
+    fn debug_names_the_variables_and_shows_no_value() {
+        let env = Env::default()
+            .with("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI")
+            .with("A", "1");
+        let printed = format!("{env:?}");
+        assert_eq!(printed, r#"Env { names: ["A", "AWS_SECRET_ACCESS_KEY"] }"#);
     }
 }

@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-#[derive(Clone)]
+/// Deserialises from a plain string (a secret arrives in a request or a stored document); it
+/// has no `Serialize`, so it leaves only through [`Secret::expose`].
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

@@ -11,7 +11,10 @@
 //!   events (`reauthorizationRequired`, `subscriptionRemoved`, `missed`) go to `lifecycle`,
 //!   where the poller renews, recreates or resyncs. Nothing slow happens in the answer: `202`
 //!   at once, `5xx` only when nothing could be queued (Graph retries), `400` for a body that
-//!   is not a notification collection.
+//!   is not a notification collection, `413` for one larger than [`MAX_BODY_BYTES`].
+//! - Logging is bounded: the first [`LOGGED_DROPS`] dropped notifications of an invocation are
+//!   logged one by one, the rest in one summary line, so a flood of forged notifications cannot
+//!   flood the log group.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +39,14 @@ use crate::secret::Secret;
 /// `CHARLIE_CLIENT_STATE_CACHE_SECONDS` (60 by default), so a replaced subscription stops
 /// counting within that time.
 const REFRESH_UNKNOWN: Duration = Duration::from_secs(10);
+
+/// The largest body accepted. Graph batches notifications; a change notification without
+/// resource data is well under 1 KiB, so 1 MiB holds a thousand of them. Anything larger is
+/// not Graph and gets `413` before it is decoded or parsed.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Dropped notifications logged one by one per invocation; the rest are summed up.
+pub const LOGGED_DROPS: usize = 20;
 
 pub struct GraphWebhook {
     client_states: Arc<dyn ClientStateStore>,
@@ -65,13 +76,14 @@ struct NotificationCollection {
     value: Vec<Notification>,
 }
 
-/// A change or a lifecycle notification (the latter carries `lifecycleEvent`).
+/// A change or a lifecycle notification (the latter carries `lifecycleEvent`). Its
+/// `clientState` is a [`Secret`], so no `Debug` of it shows the value.
 #[derive(Debug, Deserialize)]
 struct Notification {
     #[serde(rename = "subscriptionId")]
     subscription_id: String,
     #[serde(default, rename = "clientState")]
-    client_state: Option<String>,
+    client_state: Option<Secret>,
     #[serde(default, rename = "lifecycleEvent")]
     lifecycle_event: Option<LifecycleEvent>,
     #[serde(default)]
@@ -172,7 +184,7 @@ impl GraphWebhook {
         }
         let body = match request_body(&req) {
             Ok(b) => b,
-            Err(msg) => return problem(400, &msg),
+            Err((status, msg)) => return problem(status, &msg),
         };
         let notifications: NotificationCollection = match serde_json::from_slice(&body) {
             Ok(n) => n,
@@ -187,24 +199,32 @@ impl GraphWebhook {
         };
         let mut mails = Vec::new();
         let mut work = Vec::new();
+        let mut drops = Drops::default();
         for n in &notifications.value {
             match self
-                .verdict(&n.subscription_id, n.client_state.as_deref())
+                .verdict(
+                    &n.subscription_id,
+                    n.client_state.as_ref().map(Secret::expose),
+                )
                 .await
             {
                 Verdict::Valid => {}
                 Verdict::WrongClientState => {
-                    warn!(
-                        subscription_id = n.subscription_id,
-                        "notification with a wrong or missing clientState dropped"
-                    );
+                    if drops.log_next() {
+                        warn!(
+                            subscription_id = n.subscription_id,
+                            "notification with a wrong or missing clientState dropped"
+                        );
+                    }
                     continue;
                 }
                 Verdict::UnknownSubscription => {
-                    warn!(
-                        subscription_id = n.subscription_id,
-                        "notification for an unknown subscription dropped"
-                    );
+                    if drops.log_next() {
+                        warn!(
+                            subscription_id = n.subscription_id,
+                            "notification for an unknown subscription dropped"
+                        );
+                    }
                     continue;
                 }
             }
@@ -228,12 +248,23 @@ impl GraphWebhook {
                     message_id,
                     source: FoundBy::Webhook,
                 }),
-                None => warn!(
-                    subscription_id = n.subscription_id,
-                    resource = n.resource,
-                    "notification for a resource that is not a user's message dropped"
-                ),
+                None => {
+                    if drops.log_next() {
+                        warn!(
+                            subscription_id = n.subscription_id,
+                            resource = n.resource,
+                            "notification for a resource that is not a user's message dropped"
+                        );
+                    }
+                }
             }
+        }
+        if drops.unlogged() > 0 {
+            warn!(
+                dropped = drops.seen,
+                unlogged = drops.unlogged(),
+                "more notifications dropped than are logged one by one"
+            );
         }
         let wanted = mails.len() + work.len();
         if wanted == 0 {
@@ -336,8 +367,43 @@ fn mail_of(n: &Notification) -> Option<(String, String)> {
     }
 }
 
-fn request_body(req: &ApiGatewayV2httpRequest) -> Result<Vec<u8>, String> {
+/// Dropped notifications of one invocation: how many, and whether the next is still logged.
+#[derive(Default)]
+struct Drops {
+    seen: usize,
+}
+
+impl Drops {
+    fn log_next(&mut self) -> bool {
+        self.seen += 1;
+        self.seen <= LOGGED_DROPS
+    }
+
+    fn unlogged(&self) -> usize {
+        self.seen.saturating_sub(LOGGED_DROPS)
+    }
+}
+
+/// The request's body, decoded; a body over [`MAX_BODY_BYTES`] (decoded size, judged from
+/// the encoded length before decoding) is refused with `413`.
+fn request_body(req: &ApiGatewayV2httpRequest) -> Result<Vec<u8>, (i64, String)> {
     let raw = req.body.as_deref().unwrap_or_default();
+    let decoded_len = if req.is_base64_encoded {
+        raw.len() / 4 * 3
+    } else {
+        raw.len()
+    };
+    if decoded_len > MAX_BODY_BYTES {
+        return Err((
+            413,
+            format!("the body is {decoded_len} bytes; at most {MAX_BODY_BYTES} are accepted"),
+        ));
+    }
+    let decoded = request_body_bytes(req, raw).map_err(|m| (400, m))?;
+    Ok(decoded)
+}
+
+fn request_body_bytes(req: &ApiGatewayV2httpRequest, raw: &str) -> Result<Vec<u8>, String> {
     if req.is_base64_encoded {
         base64::engine::general_purpose::STANDARD
             .decode(raw)
@@ -571,5 +637,37 @@ mod tests {
             assert_eq!(c.value[0].lifecycle_event, Some(event));
             assert!(c.value[0].client_state.is_some());
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_gets_413_and_queues_nothing() {
+        let (hook, inbound, _) = webhook(&[("sub-1", "s3cr3t")]).await;
+        let one = change("sub-1", "s3cr3t", "AAMk-1").to_string();
+        let many = vec![one.as_str(); MAX_BODY_BYTES / one.len() + 1].join(",");
+        let body = format!("{{\"value\":[{many}]}}");
+        assert!(body.len() > MAX_BODY_BYTES);
+        let r = hook.handle(request(serde_json::json!({}), &body)).await;
+        assert_eq!(r.status_code, 413);
+        assert!(text(&r).contains("at most 1048576"), "{}", text(&r));
+        assert!(inbound.sent().is_empty());
+    }
+
+    #[test]
+    fn a_notification_never_prints_its_client_state() {
+        let c: NotificationCollection = serde_json::from_value(serde_json::json!({
+            "value": [change("sub-1", "s3cr3t-value", "AAMk-1")]
+        }))
+        .unwrap();
+        let printed = format!("{c:?}");
+        assert!(printed.contains("sub-1"), "{printed}");
+        assert!(!printed.contains("s3cr3t-value"), "{printed}");
+    }
+
+    #[test]
+    fn drops_past_the_budget_are_summed_not_logged() {
+        let mut drops = Drops::default();
+        let logged = (0..LOGGED_DROPS + 5).filter(|_| drops.log_next()).count();
+        assert_eq!(logged, LOGGED_DROPS);
+        assert_eq!(drops.unlogged(), 5);
     }
 }
