@@ -353,6 +353,27 @@ async fn counters_add_once_per_event_in_one_transaction_on_dynamodb() {
 }
 
 #[tokio::test]
+async fn a_ranked_record_is_never_lowered_on_dynamodb() {
+    use charlie::ports::StateRecords;
+    let (_, state) = fresh_state().await;
+    let put = |data: &'static str, rank| state.put_ranked("DLV#r#g", "status", data.into(), rank);
+    assert!(put("delivered", 1).await.unwrap());
+    assert!(put("bounced", 2).await.unwrap());
+    assert!(
+        !put("delivered", 1).await.unwrap(),
+        "a lower rank is refused"
+    );
+    assert!(
+        put("bounced again", 2).await.unwrap(),
+        "the same rank replaces"
+    );
+    assert_eq!(
+        state.get("DLV#r#g", "status").await.unwrap().as_deref(),
+        Some("bounced again")
+    );
+}
+
+#[tokio::test]
 async fn queue_batches_deliver_every_message_with_its_correlation_id() {
     let c = clients().await;
     let name = unique("q");

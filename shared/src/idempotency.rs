@@ -101,14 +101,65 @@ where
     }
     match work.await {
         Ok(result) => {
+            // The work is done: its completion is retried while the invocation has time, and
+            // if it never lands the claim is left to expire, not released.
             let text = serde_json::to_string(&result)?;
-            claims.complete(&key.key, &text, Utc::now()).await?;
+            persist(invocation, &format!("completing {}", key.key), || {
+                claims.complete(&key.key, &text, Utc::now())
+            })
+            .await?;
             Ok(Once::Ran(result))
         }
         Err(e) => {
             release_or_let_expire(claims, &key.key).await;
             Err(e)
         }
+    }
+}
+
+/// How often [`persist`] tries a write at most.
+pub const PERSIST_ATTEMPTS: u32 = 6;
+
+/// Time [`persist`] leaves the invocation for what comes after it.
+const PERSIST_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Retries `write` (one that must land once the work it records is done: a completion, an
+/// index) with full-jitter backoff, at most [`PERSIST_ATTEMPTS`] times and only while the
+/// invocation has time left; a permanent error is not retried. The last error is returned
+/// with how often it was tried.
+pub async fn persist<T, F, Fut>(
+    invocation: &Invocation,
+    what: &str,
+    mut write: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let e = match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let delay = crate::adapters::retry::backoff(
+            attempt,
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_secs(2),
+        );
+        let left = (invocation.deadline - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(PERSIST_MARGIN);
+        if attempt >= PERSIST_ATTEMPTS
+            || crate::failure::kind_of(&e) == crate::failure::FailureKind::Permanent
+            || delay > left
+        {
+            return Err(e.context(format!("{what}: tried {attempt} times")));
+        }
+        warn!(error = %format!("{e:#}"), attempt, what, "a write that must land failed; retrying");
+        tokio::time::sleep(delay).await;
     }
 }
 
@@ -286,5 +337,64 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(busy, None, "held: the work does not run");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_that_fails_for_a_while_is_retried_and_lands() {
+        let claims = MemoryClaims::default();
+        let key = IdempotencyKey::new("DLV#a", &1);
+        let ran = std::sync::atomic::AtomicU32::new(0);
+        // The claim succeeds; the next two writes (the completion's first tries) fail.
+        let result = once(&claims, &key, &invocation(), Duration::days(1), async {
+            ran.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            claims
+                .fault
+                .fail_next(2, "ProvisionedThroughputExceededException");
+            Ok(5)
+        })
+        .await
+        .unwrap();
+        assert_eq!(result, Once::Ran(5));
+        assert_eq!(claims.result("DLV#a").as_deref(), Some("5"));
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_completion_that_never_lands_leaves_the_claim_in_progress() {
+        let claims = MemoryClaims::default();
+        let key = IdempotencyKey::new("DLV#b", &1);
+        let failed = once(&claims, &key, &invocation(), Duration::days(1), async {
+            claims.fault.fail_next(PERSIST_ATTEMPTS, "table gone");
+            Ok(5)
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            format!("{failed:#}").contains("tried 6 times"),
+            "{failed:#}"
+        );
+        // Not released: a retry before the deadline finds it held, none can redo the work.
+        assert!(claims.in_progress("DLV#b"));
+    }
+
+    #[tokio::test]
+    async fn persist_gives_up_at_once_on_a_permanent_error_and_when_time_is_short() {
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let permanent = persist(&invocation(), "writing", || async {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(crate::failure::permanent("ValidationException"))
+        })
+        .await;
+        assert!(permanent.is_err());
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let short = Invocation::with_timeout(std::time::Duration::from_secs(1));
+        tries.store(0, std::sync::atomic::Ordering::SeqCst);
+        let out_of_time = persist(&short, "writing", || async {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err::<(), _>(anyhow::anyhow!("throttled"))
+        })
+        .await;
+        assert!(out_of_time.is_err());
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -264,6 +264,22 @@ impl RecordKey<SesMessage> {
     }
 }
 
+/// `DLV#…` / `sent`: the provider accepted this delivery's mail, written as soon as it is
+/// known and before the claim completes, so a retry after a lost completion sends nothing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliverySent {
+    /// The delivery claim's payload hash: a record for another payload is not this one's.
+    pub payload_hash: String,
+    pub result: DeliveryResult,
+}
+
+impl RecordKey<DeliverySent> {
+    /// `DLV#…` / `sent`.
+    pub fn delivery_sent(delivery: &str) -> Self {
+        Self::new(delivery.to_owned(), "sent")
+    }
+}
+
 impl RecordKey<DeliveryStatus> {
     /// `DLV#…` / `status`.
     pub fn delivery_status(delivery: &str) -> Self {
@@ -525,6 +541,17 @@ impl<'a> dyn StateRecords + 'a {
         index: Option<(&str, &str)>,
     ) -> anyhow::Result<()> {
         self.put(&key.pk, &key.sk, serde_json::to_string(record)?, index)
+            .await
+    }
+
+    /// Writes `record` unless the one stored has a higher `rank` (`StateRecords::put_ranked`).
+    pub async fn put_ranked_record<R: Serialize>(
+        &self,
+        key: &RecordKey<R>,
+        record: &R,
+        rank: u8,
+    ) -> anyhow::Result<bool> {
+        self.put_ranked(&key.pk, &key.sk, serde_json::to_string(record)?, rank)
             .await
     }
 

@@ -37,14 +37,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A switch that makes the next calls of an adapter fail with a message.
+/// A switch that makes the next calls of an adapter fail with a message: every call until
+/// cleared, or only the next few.
 #[derive(Default)]
-pub struct Fault(Mutex<Option<String>>);
+pub struct Fault(Mutex<Option<(String, Option<u32>)>>);
 
 impl Fault {
     /// Every call fails with `message` until [`Fault::clear`].
     pub fn set(&self, message: &str) {
-        *lock(&self.0) = Some(message.to_owned());
+        *lock(&self.0) = Some((message.to_owned(), None));
+    }
+
+    /// The next `calls` calls fail with `message`, the ones after succeed (a transient fault).
+    pub fn fail_next(&self, calls: u32, message: &str) {
+        *lock(&self.0) = (calls > 0).then(|| (message.to_owned(), Some(calls)));
     }
 
     pub fn clear(&self) {
@@ -52,10 +58,18 @@ impl Fault {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        match lock(&self.0).as_ref() {
-            Some(m) => bail!("{m}"),
-            None => Ok(()),
+        let mut fault = lock(&self.0);
+        let Some((message, left)) = fault.as_mut() else {
+            return Ok(());
+        };
+        let message = message.clone();
+        if let Some(left) = left {
+            *left -= 1;
+            if *left == 0 {
+                *fault = None;
+            }
         }
+        bail!("{message}")
     }
 }
 
@@ -166,6 +180,14 @@ impl MemoryClaims {
             .map(|r| r.result.clone())
     }
 
+    /// Makes an in-progress claim look abandoned (its holder's deadline passed), as a retry
+    /// after the holder died would find it.
+    pub fn expire_in_progress(&self, key: &str) {
+        if let Some(r) = lock(&self.records).get_mut(key).filter(|r| !r.complete) {
+            r.in_progress_until = DateTime::<Utc>::MIN_UTC;
+        }
+    }
+
     /// True while `key` is claimed and not completed.
     pub fn in_progress(&self, key: &str) -> bool {
         lock(&self.records).get(key).is_some_and(|r| !r.complete)
@@ -248,6 +270,8 @@ pub struct MemoryState {
     counters: Mutex<MemoryCounters>,
     /// (pk, sk) → the record's place on the secondary index.
     index: Mutex<HashMap<(String, String), (String, String)>>,
+    /// (pk, sk) → the rank of a record written with `put_ranked`.
+    ranks: Mutex<HashMap<(String, String), u8>>,
     pub fault: Fault,
 }
 
@@ -282,6 +306,18 @@ impl StateRecords for MemoryState {
         }
         lock(&self.records).insert(key, data);
         Ok(())
+    }
+
+    async fn put_ranked(&self, pk: &str, sk: &str, data: String, rank: u8) -> anyhow::Result<bool> {
+        self.fault.check()?;
+        let key = (pk.to_owned(), sk.to_owned());
+        let mut ranks = lock(&self.ranks);
+        if ranks.get(&key).is_some_and(|stored| *stored > rank) {
+            return Ok(false);
+        }
+        ranks.insert(key.clone(), rank);
+        lock(&self.records).insert(key, data);
+        Ok(true)
     }
 
     async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>> {
@@ -866,6 +902,8 @@ pub struct SentByMemory {
 pub struct MemoryTransport {
     kind: TransportKind,
     sent: Mutex<Vec<SentByMemory>>,
+    /// Runs after each accepted mail (a test breaks something the instant the mail is out).
+    after_send: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
     pub fault: Fault,
 }
 
@@ -874,8 +912,14 @@ impl MemoryTransport {
         MemoryTransport {
             kind,
             sent: Mutex::default(),
+            after_send: Mutex::default(),
             fault: Fault::default(),
         }
+    }
+
+    /// Calls `hook` each time a mail has been accepted, before `send` returns.
+    pub fn on_send(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        *lock(&self.after_send) = Some(hook);
     }
 
     pub fn sent(&self) -> Vec<SentByMemory> {
@@ -906,6 +950,10 @@ impl MailTransport for MemoryTransport {
                 .map(|a| (a.name.to_owned(), a.bytes.to_vec())),
             provider_message_id: id.clone(),
         });
+        drop(sent);
+        if let Some(hook) = lock(&self.after_send).as_ref() {
+            hook();
+        }
         Ok(SentMail {
             provider_message_id: id,
             draft_id: None,

@@ -53,6 +53,9 @@ pub trait StateRecords: Send + Sync {
         data: String,
         index: Option<(&str, &str)>,
     ) -> anyhow::Result<()>;
+    /// Writes a record unless the one stored has a higher `rank`, in one conditional write, so
+    /// two writers racing cannot lower it (a delivery's status). True when it wrote.
+    async fn put_ranked(&self, pk: &str, sk: &str, data: String, rank: u8) -> anyhow::Result<bool>;
     async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>>;
     /// Every record under `pk` whose sk starts with `sk_prefix`, in sk order.
     async fn query(&self, pk: &str, sk_prefix: &str) -> anyhow::Result<Vec<(String, String)>>;

@@ -7,10 +7,9 @@
 //! A delivery record (`DLV#{run}#{group}`) is claimed before sending and completed after, with
 //! the transport and the provider's message id (SES's id; for Graph, the `internetMessageId`
 //! Charlie set, as `sendMail` returns none); a retried message for a completed delivery sends
-//! nothing. The one window left: a crash after the provider accepted the mail and before the
-//! record completes sends it again on retry. It is kept small by doing nothing between the
-//! two steps; the mail's Message-ID is the same on both sends, so receiving systems that
-//! de-duplicate by it show one.
+//! nothing. The provider's answer is recorded beside the claim (`sent`) the moment it comes,
+//! so a retry after a lost completion or index sends nothing either. The window left, a crash
+//! between the provider's answer and that write, is described in docs/architecture.md.
 
 use std::sync::Arc;
 
@@ -23,7 +22,7 @@ use tracing::{info, warn};
 
 use crate::definitions::{Definitions, TransportKind};
 use crate::failure::{OrPermanent, permanent};
-use crate::idempotency::{IdempotencyKey, Once, once};
+use crate::idempotency::{IdempotencyKey, Once, once, persist};
 use crate::invocation::Invocation;
 use crate::mail_template::{self, MailFacts};
 use crate::messages::MailRequest;
@@ -230,21 +229,23 @@ impl Mailer {
                 None,
             )
             .await?;
-        let status_key = RecordKey::delivery_status(delivery);
-        let current_rank = self
+        // One conditional write: of two events racing, the higher status stays.
+        let record = DeliveryStatus {
+            status: status.to_owned(),
+            rank,
+            ses_message_id: ses_id.clone(),
+            detail,
+            at: now,
+        };
+        let raised = self
             .records
-            .get_record(&status_key)
-            .await?
-            .map_or(0, |c| c.rank);
-        if rank >= current_rank {
-            let record = DeliveryStatus {
-                status: status.to_owned(),
-                rank,
-                ses_message_id: ses_id.clone(),
-                detail,
-                at: now,
-            };
-            self.records.put_record(&status_key, &record, None).await?;
+            .put_ranked_record(&RecordKey::delivery_status(delivery), &record, rank)
+            .await?;
+        if !raised {
+            info!(
+                delivery,
+                status, "a higher status is recorded already: kept"
+            );
         }
         info!(delivery, status, "SES event recorded on the delivery");
         // `ses_{event}/{report}`, once per message and event type (as the event's record).
@@ -285,17 +286,56 @@ impl Mailer {
             ),
         );
         let work = async {
-            let sent = self.deliver(req, to, &group).await?;
-            info!(
-                run_id = req.run_id,
-                transport = sent.transport,
-                provider_message_id = sent.provider_message_id,
-                recipients = to.len(),
-                "report mailed"
-            );
-            anyhow::Ok(sent)
+            // Sent before, by an attempt whose completion was lost: not again.
+            let sent_key = RecordKey::delivery_sent(&pk);
+            let earlier = self
+                .records
+                .get_record(&sent_key)
+                .await?
+                .filter(|s| s.payload_hash == key.payload_hash);
+            let result = match earlier {
+                Some(earlier) => {
+                    info!(
+                        run_id = req.run_id,
+                        provider_message_id = earlier.result.provider_message_id,
+                        "sent before and not recorded as complete: not sent again"
+                    );
+                    earlier.result
+                }
+                None => {
+                    let sent = self.deliver(req, to, &group).await?;
+                    info!(
+                        run_id = req.run_id,
+                        transport = sent.transport,
+                        provider_message_id = sent.provider_message_id,
+                        recipients = to.len(),
+                        "report mailed"
+                    );
+                    // The mail is out: from here on nothing may send it again. The provider's
+                    // id is kept at once, beside the claim, and that write is retried; only
+                    // if it never lands can a retry send again (docs/architecture.md, "the
+                    // mailer's window").
+                    let record = state::DeliverySent {
+                        payload_hash: key.payload_hash.clone(),
+                        result: sent,
+                    };
+                    persist(invocation, "recording the sent mail", || {
+                        self.records.put_record(&sent_key, &record, None)
+                    })
+                    .await?;
+                    record.result
+                }
+            };
+            // Indexes before the completion: the run lists its deliveries, and SES events,
+            // which name SES's message id, find theirs. A failure is retried here and then by
+            // the message's retry, which finds the mail sent and sends nothing.
+            persist(invocation, "indexing the delivery", || {
+                self.index_delivery(req, &group, &pk, &result)
+            })
+            .await?;
+            anyhow::Ok(result)
         };
-        let result = match once(
+        match once(
             self.claims.as_ref(),
             &key,
             invocation,
@@ -310,47 +350,44 @@ impl Mailer {
                     provider_message_id = result.provider_message_id,
                     "already delivered: nothing sent"
                 );
-                // Counted already, unless the first attempt ended before its count.
-                return self.count_sent(req, &pk).await;
             }
-            Once::Ran(result) => result,
-        };
-        // Indexes: the run lists its deliveries, and SES events, which name SES's message id,
-        // find theirs. The mail is out whatever happens here, so a failure is logged, not
-        // retried.
-        let indexed = async {
-            let transport = result.transport.clone();
-            let provider_id = result.provider_message_id.clone();
+            Once::Ran(_) => {}
+        }
+        // Counted once per delivery; a retry after a failed count sends nothing and counts.
+        self.count_sent(req, &pk).await
+    }
+
+    /// The run's entry for the delivery, and for SES the message id's link to it.
+    async fn index_delivery(
+        &self,
+        req: &MailRequest,
+        group: &str,
+        delivery: &str,
+        result: &DeliveryResult,
+    ) -> anyhow::Result<()> {
+        self.records
+            .put_record(
+                &RecordKey::run_delivery(&req.run_id, group),
+                &RunDelivery {
+                    delivery: delivery.to_owned(),
+                    result: result.clone(),
+                },
+                None,
+            )
+            .await?;
+        if result.transport == TransportKind::Ses.name() {
             self.records
                 .put_record(
-                    &RecordKey::run_delivery(&req.run_id, &group),
-                    &RunDelivery {
-                        delivery: pk.clone(),
-                        result,
+                    &RecordKey::ses_message(&result.provider_message_id),
+                    &SesMessage {
+                        delivery: delivery.to_owned(),
+                        run_id: req.run_id.clone(),
                     },
                     None,
                 )
                 .await?;
-            if transport == TransportKind::Ses.name() {
-                self.records
-                    .put_record(
-                        &RecordKey::ses_message(&provider_id),
-                        &SesMessage {
-                            delivery: pk.clone(),
-                            run_id: req.run_id.clone(),
-                        },
-                        None,
-                    )
-                    .await?;
-            }
-            anyhow::Ok(())
-        };
-        if let Err(e) = indexed.await {
-            warn!(error = %format!("{e:#}"), delivery = pk, "could not index the delivery");
         }
-        // A failure here is retried: the delivery is claimed, so the retry sends nothing and
-        // only counts.
-        self.count_sent(req, &pk).await
+        Ok(())
     }
 
     /// Counts a delivery (`mails_sent/{report}`, once per delivery: `crate::counters`).
@@ -393,15 +430,10 @@ impl Mailer {
             (TransportKind::Ses, _) => self.sender.as_str(),
         };
         // A request without a workbook is a "no data" notice.
-        let workbook = match &req.workbook_key {
-            Some(key) => Some((
-                key.rsplit('/').next().unwrap_or("report.xlsx"),
-                self.objects
-                    .get(key, req.workbook_version.as_deref())
-                    .await?,
-            )),
-            None => None,
-        };
+        let name = req
+            .workbook_key
+            .as_deref()
+            .map(|key| key.rsplit('/').next().unwrap_or("report.xlsx"));
         let domain = from.rsplit('@').next().unwrap_or("charlie.local");
         let message_id = format!(
             "{}.{group}@{domain}",
@@ -410,7 +442,9 @@ impl Mailer {
                 "_"
             )
         );
-        let compose = |link: Option<(&str, &str)>| -> anyhow::Result<(Vec<u8>, String)> {
+        let compose = |link: Option<(&str, &str)>,
+                       workbook: Option<&[u8]>|
+         -> anyhow::Result<(Vec<u8>, String)> {
             let words = mail_template::render(
                 &report.templates(),
                 &MailFacts {
@@ -419,7 +453,7 @@ impl Mailer {
                     rows: req.rows,
                     warnings: &req.warnings,
                     link,
-                    no_data: workbook.is_none(),
+                    no_data: req.workbook_key.is_none(),
                 },
                 false,
             )
@@ -431,26 +465,38 @@ impl Mailer {
                 subject: &req.subject,
                 text: &words.text,
                 html: &words.html,
-                workbook: match link {
-                    Some(_) => None,
-                    None => workbook
-                        .as_ref()
-                        .map(|(name, bytes)| (*name, bytes.as_slice())),
-                },
+                workbook: name.zip(workbook),
                 message_id: &message_id,
                 date: Utc::now(),
             })
             .context("rendering the report mail")?;
             Ok((mime, words.html))
         };
-        // The MIME's size is the mail's size for either transport (Graph's JSON carries the
-        // file base64-encoded too).
-        let (mut mime, mut html) = compose(None)?;
+        // The size policy is decided from the run's recorded workbook size before anything is
+        // downloaded, so a workbook too large to attach never has to fit in memory. The MIME's
+        // size is the mail's size for either transport (Graph's JSON carries the file
+        // base64-encoded too).
+        let (mut mime, mut html) = compose(None, None)?;
+        let mut workbook = None;
+        let mut too_large = false;
+        if let Some(key) = &req.workbook_key {
+            let estimate = mime.len() + attachment_mime_bytes(req.workbook_size, name);
+            too_large = estimate > self.max_mail_bytes;
+            if !too_large {
+                let bytes = self
+                    .objects
+                    .get(key, req.workbook_version.as_deref())
+                    .await?;
+                (mime, html) = compose(None, Some(&bytes))?;
+                // A recorded size that was wrong: the mail as built decides.
+                too_large = mime.len() > self.max_mail_bytes;
+                workbook = Some(bytes);
+            }
+        }
         let mut link = None;
-        if mime.len() > self.max_mail_bytes
-            && let Some(key) = &req.workbook_key
-        {
+        if too_large && let Some(key) = &req.workbook_key {
             // Too large to attach: a link that works for `link_days`, and the mail says so.
+            workbook = None;
             let days = self.link_days;
             let until = Utc::now() + Duration::days(i64::from(days));
             let url = match &self.links {
@@ -480,15 +526,15 @@ impl Mailer {
             let expires = until.format("%Y-%m-%d %H:%M UTC").to_string();
             info!(
                 run_id = req.run_id,
-                mail_bytes = mime.len(),
+                workbook_bytes = req.workbook_size,
                 limit = self.max_mail_bytes,
                 "workbook too large to attach: sending a download link"
             );
-            (mime, html) = compose(Some((&url, &expires)))?;
+            (mime, html) = compose(Some((&url, &expires)), None)?;
             link = Some(expires);
         }
-        let attachment = match (&link, &workbook) {
-            (None, Some((name, bytes))) => Some(OutgoingAttachment {
+        let attachment = match (name, &workbook) {
+            (Some(name), Some(bytes)) => Some(OutgoingAttachment {
                 name,
                 content_type: XLSX_CONTENT_TYPE,
                 bytes,
@@ -520,6 +566,16 @@ impl Mailer {
             mime_bytes: mime.len(),
         })
     }
+}
+
+/// What attaching a workbook of `bytes` adds to a mail: its base64 in 76-character lines and
+/// the part's headers (generous: 512 bytes, with the file name).
+fn attachment_mime_bytes(bytes: u64, name: Option<&str>) -> usize {
+    let encoded = usize::try_from(bytes.div_ceil(3) * 4).unwrap_or(usize::MAX);
+    let lines = encoded.div_ceil(76);
+    encoded
+        .saturating_add(lines * 2)
+        .saturating_add(512 + 3 * name.map_or(0, str::len))
 }
 
 /// An SNS notification as SNS delivers it to SQS (raw delivery off).
@@ -671,6 +727,7 @@ mod tests {
     /// A request for a workbook stored in the world's bucket.
     async fn request(w: &World, run_id: &str, report: &str, bytes: Vec<u8>) -> MailRequest {
         let key = format!("reports/{report}/2024-03-14/{report}-2024-03-14.xlsx");
+        let size = bytes.len() as u64;
         let stored = w.objects.put(&key, bytes, XLSX_CONTENT_TYPE).await.unwrap();
         MailRequest {
             v: 1,
@@ -680,7 +737,7 @@ mod tests {
             period: "2024-03-14".into(),
             workbook_key: Some(key),
             workbook_version: stored.version_id,
-            workbook_size: 0,
+            workbook_size: size,
             recipients: vec!["ops-leads@contoso.example".into()],
             cc: vec!["wfm-analysts@contoso.example".into()],
             bcc: vec!["reports-archive@contoso.example".into()],
@@ -775,6 +832,125 @@ mod tests {
             d.result.link.is_some(),
             "the delivery says it went as a link"
         );
+    }
+
+    #[tokio::test]
+    async fn a_workbook_recorded_as_too_large_is_never_downloaded() {
+        let w = world(4_000);
+        let req = request(&w, "r-huge", "call_centre_daily", vec![7u8; 20_000]).await;
+        // Any read of the bucket fails: the link must come from the recorded size alone.
+        w.objects.fault.set("the workbook must not be read");
+        let resp = w
+            .mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        let sent = w.ses.sent();
+        assert_eq!(sent.len(), 1);
+        assert!(sent[0].attachment.is_none());
+        assert!(String::from_utf8_lossy(&sent[0].mime).contains("too large to attach"));
+    }
+
+    #[test]
+    fn the_attachment_estimate_covers_the_encoded_workbook() {
+        for size in [0usize, 1, 57, 20_000, 1_000_003] {
+            let bytes = vec![0xA5u8; size];
+            let mail = |workbook| {
+                render(&ReportMail {
+                    from: "reports@charlie.example",
+                    to: &["a@contoso.example".to_owned()],
+                    cc: &[],
+                    subject: "s",
+                    text: "t",
+                    html: "<p>t</p>",
+                    workbook,
+                    message_id: "m@charlie.example",
+                    date: Utc::now(),
+                })
+                .unwrap()
+                .len()
+            };
+            let name = "call_centre_daily-2024-03-14.xlsx";
+            let added = mail(Some((name, bytes.as_slice()))) - mail(None);
+            let estimate = attachment_mime_bytes(size as u64, Some(name));
+            assert!(
+                estimate >= added,
+                "{size} bytes: estimate {estimate} < {added}"
+            );
+            assert!(
+                estimate <= added + 1024,
+                "{size} bytes: estimate {estimate} ≫ {added}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sent_mail_whose_completion_is_lost_is_not_sent_again() {
+        let w = world(SES_MAX_MAIL_BYTES);
+        let req = request(&w, "r-lost", "call_centre_daily", b"x".to_vec()).await;
+        // The provider accepts; every write to the claims fails from then on, so the claim is
+        // neither completed nor released and the message fails.
+        w.ses.on_send(Box::new({
+            let claims = Arc::clone(&w.claims);
+            move || claims.fault.set("RequestLimitExceeded")
+        }));
+        let resp = w
+            .mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        assert_eq!(failures(&resp), vec!["m0"]);
+        assert_eq!(w.ses.sent().len(), 1);
+        // The retry, after the claim's holder is gone, finds the sent record: nothing sent.
+        w.claims.fault.clear();
+        let later = Invocation::new("retry", Utc::now() + Duration::seconds(60));
+        let group =
+            recipient_group(&recipient_groups(&req.recipients, &req.cc, &req.bcc).unwrap()[0]);
+        let key = state::delivery_claim("r-lost", &group);
+        w.claims.expire_in_progress(&key);
+        let resp = w.mailer.handle(sqs_event(&[body(&req)]), &later).await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(w.ses.sent().len(), 1, "sent once");
+        let done: DeliveryResult = serde_json::from_str(&w.claims.result(&key).unwrap()).unwrap();
+        assert_eq!(
+            done.provider_message_id,
+            w.ses.sent()[0].provider_message_id
+        );
+        let records: &dyn StateRecords = w.records.as_ref();
+        assert!(
+            records
+                .get_record(&RecordKey::ses_message(&done.provider_message_id))
+                .await
+                .unwrap()
+                .is_some(),
+            "bounces find the delivery"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_after_the_send_that_fail_for_a_while_are_retried_and_the_delivery_indexed() {
+        let w = world(SES_MAX_MAIL_BYTES);
+        let req = request(&w, "r-idx", "call_centre_daily", b"x".to_vec()).await;
+        // Right after the send, the next two writes to the state table fail.
+        w.ses.on_send(Box::new({
+            let records = Arc::clone(&w.records);
+            move || records.fault.fail_next(2, "ThrottlingException")
+        }));
+        let resp = w
+            .mailer
+            .handle(sqs_event(&[body(&req)]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        let sent = w.ses.sent();
+        assert_eq!(sent.len(), 1);
+        let records: &dyn StateRecords = w.records.as_ref();
+        assert!(
+            records
+                .get_record(&RecordKey::ses_message(&sent[0].provider_message_id))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(records.deliveries_of_run("r-idx").await.unwrap().len(), 1);
     }
 
     #[tokio::test]

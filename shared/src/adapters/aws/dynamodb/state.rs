@@ -218,6 +218,33 @@ impl StateRecords for DynamoState {
         Ok(())
     }
 
+    async fn put_ranked(&self, pk: &str, sk: &str, data: String, rank: u8) -> anyhow::Result<bool> {
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            .item("data", AttributeValue::S(data))
+            .item("rank", n(i64::from(rank)))
+            .condition_expression("attribute_not_exists(#rank) OR #rank <= :rank")
+            .expression_attribute_names("#rank", "rank")
+            .expression_attribute_values(":rank", n(i64::from(rank)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("writing ranked record {pk}/{sk}")))
+            }
+        }
+    }
+
     async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>> {
         Ok(self
             .item(pk, sk)
