@@ -81,6 +81,50 @@ ensure_cargo_fuzz() {
   cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 }
 
+# cargo-deny (advisories, bans, licenses, sources), from crates.io when missing.
+CARGO_DENY_VERSION="0.20.2"
+ensure_cargo_deny() {
+  if cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+    return
+  fi
+  say "Installing cargo-deny $CARGO_DENY_VERSION (once)"
+  cargo install --quiet --locked cargo-deny --version "$CARGO_DENY_VERSION"
+}
+
+# cargo deny check with deny.toml. Beside the project, ../shared/advisory-db (a clone of the
+# RustSec database) or ../shared/advisory-db.bundle (the same as a git bundle) is a snapshot:
+# it is cloned into a throwaway folder and the check runs offline against it. Without one,
+# cargo-deny fetches the database as usual.
+deny_check() {
+  local shared="$ROOT/../shared" dbs="" meta args=()
+  meta=$(mktemp)
+  cargo metadata --format-version 1 --locked --all-features >"$meta"
+  if [ -d "$shared/advisory-db" ] || [ -f "$shared/advisory-db.bundle" ]; then
+    local from="$shared/advisory-db"
+    [ -d "$from" ] || from="$shared/advisory-db.bundle"
+    dbs=$(mktemp -d)
+    # The folder name cargo-deny gives the default database (github.com/rustsec/advisory-db).
+    git -c init.defaultBranch=main clone --quiet "$from" "$dbs/advisory-db-3157b0e258782691"
+    say "cargo deny check (offline, advisories from $(basename "$from") of $(git -C "$dbs/advisory-db-3157b0e258782691" log -1 --format=%cs))"
+    export CHARLIE_ADVISORY_DB_PATH="$dbs"
+    args=(--offline)
+  else
+    say "cargo deny check"
+  fi
+  # The whole report only when it fails; else its verdict and how many duplicates it listed.
+  local status=0 log
+  log=$(mktemp)
+  cargo deny "${args[@]}" --metadata-path "$meta" check --hide-inclusion-graph >"$log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ]; then
+    cat "$log"
+  else
+    echo "$(grep -c '^warning\[duplicate\]' "$log") crates in two versions (listed, allowed by deny.toml)"
+    tail -n 1 "$log"
+  fi
+  rm -rf "$meta" "$log" ${dbs:+"$dbs"}
+  return "$status"
+}
+
 # Runs each fuzz target for $1 seconds from the committed seed corpus (new inputs go to a
 # throwaway folder); a crash fails the run and leaves its input under fuzz/artifacts/.
 fuzz_briefly() {
