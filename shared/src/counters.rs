@@ -57,7 +57,7 @@ impl Counts {
     }
 
     /// Each counter as (kind, what it is about, value); a name without `/` is about nothing.
-    fn split(&self) -> impl Iterator<Item = (&str, &str, u64)> {
+    pub fn split(&self) -> impl Iterator<Item = (&str, &str, u64)> {
         self.0.iter().map(|(name, n)| {
             let (kind, about) = name.split_once('/').unwrap_or((name.as_str(), ""));
             (kind, about, *n)
@@ -122,9 +122,14 @@ pub async fn count(
     }
     let (pk, sk) = bucket(at);
     let increments: Vec<(String, u64)> = counts.0.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    records
+    let counted = records
         .count_once(event, (&pk, &sk), &increments, at + KEEP_MARKERS)
-        .await
+        .await?;
+    // The same events as CloudWatch metrics, as often as they are counted: once.
+    if counted {
+        crate::metrics::counted(counts);
+    }
+    Ok(counted)
 }
 
 /// Everything counted from the hour of `since` to now, and the hour it started from.

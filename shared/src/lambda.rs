@@ -26,6 +26,12 @@ where
         "panic strategy: abort"
     };
     tracing::info!(stage, panic, "cold start");
+    // Metrics go to stdout in Embedded Metric Format after each invocation.
+    let namespace = env
+        .get("CHARLIE_METRICS_NAMESPACE")
+        .unwrap_or("Charlie")
+        .to_owned();
+    let metrics = crate::metrics::install(&namespace)?;
     let handler = build(env).await.map_err(|e| {
         tracing::error!(error = %format!("{e:#}"), stage, "cold start failed");
         e
@@ -35,14 +41,18 @@ where
         move |event: lambda_runtime::LambdaEvent<serde_json::Value>| async move {
             let invocation = Invocation::from(&event.context);
             let span = tracing::info_span!("invocation", stage, request_id = %invocation.request_id);
-            handler
+            let result = handler
                 .invoke(event.payload, &invocation)
                 .instrument(span)
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %format!("{e:#}"), stage, request_id = %invocation.request_id, "invocation failed");
-                    lambda_runtime::Error::from(format!("{e:#}"))
-                })
+                .await;
+            // Also after a failed invocation: what it counted before failing happened.
+            if let Err(e) = metrics.flush(std::io::stdout().lock()) {
+                tracing::error!(error = %e, stage, "could not write the invocation's metrics");
+            }
+            result.map_err(|e| {
+                tracing::error!(error = %format!("{e:#}"), stage, request_id = %invocation.request_id, "invocation failed");
+                lambda_runtime::Error::from(format!("{e:#}"))
+            })
         },
     ))
     .await

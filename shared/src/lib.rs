@@ -33,6 +33,7 @@ pub mod lambda;
 pub mod links;
 pub mod mail_template;
 pub mod messages;
+pub mod metrics;
 pub mod object_keys;
 pub mod period;
 pub mod ports;

@@ -33,12 +33,16 @@ const MAX_ATTEMPTS: u32 = 5;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 const PAGE_SIZE: u32 = 50;
 
-/// Graph app credentials, as stored in Secrets Manager: `{"client_id": …, "client_secret": …}`.
+/// Graph app credentials, as stored in Secrets Manager: `{"client_id": …, "client_secret": …}`,
+/// and optionally `"client_secret_expires_at"` (RFC 3339: the end date Entra ID shows for the
+/// secret), recorded as `GraphSecretSecondsToExpiry` so an alarm fires before it lapses.
 #[derive(Deserialize)]
 pub struct GraphCredentials {
     pub client_id: String,
     #[serde(deserialize_with = "secret_from_string")]
     pub client_secret: Secret,
+    #[serde(default)]
+    pub client_secret_expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 fn secret_from_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
@@ -50,6 +54,7 @@ impl std::fmt::Debug for GraphCredentials {
         f.debug_struct("GraphCredentials")
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret)
+            .field("client_secret_expires_at", &self.client_secret_expires_at)
             .finish()
     }
 }
@@ -96,6 +101,8 @@ pub struct GraphClient {
     token: Mutex<Option<CachedToken>>,
     /// One semaphore per mailbox: at most [`MAX_CONCURRENT_PER_MAILBOX`] requests in flight.
     in_flight: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+    /// The stage whose metrics its throttled calls count in (`CHARLIE_STAGE`).
+    stage: String,
 }
 
 impl std::fmt::Debug for GraphClient {
@@ -170,7 +177,14 @@ impl GraphClient {
             credentials,
             token: Mutex::new(None),
             in_flight: Default::default(),
+            stage: "graph".to_owned(),
         })
+    }
+
+    /// Names the stage its metrics are recorded for.
+    pub fn for_stage(mut self, stage: &str) -> Self {
+        self.stage = stage.to_owned();
+        self
     }
 
     async fn token(&self, force: bool) -> Result<Secret, GraphError> {
@@ -308,6 +322,7 @@ impl GraphClient {
                     backoff(attempt, Duration::from_millis(500), Duration::from_secs(20))
                 });
                 drop(permit);
+                crate::metrics::count(&self.stage, crate::metrics::name::GRAPH_THROTTLED, None, 1);
                 tracing::warn!(
                     status = status.as_u16(),
                     wait_ms = wait.as_millis() as u64,

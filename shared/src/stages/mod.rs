@@ -294,6 +294,16 @@ pub mod wiring {
             .get("GRAPH_BASE_URL")
             .unwrap_or("https://graph.microsoft.com/v1.0");
         let token_url = env.required("GRAPH_TOKEN_URL")?;
-        Ok(Arc::new(GraphClient::new(base, token_url, credentials)?))
+        let stage = env.get("CHARLIE_STAGE").unwrap_or("graph");
+        if let Some(expires) = credentials.client_secret_expires_at {
+            crate::metrics::level(
+                stage,
+                crate::metrics::name::GRAPH_SECRET_SECONDS_TO_EXPIRY,
+                (expires - chrono::Utc::now()).num_seconds() as f64,
+            );
+        }
+        Ok(Arc::new(
+            GraphClient::new(base, token_url, credentials)?.for_stage(stage),
+        ))
     }
 }

@@ -83,6 +83,9 @@ pub struct PollSummary {
     pub busy: u32,
     /// Delta rounds stopped before the invocation's deadline (they go on from the saved page).
     pub unfinished: u32,
+    /// The shortest remaining lifetime among the folders' subscriptions after this round
+    /// (recorded as `SubscriptionSecondsToExpiry`).
+    pub subscription_seconds_left: Option<i64>,
 }
 
 #[cfg(feature = "poller")]
@@ -212,6 +215,13 @@ impl Poller {
                 }
             }
         }
+        if let Some(left) = summary.subscription_seconds_left {
+            crate::metrics::level(
+                "poller",
+                crate::metrics::name::SUBSCRIPTION_SECONDS_TO_EXPIRY,
+                left as f64,
+            );
+        }
         info!(?trigger.scheduled_time, ?summary, "poll finished");
         match first_error {
             Some(e) => Err(e.context(format!("poll round ({summary:?})"))),
@@ -334,6 +344,27 @@ impl Poller {
         if self.urls.is_none() {
             return Ok(());
         }
+        self.keep_subscription_now(mailbox, folder, replace, invocation, summary)
+            .await?;
+        if let Some(sub) = self.subscription(mailbox, folder).await? {
+            let left = (sub.expires_at - Utc::now()).num_seconds();
+            summary.subscription_seconds_left = Some(
+                summary
+                    .subscription_seconds_left
+                    .map_or(left, |l| l.min(left)),
+            );
+        }
+        Ok(())
+    }
+
+    async fn keep_subscription_now(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        replace: bool,
+        invocation: &Invocation,
+        summary: &mut PollSummary,
+    ) -> anyhow::Result<()> {
         let current = self.subscription(mailbox, folder).await?;
         if let Some(sub) = &current
             && !replace

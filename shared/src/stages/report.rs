@@ -469,6 +469,22 @@ impl ReportBuilder {
         self.mail.send(&request, run_id).await?;
         record.status = "built".into();
         record.finished_at = Utc::now().to_rfc3339();
+        let about = Some(crate::metrics::About::Report(report_name));
+        if let Ok(started) = chrono::DateTime::parse_from_rfc3339(&record.started_at) {
+            let took = Utc::now() - started.with_timezone(&Utc);
+            crate::metrics::record(
+                "report-builder",
+                crate::metrics::name::RUN_DURATION,
+                about,
+                took.num_milliseconds() as f64,
+            );
+        }
+        crate::metrics::record(
+            "report-builder",
+            crate::metrics::name::WORKBOOK_BYTES,
+            about,
+            record.size as f64,
+        );
         info!(
             rows,
             size = record.size,

@@ -1,0 +1,229 @@
+//! CloudWatch metrics in Embedded Metric Format (EMF): stages record through the `metrics`
+//! facade; in a Lambda function `metrics_cloudwatch_embedded`'s recorder collects them and
+//! `charlie::lambda` writes them to stdout after each invocation, one JSON document per label
+//! set, which CloudWatch Logs turns into metrics. Without a recorder (tests, the CLI) recording
+//! does nothing.
+//!
+//! The contract the alarms and the dashboard in `infra/` are written against:
+//! - namespace `CHARLIE_METRICS_NAMESPACE` (Terraform sets `Charlie/{name_prefix}`);
+//! - each metric twice, once with the dimensions `[Stage]` and once with `[Stage, X]`, X being
+//!   `Dataset`, `Report` or `Mailbox` (a per-stage metric such as `DeadLettered` has `[Stage]`
+//!   only). Stage is the function's name without its prefix (`ingest`, `mailer`, …).
+//!
+//! Counted events (mails, rows, runs, deliveries, dead letters) are recorded where
+//! `crate::counters` counts them, and only when it counts them: an SQS redelivery or a retry
+//! after a crash records nothing twice, as it counts nothing twice.
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+
+/// Metric names.
+pub mod name {
+    pub const MAILS_INGESTED: &str = "MailsIngested";
+    pub const MAILS_IGNORED: &str = "MailsIgnored";
+    pub const MAILS_DUPLICATE: &str = "MailsDuplicate";
+    pub const ATTACHMENTS: &str = "Attachments";
+    pub const ATTACHMENTS_QUARANTINED: &str = "AttachmentsQuarantined";
+    pub const ROWS_NEW: &str = "RowsNew";
+    pub const ROWS_DUPLICATE: &str = "RowsDuplicate";
+    pub const ROWS_REJECTED: &str = "RowsRejected";
+    pub const RUNS_BUILT: &str = "RunsBuilt";
+    pub const RUNS_FAILED: &str = "RunsFailed";
+    pub const RUN_DURATION: &str = "RunDuration";
+    pub const WORKBOOK_BYTES: &str = "WorkbookBytes";
+    pub const MAILS_SENT: &str = "MailsSent";
+    pub const BOUNCES: &str = "Bounces";
+    pub const COMPLAINTS: &str = "Complaints";
+    pub const DELIVERIES: &str = "Deliveries";
+    pub const GRAPH_THROTTLED: &str = "GraphThrottled";
+    pub const DEAD_LETTERED: &str = "DeadLettered";
+    pub const SUBSCRIPTION_SECONDS_TO_EXPIRY: &str = "SubscriptionSecondsToExpiry";
+    pub const GRAPH_SECRET_SECONDS_TO_EXPIRY: &str = "GraphSecretSecondsToExpiry";
+}
+
+/// What a metric is about besides its stage: its second dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum About<'a> {
+    Dataset(&'a str),
+    Report(&'a str),
+    Mailbox(&'a str),
+}
+
+impl About<'_> {
+    fn dimension(self) -> (&'static str, String) {
+        match self {
+            About::Dataset(v) => ("Dataset", v.to_owned()),
+            About::Report(v) => ("Report", v.to_owned()),
+            About::Mailbox(v) => ("Mailbox", v.to_owned()),
+        }
+    }
+}
+
+/// Adds `n` to `metric` of `stage` (and of `about`, when given).
+pub fn count(stage: &str, metric: &'static str, about: Option<About<'_>>, n: u64) {
+    counter!(metric, "Stage" => stage.to_owned()).increment(n);
+    if let Some(about) = about {
+        let (dim, value) = about.dimension();
+        counter!(metric, "Stage" => stage.to_owned(), dim => value).increment(n);
+    }
+}
+
+/// Records one value of a distribution (a run's duration, a workbook's size).
+pub fn record(stage: &str, metric: &'static str, about: Option<About<'_>>, value: f64) {
+    histogram!(metric, "Stage" => stage.to_owned()).record(value);
+    if let Some(about) = about {
+        let (dim, v) = about.dimension();
+        histogram!(metric, "Stage" => stage.to_owned(), dim => v).record(value);
+    }
+}
+
+/// Sets a level (seconds to an expiry) for `stage`.
+pub fn level(stage: &str, metric: &'static str, value: f64) {
+    gauge!(metric, "Stage" => stage.to_owned()).set(value);
+}
+
+/// The metric a `crate::counters` kind is recorded as, with the stage that counts it and the
+/// dimension its `about` fills; `None` for a kind that is not a metric.
+pub fn of_counter<'a>(
+    kind: &str,
+    about: &'a str,
+) -> Option<(&'a str, &'static str, Option<About<'a>>)> {
+    use crate::counters::kind as k;
+    let ingest = |metric, about| Some(("ingest", metric, Some(about)));
+    match kind {
+        k::MAILS_PROCESSED => ingest(name::MAILS_INGESTED, About::Mailbox(about)),
+        k::MAILS_IGNORED => ingest(name::MAILS_IGNORED, About::Mailbox(about)),
+        k::MAILS_DUPLICATE => ingest(name::MAILS_DUPLICATE, About::Mailbox(about)),
+        k::ATTACHMENTS => ingest(name::ATTACHMENTS, About::Dataset(about)),
+        k::ATTACHMENTS_QUARANTINED => ingest(name::ATTACHMENTS_QUARANTINED, About::Dataset(about)),
+        k::ROWS_NEW => ingest(name::ROWS_NEW, About::Dataset(about)),
+        k::ROWS_DUPLICATE => ingest(name::ROWS_DUPLICATE, About::Dataset(about)),
+        k::ROWS_REJECTED => ingest(name::ROWS_REJECTED, About::Dataset(about)),
+        k::MAILS_SENT => Some(("mailer", name::MAILS_SENT, Some(About::Report(about)))),
+        k::DEAD_LETTERED => Some((about, name::DEAD_LETTERED, None)),
+        _ => {
+            if let Some(status) = kind.strip_prefix("runs_") {
+                let metric = match status {
+                    "built" => name::RUNS_BUILT,
+                    "failed" => name::RUNS_FAILED,
+                    "skipped_empty" => "RunsSkippedEmpty",
+                    "notice_sent" => "RunsNoticeSent",
+                    "cancelled" => "RunsCancelled",
+                    _ => return None,
+                };
+                return Some(("report-builder", metric, Some(About::Report(about))));
+            }
+            let metric = match kind.strip_prefix("ses_")? {
+                "bounce" => name::BOUNCES,
+                "complaint" => name::COMPLAINTS,
+                "delivery" => name::DELIVERIES,
+                "reject" => "Rejects",
+                "send" => "Sends",
+                "renderingfailure" => "RenderingFailures",
+                "deliverydelay" => "DeliveryDelays",
+                _ => return None,
+            };
+            Some(("mailer", metric, Some(About::Report(about))))
+        }
+    }
+}
+
+/// Records what `crate::counters` just counted.
+pub fn counted(counts: &crate::counters::Counts) {
+    for (kind, about, n) in counts.split() {
+        if let Some((stage, metric, about)) = of_counter(kind, about) {
+            count(stage, metric, about, n);
+        }
+    }
+}
+
+/// Every metric's unit, for the recorder's documents.
+pub fn describe() {
+    for metric in [
+        name::MAILS_INGESTED,
+        name::MAILS_IGNORED,
+        name::MAILS_DUPLICATE,
+        name::ATTACHMENTS,
+        name::ATTACHMENTS_QUARANTINED,
+        name::ROWS_NEW,
+        name::ROWS_DUPLICATE,
+        name::ROWS_REJECTED,
+        name::RUNS_BUILT,
+        name::RUNS_FAILED,
+        "RunsSkippedEmpty",
+        "RunsNoticeSent",
+        "RunsCancelled",
+        name::MAILS_SENT,
+        name::BOUNCES,
+        name::COMPLAINTS,
+        name::DELIVERIES,
+        "Rejects",
+        "Sends",
+        "RenderingFailures",
+        "DeliveryDelays",
+        name::GRAPH_THROTTLED,
+        name::DEAD_LETTERED,
+    ] {
+        describe_counter!(metric, Unit::Count, "");
+    }
+    describe_histogram!(name::RUN_DURATION, Unit::Milliseconds, "");
+    describe_histogram!(name::WORKBOOK_BYTES, Unit::Bytes, "");
+    describe_gauge!(name::SUBSCRIPTION_SECONDS_TO_EXPIRY, Unit::Seconds, "");
+    describe_gauge!(name::GRAPH_SECRET_SECONDS_TO_EXPIRY, Unit::Seconds, "");
+}
+
+/// The process's EMF recorder, installed once (a Lambda function is one process per stage).
+#[cfg(feature = "lambda")]
+pub fn install(namespace: &str) -> anyhow::Result<&'static metrics_cloudwatch_embedded::Collector> {
+    static COLLECTOR: std::sync::OnceLock<&'static metrics_cloudwatch_embedded::Collector> =
+        std::sync::OnceLock::new();
+    if let Some(c) = COLLECTOR.get() {
+        return Ok(c);
+    }
+    let collector = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace(namespace.to_owned())
+        .init()
+        .map_err(|e| anyhow::anyhow!("installing the EMF recorder: {e}"))?;
+    describe();
+    Ok(COLLECTOR.get_or_init(|| collector))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_kind_the_stages_count_is_a_metric_with_its_stage() {
+        use crate::counters::kind as k;
+        assert_eq!(
+            of_counter(k::ROWS_NEW, "ib_calls"),
+            Some(("ingest", name::ROWS_NEW, Some(About::Dataset("ib_calls"))))
+        );
+        assert_eq!(
+            of_counter(k::MAILS_PROCESSED, "ops@contoso.example"),
+            Some((
+                "ingest",
+                name::MAILS_INGESTED,
+                Some(About::Mailbox("ops@contoso.example"))
+            ))
+        );
+        assert_eq!(
+            of_counter("runs_failed", "daily"),
+            Some((
+                "report-builder",
+                name::RUNS_FAILED,
+                Some(About::Report("daily"))
+            ))
+        );
+        assert_eq!(
+            of_counter("ses_bounce", "daily"),
+            Some(("mailer", name::BOUNCES, Some(About::Report("daily"))))
+        );
+        assert_eq!(
+            of_counter(k::DEAD_LETTERED, "mailer"),
+            Some(("mailer", name::DEAD_LETTERED, None))
+        );
+        assert_eq!(of_counter("runs_unheard_of", "daily"), None);
+    }
+}
