@@ -83,6 +83,7 @@ provider "aws" {
     cloudwatchlogs = var.endpoint
     dynamodb       = var.endpoint
     iam            = var.endpoint
+    kms            = var.endpoint
     lambda         = var.endpoint
     s3             = var.endpoint
     scheduler      = var.endpoint
@@ -123,6 +124,21 @@ module "charlie" {
   # The principal the local runner's API Gateway checks SigV4 requests against (the local
   # credentials), allowed on the /iam/v1 routes.
   api_iam_principals = [{ arn = "arn:aws:iam::123456789012:user/charlie-local", scope = "operate" }]
+
+  # Each run recreates the tables and secrets under the same names: nothing to protect, and a
+  # secret must be deleted at once to be made again.
+  deletion_protection         = false
+  secret_recovery_window_days = 0
+  # moto has no PutConfigurationSetDeliveryOptions (SES v1): the configuration set cannot be
+  # told to require TLS there. On an account it is (the module's default).
+  ses_require_tls = false
+  # moto applies a bucket policy's Deny statements to every object request, ignoring their
+  # conditions (aws:SecureTransport, aws:PrincipalArn): with the policy no object could be read
+  # or written. On an account the policy is there (the module's default).
+  bucket_policy = false
+  # moto does not keep a function's KMSKeyArn, so every plan would set it again; Lambda's own
+  # key encrypts the environments there.
+  function_environment_key = false
 }
 
 output "deployment" {

@@ -12,11 +12,18 @@ resource "aws_iam_role" "fn" {
 }
 
 locals {
-  logs_statement = {
+  # Each function writes its own log group only (its streams, ":*").
+  logs_statement = { for fn in local.functions : fn => {
     Effect   = "Allow"
     Action   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    Resource = "arn:aws:logs:${local.region}:${local.account_id}:log-group:/aws/lambda/${local.p}-*:*"
-  }
+    Resource = "${aws_cloudwatch_log_group.fn[fn].arn}:*"
+  } }
+  # X-Ray's trace segments (its actions take no resource).
+  tracing_statement = var.tracing_mode == "Active" ? [{
+    Effect   = "Allow"
+    Action   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    Resource = "*"
+  }] : []
   read_config = {
     Effect   = "Allow"
     Action   = ["s3:GetObject"]
@@ -52,32 +59,34 @@ locals {
   # Least privilege: each function gets only what its stage does.
   policies = {
     graph-webhook = [
-      local.logs_statement,
       local.send["inbound"], local.send["lifecycle"],
       { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.client_state.arn },
       # Intake's pause flag, and the mails it parks while paused.
       { Effect = "Allow", Action = ["dynamodb:GetItem", "dynamodb:PutItem"], Resource = aws_dynamodb_table.state.arn },
     ]
     poller = [
-      local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw, local.send["inbound"],
+      local.read_config, local.read_graph_secret, local.state_rw, local.send["inbound"],
       local.consume["lifecycle"],
+      # Its scheduled (asynchronous) invocations that fail every attempt: the on-failure
+      # destination below.
+      { Effect = "Allow", Action = ["sqs:SendMessage"], Resource = aws_sqs_queue.scheduler_dlq.arn },
       # It creates subscriptions, each with a fresh clientState the webhook reads.
       { Effect = "Allow", Action = ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], Resource = aws_secretsmanager_secret.client_state.arn },
     ]
     ingest = [
-      local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw,
+      local.read_config, local.read_graph_secret, local.state_rw,
       local.consume["inbound"], local.send["inbound"], local.send["outbound"],
       # Large attachments stream to raw/ as multipart uploads; quarantine copies from raw/.
       { Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"], Resource = ["${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/inbox/*"] },
       { Effect = "Allow", Action = ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"], Resource = aws_dynamodb_table.rows.arn },
     ]
     report-builder = [
-      local.logs_statement, local.read_config, local.state_rw, local.send["mail"], local.consume["runs"],
+      local.read_config, local.state_rw, local.send["mail"], local.consume["runs"],
       { Effect = "Allow", Action = ["s3:PutObject"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
       { Effect = "Allow", Action = ["dynamodb:Query"], Resource = aws_dynamodb_table.rows.arn },
     ]
     api = [
-      local.logs_statement, local.read_config, local.send["runs"], local.send["inbound"],
+      local.read_config, local.send["runs"], local.send["inbound"],
       # Runs, keys, audit, cancel requests, and the folders' health records.
       { Effect = "Allow", Action = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"], Resource = [aws_dynamodb_table.state.arn, "${aws_dynamodb_table.state.arn}/index/*"] },
       # Workbook versions and the presigned downloads it redirects to.
@@ -94,9 +103,11 @@ locals {
     ]
     mailer = [
       # The Graph secret: reports with transport = "graph" send through Graph sendMail.
-      local.logs_statement, local.read_config, local.read_graph_secret, local.state_rw, local.consume["mail"], local.consume["ses_events"],
+      local.read_config, local.read_graph_secret, local.state_rw, local.consume["mail"], local.consume["ses_events"],
       { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
-      { Effect = "Allow", Action = ["ses:SendEmail", "ses:SendRawEmail"], Resource = "*" },
+      # As the sender's identities only, and only through the configuration set (which
+      # requires TLS and reports bounces).
+      { Effect = "Allow", Action = ["ses:SendEmail", "ses:SendRawEmail"], Resource = concat([aws_ses_email_identity.sender.arn, aws_ses_configuration_set.main.arn], var.ses_identity_arns) },
       { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.link_key.arn },
     ]
   }
@@ -116,18 +127,32 @@ resource "aws_iam_role_policy" "fn" {
   name     = "${local.p}-${each.key}"
   role     = aws_iam_role.fn[each.key].id
   policy = jsonencode({
-    Version   = "2012-10-17",
-    Statement = concat(local.policies[each.key], local.send_dead_letters[each.key], local.read_postgres_secret[each.key])
+    Version = "2012-10-17",
+    Statement = concat(
+      [local.logs_statement[each.key], local.use_key], local.tracing_statement,
+      local.policies[each.key], local.send_dead_letters[each.key], local.read_postgres_secret[each.key],
+    )
   })
 }
 
 resource "aws_cloudwatch_log_group" "fn" {
   for_each          = local.functions
   name              = "/aws/lambda/${local.p}-${each.key}"
-  retention_in_days = 30
+  retention_in_days = var.log_retention_days
+  kms_key_id        = local.kms_key_arn
+}
+
+locals {
+  # Functions not listed are unreserved (-1). ingest's default is its queue's maximum
+  # concurrency, so the event source mapping is never throttled by it.
+  reserved_concurrency = merge({ ingest = var.graph_ingest_concurrency }, var.reserved_concurrency)
 }
 
 resource "aws_lambda_function" "fn" {
+  #checkov:skip=CKV_AWS_272:The zips are built from this repository and uploaded by Terraform from the deployer's machine or CI (filename, source_code_hash), not taken from a bucket; Lambda code signing needs S3-sourced packages signed by an AWS Signer profile, and who may update code is decided by the deployer's IAM
+  #checkov:skip=CKV_AWS_116:Only the poller is invoked asynchronously (Scheduler), and its failed invocations go to the Scheduler DLQ through an on-failure destination (aws_lambda_function_event_invoke_config.poller), which keeps the error with the event; the others are invoked synchronously (API Gateway) or by SQS event source mappings, whose queues have their own DLQs
+  #checkov:skip=CKV_AWS_115:graph-webhook, poller, ingest and api have reserved concurrency (var.reserved_concurrency); report-builder and mailer are left unreserved on purpose: they consume SQS queues without a maximum concurrency, and reserved concurrency below what Lambda's SQS poller runs throttles batches, which burns their receive counts into the DLQs; their load is a few messages per report run
+  #checkov:skip=CKV_AWS_117:Only the functions that reach the PostgreSQL row store need a VPC and get one (vpc_config with var.vpc); with DynamoDB every function talks only to AWS APIs and Graph over TLS, and a VPC would add NAT gateways for no isolation gained
   for_each         = local.functions
   function_name    = "${local.p}-${each.key}"
   role             = aws_iam_role.fn[each.key].arn
@@ -138,6 +163,13 @@ resource "aws_lambda_function" "fn" {
   source_code_hash = filebase64sha256("${var.lambda_zip_dir}/${each.key}.zip")
   timeout          = var.function_timeouts[each.key]
   memory_size      = var.function_memory[each.key]
+  # The environment (queue URLs, names, the metrics namespace) under the deployment's key.
+  kms_key_arn                    = var.function_environment_key ? local.kms_key_arn : null
+  reserved_concurrent_executions = lookup(local.reserved_concurrency, each.key, -1)
+
+  tracing_config {
+    mode = var.tracing_mode
+  }
 
   # /tmp: the report builder writes its workbook's sheets and the workbook itself there.
   ephemeral_storage {
@@ -158,6 +190,14 @@ resource "aws_lambda_function" "fn" {
       condition     = var.row_store != "postgres" || var.postgres_url != null
       error_message = "row_store = \"postgres\" needs postgres_url."
     }
+    precondition {
+      condition     = lookup(local.reserved_concurrency, "ingest", -1) == -1 || lookup(local.reserved_concurrency, "ingest", -1) >= var.graph_ingest_concurrency
+      error_message = "reserved_concurrency of ingest must be at least graph_ingest_concurrency (the inbound queue's maximum concurrency)."
+    }
+    precondition {
+      condition     = lookup(local.reserved_concurrency, "poller", -1) == -1 || lookup(local.reserved_concurrency, "poller", -1) >= 3
+      error_message = "reserved_concurrency of the poller must be at least 3 (its lifecycle queue runs 2, and Scheduler 1)."
+    }
   }
 
   environment {
@@ -172,4 +212,19 @@ resource "aws_iam_role_policy_attachment" "vpc" {
   for_each   = var.vpc != null ? local.row_store_users : toset([])
   role       = aws_iam_role.fn[each.key].name
   policy_arn = "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
+}
+
+# The poller's scheduled invocations are asynchronous: one that fails its two retries (or waits
+# longer than a poll interval) goes to the Scheduler DLQ with its error, not nowhere. A lost poll
+# is repaired by the next one; the DLQ's alarm says that polls are failing.
+resource "aws_lambda_function_event_invoke_config" "poller" {
+  count                        = var.async_failure_destination ? 1 : 0
+  function_name                = aws_lambda_function.fn["poller"].function_name
+  maximum_retry_attempts       = 2
+  maximum_event_age_in_seconds = 300
+  destination_config {
+    on_failure {
+      destination = aws_sqs_queue.scheduler_dlq.arn
+    }
+  }
 }

@@ -62,10 +62,14 @@ locals {
     var.row_store == "postgres" && var.postgres_secret_arn != null ? { CHARLIE_POSTGRES_SECRET = var.postgres_secret_arn } : {},
   )
 
+  # Where the functions' Embedded Metric Format metrics go (the alarms and dashboard read them).
+  metrics_namespace = coalesce(var.metrics_namespace, "Charlie/${var.name_prefix}")
+
   common_env = {
-    RUST_LOG           = var.log_level
-    CHARLIE_BUCKET     = aws_s3_bucket.data.bucket
-    CHARLIE_CONFIG_KEY = aws_s3_object.config.key
+    RUST_LOG                  = var.log_level
+    CHARLIE_METRICS_NAMESPACE = local.metrics_namespace
+    CHARLIE_BUCKET            = aws_s3_bucket.data.bucket
+    CHARLIE_CONFIG_KEY        = aws_s3_object.config.key
     # The definitions by version: every instance runs the file this apply uploaded.
     CHARLIE_CONFIG_VERSION = aws_s3_object.config.version_id
     CHARLIE_ROWS_TABLE     = aws_dynamodb_table.rows.name

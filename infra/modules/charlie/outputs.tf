@@ -30,3 +30,21 @@ output "api_id" {
 output "api_endpoint" {
   value = aws_apigatewayv2_api.http.api_endpoint
 }
+
+output "alerts_topic_arn" {
+  description = "Every alarm notifies this topic; subscribe a pager or chat integration to it (alert_email subscribes one address)."
+  value       = aws_sns_topic.alerts.arn
+}
+
+output "kms_key_arn" {
+  description = "The deployment's key (data at rest); envs/aws also encrypts the RDS instance with it."
+  value       = aws_kms_key.main.arn
+}
+
+output "dashboard_name" {
+  value = aws_cloudwatch_dashboard.main.dashboard_name
+}
+
+output "metrics_namespace" {
+  value = local.metrics_namespace
+}

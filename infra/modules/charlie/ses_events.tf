@@ -3,6 +3,8 @@
 
 resource "aws_sns_topic" "ses_events" {
   name = "${local.p}-ses-events"
+  # The key's policy lets SES publish (kms.tf).
+  kms_master_key_id = local.kms_key_arn
 }
 
 resource "aws_sqs_queue_policy" "ses_events" {

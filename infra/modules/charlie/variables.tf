@@ -254,3 +254,113 @@ variable "graph_ingest_concurrency" {
     error_message = "graph_ingest_concurrency must be 2, 3 or 4: Graph allows 4 concurrent requests per mailbox."
   }
 }
+
+# --- Production readiness: encryption, protection, observability -----------------------------
+
+variable "deletion_protection" {
+  description = "Deletion protection on the DynamoDB tables (true on an account; false against the emulator, whose tables the tests recreate)."
+  type        = bool
+  default     = true
+}
+
+variable "secret_recovery_window_days" {
+  description = "Days a deleted secret can still be restored (7-30), or 0 to delete at once (the emulator, so the tests can recreate a secret of the same name)."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.secret_recovery_window_days == 0 || (var.secret_recovery_window_days >= 7 && var.secret_recovery_window_days <= 30)
+    error_message = "secret_recovery_window_days must be 0 or 7-30 (Secrets Manager's range)."
+  }
+}
+
+variable "log_retention_days" {
+  description = "Retention of the functions' and the API's log groups, in days (one of CloudWatch Logs' allowed values)."
+  type        = number
+  default     = 365
+}
+
+variable "bucket_policy" {
+  description = "The bucket's policy: TLS only, and config/ written by the deployer (and config_writers) alone. false only against moto, which applies a bucket policy's Deny statements to object requests without looking at their conditions, so it would refuse every object request."
+  type        = bool
+  default     = true
+}
+
+variable "config_writers" {
+  description = "IAM principals (role or user ARNs, as aws:PrincipalArn gives them) allowed to write config/ besides the principal running Terraform, e.g. a CI deploy role."
+  type        = list(string)
+  default     = []
+}
+
+variable "ses_identity_arns" {
+  description = "More SES identities the mailer may send as (e.g. the sender domain's identity from infra/envs/aws, DKIM-signed); the sender's own address identity is always included."
+  type        = list(string)
+  default     = []
+}
+
+variable "ses_require_tls" {
+  description = "The configuration set refuses to deliver a mail unless the receiving server takes it over TLS. false only against moto, which has no PutConfigurationSetDeliveryOptions."
+  type        = bool
+  default     = true
+}
+
+variable "async_failure_destination" {
+  description = "The poller's asynchronous invocations (Scheduler's) that fail all their attempts go to the Scheduler DLQ with the error (an on-failure destination)."
+  type        = bool
+  default     = true
+}
+
+variable "function_environment_key" {
+  description = "Encrypt the functions' environments with the deployment's key rather than Lambda's AWS managed key. false only against moto, which does not keep a function's KMSKeyArn (every plan would show it again)."
+  type        = bool
+  default     = true
+}
+
+variable "tracing_mode" {
+  description = "X-Ray tracing of every function: Active (each invocation traced) or PassThrough."
+  type        = string
+  default     = "Active"
+  validation {
+    condition     = contains(["Active", "PassThrough"], var.tracing_mode)
+    error_message = "tracing_mode must be Active or PassThrough."
+  }
+}
+
+variable "reserved_concurrency" {
+  description = "Reserved concurrency per function: it can never run more instances than this, and the rest of the account can never take this capacity from it. The webhook's bound keeps a flood of notifications from starving the other functions. ingest defaults to graph_ingest_concurrency (its queue's maximum concurrency, which it must not be below); the poller needs 3 (its lifecycle queue's 2 and a scheduled run). A function left out is unreserved (report-builder and mailer: see functions.tf). The account keeps 100 unreserved."
+  type        = map(number)
+  default = {
+    graph-webhook = 10
+    poller        = 3
+    api           = 10
+  }
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the functions' Embedded Metric Format metrics (CHARLIE_METRICS_NAMESPACE); null: \"Charlie/<name_prefix>\"."
+  type        = string
+  default     = null
+}
+
+variable "alert_email" {
+  description = "Address subscribed to the alerts topic (it must confirm the subscription); null: no subscription (subscribe a pager or chat integration to the topic instead)."
+  type        = string
+  default     = null
+}
+
+variable "alarm_thresholds" {
+  description = "Thresholds of the alarms (docs/operations.md says what each means)."
+  type = object({
+    http_5xx_percent          = number # the HTTP API's 5xx responses, % of requests over 5 minutes
+    bounce_percent            = number # SES bounces, % of mails sent over a day
+    quarantine_per_hour       = number # attachments quarantined in an hour
+    subscription_expiry_hours = number # hours left on the Graph subscription closest to expiry
+    graph_secret_expiry_days  = number # days left on the Graph client secret
+  })
+  default = {
+    http_5xx_percent          = 5
+    bounce_percent            = 5
+    quarantine_per_hour       = 5
+    subscription_expiry_hours = 24
+    graph_secret_expiry_days  = 30
+  }
+}
