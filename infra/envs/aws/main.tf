@@ -3,7 +3,13 @@
 #     -p report-builder -p mailer            (writes target/lambda/<fn>/bootstrap.zip)
 #   then copy each to dist/lambda/<fn>.zip
 # The Graph app credentials are set out of band, never in state; the poller writes the
-# subscriptions' clientStates itself.
+# subscriptions' clientStates itself (docs/operations.md: "The Graph client secret").
+#
+# State lives in S3 with a DynamoDB lock, both encrypted, made once by ./bootstrap:
+#   (cd bootstrap && terraform init && terraform apply -var region=eu-west-2)
+#   terraform init -backend-config=backend.hcl   # backend.hcl: bootstrap's `backend_config` output
+# (backend.hcl.example shows its shape). The provider lock file is committed: `terraform init`
+# installs exactly the recorded provider build.
 terraform {
   required_version = ">= 1.6"
   required_providers {
@@ -12,6 +18,9 @@ terraform {
       version = "= 5.100.0"
     }
   }
+  # Partial configuration: bucket, key, region, dynamodb_table, kms_key_id and encrypt come
+  # from -backend-config, so no account's names are written here.
+  backend "s3" {}
 }
 
 variable "region" {
@@ -23,7 +32,26 @@ variable "tenant_id" {
 }
 
 variable "sender" {
-  type = string
+  description = "From address of the report mail, e.g. reports@example.com"
+  type        = string
+}
+
+variable "sender_domain" {
+  description = "The domain SES signs the mail for with DKIM; null: the sender's domain. Create the DNS records of the dkim_records and domain_verification_record outputs."
+  type        = string
+  default     = null
+}
+
+variable "alert_email" {
+  description = "Address the alarms notify (it confirms the subscription by mail); null: subscribe something else to the alerts_topic_arn output."
+  type        = string
+  default     = null
+}
+
+variable "config_writers" {
+  description = "Principals besides the one running Terraform that may write config/ (e.g. the CI deploy role, if people also apply by hand)."
+  type        = list(string)
+  default     = []
 }
 
 variable "mailboxes" {
@@ -66,8 +94,21 @@ provider "aws" {
   region = var.region
 }
 
+data "aws_caller_identity" "current" {}
+
 locals {
-  postgres = var.row_store == "postgres"
+  postgres      = var.row_store == "postgres"
+  sender_domain = coalesce(var.sender_domain, split("@", var.sender)[1])
+}
+
+# The sender's domain as an SES identity with Easy DKIM: SES signs every report mail, so
+# receivers can tell it from a forgery (and DMARC passes).
+resource "aws_ses_domain_identity" "sender" {
+  domain = local.sender_domain
+}
+
+resource "aws_ses_domain_dkim" "sender" {
+  domain = aws_ses_domain_identity.sender.domain
 }
 
 module "charlie" {
@@ -81,6 +122,15 @@ module "charlie" {
   schedules_file  = "${path.root}/../../../reports.schedules.json"
   # Callers inside AWS (SigV4 on /iam/v1), each with a scope.
   api_iam_principals = var.api_iam_principals
+  # The mailer may send as the DKIM-signed domain too.
+  ses_identity_arns = [aws_ses_domain_identity.sender.arn]
+
+  # Production: tables that cannot be deleted by accident, secrets that can be restored for
+  # 30 days after a deletion, alarms that reach someone.
+  deletion_protection         = true
+  secret_recovery_window_days = 30
+  alert_email                 = var.alert_email
+  config_writers              = var.config_writers
 
   row_store = var.row_store
   # Through the proxy, with TLS; the password comes from the instance's managed secret.
@@ -90,4 +140,34 @@ module "charlie" {
     subnet_ids         = var.private_subnet_ids
     security_group_ids = [aws_security_group.functions[0].id]
   } : null
+}
+
+output "dkim_records" {
+  description = "CNAME records to create in the sender domain's DNS: SES signs with DKIM once they resolve."
+  value = [for token in aws_ses_domain_dkim.sender.dkim_tokens : {
+    name  = "${token}._domainkey.${local.sender_domain}"
+    type  = "CNAME"
+    value = "${token}.dkim.amazonses.com"
+  }]
+}
+
+output "domain_verification_record" {
+  description = "TXT record proving the domain to SES."
+  value = {
+    name  = "_amazonses.${local.sender_domain}"
+    type  = "TXT"
+    value = aws_ses_domain_identity.sender.verification_token
+  }
+}
+
+output "alerts_topic_arn" {
+  value = module.charlie.alerts_topic_arn
+}
+
+output "dashboard" {
+  value = "https://${var.region}.console.aws.amazon.com/cloudwatch/home?region=${var.region}#dashboards:name=${module.charlie.dashboard_name}"
+}
+
+output "api_endpoint" {
+  value = module.charlie.api_endpoint
 }
