@@ -45,6 +45,25 @@ ensure_schemathesis() {
   "$ROOT/.venv-schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
+# checkov (the Terraform's static security checks) in its own virtualenv as well.
+CHECKOV_VERSION="3.3.30"
+export CHARLIE_CHECKOV="$ROOT/.venv-checkov/bin/checkov"
+ensure_checkov() {
+  if "$ROOT/.venv-checkov/bin/python" -c "import importlib.metadata as m; assert m.version('checkov') == '$CHECKOV_VERSION'" 2>/dev/null; then
+    return
+  fi
+  say "Creating .venv-checkov with checkov==$CHECKOV_VERSION (once)"
+  python3 -m venv "$ROOT/.venv-checkov"
+  "$ROOT/.venv-checkov/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+}
+
+# checkov on infra/: every check passes or is skipped at its resource with a written reason
+# (#checkov:skip=ID:reason); any failure fails the suite. --skip-download: no call to Prisma
+# Cloud for guidelines (offline, and nothing is sent anywhere).
+run_checkov() {
+  "$CHARLIE_CHECKOV" --directory "$ROOT/infra" --framework terraform --compact --quiet --skip-download
+}
+
 # PostgreSQL's server binaries (the second row store), from Debian's packages when missing.
 ensure_postgres() {
   if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${CHARLIE_PG_BIN:-}" ]; then
