@@ -36,6 +36,32 @@ fn bytes(n: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
+async fn the_work_s_correlation_id_goes_to_graph_as_client_request_id() {
+    let (graph, mailbox) = fake().await;
+    let (user, folder) = graph.mailbox();
+    let correlation = charlie::invocation::new_correlation_id();
+    let start = mailbox.delta_start_url(&user, &folder, None);
+    charlie::invocation::with_correlation(Some(correlation.clone()), async {
+        mailbox.mailbox_id(&user).await.unwrap();
+        mailbox.delta_page(&start).await.unwrap();
+    })
+    .await;
+    // Outside any work: no id is made up.
+    mailbox.delta_page(&start).await.unwrap();
+    let ids = graph.client_request_ids();
+    assert!(ids.len() >= 2, "{ids:?}");
+    assert!(
+        ids.iter().all(|id| *id == correlation),
+        "{ids:?} vs {correlation}"
+    );
+    assert_eq!(
+        ids.len() as u64 + 1,
+        graph.requests(),
+        "the last call carried none"
+    );
+}
+
+#[tokio::test]
 async fn a_small_workbook_goes_inline_in_one_send_mail() {
     let (graph, mailbox) = fake().await;
     let (user, _) = graph.mailbox();

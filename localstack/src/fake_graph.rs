@@ -178,6 +178,8 @@ struct Inner {
     slow: std::time::Duration,
     in_flight: std::collections::HashMap<String, u32>,
     max_in_flight: u32,
+    /// The `client-request-id` of each Graph call that carried one, in order.
+    client_request_ids: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -297,6 +299,7 @@ impl FakeGraph {
             slow: std::time::Duration::ZERO,
             in_flight: Default::default(),
             max_in_flight: 0,
+            client_request_ids: Vec::new(),
         }));
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
@@ -498,6 +501,11 @@ impl FakeGraph {
         self.inner.lock().unwrap().drafts.len()
     }
 
+    /// The `client-request-id` of every Graph call that carried one, in order.
+    pub fn client_request_ids(&self) -> Vec<String> {
+        self.inner.lock().unwrap().client_request_ids.clone()
+    }
+
     /// Graph calls served so far (token requests excluded).
     pub fn requests(&self) -> u64 {
         self.inner.lock().unwrap().requests
@@ -565,6 +573,13 @@ async fn switches(
         }
         if graph_call {
             i.requests += 1;
+            if let Some(id) = req
+                .headers()
+                .get("client-request-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                i.client_request_ids.push(id.to_owned());
+            }
         }
         let n = i.in_flight.entry(mailbox.clone()).or_insert(0);
         *n += 1;
@@ -576,11 +591,19 @@ async fn switches(
         tokio::time::sleep(slow).await;
     }
     let bearer_needed = path.starts_with("/v1.0/");
-    let resp = if bearer_needed && !authorised(&state.lock().unwrap(), req.headers()) {
+    let client_request_id = req.headers().get("client-request-id").cloned();
+    let mut resp = if bearer_needed && !authorised(&state.lock().unwrap(), req.headers()) {
         unauthorised()
     } else {
         next.run(req).await
     };
+    // As Graph does: the caller's id echoed, beside the id Graph gave the request.
+    if let Some(id) = client_request_id {
+        resp.headers_mut().insert("client-request-id", id);
+    }
+    if let Ok(id) = axum::http::HeaderValue::from_str(&charlie::invocation::new_correlation_id()) {
+        resp.headers_mut().insert("request-id", id);
+    }
     if let Some(n) = state.lock().unwrap().in_flight.get_mut(&mailbox) {
         *n -= 1;
     }

@@ -82,9 +82,12 @@ where
             cause: String::new(),
             stage: consumer.stage.to_owned(),
         };
-        let outcome = AssertUnwindSafe(handle(msg).instrument(span.clone()))
-            .catch_unwind()
-            .await;
+        let correlation = correlation_id(&msg).map(str::to_owned);
+        let outcome = AssertUnwindSafe(
+            crate::invocation::with_correlation(correlation, handle(msg)).instrument(span.clone()),
+        )
+        .catch_unwind()
+        .await;
         let error = match outcome {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => e,

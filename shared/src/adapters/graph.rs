@@ -288,6 +288,14 @@ impl GraphClient {
             if authorised {
                 req = req.header("Prefer", PREFER_IMMUTABLE_IDS);
             }
+            // The work's correlation id, so Graph's logs (and Microsoft support) find the
+            // call: Graph echoes it and logs it beside its own `request-id`.
+            if let Some(correlation) = crate::invocation::current_correlation() {
+                req = req.header(
+                    "client-request-id",
+                    crate::invocation::graph_client_request_id(&correlation),
+                );
+            }
             req = match &payload {
                 Payload::None if method == Method::GET => {
                     req.header("Prefer", format!("odata.maxpagesize={PAGE_SIZE}"))
