@@ -39,7 +39,7 @@ locals {
 resource "aws_cloudwatch_metric_alarm" "dlq_depth" {
   for_each            = local.queues
   alarm_name          = "${local.p}-${each.key}-dlq-not-empty"
-  alarm_description   = "Messages in ${aws_sqs_queue.dlq[each.key].name}: `charlie dlq list ${each.key}` shows them with their causes (${local.runbook}, DLQ not empty)"
+  alarm_description   = "Messages in ${aws_sqs_queue.dlq[each.key].name}: `charlie dlq peek ${each.key}` shows them with their causes (${local.runbook}, DLQ not empty)"
   namespace           = "AWS/SQS"
   metric_name         = "ApproximateNumberOfMessagesVisible"
   dimensions          = { QueueName = aws_sqs_queue.dlq[each.key].name }
