@@ -48,6 +48,12 @@ variable "alert_email" {
   default     = null
 }
 
+variable "reserved_concurrency" {
+  description = "Reserved concurrency per function (the module's default when null); { ingest = -1 } reserves none, for an account whose concurrency quota is still too low."
+  type        = map(number)
+  default     = null
+}
+
 variable "config_writers" {
   description = "Principals besides the one running Terraform that may write config/ (e.g. the CI deploy role, if people also apply by hand)."
   type        = list(string)
@@ -131,6 +137,7 @@ module "charlie" {
   secret_recovery_window_days = 30
   alert_email                 = var.alert_email
   config_writers              = var.config_writers
+  reserved_concurrency        = var.reserved_concurrency
 
   row_store = var.row_store
   # Through the proxy, with TLS; the password comes from the instance's managed secret.

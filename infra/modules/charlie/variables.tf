@@ -326,8 +326,9 @@ variable "tracing_mode" {
 }
 
 variable "reserved_concurrency" {
-  description = "Reserved concurrency per function: it can never run more instances than this, and the rest of the account can never take this capacity from it. The webhook's bound keeps a flood of notifications from starving the other functions. ingest defaults to graph_ingest_concurrency (its queue's maximum concurrency, which it must not be below); the poller needs 3 (its lifecycle queue's 2 and a scheduled run). A function left out is unreserved (report-builder and mailer: see functions.tf). The account keeps 100 unreserved."
+  description = "Reserved concurrency per function: it can never run more instances than this, and the rest of the account can never take this capacity from it. The webhook's bound keeps a flood of notifications from starving the other functions. ingest defaults to graph_ingest_concurrency (its queue's maximum concurrency, which it must not be below); the poller needs 3 (its lifecycle queue's 2 and a scheduled run). A function left out, or given -1, is unreserved (report-builder and mailer: see functions.tf); { ingest = -1 } reserves nothing. The account keeps 100 unreserved. null: the default."
   type        = map(number)
+  nullable    = false
   default = {
     graph-webhook = 10
     poller        = 3
