@@ -280,6 +280,29 @@ impl RecordKey<DeliverySent> {
     }
 }
 
+/// `SESSION#{sha256(token)}` / `session`: a dashboard sign-in (`stages::api::dashboard`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionRecord {
+    pub key_id: String,
+    /// The CSRF token of the session's forms (random, 32 bytes hex).
+    pub csrf: String,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+impl RecordKey<SessionRecord> {
+    pub fn session(token: &str) -> Self {
+        use sha2::Digest;
+        Self::new(
+            format!(
+                "SESSION#{}",
+                hex::encode(sha2::Sha256::digest(token.as_bytes()))
+            ),
+            "session",
+        )
+    }
+}
+
 impl RecordKey<DeliveryStatus> {
     /// `DLV#…` / `status`.
     pub fn delivery_status(delivery: &str) -> Self {

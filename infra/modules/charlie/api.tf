@@ -44,6 +44,15 @@ resource "aws_apigatewayv2_route" "api" {
   target    = "integrations/${aws_apigatewayv2_integration.api.id}"
 }
 
+# The dashboard: server-rendered pages under /ui, from the same function.
+resource "aws_apigatewayv2_route" "ui" {
+  for_each = toset(["GET /ui", "ANY /ui/{proxy+}"])
+  #checkov:skip=CKV_AWS_309:The dashboard signs people in itself: an API key typed into its login form opens a session (HttpOnly, Secure, SameSite=Strict cookie, stored hashed, ended by the key's revocation), every state-changing form carries the session's CSRF token, and the login page and stylesheet must be reachable before anyone is signed in
+  api_id    = aws_apigatewayv2_api.http.id
+  route_key = each.value
+  target    = "integrations/${aws_apigatewayv2_integration.api.id}"
+}
+
 # The same API for callers inside AWS: SigV4-signed requests, checked by API Gateway, the
 # principal then mapped to a scope by the function (api_iam_principals). A caller needs
 # execute-api:Invoke on this route in its own policy.

@@ -16,6 +16,7 @@
 //! - Every answer carries `nosniff`, `no-store`, a CSP that allows nothing, and no framing; a
 //!   bad request is a 400 naming the field, an unknown id a 404.
 
+mod dashboard;
 pub mod keys;
 
 use std::collections::BTreeMap;
@@ -209,6 +210,7 @@ impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         // The detail goes to the log, not to the caller.
         error!(error = %format!("{e:#}"), "API request failed");
+
         Self::new(
             503,
             "unavailable",
@@ -503,6 +505,10 @@ impl Api {
             }
             Some(b) => b.as_bytes().to_vec(),
         };
+        // The dashboard's pages, with their own sign-in (a session cookie).
+        if path == "/ui" || path.starts_with("/ui/") {
+            return self.dashboard(&req, &method, &path, body).await;
+        }
         // `/iam/v1/…` is the same API behind API Gateway's AWS_IAM authorization: the caller
         // signed with SigV4 and API Gateway checked it and names the principal.
         let (api_path, iam_route) = match path.strip_prefix("/iam") {

@@ -693,3 +693,254 @@ fn iam_principals_are_read_strictly() {
         assert!(iam_principals(Some(bad)).is_err(), "{bad}");
     }
 }
+
+// ---- the dashboard ----------------------------------------------------------------------
+
+/// A browser's request to the dashboard: (status, headers, HTML).
+async fn ui(
+    w: &World,
+    method: &str,
+    path_and_query: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (u16, HeaderMap, String) {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let mut params = serde_json::Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        params.insert(k.into(), v.into());
+    }
+    let mut headers = serde_json::Map::new();
+    if let Some(c) = cookie {
+        headers.insert("cookie".into(), c.into());
+    }
+    if form.is_some() {
+        headers.insert(
+            "content-type".into(),
+            "application/x-www-form-urlencoded".into(),
+        );
+    }
+    for (k, v) in extra {
+        headers.insert((*k).into(), (*v).into());
+    }
+    let event = json!({
+        "version": "2.0", "routeKey": "ANY /ui/{proxy+}", "rawPath": path, "rawQueryString": query,
+        "headers": headers, "queryStringParameters": params,
+        "requestContext": {"http": {"method": method, "path": path}, "requestId": crate::invocation::new_correlation_id()},
+        "body": form, "isBase64Encoded": false,
+    });
+    let (status, headers, body) = send(w, event).await;
+    (
+        status,
+        headers,
+        body.as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Signs in with `key`: the session cookie (`name=value`).
+async fn sign_in(w: &World, key: &str) -> String {
+    let (status, headers, _) = ui(
+        w,
+        "POST",
+        "/ui/login",
+        None,
+        Some(&format!("key={key}")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/ui");
+    let set = headers["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/ui"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    set.split(';').next().unwrap().to_owned()
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"_csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 20;
+    html[at..at + 64].to_owned()
+}
+
+#[tokio::test]
+async fn the_dashboard_signs_in_with_a_key_and_refuses_everything_before() {
+    let w = world().await;
+    let (status, headers, _) = ui(&w, "GET", "/ui", None, None, &[]).await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/ui/login");
+    let (status, headers, login) = ui(&w, "GET", "/ui/login", None, None, &[]).await;
+    assert_eq!(status, 200);
+    assert!(login.contains("name=\"key\""));
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let (status, _, page) = ui(
+        &w,
+        "POST",
+        "/ui/login",
+        None,
+        Some("key=chk_0123456789abcdef_wrong"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(page.contains("not known"), "{page}");
+
+    let cookie = sign_in(&w, &w.operate).await;
+    let (status, _, overview) = ui(&w, "GET", "/ui", Some(&cookie), None, &[]).await;
+    assert_eq!(status, 200, "{overview}");
+    for part in [
+        "Overview",
+        "Mail folders",
+        "Queues",
+        "Today's intake",
+        "Rows stored per day",
+        "Recent runs",
+        "operator",
+    ] {
+        assert!(overview.contains(part), "no {part} in the overview");
+    }
+    // The session's secret never appears in a page; only its hash is stored.
+    let token = cookie.split_once('=').unwrap().1;
+    assert!(!overview.contains(token));
+    assert_eq!(w.records.count(&format!("SESSION#{token}")), 0);
+    for page in [
+        "/ui/runs",
+        "/ui/intake",
+        "/ui/dead-letters",
+        "/ui/reports",
+        "/ui/static/app.css",
+    ] {
+        let (status, _, body) = ui(&w, "GET", page, Some(&cookie), None, &[]).await;
+        assert_eq!(status, 200, "{page}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_dashboard_form_needs_its_session_s_csrf_token_and_a_same_site_request() {
+    let w = world().await;
+    let cookie = sign_in(&w, &w.operate).await;
+    let (_, _, runs) = ui(&w, "GET", "/ui/runs", Some(&cookie), None, &[]).await;
+    let csrf = csrf_of(&runs);
+    let (status, _, page) = ui(
+        &w,
+        "POST",
+        "/ui/runs",
+        Some(&cookie),
+        Some("report=call_centre_daily&period=2024-03-14"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 403, "no token");
+    assert!(page.contains("CSRF"), "{page}");
+    let forged = format!(
+        "report=call_centre_daily&period=2024-03-14&_csrf={}",
+        "0".repeat(64)
+    );
+    let (status, _, _) = ui(&w, "POST", "/ui/runs", Some(&cookie), Some(&forged), &[]).await;
+    assert_eq!(status, 403, "another token");
+    let good = format!("report=call_centre_daily&period=2024-03-14&_csrf={csrf}");
+    let (status, _, _) = ui(
+        &w,
+        "POST",
+        "/ui/runs",
+        Some(&cookie),
+        Some(&good),
+        &[("sec-fetch-site", "cross-site")],
+    )
+    .await;
+    assert_eq!(status, 403, "cross-site");
+    assert!(w.runs.sent().is_empty(), "nothing refused was queued");
+
+    let (status, headers, _) = ui(
+        &w,
+        "POST",
+        "/ui/runs",
+        Some(&cookie),
+        Some(&good),
+        &[("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let to = headers["location"].to_str().unwrap().to_owned();
+    assert!(
+        to.starts_with("/ui/runs/call_centre_daily.2024-03-14."),
+        "{to}"
+    );
+    assert_eq!(w.runs.sent().len(), 1);
+    let (status, _, run) = ui(&w, "GET", &to, Some(&cookie), None, &[]).await;
+    assert_eq!(status, 200);
+    assert!(
+        run.contains("queued") && run.contains("http-equiv=\"refresh\""),
+        "{run}"
+    );
+    // The start is in the audit trail under the key that signed in.
+    let (_, _, audit) = call(&w, "GET", "/v1/audit", Some(&w.admin), None).await;
+    let entry = &audit["entries"][0];
+    assert_eq!(entry["key_name"], "operator");
+    assert_eq!(entry["path"], "/ui/runs");
+    assert_eq!(entry["status"], 202);
+}
+
+#[tokio::test]
+async fn a_read_key_sees_no_forms_and_a_revoked_key_ends_its_sessions() {
+    let w = world().await;
+    let cookie = sign_in(&w, &w.read).await;
+    let (_, _, runs) = ui(&w, "GET", "/ui/runs", Some(&cookie), None, &[]).await;
+    assert!(!runs.contains("Start run"), "a read key cannot start runs");
+    let (_, _, overview) = ui(&w, "GET", "/ui", Some(&cookie), None, &[]).await;
+    let csrf = csrf_of(&overview); // the sign-out form
+    let form = format!("report=call_centre_daily&_csrf={csrf}");
+    let (status, _, page) = ui(&w, "POST", "/ui/runs", Some(&cookie), Some(&form), &[]).await;
+    assert_eq!(status, 403);
+    assert!(page.contains("scope operate"), "{page}");
+
+    let id = w.read.split('_').nth(1).unwrap().to_owned();
+    let (status, _, _) = call(
+        &w,
+        "DELETE",
+        &format!("/v1/keys/{id}"),
+        Some(&w.admin),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, headers, _) = ui(&w, "GET", "/ui", Some(&cookie), None, &[]).await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/ui/login");
+}
+
+#[tokio::test]
+async fn signing_out_ends_the_session() {
+    let w = world().await;
+    let cookie = sign_in(&w, &w.operate).await;
+    let (_, _, overview) = ui(&w, "GET", "/ui", Some(&cookie), None, &[]).await;
+    let csrf = csrf_of(&overview);
+    let (status, headers, _) = ui(
+        &w,
+        "POST",
+        "/ui/logout",
+        Some(&cookie),
+        Some(&format!("_csrf={csrf}")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert!(
+        headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let (status, _, _) = ui(&w, "GET", "/ui", Some(&cookie), None, &[]).await;
+    assert_eq!(status, 303, "the old cookie opens nothing");
+}

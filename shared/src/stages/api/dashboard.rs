@@ -1,0 +1,808 @@
+//! The dashboard: server-rendered pages under `/ui`, served by the api function beside the
+//! JSON routes and built from their answers (the same checks, scopes and audit trail).
+//!
+//! - **Login**: an API key typed into a form; the answer is a session cookie
+//!   (`charlie_session`: `HttpOnly; Secure; SameSite=Strict; Path=/ui`, 8 hours). The session
+//!   record (`SESSION#{sha256 of the token}`) names the key, so a revoked key ends its
+//!   sessions at their next request; only the token's hash is stored.
+//! - **CSRF**: every form that changes state carries the session's own token (`_csrf`),
+//!   compared in constant time; a request a browser marks `Sec-Fetch-Site: cross-site` is
+//!   refused whatever it carries.
+//! - **CSP**: `default-src 'none'`, the stylesheet from `/ui/static/` only, forms to this
+//!   origin only, no scripts, no framing. Charts are inline SVG drawn here.
+//! - Pages: overview (health, today's intake, recent runs, rows stored per day for 30 days),
+//!   runs (filters, detail, start, re-run, cancel, download), intake (outcomes by day,
+//!   quarantined files and their reasons, rejects with line numbers), dead letters (peek,
+//!   redrive, delete), reports (definitions, next fire time in the report's zone, versions).
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::http::{HeaderMap, HeaderValue};
+use chrono::{Duration, Utc};
+use minijinja::{Environment, context};
+use serde_json::{Value, json};
+
+use super::keys::{self, Scope};
+use super::{Api, ApiError, Reply, ReplyBody, Request, percent_decode};
+use crate::secret::Secret;
+use crate::state::{ApiKeyRecord, RecordKey, SessionRecord};
+
+/// How long a session lasts from login.
+const SESSION_HOURS: i64 = 8;
+const COOKIE: &str = "charlie_session";
+/// Days the overview's chart covers.
+const CHART_DAYS: i64 = 30;
+
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+const STYLE: &str = include_str!("ui/app.css");
+
+/// A signed-in request: the key it acts as and the session's CSRF token.
+struct Session {
+    key: ApiKeyRecord,
+    csrf: String,
+    token: String,
+}
+
+/// What a page handler answers.
+enum Page {
+    Html(u16, String),
+    /// 303 to a path under `/ui` (after a form), with an optional cookie to set.
+    SeeOther(String, Option<String>),
+    /// 302 to a presigned download.
+    Download(String),
+    Css,
+}
+
+fn templates() -> &'static Environment<'static> {
+    static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let mut env = Environment::new();
+        // A field an answer leaves out (an optional one) renders as nothing, not an error.
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        for (name, source) in [
+            ("base.html", include_str!("ui/base.html")),
+            ("login.html", include_str!("ui/login.html")),
+            ("overview.html", include_str!("ui/overview.html")),
+            ("runs.html", include_str!("ui/runs.html")),
+            ("runs_table.html", include_str!("ui/runs_table.html")),
+            ("run.html", include_str!("ui/run.html")),
+            ("intake.html", include_str!("ui/intake.html")),
+            ("rejects.html", include_str!("ui/rejects.html")),
+            ("dead_letters.html", include_str!("ui/dead_letters.html")),
+            (
+                "dead_letter_queue.html",
+                include_str!("ui/dead_letter_queue.html"),
+            ),
+            ("reports.html", include_str!("ui/reports.html")),
+            ("error.html", include_str!("ui/error.html")),
+        ] {
+            env.add_template(name, source)
+                .unwrap_or_else(|e| panic!("template {name}: {e}"));
+        }
+        env.add_filter("status_class", status_class);
+        env.add_filter("status_mark", status_mark);
+        env.add_filter("when", when);
+        env.add_filter("bytes", bytes);
+        env.add_filter("urlencode", |s: String| url_segment(&s));
+        env
+    })
+}
+
+/// The colour class of a status word; the word itself and a mark are always shown too.
+fn status_class(status: String) -> String {
+    match status.as_str() {
+        "ok" | "built" | "sent" | "delivered" | "notice_sent" | "accepted" => "good",
+        "failed" | "bounced" | "complained" | "unhealthy" | "cancelled" => "bad",
+        "queued" | "building" | "retrying" | "skipped_empty" | "paused" => "wait",
+        _ => "neutral",
+    }
+    .to_owned()
+}
+
+fn status_mark(status: String) -> String {
+    match status_class(status).as_str() {
+        "good" => "✓",
+        "bad" => "✗",
+        "wait" => "◷",
+        _ => "•",
+    }
+    .to_owned()
+}
+
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM UTC` (anything else as it is).
+fn when(value: Option<String>) -> String {
+    let Some(v) = value else {
+        return "—".to_owned();
+    };
+    chrono::DateTime::parse_from_rfc3339(&v)
+        .map(|t| {
+            t.with_timezone(&Utc)
+                .format("%Y-%m-%d %H:%M UTC")
+                .to_string()
+        })
+        .unwrap_or(v)
+}
+
+fn bytes(n: Option<u64>) -> String {
+    match n {
+        None | Some(0) => "—".to_owned(),
+        Some(n) if n < 1024 => format!("{n} B"),
+        Some(n) if n < 1024 * 1024 => format!("{:.1} KiB", n as f64 / 1024.0),
+        Some(n) => format!("{:.1} MiB", n as f64 / 1024.0 / 1024.0),
+    }
+}
+
+fn render_raw(name: &str, ctx: minijinja::Value) -> Result<String, minijinja::Error> {
+    templates().get_template(name).and_then(|t| t.render(ctx))
+}
+
+fn render(name: &str, ctx: minijinja::Value) -> Result<String, ApiError> {
+    render_raw(name, ctx).map_err(|e| ApiError::from(anyhow::anyhow!("rendering {name}: {e:#}")))
+}
+
+/// A form body (`application/x-www-form-urlencoded`).
+fn form(body: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn random_hex() -> String {
+    hex::encode(rand::random::<[u8; 32]>())
+}
+
+/// The scope an API route needs, as `Api::handle` decides it.
+fn scope_for(method: &str, segments: &[&str]) -> Scope {
+    match (method, segments.first().copied()) {
+        (_, Some("keys")) | ("GET", Some("audit")) => Scope::Admin,
+        ("GET" | "HEAD", _) => Scope::Read,
+        _ => Scope::Operate,
+    }
+}
+
+impl Api {
+    /// Serves `/ui…`.
+    pub(super) async fn dashboard(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+    ) -> ApiGatewayV2httpResponse {
+        let rest = path.strip_prefix("/ui").unwrap_or("");
+        let segments: Vec<String> = rest
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let request_id = req
+            .request_context
+            .request_id
+            .clone()
+            .unwrap_or_else(crate::invocation::new_correlation_id);
+        let page = self
+            .dashboard_page(req, method, path, &segments, body, &request_id)
+            .await;
+        let page = match page {
+            Ok(p) => p,
+            Err(e) => {
+                let html = render(
+                    "error.html",
+                    context! { status => e.status, message => e.message, signed_in => false },
+                )
+                .unwrap_or_else(|_| "error".to_owned());
+                Page::Html(e.status, html)
+            }
+        };
+        ui_respond(page)
+    }
+
+    async fn dashboard_page(
+        &self,
+        req: &ApiGatewayV2httpRequest,
+        method: &str,
+        path: &str,
+        segments: &[&str],
+        body: Vec<u8>,
+        request_id: &str,
+    ) -> Result<Page, ApiError> {
+        match (method, segments) {
+            ("GET", ["static", "app.css"]) => return Ok(Page::Css),
+            ("GET", ["login"]) => {
+                return Ok(Page::Html(
+                    200,
+                    render("login.html", context! { signed_in => false })?,
+                ));
+            }
+            ("POST", ["login"]) => return self.login(&body).await,
+            _ => {}
+        }
+        if req
+            .headers
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok())
+            == Some("cross-site")
+        {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                "a cross-site request to the dashboard is refused",
+            ));
+        }
+        let Some(session) = self.session(&req.headers).await? else {
+            return Ok(Page::SeeOther("/ui/login".into(), None));
+        };
+        let fields = if method == "POST" {
+            let fields = form(&body);
+            let sent = fields.get("_csrf").map(String::as_str).unwrap_or("");
+            if !Secret::new(session.csrf.clone()).matches(sent) {
+                return Err(ApiError::new(
+                    403,
+                    "forbidden",
+                    "the form's CSRF token is missing or not this session's: reload the page and try again",
+                ));
+            }
+            fields
+        } else {
+            HashMap::new()
+        };
+        let query = |name: &str| -> Option<String> {
+            req.query_string_parameters
+                .first(name)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let cx = Cx {
+            api: self,
+            session: &session,
+            path,
+            request_id,
+        };
+        match (method, segments) {
+            ("GET", []) => self.overview(&cx).await,
+            ("POST", ["logout"]) => {
+                // Ended: the record stays, expired (the table has no deletes for records).
+                let ended = SessionRecord {
+                    key_id: session.key.id.clone(),
+                    csrf: random_hex(),
+                    created_at: Utc::now().to_rfc3339(),
+                    expires_at: Utc::now().to_rfc3339(),
+                };
+                self.records
+                    .put_record(&RecordKey::session(&session.token), &ended, None)
+                    .await?;
+                Ok(Page::SeeOther(
+                    "/ui/login".into(),
+                    Some(format!(
+                        "{COOKIE}=; HttpOnly; Secure; SameSite=Strict; Path=/ui; Max-Age=0"
+                    )),
+                ))
+            }
+            ("GET", ["runs"]) => {
+                let mut q = vec![("limit", "50".to_owned())];
+                for name in ["report", "status"] {
+                    if let Some(v) = query(name) {
+                        q.push((name, v));
+                    }
+                }
+                let runs = cx.get(&["runs"], &q).await?;
+                cx.page(
+                    "runs.html",
+                    context! {
+                        runs => runs["runs"],
+                        reports => self.definitions.reports.keys().collect::<Vec<_>>(),
+                        report => query("report"),
+                        status => query("status"),
+                        statuses => ["queued", "building", "retrying", "built", "skipped_empty", "notice_sent", "failed", "cancelled"],
+                    },
+                )
+            }
+            ("POST", ["runs"]) => {
+                let report = fields.get("report").cloned().unwrap_or_default();
+                let mut start = json!({ "report": report });
+                if let Some(p) = fields.get("period").filter(|p| !p.trim().is_empty()) {
+                    start["period"] = json!(p.trim());
+                }
+                let queued = cx.post(&["runs"], start).await?;
+                Ok(Page::SeeOther(
+                    format!(
+                        "/ui/runs/{}",
+                        url_segment(queued["run_id"].as_str().unwrap_or(""))
+                    ),
+                    None,
+                ))
+            }
+            ("GET", ["runs", id]) => {
+                let run = cx.get(&["runs", id], &[]).await?;
+                let done = matches!(
+                    run["status"].as_str(),
+                    Some("built" | "skipped_empty" | "notice_sent" | "failed" | "cancelled")
+                );
+                let delivered = run["deliveries"].as_array().is_some_and(|d| !d.is_empty());
+                cx.page(
+                    "run.html",
+                    context! {
+                        run => run,
+                        // Reload by itself while there is more to see.
+                        refresh => !(done && (delivered || run["status"] != "built")),
+                    },
+                )
+            }
+            ("POST", ["runs", id, action @ ("rerun" | "cancel")]) => {
+                let answer = cx.post(&["runs", id, action], json!({})).await?;
+                let to = answer["run_id"].as_str().unwrap_or(id);
+                Ok(Page::SeeOther(
+                    format!("/ui/runs/{}", url_segment(to)),
+                    None,
+                ))
+            }
+            ("GET", ["runs", id, "download"]) => cx.download(&["runs", id, "download"], &[]).await,
+            ("GET", ["intake"]) => self.intake_page(&cx, query("date"), query("dataset")).await,
+            ("GET", ["intake", "file"]) => {
+                let key = query("key").unwrap_or_default();
+                cx.download(&["intake", "quarantine", "file"], &[("key", key)])
+                    .await
+            }
+            ("GET", ["intake", "rejects"]) => {
+                let raw = query("raw_key").unwrap_or_default();
+                let rejects = cx
+                    .get(&["intake", "rejects"], &[("raw_key", raw.clone())])
+                    .await?;
+                cx.page(
+                    "rejects.html",
+                    context! { raw_key => raw, rejects => rejects["rejects"] },
+                )
+            }
+            ("GET", ["dead-letters"]) => {
+                let queues = cx.get(&["dead-letters"], &[]).await?;
+                cx.page(
+                    "dead_letters.html",
+                    context! { queues => queues["dead_letter_queues"] },
+                )
+            }
+            ("GET", ["dead-letters", queue]) => {
+                let peeked = cx
+                    .get(&["dead-letters", queue], &[("max", "10".to_owned())])
+                    .await?;
+                cx.page(
+                    "dead_letter_queue.html",
+                    context! { queue => queue, messages => peeked["messages"], moved => query("moved") },
+                )
+            }
+            ("POST", ["dead-letters", queue, "redrive"]) => {
+                let body = match fields.get("message_id").filter(|m| !m.is_empty()) {
+                    Some(id) => json!({ "message_ids": [id] }),
+                    None => json!({ "all": true }),
+                };
+                let moved = cx.post(&["dead-letters", queue, "redrive"], body).await?;
+                Ok(Page::SeeOther(
+                    format!(
+                        "/ui/dead-letters/{}?moved={}",
+                        url_segment(queue),
+                        moved["moved"].as_u64().unwrap_or(0)
+                    ),
+                    None,
+                ))
+            }
+            ("POST", ["dead-letters", queue, "delete"]) => {
+                let id = fields.get("message_id").cloned().unwrap_or_default();
+                cx.call("DELETE", &["dead-letters", queue, &id], &[], None)
+                    .await?;
+                Ok(Page::SeeOther(
+                    format!("/ui/dead-letters/{}", url_segment(queue)),
+                    None,
+                ))
+            }
+            ("GET", ["reports"]) => {
+                let mut reports = Vec::new();
+                for name in self.definitions.reports.keys() {
+                    let mut report = cx.get(&["reports", name], &[]).await?;
+                    let versions = cx.get(&["reports", name, "versions"], &[]).await;
+                    report["versions"] = versions.map_or(Value::Null, |v| v["versions"].clone());
+                    report["version_period"] = json!(null);
+                    reports.push(report);
+                }
+                cx.page("reports.html", context! { reports => reports })
+            }
+            _ => Err(ApiError::not_found(format!("no page {method} {path}"))),
+        }
+    }
+
+    async fn login(&self, body: &[u8]) -> Result<Page, ApiError> {
+        let fields = form(body);
+        let presented = fields.get("key").map(|k| k.trim().to_owned());
+        match keys::authenticate(self.records.as_ref(), presented.as_deref()).await? {
+            Ok(key) => {
+                let token = random_hex();
+                let now = Utc::now();
+                let record = SessionRecord {
+                    key_id: key.id.clone(),
+                    csrf: random_hex(),
+                    created_at: now.to_rfc3339(),
+                    expires_at: (now + Duration::hours(SESSION_HOURS)).to_rfc3339(),
+                };
+                self.records
+                    .put_record(&RecordKey::session(&token), &record, None)
+                    .await?;
+                tracing::info!(key = key.name, "dashboard sign-in");
+                Ok(Page::SeeOther(
+                    "/ui".into(),
+                    Some(format!(
+                        "{COOKIE}={token}; HttpOnly; Secure; SameSite=Strict; Path=/ui; Max-Age={}",
+                        SESSION_HOURS * 3600
+                    )),
+                ))
+            }
+            Err(refused) => Ok(Page::Html(
+                401,
+                render(
+                    "login.html",
+                    context! { signed_in => false, error => refused.message() },
+                )?,
+            )),
+        }
+    }
+
+    /// The request's session, when its cookie names a live one whose key is not revoked.
+    async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
+        let Some(token) = cookie(headers, COOKIE).filter(|t| t.len() == 64) else {
+            return Ok(None);
+        };
+        let Some(record) = self.records.get_record(&RecordKey::session(&token)).await? else {
+            return Ok(None);
+        };
+        let live =
+            chrono::DateTime::parse_from_rfc3339(&record.expires_at).is_ok_and(|t| t > Utc::now());
+        if !live {
+            return Ok(None);
+        }
+        let Some(key) = self
+            .records
+            .get_record(&RecordKey::api_key(&record.key_id))
+            .await?
+            .filter(|k| k.revoked_at.is_none())
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Session {
+            key,
+            csrf: record.csrf,
+            token,
+        }))
+    }
+
+    async fn overview(&self, cx: &Cx<'_>) -> Result<Page, ApiError> {
+        // Unhealthy is a 503 with the same body: shown, not an error page.
+        let health = cx.get(&["health"], &[]).await?;
+        let today = Utc::now().format("%Y-%m-%dT00:00:00Z").to_string();
+        let intake = cx.get(&["intake"], &[("since", today)]).await?;
+        let runs = cx.get(&["runs"], &[("limit", "10".to_owned())]).await?;
+        let mut recent = Vec::new();
+        for run in runs["runs"].as_array().into_iter().flatten() {
+            let mut run = run.clone();
+            if let Some(id) = run["run_id"].as_str() {
+                let d = cx.get(&["runs", id, "deliveries"], &[]).await?;
+                run["deliveries"] = d["deliveries"].clone();
+            }
+            recent.push(run);
+        }
+        let chart = self.rows_chart().await?;
+        cx.page(
+            "overview.html",
+            context! {
+                health => health,
+                intake => intake,
+                by_dataset => intake["counters"]["by"]["dataset"],
+                runs => recent,
+                chart => chart,
+            },
+        )
+    }
+
+    /// Rows stored per day and dataset over the last [`CHART_DAYS`] days, as an SVG drawing
+    /// (one line per dataset) with its legend and the figures as a table.
+    async fn rows_chart(&self) -> Result<Value, ApiError> {
+        let today = Utc::now().date_naive();
+        let days: Vec<chrono::NaiveDate> = (0..CHART_DAYS)
+            .rev()
+            .map(|back| today - Duration::days(back))
+            .collect();
+        let mut by_dataset: BTreeMap<String, Vec<u64>> = self
+            .definitions
+            .datasets
+            .keys()
+            .map(|d| (d.clone(), vec![0; days.len()]))
+            .collect();
+        for (i, day) in days.iter().enumerate() {
+            for (_, values) in self.records.counters(&format!("COUNTS#{day}")).await? {
+                for (name, n) in values {
+                    if let Some(dataset) = name.strip_prefix("rows_new/")
+                        && let Some(series) = by_dataset.get_mut(dataset)
+                    {
+                        series[i] += n;
+                    }
+                }
+            }
+        }
+        let (w, h, left, bottom) = (720.0, 220.0, 48.0, 24.0);
+        let top = by_dataset
+            .values()
+            .flatten()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let x = |i: usize| left + (w - left - 8.0) * i as f64 / (days.len() - 1).max(1) as f64;
+        let y = |v: u64| (h - bottom) - (h - bottom - 8.0) * v as f64 / top as f64;
+        const COLOURS: [&str; 6] = [
+            "#2563eb", "#d97706", "#059669", "#7c3aed", "#dc2626", "#0891b2",
+        ];
+        // Dashes as well as colours tell the lines apart.
+        const DASHES: [&str; 4] = ["", "6 3", "2 3", "8 3 2 3"];
+        let series: Vec<Value> = by_dataset
+            .iter()
+            .enumerate()
+            .map(|(n, (dataset, values))| {
+                let points: Vec<String> = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("{:.1},{:.1}", x(i), y(*v)))
+                    .collect();
+                json!({
+                    "dataset": dataset,
+                    "colour": COLOURS[n % COLOURS.len()],
+                    "points": points.join(" "),
+                    "dash": DASHES[n % DASHES.len()],
+                    "total": values.iter().sum::<u64>(),
+                    "values": values,
+                })
+            })
+            .collect();
+        Ok(json!({
+            "width": w, "height": h, "left": left, "bottom": h - bottom,
+            "top": top, "mid": top / 2, "y_mid": y(top / 2), "y_top": y(top),
+            "first": days.first().map(ToString::to_string),
+            "last": days.last().map(ToString::to_string),
+            "days": days.iter().map(|d| d.format("%m-%d").to_string()).collect::<Vec<_>>(),
+            "series": series,
+        }))
+    }
+
+    async fn intake_page(
+        &self,
+        cx: &Cx<'_>,
+        date: Option<String>,
+        dataset: Option<String>,
+    ) -> Result<Page, ApiError> {
+        let date = date.unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string());
+        let dataset = dataset.or_else(|| self.definitions.datasets.keys().next().cloned());
+        let outcomes = match &dataset {
+            Some(d) => {
+                cx.get(
+                    &["intake", "outcomes"],
+                    &[("dataset", d.clone()), ("date", date.clone())],
+                )
+                .await?
+            }
+            None => Value::Null,
+        };
+        let quarantine = cx
+            .get(&["intake", "quarantine"], &[("limit", "50".to_owned())])
+            .await?;
+        let intake = cx.get(&["intake"], &[("since", "7d".to_owned())]).await?;
+        cx.page(
+            "intake.html",
+            context! {
+                date => date,
+                dataset => dataset,
+                datasets => self.definitions.datasets.keys().collect::<Vec<_>>(),
+                outcomes => outcomes,
+                quarantined => quarantine["files"],
+                intake => intake,
+            },
+        )
+    }
+}
+
+/// A page's context: the API, the session, the request.
+struct Cx<'a> {
+    api: &'a Api,
+    session: &'a Session,
+    path: &'a str,
+    request_id: &'a str,
+}
+
+impl Cx<'_> {
+    /// Calls an API route as the session's key would (its scope checked, state changes
+    /// audited) and gives its JSON.
+    async fn call(
+        &self,
+        method: &str,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Reply, ApiError> {
+        let needed = scope_for(method, segments);
+        let key = &self.session.key;
+        if keys::granted(key).is_none_or(|s| s < needed) {
+            return Err(ApiError::new(
+                403,
+                "forbidden",
+                format!(
+                    "this needs a key with scope {}; {} has {}",
+                    needed.name(),
+                    key.name,
+                    key.scopes.join(", ")
+                ),
+            ));
+        }
+        let query: HashMap<String, String> = query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        let query = aws_lambda_events::query_map::QueryMap::from(query);
+        let request = Request {
+            method,
+            path: self.path,
+            segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+            query: &query,
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            request_id: self.request_id.to_owned(),
+        };
+        let result = self.api.route(&request, segments, key).await;
+        if method != "GET" {
+            self.api.audit(&request, key, &result).await;
+        }
+        result
+    }
+
+    async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Value, ApiError> {
+        json_of(self.call("GET", segments, query, None).await?)
+    }
+
+    async fn post(&self, segments: &[&str], body: Value) -> Result<Value, ApiError> {
+        json_of(self.call("POST", segments, &[], Some(body)).await?)
+    }
+
+    async fn download(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Page, ApiError> {
+        let reply = self.call("GET", segments, query, None).await?;
+        reply
+            .location
+            .map(Page::Download)
+            .ok_or_else(|| ApiError::not_found("nothing to download"))
+    }
+
+    fn page(&self, name: &str, ctx: minijinja::Value) -> Result<Page, ApiError> {
+        let common = context! {
+            signed_in => true,
+            key_name => self.session.key.name,
+            scopes => self.session.key.scopes,
+            csrf => self.session.csrf,
+            nav => self.path,
+            now => Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        };
+        Ok(Page::Html(200, render(name, context! { ..ctx, ..common })?))
+    }
+}
+
+fn json_of(reply: Reply) -> Result<Value, ApiError> {
+    match reply.body {
+        ReplyBody::Json(v) => Ok(v),
+        _ => Ok(Value::Null),
+    }
+}
+
+/// A path segment with what a URL path cannot carry escaped.
+fn url_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn ui_respond(page: Page) -> ApiGatewayV2httpResponse {
+    let mut headers = HeaderMap::new();
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    };
+    let (status, body) = match page {
+        Page::Html(status, html) => {
+            set("content-type", "text/html; charset=utf-8");
+            (status, html)
+        }
+        Page::SeeOther(to, cookie) => {
+            set("location", &to);
+            if let Some(c) = cookie {
+                set("set-cookie", &c);
+            }
+            (303, String::new())
+        }
+        Page::Download(url) => {
+            set("location", &url);
+            (302, String::new())
+        }
+        Page::Css => {
+            set("content-type", "text/css; charset=utf-8");
+            (200, STYLE.to_owned())
+        }
+    };
+    set("content-security-policy", CSP);
+    set("x-content-type-options", "nosniff");
+    set("cache-control", "no-store");
+    set("x-frame-options", "DENY");
+    set("referrer-policy", "same-origin");
+    let mut r = ApiGatewayV2httpResponse::default();
+    r.status_code = i64::from(status);
+    r.headers = headers;
+    r.body = Some(Body::Text(body));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_form_body_decodes_plus_and_percent() {
+        let f = form(b"key=chk_ab%2Bc&period=2024-03-14&_csrf=x+y");
+        assert_eq!(f["key"], "chk_ab+c");
+        assert_eq!(f["_csrf"], "x y");
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "cookie",
+            HeaderValue::from_static("a=1; charlie_session=abc; b=2"),
+        );
+        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+
+    #[test]
+    fn every_template_renders_with_an_empty_context() {
+        for name in templates()
+            .templates()
+            .map(|(n, _)| n.to_owned())
+            .collect::<Vec<_>>()
+        {
+            render_raw(&name, context! { signed_in => true })
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+    }
+}
