@@ -100,6 +100,30 @@ ensure_cargo_fuzz() {
   cargo install --quiet --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 }
 
+# The dashboard's browser test: Debian's Chromium, and playwright-core (pinned in
+# tests/browser/package-lock.json) from the npm registry, each installed once when missing.
+ensure_browser() {
+  if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
+    if ! command -v apt-get >/dev/null; then
+      echo "Chromium is required for the dashboard's browser test: install it (or set CHROMIUM)" >&2
+      exit 1
+    fi
+    say "Installing Chromium (Debian's chromium package, once)"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
+  if ! command -v npm >/dev/null; then
+    echo "Node.js and npm are required for the dashboard's browser test: install them" >&2
+    exit 1
+  fi
+  if [ ! -d "$ROOT/tests/browser/node_modules/playwright-core" ]; then
+    say "Installing playwright-core into tests/browser (once)"
+    (cd "$ROOT/tests/browser" && npm ci --no-audit --no-fund --silent)
+  fi
+}
+
 # cargo-deny (advisories, bans, licenses, sources), from crates.io when missing.
 CARGO_DENY_VERSION="0.20.2"
 ensure_cargo_deny() {

@@ -162,6 +162,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         an_oversized_workbook_goes_as_a_download_link,
         an_ses_bounce_marks_the_delivery_and_is_never_lowered,
         an_unusable_attachment_is_quarantined_with_its_reason,
+        the_dashboard_works_in_a_real_browser,
         a_mail_found_by_webhook_and_poll_is_ingested_once,
         a_missed_lifecycle_event_resyncs_the_folder,
         subscriptions_are_renewed_near_expiry_and_on_reauthorization,
@@ -1031,6 +1032,108 @@ async fn an_unusable_attachment_is_quarantined_with_its_reason(cx: &Ctx) {
         reason["reason"].as_str().unwrap().contains("call_id"),
         "{reason}"
     );
+}
+
+/// The dashboard driven in Debian's headless Chromium (`tests/browser/dashboard.mjs`, through
+/// playwright-core): signs in, starts a run and waits until its mail shows as sent while the
+/// queues are drained as Lambda would, opens a quarantine reason (the file quarantined by the
+/// scenario before), redrives a dead letter; screenshots go to
+/// `target/charlie/screenshots/{row store}/`.
+async fn the_dashboard_works_in_a_real_browser(cx: &Ctx) {
+    use charlie::stages::api::keys::Scope;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let root = charlie_local::project::root();
+    let script = root.join("tests/browser/dashboard.mjs");
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "playwright-core is not installed in tests/browser (scripts/test installs it: ensure_browser)"
+    );
+    let operator = cx.key("dashboard-operator", Scope::Operate).await;
+    // A dead letter to redrive: a mail request for a workbook that exists.
+    let key = "reports/call_centre_daily/2024-03-14/from-the-dashboard.xlsx";
+    let stored = cx
+        .objects
+        .put(key, b"a workbook".to_vec(), charlie::report_mail::XLSX_CONTENT_TYPE)
+        .await
+        .unwrap();
+    let request = mail_request("dashboard-redrive", "call_centre_daily", key, stored.version_id);
+    cx.cloud
+        .clients
+        .sqs
+        .send_message()
+        .queue_url(&cx.cloud.outputs.dlq_urls["mail"])
+        .message_body(serde_json::to_string(&request).unwrap())
+        .message_attributes(
+            CAUSE_ATTRIBUTE,
+            aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value("failed on each of its 5 receives; the last time: SES throttled")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mails = cx.ses_mail().await.len();
+    // What Lambda's event source mappings do, while the browser works.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let drainer = {
+        let (runner, stop) = (std::sync::Arc::clone(&cx.cloud.runner), std::sync::Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = runner.drain().await {
+                    eprintln!("draining failed: {e:#}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let shots = charlie_local::project::target_dir()
+        .join("charlie/screenshots")
+        .join(cx.cloud.row_store.name());
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        tokio::process::Command::new("node")
+            .arg(&script)
+            .env("CHARLIE_UI", format!("http://{}/ui", cx.cloud.api))
+            .env("CHARLIE_UI_KEY", &operator)
+            .env("CHARLIE_UI_REPORT", "call_centre_daily")
+            .env("CHARLIE_UI_PERIOD", "2024-03-14")
+            .env("CHARLIE_UI_LETTER", "dashboard-redrive")
+            .env("CHARLIE_UI_SHOTS", &shots)
+            .output(),
+    )
+    .await
+    .expect("the browser test finished within 5 minutes")
+    .expect("node runs");
+    stop.store(true, Ordering::Relaxed);
+    drainer.await.unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    )
+    .replace(&operator, "chk_***");
+    println!("{out}");
+    assert!(run.status.success(), "the browser test failed:\n{out}");
+    assert!(!out.contains(&operator));
+    // What the browser did happened: the run's mail and the redriven one went out, once each.
+    cx.cloud.runner.drain().await.unwrap();
+    let sent = cx.ses_mail().await;
+    assert_eq!(sent.len(), mails + 2, "the started run's mail and the redriven one");
+    assert!(
+        sent[mails..]
+            .iter()
+            .any(|m| parse_mail(&m.raw).subject().unwrap_or("").contains("dashboard-redrive")),
+        "the redriven mail went out"
+    );
+    assert!(
+        !cx.dead_letters("mail").await.iter().any(|m| m.body().unwrap_or("").contains("dashboard-redrive")),
+        "the letter left the DLQ"
+    );
+    for shot in ["02-overview", "03-run-sent", "05-intake-quarantine", "08-redriven"] {
+        assert!(shots.join(format!("{shot}.png")).exists(), "no screenshot {shot}");
+    }
 }
 
 async fn a_mail_found_by_webhook_and_poll_is_ingested_once(cx: &Ctx) {

@@ -715,6 +715,10 @@ pub async fn run_demo(out: &Path, row_store: RowStoreKind) -> anyhow::Result<()>
         }
     }
     println!("  terraform apply         {:.1} s", cloud.apply_seconds);
+    println!(
+        "  dashboard               served at http://{}/ui while the stack runs: `scripts/up` keeps it up and prints a key to sign in with",
+        cloud.api
+    );
     if sent.len() != 1 {
         anyhow::bail!("expected exactly one sent mail, found {}", sent.len());
     }

@@ -50,6 +50,7 @@ pub async fn run_up(
     let cli = crate::project::target_dir().join("debug/charlie");
     println!();
     println!("The control API is at {api}/v1 (OpenAPI: {api}/v1/openapi.json).");
+    println!("The dashboard is at {api}/ui (sign in with the key below).");
     println!(
         "A throwaway admin key of this local stack ({}, id {}):",
         record.name, record.id

@@ -39,6 +39,7 @@ const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-ac
                    frame-ancestors 'none'; base-uri 'none'";
 
 const STYLE: &str = include_str!("ui/app.css");
+const ICON: &str = include_str!("ui/favicon.svg");
 
 /// A signed-in request: the key it acts as and the session's CSRF token.
 struct Session {
@@ -55,6 +56,7 @@ enum Page {
     /// 302 to a presigned download.
     Download(String),
     Css,
+    Icon,
 }
 
 fn templates() -> &'static Environment<'static> {
@@ -88,6 +90,15 @@ fn templates() -> &'static Environment<'static> {
         env.add_filter("when", when);
         env.add_filter("bytes", bytes);
         env.add_filter("urlencode", |s: String| url_segment(&s));
+        env.add_filter("tojson", |v: minijinja::Value| {
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        });
+        env.add_filter("truncate", |s: String, n: usize| {
+            match s.char_indices().nth(n) {
+                Some((at, _)) => format!("{}…", &s[..at]),
+                None => s,
+            }
+        });
         env
     })
 }
@@ -232,6 +243,7 @@ impl Api {
     ) -> Result<Page, ApiError> {
         match (method, segments) {
             ("GET", ["static", "app.css"]) => return Ok(Page::Css),
+            ("GET", ["static", "favicon.svg"]) => return Ok(Page::Icon),
             ("GET", ["login"]) => {
                 return Ok(Page::Html(
                     200,
@@ -403,7 +415,7 @@ impl Api {
                     format!(
                         "/ui/dead-letters/{}?moved={}",
                         url_segment(queue),
-                        moved["moved"].as_u64().unwrap_or(0)
+                        moved["moved"].as_array().map_or(0, Vec::len)
                     ),
                     None,
                 ))
@@ -516,7 +528,7 @@ impl Api {
             context! {
                 health => health,
                 intake => intake,
-                by_dataset => intake["counters"]["by"]["dataset"],
+                by_dataset => self.per_dataset(&intake),
                 runs => recent,
                 chart => chart,
             },
@@ -592,6 +604,19 @@ impl Api {
         }))
     }
 
+    /// Each defined dataset's counters from an intake answer (`by` is keyed by what a
+    /// counter is about: datasets, mailboxes, reports), zeros for one with none.
+    fn per_dataset(&self, intake: &Value) -> Value {
+        let by = &intake["counters"]["by"];
+        Value::Object(
+            self.definitions
+                .datasets
+                .keys()
+                .map(|d| (d.clone(), by.get(d).cloned().unwrap_or_else(|| json!({}))))
+                .collect(),
+        )
+    }
+
     async fn intake_page(
         &self,
         cx: &Cx<'_>,
@@ -622,6 +647,7 @@ impl Api {
                 datasets => self.definitions.datasets.keys().collect::<Vec<_>>(),
                 outcomes => outcomes,
                 quarantined => quarantine["files"],
+                by_dataset => self.per_dataset(&intake),
                 intake => intake,
             },
         )
@@ -759,6 +785,10 @@ fn ui_respond(page: Page) -> ApiGatewayV2httpResponse {
             set("content-type", "text/css; charset=utf-8");
             (200, STYLE.to_owned())
         }
+        Page::Icon => {
+            set("content-type", "image/svg+xml");
+            (200, ICON.to_owned())
+        }
     };
     set("content-security-policy", CSP);
     set("x-content-type-options", "nosniff");
@@ -804,5 +834,37 @@ mod tests {
             render_raw(&name, context! { signed_in => true })
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
+    }
+
+    #[test]
+    fn pages_render_with_every_optional_part_filled() {
+        let reason = "the header has no call_id column (it is the dataset's key)".repeat(2);
+        let intake = render_raw(
+            "intake.html",
+            context! {
+                signed_in => true,
+                quarantined => vec![json!({"key": "quarantine/ib_calls/x.csv", "reason": reason, "dataset": "ib_calls", "quarantined_at": "2024-03-15T12:00:00Z"})],
+                outcomes => json!({"dataset": "ib_calls", "date": "2024-03-14", "totals": {}, "outcomes": [{"attachment": "a.csv", "rows_total": 3, "rows_rejected": 1, "raw_key": "raw/a.csv", "received": "2024-03-14T08:00:00Z"}]}),
+                by_dataset => json!({"ib_calls": {"rows_new": 3}}),
+            },
+        )
+        .unwrap();
+        assert!(
+            intake.contains("the header has no call_id column"),
+            "{intake}"
+        );
+        assert!(intake.contains("…"), "the summary is shortened");
+        let run = render_raw(
+            "run.html",
+            context! {
+                signed_in => true, scopes => vec!["operate"],
+                run => json!({"run_id": "r-1", "status": "built", "workbook_key": "k", "warnings": ["w"], "deliveries": [{"status": "bounced", "to": ["a@b.example"], "events": [{"type": "Bounce", "at": "2024-03-15T12:00:00Z", "detail": {"bounceType": "Permanent"}}]}]}),
+            },
+        )
+        .unwrap();
+        assert!(
+            run.contains("Permanent") && run.contains("✗ bounced"),
+            "{run}"
+        );
     }
 }
