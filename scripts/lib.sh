@@ -134,22 +134,46 @@ ensure_cargo_deny() {
   cargo install --quiet --locked cargo-deny --version "$CARGO_DENY_VERSION"
 }
 
-# cargo deny check with deny.toml. Beside the project, ../shared/advisory-db (a clone of the
-# RustSec database) or ../shared/advisory-db.bundle (the same as a git bundle) is a snapshot:
-# it is cloned into a throwaway folder and the check runs offline against it. Without one,
-# cargo-deny fetches the database as usual.
+# cargo deny check with deny.toml. A snapshot of the RustSec database (a clone, `advisory-db`,
+# or a git bundle, `advisory-db.bundle`) in a `shared` folder beside the project, beside one of
+# its parent folders, or in /work/shared (where this machine keeps it, also for CI's clean
+# clones elsewhere) is cloned into a throwaway folder and the check runs offline against it.
+# Without one, cargo-deny fetches the database as usual; when that fails (no network), the
+# database an earlier fetch left in $CARGO_HOME/advisory-dbs is used offline, saying so.
+advisory_snapshot() {
+  local dir="$ROOT" candidate
+  while [ "$dir" != "/" ]; do
+    dir=$(dirname "$dir")
+    for candidate in "$dir/shared/advisory-db" "$dir/shared/advisory-db.bundle"; do
+      [ -e "$candidate" ] && { echo "$candidate"; return; }
+    done
+  done
+  for candidate in /work/shared/advisory-db /work/shared/advisory-db.bundle; do
+    [ -e "$candidate" ] && { echo "$candidate"; return; }
+  done
+}
+
 deny_check() {
-  local shared="$ROOT/../shared" dbs="" meta args=()
+  local dbs="" meta args=() from
   meta=$(mktemp)
   cargo metadata --format-version 1 --locked --all-features >"$meta"
-  if [ -d "$shared/advisory-db" ] || [ -f "$shared/advisory-db.bundle" ]; then
-    local from="$shared/advisory-db"
-    [ -d "$from" ] || from="$shared/advisory-db.bundle"
+  from=$(advisory_snapshot)
+  # The folder name cargo-deny gives the default database (github.com/rustsec/advisory-db).
+  local name=advisory-db-3157b0e258782691
+  if [ -n "$from" ]; then
     dbs=$(mktemp -d)
-    # The folder name cargo-deny gives the default database (github.com/rustsec/advisory-db).
-    git -c init.defaultBranch=main clone --quiet "$from" "$dbs/advisory-db-3157b0e258782691"
-    say "cargo deny check (offline, advisories from $(basename "$from") of $(git -C "$dbs/advisory-db-3157b0e258782691" log -1 --format=%cs))"
+    git -c init.defaultBranch=main clone --quiet "$from" "$dbs/$name"
+    say "cargo deny check (offline, advisories from $from of $(git -C "$dbs/$name" log -1 --format=%cs))"
     export CHARLIE_ADVISORY_DB_PATH="$dbs"
+    args=(--offline)
+  elif ! cargo deny fetch db >/dev/null 2>&1; then
+    local cached="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs/$name"
+    if [ ! -d "$cached" ]; then
+      echo "cargo deny: no advisory snapshot, the database cannot be fetched and none was fetched before" >&2
+      rm -f "$meta"
+      return 1
+    fi
+    say "cargo deny check (offline: the database could not be fetched; using the one fetched on $(git -C "$cached" log -1 --format=%cs))"
     args=(--offline)
   else
     say "cargo deny check"

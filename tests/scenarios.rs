@@ -31,6 +31,12 @@ struct Ctx {
     /// Unique keys of the sample mailbox's day, counted without Charlie's code.
     expected_calls: usize,
     expected_dials: usize,
+    /// Every API key the scenarios made, and every error answer the API gave: the secrets
+    /// scenario looks for the one in the other and in the logs.
+    keys_made: std::sync::Mutex<Vec<String>>,
+    error_answers: std::sync::Mutex<Vec<String>>,
+    /// Where this process's log lines go (the stages' JSON logs, as CloudWatch would get them).
+    log_file: std::path::PathBuf,
 }
 
 impl Ctx {
@@ -97,6 +103,9 @@ impl Ctx {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
+        if status >= 400 {
+            self.error_answers.lock().unwrap().push(text.clone());
+        }
         (
             status,
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
@@ -108,6 +117,7 @@ impl Ctx {
         let (_, key) = charlie::stages::api::keys::create(self.records(), name, &[scope], "e2e")
             .await
             .unwrap();
+        self.keys_made.lock().unwrap().push(key.expose().to_owned());
         key.expose().to_owned()
     }
 
@@ -176,8 +186,10 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         intake_is_seen_and_a_day_reprocessed_through_the_api,
         paused_intake_records_mails_and_resume_ingests_them,
         an_iam_caller_signs_with_sigv4_and_an_unsigned_or_forged_request_is_refused,
-        // Last: the requests it generates (runs of odd periods) are left queued.
+        // Late: the requests it generates (runs of odd periods) are left queued.
         the_control_api_keeps_to_its_openapi_document_under_schemathesis,
+        // Last: it reads what every scenario before it left behind.
+        no_secret_is_in_a_log_line_an_error_a_stored_record_or_an_object,
     );
     if args.list {
         for s in &all {
@@ -198,10 +210,21 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
             row_store.name(),
             std::process::id()
         ));
-        let cx = Box::pin(up(work.clone(), row_store)).await;
+        // The stages' log lines, as their log groups would hold them.
+        let log_file = work.with_extension("log");
+        let writer = std::sync::Mutex::new(std::fs::File::create(&log_file).unwrap());
+        let _ = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info,charlie=debug"))
+            .with_writer(writer)
+            .try_init();
+        let cx = Box::pin(up(work.clone(), row_store, log_file.clone())).await;
         let passed = scenarios::run(&cx, &all, &args).await;
         drop(cx);
         let _ = std::fs::remove_dir_all(work);
+        if passed {
+            let _ = std::fs::remove_file(&log_file);
+        }
         passed
     });
     if passed {
@@ -211,7 +234,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
     }
 }
 
-async fn up(work: std::path::PathBuf, row_store: RowStoreKind) -> Ctx {
+async fn up(work: std::path::PathBuf, row_store: RowStoreKind, log_file: std::path::PathBuf) -> Ctx {
     let cloud = LocalCloud::up(UpOptions {
         row_store,
         ..UpOptions::new(work)
@@ -234,6 +257,9 @@ async fn up(work: std::path::PathBuf, row_store: RowStoreKind) -> Ctx {
             "ib_calls_2024-03-14_afternoon.csv",
         ]),
         expected_dials: expected_unique(&["dials_2024-03-14.csv"]),
+        keys_made: Default::default(),
+        error_answers: Default::default(),
+        log_file,
         cloud,
     }
 }
@@ -1134,6 +1160,126 @@ async fn the_dashboard_works_in_a_real_browser(cx: &Ctx) {
     for shot in ["02-overview", "03-run-sent", "05-intake-quarantine", "08-redriven"] {
         assert!(shots.join(format!("{shot}.png")).exists(), "no screenshot {shot}");
     }
+}
+
+/// The deployment's secrets (every value in its Secrets Manager secrets: the Graph client
+/// secret, the subscriptions' clientStates, the link key) and every API key the scenarios made
+/// appear in no log line of the stages, no error answer of the API, no record of the state or
+/// rows table and no object of the bucket; no log line carries a presigned URL's signature.
+async fn no_secret_is_in_a_log_line_an_error_a_stored_record_or_an_object(cx: &Ctx) {
+    let sm = &cx.cloud.clients.secrets;
+    let mut secrets: Vec<(String, String)> = Vec::new();
+    let listed = sm.list_secrets().max_results(100).send().await.unwrap();
+    for entry in listed.secret_list() {
+        let name = entry.name().unwrap_or_default().to_owned();
+        let Ok(value) = sm.get_secret_value().secret_id(&name).send().await else {
+            continue; // a secret without a value yet
+        };
+        let text = value.secret_string().unwrap_or_default().to_owned();
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Object(map)) => {
+                for (k, v) in map {
+                    // Names, not secrets: the app's id and the secret's end date.
+                    if matches!(k.as_str(), "client_id" | "client_secret_expires_at") {
+                        continue;
+                    }
+                    if let Some(v) = v.as_str() {
+                        secrets.push((format!("{name}/{k}"), v.to_owned()));
+                    }
+                }
+            }
+            _ => secrets.push((name, text)),
+        }
+    }
+    for key in cx.keys_made.lock().unwrap().iter() {
+        // The whole key, and its secret part alone.
+        secrets.push(("an API key".into(), key.clone()));
+        if let Some(secret) = key.rsplit('_').next() {
+            secrets.push(("an API key's secret part".into(), secret.to_owned()));
+        }
+    }
+    secrets.retain(|(_, v)| v.len() >= 12);
+    assert!(
+        secrets.iter().any(|(n, _)| n.contains("graph")) && secrets.iter().any(|(n, _)| n.contains("link")),
+        "the deployment's secrets were found: {:?}",
+        secrets.iter().map(|(n, _)| n).collect::<Vec<_>>()
+    );
+    assert!(cx.keys_made.lock().unwrap().len() >= 5, "the scenarios made keys");
+
+    let mut places: Vec<(String, Vec<u8>)> = Vec::new();
+    let logs = std::fs::read(&cx.log_file).unwrap();
+    assert!(logs.len() > 10_000, "the stages logged ({} bytes)", logs.len());
+    // The search finds what is there: the mailbox's id is in many log lines.
+    assert!(
+        memchr::memmem::find(&logs, cx.mailbox_id.as_bytes()).is_some(),
+        "the log search is blind"
+    );
+    places.push(("the stages' log".into(), logs.clone()));
+    for (i, body) in cx.error_answers.lock().unwrap().iter().enumerate() {
+        places.push((format!("error answer {i}"), body.clone().into_bytes()));
+    }
+    for table in [&cx.cloud.outputs.state_table, &cx.cloud.outputs.rows_table] {
+        let mut start = None;
+        loop {
+            let page = cx
+                .cloud
+                .clients
+                .dynamodb
+                .scan()
+                .table_name(table)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .unwrap();
+            let text = format!("{:?}", page.items());
+            places.push((format!("table {table}"), text.into_bytes()));
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+    }
+    let s3 = &cx.cloud.clients.s3;
+    let mut token = None;
+    loop {
+        let page = s3
+            .list_objects_v2()
+            .bucket(&cx.cloud.outputs.bucket)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .unwrap();
+        for o in page.contents() {
+            let key = o.key().unwrap_or_default();
+            if o.size().unwrap_or(0) > 20 * 1024 * 1024 {
+                continue;
+            }
+            let bytes = cx.objects.get(key, None).await.unwrap();
+            places.push((format!("object {key}"), bytes));
+        }
+        match page.next_continuation_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    let mut found = Vec::new();
+    for (place, bytes) in &places {
+        for (name, secret) in &secrets {
+            if memchr::memmem::find(bytes, secret.as_bytes()).is_some() {
+                found.push(format!("{name} in {place}"));
+            }
+        }
+    }
+    if memchr::memmem::find(&logs, b"X-Amz-Signature=").is_some() {
+        found.push("a presigned URL's signature in the stages' log".into());
+    }
+    assert!(found.is_empty(), "secrets found:\n{}", found.join("\n"));
+    println!(
+        "  {} secret values looked for in {} places ({} bytes of log): none found",
+        secrets.len(),
+        places.len(),
+        logs.len()
+    );
 }
 
 async fn a_mail_found_by_webhook_and_poll_is_ingested_once(cx: &Ctx) {
