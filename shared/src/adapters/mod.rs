@@ -9,5 +9,5 @@ pub mod graph;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "aws", feature = "graph"))]
+/// Pure (std and rand): the adapters' retries and `idempotency::persist` use it.
 pub mod retry;
