@@ -121,6 +121,35 @@ impl Ctx {
         key.expose().to_owned()
     }
 
+    /// Puts a mail request for run `run_id` (its workbook `file` stored for 2024-03-14) into the
+    /// mail DLQ, as the mailer leaves one that failed on every receive, cause included.
+    async fn mail_dead_letter(&self, run_id: &str, file: &str) {
+        let key = format!("reports/call_centre_daily/2024-03-14/{file}");
+        let stored = self
+            .objects
+            .put(&key, b"a workbook".to_vec(), charlie::report_mail::XLSX_CONTENT_TYPE)
+            .await
+            .unwrap();
+        let request = mail_request(run_id, "call_centre_daily", &key, stored.version_id);
+        self.cloud
+            .clients
+            .sqs
+            .send_message()
+            .queue_url(&self.cloud.outputs.dlq_urls["mail"])
+            .message_body(serde_json::to_string(&request).unwrap())
+            .message_attributes(
+                CAUSE_ATTRIBUTE,
+                aws_sdk_sqs::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value("failed on each of its 5 receives; the last time: SES throttled")
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// The messages in `queue`'s dead-letter queue (left there: visibility 0).
     async fn dead_letters(&self, queue: &str) -> Vec<aws_sdk_sqs::types::Message> {
         let mut all = Vec::new();
@@ -1076,30 +1105,7 @@ async fn the_dashboard_works_in_a_real_browser(cx: &Ctx) {
     );
     let operator = cx.key("dashboard-operator", Scope::Operate).await;
     // A dead letter to redrive: a mail request for a workbook that exists.
-    let key = "reports/call_centre_daily/2024-03-14/from-the-dashboard.xlsx";
-    let stored = cx
-        .objects
-        .put(key, b"a workbook".to_vec(), charlie::report_mail::XLSX_CONTENT_TYPE)
-        .await
-        .unwrap();
-    let request = mail_request("dashboard-redrive", "call_centre_daily", key, stored.version_id);
-    cx.cloud
-        .clients
-        .sqs
-        .send_message()
-        .queue_url(&cx.cloud.outputs.dlq_urls["mail"])
-        .message_body(serde_json::to_string(&request).unwrap())
-        .message_attributes(
-            CAUSE_ATTRIBUTE,
-            aws_sdk_sqs::types::MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value("failed on each of its 5 receives; the last time: SES throttled")
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    cx.mail_dead_letter("dashboard-redrive", "from-the-dashboard.xlsx").await;
     let mails = cx.ses_mail().await.len();
     // What Lambda's event source mappings do, while the browser works.
     let stop = std::sync::Arc::new(AtomicBool::new(false));
@@ -1583,30 +1589,7 @@ async fn wrong_expired_or_weak_keys_are_refused_on_every_route_class(cx: &Ctx) {
 async fn a_dead_letter_is_peeked_and_redriven_through_the_api(cx: &Ctx) {
     use charlie::stages::api::keys::Scope;
     let operator = cx.key("operator-3", Scope::Operate).await;
-    let key = "reports/call_centre_daily/2024-03-14/redriven.xlsx";
-    let stored = cx
-        .objects
-        .put(key, b"a workbook".to_vec(), charlie::report_mail::XLSX_CONTENT_TYPE)
-        .await
-        .unwrap();
-    let request = mail_request("redriven-run", "call_centre_daily", key, stored.version_id);
-    cx.cloud
-        .clients
-        .sqs
-        .send_message()
-        .queue_url(&cx.cloud.outputs.dlq_urls["mail"])
-        .message_body(serde_json::to_string(&request).unwrap())
-        .message_attributes(
-            CAUSE_ATTRIBUTE,
-            aws_sdk_sqs::types::MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value("failed on each of its 5 receives; the last time: SES throttled")
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    cx.mail_dead_letter("redriven-run", "redriven.xlsx").await;
     let (status, peeked) = cx.api("GET", "/v1/dead-letters/mail", Some(&operator), None).await;
     assert_eq!(status, 200, "{peeked}");
     let found = peeked["messages"]

@@ -24,8 +24,8 @@ use chrono::{Duration, Utc};
 use minijinja::{Environment, context};
 use serde_json::{Value, json};
 
-use super::keys::{self, Scope};
-use super::{Api, ApiError, Reply, ReplyBody, Request, percent_decode};
+use super::keys;
+use super::{Api, ApiError, Reply, ReplyBody, Request, percent_decode, scope_for};
 use crate::secret::Secret;
 use crate::state::{ApiKeyRecord, RecordKey, SessionRecord};
 
@@ -183,15 +183,6 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 32]>())
-}
-
-/// The scope an API route needs, as `Api::handle` decides it.
-fn scope_for(method: &str, segments: &[&str]) -> Scope {
-    match (method, segments.first().copied()) {
-        (_, Some("keys")) | ("GET", Some("audit")) => Scope::Admin,
-        ("GET" | "HEAD", _) => Scope::Read,
-        _ => Scope::Operate,
-    }
 }
 
 impl Api {
@@ -435,7 +426,6 @@ impl Api {
                     let mut report = cx.get(&["reports", name], &[]).await?;
                     let versions = cx.get(&["reports", name, "versions"], &[]).await;
                     report["versions"] = versions.map_or(Value::Null, |v| v["versions"].clone());
-                    report["version_period"] = json!(null);
                     reports.push(report);
                 }
                 cx.page("reports.html", context! { reports => reports })

@@ -83,6 +83,16 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("GET", &["audit"]),
 ];
 
+/// The scope a route needs: `GET` reads, anything else operates, keys and the audit trail are
+/// for admins (the JSON routes and the dashboard's calls of them alike).
+fn scope_for(method: &str, segments: &[&str]) -> Scope {
+    match (method, segments.first().copied()) {
+        (_, Some("keys")) | ("GET", Some("audit")) => Scope::Admin,
+        ("GET" | "HEAD", _) => Scope::Read,
+        _ => Scope::Operate,
+    }
+}
+
 fn matches_pattern(pattern: &[&str], segments: &[&str]) -> bool {
     pattern.len() == segments.len()
         && pattern
@@ -601,11 +611,7 @@ impl Api {
                 Err(e) => return respond(Err(e.into())),
             }
         };
-        let needed = match (method.as_str(), segments.first().copied()) {
-            (_, Some("keys")) | ("GET", Some("audit")) => Scope::Admin,
-            ("GET" | "HEAD", _) => Scope::Read,
-            _ => Scope::Operate,
-        };
+        let needed = scope_for(&method, &segments);
         let has = keys::granted(&key);
         if has.is_none_or(|s| s < needed) {
             return respond(Err(ApiError::new(

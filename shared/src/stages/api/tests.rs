@@ -87,6 +87,28 @@ async fn call(
     key: Option<&str>,
     body: Option<Value>,
 ) -> (u16, HeaderMap, Value) {
+    let mut headers = serde_json::Map::new();
+    if let Some(k) = key {
+        headers.insert("authorization".into(), format!("Bearer {k}").into());
+    }
+    let event = gateway_event(
+        "ANY /v1/{proxy+}",
+        method,
+        path_and_query,
+        headers,
+        body.map(|b| b.to_string()),
+    );
+    send(w, event).await
+}
+
+/// An API Gateway (payload 2.0) event for `method path?query` with these headers and body.
+fn gateway_event(
+    route_key: &str,
+    method: &str,
+    path_and_query: &str,
+    headers: serde_json::Map<String, Value>,
+    body: Option<String>,
+) -> Value {
     let (path, query) = path_and_query
         .split_once('?')
         .unwrap_or((path_and_query, ""));
@@ -95,17 +117,12 @@ async fn call(
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         params.insert(k.into(), v.into());
     }
-    let mut headers = serde_json::Map::new();
-    if let Some(k) = key {
-        headers.insert("authorization".into(), format!("Bearer {k}").into());
-    }
-    let event = json!({
-        "version": "2.0", "routeKey": "ANY /v1/{proxy+}", "rawPath": path, "rawQueryString": query,
+    json!({
+        "version": "2.0", "routeKey": route_key, "rawPath": path, "rawQueryString": query,
         "headers": headers, "queryStringParameters": params,
         "requestContext": {"http": {"method": method, "path": path}, "requestId": crate::invocation::new_correlation_id()},
-        "body": body.map(|b| b.to_string()), "isBase64Encoded": false,
-    });
-    send(w, event).await
+        "body": body, "isBase64Encoded": false,
+    })
 }
 
 /// The entry of `queue` in a list of queues.
@@ -705,14 +722,6 @@ async fn ui(
     form: Option<&str>,
     extra: &[(&str, &str)],
 ) -> (u16, HeaderMap, String) {
-    let (path, query) = path_and_query
-        .split_once('?')
-        .unwrap_or((path_and_query, ""));
-    let mut params = serde_json::Map::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        params.insert(k.into(), v.into());
-    }
     let mut headers = serde_json::Map::new();
     if let Some(c) = cookie {
         headers.insert("cookie".into(), c.into());
@@ -726,12 +735,13 @@ async fn ui(
     for (k, v) in extra {
         headers.insert((*k).into(), (*v).into());
     }
-    let event = json!({
-        "version": "2.0", "routeKey": "ANY /ui/{proxy+}", "rawPath": path, "rawQueryString": query,
-        "headers": headers, "queryStringParameters": params,
-        "requestContext": {"http": {"method": method, "path": path}, "requestId": crate::invocation::new_correlation_id()},
-        "body": form, "isBase64Encoded": false,
-    });
+    let event = gateway_event(
+        "ANY /ui/{proxy+}",
+        method,
+        path_and_query,
+        headers,
+        form.map(str::to_owned),
+    );
     let (status, headers, body) = send(w, event).await;
     (
         status,
