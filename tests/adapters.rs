@@ -1,6 +1,7 @@
 //! Adapter tests: Charlie's stores and queues against the real emulator, each test with its own
 //! resources.
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use charlie::adapters::aws::dynamodb::{DynamoRowStore, DynamoState};
 use charlie::adapters::aws::s3::{PART_BYTES, S3Objects};
 use charlie::adapters::aws::secrets::SecretClientStates;
@@ -563,4 +564,83 @@ async fn client_states_written_at_once_by_several_folders_are_all_kept() {
     let stored = states.load().await.unwrap();
     assert!(!stored.contains_key("sub-0"));
     assert!(stored["sub-8"].matches(newer.expose()));
+}
+
+/// Retention: a DynamoDB row carries its TTL (`expires_at`, the start of the day after its
+/// day plus `retain_days`, London time); PostgreSQL deletes the days before the cutoff when
+/// swept, and a second sweep deletes nothing more.
+#[tokio::test]
+async fn rows_expire_by_ttl_on_dynamodb_and_by_the_sweep_on_postgres() {
+    let defs = definitions();
+    let ds = &defs.datasets["ib_calls"];
+    let mut text = HEADER.to_owned();
+    for (i, day) in ["2024-03-13", "2024-03-14", "2024-03-15"]
+        .iter()
+        .enumerate()
+    {
+        for j in 0..3 {
+            text.push_str(&format!("c{i}{j},A1,Sales,{day}T09:0{j}:00,,5,\n"));
+        }
+    }
+    let rows = parse_attachment(ds, text.as_bytes(), &Origin::default())
+        .unwrap()
+        .rows;
+    let cutoff = "2024-03-15".parse().unwrap();
+
+    let c = clients().await;
+    let table = unique("rows");
+    create_table(&c, &table).await.unwrap();
+    let dynamo = DynamoRowStore::new(c.dynamodb.clone(), &table);
+    dynamo
+        .store("ib_calls", ds, &rows, "mb/m1", Utc::now())
+        .await
+        .unwrap();
+    let item = c
+        .dynamodb
+        .get_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S("ib_calls#2024-03-14".into()))
+        .key("sk", AttributeValue::S("c10".into()))
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("the row is stored");
+    let expected = ds.row_expiry("2024-03-14".parse().unwrap()).unwrap();
+    assert_eq!(expected.to_rfc3339(), "2026-03-15T00:00:00+00:00");
+    assert_eq!(
+        item.get("expires_at").and_then(|v| v.as_n().ok()),
+        Some(&expected.timestamp().to_string()),
+        "the TTL attribute, in epoch seconds"
+    );
+    assert_eq!(
+        dynamo.expire_before("ib_calls", cutoff).await.unwrap(),
+        None,
+        "DynamoDB expires rows by itself"
+    );
+
+    let postgres = postgres_rows().await;
+    postgres
+        .store("ib_calls", ds, &rows, "mb/m1", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        postgres.expire_before("ib_calls", cutoff).await.unwrap(),
+        Some(6)
+    );
+    assert_eq!(
+        postgres.expire_before("ib_calls", cutoff).await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        postgres.expire_before("dials", cutoff).await.unwrap(),
+        Some(0)
+    );
+    let postgres: &dyn RowStore = &postgres;
+    let kept = postgres
+        .rows_for_day("ib_calls", ds, cutoff)
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(kept, 3, "the cutoff's own day is kept");
 }

@@ -201,6 +201,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         an_oversized_workbook_goes_as_a_download_link,
         an_ses_bounce_marks_the_delivery_and_is_never_lowered,
         an_unusable_attachment_is_quarantined_with_its_reason,
+        retention_expires_rows_and_files_as_the_definitions_say,
         the_dashboard_works_in_a_real_browser,
         a_mail_found_by_webhook_and_poll_is_ingested_once,
         a_missed_lifecycle_event_resyncs_the_folder,
@@ -1094,6 +1095,154 @@ async fn an_unusable_attachment_is_quarantined_with_its_reason(cx: &Ctx) {
 /// queues are drained as Lambda would, opens a quarantine reason (the file quarantined by the
 /// scenario before), redrives a dead letter; screenshots go to
 /// `target/charlie/screenshots/{row store}/`.
+/// Each dataset's `retain_days` reaches the deployment: the bucket's lifecycle expires its raw
+/// and quarantined files and each report's workbooks (replaced versions on their own rule); the
+/// rows table has its TTL and each stored row its `expires_at` (DynamoDB), or the daily sweep
+/// deletes the rows of days past it (PostgreSQL).
+async fn retention_expires_rows_and_files_as_the_definitions_say(cx: &Ctx) {
+    let rules = cx
+        .cloud
+        .clients
+        .s3
+        .get_bucket_lifecycle_configuration()
+        .bucket(&cx.cloud.outputs.bucket)
+        .send()
+        .await
+        .unwrap()
+        .rules
+        .unwrap_or_default();
+    let by_prefix = |prefix: &str| {
+        rules
+            .iter()
+            .find(|r| r.filter.as_ref().and_then(|f| f.prefix.as_deref()) == Some(prefix))
+            .unwrap_or_else(|| panic!("no lifecycle rule on {prefix}: {rules:#?}"))
+    };
+    for (prefix, days, noncurrent) in [
+        ("raw/ib_calls/", 730, 1),
+        ("quarantine/ib_calls/", 730, 1),
+        ("raw/dials/", 400, 1),
+        ("quarantine/dials/", 400, 1),
+        ("reports/call_centre_daily/", 400, 30),
+    ] {
+        let rule = by_prefix(prefix);
+        assert_eq!(
+            rule.status,
+            aws_sdk_s3::types::ExpirationStatus::Enabled,
+            "{prefix}"
+        );
+        assert_eq!(
+            rule.expiration.as_ref().and_then(|e| e.days),
+            Some(days),
+            "{prefix}"
+        );
+        assert_eq!(
+            rule.noncurrent_version_expiration
+                .as_ref()
+                .and_then(|e| e.noncurrent_days),
+            Some(noncurrent),
+            "{prefix}"
+        );
+    }
+    assert!(
+        rules.iter().all(|r| r.filter.as_ref().and_then(|f| f.prefix.as_deref())
+            != Some("reports/call_centre_weekly/")),
+        "the weekly report sets no retain_days: its workbooks are kept"
+    );
+    let replaced = by_prefix("reports/");
+    assert_eq!(
+        replaced
+            .noncurrent_version_expiration
+            .as_ref()
+            .and_then(|e| e.noncurrent_days),
+        Some(30)
+    );
+
+    let ds = &cx.defs.datasets["ib_calls"];
+    let sweeps: Vec<_> = cx
+        .cloud
+        .runner
+        .deployment
+        .schedules
+        .iter()
+        .filter(|s| s.name.ends_with("-retention"))
+        .collect();
+    match cx.cloud.row_store {
+        RowStoreKind::DynamoDb => {
+            let ttl = cx
+                .cloud
+                .clients
+                .dynamodb
+                .describe_time_to_live()
+                .table_name(&cx.cloud.outputs.rows_table)
+                .send()
+                .await
+                .unwrap()
+                .time_to_live_description
+                .unwrap();
+            assert_eq!(ttl.attribute_name.as_deref(), Some("expires_at"));
+            assert_eq!(
+                ttl.time_to_live_status,
+                Some(aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled)
+            );
+            let item = cx
+                .cloud
+                .clients
+                .dynamodb
+                .get_item()
+                .table_name(&cx.cloud.outputs.rows_table)
+                .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("ib_calls#2024-03-14".into()))
+                .key("sk", aws_sdk_dynamodb::types::AttributeValue::S("99ee1bb9-6f0e-409b-bd26-6b01de3f7fb0".into()))
+                .send()
+                .await
+                .unwrap()
+                .item
+                .expect("a sample row");
+            let expires = ds.row_expiry("2024-03-14".parse().unwrap()).unwrap();
+            assert_eq!(
+                item.get("expires_at").and_then(|v| v.as_n().ok()),
+                Some(&expires.timestamp().to_string())
+            );
+            assert!(sweeps.is_empty(), "DynamoDB needs no sweep: {sweeps:?}");
+        }
+        RowStoreKind::Postgres => {
+            assert_eq!(sweeps.len(), 1, "one daily sweep");
+            // Rows of a day long past, beside the sample's.
+            let old = "call_id,agent_id,queue,started_at\nold-1,A1,Sales,2023-01-01T09:00:00\nold-2,A1,Sales,2023-01-01T10:00:00\n";
+            let parsed = charlie::csv_ingest::parse_attachment(
+                ds,
+                old.as_bytes(),
+                &charlie::csv_ingest::Origin::default(),
+            )
+            .unwrap();
+            let rows: &dyn RowStore = cx.cloud.rows.as_ref();
+            rows.store("ib_calls", ds, &parsed.rows, "e2e/old", Utc::now())
+                .await
+                .unwrap();
+            let count = |day: &'static str| async move {
+                rows.rows_for_day("ib_calls", ds, day.parse().unwrap())
+                    .await
+                    .unwrap()
+                    .len()
+            };
+            assert_eq!(count("2023-01-01").await, 2);
+            // The sweep of 2025-03-01: ib_calls keeps days from 2023-03-02 on.
+            cx.cloud
+                .runner
+                .fire_schedule("-retention", at("2025-03-01T03:15:00Z"))
+                .await
+                .unwrap();
+            let drained = cx.cloud.runner.drain().await.unwrap();
+            assert_eq!((drained.messages, drained.failures), (1, 0));
+            assert_eq!(count("2023-01-01").await, 0, "past retain_days: deleted");
+            assert_eq!(
+                count("2024-03-14").await,
+                cx.expected_calls,
+                "the sample's day is kept"
+            );
+        }
+    }
+}
+
 async fn the_dashboard_works_in_a_real_browser(cx: &Ctx) {
     use charlie::stages::api::keys::Scope;
     use std::sync::atomic::{AtomicBool, Ordering};

@@ -134,15 +134,16 @@ enum ConfigCommand {
         #[arg(default_value = "reports.toml")]
         file: PathBuf,
     },
-    /// Write each report's schedule and time zone as the JSON Terraform reads
-    /// (`schedules_file`), so reports.toml stays their one source. With --check, write
-    /// nothing and exit 1 when OUT is stale.
-    Schedules {
+    /// Write what Terraform reads from the definitions (`infra_file`): each report's schedule,
+    /// time zone and workbook retention, each dataset's retention; reports.toml stays their one
+    /// source. With --check, write nothing and exit 1 when OUT is stale.
+    #[command(alias = "schedules")]
+    Infra {
         /// The definitions file
         #[arg(default_value = "reports.toml")]
         file: PathBuf,
-        /// Where Terraform reads the schedules
-        #[arg(short, long, default_value = "reports.schedules.json")]
+        /// Where Terraform reads them
+        #[arg(short, long, default_value = "reports.infra.json")]
         out: PathBuf,
         /// Only compare OUT with what would be written
         #[arg(long)]
@@ -207,8 +208,8 @@ fn main() -> ExitCode {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
         Command::Config {
-            command: ConfigCommand::Schedules { file, out, check },
-        } => config_schedules(&file, &out, check),
+            command: ConfigCommand::Infra { file, out, check },
+        } => config_infra(&file, &out, check),
         Command::Report {
             command:
                 ReportCommand::Build {
@@ -315,12 +316,12 @@ fn config_check(file: &Path) -> ExitCode {
     }
 }
 
-fn config_schedules(file: &Path, out: &Path, check: bool) -> ExitCode {
+fn config_infra(file: &Path, out: &Path, check: bool) -> ExitCode {
     let defs = match load(file) {
         Ok(d) => d,
         Err(code) => return code,
     };
-    let text = defs.schedules_json();
+    let text = defs.infra_json();
     if check {
         return match std::fs::read_to_string(out) {
             Ok(current) if current == text => {
@@ -329,7 +330,7 @@ fn config_schedules(file: &Path, out: &Path, check: bool) -> ExitCode {
             }
             Ok(_) => {
                 eprintln!(
-                    "{}: stale: the schedules in {} changed; run `charlie config schedules {} -o {}` and commit it",
+                    "{}: stale: the schedules or retention in {} changed; run `charlie config infra {} -o {}` and commit it",
                     out.display(),
                     file.display(),
                     file.display(),
@@ -348,9 +349,10 @@ fn config_schedules(file: &Path, out: &Path, check: bool) -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!(
-        "{}: {} schedule(s) from {}",
+        "{}: {} report schedule(s), {} dataset(s) from {}",
         out.display(),
         defs.reports.len(),
+        defs.datasets.len(),
         file.display()
     );
     ExitCode::SUCCESS

@@ -26,10 +26,11 @@ fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-/// Terraform reads the schedules from reports.schedules.json; reports.toml is their source.
+/// Terraform reads the schedules and retention from reports.infra.json; reports.toml is their
+/// source.
 #[test]
-fn the_schedules_terraform_reads_are_those_of_reports_toml() {
-    let out = charlie(&["config", "schedules", "--check"]);
+fn what_terraform_reads_of_the_definitions_is_that_of_reports_toml() {
+    let out = charlie(&["config", "infra", "--check"]);
     assert!(
         out.status.success(),
         "{}",
@@ -40,20 +41,28 @@ fn the_schedules_terraform_reads_are_those_of_reports_toml() {
         .unwrap()
         .replace("cron(0 6 * * ? *)", "cron(30 6 * * ? *)");
     let file = temp_file("changed.toml", changed.as_bytes());
-    let stale = charlie(&[
-        "config",
-        "schedules",
-        file.to_str().unwrap(),
-        "--check",
-        "-o",
-        "reports.schedules.json",
-    ]);
-    assert_eq!(stale.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&stale.stderr).contains("stale"),
-        "{}",
-        String::from_utf8_lossy(&stale.stderr)
-    );
+    let stale = |file: &std::path::Path| {
+        let out = charlie(&[
+            "config",
+            "infra",
+            file.to_str().unwrap(),
+            "--check",
+            "-o",
+            "reports.infra.json",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("stale"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    stale(&file);
+    // So is a changed retention.
+    let shipped = std::fs::read_to_string(root().join("reports.toml")).unwrap();
+    let retention = shipped.replacen("retain_days = ", "retain_days = 1", 1);
+    assert_ne!(retention, shipped, "reports.toml sets no retain_days");
+    stale(&temp_file("retention.toml", retention.as_bytes()));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! Applying `infra/envs/local` to the emulator takes about a minute and a half, nearly all of it
 //! Terraform waiting on the provider, not the emulator working. So `up` applies with moto's
 //! recorder on (its random ids seeded first) and keeps the recording with a key of everything
-//! the apply read: the Terraform files, the definitions and schedules, the Lambda zips and the
+//! the apply read: the Terraform files, the definitions and what Terraform reads of them (reports.infra.json), the Lambda zips and the
 //! variables (which hold the emulator's, the fake Graph's and the API's ports). The next `up`
 //! starts on the same ports; when the key is the same it seeds the emulator alike and replays
 //! the recording, which makes the same resources with the same ids in seconds, and reads the
@@ -80,7 +80,7 @@ pub fn key(vars: &[(String, String)], zip_dir: &Path) -> anyhow::Result<String> 
     collect(&root.join("infra"), &mut files)?;
     collect(zip_dir, &mut files)?;
     files.push(root.join("reports.toml"));
-    files.push(root.join("reports.schedules.json"));
+    files.push(root.join("reports.infra.json"));
     files.sort();
     let mut hash = Sha256::new();
     for f in &files {

@@ -55,6 +55,13 @@ pub struct Dataset {
     #[serde(default)]
     pub csv: CsvOptions,
     pub columns: Vec<Column>,
+    /// Days a row, its raw file and a quarantined file are kept after the row's day (absent:
+    /// kept until deleted by hand). Rows expire by DynamoDB's TTL (`expires_at`, written with
+    /// each row) or the daily retention sweep (PostgreSQL); files by the bucket's lifecycle
+    /// rules on `raw/{dataset}/` and `quarantine/{dataset}/`, which Terraform reads from
+    /// `charlie config infra`.
+    #[serde(default)]
+    pub retain_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -332,6 +339,11 @@ pub struct Report {
     pub on_empty: OnEmpty,
     #[serde(default)]
     pub summaries: Vec<Summary>,
+    /// Days a run's workbook (`reports/{report}/…`) is kept after it was built (absent: kept).
+    /// A workbook replaced by a re-run is kept as a noncurrent version for the deployment's
+    /// `report_versions_days` (Terraform), whatever this says.
+    #[serde(default)]
+    pub retain_days: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -535,6 +547,21 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Longest retention accepted: a hundred years (a longer one is a typo, not a policy).
+pub const MAX_RETAIN_DAYS: u32 = 36_500;
+
+fn retention_problem(what: &str, days: Option<u32>) -> Option<String> {
+    match days {
+        Some(0) => Some(format!(
+            "{what}: retain_days must be at least 1 (leave it out to keep everything)"
+        )),
+        Some(d) if d > MAX_RETAIN_DAYS => Some(format!(
+            "{what}: retain_days {d} is over {MAX_RETAIN_DAYS} (a hundred years)"
+        )),
+        _ => None,
+    }
+}
+
 /// Everything wrong with a definitions file, one problem a line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid definitions:\n{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -543,21 +570,38 @@ pub struct DefinitionsError {
 }
 
 impl Definitions {
-    /// Each report's schedule as Terraform reads it (`schedules_file`): `{"report": {"cron":
-    /// "…", "timezone": "…"}}`, pretty-printed with a final newline, in report order. Written
-    /// by `charlie config schedules`; `reports.toml` stays the one source of the schedules.
-    pub fn schedules_json(&self) -> String {
-        let schedules: BTreeMap<&str, serde_json::Value> = self
+    /// What Terraform reads from the definitions (`infra_file`), written by `charlie config
+    /// infra` so that `reports.toml` stays their one source: each report's schedule and
+    /// workbook retention, each dataset's retention (`null`: kept). Pretty-printed with a final
+    /// newline, in name order:
+    /// `{"datasets": {"d": {"retain_days": 400}}, "reports": {"r": {"cron": "…", "timezone": "…", "retain_days": null}}}`.
+    pub fn infra_json(&self) -> String {
+        let reports: BTreeMap<&str, serde_json::Value> = self
             .reports
             .iter()
             .map(|(name, r)| {
                 (
                     name.as_str(),
-                    serde_json::json!({"cron": r.schedule, "timezone": r.time_zone.0.name()}),
+                    serde_json::json!({
+                        "cron": r.schedule,
+                        "timezone": r.time_zone.0.name(),
+                        "retain_days": r.retain_days,
+                    }),
                 )
             })
             .collect();
-        let mut text = serde_json::to_string_pretty(&schedules).unwrap_or_default();
+        let datasets: BTreeMap<&str, serde_json::Value> = self
+            .datasets
+            .iter()
+            .map(|(name, d)| {
+                (
+                    name.as_str(),
+                    serde_json::json!({"retain_days": d.retain_days}),
+                )
+            })
+            .collect();
+        let all = serde_json::json!({"datasets": datasets, "reports": reports});
+        let mut text = serde_json::to_string_pretty(&all).unwrap_or_default();
         text.push('\n');
         text
     }
@@ -673,6 +717,9 @@ impl Definitions {
                     format!("dataset {name}: delimiter {d:?} must be one ASCII character other than a letter, digit, quote or line break"),
                 ));
             }
+            if let Some(p) = retention_problem(&format!("dataset {name}"), ds.retain_days) {
+                out.push((Where::key(&table, 0, "retain_days"), p));
+            }
             for (limits, at) in [
                 (&self.limits, "limits".to_owned()),
                 (&ds.limits, format!("{table}.limits")),
@@ -748,6 +795,9 @@ impl Definitions {
             }
             if let Err(e) = crate::mail_template::check(name, &r.templates()) {
                 out.push((Where::key(&table, 0, e.part), e.to_string()));
+            }
+            if let Some(p) = retention_problem(&format!("report {name}"), r.retain_days) {
+                out.push((Where::key(&table, 0, "retain_days"), p));
             }
             if let Err(e) = crate::schedule::Expression::parse(&r.schedule) {
                 out.push((
@@ -980,6 +1030,30 @@ impl Where {
 }
 
 impl Dataset {
+    /// When a row of `day` expires under `retain_days` (none without it): the start of the day
+    /// after `day` plus `retain_days`, in the dataset's zone. A row is kept `retain_days` whole
+    /// days after its own.
+    pub fn row_expiry(&self, day: chrono::NaiveDate) -> Option<chrono::DateTime<chrono::Utc>> {
+        let days = self.retain_days?;
+        let first_day_gone = day.checked_add_days(chrono::Days::new(u64::from(days) + 1))?;
+        Some(crate::period::start_of_day(
+            first_day_gone,
+            self.time_zone.0,
+        ))
+    }
+
+    /// The first day whose rows are still kept at `now` (rows of earlier days have expired);
+    /// none without `retain_days`. Agrees with [`Dataset::row_expiry`]: a row of day `d` is gone
+    /// exactly when `d` is before this day.
+    pub fn retention_cutoff(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<chrono::NaiveDate> {
+        let days = self.retain_days?;
+        let today = now.with_timezone(&self.time_zone.0).date_naive();
+        today.checked_sub_days(chrono::Days::new(u64::from(days)))
+    }
+
     /// The declared column named `name` (ignoring case and surrounding spaces) and its index.
     pub fn column(&self, name: &str) -> Option<(usize, &Column)> {
         let wanted = name.trim();
@@ -1261,6 +1335,36 @@ mod tests {
             "[datasets.ib_calls.csv]\ndelimiter = \";;\"\n\n[datasets.ib_calls.match]",
         );
         assert!(two.contains("line "), "{two}");
+    }
+
+    #[test]
+    fn retention_is_at_least_a_day_and_at_most_a_hundred_years() {
+        let zero = problems_of("retain_days = 730", "retain_days = 0");
+        assert!(
+            zero.contains("line ")
+                && zero.contains("dataset ib_calls: retain_days must be at least 1"),
+            "{zero}"
+        );
+        let long = problems_of(
+            "after it was built.\nretain_days = 400",
+            "after it was built.\nretain_days = 36501",
+        );
+        assert!(
+            long.contains("report call_centre_daily: retain_days 36501 is over 36500"),
+            "{long}"
+        );
+        let negative = problems_of("retain_days = 730", "retain_days = -1");
+        // serde names the line and the type; the line is retain_days'.
+        assert!(
+            negative.contains("line ") && negative.contains("integer `-1`, expected u32"),
+            "{negative}"
+        );
+        assert_eq!(problems_of("retain_days = 730", "retain_days = 1"), "");
+        // Without it, nothing expires.
+        let kept = Definitions::parse(&SHIPPED.replacen("retain_days = 730", "", 1)).unwrap();
+        let ds = &kept.datasets["ib_calls"];
+        assert_eq!(ds.row_expiry("2024-03-14".parse().unwrap()), None);
+        assert_eq!(ds.retention_cutoff(chrono::Utc::now()), None);
     }
 
     #[test]

@@ -175,6 +175,23 @@ pub enum PollNowKind {
     PollNow,
 }
 
+/// `runs`: the daily retention sweep (its EventBridge schedule, PostgreSQL row store only):
+/// the report builder deletes the rows past their dataset's `retain_days` at `scheduled_time`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetentionSweep {
+    #[serde(default = "v1")]
+    pub v: u8,
+    pub kind: RetentionKind,
+    pub scheduled_time: DateTime<Utc>,
+}
+
+/// The one kind of [`RetentionSweep`]: `"retention"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetentionKind {
+    Retention,
+}
+
 /// The poller's scheduled round (EventBridge Scheduler's input).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PollTrigger {

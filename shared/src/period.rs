@@ -28,6 +28,21 @@ pub enum Period {
     Range(NaiveDate, NaiveDate),
 }
 
+/// The first instant of `day` in `tz`: local midnight, or the first local time after it where
+/// a clock change skips midnight (America/Havana, Asia/Beirut, …).
+pub fn start_of_day(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
+    use chrono::TimeZone;
+    let midnight = day.and_time(chrono::NaiveTime::MIN);
+    (0..=24 * 4)
+        .find_map(|quarter| {
+            let local = midnight + chrono::Duration::minutes(15 * quarter);
+            tz.from_local_datetime(&local).earliest()
+        })
+        .map(|t| t.with_timezone(&Utc))
+        // Unreachable (no zone skips a whole day at its start); UTC midnight otherwise.
+        .unwrap_or_else(|| midnight.and_utc())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "period {0:?} is not a day (2024-03-14), an ISO week (2024-W11), a month (2024-03) or a range (2024-03-01..2024-03-14): {1}"
@@ -155,6 +170,15 @@ mod tests {
 
     fn day(s: &str) -> NaiveDate {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_day_starts_at_local_midnight_or_the_first_time_after_a_skipped_one() {
+        let london = super::start_of_day(day("2024-07-01"), chrono_tz::Europe::London);
+        assert_eq!(london.to_rfc3339(), "2024-06-30T23:00:00+00:00");
+        // Havana moved its clocks from 00:00 to 01:00 on 2024-03-10: that day starts at 01:00.
+        let havana = super::start_of_day(day("2024-03-10"), chrono_tz::America::Havana);
+        assert_eq!(havana.to_rfc3339(), "2024-03-10T05:00:00+00:00");
     }
 
     #[test]

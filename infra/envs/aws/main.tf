@@ -125,7 +125,7 @@ module "charlie" {
   sender          = var.sender
   mailboxes       = var.mailboxes
   graph_token_url = "https://login.microsoftonline.com/${var.tenant_id}/oauth2/v2.0/token"
-  schedules_file  = "${path.root}/../../../reports.schedules.json"
+  infra_file      = "${path.root}/../../../reports.infra.json"
   # Callers inside AWS (SigV4 on /iam/v1), each with a scope.
   api_iam_principals = var.api_iam_principals
   # The mailer may send as the DKIM-signed domain too.

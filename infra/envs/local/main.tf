@@ -106,10 +106,10 @@ module "charlie" {
   mailboxes       = var.mailboxes
   graph_base_url  = var.graph_base_url
   graph_token_url = var.graph_token_url
-  # Beside the definitions: reports.toml -> reports.schedules.json (`charlie config schedules`).
-  schedules_file = "${trimsuffix(var.config_file, ".toml")}.schedules.json"
-  row_store      = var.row_store
-  postgres_url   = var.postgres_url
+  # Beside the definitions: reports.toml -> reports.infra.json (`charlie config infra`).
+  infra_file   = "${trimsuffix(var.config_file, ".toml")}.infra.json"
+  row_store    = var.row_store
+  postgres_url = var.postgres_url
   # 10 MiB: the tests send a 12 MB workbook to see the size policy's download link.
   max_mail_bytes                = 10485760
   event_source_mappings_enabled = false

@@ -13,8 +13,14 @@ data "aws_region" "current" {}
 
 locals {
   p = var.name_prefix
-  # name -> {cron, timezone}, generated from reports.toml.
-  reports    = jsondecode(file(var.schedules_file))
+  # Generated from reports.toml (`charlie config infra`): report -> {cron, timezone,
+  # retain_days}, dataset -> {retain_days}; a null retain_days keeps everything.
+  definitions = jsondecode(file(var.infra_file))
+  reports     = local.definitions.reports
+  retained_datasets = { for name, d in local.definitions.datasets : name => d.retain_days
+  if d.retain_days != null }
+  retained_reports = { for name, r in local.reports : name => r.retain_days
+  if r.retain_days != null }
   account_id = data.aws_caller_identity.current.account_id
   region     = data.aws_region.current.name
 

@@ -94,3 +94,30 @@ resource "aws_scheduler_schedule" "report" {
     }
   }
 }
+
+# The daily retention sweep on `runs`: the report builder deletes the rows past their dataset's
+# retain_days. Only the PostgreSQL row store needs it (DynamoDB rows carry their TTL); a sweep
+# is idempotent, so a redelivered firing deletes nothing more.
+resource "aws_scheduler_schedule" "retention" {
+  count               = var.row_store == "postgres" && length(local.retained_datasets) > 0 ? 1 : 0
+  name                = "${local.p}-retention"
+  schedule_expression = var.retention_schedule
+  kms_key_arn         = local.kms_key_arn
+  flexible_time_window {
+    mode = "OFF"
+  }
+  target {
+    arn      = aws_sqs_queue.main["runs"].arn
+    role_arn = aws_iam_role.scheduler.arn
+    input = replace(replace(jsonencode({
+      v = 1, kind = "retention", scheduled_time = local.scheduled_time
+    }), "\\u003c", "<"), "\\u003e", ">")
+    retry_policy {
+      maximum_retry_attempts       = 3
+      maximum_event_age_in_seconds = 3600
+    }
+    dead_letter_config {
+      arn = aws_sqs_queue.scheduler_dlq.arn
+    }
+  }
+}

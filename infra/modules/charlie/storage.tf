@@ -45,6 +45,11 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
     }
+    # An expired object leaves a delete marker (the bucket is versioned); once its noncurrent
+    # versions are gone too, the marker goes.
+    expiration {
+      expired_object_delete_marker = true
+    }
   }
 
   rule {
@@ -54,7 +59,47 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
       prefix = "reports/"
     }
     noncurrent_version_expiration {
-      noncurrent_days = 30
+      noncurrent_days = var.report_versions_days
+    }
+  }
+
+  # A dataset's retain_days: its raw files (with their .rejects.json) and quarantined files
+  # expire that many days after they were stored, as its rows do (TTL or the retention sweep).
+  # Expired objects become noncurrent and are gone a day later: retention deletes the data,
+  # it does not hide it behind a delete marker.
+  dynamic "rule" {
+    for_each = { for pair in setproduct(keys(local.retained_datasets), ["raw", "quarantine"]) :
+    "${pair[1]}/${pair[0]}/" => local.retained_datasets[pair[0]] }
+    content {
+      id     = "retain-${replace(trimsuffix(rule.key, "/"), "/", "-")}"
+      status = "Enabled"
+      filter {
+        prefix = rule.key
+      }
+      expiration {
+        days = rule.value
+      }
+      noncurrent_version_expiration {
+        noncurrent_days = 1
+      }
+    }
+  }
+
+  # A report's retain_days: its workbooks expire that many days after they were built.
+  dynamic "rule" {
+    for_each = local.retained_reports
+    content {
+      id     = "retain-reports-${rule.key}"
+      status = "Enabled"
+      filter {
+        prefix = "reports/${rule.key}/"
+      }
+      expiration {
+        days = rule.value
+      }
+      noncurrent_version_expiration {
+        noncurrent_days = var.report_versions_days
+      }
     }
   }
 }
@@ -120,6 +165,13 @@ resource "aws_dynamodb_table" "rows" {
   attribute {
     name = "sk"
     type = "S"
+  }
+
+  # A dataset's retain_days: each row carries the time it expires (start of the day after its
+  # day plus retain_days, in the dataset's zone); DynamoDB deletes it within a few days of that.
+  ttl {
+    attribute_name = "expires_at"
+    enabled        = true
   }
 
   deletion_protection_enabled = var.deletion_protection

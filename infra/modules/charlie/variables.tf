@@ -84,9 +84,25 @@ variable "subscription_renew_hours" {
   }
 }
 
-variable "schedules_file" {
-  description = "The report schedules, {name: {cron, timezone}} JSON written from reports.toml by `charlie config schedules` (reports.toml is their one source; a test fails when this file is stale)."
+variable "infra_file" {
+  description = "What the module reads of the definitions: {datasets: {name: {retain_days}}, reports: {name: {cron, timezone, retain_days}}} JSON written from reports.toml by `charlie config infra` (reports.toml is their one source; a test fails when this file is stale)."
   type        = string
+}
+
+variable "report_versions_days" {
+  description = "Days a workbook replaced by a re-run of its period is kept as a noncurrent version (a report's own retain_days governs the current one)."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.report_versions_days >= 1
+    error_message = "report_versions_days must be at least 1."
+  }
+}
+
+variable "retention_schedule" {
+  description = "When the daily retention sweep deletes the rows past their dataset's retain_days (PostgreSQL row store only: DynamoDB expires them by TTL). Evaluated in UTC."
+  type        = string
+  default     = "cron(15 3 * * ? *)"
 }
 
 variable "poll_schedule" {

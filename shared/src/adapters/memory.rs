@@ -153,6 +153,18 @@ impl RowStore for MemoryRowStore {
         rows.retain(|(d, day, _), _| !(d == dataset_name && *day == date));
         Ok((before - rows.len()) as u64)
     }
+
+    async fn expire_before(
+        &self,
+        dataset_name: &str,
+        cutoff: NaiveDate,
+    ) -> anyhow::Result<Option<u64>> {
+        self.fault.check()?;
+        let mut rows = lock(&self.rows);
+        let before = rows.len();
+        rows.retain(|(d, day, _), _| !(d == dataset_name && *day < cutoff));
+        Ok(Some((before - rows.len()) as u64))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -323,7 +323,40 @@ impl RowStore for PostgresRowStore {
         self.count(1);
         Ok(n)
     }
+
+    /// Deletes in slices of [`EXPIRE_SLICE`] rows, each its own short transaction (the primary
+    /// key's range on (dataset, day) finds them), so a large backlog neither holds one long
+    /// lock nor one huge WAL record; a sweep cut short by a timeout is finished by the next.
+    async fn expire_before(
+        &self,
+        dataset_name: &str,
+        cutoff: NaiveDate,
+    ) -> anyhow::Result<Option<u64>> {
+        let guard = self.client().await?;
+        let client = guard.as_ref().expect("opened");
+        let mut total = 0;
+        loop {
+            let n = client
+                .execute(
+                    "DELETE FROM rows WHERE ctid IN (
+                         SELECT ctid FROM rows WHERE dataset = $1 AND day < $2 LIMIT $3)",
+                    &[&dataset_name, &cutoff, &EXPIRE_SLICE],
+                )
+                .await
+                .with_context(|| {
+                    format!("deleting rows of {dataset_name} before {cutoff} (retention)")
+                })?;
+            self.count(1);
+            total += n;
+            if n < EXPIRE_SLICE as u64 {
+                return Ok(Some(total));
+            }
+        }
+    }
 }
+
+/// Rows one statement of the retention sweep deletes.
+const EXPIRE_SLICE: i64 = 10_000;
 
 /// A row's values as the JSON document of its columns (absent values left out), typed as the
 /// DynamoDB adapter stores them: numbers as numbers, date-times and dates as ISO text.

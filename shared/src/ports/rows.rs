@@ -62,6 +62,16 @@ pub trait RowStore: Send + Sync {
 
     /// Deletes every stored row of `dataset` on `date`; returns how many there were.
     async fn delete_day(&self, dataset_name: &str, date: NaiveDate) -> anyhow::Result<u64>;
+
+    /// The retention sweep: deletes every stored row of `dataset` on a day before `cutoff`
+    /// and says how many there were, or `None` when this store expires rows by itself (the
+    /// DynamoDB table's TTL on the `expires_at` written with each row). Running it again
+    /// deletes nothing more.
+    async fn expire_before(
+        &self,
+        dataset_name: &str,
+        cutoff: NaiveDate,
+    ) -> anyhow::Result<Option<u64>>;
 }
 
 impl<'a> dyn RowStore + 'a {

@@ -16,17 +16,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::definitions::{Definitions, OnEmpty};
 use crate::failure::{FailureKind, busy, kind_of, permanent};
 use crate::idempotency::{IdempotencyKey, Once, exclusive, once};
 use crate::invocation::Invocation;
 use crate::mail_template::{self, MailFacts};
-use crate::messages::{MailRequest, ReportTrigger};
+use crate::messages::{MailRequest, ReportTrigger, RetentionSweep};
 use crate::object_keys;
 use crate::period::Period;
 use crate::ports::{Claims, DeadLetters, Objects, RowStore, StateRecords, StoredRow, WorkQueue};
@@ -97,6 +97,9 @@ impl super::MessageHandler for ReportBuilder {
 
     async fn handle_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
+        if let Ok(sweep) = serde_json::from_str::<RetentionSweep>(body) {
+            return self.sweep(sweep.scheduled_time).await;
+        }
         let trigger: ReportTrigger = serde_json::from_str(body)
             .map_err(|e| permanent(format!("the message is not a run request: {e}")))?;
         let number = msg
@@ -112,6 +115,34 @@ impl super::MessageHandler for ReportBuilder {
                 .is_some_and(|m| number >= m),
         };
         Box::pin(self.run_attempt(trigger, invocation, attempt)).await?;
+        Ok(())
+    }
+}
+
+impl ReportBuilder {
+    /// The retention sweep at `at`: every dataset with `retain_days` loses its rows of days
+    /// before its cutoff (see [`crate::definitions::Dataset::retention_cutoff`]). A failure
+    /// fails the message, which the queue retries; what was deleted stays deleted, so the
+    /// retry deletes only the rest.
+    pub async fn sweep(&self, at: DateTime<Utc>) -> anyhow::Result<()> {
+        for (name, dataset) in &self.definitions.datasets {
+            let Some(cutoff) = dataset.retention_cutoff(at) else {
+                continue;
+            };
+            match self.rows.expire_before(name, cutoff).await? {
+                Some(n) => info!(
+                    dataset = name,
+                    cutoff = %cutoff,
+                    rows_deleted = n,
+                    "retention: rows of days before the cutoff deleted"
+                ),
+                None => debug!(
+                    dataset = name,
+                    cutoff = %cutoff,
+                    "retention: the row store expires rows by itself (TTL)"
+                ),
+            }
+        }
         Ok(())
     }
 }
@@ -879,6 +910,63 @@ mod tests {
         assert_eq!(w.mail.sent().len(), 1);
     }
 
+    /// ib_calls keeps rows 730 days after their day: at the sweep of 2026-03-15 (London) the
+    /// rows of 2024-03-14 are gone, those of 2024-03-15 are kept until the next day's sweep.
+    #[tokio::test]
+    async fn the_retention_sweep_deletes_the_rows_past_their_datasets_retain_days_only() {
+        use crate::stages::Handler;
+        let w = world();
+        store_calls(&w, "2024-03-14", 3).await;
+        store_calls(&w, "2024-03-15", 2).await;
+        let defs = testkit::definitions();
+        let ds = &defs.datasets["ib_calls"];
+        assert_eq!(ds.retain_days, Some(730));
+        let left = || async {
+            let rows: &dyn RowStore = w.rows.as_ref();
+            let mut n = Vec::new();
+            for day in ["2024-03-14", "2024-03-15"] {
+                let day = day.parse().unwrap();
+                n.push(rows.rows_for_day("ib_calls", ds, day).await.unwrap().len());
+            }
+            n
+        };
+        let sweep =
+            |at: &str| serde_json::json!({"v": 1, "kind": "retention", "scheduled_time": at});
+        // 2026-03-14T23:30Z is still 2026-03-14 in London (GMT): the day of 2024-03-14 plus
+        // 730 days, its last day kept.
+        for (at, expected) in [
+            ("2026-03-14T23:30:00Z", vec![3, 2]),
+            ("2026-03-15T03:15:00Z", vec![0, 2]),
+            ("2026-03-15T03:15:00Z", vec![0, 2]),
+            ("2026-03-16T03:15:00Z", vec![0, 0]),
+        ] {
+            let resp = w
+                .builder
+                .invoke(runs_event(&[sweep(at)], 1), &invocation())
+                .await
+                .unwrap();
+            assert_eq!(resp["batchItemFailures"], serde_json::json!([]), "{at}");
+            assert_eq!(left().await, expected, "after the sweep at {at}");
+        }
+        // No run was built or mailed by a sweep.
+        assert!(w.mail.sent().is_empty());
+        // The DynamoDB rows' TTL says the same: a row of 2024-03-14 expires at the start of
+        // 2026-03-15 in London.
+        let expiry = ds.row_expiry("2024-03-14".parse().unwrap()).unwrap();
+        assert_eq!(expiry.to_rfc3339(), "2026-03-15T00:00:00+00:00");
+        // A failing store fails the message, to be retried.
+        w.rows.fault.set("connection reset");
+        let resp = w
+            .builder
+            .invoke(
+                runs_event(&[sweep("2026-03-20T03:15:00Z")], 1),
+                &invocation(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp["batchItemFailures"][0]["itemIdentifier"], "m0");
+    }
+
     #[tokio::test]
     async fn a_run_failing_on_its_last_receive_is_failed_and_dead_lettered_with_its_cause() {
         use crate::stages::Handler;
@@ -971,6 +1059,14 @@ mod tests {
             date: chrono::NaiveDate,
         ) -> anyhow::Result<u64> {
             self.inner.delete_day(dataset_name, date).await
+        }
+
+        async fn expire_before(
+            &self,
+            dataset_name: &str,
+            cutoff: chrono::NaiveDate,
+        ) -> anyhow::Result<Option<u64>> {
+            self.inner.expire_before(dataset_name, cutoff).await
         }
     }
 

@@ -830,6 +830,10 @@ impl Api {
             "bcc": r.bcc,
             "transport": r.transport,
             "on_empty": r.on_empty,
+            "retain_days": r.retain_days,
+            "datasets_retain_days": r.datasets.iter()
+                .map(|d| (d.clone(), self.definitions.datasets.get(d).and_then(|d| d.retain_days)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
         })
     }
 

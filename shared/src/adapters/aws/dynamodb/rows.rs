@@ -25,6 +25,8 @@ pub const WRITE_BATCH: usize = 25;
 /// DynamoDB's BatchGetItem limit.
 pub const GET_BATCH: usize = 100;
 const MAX_ATTEMPTS: u32 = 10;
+/// The table's TTL attribute: when a row of a dataset with `retain_days` expires (epoch seconds).
+pub const EXPIRES_AT: &str = "expires_at";
 /// DynamoDB's largest item; a row over it is rejected, not retried.
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 /// Batch calls in flight at once per `store` call, unless configured.
@@ -154,7 +156,13 @@ impl RowStore for DynamoRowStore {
             } else {
                 outcome.new += 1;
             }
-            let item = to_item(pk, &row.key, dataset, &row.values, source, now);
+            let mut item = to_item(pk, &row.key, dataset, &row.values, source, now);
+            if let Some(at) = dataset.row_expiry(row.date) {
+                item.insert(
+                    EXPIRES_AT.into(),
+                    AttributeValue::N(at.timestamp().to_string()),
+                );
+            }
             let put = PutRequest::builder().set_item(Some(item)).build()?;
             writes.push(WriteRequest::builder().put_request(put).build());
         }
@@ -191,6 +199,16 @@ impl RowStore for DynamoRowStore {
             }
         })
         .boxed()
+    }
+
+    /// Nothing to do: every row of a dataset with `retain_days` carries its `expires_at`, and
+    /// the table's TTL deletes it (within a few days of that time, at no write cost).
+    async fn expire_before(
+        &self,
+        _dataset_name: &str,
+        _cutoff: NaiveDate,
+    ) -> anyhow::Result<Option<u64>> {
+        Ok(None)
     }
 
     /// Deletes every stored row of `dataset` on `date`; returns how many there were.
@@ -451,7 +469,7 @@ fn to_item(
 /// values; numbers as their digits), a little over rather than under.
 fn item_size(dataset: &Dataset, key: &str, values: &Row, source: &str) -> usize {
     let fixed = "pk".len() + 64 + "sk".len() + key.len() + "src".len() + source.len();
-    let fixed = fixed + "ingested_at".len() + 32 + "cols".len() + 3;
+    let fixed = fixed + "ingested_at".len() + 32 + "cols".len() + 3 + EXPIRES_AT.len() + 12;
     let cols: usize = dataset
         .columns
         .iter()
