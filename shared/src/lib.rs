@@ -17,10 +17,12 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod breaker;
 pub mod counters;
 pub mod csv_ingest;
 pub mod csv_records;
 pub mod definitions;
+pub mod downstream;
 pub mod env;
 pub mod failure;
 pub mod idempotency;

@@ -40,6 +40,8 @@ pub mod name {
     pub const DEAD_LETTERED: &str = "DeadLettered";
     pub const SUBSCRIPTION_SECONDS_TO_EXPIRY: &str = "SubscriptionSecondsToExpiry";
     pub const GRAPH_SECRET_SECONDS_TO_EXPIRY: &str = "GraphSecretSecondsToExpiry";
+    pub const DOWNSTREAM_FAILURES: &str = "DownstreamFailures";
+    pub const BREAKER_STATE: &str = "DownstreamBreakerState";
 }
 
 /// What a metric is about besides its stage: its second dimension.
@@ -164,9 +166,11 @@ pub fn describe() {
         "DeliveryDelays",
         name::GRAPH_THROTTLED,
         name::DEAD_LETTERED,
+        name::DOWNSTREAM_FAILURES,
     ] {
         describe_counter!(metric, Unit::Count, "");
     }
+    describe_gauge!(name::BREAKER_STATE, Unit::Count, "");
     describe_histogram!(name::RUN_DURATION, Unit::Milliseconds, "");
     describe_histogram!(name::WORKBOOK_BYTES, Unit::Bytes, "");
     describe_gauge!(name::SUBSCRIPTION_SECONDS_TO_EXPIRY, Unit::Seconds, "");

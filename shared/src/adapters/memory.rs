@@ -284,6 +284,7 @@ pub struct MemoryState {
     index: Mutex<HashMap<(String, String), (String, String)>>,
     /// (pk, sk) → the rank of a record written with `put_ranked`.
     ranks: Mutex<HashMap<(String, String), u8>>,
+    versions: Mutex<HashMap<(String, String), u64>>,
     pub fault: Fault,
 }
 
@@ -329,6 +330,35 @@ impl StateRecords for MemoryState {
         }
         ranks.insert(key.clone(), rank);
         lock(&self.records).insert(key, data);
+        Ok(true)
+    }
+
+    async fn get_versioned(&self, pk: &str, sk: &str) -> anyhow::Result<Option<(String, u64)>> {
+        self.fault.check()?;
+        let key = (pk.to_owned(), sk.to_owned());
+        let version = lock(&self.versions).get(&key).copied().unwrap_or(0);
+        Ok(lock(&self.records).get(&key).map(|d| (d.clone(), version)))
+    }
+
+    async fn put_versioned(
+        &self,
+        pk: &str,
+        sk: &str,
+        data: String,
+        expected: Option<u64>,
+    ) -> anyhow::Result<bool> {
+        self.fault.check()?;
+        let key = (pk.to_owned(), sk.to_owned());
+        let mut records = lock(&self.records);
+        let mut versions = lock(&self.versions);
+        let stored = records
+            .contains_key(&key)
+            .then(|| versions.get(&key).copied().unwrap_or(0));
+        if stored != expected {
+            return Ok(false);
+        }
+        versions.insert(key.clone(), expected.map_or(1, |v| v + 1));
+        records.insert(key, data);
         Ok(true)
     }
 
@@ -1120,5 +1150,140 @@ impl crate::ports::QueueAdmin for MemoryQueueAdmin {
             letters.retain(|l| l.message_id != message_id);
             letters.len() < before
         })
+    }
+}
+
+/// What the in-memory downstream API answers to its next call, when scripted.
+#[derive(Debug, Clone)]
+pub enum DownstreamScript {
+    /// This status, `Retry-After` and body, storing nothing.
+    Reply(u16, Option<std::time::Duration>, String),
+    /// No answer (a timeout or a reset), storing nothing.
+    NoAnswer(String),
+    /// Stores the batch, then gives no answer (a timeout after the work was done).
+    StoreThenNoAnswer,
+}
+
+/// The downstream API's contract in memory: items stored once by id (`duplicate` after),
+/// items rejected by id, and scripted answers for the next calls.
+#[derive(Default)]
+pub struct MemoryDownstream {
+    stored: Mutex<BTreeMap<String, u32>>,
+    rejects: Mutex<HashMap<String, String>>,
+    script: Mutex<std::collections::VecDeque<DownstreamScript>>,
+    calls: Mutex<Vec<(String, usize)>>,
+    refreshed: std::sync::atomic::AtomicU32,
+}
+
+impl MemoryDownstream {
+    pub fn then(&self, answer: DownstreamScript) -> &Self {
+        lock(&self.script).push_back(answer);
+        self
+    }
+
+    pub fn reject(&self, id: &str, reason: &str) {
+        lock(&self.rejects).insert(id.to_owned(), reason.to_owned());
+    }
+
+    /// Stored item ids, each with how many times it was stored (always 1).
+    pub fn stored(&self) -> BTreeMap<String, u32> {
+        lock(&self.stored).clone()
+    }
+
+    /// Each call's idempotency key and item count.
+    pub fn calls(&self) -> Vec<(String, usize)> {
+        lock(&self.calls).clone()
+    }
+
+    pub fn refreshes(&self) -> u32 {
+        self.refreshed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn store(&self, ids: &[String]) -> Vec<serde_json::Value> {
+        let rejects = lock(&self.rejects);
+        let mut stored = lock(&self.stored);
+        ids.iter()
+            .map(|id| {
+                if let Some(reason) = rejects.get(id) {
+                    serde_json::json!({"id": id, "status": "rejected", "reason": reason})
+                } else if stored.contains_key(id) {
+                    serde_json::json!({"id": id, "status": "duplicate"})
+                } else {
+                    stored.insert(id.clone(), 1);
+                    serde_json::json!({"id": id, "status": "accepted"})
+                }
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl crate::ports::Downstream for MemoryDownstream {
+    async fn post_batch(
+        &self,
+        body: &[u8],
+        idempotency_key: &str,
+        _correlation_id: &str,
+    ) -> Result<crate::ports::DownstreamReply, crate::ports::DownstreamError> {
+        use crate::ports::{DownstreamError, DownstreamReply};
+        let parsed: serde_json::Value = serde_json::from_slice(body)
+            .map_err(|e| DownstreamError(format!("the fake could not read the body: {e}")))?;
+        let ids: Vec<String> = parsed["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|i| i["id"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        lock(&self.calls).push((idempotency_key.to_owned(), ids.len()));
+        let scripted = lock(&self.script).pop_front();
+        match scripted {
+            Some(DownstreamScript::Reply(status, retry_after, body)) => Ok(DownstreamReply {
+                status,
+                retry_after,
+                body,
+            }),
+            Some(DownstreamScript::NoAnswer(why)) => Err(DownstreamError(why)),
+            Some(DownstreamScript::StoreThenNoAnswer) => {
+                self.store(&ids);
+                Err(DownstreamError("timed out".into()))
+            }
+            None => {
+                let results = self.store(&ids);
+                let all_accepted = results.iter().all(|r| r["status"] == "accepted");
+                Ok(DownstreamReply {
+                    status: if all_accepted { 200 } else { 207 },
+                    retry_after: None,
+                    body: serde_json::json!({ "results": results }).to_string(),
+                })
+            }
+        }
+    }
+
+    async fn refresh_credentials(&self) -> anyhow::Result<()> {
+        self.refreshed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Visibility changes as asked, by receipt handle.
+#[derive(Default)]
+pub struct MemoryVisibility {
+    set: Mutex<Vec<(String, u32)>>,
+}
+
+impl MemoryVisibility {
+    pub fn changes(&self) -> Vec<(String, u32)> {
+        lock(&self.set).clone()
+    }
+}
+
+#[async_trait]
+impl crate::ports::MessageVisibility for MemoryVisibility {
+    async fn set_visibility(&self, messages: &[(String, u32)]) -> anyhow::Result<()> {
+        lock(&self.set).extend_from_slice(messages);
+        Ok(())
     }
 }

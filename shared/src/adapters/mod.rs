@@ -4,6 +4,8 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "downstream")]
+pub mod downstream;
 #[cfg(feature = "graph")]
 pub mod graph;
 pub mod memory;

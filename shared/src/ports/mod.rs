@@ -252,3 +252,41 @@ pub trait DeadLetters: Send + Sync {
         None
     }
 }
+
+/// The downstream persistence API (`docs/downstream-api.md`): one `POST /batch-metadata`.
+#[async_trait]
+pub trait Downstream: Send + Sync {
+    /// Posts one canonical batch body with its idempotency key. `Err` only when no answer came
+    /// (a timeout, a refused or reset connection): every HTTP status is an answer.
+    async fn post_batch(
+        &self,
+        body: &[u8],
+        idempotency_key: &str,
+        correlation_id: &str,
+    ) -> Result<DownstreamReply, DownstreamError>;
+
+    /// Reads the credentials again (after a 401: the token may have been rotated).
+    async fn refresh_credentials(&self) -> anyhow::Result<()>;
+}
+
+/// An HTTP answer of the downstream API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownstreamReply {
+    pub status: u16,
+    /// `Retry-After`, as a wait.
+    pub retry_after: Option<std::time::Duration>,
+    pub body: String,
+}
+
+/// No answer: what happened instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no answer from the downstream API: {0}")]
+pub struct DownstreamError(pub String);
+
+/// Sets how long received messages stay invisible (SQS `ChangeMessageVisibilityBatch`): a
+/// consumer that knows when a retry can succeed says so, instead of the queue's default.
+#[async_trait]
+pub trait MessageVisibility: Send + Sync {
+    /// Each (receipt handle, seconds from now, at most 12 hours).
+    async fn set_visibility(&self, messages: &[(String, u32)]) -> anyhow::Result<()>;
+}

@@ -56,6 +56,20 @@ pub trait StateRecords: Send + Sync {
     /// Writes a record unless the one stored has a higher `rank`, in one conditional write, so
     /// two writers racing cannot lower it (a delivery's status). True when it wrote.
     async fn put_ranked(&self, pk: &str, sk: &str, data: String, rank: u8) -> anyhow::Result<bool>;
+    /// A record with its version (see [`StateRecords::put_versioned`]); 0 for a record never
+    /// written that way.
+    async fn get_versioned(&self, pk: &str, sk: &str) -> anyhow::Result<Option<(String, u64)>>;
+    /// Writes a record as version `expected + 1` only if the stored one is still version
+    /// `expected` (`None`: only if there is none), in one conditional write: of two writers
+    /// that read the same version, one wins and the other rereads (compare-and-set, e.g. the
+    /// downstream circuit breaker shared by every invocation). True when it wrote.
+    async fn put_versioned(
+        &self,
+        pk: &str,
+        sk: &str,
+        data: String,
+        expected: Option<u64>,
+    ) -> anyhow::Result<bool>;
     async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>>;
     /// Every record under `pk` whose sk starts with `sk_prefix`, in sk order.
     async fn query(&self, pk: &str, sk_prefix: &str) -> anyhow::Result<Vec<(String, String)>>;

@@ -8,6 +8,7 @@
 //! deployed path.
 
 pub mod api;
+pub mod batch_sender;
 pub mod ingest;
 pub mod mailer;
 pub mod poller;

@@ -69,6 +69,46 @@ impl SqsQueue {
     }
 }
 
+/// `ChangeMessageVisibilityBatch` in tens; an entry SQS refuses (the message was deleted, or its
+/// receipt handle expired) is logged, not an error: the message comes back at the queue's own
+/// visibility timeout, or not at all.
+#[async_trait]
+impl crate::ports::MessageVisibility for SqsQueue {
+    async fn set_visibility(&self, messages: &[(String, u32)]) -> anyhow::Result<()> {
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
+        for chunk in messages.chunks(10) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, (handle, secs))| {
+                    Entry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .visibility_timeout((*secs).min(43_200) as i32)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .with_context(|| format!("changing message visibility on {}", self.url))?;
+            for failed in out.failed {
+                tracing::warn!(
+                    queue = self.url,
+                    code = failed.code,
+                    message = failed.message.unwrap_or_default(),
+                    "a message's visibility was not changed"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl WorkQueue for SqsQueue {
     /// Sends in batches of 10 and checks every entry.

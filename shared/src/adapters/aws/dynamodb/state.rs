@@ -245,6 +245,56 @@ impl StateRecords for DynamoState {
         }
     }
 
+    async fn get_versioned(&self, pk: &str, sk: &str) -> anyhow::Result<Option<(String, u64)>> {
+        Ok(self.item(pk, sk).await?.and_then(|item| {
+            let version = item
+                .get("ver")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            Some((str_attr(&item, "data")?, version))
+        }))
+    }
+
+    async fn put_versioned(
+        &self,
+        pk: &str,
+        sk: &str,
+        data: String,
+        expected: Option<u64>,
+    ) -> anyhow::Result<bool> {
+        let next = expected.map_or(1, |v| v + 1);
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(pk))
+            .item("sk", s(sk))
+            .item("data", AttributeValue::S(data))
+            .item("ver", n(next as i64));
+        req = match expected {
+            None => req.condition_expression("attribute_not_exists(pk)"),
+            // A record written without a version counts as version 0.
+            Some(0) => req
+                .condition_expression("attribute_not_exists(ver) OR ver = :v")
+                .expression_attribute_values(":v", n(0)),
+            Some(v) => req
+                .condition_expression("ver = :v")
+                .expression_attribute_values(":v", n(v as i64)),
+        };
+        match req.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("writing versioned record {pk}/{sk}")))
+            }
+        }
+    }
+
     async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>> {
         Ok(self
             .item(pk, sk)
