@@ -217,3 +217,51 @@ build_workspace() {
   say "Building the workspace (debug)"
   cargo build --workspace --bins --locked
 }
+
+# LocalStack's Python package (the LocalStack path for users without Docker, see the README):
+# on Python 3.13, with the pins it needs offline. S3, SQS and Secrets Manager answer; its
+# DynamoDB, SES v2, API Gateway v2 and Lambda do not here, so only those adapter tests run on it.
+LOCALSTACK_VERSION="2026.3.0"
+ensure_localstack_core() {
+  if "$ROOT/.venv-localstack/bin/python" -c "import importlib.metadata as m; assert m.version('localstack-core') == '$LOCALSTACK_VERSION'" 2>/dev/null; then
+    return 0
+  fi
+  local py
+  py=$(command -v python3.13 || ls /root/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | head -1 || true)
+  if [ -z "$py" ] || ! "$py" -c 'import venv' 2>/dev/null; then
+    echo "Python 3.13 not found: the adapter tests against LocalStack are skipped (install python3.13 to run them)" >&2
+    return 1
+  fi
+  say "Creating .venv-localstack with localstack-core[runtime]==$LOCALSTACK_VERSION (once)"
+  "$py" -m venv "$ROOT/.venv-localstack"
+  "$ROOT/.venv-localstack/bin/pip" install --quiet --disable-pip-version-check \
+    "localstack-core[runtime]==$LOCALSTACK_VERSION" 'cbor2<5.7' pyopenssl==24.2.1 \
+    cryptography==43.0.3 service_identity==24.2.0
+}
+
+# Runs "$@" with LocalStack's package serving on a free port (CHARLIE_EMULATOR=localstack and
+# CHARLIE_LOCALSTACK_ENDPOINT set for it), and stops it after. Its files stay under target/.
+with_localstack_core() {
+  local port dir pid status=0
+  port=$("$ROOT/.venv-localstack/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  dir="$ROOT/target/charlie/localstack-$port"
+  rm -rf "$dir" && mkdir -p "$dir"
+  # OVERRIDE_IN_DOCKER=0: outside a container, whatever it guesses (else it writes to /var/lib,
+  # /etc and /usr/lib); DNS_ADDRESS=0: no DNS server on port 53; SQS_ENDPOINT_STRATEGY=off: queue
+  # URLs on the request's host, as moto's.
+  (cd "$dir" && exec env OVERRIDE_IN_DOCKER=0 GATEWAY_LISTEN="127.0.0.1:$port" \
+    LOCALSTACK_HOST="127.0.0.1:$port" FILESYSTEM_ROOT="$dir/fs" DNS_ADDRESS=0 \
+    SQS_ENDPOINT_STRATEGY=off DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 \
+    "$ROOT/.venv-localstack/bin/python" -m localstack.runtime.main >"$dir/localstack.log" 2>&1) &
+  pid=$!
+  for _ in $(seq 1 120); do
+    if curl -fsS "http://127.0.0.1:$port/_localstack/init/ready" 2>/dev/null | grep -q '"completed": true'; then
+      break
+    fi
+    sleep 0.5
+  done
+  CHARLIE_EMULATOR=localstack CHARLIE_LOCALSTACK_ENDPOINT="http://127.0.0.1:$port" "$@" || status=$?
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  return "$status"
+}

@@ -644,3 +644,88 @@ async fn rows_expire_by_ttl_on_dynamodb_and_by_the_sweep_on_postgres() {
         .len();
     assert_eq!(kept, 3, "the cutoff's own day is kept");
 }
+
+/// The batch sender's visibility port: messages left for retry come back when it said, in
+/// batches of ten; an entry SQS refuses (a stale receipt handle) is logged, not an error.
+#[tokio::test]
+async fn message_visibility_is_set_in_batches_and_a_stale_receipt_is_only_logged() {
+    use charlie::ports::MessageVisibility;
+    let c = clients().await;
+    let url = c
+        .sqs
+        .create_queue()
+        .queue_name(unique("vis"))
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+            "300",
+        )
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let queue = SqsQueue::new(c.sqs.clone(), &url);
+    let bodies: Vec<serde_json::Value> = (0..12).map(|i| serde_json::json!({ "n": i })).collect();
+    let pairs: Vec<(&serde_json::Value, &str)> = bodies.iter().map(|b| (b, "corr-v")).collect();
+    (&queue as &dyn WorkQueue).send_all(&pairs).await.unwrap();
+    let receive = || async {
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let out = c
+                .sqs
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap();
+            got.extend(out.messages.unwrap_or_default());
+        }
+        got
+    };
+    let first = receive().await;
+    assert_eq!(first.len(), 12);
+    assert!(
+        receive().await.is_empty(),
+        "invisible for the queue's 300 s"
+    );
+    let mut waits: Vec<(String, u32)> = first
+        .iter()
+        .map(|m| (m.receipt_handle().unwrap().to_owned(), 0))
+        .collect();
+    waits.push(("not-a-receipt-handle".into(), 0));
+    queue.set_visibility(&waits).await.unwrap();
+    assert_eq!(receive().await.len(), 12, "visible again at once");
+}
+
+/// What the batch sender's token rotation relies on: a secret's new value is what the next read
+/// gets.
+#[tokio::test]
+async fn a_secret_reads_back_as_written_and_as_rewritten() {
+    let c = clients().await;
+    let name = unique("downstream");
+    c.secrets
+        .create_secret()
+        .name(&name)
+        .secret_string(r#"{"token":"first"}"#)
+        .send()
+        .await
+        .unwrap();
+    let read = || charlie::adapters::aws::secrets::read_secret(&c.secrets, &name);
+    assert_eq!(read().await.unwrap().expose(), r#"{"token":"first"}"#);
+    c.secrets
+        .put_secret_value()
+        .secret_id(&name)
+        .secret_string(r#"{"token":"second"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read().await.unwrap().expose(), r#"{"token":"second"}"#);
+    let missing = charlie::adapters::aws::secrets::read_secret(&c.secrets, "no-such-secret")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{missing:#}").contains("no-such-secret"),
+        "{missing:#}"
+    );
+}

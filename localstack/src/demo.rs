@@ -166,7 +166,13 @@ impl LocalCloud {
     pub async fn up(opts: UpOptions) -> anyhow::Result<Self> {
         let p = opts.progress;
         let t = Instant::now();
-        let cache = opts.reuse.clone().map(crate::reuse::Cache::new);
+        // moto's recorder replays an apply; LocalStack has none, so with it every `up` applies.
+        let kind = crate::emulator::EmulatorKind::from_env()?;
+        let cache = opts
+            .reuse
+            .clone()
+            .filter(|_| kind == crate::emulator::EmulatorKind::Moto)
+            .map(crate::reuse::Cache::new);
         let recorded = cache
             .as_ref()
             .filter(|_| !opts.fresh)
@@ -184,7 +190,8 @@ impl LocalCloud {
         step(
             p,
             &format!(
-                "      emulator (moto) at {} ({:.1} s)",
+                "      emulator ({}) at {} ({:.1} s)",
+                emulator.kind().name(),
                 emulator.endpoint(),
                 t.elapsed().as_secs_f64()
             ),

@@ -1,5 +1,11 @@
-//! The AWS emulator (moto server, through `localstack/moto_server.py`) on a free port, stopped
-//! when dropped.
+//! The AWS emulator: moto's server (through `localstack/moto_server.py`) on a free port, stopped
+//! when dropped; or, with `CHARLIE_EMULATOR=localstack`, a LocalStack already running at
+//! `CHARLIE_LOCALSTACK_ENDPOINT` (default `http://localhost:4566`: `docker compose -f
+//! localstack/docker-compose.yml up`), which is used as it is and left running.
+//!
+//! What only moto has: seeded ids, the request recorder (`charlie-local up`'s replay) and a
+//! reset; with LocalStack `up` always applies, and a reset is a restart. Both keep the mail SES
+//! accepted (moto's `/moto-api/data.json`, LocalStack's `/_aws/ses`).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,20 +19,76 @@ use crate::project;
 
 pub const REGION: &str = "eu-west-2";
 
+/// Which emulator `CHARLIE_EMULATOR` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmulatorKind {
+    Moto,
+    LocalStack,
+}
+
+impl EmulatorKind {
+    /// `CHARLIE_EMULATOR`: `moto` (the default) or `localstack`.
+    pub fn from_env() -> anyhow::Result<Self> {
+        match std::env::var("CHARLIE_EMULATOR").as_deref() {
+            Err(_) | Ok("") | Ok("moto") => Ok(EmulatorKind::Moto),
+            Ok("localstack") => Ok(EmulatorKind::LocalStack),
+            Ok(other) => bail!("CHARLIE_EMULATOR={other:?}: expected moto or localstack"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EmulatorKind::Moto => "moto",
+            EmulatorKind::LocalStack => "LocalStack",
+        }
+    }
+}
+
 pub struct Emulator {
-    child: Child,
+    /// The moto server this process started; none for a LocalStack it found running.
+    child: Option<Child>,
+    kind: EmulatorKind,
     endpoint: String,
     // The emulator stops when this pipe closes, even if this process dies without dropping it.
     _lifeline: Option<std::process::ChildStdin>,
 }
 
 impl Emulator {
-    /// Starts the emulator with the project's Python and waits until it answers.
+    /// Starts the emulator with the project's Python and waits until it answers; with
+    /// `CHARLIE_EMULATOR=localstack`, checks the running LocalStack instead.
     pub fn start() -> anyhow::Result<Self> {
+        if EmulatorKind::from_env()? == EmulatorKind::LocalStack {
+            return Self::localstack();
+        }
         Self::start_with(
             &project::python(),
             &project::root().join("localstack/moto_server.py"),
         )
+    }
+
+    /// The LocalStack at `CHARLIE_LOCALSTACK_ENDPOINT`, once its health check answers (30 s).
+    pub fn localstack() -> anyhow::Result<Self> {
+        let endpoint = std::env::var("CHARLIE_LOCALSTACK_ENDPOINT")
+            .unwrap_or_else(|_| "http://localhost:4566".into())
+            .trim_end_matches('/')
+            .to_owned();
+        let health = format!("{endpoint}/_localstack/health");
+        match http_get_within(&endpoint, "/_localstack/health", Duration::from_secs(30)) {
+            Ok(body) if body.contains("\"services\"") => Ok(Emulator {
+                child: None,
+                kind: EmulatorKind::LocalStack,
+                endpoint,
+                _lifeline: None,
+            }),
+            Ok(body) => bail!("{health} answered, but not as LocalStack does: {body:.200}"),
+            Err(e) => bail!(
+                "no LocalStack at {endpoint} ({e}): start it (docker compose -f localstack/docker-compose.yml up -d) or set CHARLIE_LOCALSTACK_ENDPOINT"
+            ),
+        }
+    }
+
+    pub fn kind(&self) -> EmulatorKind {
+        self.kind
     }
 
     pub fn start_with(python: &Path, script: &Path) -> anyhow::Result<Self> {
@@ -37,6 +99,11 @@ impl Emulator {
     /// record (`start_recording`) to `recording` (moto's recorder), so that a later emulator on
     /// the same port can replay them.
     pub fn start_recordable(port: u16, recording: &Path) -> anyhow::Result<Self> {
+        if EmulatorKind::from_env()? == EmulatorKind::LocalStack {
+            bail!(
+                "LocalStack has no request recorder: `charlie-local up` applies every time with it"
+            );
+        }
         Self::start_with_options(
             &project::python(),
             &project::root().join("localstack/moto_server.py"),
@@ -100,7 +167,8 @@ impl Emulator {
             );
         };
         Ok(Emulator {
-            child,
+            child: Some(child),
+            kind: EmulatorKind::Moto,
             endpoint: endpoint.to_owned(),
             _lifeline: lifeline,
         })
@@ -117,6 +185,9 @@ impl Emulator {
 
     /// POSTs to one of moto's own routes (`/moto-api/…`).
     async fn moto_api(&self, path: &str) -> anyhow::Result<()> {
+        if self.kind != EmulatorKind::Moto {
+            bail!("{path} is moto's; LocalStack has no such route (restart it to reset it)");
+        }
         let url = format!("{}{path}", self.endpoint);
         reqwest::Client::new()
             .post(&url)
@@ -169,8 +240,11 @@ impl Emulator {
         charlie::adapters::aws::sdk_config(&env).await
     }
 
-    /// The raw mail SES accepted, oldest first (moto keeps it in memory).
+    /// The raw mail SES accepted, oldest first (both emulators keep it in memory).
     pub async fn sent_raw_mail(&self) -> anyhow::Result<Vec<SentMail>> {
+        if self.kind == EmulatorKind::LocalStack {
+            return self.localstack_sent_mail().await;
+        }
         let url = format!("{}/moto-api/data.json?service=ses", self.endpoint);
         let dump: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
         let raw = dump["ses"]["RawMessage"]
@@ -194,6 +268,70 @@ impl Emulator {
     }
 }
 
+/// A plain HTTP/1.0 GET of `path` on `endpoint` (`http://host:port`), retried until it answers
+/// or `within` passes: the body. Blocking and dependency-free, since the emulator starts before
+/// any runtime does.
+fn http_get_within(endpoint: &str, path: &str, within: Duration) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let authority = endpoint
+        .strip_prefix("http://")
+        .context("CHARLIE_LOCALSTACK_ENDPOINT must be http://host:port")?
+        .trim_end_matches('/');
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect(authority)?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text)?;
+            Ok(text
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or(text))
+        })();
+        match attempt {
+            Ok(body) => return Ok(body),
+            Err(e) if started.elapsed() >= within => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+impl Emulator {
+    /// LocalStack's `GET /_aws/ses`: `{"messages": [{Id, Source, RawData, …}]}`. A raw mail
+    /// there carries no envelope, so its destinations are read from its To and Cc headers
+    /// (its Bcc recipients cannot be seen).
+    async fn localstack_sent_mail(&self) -> anyhow::Result<Vec<SentMail>> {
+        let url = format!("{}/_aws/ses", self.endpoint);
+        let dump: serde_json::Value = reqwest::get(&url).await?.error_for_status()?.json().await?;
+        let messages = dump["messages"].as_array().cloned().unwrap_or_default();
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| {
+                let raw = m["RawData"].as_str()?.to_owned();
+                let destinations = mail_parser::MessageParser::default()
+                    .parse(raw.as_bytes())
+                    .map(|parsed| {
+                        [parsed.to(), parsed.cc()]
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|a| a.iter())
+                            .filter_map(|a| a.address().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Some(SentMail {
+                    id: m["Id"].as_str().unwrap_or_default().to_owned(),
+                    source: m["Source"].as_str().unwrap_or_default().to_owned(),
+                    destinations,
+                    raw,
+                })
+            })
+            .collect())
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SentMail {
     pub id: String,
@@ -204,16 +342,20 @@ pub struct SentMail {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
+        // A LocalStack found running is left running.
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
         // SIGTERM lets moto shut its server down; kill if it does not go.
-        let pid = self.child.id().to_string();
+        let pid = child.id().to_string();
         let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
         for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
