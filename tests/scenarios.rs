@@ -210,6 +210,8 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         a_429_storm_slows_the_poll_and_loses_nothing,
         an_expired_delta_link_resyncs_over_the_look_back_window,
         a_poison_message_goes_to_the_dead_letter_queue_at_once_with_its_cause,
+        every_outcome_reaches_the_downstream_api_once,
+        a_storm_of_each_downstream_fault_ends_with_every_outcome_stored_once,
         a_run_is_started_listed_shown_and_cancelled_through_the_api,
         wrong_expired_or_weak_keys_are_refused_on_every_route_class,
         a_dead_letter_is_peeked_and_redriven_through_the_api,
@@ -399,7 +401,11 @@ async fn terraform_plans_nothing_after_apply(cx: &Ctx) {
         panic!("a second plan is not a no-op:\n{plan}");
     }
     let mappings = &cx.cloud.runner.deployment.mappings;
-    assert_eq!(mappings.len(), 5, "inbound, mail, ses_events, lifecycle, runs");
+    assert_eq!(
+        mappings.len(),
+        6,
+        "inbound, outbound, mail, ses_events, lifecycle, runs"
+    );
     assert!(
         mappings
             .iter()
@@ -1355,7 +1361,9 @@ async fn no_secret_is_in_a_log_line_an_error_a_stored_record_or_an_object(cx: &C
     }
     secrets.retain(|(_, v)| v.len() >= 12);
     assert!(
-        secrets.iter().any(|(n, _)| n.contains("graph")) && secrets.iter().any(|(n, _)| n.contains("link")),
+        secrets.iter().any(|(n, _)| n.contains("graph"))
+            && secrets.iter().any(|(n, _)| n.contains("link"))
+            && secrets.iter().any(|(n, _)| n.contains("downstream")),
         "the deployment's secrets were found: {:?}",
         secrets.iter().map(|(n, _)| n).collect::<Vec<_>>()
     );
@@ -1446,7 +1454,8 @@ async fn a_mail_found_by_webhook_and_poll_is_ingested_once(cx: &Ctx) {
         vec![202, 202, 202]
     );
     let drained = cx.cloud.runner.drain().await.unwrap();
-    assert_eq!((drained.messages, drained.failures), (3, 0));
+    // The three notifications, and the one outcome forwarded to the downstream API.
+    assert_eq!((drained.messages, drained.failures), (4, 0));
     let (poll, _) = cx.cloud.poll(at(LATER)).await.unwrap();
     assert_eq!(poll["queued"], 1, "the poller finds it too: {poll}");
     assert_eq!(cx.rows_of("ib_calls", "2024-03-16").await, 3);
@@ -1618,6 +1627,245 @@ async fn a_poison_message_goes_to_the_dead_letter_queue_at_once_with_its_cause(c
 
 /// Through the control API: a run started (202), listed, shown once built with its delivery;
 /// another cancelled before the builder reached it, which then builds and mails nothing.
+/// Drains the queues (again after the batch sender's messages come back from the wait it set)
+/// until `done` holds or `within` passes; whether it held.
+async fn drain_until(
+    cx: &Ctx,
+    within: std::time::Duration,
+    done: impl Fn() -> bool + Send + Sync,
+) -> bool {
+    let started = std::time::Instant::now();
+    loop {
+        cx.cloud.runner.drain().await.unwrap();
+        if done() {
+            return true;
+        }
+        if started.elapsed() > within {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// A queue's message counts, as SQS gives them (for failure messages).
+async fn queue_state(cx: &Ctx, queue: &str) -> String {
+    let attrs = cx
+        .cloud
+        .clients
+        .sqs
+        .get_queue_attributes()
+        .queue_url(&cx.cloud.outputs.queue_urls[queue])
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    format!("{:?}", attrs.attributes)
+}
+
+/// The breaker's record (closed when there is none).
+async fn breaker(cx: &Ctx) -> charlie::breaker::BreakerRecord {
+    match cx.records().get("BREAKER#downstream", "state").await.unwrap() {
+        Some(data) => serde_json::from_str(&data).unwrap(),
+        None => serde_json::from_value(serde_json::json!({"state": "closed", "changed_at": Utc::now()})).unwrap(),
+    }
+}
+
+/// `n` outcomes of made-up mails, tagged `tag`, put on `outbound` as ingest puts them.
+async fn queue_outcomes(cx: &Ctx, tag: &str, n: usize) -> Vec<String> {
+    let outcomes: Vec<charlie::messages::IngestOutcome> = (0..n)
+        .map(|i| charlie::messages::IngestOutcome {
+            v: 1,
+            mailbox: cx.mailbox_id.clone(),
+            message_id: format!("AAMk-{tag}-{i}"),
+            attachment: format!("ib_calls_{tag}_{i}.csv"),
+            dataset: "ib_calls".into(),
+            dates: vec!["2024-03-14".parse().unwrap()],
+            rows_total: 10,
+            rows_new: 10,
+            rows_duplicate: 0,
+            rows_rejected: 0,
+            raw_key: format!("raw/ib_calls/2024-03-14/AAMk-{tag}-{i}/ib_calls_{tag}_{i}.csv"),
+            quarantined: None,
+            lines: None,
+        })
+        .collect();
+    let correlation = charlie::invocation::new_correlation_id();
+    let pairs: Vec<(&charlie::messages::IngestOutcome, &str)> =
+        outcomes.iter().map(|o| (o, correlation.as_str())).collect();
+    let outbound: &dyn WorkQueue = &cx.queue("outbound");
+    outbound.send_all(&pairs).await.unwrap();
+    outcomes.iter().map(charlie::downstream::item_id).collect()
+}
+
+/// What ingest recorded reached the downstream API (the fake stores what it accepts): each
+/// outcome once, under the id the contract derives, with an idempotency key that is its body's
+/// hash; the sender's breaker is closed and the control API's health says so.
+async fn every_outcome_reaches_the_downstream_api_once(cx: &Ctx) {
+    let down = &cx.cloud.downstream;
+    assert!(drain_until(cx, std::time::Duration::from_secs(30), || true).await);
+    let recorded: HashSet<String> = cx
+        .cloud
+        .outcomes()
+        .await
+        .unwrap()
+        .iter()
+        .map(charlie::downstream::item_id)
+        .collect();
+    assert!(recorded.len() >= 3, "the sample mailbox's three files at least");
+    let stored: HashSet<String> = down.stored_ids().into_iter().collect();
+    let missing: Vec<_> = recorded.difference(&stored).collect();
+    assert!(missing.is_empty(), "outcomes the downstream never got: {missing:?}");
+    assert!(down.stored_more_than_once().is_empty());
+    assert!(down.underived_ids().is_empty(), "{:?}", down.underived_ids());
+    assert_eq!(down.key_mismatches(), 0);
+    assert_eq!(cx.cloud.dlq_depth("outbound").await.unwrap(), 0);
+    assert_eq!(breaker(cx).await.state, charlie::breaker::BreakerState::Closed);
+    let key = cx.key("downstream-health", charlie::stages::api::keys::Scope::Read).await;
+    let (status, health) = cx.api("GET", "/v1/health", Some(&key), None).await;
+    assert!(status == 200 || status == 503, "{status}");
+    assert_eq!(health["downstream"]["breaker"], "closed", "{health}");
+}
+
+/// Each fault kind in turn, then recovery: 500s, 429 with Retry-After, answers slower than the
+/// sender's 2 s timeout (the items stored all the same), connection resets, partial 207s with
+/// rejects and retries, and a full outage. After each the downstream holds every outcome
+/// exactly once; rejected items are in the outbound DLQ with the reason; the breaker opened in
+/// the outage and closed after; nothing was dead-lettered because the downstream was down.
+async fn a_storm_of_each_downstream_fault_ends_with_every_outcome_stored_once(cx: &Ctx) {
+    use charlie_local::fake_downstream::Fault;
+    let down = &cx.cloud.downstream;
+    let within = std::time::Duration::from_secs(60);
+    let mut expected: HashSet<String> = down.stored_ids().into_iter().collect();
+    let dlq_before = cx.cloud.dlq_depth("outbound").await.unwrap();
+    let storms = [
+        ("500s", 5, Fault::ServerError),
+        ("429s", 3, Fault::Throttle { retry_after_secs: 1 }),
+        (
+            "slow",
+            2,
+            Fault::Slow {
+                delay: std::time::Duration::from_secs(3),
+            },
+        ),
+        ("resets", 4, Fault::Reset),
+    ];
+    for (name, n, fault) in storms {
+        let calls = down.calls();
+        down.fail_next(n, fault);
+        let ids = queue_outcomes(cx, name, 25).await;
+        expected.extend(ids.iter().cloned());
+        let all_in = drain_until(cx, within, || {
+            let stored: HashSet<String> = down.stored_ids().into_iter().collect();
+            ids.iter().all(|id| stored.contains(id))
+        })
+        .await;
+        if !all_in {
+            let stored: HashSet<String> = down.stored_ids().into_iter().collect();
+            let missing: Vec<&String> = ids.iter().filter(|id| !stored.contains(*id)).collect();
+            panic!(
+                "{name}: not every outcome reached the downstream API: missing {missing:?}; outbound: {}",
+                queue_state(cx, "outbound").await
+            );
+        }
+        assert!(down.calls() > calls + 1, "{name}: the fault was met and retried");
+        assert!(down.stored_more_than_once().is_empty(), "{name}: stored twice");
+        assert_eq!(
+            cx.cloud.dlq_depth("outbound").await.unwrap(),
+            dlq_before,
+            "{name}: nothing dead-lettered"
+        );
+    }
+
+    // Partial answers: 207s that reject some items for good and ask for others again.
+    down.reject_where("ib_calls_partial_1.csv", "attachment kind not accepted downstream");
+    down.reject_where("ib_calls_partial_7.csv", "attachment kind not accepted downstream");
+    down.retry_first(2);
+    let ids = queue_outcomes(cx, "partial", 20).await;
+    let rejected: HashSet<String> = [1, 7]
+        .iter()
+        .map(|i| ids[*i].clone())
+        .collect();
+    let kept: Vec<String> = ids.iter().filter(|id| !rejected.contains(*id)).cloned().collect();
+    expected.extend(kept.iter().cloned());
+    assert!(
+        drain_until(cx, within, || {
+            let stored: HashSet<String> = down.stored_ids().into_iter().collect();
+            kept.iter().all(|id| stored.contains(id))
+        })
+        .await,
+        "partial: the accepted ones are stored"
+    );
+    down.retry_first(0);
+    down.clear_rejections();
+    assert_eq!(
+        cx.cloud.dlq_depth("outbound").await.unwrap(),
+        dlq_before + 2,
+        "the two rejected items, at once"
+    );
+    let letters = cx.dead_letters("outbound").await;
+    let causes: Vec<String> = letters
+        .iter()
+        .filter_map(|m| {
+            m.message_attributes()?
+                .get(CAUSE_ATTRIBUTE)?
+                .string_value()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        causes
+            .iter()
+            .filter(|c| c.contains("attachment kind not accepted downstream"))
+            .count(),
+        2,
+        "{causes:?}"
+    );
+
+    // A full outage: the breaker opens, nothing is called while it is open, the outcomes wait.
+    down.set_fault(Some(Fault::Outage));
+    let ids = queue_outcomes(cx, "outage", 30).await;
+    expected.extend(ids.iter().cloned());
+    let mut opened = false;
+    for _ in 0..8 {
+        cx.cloud.runner.drain().await.unwrap();
+        opened |= breaker(cx).await.state != charlie::breaker::BreakerState::Closed;
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    assert!(opened, "the breaker opened during the outage");
+    let key = cx.key("downstream-outage", charlie::stages::api::keys::Scope::Read).await;
+    let (_, health) = cx.api("GET", "/v1/health", Some(&key), None).await;
+    assert_ne!(health["downstream"]["breaker"], "closed", "{health}");
+    let calls_in_outage = down.calls();
+    assert_eq!(
+        cx.cloud.dlq_depth("outbound").await.unwrap(),
+        dlq_before + 2,
+        "no outcome dead-lettered because the downstream was down"
+    );
+    down.set_fault(None);
+    assert!(
+        drain_until(cx, within, || {
+            let stored: HashSet<String> = down.stored_ids().into_iter().collect();
+            ids.iter().all(|id| stored.contains(id))
+        })
+        .await,
+        "after the outage every waiting outcome is delivered"
+    );
+    assert!(down.calls() > calls_in_outage);
+    assert_eq!(breaker(cx).await.state, charlie::breaker::BreakerState::Closed, "closed after");
+
+    // The end state: every outcome exactly once, the rejected ones nowhere.
+    let stored: HashSet<String> = down.stored_ids().into_iter().collect();
+    let lost: Vec<_> = expected.difference(&stored).collect();
+    assert!(lost.is_empty(), "lost: {lost:?}");
+    assert!(rejected.iter().all(|id| !stored.contains(id)));
+    assert!(down.stored_more_than_once().is_empty(), "duplicates stored");
+    assert_eq!(down.key_mismatches(), 0);
+    assert_eq!(
+        cx.cloud.dlq_depth("outbound").await.unwrap(),
+        dlq_before + 2
+    );
+}
+
 async fn a_run_is_started_listed_shown_and_cancelled_through_the_api(cx: &Ctx) {
     use charlie::stages::api::keys::Scope;
     let operator = cx.key("operator", Scope::Operate).await;

@@ -200,7 +200,7 @@ impl IngestHarness {
                 claims: state.clone(),
                 records: state,
                 inbound: inbound.clone(),
-                outbound: outbound.clone(),
+                outbound: Some(outbound.clone()),
                 dead_letters: dead_letters.clone(),
                 tuning,
             },

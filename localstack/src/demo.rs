@@ -29,6 +29,8 @@ use crate::runner::{DrainStats, LocalRunner};
 use crate::terraform::Terraform;
 
 pub const PREFIX: &str = "charlie-local";
+/// The fake downstream API's bearer token: a local value (the secret the batch sender reads).
+pub const DOWNSTREAM_TOKEN: &str = "local-fake-downstream-token";
 
 impl Drop for LocalCloud {
     fn drop(&mut self) {
@@ -52,6 +54,8 @@ pub struct LocalCloud {
     pub api: std::net::SocketAddr,
     api_server: tokio::task::JoinHandle<()>,
     pub graph: FakeGraph,
+    /// The fake downstream persistence API the batch sender forwards outcomes to.
+    pub downstream: crate::fake_downstream::FakeDownstream,
     pub terraform: Terraform,
     pub outputs: Outputs,
     pub clients: AwsClients,
@@ -231,6 +235,16 @@ impl LocalCloud {
             ),
         );
 
+        let downstream = crate::fake_downstream::FakeDownstream::start_on(
+            DOWNSTREAM_TOKEN,
+            wanted(|r| r.downstream_port),
+        )
+        .or_else(|_| crate::fake_downstream::FakeDownstream::start(DOWNSTREAM_TOKEN))?;
+        step(
+            p,
+            &format!("      fake downstream API at {}", downstream.base_url()),
+        );
+
         let zips = package_functions(
             &project::target_dir().join("debug"),
             &project::target_dir().join("charlie/lambda"),
@@ -265,6 +279,8 @@ impl LocalCloud {
             ("graph_token_url".to_owned(), graph.token_url.clone()),
             ("mailboxes".to_owned(), format!("[\"{mailbox}/{folder}\"]")),
             ("row_store".to_owned(), opts.row_store.name().to_owned()),
+            ("downstream_base_url".to_owned(), downstream.base_url()),
+            ("downstream_token".to_owned(), DOWNSTREAM_TOKEN.to_owned()),
         ];
         if let Some(pg) = &postgres {
             vars.push(("postgres_url".to_owned(), pg.url()));
@@ -334,6 +350,7 @@ impl LocalCloud {
                         key,
                         emulator_port: emulator.port(),
                         graph_port: graph.port(),
+                        downstream_port: downstream.port(),
                         api_port: api.port(),
                         outputs: outputs.clone(),
                         shape: shape(&deployment),
@@ -377,6 +394,7 @@ impl LocalCloud {
             api,
             api_server,
             graph,
+            downstream,
             terraform,
             outputs,
             clients,
@@ -721,6 +739,15 @@ pub async fn run_demo(out: &Path, row_store: RowStoreKind) -> anyhow::Result<()>
             );
         }
     }
+    let outcomes = cloud.outcomes().await?;
+    let held = cloud.downstream.stored_count();
+    println!(
+        "  downstream API          holds {held} outcome(s) of the {} ingest recorded, each once ({} call(s), {} stored twice), at {}",
+        outcomes.len(),
+        cloud.downstream.calls(),
+        cloud.downstream.stored_more_than_once().len(),
+        cloud.downstream.base_url(),
+    );
     println!("  terraform apply         {:.1} s", cloud.apply_seconds);
     println!(
         "  dashboard               served at http://{}/ui while the stack runs: `scripts/up` keeps it up and prints a key to sign in with",
@@ -728,6 +755,12 @@ pub async fn run_demo(out: &Path, row_store: RowStoreKind) -> anyhow::Result<()>
     );
     if sent.len() != 1 {
         anyhow::bail!("expected exactly one sent mail, found {}", sent.len());
+    }
+    if held != outcomes.len() || !cloud.downstream.stored_more_than_once().is_empty() {
+        anyhow::bail!(
+            "the downstream API holds {held} outcomes, ingest recorded {}",
+            outcomes.len()
+        );
     }
     Ok(())
 }

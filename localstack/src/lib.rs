@@ -7,6 +7,7 @@ pub mod clients;
 pub mod demo;
 pub mod deployment;
 pub mod emulator;
+pub mod fake_downstream;
 pub mod fake_graph;
 pub mod load;
 pub mod packaging;

@@ -24,6 +24,9 @@ pub struct Recorded {
     pub key: String,
     pub emulator_port: u16,
     pub graph_port: u16,
+    /// The fake downstream API's (0 in recordings made before it existed: never reused).
+    #[serde(default)]
+    pub downstream_port: u16,
     pub api_port: u16,
     /// `terraform output deployment`.
     pub outputs: serde_json::Value,

@@ -35,8 +35,9 @@ impl FailureKind {
 #[error("{0}")]
 pub struct Permanent(pub String);
 
-/// Work another invocation holds (a claim in progress, a held lock): retryable, and expected
-/// under concurrency, so it is logged as a warning rather than an error.
+/// Work that cannot go on now for an expected reason (a claim in progress or a lock held by
+/// another invocation, the downstream API's circuit breaker open): retryable, and expected, so
+/// it is logged as a warning rather than an error.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct Busy(pub String);

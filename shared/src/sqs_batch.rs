@@ -114,7 +114,7 @@ where
                     warn!(
                         error = cause,
                         kind = "busy",
-                        "message held by another invocation: left on the queue for retry"
+                        "message held back (held elsewhere, or waiting for a breaker): left on the queue for retry"
                     )
                 } else {
                     error!(

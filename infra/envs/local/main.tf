@@ -52,6 +52,19 @@ variable "mailboxes" {
   default = ["ops-reports@contoso.example/inbox"]
 }
 
+variable "downstream_base_url" {
+  description = "The fake downstream persistence API (charlie-local's); null: no batch sender"
+  type        = string
+  default     = null
+}
+
+variable "downstream_token" {
+  description = "The fake downstream API's bearer token (a local value, never a real one)"
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
 variable "row_store" {
   description = "dynamodb, or postgres on the local server at postgres_url (scripts/demo --row-store postgres)"
   type        = string
@@ -107,9 +120,21 @@ module "charlie" {
   graph_base_url  = var.graph_base_url
   graph_token_url = var.graph_token_url
   # Beside the definitions: reports.toml -> reports.infra.json (`charlie config infra`).
-  infra_file   = "${trimsuffix(var.config_file, ".toml")}.infra.json"
-  row_store    = var.row_store
-  postgres_url = var.postgres_url
+  infra_file = "${trimsuffix(var.config_file, ".toml")}.infra.json"
+  row_store  = var.row_store
+  # The batch sender against the fake downstream API over plain http, with a breaker that
+  # cools down in 2 s and retries that wait at most 2 s, so the fault scenarios take seconds.
+  downstream_base_url                     = var.downstream_base_url
+  downstream_token                        = var.downstream_token
+  downstream_allow_http                   = true
+  downstream_breaker                      = { failures = 3, window_seconds = 60, cooldown_seconds = 2 }
+  downstream_retry_visibility_max_seconds = 2
+  downstream_timeout_seconds              = 2
+  # One batch-sender batch at a time in the runner (its mapping's maximum concurrency unset):
+  # moto's SQS once left a message invisible when five pumps received from outbound at once;
+  # the breaker shared by racing instances is covered by its unit test.
+  downstream_max_concurrency = null
+  postgres_url               = var.postgres_url
   # 10 MiB: the tests send a 12 MB workbook to see the size policy's download link.
   max_mail_bytes                = 10485760
   event_source_mappings_enabled = false

@@ -30,7 +30,6 @@ locals {
   ) }
 
   # Queues with a consumer: their oldest message's age says whether the consumer keeps up.
-  # (outbound has none until the batch sender exists; its messages expire with retention.)
   consumed_queues = { for q, v in local.queues : q => v if v.consumer != null }
 }
 
@@ -274,6 +273,28 @@ resource "aws_cloudwatch_metric_alarm" "graph_secret_expiry" {
   evaluation_periods  = 1
   threshold           = var.alarm_thresholds.graph_secret_expiry_days * 86400
   comparison_operator = "LessThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# --- The downstream persistence API (with the batch sender) ---------------------------------
+
+# The breaker records its state (0 closed, 1 half-open, 2 open) on every call it makes and every
+# change; open for 15 minutes on end means the downstream API is down, and outcomes wait in
+# outbound (up to downstream_max_receive_count receives).
+resource "aws_cloudwatch_metric_alarm" "downstream_breaker_open" {
+  count               = local.downstream ? 1 : 0
+  alarm_name          = "${local.p}-downstream-breaker-open"
+  alarm_description   = "The batch sender's circuit breaker stayed open for 15 minutes: the downstream API keeps failing, and outcomes wait in outbound (${local.runbook}, downstream breaker open)"
+  namespace           = local.metrics_namespace
+  metric_name         = "DownstreamBreakerState"
+  dimensions          = { Stage = "batch-sender" }
+  statistic           = "Minimum"
+  period              = 300
+  evaluation_periods  = 3
+  threshold           = 2
+  comparison_operator = "GreaterThanOrEqualToThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = local.alarm_actions
   ok_actions          = local.alarm_actions

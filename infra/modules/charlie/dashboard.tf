@@ -11,10 +11,11 @@ locals {
     [aws_cloudwatch_metric_alarm.http_5xx_rate.arn, aws_cloudwatch_metric_alarm.bounce_rate.arn],
     [for a in aws_cloudwatch_metric_alarm.missed_run : a.arn],
     [aws_cloudwatch_metric_alarm.quarantine_spike.arn, aws_cloudwatch_metric_alarm.subscription_expiry.arn, aws_cloudwatch_metric_alarm.graph_secret_expiry.arn],
+    [for a in aws_cloudwatch_metric_alarm.downstream_breaker_open : a.arn],
   )
 
   # A time series widget at (x, y), 8 wide and 6 high.
-  widgets = [
+  widgets = concat([
     {
       x       = 0, y = 6, title = "Queues: messages waiting", stat = "Maximum", period = 300,
       metrics = [for q in keys(local.queues) : ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", aws_sqs_queue.main[q].name, { label = q }]]
@@ -72,7 +73,15 @@ locals {
         [local.ns, "GraphThrottled", "Stage", "poller", { stat = "Sum", label = "throttled calls", yAxis = "right" }],
       ]
     },
-  ]
+    ], local.downstream ? [
+    {
+      x = 0, y = 30, title = "Downstream API: failed calls, breaker (0 closed, 1 half-open, 2 open)", stat = "Sum", period = 300,
+      metrics = [
+        [local.ns, "DownstreamFailures", "Stage", "batch-sender", { label = "failed calls" }],
+        [local.ns, "DownstreamBreakerState", "Stage", "batch-sender", { stat = "Maximum", label = "breaker", yAxis = "right" }],
+      ]
+    },
+  ] : [])
 }
 
 resource "aws_cloudwatch_dashboard" "main" {

@@ -34,7 +34,7 @@ locals {
     Action   = ["secretsmanager:GetSecretValue"]
     Resource = aws_secretsmanager_secret.graph.arn
   }
-  consume = { for q in ["inbound", "mail", "ses_events", "lifecycle", "runs"] : q => {
+  consume = { for q, v in local.queues : q => {
     Effect   = "Allow"
     Action   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
     Resource = aws_sqs_queue.main[q].arn
@@ -73,13 +73,19 @@ locals {
       # It creates subscriptions, each with a fresh clientState the webhook reads.
       { Effect = "Allow", Action = ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"], Resource = aws_secretsmanager_secret.client_state.arn },
     ]
-    ingest = [
+    ingest = concat([for statement in [try(local.send["outbound"], null)] : statement if statement != null], [
       local.read_config, local.read_graph_secret, local.state_rw,
-      local.consume["inbound"], local.send["inbound"], local.send["outbound"],
+      local.consume["inbound"], local.send["inbound"],
       # Large attachments stream to raw/ as multipart uploads; quarantine copies from raw/.
       { Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"], Resource = ["${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/inbox/*"] },
       { Effect = "Allow", Action = ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"], Resource = aws_dynamodb_table.rows.arn },
-    ]
+    ])
+    # (Nothing when there is no downstream API: no function either.)
+    batch-sender = [for statement in [
+      # The breaker's record and the dead-letter counters.
+      local.state_rw, try(local.consume["outbound"], null),
+      try({ Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.downstream[0].arn }, null),
+    ] : statement if statement != null && local.downstream]
     report-builder = [
       local.read_config, local.state_rw, local.send["mail"], local.consume["runs"],
       { Effect = "Allow", Action = ["s3:PutObject"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
@@ -151,7 +157,7 @@ locals {
 resource "aws_lambda_function" "fn" {
   #checkov:skip=CKV_AWS_272:The zips are built from this repository and uploaded by Terraform from the deployer's machine or CI (filename, source_code_hash), not taken from a bucket; Lambda code signing needs S3-sourced packages signed by an AWS Signer profile, and who may update code is decided by the deployer's IAM
   #checkov:skip=CKV_AWS_116:Only the poller is invoked asynchronously (Scheduler), and its failed invocations go to the Scheduler DLQ through an on-failure destination (aws_lambda_function_event_invoke_config.poller), which keeps the error with the event; the others are invoked synchronously (API Gateway) or by SQS event source mappings, whose queues have their own DLQs
-  #checkov:skip=CKV_AWS_115:graph-webhook, poller, ingest and api have reserved concurrency (var.reserved_concurrency); report-builder and mailer are left unreserved on purpose: they consume SQS queues without a maximum concurrency, and reserved concurrency below what Lambda's SQS poller runs throttles batches, which burns their receive counts into the DLQs; their load is a few messages per report run
+  #checkov:skip=CKV_AWS_115:graph-webhook, poller, ingest and api have reserved concurrency (var.reserved_concurrency); report-builder, mailer and batch-sender are left unreserved on purpose: they consume SQS queues (the batch sender's instances are bounded by its mapping's maximum concurrency instead) without a maximum concurrency, and reserved concurrency below what Lambda's SQS poller runs throttles batches, which burns their receive counts into the DLQs; their load is a few messages per report run
   #checkov:skip=CKV_AWS_117:Only the functions that reach the PostgreSQL row store need a VPC and get one (vpc_config with var.vpc); with DynamoDB every function talks only to AWS APIs and Graph over TLS, and a VPC would add NAT gateways for no isolation gained
   for_each         = local.functions
   function_name    = "${local.p}-${each.key}"

@@ -24,7 +24,11 @@ locals {
   account_id = data.aws_caller_identity.current.account_id
   region     = data.aws_region.current.name
 
-  functions = toset(["graph-webhook", "poller", "ingest", "report-builder", "mailer", "api"])
+  # The batch sender exists only with a downstream API to forward to (downstream_base_url);
+  # without one, ingest queues no outcomes and there is no outbound queue.
+  downstream = var.downstream_base_url != null
+  functions = toset(concat(["graph-webhook", "poller", "ingest", "report-builder", "mailer", "api"],
+  local.downstream ? ["batch-sender"] : []))
 
   # Queue -> the function consuming it (its timeout sets the visibility timeout).
   # max_concurrency bounds how many instances a queue's consumer runs at once (null: Lambda's
@@ -33,18 +37,22 @@ locals {
   # call in flight: ingest at `graph_ingest_concurrency` (2) + the poller (1: it works on a
   # folder under the folder's lock, whichever of schedule or lifecycle queue started it) + the
   # mailer sending as that mailbox (1) stays within 4.
-  queues = {
-    inbound  = { consumer = "ingest", batch_size = 10, window = 0, max_concurrency = var.graph_ingest_concurrency }
-    outbound = { consumer = null, batch_size = 100, window = 30, max_concurrency = null }
-    mail     = { consumer = "mailer", batch_size = 5, window = 0, max_concurrency = null }
+  # max_receives: receives before the DLQ; outbound's are many because the batch sender
+  # holds its messages back while the downstream API is down (a receive an hour at most).
+  queues = merge({
+    inbound = { consumer = "ingest", batch_size = 10, window = 0, max_concurrency = var.graph_ingest_concurrency, max_receives = var.max_receive_count }
+    mail    = { consumer = "mailer", batch_size = 5, window = 0, max_concurrency = null, max_receives = var.max_receive_count }
     # SES bounce, complaint and delivery events (configuration set -> SNS -> here).
-    ses_events = { consumer = "mailer", batch_size = 10, window = 0, max_concurrency = null }
+    ses_events = { consumer = "mailer", batch_size = 10, window = 0, max_concurrency = null, max_receives = var.max_receive_count }
     # Graph lifecycle events the webhook queued: the poller renews, recreates or resyncs.
-    lifecycle = { consumer = "poller", batch_size = 10, window = 0, max_concurrency = 2 }
+    lifecycle = { consumer = "poller", batch_size = 10, window = 0, max_concurrency = 2, max_receives = var.max_receive_count }
     # Report runs: each schedule's firings (Scheduler's SQS target) and the API's run requests.
     # One run per invocation (a build may take the function's whole timeout).
-    runs = { consumer = "report-builder", batch_size = 1, window = 0, max_concurrency = null }
-  }
+    runs = { consumer = "report-builder", batch_size = 1, window = 0, max_concurrency = null, max_receives = var.max_receive_count }
+    }, local.downstream ? {
+    # Ingest outcomes for the downstream API, in large batches.
+    outbound = { consumer = "batch-sender", batch_size = var.downstream_batch_size, window = var.downstream_batching_window_seconds, max_concurrency = var.downstream_max_concurrency, max_receives = var.downstream_max_receive_count }
+  } : {})
 
   # Where Graph posts notifications: the API's own URL unless one is given (a custom domain,
   # or the local runner's port).
@@ -57,7 +65,7 @@ locals {
   # its cause, rather than being moved by the redrive policy without one.
   dead_letter_env = { for fn, qs in local.consumed : fn => length(qs) == 0 ? {} : {
     CHARLIE_DEAD_LETTER_QUEUES = jsonencode({ for q in qs : aws_sqs_queue.main[q].arn => aws_sqs_queue.dlq[q].url })
-    CHARLIE_MAX_RECEIVE_COUNT  = tostring(var.max_receive_count)
+    CHARLIE_MAX_RECEIVE_COUNT  = tostring(max([for q in qs : local.queues[q].max_receives]...))
   } }
 
   # The functions that read or write rows, and how they reach the row store.
@@ -104,9 +112,21 @@ locals {
     ingest = merge(local.row_store_env, {
       # Continuations of a file that did not finish in one invocation go back on inbound.
       CHARLIE_INBOUND_QUEUE_URL     = aws_sqs_queue.main["inbound"].url
-      CHARLIE_OUTBOUND_QUEUE_URL    = aws_sqs_queue.main["outbound"].url
       CHARLIE_ROW_WRITE_CONCURRENCY = tostring(var.row_write_concurrency)
-    })
+      # Outcomes go to outbound only when something consumes it.
+    }, local.downstream ? { CHARLIE_OUTBOUND_QUEUE_URL = aws_sqs_queue.main["outbound"].url } : {})
+    batch-sender = local.downstream ? {
+      CHARLIE_OUTBOUND_QUEUE_URL           = aws_sqs_queue.main["outbound"].url
+      CHARLIE_DOWNSTREAM_URL               = var.downstream_base_url
+      CHARLIE_DOWNSTREAM_SECRET            = aws_secretsmanager_secret.downstream[0].name
+      CHARLIE_DOWNSTREAM_MAX_ITEMS         = tostring(var.downstream_max_items)
+      CHARLIE_DOWNSTREAM_TIMEOUT_SECONDS   = tostring(var.downstream_timeout_seconds)
+      CHARLIE_BREAKER_FAILURES             = tostring(var.downstream_breaker.failures)
+      CHARLIE_BREAKER_WINDOW_SECONDS       = tostring(var.downstream_breaker.window_seconds)
+      CHARLIE_BREAKER_COOLDOWN_SECONDS     = tostring(var.downstream_breaker.cooldown_seconds)
+      CHARLIE_RETRY_VISIBILITY_MAX_SECONDS = tostring(var.downstream_retry_visibility_max_seconds)
+      CHARLIE_DOWNSTREAM_ALLOW_HTTP        = var.downstream_allow_http ? "1" : "0"
+    } : {}
     report-builder = merge(local.row_store_env, {
       CHARLIE_MAIL_QUEUE_URL = aws_sqs_queue.main["mail"].url
     })

@@ -14,7 +14,7 @@ resource "aws_sqs_queue" "main" {
   sqs_managed_sse_enabled    = true
   redrive_policy = jsonencode({
     deadLetterTargetArn = aws_sqs_queue.dlq[each.key].arn
-    maxReceiveCount     = var.max_receive_count
+    maxReceiveCount     = each.value.max_receives
   })
 }
 

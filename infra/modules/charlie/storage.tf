@@ -296,3 +296,20 @@ resource "aws_ses_configuration_set" "main" {
     }
   }
 }
+
+# The downstream API's bearer token ({"token": …}), read by the batch sender at cold start and
+# again after a 401 (docs/downstream-api.md).
+resource "aws_secretsmanager_secret" "downstream" {
+  #checkov:skip=CKV2_AWS_57:The token is issued by the downstream API's owners, which Secrets Manager cannot rotate; a new value written here is picked up after the next 401 (docs/operations.md)
+  count                   = local.downstream ? 1 : 0
+  name                    = "${local.p}/downstream"
+  description             = "Bearer token of the downstream persistence API {token}"
+  recovery_window_in_days = var.secret_recovery_window_days
+  kms_key_id              = local.kms_key_arn
+}
+
+resource "aws_secretsmanager_secret_version" "downstream" {
+  count         = local.downstream && var.downstream_token != null ? 1 : 0
+  secret_id     = aws_secretsmanager_secret.downstream[0].id
+  secret_string = jsonencode({ token = var.downstream_token })
+}

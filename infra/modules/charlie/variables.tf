@@ -133,6 +133,7 @@ variable "function_timeouts" {
     report-builder = 600
     mailer         = 180 # a large workbook through a Graph upload session takes a while
     api            = 29  # API Gateway's HTTP API integration timeout is 30 s
+    batch-sender   = 120 # retries inside the invocation, each call within downstream_timeout_seconds
   }
 }
 
@@ -146,6 +147,7 @@ variable "function_memory" {
     report-builder = 2048
     mailer         = 512
     api            = 256
+    batch-sender   = 256
   }
 }
 
@@ -159,6 +161,7 @@ variable "function_ephemeral_storage" {
     report-builder = 4096
     mailer         = 512
     api            = 512
+    batch-sender   = 512
   }
 }
 
@@ -380,4 +383,97 @@ variable "alarm_thresholds" {
     subscription_expiry_hours = 24
     graph_secret_expiry_days  = 30
   }
+}
+
+# ---- the downstream persistence API (docs/downstream-api.md) -----------------------------------
+
+variable "downstream_base_url" {
+  description = "Base URL of the downstream persistence API (POST {base}/batch-metadata). null: no batch sender is deployed, there is no outbound queue and ingest forwards no outcomes."
+  type        = string
+  default     = null
+  validation {
+    condition     = var.downstream_base_url == null || can(regex("^https?://[^/]+", var.downstream_base_url))
+    error_message = "downstream_base_url must be an http(s) URL."
+  }
+}
+
+variable "downstream_allow_http" {
+  description = "Let the batch sender call a plain-http downstream URL (a local fake only; production is HTTPS)."
+  type        = bool
+  default     = false
+}
+
+variable "downstream_token" {
+  description = "The downstream API's bearer token, written to the {prefix}/downstream secret as {\"token\": …}. null: put the value in the secret outside Terraform (it stays out of the state then)."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "downstream_batch_size" {
+  description = "Outcomes per batch-sender invocation (the outbound event source mapping's batch size, 1-10000)."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.downstream_batch_size >= 1 && var.downstream_batch_size <= 10000
+    error_message = "downstream_batch_size must be 1-10000."
+  }
+}
+
+variable "downstream_batching_window_seconds" {
+  description = "How long Lambda gathers outcomes before invoking the batch sender (0-300; needed above 10 per batch)."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.downstream_batching_window_seconds >= 0 && var.downstream_batching_window_seconds <= 300
+    error_message = "downstream_batching_window_seconds must be 0-300."
+  }
+}
+
+variable "downstream_max_concurrency" {
+  description = "Most batch-sender instances at once (the mapping's maximum concurrency, 2-1000; null: Lambda's scaling)."
+  type        = number
+  default     = 5
+  validation {
+    condition     = var.downstream_max_concurrency == null || (coalesce(var.downstream_max_concurrency, 2) >= 2 && coalesce(var.downstream_max_concurrency, 2) <= 1000)
+    error_message = "downstream_max_concurrency must be 2-1000, or null."
+  }
+}
+
+variable "downstream_max_items" {
+  description = "Items per call to the downstream API (1-500)."
+  type        = number
+  default     = 100
+  validation {
+    condition     = var.downstream_max_items >= 1 && var.downstream_max_items <= 500
+    error_message = "downstream_max_items must be 1-500."
+  }
+}
+
+variable "downstream_timeout_seconds" {
+  description = "Timeout of one call to the downstream API."
+  type        = number
+  default     = 10
+}
+
+variable "downstream_breaker" {
+  description = "The circuit breaker shared by every batch-sender instance: it opens after `failures` failed calls within `window_seconds`, and lets one probe through after `cooldown_seconds`."
+  type = object({
+    failures         = number
+    window_seconds   = number
+    cooldown_seconds = number
+  })
+  default = { failures = 5, window_seconds = 60, cooldown_seconds = 30 }
+}
+
+variable "downstream_retry_visibility_max_seconds" {
+  description = "The longest the batch sender makes a message it could not deliver wait before its next receive (its backoff doubles per receive up to this)."
+  type        = number
+  default     = 3600
+}
+
+variable "downstream_max_receive_count" {
+  description = "Receives of an outcome before the outbound DLQ: while the downstream API is down each receive waits up to downstream_retry_visibility_max_seconds, so 100 covers about four days of outage."
+  type        = number
+  default     = 100
 }

@@ -129,6 +129,8 @@ enum MessageVerdict {
     Done,
     Permanent(String),
     Retry(String),
+    /// Held back on purpose (the breaker is open): retried later, logged as a warning.
+    Wait(String),
 }
 
 #[async_trait]
@@ -172,6 +174,9 @@ impl super::Handler for BatchSender {
                         Some(ItemVerdict::Rejected(reason)) => MessageVerdict::Permanent(format!(
                             "the downstream API rejected item {item}: {reason}"
                         )),
+                        Some(ItemVerdict::Retry(why)) if delivery.breaker_until.is_some() => {
+                            MessageVerdict::Wait(why.clone())
+                        }
                         Some(ItemVerdict::Retry(why)) => MessageVerdict::Retry(why.clone()),
                         None => MessageVerdict::Retry("not sent in this invocation".into()),
                     },
@@ -209,6 +214,7 @@ impl super::Handler for BatchSender {
                     MessageVerdict::Done => Ok(()),
                     MessageVerdict::Permanent(reason) => Err(permanent(reason)),
                     MessageVerdict::Retry(why) => Err(anyhow::anyhow!(why)),
+                    MessageVerdict::Wait(why) => Err(crate::failure::busy(why)),
                 }
             }
         })

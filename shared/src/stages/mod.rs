@@ -30,13 +30,14 @@ use crate::sqs_batch::{self, Consumer};
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 
 /// The stage names, as in the `functions/` folders and the deployed function names.
-pub const STAGES: [&str; 6] = [
+pub const STAGES: [&str; 7] = [
     "graph-webhook",
     "poller",
     "ingest",
     "report-builder",
     "mailer",
     "api",
+    "batch-sender",
 ];
 
 /// One function's handler.

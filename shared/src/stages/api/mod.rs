@@ -1609,8 +1609,51 @@ impl Api {
                 _ => {}
             }
         }
+        // The batch sender's circuit breaker, when the deployment has one.
+        let downstream = match self.records.get("BREAKER#downstream", "state").await {
+            Ok(Some(data)) => match serde_json::from_str::<crate::breaker::BreakerRecord>(&data) {
+                Ok(b) => {
+                    if b.state != crate::breaker::BreakerState::Closed {
+                        warnings.push(format!(
+                            "the downstream API's circuit breaker is {} since {}: outcomes wait in outbound{}",
+                            if b.state == crate::breaker::BreakerState::Open { "open" } else { "half-open" },
+                            b.changed_at.to_rfc3339(),
+                            b.last_failure.as_deref().map(|f| format!(" (last failure: {f})")).unwrap_or_default(),
+                        ));
+                    }
+                    json!({
+                        "breaker": b.state,
+                        "changed_at": b.changed_at.to_rfc3339(),
+                        "opened_at": b.opened_at.map(|t| t.to_rfc3339()),
+                        "recent_failures": b.failures.len(),
+                        "last_failure": b.last_failure,
+                    })
+                }
+                Err(e) => {
+                    warnings.push(format!(
+                        "the downstream breaker's record is unreadable: {e}"
+                    ));
+                    Value::Null
+                }
+            },
+            // Closed and never failed (a record is written at the first failure), when the
+            // deployment forwards outcomes at all.
+            Ok(None) if self.queues.queues().iter().any(|(q, _)| q == "outbound") => json!({
+                "breaker": crate::breaker::BreakerState::Closed,
+                "changed_at": null,
+                "opened_at": null,
+                "recent_failures": 0,
+                "last_failure": null,
+            }),
+            Ok(None) => Value::Null,
+            Err(e) => {
+                warnings.push(format!("the downstream breaker's record: {e:#}"));
+                Value::Null
+            }
+        };
         let healthy = problems.is_empty();
         let body = json!({
+            "downstream": downstream,
             "status": if healthy { "ok" } else { "unhealthy" },
             "checked_at": now.to_rfc3339(),
             "problems": problems,

@@ -74,7 +74,9 @@ pub struct Ingest {
     pub records: Arc<dyn StateRecords>,
     /// Where continuations go (the `inbound` queue the stage consumes).
     pub inbound: Arc<dyn WorkQueue>,
-    pub outbound: Arc<dyn WorkQueue>,
+    /// Where each outcome goes for the downstream API (`outbound`, the batch sender's queue);
+    /// none when the deployment has no downstream API (`CHARLIE_OUTBOUND_QUEUE_URL` unset).
+    pub outbound: Option<Arc<dyn WorkQueue>>,
     pub dead_letters: Arc<dyn DeadLetters>,
     pub tuning: IngestTuning,
 }
@@ -106,7 +108,10 @@ impl Ingest {
             claims: state.clone(),
             records: state,
             inbound: wiring::queue(&aws, env, "CHARLIE_INBOUND_QUEUE_URL")?,
-            outbound: wiring::queue(&aws, env, "CHARLIE_OUTBOUND_QUEUE_URL")?,
+            outbound: match env.get("CHARLIE_OUTBOUND_QUEUE_URL") {
+                Some(_) => Some(wiring::queue(&aws, env, "CHARLIE_OUTBOUND_QUEUE_URL")?),
+                None => None,
+            },
             dead_letters: wiring::dead_letters(&aws, env)?,
             tuning: IngestTuning::default(),
         })
@@ -562,7 +567,9 @@ impl Ingest {
             .iter()
             .map(|o| (o, progress.correlation_id.as_str()))
             .collect();
-        self.outbound.send_all(&pairs).await?;
+        if let Some(outbound) = &self.outbound {
+            outbound.send_all(&pairs).await?;
+        }
         Ok(MailSummary {
             status: "ingested".into(),
             outcomes: done,
@@ -828,7 +835,7 @@ mod tests {
             claims: Arc::clone(&claims) as _,
             records: Arc::clone(&records) as _,
             inbound: Arc::clone(&inbound) as _,
-            outbound: Arc::clone(&outbound) as _,
+            outbound: Some(Arc::clone(&outbound) as _),
             dead_letters: Arc::clone(&dead_letters) as _,
             tuning,
         };
@@ -857,6 +864,25 @@ mod tests {
 
     fn day(d: &str) -> chrono::NaiveDate {
         d.parse().unwrap()
+    }
+
+    /// A deployment without a downstream API has no outbound queue: the outcomes are recorded
+    /// and nothing is queued.
+    #[tokio::test]
+    async fn without_a_downstream_api_outcomes_are_recorded_and_not_queued() {
+        let mut w = world();
+        w.ingest.outbound = None;
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-1", "2024-03-14", 5));
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-1")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        let records: &dyn StateRecords = w.records.as_ref();
+        let outcomes = records.outcomes_of_mail(MAILBOX, "m-1").await.unwrap();
+        assert_eq!(outcomes.len(), 1);
+        assert!(w.outbound.sent().is_empty());
     }
 
     #[tokio::test]
