@@ -226,9 +226,15 @@ ensure_localstack_core() {
   if "$ROOT/.venv-localstack/bin/python" -c "import importlib.metadata as m; assert m.version('localstack-core') == '$LOCALSTACK_VERSION'" 2>/dev/null; then
     return 0
   fi
-  local py
-  py=$(command -v python3.13 || ls /root/.pyenv/versions/3.13*/bin/python3.13 2>/dev/null | head -1 || true)
-  if [ -z "$py" ] || ! "$py" -c 'import venv' 2>/dev/null; then
+  # The first Python 3.13 that runs (a pyenv shim does not without a selected version).
+  local py="" candidate
+  for candidate in "$(command -v python3.13 || true)" "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3.13; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c 'import venv' 2>/dev/null; then
+      py=$candidate
+      break
+    fi
+  done
+  if [ -z "$py" ]; then
     echo "Python 3.13 not found: the adapter tests against LocalStack are skipped (install python3.13 to run them)" >&2
     return 1
   fi
