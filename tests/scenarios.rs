@@ -1636,7 +1636,11 @@ async fn drain_until(
 ) -> bool {
     let started = std::time::Instant::now();
     loop {
-        cx.cloud.runner.drain().await.unwrap();
+        cx.cloud
+            .runner
+            .drain_for(std::time::Duration::from_secs(5))
+            .await
+            .unwrap();
         if done() {
             return true;
         }
@@ -1827,7 +1831,11 @@ async fn a_storm_of_each_downstream_fault_ends_with_every_outcome_stored_once(cx
     expected.extend(ids.iter().cloned());
     let mut opened = false;
     for _ in 0..8 {
-        cx.cloud.runner.drain().await.unwrap();
+        cx.cloud
+            .runner
+            .drain_for(std::time::Duration::from_secs(1))
+            .await
+            .unwrap();
         opened |= breaker(cx).await.state != charlie::breaker::BreakerState::Closed;
         tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     }

@@ -1,8 +1,10 @@
 //! Charlie's local cloud: the AWS emulator (moto, on a free port), the Terraform driver that
 //! applies `infra/envs/local` to it, the local runner that executes the functions in-process as
-//! the deployment wires them (queues, schedules, API routes), and a fake Microsoft Graph mailbox.
+//! the deployment wires them (queues, schedules, API routes), a fake Microsoft Graph mailbox and
+//! a fake downstream persistence API.
 
 pub mod bench;
+pub mod bench_sender;
 pub mod clients;
 pub mod demo;
 pub mod deployment;

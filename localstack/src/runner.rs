@@ -284,6 +284,18 @@ impl LocalRunner {
     /// maximum concurrency gets that many batches at once (as Lambda runs that many
     /// instances); others one.
     pub async fn drain(&self) -> anyhow::Result<DrainStats> {
+        self.drain_within(None).await
+    }
+
+    /// [`LocalRunner::drain`], but no new round starts after `within`: while a consumer keeps
+    /// failing and its messages keep coming back (the batch sender during an outage) the
+    /// queues never run empty, and a test still gets on.
+    pub async fn drain_for(&self, within: std::time::Duration) -> anyhow::Result<DrainStats> {
+        self.drain_within(Some(std::time::Instant::now() + within))
+            .await
+    }
+
+    async fn drain_within(&self, until: Option<std::time::Instant>) -> anyhow::Result<DrainStats> {
         let mut total = DrainStats::default();
         loop {
             let pumps = self.deployment.mappings.iter().flat_map(|m| {
@@ -301,7 +313,7 @@ impl LocalRunner {
             total.batches += round.batches;
             total.messages += round.messages;
             total.failures += round.failures;
-            if round.messages == 0 {
+            if round.messages == 0 || until.is_some_and(|t| std::time::Instant::now() >= t) {
                 return Ok(total);
             }
         }

@@ -104,6 +104,48 @@ async fn counted_events_and_measurements_reach_cloudwatch_once_with_both_dimensi
     charlie::metrics::level("poller", name::SUBSCRIPTION_SECONDS_TO_EXPIRY, 3600.0);
     charlie::metrics::count("poller", name::GRAPH_THROTTLED, None, 2);
 
+    // The batch sender meeting an outage: three failed calls open its breaker.
+    {
+        use charlie::adapters::memory::{
+            DownstreamScript, MemoryDeadLetters, MemoryDownstream, MemoryVisibility,
+        };
+        use charlie::stages::Handler;
+        use std::sync::Arc;
+        let api = Arc::new(MemoryDownstream::default());
+        for _ in 0..3 {
+            api.then(DownstreamScript::Reply(503, None, String::new()));
+        }
+        let records = Arc::new(MemoryState::default());
+        let sender = charlie::stages::batch_sender::BatchSender {
+            api,
+            breaker: charlie::breaker::Breaker::new(
+                records.clone(),
+                "downstream",
+                charlie::breaker::BreakerSettings {
+                    failures: 3,
+                    ..Default::default()
+                },
+            ),
+            visibility: Arc::new(MemoryVisibility::default()),
+            dead_letters: Arc::new(MemoryDeadLetters::default()),
+            records,
+            settings: charlie::stages::batch_sender::SenderSettings {
+                backoff_base: std::time::Duration::from_millis(1),
+                backoff_max: std::time::Duration::from_millis(2),
+                ..Default::default()
+            },
+        };
+        let body = serde_json::json!({"v": 1, "mailbox": "m", "message_id": "x", "attachment": "a.csv",
+            "dataset": "ib_calls", "dates": [], "rows_total": 0, "rows_new": 0, "rows_duplicate": 0,
+            "rows_rejected": 0, "raw_key": "raw/x"});
+        let event = serde_json::json!({"Records": [{"messageId": "m0", "receiptHandle": "r0",
+            "body": body.to_string(), "attributes": {"ApproximateReceiveCount": "1"}}]});
+        let invocation =
+            charlie::invocation::Invocation::with_timeout(std::time::Duration::from_secs(60));
+        let resp = sender.invoke(event, &invocation).await.unwrap();
+        assert_eq!(resp["batchItemFailures"][0]["itemIdentifier"], "m0");
+    }
+
     let mut out = Vec::new();
     collector.flush(&mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
@@ -152,6 +194,11 @@ async fn counted_events_and_measurements_reach_cloudwatch_once_with_both_dimensi
         poller_units[name::SUBSCRIPTION_SECONDS_TO_EXPIRY],
         "Seconds"
     );
+
+    let (sender, sender_units) = find(&docs, &[("Stage", "batch-sender")]);
+    assert_eq!(sender[name::DOWNSTREAM_FAILURES], 3, "{text}");
+    assert_eq!(sender[name::BREAKER_STATE], 2.0, "open");
+    assert_eq!(sender_units[name::DOWNSTREAM_FAILURES], "Count");
 
     // A flush drains the counters: the next invocation's document holds only its own.
     let mut again = Vec::new();

@@ -2,6 +2,8 @@
 //! local cloud, artefacts in DIR.
 //! `charlie-local bench-stores FILE…`: ingests each ib_calls export into each row store.
 //! `charlie-local load [--mails N] [--rows R]`: the load run (see `charlie_local::load`).
+//! `charlie-local bench-sender [--items N] [--latency-ms L]`: the batch sender against the fake
+//! downstream API, batched and one call per item (see `charlie_local::bench_sender`).
 //! `charlie-local up [--row-store dynamodb|postgres] [--fresh]`: the local cloud kept running, with the
 //! control API, until Ctrl-C (see `charlie_local::up`).
 
@@ -15,6 +17,7 @@ async fn main() -> std::process::ExitCode {
     let mut row_store = charlie_local::demo::RowStoreKind::DynamoDb;
     let mut files = Vec::new();
     let (mut mails, mut rows) = (10_000usize, 20usize);
+    let (mut items, mut latency_ms) = (10_000usize, 50u64);
     let mut command = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -35,6 +38,14 @@ async fn main() -> std::process::ExitCode {
                 Some(v) if a == "--mails" => mails = v,
                 Some(v) => rows = v,
                 None => return usage(&format!("{a} needs a number")),
+            },
+            "--items" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(v) => items = v,
+                None => return usage("--items needs a number"),
+            },
+            "--latency-ms" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(v) => latency_ms = v,
+                None => return usage("--latency-ms needs a number"),
             },
             "--fresh" => fresh = true,
             "-h" | "--help" => return usage(""),
@@ -92,6 +103,22 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Some("bench-sender") => {
+            let bench = charlie_local::bench_sender::SenderBench {
+                items,
+                latency: std::time::Duration::from_millis(latency_ms),
+                batch: 100,
+                concurrency: 5,
+                max_items: 100,
+            };
+            match charlie_local::bench_sender::bench_sender(bench).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench-sender failed: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         _ => usage("which command?"),
     }
 }
@@ -104,5 +131,6 @@ fn usage(problem: &str) -> std::process::ExitCode {
     eprintln!("       charlie-local bench-stores IB_CALLS_CSV...");
     eprintln!("       charlie-local load [--mails N] [--rows R]");
     eprintln!("       charlie-local up [--row-store dynamodb|postgres] [--fresh]");
+    eprintln!("       charlie-local bench-sender [--items N] [--latency-ms L]");
     std::process::ExitCode::from(2)
 }
