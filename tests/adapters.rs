@@ -374,6 +374,85 @@ async fn a_ranked_record_is_never_lowered_on_dynamodb() {
     );
 }
 
+/// The batch sender's breaker relies on this: of two writers that read the same version, one
+/// wins; a record written without a version counts as version 0; and two breakers racing on
+/// the emulator's table lose no failure and share one probe.
+#[tokio::test]
+async fn a_versioned_record_is_written_only_over_the_version_read_on_dynamodb() {
+    use charlie::ports::StateRecords;
+    let (_, state) = fresh_state().await;
+    let (pk, sk) = ("BREAKER#t", "state");
+    assert!(state.put_versioned(pk, sk, "a".into(), None).await.unwrap());
+    assert!(
+        !state.put_versioned(pk, sk, "b".into(), None).await.unwrap(),
+        "exists"
+    );
+    assert_eq!(
+        state.get_versioned(pk, sk).await.unwrap(),
+        Some(("a".into(), 1))
+    );
+    assert!(
+        state
+            .put_versioned(pk, sk, "c".into(), Some(1))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !state
+            .put_versioned(pk, sk, "d".into(), Some(1))
+            .await
+            .unwrap(),
+        "stale"
+    );
+    assert_eq!(
+        state.get_versioned(pk, sk).await.unwrap(),
+        Some(("c".into(), 2))
+    );
+    state.put("PLAIN#t", sk, "p".into(), None).await.unwrap();
+    assert_eq!(
+        state.get_versioned("PLAIN#t", sk).await.unwrap(),
+        Some(("p".into(), 0))
+    );
+    assert!(
+        state
+            .put_versioned("PLAIN#t", sk, "q".into(), Some(0))
+            .await
+            .unwrap()
+    );
+
+    use charlie::breaker::{Admission, Breaker, BreakerSettings};
+    let shared: std::sync::Arc<dyn StateRecords> = std::sync::Arc::new(state);
+    let settings = BreakerSettings {
+        failures: 4,
+        cooldown: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let (a, b) = (
+        Breaker::new(shared.clone(), "race", settings),
+        Breaker::new(shared.clone(), "race", settings),
+    );
+    let now = Utc::now();
+    let (x, y) = tokio::join!(a.failed("500", now), b.failed("500", now));
+    x.unwrap();
+    y.unwrap();
+    let (x, y) = tokio::join!(a.failed("500", now), b.failed("500", now));
+    x.unwrap();
+    y.unwrap();
+    let (record, _) = a.read(now).await.unwrap();
+    assert_eq!(
+        record.state,
+        charlie::breaker::BreakerState::Open,
+        "4 failures counted"
+    );
+    let later = now + Duration::seconds(2);
+    let (x, y) = tokio::join!(a.admit(later), b.admit(later));
+    let probes = [x.unwrap(), y.unwrap()]
+        .iter()
+        .filter(|g| **g == Admission::Probe)
+        .count();
+    assert_eq!(probes, 1, "exactly one probe");
+}
+
 #[tokio::test]
 async fn queue_batches_deliver_every_message_with_its_correlation_id() {
     let c = clients().await;
