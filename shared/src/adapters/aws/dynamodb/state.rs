@@ -232,17 +232,7 @@ impl StateRecords for DynamoState {
             .expression_attribute_values(":rank", n(i64::from(rank)))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
-            Err(e) => {
-                Err(anyhow::Error::new(e).context(format!("writing ranked record {pk}/{sk}")))
-            }
-        }
+        conditional_put(result, || format!("writing ranked record {pk}/{sk}"))
     }
 
     async fn get_versioned(&self, pk: &str, sk: &str) -> anyhow::Result<Option<(String, u64)>> {
@@ -282,17 +272,9 @@ impl StateRecords for DynamoState {
                 .condition_expression("ver = :v")
                 .expression_attribute_values(":v", n(v as i64)),
         };
-        match req.send().await {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
-            Err(e) => {
-                Err(anyhow::Error::new(e).context(format!("writing versioned record {pk}/{sk}")))
-            }
-        }
+        conditional_put(req.send().await, || {
+            format!("writing versioned record {pk}/{sk}")
+        })
     }
 
     async fn get(&self, pk: &str, sk: &str) -> anyhow::Result<Option<String>> {
@@ -450,5 +432,22 @@ impl StateRecords for DynamoState {
                 Some((str_attr(item, "sk")?, values))
             })
             .collect())
+    }
+}
+
+/// A conditional PutItem's result: written (true), refused by its condition (false), or an
+/// error with `what` as its context.
+fn conditional_put<O>(
+    result: Result<O, SdkError<PutItemError, aws_sdk_dynamodb::config::http::HttpResponse>>,
+    what: impl FnOnce() -> String,
+) -> anyhow::Result<bool> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(SdkError::ServiceError(e))
+            if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(what())),
     }
 }
