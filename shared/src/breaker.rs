@@ -65,6 +65,16 @@ impl BreakerRecord {
         }
     }
 
+    /// Just opened by a failure with `reason`.
+    fn opened(reason: &str, now: DateTime<Utc>) -> Self {
+        BreakerRecord {
+            state: BreakerState::Open,
+            opened_at: Some(now),
+            last_failure: Some(reason.to_owned()),
+            ..BreakerRecord::closed(now)
+        }
+    }
+
     /// When an open breaker lets a probe through.
     pub fn reopens_at(&self, settings: &BreakerSettings) -> Option<DateTime<Utc>> {
         match self.state {
@@ -228,14 +238,7 @@ impl Breaker {
                         failures.drain(..failures.len() - keep);
                     }
                     Some(if failures.len() >= keep {
-                        BreakerRecord {
-                            state: BreakerState::Open,
-                            failures: Vec::new(),
-                            opened_at: Some(now),
-                            probe_until: None,
-                            last_failure: Some(reason.to_owned()),
-                            changed_at: now,
-                        }
+                        BreakerRecord::opened(reason, now)
                     } else {
                         BreakerRecord {
                             failures,
@@ -244,14 +247,7 @@ impl Breaker {
                         }
                     })
                 }
-                BreakerState::HalfOpen => Some(BreakerRecord {
-                    state: BreakerState::Open,
-                    failures: Vec::new(),
-                    opened_at: Some(now),
-                    probe_until: None,
-                    last_failure: Some(reason.to_owned()),
-                    changed_at: now,
-                }),
+                BreakerState::HalfOpen => Some(BreakerRecord::opened(reason, now)),
                 // Already open: a call that started before it opened.
                 BreakerState::Open => None,
             })
