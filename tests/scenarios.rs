@@ -201,6 +201,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         an_oversized_workbook_goes_as_a_download_link,
         an_ses_bounce_marks_the_delivery_and_is_never_lowered,
         an_unusable_attachment_is_quarantined_with_its_reason,
+        relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once,
         retention_expires_rows_and_files_as_the_definitions_say,
         the_dashboard_works_in_a_real_browser,
         a_mail_found_by_webhook_and_poll_is_ingested_once,
@@ -1092,6 +1093,80 @@ async fn an_unusable_attachment_is_quarantined_with_its_reason(cx: &Ctx) {
     let reason: serde_json::Value = serde_json::from_slice(&reason).unwrap();
     assert!(
         reason["reason"].as_str().unwrap().contains("call_id"),
+        "{reason}"
+    );
+}
+
+/// A raw export mail as a relay uploads it (8bit CSV, CRLF lines).
+fn raw_export_mail(message_id: &str, day: &str, n: usize) -> Vec<u8> {
+    let csv = String::from_utf8(export(day, n)).unwrap();
+    format!(
+        "From: Dialer Exports <exports@dialer.example>\r\nTo: ops@branch.example\r\n\
+         Date: Thu, 2 Apr 2024 10:00:00 +0000\r\nSubject: IB calls export {day}\r\n\
+         Message-ID: <{message_id}@dialer.example>\r\nMIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
+         Content-Type: text/plain\r\n\r\nExport attached.\r\n--b\r\n\
+         Content-Type: text/csv; name=\"ib_calls_{day}.csv\"\r\n\
+         Content-Disposition: attachment; filename=\"ib_calls_{day}.csv\"\r\n\
+         Content-Transfer-Encoding: 8bit\r\n\r\n{}\r\n--b--\r\n",
+        csv.replace('\n', "\r\n").trim_end()
+    )
+    .into_bytes()
+}
+
+/// A raw mail put in `inbox/relay/{relay}/{sha256}.eml` reaches ingest through the bucket's
+/// event notification (Terraform's, on the emulator) in S3's own shape: its rows are stored
+/// once though S3 announces it twice, and a file cut short is quarantined whole with why.
+async fn relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once(cx: &Ctx) {
+    use charlie::object_keys::{quarantined_mail, relay_inbox};
+    use charlie::raw_mail::content_id;
+    let relay = charlie::state::RelayRecord {
+        id: "branch-e2e".into(),
+        mailbox: None,
+        salt: "e2e".into(),
+        created_at: Utc::now().to_rfc3339(),
+        created_by: "e2e".into(),
+        revoked_at: None,
+    };
+    cx.records()
+        .put_record(&RecordKey::relay("branch-e2e"), &relay, None)
+        .await
+        .unwrap();
+    let mail = raw_export_mail("relay-e2e-1", "2024-04-02", 7);
+    let sha = content_id(&mail);
+    for _ in 0..2 {
+        cx.objects
+            .put(&relay_inbox("branch-e2e", &sha), mail.clone(), "message/rfc822")
+            .await
+            .unwrap();
+    }
+    let cut = std::fs::read(charlie_local::project::root().join("events/relay/bad-truncated.eml"))
+        .unwrap();
+    let cut_sha = content_id(&cut);
+    cx.objects
+        .put(&relay_inbox("branch-e2e", &cut_sha), cut, "message/rfc822")
+        .await
+        .unwrap();
+    let drained = cx.cloud.runner.drain().await.unwrap();
+    assert!(drained.messages >= 3, "S3 announced each upload: {drained:?}");
+    assert_eq!(drained.failures, 0);
+    assert!(cx.dead_letters("inbound").await.is_empty(), "S3's events are read");
+    assert_eq!(cx.rows_of("ib_calls", "2024-04-02").await, 7);
+    let outcomes = cx
+        .records()
+        .outcomes_of_mail("relay/branch-e2e", &sha)
+        .await
+        .unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert_eq!((outcomes[0].rows_new, outcomes[0].rows_duplicate), (7, 0));
+    let reason = cx
+        .cloud
+        .object(&format!("{}.reason.json", quarantined_mail("branch-e2e", &cut_sha)))
+        .await
+        .unwrap();
+    let reason: serde_json::Value = serde_json::from_slice(&reason).unwrap();
+    assert!(
+        reason["reason"].as_str().unwrap().contains("cut short"),
         "{reason}"
     );
 }

@@ -28,6 +28,8 @@ pub mod kind {
     pub const MAILS_PROCESSED: &str = "mails_processed";
     /// A mail no attachment of matched a dataset.
     pub const MAILS_IGNORED: &str = "mails_ignored";
+    /// A raw mail (from a relay) that could not be read at all: quarantined whole.
+    pub const MAILS_QUARANTINED: &str = "mails_quarantined";
     /// A mail ingested before under another id.
     pub const MAILS_DUPLICATE: &str = "mails_duplicate";
     /// A message a stage gave up on (sent to its dead-letter queue), per stage.

@@ -129,6 +129,7 @@ mod tests {
         assert!(!is_guid("0123456789abcdef"));
     }
 
+    #[cfg(any(feature = "stages", feature = "graph"))]
     #[tokio::test]
     async fn the_current_correlation_is_the_scoped_one() {
         assert_eq!(current_correlation(), None);

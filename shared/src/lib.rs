@@ -39,6 +39,8 @@ pub mod metrics;
 pub mod object_keys;
 pub mod period;
 pub mod ports;
+pub mod raw_mail;
+pub mod relay_auth;
 pub mod report_mail;
 #[cfg(feature = "stages")]
 pub mod reprocess;

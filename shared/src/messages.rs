@@ -41,6 +41,9 @@ pub enum InboundMessage {
         mailbox: String,
         message_id: String,
         step: u32,
+        /// The relay that uploaded it, for raw mail (re-read from `inbox/relay/`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<String>,
     },
     /// Re-ingest a dataset's day from its archived attachments (the control API asks; the
     /// status is at `REPROCESS#{request_id}`).
@@ -51,6 +54,129 @@ pub enum InboundMessage {
         dataset: String,
         date: NaiveDate,
     },
+}
+
+/// One object S3 says was created (an event notification record, S3's own shape).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreatedObject {
+    pub bucket: String,
+    /// The key, decoded (S3 sends it URL-encoded, `+` for a space).
+    pub key: String,
+    pub size: Option<u64>,
+    pub at: DateTime<Utc>,
+}
+
+/// What an `inbound` message body is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    Message(InboundMessage),
+    /// An S3 event notification: relay uploads (other events are left out, with their names).
+    Created {
+        objects: Vec<CreatedObject>,
+        other_events: Vec<String>,
+    },
+    /// The `s3:TestEvent` S3 sends once when a notification is configured: nothing to do.
+    S3TestEvent,
+}
+
+#[derive(Deserialize)]
+struct S3Notification {
+    #[serde(rename = "Records")]
+    records: Vec<S3Record>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct S3Record {
+    event_source: String,
+    event_name: String,
+    /// RFC 3339 from S3 (`…Z`); moto leaves the zone out (UTC): both are read.
+    event_time: String,
+    s3: S3Entity,
+}
+
+#[derive(Deserialize)]
+struct S3Entity {
+    bucket: S3Bucket,
+    object: S3Object,
+}
+
+#[derive(Deserialize)]
+struct S3Bucket {
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct S3Object {
+    key: String,
+    #[serde(default)]
+    size: Option<u64>,
+}
+
+/// Reads an `inbound` body: one of Charlie's messages, or S3's event notification.
+pub fn parse_inbound(body: &str) -> Result<Inbound, String> {
+    let value: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    if value.get("Records").is_some() {
+        let n: S3Notification = serde_json::from_value(value)
+            .map_err(|e| format!("an S3 event notification of an unexpected shape: {e}"))?;
+        let mut objects = Vec::new();
+        let mut other_events = Vec::new();
+        for r in n.records {
+            if r.event_source != "aws:s3" || !r.event_name.starts_with("ObjectCreated:") {
+                other_events.push(format!("{} {}", r.event_source, r.event_name));
+                continue;
+            }
+            objects.push(CreatedObject {
+                bucket: r.s3.bucket.name,
+                key: url_decode(&r.s3.object.key).ok_or_else(|| {
+                    format!("an S3 key that does not decode: {:?}", r.s3.object.key)
+                })?,
+                size: r.s3.object.size,
+                at: event_time(&r.event_time).ok_or_else(|| {
+                    format!("an S3 event time that is no time: {:?}", r.event_time)
+                })?,
+            });
+        }
+        return Ok(Inbound::Created {
+            objects,
+            other_events,
+        });
+    }
+    if value.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
+        return Ok(Inbound::S3TestEvent);
+    }
+    serde_json::from_value(value)
+        .map(Inbound::Message)
+        .map_err(|e| e.to_string())
+}
+
+fn event_time(t: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(t)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|n| n.and_utc())
+        })
+}
+
+/// An S3 event's key: `application/x-www-form-urlencoded` (`+` is a space, `%XX` a byte).
+fn url_decode(key: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(key.len());
+    let mut bytes = key.bytes();
+    while let Some(b) = bytes.next() {
+        match b {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hi = (bytes.next()? as char).to_digit(16)?;
+                let lo = (bytes.next()? as char).to_digit(16)?;
+                out.push((hi * 16 + lo) as u8);
+            }
+            _ => out.push(b),
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `outbound`: what ingesting one attachment of one mail produced.
@@ -223,6 +349,40 @@ mod tests {
             back,
             serde_json::from_str::<serde_json::Value>(json).unwrap()
         );
+    }
+
+    #[test]
+    fn s3_event_notifications_and_s3s_test_event_are_read_in_s3s_own_shape() {
+        // As S3 puts it on a queue (an ObjectCreated:Put and a removal in one notification).
+        let body = r#"{"Records":[{"eventVersion":"2.1","eventSource":"aws:s3","awsRegion":"eu-west-2",
+            "eventTime":"2024-03-14T12:06:00.000Z","eventName":"ObjectCreated:Put",
+            "s3":{"s3SchemaVersion":"1.0","configurationId":"relay-inbox",
+              "bucket":{"name":"charlie-local","arn":"arn:aws:s3:::charlie-local"},
+              "object":{"key":"inbox/relay/branch-1/ab%2Bc+d.eml","size":6800,"eTag":"x","sequencer":"0A"}}},
+            {"eventSource":"aws:s3","eventName":"ObjectRemoved:Delete","eventTime":"2024-03-14T12:07:00.123456",
+             "s3":{"bucket":{"name":"charlie-local"},"object":{"key":"inbox/relay/x.eml"}}}]}"#;
+        let Inbound::Created {
+            objects,
+            other_events,
+        } = parse_inbound(body).unwrap()
+        else {
+            panic!("not read as S3 events");
+        };
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].key, "inbox/relay/branch-1/ab+c d.eml");
+        assert_eq!(objects[0].bucket, "charlie-local");
+        assert_eq!(objects[0].size, Some(6800));
+        assert_eq!(
+            objects[0].at,
+            "2024-03-14T12:06:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
+        assert_eq!(other_events, ["aws:s3 ObjectRemoved:Delete"]);
+        let test = r#"{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2024-03-14T12:00:00.000Z","Bucket":"charlie-local","RequestId":"R","HostId":"H"}"#;
+        assert_eq!(parse_inbound(test).unwrap(), Inbound::S3TestEvent);
+        let graph = r#"{"v":1,"kind":"graph_message","mailbox":"a@b.example","message_id":"AAMk=","source":"webhook"}"#;
+        assert!(matches!(parse_inbound(graph).unwrap(), Inbound::Message(_)));
+        let bad = parse_inbound(r#"{"Records":[{"eventSource":"aws:s3"}]}"#).unwrap_err();
+        assert!(bad.contains("unexpected shape"), "{bad}");
     }
 
     #[test]

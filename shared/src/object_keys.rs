@@ -36,6 +36,30 @@ pub fn quarantine(place: &str) -> String {
     format!("quarantine/{place}")
 }
 
+/// Where a relay uploads one raw mail: named by the SHA-256 of its bytes.
+pub fn relay_inbox(relay: &str, sha256: &str) -> String {
+    format!("{RELAY_INBOX}{relay}/{sha256}.eml")
+}
+
+pub const RELAY_INBOX: &str = "inbox/relay/";
+
+/// The (relay, SHA-256) of a relay upload's key, when it is one.
+pub fn relay_upload(key: &str) -> Option<(&str, &str)> {
+    let (relay, file) = key.strip_prefix(RELAY_INBOX)?.split_once('/')?;
+    let sha = file.strip_suffix(".eml")?;
+    (crate::state::relay_id_ok(relay)
+        && sha.len() == 64
+        && sha
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then_some((relay, sha))
+}
+
+/// A raw mail that could not be read at all, kept whole with its `.reason.json`.
+pub fn quarantined_mail(relay: &str, sha256: &str) -> String {
+    format!("quarantine/mail/relay/{relay}/{sha256}.eml")
+}
+
 pub fn workbook(report: &str, period: &str) -> String {
     format!("reports/{report}/{period}/{report}-{period}.xlsx")
 }

@@ -133,6 +133,44 @@ impl RecordKey<ApiKeyRecord> {
 /// Every API key on the index, by creation time.
 pub const API_KEYS_INDEX: &str = "APIKEYS";
 
+/// An on-prem relay allowed to upload mail (`RELAY#{id}` / `relay`, on [`RELAYS_INDEX`]). Its
+/// signing key is derived from the deployment's relay secret and `salt`
+/// (`crate::relay_auth`): rotating the key is a new salt, revoking it sets `revoked_at`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RelayRecord {
+    pub id: String,
+    /// The mailbox the relay reads, when Graph may read it too (its address, resolved through
+    /// Graph to the directory object id Graph's path claims mail under, or that id): the same
+    /// mail by both paths is then ingested once. Without one, mail is claimed under
+    /// `relay/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
+    pub salt: String,
+    pub created_at: String,
+    pub created_by: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+impl RecordKey<RelayRecord> {
+    pub fn relay(id: &str) -> Self {
+        Self::new(format!("RELAY#{id}"), "relay")
+    }
+}
+
+/// Every relay on the index, by id.
+pub const RELAYS_INDEX: &str = "RELAYS";
+
+/// A relay id: 1 to 40 of `a-z`, `0-9`, `-`, starting with a letter or digit (it is a key
+/// segment in `inbox/relay/{id}/`).
+pub fn relay_id_ok(id: &str) -> bool {
+    (1..=40).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
 /// `AUDIT#{day}` / `{at}#{request id}`: one state-changing API call (on the index as
 /// [`AUDIT_INDEX`], newest first).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

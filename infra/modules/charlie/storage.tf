@@ -2,7 +2,6 @@
 resource "aws_s3_bucket" "data" {
   #checkov:skip=CKV_AWS_18:Server access logs would need a second bucket per deployment (itself unlogged); object-level access is recorded by the account's CloudTrail data events instead, which also name the IAM principal
   #checkov:skip=CKV_AWS_144:One region by design: versioning (noncurrent reports kept 30 days) and the tables' PITR are the recovery path; replicating mailed personal data to a second region is a per-deployment decision, not the module's default
-  #checkov:skip=CKV2_AWS_62:No consumer of bucket events exists yet: objects are written by the functions themselves, which queue what follows; the relay's inbox/ notification will come with the relay
   bucket        = "${local.p}-data-${local.account_id}-${local.region}"
   force_destroy = false
 }
@@ -78,6 +77,26 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
       }
       expiration {
         days = rule.value
+      }
+      noncurrent_version_expiration {
+        noncurrent_days = 1
+      }
+    }
+  }
+
+  # A relay's uploads: once ingested, each attachment is archived in raw/ (kept as its dataset
+  # says); the whole mail is kept for relay_inbox_days for inspection and re-ingest. A mail
+  # quarantined whole is kept as long.
+  dynamic "rule" {
+    for_each = { "inbox/relay/" = "relay-inbox", "quarantine/mail/" = "quarantined-mail" }
+    content {
+      id     = "retain-${rule.value}"
+      status = "Enabled"
+      filter {
+        prefix = rule.key
+      }
+      expiration {
+        days = var.relay_inbox_days
       }
       noncurrent_version_expiration {
         noncurrent_days = 1

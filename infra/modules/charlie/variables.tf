@@ -89,6 +89,16 @@ variable "infra_file" {
   type        = string
 }
 
+variable "relay_inbox_days" {
+  description = "Days a relay's uploaded mail (inbox/relay/) and a mail quarantined whole (quarantine/mail/) are kept; the attachments ingested from it are archived in raw/ for as long as their dataset says."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.relay_inbox_days >= 1
+    error_message = "relay_inbox_days must be at least 1."
+  }
+}
+
 variable "report_versions_days" {
   description = "Days a workbook replaced by a re-run of its period is kept as a noncurrent version (a report's own retain_days governs the current one)."
   type        = number

@@ -22,6 +22,7 @@ use crate::ports::{
 };
 use crate::report_mail::Recipients;
 use crate::secret::Secret;
+use crate::value::Row;
 
 /// `bytes` as a stream of 64 KiB pieces, as a network body arrives.
 fn chunked(bytes: Vec<u8>) -> ByteChunks {
@@ -86,6 +87,15 @@ impl MemoryRowStore {
             .keys()
             .filter(|(d, day, _)| d == dataset && *day == date)
             .count()
+    }
+
+    /// A day's rows: (key, values), in key order.
+    pub fn rows_of(&self, dataset: &str, date: NaiveDate) -> Vec<(String, Row)> {
+        lock(&self.rows)
+            .iter()
+            .filter(|((d, day, _), _)| d == dataset && *day == date)
+            .map(|((_, _, key), row)| (key.clone(), row.values.clone()))
+            .collect()
     }
 }
 
@@ -555,6 +565,20 @@ impl Objects for MemoryObjects {
         Ok(format!(
             "https://memory.invalid/{key}?versionId={}&X-Amz-Expires={}",
             version_id.unwrap_or(""),
+            expires_in.as_secs()
+        ))
+    }
+
+    async fn presigned_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        sha256_base64: &str,
+        expires_in: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        self.fault.check()?;
+        Ok(format!(
+            "https://memory.invalid/{key}?content-type={content_type}&x-amz-checksum-sha256={sha256_base64}&X-Amz-Expires={}",
             expires_in.as_secs()
         ))
     }

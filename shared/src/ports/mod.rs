@@ -66,6 +66,16 @@ pub trait Objects: Send + Sync {
         version_id: Option<&str>,
         expires_in: std::time::Duration,
     ) -> anyhow::Result<String>;
+    /// A URL that uploads `key` with one `PUT` without credentials until `expires_in`; the
+    /// upload must carry `x-amz-checksum-sha256` = `sha256_base64` (S3 refuses other bytes)
+    /// and `content-type` = `content_type`.
+    async fn presigned_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        sha256_base64: &str,
+        expires_in: std::time::Duration,
+    ) -> anyhow::Result<String>;
     /// Every version of `key`, newest first (none when there is no such key).
     async fn versions(&self, key: &str) -> anyhow::Result<Vec<ObjectInfo>>;
     /// Current objects under `prefix` in key order, after `after` (a page's last key), at

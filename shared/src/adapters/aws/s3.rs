@@ -254,6 +254,28 @@ impl Objects for S3Objects {
         Ok(request.uri().to_owned())
     }
 
+    async fn presigned_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        sha256_base64: &str,
+        expires_in: std::time::Duration,
+    ) -> anyhow::Result<String> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .context("a presigned upload lasts at most 7 days")?;
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .checksum_sha256(sha256_base64)
+            .presigned(config)
+            .await
+            .with_context(|| format!("presigning an upload to s3://{}/{key}", self.bucket))?;
+        Ok(request.uri().to_owned())
+    }
+
     async fn get(&self, key: &str, version_id: Option<&str>) -> anyhow::Result<Vec<u8>> {
         let out = self
             .client

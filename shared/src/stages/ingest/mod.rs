@@ -11,6 +11,7 @@
 //! forwarded once, when the mail's last attachment is done.
 
 mod pipeline;
+mod relay;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use crate::definitions::{Dataset, Definitions};
 use crate::failure::permanent;
 use crate::idempotency::{IdempotencyKey, Once, once};
 use crate::invocation::Invocation;
-use crate::messages::{InboundMessage, IngestOutcome};
+use crate::messages::{Inbound, InboundMessage, IngestOutcome};
 use crate::object_keys;
 use crate::ports::{
     AttachmentInfo, Claims, DeadLetters, MailMessage, MailSource, Objects, RowStore, StateRecords,
@@ -36,6 +37,7 @@ use crate::reprocess::index_day;
 use crate::sqs_batch::correlation_id;
 use crate::state::{self, DayAttachment, FilePosition, MailProgress, RecordKey};
 use pipeline::{Ended, Input};
+use relay::Letter;
 
 /// Rows the store refused, kept in detail per attachment (all are counted).
 const STORE_REJECT_DETAILS: usize = 100;
@@ -85,7 +87,8 @@ pub struct Ingest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MailSummary {
     /// `ingested`; `ignored` when no attachment matched a dataset; `duplicate` when the mail
-    /// was ingested under another id; `continued` when a continuation carries on with it.
+    /// was ingested under another id; `continued` when a continuation carries on with it;
+    /// `quarantined` when a raw mail could not be read at all (the reason is in `ignored`).
     pub status: String,
     pub outcomes: Vec<IngestOutcome>,
     /// Attachments that matched a dataset but were not taken, each with why.
@@ -240,15 +243,34 @@ impl Ingest {
 
     async fn ingest_message(&self, msg: SqsMessage, invocation: &Invocation) -> anyhow::Result<()> {
         let body = msg.body.as_deref().unwrap_or_default();
-        let inbound: InboundMessage = serde_json::from_str(body).map_err(|e| {
+        let inbound = crate::messages::parse_inbound(body).map_err(|e| {
             permanent(format!(
-                "not an inbound message (expected {{\"v\":1,\"kind\":\"graph_message\",…}}): {e}: {}",
+                "not an inbound message (expected {{\"v\":1,\"kind\":\"graph_message\",…}} or an S3 event notification): {e}: {}",
                 truncate(body, 200)
             ))
         })?;
         let correlation = correlation_id(&msg)
             .map(str::to_owned)
             .unwrap_or_else(crate::invocation::new_correlation_id);
+        let inbound = match inbound {
+            Inbound::Message(m) => m,
+            Inbound::S3TestEvent => {
+                info!("S3's test event (a notification was configured): nothing to do");
+                return Ok(());
+            }
+            Inbound::Created {
+                objects,
+                other_events,
+            } => {
+                for event in other_events {
+                    info!(event, "an S3 event that is not a creation: nothing to do");
+                }
+                for object in &objects {
+                    self.relay_upload(object, &correlation, invocation).await?;
+                }
+                return Ok(());
+            }
+        };
         if let InboundMessage::Reprocess {
             request_id,
             dataset,
@@ -258,19 +280,20 @@ impl Ingest {
         {
             return self.reprocess(request_id, dataset, *date, invocation).await;
         }
-        let (mailbox, message_id, step, source) = match &inbound {
+        let (mailbox, message_id, step, source, relay) = match &inbound {
             InboundMessage::GraphMessage {
                 mailbox,
                 message_id,
                 source,
                 ..
-            } => (mailbox, message_id, 0, Some(*source)),
+            } => (mailbox, message_id, 0, Some(*source), None),
             InboundMessage::Continuation {
                 mailbox,
                 message_id,
                 step,
+                relay,
                 ..
-            } => (mailbox, message_id, *step, None),
+            } => (mailbox, message_id, *step, None, relay.as_deref()),
             InboundMessage::Reprocess { .. } => unreachable!("reprocess requests returned above"),
         };
         let done = if step == 0 {
@@ -279,16 +302,34 @@ impl Ingest {
                 state::mail_claim(mailbox, message_id),
                 &(mailbox, message_id),
             );
-            let work = self.start_mail(mailbox, message_id, &correlation, invocation);
+            let work = self.start_mail(
+                mailbox,
+                message_id,
+                &Letter::Graph,
+                &correlation,
+                invocation,
+            );
             once(self.claims.as_ref(), &key, invocation, KEEP_CLAIMS, work).await?
         } else {
             let key = IdempotencyKey::new(
                 state::continuation_claim(mailbox, message_id, step),
                 &(mailbox, message_id, step),
             );
-            let work = self.continue_mail(mailbox, message_id, step, invocation);
+            let work = self.continue_mail(mailbox, message_id, step, relay, invocation);
             once(self.claims.as_ref(), &key, invocation, KEEP_CLAIMS, work).await?
         };
+        self.ingested(mailbox, message_id, step, source, done).await
+    }
+
+    /// Counts and logs a mail's claimed work, done now or before.
+    async fn ingested(
+        &self,
+        mailbox: &str,
+        message_id: &str,
+        step: u32,
+        source: Option<crate::messages::FoundBy>,
+        done: Once<MailSummary>,
+    ) -> anyhow::Result<()> {
         let summary = match &done {
             Once::Ran(s) | Once::AlreadyDone(s) => s,
         };
@@ -339,6 +380,7 @@ impl Ingest {
                 }
             }
             "ignored" => counts.add(kind::MAILS_IGNORED, mailbox, 1),
+            "quarantined" => counts.add(kind::MAILS_QUARANTINED, mailbox, 1),
             "duplicate" => counts.add(kind::MAILS_DUPLICATE, mailbox, 1),
             _ => return Ok(()), // continued: its last step counts it
         }
@@ -352,10 +394,11 @@ impl Ingest {
         &self,
         mailbox: &str,
         message_id: &str,
+        letter: &Letter,
         correlation: &str,
         invocation: &Invocation,
     ) -> anyhow::Result<MailSummary> {
-        let message = self.mail.message(mailbox, message_id).await?;
+        let message = self.message_of(letter, mailbox, message_id).await?;
         // The second guard: the same mail under another Graph id (from before immutable ids,
         // or announced by an older path) is recognised by its Message-ID.
         if let Some(internet_id) = &message.internet_message_id {
@@ -392,11 +435,12 @@ impl Ingest {
             step: 0,
             started: Utc::now(),
             correlation_id: correlation.to_owned(),
-            attachments: self.mail.attachment_list(mailbox, message_id).await?,
+            attachments: self.attachments_of(letter, mailbox, message_id).await?,
             done: Vec::new(),
             at: None,
         };
-        self.work_on(mailbox, &message, progress, invocation).await
+        self.work_on(mailbox, &message, letter, progress, invocation)
+            .await
     }
 
     /// Continuation `step` of a mail: carries on from the position its progress record holds.
@@ -405,6 +449,7 @@ impl Ingest {
         mailbox: &str,
         message_id: &str,
         step: u32,
+        relay: Option<&str>,
         invocation: &Invocation,
     ) -> anyhow::Result<MailSummary> {
         let key = RecordKey::mail_progress(mailbox, message_id, step);
@@ -414,8 +459,13 @@ impl Ingest {
                 key.pk, key.sk
             ))
         })?;
-        let message = self.mail.message(mailbox, message_id).await?;
-        self.work_on(mailbox, &message, progress, invocation).await
+        let letter = match relay {
+            Some(relay) => self.reread_relay_mail(relay, message_id).await?,
+            None => Letter::Graph,
+        };
+        let message = self.message_of(&letter, mailbox, message_id).await?;
+        self.work_on(mailbox, &message, &letter, progress, invocation)
+            .await
     }
 
     /// Ingests the (attachment, dataset) pairs of a mail from where `progress` says, until
@@ -424,6 +474,7 @@ impl Ingest {
         &self,
         mailbox: &str,
         message: &MailMessage,
+        letter: &Letter,
         mut progress: MailProgress,
         invocation: &Invocation,
     ) -> anyhow::Result<MailSummary> {
@@ -471,6 +522,15 @@ impl Ingest {
             );
         }
         if pairs.is_empty() {
+            if let Letter::Raw { relay, mail } = letter
+                && !mail.unreadable.is_empty()
+            {
+                // Nothing to ingest, and parts that may have held it: the operator must see it.
+                let reason = mail.unreadable.join("; ");
+                return self
+                    .quarantine_mail(relay, &message.id, mailbox, reason, progress.started)
+                    .await;
+            }
             info!(
                 mailbox,
                 message_id = message.id,
@@ -500,6 +560,7 @@ impl Ingest {
                 .ingest_pair(
                     mailbox,
                     message,
+                    letter,
                     pair,
                     resume,
                     &mut fetched,
@@ -539,6 +600,7 @@ impl Ingest {
                 mailbox: mailbox.to_owned(),
                 message_id: message.id.clone(),
                 step,
+                relay: letter.relay().map(str::to_owned),
             };
             self.inbound
                 .send(&continuation, &next.correlation_id)
@@ -584,6 +646,7 @@ impl Ingest {
         &self,
         mailbox: &str,
         message: &MailMessage,
+        letter: &Letter,
         pair: &Pair<'_>,
         resume: Option<FilePosition>,
         fetched: &mut Option<(String, Vec<u8>)>,
@@ -649,10 +712,7 @@ impl Ingest {
             outcome.quarantined = Some(quarantine(over.to_string(), false).await?);
             return Ok(Step::Done(outcome));
         } else if large {
-            let body = self
-                .mail
-                .attachment_stream(mailbox, &message.id, &info.id)
-                .await?;
+            let body = self.stream_of(letter, mailbox, &message.id, info).await?;
             objects
                 .put_stream(&raw_key, body, &info.content_type)
                 .await?;
@@ -661,11 +721,7 @@ impl Ingest {
         } else {
             let bytes = match fetched.take() {
                 Some((id, bytes)) if id == info.id => bytes,
-                _ => {
-                    self.mail
-                        .attachment_content(mailbox, &message.id, &info.id)
-                        .await?
-                }
+                _ => self.content_of(letter, mailbox, &message.id, info).await?,
             };
             objects
                 .put(&raw_key, bytes.clone(), &info.content_type)
@@ -802,19 +858,19 @@ mod tests {
     use crate::ports::FileAttachment;
     use crate::stages::testkit::{self, MAILBOX, failures, inbound, invocation, sqs_event};
 
-    struct World {
-        mail: Arc<MemoryMailbox>,
-        objects: Arc<MemoryObjects>,
-        rows: Arc<MemoryRowStore>,
-        claims: Arc<MemoryClaims>,
-        records: Arc<MemoryState>,
-        inbound: Arc<MemoryQueue>,
-        outbound: Arc<MemoryQueue>,
-        dead_letters: Arc<MemoryDeadLetters>,
-        ingest: Ingest,
+    pub(super) struct World {
+        pub(super) mail: Arc<MemoryMailbox>,
+        pub(super) objects: Arc<MemoryObjects>,
+        pub(super) rows: Arc<MemoryRowStore>,
+        pub(super) claims: Arc<MemoryClaims>,
+        pub(super) records: Arc<MemoryState>,
+        pub(super) inbound: Arc<MemoryQueue>,
+        pub(super) outbound: Arc<MemoryQueue>,
+        pub(super) dead_letters: Arc<MemoryDeadLetters>,
+        pub(super) ingest: Ingest,
     }
 
-    fn world() -> World {
+    pub(super) fn world() -> World {
         world_tuned(IngestTuning::default())
     }
 
