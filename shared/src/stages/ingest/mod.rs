@@ -909,7 +909,7 @@ mod tests {
     }
 
     /// What the counters hold from an hour back.
-    async fn counted(w: &World) -> crate::counters::Counts {
+    pub(super) async fn counted(w: &World) -> crate::counters::Counts {
         let now = Utc::now();
         let since = now - chrono::Duration::hours(1);
         crate::counters::since(w.records.as_ref(), since, now)

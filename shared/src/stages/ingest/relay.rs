@@ -244,7 +244,7 @@ fn raw_part<'m>(mail: &'m RawMail, info: &AttachmentInfo) -> anyhow::Result<&'m 
 mod tests {
     use super::*;
     use crate::ports::{Objects, StateRecords};
-    use crate::stages::ingest::tests::{World, world};
+    use crate::stages::ingest::tests::{World, counted, world};
     use crate::stages::testkit::{self, MAILBOX, failures, inbound, invocation, sqs_event};
     use crate::state::RelayRecord;
 
@@ -283,6 +283,12 @@ mod tests {
             .put_record(&RecordKey::relay(id), &record, None)
             .await
             .unwrap();
+    }
+
+    /// The `.reason.json` beside a mail quarantined whole, as text.
+    fn quarantine_reason(w: &World, quarantined: &str) -> String {
+        let reason = w.objects.current(&format!("{quarantined}.reason.json"));
+        String::from_utf8(reason.expect("a reason beside the quarantined mail")).unwrap()
     }
 
     /// Uploads a raw mail as the relay would; its S3 event.
@@ -405,15 +411,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        let counts = crate::counters::since(
-            w.records.as_ref(),
-            Utc::now() - chrono::Duration::hours(1),
-            Utc::now(),
-        )
-        .await
-        .unwrap()
-        .0
-        .totals();
+        let counts = counted(&w).await.totals();
         assert_eq!(
             (counts["mails_processed"], counts["mails_duplicate"]),
             (1, 2)
@@ -451,15 +449,7 @@ mod tests {
         }
         assert!(w.dead_letters.letters().is_empty());
         assert_eq!(w.rows.count("ib_calls", day()), 0);
-        let counts = crate::counters::since(
-            w.records.as_ref(),
-            Utc::now() - chrono::Duration::hours(1),
-            Utc::now(),
-        )
-        .await
-        .unwrap()
-        .0
-        .totals();
+        let counts = counted(&w).await.totals();
         assert_eq!(counts["mails_quarantined"], 3);
     }
 
@@ -471,8 +461,7 @@ mod tests {
         let resp = w.ingest.handle(sqs_event(&[event]), &invocation()).await;
         assert!(failures(&resp).is_empty());
         let q = object_keys::quarantined_mail("branch-9", &sha);
-        let reason =
-            String::from_utf8(w.objects.current(&format!("{q}.reason.json")).unwrap()).unwrap();
+        let reason = quarantine_reason(&w, &q);
         assert!(
             reason.contains("no relay \\\"branch-9\\\" is on record"),
             "{reason}"
@@ -494,8 +483,7 @@ mod tests {
         let (sha, event) = upload(&w, "branch-2", &corpus("8bit.eml")).await;
         w.ingest.handle(sqs_event(&[event]), &invocation()).await;
         let q = object_keys::quarantined_mail("branch-2", &sha);
-        let reason =
-            String::from_utf8(w.objects.current(&format!("{q}.reason.json")).unwrap()).unwrap();
+        let reason = quarantine_reason(&w, &q);
         assert!(reason.contains("was revoked"), "{reason}");
         // Revoked after the upload (signed before): ingested.
         revoked.revoked_at = Some("2024-03-14T14:00:00Z".into());
@@ -518,8 +506,7 @@ mod tests {
             .handle(sqs_event(&[created(&wrong)]), &invocation())
             .await;
         let q = object_keys::quarantined_mail("branch-1", &"0".repeat(64));
-        let reason =
-            String::from_utf8(w.objects.current(&format!("{q}.reason.json")).unwrap()).unwrap();
+        let reason = quarantine_reason(&w, &q);
         assert!(reason.contains("not the 0000"), "{reason}");
         assert!(w.dead_letters.letters().is_empty());
     }
