@@ -99,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: remote::KeysCommand,
     },
+    /// On-prem relays (charlie-relay): create (the key shown once), list, revoke
+    Relay {
+        #[command(subcommand)]
+        command: remote::RelayCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +194,7 @@ fn main() -> ExitCode {
             | Command::Metrics { .. }
             | Command::Audit
             | Command::Keys { .. }
+            | Command::Relay { .. }
     );
     if remote_command {
         let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -240,7 +246,8 @@ fn main() -> ExitCode {
         | Command::Health
         | Command::Metrics { .. }
         | Command::Audit
-        | Command::Keys { .. } => unreachable!("remote commands run in run_remote"),
+        | Command::Keys { .. }
+        | Command::Relay { .. } => unreachable!("remote commands run in run_remote"),
     }
 }
 
@@ -270,6 +277,7 @@ async fn run_remote(cli: Cli) -> ExitCode {
         Command::Health => remote::health(&client).await,
         Command::Metrics { since } => remote::metrics(&client, since.as_deref()).await,
         Command::Audit => remote::simple(&client, "/v1/audit").await,
+        Command::Relay { command } => remote::relay(&client, command).await,
         _ => unreachable!("offline commands are handled in main"),
     }
 }

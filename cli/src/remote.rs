@@ -105,6 +105,24 @@ pub enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+pub enum RelayCommand {
+    /// Create a relay and print its key (shown once; it goes in the relay's relay.toml). A
+    /// revoked relay is created again with a new key.
+    Create {
+        /// 1 to 40 of a-z, 0-9 and -
+        id: String,
+        /// The mailbox the relay reads, when Graph may read it too (the same mail by both
+        /// paths is then ingested once)
+        #[arg(long)]
+        mailbox: Option<String>,
+    },
+    /// Every relay, when it was last seen, whether it is revoked
+    List,
+    /// Revoke a relay: its key is refused, and what it uploaded after is quarantined
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
 pub enum IntakeCommand {
     /// What ingest made of each attachment with rows on DATASET's DATE, and the totals
     Outcomes { dataset: String, date: String },
@@ -1186,6 +1204,65 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
                         s(&a.body["name"]),
                         when(&a.body["revoked_at"])
                     );
+                }
+                Ok(())
+            }
+        }
+    }
+    .await;
+    exit(result)
+}
+
+pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
+    let result = async {
+        match command {
+            RelayCommand::Create { id, mailbox } => {
+                let mut body = json!({"id": id});
+                if let Some(m) = mailbox {
+                    body["mailbox"] = json!(m);
+                }
+                let a = c.call("POST", "/v1/relays", Some(body)).await?;
+                if c.json {
+                    c.print_json(&a.body);
+                } else {
+                    println!("relay {}: {}", s(&a.body["id"]), s(&a.body["key"]));
+                    println!(
+                        "shown once: put it in the relay's relay.toml (key = ...) or its CHARLIE_RELAY_KEY"
+                    );
+                }
+                Ok::<(), Failure>(())
+            }
+            RelayCommand::List => {
+                let a = c.call("GET", "/v1/relays", None).await?;
+                if c.json {
+                    c.print_json(&a.body);
+                    return Ok(());
+                }
+                let rows: Vec<Vec<String>> = a.body["relays"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        vec![
+                            s(&r["id"]),
+                            s(&r["mailbox"]),
+                            when(&r["created_at"]),
+                            when(&r["last_seen_at"]),
+                            when(&r["revoked_at"]),
+                        ]
+                    })
+                    .collect();
+                table(&["id", "mailbox", "created", "last seen", "revoked"], &rows);
+                Ok(())
+            }
+            RelayCommand::Revoke { id } => {
+                let a = c
+                    .call("DELETE", &format!("/v1/relays/{}", encode(&id)), None)
+                    .await?;
+                if c.json {
+                    c.print_json(&a.body);
+                } else {
+                    println!("relay {id} revoked at {}", when(&a.body["revoked_at"]));
                 }
                 Ok(())
             }

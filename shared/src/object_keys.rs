@@ -43,6 +43,9 @@ pub fn relay_inbox(relay: &str, sha256: &str) -> String {
 
 pub const RELAY_INBOX: &str = "inbox/relay/";
 
+/// The content type a relay's upload is stored (and its presigned upload signed) with.
+pub const RELAY_CONTENT_TYPE: &str = "message/rfc822";
+
 /// The (relay, SHA-256) of a relay upload's key, when it is one.
 pub fn relay_upload(key: &str) -> Option<(&str, &str)> {
     let (relay, file) = key.strip_prefix(RELAY_INBOX)?.split_once('/')?;

@@ -66,8 +66,9 @@ pub fn parse_key(key: &str) -> Result<(String, Vec<u8>), String> {
     let rest = key
         .strip_prefix("chr_")
         .ok_or("a relay key starts with chr_ (made by `charlie relay create`)")?;
+    // A relay id has no `_`; the base64url secret may.
     let (relay, secret) = rest
-        .rsplit_once('_')
+        .split_once('_')
         .ok_or("a relay key is chr_{relay}_{secret}")?;
     if !crate::state::relay_id_ok(relay) {
         return Err(format!("{relay:?} is not a relay id"));
@@ -298,6 +299,17 @@ mod tests {
             &nonce,
         );
         assert_eq!(check(&wrong, body, 1_000), Err(Refused::BadSignature));
+    }
+
+    #[test]
+    fn a_key_whose_secret_holds_underscores_parses() {
+        // Salts until the base64url secret has a `_` in it (about one in three does).
+        let key = (0..200)
+            .map(|n| relay_key(&master(), "branch-1", &n.to_string()))
+            .find(|k| k.expose()["chr_branch-1_".len()..].contains('_'))
+            .expect("some secret holds a _");
+        let (relay, secret) = parse_key(key.expose()).unwrap();
+        assert_eq!((relay.as_str(), secret.len()), ("branch-1", 32));
     }
 
     #[test]

@@ -150,6 +150,24 @@ pub struct RelayRecord {
     pub created_by: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
+    /// When the relay last made a signed call (at most a minute stale): is it alive?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<String>,
+}
+
+impl RelayRecord {
+    /// A new relay with a fresh salt (and so a fresh key), created now.
+    pub fn new(id: &str, mailbox: Option<&str>, created_by: &str) -> Self {
+        RelayRecord {
+            id: id.to_owned(),
+            mailbox: mailbox.map(str::to_owned),
+            salt: hex::encode(rand::random::<[u8; 16]>()),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            created_by: created_by.to_owned(),
+            revoked_at: None,
+            last_seen_at: None,
+        }
+    }
 }
 
 impl RecordKey<RelayRecord> {

@@ -102,7 +102,9 @@ locals {
       { Effect = "Allow", Action = ["sqs:GetQueueAttributes"], Resource = concat([for q in aws_sqs_queue.main : q.arn], [for q in aws_sqs_queue.dlq : q.arn], [aws_sqs_queue.scheduler_dlq.arn]) },
       { Effect = "Allow", Action = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"], Resource = concat([for q in aws_sqs_queue.dlq : q.arn], [aws_sqs_queue.scheduler_dlq.arn]) },
       { Effect = "Allow", Action = ["sqs:SendMessage"], Resource = [for q in aws_sqs_queue.main : q.arn] },
-      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.link_key.arn },
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [aws_secretsmanager_secret.link_key.arn, aws_secretsmanager_secret.relay_key.arn] },
+      # The relays' presigned uploads are signed with the api's own credentials.
+      { Effect = "Allow", Action = ["s3:PutObject"], Resource = "${aws_s3_bucket.data.arn}/inbox/relay/*" },
       # Each queue's age of oldest message, which SQS publishes to CloudWatch only (the action
       # takes no resource-level permissions).
       { Effect = "Allow", Action = ["cloudwatch:GetMetricStatistics"], Resource = "*" },
@@ -210,7 +212,7 @@ resource "aws_lambda_function" "fn" {
     variables = merge(local.common_env, { CHARLIE_STAGE = each.key }, local.function_env[each.key], local.dead_letter_env[each.key])
   }
 
-  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn, aws_iam_role_policy_attachment.vpc, aws_secretsmanager_secret_version.link_key]
+  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn, aws_iam_role_policy_attachment.vpc, aws_secretsmanager_secret_version.link_key, aws_secretsmanager_secret_version.relay_key]
 }
 
 # Functions in a VPC create network interfaces there.

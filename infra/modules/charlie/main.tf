@@ -135,6 +135,7 @@ locals {
       CHARLIE_INBOUND_QUEUE_URL   = aws_sqs_queue.main["inbound"].url
       CHARLIE_LIFECYCLE_QUEUE_URL = aws_sqs_queue.main["lifecycle"].url
       CHARLIE_LINK_SECRET         = aws_secretsmanager_secret.link_key.name
+      CHARLIE_RELAY_SECRET        = aws_secretsmanager_secret.relay_key.name
       CHARLIE_POLL_STALE_MINUTES  = tostring(var.poll_stale_minutes)
       # Who may call the /iam/v1 routes (SigV4), each with its scope.
       CHARLIE_IAM_PRINCIPALS = jsonencode(var.api_iam_principals)

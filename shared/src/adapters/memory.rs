@@ -574,11 +574,12 @@ impl Objects for MemoryObjects {
         key: &str,
         content_type: &str,
         sha256_base64: &str,
+        size: u64,
         expires_in: std::time::Duration,
     ) -> anyhow::Result<String> {
         self.fault.check()?;
         Ok(format!(
-            "https://memory.invalid/{key}?content-type={content_type}&x-amz-checksum-sha256={sha256_base64}&X-Amz-Expires={}",
+            "https://memory.invalid/{key}?content-type={content_type}&x-amz-checksum-sha256={sha256_base64}&content-length={size}&X-Amz-Expires={}",
             expires_in.as_secs()
         ))
     }

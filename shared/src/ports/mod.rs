@@ -67,13 +67,14 @@ pub trait Objects: Send + Sync {
         expires_in: std::time::Duration,
     ) -> anyhow::Result<String>;
     /// A URL that uploads `key` with one `PUT` without credentials until `expires_in`; the
-    /// upload must carry `x-amz-checksum-sha256` = `sha256_base64` (S3 refuses other bytes)
-    /// and `content-type` = `content_type`.
+    /// upload must carry `x-amz-checksum-sha256` = `sha256_base64` (S3 refuses other bytes),
+    /// `content-type` = `content_type` and `content-length` = `size` (all three signed).
     async fn presigned_put(
         &self,
         key: &str,
         content_type: &str,
         sha256_base64: &str,
+        size: u64,
         expires_in: std::time::Duration,
     ) -> anyhow::Result<String>;
     /// Every version of `key`, newest first (none when there is no such key).

@@ -259,8 +259,10 @@ impl Objects for S3Objects {
         key: &str,
         content_type: &str,
         sha256_base64: &str,
+        size: u64,
         expires_in: std::time::Duration,
     ) -> anyhow::Result<String> {
+        let size = i64::try_from(size).context("an upload's size fits in an i64")?;
         let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
             .context("a presigned upload lasts at most 7 days")?;
         let request = self
@@ -270,6 +272,7 @@ impl Objects for S3Objects {
             .key(key)
             .content_type(content_type)
             .checksum_sha256(sha256_base64)
+            .content_length(size)
             .presigned(config)
             .await
             .with_context(|| format!("presigning an upload to s3://{}/{key}", self.bucket))?;

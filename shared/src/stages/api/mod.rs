@@ -13,11 +13,14 @@
 //!   deleted one at a time.
 //! - **Links** (`/v1/links/{token}`, no key: the token is the credential): a mail's download
 //!   link, checked (`crate::links`) and redirected to a presigned URL valid for minutes.
+//! - **Relays** (`relay`): created, listed and revoked by admins (`/v1/relays`); a relay's own
+//!   calls (`/v1/relay/…`) are signed with its key instead of a bearer key.
 //! - Every answer carries `nosniff`, `no-store`, a CSP that allows nothing, and no framing; a
 //!   bad request is a 400 naming the field, an unknown id a 404.
 
 mod dashboard;
 pub mod keys;
+mod relay;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -36,7 +39,7 @@ use crate::definitions::Definitions;
 use crate::invocation::Invocation;
 use crate::messages::ReportTrigger;
 use crate::period::Period;
-use crate::ports::{Objects, QueueAdmin, StateRecords, WorkQueue};
+use crate::ports::{Claims, Objects, QueueAdmin, StateRecords, WorkQueue};
 use crate::secret::Secret;
 use crate::state::{
     self, AUDIT_INDEX, ApiKeyRecord, AuditRecord, DeliveryStatus, FOLDERS_INDEX, RUNS_INDEX,
@@ -81,13 +84,18 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("POST", &["keys"]),
     ("DELETE", &["keys", "*"]),
     ("GET", &["audit"]),
+    ("GET", &["relays"]),
+    ("POST", &["relays"]),
+    ("DELETE", &["relays", "*"]),
+    ("GET", &["relay"]),
+    ("POST", &["relay", "uploads"]),
 ];
 
 /// The scope a route needs: `GET` reads, anything else operates, keys and the audit trail are
 /// for admins (the JSON routes and the dashboard's calls of them alike).
 fn scope_for(method: &str, segments: &[&str]) -> Scope {
     match (method, segments.first().copied()) {
-        (_, Some("keys")) | ("GET", Some("audit")) => Scope::Admin,
+        (_, Some("keys" | "relays")) | ("GET", Some("audit")) => Scope::Admin,
         ("GET" | "HEAD", _) => Scope::Read,
         _ => Scope::Operate,
     }
@@ -118,6 +126,8 @@ const FINAL: [&str; 5] = [
 pub struct Api {
     pub definitions: Arc<Definitions>,
     pub records: Arc<dyn StateRecords>,
+    /// Where relays' nonces are remembered (the state table).
+    pub claims: Arc<dyn Claims>,
     pub objects: Arc<dyn Objects>,
     pub runs: Arc<dyn WorkQueue>,
     /// Where reprocess requests go (ingest consumes it).
@@ -127,6 +137,8 @@ pub struct Api {
     pub queues: Arc<dyn QueueAdmin>,
     /// Signs and checks the mails' download links; `None`: links are refused.
     pub link_key: Option<Secret>,
+    /// Derives each relay's key (`crate::relay_auth`); `None`: relays are refused.
+    pub relay_key: Option<Secret>,
     /// No successful poll of a folder for this long makes the deployment unhealthy.
     pub poll_stale: chrono::Duration,
     /// A queue's oldest message waiting longer than this makes the deployment unhealthy.
@@ -143,9 +155,12 @@ impl Api {
         let objects = wiring::objects(&aws, env)?;
         let state = wiring::state(&aws, env)?;
         let link_key = wiring::optional_secret(&aws, env, "CHARLIE_LINK_SECRET").await?;
+        let relay_key = wiring::optional_secret(&aws, env, "CHARLIE_RELAY_SECRET").await?;
         Ok(Api {
             definitions: Arc::new(super::load_definitions(env, objects.as_ref()).await?),
-            records: state,
+            records: Arc::clone(&state) as _,
+            claims: state,
+            relay_key,
             objects,
             runs: wiring::queue(&aws, env, "CHARLIE_RUNS_QUEUE_URL")?,
             inbound: wiring::queue(&aws, env, "CHARLIE_INBOUND_QUEUE_URL")?,
@@ -588,6 +603,10 @@ impl Api {
                 return respond(Ok(Reply::ok(doc)));
             }
             ("GET", ["links", token]) => return respond(self.follow_link(token).await),
+            // A relay signs its calls with its own key.
+            (_, ["relay", ..]) => {
+                return respond(Box::pin(self.relay_call(&req, &request, &segments)).await);
+            }
             _ => {}
         }
         let key = if iam_route {
@@ -800,6 +819,9 @@ impl Api {
             ("GET", ["keys"]) => self.list_keys().await,
             ("POST", ["keys"]) => self.create_key(req, key).await,
             ("DELETE", ["keys", id]) => self.revoke_key(id).await,
+            ("GET", ["relays"]) => self.list_relays().await,
+            ("POST", ["relays"]) => self.create_relay(req, key).await,
+            ("DELETE", ["relays", id]) => self.revoke_relay(id).await,
             ("GET", ["audit"]) => self.audit_trail(req).await,
             _ => Err(ApiError::not_found(format!(
                 "no route {} {} (see /v1/openapi.json)",

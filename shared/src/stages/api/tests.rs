@@ -2,6 +2,7 @@ use super::*;
 use crate::adapters::memory::{MemoryObjects, MemoryQueue, MemoryQueueAdmin, MemoryState};
 use crate::ports::Letter;
 use crate::stages::testkit;
+use crate::state::RelayRecord;
 
 struct World {
     records: Arc<MemoryState>,
@@ -20,6 +21,7 @@ fn rec(w: &World) -> &dyn StateRecords {
 }
 
 const LINK_KEY: &str = "link-key-for-tests-0123456789abcdef";
+const RELAY_KEY: &str = "relay-key-for-tests-0123456789abcdef";
 
 async fn world() -> World {
     let records: Arc<MemoryState> = Arc::default();
@@ -33,12 +35,14 @@ async fn world() -> World {
     let api = Api {
         definitions: testkit::definitions(),
         records: Arc::clone(&records) as _,
+        claims: Arc::new(crate::adapters::memory::MemoryClaims::default()),
         objects: Arc::clone(&objects) as _,
         runs: Arc::clone(&runs) as _,
         inbound: Arc::new(MemoryQueue::default()),
         lifecycle: Arc::new(MemoryQueue::default()),
         queues: Arc::clone(&queues) as _,
         link_key: Some(Secret::new(LINK_KEY)),
+        relay_key: Some(Secret::new(RELAY_KEY)),
         poll_stale: chrono::Duration::minutes(30),
         max_message_age: chrono::Duration::hours(1),
         iam_principals: vec![
@@ -172,6 +176,9 @@ async fn the_openapi_document_is_served_without_a_key_and_names_every_route() {
         "/v1/links/{token}",
         "/v1/metrics",
         "/v1/audit",
+        "/v1/relays",
+        "/v1/relays/{relay_id}",
+        "/v1/relay/uploads",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }
@@ -953,4 +960,237 @@ async fn signing_out_ends_the_session() {
     );
     let (status, _, _) = ui(&w, "GET", "/ui", Some(&cookie), None, &[]).await;
     assert_eq!(status, 303, "the old cookie opens nothing");
+}
+
+/// A call signed as the relay with this key (`relay_auth::sign`), at `at` (Unix seconds).
+async fn relay_signed(
+    w: &World,
+    key: &str,
+    path: &str,
+    body: &Value,
+    at: i64,
+    nonce: &str,
+) -> (u16, Value) {
+    let (relay, secret) = crate::relay_auth::parse_key(key).unwrap();
+    let body = body.to_string();
+    let mut headers = serde_json::Map::new();
+    for (name, value) in
+        crate::relay_auth::sign(&relay, &secret, "POST", path, body.as_bytes(), at, nonce)
+    {
+        headers.insert(name.into(), value.into());
+    }
+    let event = gateway_event("ANY /v1/{proxy+}", "POST", path, headers, Some(body));
+    let (status, _, body) = send(w, event).await;
+    (status, body)
+}
+
+#[tokio::test]
+async fn an_admin_creates_lists_and_revokes_relays_and_the_key_is_shown_once() {
+    let w = world().await;
+    let body = json!({"id": "branch-7", "mailbox": "ops@contoso.example"});
+    let (status, _, created) = call(
+        &w,
+        "POST",
+        "/v1/relays",
+        Some(&w.operate),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, 403, "relays are for admins: {created}");
+    let (status, _, created) =
+        call(&w, "POST", "/v1/relays", Some(&w.admin), Some(body.clone())).await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("chr_branch-7_"));
+    let stored: RelayRecord = rec(&w)
+        .get_record(&RecordKey::relay("branch-7"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !serde_json::to_string(&stored)
+            .unwrap()
+            .contains(key.rsplit('_').next().unwrap())
+    );
+    assert_eq!(stored.mailbox.as_deref(), Some("ops@contoso.example"));
+    let (status, _, again) =
+        call(&w, "POST", "/v1/relays", Some(&w.admin), Some(body.clone())).await;
+    assert_eq!(status, 409, "{again}");
+    let (_, _, list) = call(&w, "GET", "/v1/relays", Some(&w.admin), None).await;
+    assert_eq!(list["relays"][0]["id"], "branch-7");
+    assert!(list["relays"][0].get("key").is_none() && !list.to_string().contains("salt"));
+    let (status, _, revoked) =
+        call(&w, "DELETE", "/v1/relays/branch-7", Some(&w.admin), None).await;
+    assert_eq!(status, 200);
+    assert!(revoked["revoked_at"].is_string());
+    // Revoked, it can be made again: a new salt, so a new key, and the old one is dead.
+    let (status, _, renewed) = call(&w, "POST", "/v1/relays", Some(&w.admin), Some(body)).await;
+    assert_eq!(status, 201);
+    assert_ne!(renewed["key"], created["key"]);
+    let upload = json!({"sha256": "ab".repeat(32), "size": 10});
+    let now = Utc::now().timestamp();
+    let (status, refused) =
+        relay_signed(&w, &key, "/v1/relay/uploads", &upload, now, &"n".repeat(16)).await;
+    assert_eq!(status, 401, "the old key: {refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("signature"),
+        "{refused}"
+    );
+    // Bad input names the field.
+    for (body, field) in [
+        (json!({"id": "Branch 7"}), "id"),
+        (json!({"id": "b", "mailbox": ""}), "mailbox"),
+        (json!({"id": "b", "colour": "red"}), "colour"),
+    ] {
+        let (status, _, err) = call(&w, "POST", "/v1/relays", Some(&w.admin), Some(body)).await;
+        assert_eq!((status, err["field"].as_str()), (400, Some(field)), "{err}");
+    }
+    let (status, _, _) = call(&w, "DELETE", "/v1/relays/nobody", Some(&w.admin), None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_relay_gets_a_presigned_upload_once_per_nonce_and_none_for_a_file_already_there() {
+    let w = world().await;
+    let (_, _, created) = call(
+        &w,
+        "POST",
+        "/v1/relays",
+        Some(&w.admin),
+        Some(json!({"id": "branch-1"})),
+    )
+    .await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    let mail = b"From: a@b.example\r\n\r\nhello".to_vec();
+    let sha = crate::raw_mail::content_id(&mail);
+    let upload = json!({"sha256": sha, "size": mail.len()});
+    let now = Utc::now().timestamp();
+    let nonce = crate::relay_auth::new_nonce();
+    let (status, answer) = relay_signed(&w, &key, "/v1/relay/uploads", &upload, now, &nonce).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["exists"], false);
+    assert_eq!(answer["key"], format!("inbox/relay/branch-1/{sha}.eml"));
+    assert_eq!(answer["method"], "PUT");
+    assert_eq!(answer["headers"]["content-type"], "message/rfc822");
+    assert_eq!(answer["headers"]["content-length"], mail.len().to_string());
+    let checksum = answer["headers"]["x-amz-checksum-sha256"].as_str().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(checksum)
+            .unwrap(),
+        hex::decode(&sha).unwrap()
+    );
+    assert!(
+        answer["url"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("inbox/relay/branch-1/{sha}.eml"))
+    );
+    // The same request again is a replay.
+    let (status, replay) = relay_signed(&w, &key, "/v1/relay/uploads", &upload, now, &nonce).await;
+    assert_eq!(status, 401);
+    assert!(
+        replay["message"].as_str().unwrap().contains("replayed"),
+        "{replay}"
+    );
+    // A skewed clock is refused, saying so.
+    let (status, skewed) = relay_signed(
+        &w,
+        &key,
+        "/v1/relay/uploads",
+        &upload,
+        now - 3600,
+        &crate::relay_auth::new_nonce(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        skewed["message"].as_str().unwrap().contains("clock"),
+        "{skewed}"
+    );
+    // Once the file is there, the relay is told so and gets no URL.
+    w.objects
+        .put(
+            &crate::object_keys::relay_inbox("branch-1", &sha),
+            mail.clone(),
+            "message/rfc822",
+        )
+        .await
+        .unwrap();
+    let (status, there) = relay_signed(
+        &w,
+        &key,
+        "/v1/relay/uploads",
+        &upload,
+        now,
+        &crate::relay_auth::new_nonce(),
+    )
+    .await;
+    assert_eq!((status, &there["exists"]), (200, &json!(true)), "{there}");
+    assert!(there.get("url").is_none());
+    // The relay was seen, and its calls are on the audit trail as its own.
+    let seen: RelayRecord = rec(&w)
+        .get_record(&RecordKey::relay("branch-1"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.last_seen_at.is_some());
+    let (_, _, audit) = call(&w, "GET", "/v1/audit", Some(&w.admin), None).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["key_id"] == "relay/branch-1" && e["status"] == 200),
+        "{audit}"
+    );
+    // Bad bodies name the field; an unsigned call is told how to sign.
+    for (body, field) in [
+        (json!({"sha256": "xyz", "size": 1}), "sha256"),
+        (json!({"sha256": sha, "size": 0}), "size"),
+        (json!({"sha256": sha, "size": 65 * 1024 * 1024}), "size"),
+    ] {
+        let (status, err) = relay_signed(
+            &w,
+            &key,
+            "/v1/relay/uploads",
+            &body,
+            now,
+            &crate::relay_auth::new_nonce(),
+        )
+        .await;
+        assert_eq!((status, err["field"].as_str()), (400, Some(field)), "{err}");
+    }
+    let (status, _, unsigned) = call(
+        &w,
+        "POST",
+        "/v1/relay/uploads",
+        Some(&w.admin),
+        Some(upload.clone()),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        unsigned["message"]
+            .as_str()
+            .unwrap()
+            .contains("x-charlie-relay"),
+        "{unsigned}"
+    );
+    // Revoked, the relay is refused by name.
+    call(&w, "DELETE", "/v1/relays/branch-1", Some(&w.admin), None).await;
+    let (status, revoked) = relay_signed(
+        &w,
+        &key,
+        "/v1/relay/uploads",
+        &upload,
+        now,
+        &crate::relay_auth::new_nonce(),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(
+        revoked["message"].as_str().unwrap().contains("revoked"),
+        "{revoked}"
+    );
 }

@@ -271,12 +271,8 @@ mod tests {
 
     async fn relay(w: &World, id: &str, mailbox: Option<&str>) {
         let record = RelayRecord {
-            id: id.into(),
-            mailbox: mailbox.map(str::to_owned),
-            salt: "s".into(),
             created_at: "2024-03-01T00:00:00Z".into(),
-            created_by: "test".into(),
-            revoked_at: None,
+            ..RelayRecord::new(id, mailbox, "test")
         };
         let records: &dyn StateRecords = w.records.as_ref();
         records
@@ -468,12 +464,9 @@ mod tests {
         );
         // Revoked before the upload.
         let mut revoked = RelayRecord {
-            id: "branch-2".into(),
-            mailbox: None,
-            salt: "s".into(),
             created_at: "2024-03-01T00:00:00Z".into(),
-            created_by: "test".into(),
             revoked_at: Some("2024-03-14T12:00:00Z".into()),
+            ..RelayRecord::new("branch-2", None, "test")
         };
         let records: &dyn StateRecords = w.records.as_ref();
         records

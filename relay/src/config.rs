@@ -1,0 +1,157 @@
+//! `relay.toml`: where the control API is, the relay's key, the journal, and the source.
+//!
+//! ```toml
+//! api = "https://charlie.example.com"   # the control API's base URL
+//! key_env = "CHARLIE_RELAY_KEY"         # where the key is (default); or key_file = "…"
+//! journal = "/var/lib/charlie-relay/journal.redb"
+//! poll_seconds = 30                     # how often the source is looked at
+//!
+//! [source]
+//! kind = "folder"                       # a drop folder of .eml files
+//! path = "/srv/mail-drop"
+//! ```
+//!
+//! The key itself is never in the file: it comes from the environment variable `key_env` or
+//! the file `key_file` (readable by the relay's account only).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use charlie::secret::Secret;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The control API's base URL (`https://…`; `http://` only for a loopback address).
+    pub api: String,
+    /// The environment variable holding the relay's key (`chr_{relay}_{secret}`).
+    #[serde(default = "default_key_env")]
+    pub key_env: String,
+    /// A file holding the key instead (its first line).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// The journal's file.
+    pub journal: PathBuf,
+    #[serde(default = "default_poll")]
+    pub poll_seconds: u64,
+    /// At most this many uploads a second (0: no limit), to spare a slow uplink.
+    #[serde(default)]
+    pub max_uploads_per_second: u32,
+    pub source: SourceConfig,
+}
+
+fn default_key_env() -> String {
+    "CHARLIE_RELAY_KEY".into()
+}
+
+fn default_poll() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// A folder of `.eml` files: each is processed once, then moved to `done/` or `failed/`
+    /// (with a `.reason.txt` beside it).
+    Folder {
+        path: PathBuf,
+        /// A file is taken once unchanged for this long (a writer still at it is left alone).
+        #[serde(default = "default_settle")]
+        settle_seconds: u64,
+    },
+}
+
+fn default_settle() -> u64 {
+    2
+}
+
+impl Config {
+    pub fn load(file: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading the config {}", file.display()))?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not valid", file.display()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let url = reqwest::Url::parse(&self.api)
+            .with_context(|| format!("api = {:?} is not a URL", self.api))?;
+        let loopback = matches!(url.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            _ => bail!(
+                "api = {:?}: the control API is reached over https (http only on a loopback address)",
+                self.api
+            ),
+        }
+        if !(1..=86_400).contains(&self.poll_seconds) {
+            bail!(
+                "poll_seconds = {} is not from 1 to 86400",
+                self.poll_seconds
+            );
+        }
+        Ok(())
+    }
+
+    /// The relay's key, from `key_file` or the environment variable `key_env`.
+    pub fn key(&self) -> anyhow::Result<Secret> {
+        let text = match &self.key_file {
+            Some(file) => std::fs::read_to_string(file)
+                .with_context(|| format!("reading the relay key from {}", file.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+            None => std::env::var(&self.key_env).map_err(|_| {
+                anyhow::anyhow!(
+                    "no relay key: set {} (made by `charlie relay create`), or key_file in the config",
+                    self.key_env
+                )
+            })?,
+        };
+        if text.is_empty() {
+            bail!("the relay key is empty");
+        }
+        Ok(Secret::new(text))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        let c: Config = toml::from_str(text)?;
+        c.check()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn a_folder_config_reads_and_a_bad_one_says_what_is_wrong() {
+        let c = parse(
+            "api = \"https://charlie.example.com\"\njournal = \"j.redb\"\n[source]\nkind = \"folder\"\npath = \"/srv/drop\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.poll_seconds, 30);
+        assert_eq!(c.key_env, "CHARLIE_RELAY_KEY");
+        assert!(matches!(c.source, SourceConfig::Folder { .. }));
+        let e = parse("api = \"http://charlie.example.com\"\njournal = \"j\"\n[source]\nkind = \"folder\"\npath = \"d\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("https"), "{e}");
+        assert!(
+            parse("api = \"http://127.0.0.1:9\"\njournal = \"j\"\n[source]\nkind = \"folder\"\npath = \"d\"\n")
+                .is_ok()
+        );
+        let e = parse("api = \"https://x\"\njournal = \"j\"\n[source]\nkind = \"pigeon\"\n")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("pigeon"), "{e:#}");
+        let e = parse("api = \"https://x\"\njournal = \"j\"\nkey = \"chr_a_b\"\n[source]\nkind = \"folder\"\npath = \"d\"\n")
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+    }
+}

@@ -1,0 +1,250 @@
+//! `charlie-relay run --config relay.toml` (until stopped; `--once`: one pass, then exit) and
+//! `charlie-relay check --config relay.toml` (the config, the API and the source, each said).
+//! Logs are JSON lines on stderr (`CHARLIE_RELAY_LOG` sets the level, default `info`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tracing::{error, info, warn};
+
+use charlie_relay::config::{Config, SourceConfig};
+use charlie_relay::journal::Journal;
+use charlie_relay::source::{DropFolder, Source};
+use charlie_relay::upstream::{Api, Upstream};
+use charlie_relay::{Relay, Summary};
+
+#[derive(Parser)]
+#[command(
+    name = "charlie-relay",
+    version,
+    about = "Uploads mail only this machine can reach to Charlie's inbox"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload what the source has, then keep watching (SIGTERM or Ctrl-C stop it between mails)
+    Run {
+        #[arg(long, default_value = "relay.toml")]
+        config: PathBuf,
+        /// One pass over what is waiting, then exit (0 when nothing was left or refused)
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check the config, the control API (a signed call) and the source; exit 1 if any fails
+    Check {
+        #[arg(long, default_value = "relay.toml")]
+        config: PathBuf,
+    },
+}
+
+fn source(config: &Config) -> anyhow::Result<Box<dyn Source>> {
+    match &config.source {
+        SourceConfig::Folder {
+            path,
+            settle_seconds,
+        } => Ok(Box::new(DropFolder::new(
+            path,
+            Duration::from_secs(*settle_seconds),
+        )?)),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CHARLIE_RELAY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("charlie-relay: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run { config, once } => run(&config, once).await,
+            Command::Check { config } => check(&config).await,
+        }
+    })
+}
+
+async fn check(file: &std::path::Path) -> ExitCode {
+    let mut ok = true;
+    let mut say = |what: &str, result: Result<String, String>| match &result {
+        Ok(m) => println!("ok    {what}: {m}"),
+        Err(m) => {
+            ok = false;
+            println!("FAIL  {what}: {m}");
+        }
+    };
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            say("config", Err(format!("{e:#}")));
+            return ExitCode::FAILURE;
+        }
+    };
+    say("config", Ok(file.display().to_string()));
+    match config.key().and_then(|k| Api::new(&config.api, &k)) {
+        Err(e) => say("key", Err(format!("{e:#}"))),
+        Ok(api) => {
+            say("key", Ok(format!("relay {}", api.relay())));
+            match api.whoami().await {
+                Ok(me) => {
+                    let skew = me["time"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| {
+                            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()
+                        });
+                    say(
+                        "control API",
+                        Ok(format!(
+                            "{} knows relay {} (mailbox {}); clock {} s from the API's",
+                            config.api,
+                            me["relay"].as_str().unwrap_or("?"),
+                            me["mailbox"].as_str().unwrap_or("none"),
+                            skew.map_or("?".into(), |s| s.to_string())
+                        )),
+                    );
+                }
+                Err(e) => say("control API", Err(e.to_string())),
+            }
+        }
+    }
+    match Journal::open(&config.journal) {
+        Ok(j) => match j.counts() {
+            Ok((uploading, uploaded)) => say(
+                "journal",
+                Ok(format!(
+                    "{}: {uploaded} uploaded, {uploading} in flight",
+                    config.journal.display()
+                )),
+            ),
+            Err(e) => say("journal", Err(format!("{e:#}"))),
+        },
+        Err(e) => say("journal", Err(format!("{e:#}"))),
+    }
+    match source(&config) {
+        Ok(s) => match s.check().await {
+            Ok(m) => say("source", Ok(m)),
+            Err(e) => say("source", Err(format!("{e:#}"))),
+        },
+        Err(e) => say("source", Err(format!("{e:#}"))),
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(file: &std::path::Path, once: bool) -> ExitCode {
+    match run_inner(file, once).await {
+        Ok(code) => code,
+        Err(e) => {
+            error!(error = %format!("{e:#}"), "charlie-relay stopped");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(file)?;
+    let api = Api::new(&config.api, &config.key()?)?;
+    let journal = Journal::open(&config.journal)?;
+    let mut source = source(&config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            info!("stopping after the mail in hand");
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    info!(
+        relay = api.relay(),
+        source = source.describe(),
+        journal = %config.journal.display(),
+        "charlie-relay started"
+    );
+    let mut backoff = Duration::from_secs(config.poll_seconds);
+    loop {
+        let mut relay = Relay {
+            relay: api.relay().to_owned(),
+            source: source.as_mut(),
+            upstream: &api,
+            journal: &journal,
+            max_per_second: config.max_uploads_per_second,
+        };
+        let stopping = || stop.load(Ordering::SeqCst);
+        let summary: Summary = relay.pass(&stopping).await?;
+        let quiet = summary == Summary::default();
+        if !quiet {
+            info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "pass done");
+        }
+        if once {
+            return Ok(if summary.left == 0 && summary.refused.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        // Refused or failing: wait longer each time (up to 15 minutes); else the poll interval.
+        backoff = if summary.refused.is_some() || summary.left > 0 {
+            let longer = (backoff * 2).min(Duration::from_secs(900));
+            warn!(retry_in_seconds = longer.as_secs(), "will retry");
+            longer
+        } else {
+            Duration::from_secs(config.poll_seconds)
+        };
+        let deadline = tokio::time::Instant::now() + backoff;
+        while tokio::time::Instant::now() < deadline && !stopping() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if stopping() {
+            info!("charlie-relay stopped");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

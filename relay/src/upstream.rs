@@ -1,0 +1,176 @@
+//! The relay's side of the control API: signed calls (`charlie::relay_auth`) for where to upload
+//! a mail, and the upload itself, a presigned S3 `PUT`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use charlie::relay_auth;
+use charlie::secret::Secret;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Why a call failed, as the relay acts on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpError {
+    /// Try again later (network, 5xx, 429, an expired upload URL): the mail stays.
+    #[error("{0} (will retry)")]
+    Transient(String),
+    /// The relay itself is refused (key, clock, revoked): nothing can go until it is fixed.
+    #[error("the control API refuses this relay: {0}")]
+    Refused(String),
+    /// This mail can never go as it is.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// The API's answer to "where does this mail go".
+#[derive(Debug, Clone, Deserialize)]
+pub struct UploadAnswer {
+    pub key: String,
+    pub exists: bool,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+#[async_trait]
+pub trait Upstream: Send + Sync {
+    /// Who the API takes this relay for (a signed call that changes nothing).
+    async fn whoami(&self) -> Result<Value, UpError>;
+    async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadAnswer, UpError>;
+    async fn put(&self, answer: &UploadAnswer, bytes: Vec<u8>) -> Result<(), UpError>;
+}
+
+pub struct Api {
+    base: String,
+    relay: String,
+    secret: Vec<u8>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    pub fn new(base: &str, key: &Secret) -> anyhow::Result<Api> {
+        let (relay, secret) = relay_auth::parse_key(key.expose()).map_err(anyhow::Error::msg)?;
+        Ok(Api {
+            base: base.trim_end_matches('/').to_owned(),
+            relay,
+            secret,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(300))
+                .user_agent(concat!("charlie-relay/", env!("CARGO_PKG_VERSION")))
+                .build()?,
+        })
+    }
+
+    pub fn relay(&self) -> &str {
+        &self.relay
+    }
+
+    async fn signed(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Value, UpError> {
+        let headers = relay_auth::sign(
+            &self.relay,
+            &self.secret,
+            method,
+            path,
+            &body,
+            chrono::Utc::now().timestamp(),
+            &relay_auth::new_nonce(),
+        );
+        let mut req = self.http.request(
+            method
+                .parse()
+                .map_err(|_| UpError::Permanent(method.into()))?,
+            format!("{}{path}", self.base),
+        );
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        if !body.is_empty() {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        let resp = req.send().await.map_err(|e| {
+            UpError::Transient(format!("cannot reach the control API: {}", e.without_url()))
+        })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let message = || {
+            body["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| body.to_string())
+        };
+        match status {
+            200..=299 => Ok(body),
+            401 | 403 => Err(UpError::Refused(format!("{status}: {}", message()))),
+            429 | 500..=599 => Err(UpError::Transient(format!(
+                "the control API answered {status}: {}",
+                message()
+            ))),
+            _ => Err(UpError::Permanent(format!(
+                "the control API answered {status}: {}",
+                message()
+            ))),
+        }
+    }
+}
+
+#[async_trait]
+impl Upstream for Api {
+    async fn whoami(&self) -> Result<Value, UpError> {
+        self.signed("GET", "/v1/relay", Vec::new()).await
+    }
+
+    async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadAnswer, UpError> {
+        let body = serde_json::json!({"sha256": sha256, "size": size}).to_string();
+        let answer = self
+            .signed("POST", "/v1/relay/uploads", body.into_bytes())
+            .await?;
+        serde_json::from_value(answer.clone()).map_err(|e| {
+            UpError::Transient(format!(
+                "the control API's answer is not an upload: {e}: {answer}"
+            ))
+        })
+    }
+
+    async fn put(&self, answer: &UploadAnswer, bytes: Vec<u8>) -> Result<(), UpError> {
+        let url = answer
+            .url
+            .as_deref()
+            .ok_or_else(|| UpError::Transient("the upload answer has no url".into()))?;
+        let mut req = self.http.put(url);
+        for (name, value) in &answer.headers {
+            req = req.header(name, value);
+        }
+        // Never the URL in an error: it is a credential until it expires.
+        let resp = req.body(bytes).send().await.map_err(|e| {
+            UpError::Transient(format!(
+                "uploading to the inbox failed: {}",
+                e.without_url()
+            ))
+        })?;
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        // S3's XML error: its Code says which (the URL expired, the bytes changed, …).
+        let text = resp.text().await.unwrap_or_default();
+        let code = text
+            .split_once("<Code>")
+            .and_then(|(_, r)| r.split_once("</Code>"))
+            .map_or("", |(c, _)| c)
+            .to_owned();
+        match status {
+            400 if code == "BadDigest" || code == "InvalidDigest" => {
+                Err(UpError::Permanent(format!(
+                    "the inbox refused the bytes ({code}): the file changed while it was read?"
+                )))
+            }
+            _ => Err(UpError::Transient(format!(
+                "the inbox answered {status} {code}"
+            ))),
+        }
+    }
+}

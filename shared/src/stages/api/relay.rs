@@ -1,0 +1,312 @@
+//! Relays (`charlie-relay`, the on-prem binary): the admin routes that create, list and revoke
+//! them (`/v1/relays`), and the routes a relay calls with its signed requests
+//! (`/v1/relay/…`, [`crate::relay_auth`]; no API key).
+//!
+//! - `GET /v1/relay`: who the API takes the caller for, and its clock (`charlie-relay check`).
+//! - `POST /v1/relay/uploads` `{sha256, size}`: a presigned `PUT` of the raw mail to
+//!   `inbox/relay/{relay}/{sha256}.eml` (its SHA-256, length and type signed, so S3 takes those
+//!   bytes only), or `exists: true` when that file is already there: a relay that crashed after
+//!   its upload and before its journal noted it asks again and sends nothing twice.
+
+use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::{Api, ApiError, Reply, Request};
+use crate::idempotency::IdempotencyKey;
+use crate::ports::Claim;
+use crate::relay_auth::{self, NONCE_TTL_SECONDS, Refused};
+use crate::state::{ApiKeyRecord, RELAYS_INDEX, RecordKey, RelayRecord, relay_id_ok};
+
+/// The largest raw mail a relay may upload: ingest holds a relay's mail whole in memory.
+pub const MAX_RELAY_MAIL_BYTES: u64 = 64 * 1024 * 1024;
+/// How long a presigned upload lasts.
+const UPLOAD_MINUTES: u64 = 15;
+/// A relay's `last_seen_at` is rewritten at most this often.
+const SEEN_EVERY_SECONDS: i64 = 60;
+
+fn relay_json(r: &RelayRecord) -> Value {
+    json!({
+        "id": r.id,
+        "mailbox": r.mailbox,
+        "created_at": r.created_at,
+        "created_by": r.created_by,
+        "revoked_at": r.revoked_at,
+        "last_seen_at": r.last_seen_at,
+    })
+}
+
+fn index_sk(r: &RelayRecord) -> String {
+    r.id.clone()
+}
+
+impl Api {
+    pub(super) async fn list_relays(&self) -> Result<Reply, ApiError> {
+        let found = self
+            .records
+            .query_index(RELAYS_INDEX, None, None, 1000)
+            .await?;
+        let mut relays: Vec<RelayRecord> = found
+            .iter()
+            .filter_map(|r| serde_json::from_str(&r.data).ok())
+            .collect();
+        relays.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Reply::ok(
+            json!({"relays": relays.iter().map(relay_json).collect::<Vec<_>>()}),
+        ))
+    }
+
+    fn relay_master(&self) -> Result<&crate::secret::Secret, ApiError> {
+        self.relay_key.as_ref().ok_or_else(|| {
+            ApiError::new(
+                503,
+                "unavailable",
+                "this deployment has no relay secret (CHARLIE_RELAY_SECRET): relays are off",
+            )
+        })
+    }
+
+    /// `{id, mailbox?}`: a new relay, or a revoked one again with a new key. Answers the key
+    /// once.
+    pub(super) async fn create_relay(
+        &self,
+        req: &Request<'_>,
+        by: &ApiKeyRecord,
+    ) -> Result<Reply, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct NewRelay {
+            id: String,
+            #[serde(default)]
+            mailbox: Option<String>,
+        }
+        let ask: NewRelay = req.json()?;
+        if !relay_id_ok(&ask.id) {
+            return Err(ApiError::bad(
+                "id",
+                format!(
+                    "relay id {:?} is not 1 to 40 of a-z, 0-9 and -, starting with a letter or digit",
+                    ask.id
+                ),
+            ));
+        }
+        let mailbox = ask.mailbox.as_deref().map(str::trim);
+        if let Some(m) = mailbox
+            && (m.is_empty() || m.len() > 320 || m.chars().any(|c| c.is_control() || c == '#'))
+        {
+            return Err(ApiError::bad(
+                "mailbox",
+                "mailbox is the address (or Graph object id) of the mailbox the relay reads: 1 to 320 characters, no control characters or #",
+            ));
+        }
+        let master = self.relay_master()?;
+        let key = RecordKey::relay(&ask.id);
+        if let Some(existing) = self.records.get_record(&key).await?
+            && existing.revoked_at.is_none()
+        {
+            return Err(ApiError::conflict(format!(
+                "relay {:?} exists (created {} by {}): revoke it first to give it a new key",
+                ask.id, existing.created_at, existing.created_by
+            )));
+        }
+        let record = RelayRecord::new(&ask.id, mailbox, &by.name);
+        self.records
+            .put_record(&key, &record, Some((RELAYS_INDEX, &index_sk(&record))))
+            .await?;
+        let mut body = relay_json(&record);
+        // Shown this once: the API keeps the salt it is derived from, never the key.
+        body["key"] = json!(relay_auth::relay_key(master, &record.id, &record.salt).expose());
+        info!(relay = record.id, by = by.name, "relay created");
+        Ok(Reply::json(201, body).said(format!("create relay {}", record.id)))
+    }
+
+    pub(super) async fn revoke_relay(&self, id: &str) -> Result<Reply, ApiError> {
+        let key = RecordKey::relay(id);
+        let Some(mut record) = self.records.get_record(&key).await? else {
+            return Err(ApiError::not_found(format!("no relay {id:?}")));
+        };
+        if record.revoked_at.is_none() {
+            record.revoked_at =
+                Some(Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            self.records
+                .put_record(&key, &record, Some((RELAYS_INDEX, &index_sk(&record))))
+                .await?;
+        }
+        Ok(Reply::ok(relay_json(&record)).said(format!("revoke relay {id}")))
+    }
+
+    /// A relay's signed call: checked ([`relay_auth`]), answered, and written to the audit
+    /// trail as the relay's.
+    pub(super) async fn relay_call(
+        &self,
+        http: &ApiGatewayV2httpRequest,
+        req: &Request<'_>,
+        segments: &[&str],
+    ) -> Result<Reply, ApiError> {
+        let relay = self.relay_caller(http, req).await?;
+        let caller = ApiKeyRecord {
+            id: format!("relay/{}", relay.id),
+            name: format!("relay {}", relay.id),
+            scopes: Vec::new(),
+            secret_sha256: String::new(),
+            created_at: relay.created_at.clone(),
+            created_by: relay.created_by.clone(),
+            revoked_at: None,
+        };
+        let result = match (req.method, segments) {
+            ("GET", ["relay"]) => Ok(Reply::ok(json!({
+                "relay": relay.id,
+                "mailbox": relay.mailbox,
+                "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            }))),
+            ("POST", ["relay", "uploads"]) => self.relay_upload(req, &relay).await,
+            _ => Err(ApiError::not_found(format!(
+                "no route {} {} (see /v1/openapi.json)",
+                req.method, req.path
+            ))),
+        };
+        if req.method != "GET" {
+            self.audit(req, &caller, &result).await;
+        }
+        result
+    }
+
+    /// The relay that signed this request, or a 401 saying what is wrong with it.
+    async fn relay_caller(
+        &self,
+        http: &ApiGatewayV2httpRequest,
+        req: &Request<'_>,
+    ) -> Result<RelayRecord, ApiError> {
+        let refused = |r: Refused| ApiError::new(401, "unauthorized", r.to_string());
+        let master = self.relay_master()?;
+        let header = |name: &str| http.headers.get(name).and_then(|v| v.to_str().ok());
+        let presented = relay_auth::presented(header).map_err(refused)?;
+        let Some(mut relay) = self
+            .records
+            .get_record(&RecordKey::relay(presented.relay))
+            .await?
+        else {
+            return Err(refused(Refused::UnknownRelay(presented.relay.to_owned())));
+        };
+        if relay.revoked_at.is_some() {
+            return Err(refused(Refused::Revoked(relay.id)));
+        }
+        let signed_path = match http.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
+            Some(q) => format!("{}?{q}", req.path),
+            None => req.path.to_owned(),
+        };
+        let now = Utc::now();
+        let secret = relay_auth::relay_secret(master, &relay.id, &relay.salt);
+        relay_auth::verify(
+            &presented,
+            &secret,
+            req.method,
+            &signed_path,
+            &req.body,
+            now.timestamp(),
+        )
+        .map_err(|r| {
+            warn!(relay = relay.id, refused = %r, "relay request refused");
+            refused(r)
+        })?;
+        // Only now is the nonce spent: a forged request cannot use up a relay's nonces.
+        let nonce = IdempotencyKey::new(
+            format!("NONCE#{}#{}", relay.id, presented.nonce),
+            &presented.signature,
+        );
+        let expires = now + chrono::Duration::seconds(NONCE_TTL_SECONDS);
+        match self
+            .claims
+            .claim(&nonce.key, &nonce.payload_hash, now, expires, expires)
+            .await?
+        {
+            Claim::Acquired => {}
+            Claim::AlreadyDone { .. } | Claim::InProgressElsewhere => {
+                warn!(relay = relay.id, "replayed relay request refused");
+                return Err(refused(Refused::Replayed));
+            }
+        }
+        let stale = relay
+            .last_seen_at
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .is_none_or(|t| (now - t.with_timezone(&Utc)).num_seconds() >= SEEN_EVERY_SECONDS);
+        if stale {
+            relay.last_seen_at = Some(now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+            let index = index_sk(&relay);
+            self.records
+                .put_record(
+                    &RecordKey::relay(&relay.id),
+                    &relay,
+                    Some((RELAYS_INDEX, &index)),
+                )
+                .await?;
+        }
+        Ok(relay)
+    }
+
+    async fn relay_upload(
+        &self,
+        req: &Request<'_>,
+        relay: &RelayRecord,
+    ) -> Result<Reply, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Upload {
+            sha256: String,
+            size: u64,
+        }
+        let ask: Upload = req.json()?;
+        let sha = ask.sha256.to_ascii_lowercase();
+        let Some(digest) = hex::decode(&sha).ok().filter(|d| d.len() == 32) else {
+            return Err(ApiError::bad(
+                "sha256",
+                "sha256 is the raw mail's SHA-256, 64 hex digits",
+            ));
+        };
+        if ask.size == 0 || ask.size > MAX_RELAY_MAIL_BYTES {
+            return Err(ApiError::bad(
+                "size",
+                format!(
+                    "size is the raw mail's length in bytes, 1 to {MAX_RELAY_MAIL_BYTES} (a larger mail cannot go through the relay)"
+                ),
+            ));
+        }
+        let key = crate::object_keys::relay_inbox(&relay.id, &sha);
+        if !self.objects.versions(&key).await?.is_empty() {
+            return Ok(Reply::ok(json!({"key": key, "exists": true}))
+                .said(format!("relay {} upload {sha}: there already", relay.id)));
+        }
+        let checksum = base64::engine::general_purpose::STANDARD.encode(&digest);
+        let url = self
+            .objects
+            .presigned_put(
+                &key,
+                crate::object_keys::RELAY_CONTENT_TYPE,
+                &checksum,
+                ask.size,
+                std::time::Duration::from_secs(UPLOAD_MINUTES * 60),
+            )
+            .await?;
+        let expires_at = Utc::now() + chrono::Duration::minutes(UPLOAD_MINUTES as i64);
+        Ok(Reply::ok(json!({
+            "key": key,
+            "exists": false,
+            "url": url,
+            "method": "PUT",
+            "headers": {
+                "content-type": crate::object_keys::RELAY_CONTENT_TYPE,
+                "content-length": ask.size.to_string(),
+                "x-amz-checksum-sha256": checksum,
+            },
+            "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        }))
+        .said(format!(
+            "relay {} upload {sha} ({} bytes)",
+            relay.id, ask.size
+        )))
+    }
+}
