@@ -80,6 +80,23 @@ ensure_postgres() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
 }
 
+# Dovecot (the relay's IMAP source is tested against it), from Debian's packages when missing.
+ensure_dovecot() {
+  if command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ]; then
+    return
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "Dovecot is required for the relay's IMAP test: install dovecot-imapd with your package manager" >&2
+    exit 1
+  fi
+  say "Installing Dovecot (Debian's dovecot-imapd package, once)"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Installed only: the package's own service is not started (the tests start their own).
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dovecot-imapd >/dev/null
+}
+
 ensure_tools() {
   local missing=()
   command -v cargo >/dev/null || missing+=("cargo (https://rustup.rs)")

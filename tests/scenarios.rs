@@ -203,6 +203,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         an_unusable_attachment_is_quarantined_with_its_reason,
         relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once,
         a_relay_killed_mid_batch_uploads_its_drop_folder_once,
+        a_relay_reads_an_imap_folder_by_uid_once_with_idle,
         retention_expires_rows_and_files_as_the_definitions_say,
         the_dashboard_works_in_a_real_browser,
         a_mail_found_by_webhook_and_poll_is_ingested_once,
@@ -1165,6 +1166,131 @@ async fn relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once(cx: &Ctx
     );
 }
 
+/// A relay made with `charlie relay create` (its key in a file), its work folder, and the real
+/// `charlie-relay` binary run with a config whose `[source]` the scenario gives.
+struct RelayRig {
+    id: String,
+    key: String,
+    admin: String,
+    api: String,
+    work: std::path::PathBuf,
+    config: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl RelayRig {
+    async fn new(cx: &Ctx, id: &str, settings: &str, source: &str) -> RelayRig {
+        let admin = cx.key(&format!("{id}-admin"), charlie::stages::api::keys::Scope::Admin).await;
+        let work = charlie_local::project::target_dir()
+            .join(format!("charlie/relay-{}-{id}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let mut rig = RelayRig {
+            id: id.into(),
+            key: String::new(),
+            admin,
+            api: cx.cloud.api_url(""),
+            config: work.join("relay.toml"),
+            log: work.join("relay.log"),
+            work,
+        };
+        let created: serde_json::Value =
+            serde_json::from_str(&rig.charlie(&["--json", "relay", "create", id])).unwrap();
+        rig.key = created["key"].as_str().unwrap().to_owned();
+        cx.keys_made.lock().unwrap().push(rig.key.clone());
+        std::fs::write(rig.work.join("key"), format!("{}\n", rig.key)).unwrap();
+        std::fs::write(
+            &rig.config,
+            format!(
+                "api = \"{}\"\nkey_file = \"{}\"\njournal = \"{}\"\n{settings}\n[source]\n{source}\n",
+                rig.api,
+                rig.work.join("key").display(),
+                rig.work.join("journal.redb").display(),
+            ),
+        )
+        .unwrap();
+        rig
+    }
+
+    /// `charlie --api … ARGS` with an admin key: its stdout (it must succeed).
+    fn charlie(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(charlie_local::project::target_dir().join("debug/charlie"))
+            .args(["--api", &self.api])
+            .args(args)
+            .env("CHARLIE_API_KEY", &self.admin)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "charlie {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `charlie-relay ARGS --config …`, its log appended to `relay.log`.
+    fn relay(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(charlie_local::project::target_dir().join("debug/charlie-relay"));
+        c.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("CHARLIE_RELAY_KEY")
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap());
+        c
+    }
+
+    /// `charlie-relay check`'s report (it must pass).
+    fn check(&self) -> String {
+        let checked = self.relay(&["check"]).output().unwrap();
+        let said = String::from_utf8_lossy(&checked.stdout).into_owned();
+        assert!(checked.status.success(), "{said}");
+        assert!(said.contains(&format!("knows relay {}", self.id)), "{said}");
+        said
+    }
+
+    fn logged(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The relay's log is JSON lines holding no part of its key and no upload URL.
+    fn assert_log_clean(&self) {
+        let logged = self.logged();
+        assert!(!logged.contains(&self.key[self.key.len() - 20..]), "the relay logs no part of its key");
+        assert!(!logged.contains("X-Amz-Signature"), "nor an upload URL");
+        for line in logged.lines() {
+            let _: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("a relay log line is not JSON ({e}): {line}"));
+        }
+    }
+
+    /// The relay's uploads in the inbox, each checked to have been put once (one S3 version).
+    async fn uploaded_once(&self, cx: &Ctx) -> usize {
+        let uploaded = cx
+            .objects
+            .list(&format!("inbox/relay/{}/", self.id), None, 1000)
+            .await
+            .unwrap();
+        for o in &uploaded {
+            assert_eq!(cx.objects.versions(&o.key).await.unwrap().len(), 1, "{} sent twice", o.key);
+        }
+        uploaded.len()
+    }
+
+    /// Waits (at most a minute) until the inbox holds `n` of the relay's uploads.
+    async fn wait_for_uploads(&self, cx: &Ctx, n: usize) {
+        let started = std::time::Instant::now();
+        loop {
+            let have = cx
+                .objects
+                .list(&format!("inbox/relay/{}/", self.id), None, 1000)
+                .await
+                .unwrap()
+                .len();
+            if have >= n {
+                return;
+            }
+            assert!(started.elapsed().as_secs() < 60, "{have} of {n} uploads after a minute: {}", self.logged());
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// `charlie-relay` (the real binary) takes a drop folder of `.eml` files to the inbox through
 /// the control API's signed upload route and presigned S3 PUTs: the relay is made with `charlie
 /// relay create`, checked with `charlie-relay check`, killed (SIGKILL) in the middle of its
@@ -1172,40 +1298,20 @@ async fn relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once(cx: &Ctx
 /// its rows stored once, a mail cut short is in `failed/` with its reason, a second copy is not
 /// sent, and once revoked the relay is refused and sends nothing.
 async fn a_relay_killed_mid_batch_uploads_its_drop_folder_once(cx: &Ctx) {
-    use charlie::stages::api::keys::Scope;
-    let admin = cx.key("relay-admin", Scope::Admin).await;
-    let target = charlie_local::project::target_dir();
-    let charlie = |args: &[&str]| {
-        let out = std::process::Command::new(target.join("debug/charlie"))
-            .args(["--api", &cx.cloud.api_url("")])
-            .args(args)
-            .env("CHARLIE_API_KEY", &admin)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "charlie {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    };
-    let created: serde_json::Value =
-        serde_json::from_str(&charlie(&["--json", "relay", "create", "branch-drop"])).unwrap();
-    let key = created["key"].as_str().unwrap().to_owned();
-    cx.keys_made.lock().unwrap().push(key.clone());
-
-    let work = target.join(format!("charlie/relay-{}", std::process::id()));
-    let drop = work.join("drop");
-    std::fs::create_dir_all(&drop).unwrap();
-    std::fs::write(work.join("key"), format!("{key}\n")).unwrap();
-    let config = work.join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "api = \"{}\"\nkey_file = \"{}\"\njournal = \"{}\"\npoll_seconds = 1\nmax_uploads_per_second = 4\n\n[source]\nkind = \"folder\"\npath = \"{}\"\nsettle_seconds = 0\n",
-            cx.cloud.api_url(""),
-            work.join("key").display(),
-            work.join("journal.redb").display(),
-            drop.display()
+    let rig = RelayRig::new(
+        cx,
+        "branch-drop",
+        "poll_seconds = 1\nmax_uploads_per_second = 4\n",
+        &format!(
+            "kind = \"folder\"\npath = \"{}\"\nsettle_seconds = 0",
+            charlie_local::project::target_dir()
+                .join(format!("charlie/relay-{}-branch-drop/drop", std::process::id()))
+                .display()
         ),
     )
-    .unwrap();
+    .await;
+    let drop = rig.work.join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
     let days: Vec<String> = (3..=8).map(|d| format!("2024-04-0{d}")).collect();
     for (i, day) in days.iter().enumerate() {
         std::fs::write(drop.join(format!("export-{i}.eml")), raw_export_mail(&format!("drop-{i}"), day, 4)).unwrap();
@@ -1216,22 +1322,11 @@ async fn a_relay_killed_mid_batch_uploads_its_drop_folder_once(cx: &Ctx) {
         drop.join("zz-cut.eml"),
     )
     .unwrap();
-
-    let relay_bin = target.join("debug/charlie-relay");
-    let log = work.join("relay.log");
-    let relay = |args: &[&str]| {
-        let mut c = std::process::Command::new(&relay_bin);
-        c.args(args)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("CHARLIE_RELAY_KEY")
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
-        c
-    };
-    let checked = relay(&["check"]).output().unwrap();
-    let said = String::from_utf8_lossy(&checked.stdout).into_owned();
-    assert!(checked.status.success(), "{said}");
-    assert!(said.contains("knows relay branch-drop") && said.contains("8 .eml file(s) waiting"), "{said}");
+    let relay = |args: &[&str]| rig.relay(args);
+    let log = rig.log.clone();
+    let charlie = |args: &[&str]| rig.charlie(args);
+    let said = rig.check();
+    assert!(said.contains("8 .eml file(s) waiting"), "{said}");
 
     // Killed once a few mails are through, before the last.
     let mut running = relay(&["run"]).spawn().unwrap();
@@ -1262,15 +1357,7 @@ async fn a_relay_killed_mid_batch_uploads_its_drop_folder_once(cx: &Ctx) {
     assert!(done.join("export-0.eml").exists() && done.join("export-0-copy.eml").exists());
 
     // In the inbox once each: one S3 version per mail, nothing for the copy.
-    let uploaded = cx
-        .objects
-        .list("inbox/relay/branch-drop/", None, 100)
-        .await
-        .unwrap();
-    assert_eq!(uploaded.len(), 6, "{uploaded:?}");
-    for o in &uploaded {
-        assert_eq!(cx.objects.versions(&o.key).await.unwrap().len(), 1, "{} sent twice", o.key);
-    }
+    assert_eq!(rig.uploaded_once(cx).await, 6);
     cx.cloud.runner.drain().await.unwrap();
     for day in &days {
         assert_eq!(cx.rows_of("ib_calls", day).await, 4, "{day}");
@@ -1287,15 +1374,88 @@ async fn a_relay_killed_mid_batch_uploads_its_drop_folder_once(cx: &Ctx) {
     let refused = relay(&["run", "--once"]).status().unwrap();
     assert!(!refused.success());
     assert!(drop.join("late.eml").exists());
-    let logged = std::fs::read_to_string(&log).unwrap();
+    let logged = rig.logged();
     assert!(logged.contains("was revoked"), "{logged}");
-    assert!(!logged.contains(&key[key.len() - 20..]), "the relay logs no part of its key");
-    assert!(!logged.contains("X-Amz-Signature"), "nor an upload URL");
-    for line in logged.lines() {
-        let _: serde_json::Value = serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("a relay log line is not JSON ({e}): {line}"));
+    rig.assert_log_clean();
+    let _ = std::fs::remove_dir_all(&rig.work);
+}
+
+/// `charlie-relay` reads an IMAP folder of a real Dovecot (TLS with the server's certificate as
+/// the CA, a password from a file): the mail there is uploaded once, a mail delivered while it
+/// runs is taken at once through IDLE (the poll interval is ten minutes), the folder rebuilt
+/// (a new UIDVALIDITY, the same mails and one more) sends only the new one, and SIGTERM stops
+/// it cleanly. The mailbox is read-only to it: every mail stays.
+async fn a_relay_reads_an_imap_folder_by_uid_once_with_idle(cx: &Ctx) {
+    let dovecot = charlie_local::dovecot::Dovecot::start().unwrap();
+    dovecot.create_folder("Exports").unwrap();
+    let mails: Vec<Vec<u8>> = (10..=14)
+        .map(|d| raw_export_mail(&format!("imap-{d}"), &format!("2024-04-{d}"), 3))
+        .collect();
+    for m in &mails[..3] {
+        dovecot.deliver("Exports", m).unwrap();
     }
-    let _ = std::fs::remove_dir_all(&work);
+    // Not an export: no attachment, so not sent.
+    dovecot
+        .deliver("Exports", b"From: someone@branch.example\r\nSubject: lunch\r\nMessage-ID: <lunch@branch.example>\r\n\r\nAt noon?\r\n")
+        .unwrap();
+    let work = charlie_local::project::target_dir()
+        .join(format!("charlie/relay-{}-branch-imap", std::process::id()));
+    let rig = RelayRig::new(
+        cx,
+        "branch-imap",
+        "poll_seconds = 600\n",
+        &format!(
+            "kind = \"imap\"\nhost = \"localhost\"\nport = {}\nca_file = \"{}\"\nuser = \"{}\"\npassword_file = \"{}\"\nfolder = \"Exports\"",
+            dovecot.port(),
+            dovecot.ca_file().display(),
+            charlie_local::dovecot::USER,
+            work.join("imap-password").display(),
+        ),
+    )
+    .await;
+    std::fs::write(work.join("imap-password"), charlie_local::dovecot::Dovecot::password()).unwrap();
+    let said = rig.check();
+    assert!(said.contains("4 mail(s)") && said.contains("IDLE offered"), "{said}");
+
+    let once = rig.relay(&["run", "--once"]).status().unwrap();
+    assert!(once.success(), "{}\n{}", rig.logged(), dovecot.log());
+    assert_eq!(rig.uploaded_once(cx).await, 3);
+    assert!(rig.logged().contains("the mail has no attachment"));
+
+    // Running: a new mail is seen through IDLE, long before the 10-minute poll.
+    let mut running = rig.relay(&["run"]).spawn().unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    dovecot.deliver("Exports", &mails[3]).unwrap();
+    rig.wait_for_uploads(cx, 4).await;
+    assert!(rig.logged().contains("IDLE: new mail"), "{}", rig.logged());
+    // The folder rebuilt: UIDs start again under a new UIDVALIDITY; only the new mail goes.
+    dovecot.delete_folder("Exports").unwrap();
+    dovecot.create_folder("Exports").unwrap();
+    for m in &mails {
+        dovecot.deliver("Exports", m).unwrap();
+    }
+    // The deletion ends the relay's IDLE (or its session): it reconnects, finds the new
+    // UIDVALIDITY and reads the folder from the start.
+    rig.wait_for_uploads(cx, 5).await;
+    assert_eq!(rig.uploaded_once(cx).await, 5);
+    assert!(rig.logged().contains("UIDVALIDITY changed"), "{}", rig.logged());
+    // SIGTERM: it stops between mails, exit 0.
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let status = running.wait().unwrap();
+    assert!(status.success(), "{status:?}: {}", rig.logged());
+    assert!(rig.logged().contains("charlie-relay stopped"));
+
+    cx.cloud.runner.drain().await.unwrap();
+    for d in 10..=14 {
+        assert_eq!(cx.rows_of("ib_calls", &format!("2024-04-{d}")).await, 3, "2024-04-{d}");
+    }
+    rig.assert_log_clean();
+    assert!(!rig.logged().contains(charlie_local::dovecot::Dovecot::password()), "nor the IMAP password");
+    let _ = std::fs::remove_dir_all(&rig.work);
 }
 
 /// The dashboard driven in Debian's headless Chromium (`tests/browser/dashboard.mjs`, through

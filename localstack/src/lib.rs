@@ -8,6 +8,7 @@ pub mod bench_sender;
 pub mod clients;
 pub mod demo;
 pub mod deployment;
+pub mod dovecot;
 pub mod emulator;
 pub mod fake_downstream;
 pub mod fake_graph;

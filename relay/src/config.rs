@@ -60,10 +60,44 @@ pub enum SourceConfig {
         #[serde(default = "default_settle")]
         settle_seconds: u64,
     },
+    /// One folder of an IMAP server, read-only, by UID.
+    Imap {
+        host: String,
+        /// 993 with TLS, 143 without.
+        #[serde(default)]
+        port: Option<u16>,
+        /// Implicit TLS (the default); plaintext only to a loopback address.
+        #[serde(default = "default_true")]
+        tls: bool,
+        /// Trust this CA (PEM) instead of the system's trust store.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        user: String,
+        /// The environment variable holding the password (default
+        /// `CHARLIE_RELAY_IMAP_PASSWORD`), or `password_file`.
+        #[serde(default = "default_password_env")]
+        password_env: String,
+        #[serde(default)]
+        password_file: Option<PathBuf>,
+        #[serde(default = "default_inbox")]
+        folder: String,
+    },
 }
 
 fn default_settle() -> u64 {
     2
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_inbox() -> String {
+    "INBOX".into()
+}
+
+fn default_password_env() -> String {
+    "CHARLIE_RELAY_IMAP_PASSWORD".into()
 }
 
 impl Config {
@@ -99,25 +133,70 @@ impl Config {
 
     /// The relay's key, from `key_file` or the environment variable `key_env`.
     pub fn key(&self) -> anyhow::Result<Secret> {
-        let text = match &self.key_file {
-            Some(file) => std::fs::read_to_string(file)
-                .with_context(|| format!("reading the relay key from {}", file.display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned(),
-            None => std::env::var(&self.key_env).map_err(|_| {
-                anyhow::anyhow!(
-                    "no relay key: set {} (made by `charlie relay create`), or key_file in the config",
-                    self.key_env
-                )
-            })?,
+        secret_from(
+            "the relay key",
+            self.key_file.as_deref(),
+            &self.key_env,
+            "made by `charlie relay create`",
+        )
+    }
+}
+
+/// A secret from the first line of `file`, else the environment variable `env`.
+pub fn secret_from(
+    what: &str,
+    file: Option<&Path>,
+    env: &str,
+    hint: &str,
+) -> anyhow::Result<Secret> {
+    let text = match file {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading {what} from {}", file.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned(),
+        None => std::env::var(env).map_err(|_| {
+            anyhow::anyhow!("no {what}: set {env} ({hint}), or name a file in the config")
+        })?,
+    };
+    if text.is_empty() {
+        bail!("{what} is empty");
+    }
+    Ok(Secret::new(text))
+}
+
+impl SourceConfig {
+    /// The IMAP source's settings (the password read now).
+    pub fn imap(&self) -> anyhow::Result<Option<crate::imap::ImapSettings>> {
+        let SourceConfig::Imap {
+            host,
+            port,
+            tls,
+            ca_file,
+            user,
+            password_env,
+            password_file,
+            folder,
+        } = self
+        else {
+            return Ok(None);
         };
-        if text.is_empty() {
-            bail!("the relay key is empty");
-        }
-        Ok(Secret::new(text))
+        Ok(Some(crate::imap::ImapSettings {
+            host: host.clone(),
+            port: port.unwrap_or(if *tls { 993 } else { 143 }),
+            tls: *tls,
+            ca_file: ca_file.clone(),
+            user: user.clone(),
+            password: secret_from(
+                "the IMAP password",
+                password_file.as_deref(),
+                password_env,
+                "the mailbox's password",
+            )?,
+            folder: folder.clone(),
+        }))
     }
 }
 

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 const BY_SHA: TableDefinition<&str, &str> = TableDefinition::new("mail_by_sha256");
 /// Message-ID → sha256 of the first mail uploaded with it.
 const BY_MESSAGE_ID: TableDefinition<&str, &str> = TableDefinition::new("sha256_by_message_id");
+/// A source's cursor (an IMAP folder's `{uidvalidity} {uid}`), by the source's name for it.
+const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("cursors");
+/// Mails that failed where the source cannot keep them aside (IMAP): origin → reason.
+const FAILED: TableDefinition<&str, &str> = TableDefinition::new("failed");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -63,6 +67,8 @@ impl Journal {
         let txn = db.begin_write()?;
         txn.open_table(BY_SHA)?;
         txn.open_table(BY_MESSAGE_ID)?;
+        txn.open_table(CURSORS)?;
+        txn.open_table(FAILED)?;
         txn.commit()?;
         Ok(Journal { db })
     }
@@ -143,6 +149,40 @@ impl Journal {
         Ok(())
     }
 
+    pub fn cursor(&self, name: &str) -> anyhow::Result<Option<String>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CURSORS)?;
+        Ok(table.get(name)?.map(|v| v.value().to_owned()))
+    }
+
+    pub fn set_cursor(&self, name: &str, value: &str) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(CURSORS)?.insert(name, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Notes a mail that failed where the source has no place to put it aside.
+    pub fn note_failed(&self, origin: &str, reason: &str) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(FAILED)?
+            .insert(origin, format!("{} {reason}", now()).as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The mails noted as failed: (origin, "{when} {reason}").
+    pub fn failures(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FAILED)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((k.value().to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
     /// How many mails are in each state.
     pub fn counts(&self) -> anyhow::Result<(usize, usize)> {
         let txn = self.db.begin_read()?;
@@ -194,5 +234,16 @@ mod tests {
         assert_eq!(j.by_message_id("<m@x>").unwrap().as_deref(), Some("aa"));
         assert_eq!(j.counts().unwrap(), (0, 2));
         assert!(j.uploaded("cc").is_err());
+        // A source's cursor and its failures are kept too.
+        assert_eq!(j.cursor("imap:a").unwrap(), None);
+        j.set_cursor("imap:a", "7 12").unwrap();
+        j.note_failed("INBOX;UIDVALIDITY=7;UID=3", "cut short")
+            .unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.cursor("imap:a").unwrap().as_deref(), Some("7 12"));
+        let failed = j.failures().unwrap();
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].1.ends_with(" cut short"), "{failed:?}");
     }
 }

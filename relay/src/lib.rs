@@ -1,5 +1,5 @@
-//! charlie-relay: mail that only a machine on-prem can see (a drop folder of `.eml` files here;
-//! IMAP and Outlook are further sources behind the same trait), uploaded to Charlie's
+//! charlie-relay: mail that only a machine on-prem can see (a drop folder of `.eml` files, an
+//! IMAP folder; Outlook would be a further source behind the same trait), uploaded to Charlie's
 //! `inbox/relay/{relay}/{sha256}.eml`, where an S3 event puts it on ingest's queue and it is
 //! treated as Graph mail is.
 //!
@@ -17,6 +17,7 @@
 //! the next pass; the relay refused (key, clock) stops the pass.
 
 pub mod config;
+pub mod imap;
 pub mod journal;
 pub mod source;
 pub mod upstream;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
 use charlie_relay::config::{Config, SourceConfig};
+use charlie_relay::imap::ImapSource;
 use charlie_relay::journal::Journal;
 use charlie_relay::source::{DropFolder, Source};
 use charlie_relay::upstream::{Api, Upstream};
@@ -45,7 +46,10 @@ enum Command {
     },
 }
 
-fn source(config: &Config) -> anyhow::Result<Box<dyn Source>> {
+fn source(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Box<dyn Source>> {
+    if let Some(settings) = config.source.imap()? {
+        return Ok(Box::new(ImapSource::new(settings, Arc::clone(journal))));
+    }
     match &config.source {
         SourceConfig::Folder {
             path,
@@ -54,6 +58,7 @@ fn source(config: &Config) -> anyhow::Result<Box<dyn Source>> {
             path,
             Duration::from_secs(*settle_seconds),
         )?)),
+        SourceConfig::Imap { .. } => unreachable!("taken above"),
     }
 }
 
@@ -129,20 +134,26 @@ async fn check(file: &std::path::Path) -> ExitCode {
             }
         }
     }
-    match Journal::open(&config.journal) {
-        Ok(j) => match j.counts() {
-            Ok((uploading, uploaded)) => say(
-                "journal",
-                Ok(format!(
-                    "{}: {uploaded} uploaded, {uploading} in flight",
-                    config.journal.display()
-                )),
-            ),
-            Err(e) => say("journal", Err(format!("{e:#}"))),
-        },
-        Err(e) => say("journal", Err(format!("{e:#}"))),
-    }
-    match source(&config) {
+    let journal = match Journal::open(&config.journal) {
+        Ok(j) => {
+            match j.counts() {
+                Ok((uploading, uploaded)) => say(
+                    "journal",
+                    Ok(format!(
+                        "{}: {uploaded} uploaded, {uploading} in flight",
+                        config.journal.display()
+                    )),
+                ),
+                Err(e) => say("journal", Err(format!("{e:#}"))),
+            }
+            Arc::new(j)
+        }
+        Err(e) => {
+            say("journal", Err(format!("{e:#}")));
+            return ExitCode::FAILURE;
+        }
+    };
+    match source(&config, &journal) {
         Ok(s) => match s.check().await {
             Ok(m) => say("source", Ok(m)),
             Err(e) => say("source", Err(format!("{e:#}"))),
@@ -169,8 +180,8 @@ async fn run(file: &std::path::Path, once: bool) -> ExitCode {
 async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(file)?;
     let api = Api::new(&config.api, &config.key()?)?;
-    let journal = Journal::open(&config.journal)?;
-    let mut source = source(&config)?;
+    let journal = Arc::new(Journal::open(&config.journal)?);
+    let mut source = source(&config, &journal)?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -186,7 +197,9 @@ async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCod
         journal = %config.journal.display(),
         "charlie-relay started"
     );
-    let mut backoff = Duration::from_secs(config.poll_seconds);
+    let poll = Duration::from_secs(config.poll_seconds);
+    // After a failure: 5 s, doubled each time, at most 15 minutes.
+    let mut retry = Duration::from_secs(5);
     loop {
         let mut relay = Relay {
             relay: api.relay().to_owned(),
@@ -196,29 +209,38 @@ async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCod
             max_per_second: config.max_uploads_per_second,
         };
         let stopping = || stop.load(Ordering::SeqCst);
-        let summary: Summary = relay.pass(&stopping).await?;
-        let quiet = summary == Summary::default();
-        if !quiet {
-            info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "pass done");
-        }
-        if once {
-            return Ok(if summary.left == 0 && summary.refused.is_none() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
-        }
-        // Refused or failing: wait longer each time (up to 15 minutes); else the poll interval.
-        backoff = if summary.refused.is_some() || summary.left > 0 {
-            let longer = (backoff * 2).min(Duration::from_secs(900));
-            warn!(retry_in_seconds = longer.as_secs(), "will retry");
-            longer
-        } else {
-            Duration::from_secs(config.poll_seconds)
+        let failed = match relay.pass(&stopping).await {
+            Ok(summary) => {
+                if summary != Summary::default() {
+                    info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "pass done");
+                }
+                if once {
+                    return Ok(if summary.left == 0 && summary.refused.is_none() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
+                summary.refused.is_some() || summary.left > 0
+            }
+            // The source unreachable, the journal failing: said, and tried again.
+            Err(e) if !once => {
+                warn!(error = %format!("{e:#}"), "the pass failed");
+                true
+            }
+            Err(e) => return Err(e),
         };
-        let deadline = tokio::time::Instant::now() + backoff;
-        while tokio::time::Instant::now() < deadline && !stopping() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        if failed {
+            warn!(retry_in_seconds = retry.as_secs(), "will retry");
+            charlie_relay::source::sleep(retry.min(poll), &stopping).await?;
+            retry = (retry * 2).min(Duration::from_secs(900));
+        } else {
+            retry = Duration::from_secs(5);
+            // Until there may be new mail (IMAP IDLE), or the poll interval.
+            if let Err(e) = source.wait(poll, &stopping).await {
+                warn!(error = %format!("{e:#}"), "waiting on the source failed");
+                charlie_relay::source::sleep(retry, &stopping).await?;
+            }
         }
         if stopping() {
             info!("charlie-relay stopped");

@@ -37,6 +37,23 @@ pub trait Source: Send {
     async fn read(&mut self, origin: &str) -> anyhow::Result<Vec<u8>>;
     /// Records what became of one so it is not offered again.
     async fn settle(&mut self, origin: &str, outcome: &Outcome) -> anyhow::Result<()>;
+    /// Waits until there may be new mail, at most `max`, or until `stop` says so.
+    async fn wait(
+        &mut self,
+        max: Duration,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> anyhow::Result<()> {
+        sleep(max, stop).await
+    }
+}
+
+/// Sleeps `max`, looking at `stop` five times a second.
+pub async fn sleep(max: Duration, stop: &(dyn Fn() -> bool + Sync)) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + max;
+    while tokio::time::Instant::now() < deadline && !stop() {
+        tokio::time::sleep(Duration::from_millis(200).min(max)).await;
+    }
+    Ok(())
 }
 
 /// A folder of `.eml` files. A file is taken once it has not changed for `settle` (a writer
