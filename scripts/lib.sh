@@ -45,6 +45,18 @@ ensure_schemathesis() {
   "$ROOT/.venv-schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
+# aiosmtpd (the real SMTP server the relay's outbox is tested against) in its own virtualenv.
+AIOSMTPD_VERSION="1.4.6"
+export CHARLIE_AIOSMTPD_PYTHON="$ROOT/.venv-smtp/bin/python"
+ensure_aiosmtpd() {
+  if "$CHARLIE_AIOSMTPD_PYTHON" -c "import importlib.metadata as m; assert m.version('aiosmtpd') == '$AIOSMTPD_VERSION'" 2>/dev/null; then
+    return
+  fi
+  say "Creating .venv-smtp with aiosmtpd==$AIOSMTPD_VERSION (once)"
+  python3 -m venv "$ROOT/.venv-smtp"
+  "$ROOT/.venv-smtp/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+}
+
 # checkov (the Terraform's static security checks) in its own virtualenv as well.
 CHECKOV_VERSION="3.3.30"
 export CHARLIE_CHECKOV="$ROOT/.venv-checkov/bin/checkov"

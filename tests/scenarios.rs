@@ -204,6 +204,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once,
         a_relay_killed_mid_batch_uploads_its_drop_folder_once,
         a_relay_reads_an_imap_folder_by_uid_once_with_idle,
+        a_report_for_a_relay_goes_out_through_its_smtp_server_once,
         retention_expires_rows_and_files_as_the_definitions_say,
         the_dashboard_works_in_a_real_browser,
         a_mail_found_by_webhook_and_poll_is_ingested_once,
@@ -433,7 +434,7 @@ async fn terraform_plans_nothing_after_apply(cx: &Ctx) {
         .iter()
         .filter(|s| s.name.contains("-report-"))
         .collect();
-    assert_eq!(reports.len(), 2, "one per report of reports.toml");
+    assert_eq!(reports.len(), cx.defs.reports.len(), "one per report of reports.toml");
     assert!(reports.iter().all(|s| &s.target_arn == runs_arn), "{reports:?}");
 }
 
@@ -1455,6 +1456,115 @@ async fn a_relay_reads_an_imap_folder_by_uid_once_with_idle(cx: &Ctx) {
     }
     rig.assert_log_clean();
     assert!(!rig.logged().contains(charlie_local::dovecot::Dovecot::password()), "nor the IMAP password");
+    let _ = std::fs::remove_dir_all(&rig.work);
+}
+
+/// Python's aiosmtpd (a real SMTP server) on a free loopback port, storing what it takes in a
+/// maildir; stopped when dropped.
+struct SmtpSink {
+    child: std::process::Child,
+    port: u16,
+    maildir: std::path::PathBuf,
+}
+
+impl SmtpSink {
+    fn start(dir: &std::path::Path) -> SmtpSink {
+        let python = std::env::var("CHARLIE_AIOSMTPD_PYTHON").map_or_else(
+            |_| charlie_local::project::root().join(".venv-smtp/bin/python"),
+            std::path::PathBuf::from,
+        );
+        assert!(python.exists(), "aiosmtpd is not installed at {} (scripts/test installs it)", python.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let maildir = dir.join("smtp-maildir");
+        let child = std::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed().as_secs() < 20, "aiosmtpd did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        SmtpSink { child, port, maildir }
+    }
+
+    /// Every message it took, raw.
+    fn received(&self) -> Vec<Vec<u8>> {
+        std::fs::read_dir(self.maildir.join("new"))
+            .map(|d| d.filter_map(Result::ok).map(|e| std::fs::read(e.path()).unwrap()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A report with `transport = "relay"` (`branch_calls_daily`) is queued for its relay, which
+/// fetches it (signed), sends the mailer's MIME through a real SMTP server (aiosmtpd) to the
+/// report's recipients and acknowledges it: the delivery goes from `queued` to `relayed`, and a
+/// second pass, or the same run mailed again, sends nothing.
+async fn a_report_for_a_relay_goes_out_through_its_smtp_server_once(cx: &Ctx) {
+    let work = charlie_local::project::target_dir()
+        .join(format!("charlie/relay-{}-branch-out", std::process::id()));
+    let rig = RelayRig::new(
+        cx,
+        "branch-out",
+        "poll_seconds = 600\n",
+        &format!("kind = \"folder\"\npath = \"{}\"", work.join("drop").display()),
+    )
+    .await;
+    let smtp = SmtpSink::start(&rig.work);
+    let mut config = std::fs::read_to_string(&rig.config).unwrap();
+    config.push_str(&format!("\n[outbox]\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_tls = \"none\"\n", smtp.port));
+    std::fs::write(&rig.config, config).unwrap();
+    let said = rig.check();
+    assert!(said.contains("ok    outbox"), "{said}");
+
+    let run = cx.run_request("branch_calls_daily", "2024-03-14", None).await.unwrap();
+    let run_id = run["run_id"].as_str().unwrap().to_owned();
+    let deliveries = |rig: &RelayRig| {
+        let shown: serde_json::Value =
+            serde_json::from_str(&rig.charlie(&["--json", "deliveries", &run_id])).unwrap();
+        shown["deliveries"].as_array().unwrap().clone()
+    };
+    let before = deliveries(&rig);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!((before[0]["transport"].as_str(), before[0]["status"].as_str()), (Some("relay"), Some("queued")));
+    assert!(smtp.received().is_empty(), "nothing is sent before the relay runs");
+
+    let once = rig.relay(&["run", "--once"]).status().unwrap();
+    assert!(once.success(), "{}", rig.logged());
+    let got = smtp.received();
+    assert_eq!(got.len(), 1, "{}", rig.logged());
+    let mail = MessageParser::default().parse(&got[0]).unwrap();
+    assert_eq!(mail.from().unwrap().first().unwrap().address(), Some("reports@branch.example"));
+    assert_eq!(mail.to().unwrap().first().unwrap().address(), Some("branch-leads@branch.example"));
+    assert_eq!(mail.message_id(), before[0]["provider_message_id"].as_str().map(|m| m.trim_matches(['<', '>'])));
+    let xlsx = mail.attachments().next().expect("the workbook is attached");
+    assert!(xlsx.attachment_name().unwrap().ends_with(".xlsx"));
+    let book: Xlsx<_> = Xlsx::new(Cursor::new(xlsx.contents().to_vec())).unwrap();
+    let sheets = book.sheet_names();
+    assert!(sheets.iter().any(|n| n == "Summary") && sheets.iter().any(|n| n == "ib_calls"), "{sheets:?}");
+    let after = deliveries(&rig);
+    assert_eq!(after[0]["status"], "relayed", "{after:?}");
+
+    // Nothing twice: another pass, and the same run's mail request again.
+    let again = rig.relay(&["run", "--once"]).status().unwrap();
+    assert!(again.success());
+    cx.run_request("branch_calls_daily", "2024-03-14", Some(&run_id)).await.unwrap();
+    let again = rig.relay(&["run", "--once"]).status().unwrap();
+    assert!(again.success());
+    assert_eq!(smtp.received().len(), 1, "sent once: {}", rig.logged());
+    assert!(rig.logged().contains("outbox mail sent"));
+    rig.assert_log_clean();
+    drop(smtp);
     let _ = std::fs::remove_dir_all(&rig.work);
 }
 

@@ -39,6 +39,39 @@ pub struct Config {
     #[serde(default)]
     pub max_uploads_per_second: u32,
     pub source: SourceConfig,
+    /// Report mail with `transport = "relay"`, sent through this SMTP server (absent: the relay
+    /// sends none).
+    #[serde(default)]
+    pub outbox: Option<OutboxConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    pub smtp_host: String,
+    /// 587 with STARTTLS (the default), 465 with TLS, 25 without.
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    #[serde(default = "default_smtp_tls")]
+    pub smtp_tls: crate::outbox::SmtpTls,
+    /// Trust this CA (PEM) besides the usual ones.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Log in as this user (no login when absent).
+    #[serde(default)]
+    pub smtp_user: Option<String>,
+    #[serde(default = "default_smtp_password_env")]
+    pub smtp_password_env: String,
+    #[serde(default)]
+    pub smtp_password_file: Option<PathBuf>,
+}
+
+fn default_smtp_tls() -> crate::outbox::SmtpTls {
+    crate::outbox::SmtpTls::Starttls
+}
+
+fn default_smtp_password_env() -> String {
+    "CHARLIE_RELAY_SMTP_PASSWORD".into()
 }
 
 fn default_key_env() -> String {

@@ -19,6 +19,8 @@ const BY_SHA: TableDefinition<&str, &str> = TableDefinition::new("mail_by_sha256
 const BY_MESSAGE_ID: TableDefinition<&str, &str> = TableDefinition::new("sha256_by_message_id");
 /// A source's cursor (an IMAP folder's `{uidvalidity} {uid}`), by the source's name for it.
 const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("cursors");
+/// Outbox mail the relay's SMTP server took: Message-ID → "{when} {its reply}".
+const SENT: TableDefinition<&str, &str> = TableDefinition::new("outbox_sent");
 /// Mails that failed where the source cannot keep them aside (IMAP): origin → reason.
 const FAILED: TableDefinition<&str, &str> = TableDefinition::new("failed");
 
@@ -69,6 +71,7 @@ impl Journal {
         txn.open_table(BY_MESSAGE_ID)?;
         txn.open_table(CURSORS)?;
         txn.open_table(FAILED)?;
+        txn.open_table(SENT)?;
         txn.commit()?;
         Ok(Journal { db })
     }
@@ -158,6 +161,24 @@ impl Journal {
     pub fn set_cursor(&self, name: &str, value: &str) -> anyhow::Result<()> {
         let txn = self.db.begin_write()?;
         txn.open_table(CURSORS)?.insert(name, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The SMTP server's reply to an outbox mail sent before, if it was.
+    pub fn sent(&self, message_id: &str) -> anyhow::Result<Option<String>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SENT)?;
+        Ok(table
+            .get(message_id)?
+            .map(|v| v.value().split_once(' ').map_or("", |(_, r)| r).to_owned()))
+    }
+
+    /// Notes an outbox mail the SMTP server took (before it is acknowledged to the API).
+    pub fn note_sent(&self, message_id: &str, reply: &str) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SENT)?
+            .insert(message_id, format!("{} {reply}", now()).as_str())?;
         txn.commit()?;
         Ok(())
     }

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use charlie_relay::config::{Config, SourceConfig};
 use charlie_relay::imap::ImapSource;
 use charlie_relay::journal::Journal;
+use charlie_relay::outbox::Smtp;
 use charlie_relay::source::{DropFolder, Source};
 use charlie_relay::upstream::{Api, Upstream};
 use charlie_relay::{Relay, Summary};
@@ -153,6 +154,15 @@ async fn check(file: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(outbox) = &config.outbox {
+        match Smtp::new(outbox) {
+            Ok(smtp) => match smtp.check().await {
+                Ok(()) => say("outbox", Ok(format!("{} answers", smtp.describe()))),
+                Err(e) => say("outbox", Err(format!("{}: {e:#}", smtp.describe()))),
+            },
+            Err(e) => say("outbox", Err(format!("{e:#}"))),
+        }
+    }
     match source(&config, &journal) {
         Ok(s) => match s.check().await {
             Ok(m) => say("source", Ok(m)),
@@ -182,6 +192,7 @@ async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCod
     let api = Api::new(&config.api, &config.key()?)?;
     let journal = Arc::new(Journal::open(&config.journal)?);
     let mut source = source(&config, &journal)?;
+    let smtp = config.outbox.as_ref().map(Smtp::new).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -209,19 +220,37 @@ async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCod
             max_per_second: config.max_uploads_per_second,
         };
         let stopping = || stop.load(Ordering::SeqCst);
+        // The outbox first: a report waiting is worth more than the mail that feeds tomorrow's.
+        let mut outbox_failed = false;
+        if let Some(smtp) = &smtp {
+            match charlie_relay::outbox::pass(&api, &journal, smtp).await {
+                Ok(o) => {
+                    if o != charlie_relay::outbox::OutboxSummary::default() {
+                        info!(outbox = %serde_json::to_string(&o).unwrap_or_default(), "outbox pass done");
+                    }
+                    outbox_failed = o.failed > 0;
+                }
+                Err(e) => {
+                    warn!(error = %e, "the outbox pass stopped");
+                    outbox_failed = true;
+                }
+            }
+        }
         let failed = match relay.pass(&stopping).await {
             Ok(summary) => {
                 if summary != Summary::default() {
                     info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "pass done");
                 }
                 if once {
-                    return Ok(if summary.left == 0 && summary.refused.is_none() {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    });
+                    return Ok(
+                        if summary.left == 0 && summary.refused.is_none() && !outbox_failed {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        },
+                    );
                 }
-                summary.refused.is_some() || summary.left > 0
+                summary.refused.is_some() || summary.left > 0 || outbox_failed
             }
             // The source unreachable, the journal failing: said, and tried again.
             Err(e) if !once => {

@@ -34,8 +34,29 @@ pub struct UploadAnswer {
     pub headers: std::collections::BTreeMap<String, String>,
 }
 
+/// A report mail queued for this relay.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxMail {
+    pub message_id: String,
+    pub from: String,
+    pub recipients: Vec<String>,
+    pub url: String,
+}
+
 #[async_trait]
 pub trait Upstream: Send + Sync {
+    /// The report mail queued for this relay.
+    async fn outbox(&self) -> Result<Vec<OutboxMail>, UpError> {
+        Ok(Vec::new())
+    }
+    /// A queued mail's MIME.
+    async fn download(&self, _mail: &OutboxMail) -> Result<Vec<u8>, UpError> {
+        Err(UpError::Permanent("no outbox".into()))
+    }
+    /// Tells the API the relay's SMTP server took a queued mail.
+    async fn ack(&self, _message_id: &str, _smtp_reply: &str) -> Result<(), UpError> {
+        Err(UpError::Permanent("no outbox".into()))
+    }
     /// Who the API takes this relay for (a signed call that changes nothing).
     async fn whoami(&self) -> Result<Value, UpError>;
     async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadAnswer, UpError>;
@@ -121,6 +142,51 @@ impl Api {
 impl Upstream for Api {
     async fn whoami(&self) -> Result<Value, UpError> {
         self.signed("GET", "/v1/relay", Vec::new()).await
+    }
+
+    async fn outbox(&self) -> Result<Vec<OutboxMail>, UpError> {
+        let answer = self.signed("GET", "/v1/relay/outbox", Vec::new()).await?;
+        serde_json::from_value(answer["mails"].clone()).map_err(|e| {
+            UpError::Transient(format!(
+                "the control API's outbox is not a list of mails: {e}"
+            ))
+        })
+    }
+
+    async fn download(&self, mail: &OutboxMail) -> Result<Vec<u8>, UpError> {
+        let resp = self.http.get(&mail.url).send().await.map_err(|e| {
+            UpError::Transient(format!(
+                "downloading {} failed: {}",
+                mail.message_id,
+                e.without_url()
+            ))
+        })?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(UpError::Transient(format!(
+                "downloading {} answered {status}",
+                mail.message_id
+            )));
+        }
+        Ok(resp
+            .bytes()
+            .await
+            .map_err(|e| {
+                UpError::Transient(format!(
+                    "downloading {}: {}",
+                    mail.message_id,
+                    e.without_url()
+                ))
+            })?
+            .to_vec())
+    }
+
+    async fn ack(&self, message_id: &str, smtp_reply: &str) -> Result<(), UpError> {
+        let body =
+            serde_json::json!({"message_id": message_id, "smtp_reply": smtp_reply}).to_string();
+        self.signed("POST", "/v1/relay/outbox/ack", body.into_bytes())
+            .await
+            .map(|_| ())
     }
 
     async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadAnswer, UpError> {

@@ -317,12 +317,16 @@ pub struct Report {
     pub cc: Vec<String>,
     #[serde(default)]
     pub bcc: Vec<String>,
-    /// How the mail goes out: SES (default) or Microsoft Graph `sendMail` as the mailbox
-    /// user `send_as`, for teams that must send from Outlook.
+    /// How the mail goes out: SES (default), Microsoft Graph `sendMail` as the mailbox
+    /// user `send_as`, for teams that must send from Outlook, or the on-prem relay `relay`
+    /// (its SMTP server, as `send_as`).
     #[serde(default)]
     pub transport: TransportKind,
     #[serde(default)]
     pub send_as: Option<String>,
+    /// The relay whose outbox the mail goes to (`transport = "relay"`).
+    #[serde(default)]
+    pub relay: Option<String>,
     /// The mail's subject, a MiniJinja template (see `mail_template` for the variables), e.g.
     /// `{{ title }} for {{ period }}`.
     pub subject: String,
@@ -354,6 +358,8 @@ pub enum TransportKind {
     Ses,
     /// Microsoft Graph `sendMail` as the report's `send_as` mailbox user.
     Graph,
+    /// Queued for the on-prem relay `relay`, which sends it through its SMTP server.
+    Relay,
 }
 
 impl Report {
@@ -374,6 +380,7 @@ impl TransportKind {
         match self {
             TransportKind::Ses => "ses",
             TransportKind::Graph => "graph",
+            TransportKind::Relay => "relay",
         }
     }
 }
@@ -787,9 +794,32 @@ impl Definitions {
                     Where::key(&table, 0, "send_as"),
                     format!("report {name}: send_as {user:?} is not a mail address"),
                 )),
+                (TransportKind::Relay, None) => out.push((
+                    Where::key(&table, 0, "transport"),
+                    format!("report {name}: transport = \"relay\" needs send_as, the address the relay's SMTP server sends from"),
+                )),
+                (TransportKind::Relay, Some(user)) if !looks_like_address(user) => out.push((
+                    Where::key(&table, 0, "send_as"),
+                    format!("report {name}: send_as {user:?} is not a mail address"),
+                )),
                 (TransportKind::Ses, Some(_)) => out.push((
                     Where::key(&table, 0, "send_as"),
-                    format!("report {name}: send_as is only for transport = \"graph\" (SES sends from the deployment's sender)"),
+                    format!("report {name}: send_as is only for transport = \"graph\" or \"relay\" (SES sends from the deployment's sender)"),
+                )),
+                _ => {}
+            }
+            match (r.transport, r.relay.as_deref()) {
+                (TransportKind::Relay, None) => out.push((
+                    Where::key(&table, 0, "transport"),
+                    format!("report {name}: transport = \"relay\" needs relay, the id of the relay that sends it (charlie relay list)"),
+                )),
+                (TransportKind::Relay, Some(id)) if !crate::state::relay_id_ok(id) => out.push((
+                    Where::key(&table, 0, "relay"),
+                    format!("report {name}: relay {id:?} is not a relay id (a-z, 0-9, -)"),
+                )),
+                (TransportKind::Ses | TransportKind::Graph, Some(_)) => out.push((
+                    Where::key(&table, 0, "relay"),
+                    format!("report {name}: relay is only for transport = \"relay\""),
                 )),
                 _ => {}
             }
@@ -1312,6 +1342,28 @@ mod tests {
             Ok(_) => String::new(),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_relay_report_needs_its_relay_and_sender_and_relay_is_for_it_only() {
+        assert_eq!(
+            problems_of("relay = \"branch-out\"\n", "relay = \"branch-out\"\n"),
+            ""
+        );
+        let none = problems_of("relay = \"branch-out\"\n", "");
+        assert!(none.contains("needs relay"), "{none}");
+        let bad = problems_of("relay = \"branch-out\"", "relay = \"Branch Out\"");
+        assert!(bad.contains("not a relay id"), "{bad}");
+        let no_sender = problems_of("send_as = \"reports@branch.example\"\n", "");
+        assert!(no_sender.contains("needs send_as"), "{no_sender}");
+        let elsewhere = problems_of(
+            "send_as = \"ops-reports@contoso.example\"",
+            "send_as = \"ops-reports@contoso.example\"\nrelay = \"branch-out\"",
+        );
+        assert!(
+            elsewhere.contains("relay is only for transport = \"relay\""),
+            "{elsewhere}"
+        );
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub mod period;
 pub mod ports;
 pub mod raw_mail;
 pub mod relay_auth;
+pub mod relay_outbox;
 pub mod report_mail;
 #[cfg(feature = "stages")]
 pub mod reprocess;

@@ -170,6 +170,13 @@ impl RelayRecord {
     }
 }
 
+impl RecordKey<crate::relay_outbox::OutboxRecord> {
+    /// `OUTBOX#{relay}` / `MSG#{message id}`: a mail queued for a relay (`crate::relay_outbox`).
+    pub fn outbox(relay: &str, message_id: &str) -> Self {
+        Self::new(format!("OUTBOX#{relay}"), format!("MSG#{message_id}"))
+    }
+}
+
 impl RecordKey<RelayRecord> {
     pub fn relay(id: &str) -> Self {
         Self::new(format!("RELAY#{id}"), "relay")

@@ -96,7 +96,7 @@ locals {
       # Runs, keys, audit, cancel requests, and the folders' health records.
       { Effect = "Allow", Action = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"], Resource = [aws_dynamodb_table.state.arn, "${aws_dynamodb_table.state.arn}/index/*"] },
       # Workbook versions and the presigned downloads it redirects to.
-      { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = ["${aws_s3_bucket.data.arn}/reports/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/raw/*"] },
+      { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = ["${aws_s3_bucket.data.arn}/reports/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/outbox/relay/*"] },
       { Effect = "Allow", Action = ["s3:ListBucket", "s3:ListBucketVersions"], Resource = aws_s3_bucket.data.arn },
       # Depths of every queue; dead letters peeked, deleted and redriven to their source.
       { Effect = "Allow", Action = ["sqs:GetQueueAttributes"], Resource = concat([for q in aws_sqs_queue.main : q.arn], [for q in aws_sqs_queue.dlq : q.arn], [aws_sqs_queue.scheduler_dlq.arn]) },
@@ -113,6 +113,8 @@ locals {
       # The Graph secret: reports with transport = "graph" send through Graph sendMail.
       local.read_config, local.read_graph_secret, local.state_rw, local.consume["mail"], local.consume["ses_events"],
       { Effect = "Allow", Action = ["s3:GetObject", "s3:GetObjectVersion"], Resource = "${aws_s3_bucket.data.arn}/reports/*" },
+      # Report mail with transport = "relay" is queued for its relay.
+      { Effect = "Allow", Action = ["s3:PutObject"], Resource = "${aws_s3_bucket.data.arn}/outbox/relay/*" },
       # As the sender's identities only, and only through the configuration set (which
       # requires TLS and reports bounces).
       { Effect = "Allow", Action = ["ses:SendEmail", "ses:SendRawEmail"], Resource = concat([aws_ses_email_identity.sender.arn, aws_ses_configuration_set.main.arn], var.ses_identity_arns) },

@@ -86,9 +86,10 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
 
   # A relay's uploads: once ingested, each attachment is archived in raw/ (kept as its dataset
   # says); the whole mail is kept for relay_inbox_days for inspection and re-ingest. A mail
-  # quarantined whole is kept as long.
+  # quarantined whole is kept as long, and so is report mail queued for a relay (outbox/relay/,
+  # fetched by the relay within minutes when it runs).
   dynamic "rule" {
-    for_each = { "inbox/relay/" = "relay-inbox", "quarantine/mail/" = "quarantined-mail" }
+    for_each = { "inbox/relay/" = "relay-inbox", "quarantine/mail/" = "quarantined-mail", "outbox/relay/" = "relay-outbox" }
     content {
       id     = "retain-${rule.value}"
       status = "Enabled"

@@ -409,22 +409,13 @@ impl Mailer {
             self.definitions.reports.get(&req.report).ok_or_else(|| {
                 permanent(format!("report {} is not defined (any more)", req.report))
             })?;
-        let transport = self
-            .transports
-            .iter()
-            .find(|t| t.kind() == report.transport)
-            .ok_or_else(|| {
-                permanent(format!(
-                    "no {} transport (the definitions loaded at start named none)",
-                    report.transport.name()
-                ))
-            })?;
         let from = match (report.transport, report.send_as.as_deref()) {
-            (TransportKind::Graph, Some(user)) => user,
-            (TransportKind::Graph, None) => {
+            (TransportKind::Graph | TransportKind::Relay, Some(user)) => user,
+            (TransportKind::Graph | TransportKind::Relay, None) => {
                 return Err(permanent(format!(
-                    "report {}: transport graph without send_as",
-                    req.report
+                    "report {}: transport {} without send_as",
+                    req.report,
+                    report.transport.name()
                 )));
             }
             (TransportKind::Ses, _) => self.sender.as_str(),
@@ -541,6 +532,21 @@ impl Mailer {
             }),
             _ => None,
         };
+        if report.transport == TransportKind::Relay {
+            return self
+                .queue_for_relay(req, report, to, group, from, &message_id, mime, link)
+                .await;
+        }
+        let transport = self
+            .transports
+            .iter()
+            .find(|t| t.kind() == report.transport)
+            .ok_or_else(|| {
+                permanent(format!(
+                    "no {} transport (the definitions loaded at start named none)",
+                    report.transport.name()
+                ))
+            })?;
         let sent = transport
             .send(&OutgoingMail {
                 from,
@@ -564,6 +570,70 @@ impl Mailer {
             run_id: req.run_id.clone(),
             sent_at: Utc::now().to_rfc3339(),
             mime_bytes: mime.len(),
+        })
+    }
+}
+
+impl Mailer {
+    /// `transport = "relay"`: the mail goes to the relay's outbox (`crate::relay_outbox`); the
+    /// relay sends it through its SMTP server and acknowledges it, which marks the delivery
+    /// `relayed`.
+    #[allow(clippy::too_many_arguments)]
+    async fn queue_for_relay(
+        &self,
+        req: &MailRequest,
+        report: &crate::definitions::Report,
+        to: &Recipients,
+        group: &str,
+        from: &str,
+        message_id: &str,
+        mime: Vec<u8>,
+        link: Option<String>,
+    ) -> anyhow::Result<DeliveryResult> {
+        let relay = report.relay.as_deref().ok_or_else(|| {
+            permanent(format!(
+                "report {}: transport relay without relay",
+                req.report
+            ))
+        })?;
+        let mime_bytes = mime.len();
+        let queued = crate::relay_outbox::queue(
+            self.objects.as_ref(),
+            self.records.as_ref(),
+            relay,
+            crate::relay_outbox::OutboxRecord {
+                message_id: format!("<{message_id}>"),
+                delivery: state::delivery_claim(&req.run_id, group),
+                run_id: req.run_id.clone(),
+                from: from.to_owned(),
+                recipients: to.to.iter().chain(&to.cc).chain(&to.bcc).cloned().collect(),
+                key: String::new(),
+                size: 0,
+                queued_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                sent_at: None,
+                smtp_reply: None,
+            },
+            mime,
+        )
+        .await?;
+        info!(
+            run_id = req.run_id,
+            relay,
+            key = queued.key,
+            "queued for the relay"
+        );
+        Ok(DeliveryResult {
+            status: "queued".into(),
+            transport: TransportKind::Relay.name().to_owned(),
+            provider_message_id: queued.message_id,
+            graph_draft_id: None,
+            to: to.to.clone(),
+            cc: to.cc.clone(),
+            bcc: to.bcc.clone(),
+            link,
+            run_id: req.run_id.clone(),
+            sent_at: Utc::now().to_rfc3339(),
+            mime_bytes,
         })
     }
 }

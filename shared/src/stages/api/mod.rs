@@ -89,6 +89,8 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("DELETE", &["relays", "*"]),
     ("GET", &["relay"]),
     ("POST", &["relay", "uploads"]),
+    ("GET", &["relay", "outbox"]),
+    ("POST", &["relay", "outbox", "ack"]),
 ];
 
 /// The scope a route needs: `GET` reads, anything else operates, keys and the audit trail are

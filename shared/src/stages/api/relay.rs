@@ -3,6 +3,9 @@
 //! (`/v1/relay/…`, [`crate::relay_auth`]; no API key).
 //!
 //! - `GET /v1/relay`: who the API takes the caller for, and its clock (`charlie-relay check`).
+//! - `GET /v1/relay/outbox`: the report mail queued for this relay (`transport = "relay"`),
+//!   oldest first, each with a presigned `GET` of its MIME; `POST /v1/relay/outbox/ack`
+//!   `{message_id, smtp_reply}` once its SMTP server took one (`crate::relay_outbox`).
 //! - `POST /v1/relay/uploads` `{sha256, size}`: a presigned `PUT` of the raw mail to
 //!   `inbox/relay/{relay}/{sha256}.eml` (its SHA-256, length and type signed, so S3 takes those
 //!   bytes only), or `exists: true` when that file is already there: a relay that crashed after
@@ -163,6 +166,8 @@ impl Api {
                 "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             }))),
             ("POST", ["relay", "uploads"]) => self.relay_upload(req, &relay).await,
+            ("GET", ["relay", "outbox"]) => self.relay_outbox(&relay).await,
+            ("POST", ["relay", "outbox", "ack"]) => self.relay_ack(req, &relay).await,
             _ => Err(ApiError::not_found(format!(
                 "no route {} {} (see /v1/openapi.json)",
                 req.method, req.path
@@ -246,6 +251,71 @@ impl Api {
                 .await?;
         }
         Ok(relay)
+    }
+
+    async fn relay_outbox(&self, relay: &RelayRecord) -> Result<Reply, ApiError> {
+        let waiting = crate::relay_outbox::pending(self.records.as_ref(), &relay.id, 20).await?;
+        let mut mails = Vec::with_capacity(waiting.len());
+        for m in waiting {
+            let url = self
+                .objects
+                .presigned_get(
+                    &m.key,
+                    None,
+                    std::time::Duration::from_secs(UPLOAD_MINUTES * 60),
+                )
+                .await?;
+            mails.push(json!({
+                "message_id": m.message_id,
+                "from": m.from,
+                "recipients": m.recipients,
+                "size": m.size,
+                "queued_at": m.queued_at,
+                "url": url,
+            }));
+        }
+        Ok(Reply::ok(json!({"mails": mails})))
+    }
+
+    async fn relay_ack(&self, req: &Request<'_>, relay: &RelayRecord) -> Result<Reply, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Ack {
+            message_id: String,
+            smtp_reply: String,
+        }
+        let ack: Ack = req.json()?;
+        if ack.message_id.is_empty() || ack.message_id.len() > 512 {
+            return Err(ApiError::bad(
+                "message_id",
+                "message_id is a queued mail's <…@…>",
+            ));
+        }
+        let reply: String = ack
+            .smtp_reply
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(512)
+            .collect();
+        let Some(sent) = crate::relay_outbox::acknowledge(
+            self.records.as_ref(),
+            &relay.id,
+            &ack.message_id,
+            &reply,
+        )
+        .await?
+        else {
+            return Err(ApiError::not_found(format!(
+                "no mail {:?} in relay {}'s outbox",
+                ack.message_id, relay.id
+            )));
+        };
+        Ok(Reply::ok(json!({
+            "message_id": sent.message_id,
+            "sent_at": sent.sent_at,
+            "smtp_reply": sent.smtp_reply,
+        }))
+        .said(format!("relay {} sent {}", relay.id, sent.message_id)))
     }
 
     async fn relay_upload(

@@ -971,15 +971,28 @@ async fn relay_signed(
     at: i64,
     nonce: &str,
 ) -> (u16, Value) {
+    relay_signed_as(w, key, "POST", path, Some(body), at, nonce).await
+}
+
+async fn relay_signed_as(
+    w: &World,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    at: i64,
+    nonce: &str,
+) -> (u16, Value) {
     let (relay, secret) = crate::relay_auth::parse_key(key).unwrap();
-    let body = body.to_string();
+    let body = body.map(Value::to_string).unwrap_or_default();
     let mut headers = serde_json::Map::new();
     for (name, value) in
-        crate::relay_auth::sign(&relay, &secret, "POST", path, body.as_bytes(), at, nonce)
+        crate::relay_auth::sign(&relay, &secret, method, path, body.as_bytes(), at, nonce)
     {
         headers.insert(name.into(), value.into());
     }
-    let event = gateway_event("ANY /v1/{proxy+}", "POST", path, headers, Some(body));
+    let body = (!body.is_empty()).then_some(body);
+    let event = gateway_event("ANY /v1/{proxy+}", method, path, headers, body);
     let (status, _, body) = send(w, event).await;
     (status, body)
 }
@@ -1192,5 +1205,95 @@ async fn a_relay_gets_a_presigned_upload_once_per_nonce_and_none_for_a_file_alre
     assert!(
         revoked["message"].as_str().unwrap().contains("revoked"),
         "{revoked}"
+    );
+}
+
+#[tokio::test]
+async fn a_relay_sees_only_its_own_outbox_and_acknowledges_a_mail_once() {
+    let w = world().await;
+    let mut keys = Vec::new();
+    for id in ["branch-1", "branch-2"] {
+        let (_, _, created) = call(
+            &w,
+            "POST",
+            "/v1/relays",
+            Some(&w.admin),
+            Some(json!({"id": id})),
+        )
+        .await;
+        keys.push(created["key"].as_str().unwrap().to_owned());
+    }
+    let record = crate::relay_outbox::OutboxRecord {
+        message_id: "<run-1.0@branch.example>".into(),
+        delivery: "DLV#run-1#0".into(),
+        run_id: "run-1".into(),
+        from: "reports@branch.example".into(),
+        recipients: vec!["leads@branch.example".into()],
+        key: String::new(),
+        size: 0,
+        queued_at: Utc::now().to_rfc3339(),
+        sent_at: None,
+        smtp_reply: None,
+    };
+    crate::relay_outbox::queue(
+        w.objects.as_ref(),
+        rec(&w),
+        "branch-1",
+        record,
+        b"MIME".to_vec(),
+    )
+    .await
+    .unwrap();
+    let now = Utc::now().timestamp();
+    let nonce = crate::relay_auth::new_nonce;
+    let (status, outbox) =
+        relay_signed_as(&w, &keys[0], "GET", "/v1/relay/outbox", None, now, &nonce()).await;
+    assert_eq!(status, 200, "{outbox}");
+    let mails = outbox["mails"].as_array().unwrap();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["recipients"], json!(["leads@branch.example"]));
+    assert!(
+        mails[0]["url"]
+            .as_str()
+            .unwrap()
+            .contains("outbox/relay/branch-1/")
+    );
+    let (_, other) =
+        relay_signed_as(&w, &keys[1], "GET", "/v1/relay/outbox", None, now, &nonce()).await;
+    assert_eq!(
+        other["mails"],
+        json!([]),
+        "another relay's outbox is its own"
+    );
+    let ack =
+        json!({"message_id": "<run-1.0@branch.example>", "smtp_reply": "250 2.0.0 queued as 4F2"});
+    let (status, _) = relay_signed(&w, &keys[1], "/v1/relay/outbox/ack", &ack, now, &nonce()).await;
+    assert_eq!(status, 404, "not another relay's to acknowledge");
+    let (status, acked) =
+        relay_signed(&w, &keys[0], "/v1/relay/outbox/ack", &ack, now, &nonce()).await;
+    assert_eq!(status, 200, "{acked}");
+    assert!(acked["sent_at"].is_string());
+    let (_, outbox) =
+        relay_signed_as(&w, &keys[0], "GET", "/v1/relay/outbox", None, now, &nonce()).await;
+    assert_eq!(outbox["mails"], json!([]));
+    let status: DeliveryStatus = rec(&w)
+        .get_record(&RecordKey::delivery_status("DLV#run-1#0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.status, "relayed");
+    let (status, err) = relay_signed(
+        &w,
+        &keys[0],
+        "/v1/relay/outbox/ack",
+        &json!({"message_id": "", "smtp_reply": ""}),
+        now,
+        &nonce(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("message_id")),
+        "{err}"
     );
 }

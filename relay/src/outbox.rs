@@ -1,0 +1,187 @@
+//! The outbox: report mail with `transport = "relay"`, fetched from the control API (signed),
+//! sent as it is (the MIME the mailer built) through the relay's SMTP server, and acknowledged
+//! with the server's reply, which marks the delivery `relayed`.
+//!
+//! The journal notes each mail the server took before the acknowledgement, so a crash or an
+//! unreachable API between the two sends nothing twice: the next pass only acknowledges. (A
+//! crash between the server's `250` and the journal's write is the one window where a mail
+//! can go twice, as in the mailer's own window with SES.)
+
+use anyhow::Context;
+use lettre::address::Envelope;
+use lettre::transport::smtp::AsyncSmtpTransport;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{Address, AsyncTransport, Tokio1Executor};
+use tracing::{info, warn};
+
+use crate::config::OutboxConfig;
+use crate::journal::Journal;
+use crate::upstream::{UpError, Upstream};
+
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS, required (port 587).
+    Starttls,
+    /// Implicit TLS (port 465).
+    Tls,
+    /// None: to a loopback address only.
+    None,
+}
+
+pub struct Smtp {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    describe: String,
+}
+
+impl Smtp {
+    pub fn new(c: &OutboxConfig) -> anyhow::Result<Smtp> {
+        let loopback = matches!(c.smtp_host.as_str(), "127.0.0.1" | "localhost" | "::1");
+        let tls = match c.smtp_tls {
+            SmtpTls::None if !loopback => anyhow::bail!(
+                "smtp_tls = \"none\": report mail and any password would cross the network in the clear; allowed to a loopback address only"
+            ),
+            SmtpTls::None => Tls::None,
+            mode => {
+                let mut params = TlsParameters::builder(c.smtp_host.clone());
+                if let Some(file) = &c.ca_file {
+                    let pem = std::fs::read(file)
+                        .with_context(|| format!("reading the CA file {}", file.display()))?;
+                    params =
+                        params.add_root_certificate(Certificate::from_pem(&pem).with_context(
+                            || format!("{} is not a PEM certificate", file.display()),
+                        )?);
+                }
+                let params = params.build_rustls().context("the SMTP TLS settings")?;
+                if mode == SmtpTls::Tls {
+                    Tls::Wrapper(params)
+                } else {
+                    Tls::Required(params)
+                }
+            }
+        };
+        let default_port = match c.smtp_tls {
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+            SmtpTls::None => 25,
+        };
+        let port = c.smtp_port.unwrap_or(default_port);
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.smtp_host)
+            .port(port)
+            .tls(tls)
+            .timeout(Some(std::time::Duration::from_secs(60)));
+        if let Some(user) = &c.smtp_user {
+            let password = crate::config::secret_from(
+                "the SMTP password",
+                c.smtp_password_file.as_deref(),
+                &c.smtp_password_env,
+                "the SMTP account's password",
+            )?;
+            builder =
+                builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
+        }
+        Ok(Smtp {
+            transport: builder.build(),
+            describe: format!("smtp {}:{port} ({:?})", c.smtp_host, c.smtp_tls),
+        })
+    }
+
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Whether the server answers and takes the login (for `charlie-relay check`).
+    pub async fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.transport.test_connection().await?,
+            "the SMTP server did not answer NOOP"
+        );
+        Ok(())
+    }
+
+    async fn send(&self, from: &str, to: &[String], mime: &[u8]) -> Result<String, UpError> {
+        let parse = |a: &str| {
+            a.parse::<Address>()
+                .map_err(|e| UpError::Permanent(format!("{a:?} is not an address: {e}")))
+        };
+        let envelope = Envelope::new(
+            Some(parse(from)?),
+            to.iter().map(|a| parse(a)).collect::<Result<_, _>>()?,
+        )
+        .map_err(|e| UpError::Permanent(format!("the envelope: {e}")))?;
+        match self.transport.send_raw(&envelope, mime).await {
+            Ok(resp) => Ok(format!(
+                "{} {}",
+                resp.code(),
+                resp.message().collect::<Vec<_>>().join(" ")
+            )),
+            Err(e) if e.is_permanent() => Err(UpError::Permanent(format!(
+                "the SMTP server refused it: {e}"
+            ))),
+            Err(e) => Err(UpError::Transient(format!("sending through SMTP: {e}"))),
+        }
+    }
+}
+
+/// What one outbox pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OutboxSummary {
+    pub sent: usize,
+    /// Sent before, acknowledged now.
+    pub acknowledged_late: usize,
+    pub failed: usize,
+}
+
+/// Sends what the API has queued for this relay.
+pub async fn pass(
+    upstream: &dyn Upstream,
+    journal: &Journal,
+    smtp: &Smtp,
+) -> Result<OutboxSummary, UpError> {
+    let mut summary = OutboxSummary::default();
+    for mail in upstream.outbox().await? {
+        let id = mail.message_id.as_str();
+        let reply = match journal
+            .sent(id)
+            .map_err(|e| UpError::Transient(format!("{e:#}")))?
+        {
+            Some(reply) => {
+                summary.acknowledged_late += 1;
+                reply
+            }
+            None => {
+                let mime = upstream.download(&mail).await?;
+                match smtp.send(&mail.from, &mail.recipients, &mime).await {
+                    Ok(reply) => {
+                        journal
+                            .note_sent(id, &reply)
+                            .map_err(|e| UpError::Transient(format!("{e:#}")))?;
+                        info!(
+                            message_id = id,
+                            recipients = mail.recipients.len(),
+                            reply,
+                            "outbox mail sent"
+                        );
+                        summary.sent += 1;
+                        reply
+                    }
+                    Err(UpError::Permanent(why)) => {
+                        // Left queued: the delivery shows it waiting, the log says why.
+                        warn!(
+                            message_id = id,
+                            error = why,
+                            "outbox mail refused by the SMTP server"
+                        );
+                        summary.failed += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        upstream.ack(id, &reply).await?;
+    }
+    Ok(summary)
+}
