@@ -853,6 +853,7 @@ impl Api {
             "cc": r.cc,
             "bcc": r.bcc,
             "transport": r.transport,
+            "relay": r.relay,
             "on_empty": r.on_empty,
             "retain_days": r.retain_days,
             "datasets_retain_days": r.datasets.iter()
