@@ -1260,15 +1260,24 @@ impl RelayRig {
         }
     }
 
-    /// The relay's uploads in the inbox, each checked to have been put once (one S3 version).
-    async fn uploaded_once(&self, cx: &Ctx) -> usize {
-        let uploaded = cx
-            .objects
+    /// The relay's uploads in the inbox.
+    async fn uploads(&self, cx: &Ctx) -> Vec<charlie::ports::ObjectInfo> {
+        cx.objects
             .list(&format!("inbox/relay/{}/", self.id), None, 1000)
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The relay's uploads in the inbox, each checked to have been put once (one S3 version).
+    async fn uploaded_once(&self, cx: &Ctx) -> usize {
+        let uploaded = self.uploads(cx).await;
         for o in &uploaded {
-            assert_eq!(cx.objects.versions(&o.key).await.unwrap().len(), 1, "{} sent twice", o.key);
+            assert_eq!(
+                cx.objects.versions(&o.key).await.unwrap().len(),
+                1,
+                "{} sent twice",
+                o.key
+            );
         }
         uploaded.len()
     }
@@ -1277,12 +1286,7 @@ impl RelayRig {
     async fn wait_for_uploads(&self, cx: &Ctx, n: usize) {
         let started = std::time::Instant::now();
         loop {
-            let have = cx
-                .objects
-                .list(&format!("inbox/relay/{}/", self.id), None, 1000)
-                .await
-                .unwrap()
-                .len();
+            let have = self.uploads(cx).await.len();
             if have >= n {
                 return;
             }

@@ -40,7 +40,8 @@ fn bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, b)| b)
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (the servers' wrappers then run them as their own users).
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -60,7 +61,7 @@ fn command(bin: &Path, program: &str, root: bool) -> Command {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -225,19 +226,25 @@ fn rand_suffix() -> u32 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// Stops a server started behind a wrapper that waits on our pipe: closing the pipe makes the
+/// wrapper stop it; after 10 s it is killed.
+pub(crate) fn stop_wrapped(child: &mut Child, lifeline: Option<std::process::ChildStdin>) {
+    drop(lifeline);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 impl Drop for PostgresServer {
     fn drop(&mut self) {
-        // Closing the pipe makes the wrapper stop the server (fast shutdown).
-        drop(self._lifeline.take());
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Fast shutdown (the wrapper sends SIGINT).
+        stop_wrapped(&mut self.child, self._lifeline.take());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -532,44 +532,49 @@ impl Mailer {
             }),
             _ => None,
         };
-        if report.transport == TransportKind::Relay {
-            return self
-                .queue_for_relay(req, report, to, group, from, &message_id, mime, link)
-                .await;
-        }
-        let transport = self
-            .transports
-            .iter()
-            .find(|t| t.kind() == report.transport)
-            .ok_or_else(|| {
-                permanent(format!(
-                    "no {} transport (the definitions loaded at start named none)",
-                    report.transport.name()
-                ))
-            })?;
-        let sent = transport
-            .send(&OutgoingMail {
-                from,
-                recipients: to,
-                subject: &req.subject,
-                html: &html,
-                mime: &mime,
-                internet_message_id: &format!("<{message_id}>"),
-                attachment,
-            })
-            .await?;
+        let mime_bytes = mime.len();
+        let (status, provider_message_id, graph_draft_id) =
+            if report.transport == TransportKind::Relay {
+                let queued = self
+                    .queue_for_relay(req, report, to, group, from, &message_id, mime)
+                    .await?;
+                ("queued", queued, None)
+            } else {
+                let transport = self
+                    .transports
+                    .iter()
+                    .find(|t| t.kind() == report.transport)
+                    .ok_or_else(|| {
+                        permanent(format!(
+                            "no {} transport (the definitions loaded at start named none)",
+                            report.transport.name()
+                        ))
+                    })?;
+                let sent = transport
+                    .send(&OutgoingMail {
+                        from,
+                        recipients: to,
+                        subject: &req.subject,
+                        html: &html,
+                        mime: &mime,
+                        internet_message_id: &format!("<{message_id}>"),
+                        attachment,
+                    })
+                    .await?;
+                ("sent", sent.provider_message_id, sent.draft_id)
+            };
         Ok(DeliveryResult {
-            status: "sent".into(),
-            transport: transport.kind().name().to_owned(),
-            provider_message_id: sent.provider_message_id,
-            graph_draft_id: sent.draft_id,
+            status: status.into(),
+            transport: report.transport.name().to_owned(),
+            provider_message_id,
+            graph_draft_id,
             to: to.to.clone(),
             cc: to.cc.clone(),
             bcc: to.bcc.clone(),
             link,
             run_id: req.run_id.clone(),
             sent_at: Utc::now().to_rfc3339(),
-            mime_bytes: mime.len(),
+            mime_bytes,
         })
     }
 }
@@ -577,7 +582,7 @@ impl Mailer {
 impl Mailer {
     /// `transport = "relay"`: the mail goes to the relay's outbox (`crate::relay_outbox`); the
     /// relay sends it through its SMTP server and acknowledges it, which marks the delivery
-    /// `relayed`.
+    /// `relayed`. Answers the queued mail's Message-ID.
     #[allow(clippy::too_many_arguments)]
     async fn queue_for_relay(
         &self,
@@ -588,15 +593,13 @@ impl Mailer {
         from: &str,
         message_id: &str,
         mime: Vec<u8>,
-        link: Option<String>,
-    ) -> anyhow::Result<DeliveryResult> {
+    ) -> anyhow::Result<String> {
         let relay = report.relay.as_deref().ok_or_else(|| {
             permanent(format!(
                 "report {}: transport relay without relay",
                 req.report
             ))
         })?;
-        let mime_bytes = mime.len();
         let queued = crate::relay_outbox::queue(
             self.objects.as_ref(),
             self.records.as_ref(),
@@ -622,19 +625,7 @@ impl Mailer {
             key = queued.key,
             "queued for the relay"
         );
-        Ok(DeliveryResult {
-            status: "queued".into(),
-            transport: TransportKind::Relay.name().to_owned(),
-            provider_message_id: queued.message_id,
-            graph_draft_id: None,
-            to: to.to.clone(),
-            cc: to.cc.clone(),
-            bcc: to.bcc.clone(),
-            link,
-            run_id: req.run_id.clone(),
-            sent_at: Utc::now().to_rfc3339(),
-            mime_bytes,
-        })
+        Ok(queued.message_id)
     }
 }
 
