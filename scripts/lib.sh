@@ -119,6 +119,17 @@ ensure_tools() {
   fi
 }
 
+# The Windows target's standard library (rustup), to type-check and lint the Outlook source's
+# COM code (relay/outlook/src/com.rs): nothing here can link or run it.
+WINDOWS_TARGET="x86_64-pc-windows-gnu"
+ensure_windows_target() {
+  if rustup target list --installed 2>/dev/null | grep -qx "$WINDOWS_TARGET"; then
+    return
+  fi
+  say "Installing the Rust target $WINDOWS_TARGET (once; to type-check the Outlook COM code)"
+  rustup target add "$WINDOWS_TARGET"
+}
+
 # cargo-fuzz (the fuzz targets' runner), from crates.io when missing.
 CARGO_FUZZ_VERSION="0.13.2"
 ensure_cargo_fuzz() {

@@ -115,6 +115,20 @@ pub enum SourceConfig {
         #[serde(default = "default_inbox")]
         folder: String,
     },
+    /// One folder of the running Outlook profile (Windows only), read-only: `Inbox`,
+    /// `Inbox/Exports`, or a full path `\\store\\Inbox\\Exports` (see
+    /// [`charlie_outlook::FolderPath`]).
+    Outlook {
+        folder: String,
+        /// How far before the newest settled mail each pass looks again (mail moved in late,
+        /// or synced late, carries its older received time).
+        #[serde(default = "default_lookback_hours")]
+        lookback_hours: u32,
+    },
+}
+
+fn default_lookback_hours() -> u32 {
+    24
 }
 
 fn default_settle() -> u64 {
@@ -154,6 +168,17 @@ impl Config {
                 "api = {:?}: the control API is reached over https (http only on a loopback address)",
                 self.api
             ),
+        }
+        if let SourceConfig::Outlook {
+            folder,
+            lookback_hours,
+        } = &self.source
+        {
+            charlie_outlook::FolderPath::parse(folder)
+                .map_err(|e| anyhow::anyhow!("[source] folder: {e}"))?;
+            if !(1..=24 * 31).contains(lookback_hours) {
+                bail!("[source] lookback_hours = {lookback_hours} is not from 1 to 744 (31 days)");
+            }
         }
         if !(1..=86_400).contains(&self.poll_seconds) {
             bail!(
@@ -265,5 +290,23 @@ mod tests {
         let e = parse("api = \"https://x\"\njournal = \"j\"\nkey = \"chr_a_b\"\n[source]\nkind = \"folder\"\npath = \"d\"\n")
             .unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+    }
+
+    #[test]
+    fn an_outlook_config_names_its_folder_by_the_rule() {
+        let head = "api = \"https://x\"\njournal = \"j\"\n[source]\nkind = \"outlook\"\n";
+        let c = parse(&format!("{head}folder = 'Inbox/Exports'\n")).unwrap();
+        assert!(matches!(
+            c.source,
+            SourceConfig::Outlook {
+                lookback_hours: 24,
+                ..
+            }
+        ));
+        assert!(parse(&format!("{head}folder = '\\\\ops@branch.example\\Inbox'\n")).is_ok());
+        let e = parse(&format!("{head}folder = 'Exports'\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("must start with Inbox"), "{e:#}");
+        let e = parse(&format!("{head}folder = 'Inbox'\nlookback_hours = 0\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("lookback_hours"), "{e:#}");
     }
 }

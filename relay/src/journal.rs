@@ -23,6 +23,8 @@ const CURSORS: TableDefinition<&str, &str> = TableDefinition::new("cursors");
 const SENT: TableDefinition<&str, &str> = TableDefinition::new("outbox_sent");
 /// Mails that failed where the source cannot keep them aside (IMAP): origin → reason.
 const FAILED: TableDefinition<&str, &str> = TableDefinition::new("failed");
+/// Items a source settled that it cannot mark itself (Outlook's, read-only): origin → when.
+const SEEN: TableDefinition<&str, &str> = TableDefinition::new("seen");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -72,6 +74,7 @@ impl Journal {
         txn.open_table(CURSORS)?;
         txn.open_table(FAILED)?;
         txn.open_table(SENT)?;
+        txn.open_table(SEEN)?;
         txn.commit()?;
         Ok(Journal { db })
     }
@@ -192,6 +195,20 @@ impl Journal {
         Ok(())
     }
 
+    /// Whether a source settled this origin before.
+    pub fn seen(&self, origin: &str) -> anyhow::Result<bool> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(SEEN)?.get(origin)?.is_some())
+    }
+
+    /// Notes an origin as settled, so its source does not offer it again.
+    pub fn note_seen(&self, origin: &str) -> anyhow::Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SEEN)?.insert(origin, now().as_str())?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// The mails noted as failed: (origin, "{when} {reason}").
     pub fn failures(&self) -> anyhow::Result<Vec<(String, String)>> {
         let txn = self.db.begin_read()?;
@@ -266,5 +283,10 @@ mod tests {
         let failed = j.failures().unwrap();
         assert_eq!(failed.len(), 1);
         assert!(failed[0].1.ends_with(" cut short"), "{failed:?}");
+        assert!(!j.seen("00000000AB12").unwrap());
+        j.note_seen("00000000AB12").unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert!(j.seen("00000000AB12").unwrap());
     }
 }

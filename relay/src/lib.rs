@@ -1,5 +1,5 @@
 //! charlie-relay: mail that only a machine on-prem can see (a drop folder of `.eml` files, an
-//! IMAP folder; Outlook would be a further source behind the same trait), uploaded to Charlie's
+//! IMAP folder, a folder of the running Outlook profile on Windows), uploaded to Charlie's
 //! `inbox/relay/{relay}/{sha256}.eml`, where an S3 event puts it on ingest's queue and it is
 //! treated as Graph mail is.
 //!
@@ -20,6 +20,7 @@ pub mod config;
 pub mod imap;
 pub mod journal;
 pub mod outbox;
+pub mod outlook;
 pub mod source;
 pub mod upstream;
 

@@ -15,6 +15,7 @@ use charlie_relay::config::{Config, SourceConfig};
 use charlie_relay::imap::ImapSource;
 use charlie_relay::journal::Journal;
 use charlie_relay::outbox::Smtp;
+use charlie_relay::outlook::OutlookSource;
 use charlie_relay::source::{DropFolder, Source};
 use charlie_relay::upstream::{Api, Upstream};
 use charlie_relay::{Relay, Summary};
@@ -59,6 +60,19 @@ fn source(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Box<dyn Sou
             path,
             Duration::from_secs(*settle_seconds),
         )?)),
+        SourceConfig::Outlook {
+            folder,
+            lookback_hours,
+        } => {
+            let path = charlie_outlook::FolderPath::parse(folder)?;
+            let opened = path.clone();
+            Ok(Box::new(OutlookSource::new(
+                path,
+                *lookback_hours,
+                Arc::clone(journal),
+                move || charlie_outlook::open(&opened),
+            )?))
+        }
         SourceConfig::Imap { .. } => unreachable!("taken above"),
     }
 }

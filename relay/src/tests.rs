@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -120,11 +120,20 @@ fn drop_folder(files: &[&str]) -> tempfile::TempDir {
 async fn process(dir: &Path, inbox: &Inbox) -> Result<Summary, String> {
     let journal = Journal::open(&dir.join("journal.redb")).unwrap();
     let mut source = DropFolder::new(&dir.join("drop"), Duration::ZERO).unwrap();
+    one_pass(&mut source, &journal, inbox).await
+}
+
+/// One pass of a relay over `source`; a panic (the process killed) is an error.
+async fn one_pass(
+    source: &mut dyn Source,
+    journal: &Journal,
+    inbox: &Inbox,
+) -> Result<Summary, String> {
     let mut relay = Relay {
         relay: "branch-1".into(),
-        source: &mut source,
+        source,
         upstream: inbox,
-        journal: &journal,
+        journal,
         max_per_second: 0,
     };
     std::panic::AssertUnwindSafe(relay.pass(&|| false))
@@ -135,7 +144,7 @@ async fn process(dir: &Path, inbox: &Inbox) -> Result<Summary, String> {
                 .map(|s| (*s).to_owned())
                 .unwrap_or_default()
         })
-        .map(Result::unwrap)
+        .and_then(|r| r.map_err(|e| format!("the pass failed: {e:#}")))
 }
 
 fn names(dir: &Path) -> Vec<String> {
@@ -294,5 +303,212 @@ async fn a_second_copy_and_another_file_of_the_same_message_are_not_sent() {
     assert!(
         reasons.iter().any(|r| r.contains("no attachment")),
         "{reasons:?}"
+    );
+}
+
+/// An Outlook folder: its items with their ReceivedTime, how often it was opened, and a failure
+/// (Outlook closed under the relay) to strike once.
+#[derive(Default)]
+struct Mailbox {
+    items: Mutex<Vec<(charlie_outlook::Item, f64)>>,
+    opens: AtomicUsize,
+    fail_next: std::sync::atomic::AtomicBool,
+}
+
+impl Mailbox {
+    fn add(&self, entry_id: &str, received: f64, with_csv: bool) {
+        let mut item = crate::outlook::tests::csv_item(entry_id, "ib_calls_2024-03-14_morning.csv");
+        if !with_csv {
+            item.attachments.clear();
+        }
+        self.items.lock().unwrap().push((item, received));
+    }
+}
+
+struct FakeFolder(Arc<Mailbox>);
+
+impl FakeFolder {
+    fn fault(&self) -> Result<(), charlie_outlook::Error> {
+        if self.0.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(charlie_outlook::Error {
+                message: "Outlook's Items: The RPC server is unavailable.".into(),
+                hresult: Some(0x800706BA_u32 as i32),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl charlie_outlook::Folder for FakeFolder {
+    fn describe(&self) -> String {
+        "\\\\ops@branch.example\\Inbox".into()
+    }
+
+    fn count(&mut self) -> Result<usize, charlie_outlook::Error> {
+        self.fault()?;
+        Ok(self.0.items.lock().unwrap().len())
+    }
+
+    fn list(
+        &mut self,
+        not_before: Option<f64>,
+    ) -> Result<Vec<charlie_outlook::Listed>, charlie_outlook::Error> {
+        self.fault()?;
+        let mut listed: Vec<charlie_outlook::Listed> = self
+            .0
+            .items
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, r)| not_before.is_none_or(|n| *r >= n))
+            .map(|(i, r)| charlie_outlook::Listed {
+                entry_id: i.entry_id.clone(),
+                received: *r,
+            })
+            .collect();
+        listed.sort_by(|a, b| b.received.total_cmp(&a.received));
+        Ok(listed)
+    }
+
+    fn item(&mut self, entry_id: &str) -> Result<charlie_outlook::Item, charlie_outlook::Error> {
+        self.fault()?;
+        self.0
+            .items
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(i, _)| i.entry_id == entry_id)
+            .map(|(i, _)| i.clone())
+            .ok_or_else(|| charlie_outlook::Error::new(format!("no item {entry_id}")))
+    }
+}
+
+fn outlook_source(
+    dir: &Path,
+    mailbox: &Arc<Mailbox>,
+) -> (Arc<Journal>, crate::outlook::OutlookSource) {
+    let journal = Arc::new(Journal::open(&dir.join("journal.redb")).unwrap());
+    let mb = Arc::clone(mailbox);
+    let source = crate::outlook::OutlookSource::new(
+        charlie_outlook::FolderPath::parse("Inbox").unwrap(),
+        24,
+        Arc::clone(&journal),
+        move || {
+            mb.opens.fetch_add(1, Ordering::SeqCst);
+            Ok(Box::new(FakeFolder(Arc::clone(&mb))) as Box<dyn charlie_outlook::Folder>)
+        },
+    )
+    .unwrap();
+    (journal, source)
+}
+
+/// One relay process on the Outlook folder.
+async fn outlook_process(
+    dir: &Path,
+    inbox: &Inbox,
+    mailbox: &Arc<Mailbox>,
+) -> Result<Summary, String> {
+    let (journal, mut source) = outlook_source(dir, mailbox);
+    one_pass(&mut source, &journal, inbox).await
+}
+
+/// The Message-IDs in the inbox, in upload order.
+fn uploaded_ids(inbox: &Inbox) -> Vec<String> {
+    inbox
+        .puts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| {
+            raw_mail::parse(b, chrono::Utc::now())
+                .unwrap()
+                .message
+                .internet_message_id
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_outlook_folder_goes_up_oldest_first_once_across_kills_restarts_and_late_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let mailbox = Arc::new(Mailbox::default());
+    // Days (OLE dates, local time): listed newest first by Outlook, sent oldest first.
+    mailbox.add("E3", 45365.43, true);
+    mailbox.add("E1", 45365.41, true);
+    mailbox.add("E0", 45365.40, true);
+    mailbox.add("E2", 45365.42, false);
+    let inbox = Inbox::default();
+    inbox.fault_at(2, Fault::DieAfterPut);
+    assert!(
+        outlook_process(dir.path(), &inbox, &mailbox).await.is_err(),
+        "killed"
+    );
+    let s = outlook_process(dir.path(), &inbox, &mailbox).await.unwrap();
+    assert_eq!(
+        (s.uploaded, s.already_uploaded, s.not_sent),
+        (1, 1, 1),
+        "the one cut off from its journal entry is there already: {s:?}"
+    );
+    assert_eq!(
+        uploaded_ids(&inbox),
+        [
+            "<E0@dialer.example>",
+            "<E1@dialer.example>",
+            "<E3@dialer.example>"
+        ]
+    );
+    assert!(inbox.stored().values().all(|n| *n == 1), "none twice");
+    // Nothing new: nothing read, nothing sent.
+    let s = outlook_process(dir.path(), &inbox, &mailbox).await.unwrap();
+    assert_eq!(s, Summary::default());
+    // New mail, and mail moved in late with an older time (within lookback_hours) go up; mail
+    // older than the look back is not looked for.
+    mailbox.add("E4", 45365.50, true);
+    mailbox.add("LATE", 45365.10, true);
+    mailbox.add("ANCIENT", 45360.00, true);
+    let s = outlook_process(dir.path(), &inbox, &mailbox).await.unwrap();
+    assert_eq!(s.uploaded, 2, "{s:?}");
+    assert_eq!(
+        uploaded_ids(&inbox)[3..],
+        ["<LATE@dialer.example>", "<E4@dialer.example>"]
+    );
+    let (journal, _) = outlook_source(dir.path(), &mailbox);
+    assert_eq!(journal.counts().unwrap(), (0, 5));
+    assert!(
+        journal.seen("E2").unwrap(),
+        "the mail without a file is settled too"
+    );
+    assert!(!journal.seen("ANCIENT").unwrap());
+}
+
+#[tokio::test]
+async fn a_transient_failure_waits_for_the_next_pass_and_outlook_closed_is_opened_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mailbox = Arc::new(Mailbox::default());
+    mailbox.add("E0", 45365.40, true);
+    mailbox.add("E1", 45365.41, true);
+    let inbox = Inbox::default();
+    inbox.fault_at(1, Fault::Transient);
+    let (journal, mut source) = outlook_source(dir.path(), &mailbox);
+    let s = one_pass(&mut source, &journal, &inbox).await.unwrap();
+    assert_eq!((s.uploaded, s.left), (1, 1), "{s:?}");
+    // Outlook goes away under the relay: the pass fails, says why, and the next one opens it
+    // again and takes what was left.
+    mailbox.fail_next.store(true, Ordering::SeqCst);
+    let e = one_pass(&mut source, &journal, &inbox).await.unwrap_err();
+    assert!(
+        e.contains("RPC server is unavailable") && e.contains("0x800706BA"),
+        "{e}"
+    );
+    let e = source.check().await;
+    assert!(e.is_ok(), "{e:?}");
+    assert!(e.unwrap().contains("2 item(s)"));
+    let s = one_pass(&mut source, &journal, &inbox).await.unwrap();
+    assert_eq!((s.uploaded, s.left), (1, 0), "{s:?}");
+    assert_eq!(mailbox.opens.load(Ordering::SeqCst), 2, "opened again once");
+    assert_eq!(
+        uploaded_ids(&inbox),
+        ["<E1@dialer.example>", "<E0@dialer.example>"]
     );
 }

@@ -1,0 +1,256 @@
+//! The Outlook side of charlie-relay's Outlook source: what the relay needs from one folder of
+//! the running Outlook profile, as plain data (an [`Item`] and its attachments), and the rule
+//! naming that folder ([`FolderPath`]).
+//!
+//! The only Windows code is `com` (compiled for Windows only): it walks Outlook's object model
+//! through COM automation and fills these types. What becomes of an item once it is data (the
+//! MIME message built from it, the cursor, the journal) is the relay's portable, tested code.
+
+use std::fmt;
+
+#[cfg(windows)]
+mod com;
+
+/// How deep attached Outlook items are followed (an item forwarded as an attachment, inside
+/// another: the same depth the raw-mail reader follows attached messages).
+pub const MAX_DEPTH: usize = 4;
+
+/// One mail item of the folder, as listed: enough to decide whether to read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listed {
+    /// Outlook's EntryID (hex): stable while the item stays in its store.
+    pub entry_id: String,
+    /// `ReceivedTime`: an OLE automation date in the machine's local time (days since
+    /// 1899-12-30). Only compared with other `ReceivedTime`s of the same machine.
+    pub received: f64,
+}
+
+/// One mail item, read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Item {
+    pub entry_id: String,
+    /// The internet headers the item arrived with (`PR_TRANSPORT_MESSAGE_HEADERS`), CRLF
+    /// separated and folded as received; none for mail that never crossed SMTP (sent inside
+    /// one Exchange organisation) or was made in Outlook.
+    pub internet_headers: Option<String>,
+    /// `PR_INTERNET_MESSAGE_ID` (Graph's `internetMessageId`), angle brackets included.
+    pub message_id: Option<String>,
+    pub sender_name: String,
+    /// The sender's SMTP address (`PR_SENDER_SMTP_ADDRESS`; for an Exchange sender the
+    /// `SenderEmailAddress` is an X.500 DN, not an address).
+    pub sender_address: String,
+    pub subject: String,
+    /// `ReceivedTime` in UTC, as an OLE automation date.
+    pub received_utc: Option<f64>,
+    /// The plain-text body.
+    pub body: String,
+    pub attachments: Vec<Attachment>,
+    /// Attachments that carry nothing to send (a link to a file, an OLE object), with why.
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attachment {
+    /// `FileName` (for an attached item: its subject and `.msg`).
+    pub name: String,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// A file attached by value: its bytes.
+    File(Vec<u8>),
+    /// An Outlook item attached (a mail forwarded as an attachment): the item, read.
+    Item(Box<Item>),
+    /// An attached item nested deeper than [`MAX_DEPTH`], or one Outlook cannot open: its
+    /// `.msg` bytes as saved.
+    Msg(Vec<u8>),
+}
+
+/// One Outlook folder, as the relay's Outlook source uses it. Implemented by the COM code on
+/// Windows and by fakes in tests; it lives on the one thread that opened it.
+pub trait Folder {
+    /// Outlook's own path of the folder (`\\ops@branch.example\Inbox\Exports`).
+    fn describe(&self) -> String;
+    /// How many items the folder holds.
+    fn count(&mut self) -> Result<usize, Error>;
+    /// The mail items received at or after `not_before` (all of them when `None`), newest
+    /// first.
+    fn list(&mut self, not_before: Option<f64>) -> Result<Vec<Listed>, Error>;
+    /// One item, read with its attachments.
+    fn item(&mut self, entry_id: &str) -> Result<Item, Error>;
+}
+
+/// Which folder the relay reads, as the config names it:
+/// - `Inbox` or `Inbox/Exports/Dialer`: the profile's default inbox (whatever its name in
+///   Outlook's language), then subfolders by name;
+/// - `\\ops@branch.example\Inbox\Exports`: a store by its display name, then folders by name,
+///   as Outlook's `Folder.FolderPath` shows it (for a shared or secondary mailbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderPath {
+    /// The store's display name; `None` for the default inbox.
+    pub store: Option<String>,
+    /// Folder names below the store (or below the default inbox).
+    pub folders: Vec<String>,
+}
+
+impl FolderPath {
+    pub fn parse(text: &str) -> Result<FolderPath, Error> {
+        let text = text.trim();
+        let names = |rest: &str, sep: &[char]| -> Result<Vec<String>, Error> {
+            rest.split(sep)
+                .map(|n| {
+                    let n = n.trim();
+                    if n.is_empty() {
+                        Err(Error::new(format!(
+                            "the Outlook folder {text:?} has an empty folder name"
+                        )))
+                    } else {
+                        Ok(n.to_owned())
+                    }
+                })
+                .collect()
+        };
+        if let Some(rest) = text.strip_prefix("\\\\") {
+            let mut parts = names(rest, &['\\'])?.into_iter();
+            let store = parts.next().expect("split gives one part at least");
+            return Ok(FolderPath {
+                store: Some(store),
+                folders: parts.collect(),
+            });
+        }
+        let mut parts = names(text, &['/', '\\'])?.into_iter();
+        match parts.next() {
+            Some(first) if first.eq_ignore_ascii_case("inbox") => Ok(FolderPath {
+                store: None,
+                folders: parts.collect(),
+            }),
+            _ => Err(Error::new(format!(
+                "the Outlook folder {text:?} must start with Inbox (the profile's default inbox, e.g. Inbox/Exports) or be a full path such as \\\\ops@branch.example\\Inbox\\Exports, as Outlook's folder properties show it"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for FolderPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.store {
+            Some(store) => {
+                write!(f, "\\\\{store}")?;
+                for n in &self.folders {
+                    write!(f, "\\{n}")?;
+                }
+                Ok(())
+            }
+            None => {
+                f.write_str("Inbox")?;
+                for n in &self.folders {
+                    write!(f, "/{n}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What went wrong, in words (with COM's HRESULT when there was one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub message: String,
+    pub hresult: Option<i32>,
+}
+
+impl Error {
+    pub fn new(message: impl Into<String>) -> Error {
+        Error {
+            message: message.into(),
+            hresult: None,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.hresult {
+            Some(hr) => write!(f, "{} (HRESULT 0x{:08X})", self.message, hr as u32),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Opens `path` in the running Outlook profile (starting Outlook when it is not running). The
+/// folder lives on the calling thread, which COM joins to its multithreaded apartment.
+#[cfg(windows)]
+pub fn open(path: &FolderPath) -> Result<Box<dyn Folder>, Error> {
+    com::open(path)
+}
+
+/// Outlook is a Windows source: on any other platform, opening it says so.
+#[cfg(not(windows))]
+pub fn open(path: &FolderPath) -> Result<Box<dyn Folder>, Error> {
+    Err(Error::new(format!(
+        "the Outlook source (folder {path}) runs only on Windows, with Outlook installed; this charlie-relay is built for {}: use kind = \"imap\" or \"folder\" here",
+        std::env::consts::OS
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_path_is_the_default_inbox_or_a_store_and_its_folders() {
+        let p = FolderPath::parse("Inbox/Exports/Dialer").unwrap();
+        assert_eq!(p.store, None);
+        assert_eq!(p.folders, ["Exports", "Dialer"]);
+        assert_eq!(p.to_string(), "Inbox/Exports/Dialer");
+        assert_eq!(FolderPath::parse(" inbox ").unwrap().folders.len(), 0);
+        assert_eq!(
+            FolderPath::parse("Inbox\\Exports").unwrap().folders,
+            ["Exports"]
+        );
+        let p = FolderPath::parse("\\\\ops@branch.example\\Inbox\\Exports").unwrap();
+        assert_eq!(p.store.as_deref(), Some("ops@branch.example"));
+        assert_eq!(p.folders, ["Inbox", "Exports"]);
+        assert_eq!(p.to_string(), "\\\\ops@branch.example\\Inbox\\Exports");
+        // A store alone is a path too (its top folder).
+        assert!(FolderPath::parse("\\\\Archive").unwrap().folders.is_empty());
+        for bad in [
+            "Exports/Dialer",
+            "",
+            "Inbox//Dialer",
+            "\\\\",
+            "\\\\ops\\\\Inbox",
+        ] {
+            let e = FolderPath::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("must start with Inbox") || e.contains("empty folder name"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_error_shows_its_hresult_in_hex() {
+        let e = Error {
+            message: "Outlook is not installed".into(),
+            hresult: Some(0x800401F3_u32 as i32),
+        };
+        assert_eq!(
+            e.to_string(),
+            "Outlook is not installed (HRESULT 0x800401F3)"
+        );
+    }
+
+    #[cfg(not(windows))]
+    #[test]
+    fn elsewhere_opening_outlook_says_it_is_a_windows_source() {
+        let e = open(&FolderPath::parse("Inbox").unwrap())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("only on Windows") && e.contains("imap"), "{e}");
+    }
+}
