@@ -130,6 +130,44 @@ ensure_windows_target() {
   rustup target add "$WINDOWS_TARGET"
 }
 
+# Wine (Debian's wine64) and the mingw-w64 linker, to link charlie-outlook's Windows tests and
+# run them: COM started, Outlook's absence said, the COM code walking a fake of Outlook's
+# object model. Outlook itself cannot run here.
+WINE="/usr/lib/wine/wine64"
+ensure_wine() {
+  if [ -x "$WINE" ] && command -v x86_64-w64-mingw32-gcc >/dev/null; then
+    return
+  fi
+  if ! command -v apt-get >/dev/null; then
+    echo "Wine and mingw-w64 are required for the Outlook source's Windows tests: install wine64 and gcc-mingw-w64-x86-64-win32" >&2
+    exit 1
+  fi
+  say "Installing Wine and the mingw-w64 linker (Debian's wine64, gcc-mingw-w64-x86-64-win32; once)"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    wine64 gcc-mingw-w64-x86-64-win32 >/dev/null
+}
+
+# charlie-outlook's tests built for Windows and run under Wine, in a throwaway prefix.
+windows_tests() {
+  say "cargo test -p charlie-outlook for $WINDOWS_TARGET, under Wine (the Outlook COM code against a fake of Outlook's object model)"
+  local prefix
+  prefix=$(mktemp -d "${TMPDIR:-/tmp}/charlie-wine.XXXXXX")
+  (
+    export WINEPREFIX="$prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
+    trap 'wineserver -k >/dev/null 2>&1; rm -rf "$WINEPREFIX"' EXIT
+    "$WINE" wineboot --init >/dev/null 2>&1
+    wineserver -w
+    # Rust's std needs ProcessPrng, which Wine 8 lacks: the harness's stand-in (see the file).
+    x86_64-w64-mingw32-gcc -O2 -shared -o "$prefix/drive_c/windows/system32/bcryptprimitives.dll" \
+      relay/outlook/wine/bcryptprimitives.c -ladvapi32
+    CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER="$WINE" \
+      cargo test -p charlie-outlook --target "$WINDOWS_TARGET" --locked
+  )
+}
+
 # cargo-fuzz (the fuzz targets' runner), from crates.io when missing.
 CARGO_FUZZ_VERSION="0.13.2"
 ensure_cargo_fuzz() {

@@ -14,8 +14,10 @@ use windows::Win32::System::Com::{
     CoUninitialize, DISPATCH_FLAGS, DISPATCH_METHOD, DISPATCH_PROPERTYGET, DISPPARAMS, EXCEPINFO,
     IDispatch,
 };
-use windows::Win32::System::Variant::VARIANT;
-use windows::core::{BSTR, GUID, HSTRING, PCWSTR};
+use windows::Win32::System::Variant::{
+    VAR_CHANGE_FLAGS, VARENUM, VARIANT, VT_BSTR, VT_R8, VariantChangeType,
+};
+use windows::core::{GUID, HSTRING, PCWSTR};
 
 use crate::{Attachment, Content, Error, Folder, FolderPath, Item, Listed, MAX_DEPTH};
 
@@ -86,7 +88,15 @@ impl Object {
                 None,
             )
         };
-        let description = exception.bstrDescription.to_string();
+        // SAFETY: the strings the call filled in (or left empty), ours to free, taken once.
+        let (description, _, _) = unsafe {
+            (
+                std::mem::ManuallyDrop::take(&mut exception.bstrDescription),
+                std::mem::ManuallyDrop::take(&mut exception.bstrSource),
+                std::mem::ManuallyDrop::take(&mut exception.bstrHelpFile),
+            )
+        };
+        let description = description.to_string();
         called.map_err(|e| {
             let what = if description.is_empty() {
                 format!("Outlook's {name}")
@@ -119,18 +129,43 @@ impl Object {
     }
 
     fn int(&self, name: &str) -> Result<i32, Error> {
-        let v = self.get(name)?;
-        i32::try_from(&v).map_err(|e| com_error(format!("Outlook's {name} is not a number"), &e))
+        let n = number(&self.get(name)?, name, "a number")?;
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "Outlook's counts and codes are 32-bit"
+        )]
+        Ok(n as i32)
     }
+}
+
+/// `v` converted to `vt` by oleaut32's VariantChangeType (the automation way, on every Windows
+/// and in Wine; propsys' VariantTo* helpers are not in Wine).
+fn changed(v: &VARIANT, vt: VARENUM) -> windows::core::Result<VARIANT> {
+    let mut out = VARIANT::default();
+    // SAFETY: both variants are valid; `out` owns what the call puts in it.
+    unsafe { VariantChangeType(&mut out, v, VAR_CHANGE_FLAGS(0), vt) }?;
+    Ok(out)
 }
 
 /// A value as text (an empty or null value is "").
 fn text(v: &VARIANT) -> String {
-    BSTR::try_from(v).map(|b| b.to_string()).unwrap_or_default()
+    match changed(v, VT_BSTR) {
+        // SAFETY: a VT_BSTR variant holds a BSTR.
+        Ok(c) => unsafe { c.Anonymous.Anonymous.Anonymous.bstrVal.to_string() },
+        Err(_) => String::new(),
+    }
 }
 
+fn number(v: &VARIANT, name: &str, what: &str) -> Result<f64, Error> {
+    let c =
+        changed(v, VT_R8).map_err(|e| com_error(format!("Outlook's {name} is not {what}"), &e))?;
+    // SAFETY: a VT_R8 variant holds an f64.
+    Ok(unsafe { c.Anonymous.Anonymous.Anonymous.dblVal })
+}
+
+/// A DATE as its OLE automation serial (days since 1899-12-30).
 fn date(v: &VARIANT, name: &str) -> Result<f64, Error> {
-    f64::try_from(v).map_err(|e| com_error(format!("Outlook's {name} is not a date"), &e))
+    number(v, name, "a date")
 }
 
 /// COM joined for this thread, left when the folder goes (after the objects it holds).
@@ -183,7 +218,12 @@ pub fn open(path: &FolderPath) -> Result<Box<dyn Folder>, Error> {
                 &e,
             )
         })?;
-    let app = Object(app);
+    attach(apartment, Object(app), path)
+}
+
+/// The folder `path` of the Outlook `app` (the running Outlook, or the tests' fake of its
+/// object model).
+fn attach(apartment: Apartment, app: Object, path: &FolderPath) -> Result<Box<dyn Folder>, Error> {
     let namespace = app.object("GetNamespace", &[VARIANT::from("MAPI")])?;
     let mut folder = match &path.store {
         None => namespace.object("GetDefaultFolder", &[VARIANT::from(OL_FOLDER_INBOX)])?,
@@ -353,3 +393,6 @@ impl Drop for OutlookFolder {
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -244,6 +244,22 @@ mod tests {
         );
     }
 
+    /// Run on Windows without Outlook (`scripts/test` runs it under Wine): COM starts, and the
+    /// missing Outlook is said with its HRESULT (CO_E_CLASSSTRING). On a machine with Outlook
+    /// this would reach it: run there with `CHARLIE_OUTLOOK_INSTALLED=1` to skip it.
+    #[cfg(windows)]
+    #[test]
+    fn without_outlook_opening_it_says_outlook_is_not_installed() {
+        if std::env::var_os("CHARLIE_OUTLOOK_INSTALLED").is_some() {
+            return;
+        }
+        let e = open(&FolderPath::parse("Inbox/Exports").unwrap())
+            .err()
+            .expect("no Outlook here");
+        assert_eq!(e.hresult, Some(0x800401F3_u32 as i32), "{e}");
+        assert!(e.message.contains("Outlook is not installed"), "{e}");
+    }
+
     #[cfg(not(windows))]
     #[test]
     fn elsewhere_opening_outlook_says_it_is_a_windows_source() {
