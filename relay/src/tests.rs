@@ -333,6 +333,7 @@ impl FakeFolder {
             return Err(charlie_outlook::Error {
                 message: "Outlook's Items: The RPC server is unavailable.".into(),
                 hresult: Some(0x800706BA_u32 as i32),
+                permanent: false,
             });
         }
         Ok(())

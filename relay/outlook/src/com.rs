@@ -11,15 +11,19 @@ use std::path::PathBuf;
 
 use windows::Win32::System::Com::{
     CLSCTX_LOCAL_SERVER, CLSIDFromProgID, COINIT_MULTITHREADED, CoCreateInstance, CoInitializeEx,
-    CoUninitialize, DISPATCH_FLAGS, DISPATCH_METHOD, DISPATCH_PROPERTYGET, DISPPARAMS, EXCEPINFO,
-    IDispatch,
+    CoUninitialize, DISPATCH_FLAGS, DISPATCH_METHOD, DISPATCH_PROPERTYGET, DISPATCH_PROPERTYPUT,
+    DISPATCH_PROPERTYPUTREF, DISPPARAMS, EXCEPINFO, IDispatch,
 };
+use windows::Win32::System::Ole::DISPID_PROPERTYPUT;
 use windows::Win32::System::Variant::{
-    VAR_CHANGE_FLAGS, VARENUM, VARIANT, VT_BSTR, VT_R8, VariantChangeType,
+    VAR_CHANGE_FLAGS, VARENUM, VARIANT, VT_BOOL, VT_BSTR, VT_R8, VariantChangeType,
 };
 use windows::core::{GUID, HSTRING, PCWSTR};
 
-use crate::{Attachment, Content, Error, Folder, FolderPath, Item, Listed, MAX_DEPTH};
+use crate::{
+    Attachment, Content, Error, Folder, FolderPath, Item, Listed, MAX_DEPTH, Outbox, Outgoing,
+    windows_file_name,
+};
 
 /// `OlDefaultFolders.olFolderInbox`.
 const OL_FOLDER_INBOX: i32 = 6;
@@ -34,9 +38,15 @@ const PR_SENDER_SMTP_ADDRESS: &str = "http://schemas.microsoft.com/mapi/proptag/
 const LOCALE_USER_DEFAULT: u32 = 0x0400;
 
 fn com_error(what: impl Into<String>, e: &windows::core::Error) -> Error {
+    let said = e.message();
     Error {
-        message: format!("{}: {}", what.into(), e.message()),
+        message: if said.trim().is_empty() {
+            what.into()
+        } else {
+            format!("{}: {}", what.into(), said.trim())
+        },
         hresult: Some(e.code().0),
+        permanent: false,
     }
 }
 
@@ -66,11 +76,18 @@ impl Object {
         .map_err(|e| com_error(format!("Outlook's object has no {name}"), &e))?;
         // IDispatch takes the arguments last first.
         let mut reversed: Vec<VARIANT> = args.iter().rev().cloned().collect();
+        // A property put names its value, as IDispatch requires.
+        let mut named = [DISPID_PROPERTYPUT];
+        let put = flags == DISPATCH_PROPERTYPUT || flags == DISPATCH_PROPERTYPUTREF;
         let params = DISPPARAMS {
             rgvarg: reversed.as_mut_ptr(),
-            rgdispidNamedArgs: std::ptr::null_mut(),
+            rgdispidNamedArgs: if put {
+                named.as_mut_ptr()
+            } else {
+                std::ptr::null_mut()
+            },
             cArgs: u32::try_from(reversed.len()).expect("a handful of arguments"),
-            cNamedArgs: 0,
+            cNamedArgs: u32::from(put),
         };
         let mut result = VARIANT::default();
         let mut exception = EXCEPINFO::default();
@@ -115,6 +132,20 @@ impl Object {
 
     fn get(&self, name: &str) -> Result<VARIANT, Error> {
         self.call(name, &[])
+    }
+
+    fn put(&self, name: &str, value: VARIANT) -> Result<(), Error> {
+        self.invoke(name, DISPATCH_PROPERTYPUT, &[value]).map(drop)
+    }
+
+    /// An object-valued property set (`Set item.SendUsingAccount = account`).
+    fn put_ref(&self, name: &str, value: &Object) -> Result<(), Error> {
+        self.invoke(
+            name,
+            DISPATCH_PROPERTYPUTREF,
+            &[VARIANT::from(value.0.clone())],
+        )
+        .map(drop)
     }
 
     fn object(&self, name: &str, args: &[VARIANT]) -> Result<Object, Error> {
@@ -163,6 +194,14 @@ fn number(v: &VARIANT, name: &str, what: &str) -> Result<f64, Error> {
     Ok(unsafe { c.Anonymous.Anonymous.Anonymous.dblVal })
 }
 
+fn boolean(v: &VARIANT) -> bool {
+    match changed(v, VT_BOOL) {
+        // SAFETY: a VT_BOOL variant holds a VARIANT_BOOL.
+        Ok(c) => unsafe { c.Anonymous.Anonymous.Anonymous.boolVal }.as_bool(),
+        Err(_) => false,
+    }
+}
+
 /// A DATE as its OLE automation serial (days since 1899-12-30).
 fn date(v: &VARIANT, name: &str) -> Result<f64, Error> {
     number(v, name, "a date")
@@ -189,6 +228,17 @@ impl Drop for Apartment {
     }
 }
 
+/// A private folder for files on their way to or from Outlook (removed when done).
+fn scratch(what: &str) -> Result<PathBuf, Error> {
+    let dir = std::env::temp_dir().join(format!(
+        "charlie-relay-outlook-{what}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::new(format!("creating {}: {e}", dir.display())))?;
+    Ok(dir)
+}
+
 struct OutlookFolder {
     // Dropped in this order: the objects, then the apartment.
     namespace: Object,
@@ -200,8 +250,8 @@ struct OutlookFolder {
     _apartment: Apartment,
 }
 
-pub fn open(path: &FolderPath) -> Result<Box<dyn Folder>, Error> {
-    let apartment = Apartment::join()?;
+/// Outlook.Application: the running Outlook, or started.
+fn application() -> Result<Object, Error> {
     // SAFETY: a string in, a CLSID out.
     let clsid = unsafe { CLSIDFromProgID(&HSTRING::from("Outlook.Application")) }.map_err(|e| {
         com_error(
@@ -218,7 +268,12 @@ pub fn open(path: &FolderPath) -> Result<Box<dyn Folder>, Error> {
                 &e,
             )
         })?;
-    attach(apartment, Object(app), path)
+    Ok(Object(app))
+}
+
+pub fn open(path: &FolderPath) -> Result<Box<dyn Folder>, Error> {
+    let apartment = Apartment::join()?;
+    attach(apartment, application()?, path)
 }
 
 /// The folder `path` of the Outlook `app` (the running Outlook, or the tests' fake of its
@@ -240,10 +295,7 @@ fn attach(apartment: Apartment, app: Object, path: &FolderPath) -> Result<Box<dy
     }
     let store_id = folder.string("StoreID")?;
     let full = folder.string("FolderPath")?;
-    let scratch =
-        std::env::temp_dir().join(format!("charlie-relay-outlook-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)
-        .map_err(|e| Error::new(format!("creating {}: {e}", scratch.display())))?;
+    let scratch = scratch("source")?;
     Ok(Box::new(OutlookFolder {
         namespace,
         folder,
@@ -390,6 +442,131 @@ impl Folder for OutlookFolder {
 
 impl Drop for OutlookFolder {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// `OlItemType.olMailItem`.
+const OL_MAIL_ITEM: i32 = 0;
+/// `OlMailRecipientType`.
+const OL_TO: i32 = 1;
+const OL_CC: i32 = 2;
+const OL_BCC: i32 = 3;
+
+struct OutlookOutbox {
+    app: Object,
+    namespace: Object,
+    scratch: PathBuf,
+    _apartment: Apartment,
+}
+
+pub fn open_outbox() -> Result<Box<dyn Outbox>, Error> {
+    let apartment = Apartment::join()?;
+    attach_outbox(apartment, application()?)
+}
+
+fn attach_outbox(apartment: Apartment, app: Object) -> Result<Box<dyn Outbox>, Error> {
+    let namespace = app.object("GetNamespace", &[VARIANT::from("MAPI")])?;
+    Ok(Box::new(OutlookOutbox {
+        app,
+        namespace,
+        scratch: scratch("outbox")?,
+        _apartment: apartment,
+    }))
+}
+
+impl OutlookOutbox {
+    fn account(&self, address: &str) -> Result<Option<Object>, Error> {
+        let accounts = self.namespace.object("Accounts", &[])?;
+        for i in 1..=accounts.int("Count")? {
+            let a = accounts.object("Item", &[VARIANT::from(i)])?;
+            if a.string("SmtpAddress")?.eq_ignore_ascii_case(address) {
+                return Ok(Some(a));
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl Outbox for OutlookOutbox {
+    fn describe(&self) -> String {
+        let profile = self
+            .namespace
+            .string("CurrentProfileName")
+            .unwrap_or_default();
+        format!("outlook profile {profile:?}")
+    }
+
+    fn accounts(&mut self) -> Result<Vec<String>, Error> {
+        let accounts = self.namespace.object("Accounts", &[])?;
+        (1..=accounts.int("Count")?)
+            .map(|i| {
+                accounts
+                    .object("Item", &[VARIANT::from(i)])?
+                    .string("SmtpAddress")
+            })
+            .collect()
+    }
+
+    fn send(&mut self, mail: &Outgoing) -> Result<String, Error> {
+        // The account first: a sender the profile cannot send as makes nothing.
+        let Some(account) = self.account(&mail.send_as)? else {
+            let known = self.accounts()?.join(", ");
+            return Err(Error::permanent(format!(
+                "this Outlook profile has no account {}: the report's send_as must be one of: {known}",
+                mail.send_as
+            )));
+        };
+        let item = self
+            .app
+            .object("CreateItem", &[VARIANT::from(OL_MAIL_ITEM)])?;
+        let recipients = item.object("Recipients", &[])?;
+        for (list, kind) in [(&mail.to, OL_TO), (&mail.cc, OL_CC), (&mail.bcc, OL_BCC)] {
+            for address in list {
+                recipients
+                    .object("Add", &[VARIANT::from(address.as_str())])?
+                    .put("Type", VARIANT::from(kind))?;
+            }
+        }
+        if !boolean(&recipients.get("ResolveAll")?) {
+            return Err(Error::permanent(
+                "Outlook cannot resolve a recipient of the mail (ResolveAll answered false)",
+            ));
+        }
+        item.put("Subject", VARIANT::from(mail.subject.as_str()))?;
+        match (&mail.html, &mail.text) {
+            (Some(html), _) => item.put("HTMLBody", VARIANT::from(html.as_str()))?,
+            (None, Some(text)) => item.put("Body", VARIANT::from(text.as_str()))?,
+            (None, None) => {}
+        }
+        // Each file under its own name (Outlook names the attachment after the file), in a
+        // folder of its own; Outlook copies it into the item at Add.
+        let attachments = item.object("Attachments", &[])?;
+        for (i, (name, bytes)) in mail.attachments.iter().enumerate() {
+            let dir = self.scratch.join(i.to_string());
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::new(format!("creating {}: {e}", dir.display())))?;
+            let file = dir.join(windows_file_name(name, i));
+            std::fs::write(&file, bytes)
+                .map_err(|e| Error::new(format!("writing {}: {e}", file.display())))?;
+            let added = attachments.call("Add", &[VARIANT::from(file.to_string_lossy().as_ref())]);
+            // Removed whatever Add said: Outlook has its copy, or there is none to keep.
+            let _ = std::fs::remove_file(&file);
+            added?;
+        }
+        item.put_ref("SendUsingAccount", &account)?;
+        item.call("Send", &[])?;
+        Ok(format!(
+            "given to Outlook to send from {} ({} recipient(s))",
+            mail.send_as,
+            mail.to.len() + mail.cc.len() + mail.bcc.len()
+        ))
+    }
+}
+
+impl Drop for OutlookOutbox {
+    fn drop(&mut self) {
+        // A leftover temporary folder is harmless, and there is no one to tell.
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
 }

@@ -81,6 +81,63 @@ pub trait Folder {
     fn item(&mut self, entry_id: &str) -> Result<Item, Error>;
 }
 
+/// A report mail to send through Outlook: Outlook builds its own MIME from these.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The account to send from: an account of the profile with this SMTP address.
+    pub send_as: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    /// Recipients of the envelope that no header names.
+    pub bcc: Vec<String>,
+    pub subject: String,
+    pub text: Option<String>,
+    pub html: Option<String>,
+    /// (file name, bytes), in order.
+    pub attachments: Vec<(String, Vec<u8>)>,
+}
+
+/// Outlook as the relay's outbox: sends a mail from one of the profile's accounts. Lives on the
+/// thread that opened it, as [`Folder`] does.
+pub trait Outbox {
+    fn describe(&self) -> String;
+    /// The profile's accounts' SMTP addresses.
+    fn accounts(&mut self) -> Result<Vec<String>, Error>;
+    /// Sends `mail`; what Outlook said (it gives no server reply: the mail goes to its Outbox
+    /// and from there to the account's server).
+    fn send(&mut self, mail: &Outgoing) -> Result<String, Error>;
+}
+
+/// A file name Windows takes for attachment `i` named `name` in a mail: no path, none of
+/// `<>:"/\|?*` or control characters, no trailing dot or space, not a reserved device name;
+/// `attachment-{i}` when nothing is left.
+pub fn windows_file_name(name: &str, i: usize) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base
+        .chars()
+        .map(|c| {
+            if c.is_control() || "<>:\"/\\|?*".contains(c) {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_end_matches(['.', ' ']).trim_start();
+    let stem = cleaned.split('.').next().unwrap_or("").to_ascii_uppercase();
+    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || (stem.len() == 4
+            && (stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.as_bytes()[3].is_ascii_digit());
+    if cleaned.is_empty() {
+        format!("attachment-{i}")
+    } else if reserved {
+        format!("_{cleaned}")
+    } else {
+        cleaned.to_owned()
+    }
+}
+
 /// Which folder the relay reads, as the config names it:
 /// - `Inbox` or `Inbox/Exports/Dialer`: the profile's default inbox (whatever its name in
 ///   Outlook's language), then subfolders by name;
@@ -158,6 +215,9 @@ impl fmt::Display for FolderPath {
 pub struct Error {
     pub message: String,
     pub hresult: Option<i32>,
+    /// Trying again will not help (a sender the profile has no account for, a recipient that
+    /// does not resolve); otherwise Outlook may answer next time (closed, busy, restarting).
+    pub permanent: bool,
 }
 
 impl Error {
@@ -165,6 +225,15 @@ impl Error {
         Error {
             message: message.into(),
             hresult: None,
+            permanent: false,
+        }
+    }
+
+    /// An error trying again will not mend.
+    pub fn permanent(message: impl Into<String>) -> Error {
+        Error {
+            permanent: true,
+            ..Error::new(message)
         }
     }
 }
@@ -185,6 +254,21 @@ impl std::error::Error for Error {}
 #[cfg(windows)]
 pub fn open(path: &FolderPath) -> Result<Box<dyn Folder>, Error> {
     com::open(path)
+}
+
+/// Reaches the running Outlook (starting it when it is not running) to send mail.
+#[cfg(windows)]
+pub fn open_outbox() -> Result<Box<dyn Outbox>, Error> {
+    com::open_outbox()
+}
+
+/// Outlook sends only on Windows: on any other platform, opening it says so.
+#[cfg(not(windows))]
+pub fn open_outbox() -> Result<Box<dyn Outbox>, Error> {
+    Err(Error::permanent(format!(
+        "sending through Outlook runs only on Windows, with Outlook installed; this charlie-relay is built for {}: use [outbox] via = \"smtp\" here",
+        std::env::consts::OS
+    )))
 }
 
 /// Outlook is a Windows source: on any other platform, opening it says so.
@@ -233,10 +317,31 @@ mod tests {
     }
 
     #[test]
+    fn an_attachment_name_becomes_a_file_name_windows_takes() {
+        assert_eq!(
+            windows_file_name("calls_2024-03-14.xlsx", 0),
+            "calls_2024-03-14.xlsx"
+        );
+        assert_eq!(
+            windows_file_name("Zürich: \"daily\"?.xlsx", 1),
+            "Zürich_ _daily__.xlsx"
+        );
+        assert_eq!(windows_file_name("..\\..\\evil.bat", 2), "evil.bat");
+        assert_eq!(windows_file_name("/etc/passwd", 3), "passwd");
+        assert_eq!(windows_file_name("report. . ", 4), "report");
+        assert_eq!(windows_file_name("con.xlsx", 5), "_con.xlsx");
+        assert_eq!(windows_file_name("COM1", 6), "_COM1");
+        assert_eq!(windows_file_name("COMPANY.xlsx", 7), "COMPANY.xlsx");
+        assert_eq!(windows_file_name("", 8), "attachment-8");
+        assert_eq!(windows_file_name("...", 9), "attachment-9");
+    }
+
+    #[test]
     fn an_error_shows_its_hresult_in_hex() {
         let e = Error {
             message: "Outlook is not installed".into(),
             hresult: Some(0x800401F3_u32 as i32),
+            permanent: false,
         };
         assert_eq!(
             e.to_string(),

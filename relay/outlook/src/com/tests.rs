@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use windows::Win32::Foundation::{
-    DISP_E_EXCEPTION, DISP_E_MEMBERNOTFOUND, DISP_E_UNKNOWNNAME, E_NOTIMPL,
+    DISP_E_EXCEPTION, DISP_E_MEMBERNOTFOUND, DISP_E_PARAMNOTFOUND, DISP_E_UNKNOWNNAME, E_NOTIMPL,
 };
 use windows::Win32::System::Com::{
     DISPATCH_FLAGS, DISPPARAMS, EXCEPINFO, IDispatch, IDispatch_Impl, ITypeInfo,
@@ -62,12 +62,23 @@ impl IDispatch_Impl for Fake_Impl {
         id: i32,
         _: *const GUID,
         _: u32,
-        _: DISPATCH_FLAGS,
+        flags: DISPATCH_FLAGS,
         params: *const DISPPARAMS,
         result: *mut VARIANT,
         exception: *mut EXCEPINFO,
         _: *mut u32,
     ) -> windows::core::Result<()> {
+        // As an automation object does: a property put names its value DISPID_PROPERTYPUT.
+        if flags.0 & (DISPATCH_PROPERTYPUT.0 | DISPATCH_PROPERTYPUTREF.0) != 0 {
+            // SAFETY: the caller's parameters.
+            let named = unsafe {
+                let p = &*params;
+                (p.cNamedArgs == 1).then(|| *p.rgdispidNamedArgs)
+            };
+            if named != Some(DISPID_PROPERTYPUT) {
+                return Err(DISP_E_PARAMNOTFOUND.into());
+            }
+        }
         // SAFETY: the caller's parameters, arguments last first.
         let args: Vec<VARIANT> = unsafe {
             let p = &*params;
@@ -528,4 +539,224 @@ fn the_folder_is_found_listed_and_read_through_outlooks_object_model() {
     .err()
     .unwrap();
     assert!(e.message.contains("no folder \"Dialer\""), "{e}");
+}
+
+/// What the fake Outlook was given to send.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Sent {
+    recipients: Vec<(String, i32)>,
+    subject: String,
+    html: Option<String>,
+    body: Option<String>,
+    attachments: Vec<(String, Vec<u8>)>,
+    account: String,
+}
+
+fn settable(slot: Rc<std::cell::RefCell<Sent>>, set: fn(&mut Sent, String)) -> Method {
+    Box::new(move |args| {
+        set(&mut slot.borrow_mut(), arg_text(args, 0));
+        Ok(VARIANT::default())
+    })
+}
+
+/// Outlook with two accounts, recording what each `Send` sent.
+fn outlook_outbox(log: Rc<std::cell::RefCell<Vec<Sent>>>) -> Object {
+    const ACCOUNTS: [&str; 2] = ["reports@branch.example", "ops@branch.example"];
+    let namespace = || {
+        object(vec![
+            (
+                "Accounts",
+                Box::new(|_| {
+                    Ok(object(vec![
+                        ("Count", value(|| VARIANT::from(2))),
+                        (
+                            "Item",
+                            Box::new(|args| {
+                                let address =
+                                    ACCOUNTS[usize::try_from(int_arg(&args[0]) - 1).unwrap()];
+                                Ok(object(vec![(
+                                    "SmtpAddress",
+                                    value(move || VARIANT::from(address)),
+                                )]))
+                            }),
+                        ),
+                    ]))
+                }),
+            ),
+            ("CurrentProfileName", value(|| VARIANT::from("Outlook"))),
+        ])
+    };
+    let create = move |args: &[VARIANT]| -> Result<VARIANT, String> {
+        assert_eq!(int_arg(&args[0]), 0, "olMailItem");
+        let item = Rc::new(std::cell::RefCell::new(Sent::default()));
+        let log = Rc::clone(&log);
+        let (r, a, u, s) = (
+            Rc::clone(&item),
+            Rc::clone(&item),
+            Rc::clone(&item),
+            Rc::clone(&item),
+        );
+        Ok(object(vec![
+            (
+                "Recipients",
+                Box::new(move |_| {
+                    let r = Rc::clone(&r);
+                    let all = Rc::clone(&r);
+                    Ok(object(vec![
+                        (
+                            "Add",
+                            Box::new(move |args| {
+                                let address = arg_text(args, 0);
+                                let r = Rc::clone(&r);
+                                Ok(object(vec![(
+                                    "Type",
+                                    Box::new(move |args| {
+                                        r.borrow_mut()
+                                            .recipients
+                                            .push((address.clone(), int_arg(&args[0])));
+                                        Ok(VARIANT::default())
+                                    }),
+                                )]))
+                            }),
+                        ),
+                        (
+                            "ResolveAll",
+                            Box::new(move |_| {
+                                Ok(VARIANT::from(
+                                    all.borrow().recipients.iter().all(|(a, _)| a.contains('@')),
+                                ))
+                            }),
+                        ),
+                    ]))
+                }),
+            ),
+            ("Subject", settable(Rc::clone(&item), |m, v| m.subject = v)),
+            (
+                "HTMLBody",
+                settable(Rc::clone(&item), |m, v| m.html = Some(v)),
+            ),
+            ("Body", settable(Rc::clone(&item), |m, v| m.body = Some(v))),
+            (
+                "Attachments",
+                Box::new(move |_| {
+                    let a = Rc::clone(&a);
+                    Ok(object(vec![(
+                        "Add",
+                        Box::new(move |args| {
+                            let path = std::path::PathBuf::from(arg_text(args, 0));
+                            let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+                            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                            a.borrow_mut().attachments.push((name, bytes));
+                            Ok(VARIANT::default())
+                        }),
+                    )]))
+                }),
+            ),
+            (
+                "SendUsingAccount",
+                Box::new(move |args| {
+                    let account = Object(IDispatch::try_from(&args[0]).map_err(|e| e.to_string())?);
+                    u.borrow_mut().account =
+                        account.string("SmtpAddress").map_err(|e| e.to_string())?;
+                    Ok(VARIANT::default())
+                }),
+            ),
+            (
+                "Send",
+                Box::new(move |_| {
+                    log.borrow_mut().push(s.borrow().clone());
+                    Ok(VARIANT::default())
+                }),
+            ),
+        ]))
+    };
+    let app = object(vec![
+        ("GetNamespace", Box::new(move |_| Ok(namespace()))),
+        ("CreateItem", Box::new(create)),
+    ]);
+    Object(IDispatch::try_from(&app).unwrap())
+}
+
+#[test]
+fn a_mail_is_sent_through_outlooks_object_model_from_the_account_named() {
+    let log = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let mut outbox =
+        attach_outbox(Apartment::join().unwrap(), outlook_outbox(Rc::clone(&log))).unwrap();
+    assert_eq!(outbox.describe(), "outlook profile \"Outlook\"");
+    assert_eq!(
+        outbox.accounts().unwrap(),
+        ["reports@branch.example", "ops@branch.example"]
+    );
+    let mail = Outgoing {
+        send_as: "Reports@Branch.example".into(),
+        to: vec!["lead@branch.example".into()],
+        cc: vec!["ops@branch.example".into()],
+        bcc: vec!["audit@branch.example".into()],
+        subject: "Branch calls — 2024-03-14".into(),
+        text: Some("The report is attached.".into()),
+        html: Some("<p>The report is attached.</p>".into()),
+        attachments: vec![(
+            "branch: calls 2024-03-14.xlsx".into(),
+            b"PK\x03\x04 workbook".to_vec(),
+        )],
+    };
+    let said = outbox.send(&mail).unwrap();
+    assert!(
+        said.contains("Reports@Branch.example") && said.contains("3 recipient(s)"),
+        "{said}"
+    );
+    let sent = log.borrow()[0].clone();
+    assert_eq!(
+        sent,
+        Sent {
+            recipients: vec![
+                ("lead@branch.example".into(), 1),
+                ("ops@branch.example".into(), 2),
+                ("audit@branch.example".into(), 3)
+            ],
+            subject: "Branch calls — 2024-03-14".into(),
+            html: Some("<p>The report is attached.</p>".into()),
+            body: None,
+            attachments: vec![(
+                "branch_ calls 2024-03-14.xlsx".into(),
+                b"PK\x03\x04 workbook".to_vec()
+            )],
+            account: "reports@branch.example".into(),
+        }
+    );
+    // A sender the profile has no account for: refused for good, nothing made.
+    let e = outbox
+        .send(&Outgoing {
+            send_as: "nobody@branch.example".into(),
+            ..mail.clone()
+        })
+        .unwrap_err();
+    assert!(e.permanent, "{e}");
+    assert!(
+        e.message.contains("no account nobody@branch.example")
+            && e.message.contains("ops@branch.example"),
+        "{e}"
+    );
+    // A recipient Outlook cannot resolve: refused for good, not sent.
+    let e = outbox
+        .send(&Outgoing {
+            to: vec!["Lead Agent".into()],
+            ..mail.clone()
+        })
+        .unwrap_err();
+    assert!(e.permanent && e.message.contains("resolve"), "{e}");
+    assert_eq!(log.borrow().len(), 1, "only the good mail was sent");
+    // Text only: the plain body.
+    outbox
+        .send(&Outgoing {
+            html: None,
+            attachments: vec![],
+            ..mail
+        })
+        .unwrap();
+    assert_eq!(
+        log.borrow()[1].body.as_deref(),
+        Some("The report is attached.")
+    );
+    assert_eq!(log.borrow()[1].html, None);
 }
