@@ -48,7 +48,13 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
-    pub smtp_host: String,
+    /// How report mail goes out: `smtp` (the default), or `outlook` (Windows: from the running
+    /// Outlook profile's account named by the report's `send_as`; no `smtp_*` then).
+    #[serde(default)]
+    pub via: Via,
+    /// The SMTP server (required with `via = "smtp"`).
+    #[serde(default)]
+    pub smtp_host: Option<String>,
     /// 587 with STARTTLS (the default), 465 with TLS, 25 without.
     #[serde(default)]
     pub smtp_port: Option<u16>,
@@ -64,6 +70,14 @@ pub struct OutboxConfig {
     pub smtp_password_env: String,
     #[serde(default)]
     pub smtp_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    #[default]
+    Smtp,
+    Outlook,
 }
 
 fn default_smtp_tls() -> crate::outbox::SmtpTls {
@@ -180,6 +194,24 @@ impl Config {
                 bail!("[source] lookback_hours = {lookback_hours} is not from 1 to 744 (31 days)");
             }
         }
+        if let Some(outbox) = &self.outbox {
+            match outbox.via {
+                Via::Smtp if outbox.smtp_host.is_none() => {
+                    bail!("[outbox] smtp_host is required (or via = \"outlook\" on Windows)")
+                }
+                Via::Outlook
+                    if outbox.smtp_host.is_some()
+                        || outbox.smtp_user.is_some()
+                        || outbox.smtp_port.is_some()
+                        || outbox.ca_file.is_some() =>
+                {
+                    bail!(
+                        "[outbox] via = \"outlook\" sends from the Outlook profile's account: smtp_host, smtp_port, smtp_user and ca_file are for via = \"smtp\""
+                    )
+                }
+                _ => {}
+            }
+        }
         if !(1..=86_400).contains(&self.poll_seconds) {
             bail!(
                 "poll_seconds = {} is not from 1 to 86400",
@@ -290,6 +322,21 @@ mod tests {
         let e = parse("api = \"https://x\"\njournal = \"j\"\nkey = \"chr_a_b\"\n[source]\nkind = \"folder\"\npath = \"d\"\n")
             .unwrap_err();
         assert!(format!("{e:#}").contains("unknown field"), "{e:#}");
+    }
+
+    #[test]
+    fn an_outbox_goes_through_smtp_or_outlook_and_says_what_does_not_fit() {
+        let head = "api = \"https://x\"\njournal = \"j\"\n[source]\nkind = \"folder\"\npath = \"d\"\n[outbox]\n";
+        let c = parse(&format!("{head}smtp_host = \"smtp.branch.example\"\n")).unwrap();
+        assert_eq!(c.outbox.unwrap().via, Via::Smtp);
+        let c = parse(&format!("{head}via = \"outlook\"\n")).unwrap();
+        assert_eq!(c.outbox.unwrap().via, Via::Outlook);
+        let e = parse(head).unwrap_err();
+        assert!(format!("{e:#}").contains("smtp_host is required"), "{e:#}");
+        let e = parse(&format!("{head}via = \"outlook\"\nsmtp_host = \"s\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("are for via = \"smtp\""), "{e:#}");
+        let e = parse(&format!("{head}via = \"pigeon\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("pigeon"), "{e:#}");
     }
 
     #[test]

@@ -11,11 +11,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing::{error, info, warn};
 
-use charlie_relay::config::{Config, SourceConfig};
+use charlie_relay::config::{Config, OutboxConfig, SourceConfig, Via};
 use charlie_relay::imap::ImapSource;
 use charlie_relay::journal::Journal;
-use charlie_relay::outbox::Smtp;
-use charlie_relay::outlook::OutlookSource;
+use charlie_relay::outbox::{Sender, Smtp};
+use charlie_relay::outlook::{OutlookSender, OutlookSource};
 use charlie_relay::source::{DropFolder, Source};
 use charlie_relay::upstream::{Api, Upstream};
 use charlie_relay::{Relay, Summary};
@@ -75,6 +75,14 @@ fn source(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Box<dyn Sou
         }
         SourceConfig::Imap { .. } => unreachable!("taken above"),
     }
+}
+
+/// The outbox's sender: the SMTP server, or Outlook.
+fn sender(c: &OutboxConfig) -> anyhow::Result<Box<dyn Sender>> {
+    Ok(match c.via {
+        Via::Smtp => Box::new(Smtp::new(c)?),
+        Via::Outlook => Box::new(OutlookSender::new(charlie_outlook::open_outbox)?),
+    })
 }
 
 fn main() -> ExitCode {
@@ -169,10 +177,10 @@ async fn check(file: &std::path::Path) -> ExitCode {
         }
     };
     if let Some(outbox) = &config.outbox {
-        match Smtp::new(outbox) {
-            Ok(smtp) => match smtp.check().await {
-                Ok(()) => say("outbox", Ok(format!("{} answers", smtp.describe()))),
-                Err(e) => say("outbox", Err(format!("{}: {e:#}", smtp.describe()))),
+        match sender(outbox) {
+            Ok(sender) => match sender.check().await {
+                Ok(said) => say("outbox", Ok(said)),
+                Err(e) => say("outbox", Err(format!("{}: {e:#}", sender.describe()))),
             },
             Err(e) => say("outbox", Err(format!("{e:#}"))),
         }
@@ -206,7 +214,7 @@ async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCod
     let api = Api::new(&config.api, &config.key()?)?;
     let journal = Arc::new(Journal::open(&config.journal)?);
     let mut source = source(&config, &journal)?;
-    let smtp = config.outbox.as_ref().map(Smtp::new).transpose()?;
+    let smtp = config.outbox.as_ref().map(sender).transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -237,7 +245,7 @@ async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCod
         // The outbox first: a report waiting is worth more than the mail that feeds tomorrow's.
         let mut outbox_failed = false;
         if let Some(smtp) = &smtp {
-            match charlie_relay::outbox::pass(&api, &journal, smtp).await {
+            match charlie_relay::outbox::pass(&api, &journal, smtp.as_ref()).await {
                 Ok(o) => {
                     if o != charlie_relay::outbox::OutboxSummary::default() {
                         info!(outbox = %serde_json::to_string(&o).unwrap_or_default(), "outbox pass done");

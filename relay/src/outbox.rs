@@ -1,6 +1,7 @@
 //! The outbox: report mail with `transport = "relay"`, fetched from the control API (signed),
-//! sent as it is (the MIME the mailer built) through the relay's SMTP server, and acknowledged
-//! with the server's reply, which marks the delivery `relayed`.
+//! sent through the relay's [`Sender`] — its SMTP server, as it is (the MIME the mailer built),
+//! or Outlook on Windows (`crate::outlook::OutlookSender`) — and acknowledged with what the
+//! sender said, which marks the delivery `relayed`.
 //!
 //! The journal notes each mail the server took before the acknowledgement, so a crash or an
 //! unreachable API between the two sends nothing twice: the next pass only acknowledges. (A
@@ -8,6 +9,7 @@
 //! can go twice, as in the mailer's own window with SES.)
 
 use anyhow::Context;
+use async_trait::async_trait;
 use lettre::address::Envelope;
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::transport::smtp::authentication::Credentials;
@@ -31,6 +33,17 @@ pub enum SmtpTls {
     None,
 }
 
+/// Where the relay's outbox mail goes out.
+#[async_trait]
+pub trait Sender: Send + Sync {
+    fn describe(&self) -> String;
+    /// Whether it can send now (for `charlie-relay check`): what it found.
+    async fn check(&self) -> anyhow::Result<String>;
+    /// Sends one queued mail (`mime`, from `from` to the envelope `to`): what the sender said.
+    /// Permanent: this mail will never go as it is; transient: the next pass tries again.
+    async fn send(&self, from: &str, to: &[String], mime: &[u8]) -> Result<String, UpError>;
+}
+
 pub struct Smtp {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     describe: String,
@@ -38,14 +51,18 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn new(c: &OutboxConfig) -> anyhow::Result<Smtp> {
-        let loopback = matches!(c.smtp_host.as_str(), "127.0.0.1" | "localhost" | "::1");
+        let host = c
+            .smtp_host
+            .as_deref()
+            .context("[outbox] smtp_host is required")?;
+        let loopback = matches!(host, "127.0.0.1" | "localhost" | "::1");
         let tls = match c.smtp_tls {
             SmtpTls::None if !loopback => anyhow::bail!(
                 "smtp_tls = \"none\": report mail and any password would cross the network in the clear; allowed to a loopback address only"
             ),
             SmtpTls::None => Tls::None,
             mode => {
-                let mut params = TlsParameters::builder(c.smtp_host.clone());
+                let mut params = TlsParameters::builder(host.to_owned());
                 if let Some(file) = &c.ca_file {
                     let pem = std::fs::read(file)
                         .with_context(|| format!("reading the CA file {}", file.display()))?;
@@ -68,7 +85,7 @@ impl Smtp {
             SmtpTls::None => 25,
         };
         let port = c.smtp_port.unwrap_or(default_port);
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&c.smtp_host)
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
             .port(port)
             .tls(tls)
             .timeout(Some(std::time::Duration::from_secs(60)));
@@ -84,21 +101,25 @@ impl Smtp {
         }
         Ok(Smtp {
             transport: builder.build(),
-            describe: format!("smtp {}:{port} ({:?})", c.smtp_host, c.smtp_tls),
+            describe: format!("smtp {host}:{port} ({:?})", c.smtp_tls),
         })
     }
+}
 
-    pub fn describe(&self) -> &str {
-        &self.describe
+#[async_trait]
+impl Sender for Smtp {
+    fn describe(&self) -> String {
+        self.describe.clone()
     }
 
-    /// Whether the server answers and takes the login (for `charlie-relay check`).
-    pub async fn check(&self) -> anyhow::Result<()> {
+    /// Whether the server answers and takes the login.
+    async fn check(&self) -> anyhow::Result<String> {
         anyhow::ensure!(
             self.transport.test_connection().await?,
-            "the SMTP server did not answer NOOP"
+            "{}: the SMTP server did not answer NOOP",
+            self.describe
         );
-        Ok(())
+        Ok(format!("{} answers", self.describe))
     }
 
     async fn send(&self, from: &str, to: &[String], mime: &[u8]) -> Result<String, UpError> {
@@ -138,7 +159,7 @@ pub struct OutboxSummary {
 pub async fn pass(
     upstream: &dyn Upstream,
     journal: &Journal,
-    smtp: &Smtp,
+    sender: &dyn Sender,
 ) -> Result<OutboxSummary, UpError> {
     let mut summary = OutboxSummary::default();
     for mail in upstream.outbox().await? {
@@ -153,7 +174,7 @@ pub async fn pass(
             }
             None => {
                 let mime = upstream.download(&mail).await?;
-                match smtp.send(&mail.from, &mail.recipients, &mime).await {
+                match sender.send(&mail.from, &mail.recipients, &mime).await {
                     Ok(reply) => {
                         journal
                             .note_sent(id, &reply)
@@ -172,7 +193,7 @@ pub async fn pass(
                         warn!(
                             message_id = id,
                             error = why,
-                            "outbox mail refused by the SMTP server"
+                            "outbox mail refused by its sender"
                         );
                         summary.failed += 1;
                         continue;

@@ -25,51 +25,54 @@ use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use base64::Engine;
 use charlie::raw_mail::content_id;
-use charlie_outlook::{Content, Error, Folder, FolderPath, Item};
+use charlie_outlook::{Content, Error, Folder, FolderPath, Item, Outbox, Outgoing};
+use mail_parser::{MessageParser, MimeHeaders};
 use tracing::warn;
 
 use crate::journal::Journal;
+use crate::outbox::Sender;
 use crate::source::{Outcome, Source};
+use crate::upstream::UpError;
 
-type Opener = Box<dyn Fn() -> Result<Box<dyn Folder>, Error> + Send>;
-type Job = Box<dyn FnOnce(&mut Slot) + Send>;
+type Opener<T> = Box<dyn Fn() -> Result<Box<T>, Error> + Send>;
+type Job<T> = Box<dyn FnOnce(&mut Slot<T>) + Send>;
 
-/// The worker thread's folder: opened on first use and after a failure.
-struct Slot {
-    open: Opener,
-    folder: Option<Box<dyn Folder>>,
+/// The worker thread's Outlook object: opened on first use and after a failure.
+struct Slot<T: ?Sized> {
+    open: Opener<T>,
+    held: Option<Box<T>>,
 }
 
-impl Slot {
-    fn with<T>(&mut self, f: impl FnOnce(&mut dyn Folder) -> Result<T, Error>) -> Result<T, Error> {
-        if self.folder.is_none() {
-            self.folder = Some((self.open)()?);
+impl<T: ?Sized> Slot<T> {
+    fn with<R>(&mut self, f: impl FnOnce(&mut T) -> Result<R, Error>) -> Result<R, Error> {
+        if self.held.is_none() {
+            self.held = Some((self.open)()?);
         }
-        let result = f(self.folder.as_deref_mut().expect("just opened"));
+        let result = f(self.held.as_deref_mut().expect("just opened"));
         if result.is_err() {
-            self.folder = None;
+            self.held = None;
         }
         result
     }
 }
 
-/// The thread Outlook is called on.
-pub struct Worker {
-    jobs: mpsc::Sender<Job>,
+/// The thread an Outlook object (a [`Folder`], an [`Outbox`]) lives and is called on.
+pub struct Worker<T: ?Sized + 'static> {
+    jobs: mpsc::Sender<Job<T>>,
 }
 
-impl Worker {
-    /// Starts the thread; `open` runs on it, when the folder is first needed.
+impl<T: ?Sized + 'static> Worker<T> {
+    /// Starts the thread; `open` runs on it, when the object is first needed.
     pub fn spawn(
-        open: impl Fn() -> Result<Box<dyn Folder>, Error> + Send + 'static,
-    ) -> anyhow::Result<Worker> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let open: Opener = Box::new(open);
+        open: impl Fn() -> Result<Box<T>, Error> + Send + 'static,
+    ) -> anyhow::Result<Worker<T>> {
+        let (jobs, queue) = mpsc::channel::<Job<T>>();
+        let open: Opener<T> = Box::new(open);
         std::thread::Builder::new()
             .name("outlook".into())
             .spawn(move || {
-                // The folder is made, used and dropped on this thread only.
-                let mut slot = Slot { open, folder: None };
+                // The object is made, used and dropped on this thread only.
+                let mut slot = Slot { open, held: None };
                 for job in queue {
                     job(&mut slot);
                 }
@@ -78,23 +81,30 @@ impl Worker {
         Ok(Worker { jobs })
     }
 
-    /// Runs `f` on the folder, on the Outlook thread.
-    pub async fn run<T: Send + 'static>(
+    /// Runs `f` on the object, on its thread.
+    pub async fn call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut dyn Folder) -> Result<T, Error> + Send + 'static,
-    ) -> anyhow::Result<T> {
+        f: impl FnOnce(&mut T) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
         let (done, answer) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |slot: &mut Slot| {
+        let job: Job<T> = Box::new(move |slot: &mut Slot<T>| {
             // The asker may have given up (the relay stopping): nobody is left to tell.
             let _ = done.send(slot.with(f));
         });
         self.jobs
             .send(job)
-            .map_err(|_| anyhow!("the Outlook thread has stopped"))?;
-        let answer = answer
+            .map_err(|_| Error::new("the Outlook thread has stopped"))?;
+        answer
             .await
-            .map_err(|_| anyhow!("the Outlook thread stopped during a call"))?;
-        answer.map_err(|e| anyhow!("Outlook: {e}"))
+            .map_err(|_| Error::new("the Outlook thread stopped during a call"))?
+    }
+
+    /// [`Worker::call`], its error in words.
+    pub async fn run<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut T) -> Result<R, Error> + Send + 'static,
+    ) -> anyhow::Result<R> {
+        self.call(f).await.map_err(|e| anyhow!("Outlook: {e}"))
     }
 }
 
@@ -318,7 +328,7 @@ fn compose_at(item: &Item, depth: usize) -> Vec<u8> {
 /// One Outlook folder as a source.
 pub struct OutlookSource {
     path: FolderPath,
-    worker: Worker,
+    worker: Worker<dyn Folder>,
     journal: Arc<Journal>,
     /// How far before the cursor a pass looks again, in days.
     lookback: f64,
@@ -435,6 +445,123 @@ impl Source for OutlookSource {
         match cursor {
             Some(c) => self.journal.set_cursor(&self.cursor_name(), &c.to_string()),
             None => Ok(()),
+        }
+    }
+}
+
+/// The queued report mail as Outlook takes it: Outlook builds its own MIME (its own Message-ID
+/// and `From`, the account's), so the mail is taken apart — the envelope decides who gets it
+/// (a header recipient not in it is dropped, the rest of it is `bcc`), the subject, the text and
+/// HTML bodies as written, each attachment with its name.
+pub fn outgoing(mime: &[u8], send_as: &str, envelope: &[String]) -> Result<Outgoing, String> {
+    let message = MessageParser::default()
+        .parse(mime)
+        .filter(|m| m.from().is_some())
+        .ok_or("the queued mail has no From header: not a mail the mailer built")?;
+    let listed = |a: Option<&mail_parser::Address<'_>>| -> Vec<String> {
+        a.map(|a| {
+            a.iter()
+                .filter_map(|x| x.address())
+                .filter(|x| envelope.iter().any(|e| e.eq_ignore_ascii_case(x)))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+    };
+    let to = listed(message.to());
+    let cc = listed(message.cc());
+    let bcc = envelope
+        .iter()
+        .filter(|e| !to.iter().chain(&cc).any(|a| a.eq_ignore_ascii_case(e)))
+        .cloned()
+        .collect();
+    let is = |part: &&mail_parser::MessagePart<'_>, subtype: &str| {
+        part.content_type().is_some_and(|ct| {
+            ct.ctype().eq_ignore_ascii_case("text")
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case(subtype))
+        })
+    };
+    // mail-parser offers a text body made from the HTML (and the reverse): only parts that are
+    // what they say count.
+    let text = message
+        .text_bodies()
+        .find(|p| is(p, "plain"))
+        .and_then(|p| p.text_contents())
+        .map(str::to_owned);
+    let html = message
+        .html_bodies()
+        .find(|p| is(p, "html"))
+        .and_then(|p| p.text_contents())
+        .map(str::to_owned);
+    let attachments = message
+        .attachments()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                p.attachment_name()
+                    .map_or_else(|| format!("attachment-{}", i + 1), str::to_owned),
+                p.contents().to_vec(),
+            )
+        })
+        .collect();
+    Ok(Outgoing {
+        send_as: send_as.to_owned(),
+        to,
+        cc,
+        bcc,
+        subject: message.subject().unwrap_or_default().to_owned(),
+        text,
+        html,
+        attachments,
+    })
+}
+
+/// Outlook (Windows) as the outbox's sender: each mail sent from the profile's account whose
+/// SMTP address is the report's `send_as`. Outlook gives no server reply: it takes the mail
+/// into its Outbox and sends it from there, so "relayed" means Outlook has it.
+pub struct OutlookSender {
+    worker: Worker<dyn Outbox>,
+}
+
+impl OutlookSender {
+    pub fn new(
+        open: impl Fn() -> Result<Box<dyn Outbox>, Error> + Send + 'static,
+    ) -> anyhow::Result<OutlookSender> {
+        Ok(OutlookSender {
+            worker: Worker::spawn(open)?,
+        })
+    }
+}
+
+#[async_trait]
+impl Sender for OutlookSender {
+    fn describe(&self) -> String {
+        "outlook".into()
+    }
+
+    async fn check(&self) -> anyhow::Result<String> {
+        let (profile, accounts) = self
+            .worker
+            .run(|o| Ok((o.describe(), o.accounts()?)))
+            .await?;
+        Ok(format!(
+            "{profile} sends as {}",
+            if accounts.is_empty() {
+                "no account".to_owned()
+            } else {
+                accounts.join(", ")
+            }
+        ))
+    }
+
+    async fn send(&self, from: &str, to: &[String], mime: &[u8]) -> Result<String, UpError> {
+        let mail = outgoing(mime, from, to).map_err(UpError::Permanent)?;
+        match self.worker.call(move |o| o.send(&mail)).await {
+            Ok(said) => Ok(said),
+            Err(e) if e.permanent => Err(UpError::Permanent(format!("Outlook: {e}"))),
+            Err(e) => Err(UpError::Transient(format!("Outlook: {e}"))),
         }
     }
 }

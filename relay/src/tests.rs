@@ -513,3 +513,226 @@ async fn a_transient_failure_waits_for_the_next_pass_and_outlook_closed_is_opene
         ["<E1@dialer.example>", "<E0@dialer.example>"]
     );
 }
+
+/// Outlook as an outbox: what it was given to send, and a failure to strike once.
+#[derive(Default)]
+struct OutlookSent {
+    sent: Mutex<Vec<charlie_outlook::Outgoing>>,
+    fail_next: Mutex<Option<charlie_outlook::Error>>,
+}
+
+struct FakeOutbox(Arc<OutlookSent>);
+
+impl charlie_outlook::Outbox for FakeOutbox {
+    fn describe(&self) -> String {
+        "outlook profile \"Outlook\"".into()
+    }
+
+    fn accounts(&mut self) -> Result<Vec<String>, charlie_outlook::Error> {
+        Ok(vec!["reports@branch.example".into()])
+    }
+
+    fn send(&mut self, mail: &charlie_outlook::Outgoing) -> Result<String, charlie_outlook::Error> {
+        if let Some(e) = self.0.fail_next.lock().unwrap().take() {
+            return Err(e);
+        }
+        if !mail.send_as.eq_ignore_ascii_case("reports@branch.example") {
+            return Err(charlie_outlook::Error::permanent(format!(
+                "this Outlook profile has no account {}",
+                mail.send_as
+            )));
+        }
+        self.0.sent.lock().unwrap().push(mail.clone());
+        Ok("given to Outlook".into())
+    }
+}
+
+/// The control API's outbox for this relay: queued mail until acknowledged.
+#[derive(Default)]
+struct Queue {
+    mails: Mutex<Vec<(crate::upstream::OutboxMail, Vec<u8>)>>,
+    acks: Mutex<Vec<(String, String)>>,
+    ack_fails_once: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl Upstream for Queue {
+    async fn outbox(&self) -> Result<Vec<crate::upstream::OutboxMail>, UpError> {
+        Ok(self
+            .mails
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(m, _)| m.clone())
+            .collect())
+    }
+
+    async fn download(&self, mail: &crate::upstream::OutboxMail) -> Result<Vec<u8>, UpError> {
+        let mails = self.mails.lock().unwrap();
+        Ok(mails
+            .iter()
+            .find(|(m, _)| m.message_id == mail.message_id)
+            .map(|(_, b)| b.clone())
+            .unwrap())
+    }
+
+    async fn ack(&self, message_id: &str, reply: &str) -> Result<(), UpError> {
+        if self.ack_fails_once.swap(false, Ordering::SeqCst) {
+            return Err(UpError::Transient("503 from the API".into()));
+        }
+        self.mails
+            .lock()
+            .unwrap()
+            .retain(|(m, _)| m.message_id != message_id);
+        self.acks
+            .lock()
+            .unwrap()
+            .push((message_id.into(), reply.into()));
+        Ok(())
+    }
+
+    async fn whoami(&self) -> Result<Value, UpError> {
+        Ok(json!({"relay": "branch-out"}))
+    }
+
+    async fn upload_url(&self, _: &str, _: u64) -> Result<UploadAnswer, UpError> {
+        unreachable!("the outbox uploads nothing")
+    }
+
+    async fn put(&self, _: &UploadAnswer, _: Vec<u8>) -> Result<(), UpError> {
+        unreachable!("the outbox uploads nothing")
+    }
+}
+
+fn report_mail(id: &str, from: &str, workbook: &[u8]) -> (crate::upstream::OutboxMail, Vec<u8>) {
+    let to = vec![
+        "lead@branch.example".to_owned(),
+        "floor@branch.example".to_owned(),
+    ];
+    let cc = vec!["ops@branch.example".to_owned()];
+    let mime = charlie::report_mail::render(&charlie::report_mail::ReportMail {
+        from,
+        to: &to,
+        cc: &cc,
+        subject: "Branch calls — 2024-03-14",
+        text: "The report is attached.",
+        html: "<p>The report is <b>attached</b>.</p>",
+        workbook: Some(("branch_calls_daily-2024-03-14 Zürich.xlsx", workbook)),
+        message_id: id,
+        date: "2024-03-15T06:00:00Z".parse().unwrap(),
+    })
+    .unwrap();
+    let mail = crate::upstream::OutboxMail {
+        message_id: format!("<{id}>"),
+        from: from.into(),
+        recipients: vec![
+            "lead@branch.example".into(),
+            "floor@branch.example".into(),
+            "ops@branch.example".into(),
+            "audit@branch.example".into(),
+        ],
+        url: format!("https://outbox.invalid/{id}"),
+    };
+    (mail, mime)
+}
+
+#[test]
+fn a_report_mail_is_taken_apart_for_outlook_as_its_envelope_says() {
+    let workbook: Vec<u8> = (0..=255u8).cycle().take(5_000).collect();
+    let (mail, mime) = report_mail(
+        "run-1.g-1@charlie.example",
+        "reports@branch.example",
+        &workbook,
+    );
+    let out = crate::outlook::outgoing(&mime, &mail.from, &mail.recipients).unwrap();
+    assert_eq!(out.send_as, "reports@branch.example");
+    assert_eq!(out.to, ["lead@branch.example", "floor@branch.example"]);
+    assert_eq!(out.cc, ["ops@branch.example"]);
+    assert_eq!(out.bcc, ["audit@branch.example"], "in the envelope only");
+    assert_eq!(out.subject, "Branch calls — 2024-03-14");
+    assert_eq!(out.text.as_deref(), Some("The report is attached."));
+    assert_eq!(
+        out.html.as_deref(),
+        Some("<p>The report is <b>attached</b>.</p>")
+    );
+    assert_eq!(
+        out.attachments,
+        [(
+            "branch_calls_daily-2024-03-14 Zürich.xlsx".to_owned(),
+            workbook
+        )]
+    );
+    // A header recipient the envelope leaves out is not sent to.
+    let out = crate::outlook::outgoing(&mime, &mail.from, &mail.recipients[1..2]).unwrap();
+    assert_eq!(
+        (out.to.as_slice(), out.cc.len(), out.bcc.len()),
+        (&["floor@branch.example".to_owned()][..], 0, 0)
+    );
+    let e = crate::outlook::outgoing(b"\xff\xfe not a mail", "a@b", &[]).unwrap_err();
+    assert!(e.contains("not a mail the mailer built"), "{e}");
+}
+
+#[tokio::test]
+async fn outbox_mail_goes_out_through_outlook_once_and_a_lost_ack_sends_nothing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(&dir.path().join("journal.redb")).unwrap();
+    let outlook = Arc::new(OutlookSent::default());
+    let o = Arc::clone(&outlook);
+    let sender = crate::outlook::OutlookSender::new(move || {
+        Ok(Box::new(FakeOutbox(Arc::clone(&o))) as Box<dyn charlie_outlook::Outbox>)
+    })
+    .unwrap();
+    assert!(
+        crate::outbox::Sender::check(&sender)
+            .await
+            .unwrap()
+            .contains("sends as reports@branch.example")
+    );
+    let queue = Queue::default();
+    queue.mails.lock().unwrap().extend([
+        report_mail(
+            "run-1.g-1@charlie.example",
+            "reports@branch.example",
+            b"PK one",
+        ),
+        report_mail(
+            "run-1.g-2@charlie.example",
+            "someone@else.example",
+            b"PK two",
+        ),
+    ]);
+    // Outlook busy once: transient, the pass stops, nothing is lost.
+    *outlook.fail_next.lock().unwrap() = Some(charlie_outlook::Error::new(
+        "Outlook's Send: the server is busy",
+    ));
+    let e = crate::outbox::pass(&queue, &journal, &sender)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, UpError::Transient(ref w) if w.contains("busy")),
+        "{e:?}"
+    );
+    // The API loses the first ack: the mail was sent, and is only acknowledged next time.
+    queue.ack_fails_once.store(true, Ordering::SeqCst);
+    assert!(
+        crate::outbox::pass(&queue, &journal, &sender)
+            .await
+            .is_err()
+    );
+    let s = crate::outbox::pass(&queue, &journal, &sender)
+        .await
+        .unwrap();
+    assert_eq!((s.sent, s.acknowledged_late, s.failed), (0, 1, 1), "{s:?}");
+    assert_eq!(outlook.sent.lock().unwrap().len(), 1, "sent once");
+    let sent = outlook.sent.lock().unwrap()[0].clone();
+    assert_eq!(sent.bcc, ["audit@branch.example"]);
+    assert_eq!(sent.attachments[0].1, b"PK one");
+    assert_eq!(queue.acks.lock().unwrap().len(), 1);
+    assert_eq!(queue.acks.lock().unwrap()[0].1, "given to Outlook");
+    // The one Outlook cannot send as stays queued; the next pass says so again and sends nothing.
+    let s = crate::outbox::pass(&queue, &journal, &sender)
+        .await
+        .unwrap();
+    assert_eq!((s.sent, s.failed), (0, 1));
+    assert_eq!(queue.mails.lock().unwrap().len(), 1);
+}
