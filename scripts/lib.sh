@@ -134,6 +134,7 @@ ensure_windows_target() {
 # run them: COM started, Outlook's absence said, the COM code walking a fake of Outlook's
 # object model. Outlook itself cannot run here.
 WINE="/usr/lib/wine/wine64"
+WINESERVER="/usr/lib/wine/wineserver"   # not on PATH in Debian's packaging
 ensure_wine() {
   if [ -x "$WINE" ] && command -v x86_64-w64-mingw32-gcc >/dev/null; then
     return
@@ -150,16 +151,23 @@ ensure_wine() {
     wine64 gcc-mingw-w64-x86-64-win32 >/dev/null
 }
 
-# charlie-outlook's tests built for Windows and run under Wine, in a throwaway prefix.
+# The relay's Windows build, which a scenario runs under Wine.
+build_windows_relay() {
+  say "Building charlie-relay for $WINDOWS_TARGET (a scenario runs it under Wine)"
+  cargo build -p charlie-relay --target "$WINDOWS_TARGET" --locked
+}
+
+# charlie-outlook's tests built for Windows and run under Wine, in a throwaway prefix (the
+# scenarios make theirs with charlie_local::wine).
 windows_tests() {
   say "cargo test -p charlie-outlook for $WINDOWS_TARGET, under Wine (the Outlook COM code against a fake of Outlook's object model)"
   local prefix
   prefix=$(mktemp -d "${TMPDIR:-/tmp}/charlie-wine.XXXXXX")
   (
     export WINEPREFIX="$prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
-    trap 'wineserver -k >/dev/null 2>&1; rm -rf "$WINEPREFIX"' EXIT
+    trap '"$WINESERVER" -k >/dev/null 2>&1; rm -rf "$WINEPREFIX"' EXIT
     "$WINE" wineboot --init >/dev/null 2>&1
-    wineserver -w
+    "$WINESERVER" -w
     # Rust's std needs ProcessPrng, which Wine 8 lacks: the harness's stand-in (see the file).
     x86_64-w64-mingw32-gcc -O2 -shared -o "$prefix/drive_c/windows/system32/bcryptprimitives.dll" \
       relay/outlook/wine/bcryptprimitives.c -ladvapi32

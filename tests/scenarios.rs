@@ -205,6 +205,7 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         a_relay_killed_mid_batch_uploads_its_drop_folder_once,
         a_relay_reads_an_imap_folder_by_uid_once_with_idle,
         a_report_for_a_relay_goes_out_through_its_smtp_server_once,
+        the_relays_windows_build_under_wine_uploads_a_drop_folder_once,
         retention_expires_rows_and_files_as_the_definitions_say,
         the_dashboard_works_in_a_real_browser,
         a_mail_found_by_webhook_and_poll_is_ingested_once,
@@ -1177,15 +1178,20 @@ struct RelayRig {
     work: std::path::PathBuf,
     config: std::path::PathBuf,
     log: std::path::PathBuf,
+    /// Run the Windows build under this Wine prefix instead of the Linux binary.
+    wine: Option<charlie_local::wine::Wine>,
 }
 
 impl RelayRig {
-    async fn new(cx: &Ctx, id: &str, settings: &str, source: &str) -> RelayRig {
+    /// A relay `id` with these top-level `settings` and the `[source]` that `source` makes of
+    /// its work folder.
+    async fn new(cx: &Ctx, id: &str, settings: &str, source: impl FnOnce(&std::path::Path) -> String) -> RelayRig {
         let admin = cx.key(&format!("{id}-admin"), charlie::stages::api::keys::Scope::Admin).await;
         let work = charlie_local::project::target_dir()
             .join(format!("charlie/relay-{}-{id}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
+        let source = source(&work);
         let mut rig = RelayRig {
             id: id.into(),
             key: String::new(),
@@ -1194,6 +1200,7 @@ impl RelayRig {
             config: work.join("relay.toml"),
             log: work.join("relay.log"),
             work,
+            wine: None,
         };
         let created: serde_json::Value =
             serde_json::from_str(&rig.charlie(&["--json", "relay", "create", id])).unwrap();
@@ -1227,7 +1234,10 @@ impl RelayRig {
 
     /// `charlie-relay ARGS --config …`, its log appended to `relay.log`.
     fn relay(&self, args: &[&str]) -> std::process::Command {
-        let mut c = std::process::Command::new(charlie_local::project::target_dir().join("debug/charlie-relay"));
+        let mut c = match &self.wine {
+            None => std::process::Command::new(charlie_local::project::target_dir().join("debug/charlie-relay")),
+            Some(wine) => wine.command(&charlie_local::wine::relay_exe().unwrap()),
+        };
         c.args(args)
             .arg("--config")
             .arg(&self.config)
@@ -1307,12 +1317,7 @@ async fn a_relay_killed_mid_batch_uploads_its_drop_folder_once(cx: &Ctx) {
         cx,
         "branch-drop",
         "poll_seconds = 1\nmax_uploads_per_second = 4\n",
-        &format!(
-            "kind = \"folder\"\npath = \"{}\"\nsettle_seconds = 0",
-            charlie_local::project::target_dir()
-                .join(format!("charlie/relay-{}-branch-drop/drop", std::process::id()))
-                .display()
-        ),
+        |work| format!("kind = \"folder\"\npath = \"{}\"\nsettle_seconds = 0", work.join("drop").display()),
     )
     .await;
     let drop = rig.work.join("drop");
@@ -1385,6 +1390,66 @@ async fn a_relay_killed_mid_batch_uploads_its_drop_folder_once(cx: &Ctx) {
     let _ = std::fs::remove_dir_all(&rig.work);
 }
 
+/// The relay's Windows build (`charlie-relay.exe` for x86_64-pc-windows-gnu) run under Wine:
+/// `check` passes, one pass over a drop folder uploads each mail once through the signed API
+/// and presigned PUTs (its journal a redb file on Windows' file API), a mail cut short goes to
+/// `failed\` with its reason, a second pass sends nothing, and with an Outlook source `check`
+/// says Outlook is not installed.
+async fn the_relays_windows_build_under_wine_uploads_a_drop_folder_once(cx: &Ctx) {
+    let mut rig = RelayRig::new(cx, "branch-wine", "poll_seconds = 1\n", |work| {
+        format!("kind = \"folder\"\npath = \"{}\"\nsettle_seconds = 0", work.join("drop").display())
+    })
+    .await;
+    rig.wine = Some(charlie_local::wine::Wine::start().unwrap());
+    let drop = rig.work.join("drop");
+    std::fs::create_dir_all(&drop).unwrap();
+    let days = ["2024-04-21", "2024-04-22", "2024-04-23"];
+    for (i, day) in days.iter().enumerate() {
+        std::fs::write(drop.join(format!("export-{i}.eml")), raw_export_mail(&format!("wine-{i}"), day, 3)).unwrap();
+    }
+    std::fs::copy(
+        charlie_local::project::root().join("events/relay/bad-truncated.eml"),
+        drop.join("zz-cut.eml"),
+    )
+    .unwrap();
+    let said = rig.check();
+    assert!(said.contains("4 .eml file(s) waiting"), "{said}");
+
+    let once = rig.relay(&["run", "--once"]).status().unwrap();
+    assert!(once.success(), "{}", rig.logged());
+    assert_eq!(rig.uploaded_once(cx).await, 3);
+    let reason = std::fs::read_to_string(drop.join("failed/zz-cut.eml.reason.txt")).unwrap();
+    assert!(reason.contains("cut short"), "{reason}");
+    cx.cloud.runner.drain().await.unwrap();
+    for day in days {
+        assert_eq!(cx.rows_of("ib_calls", day).await, 3, "{day}");
+    }
+    // The same mails dropped again: known to the journal, nothing sent.
+    for i in 0..2 {
+        std::fs::copy(drop.join(format!("done/export-{i}.eml")), drop.join(format!("again-{i}.eml"))).unwrap();
+    }
+    let again = rig.relay(&["run", "--once"]).status().unwrap();
+    assert!(again.success(), "{}", rig.logged());
+    assert_eq!(rig.uploaded_once(cx).await, 3);
+    assert!(rig.logged().contains("uploaded before: not sent again"));
+    rig.assert_log_clean();
+
+    // An Outlook source where there is no Outlook: check fails and says why.
+    let config = std::fs::read_to_string(&rig.config).unwrap();
+    let source = config.find("[source]").unwrap();
+    std::fs::write(&rig.config, format!("{}[source]\nkind = \"outlook\"\nfolder = \"Inbox/Exports\"\n", &config[..source])).unwrap();
+    let checked = rig.relay(&["check"]).output().unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success(), "{said}");
+    assert!(
+        said.contains("FAIL  source") && said.contains("Outlook is not installed") && said.contains("0x800401F3"),
+        "{said}"
+    );
+    assert!(said.contains(&format!("knows relay {}", rig.id)), "{said}");
+    let _ = std::fs::remove_dir_all(&rig.work);
+}
+
+
 /// `charlie-relay` reads an IMAP folder of a real Dovecot (TLS with the server's certificate as
 /// the CA, a password from a file): the mail there is uploaded once, a mail delivered while it
 /// runs is taken at once through IDLE (the poll interval is ten minutes), the folder rebuilt
@@ -1403,22 +1468,17 @@ async fn a_relay_reads_an_imap_folder_by_uid_once_with_idle(cx: &Ctx) {
     dovecot
         .deliver("Exports", b"From: someone@branch.example\r\nSubject: lunch\r\nMessage-ID: <lunch@branch.example>\r\n\r\nAt noon?\r\n")
         .unwrap();
-    let work = charlie_local::project::target_dir()
-        .join(format!("charlie/relay-{}-branch-imap", std::process::id()));
-    let rig = RelayRig::new(
-        cx,
-        "branch-imap",
-        "poll_seconds = 600\n",
-        &format!(
+    let rig = RelayRig::new(cx, "branch-imap", "poll_seconds = 600\n", |work| {
+        format!(
             "kind = \"imap\"\nhost = \"localhost\"\nport = {}\nca_file = \"{}\"\nuser = \"{}\"\npassword_file = \"{}\"\nfolder = \"Exports\"",
             dovecot.port(),
             dovecot.ca_file().display(),
             charlie_local::dovecot::USER,
             work.join("imap-password").display(),
-        ),
-    )
+        )
+    })
     .await;
-    std::fs::write(work.join("imap-password"), charlie_local::dovecot::Dovecot::password()).unwrap();
+    std::fs::write(rig.work.join("imap-password"), charlie_local::dovecot::Dovecot::password()).unwrap();
     let said = rig.check();
     assert!(said.contains("4 mail(s)") && said.contains("IDLE offered"), "{said}");
 
@@ -1515,14 +1575,9 @@ impl Drop for SmtpSink {
 /// report's recipients and acknowledges it: the delivery goes from `queued` to `relayed`, and a
 /// second pass, or the same run mailed again, sends nothing.
 async fn a_report_for_a_relay_goes_out_through_its_smtp_server_once(cx: &Ctx) {
-    let work = charlie_local::project::target_dir()
-        .join(format!("charlie/relay-{}-branch-out", std::process::id()));
-    let rig = RelayRig::new(
-        cx,
-        "branch-out",
-        "poll_seconds = 600\n",
-        &format!("kind = \"folder\"\npath = \"{}\"", work.join("drop").display()),
-    )
+    let rig = RelayRig::new(cx, "branch-out", "poll_seconds = 600\n", |work| {
+        format!("kind = \"folder\"\npath = \"{}\"", work.join("drop").display())
+    })
     .await;
     let smtp = SmtpSink::start(&rig.work);
     let mut config = std::fs::read_to_string(&rig.config).unwrap();

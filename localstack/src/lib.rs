@@ -20,3 +20,4 @@ pub mod reuse;
 pub mod runner;
 pub mod terraform;
 pub mod up;
+pub mod wine;
