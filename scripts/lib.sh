@@ -16,6 +16,24 @@ fi
 
 say() { printf '\n==> %s\n' "$*"; }
 
+# Debian packages, installed (once) when something needs them: apt_install WHAT APT-ARGS…
+# (WHAT says what they are for when there is no apt-get to install them with).
+apt_install() {
+  local what=$1 names=() arg
+  shift
+  for arg in "$@"; do [[ $arg == -* ]] || names+=("$arg"); done
+  if ! command -v apt-get >/dev/null; then
+    echo "$what: install ${names[*]} with your package manager" >&2
+    exit 1
+  fi
+  say "Installing Debian's ${names[*]} ($what; once)"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Installed only: a package's own service is not started (the tests start their own).
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
 # The emulator (moto server) lives in a project-local virtualenv.
 ensure_python_env() {
   if "$CHARLIE_PYTHON" -c "import moto, flask, werkzeug; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null; then
@@ -81,15 +99,7 @@ ensure_postgres() {
   if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || [ -n "${CHARLIE_PG_BIN:-}" ]; then
     return
   fi
-  if ! command -v apt-get >/dev/null; then
-    echo "PostgreSQL's server is required: install it with your package manager (or set CHARLIE_PG_BIN)" >&2
-    exit 1
-  fi
-  say "Installing PostgreSQL (Debian's postgresql package, once)"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+  apt_install "PostgreSQL's server (or set CHARLIE_PG_BIN)" postgresql
 }
 
 # Dovecot (the relay's IMAP source is tested against it), from Debian's packages when missing.
@@ -97,16 +107,16 @@ ensure_dovecot() {
   if command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ]; then
     return
   fi
-  if ! command -v apt-get >/dev/null; then
-    echo "Dovecot is required for the relay's IMAP test: install dovecot-imapd with your package manager" >&2
-    exit 1
+  apt_install "Dovecot, for the relay's IMAP test" dovecot-imapd
+}
+
+# A Secret Service (the relay's OS keyring on Linux is tested against a throwaway one): D-Bus's
+# daemon, GNOME Keyring and libsecret's secret-tool, from Debian's packages when missing.
+ensure_secret_service() {
+  if command -v dbus-daemon >/dev/null && command -v gnome-keyring-daemon >/dev/null && command -v secret-tool >/dev/null; then
+    return
   fi
-  say "Installing Dovecot (Debian's dovecot-imapd package, once)"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  # Installed only: the package's own service is not started (the tests start their own).
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dovecot-imapd >/dev/null
+  apt_install "a Secret Service, for the relay's keyring test" --no-install-recommends dbus-daemon gnome-keyring libsecret-tools
 }
 
 ensure_tools() {
@@ -139,16 +149,7 @@ ensure_wine() {
   if [ -x "$WINE" ] && command -v x86_64-w64-mingw32-gcc >/dev/null; then
     return
   fi
-  if ! command -v apt-get >/dev/null; then
-    echo "Wine and mingw-w64 are required for the Outlook source's Windows tests: install wine64 and gcc-mingw-w64-x86-64-win32" >&2
-    exit 1
-  fi
-  say "Installing Wine and the mingw-w64 linker (Debian's wine64, gcc-mingw-w64-x86-64-win32; once)"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-    wine64 gcc-mingw-w64-x86-64-win32 >/dev/null
+  apt_install "Wine and mingw-w64, for the relay's Windows tests" --no-install-recommends wine64 gcc-mingw-w64-x86-64-win32
 }
 
 # The relay's Windows build, which a scenario runs under Wine.
@@ -190,15 +191,7 @@ ensure_cargo_fuzz() {
 # tests/browser/package-lock.json) from the npm registry, each installed once when missing.
 ensure_browser() {
   if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
-    if ! command -v apt-get >/dev/null; then
-      echo "Chromium is required for the dashboard's browser test: install it (or set CHROMIUM)" >&2
-      exit 1
-    fi
-    say "Installing Chromium (Debian's chromium package, once)"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    apt_install "Chromium, for the dashboard's browser test (or set CHROMIUM)" chromium
   fi
   if ! command -v npm >/dev/null; then
     echo "Node.js and npm are required for the dashboard's browser test: install them" >&2

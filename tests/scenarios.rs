@@ -1180,6 +1180,8 @@ struct RelayRig {
     log: std::path::PathBuf,
     /// Run the Windows build under this Wine prefix instead of the Linux binary.
     wine: Option<charlie_local::wine::Wine>,
+    /// The Secret Service its Linux build's keyring is.
+    secret_service: Option<charlie_local::keyring::SecretService>,
 }
 
 impl RelayRig {
@@ -1201,6 +1203,7 @@ impl RelayRig {
             log: work.join("relay.log"),
             work,
             wine: None,
+            secret_service: None,
         };
         let created: serde_json::Value =
             serde_json::from_str(&rig.charlie(&["--json", "relay", "create", id])).unwrap();
@@ -1232,14 +1235,49 @@ impl RelayRig {
         String::from_utf8(out.stdout).unwrap()
     }
 
-    /// `charlie-relay ARGS --config …`, its log appended to `relay.log`.
-    fn relay(&self, args: &[&str]) -> std::process::Command {
+    /// `charlie-relay ARGS` (the Linux build, or the Windows one under Wine), with the rig's
+    /// keyring.
+    fn relay_bare(&self, args: &[&str]) -> std::process::Command {
         let mut c = match &self.wine {
             None => std::process::Command::new(charlie_local::project::target_dir().join("debug/charlie-relay")),
             Some(wine) => wine.command(&charlie_local::wine::relay_exe().unwrap()),
         };
-        c.args(args)
-            .arg("--config")
+        match &self.secret_service {
+            Some(s) => c.env(charlie_local::keyring::BUS_VARIABLE, s.bus_address()),
+            None => c.env_remove(charlie_local::keyring::BUS_VARIABLE),
+        };
+        c.args(args);
+        c
+    }
+
+    /// `charlie-relay keyring set NAME` given `secret` on stdin (it must succeed).
+    fn keyring_set(&self, name: &str, secret: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .relay_bare(&["keyring", "set", name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{secret}\n").as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "keyring set {name}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The config with `from` (a line of it) put `to` instead.
+    fn reconfigure(&self, from: &str, to: &str) {
+        let config = std::fs::read_to_string(&self.config).unwrap();
+        let start = config.find(from).unwrap_or_else(|| panic!("no {from:?} in {config}"));
+        let end = start + config[start..].find('\n').unwrap();
+        std::fs::write(&self.config, format!("{}{to}{}", &config[..start], &config[end..])).unwrap();
+    }
+
+    /// `charlie-relay ARGS --config …`, its log appended to `relay.log`.
+    fn relay(&self, args: &[&str]) -> std::process::Command {
+        let mut c = self.relay_bare(args);
+        c.arg("--config")
             .arg(&self.config)
             .env_remove("CHARLIE_RELAY_KEY")
             .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap());
@@ -1390,8 +1428,9 @@ async fn a_relay_killed_mid_batch_uploads_its_drop_folder_once(cx: &Ctx) {
     let _ = std::fs::remove_dir_all(&rig.work);
 }
 
-/// The relay's Windows build (`charlie-relay.exe` for x86_64-pc-windows-gnu) run under Wine:
-/// `check` passes, one pass over a drop folder uploads each mail once through the signed API
+/// The relay's Windows build (`charlie-relay.exe` for x86_64-pc-windows-gnu) run under Wine,
+/// its key stored with `charlie-relay keyring set` in Wine's Credential Manager and read from
+/// there: `check` passes, one pass over a drop folder uploads each mail once through the signed API
 /// and presigned PUTs (its journal a redb file on Windows' file API), a mail cut short goes to
 /// `failed\` with its reason, a second pass sends nothing, and with an Outlook source `check`
 /// says Outlook is not installed.
@@ -1401,6 +1440,11 @@ async fn the_relays_windows_build_under_wine_uploads_a_drop_folder_once(cx: &Ctx
     })
     .await;
     rig.wine = Some(charlie_local::wine::Wine::start().unwrap());
+    // The key from Windows' Credential Manager, not the file.
+    let stored = rig.keyring_set("branch-wine", &rig.key);
+    assert!(stored.contains("Windows Credential Manager"), "{stored}");
+    std::fs::remove_file(rig.work.join("key")).unwrap();
+    rig.reconfigure("key_file = ", "key_keyring = \"branch-wine\"");
     let drop = rig.work.join("drop");
     std::fs::create_dir_all(&drop).unwrap();
     let days = ["2024-04-21", "2024-04-22", "2024-04-23"];
@@ -1414,6 +1458,7 @@ async fn the_relays_windows_build_under_wine_uploads_a_drop_folder_once(cx: &Ctx
     .unwrap();
     let said = rig.check();
     assert!(said.contains("4 .eml file(s) waiting"), "{said}");
+    assert!(said.contains("from the keyring entry \"branch-wine\" in Windows Credential Manager"), "{said}");
 
     let once = rig.relay(&["run", "--once"]).status().unwrap();
     assert!(once.success(), "{}", rig.logged());
@@ -1451,7 +1496,8 @@ async fn the_relays_windows_build_under_wine_uploads_a_drop_folder_once(cx: &Ctx
 
 
 /// `charlie-relay` reads an IMAP folder of a real Dovecot (TLS with the server's certificate as
-/// the CA, a password from a file): the mail there is uploaded once, a mail delivered while it
+/// the CA, the password from the OS keyring: a throwaway GNOME Keyring on its own D-Bus,
+/// stored there with `charlie-relay keyring set`): the mail there is uploaded once, a mail delivered while it
 /// runs is taken at once through IDLE (the poll interval is ten minutes), the folder rebuilt
 /// (a new UIDVALIDITY, the same mails and one more) sends only the new one, and SIGTERM stops
 /// it cleanly. The mailbox is read-only to it: every mail stays.
@@ -1468,17 +1514,22 @@ async fn a_relay_reads_an_imap_folder_by_uid_once_with_idle(cx: &Ctx) {
     dovecot
         .deliver("Exports", b"From: someone@branch.example\r\nSubject: lunch\r\nMessage-ID: <lunch@branch.example>\r\n\r\nAt noon?\r\n")
         .unwrap();
-    let rig = RelayRig::new(cx, "branch-imap", "poll_seconds = 600\n", |work| {
+    let mut rig = RelayRig::new(cx, "branch-imap", "poll_seconds = 600\n", |_| {
         format!(
-            "kind = \"imap\"\nhost = \"localhost\"\nport = {}\nca_file = \"{}\"\nuser = \"{}\"\npassword_file = \"{}\"\nfolder = \"Exports\"",
+            "kind = \"imap\"\nhost = \"localhost\"\nport = {}\nca_file = \"{}\"\nuser = \"{}\"\npassword_keyring = \"branch-imap\"\nfolder = \"Exports\"",
             dovecot.port(),
             dovecot.ca_file().display(),
             charlie_local::dovecot::USER,
-            work.join("imap-password").display(),
         )
     })
     .await;
-    std::fs::write(rig.work.join("imap-password"), charlie_local::dovecot::Dovecot::password()).unwrap();
+    // Not in the keyring yet: check says so, and how to put it there.
+    rig.secret_service = Some(charlie_local::keyring::SecretService::start().unwrap());
+    let checked = rig.relay(&["check"]).output().unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success() && said.contains("charlie-relay keyring set branch-imap"), "{said}");
+    let stored = rig.keyring_set("branch-imap", charlie_local::dovecot::Dovecot::password());
+    assert!(stored.contains("Secret Service"), "{stored}");
     let said = rig.check();
     assert!(said.contains("4 mail(s)") && said.contains("IDLE offered"), "{said}");
 

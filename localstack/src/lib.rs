@@ -12,6 +12,7 @@ pub mod dovecot;
 pub mod emulator;
 pub mod fake_downstream;
 pub mod fake_graph;
+pub mod keyring;
 pub mod load;
 pub mod packaging;
 pub mod postgres;

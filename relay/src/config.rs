@@ -11,14 +11,16 @@
 //! path = "/srv/mail-drop"
 //! ```
 //!
-//! The key itself is never in the file: it comes from the environment variable `key_env` or
-//! the file `key_file` (readable by the relay's account only).
+//! The key itself is never in the file: it comes from the OS keyring (`key_keyring`), the file
+//! `key_file` (readable by the relay's account only) or the environment variable `key_env`
+//! ([`crate::keyring`]); so do the IMAP and SMTP passwords.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use charlie::secret::Secret;
 use serde::Deserialize;
+
+use crate::keyring::{Keyring, SecretRef};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +33,9 @@ pub struct Config {
     /// A file holding the key instead (its first line).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// Or an entry of the OS keyring (`charlie-relay keyring set NAME`).
+    #[serde(default)]
+    pub key_keyring: Option<String>,
     /// The journal's file.
     pub journal: PathBuf,
     #[serde(default = "default_poll")]
@@ -70,6 +75,22 @@ pub struct OutboxConfig {
     pub smtp_password_env: String,
     #[serde(default)]
     pub smtp_password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub smtp_password_keyring: Option<String>,
+}
+
+impl OutboxConfig {
+    /// Where the SMTP password is.
+    pub fn password(&self) -> SecretRef<'_> {
+        SecretRef {
+            what: "the SMTP password",
+            field: "smtp_password",
+            file: self.smtp_password_file.as_deref(),
+            keyring: self.smtp_password_keyring.as_deref(),
+            env: &self.smtp_password_env,
+            hint: "the SMTP account's password",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -121,11 +142,13 @@ pub enum SourceConfig {
         ca_file: Option<PathBuf>,
         user: String,
         /// The environment variable holding the password (default
-        /// `CHARLIE_RELAY_IMAP_PASSWORD`), or `password_file`.
+        /// `CHARLIE_RELAY_IMAP_PASSWORD`), or `password_file`, or `password_keyring`.
         #[serde(default = "default_password_env")]
         password_env: String,
         #[serde(default)]
         password_file: Option<PathBuf>,
+        #[serde(default)]
+        password_keyring: Option<String>,
         #[serde(default = "default_inbox")]
         folder: String,
     },
@@ -212,6 +235,20 @@ impl Config {
                 _ => {}
             }
         }
+        self.key().check()?;
+        if let Some(password) = self.source.password() {
+            password.check()?;
+        }
+        if let Some(outbox) = &self.outbox {
+            if outbox.via == Via::Outlook
+                && (outbox.smtp_password_file.is_some() || outbox.smtp_password_keyring.is_some())
+            {
+                bail!(
+                    "[outbox] via = \"outlook\" logs in as the Outlook profile: no smtp_password"
+                );
+            }
+            outbox.password().check()?;
+        }
         if !(1..=86_400).contains(&self.poll_seconds) {
             bail!(
                 "poll_seconds = {} is not from 1 to 86400",
@@ -221,70 +258,63 @@ impl Config {
         Ok(())
     }
 
-    /// The relay's key, from `key_file` or the environment variable `key_env`.
-    pub fn key(&self) -> anyhow::Result<Secret> {
-        secret_from(
-            "the relay key",
-            self.key_file.as_deref(),
-            &self.key_env,
-            "made by `charlie relay create`",
-        )
+    /// Where the relay's key is: `key_file`, `key_keyring`, or the environment variable
+    /// `key_env`.
+    pub fn key(&self) -> SecretRef<'_> {
+        SecretRef {
+            what: "the relay key",
+            field: "key",
+            file: self.key_file.as_deref(),
+            keyring: self.key_keyring.as_deref(),
+            env: &self.key_env,
+            hint: "made by `charlie relay create`",
+        }
     }
-}
-
-/// A secret from the first line of `file`, else the environment variable `env`.
-pub fn secret_from(
-    what: &str,
-    file: Option<&Path>,
-    env: &str,
-    hint: &str,
-) -> anyhow::Result<Secret> {
-    let text = match file {
-        Some(file) => std::fs::read_to_string(file)
-            .with_context(|| format!("reading {what} from {}", file.display()))?
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned(),
-        None => std::env::var(env).map_err(|_| {
-            anyhow::anyhow!("no {what}: set {env} ({hint}), or name a file in the config")
-        })?,
-    };
-    if text.is_empty() {
-        bail!("{what} is empty");
-    }
-    Ok(Secret::new(text))
 }
 
 impl SourceConfig {
+    /// Where the source's password is, when it has one.
+    pub fn password(&self) -> Option<SecretRef<'_>> {
+        match self {
+            SourceConfig::Imap {
+                password_env,
+                password_file,
+                password_keyring,
+                ..
+            } => Some(SecretRef {
+                what: "the IMAP password",
+                field: "password",
+                file: password_file.as_deref(),
+                keyring: password_keyring.as_deref(),
+                env: password_env,
+                hint: "the mailbox's password",
+            }),
+            _ => None,
+        }
+    }
+
     /// The IMAP source's settings (the password read now).
-    pub fn imap(&self) -> anyhow::Result<Option<crate::imap::ImapSettings>> {
+    pub fn imap(&self, keyring: &dyn Keyring) -> anyhow::Result<Option<crate::imap::ImapSettings>> {
         let SourceConfig::Imap {
             host,
             port,
             tls,
             ca_file,
             user,
-            password_env,
-            password_file,
             folder,
+            ..
         } = self
         else {
             return Ok(None);
         };
+        let password = self.password().expect("an IMAP source has a password");
         Ok(Some(crate::imap::ImapSettings {
             host: host.clone(),
             port: port.unwrap_or(if *tls { 993 } else { 143 }),
             tls: *tls,
             ca_file: ca_file.clone(),
             user: user.clone(),
-            password: secret_from(
-                "the IMAP password",
-                password_file.as_deref(),
-                password_env,
-                "the mailbox's password",
-            )?,
+            password: password.read(keyring)?,
             folder: folder.clone(),
         }))
     }
@@ -337,6 +367,42 @@ mod tests {
         assert!(format!("{e:#}").contains("are for via = \"smtp\""), "{e:#}");
         let e = parse(&format!("{head}via = \"pigeon\"\n")).unwrap_err();
         assert!(format!("{e:#}").contains("pigeon"), "{e:#}");
+    }
+
+    #[test]
+    fn each_secret_is_named_once_a_file_or_a_keyring_entry() {
+        let head = "api = \"https://x\"\njournal = \"j\"\n";
+        let imap = "[source]\nkind = \"imap\"\nhost = \"h\"\nuser = \"u\"\n";
+        let c = parse(&format!(
+            "{head}key_keyring = \"branch-7\"\n{imap}password_keyring = \"branch-7-imap\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.key().keyring, Some("branch-7"));
+        assert_eq!(c.source.password().unwrap().keyring, Some("branch-7-imap"));
+        let e = parse(&format!(
+            "{head}key_keyring = \"k\"\nkey_file = \"/k\"\n{imap}"
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("key_file and key_keyring"),
+            "{e:#}"
+        );
+        let e = parse(&format!("{head}{imap}password_keyring = \"a b\"\n")).unwrap_err();
+        assert!(format!("{e:#}").contains("password_keyring"), "{e:#}");
+        let folder = "[source]\nkind = \"folder\"\npath = \"d\"\n";
+        let e = parse(&format!(
+            "{head}{folder}[outbox]\nsmtp_host = \"s\"\nsmtp_password_file = \"/p\"\nsmtp_password_keyring = \"p\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("smtp_password_file and smtp_password_keyring"),
+            "{e:#}"
+        );
+        let e = parse(&format!(
+            "{head}{folder}[outbox]\nvia = \"outlook\"\nsmtp_password_keyring = \"p\"\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("no smtp_password"), "{e:#}");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod imap;
 pub mod journal;
+pub mod keyring;
 pub mod outbox;
 pub mod outlook;
 pub mod source;

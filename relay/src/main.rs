@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use charlie_relay::config::{Config, OutboxConfig, SourceConfig, Via};
 use charlie_relay::imap::ImapSource;
 use charlie_relay::journal::Journal;
+use charlie_relay::keyring::{self, Keyring};
 use charlie_relay::outbox::{Sender, Smtp};
 use charlie_relay::outlook::{OutlookSender, OutlookSource};
 use charlie_relay::source::{DropFolder, Source};
@@ -46,10 +47,27 @@ enum Command {
         #[arg(long, default_value = "relay.toml")]
         config: PathBuf,
     },
+    /// Keep a secret (the relay key, a password) in the OS keyring of the account running this
+    /// (Windows Credential Manager, or the Secret Service), for `key_keyring`,
+    /// `password_keyring` and `smtp_password_keyring`
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
 }
 
-fn source(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Box<dyn Source>> {
-    if let Some(settings) = config.source.imap()? {
+#[derive(Subcommand)]
+enum KeyringCommand {
+    /// Store NAME: typed without echo on a terminal, else the first line of stdin
+    Set { name: String },
+    /// Delete NAME
+    Delete { name: String },
+}
+
+fn source(
+    config: &Config,
+    journal: &Arc<Journal>,
+    keyring: &dyn Keyring,
+) -> anyhow::Result<Box<dyn Source>> {
+    if let Some(settings) = config.source.imap(keyring)? {
         return Ok(Box::new(ImapSource::new(settings, Arc::clone(journal))));
     }
     match &config.source {
@@ -78,9 +96,9 @@ fn source(config: &Config, journal: &Arc<Journal>) -> anyhow::Result<Box<dyn Sou
 }
 
 /// The outbox's sender: the SMTP server, or Outlook.
-fn sender(c: &OutboxConfig) -> anyhow::Result<Box<dyn Sender>> {
+fn sender(c: &OutboxConfig, keyring: &dyn Keyring) -> anyhow::Result<Box<dyn Sender>> {
     Ok(match c.via {
-        Via::Smtp => Box::new(Smtp::new(c)?),
+        Via::Smtp => Box::new(Smtp::new(c, keyring)?),
         Via::Outlook => Box::new(OutlookSender::new(charlie_outlook::open_outbox)?),
     })
 }
@@ -109,6 +127,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { config, once } => run(&config, once).await,
             Command::Check { config } => check(&config).await,
+            Command::Keyring(command) => keyring_command(command),
         }
     })
 }
@@ -130,10 +149,22 @@ async fn check(file: &std::path::Path) -> ExitCode {
         }
     };
     say("config", Ok(file.display().to_string()));
-    match config.key().and_then(|k| Api::new(&config.api, &k)) {
+    let keyring = keyring::os();
+    let key = config.key();
+    match key
+        .read(keyring.as_ref())
+        .and_then(|k| Api::new(&config.api, &k))
+    {
         Err(e) => say("key", Err(format!("{e:#}"))),
         Ok(api) => {
-            say("key", Ok(format!("relay {}", api.relay())));
+            say(
+                "key",
+                Ok(format!(
+                    "relay {} (from the {})",
+                    api.relay(),
+                    key.describe(keyring.as_ref())
+                )),
+            );
             match api.whoami().await {
                 Ok(me) => {
                     let skew = me["time"]
@@ -177,7 +208,7 @@ async fn check(file: &std::path::Path) -> ExitCode {
         }
     };
     if let Some(outbox) = &config.outbox {
-        match sender(outbox) {
+        match sender(outbox, keyring.as_ref()) {
             Ok(sender) => match sender.check().await {
                 Ok(said) => say("outbox", Ok(said)),
                 Err(e) => say("outbox", Err(format!("{}: {e:#}", sender.describe()))),
@@ -185,7 +216,7 @@ async fn check(file: &std::path::Path) -> ExitCode {
             Err(e) => say("outbox", Err(format!("{e:#}"))),
         }
     }
-    match source(&config, &journal) {
+    match source(&config, &journal, keyring.as_ref()) {
         Ok(s) => match s.check().await {
             Ok(m) => say("source", Ok(m)),
             Err(e) => say("source", Err(format!("{e:#}"))),
@@ -197,6 +228,53 @@ async fn check(file: &std::path::Path) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// `charlie-relay keyring set|delete NAME`.
+fn keyring_command(command: KeyringCommand) -> ExitCode {
+    let keyring = keyring::os();
+    let done = match &command {
+        KeyringCommand::Set { name } => keyring::check_name(name)
+            .map_err(anyhow::Error::msg)
+            .and_then(|()| read_secret(name))
+            .and_then(|secret| keyring.set(name, &secret))
+            .map(|()| format!("stored {name:?} in {}", keyring.describe())),
+        KeyringCommand::Delete { name } => keyring.delete(name).map(|had| {
+            if had {
+                format!("deleted {name:?} from {}", keyring.describe())
+            } else {
+                format!("{} had no {name:?}", keyring.describe())
+            }
+        }),
+    };
+    match done {
+        Ok(said) => {
+            println!("{said}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("charlie-relay keyring: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A secret typed without echo on a terminal, else the first line of stdin.
+fn read_secret(name: &str) -> anyhow::Result<charlie::secret::Secret> {
+    use std::io::{BufRead, IsTerminal};
+    let text = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("{name}: "))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line
+    };
+    let text = text.trim();
+    anyhow::ensure!(
+        !text.is_empty(),
+        "nothing was given for {name:?}: not stored"
+    );
+    Ok(charlie::secret::Secret::new(text))
 }
 
 async fn run(file: &std::path::Path, once: bool) -> ExitCode {
@@ -211,10 +289,15 @@ async fn run(file: &std::path::Path, once: bool) -> ExitCode {
 
 async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(file)?;
-    let api = Api::new(&config.api, &config.key()?)?;
+    let keyring = keyring::os();
+    let api = Api::new(&config.api, &config.key().read(keyring.as_ref())?)?;
     let journal = Arc::new(Journal::open(&config.journal)?);
-    let mut source = source(&config, &journal)?;
-    let smtp = config.outbox.as_ref().map(sender).transpose()?;
+    let mut source = source(&config, &journal, keyring.as_ref())?;
+    let smtp = config
+        .outbox
+        .as_ref()
+        .map(|o| sender(o, keyring.as_ref()))
+        .transpose()?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);

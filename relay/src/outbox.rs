@@ -19,6 +19,7 @@ use tracing::{info, warn};
 
 use crate::config::OutboxConfig;
 use crate::journal::Journal;
+use crate::keyring::Keyring;
 use crate::upstream::{UpError, Upstream};
 
 /// How an SMTP connection is secured.
@@ -50,7 +51,7 @@ pub struct Smtp {
 }
 
 impl Smtp {
-    pub fn new(c: &OutboxConfig) -> anyhow::Result<Smtp> {
+    pub fn new(c: &OutboxConfig, keyring: &dyn Keyring) -> anyhow::Result<Smtp> {
         let host = c
             .smtp_host
             .as_deref()
@@ -90,12 +91,7 @@ impl Smtp {
             .tls(tls)
             .timeout(Some(std::time::Duration::from_secs(60)));
         if let Some(user) = &c.smtp_user {
-            let password = crate::config::secret_from(
-                "the SMTP password",
-                c.smtp_password_file.as_deref(),
-                &c.smtp_password_env,
-                "the SMTP account's password",
-            )?;
+            let password = c.password().read(keyring)?;
             builder =
                 builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
         }
