@@ -1582,18 +1582,39 @@ struct SmtpSink {
     maildir: std::path::PathBuf,
 }
 
+/// An aiosmtpd handler that refuses every recipient for good, as a server does an unknown user.
+const REFUSING_HANDLER: &str = "class Refuse:\n    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):\n        return '550 5.1.1 <%s>: Recipient address rejected: User unknown' % address\n";
+
 impl SmtpSink {
     fn start(dir: &std::path::Path) -> SmtpSink {
+        SmtpSink::start_with(dir, None)
+    }
+
+    /// One that refuses every recipient (550).
+    fn refusing(dir: &std::path::Path) -> SmtpSink {
+        SmtpSink::start_with(dir, Some(REFUSING_HANDLER))
+    }
+
+    fn start_with(dir: &std::path::Path, handler: Option<&str>) -> SmtpSink {
         let python = std::env::var("CHARLIE_AIOSMTPD_PYTHON").map_or_else(
             |_| charlie_local::project::root().join(".venv-smtp/bin/python"),
             std::path::PathBuf::from,
         );
         assert!(python.exists(), "aiosmtpd is not installed at {} (scripts/test installs it)", python.display());
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let maildir = dir.join("smtp-maildir");
-        let child = std::process::Command::new(python)
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
+        let maildir = dir.join(format!("smtp-maildir-{port}"));
+        let mut command = std::process::Command::new(python);
+        command.args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}"), "-c"]);
+        match handler {
+            None => command.arg("aiosmtpd.handlers.Mailbox").arg(&maildir),
+            Some(code) => {
+                let module = dir.join(format!("smtp_handler_{port}"));
+                std::fs::create_dir_all(&module).unwrap();
+                std::fs::write(module.join("handler.py"), code).unwrap();
+                command.arg("handler.Refuse").env("PYTHONPATH", &module)
+            }
+        };
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -1624,7 +1645,8 @@ impl Drop for SmtpSink {
 /// A report with `transport = "relay"` (`branch_calls_daily`) is queued for its relay, which
 /// fetches it (signed), sends the mailer's MIME through a real SMTP server (aiosmtpd) to the
 /// report's recipients and acknowledges it: the delivery goes from `queued` to `relayed`, and a
-/// second pass, or the same run mailed again, sends nothing.
+/// second pass, or the same run mailed again, sends nothing. Through a server that refuses the
+/// recipient (550) the next run's delivery is `refused` with the server's answer, once.
 async fn a_report_for_a_relay_goes_out_through_its_smtp_server_once(cx: &Ctx) {
     let rig = RelayRig::new(cx, "branch-out", "poll_seconds = 600\n", |work| {
         format!("kind = \"folder\"\npath = \"{}\"", work.join("drop").display())
@@ -1673,8 +1695,33 @@ async fn a_report_for_a_relay_goes_out_through_its_smtp_server_once(cx: &Ctx) {
     assert!(again.success());
     assert_eq!(smtp.received().len(), 1, "sent once: {}", rig.logged());
     assert!(rig.logged().contains("outbox mail sent"));
+
+    // A server that refuses the recipient for good (550): the relay reports it, the delivery
+    // is refused with the server's answer, and the mail is off the outbox: nothing is tried
+    // again. Until the relay runs, `charlie relay list` shows it waiting.
+    let refusing = SmtpSink::refusing(&rig.work);
+    rig.reconfigure("smtp_port = ", &format!("smtp_port = {}", refusing.port));
+    let run = cx.run_request("branch_calls_daily", "2024-03-14", None).await.unwrap();
+    let refused_run = run["run_id"].as_str().unwrap().to_owned();
+    assert_ne!(refused_run, run_id);
+    assert!(rig.charlie(&["relay", "list"]).contains("1 waiting since"), "{}", rig.charlie(&["relay", "list"]));
+    let once = rig.relay(&["run", "--once"]).status().unwrap();
+    assert!(once.success(), "{}", rig.logged());
+    let shown: serde_json::Value =
+        serde_json::from_str(&rig.charlie(&["--json", "deliveries", &refused_run])).unwrap();
+    let d = &shown["deliveries"][0];
+    assert_eq!(d["status"], "refused", "{shown}");
+    assert_eq!(d["status_detail"]["relay"], "branch-out", "{shown}");
+    let why = d["status_detail"]["refusal"].as_str().unwrap();
+    assert!(why.contains("550") && why.contains("User unknown"), "{why}");
+    assert!(rig.charlie(&["deliveries", &refused_run]).contains("refused (the SMTP server refused it"));
+    assert!(!rig.charlie(&["relay", "list"]).contains("waiting since"));
+    let again = rig.relay(&["run", "--once"]).status().unwrap();
+    assert!(again.success());
+    assert_eq!(rig.logged().matches("outbox mail refused by its sender").count(), 1, "{}", rig.logged());
+    assert!(refusing.received().is_empty() && smtp.received().len() == 1);
     rig.assert_log_clean();
-    drop(smtp);
+    drop((smtp, refusing));
     let _ = std::fs::remove_dir_all(&rig.work);
 }
 

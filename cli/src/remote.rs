@@ -690,7 +690,7 @@ async fn show_run(c: &Client, run: &str) -> Result<Value, Failure> {
             vec![
                 s(&d["group"]),
                 s(&d["transport"]),
-                s(&d["status"]),
+                delivery_status(d),
                 when(&d["sent_at"]),
                 joined(&d["to"], ", "),
                 s(&d["provider_message_id"]),
@@ -1227,7 +1227,8 @@ pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
                 } else {
                     println!("relay {}: {}", s(&a.body["id"]), s(&a.body["key"]));
                     println!(
-                        "shown once: put it in the relay's relay.toml (key = ...) or its CHARLIE_RELAY_KEY"
+                        "shown once: on the relay's machine, store it with `charlie-relay keyring set {}` (then key_keyring in relay.toml), or put it in its key_file or CHARLIE_RELAY_KEY",
+                        s(&a.body["id"])
                     );
                 }
                 Ok::<(), Failure>(())
@@ -1249,10 +1250,20 @@ pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
                             when(&r["created_at"]),
                             when(&r["last_seen_at"]),
                             when(&r["revoked_at"]),
+                            match r["outbox_waiting"].as_u64() {
+                                Some(n) if n > 0 => format!(
+                                    "{n} waiting since {}",
+                                    when(&r["outbox_oldest_queued_at"])
+                                ),
+                                _ => "-".into(),
+                            },
                         ]
                     })
                     .collect();
-                table(&["id", "mailbox", "created", "last seen", "revoked"], &rows);
+                table(
+                    &["id", "mailbox", "created", "last seen", "revoked", "outbox"],
+                    &rows,
+                );
                 Ok(())
             }
             RelayCommand::Revoke { id } => {
@@ -1270,6 +1281,14 @@ pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
     }
     .await;
     exit(result)
+}
+
+/// A delivery's status, with the refusal of a relay's sender when it has one.
+fn delivery_status(d: &Value) -> String {
+    match d["status_detail"]["refusal"].as_str() {
+        Some(why) => format!("{} ({why})", s(&d["status"])),
+        None => s(&d["status"]),
+    }
 }
 
 pub async fn deliveries(c: &Client, run: &str) -> ExitCode {
@@ -1301,7 +1320,7 @@ pub async fn deliveries(c: &Client, run: &str) -> ExitCode {
             vec![
                 s(&d["group"]),
                 s(&d["transport"]),
-                s(&d["status"]),
+                delivery_status(d),
                 when(&d["sent_at"]),
                 s(&d["provider_message_id"]),
                 if events.is_empty() {

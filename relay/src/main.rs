@@ -333,7 +333,6 @@ async fn run_inner(file: &std::path::Path, once: bool) -> anyhow::Result<ExitCod
                     if o != charlie_relay::outbox::OutboxSummary::default() {
                         info!(outbox = %serde_json::to_string(&o).unwrap_or_default(), "outbox pass done");
                     }
-                    outbox_failed = o.failed > 0;
                 }
                 Err(e) => {
                     warn!(error = %e, "the outbox pass stopped");

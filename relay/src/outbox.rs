@@ -6,7 +6,10 @@
 //! The journal notes each mail the server took before the acknowledgement, so a crash or an
 //! unreachable API between the two sends nothing twice: the next pass only acknowledges. (A
 //! crash between the server's `250` and the journal's write is the one window where a mail
-//! can go twice, as in the mailer's own window with SES.)
+//! can go twice, as in the mailer's own window with SES.) A mail the sender refuses for good
+//! (an SMTP 5xx, an address Outlook cannot resolve) is reported with the sender's answer,
+//! which takes it off the outbox and marks its delivery `refused`; one it cannot take now
+//! (4xx, unreachable) stays for the next pass.
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -148,7 +151,8 @@ pub struct OutboxSummary {
     pub sent: usize,
     /// Sent before, acknowledged now.
     pub acknowledged_late: usize,
-    pub failed: usize,
+    /// Refused for good by the sender, and reported so.
+    pub refused: usize,
 }
 
 /// Sends what the API has queued for this relay.
@@ -185,13 +189,13 @@ pub async fn pass(
                         reply
                     }
                     Err(UpError::Permanent(why)) => {
-                        // Left queued: the delivery shows it waiting, the log says why.
                         warn!(
                             message_id = id,
                             error = why,
-                            "outbox mail refused by its sender"
+                            "outbox mail refused by its sender: reported, not sent"
                         );
-                        summary.failed += 1;
+                        upstream.refuse(id, &why).await?;
+                        summary.refused += 1;
                         continue;
                     }
                     Err(e) => return Err(e),

@@ -552,7 +552,9 @@ impl charlie_outlook::Outbox for FakeOutbox {
 struct Queue {
     mails: Mutex<Vec<(crate::upstream::OutboxMail, Vec<u8>)>>,
     acks: Mutex<Vec<(String, String)>>,
+    refusals: Mutex<Vec<(String, String)>>,
     ack_fails_once: std::sync::atomic::AtomicBool,
+    refuse_fails_once: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait]
@@ -588,6 +590,21 @@ impl Upstream for Queue {
             .lock()
             .unwrap()
             .push((message_id.into(), reply.into()));
+        Ok(())
+    }
+
+    async fn refuse(&self, message_id: &str, reason: &str) -> Result<(), UpError> {
+        if self.refuse_fails_once.swap(false, Ordering::SeqCst) {
+            return Err(UpError::Transient("the API cannot be reached".into()));
+        }
+        self.mails
+            .lock()
+            .unwrap()
+            .retain(|(m, _)| m.message_id != message_id);
+        self.refusals
+            .lock()
+            .unwrap()
+            .push((message_id.into(), reason.into()));
         Ok(())
     }
 
@@ -719,20 +736,39 @@ async fn outbox_mail_goes_out_through_outlook_once_and_a_lost_ack_sends_nothing_
             .await
             .is_err()
     );
+    // The one Outlook cannot send as is refused for good; the API cannot be told at once, so
+    // it is still queued and refused again on the next pass, once told.
+    queue.refuse_fails_once.store(true, Ordering::SeqCst);
+    let e = crate::outbox::pass(&queue, &journal, &sender)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, UpError::Transient(_)), "{e:?}");
+    assert_eq!(
+        queue.acks.lock().unwrap().len(),
+        1,
+        "the lost ack made good"
+    );
     let s = crate::outbox::pass(&queue, &journal, &sender)
         .await
         .unwrap();
-    assert_eq!((s.sent, s.acknowledged_late, s.failed), (0, 1, 1), "{s:?}");
+    assert_eq!((s.sent, s.acknowledged_late, s.refused), (0, 0, 1), "{s:?}");
     assert_eq!(outlook.sent.lock().unwrap().len(), 1, "sent once");
     let sent = outlook.sent.lock().unwrap()[0].clone();
     assert_eq!(sent.bcc, ["audit@branch.example"]);
     assert_eq!(sent.attachments[0].1, b"PK one");
     assert_eq!(queue.acks.lock().unwrap().len(), 1);
     assert_eq!(queue.acks.lock().unwrap()[0].1, "given to Outlook");
-    // The one Outlook cannot send as stays queued; the next pass says so again and sends nothing.
+    let refusals = queue.refusals.lock().unwrap().clone();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].0, "<run-1.g-2@charlie.example>");
+    assert!(
+        refusals[0].1.contains("someone@else.example"),
+        "{refusals:?}"
+    );
+    // Off the outbox: the next pass has nothing to do.
     let s = crate::outbox::pass(&queue, &journal, &sender)
         .await
         .unwrap();
-    assert_eq!((s.sent, s.failed), (0, 1));
-    assert_eq!(queue.mails.lock().unwrap().len(), 1);
+    assert_eq!(s, crate::outbox::OutboxSummary::default());
+    assert!(queue.mails.lock().unwrap().is_empty());
 }

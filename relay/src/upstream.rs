@@ -57,6 +57,10 @@ pub trait Upstream: Send + Sync {
     async fn ack(&self, _message_id: &str, _smtp_reply: &str) -> Result<(), UpError> {
         Err(UpError::Permanent("no outbox".into()))
     }
+    /// Tells the API the relay's sender refused a queued mail for good, and why.
+    async fn refuse(&self, _message_id: &str, _reason: &str) -> Result<(), UpError> {
+        Err(UpError::Permanent("no outbox".into()))
+    }
     /// Who the API takes this relay for (a signed call that changes nothing).
     async fn whoami(&self) -> Result<Value, UpError>;
     async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadAnswer, UpError>;
@@ -185,6 +189,13 @@ impl Upstream for Api {
         let body =
             serde_json::json!({"message_id": message_id, "smtp_reply": smtp_reply}).to_string();
         self.signed("POST", "/v1/relay/outbox/ack", body.into_bytes())
+            .await
+            .map(|_| ())
+    }
+
+    async fn refuse(&self, message_id: &str, reason: &str) -> Result<(), UpError> {
+        let body = serde_json::json!({"message_id": message_id, "reason": reason}).to_string();
+        self.signed("POST", "/v1/relay/outbox/refused", body.into_bytes())
             .await
             .map(|_| ())
     }

@@ -44,6 +44,8 @@ pub mod kind {
     pub const MAILS_SENT: &str = "mails_sent";
     /// `ses_{event}` per report's deliveries: bounce, complaint, delivery, reject, …
     pub const SES: &str = "ses";
+    /// A report mail a relay's sender refused for good, per report.
+    pub const RELAY_REFUSED: &str = "relay_refused";
 }
 
 /// Counter values by name.

@@ -34,6 +34,10 @@ pub mod name {
     pub const WORKBOOK_BYTES: &str = "WorkbookBytes";
     pub const MAILS_SENT: &str = "MailsSent";
     pub const BOUNCES: &str = "Bounces";
+    /// Report mail a relay's SMTP server (or Outlook) refused for good (the API records it).
+    pub const RELAY_MAILS_REFUSED: &str = "RelayMailsRefused";
+    /// How long the oldest report mail queued for a relay has waited (the poller looks).
+    pub const RELAY_OUTBOX_OLDEST_AGE: &str = "RelayOutboxOldestAge";
     pub const COMPLAINTS: &str = "Complaints";
     pub const DELIVERIES: &str = "Deliveries";
     pub const GRAPH_THROTTLED: &str = "GraphThrottled";
@@ -103,6 +107,7 @@ pub fn of_counter<'a>(
         k::ROWS_DUPLICATE => ingest(name::ROWS_DUPLICATE, About::Dataset(about)),
         k::ROWS_REJECTED => ingest(name::ROWS_REJECTED, About::Dataset(about)),
         k::MAILS_SENT => Some(("mailer", name::MAILS_SENT, Some(About::Report(about)))),
+        k::RELAY_REFUSED => Some(("api", name::RELAY_MAILS_REFUSED, Some(About::Report(about)))),
         k::DEAD_LETTERED => Some((about, name::DEAD_LETTERED, None)),
         _ => {
             if let Some(status) = kind.strip_prefix("runs_") {
@@ -158,6 +163,7 @@ pub fn describe() {
         "RunsCancelled",
         name::MAILS_SENT,
         name::BOUNCES,
+        name::RELAY_MAILS_REFUSED,
         name::COMPLAINTS,
         name::DELIVERIES,
         "Rejects",
@@ -171,6 +177,7 @@ pub fn describe() {
         describe_counter!(metric, Unit::Count, "");
     }
     describe_gauge!(name::BREAKER_STATE, Unit::Count, "");
+    describe_gauge!(name::RELAY_OUTBOX_OLDEST_AGE, Unit::Seconds, "");
     describe_histogram!(name::RUN_DURATION, Unit::Milliseconds, "");
     describe_histogram!(name::WORKBOOK_BYTES, Unit::Bytes, "");
     describe_gauge!(name::SUBSCRIPTION_SECONDS_TO_EXPIRY, Unit::Seconds, "");

@@ -2,11 +2,13 @@
 //! MIME in `outbox/relay/{relay}/{sha256(message id)}.eml`, a record `OUTBOX#{relay}` /
 //! `MSG#{message id}`), fetched by the relay (`GET /v1/relay/outbox`, signed), sent through its
 //! SMTP server and acknowledged (`POST /v1/relay/outbox/ack`), which marks the record sent and
-//! the delivery `relayed`. Queueing is keyed by the mail's Message-ID (one per run and
+//! the delivery `relayed` — or refused for good by that server (`POST
+//! /v1/relay/outbox/refused`, with its answer), which takes it off the outbox and marks the
+//! delivery `refused`, as a bounce is. Queueing is keyed by the mail's Message-ID (one per run and
 //! recipient group), so the mailer's retries queue it once; the mailer's delivery record keeps
 //! it from being queued again after it was.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -33,6 +35,18 @@ pub struct OutboxRecord {
     /// What the relay's SMTP server answered (its queue id, typically).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_reply: Option<String>,
+    /// When the relay said its sender refused it for good, and why (then it is off the outbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+}
+
+impl OutboxRecord {
+    /// Acknowledged or refused: off the outbox.
+    pub fn settled(&self) -> bool {
+        self.sent_at.is_some() || self.refused_at.is_some()
+    }
 }
 
 /// Where a queued mail's MIME is kept.
@@ -46,6 +60,8 @@ pub fn object_key(relay: &str, message_id: &str) -> String {
 /// The status an acknowledged relay mail gives its delivery: as SES's `delivered` (the next
 /// hop took it), below a bounce or complaint.
 pub const RELAYED: (&str, u8) = ("relayed", 1);
+/// The status a relay mail its sender refused for good gives its delivery: as SES's `bounced`.
+pub const REFUSED: (&str, u8) = ("refused", 2);
 
 /// Queues one mail (again, harmlessly, when it is queued already: the same key and record).
 pub async fn queue(
@@ -77,7 +93,7 @@ pub async fn pending(
         .await?
         .into_iter()
         .filter_map(|(_, data)| serde_json::from_str::<OutboxRecord>(&data).ok())
-        .filter(|r| r.sent_at.is_none())
+        .filter(|r| !r.settled())
         .collect();
     waiting.sort_by(|a, b| a.queued_at.cmp(&b.queued_at));
     waiting.truncate(limit);
@@ -96,28 +112,100 @@ pub async fn acknowledge(
     let Some(mut record) = records.get_record(&key).await? else {
         return Ok(None);
     };
-    if record.sent_at.is_some() {
+    if record.settled() {
         return Ok(Some(record));
     }
     let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let (status, rank) = RELAYED;
-    records
-        .put_ranked_record(
-            &RecordKey::delivery_status(&record.delivery),
-            &DeliveryStatus {
-                status: status.into(),
-                rank,
-                ses_message_id: String::new(),
-                detail: serde_json::json!({"relay": relay, "smtp_reply": smtp_reply}),
-                at: now.clone(),
-            },
-            rank,
-        )
-        .await?;
+    let detail = serde_json::json!({"relay": relay, "smtp_reply": smtp_reply});
+    set_status(records, &record.delivery, RELAYED, detail, &now).await?;
     record.sent_at = Some(now);
     record.smtp_reply = Some(smtp_reply.to_owned());
     records.put_record(&key, &record, None).await?;
     Ok(Some(record))
+}
+
+/// Takes a mail its relay's sender refused for good off the outbox (once: a second refusal,
+/// or one of a mail acknowledged before, changes nothing) and marks its delivery `refused`
+/// with the sender's answer. `None`: no such mail in this relay's outbox; else the record and
+/// whether it was refused now.
+pub async fn refuse(
+    records: &dyn StateRecords,
+    relay: &str,
+    message_id: &str,
+    reason: &str,
+) -> anyhow::Result<Option<(OutboxRecord, bool)>> {
+    let key = RecordKey::outbox(relay, message_id);
+    let Some(mut record) = records.get_record(&key).await? else {
+        return Ok(None);
+    };
+    if record.settled() {
+        return Ok(Some((record, false)));
+    }
+    let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let detail = serde_json::json!({"relay": relay, "refusal": reason});
+    set_status(records, &record.delivery, REFUSED, detail, &now).await?;
+    record.refused_at = Some(now);
+    record.refusal = Some(reason.to_owned());
+    records.put_record(&key, &record, None).await?;
+    Ok(Some((record, true)))
+}
+
+/// Raises a delivery's status (one conditional write on its rank).
+async fn set_status(
+    records: &dyn StateRecords,
+    delivery: &str,
+    (status, rank): (&str, u8),
+    detail: serde_json::Value,
+    at: &str,
+) -> anyhow::Result<()> {
+    records
+        .put_ranked_record(
+            &RecordKey::delivery_status(delivery),
+            &DeliveryStatus {
+                status: status.into(),
+                rank,
+                ses_message_id: String::new(),
+                detail,
+                at: at.to_owned(),
+            },
+            rank,
+        )
+        .await?;
+    Ok(())
+}
+
+/// The relay's mail waiting (not acknowledged, not refused): how many, and the oldest's
+/// queued time.
+pub async fn waiting(
+    records: &dyn StateRecords,
+    relay: &str,
+) -> anyhow::Result<(usize, Option<String>)> {
+    let all = pending(records, relay, usize::MAX).await?;
+    Ok((all.len(), all.first().map(|r| r.queued_at.clone())))
+}
+
+/// Each relay (revoked ones too: mail queued for one waits all the same) with its outbox:
+/// `(relay, waiting, oldest queued time)`, by id.
+pub async fn overview(
+    records: &dyn StateRecords,
+) -> anyhow::Result<Vec<(crate::state::RelayRecord, usize, Option<DateTime<Utc>>)>> {
+    let found = records
+        .query_index(crate::state::RELAYS_INDEX, None, None, 1000)
+        .await?;
+    let mut relays: Vec<crate::state::RelayRecord> = found
+        .iter()
+        .filter_map(|r| serde_json::from_str(&r.data).ok())
+        .collect();
+    relays.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut out = Vec::with_capacity(relays.len());
+    for relay in relays {
+        let (n, oldest) = waiting(records, &relay.id).await?;
+        let oldest = oldest
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        out.push((relay, n, oldest));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -137,6 +225,8 @@ mod tests {
             queued_at: at.into(),
             sent_at: None,
             smtp_reply: None,
+            refused_at: None,
+            refusal: None,
         }
     }
 
@@ -209,6 +299,65 @@ mod tests {
                 .await
                 .unwrap()
                 .is_none()
+        );
+
+        // Refused for good: off the outbox, its delivery refused with the answer, once.
+        let (refused, now) = refuse(records, "b1", "<m2@x>", "550 5.1.1 no such user")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(now && refused.refused_at.is_some());
+        assert!(pending(records, "b1", 10).await.unwrap().is_empty());
+        assert_eq!(super::waiting(records, "b1").await.unwrap(), (0, None));
+        let (again, now) = refuse(records, "b1", "<m2@x>", "other")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!now);
+        assert_eq!(again.refusal.as_deref(), Some("550 5.1.1 no such user"));
+        let status = records
+            .get_record(&RecordKey::delivery_status("DLV#run-<m2@x>#0"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((status.status.as_str(), status.rank), REFUSED);
+        assert_eq!(status.detail["refusal"], "550 5.1.1 no such user");
+        // An acknowledgement after it changes nothing; nor does a refusal of a sent mail.
+        let acked = acknowledge(records, "b1", "<m2@x>", "250 ok")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(acked.sent_at.is_none());
+        let (sent, now) = refuse(records, "b1", "<m1@x>", "550")
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!now && sent.refused_at.is_none() && sent.sent_at.is_some());
+        assert!(
+            refuse(records, "b2", "<m1@x>", "550")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_counts_the_outbox_and_names_the_oldest() {
+        let objects = MemoryObjects::default();
+        let state = MemoryState::default();
+        let records: &dyn StateRecords = &state;
+        assert_eq!(waiting(records, "b1").await.unwrap(), (0, None));
+        for (id, at) in [
+            ("<b@x>", "2024-01-02T00:00:00.000Z"),
+            ("<a@x>", "2024-01-01T00:00:00.000Z"),
+        ] {
+            queue(&objects, records, "b1", record(id, at), b"m".to_vec())
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            waiting(records, "b1").await.unwrap(),
+            (2, Some("2024-01-01T00:00:00.000Z".into()))
         );
     }
 }

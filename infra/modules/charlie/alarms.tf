@@ -222,6 +222,44 @@ resource "aws_cloudwatch_metric_alarm" "missed_run" {
   ok_actions          = local.alarm_actions
 }
 
+# --- Relays ---------------------------------------------------------------------------------
+
+# The API records each report mail a relay's SMTP server (or Outlook) refused for good.
+resource "aws_cloudwatch_metric_alarm" "relay_refused" {
+  alarm_name          = "${local.p}-relay-mail-refused"
+  alarm_description   = "A relay's SMTP server or Outlook refused a report mail for good within the last hour: its recipients did not get it (${local.runbook}, relay mail refused)"
+  namespace           = local.metrics_namespace
+  metric_name         = "RelayMailsRefused"
+  dimensions          = { Stage = "api" }
+  statistic           = "Sum"
+  period              = 3600
+  evaluation_periods  = 1
+  threshold           = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
+# The poller reports, every 5 minutes while any relay exists, how long the oldest report mail
+# queued for a relay has waited (0 when none waits). No datapoint: no relay, or the poller is
+# not running (its own alarm says so).
+resource "aws_cloudwatch_metric_alarm" "relay_outbox_stale" {
+  alarm_name          = "${local.p}-relay-outbox-not-sent"
+  alarm_description   = "Report mail has waited over ${var.alarm_thresholds.relay_outbox_hours} h for its relay to send it: the relay is stopped, has no [outbox], or cannot reach its SMTP server (${local.runbook}, relay outbox not sent)"
+  namespace           = local.metrics_namespace
+  metric_name         = "RelayOutboxOldestAge"
+  dimensions          = { Stage = "poller" }
+  statistic           = "Maximum"
+  period              = 900
+  evaluation_periods  = 1
+  threshold           = var.alarm_thresholds.relay_outbox_hours * 3600
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
+}
+
 # --- Intake ---------------------------------------------------------------------------------
 
 resource "aws_cloudwatch_metric_alarm" "quarantine_spike" {

@@ -12,6 +12,7 @@ locals {
     [for a in aws_cloudwatch_metric_alarm.missed_run : a.arn],
     [aws_cloudwatch_metric_alarm.quarantine_spike.arn, aws_cloudwatch_metric_alarm.subscription_expiry.arn, aws_cloudwatch_metric_alarm.graph_secret_expiry.arn],
     [for a in aws_cloudwatch_metric_alarm.downstream_breaker_open : a.arn],
+    [aws_cloudwatch_metric_alarm.relay_refused.arn, aws_cloudwatch_metric_alarm.relay_outbox_stale.arn],
   )
 
   # A time series widget at (x, y), 8 wide and 6 high.
@@ -63,8 +64,11 @@ locals {
       ]
     },
     {
-      x       = 8, y = 24, title = "Mail: sent, bounces, complaints", stat = "Sum", period = 3600,
-      metrics = [for m in ["MailsSent", "Bounces", "Complaints"] : [local.ns, m, "Stage", "mailer"]]
+      x = 8, y = 24, title = "Mail: sent, bounces, complaints, refused by relays", stat = "Sum", period = 3600,
+      metrics = concat(
+        [for m in ["MailsSent", "Bounces", "Complaints"] : [local.ns, m, "Stage", "mailer"]],
+        [[local.ns, "RelayMailsRefused", "Stage", "api", { label = "refused by a relay's sender" }]],
+      )
     },
     {
       x = 16, y = 24, title = "Graph: subscription time left (s), throttled calls", stat = "Minimum", period = 900,

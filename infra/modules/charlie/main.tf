@@ -137,6 +137,8 @@ locals {
       CHARLIE_LINK_SECRET         = aws_secretsmanager_secret.link_key.name
       CHARLIE_RELAY_SECRET        = aws_secretsmanager_secret.relay_key.name
       CHARLIE_POLL_STALE_MINUTES  = tostring(var.poll_stale_minutes)
+      # Report mail waiting longer for its relay makes health 503 (as the alarm).
+      CHARLIE_RELAY_OUTBOX_STALE_MINUTES = tostring(var.alarm_thresholds.relay_outbox_hours * 60)
       # Who may call the /iam/v1 routes (SigV4), each with its scope.
       CHARLIE_IAM_PRINCIPALS = jsonencode(var.api_iam_principals)
       # A queue's oldest message older than this makes health 503.

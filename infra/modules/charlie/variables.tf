@@ -385,6 +385,8 @@ variable "alarm_thresholds" {
     quarantine_per_hour       = number # attachments quarantined in an hour
     subscription_expiry_hours = number # hours left on the Graph subscription closest to expiry
     graph_secret_expiry_days  = number # days left on the Graph client secret
+    # hours report mail may wait for its relay to send it (also health's limit)
+    relay_outbox_hours = optional(number, 4)
   })
   default = {
     http_5xx_percent          = 5
@@ -392,6 +394,11 @@ variable "alarm_thresholds" {
     quarantine_per_hour       = 5
     subscription_expiry_hours = 24
     graph_secret_expiry_days  = 30
+    relay_outbox_hours        = 4
+  }
+  validation {
+    condition     = var.alarm_thresholds.relay_outbox_hours >= 1 && var.alarm_thresholds.relay_outbox_hours <= 168
+    error_message = "alarm_thresholds.relay_outbox_hours must be between 1 and 168."
   }
 }
 

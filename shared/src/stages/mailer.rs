@@ -615,6 +615,8 @@ impl Mailer {
                 queued_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                 sent_at: None,
                 smtp_reply: None,
+                refused_at: None,
+                refusal: None,
             },
             mime,
         )

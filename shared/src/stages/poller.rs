@@ -222,10 +222,42 @@ impl Poller {
                 left as f64,
             );
         }
+        self.watch_relay_outboxes(now).await;
         info!(?trigger.scheduled_time, ?summary, "poll finished");
         match first_error {
             Some(e) => Err(e.context(format!("poll round ({summary:?})"))),
             None => Ok(summary),
+        }
+    }
+
+    /// How long report mail has waited for a relay to send it (`RelayOutboxOldestAge`, 0 when
+    /// none waits; nothing when the deployment has no relay), the watch the alarm on a relay
+    /// that stopped sending reads. Its failure is logged: it never fails a poll.
+    async fn watch_relay_outboxes(&self, now: DateTime<Utc>) {
+        match crate::relay_outbox::overview(self.records.as_ref()).await {
+            Ok(relays) if relays.is_empty() => {}
+            Ok(relays) => {
+                let mut oldest = 0i64;
+                for (relay, waiting, since) in &relays {
+                    if let Some(since) = since {
+                        let age = (now - *since).num_seconds().max(0);
+                        oldest = oldest.max(age);
+                        info!(
+                            relay = relay.id,
+                            waiting,
+                            oldest_seconds = age,
+                            last_seen_at = relay.last_seen_at.as_deref().unwrap_or("never"),
+                            "report mail waits for its relay"
+                        );
+                    }
+                }
+                crate::metrics::level(
+                    "poller",
+                    crate::metrics::name::RELAY_OUTBOX_OLDEST_AGE,
+                    oldest as f64,
+                );
+            }
+            Err(e) => warn!(error = %format!("{e:#}"), "the relays' outboxes could not be read"),
         }
     }
 

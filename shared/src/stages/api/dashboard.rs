@@ -106,8 +106,8 @@ fn templates() -> &'static Environment<'static> {
 /// The colour class of a status word; the word itself and a mark are always shown too.
 fn status_class(status: String) -> String {
     match status.as_str() {
-        "ok" | "built" | "sent" | "delivered" | "notice_sent" | "accepted" => "good",
-        "failed" | "bounced" | "complained" | "unhealthy" | "cancelled" => "bad",
+        "ok" | "built" | "sent" | "delivered" | "relayed" | "notice_sent" | "accepted" => "good",
+        "failed" | "bounced" | "complained" | "refused" | "unhealthy" | "cancelled" => "bad",
         "queued" | "building" | "retrying" | "skipped_empty" | "paused" => "wait",
         _ => "neutral",
     }
@@ -854,6 +854,24 @@ mod tests {
         .unwrap();
         assert!(
             run.contains("Permanent") && run.contains("✗ bounced"),
+            "{run}"
+        );
+        let run = render_raw(
+            "run.html",
+            context! {
+                signed_in => true, scopes => vec!["operate"],
+                run => json!({"run_id": "r-2", "status": "built", "deliveries": [
+                    {"status": "refused", "transport": "relay", "to": ["a@b.example"], "status_detail": {"relay": "branch-out", "refusal": "the SMTP server refused it: 550 5.1.1 no such user"}},
+                    {"status": "relayed", "transport": "relay", "to": ["c@b.example"], "status_detail": {"relay": "branch-out", "smtp_reply": "250 2.0.0 Ok: queued as 4F2"}},
+                ]}),
+            },
+        )
+        .unwrap();
+        assert!(
+            run.contains("✗ refused")
+                && run.contains("550 5.1.1 no such user")
+                && run.contains("✓ relayed")
+                && run.contains("relay branch-out: 250 2.0.0 Ok: queued as 4F2"),
             "{run}"
         );
     }

@@ -91,6 +91,7 @@ const ROUTES: &[(&str, &[&str])] = &[
     ("POST", &["relay", "uploads"]),
     ("GET", &["relay", "outbox"]),
     ("POST", &["relay", "outbox", "ack"]),
+    ("POST", &["relay", "outbox", "refused"]),
 ];
 
 /// The scope a route needs: `GET` reads, anything else operates, keys and the audit trail are
@@ -145,6 +146,8 @@ pub struct Api {
     pub poll_stale: chrono::Duration,
     /// A queue's oldest message waiting longer than this makes the deployment unhealthy.
     pub max_message_age: chrono::Duration,
+    /// Report mail queued for a relay this long and not sent makes the deployment unhealthy.
+    pub relay_outbox_stale: chrono::Duration,
     /// Who may call the `/iam/v1` routes, and with what scope.
     pub iam_principals: Vec<(String, Scope)>,
 }
@@ -185,6 +188,11 @@ impl Api {
                 "CHARLIE_POLL_STALE_MINUTES",
                 30,
                 1..=10_080,
+            )?),
+            relay_outbox_stale: chrono::Duration::minutes(env.in_range_or(
+                "CHARLIE_RELAY_OUTBOX_STALE_MINUTES",
+                240,
+                5..=10_080,
             )?),
         })
     }
@@ -1084,6 +1092,7 @@ impl Api {
                 "as_link": d.result.link.is_some(),
                 "link_expires": d.result.link,
                 "status": status.as_ref().map_or(d.result.status.as_str(), |s| s.status.as_str()),
+                "status_detail": status.as_ref().map(|s| &s.detail).filter(|d| !d.is_null()),
                 "events": events,
             }));
         }
@@ -1676,9 +1685,11 @@ impl Api {
                 Value::Null
             }
         };
+        let relays = self.relays_health(now, &mut problems, &mut warnings).await;
         let healthy = problems.is_empty();
         let body = json!({
             "downstream": downstream,
+            "relays": relays,
             "status": if healthy { "ok" } else { "unhealthy" },
             "checked_at": now.to_rfc3339(),
             "problems": problems,

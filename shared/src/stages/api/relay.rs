@@ -42,24 +42,67 @@ fn relay_json(r: &RelayRecord) -> Value {
     })
 }
 
+/// A relay with its outbox: how many report mails wait for it, since when.
+fn relay_outbox_json(r: &RelayRecord, waiting: usize, oldest: Option<DateTime<Utc>>) -> Value {
+    let mut v = relay_json(r);
+    v["outbox_waiting"] = json!(waiting);
+    v["outbox_oldest_queued_at"] = json!(oldest.map(|t| t.to_rfc3339()));
+    v
+}
+
 fn index_sk(r: &RelayRecord) -> String {
     r.id.clone()
 }
 
 impl Api {
     pub(super) async fn list_relays(&self) -> Result<Reply, ApiError> {
-        let found = self
-            .records
-            .query_index(RELAYS_INDEX, None, None, 1000)
-            .await?;
-        let mut relays: Vec<RelayRecord> = found
+        let relays = crate::relay_outbox::overview(self.records.as_ref()).await?;
+        Ok(Reply::ok(json!({"relays": relays
             .iter()
-            .filter_map(|r| serde_json::from_str(&r.data).ok())
-            .collect();
-        relays.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(Reply::ok(
-            json!({"relays": relays.iter().map(relay_json).collect::<Vec<_>>()}),
-        ))
+            .map(|(r, n, oldest)| relay_outbox_json(r, *n, *oldest))
+            .collect::<Vec<_>>()})))
+    }
+
+    /// The relays for the health check: report mail waiting longer than
+    /// `relay_outbox_stale` is a problem (the relay is not sending it: stopped, no `[outbox]`,
+    /// or failing); mail waiting for a revoked relay is a warning (it is never sent).
+    pub(super) async fn relays_health(
+        &self,
+        now: DateTime<Utc>,
+        problems: &mut Vec<String>,
+        warnings: &mut Vec<String>,
+    ) -> Value {
+        match crate::relay_outbox::overview(self.records.as_ref()).await {
+            Ok(relays) => {
+                for (r, waiting, oldest) in &relays {
+                    let Some(oldest) = oldest else { continue };
+                    let seen = r.last_seen_at.as_deref().unwrap_or("never");
+                    if r.revoked_at.is_some() {
+                        warnings.push(format!(
+                            "relay {}: {waiting} report mail(s) wait for it, but it is revoked: make it again (charlie relay create) or change the reports' relay",
+                            r.id
+                        ));
+                    } else if now - *oldest > self.relay_outbox_stale {
+                        problems.push(format!(
+                            "relay {}: {waiting} report mail(s) not sent, the oldest queued at {} (over {} minutes; last seen {seen}): is charlie-relay running, with an [outbox]?",
+                            r.id,
+                            oldest.to_rfc3339(),
+                            self.relay_outbox_stale.num_minutes()
+                        ));
+                    }
+                }
+                Value::Array(
+                    relays
+                        .iter()
+                        .map(|(r, n, oldest)| relay_outbox_json(r, *n, *oldest))
+                        .collect(),
+                )
+            }
+            Err(e) => {
+                warnings.push(format!("the relays' outboxes: {e:#}"));
+                Value::Null
+            }
+        }
     }
 
     fn relay_master(&self) -> Result<&crate::secret::Secret, ApiError> {
@@ -168,6 +211,7 @@ impl Api {
             ("POST", ["relay", "uploads"]) => self.relay_upload(req, &relay).await,
             ("GET", ["relay", "outbox"]) => self.relay_outbox(&relay).await,
             ("POST", ["relay", "outbox", "ack"]) => self.relay_ack(req, &relay).await,
+            ("POST", ["relay", "outbox", "refused"]) => self.relay_refused(req, &relay).await,
             _ => Err(ApiError::not_found(format!(
                 "no route {} {} (see /v1/openapi.json)",
                 req.method, req.path
@@ -285,18 +329,8 @@ impl Api {
             smtp_reply: String,
         }
         let ack: Ack = req.json()?;
-        if ack.message_id.is_empty() || ack.message_id.len() > 512 {
-            return Err(ApiError::bad(
-                "message_id",
-                "message_id is a queued mail's <…@…>",
-            ));
-        }
-        let reply: String = ack
-            .smtp_reply
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(512)
-            .collect();
+        check_message_id(&ack.message_id)?;
+        let reply = said_text(&ack.smtp_reply, 512);
         let Some(sent) = crate::relay_outbox::acknowledge(
             self.records.as_ref(),
             &relay.id,
@@ -305,17 +339,92 @@ impl Api {
         )
         .await?
         else {
-            return Err(ApiError::not_found(format!(
-                "no mail {:?} in relay {}'s outbox",
-                ack.message_id, relay.id
-            )));
+            return Err(not_in_outbox(&ack.message_id, relay));
         };
+        if let Some(at) = &sent.refused_at {
+            return Err(ApiError::conflict(format!(
+                "mail {} was refused at {at} ({}): it cannot be acknowledged as sent",
+                sent.message_id,
+                sent.refusal.as_deref().unwrap_or("no reason")
+            )));
+        }
         Ok(Reply::ok(json!({
             "message_id": sent.message_id,
             "sent_at": sent.sent_at,
             "smtp_reply": sent.smtp_reply,
         }))
         .said(format!("relay {} sent {}", relay.id, sent.message_id)))
+    }
+
+    /// `{message_id, reason}`: the relay's sender refused a queued mail for good (an SMTP 5xx,
+    /// an address Outlook cannot resolve): off the outbox, its delivery `refused` with the
+    /// reason, counted once (`RelayMailsRefused`, alarmed on).
+    async fn relay_refused(
+        &self,
+        req: &Request<'_>,
+        relay: &RelayRecord,
+    ) -> Result<Reply, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Refused {
+            message_id: String,
+            reason: String,
+        }
+        let said: Refused = req.json()?;
+        check_message_id(&said.message_id)?;
+        let reason = said_text(&said.reason, 2000);
+        if reason.trim().is_empty() {
+            return Err(ApiError::bad(
+                "reason",
+                "reason is what the relay's sender answered (an SMTP reply, Outlook's error)",
+            ));
+        }
+        let Some((record, now)) = crate::relay_outbox::refuse(
+            self.records.as_ref(),
+            &relay.id,
+            &said.message_id,
+            &reason,
+        )
+        .await?
+        else {
+            return Err(not_in_outbox(&said.message_id, relay));
+        };
+        if let Some(at) = &record.sent_at {
+            return Err(ApiError::conflict(format!(
+                "mail {} was acknowledged as sent at {at}: it cannot be refused after",
+                record.message_id
+            )));
+        }
+        if now {
+            let report = self
+                .records
+                .get_record(&RecordKey::run(&record.run_id))
+                .await?
+                .map_or_else(|| "unknown".to_owned(), |r| r.report);
+            warn!(
+                relay = relay.id,
+                run_id = record.run_id,
+                report,
+                message_id = record.message_id,
+                reason,
+                "a relay's sender refused a report mail"
+            );
+            let mut counts = crate::counters::Counts::default();
+            counts.add(crate::counters::kind::RELAY_REFUSED, &report, 1);
+            crate::counters::count(
+                self.records.as_ref(),
+                &format!("relay-refused/{}", record.delivery),
+                Utc::now(),
+                &counts,
+            )
+            .await?;
+        }
+        Ok(Reply::ok(json!({
+            "message_id": record.message_id,
+            "refused_at": record.refused_at,
+            "refusal": record.refusal,
+        }))
+        .said(format!("relay {} refused {}", relay.id, record.message_id)))
     }
 
     async fn relay_upload(
@@ -379,4 +488,26 @@ impl Api {
             relay.id, ask.size
         )))
     }
+}
+
+fn check_message_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > 512 {
+        return Err(ApiError::bad(
+            "message_id",
+            "message_id is a queued mail's <…@…>",
+        ));
+    }
+    Ok(())
+}
+
+/// What a sender said, without control characters, at most `max` characters.
+fn said_text(text: &str, max: usize) -> String {
+    text.chars().filter(|c| !c.is_control()).take(max).collect()
+}
+
+fn not_in_outbox(message_id: &str, relay: &RelayRecord) -> ApiError {
+    ApiError::not_found(format!(
+        "no mail {message_id:?} in relay {}'s outbox",
+        relay.id
+    ))
 }

@@ -45,6 +45,7 @@ async fn world() -> World {
         relay_key: Some(Secret::new(RELAY_KEY)),
         poll_stale: chrono::Duration::minutes(30),
         max_message_age: chrono::Duration::hours(1),
+        relay_outbox_stale: chrono::Duration::hours(4),
         iam_principals: vec![
             (
                 "arn:aws:iam::123456789012:role/ops/charlie-operator".into(),
@@ -1234,6 +1235,8 @@ async fn a_relay_sees_only_its_own_outbox_and_acknowledges_a_mail_once() {
         queued_at: Utc::now().to_rfc3339(),
         sent_at: None,
         smtp_reply: None,
+        refused_at: None,
+        refusal: None,
     };
     crate::relay_outbox::queue(
         w.objects.as_ref(),
@@ -1295,5 +1298,209 @@ async fn a_relay_sees_only_its_own_outbox_and_acknowledges_a_mail_once() {
         (status, err["field"].as_str()),
         (400, Some("message_id")),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_relay_reports_a_mail_its_sender_refused_once_and_its_delivery_shows_it() {
+    let w = world().await;
+    let (_, _, created) = call(
+        &w,
+        "POST",
+        "/v1/relays",
+        Some(&w.admin),
+        Some(json!({"id": "branch-1"})),
+    )
+    .await;
+    let key = created["key"].as_str().unwrap().to_owned();
+    for (id, group) in [
+        ("<run-1.0@branch.example>", 0),
+        ("<run-1.1@branch.example>", 1),
+    ] {
+        let record = crate::relay_outbox::OutboxRecord {
+            message_id: id.into(),
+            delivery: format!("DLV#run-1#{group}"),
+            run_id: "run-1".into(),
+            from: "reports@branch.example".into(),
+            recipients: vec!["leads@branch.example".into()],
+            key: String::new(),
+            size: 0,
+            queued_at: Utc::now().to_rfc3339(),
+            sent_at: None,
+            smtp_reply: None,
+            refused_at: None,
+            refusal: None,
+        };
+        crate::relay_outbox::queue(
+            w.objects.as_ref(),
+            rec(&w),
+            "branch-1",
+            record,
+            b"M".to_vec(),
+        )
+        .await
+        .unwrap();
+    }
+    let now = Utc::now().timestamp();
+    let nonce = crate::relay_auth::new_nonce;
+    let refused = json!({"message_id": "<run-1.0@branch.example>", "reason": "550 5.1.1 <leads@branch.example>: Recipient address rejected\n"});
+    let path = "/v1/relay/outbox/refused";
+    let (status, said) = relay_signed(&w, &key, path, &refused, now, &nonce()).await;
+    assert_eq!(status, 200, "{said}");
+    assert_eq!(
+        said["refusal"], "550 5.1.1 <leads@branch.example>: Recipient address rejected",
+        "control characters dropped"
+    );
+    let status: DeliveryStatus = rec(&w)
+        .get_record(&RecordKey::delivery_status("DLV#run-1#0"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.status, "refused");
+    assert_eq!(status.detail["relay"], "branch-1");
+    // Off the outbox; said again, nothing changes and it is counted once.
+    let (_, outbox) =
+        relay_signed_as(&w, &key, "GET", "/v1/relay/outbox", None, now, &nonce()).await;
+    let left: Vec<&str> = outbox["mails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(left, ["<run-1.1@branch.example>"]);
+    let again = json!({"message_id": "<run-1.0@branch.example>", "reason": "other"});
+    let (status, said) = relay_signed(&w, &key, path, &again, now, &nonce()).await;
+    assert_eq!(
+        (status, said["refusal"].as_str()),
+        (
+            200,
+            Some("550 5.1.1 <leads@branch.example>: Recipient address rejected")
+        )
+    );
+    let (counts, _) =
+        crate::counters::since(rec(&w), Utc::now() - chrono::Duration::hours(1), Utc::now())
+            .await
+            .unwrap();
+    assert_eq!(
+        counts.totals().get(crate::counters::kind::RELAY_REFUSED),
+        Some(&1),
+        "{counts:?}"
+    );
+    // Refused, it cannot be acknowledged; acknowledged, it cannot be refused.
+    let ack = json!({"message_id": "<run-1.0@branch.example>", "smtp_reply": "250 ok"});
+    let (status, said) = relay_signed(&w, &key, "/v1/relay/outbox/ack", &ack, now, &nonce()).await;
+    assert_eq!(status, 409, "{said}");
+    assert!(
+        said["message"].as_str().unwrap().contains("was refused"),
+        "{said}"
+    );
+    let ack = json!({"message_id": "<run-1.1@branch.example>", "smtp_reply": "250 ok"});
+    let (status, _) = relay_signed(&w, &key, "/v1/relay/outbox/ack", &ack, now, &nonce()).await;
+    assert_eq!(status, 200);
+    let late = json!({"message_id": "<run-1.1@branch.example>", "reason": "550"});
+    let (status, said) = relay_signed(&w, &key, path, &late, now, &nonce()).await;
+    assert_eq!(status, 409, "{said}");
+    // A reason is required, and named when missing; an unknown mail is a 404.
+    let (status, err) = relay_signed(
+        &w,
+        &key,
+        path,
+        &json!({"message_id": "<run-1.1@branch.example>", "reason": " "}),
+        now,
+        &nonce(),
+    )
+    .await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (400, Some("reason")),
+        "{err}"
+    );
+    let (status, _) = relay_signed(
+        &w,
+        &key,
+        path,
+        &json!({"message_id": "<nope@x>", "reason": "550"}),
+        now,
+        &nonce(),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn report_mail_waiting_too_long_for_its_relay_makes_the_deployment_unhealthy() {
+    let w = world().await;
+    for id in ["branch-1", "branch-2"] {
+        call(
+            &w,
+            "POST",
+            "/v1/relays",
+            Some(&w.admin),
+            Some(json!({"id": id})),
+        )
+        .await;
+    }
+    let queue = |id: &str, relay: &'static str, hours: i64| {
+        let record = crate::relay_outbox::OutboxRecord {
+            message_id: format!("<{id}@branch.example>"),
+            delivery: format!("DLV#{id}#0"),
+            run_id: id.into(),
+            from: "reports@branch.example".into(),
+            recipients: vec!["leads@branch.example".into()],
+            key: String::new(),
+            size: 0,
+            queued_at: (Utc::now() - chrono::Duration::hours(hours))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            sent_at: None,
+            smtp_reply: None,
+            refused_at: None,
+            refusal: None,
+        };
+        let w = &w;
+        async move {
+            crate::relay_outbox::queue(w.objects.as_ref(), rec(w), relay, record, b"M".to_vec())
+                .await
+                .unwrap();
+        }
+    };
+    // An hour: within the 4 hours allowed.
+    queue("run-a", "branch-1", 1).await;
+    let (status, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
+    assert_eq!(status, 200, "{body}");
+    let relays = body["relays"].as_array().unwrap();
+    assert_eq!(relays.len(), 2);
+    assert_eq!(
+        (
+            relays[0]["id"].as_str(),
+            relays[0]["outbox_waiting"].as_u64()
+        ),
+        (Some("branch-1"), Some(1))
+    );
+    assert_eq!(relays[1]["outbox_waiting"], 0);
+    // Five hours: the relay is not sending.
+    queue("run-b", "branch-1", 5).await;
+    let (status, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
+    assert_eq!(status, 503, "{body}");
+    let problems = body["problems"].to_string();
+    assert!(
+        problems.contains("relay branch-1: 2 report mail(s) not sent")
+            && problems.contains("last seen never"),
+        "{problems}"
+    );
+    let (_, _, listed) = call(&w, "GET", "/v1/relays", Some(&w.admin), None).await;
+    assert_eq!(listed["relays"][0]["outbox_waiting"], 2, "{listed}");
+    assert!(
+        listed["relays"][0]["outbox_oldest_queued_at"].is_string(),
+        "{listed}"
+    );
+    // Revoked, its mail is a warning: it will never go.
+    call(&w, "DELETE", "/v1/relays/branch-1", Some(&w.admin), None).await;
+    let (status, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["warnings"]
+            .to_string()
+            .contains("relay branch-1: 2 report mail(s) wait for it, but it is revoked"),
+        "{body}"
     );
 }
