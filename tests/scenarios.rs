@@ -1564,6 +1564,15 @@ async fn a_relay_reads_an_imap_folder_by_uid_once_with_idle(cx: &Ctx) {
     let status = running.wait().unwrap();
     assert!(status.success(), "{status:?}: {}", rig.logged());
     assert!(rig.logged().contains("charlie-relay stopped"));
+    // The same server by STARTTLS (its port 143's role): TLS before the login, the same folder;
+    // implicit TLS spoken to that port fails at once, saying so.
+    rig.reconfigure("port = ", &format!("port = {}\ntls = \"starttls\"", dovecot.starttls_port()));
+    let said = rig.check();
+    assert!(said.contains("(STARTTLS)") && said.contains("5 mail(s)"), "{said}");
+    rig.reconfigure("tls = ", "tls = \"tls\"");
+    let checked = rig.relay(&["check"]).output().unwrap();
+    let said = String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success() && said.contains("FAIL  source") && said.contains("TLS with"), "{said}");
 
     cx.cloud.runner.drain().await.unwrap();
     for d in 10..=14 {

@@ -1,6 +1,6 @@
 //! A throwaway Dovecot IMAP server from the machine's packages (Debian's `dovecot-imapd`): IMAP
 //! over implicit TLS (a certificate from a throwaway CA made with `openssl`, the CA's PEM given
-//! to clients) on a free loopback port, one user with a password, maildirs in its own folder;
+//! to clients) on a free loopback port and with STARTTLS (required before a login) on another, one user with a password, maildirs in its own folder;
 //! stopped and removed when dropped, and stopped as well when this process dies without
 //! dropping it (its wrapper waits on a pipe from us). Mail is put in with `doveadm save`, as a
 //! delivery would.
@@ -19,6 +19,7 @@ pub struct Dovecot {
     child: Child,
     dir: PathBuf,
     port: u16,
+    starttls_port: u16,
     _lifeline: Option<std::process::ChildStdin>,
 }
 
@@ -126,6 +127,7 @@ impl Dovecot {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port()?;
+            let starttls_port = free_port()?;
             std::fs::write(
                 dir.join("dovecot.conf"),
                 format!(
@@ -136,7 +138,7 @@ impl Dovecot {
                      userdb {{\n  driver = static\n  args = uid={mail_user} gid={mail_user} home={d}/home/%u\n}}\n\
                      first_valid_uid = 1\nmail_location = maildir:~/Maildir\n\
                      default_internal_user = {mail_user}\ndefault_login_user = {login_user}\n\
-                     service imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = 0\n  }}\n  inet_listener imaps {{\n    port = {port}\n    ssl = yes\n  }}\n}}\n\
+                     service imap-login {{\n  chroot =\n  inet_listener imap {{\n    port = {starttls_port}\n  }}\n  inet_listener imaps {{\n    port = {port}\n    ssl = yes\n  }}\n}}\n\
                      service anvil {{\n  chroot =\n}}\n"
                 ),
             )?;
@@ -159,6 +161,7 @@ impl Dovecot {
                         child,
                         dir,
                         port,
+                        starttls_port,
                         _lifeline: lifeline,
                     });
                 }
@@ -180,8 +183,14 @@ impl Dovecot {
         "throwaway-imap-password-1"
     }
 
+    /// The implicit-TLS port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port that takes STARTTLS (and no login before it).
+    pub fn starttls_port(&self) -> u16 {
+        self.starttls_port
     }
 
     /// The throwaway CA's certificate (PEM): what a client trusts.

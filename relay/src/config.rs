@@ -131,12 +131,12 @@ pub enum SourceConfig {
     /// One folder of an IMAP server, read-only, by UID.
     Imap {
         host: String,
-        /// 993 with TLS, 143 without.
+        /// 993 with TLS, 143 with STARTTLS or none.
         #[serde(default)]
         port: Option<u16>,
-        /// Implicit TLS (the default); plaintext only to a loopback address.
-        #[serde(default = "default_true")]
-        tls: bool,
+        /// `"tls"` (implicit TLS, the default), `"starttls"`, or `"none"` (loopback only).
+        #[serde(default = "default_imap_tls")]
+        tls: crate::imap::ImapTls,
         /// Trust this CA (PEM) instead of the system's trust store.
         #[serde(default)]
         ca_file: Option<PathBuf>,
@@ -172,8 +172,8 @@ fn default_settle() -> u64 {
     2
 }
 
-fn default_true() -> bool {
-    true
+fn default_imap_tls() -> crate::imap::ImapTls {
+    crate::imap::ImapTls::Tls
 }
 
 fn default_inbox() -> String {
@@ -310,7 +310,7 @@ impl SourceConfig {
         let password = self.password().expect("an IMAP source has a password");
         Ok(Some(crate::imap::ImapSettings {
             host: host.clone(),
-            port: port.unwrap_or(if *tls { 993 } else { 143 }),
+            port: port.unwrap_or(tls.default_port()),
             tls: *tls,
             ca_file: ca_file.clone(),
             user: user.clone(),
@@ -378,6 +378,40 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.key().keyring, Some("branch-7"));
+        // The IMAP source's TLS: implicit by default; STARTTLS on 143; true and false as before.
+        let with = |tls: &str| {
+            let c = parse(&format!(
+                "{head}key_keyring = \"k\"\n[source]\nkind = \"imap\"\nhost = \"h\"\nuser = \"u\"\n{tls}"
+            ))?;
+            Ok::<_, anyhow::Error>(c)
+        };
+        for (said, tls, port) in [
+            ("", crate::imap::ImapTls::Tls, 993),
+            ("tls = \"starttls\"\n", crate::imap::ImapTls::Starttls, 143),
+            ("tls = true\n", crate::imap::ImapTls::Tls, 993),
+            ("tls = false\n", crate::imap::ImapTls::None, 143),
+            (
+                "tls = \"starttls\"\nport = 1143\n",
+                crate::imap::ImapTls::Starttls,
+                1143,
+            ),
+        ] {
+            let c = with(said).unwrap();
+            let Config {
+                source:
+                    SourceConfig::Imap {
+                        tls: t, port: p, ..
+                    },
+                ..
+            } = &c
+            else {
+                panic!("imap");
+            };
+            assert_eq!((*t, p.unwrap_or(t.default_port())), (tls, port), "{said}");
+        }
+        let e = with("tls = \"ssl\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("say \"tls\""), "{e:#}");
+
         assert_eq!(c.source.password().unwrap().keyring, Some("branch-7-imap"));
         let e = parse(&format!(
             "{head}key_keyring = \"k\"\nkey_file = \"/k\"\n{imap}"

@@ -9,8 +9,9 @@
 //!   journal with its reason (and logged), and the cursor passes it.
 //! - Between passes the relay waits with `IDLE` where the server offers it (new mail is taken
 //!   at once), else polls.
-//! - TLS (implicit, port 993) by default, verified against the system's trust store or the CA
-//!   file configured; plaintext only to a loopback address.
+//! - TLS (implicit, port 993) by default, or STARTTLS (port 143: TLS before the login, never
+//!   a fall back to plaintext when the server does not offer it), verified against the
+//!   system's trust store or the CA file configured; plaintext only to a loopback address.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -33,12 +34,56 @@ use tracing::{debug, info, warn};
 use crate::journal::Journal;
 use crate::source::{Outcome, Source};
 
+/// How an IMAP connection is secured: `tls = "tls"` (or `true`, the default), `"starttls"`,
+/// `"none"` (or `false`: to a loopback address only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImapTls {
+    /// Implicit TLS (port 993).
+    Tls,
+    /// STARTTLS, required (port 143).
+    Starttls,
+    /// None (port 143), to a loopback address only.
+    None,
+}
+
+impl ImapTls {
+    pub fn default_port(self) -> u16 {
+        match self {
+            ImapTls::Tls => 993,
+            ImapTls::Starttls | ImapTls::None => 143,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ImapTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Said {
+            Flag(bool),
+            Word(String),
+        }
+        match Said::deserialize(d)? {
+            Said::Flag(true) => Ok(ImapTls::Tls),
+            Said::Flag(false) => Ok(ImapTls::None),
+            Said::Word(w) => match w.as_str() {
+                "tls" => Ok(ImapTls::Tls),
+                "starttls" => Ok(ImapTls::Starttls),
+                "none" => Ok(ImapTls::None),
+                _ => Err(serde::de::Error::custom(format!(
+                    "tls = {w:?}: say \"tls\" (port 993), \"starttls\" (port 143) or \"none\" (loopback only)"
+                ))),
+            },
+        }
+    }
+}
+
 /// Where and how to read.
 #[derive(Debug, Clone)]
 pub struct ImapSettings {
     pub host: String,
     pub port: u16,
-    pub tls: bool,
+    pub tls: ImapTls,
     /// Trust this CA (PEM) instead of the system's store.
     pub ca_file: Option<PathBuf>,
     pub user: String,
@@ -124,9 +169,9 @@ fn tls_config(
 /// Connects and logs in.
 pub async fn connect(s: &ImapSettings) -> anyhow::Result<Session<Conn>> {
     let loopback = matches!(s.host.as_str(), "127.0.0.1" | "localhost" | "::1");
-    if !s.tls && !loopback {
+    if s.tls == ImapTls::None && !loopback {
         bail!(
-            "tls = false: the password would cross the network in the clear; plaintext IMAP is allowed to a loopback address only"
+            "tls = \"none\": the password would cross the network in the clear; plaintext IMAP is allowed to a loopback address only (use \"tls\" or \"starttls\")"
         );
     }
     let tcp = tokio::time::timeout(
@@ -136,31 +181,66 @@ pub async fn connect(s: &ImapSettings) -> anyhow::Result<Session<Conn>> {
     .await
     .with_context(|| format!("connecting to {}:{} timed out", s.host, s.port))?
     .with_context(|| format!("connecting to {}:{}", s.host, s.port))?;
-    let conn = if s.tls {
+    let wrap = |tcp: TcpStream| async {
         let connector =
             tokio_rustls::TlsConnector::from(Arc::new(tls_config(s.ca_file.as_deref())?));
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from(s.host.clone())
             .with_context(|| format!("{:?} is not a host name", s.host))?;
-        Conn::Tls(Box::new(
+        anyhow::Ok(Conn::Tls(Box::new(
             connector
                 .connect(name, tcp)
                 .await
                 .with_context(|| format!("TLS with {}:{}", s.host, s.port))?,
-        ))
-    } else {
-        Conn::Plain(tcp)
+        )))
     };
-    let mut client = async_imap::Client::new(conn);
-    client
-        .read_response()
-        .await
-        .context("reading the server's greeting")?
-        .context("the server closed the connection before its greeting")?;
+    let client = match s.tls {
+        ImapTls::Tls => greeted(async_imap::Client::new(wrap(tcp).await?)).await?,
+        ImapTls::None => greeted(async_imap::Client::new(Conn::Plain(tcp))).await?,
+        ImapTls::Starttls => {
+            let mut plain = greeted(async_imap::Client::new(tcp)).await?;
+            // Refused (not offered): an error, never a fall back to plaintext.
+            plain
+                .run_command_and_check_ok("STARTTLS", None)
+                .await
+                .with_context(|| {
+                    format!(
+                        "tls = \"starttls\": {}:{} refused STARTTLS; nothing was sent in the clear (is it the implicit-TLS port? then tls = \"tls\")",
+                        s.host, s.port
+                    )
+                })?;
+            // Anything the server sent before the handshake is dropped with the plain client;
+            // there is no second greeting.
+            async_imap::Client::new(wrap(plain.into_inner()).await?)
+        }
+    };
     client
         .login(&s.user, s.password.expose())
         .await
         // Never the password; the server's own words only.
         .map_err(|(e, _)| anyhow::anyhow!("logging in as {}: {e}", s.user))
+}
+
+/// How long a server may take to greet.
+const GREETING_WAIT: Duration = Duration::from_secs(15);
+
+/// A client that has read the server's greeting.
+async fn greeted<T>(mut client: async_imap::Client<T>) -> anyhow::Result<async_imap::Client<T>>
+where
+    T: AsyncRead + AsyncWrite + Unpin + std::fmt::Debug + Send,
+{
+    // A server that takes the connection and says nothing (a TLS port spoken to in plain
+    // words waits for a handshake) must not hold the relay.
+    tokio::time::timeout(GREETING_WAIT, client.read_response())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no greeting from the server within {} s (an implicit-TLS port given tls = \"starttls\" or \"none\"?)",
+                GREETING_WAIT.as_secs()
+            )
+        })?
+        .context("reading the server's greeting")?
+        .context("the server closed the connection before its greeting")?;
+    Ok(client)
 }
 
 pub struct ImapSource {
@@ -246,7 +326,11 @@ impl Source for ImapSource {
     fn describe(&self) -> String {
         format!(
             "imap{} {}@{}:{} folder {}",
-            if self.settings.tls { "s" } else { "" },
+            match self.settings.tls {
+                ImapTls::Tls => "s",
+                ImapTls::Starttls => " (STARTTLS)",
+                ImapTls::None => "",
+            },
             self.settings.user,
             self.settings.host,
             self.settings.port,
@@ -438,7 +522,7 @@ mod tests {
         let settings = ImapSettings {
             host: "mail.branch.example".into(),
             port: 143,
-            tls: false,
+            tls: ImapTls::None,
             ca_file: None,
             user: "u".into(),
             password: Secret::new("p"),
@@ -446,5 +530,70 @@ mod tests {
         };
         let e = connect(&settings).await.err().unwrap().to_string();
         assert!(e.contains("loopback"), "{e}");
+    }
+
+    /// A loopback server that greets with `greeting` (or not at all) and answers each command
+    /// `{tag} BAD unknown command`, noting what it was sent.
+    async fn fake_server(greeting: Option<&'static str>) -> (u16, Arc<std::sync::Mutex<String>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let heard = Arc::new(std::sync::Mutex::new(String::new()));
+        let noted = Arc::clone(&heard);
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let (read, mut write) = socket.into_split();
+            let Some(greeting) = greeting else {
+                // Silent, holding the connection.
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            };
+            write.write_all(greeting.as_bytes()).await.unwrap();
+            let mut lines = BufReader::new(read).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                noted.lock().unwrap().push_str(&line);
+                let tag = line.split(' ').next().unwrap_or("*").to_owned();
+                let _ = write
+                    .write_all(format!("{tag} BAD unknown command\r\n").as_bytes())
+                    .await;
+            }
+        });
+        (port, heard)
+    }
+
+    fn local(port: u16, tls: ImapTls) -> ImapSettings {
+        ImapSettings {
+            host: "127.0.0.1".into(),
+            port,
+            tls,
+            ca_file: None,
+            user: "relay".into(),
+            password: Secret::new("never-in-the-clear"),
+            folder: "INBOX".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_refuses_starttls_gets_no_login_in_the_clear() {
+        let (port, heard) = fake_server(Some("* OK IMAP4rev1 ready\r\n")).await;
+        let e = connect(&local(port, ImapTls::Starttls))
+            .await
+            .err()
+            .unwrap();
+        let said = format!("{e:#}");
+        assert!(said.contains("refused STARTTLS"), "{said}");
+        let heard = heard.lock().unwrap().clone();
+        assert!(heard.contains("STARTTLS"), "{heard}");
+        assert!(
+            !heard.contains("LOGIN") && !heard.contains("never-in-the-clear"),
+            "{heard}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_never_greets_is_given_up_on() {
+        let (port, _) = fake_server(None).await;
+        let e = connect(&local(port, ImapTls::None)).await.err().unwrap();
+        assert!(format!("{e:#}").contains("no greeting"), "{e:#}");
     }
 }
