@@ -1209,6 +1209,28 @@ async fn a_relay_gets_a_presigned_upload_once_per_nonce_and_none_for_a_file_alre
     );
 }
 
+/// Queues a mail of `run` (recipient group `group`) for `relay`, queued `hours_ago`.
+async fn queued_for_relay(w: &World, relay: &str, run: &str, group: u32, hours_ago: i64) {
+    let record = crate::relay_outbox::OutboxRecord {
+        message_id: format!("<{run}.{group}@branch.example>"),
+        delivery: format!("DLV#{run}#{group}"),
+        run_id: run.into(),
+        from: "reports@branch.example".into(),
+        recipients: vec!["leads@branch.example".into()],
+        key: String::new(),
+        size: 0,
+        queued_at: (Utc::now() - chrono::Duration::hours(hours_ago))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        sent_at: None,
+        smtp_reply: None,
+        refused_at: None,
+        refusal: None,
+    };
+    crate::relay_outbox::queue(w.objects.as_ref(), rec(w), relay, record, b"MIME".to_vec())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_relay_sees_only_its_own_outbox_and_acknowledges_a_mail_once() {
     let w = world().await;
@@ -1224,29 +1246,7 @@ async fn a_relay_sees_only_its_own_outbox_and_acknowledges_a_mail_once() {
         .await;
         keys.push(created["key"].as_str().unwrap().to_owned());
     }
-    let record = crate::relay_outbox::OutboxRecord {
-        message_id: "<run-1.0@branch.example>".into(),
-        delivery: "DLV#run-1#0".into(),
-        run_id: "run-1".into(),
-        from: "reports@branch.example".into(),
-        recipients: vec!["leads@branch.example".into()],
-        key: String::new(),
-        size: 0,
-        queued_at: Utc::now().to_rfc3339(),
-        sent_at: None,
-        smtp_reply: None,
-        refused_at: None,
-        refusal: None,
-    };
-    crate::relay_outbox::queue(
-        w.objects.as_ref(),
-        rec(&w),
-        "branch-1",
-        record,
-        b"MIME".to_vec(),
-    )
-    .await
-    .unwrap();
+    queued_for_relay(&w, "branch-1", "run-1", 0, 0).await;
     let now = Utc::now().timestamp();
     let nonce = crate::relay_auth::new_nonce;
     let (status, outbox) =
@@ -1313,33 +1313,8 @@ async fn a_relay_reports_a_mail_its_sender_refused_once_and_its_delivery_shows_i
     )
     .await;
     let key = created["key"].as_str().unwrap().to_owned();
-    for (id, group) in [
-        ("<run-1.0@branch.example>", 0),
-        ("<run-1.1@branch.example>", 1),
-    ] {
-        let record = crate::relay_outbox::OutboxRecord {
-            message_id: id.into(),
-            delivery: format!("DLV#run-1#{group}"),
-            run_id: "run-1".into(),
-            from: "reports@branch.example".into(),
-            recipients: vec!["leads@branch.example".into()],
-            key: String::new(),
-            size: 0,
-            queued_at: Utc::now().to_rfc3339(),
-            sent_at: None,
-            smtp_reply: None,
-            refused_at: None,
-            refusal: None,
-        };
-        crate::relay_outbox::queue(
-            w.objects.as_ref(),
-            rec(&w),
-            "branch-1",
-            record,
-            b"M".to_vec(),
-        )
-        .await
-        .unwrap();
+    for group in [0, 1] {
+        queued_for_relay(&w, "branch-1", "run-1", group, 0).await;
     }
     let now = Utc::now().timestamp();
     let nonce = crate::relay_auth::new_nonce;
@@ -1440,31 +1415,8 @@ async fn report_mail_waiting_too_long_for_its_relay_makes_the_deployment_unhealt
         )
         .await;
     }
-    let queue = |id: &str, relay: &'static str, hours: i64| {
-        let record = crate::relay_outbox::OutboxRecord {
-            message_id: format!("<{id}@branch.example>"),
-            delivery: format!("DLV#{id}#0"),
-            run_id: id.into(),
-            from: "reports@branch.example".into(),
-            recipients: vec!["leads@branch.example".into()],
-            key: String::new(),
-            size: 0,
-            queued_at: (Utc::now() - chrono::Duration::hours(hours))
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            sent_at: None,
-            smtp_reply: None,
-            refused_at: None,
-            refusal: None,
-        };
-        let w = &w;
-        async move {
-            crate::relay_outbox::queue(w.objects.as_ref(), rec(w), relay, record, b"M".to_vec())
-                .await
-                .unwrap();
-        }
-    };
     // An hour: within the 4 hours allowed.
-    queue("run-a", "branch-1", 1).await;
+    queued_for_relay(&w, "branch-1", "run-a", 0, 1).await;
     let (status, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
     assert_eq!(status, 200, "{body}");
     let relays = body["relays"].as_array().unwrap();
@@ -1478,7 +1430,7 @@ async fn report_mail_waiting_too_long_for_its_relay_makes_the_deployment_unhealt
     );
     assert_eq!(relays[1]["outbox_waiting"], 0);
     // Five hours: the relay is not sending.
-    queue("run-b", "branch-1", 5).await;
+    queued_for_relay(&w, "branch-1", "run-b", 0, 5).await;
     let (status, _, body) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
     assert_eq!(status, 503, "{body}");
     let problems = body["problems"].to_string();
