@@ -50,42 +50,33 @@ ensure_python_env() {
   "$ROOT/.venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 }
 
+# A tool from PyPI in a project-local virtualenv of its own (so no two tools' dependencies
+# meet), made once: ensure_venv DIR PACKAGE VERSION.
+ensure_venv() {
+  local dir="$ROOT/$1" package=$2 version=$3
+  if "$dir/bin/python" -c "import importlib.metadata as m; assert m.version('$package') == '$version'" 2>/dev/null; then
+    return
+  fi
+  say "Creating $1 with $package==$version (once)"
+  python3 -m venv "$dir"
+  "$dir/bin/pip" install --quiet --disable-pip-version-check "$package==$version"
+}
+
 # schemathesis (the control API's contract test) in its own virtualenv, so its dependencies
 # never meet moto's.
 SCHEMATHESIS_VERSION="4.32.5"
 export CHARLIE_SCHEMATHESIS="$ROOT/.venv-schemathesis/bin/schemathesis"
-ensure_schemathesis() {
-  if "$ROOT/.venv-schemathesis/bin/python" -c "import importlib.metadata as m; assert m.version('schemathesis') == '$SCHEMATHESIS_VERSION'" 2>/dev/null; then
-    return
-  fi
-  say "Creating .venv-schemathesis with schemathesis==$SCHEMATHESIS_VERSION (once)"
-  python3 -m venv "$ROOT/.venv-schemathesis"
-  "$ROOT/.venv-schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
-}
+ensure_schemathesis() { ensure_venv .venv-schemathesis schemathesis "$SCHEMATHESIS_VERSION"; }
 
 # aiosmtpd (the real SMTP server the relay's outbox is tested against) in its own virtualenv.
 AIOSMTPD_VERSION="1.4.6"
 export CHARLIE_AIOSMTPD_PYTHON="$ROOT/.venv-smtp/bin/python"
-ensure_aiosmtpd() {
-  if "$CHARLIE_AIOSMTPD_PYTHON" -c "import importlib.metadata as m; assert m.version('aiosmtpd') == '$AIOSMTPD_VERSION'" 2>/dev/null; then
-    return
-  fi
-  say "Creating .venv-smtp with aiosmtpd==$AIOSMTPD_VERSION (once)"
-  python3 -m venv "$ROOT/.venv-smtp"
-  "$ROOT/.venv-smtp/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
-}
+ensure_aiosmtpd() { ensure_venv .venv-smtp aiosmtpd "$AIOSMTPD_VERSION"; }
 
 # checkov (the Terraform's static security checks) in its own virtualenv as well.
 CHECKOV_VERSION="3.3.30"
 export CHARLIE_CHECKOV="$ROOT/.venv-checkov/bin/checkov"
-ensure_checkov() {
-  if "$ROOT/.venv-checkov/bin/python" -c "import importlib.metadata as m; assert m.version('checkov') == '$CHECKOV_VERSION'" 2>/dev/null; then
-    return
-  fi
-  say "Creating .venv-checkov with checkov==$CHECKOV_VERSION (once)"
-  python3 -m venv "$ROOT/.venv-checkov"
-  "$ROOT/.venv-checkov/bin/pip" install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
-}
+ensure_checkov() { ensure_venv .venv-checkov checkov "$CHECKOV_VERSION"; }
 
 # checkov on infra/: every check passes or is skipped at its resource with a written reason
 # (#checkov:skip=ID:reason); any failure fails the suite. --skip-download: no call to Prisma
