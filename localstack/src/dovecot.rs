@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::postgres::{free_port, is_root, stop_wrapped};
+use crate::postgres::{free_port, is_root, spawn_wrapped, stop_wrapped};
 use crate::project;
 
 pub struct Dovecot {
@@ -146,14 +146,8 @@ impl Dovecot {
                 "'{}' -F -c '{d}/dovecot.conf' > '{d}/server.log' 2>&1 & pid=$!; read _; kill -TERM $pid; wait $pid",
                 dovecot.display()
             );
-            let mut child = Command::new("sh")
-                .args(["-c", &script])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting dovecot")?;
-            let lifeline = child.stdin.take();
+            let (mut child, lifeline) =
+                spawn_wrapped(Command::new("sh").args(["-c", &script]), "dovecot")?;
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(20) {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

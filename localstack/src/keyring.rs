@@ -6,12 +6,12 @@
 //! dropping it (its wrapper waits on a pipe from us).
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
-use crate::postgres::stop_wrapped;
+use crate::postgres::{spawn_wrapped, stop_wrapped};
 use crate::project;
 
 pub struct SecretService {
@@ -67,14 +67,10 @@ impl SecretService {
              --foreground > '{d}/keyring.log' 2>&1 & keyring=$!\n\
              read _; kill $keyring $bus; wait"
         );
-        let mut child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the throwaway Secret Service")?;
-        let lifeline = child.stdin.take();
+        let (child, lifeline) = spawn_wrapped(
+            Command::new("sh").args(["-c", &script]),
+            "the throwaway Secret Service",
+        )?;
         let service = SecretService {
             child,
             dir,

@@ -123,13 +123,7 @@ impl PostgresServer {
                 c.args(["-c", &script]);
                 c
             };
-            let mut child = sh
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("starting postgres")?;
-            let lifeline = child.stdin.take();
+            let (mut child, lifeline) = spawn_wrapped(&mut sh, "postgres")?;
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(20) {
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -224,6 +218,23 @@ fn rand_suffix() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Starts a wrapper (a shell script that runs a server in the background, then `read`s its
+/// stdin and stops the server when that ends): the wrapper, and the pipe whose closing stops
+/// it — by [`stop_wrapped`], or by the system when this process dies without dropping it.
+pub(crate) fn spawn_wrapped(
+    wrapper: &mut Command,
+    what: &str,
+) -> anyhow::Result<(Child, Option<std::process::ChildStdin>)> {
+    let mut child = wrapper
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let lifeline = child.stdin.take();
+    Ok((child, lifeline))
 }
 
 /// Stops a server started behind a wrapper that waits on our pipe: closing the pipe makes the
