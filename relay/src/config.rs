@@ -226,10 +226,12 @@ impl Config {
                     if outbox.smtp_host.is_some()
                         || outbox.smtp_user.is_some()
                         || outbox.smtp_port.is_some()
-                        || outbox.ca_file.is_some() =>
+                        || outbox.ca_file.is_some()
+                        || outbox.smtp_password_file.is_some()
+                        || outbox.smtp_password_keyring.is_some() =>
                 {
                     bail!(
-                        "[outbox] via = \"outlook\" sends from the Outlook profile's account: smtp_host, smtp_port, smtp_user and ca_file are for via = \"smtp\""
+                        "[outbox] via = \"outlook\" sends from the Outlook profile's account: smtp_host, smtp_port, smtp_user, ca_file, smtp_password_file and smtp_password_keyring are for via = \"smtp\""
                     )
                 }
                 _ => {}
@@ -240,13 +242,6 @@ impl Config {
             password.check()?;
         }
         if let Some(outbox) = &self.outbox {
-            if outbox.via == Via::Outlook
-                && (outbox.smtp_password_file.is_some() || outbox.smtp_password_keyring.is_some())
-            {
-                bail!(
-                    "[outbox] via = \"outlook\" logs in as the Outlook profile: no smtp_password"
-                );
-            }
             outbox.password().check()?;
         }
         if !(1..=86_400).contains(&self.poll_seconds) {
@@ -436,7 +431,11 @@ mod tests {
             "{head}{folder}[outbox]\nvia = \"outlook\"\nsmtp_password_keyring = \"p\"\n"
         ))
         .unwrap_err();
-        assert!(format!("{e:#}").contains("no smtp_password"), "{e:#}");
+        let said = format!("{e:#}");
+        assert!(
+            said.contains("smtp_password_keyring are for via = \"smtp\""),
+            "{said}"
+        );
     }
 
     #[test]

@@ -179,9 +179,13 @@ async fn set_status(
 pub async fn waiting(
     records: &dyn StateRecords,
     relay: &str,
-) -> anyhow::Result<(usize, Option<String>)> {
+) -> anyhow::Result<(usize, Option<DateTime<Utc>>)> {
     let all = pending(records, relay, usize::MAX).await?;
-    Ok((all.len(), all.first().map(|r| r.queued_at.clone())))
+    let oldest = all
+        .first()
+        .and_then(|r| DateTime::parse_from_rfc3339(&r.queued_at).ok())
+        .map(|t| t.with_timezone(&Utc));
+    Ok((all.len(), oldest))
 }
 
 /// Each relay (revoked ones too: mail queued for one waits all the same) with its outbox:
@@ -200,9 +204,6 @@ pub async fn overview(
     let mut out = Vec::with_capacity(relays.len());
     for relay in relays {
         let (n, oldest) = waiting(records, &relay.id).await?;
-        let oldest = oldest
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc));
         out.push((relay, n, oldest));
     }
     Ok(out)
@@ -357,7 +358,7 @@ mod tests {
         }
         assert_eq!(
             waiting(records, "b1").await.unwrap(),
-            (2, Some("2024-01-01T00:00:00.000Z".into()))
+            (2, Some("2024-01-01T00:00:00Z".parse().unwrap()))
         );
     }
 }

@@ -1066,15 +1066,7 @@ async fn an_admin_creates_lists_and_revokes_relays_and_the_key_is_shown_once() {
 #[tokio::test]
 async fn a_relay_gets_a_presigned_upload_once_per_nonce_and_none_for_a_file_already_there() {
     let w = world().await;
-    let (_, _, created) = call(
-        &w,
-        "POST",
-        "/v1/relays",
-        Some(&w.admin),
-        Some(json!({"id": "branch-1"})),
-    )
-    .await;
-    let key = created["key"].as_str().unwrap().to_owned();
+    let key = new_relay_key(&w, "branch-1").await;
     let mail = b"From: a@b.example\r\n\r\nhello".to_vec();
     let sha = crate::raw_mail::content_id(&mail);
     let upload = json!({"sha256": sha, "size": mail.len()});
@@ -1209,6 +1201,20 @@ async fn a_relay_gets_a_presigned_upload_once_per_nonce_and_none_for_a_file_alre
     );
 }
 
+/// A new relay `id`, made by the admin: its key.
+async fn new_relay_key(w: &World, id: &str) -> String {
+    let (status, _, created) = call(
+        w,
+        "POST",
+        "/v1/relays",
+        Some(&w.admin),
+        Some(json!({"id": id})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    created["key"].as_str().unwrap().to_owned()
+}
+
 /// Queues a mail of `run` (recipient group `group`) for `relay`, queued `hours_ago`.
 async fn queued_for_relay(w: &World, relay: &str, run: &str, group: u32, hours_ago: i64) {
     let record = crate::relay_outbox::OutboxRecord {
@@ -1234,18 +1240,10 @@ async fn queued_for_relay(w: &World, relay: &str, run: &str, group: u32, hours_a
 #[tokio::test]
 async fn a_relay_sees_only_its_own_outbox_and_acknowledges_a_mail_once() {
     let w = world().await;
-    let mut keys = Vec::new();
-    for id in ["branch-1", "branch-2"] {
-        let (_, _, created) = call(
-            &w,
-            "POST",
-            "/v1/relays",
-            Some(&w.admin),
-            Some(json!({"id": id})),
-        )
-        .await;
-        keys.push(created["key"].as_str().unwrap().to_owned());
-    }
+    let keys = [
+        new_relay_key(&w, "branch-1").await,
+        new_relay_key(&w, "branch-2").await,
+    ];
     queued_for_relay(&w, "branch-1", "run-1", 0, 0).await;
     let now = Utc::now().timestamp();
     let nonce = crate::relay_auth::new_nonce;
@@ -1304,15 +1302,7 @@ async fn a_relay_sees_only_its_own_outbox_and_acknowledges_a_mail_once() {
 #[tokio::test]
 async fn a_relay_reports_a_mail_its_sender_refused_once_and_its_delivery_shows_it() {
     let w = world().await;
-    let (_, _, created) = call(
-        &w,
-        "POST",
-        "/v1/relays",
-        Some(&w.admin),
-        Some(json!({"id": "branch-1"})),
-    )
-    .await;
-    let key = created["key"].as_str().unwrap().to_owned();
+    let key = new_relay_key(&w, "branch-1").await;
     for group in [0, 1] {
         queued_for_relay(&w, "branch-1", "run-1", group, 0).await;
     }
