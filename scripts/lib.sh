@@ -81,6 +81,20 @@ ensure_checkov() { ensure_venv .venv-checkov checkov "$CHECKOV_VERSION"; }
 # checkov on infra/: every check passes or is skipped at its resource with a written reason
 # (#checkov:skip=ID:reason); any failure fails the suite. --skip-download: no call to Prisma
 # Cloud for guidelines (offline, and nothing is sent anywhere).
+# `terraform validate` of the AWS root (infra/envs/aws), which nothing here applies: in a
+# copy, so its committed lock file and the tree stay as they are.
+validate_aws_root() {
+  local dir
+  dir=$(mktemp -d)
+  mkdir -p "$dir/infra/envs"
+  cp -r "$ROOT/infra/modules" "$dir/infra/"
+  cp -r "$ROOT/infra/envs/aws" "$dir/infra/envs/"
+  (cd "$dir/infra/envs/aws" && terraform init -backend=false -input=false >/dev/null && terraform validate -no-color)
+  local rc=$?
+  rm -rf "$dir"
+  return $rc
+}
+
 run_checkov() {
   "$CHARLIE_CHECKOV" --directory "$ROOT/infra" --framework terraform --compact --quiet --skip-download
 }
@@ -266,7 +280,7 @@ deny_check() {
 # throwaway folder); a crash fails the run and leaves its input under fuzz/artifacts/.
 fuzz_briefly() {
   local seconds=$1 target work
-  for target in csv_ingest definitions webhook_body; do
+  for target in csv_ingest csv_encodings definitions webhook_body raw_mail sender_auth relay_auth links_verify dashboard_input event_bodies; do
     work=$(mktemp -d)
     mkdir -p "$work/corpus"
     say "cargo fuzz run $target (${seconds} s)"

@@ -9,7 +9,7 @@ use charlie::adapters::aws::sqs::SqsQueue;
 use charlie::csv_ingest::{Origin, parse_attachment};
 use charlie::definitions::Definitions;
 use charlie::invocation::Invocation;
-use charlie::ports::{Claim, Claims, ClientStateStore, Objects, RowStore, WorkQueue};
+use charlie::ports::{Claim, Claims, ClientStateStore, Objects, RowStore, Subscribed, WorkQueue};
 use charlie::stages::poller::{fresh_client_state, keep_client_state};
 use charlie_tests::{clients, create_table, postgres_rows, unique};
 use chrono::{Duration, Utc};
@@ -133,6 +133,148 @@ async fn with_replace_a_repeated_row_overwrites_the_stored_one_on_both_stores() 
         let c1 = stored.iter().find(|r| r.key == "c1").unwrap();
         assert_eq!(c1.source, "mb/m2", "{name}: replaced");
         assert_eq!(c1.values, second[0].values, "{name}");
+    }
+}
+
+/// Two mails carrying the same rows, stored at the same moment (two ingests, as the inbound
+/// mapping allows): each row is stored once and credited to the one mail that counted it new,
+/// and the counts add up exactly — new across both = the rows not stored before, the rest
+/// duplicates. On both stores, over several rounds so the writes interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_first_holds_when_two_mails_store_the_same_rows_at_once_on_both_stores() {
+    let defs = definitions();
+    let ds = &defs.datasets["ib_calls"];
+    assert_eq!(
+        ds.on_duplicate,
+        charlie::definitions::OnDuplicate::KeepFirst
+    );
+    for (name, store) in row_stores().await {
+        for round in 0..3 {
+            let day = format!("2024-05-{:02}", 10 + round);
+            let mut text = HEADER.to_owned();
+            for i in 0..3000 {
+                text.push_str(&format!(
+                    "r{round}-{i:05},A1,Sales,{day}T09:{:02}:00,,5,\n",
+                    i % 60
+                ));
+            }
+            let rows = parse_attachment(ds, text.as_bytes(), &Origin::default())
+                .unwrap()
+                .rows;
+            // 92 of them came in an earlier mail.
+            store
+                .store("ib_calls", ds, &rows[..92], "mb/earlier", Utc::now())
+                .await
+                .unwrap();
+            let (a, b) = tokio::join!(
+                store.store("ib_calls", ds, &rows, "mb/a", Utc::now()),
+                store.store("ib_calls", ds, &rows, "mb/b", Utc::now()),
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_eq!(a.new + b.new, 2908, "{name} round {round}: {a:?} {b:?}");
+            assert_eq!(a.duplicate + b.duplicate, 3092, "{name} round {round}");
+            let day: chrono::NaiveDate = day.parse().unwrap();
+            let stored = store.rows_for_day("ib_calls", ds, day).await.unwrap();
+            assert_eq!(stored.len(), 3000, "{name} round {round}");
+            let credited = |mail: &str| stored.iter().filter(|r| r.source == mail).count() as u64;
+            assert_eq!(
+                (credited("mb/earlier"), credited("mb/a"), credited("mb/b")),
+                (92, a.new, b.new),
+                "{name} round {round}: every row credited to the mail that counted it new"
+            );
+        }
+    }
+}
+
+/// A day rebuilt under a staging name replaces the day: the staged rows in (over the old ones
+/// of the same key), the old rows no file holds deleted, a row stored since the rebuild began
+/// kept, the staging emptied; the counts say so. On both stores, with more rows than a page.
+#[tokio::test]
+async fn a_staged_day_replaces_the_day_on_both_stores() {
+    let defs = definitions();
+    let ds = &defs.datasets["ib_calls"];
+    let day: chrono::NaiveDate = "2024-03-14".parse().unwrap();
+    let rows_of = |from: usize, to: usize, note: &str| {
+        let mut text = HEADER.to_owned();
+        for i in from..to {
+            text.push_str(&format!(
+                "call-{i:05},A1,Sales,2024-03-14T09:{:02}:00,,5,{note}\n",
+                i % 60
+            ));
+        }
+        parse_attachment(ds, text.as_bytes(), &Origin::default())
+            .unwrap()
+            .rows
+    };
+    for (name, store) in row_stores().await {
+        let long_ago = Utc::now() - Duration::hours(1);
+        // The day: 0..2500 from an old mail.
+        store
+            .store("ib_calls", ds, &rows_of(0, 2500, "old"), "mb/old", long_ago)
+            .await
+            .unwrap();
+        let since = Utc::now();
+        // The rebuild: 100..2500 (0..100 are in no file any more) and 2500..2600.
+        let staged = store
+            .store(
+                "ib_calls@rebuild",
+                ds,
+                &rows_of(100, 2600, "rebuilt"),
+                "mb/rebuilt",
+                since,
+            )
+            .await
+            .unwrap();
+        assert_eq!(staged.new, 2500, "{name}");
+        // An ingest beside the rebuild stores 5000..5010.
+        store
+            .store(
+                "ib_calls",
+                ds,
+                &rows_of(5000, 5010, "new"),
+                "mb/new",
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        let replaced = store
+            .replace_day("ib_calls", ds, day, "ib_calls@rebuild", since)
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                replaced.before,
+                replaced.after,
+                replaced.removed,
+                replaced.kept
+            ),
+            (2510, 2510, 100, 10),
+            "{name}"
+        );
+        let after = store.rows_for_day("ib_calls", ds, day).await.unwrap();
+        assert_eq!(after.len(), 2510, "{name}");
+        assert!(
+            after.iter().all(|r| r.key.as_str() >= "call-00100"),
+            "{name}"
+        );
+        let sources: std::collections::BTreeMap<&str, usize> =
+            after.iter().fold(Default::default(), |mut m, r| {
+                *m.entry(r.source.as_str()).or_default() += 1;
+                m
+            });
+        assert_eq!(
+            sources,
+            [("mb/new", 10), ("mb/rebuilt", 2500)].into(),
+            "{name}"
+        );
+        assert!(
+            store
+                .rows_for_day("ib_calls@rebuild", ds, day)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name}: the staging is empty"
+        );
     }
 }
 
@@ -618,7 +760,10 @@ async fn client_states_written_at_once_by_several_folders_are_all_kept() {
     // Eight subscriptions created at once (each folder's poller or lifecycle work): every
     // write reads the map and writes it back, so unserialised writers would lose each other's.
     let written: Vec<_> = (0..8)
-        .map(|i| (format!("sub-{i}"), fresh_client_state()))
+        .map(|i| {
+            let known = Subscribed::new(fresh_client_state(), &format!("mailbox-{i}"));
+            (format!("sub-{i}"), known)
+        })
         .collect();
     let writes = written
         .iter()
@@ -630,19 +775,20 @@ async fn client_states_written_at_once_by_several_folders_are_all_kept() {
     assert_eq!(stored.len(), 8, "every clientState is kept");
     for (id, value) in &written {
         assert!(
-            stored[id].matches(value.expose()),
+            stored[id].matches(value.client_state.expose()),
             "{id} keeps its own value"
         );
+        assert_eq!(stored[id].mailbox, value.mailbox, "{id} keeps its mailbox");
     }
 
     // A replacement drops the old subscription's value in the same write.
-    let newer = fresh_client_state();
+    let newer = Subscribed::new(fresh_client_state(), "mailbox-8");
     keep_client_state(&state, &states, "sub-8", &newer, &["sub-0"], &invocation)
         .await
         .unwrap();
     let stored = states.load().await.unwrap();
     assert!(!stored.contains_key("sub-0"));
-    assert!(stored["sub-8"].matches(newer.expose()));
+    assert!(stored["sub-8"].matches(newer.client_state.expose()));
 }
 
 /// Retention: a DynamoDB row carries its TTL (`expires_at`, the start of the day after its
@@ -807,4 +953,18 @@ async fn a_secret_reads_back_as_written_and_as_rewritten() {
         format!("{missing:#}").contains("no-such-secret"),
         "{missing:#}"
     );
+}
+
+/// An empty sort-key prefix reads the whole partition (DynamoDB refuses an empty string as a
+/// key value: a day's unmatched mail, listed with no prefix, was a 503 on the intake page).
+#[tokio::test]
+async fn an_empty_prefix_reads_the_whole_partition() {
+    use charlie::ports::StateRecords;
+    let (_, state) = fresh_state().await;
+    for sk in ["a#1", "b#2"] {
+        state.put("P#1", sk, "{}".into(), None).await.unwrap();
+    }
+    let all = state.query("P#1", "").await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(state.query("P#1", "b#").await.unwrap().len(), 1);
 }

@@ -325,7 +325,11 @@ async fn mailboxes_resolve_to_their_object_id_and_ids_are_immutable() {
     // The transport headers come when selected, with Exchange's Authentication-Results.
     let sender = message.sender().to_owned();
     assert_eq!(
-        charlie::sender_auth::check(&message.headers, &sender),
+        charlie::sender_auth::check(
+            &message.headers,
+            &sender,
+            charlie::sender_auth::Trust::ReceivingServer
+        ),
         Ok(()),
         "{:?}",
         message.headers

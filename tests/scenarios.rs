@@ -11,7 +11,7 @@ use charlie::adapters::aws::sqs::{CAUSE_ATTRIBUTE, STAGE_ATTRIBUTE, SqsQueue};
 use charlie::definitions::Definitions;
 use charlie::messages::MailRequest;
 use charlie::ports::{Claim, Claims, Objects, RowStore, StateRecords, StoredRow, WorkQueue};
-use charlie::state::{DeliveryStatus, RecordKey, SesMessage, SubscriptionRecord};
+use charlie::state::{DeliveryNews, RecordKey, SesMessage, SubscriptionRecord};
 use charlie_local::demo::{LocalCloud, RowStoreKind, UpOptions};
 use charlie_local::emulator::SentMail;
 use charlie_local::fake_graph::{FakeAttachment, FakeMessage, SendPath};
@@ -34,7 +34,8 @@ struct Ctx {
     /// Every API key the scenarios made, and every error answer the API gave: the secrets
     /// scenario looks for the one in the other and in the logs.
     keys_made: std::sync::Mutex<Vec<String>>,
-    error_answers: std::sync::Mutex<Vec<String>>,
+    /// Each API answer the scenarios got (label, body), for the secrets search.
+    answers: std::sync::Mutex<Vec<(String, String)>>,
     /// Where this process's log lines go (the stages' JSON logs, as CloudWatch would get them).
     log_file: std::path::PathBuf,
 }
@@ -103,8 +104,13 @@ impl Ctx {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap();
-        if status >= 400 {
-            self.error_answers.lock().unwrap().push(text.clone());
+        // Every answer is searched for secrets later, but those that hand out a new key once.
+        let hands_out_a_key = method == "POST" && (path == "/v1/keys" || path == "/v1/relays");
+        if !hands_out_a_key {
+            self.answers
+                .lock()
+                .unwrap()
+                .push((format!("{method} {path} → {status}"), text.clone()));
         }
         (
             status,
@@ -221,7 +227,9 @@ fn run_scenarios(row_store: RowStoreKind) -> std::process::ExitCode {
         wrong_expired_or_weak_keys_are_refused_on_every_route_class,
         a_dead_letter_is_peeked_and_redriven_through_the_api,
         intake_is_seen_and_a_day_reprocessed_through_the_api,
+        reprocessing_never_leaves_a_day_with_fewer_rows,
         paused_intake_records_mails_and_resume_ingests_them,
+        a_flood_of_download_link_requests_starves_neither_operators_nor_graph,
         an_iam_caller_signs_with_sigv4_and_an_unsigned_or_forged_request_is_refused,
         // Late: the requests it generates (runs of odd periods) are left queued.
         the_control_api_keeps_to_its_openapi_document_under_schemathesis,
@@ -295,7 +303,7 @@ async fn up(work: std::path::PathBuf, row_store: RowStoreKind, log_file: std::pa
         ]),
         expected_dials: expected_unique(&["dials_2024-03-14.csv"]),
         keys_made: Default::default(),
-        error_answers: Default::default(),
+        answers: Default::default(),
         log_file,
         cloud,
     }
@@ -456,6 +464,42 @@ async fn webhook_answers_the_handshake_and_refuses_a_body_that_is_no_notificatio
     assert!(body.contains("notification collection"), "{body}");
 }
 
+/// Each route callers reach without a key has its own throttle (Terraform's
+/// api_route_throttles, read back from the stage and applied by the runner as API Gateway
+/// does): 30 requests at once for download links get 429s once their burst is spent, while an
+/// operator's call and Graph's handshake at the same moment still go through.
+async fn a_flood_of_download_link_requests_starves_neither_operators_nor_graph(cx: &Ctx) {
+    let routes = &cx.cloud.runner.deployment.routes;
+    let throttle = |key: &str| {
+        routes
+            .iter()
+            .find(|r| r.route_key == key)
+            .unwrap_or_else(|| panic!("no route {key}"))
+            .throttle
+    };
+    for key in ["GET /v1/links/{proxy+}", "ANY /v1/relay", "ANY /v1/relay/{proxy+}", "POST /ui/login", "POST /graph/notifications"] {
+        assert!(throttle(key).is_some(), "{key} has no throttle of its own");
+    }
+    let (links, _) = throttle("GET /v1/links/{proxy+}").unwrap();
+    let (graph, _) = throttle("POST /graph/notifications").unwrap();
+    assert!(graph >= 10.0 * links, "Graph's notifications have headroom: {graph} vs {links}");
+    let paths: Vec<String> = (0..30).map(|i| format!("/v1/links/not-a-token-{i}")).collect();
+    let flood = paths.iter().map(|p| cx.api("GET", p, None, None));
+    let statuses: Vec<u16> = futures::future::join_all(flood).await.into_iter().map(|(s, _)| s).collect();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert!(throttled >= 10, "the flood was throttled: {statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 429 || *s == 403), "refused or throttled: {statuses:?}");
+    let read = cx.key("throttle-read", charlie::stages::api::keys::Scope::Read).await;
+    let (status, body) = cx.api("GET", "/v1/runs?limit=1", Some(&read), None).await;
+    assert_eq!(status, 200, "operators are not starved: {body}");
+    let (status, _, said) = post(&format!("{}?validationToken=still-here", cx.hook()), String::new()).await;
+    assert_eq!((status, said.as_str()), (200, "still-here"), "nor is Graph");
+    // A second later the links route takes requests again.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (status, _) = cx.api("GET", "/v1/links/not-a-token-again", None, None).await;
+    assert_ne!(status, 429);
+}
+
 /// The poller subscribes to the folder (Graph runs the handshake against the webhook first),
 /// then the delta round pages through the mailbox and ingest stores each row once.
 async fn the_first_poll_subscribes_and_stores_every_row_once(cx: &Ctx) {
@@ -553,7 +597,13 @@ async fn reprocessing_a_day_gives_the_same_rows(cx: &Ctx) {
     let rows: &dyn RowStore = cx.cloud.rows.as_ref();
     let before = rows.rows_for_day("ib_calls", ds, day).await.unwrap();
     let outcome = charlie::reprocess::reprocess_day(
-        &cx.defs,
+        std::sync::Arc::new(
+            Definitions::parse(
+                &std::fs::read_to_string(charlie_local::project::root().join("reports.toml"))
+                    .unwrap(),
+            )
+            .unwrap(),
+        ),
         rows,
         cx.records(),
         &cx.objects,
@@ -1054,7 +1104,7 @@ async fn an_ses_bounce_marks_the_delivery_and_is_never_lowered(cx: &Ctx) {
             .get_record(&RecordKey::delivery_status(&link.delivery))
             .await
             .unwrap()
-            .map(|s: DeliveryStatus| s.status)
+            .map(|s: DeliveryNews| s.status.to_string())
     };
     let events: &dyn WorkQueue = &cx.queue("ses_events");
     events.send(&ses_event("Bounce"), "bounce").await.unwrap();
@@ -1101,11 +1151,16 @@ async fn an_unusable_attachment_is_quarantined_with_its_reason(cx: &Ctx) {
     );
 }
 
-/// A raw export mail as a relay uploads it (8bit CSV, CRLF lines).
+/// The branch's mail server, whose Authentication-Results the scenarios' relays trust.
+const BRANCH_MX: &str = "mx.branch.example";
+
+/// A raw export mail as a relay uploads it (8bit CSV, CRLF lines), with the pass the branch's
+/// mail server wrote on receiving it.
 fn raw_export_mail(message_id: &str, day: &str, n: usize) -> Vec<u8> {
     let csv = String::from_utf8(export(day, n)).unwrap();
     format!(
-        "From: Dialer Exports <exports@dialer.example>\r\nTo: ops@branch.example\r\n\
+        "Authentication-Results: {BRANCH_MX}; spf=pass smtp.mailfrom=dialer.example; dmarc=pass (p=reject) header.from=dialer.example\r\n\
+         From: Dialer Exports <exports@dialer.example>\r\nTo: ops@branch.example\r\n\
          Date: Thu, 2 Apr 2024 10:00:00 +0000\r\nSubject: IB calls export {day}\r\n\
          Message-ID: <{message_id}@dialer.example>\r\nMIME-Version: 1.0\r\n\
          Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n\
@@ -1124,7 +1179,10 @@ fn raw_export_mail(message_id: &str, day: &str, n: usize) -> Vec<u8> {
 async fn relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once(cx: &Ctx) {
     use charlie::object_keys::{quarantined_mail, relay_inbox};
     use charlie::raw_mail::content_id;
-    let relay = charlie::state::RelayRecord::new("branch-e2e", None, "e2e");
+    let relay = charlie::state::RelayRecord {
+        trusted_authserv_ids: vec![BRANCH_MX.into()],
+        ..charlie::state::RelayRecord::new("branch-e2e", None, "e2e")
+    };
     cx.records()
         .put_record(&RecordKey::relay("branch-e2e"), &relay, None)
         .await
@@ -1206,7 +1264,7 @@ impl RelayRig {
             secret_service: None,
         };
         let created: serde_json::Value =
-            serde_json::from_str(&rig.charlie(&["--json", "relay", "create", id])).unwrap();
+            serde_json::from_str(&rig.charlie(&["--json", "relay", "create", id, "--trust-authserv-id", BRANCH_MX])).unwrap();
         rig.key = created["key"].as_str().unwrap().to_owned();
         cx.keys_made.lock().unwrap().push(rig.key.clone());
         std::fs::write(rig.work.join("key"), format!("{}\n", rig.key)).unwrap();
@@ -1297,10 +1355,14 @@ impl RelayRig {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The relay's log is JSON lines holding no part of its key and no upload URL.
+    /// The relay's log is JSON lines holding no part of its key (as it is, in base64, URL- or
+    /// JSON-escaped) and no upload URL.
     fn assert_log_clean(&self) {
         let logged = self.logged();
         assert!(!logged.contains(&self.key[self.key.len() - 20..]), "the relay logs no part of its key");
+        for (form, text) in encoded_forms(&self.key) {
+            assert!(!logged.contains(&text), "the relay logs its key ({form})");
+        }
         assert!(!logged.contains("X-Amz-Signature"), "nor an upload URL");
         for line in logged.lines() {
             let _: serde_json::Value = serde_json::from_str(line)
@@ -2010,6 +2072,7 @@ async fn no_secret_is_in_a_log_line_an_error_a_stored_record_or_an_object(cx: &C
     );
     assert!(cx.keys_made.lock().unwrap().len() >= 5, "the scenarios made keys");
 
+    assert_encoded_forms_are_found_wherever_they_sit();
     let mut places: Vec<(String, Vec<u8>)> = Vec::new();
     let logs = std::fs::read(&cx.log_file).unwrap();
     assert!(logs.len() > 10_000, "the stages logged ({} bytes)", logs.len());
@@ -2019,8 +2082,10 @@ async fn no_secret_is_in_a_log_line_an_error_a_stored_record_or_an_object(cx: &C
         "the log search is blind"
     );
     places.push(("the stages' log".into(), logs.clone()));
-    for (i, body) in cx.error_answers.lock().unwrap().iter().enumerate() {
-        places.push((format!("error answer {i}"), body.clone().into_bytes()));
+    let answers = cx.answers.lock().unwrap().clone();
+    assert!(answers.len() > 10, "the scenarios' answers were kept ({})", answers.len());
+    for (label, body) in answers {
+        places.push((format!("the answer to {label}"), body.into_bytes()));
     }
     for table in [&cx.cloud.outputs.state_table, &cx.cloud.outputs.rows_table] {
         let mut start = None;
@@ -2069,8 +2134,10 @@ async fn no_secret_is_in_a_log_line_an_error_a_stored_record_or_an_object(cx: &C
     let mut found = Vec::new();
     for (place, bytes) in &places {
         for (name, secret) in &secrets {
-            if memchr::memmem::find(bytes, secret.as_bytes()).is_some() {
-                found.push(format!("{name} in {place}"));
+            for (form, text) in encoded_forms(secret) {
+                if memchr::memmem::find(bytes, text.as_bytes()).is_some() {
+                    found.push(format!("{name} ({form}) in {place}"));
+                }
             }
         }
     }
@@ -2084,6 +2151,61 @@ async fn no_secret_is_in_a_log_line_an_error_a_stored_record_or_an_object(cx: &C
         places.len(),
         logs.len()
     );
+}
+
+/// A secret as it would show when written out some way other than as it is: in base64 (either
+/// alphabet, at any alignment in a longer stream: the part its own bytes alone decide),
+/// percent-encoded and JSON-escaped. (form, text) pairs; the secret itself first.
+fn encoded_forms(secret: &str) -> Vec<(&'static str, String)> {
+    use base64::Engine;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    let mut forms = vec![("as it is", secret.to_owned())];
+    for offset in 0..3 {
+        let mut bytes = vec![0u8; offset];
+        bytes.extend_from_slice(secret.as_bytes());
+        for (form, encoded) in [
+            ("base64", STANDARD.encode(&bytes)),
+            ("base64url", URL_SAFE_NO_PAD.encode(&bytes)),
+        ] {
+            // Drop the groups a neighbour's bytes or padding share.
+            if encoded.len() > 12 {
+                forms.push((form, encoded[4..encoded.len() - 4].to_owned()));
+            }
+        }
+    }
+    let url: String = secret
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    if url != secret {
+        forms.push(("URL-encoded", url));
+    }
+    let json = serde_json::to_string(secret).unwrap();
+    let json = json.trim_matches('"');
+    if json != secret {
+        forms.push(("JSON-escaped", json.to_owned()));
+    }
+    forms
+}
+
+/// The forms looked for find what they should: a secret base64-encoded inside a longer text at
+/// each alignment, percent-encoded, and JSON-escaped (the search proves itself first).
+fn assert_encoded_forms_are_found_wherever_they_sit() {
+    use base64::Engine;
+    let secret = "s3cr3t/with+odd\"chars\\ok";
+    for prefix in ["", "a", "ab", "abc"] {
+        let stream = base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{secret}tail"));
+        assert!(
+            encoded_forms(secret).iter().any(|(_, t)| stream.contains(t.as_str())),
+            "{prefix:?}"
+        );
+    }
+    let json = serde_json::to_string(&serde_json::json!({"v": secret})).unwrap();
+    assert!(encoded_forms(secret).iter().any(|(f, t)| *f == "JSON-escaped" && json.contains(t.as_str())));
+    assert!(encoded_forms(secret).iter().any(|(f, t)| *f == "URL-encoded" && t.contains("%2F")));
 }
 
 async fn a_mail_found_by_webhook_and_poll_is_ingested_once(cx: &Ctx) {
@@ -2753,6 +2875,114 @@ async fn intake_is_seen_and_a_day_reprocessed_through_the_api(cx: &Ctx) {
     assert_eq!(status, 202);
     cx.cloud.runner.drain().await.unwrap();
     assert_eq!(cx.rows_of("ib_calls", "2024-03-21").await, 4);
+}
+
+/// An ib_calls export of `n` calls on `day` (times that stay valid past ten rows), followed,
+/// when `cut_short`, by a record whose quote never closes and runs past `max_field_bytes`.
+fn large_export(day: &str, n: usize, cut_short: bool) -> Vec<u8> {
+    let mut csv = export(day, 0);
+    for i in 0..n {
+        let m = i % 60;
+        csv.extend_from_slice(format!("{day}-call-{i},A0075,Anne,Support,{day}T09:{m:02}:00,{day}T09:{m:02}:05,{day}T09:{m:02}:50,45,5,RESOLVED,,\n").as_bytes());
+    }
+    if cut_short {
+        csv.extend_from_slice(format!("{day}-call-broken,A0075,Anne,Support,{day}T10:00:00,,,1,1,X,,\"").as_bytes());
+        for _ in 0..1100 {
+            csv.extend_from_slice(&[b'x'; 63]);
+            csv.push(b'\n');
+        }
+    }
+    csv
+}
+
+/// Asks for a reprocess of `dataset` on `day` through the API, lets it run, and answers its
+/// record.
+async fn reprocess_through_the_api(cx: &Ctx, key: &str, dataset: &str, day: &str) -> serde_json::Value {
+    let body = serde_json::json!({"dataset": dataset, "date": day});
+    let (status, asked) = cx.api("POST", "/v1/reprocess", Some(key), Some(body)).await;
+    assert_eq!(status, 202, "{asked}");
+    let id = asked["request_id"].as_str().unwrap().to_owned();
+    cx.cloud.runner.drain().await.unwrap();
+    let (status, record) = cx.api("GET", &format!("/v1/reprocess/{id}"), Some(key), None).await;
+    assert_eq!(status, 200, "{record}");
+    record
+}
+
+/// Reprocessing cannot empty a day. A day of a clean mail (300 rows) and a file unusable part
+/// way (2,000 more rows before its error) is rebuilt to the same 2,300 rows; once the clean
+/// mail's archived file is deleted, a reprocess fails at once (not retried) with the key named,
+/// and the day keeps every row.
+async fn reprocessing_never_leaves_a_day_with_fewer_rows(cx: &Ctx) {
+    use charlie::stages::api::keys::Scope;
+    let operator = cx.key("operator-rp", Scope::Operate).await;
+    let day = "2024-05-07";
+    let (clean, cut) = ("AAMkAGI2TG93AAA=rp-clean", "AAMkAGI2TG93AAA=rp-cut");
+    cx.cloud.graph.deliver(FakeMessage {
+        attachments: vec![FakeAttachment {
+            name: format!("ib_calls_{day}.csv"),
+            content_type: "text/csv".into(),
+            bytes: large_export(day, 300, false),
+        }],
+        ..new_mail(clean, day, 0)
+    });
+    cx.cloud.graph.deliver(FakeMessage {
+        received: format!("{day}T11:00:00Z"),
+        attachments: vec![FakeAttachment {
+            name: format!("ib_calls_{day}_b.csv"),
+            content_type: "text/csv".into(),
+            // Its first 300 calls are the clean mail's.
+            bytes: large_export(day, 2_300, true),
+        }],
+        ..new_mail(cut, day, 0)
+    });
+    // A poll that day finds both (a first one syncs the days before it, a later one reads on
+    // from the last).
+    let (_, drained) = cx.cloud.poll(at(&format!("{day}T12:00:00Z"))).await.unwrap();
+    assert_eq!(drained.failures, 0);
+    assert_eq!(cx.rows_of("ib_calls", day).await, 2_300);
+
+    let done = reprocess_through_the_api(cx, &operator, "ib_calls", day).await;
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(
+        (&done["attachments"], &done["rows_deleted"], &done["rows_stored"], &done["partly_read"]),
+        (&serde_json::json!(2), &serde_json::json!(2_300), &serde_json::json!(2_300), &serde_json::json!(1)),
+        "{done}"
+    );
+    assert_eq!(cx.rows_of("ib_calls", day).await, 2_300, "never fewer rows");
+
+    let raw_key = cx.records().outcomes_of_mail(&cx.mailbox_id, clean).await.unwrap()[0]
+        .raw_key
+        .clone();
+    cx.cloud
+        .clients
+        .s3
+        .delete_object()
+        .bucket(&cx.cloud.outputs.bucket)
+        .key(&raw_key)
+        .send()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let failed = reprocess_through_the_api(cx, &operator, "ib_calls", day).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains(&raw_key) && error.contains("keeps its rows"), "{error}");
+    assert_eq!((&failed["rows_deleted"], &failed["rows_stored"]), (&serde_json::json!(0), &serde_json::json!(0)));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "not retried");
+    assert_eq!(cx.rows_of("ib_calls", day).await, 2_300, "the day as it was");
+    // The dead letter it left (with its cause) is this scenario's: removed for the next ones.
+    let letters = cx.dead_letters("inbound").await;
+    let ours: Vec<_> = letters
+        .iter()
+        .filter(|m| m.body.as_deref().unwrap_or_default().contains(failed["request_id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ours.len(), 1, "dead-lettered once, with its cause");
+    let cause = ours[0].message_attributes.as_ref().unwrap()[CAUSE_ATTRIBUTE].string_value().unwrap();
+    assert!(cause.contains(&raw_key), "{cause}");
+    let (status, _) = cx
+        .api("DELETE", &format!("/v1/dead-letters/inbound/{}", ours[0].message_id.as_deref().unwrap()), Some(&operator), None)
+        .await;
+    assert_eq!(status, 204);
 }
 
 /// Paused, the webhook records the mail it is told of instead of queueing it (nothing is

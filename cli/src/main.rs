@@ -12,7 +12,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use charlie::csv_ingest::{Origin, parse_attachment};
+use charlie::csv_ingest::{Origin, read_attachment};
 use charlie::definitions::{DateSource, Definitions};
 use clap::{Parser, Subcommand};
 
@@ -318,6 +318,9 @@ fn config_check(file: &Path) -> ExitCode {
                 defs.reports.len(),
                 names(defs.reports.keys().collect()),
             );
+            for warning in defs.warnings() {
+                eprintln!("{}: warning: {warning}", file.display());
+            }
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -413,11 +416,11 @@ fn ingest_check(
         },
         None => "none".to_owned(),
     };
-    match parse_attachment(ds, &bytes, &origin) {
+    match read_attachment(ds, &bytes, &origin) {
         Ok(parsed) => {
             let dates: std::collections::BTreeSet<String> =
                 parsed.rows.iter().map(|r| r.date.to_string()).collect();
-            let out = serde_json::json!({
+            let mut out = serde_json::json!({
                 "file": csv_file.display().to_string(),
                 "dataset": dataset,
                 "encoding": parsed.encoding,
@@ -433,8 +436,17 @@ fn ingest_check(
                 "lines": parsed.lines,
                 "rejects": parsed.rejects,
             });
+            // Unusable part way: ingest stores the rows before and quarantines the file.
+            if let Some(why) = &parsed.stopped {
+                out["error"] = why.to_string().into();
+                out["kind"] = why.kind().into();
+            }
             println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
-            ExitCode::SUCCESS
+            if parsed.stopped.is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(unusable) => {
             let out = serde_json::json!({

@@ -6,6 +6,13 @@
 //! refused (401) or lacks the scope (403); 4 no such thing (404); 5 the API could not be
 //! reached or failed (5xx); 6 a conflict (409: e.g. cancelling a finished run).
 
+use charlie::contract::{
+    CancelRequested, Counters, CreatedKey, CreatedRelay, DayOutcomes, DeadLetterQueues,
+    DeadLetters, Delivery, Health, IntakeState, KeyInfo, KeyList, Metrics, NewKey, NewRelay,
+    Problem, Quarantined, QueueDepth, Redrive, Redriven, RelayInfo, RelayList, ReportList,
+    ReprocessQueued, ReprocessRecord, ReprocessStatus, RunAnswer, RunDeliveries, RunList,
+    RunQueued, RunStatus, StartReprocess, StartRun, WorkbookVersions,
+};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -115,6 +122,11 @@ pub enum RelayCommand {
         /// paths is then ingested once)
         #[arg(long)]
         mailbox: Option<String>,
+        /// A mail server whose Authentication-Results headers are believed in the relay's
+        /// mail (its authserv-id, the host name the header starts with; repeat for several).
+        /// Without one, datasets that require an authenticated sender ignore the relay's mail
+        #[arg(long = "trust-authserv-id", value_name = "HOST")]
+        trusted_authserv_ids: Vec<String>,
     },
     /// Every relay, when it was last seen, whether it is revoked
     List,
@@ -317,12 +329,13 @@ impl Client {
             .map_err(|e| Failure(5, format!("reading the answer of {url}: {e}")))?;
         let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
-            let message = body["message"]
-                .as_str()
-                .unwrap_or("(no message)")
+            let problem = serde_json::from_value::<Problem>(body).ok();
+            let message = problem
+                .as_ref()
+                .map_or("(no message)", |p| p.message.as_str())
                 .to_owned();
-            let field = body["field"]
-                .as_str()
+            let field = problem
+                .and_then(|p| p.field)
                 .map(|f| format!(" [field: {f}]"))
                 .unwrap_or_default();
             let hint = match status {
@@ -355,6 +368,55 @@ impl Client {
 
     fn print_json(&self, v: &Value) {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+
+    /// Prints an answer of the contract's types as JSON (`--json`).
+    fn print<T: serde::Serialize>(&self, v: &T) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+
+    /// Calls a route and reads its answer as the contract's type for it.
+    async fn typed<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<T, Failure> {
+        let answer = self.call(method, path, body).await?;
+        serde_json::from_value(answer.body).map_err(|e| {
+            Failure(
+                5,
+                format!("{method} {path}: the answer is not what this CLI knows ({e}); is the CLI as new as the deployment?"),
+            )
+        })
+    }
+}
+
+/// A text cell: `-` when empty.
+fn cell(v: &str) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.to_owned()
+    }
+}
+
+/// An optional text cell: `-` when absent or empty.
+fn opt(v: &Option<String>) -> String {
+    cell(v.as_deref().unwrap_or_default())
+}
+
+/// An optional time as [`at`] shows it (`-` when absent).
+fn at_opt(t: &Option<String>) -> String {
+    at(t.as_deref().unwrap_or_default())
+}
+
+/// `2024-03-14T06:00:01.123+00:00` → `2024-03-14 06:00:01`.
+fn at(t: &str) -> String {
+    if t.len() >= 19 && t.as_bytes()[10] == b'T' {
+        format!("{} {}", &t[..10], &t[11..19])
+    } else {
+        cell(t)
     }
 }
 
@@ -395,52 +457,6 @@ fn exit(result: Result<(), Failure>) -> ExitCode {
     }
 }
 
-/// A JSON array of strings as one `sep`-joined cell (empty when not an array).
-fn joined(v: &Value, sep: &str) -> String {
-    v.as_array()
-        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(sep))
-        .unwrap_or_default()
-}
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(x) if x.is_empty() => "-".into(),
-        Value::String(x) => x.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// `2024-03-14T06:00:01.123+00:00` → `2024-03-14 06:00:01`.
-fn when(v: &Value) -> String {
-    let t = s(v);
-    if t.len() >= 19 && t.as_bytes()[10] == b'T' {
-        format!("{} {}", &t[..10], &t[11..19])
-    } else {
-        t
-    }
-}
-
-fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-const FINAL: [&str; 5] = [
-    "built",
-    "skipped_empty",
-    "notice_sent",
-    "failed",
-    "cancelled",
-];
-
 pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
     let result = match command {
         RunsCommand::List {
@@ -458,31 +474,30 @@ pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
                 ("to", to),
             ] {
                 if let Some(v) = v {
-                    q.push(format!("{k}={}", encode(&v)));
+                    q.push(format!("{k}={}", charlie::uri::segment(&v)));
                 }
             }
             match c
-                .call("GET", &format!("/v1/runs?{}", q.join("&")), None)
+                .typed::<RunList>("GET", &format!("/v1/runs?{}", q.join("&")), None)
                 .await
             {
-                Ok(a) if c.json => {
-                    c.print_json(&a.body);
+                Ok(list) if c.json => {
+                    c.print(&list);
                     Ok(())
                 }
-                Ok(a) => {
-                    let rows: Vec<Vec<String>> = a.body["runs"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
+                Ok(list) => {
+                    let rows: Vec<Vec<String>> = list
+                        .runs
+                        .iter()
                         .map(|r| {
                             vec![
-                                s(&r["run_id"]),
-                                s(&r["report"]),
-                                s(&r["period"]),
-                                s(&r["status"]),
-                                s(&r["rows"]),
-                                when(&r["requested_at"]),
-                                s(&r["requested_by"]),
+                                cell(&r.run_id),
+                                cell(&r.report),
+                                cell(&r.period),
+                                r.status.to_string(),
+                                r.rows.to_string(),
+                                at(&r.requested_at),
+                                cell(&r.requested_by),
                             ]
                         })
                         .collect();
@@ -502,7 +517,7 @@ pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
                             &rows,
                         );
                     }
-                    if let Some(next) = a.body["next_cursor"].as_str() {
+                    if let Some(next) = &list.next_cursor {
                         println!("(more: the API's next_cursor is {next})");
                     }
                     Ok(())
@@ -510,46 +525,51 @@ pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
                 Err(f) => Err(f),
             }
         }
-        RunsCommand::Show { run } => show_run(c, &run).await.map(|_| ()),
+        RunsCommand::Show { run } => show_run(c, &run).await,
         RunsCommand::Start {
             report,
             period,
             wait,
         } => {
+            let start = StartRun { report, period };
             match c
-                .call(
-                    "POST",
-                    "/v1/runs",
-                    Some(json!({"report": report, "period": period})),
-                )
+                .typed::<RunQueued>("POST", "/v1/runs", Some(json!(start)))
                 .await
             {
-                Ok(a) => started(c, a, wait).await,
+                Ok(q) => started(c, q, wait).await,
                 Err(f) => Err(f),
             }
         }
         RunsCommand::Rerun { run, wait } => {
             match c
-                .call("POST", &format!("/v1/runs/{}/rerun", encode(&run)), None)
+                .typed::<RunQueued>(
+                    "POST",
+                    &format!("/v1/runs/{}/rerun", charlie::uri::segment(&run)),
+                    None,
+                )
                 .await
             {
-                Ok(a) => started(c, a, wait).await,
+                Ok(q) => started(c, q, wait).await,
                 Err(f) => Err(f),
             }
         }
         RunsCommand::Cancel { run } => {
             match c
-                .call("POST", &format!("/v1/runs/{}/cancel", encode(&run)), None)
+                .typed::<CancelRequested>(
+                    "POST",
+                    &format!("/v1/runs/{}/cancel", charlie::uri::segment(&run)),
+                    None,
+                )
                 .await
             {
-                Ok(a) if c.json => {
-                    c.print_json(&a.body);
+                Ok(asked) if c.json => {
+                    c.print(&asked);
                     Ok(())
                 }
-                Ok(a) => {
+                Ok(asked) => {
                     println!(
                         "cancel requested for {run} (it was {}): the builder stops before it starts or at its next page; `charlie runs show {run}` says when",
-                        s(&a.body["status"])
+                        asked.status
                     );
                     Ok(())
                 }
@@ -560,64 +580,66 @@ pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
     exit(result)
 }
 
-async fn started(c: &Client, a: Answer, wait: bool) -> Result<(), Failure> {
-    let run = s(&a.body["run_id"]);
+async fn started(c: &Client, queued: RunQueued, wait: bool) -> Result<(), Failure> {
+    let run = queued.run_id.clone();
     if !wait {
         if c.json {
-            c.print_json(&a.body);
+            c.print(&queued);
         } else {
-            println!(
-                "{run}: queued ({} {})",
-                s(&a.body["report"]),
-                s(&a.body["period"])
-            );
+            println!("{run}: queued ({} {})", queued.report, queued.period);
         }
         return Ok(());
     }
     if !c.json {
         println!("{run}: queued");
     }
-    let mut last = String::from("queued");
+    let mut last = RunStatus::Queued;
     let deadline = std::time::Instant::now() + Duration::from_secs(30 * 60);
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let r = c
-            .call("GET", &format!("/v1/runs/{}", encode(&run)), None)
-            .await?
-            .body;
-        let status = s(&r["status"]);
+        let r: RunAnswer = c
+            .typed(
+                "GET",
+                &format!("/v1/runs/{}", charlie::uri::segment(&run)),
+                None,
+            )
+            .await?;
+        let status = r.run.status;
         if status != last && !c.json {
-            let extra = match status.as_str() {
-                "retrying" => format!(" ({}; attempt {})", s(&r["error"]), s(&r["attempts"])),
-                "built" => format!(" ({} rows, {} bytes)", s(&r["rows"]), s(&r["size"])),
-                "failed" => format!(" ({})", s(&r["error"])),
+            let extra = match status {
+                RunStatus::Retrying => {
+                    format!(" ({}; attempt {})", opt(&r.run.error), r.run.attempts)
+                }
+                RunStatus::Built => format!(" ({} rows, {} bytes)", r.run.rows, r.run.size),
+                RunStatus::Failed => format!(" ({})", opt(&r.run.error)),
                 _ => String::new(),
             };
             println!("{run}: {status}{extra}");
-            last = status.clone();
+            last = status;
         }
-        let delivered = r["deliveries"].as_array().is_some_and(|d| !d.is_empty());
-        let done = match status.as_str() {
+        let done = match status {
             // Built: done once the mailer recorded its deliveries.
-            "built" | "notice_sent" => delivered,
-            s => FINAL.contains(&s),
+            RunStatus::Built | RunStatus::NoticeSent => !r.deliveries.is_empty(),
+            s => s.is_final(),
         };
         if done {
             if c.json {
-                c.print_json(&r);
+                c.print(&r);
             } else {
-                for d in r["deliveries"].as_array().into_iter().flatten() {
+                for d in &r.deliveries {
                     println!(
                         "{run}: sent by {} to {} ({}, message id {})",
-                        s(&d["transport"]),
-                        joined(&d["to"], ", "),
-                        s(&d["status"]),
-                        s(&d["provider_message_id"])
+                        d.transport,
+                        d.to.join(", "),
+                        d.status,
+                        cell(&d.provider_message_id)
                     );
                 }
             }
-            return match status.as_str() {
-                "failed" | "cancelled" => Err(Failure(1, format!("run {run} {status}"))),
+            return match status {
+                RunStatus::Failed | RunStatus::Cancelled => {
+                    Err(Failure(1, format!("run {run} {status}")))
+                }
                 _ => Ok(()),
             };
         }
@@ -632,68 +654,71 @@ async fn started(c: &Client, a: Answer, wait: bool) -> Result<(), Failure> {
     }
 }
 
-async fn show_run(c: &Client, run: &str) -> Result<Value, Failure> {
-    let r = c
-        .call("GET", &format!("/v1/runs/{}", encode(run)), None)
-        .await?
-        .body;
+async fn show_run(c: &Client, run: &str) -> Result<(), Failure> {
+    let r: RunAnswer = c
+        .typed(
+            "GET",
+            &format!("/v1/runs/{}", charlie::uri::segment(run)),
+            None,
+        )
+        .await?;
     if c.json {
-        c.print_json(&r);
-        return Ok(r);
+        c.print(&r);
+        return Ok(());
     }
+    let run = &r.run;
     let fields = [
-        ("run", s(&r["run_id"])),
-        ("report", s(&r["report"])),
-        ("period", s(&r["period"])),
+        ("run", cell(&run.run_id)),
+        ("report", cell(&run.report)),
+        ("period", cell(&run.period)),
         (
             "status",
             format!(
                 "{}{}",
-                s(&r["status"]),
-                if r["stale"] == true {
+                run.status,
+                if r.stale {
                     " (stale: its attempt died; the queue delivers it again)"
                 } else {
                     ""
                 }
             ),
         ),
-        ("attempts", s(&r["attempts"])),
+        ("attempts", run.attempts.to_string()),
         (
             "requested",
-            format!("{} by {}", when(&r["requested_at"]), s(&r["requested_by"])),
+            format!("{} by {}", at(&run.requested_at), cell(&run.requested_by)),
         ),
-        ("started", when(&r["started_at"])),
-        ("finished", when(&r["finished_at"])),
-        ("rows", s(&r["rows"])),
-        ("sheets", joined(&r["sheets"], ", ")),
+        ("started", at(&run.started_at)),
+        ("finished", at(&run.finished_at)),
+        ("rows", run.rows.to_string()),
+        ("sheets", run.sheets.join(", ")),
         (
             "workbook",
             format!(
                 "{} (version {})",
-                s(&r["workbook_key"]),
-                s(&r["workbook_version"])
+                opt(&run.workbook_key),
+                opt(&run.workbook_version)
             ),
         ),
-        ("size", s(&r["size"])),
-        ("sha256", s(&r["sha256"])),
-        ("error", s(&r["error"])),
-        ("cancel requested", s(&r["cancel_requested"])),
+        ("size", run.size.to_string()),
+        ("sha256", opt(&run.sha256)),
+        ("error", opt(&run.error)),
+        ("cancel requested", r.cancel_requested.to_string()),
     ];
     for (k, v) in fields {
         println!("{k:<17} {v}");
     }
-    let rows: Vec<Vec<String>> = r["deliveries"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = r
+        .deliveries
+        .iter()
         .map(|d| {
             vec![
-                s(&d["group"]),
-                s(&d["transport"]),
+                cell(&d.group),
+                cell(&d.transport),
                 delivery_status(d),
-                when(&d["sent_at"]),
-                joined(&d["to"], ", "),
-                s(&d["provider_message_id"]),
+                at(&d.sent_at),
+                d.to.join(", "),
+                cell(&d.provider_message_id),
             ]
         })
         .collect();
@@ -706,12 +731,16 @@ async fn show_run(c: &Client, run: &str) -> Result<Value, Failure> {
             &rows,
         );
     }
-    Ok(r)
+    Ok(())
 }
 
 pub async fn download(c: &Client, run: &str, out: Option<std::path::PathBuf>) -> ExitCode {
     let a = match c
-        .call("GET", &format!("/v1/runs/{}/download", encode(run)), None)
+        .call(
+            "GET",
+            &format!("/v1/runs/{}/download", charlie::uri::segment(run)),
+            None,
+        )
         .await
     {
         Ok(a) => a,
@@ -752,21 +781,20 @@ pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
     let result = async {
         match command {
             DlqCommand::List => {
-                let a = c.call("GET", "/v1/dead-letters", None).await?;
+                let list: DeadLetterQueues = c.typed("GET", "/v1/dead-letters", None).await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&list);
                     return Ok(());
                 }
-                let rows: Vec<Vec<String>> = a.body["dead_letter_queues"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = list
+                    .dead_letter_queues
+                    .iter()
                     .map(|q| {
                         vec![
-                            s(&q["queue"]),
-                            s(&q["messages"]),
-                            when(&q["oldest_sent_at"]),
-                            if q["redrivable"] == true {
+                            cell(&q.queue),
+                            q.messages.to_string(),
+                            at_opt(&q.oldest_sent_at),
+                            if q.redrivable {
                                 "yes".into()
                             } else {
                                 "no (no source queue)".into()
@@ -778,31 +806,33 @@ pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
                 Ok(())
             }
             DlqCommand::Peek { queue, max } => {
-                let a = c
-                    .call(
+                let peeked: DeadLetters = c
+                    .typed(
                         "GET",
-                        &format!("/v1/dead-letters/{}?max={max}", encode(&queue)),
+                        &format!(
+                            "/v1/dead-letters/{}?max={max}",
+                            charlie::uri::segment(&queue)
+                        ),
                         None,
                     )
                     .await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&peeked);
                     return Ok(());
                 }
-                let letters = a.body["messages"].as_array().cloned().unwrap_or_default();
-                if letters.is_empty() {
+                if peeked.messages.is_empty() {
                     println!("{queue}: no dead letters");
                 }
-                for l in letters {
+                for l in &peeked.messages {
                     println!(
                         "{}  sent {}  received {}x  stage {}",
-                        s(&l["message_id"]),
-                        when(&l["sent_at"]),
-                        s(&l["receive_count"]),
-                        s(&l["failed_stage"])
+                        cell(&l.message_id),
+                        at(&l.sent_at.map(|t| t.to_rfc3339()).unwrap_or_default()),
+                        l.receive_count,
+                        opt(&l.failed_stage)
                     );
-                    println!("  cause: {}", s(&l["cause"]));
-                    let body = s(&l["body"]);
+                    println!("  cause: {}", opt(&l.cause));
+                    let body = cell(&l.body);
                     let short: String = body.chars().take(160).collect();
                     println!(
                         "  body:  {short}{}",
@@ -816,36 +846,41 @@ pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
                 Ok(())
             }
             DlqCommand::Redrive { queue, ids, all } => {
-                let body = if all {
-                    json!({"all": true})
+                let ask = if all {
+                    Redrive {
+                        all: true,
+                        ..Redrive::default()
+                    }
                 } else if ids.is_empty() {
                     return Err(Failure(
                         2,
                         "give the message ids to redrive, or --all".into(),
                     ));
                 } else {
-                    json!({"message_ids": ids})
+                    Redrive {
+                        message_ids: Some(ids),
+                        ..Redrive::default()
+                    }
                 };
-                let a = c
-                    .call(
+                let done: Redriven = c
+                    .typed(
                         "POST",
-                        &format!("/v1/dead-letters/{}/redrive", encode(&queue)),
-                        Some(body),
+                        &format!("/v1/dead-letters/{}/redrive", charlie::uri::segment(&queue)),
+                        Some(json!(ask)),
                     )
                     .await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&done);
                 } else {
-                    let moved = a.body["moved"].as_array().map_or(0, Vec::len);
-                    println!("{queue}: {moved} message(s) moved back to the queue");
-                    for id in a.body["not_found"].as_array().into_iter().flatten() {
-                        println!("  not found: {}", s(id));
+                    println!(
+                        "{queue}: {} message(s) moved back to the queue",
+                        done.moved.len()
+                    );
+                    for id in &done.not_found {
+                        println!("  not found: {}", cell(id));
                     }
                 }
-                if a.body["not_found"]
-                    .as_array()
-                    .is_some_and(|n| !n.is_empty())
-                {
+                if !done.not_found.is_empty() {
                     return Err(Failure(
                         4,
                         "some messages were not in the dead-letter queue".into(),
@@ -856,7 +891,11 @@ pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
             DlqCommand::Delete { queue, id } => {
                 c.call(
                     "DELETE",
-                    &format!("/v1/dead-letters/{}/{}", encode(&queue), encode(&id)),
+                    &format!(
+                        "/v1/dead-letters/{}/{}",
+                        charlie::uri::segment(&queue),
+                        charlie::uri::segment(&id)
+                    ),
                     None,
                 )
                 .await?;
@@ -883,38 +922,53 @@ pub async fn health(c: &Client) -> ExitCode {
         Err(e) => return Failure(5, format!("cannot reach {url}: {e}")).into(),
     };
     let status = resp.status().as_u16();
-    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    let text = resp.text().await.unwrap_or_default();
     if status != 200 && status != 503 {
+        let message = serde_json::from_str::<Problem>(&text)
+            .map_or_else(|_| "(no message)".to_owned(), |p| p.message);
         return Failure(
             if status == 401 || status == 403 { 3 } else { 5 },
-            format!("GET /v1/health: {status}: {}", s(&body["message"])),
+            format!("GET /v1/health: {status}: {message}"),
         )
         .into();
     }
+    let health: Health = match serde_json::from_str(&text) {
+        Ok(h) => h,
+        Err(e) => {
+            return Failure(
+                5,
+                format!("GET /v1/health: the answer is not what this CLI knows ({e}); is the CLI as new as the deployment?"),
+            )
+            .into();
+        }
+    };
     if c.json {
-        c.print_json(&body);
+        c.print(&health);
     } else {
-        println!("status: {}", s(&body["status"]));
-        for p in body["problems"].as_array().into_iter().flatten() {
-            println!("  problem: {}", s(p));
+        println!("status: {}", health.status);
+        for p in &health.problems {
+            println!("  problem: {}", cell(p));
         }
-        for w in body["warnings"].as_array().into_iter().flatten() {
-            println!("  warning: {}", s(w));
+        for w in &health.warnings {
+            println!("  warning: {}", cell(w));
         }
-        let rows: Vec<Vec<String>> = body["queues"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let depth = |d: &Option<QueueDepth>, f: fn(&QueueDepth) -> u64| {
+            d.as_ref()
+                .map_or_else(|| "-".to_owned(), |d| f(d).to_string())
+        };
+        let rows: Vec<Vec<String>> = health
+            .queues
+            .iter()
             .map(|q| {
-                let age = q["oldest_message_age_seconds"]
-                    .as_u64()
+                let age = q
+                    .oldest_message_age_seconds
                     .map_or_else(|| "-".to_owned(), |a| format!("{a} s"));
                 vec![
-                    s(&q["queue"]),
-                    s(&q["depth"]["visible"]),
-                    s(&q["depth"]["in_flight"]),
+                    cell(&q.queue),
+                    depth(&q.depth, |d| d.visible),
+                    depth(&q.depth, |d| d.in_flight),
                     age,
-                    s(&q["dead_letters"]["visible"]),
+                    depth(&q.dead_letters, |d| d.visible),
                 ]
             })
             .collect();
@@ -922,12 +976,12 @@ pub async fn health(c: &Client) -> ExitCode {
             &["queue", "waiting", "in work", "oldest", "dead letters"],
             &rows,
         );
-        for f in body["folders"].as_array().into_iter().flatten() {
+        for f in &health.folders {
             println!(
                 "folder {}: last poll {}, subscription expires {}",
-                s(&f["folder"]),
-                when(&f["last_poll_at"]),
-                when(&f["subscription_expires_at"])
+                cell(&f.folder),
+                at_opt(&f.last_poll_at),
+                at_opt(&f.subscription_expires_at)
             );
         }
     }
@@ -940,22 +994,22 @@ pub async fn health(c: &Client) -> ExitCode {
 
 /// Counters as a table: one row per kind, its total, and what it is about (datasets, reports,
 /// mailboxes, stages) with each one's count.
-fn print_counters(counters: &Value) {
-    println!("counted since {}:", when(&counters["since"]));
-    let Some(totals) = counters["totals"].as_object().filter(|t| !t.is_empty()) else {
+fn print_counters(counters: &Counters) {
+    println!("counted since {}:", at(&counters.since));
+    if counters.totals.is_empty() {
         println!("  nothing");
         return;
-    };
-    let by = counters["by"].as_object();
-    let rows: Vec<Vec<String>> = totals
+    }
+    let rows: Vec<Vec<String>> = counters
+        .totals
         .iter()
         .map(|(kind, n)| {
-            let parts: Vec<String> = by
-                .into_iter()
-                .flatten()
-                .filter_map(|(about, kinds)| Some(format!("{about} {}", s(kinds.get(kind)?))))
+            let parts: Vec<String> = counters
+                .by
+                .iter()
+                .filter_map(|(about, kinds)| Some(format!("{about} {}", kinds.get(kind)?)))
                 .collect();
-            vec![kind.clone(), s(n), parts.join(", ")]
+            vec![kind.clone(), n.to_string(), parts.join(", ")]
         })
         .collect();
     table(&["counter", "total", "by"], &rows);
@@ -963,40 +1017,33 @@ fn print_counters(counters: &Value) {
 
 pub async fn metrics(c: &Client, since: Option<&str>) -> ExitCode {
     let path = match since {
-        Some(since) => format!("/v1/metrics?since={}", encode(since)),
+        Some(since) => format!("/v1/metrics?since={}", charlie::uri::segment(since)),
         None => "/v1/metrics".to_owned(),
     };
     let result = async {
-        let a = c.call("GET", &path, None).await?;
+        let m: Metrics = c.typed("GET", &path, None).await?;
         if c.json {
-            c.print_json(&a.body);
+            c.print(&m);
             return Ok::<(), Failure>(());
         }
-        let b = &a.body;
-        print_counters(&b["counters"]);
-        let runs: Vec<Vec<String>> = b["runs_by_status"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(status, n)| vec![status.clone(), s(n)])
+        print_counters(&m.counters);
+        let runs: Vec<Vec<String>> = m
+            .runs_by_status
+            .iter()
+            .map(|(status, n)| vec![status.clone(), n.to_string()])
             .collect();
-        println!("runs requested since {}:", when(&b["since"]));
+        println!("runs requested since {}:", at(&m.since));
         if runs.is_empty() {
             println!("  none");
         } else {
             table(&["status", "runs"], &runs);
         }
-        let queues: Vec<Vec<String>> = b["queues"]
-            .as_object()
-            .into_iter()
-            .flatten()
+        let queues: Vec<Vec<String>> = m
+            .queues
+            .iter()
             .map(|(q, d)| {
-                let depth = if d["depth"].is_null() {
-                    "-".into()
-                } else {
-                    s(&d["depth"])
-                };
-                vec![q.clone(), depth, s(&d["dead_letters"])]
+                let depth = d.depth.map_or_else(|| "-".into(), |n| n.to_string());
+                vec![q.clone(), depth, d.dead_letters.to_string()]
             })
             .collect();
         table(&["queue", "waiting", "dead letters"], &queues);
@@ -1020,22 +1067,21 @@ pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {
     let result = async {
         match command {
             ReportsCommand::List => {
-                let a = c.call("GET", "/v1/reports", None).await?;
+                let list: ReportList = c.typed("GET", "/v1/reports", None).await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&list);
                     return Ok(());
                 }
-                let rows: Vec<Vec<String>> = a.body["reports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = list
+                    .reports
+                    .iter()
                     .map(|r| {
                         vec![
-                            s(&r["name"]),
-                            s(&r["schedule"]),
-                            s(&r["next_run_local"]),
-                            s(&r["transport"]),
-                            joined(&r["recipients"], ", "),
+                            cell(&r.name),
+                            cell(&r.schedule),
+                            opt(&r.next_run_local),
+                            r.transport.name().to_owned(),
+                            r.recipients.join(", "),
                         ]
                     })
                     .collect();
@@ -1046,32 +1092,31 @@ pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {
                 Ok::<(), Failure>(())
             }
             ReportsCommand::Versions { report, period } => {
-                let a = c
-                    .call(
+                let stored: WorkbookVersions = c
+                    .typed(
                         "GET",
                         &format!(
                             "/v1/reports/{}/versions?period={}",
-                            encode(&report),
-                            encode(&period)
+                            charlie::uri::segment(&report),
+                            charlie::uri::segment(&period)
                         ),
                         None,
                     )
                     .await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&stored);
                     return Ok(());
                 }
-                println!("{}", s(&a.body["key"]));
-                let rows: Vec<Vec<String>> = a.body["versions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                println!("{}", cell(&stored.key));
+                let rows: Vec<Vec<String>> = stored
+                    .versions
+                    .iter()
                     .map(|v| {
                         vec![
-                            s(&v["version_id"]),
-                            when(&v["modified"]),
-                            s(&v["size"]),
-                            if v["latest"] == true {
+                            opt(&v.version_id),
+                            at(&v.modified.to_rfc3339()),
+                            v.size.to_string(),
+                            if v.latest {
                                 "latest".into()
                             } else {
                                 String::new()
@@ -1120,9 +1165,13 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
         {
             Ok((record, key)) => {
                 if remote.json {
+                    let created = CreatedKey {
+                        info: KeyInfo::from(&record),
+                        key: key.expose().to_owned(),
+                    };
                     println!(
                         "{}",
-                        json!({"id": record.id, "name": record.name, "scopes": record.scopes, "key": key.expose()})
+                        serde_json::to_string_pretty(&created).unwrap_or_default()
                     );
                 } else {
                     println!(
@@ -1148,44 +1197,41 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
     let result = async {
         match command {
             KeysCommand::Create { name, scope, .. } => {
-                let a = c
-                    .call(
-                        "POST",
-                        "/v1/keys",
-                        Some(json!({"name": name, "scopes": [scope]})),
-                    )
-                    .await?;
+                let ask = NewKey {
+                    name,
+                    scopes: vec![scope],
+                };
+                let created: CreatedKey = c.typed("POST", "/v1/keys", Some(json!(ask))).await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&created);
                 } else {
                     println!(
                         "key {} ({}, {}): {}",
-                        s(&a.body["id"]),
-                        s(&a.body["name"]),
-                        s(&a.body["scopes"][0]),
-                        s(&a.body["key"])
+                        cell(&created.info.id),
+                        cell(&created.info.name),
+                        cell(created.info.scopes.first().map_or("", String::as_str)),
+                        cell(&created.key)
                     );
                     println!("shown once: keep it in a password manager");
                 }
                 Ok::<(), Failure>(())
             }
             KeysCommand::List => {
-                let a = c.call("GET", "/v1/keys", None).await?;
+                let list: KeyList = c.typed("GET", "/v1/keys", None).await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&list);
                     return Ok(());
                 }
-                let rows: Vec<Vec<String>> = a.body["keys"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = list
+                    .keys
+                    .iter()
                     .map(|k| {
                         vec![
-                            s(&k["id"]),
-                            s(&k["name"]),
-                            joined(&k["scopes"], ","),
-                            when(&k["created_at"]),
-                            when(&k["revoked_at"]),
+                            cell(&k.id),
+                            cell(&k.name),
+                            k.scopes.join(","),
+                            at(&k.created_at),
+                            at_opt(&k.revoked_at),
                         ]
                     })
                     .collect();
@@ -1193,16 +1239,20 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
                 Ok(())
             }
             KeysCommand::Revoke { id } => {
-                let a = c
-                    .call("DELETE", &format!("/v1/keys/{}", encode(&id)), None)
+                let key: KeyInfo = c
+                    .typed(
+                        "DELETE",
+                        &format!("/v1/keys/{}", charlie::uri::segment(&id)),
+                        None,
+                    )
                     .await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&key);
                 } else {
                     println!(
                         "key {id} ({}) revoked at {}",
-                        s(&a.body["name"]),
-                        when(&a.body["revoked_at"])
+                        cell(&key.name),
+                        at_opt(&key.revoked_at)
                     );
                 }
                 Ok(())
@@ -1216,46 +1266,51 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
 pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
     let result = async {
         match command {
-            RelayCommand::Create { id, mailbox } => {
-                let mut body = json!({"id": id});
-                if let Some(m) = mailbox {
-                    body["mailbox"] = json!(m);
-                }
-                let a = c.call("POST", "/v1/relays", Some(body)).await?;
+            RelayCommand::Create {
+                id,
+                mailbox,
+                trusted_authserv_ids,
+            } => {
+                let ask = NewRelay {
+                    id,
+                    mailbox,
+                    trusted_authserv_ids,
+                };
+                let created: CreatedRelay = c.typed("POST", "/v1/relays", Some(json!(ask))).await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&created);
                 } else {
-                    println!("relay {}: {}", s(&a.body["id"]), s(&a.body["key"]));
+                    let id = cell(&created.relay.id);
+                    println!("relay {id}: {}", cell(&created.key));
                     println!(
-                        "shown once: on the relay's machine, store it with `charlie-relay keyring set {}` (then key_keyring in relay.toml), or put it in its key_file or CHARLIE_RELAY_KEY",
-                        s(&a.body["id"])
+                        "shown once: on the relay's machine, store it with `charlie-relay keyring set {id}` (then key_keyring in relay.toml), or put it in its key_file or CHARLIE_RELAY_KEY"
                     );
                 }
                 Ok::<(), Failure>(())
             }
             RelayCommand::List => {
-                let a = c.call("GET", "/v1/relays", None).await?;
+                let list: RelayList = c.typed("GET", "/v1/relays", None).await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&list);
                     return Ok(());
                 }
-                let rows: Vec<Vec<String>> = a.body["relays"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
+                let rows: Vec<Vec<String>> = list
+                    .relays
+                    .iter()
+                    .map(|o| {
+                        let r = &o.relay;
                         vec![
-                            s(&r["id"]),
-                            s(&r["mailbox"]),
-                            when(&r["created_at"]),
-                            when(&r["last_seen_at"]),
-                            when(&r["revoked_at"]),
-                            match r["outbox_waiting"].as_u64() {
-                                Some(n) if n > 0 => format!(
+                            cell(&r.id),
+                            opt(&r.mailbox),
+                            at(&r.created_at),
+                            at_opt(&r.last_seen_at),
+                            at_opt(&r.revoked_at),
+                            match o.outbox_waiting {
+                                0 => "-".into(),
+                                n => format!(
                                     "{n} waiting since {}",
-                                    when(&r["outbox_oldest_queued_at"])
+                                    at_opt(&o.outbox_oldest_queued_at)
                                 ),
-                                _ => "-".into(),
                             },
                         ]
                     })
@@ -1264,16 +1319,37 @@ pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
                     &["id", "mailbox", "created", "last seen", "revoked", "outbox"],
                     &rows,
                 );
+                // A mail its relay's sender keeps deferring, with what the server said.
+                for o in &list.relays {
+                    if let Some(stuck) = &o.outbox_stuck {
+                        println!(
+                            "relay {}: mail {} deferred {} time(s), last at {}, next try {}: {}",
+                            cell(&o.relay.id),
+                            cell(&stuck.message_id),
+                            stuck.attempts,
+                            at_opt(&stuck.last_attempt_at),
+                            at_opt(&stuck.next_attempt_at),
+                            opt(&stuck.last_answer)
+                        );
+                    }
+                }
                 Ok(())
             }
             RelayCommand::Revoke { id } => {
-                let a = c
-                    .call("DELETE", &format!("/v1/relays/{}", encode(&id)), None)
+                let relay: RelayInfo = c
+                    .typed(
+                        "DELETE",
+                        &format!("/v1/relays/{}", charlie::uri::segment(&id)),
+                        None,
+                    )
                     .await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&relay);
                 } else {
-                    println!("relay {id} revoked at {}", when(&a.body["revoked_at"]));
+                    println!(
+                        "relay {id} revoked at {}",
+                        at_opt(&relay.revoked_at)
+                    );
                 }
                 Ok(())
             }
@@ -1284,50 +1360,41 @@ pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
 }
 
 /// A delivery's status, with the refusal of a relay's sender when it has one.
-fn delivery_status(d: &Value) -> String {
-    match d["status_detail"]["refusal"].as_str() {
-        Some(why) => format!("{} ({why})", s(&d["status"])),
-        None => s(&d["status"]),
+fn delivery_status(d: &Delivery) -> String {
+    match d.refusal() {
+        Some(why) => format!("{} ({why})", d.status),
+        None => d.status.to_string(),
     }
 }
 
 pub async fn deliveries(c: &Client, run: &str) -> ExitCode {
-    let a = match c
-        .call("GET", &format!("/v1/runs/{}/deliveries", encode(run)), None)
+    let answer: RunDeliveries = match c
+        .typed(
+            "GET",
+            &format!("/v1/runs/{}/deliveries", charlie::uri::segment(run)),
+            None,
+        )
         .await
     {
         Ok(a) => a,
         Err(f) => return f.into(),
     };
     if c.json {
-        c.print_json(&a.body);
+        c.print(&answer);
         return ExitCode::SUCCESS;
     }
-    let rows: Vec<Vec<String>> = a.body["deliveries"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let rows: Vec<Vec<String>> = answer
+        .deliveries
+        .iter()
         .map(|d| {
-            let events = d["events"]
-                .as_array()
-                .map(|e| {
-                    e.iter()
-                        .map(|x| s(&x["event_type"]))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default();
+            let events: Vec<&str> = d.events.iter().map(|e| e.event_type.as_str()).collect();
             vec![
-                s(&d["group"]),
-                s(&d["transport"]),
+                cell(&d.group),
+                cell(&d.transport),
                 delivery_status(d),
-                when(&d["sent_at"]),
-                s(&d["provider_message_id"]),
-                if events.is_empty() {
-                    "-".into()
-                } else {
-                    events
-                },
+                at(&d.sent_at),
+                cell(&d.provider_message_id),
+                cell(&events.join(", ")),
             ]
         })
         .collect();
@@ -1350,57 +1417,67 @@ pub async fn deliveries(c: &Client, run: &str) -> ExitCode {
 }
 
 pub async fn reprocess(c: &Client, dataset: &str, date: &str, wait: bool) -> ExitCode {
-    let a = match c
-        .call(
-            "POST",
-            "/v1/reprocess",
-            Some(json!({"dataset": dataset, "date": date})),
-        )
-        .await
-    {
-        Ok(a) => a,
+    let start = StartReprocess {
+        dataset: dataset.to_owned(),
+        date: date.to_owned(),
+    };
+    let queued: ReprocessQueued = match c.typed("POST", "/v1/reprocess", Some(json!(start))).await {
+        Ok(q) => q,
         Err(f) => return f.into(),
     };
-    let id = s(&a.body["request_id"]);
+    let id = queued.request_id.clone();
     if !wait {
         if c.json {
-            c.print_json(&a.body);
+            c.print(&queued);
         } else {
             println!("{id}: queued; `charlie reprocess {dataset} {date} --wait` waits for it");
         }
         return ExitCode::SUCCESS;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(30 * 60);
+    let mut said = String::new();
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let r = match c
-            .call("GET", &format!("/v1/reprocess/{}", encode(&id)), None)
+        let r: ReprocessRecord = match c
+            .typed(
+                "GET",
+                &format!("/v1/reprocess/{}", charlie::uri::segment(&id)),
+                None,
+            )
             .await
         {
-            Ok(a) => a.body,
+            Ok(r) => r,
             Err(f) => return f.into(),
         };
-        match r["status"].as_str() {
-            Some("done") => {
+        let error = opt(&r.error);
+        match r.status {
+            ReprocessStatus::Done => {
                 if c.json {
-                    c.print_json(&r);
+                    c.print(&r);
                 } else {
+                    let n = &r.counts;
                     println!(
-                        "{id}: done: {} attachment(s) re-ingested, {} row(s) deleted, {} stored",
-                        s(&r["attachments"]),
-                        s(&r["rows_deleted"]),
-                        s(&r["rows_stored"])
+                        "{id}: done: {} attachment(s) re-ingested ({} read only part way, as at first), {} row(s) replaced by {} rebuilt; {} no longer in any file removed, {} stored meanwhile kept",
+                        n.attachments,
+                        n.partly_read,
+                        n.rows_deleted,
+                        n.rows_stored,
+                        n.rows_removed,
+                        n.rows_kept
                     );
                 }
                 return ExitCode::SUCCESS;
             }
-            Some("failed") => return Failure(1, format!("{id} failed: {}", s(&r["error"]))).into(),
-            _ if std::time::Instant::now() > deadline => {
-                return Failure(
-                    1,
-                    format!("{id} is still {} after 30 minutes", s(&r["status"])),
-                )
-                .into();
+            ReprocessStatus::Failed => {
+                return Failure(1, format!("{id} failed, the day keeps its rows: {error}")).into();
+            }
+            ReprocessStatus::Retrying if error != said => {
+                // Each new reason once, while it is retried.
+                eprintln!("{id}: retrying after: {error}");
+                said = error;
+            }
+            status if std::time::Instant::now() > deadline => {
+                return Failure(1, format!("{id} is still {status} after 30 minutes")).into();
             }
             _ => {}
         }
@@ -1411,42 +1488,38 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
     let result = async {
         match command {
             IntakeCommand::Outcomes { dataset, date } => {
-                let a = c
-                    .call(
+                let day: DayOutcomes = c
+                    .typed(
                         "GET",
                         &format!(
                             "/v1/intake/outcomes?dataset={}&date={}",
-                            encode(&dataset),
-                            encode(&date)
+                            charlie::uri::segment(&dataset),
+                            charlie::uri::segment(&date)
                         ),
                         None,
                     )
                     .await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&day);
                     return Ok(());
                 }
-                let t = &a.body["totals"];
+                let t = &day.totals;
                 println!(
                     "{dataset} {date}: {} rows: {} new, {} duplicate, {} rejected",
-                    s(&t["rows_total"]),
-                    s(&t["rows_new"]),
-                    s(&t["rows_duplicate"]),
-                    s(&t["rows_rejected"])
+                    t.rows_total, t.rows_new, t.rows_duplicate, t.rows_rejected
                 );
-                let rows: Vec<Vec<String>> = a.body["outcomes"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
+                let rows: Vec<Vec<String>> = day
+                    .outcomes
+                    .iter()
                     .map(|o| {
                         vec![
-                            s(&o["attachment"]),
-                            when(&o["received"]),
-                            s(&o["rows_total"]),
-                            s(&o["rows_new"]),
-                            s(&o["rows_duplicate"]),
-                            s(&o["rows_rejected"]),
-                            s(&o["raw_key"]),
+                            cell(&o.attachment),
+                            at(&o.received),
+                            o.rows.rows_total.to_string(),
+                            o.rows.rows_new.to_string(),
+                            o.rows.rows_duplicate.to_string(),
+                            o.rows.rows_rejected.to_string(),
+                            cell(&o.raw_key),
                         ]
                     })
                     .collect();
@@ -1462,30 +1535,48 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                     ],
                     &rows,
                 );
+                if !day.unmatched.is_empty() {
+                    println!(
+                        "\n{} mail(s) received on {date} (UTC) that no dataset took:",
+                        day.unmatched.len()
+                    );
+                    for m in &day.unmatched {
+                        let names: Vec<String> = m.attachments.iter().map(|a| cell(a)).collect();
+                        println!(
+                            "- {} from {} {:?} ({}):",
+                            at(&m.received),
+                            cell(&m.sender),
+                            cell(&m.subject),
+                            names.join(", ")
+                        );
+                        for r in &m.reasons {
+                            println!("    {}", cell(r));
+                        }
+                    }
+                }
                 Ok(())
             }
             IntakeCommand::Quarantine { dataset, limit } => {
                 let mut path = format!("/v1/intake/quarantine?limit={limit}");
                 if let Some(d) = dataset {
-                    path.push_str(&format!("&dataset={}", encode(&d)));
+                    path.push_str(&format!("&dataset={}", charlie::uri::segment(&d)));
                 }
-                let a = c.call("GET", &path, None).await?;
+                let q: Quarantined = c.typed("GET", &path, None).await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&q);
                     return Ok(());
                 }
-                let files = a.body["files"].as_array().cloned().unwrap_or_default();
-                if files.is_empty() {
+                if q.files.is_empty() {
                     println!("nothing quarantined");
                 }
-                for f in files {
+                for f in &q.files {
                     println!(
                         "{}  ({}, {})",
-                        s(&f["key"]),
-                        s(&f["attachment"]),
-                        when(&f["quarantined_at"])
+                        cell(&f.key),
+                        opt(&f.attachment),
+                        at_opt(&f.quarantined_at)
                     );
-                    println!("  reason: {}", s(&f["reason"]));
+                    println!("  reason: {}", opt(&f.reason));
                 }
                 Ok(())
             }
@@ -1493,7 +1584,10 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                 let a = c
                     .call(
                         "GET",
-                        &format!("/v1/intake/rejects?raw_key={}", encode(&raw_key)),
+                        &format!(
+                            "/v1/intake/rejects?raw_key={}",
+                            charlie::uri::segment(&raw_key)
+                        ),
                         None,
                     )
                     .await?;
@@ -1504,32 +1598,32 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                 let (method, path) = match &command {
                     IntakeCommand::Pause => ("POST", "/v1/intake/pause".to_owned()),
                     IntakeCommand::Resume => ("POST", "/v1/intake/resume".to_owned()),
-                    IntakeCommand::Status { since: Some(since) } => {
-                        ("GET", format!("/v1/intake?since={}", encode(since)))
-                    }
+                    IntakeCommand::Status { since: Some(since) } => (
+                        "GET",
+                        format!("/v1/intake?since={}", charlie::uri::segment(since)),
+                    ),
                     _ => ("GET", "/v1/intake".to_owned()),
                 };
-                let a = c.call(method, &path, None).await?;
+                let b: IntakeState = c.typed(method, &path, None).await?;
                 if c.json {
-                    c.print_json(&a.body);
+                    c.print(&b);
                     return Ok(());
                 }
-                let b = &a.body;
-                if b["paused"] == true {
+                if b.paused {
                     println!(
                         "intake paused since {} by {}; {} mail(s) parked",
-                        when(&b["since"]),
-                        s(&b["by"]),
-                        s(&b["parked"])
+                        at_opt(&b.since),
+                        opt(&b.by),
+                        b.parked
                     );
                 } else {
-                    println!("intake running; {} mail(s) parked", s(&b["parked"]));
+                    println!("intake running; {} mail(s) parked", b.parked);
                 }
-                if let Some(n) = b["resumed"].as_u64() {
+                if let Some(n) = b.resumed {
                     println!("{n} parked mail(s) queued for ingest");
                 }
                 if matches!(command, IntakeCommand::Status { .. }) {
-                    print_counters(&b["counters"]);
+                    print_counters(&b.counters);
                 }
                 Ok(())
             }

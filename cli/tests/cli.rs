@@ -80,6 +80,30 @@ fn config_check_accepts_the_shipped_definitions() {
     );
 }
 
+/// The shipped datasets require an authenticated sender; one that matches by sender without
+/// it is valid but warned about by name (exit 0).
+#[test]
+fn config_check_warns_of_a_dataset_that_trusts_a_forgeable_from() {
+    let out = charlie(&["config", "check"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped = std::fs::read_to_string(root().join("reports.toml")).unwrap();
+    let trusting = shipped.replacen("require_authenticated_sender = true\n", "", 1);
+    assert_ne!(trusting, shipped);
+    let file = temp_file("trusting.toml", trusting.as_bytes());
+    let out = charlie(&["config", "check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: dataset ib_calls: matches by sender without require_authenticated_sender = true"),
+        "{err}"
+    );
+    assert!(!err.contains("dataset dials"), "{err}");
+}
+
 #[test]
 fn config_check_reports_every_problem_with_its_line_and_exits_1() {
     let shipped = std::fs::read_to_string(root().join("reports.toml")).unwrap();

@@ -44,6 +44,33 @@ fn route_matches(route_key: &str, method: &str, path: &str) -> Option<u8> {
     (path.starts_with(prefix) && path.len() > prefix.len()).then_some(1)
 }
 
+/// API Gateway's choice among routes: the exact one, else the greedy `{proxy+}` one with the
+/// longest prefix, else `$default`; a method of its own beats `ANY`.
+fn choose_route<'r>(
+    routes: &'r [crate::deployment::Route],
+    method: &str,
+    path: &str,
+) -> Option<&'r crate::deployment::Route> {
+    let rank = |r: &crate::deployment::Route| {
+        let kind = route_matches(&r.route_key, method, path)?;
+        let any = r.route_key.starts_with("ANY ");
+        Some((std::cmp::Reverse(kind), r.route_key.len(), !any))
+    };
+    routes
+        .iter()
+        .filter_map(|r| Some((rank(r)?, r)))
+        .max_by(|a, b| a.0.cmp(&b.0))
+        .map(|(_, r)| r)
+        .or_else(|| routes.iter().find(|r| r.route_key == "$default"))
+}
+
+/// A route's token bucket: API Gateway's throttle (steady rate, burst) as the runner applies it.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
 fn env_of(env: &[(String, String)], name: &str) -> String {
     env.iter()
         .find(|(k, _)| k == name)
@@ -159,6 +186,8 @@ pub struct LocalRunner {
     sqs: aws_sdk_sqs::Client,
     cloudwatch: aws_sdk_cloudwatch::Client,
     region: String,
+    /// The routes' token buckets (those with a throttle of their own).
+    buckets: std::sync::Mutex<HashMap<String, Bucket>>,
     /// The one IAM identity of the local cloud: (access key id, secret, its ARN), against
     /// which SigV4 requests on AWS_IAM routes are checked.
     iam: (String, String, String),
@@ -210,6 +239,7 @@ impl LocalRunner {
                 LOCAL_IAM_ARN.to_owned(),
             ),
             region,
+            buckets: Default::default(),
         })
     }
 
@@ -487,32 +517,38 @@ impl LocalRunner {
         let (parts, body) = req.into_parts();
         let method = parts.method.as_str().to_owned();
         let path = parts.uri.path().to_owned();
-        // API Gateway's choice: the exact route, then the greedy `{proxy+}` ones, then
-        // `$default`.
-        let Some(route) = self
-            .deployment
-            .routes
-            .iter()
-            .find(|r| route_matches(&r.route_key, &method, &path) == Some(0))
-            .or_else(|| {
-                self.deployment
-                    .routes
-                    .iter()
-                    .find(|r| route_matches(&r.route_key, &method, &path) == Some(1))
-            })
-            .or_else(|| {
-                self.deployment
-                    .routes
-                    .iter()
-                    .find(|r| r.route_key == "$default")
-            })
-        else {
+        let Some(route) = choose_route(&self.deployment.routes, &method, &path) else {
             return (
                 axum::http::StatusCode::NOT_FOUND,
                 axum::Json(json!({"message": "Not Found"})),
             )
                 .into_response();
         };
+        // A route with a throttle of its own is limited as API Gateway limits it (429 once its
+        // bucket is empty); the stage's default throttle is not applied here.
+        if let Some((rate, burst)) = route.throttle {
+            let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            let b = buckets.entry(route.route_key.clone()).or_insert(Bucket {
+                tokens: f64::from(burst),
+                at: now,
+            });
+            b.tokens =
+                (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(f64::from(burst));
+            b.at = now;
+            if b.tokens < 1.0 {
+                tracing::info!(
+                    route = route.route_key,
+                    "throttled: 429, as API Gateway answers"
+                );
+                return (
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    axum::Json(json!({"message": "Too Many Requests"})),
+                )
+                    .into_response();
+            }
+            b.tokens -= 1.0;
+        }
         let body = match axum::body::to_bytes(body, 10 * 1024 * 1024).await {
             Ok(b) => b,
             Err(_) => {
@@ -535,6 +571,30 @@ impl LocalRunner {
                 k.as_str().to_owned(),
                 Value::String(v.to_str().unwrap_or_default().to_owned()),
             );
+        }
+        // Lambda runs the function only if its resource policy lets API Gateway invoke it for
+        // this route (`aws_lambda_permission`'s source ARN); else API Gateway answers 500.
+        let source_arn = format!(
+            "arn:aws:execute-api:{}:123456789012:{}/$default/{method}/{}",
+            self.region,
+            route.api_id,
+            path.trim_start_matches('/')
+        );
+        match self.deployment.function_by_arn(&route.function_arn) {
+            Some(f) if f.allows("apigateway.amazonaws.com", &source_arn) => {}
+            found => {
+                tracing::error!(
+                    route = route.route_key,
+                    function = found.map_or(route.function_arn.as_str(), |f| f.name.as_str()),
+                    source_arn,
+                    "the function's resource policy does not let API Gateway invoke it for this route: 500, as API Gateway answers"
+                );
+                return (
+                    axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                    axum::Json(json!({"message": "Internal Server Error"})),
+                )
+                    .into_response();
+            }
         }
         let text = std::str::from_utf8(&body).ok().map(str::to_owned);
         let now = Utc::now();
@@ -710,6 +770,43 @@ mod tests {
         );
         assert_eq!(route_matches("ANY /v1/{proxy+}", "GET", "/v1/"), None);
         assert_eq!(route_matches("ANY /v1/{proxy+}", "GET", "/v2/x"), None);
+    }
+
+    /// The most specific route wins: the exact path, then the longest greedy prefix (a
+    /// public route beside the operators' catch-all), then `$default`.
+    #[test]
+    fn the_most_specific_route_is_chosen() {
+        let route = |key: &str| crate::deployment::Route {
+            route_key: key.into(),
+            authorization_type: "NONE".into(),
+            api_id: "a".into(),
+            function_arn: "f".into(),
+            throttle: None,
+        };
+        let routes = [
+            route("ANY /v1/{proxy+}"),
+            route("GET /v1/links/{proxy+}"),
+            route("ANY /v1/relay"),
+            route("ANY /v1/relay/{proxy+}"),
+            route("POST /ui/login"),
+            route("ANY /ui/{proxy+}"),
+        ];
+        let chosen =
+            |m: &str, p: &str| super::choose_route(&routes, m, p).map(|r| r.route_key.as_str());
+        assert_eq!(
+            chosen("GET", "/v1/links/tok"),
+            Some("GET /v1/links/{proxy+}")
+        );
+        assert_eq!(chosen("POST", "/v1/links/tok"), Some("ANY /v1/{proxy+}"));
+        assert_eq!(chosen("GET", "/v1/relay"), Some("ANY /v1/relay"));
+        assert_eq!(
+            chosen("POST", "/v1/relay/uploads"),
+            Some("ANY /v1/relay/{proxy+}")
+        );
+        assert_eq!(chosen("GET", "/v1/runs"), Some("ANY /v1/{proxy+}"));
+        assert_eq!(chosen("POST", "/ui/login"), Some("POST /ui/login"));
+        assert_eq!(chosen("GET", "/ui/login"), Some("ANY /ui/{proxy+}"));
+        assert_eq!(chosen("GET", "/v2"), None);
     }
 
     #[test]

@@ -197,7 +197,8 @@ impl Relay<'_> {
 
     fn failed(&self, e: UpError) -> Step {
         match e {
-            UpError::Transient(why) => Step::Left(why),
+            // Uploads never defer; were one to, it is left for the next pass.
+            UpError::Transient(why) | UpError::Deferred(why) => Step::Left(why),
             UpError::Refused(why) => Step::Refused(why),
             UpError::Permanent(why) => Step::Settled(Outcome::Failed {
                 reason: format!("{why}; nothing was sent"),

@@ -8,8 +8,11 @@
 //! crash between the server's `250` and the journal's write is the one window where a mail
 //! can go twice, as in the mailer's own window with SES.) A mail the sender refuses for good
 //! (an SMTP 5xx, an address Outlook cannot resolve) is reported with the sender's answer,
-//! which takes it off the outbox and marks its delivery `refused`; one it cannot take now
-//! (4xx, unreachable) stays for the next pass.
+//! which takes it off the outbox and marks its delivery `refused`. One the server cannot take
+//! now (an SMTP 4xx for that mail: mailbox full, greylisted) is reported deferred with the
+//! answer and the pass goes on to the next mail; the API offers it again after a backoff, and
+//! `charlie relay list` shows it. When the sender itself is unreachable (no connection, TLS,
+//! a timeout, Outlook busy) the pass stops: no mail could go.
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -140,6 +143,10 @@ impl Sender for Smtp {
             Err(e) if e.is_permanent() => Err(UpError::Permanent(format!(
                 "the SMTP server refused it: {e}"
             ))),
+            // A 4xx reply: this mail, not now (the server answered, so others may go).
+            Err(e) if e.is_transient() => Err(UpError::Deferred(format!(
+                "the SMTP server deferred it: {e}"
+            ))),
             Err(e) => Err(UpError::Transient(format!("sending through SMTP: {e}"))),
         }
     }
@@ -153,6 +160,8 @@ pub struct OutboxSummary {
     pub acknowledged_late: usize,
     /// Refused for good by the sender, and reported so.
     pub refused: usize,
+    /// Deferred by the sender (4xx for that mail), reported so, left for a later pass.
+    pub deferred: usize,
 }
 
 /// Sends what the API has queued for this relay.
@@ -196,6 +205,16 @@ pub async fn pass(
                         );
                         upstream.refuse(id, &why).await?;
                         summary.refused += 1;
+                        continue;
+                    }
+                    Err(UpError::Deferred(why)) => {
+                        warn!(
+                            message_id = id,
+                            answer = why,
+                            "outbox mail deferred by its sender: reported, the next one goes"
+                        );
+                        upstream.defer(id, &why).await?;
+                        summary.deferred += 1;
                         continue;
                     }
                     Err(e) => return Err(e),

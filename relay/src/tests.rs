@@ -553,6 +553,7 @@ struct Queue {
     mails: Mutex<Vec<(crate::upstream::OutboxMail, Vec<u8>)>>,
     acks: Mutex<Vec<(String, String)>>,
     refusals: Mutex<Vec<(String, String)>>,
+    deferrals: Mutex<Vec<(String, String)>>,
     ack_fails_once: std::sync::atomic::AtomicBool,
     refuse_fails_once: std::sync::atomic::AtomicBool,
 }
@@ -605,6 +606,14 @@ impl Upstream for Queue {
             .lock()
             .unwrap()
             .push((message_id.into(), reason.into()));
+        Ok(())
+    }
+
+    async fn defer(&self, message_id: &str, answer: &str) -> Result<(), UpError> {
+        self.deferrals
+            .lock()
+            .unwrap()
+            .push((message_id.into(), answer.into()));
         Ok(())
     }
 
@@ -771,4 +780,123 @@ async fn outbox_mail_goes_out_through_outlook_once_and_a_lost_ack_sends_nothing_
         .unwrap();
     assert_eq!(s, crate::outbox::OutboxSummary::default());
     assert!(queue.mails.lock().unwrap().is_empty());
+}
+
+/// aiosmtpd (a real SMTP server) on a free loopback port that answers `452 Mailbox full` for
+/// `full@…` recipients and keeps the rest in a maildir; stopped when dropped.
+struct DeferringSmtp {
+    child: std::process::Child,
+    port: u16,
+    maildir: PathBuf,
+}
+
+const DEFERRING_HANDLER: &str = r#"from aiosmtpd.handlers import Mailbox
+class DeferFull(Mailbox):
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.startswith('full@'):
+            return '452 4.2.2 <%s>: Mailbox full' % address
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+"#;
+
+impl DeferringSmtp {
+    fn start(dir: &Path) -> DeferringSmtp {
+        let python = std::env::var("CHARLIE_AIOSMTPD_PYTHON").map_or_else(
+            |_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-smtp/bin/python"),
+            PathBuf::from,
+        );
+        assert!(
+            python.exists(),
+            "aiosmtpd is not installed at {} (scripts/test installs it)",
+            python.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = dir.join("maildir");
+        std::fs::write(dir.join("deferring.py"), DEFERRING_HANDLER).unwrap();
+        let child = std::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "deferring.DeferFull"])
+            .arg(&maildir)
+            .env("PYTHONPATH", dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(started.elapsed().as_secs() < 20, "aiosmtpd did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        DeferringSmtp {
+            child,
+            port,
+            maildir,
+        }
+    }
+}
+
+impl Drop for DeferringSmtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One mail the SMTP server keeps deferring (452) no longer blocks the outbox: it is reported
+/// deferred with the server's answer, and the mail queued after it is sent in the same pass.
+#[tokio::test]
+async fn a_mail_the_smtp_server_defers_does_not_hold_up_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = DeferringSmtp::start(dir.path());
+    let config: crate::config::OutboxConfig = toml::from_str(&format!(
+        "smtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_tls = \"none\"\n",
+        server.port
+    ))
+    .unwrap();
+    let keyring = crate::keyring::tests::MemoryKeyring::default();
+    let smtp = crate::outbox::Smtp::new(&config, &keyring).unwrap();
+    let journal = Journal::open(&dir.path().join("journal.redb")).unwrap();
+    let queue = Queue::default();
+    let (mut stuck, stuck_mime) = report_mail(
+        "run-1.g-1@charlie.example",
+        "reports@branch.example",
+        b"PK one",
+    );
+    stuck.recipients = vec!["full@branch.example".into()];
+    let (mut next, next_mime) = report_mail(
+        "run-1.g-2@charlie.example",
+        "reports@branch.example",
+        b"PK two",
+    );
+    next.recipients = vec!["lead@branch.example".into()];
+    queue
+        .mails
+        .lock()
+        .unwrap()
+        .extend([(stuck, stuck_mime), (next, next_mime)]);
+    let s = crate::outbox::pass(&queue, &journal, &smtp).await.unwrap();
+    assert_eq!((s.sent, s.deferred, s.refused), (1, 1, 0), "{s:?}");
+    let deferrals = queue.deferrals.lock().unwrap().clone();
+    assert_eq!(deferrals.len(), 1);
+    assert_eq!(deferrals[0].0, "<run-1.g-1@charlie.example>");
+    assert!(
+        deferrals[0].1.contains("452") && deferrals[0].1.contains("Mailbox full"),
+        "{deferrals:?}"
+    );
+    let acks = queue.acks.lock().unwrap().clone();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].0, "<run-1.g-2@charlie.example>");
+    let delivered = std::fs::read_dir(server.maildir.join("new"))
+        .unwrap()
+        .count();
+    assert_eq!(delivered, 1, "the next mail reached the server");
+    assert_eq!(
+        queue.mails.lock().unwrap().len(),
+        1,
+        "the deferred one stays queued"
+    );
 }

@@ -21,6 +21,10 @@ pub enum UpError {
     /// This mail can never go as it is.
     #[error("{0}")]
     Permanent(String),
+    /// This one mail cannot go now (its SMTP server answered 4xx for it), though others may:
+    /// reported deferred, it waits out a backoff while the outbox goes on.
+    #[error("{0} (deferred)")]
+    Deferred(String),
 }
 
 /// The API's answer to "where does this mail go".
@@ -59,6 +63,10 @@ pub trait Upstream: Send + Sync {
     }
     /// Tells the API the relay's sender refused a queued mail for good, and why.
     async fn refuse(&self, _message_id: &str, _reason: &str) -> Result<(), UpError> {
+        Err(UpError::Permanent("no outbox".into()))
+    }
+    /// Tells the API the relay's sender could not take a queued mail now, and what it said.
+    async fn defer(&self, _message_id: &str, _answer: &str) -> Result<(), UpError> {
         Err(UpError::Permanent("no outbox".into()))
     }
     /// Who the API takes this relay for (a signed call that changes nothing).
@@ -196,6 +204,13 @@ impl Upstream for Api {
     async fn refuse(&self, message_id: &str, reason: &str) -> Result<(), UpError> {
         let body = serde_json::json!({"message_id": message_id, "reason": reason}).to_string();
         self.signed("POST", "/v1/relay/outbox/refused", body.into_bytes())
+            .await
+            .map(|_| ())
+    }
+
+    async fn defer(&self, message_id: &str, answer: &str) -> Result<(), UpError> {
+        let body = serde_json::json!({"message_id": message_id, "answer": answer}).to_string();
+        self.signed("POST", "/v1/relay/outbox/deferred", body.into_bytes())
             .await
             .map(|_| ())
     }

@@ -43,8 +43,9 @@ impl std::fmt::Display for Reject {
     }
 }
 
-/// Every physical line of a file, by what it held: `header + valid + rejected + blank = total`
-/// (a record spanning lines counts all of them).
+/// Every physical line of a file, by what it held:
+/// `header + valid + rejected + blank + unread = total` (a record spanning lines counts all of
+/// them).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LineCounts {
     pub total: u64,
@@ -52,12 +53,17 @@ pub struct LineCounts {
     pub valid: u64,
     pub rejected: u64,
     pub blank: u64,
+    /// Lines from the record where reading stopped to the end of the file, when the file
+    /// turned unusable part way (over a limit, unreadable): none of their rows was taken, and
+    /// the file is quarantined whole with the reason.
+    #[serde(default)]
+    pub unread: u64,
 }
 
 impl LineCounts {
     /// Whether every line is accounted for.
     pub fn balanced(&self) -> bool {
-        self.header + self.valid + self.rejected + self.blank == self.total
+        self.header + self.valid + self.rejected + self.blank + self.unread == self.total
     }
 }
 
@@ -93,6 +99,9 @@ pub struct ParsedAttachment {
     pub lines: LineCounts,
     /// The day every row took, when it came from the file name or the received time.
     pub fixed_date: Option<NaiveDate>,
+    /// Why reading stopped part way, when it did: `rows` are those read before (what ingest
+    /// stores of such a file), the rest of the file is `lines.unread`.
+    pub stopped: Option<Unusable>,
 }
 
 /// Why a whole attachment cannot be used; it goes to quarantine with this reason.
@@ -130,17 +139,37 @@ impl Unusable {
 pub const MAX_REJECT_DETAILS: usize = 10_000;
 
 /// Parses one attachment for `dataset`, keeping every unique row (see [`AttachmentReader`] to
-/// stream instead).
+/// stream instead); a file unusable part way is an error (see [`read_attachment`] for the rows
+/// before it).
 pub fn parse_attachment(
+    dataset: &Dataset,
+    bytes: &[u8],
+    origin: &Origin<'_>,
+) -> Result<ParsedAttachment, Unusable> {
+    let mut parsed = read_attachment(dataset, bytes, origin)?;
+    match parsed.stopped.take() {
+        Some(why) => Err(why),
+        None => Ok(parsed),
+    }
+}
+
+/// Reads one attachment for `dataset` as ingest does: an error when it cannot be used at all;
+/// when it turns unusable part way, the rows before, with why it stopped in
+/// [`ParsedAttachment::stopped`].
+pub fn read_attachment(
     dataset: &Dataset,
     bytes: &[u8],
     origin: &Origin<'_>,
 ) -> Result<ParsedAttachment, Unusable> {
     let mut reader = AttachmentReader::new(dataset, bytes, origin)?;
     let mut rows = Vec::new();
-    while let Some(chunk) = reader.next_chunk(usize::MAX)? {
-        rows.extend(chunk);
-    }
+    let stopped = loop {
+        match reader.next_chunk(usize::MAX) {
+            Ok(Some(chunk)) => rows.extend(chunk),
+            Ok(None) => break None,
+            Err(why) => break Some(why),
+        }
+    };
     let s = reader.finish();
     Ok(ParsedAttachment {
         encoding: s.encoding,
@@ -152,6 +181,7 @@ pub fn parse_attachment(
         rejects: s.rejects,
         lines: s.lines,
         fixed_date: s.fixed_date,
+        stopped,
     })
 }
 
@@ -193,6 +223,8 @@ pub struct AttachmentReader<'a> {
     batch: Vec<(u64, KeyedRow)>,
     summary: ReadSummary,
     done: bool,
+    /// Why reading stopped part way, held back until the rows read before it went out.
+    stopped: Option<Unusable>,
 }
 
 /// How much of a file's start is read to choose its encoding, sniff its delimiter and estimate
@@ -403,6 +435,7 @@ impl<'a> AttachmentReader<'a> {
                 },
             },
             done: false,
+            stopped: None,
         })
     }
 
@@ -411,6 +444,9 @@ impl<'a> AttachmentReader<'a> {
     ///
     /// Rows are typed in small batches, each batch then deduplicated in file order.
     pub fn next_chunk(&mut self, max: usize) -> Result<Option<Vec<KeyedRow>>, Unusable> {
+        if let Some(why) = self.stopped.take() {
+            return Err(why);
+        }
         if self.done {
             return Ok(None);
         }
@@ -420,12 +456,18 @@ impl<'a> AttachmentReader<'a> {
             // Each row of the batch adds at most one row to the chunk: it never overflows `max`.
             let room = (max - rows.len()).min(TYPING_BATCH);
             while batch.len() < room {
-                match self.next_row()? {
-                    Some(row) => {
+                match self.next_row() {
+                    Ok(Some(row)) => {
                         let hash = self.keys.hash(row.date, &row.key);
                         batch.push((hash, row));
                     }
-                    None => break,
+                    Ok(None) => break,
+                    Err(why) => {
+                        // The rows read before the error still go out (this chunk); the error
+                        // comes with the next call.
+                        self.stopped = Some(why);
+                        break;
+                    }
                 }
             }
             for (hash, row) in batch.drain(..) {
@@ -439,10 +481,28 @@ impl<'a> AttachmentReader<'a> {
         }
         self.batch = batch;
         if rows.is_empty() && self.done {
-            Ok(None)
+            match self.stopped.take() {
+                Some(why) => Err(why),
+                None => Ok(None),
+            }
         } else {
             Ok(Some(rows))
         }
+    }
+
+    /// Ends reading part way with `why`: the lines from the record in progress to the end of
+    /// the file are counted (not read as records) as `unread`, so every line is accounted for.
+    fn stop(&mut self, why: Unusable) -> Unusable {
+        self.done = true;
+        let limit = self.dataset.effective_limits.max_attachment_bytes;
+        let total = self.records.count_rest(limit);
+        let lines = &mut self.summary.lines;
+        lines.blank += self.records.blank_lines;
+        self.records.blank_lines = 0;
+        lines.total = total;
+        let accounted = lines.header + lines.valid + lines.rejected + lines.blank;
+        lines.unread = total.saturating_sub(accounted);
+        why
     }
 
     fn reject(&mut self, line: u64, lines: u64, reason: String) {
@@ -468,23 +528,17 @@ impl<'a> AttachmentReader<'a> {
                     return Ok(None);
                 }
                 Err(RecordError::Io(e)) => {
-                    self.done = true;
-                    return Err(Unusable::Unreadable(format!(
-                        "after line {}: {e}",
-                        self.records.lines_read()
-                    )));
+                    let why = format!("after line {}: {e}", self.records.lines_read());
+                    return Err(self.stop(Unusable::Unreadable(why)));
                 }
-                Err(e) => {
-                    self.done = true;
-                    return Err(Unusable::OverLimit(e.to_string()));
-                }
+                Err(e) => return Err(self.stop(Unusable::OverLimit(e.to_string()))),
             };
             if self.records.consumed > limits.max_attachment_bytes {
-                self.done = true;
-                return Err(Unusable::OverLimit(format!(
+                let why = format!(
                     "line {}: the text is longer than the limit of {} bytes (max_attachment_bytes)",
                     info.line, limits.max_attachment_bytes
-                )));
+                );
+                return Err(self.stop(Unusable::OverLimit(why)));
             }
             let Some(text) = self.records.text() else {
                 self.summary.rows_total += 1;
@@ -503,14 +557,15 @@ impl<'a> AttachmentReader<'a> {
                 self.summary.lines.blank += info.lines;
                 continue; // blank or separator-only line: not a record
             }
-            self.summary.rows_total += 1;
-            if self.summary.rows_total > limits.max_rows {
-                self.done = true;
-                return Err(Unusable::OverLimit(format!(
+            if self.summary.rows_total >= limits.max_rows {
+                // This record is not read: its lines count as unread.
+                let why = format!(
                     "line {}: more than the limit of {} rows (max_rows)",
                     info.line, limits.max_rows
-                )));
+                );
+                return Err(self.stop(Unusable::OverLimit(why)));
             }
+            self.summary.rows_total += 1;
             if let Some(open) = info.unterminated_quote {
                 let last = info.line + info.lines - 1;
                 let reason = format!(
@@ -1326,7 +1381,8 @@ derive = { from = "at", fn = "hour" }
                 header: 1,
                 valid: 1,
                 rejected: 2,
-                blank: 0
+                blank: 0,
+                unread: 0
             }
         );
     }
@@ -1375,7 +1431,8 @@ derive = { from = "at", fn = "hour" }
                 header: 1,
                 valid: 1,
                 rejected: 3,
-                blank: 0
+                blank: 0,
+                unread: 0
             }
         );
     }
@@ -1594,6 +1651,113 @@ derive = { from = "at", fn = "hour" }
         )
         .unwrap();
         assert_eq!(fine.rows.len(), 3);
+    }
+
+    /// A file unusable part way (here 12,000 good rows, then a quote that never closes and so
+    /// runs past `max_field_bytes`): every row before the error comes out, in chunks of 5,000,
+    /// and then the error; the failing record counts as no row, its lines as unread.
+    #[test]
+    fn a_file_unusable_part_way_gives_every_row_before_it() {
+        let d = ib_with(
+            "[datasets.ib_calls.match]",
+            "[datasets.ib_calls.limits]\nmax_field_bytes = 1000\n\n[datasets.ib_calls.match]",
+        );
+        let mut text = String::from("call_id,started_at,notes\n");
+        for i in 0..12_000 {
+            text.push_str(&format!("c{i},2024-03-14T09:00:00,ok\n"));
+        }
+        text.push_str("broken,2024-03-14T09:00:00,\"opened\n");
+        for _ in 0..50 {
+            text.push_str(&"x".repeat(40));
+            text.push('\n');
+        }
+        for streamed in [false, true] {
+            let ds = &d.datasets["ib_calls"];
+            let mut reader = if streamed {
+                AttachmentReader::from_reader(ds, text.as_bytes(), None, &Origin::default())
+            } else {
+                AttachmentReader::new(ds, text.as_bytes(), &Origin::default())
+            }
+            .unwrap();
+            let mut rows = 0;
+            let err = loop {
+                match reader.next_chunk(5_000) {
+                    Ok(Some(chunk)) => rows += chunk.len(),
+                    Ok(None) => panic!("the file ends in an error"),
+                    Err(why) => break why,
+                }
+            };
+            assert!(err.to_string().contains("max_field_bytes"), "{err}");
+            assert_eq!(reader.next_chunk(5_000), Ok(None), "done after the error");
+            let s = reader.finish();
+            assert_eq!(rows, 12_000, "streamed: {streamed}");
+            assert_eq!((s.rows_total, s.rows_unique), (12_000, 12_000));
+            assert_eq!(s.lines.total, 12_052);
+            assert_eq!(s.lines.unread, 51, "{:?}", s.lines);
+            assert!(s.lines.balanced(), "{:?}", s.lines);
+        }
+        let parsed =
+            read_attachment(&d.datasets["ib_calls"], text.as_bytes(), &Origin::default()).unwrap();
+        assert_eq!(parsed.rows.len(), 12_000);
+        assert!(matches!(parsed.stopped, Some(Unusable::OverLimit(_))));
+    }
+
+    /// Any file cut at any point, with a tail that stops reading (a field over its limit, one
+    /// row too many, too many fields): whatever the chunk size, the rows that come out, the
+    /// duplicates and the rejects add up to the records read, and every physical line is
+    /// header, valid, rejected, blank or unread.
+    #[test]
+    fn counts_add_up_whatever_point_a_file_stops_at() {
+        use rand::Rng;
+        let d = ib_with(
+            "[datasets.ib_calls.match]",
+            "[datasets.ib_calls.limits]\nmax_field_bytes = 64\nmax_rows = 60\nmax_columns = 8\n\n[datasets.ib_calls.match]",
+        );
+        let ds = &d.datasets["ib_calls"];
+        for seed in 0..1500u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let mut bytes = random_file(&mut rng);
+            let cut = rng.random_range(0..=bytes.len());
+            bytes.truncate(cut);
+            match rng.random_range(0..4) {
+                0 => bytes.extend_from_slice(format!("\n\"{}", "y".repeat(100)).as_bytes()),
+                1 => bytes.extend_from_slice("\nc,2024-03-14T09:00:00,ok".repeat(70).as_bytes()),
+                2 => bytes.extend_from_slice(b"\na,b,c,d,e,f,g,h,i,j\nz,2024-03-14T09:00:00,ok\n"),
+                _ => {}
+            }
+            let shown = String::from_utf8_lossy(&bytes).into_owned();
+            let Ok(mut reader) = AttachmentReader::new(ds, &bytes, &Origin::default()) else {
+                continue; // unusable from the start: nothing read, nothing stored
+            };
+            let chunk = rng.random_range(1..40);
+            let mut rows = 0u64;
+            let stopped = loop {
+                match reader.next_chunk(chunk) {
+                    Ok(Some(c)) => rows += c.len() as u64,
+                    Ok(None) => break None,
+                    Err(why) => break Some(why),
+                }
+            };
+            let s = reader.finish();
+            assert_eq!(
+                rows + s.duplicates + s.rows_rejected,
+                s.rows_total,
+                "seed {seed} ({stopped:?})\n{shown:?}"
+            );
+            assert_eq!(rows, s.rows_unique, "seed {seed}");
+            assert_eq!(
+                s.lines.total,
+                crate::csv_records::physical_lines(&bytes),
+                "seed {seed}: {:?} ({stopped:?})\n{shown:?}",
+                s.lines
+            );
+            assert!(s.lines.balanced(), "seed {seed}: {:?}\n{shown:?}", s.lines);
+            assert_eq!(
+                stopped.is_none(),
+                s.lines.unread == 0,
+                "seed {seed}: {stopped:?}"
+            );
+        }
     }
 
     #[test]

@@ -260,6 +260,27 @@ impl<'a> RecordReader<'a> {
         self.line - 1 + u64::from(!self.at_line_start)
     }
 
+    /// Reads the rest of the text without parsing it, counting its lines, and answers every
+    /// physical line of the text ([`RecordReader::lines_read`] at its end). Used once reading
+    /// records stopped part way, so the lines after are accounted for. Reading stops early
+    /// (the count is then what was seen) past `max_bytes` of text or at a read error.
+    pub fn count_rest(&mut self, max_bytes: u64) -> u64 {
+        while self.consumed <= max_bytes {
+            if self.pos == self.filled {
+                if self.eof {
+                    break;
+                }
+                if self.fill().is_err() {
+                    break;
+                }
+                continue;
+            }
+            self.count_breaks(self.pos, self.filled);
+            self.pos = self.filled;
+        }
+        self.lines_read()
+    }
+
     fn fill(&mut self) -> std::io::Result<()> {
         if self.pos < self.filled || self.eof {
             return Ok(());

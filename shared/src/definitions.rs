@@ -577,6 +577,21 @@ pub struct DefinitionsError {
 }
 
 impl Definitions {
+    /// What is valid but risky, one line each naming its dataset: a dataset that trusts its
+    /// `sender` pattern without `require_authenticated_sender` takes rows from anyone who
+    /// writes that From (with `keep_first`, theirs win over the real export's).
+    pub fn warnings(&self) -> Vec<String> {
+        self.datasets
+            .iter()
+            .filter(|(_, ds)| ds.matcher.sender.is_some() && !ds.require_authenticated_sender)
+            .map(|(name, _)| {
+                format!(
+                    "dataset {name}: matches by sender without require_authenticated_sender = true: anyone can forge that From address and have their rows stored"
+                )
+            })
+            .collect()
+    }
+
     /// What Terraform reads from the definitions (`infra_file`), written by `charlie config
     /// infra` so that `reports.toml` stays their one source: each report's schedule and
     /// workbook retention, each dataset's retention (`null`: kept). Pretty-printed with a final
@@ -644,6 +659,16 @@ impl Definitions {
         let mut out: Vec<(Where, String)> = Vec::new();
         for (name, ds) in &self.datasets {
             let table = format!("datasets.{name}");
+            if !dataset_name_ok(name) {
+                // Names are part of storage keys (`{dataset}#{day}`): nothing that could make
+                // one dataset's key another's.
+                out.push((
+                    Where::table(&table),
+                    format!(
+                        "dataset {name:?}: a dataset's name is 1 to 64 letters, digits, '_' and '-'"
+                    ),
+                ));
+            }
             let columns = format!("{table}.columns");
             let mut seen = HashSet::new();
             for (i, c) in ds.columns.iter().enumerate() {
@@ -977,6 +1002,15 @@ pub(crate) fn looks_like_address(s: &str) -> bool {
     }
 }
 
+/// Whether `name` may name a dataset: 1 to 64 ASCII letters, digits, `_` and `-`, so that it can
+/// never hold the separators of the keys it is part of (`#`, `/`, `@`).
+pub fn dataset_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 /// The 1-based line holding byte `offset` of `text`.
 fn line_at(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
@@ -996,6 +1030,16 @@ struct Where {
 }
 
 impl Where {
+    /// The table's header line.
+    fn table(table: &str) -> Self {
+        Where {
+            table: table.to_owned(),
+            nth: 0,
+            key: None,
+            value: None,
+        }
+    }
+
     fn key(table: &str, nth: usize, key: &str) -> Self {
         Where {
             table: table.to_owned(),
@@ -1015,6 +1059,11 @@ impl Where {
     }
 
     fn line(&self, text: &str) -> Option<usize> {
+        let table: String = self
+            .table
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '"')
+            .collect();
         let mut occurrence = 0usize;
         let mut header_line = None;
         for (i, raw) in text.lines().enumerate() {
@@ -1031,7 +1080,7 @@ impl Where {
                     .chars()
                     .filter(|c| !c.is_whitespace() && *c != '"')
                     .collect();
-                if path == self.table {
+                if path == table {
                     if occurrence == self.nth {
                         header_line = Some(i + 1);
                     }
@@ -1108,6 +1157,47 @@ impl Dataset {
             },
             _ => None,
         }
+    }
+
+    /// Why none of a mail's attachments belongs to this dataset: the first of its rules the mail
+    /// fails (sender, subject, then the attachment names); `None` when one does belong.
+    pub fn mismatch(&self, sender: &str, subject: &str, attachments: &[&str]) -> Option<String> {
+        if let Some(p) = self.matcher.sender.as_ref().filter(|p| !p.is_match(sender)) {
+            return Some(format!(
+                "sender {sender:?} does not match {:?}",
+                p.0.as_str()
+            ));
+        }
+        if let Some(p) = self
+            .matcher
+            .subject
+            .as_ref()
+            .filter(|p| !p.is_match(subject))
+        {
+            return Some(format!(
+                "subject {subject:?} does not match {:?}",
+                p.0.as_str()
+            ));
+        }
+        if attachments
+            .iter()
+            .any(|a| self.matcher.attachment.is_match(a))
+        {
+            return None;
+        }
+        Some(if attachments.is_empty() {
+            "the mail has no attachment".to_owned()
+        } else {
+            format!(
+                "no attachment name ({}) matches {:?}",
+                attachments
+                    .iter()
+                    .map(|a| format!("{a:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.matcher.attachment.0.as_str()
+            )
+        })
     }
 
     /// Whether a mail's attachment belongs to this dataset.
@@ -1216,6 +1306,25 @@ mod tests {
         ));
         assert!(!ib.matches("exports@dialer.example", "IB calls export", "notes.txt"));
         assert!(!ib.matches("someone@else.example", "IB calls export", "ib_calls.csv"));
+    }
+
+    #[test]
+    fn a_dataset_name_that_could_be_part_of_another_key_is_refused_with_its_line() {
+        for bad in ["ib@rebuild", "ib#2024-03-14", "ib/x", "ib calls"] {
+            let text = SHIPPED
+                .replace("[datasets.dials]", &format!("[datasets.\"{bad}\"]"))
+                .replace("[datasets.dials.", &format!("[datasets.\"{bad}\"."))
+                .replace("\"dials\"]", &format!("\"{bad}\"]"));
+            let err = Definitions::parse(&text).unwrap_err();
+            let problem = err
+                .problems
+                .iter()
+                .find(|p| p.message.contains("a dataset's name"))
+                .unwrap_or_else(|| panic!("{bad}: {err}"));
+            let line = text.lines().nth(problem.line.unwrap() - 1).unwrap();
+            assert!(line.starts_with("[datasets."), "{bad}: {line}");
+        }
+        assert!(dataset_name_ok("ib_calls-2"));
     }
 
     #[test]

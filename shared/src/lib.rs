@@ -18,11 +18,14 @@
 
 pub mod adapters;
 pub mod breaker;
+pub mod contract;
 pub mod counters;
 pub mod csv_ingest;
 pub mod csv_records;
 pub mod definitions;
 pub mod downstream;
+#[cfg(feature = "stages")]
+pub mod edge;
 pub mod env;
 pub mod failure;
 pub mod idempotency;
@@ -55,5 +58,6 @@ pub mod stages;
 pub mod state;
 pub mod summary;
 pub mod telemetry;
+pub mod uri;
 pub mod value;
 pub mod workbook;

@@ -4,7 +4,13 @@
 //! valid for minutes, so the link does not depend on the credentials of whoever made it (a
 //! presigned URL dies with the role session that signed it, hours later).
 //!
-//! Token: `base64url(claims JSON) "." base64url(HMAC-SHA256(key, claims part))`.
+//! Token: `{key id} "." base64url(claims JSON) "." base64url(HMAC-SHA256(key, key id "." claims
+//! part))`. Tokens from before key ids (`claims "." signature`) are checked with key `0`.
+//!
+//! Keys rotate without killing the links already mailed: the secret is either one key (its id
+//! is `0`) or a key set, `{"current": "2", "keys": {"1": "…", "2": "…"}}`: links are signed with
+//! the current key and accepted under any key of the set, so the old key stays in the set for
+//! as long as links live (`CHARLIE_LINK_DAYS`) and is then dropped (docs/operations.md).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -40,27 +46,94 @@ pub enum LinkError {
     Expired(String),
 }
 
-fn mac(key: &Secret) -> Hmac<Sha256> {
+fn mac(key: &str) -> Hmac<Sha256> {
     // HMAC takes a key of any length.
-    <Hmac<Sha256> as KeyInit>::new_from_slice(key.expose().as_bytes())
+    <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes())
         .unwrap_or_else(|_| unreachable!("HMAC accepts every key length"))
 }
 
-/// Signs `claims` into a token.
-pub fn sign(key: &Secret, claims: &LinkClaims) -> String {
-    let body = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
-    let mut m = mac(key);
-    m.update(body.as_bytes());
-    let sig = B64.encode(m.finalize().into_bytes());
-    format!("{body}.{sig}")
+/// The link keys a secret holds: one key (id `0`), or a set with the current one named.
+#[derive(Deserialize)]
+struct KeySet {
+    current: String,
+    keys: std::collections::BTreeMap<String, String>,
 }
 
-/// Checks a token's signature (in constant time) and expiry at `now`.
+/// A key id: 1 to 16 of A-Z a-z 0-9 - _ (no `.`, which ends it in a token).
+fn key_id_ok(id: &str) -> bool {
+    (1..=16).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl KeySet {
+    fn of(secret: &Secret) -> KeySet {
+        let text = secret.expose();
+        match serde_json::from_str::<KeySet>(text) {
+            Ok(set)
+                if set.keys.contains_key(&set.current) && set.keys.keys().all(|k| key_id_ok(k)) =>
+            {
+                set
+            }
+            _ => KeySet {
+                current: "0".into(),
+                keys: [("0".to_owned(), text.to_owned())].into(),
+            },
+        }
+    }
+}
+
+/// Whether the secret is a key set whose current key is among its keys (else it is read as one
+/// key): for the api's and mailer's start, so a mistyped set is told, not used as a key.
+pub fn check_keys(secret: &Secret) -> Result<(), String> {
+    let text = secret.expose().trim_start();
+    if !text.starts_with('{') {
+        return Ok(());
+    }
+    let set: KeySet = serde_json::from_str(text)
+        .map_err(|e| format!("the link key set is not {{\"current\": id, \"keys\": {{id: key}}}} (line {}, column {})", e.line(), e.column()))?;
+    if !set.keys.contains_key(&set.current) {
+        return Err(format!(
+            "the link key set's current key {:?} is not among its keys",
+            set.current
+        ));
+    }
+    if let Some(bad) = set.keys.keys().find(|k| !key_id_ok(k)) {
+        return Err(format!(
+            "link key id {bad:?} is not 1 to 16 of A-Z a-z 0-9 - _"
+        ));
+    }
+    Ok(())
+}
+
+/// Signs `claims` into a token with the current key.
+pub fn sign(key: &Secret, claims: &LinkClaims) -> String {
+    let set = KeySet::of(key);
+    let id = &set.current;
+    let body = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+    let mut m = mac(&set.keys[id]);
+    m.update(format!("{id}.{body}").as_bytes());
+    let sig = B64.encode(m.finalize().into_bytes());
+    format!("{id}.{body}.{sig}")
+}
+
+/// Checks a token's signature (in constant time) under the key it names, and its expiry at
+/// `now`.
 pub fn verify(key: &Secret, token: &str, now: DateTime<Utc>) -> Result<LinkClaims, LinkError> {
-    let (body, sig) = token.split_once('.').ok_or(LinkError::Malformed)?;
+    let set = KeySet::of(key);
+    let parts: Vec<&str> = token.split('.').collect();
+    let (id, signed, body, sig) = match parts.as_slice() {
+        [id, body, sig] => (*id, format!("{id}.{body}"), *body, *sig),
+        // From before key ids: key 0.
+        [body, sig] => ("0", (*body).to_owned(), *body, *sig),
+        _ => return Err(LinkError::Malformed),
+    };
     let sig = B64.decode(sig).map_err(|_| LinkError::Malformed)?;
-    let mut m = mac(key);
-    m.update(body.as_bytes());
+    // A key no longer in the set (rotated out) is a bad signature, as an altered token is.
+    let secret = set.keys.get(id).ok_or(LinkError::BadSignature)?;
+    let mut m = mac(secret);
+    m.update(signed.as_bytes());
     m.verify_slice(&sig).map_err(|_| LinkError::BadSignature)?;
     let claims: LinkClaims = B64
         .decode(body)
@@ -118,5 +191,48 @@ mod tests {
         assert_eq!(verify(&key, &forged, now), Err(LinkError::BadSignature));
         assert_eq!(verify(&key, "no-dot", now), Err(LinkError::Malformed));
         assert!(verify(&key, &token[..token.len() - 3], now).is_err());
+    }
+
+    /// Rotation: with the old key kept in the set, links signed before (under key 0 with a
+    /// key id, or from before key ids) still verify, new ones are signed with the new key; once
+    /// the old key is dropped its links are refused, the new ones not.
+    #[test]
+    fn a_rotated_key_keeps_old_links_until_it_is_dropped() {
+        let now = Utc::now();
+        let old = Secret::new("old-key-old-key-old-key-old-key!");
+        let before = sign(&old, &claims(now.timestamp() + 60));
+        assert!(before.starts_with("0."), "{before}");
+        // A token of before key ids: claims.signature under the same key.
+        let body = B64.encode(serde_json::to_vec(&claims(now.timestamp() + 60)).unwrap());
+        let mut m = mac(old.expose());
+        m.update(body.as_bytes());
+        let legacy = format!("{body}.{}", B64.encode(m.finalize().into_bytes()));
+        assert!(verify(&old, &legacy, now).is_ok());
+
+        let both = Secret::new(
+            r#"{"current": "1", "keys": {"0": "old-key-old-key-old-key-old-key!", "1": "the-new-key-the-new-key-the-new!"}}"#,
+        );
+        assert_eq!(check_keys(&both), Ok(()));
+        let after = sign(&both, &claims(now.timestamp() + 60));
+        assert!(after.starts_with("1."), "{after}");
+        for token in [&before, &legacy, &after] {
+            assert!(verify(&both, token, now).is_ok(), "{token}");
+        }
+        let new_only =
+            Secret::new(r#"{"current": "1", "keys": {"1": "the-new-key-the-new-key-the-new!"}}"#);
+        assert_eq!(
+            verify(&new_only, &before, now),
+            Err(LinkError::BadSignature)
+        );
+        assert_eq!(
+            verify(&new_only, &legacy, now),
+            Err(LinkError::BadSignature)
+        );
+        assert!(verify(&new_only, &after, now).is_ok());
+        // A token naming another key id than the one it was signed with is refused.
+        let swapped = format!("0{}", &after[1..]);
+        assert_eq!(verify(&both, &swapped, now), Err(LinkError::BadSignature));
+        assert!(check_keys(&Secret::new(r#"{"current": "2", "keys": {"1": "k"}}"#)).is_err());
+        assert!(check_keys(&Secret::new(r#"{"current": "a.b", "keys": {"a.b": "k"}}"#)).is_err());
     }
 }

@@ -111,13 +111,14 @@ pub fn of_counter<'a>(
         k::DEAD_LETTERED => Some((about, name::DEAD_LETTERED, None)),
         _ => {
             if let Some(status) = kind.strip_prefix("runs_") {
-                let metric = match status {
-                    "built" => name::RUNS_BUILT,
-                    "failed" => name::RUNS_FAILED,
-                    "skipped_empty" => "RunsSkippedEmpty",
-                    "notice_sent" => "RunsNoticeSent",
-                    "cancelled" => "RunsCancelled",
-                    _ => return None,
+                use crate::contract::RunStatus;
+                let metric = match status.parse::<RunStatus>().ok()? {
+                    RunStatus::Built => name::RUNS_BUILT,
+                    RunStatus::Failed => name::RUNS_FAILED,
+                    RunStatus::SkippedEmpty => "RunsSkippedEmpty",
+                    RunStatus::NoticeSent => "RunsNoticeSent",
+                    RunStatus::Cancelled => "RunsCancelled",
+                    RunStatus::Queued | RunStatus::Building | RunStatus::Retrying => return None,
                 };
                 return Some(("report-builder", metric, Some(About::Report(about))));
             }

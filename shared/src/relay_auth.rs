@@ -157,8 +157,6 @@ pub enum Refused {
     BadSignature,
     #[error("the nonce was used before: a replayed request")]
     Replayed,
-    #[error("relay {0:?} is not known")]
-    UnknownRelay(String),
     #[error("relay {0:?} was revoked")]
     Revoked(String),
 }
@@ -212,8 +210,9 @@ pub fn verify(
     body: &[u8],
     now: i64,
 ) -> Result<(), Refused> {
-    let skew = now - p.timestamp;
-    if skew.abs() > MAX_SKEW_SECONDS {
+    // Any i64 can be presented: the skew saturates instead of overflowing.
+    let skew = now.saturating_sub(p.timestamp);
+    if skew.unsigned_abs() > MAX_SKEW_SECONDS.unsigned_abs() {
         return Err(Refused::Skewed(skew));
     }
     if !p.body_sha256.eq_ignore_ascii_case(&body_sha256(body)) {
@@ -329,5 +328,24 @@ mod tests {
                 .unwrap_err()
                 .contains("not a relay id")
         );
+    }
+
+    /// Found by the relay_auth fuzz target: a timestamp at either end of i64 overflowed the
+    /// skew (a panic with overflow checks); it is refused as skewed.
+    #[test]
+    fn a_timestamp_at_the_end_of_the_range_is_skewed_not_an_overflow() {
+        for t in [i64::MIN, i64::MAX] {
+            let p = Presented {
+                relay: "branch-1",
+                timestamp: t,
+                nonce: "nnnnnnnnnnnnnnnn",
+                body_sha256: "",
+                signature: "",
+            };
+            assert!(matches!(
+                verify(&p, b"k", "GET", "/", b"", 1_700_000_000),
+                Err(Refused::Skewed(_))
+            ));
+        }
     }
 }

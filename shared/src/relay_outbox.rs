@@ -7,16 +7,27 @@
 //! delivery `refused`, as a bounce is. Queueing is keyed by the mail's Message-ID (one per run and
 //! recipient group), so the mailer's retries queue it once; the mailer's delivery record keeps
 //! it from being queued again after it was.
+//!
+//! A mail the relay's sender cannot take now (an SMTP 4xx for it) is reported deferred (`POST
+//! /v1/relay/outbox/deferred`, with the answer): it stays queued, counts its attempts and is
+//! not offered again before its backoff (1 minute, doubling, at most an hour) is over, so it
+//! never holds up the mail behind it; `charlie relay list` and health show it with the answer.
+//!
+//! Waiting mail is on the state table's index (`gsi1pk` `OUTBOX#{relay}`, `gsi1sk` the queued
+//! time and Message-ID); settling a mail writes it without, so the outbox costs what is waiting,
+//! not every mail the relay ever sent. Records queued before the index are put on it once
+//! (the marker `OUTBOX#{relay}` / `INDEXED`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::contract::DeliveryStatus;
 use crate::ports::{Objects, StateRecords};
-use crate::state::{DeliveryStatus, RecordKey};
+use crate::state::{DeliveryNews, RecordKey};
 
 /// One queued mail.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct OutboxRecord {
     /// `<…@…>`, as in the MIME.
     pub message_id: String,
@@ -40,6 +51,46 @@ pub struct OutboxRecord {
     pub refused_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
+    /// Times the relay's sender deferred it (an SMTP 4xx), the last time and answer, and when
+    /// it is offered again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_answer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A deferred mail is offered again after 1 minute, doubling with each deferral up to an hour.
+pub fn backoff(attempts: u32) -> chrono::Duration {
+    let minutes = 1i64 << attempts.saturating_sub(1).min(6);
+    chrono::Duration::minutes(minutes.min(60))
+}
+
+/// Its place on the index of waiting mail.
+fn index_sk(record: &OutboxRecord) -> String {
+    format!("{}#{}", record.queued_at, record.message_id)
+}
+
+fn index_pk(relay: &str) -> String {
+    format!("OUTBOX#{relay}")
+}
+
+/// Writes a waiting record on the index, a settled one off it.
+async fn put(records: &dyn StateRecords, relay: &str, record: &OutboxRecord) -> anyhow::Result<()> {
+    let key = RecordKey::outbox(relay, &record.message_id);
+    if record.settled() {
+        records.put_record(&key, record, None).await
+    } else {
+        let (pk, sk) = (index_pk(relay), index_sk(record));
+        records.put_record(&key, record, Some((&pk, &sk))).await
+    }
 }
 
 impl OutboxRecord {
@@ -59,9 +110,9 @@ pub fn object_key(relay: &str, message_id: &str) -> String {
 
 /// The status an acknowledged relay mail gives its delivery: as SES's `delivered` (the next
 /// hop took it), below a bounce or complaint.
-pub const RELAYED: (&str, u8) = ("relayed", 1);
+pub const RELAYED: DeliveryStatus = DeliveryStatus::Relayed;
 /// The status a relay mail its sender refused for good gives its delivery: as SES's `bounced`.
-pub const REFUSED: (&str, u8) = ("refused", 2);
+pub const REFUSED: DeliveryStatus = DeliveryStatus::Refused;
 
 /// Queues one mail (again, harmlessly, when it is queued already: the same key and record).
 pub async fn queue(
@@ -78,26 +129,101 @@ pub async fn queue(
     record.key = object_key(relay, &record.message_id);
     record.size = mime.len() as u64;
     objects.put(&record.key, mime, "message/rfc822").await?;
-    records.put_record(&key, &record, None).await?;
+    put(records, relay, &record).await?;
     Ok(record)
 }
 
-/// The relay's mails not acknowledged yet, oldest first, at most `limit`.
+/// Puts the relay's waiting records queued before the index on it, once.
+async fn ensure_indexed(records: &dyn StateRecords, relay: &str) -> anyhow::Result<()> {
+    let marker = index_pk(relay);
+    if records.get(&marker, "INDEXED").await?.is_some() {
+        return Ok(());
+    }
+    for (_, data) in records.query(&marker, "MSG#").await? {
+        if let Ok(record) = serde_json::from_str::<OutboxRecord>(&data)
+            && !record.settled()
+        {
+            put(records, relay, &record).await?;
+        }
+    }
+    records
+        .put(&marker, "INDEXED", "{\"v\":1}".into(), None)
+        .await
+}
+
+/// Every waiting record of the relay (off the index: what waits, not what was ever sent),
+/// oldest first.
+async fn all_waiting(records: &dyn StateRecords, relay: &str) -> anyhow::Result<Vec<OutboxRecord>> {
+    ensure_indexed(records, relay).await?;
+    const PAGE: usize = 500;
+    let pk = index_pk(relay);
+    let mut waiting = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let page = records
+            .query_index(&pk, before.as_deref(), None, PAGE)
+            .await?;
+        let full = page.len() == PAGE;
+        before = page.last().map(|r| r.index_sk.clone());
+        waiting.extend(
+            page.into_iter()
+                .filter_map(|r| serde_json::from_str::<OutboxRecord>(&r.data).ok())
+                .filter(|r| !r.settled()),
+        );
+        if !full {
+            break;
+        }
+    }
+    waiting.sort_by(|a, b| a.queued_at.cmp(&b.queued_at));
+    Ok(waiting)
+}
+
+/// The relay's mails not acknowledged yet and due at `now` (not in a deferral's backoff), oldest
+/// first, at most `limit`.
 pub async fn pending(
     records: &dyn StateRecords,
     relay: &str,
     limit: usize,
+    now: DateTime<Utc>,
 ) -> anyhow::Result<Vec<OutboxRecord>> {
-    let mut waiting: Vec<OutboxRecord> = records
-        .query(&format!("OUTBOX#{relay}"), "MSG#")
+    let mut due: Vec<OutboxRecord> = all_waiting(records, relay)
         .await?
         .into_iter()
-        .filter_map(|(_, data)| serde_json::from_str::<OutboxRecord>(&data).ok())
-        .filter(|r| !r.settled())
+        .filter(|r| {
+            r.next_attempt_at
+                .as_deref()
+                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                .is_none_or(|t| t <= now)
+        })
         .collect();
-    waiting.sort_by(|a, b| a.queued_at.cmp(&b.queued_at));
-    waiting.truncate(limit);
-    Ok(waiting)
+    due.truncate(limit);
+    Ok(due)
+}
+
+/// Notes that the relay's sender could not take a mail now (`answer`: what it said): one more
+/// attempt, offered again after its backoff. `None`: no such mail in this relay's outbox; a
+/// settled one is answered as it is.
+pub async fn defer(
+    records: &dyn StateRecords,
+    relay: &str,
+    message_id: &str,
+    answer: &str,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Option<OutboxRecord>> {
+    let key = RecordKey::outbox(relay, message_id);
+    let Some(mut record) = records.get_record(&key).await? else {
+        return Ok(None);
+    };
+    if record.settled() {
+        return Ok(Some(record));
+    }
+    record.attempts += 1;
+    let at = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    record.last_attempt_at = Some(at(now));
+    record.last_answer = Some(answer.to_owned());
+    record.next_attempt_at = Some(at(now + backoff(record.attempts)));
+    put(records, relay, &record).await?;
+    Ok(Some(record))
 }
 
 /// Marks a mail sent by the relay (once: a second acknowledgement changes nothing) and its
@@ -120,7 +246,7 @@ pub async fn acknowledge(
     set_status(records, &record.delivery, RELAYED, detail, &now).await?;
     record.sent_at = Some(now);
     record.smtp_reply = Some(smtp_reply.to_owned());
-    records.put_record(&key, &record, None).await?;
+    put(records, relay, &record).await?;
     Ok(Some(record))
 }
 
@@ -146,7 +272,7 @@ pub async fn refuse(
     set_status(records, &record.delivery, REFUSED, detail, &now).await?;
     record.refused_at = Some(now);
     record.refusal = Some(reason.to_owned());
-    records.put_record(&key, &record, None).await?;
+    put(records, relay, &record).await?;
     Ok(Some((record, true)))
 }
 
@@ -154,45 +280,64 @@ pub async fn refuse(
 async fn set_status(
     records: &dyn StateRecords,
     delivery: &str,
-    (status, rank): (&str, u8),
+    status: DeliveryStatus,
     detail: serde_json::Value,
     at: &str,
 ) -> anyhow::Result<()> {
     records
         .put_ranked_record(
             &RecordKey::delivery_status(delivery),
-            &DeliveryStatus {
-                status: status.into(),
-                rank,
+            &DeliveryNews {
+                status,
+                rank: status.rank(),
                 ses_message_id: String::new(),
                 detail,
                 at: at.to_owned(),
             },
-            rank,
+            status.rank(),
         )
         .await?;
     Ok(())
 }
 
-/// The relay's mail waiting (not acknowledged, not refused): how many, and the oldest's
-/// queued time.
-pub async fn waiting(
-    records: &dyn StateRecords,
-    relay: &str,
-) -> anyhow::Result<(usize, Option<DateTime<Utc>>)> {
-    let all = pending(records, relay, usize::MAX).await?;
+/// A relay's outbox at a glance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiting {
+    /// Mails waiting (not acknowledged, not refused).
+    pub count: usize,
+    /// The oldest's queued time.
+    pub oldest: Option<DateTime<Utc>>,
+    /// The waiting mail deferred most often (the oldest of those), with its last answer.
+    pub stuck: Option<OutboxRecord>,
+}
+
+/// The relay's mail waiting (not acknowledged, not refused).
+pub async fn waiting(records: &dyn StateRecords, relay: &str) -> anyhow::Result<Waiting> {
+    let all = all_waiting(records, relay).await?;
     let oldest = all
         .first()
         .and_then(|r| DateTime::parse_from_rfc3339(&r.queued_at).ok())
         .map(|t| t.with_timezone(&Utc));
-    Ok((all.len(), oldest))
+    let stuck = all
+        .iter()
+        .filter(|r| r.attempts > 0)
+        .max_by(|a, b| {
+            a.attempts
+                .cmp(&b.attempts)
+                .then_with(|| b.queued_at.cmp(&a.queued_at))
+        })
+        .cloned();
+    Ok(Waiting {
+        count: all.len(),
+        oldest,
+        stuck,
+    })
 }
 
-/// Each relay (revoked ones too: mail queued for one waits all the same) with its outbox:
-/// `(relay, waiting, oldest queued time)`, by id.
+/// Each relay (revoked ones too: mail queued for one waits all the same) with its outbox, by id.
 pub async fn overview(
     records: &dyn StateRecords,
-) -> anyhow::Result<Vec<(crate::state::RelayRecord, usize, Option<DateTime<Utc>>)>> {
+) -> anyhow::Result<Vec<(crate::state::RelayRecord, Waiting)>> {
     let found = records
         .query_index(crate::state::RELAYS_INDEX, None, None, 1000)
         .await?;
@@ -203,8 +348,8 @@ pub async fn overview(
     relays.sort_by(|a, b| a.id.cmp(&b.id));
     let mut out = Vec::with_capacity(relays.len());
     for relay in relays {
-        let (n, oldest) = waiting(records, &relay.id).await?;
-        out.push((relay, n, oldest));
+        let w = waiting(records, &relay.id).await?;
+        out.push((relay, w));
     }
     Ok(out)
 }
@@ -228,6 +373,10 @@ mod tests {
             smtp_reply: None,
             refused_at: None,
             refusal: None,
+            attempts: 0,
+            last_attempt_at: None,
+            last_answer: None,
+            next_attempt_at: None,
         }
     }
 
@@ -268,11 +417,14 @@ mod tests {
         assert_eq!(again, q);
         let objs: &dyn Objects = &objects;
         assert_eq!(objs.get(&q.key, None).await.unwrap(), b"mime 2");
-        let waiting = pending(records, "b1", 10).await.unwrap();
+        let waiting = pending(records, "b1", 10, Utc::now()).await.unwrap();
         let ids: Vec<&str> = waiting.iter().map(|r| r.message_id.as_str()).collect();
         assert_eq!(ids, ["<m1@x>", "<m2@x>"], "oldest first");
         assert!(
-            pending(records, "b2", 10).await.unwrap().is_empty(),
+            pending(records, "b2", 10, Utc::now())
+                .await
+                .unwrap()
+                .is_empty(),
             "another relay's"
         );
         let acked = acknowledge(records, "b1", "<m1@x>", "250 2.0.0 Ok: queued as ABC")
@@ -288,13 +440,16 @@ mod tests {
             twice.smtp_reply.as_deref(),
             Some("250 2.0.0 Ok: queued as ABC")
         );
-        assert_eq!(pending(records, "b1", 10).await.unwrap().len(), 1);
+        assert_eq!(
+            pending(records, "b1", 10, Utc::now()).await.unwrap().len(),
+            1
+        );
         let status = records
             .get_record(&RecordKey::delivery_status("DLV#run-<m1@x>#0"))
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((status.status.as_str(), status.rank), RELAYED);
+        assert_eq!((status.status, status.rank), (RELAYED, 1));
         assert!(
             acknowledge(records, "b2", "<m2@x>", "x")
                 .await
@@ -308,8 +463,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(now && refused.refused_at.is_some());
-        assert!(pending(records, "b1", 10).await.unwrap().is_empty());
-        assert_eq!(super::waiting(records, "b1").await.unwrap(), (0, None));
+        assert!(
+            pending(records, "b1", 10, Utc::now())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(super::waiting(records, "b1").await.unwrap().count, 0);
         let (again, now) = refuse(records, "b1", "<m2@x>", "other")
             .await
             .unwrap()
@@ -321,7 +481,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((status.status.as_str(), status.rank), REFUSED);
+        assert_eq!((status.status, status.rank), (REFUSED, 2));
         assert_eq!(status.detail["refusal"], "550 5.1.1 no such user");
         // An acknowledgement after it changes nothing; nor does a refusal of a sent mail.
         let acked = acknowledge(records, "b1", "<m2@x>", "250 ok")
@@ -347,7 +507,7 @@ mod tests {
         let objects = MemoryObjects::default();
         let state = MemoryState::default();
         let records: &dyn StateRecords = &state;
-        assert_eq!(waiting(records, "b1").await.unwrap(), (0, None));
+        assert_eq!(waiting(records, "b1").await.unwrap().count, 0);
         for (id, at) in [
             ("<b@x>", "2024-01-02T00:00:00.000Z"),
             ("<a@x>", "2024-01-01T00:00:00.000Z"),
@@ -356,9 +516,106 @@ mod tests {
                 .await
                 .unwrap();
         }
+        let w = waiting(records, "b1").await.unwrap();
         assert_eq!(
-            waiting(records, "b1").await.unwrap(),
+            (w.count, w.oldest),
             (2, Some("2024-01-01T00:00:00Z".parse().unwrap()))
+        );
+    }
+
+    /// A mail its relay's server keeps deferring waits out its backoff without holding up the
+    /// mail behind it, is shown as stuck with its last answer, and is offered again when due.
+    #[tokio::test]
+    async fn a_deferred_mail_backs_off_alone_and_is_shown_with_its_answer() {
+        let objects = MemoryObjects::default();
+        let state = MemoryState::default();
+        let records: &dyn StateRecords = &state;
+        for (id, at) in [
+            ("<stuck@x>", "2024-01-01T00:00:00.000Z"),
+            ("<next@x>", "2024-01-01T00:01:00.000Z"),
+        ] {
+            queue(&objects, records, "b1", record(id, at), b"m".to_vec())
+                .await
+                .unwrap();
+        }
+        let now: DateTime<Utc> = "2024-01-01T09:00:00Z".parse().unwrap();
+        let ids = |v: Vec<OutboxRecord>| v.into_iter().map(|r| r.message_id).collect::<Vec<_>>();
+        for attempt in 1..=3u32 {
+            let at = now + chrono::Duration::minutes(10 * i64::from(attempt));
+            let deferred = defer(records, "b1", "<stuck@x>", "452 4.2.2 mailbox full", at)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(deferred.attempts, attempt);
+            assert_eq!(
+                ids(pending(records, "b1", 10, at).await.unwrap()),
+                ["<next@x>"],
+                "in its backoff, the stuck mail is not offered; the next one is"
+            );
+            let due = at + backoff(attempt);
+            assert_eq!(
+                ids(pending(records, "b1", 10, due).await.unwrap()),
+                ["<stuck@x>", "<next@x>"],
+                "offered again once due"
+            );
+        }
+        assert_eq!(backoff(1), chrono::Duration::minutes(1));
+        assert_eq!(backoff(3), chrono::Duration::minutes(4));
+        assert_eq!(backoff(30), chrono::Duration::minutes(60));
+        let w = waiting(records, "b1").await.unwrap();
+        assert_eq!(w.count, 2);
+        let stuck = w.stuck.unwrap();
+        assert_eq!(
+            (
+                stuck.message_id.as_str(),
+                stuck.attempts,
+                stuck.last_answer.as_deref()
+            ),
+            ("<stuck@x>", 3, Some("452 4.2.2 mailbox full"))
+        );
+        // Sent at last: off the outbox and off the index.
+        acknowledge(records, "b1", "<stuck@x>", "250 ok")
+            .await
+            .unwrap();
+        assert_eq!(waiting(records, "b1").await.unwrap().stuck, None);
+        let indexed = records
+            .query_index("OUTBOX#b1", None, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(indexed.len(), 1, "only the waiting mail is on the index");
+        assert!(
+            defer(records, "b2", "<stuck@x>", "452", now)
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// Records queued before the index (no index entry) are found and put on it, once; settled
+    /// ones stay off it.
+    #[tokio::test]
+    async fn mail_queued_before_the_index_is_indexed_once() {
+        let state = MemoryState::default();
+        let records: &dyn StateRecords = &state;
+        let mut sent = record("<old-sent@x>", "2023-12-01T00:00:00.000Z");
+        sent.sent_at = Some("2023-12-01T00:05:00.000Z".into());
+        for r in [record("<old@x>", "2023-12-02T00:00:00.000Z"), sent] {
+            records
+                .put_record(&RecordKey::outbox("b1", &r.message_id), &r, None)
+                .await
+                .unwrap();
+        }
+        let due = pending(records, "b1", 10, Utc::now()).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].message_id, "<old@x>");
+        assert!(records.get("OUTBOX#b1", "INDEXED").await.unwrap().is_some());
+        assert_eq!(
+            records
+                .query_index("OUTBOX#b1", None, None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
         );
     }
 }

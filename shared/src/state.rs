@@ -30,9 +30,10 @@ pub fn continuation_claim(mailbox: &str, message_id: &str, step: u32) -> String 
     format!("{}#STEP#{step}", mail_claim(mailbox, message_id))
 }
 
-/// A mail by its RFC 5322 Message-ID, holding the Graph id it was first ingested under.
-pub fn internet_message_claim(mailbox: &str, internet_message_id: &str) -> String {
-    format!("MAILID#{mailbox}#{internet_message_id}")
+/// A mail by its RFC 5322 Message-ID and sender (lower case), holding the Graph id it was first
+/// ingested under. The sender is part of it so another sender's mail cannot take the id first.
+pub fn internet_message_claim(mailbox: &str, sender: &str, internet_message_id: &str) -> String {
+    format!("MAILID#{mailbox}#{sender}#{internet_message_id}")
 }
 
 pub fn run_claim(run_id: &str) -> String {
@@ -153,6 +154,15 @@ pub struct RelayRecord {
     /// When the relay last made a signed call (at most a minute stale): is it alive?
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_at: Option<String>,
+    /// The authserv-ids (its own Exchange, its MTA) whose `Authentication-Results` headers
+    /// are believed in the mail it uploads (`crate::sender_auth`); none: its mail counts as
+    /// unauthenticated for datasets that require it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_authserv_ids: Vec<String>,
+    /// Earlier lives of this relay id that were revoked, `(revoked_at, made again at)`: an
+    /// upload stored within one is refused whatever the relay's state when ingest reads it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_windows: Vec<(String, String)>,
 }
 
 impl RelayRecord {
@@ -166,6 +176,8 @@ impl RelayRecord {
             created_by: created_by.to_owned(),
             revoked_at: None,
             last_seen_at: None,
+            trusted_authserv_ids: Vec::new(),
+            revoked_windows: Vec::new(),
         }
     }
 }
@@ -225,6 +237,29 @@ impl RecordKey<AuditRecord> {
 
 pub const AUDIT_INDEX: &str = "AUDIT";
 
+/// What a reprocess did; also the counts of its record (`state::ReprocessRecord`), all zero
+/// until it is done (and when it failed: nothing of the day was touched).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReprocessOutcome {
+    /// Rows the day held before, each replaced by its rebuilt copy or removed.
+    #[serde(default)]
+    pub rows_deleted: u64,
+    #[serde(default)]
+    pub attachments: u64,
+    /// Rows the rebuild stored.
+    #[serde(default)]
+    pub rows_stored: u64,
+    /// Of the rows before, those whose key no archived file holds any more.
+    #[serde(default)]
+    pub rows_removed: u64,
+    /// Rows an ingest stored while the rebuild ran, kept as they were.
+    #[serde(default)]
+    pub rows_kept: u64,
+    /// Archived files that were unusable part way: their rows before that point were taken.
+    #[serde(default)]
+    pub partly_read: u64,
+}
+
 /// `REPROCESS#{id}` / `status`: a reprocess asked for through the API and how it went
 /// (`queued`, `running`, `done` or `failed`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -232,17 +267,15 @@ pub struct ReprocessRecord {
     pub request_id: String,
     pub dataset: String,
     pub date: NaiveDate,
-    pub status: String,
+    pub status: crate::contract::ReprocessStatus,
     pub requested_at: String,
     pub requested_by: String,
     #[serde(default)]
     pub finished_at: Option<String>,
-    #[serde(default)]
-    pub attachments: u64,
-    #[serde(default)]
-    pub rows_deleted: u64,
-    #[serde(default)]
-    pub rows_stored: u64,
+    /// What it did (rows deleted, stored, removed, kept; files read and read part way), at
+    /// the record's top level.
+    #[serde(flatten)]
+    pub counts: ReprocessOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -366,7 +399,7 @@ impl RecordKey<SessionRecord> {
     }
 }
 
-impl RecordKey<DeliveryStatus> {
+impl RecordKey<DeliveryNews> {
     /// `DLV#…` / `status`.
     pub fn delivery_status(delivery: &str) -> Self {
         Self::new(delivery.to_owned(), "status")
@@ -434,7 +467,7 @@ pub struct RunRecord {
     /// then one of `built`, `skipped_empty`, `notice_sent` (empty period, "no data" mail
     /// queued), `cancelled` or `failed` (for good: `error`, and the message is in the runs
     /// DLQ); a repeated trigger returns the earlier run's record.
-    pub status: String,
+    pub status: crate::contract::RunStatus,
     pub rows: u64,
     #[serde(default)]
     pub sheets: Vec<String>,
@@ -473,13 +506,18 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    /// A run of `report` for `period` with nothing done yet (no status, no times).
-    pub fn new(run_id: &str, report: &str, period: &str) -> Self {
+    /// A run of `report` for `period` with nothing done yet (no times).
+    pub fn new(
+        run_id: &str,
+        report: &str,
+        period: &str,
+        status: crate::contract::RunStatus,
+    ) -> Self {
         RunRecord {
             run_id: run_id.to_owned(),
             report: report.to_owned(),
             period: period.to_owned(),
-            status: String::new(),
+            status,
             rows: 0,
             sheets: vec![],
             workbook_key: None,
@@ -502,7 +540,8 @@ impl RunRecord {
 /// A delivery's result: the delivery claim's result and part of its run's index entry.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeliveryResult {
-    pub status: String,
+    /// `sent`, or `queued` for a relay.
+    pub status: crate::contract::DeliveryStatus,
     pub transport: String,
     pub provider_message_id: String,
     #[serde(default)]
@@ -535,10 +574,11 @@ pub struct SesMessage {
     pub run_id: String,
 }
 
-/// `DLV#…` / `status`: `delivered` < `bounced` < `complained`, never lowered.
+/// `DLV#…` / `status`: what the receiver said of a delivery (`delivered` < `bounced` <
+/// `complained`, `relayed` < `refused`), never lowered: `rank` is the status's.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeliveryStatus {
-    pub status: String,
+pub struct DeliveryNews {
+    pub status: crate::contract::DeliveryStatus,
     pub rank: u8,
     pub ses_message_id: String,
     #[serde(default)]
@@ -614,8 +654,72 @@ pub struct FilePosition {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DayAttachment {
     pub raw_key: String,
+    /// `{mailbox}/{message id}` (a relay's mailbox, `relay/{relay}`, holds a `/` itself).
     pub source: String,
+    /// The mailbox of `source`; absent on records of before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
     pub received: DateTime<Utc>,
+    /// The attachment's name as the mail gave it (the archive's key may differ: characters
+    /// dropped, a `#n` for a second file of the same name); absent on records of before it
+    /// was kept, where the key's last part stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl DayAttachment {
+    /// The (mailbox, message id) the attachment came in: from the record's mailbox, or for an
+    /// older record from `source`, whose relay mailboxes (`relay/{relay}`) hold a `/`.
+    pub fn mail(&self) -> Option<(&str, &str)> {
+        if let Some(mailbox) = &self.mailbox {
+            let id = self
+                .source
+                .strip_prefix(mailbox.as_str())?
+                .strip_prefix('/')?;
+            return Some((mailbox, id));
+        }
+        if let Some(rest) = self.source.strip_prefix("relay/") {
+            let (relay, id) = rest.split_once('/')?;
+            return Some((&self.source[..6 + relay.len()], id));
+        }
+        self.source.split_once('/')
+    }
+}
+
+/// A mail no dataset took (it matched none, or failed a dataset's sender check): what it was
+/// and why, for operators (`GET /v1/intake/outcomes`, the dashboard's intake page).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnmatchedMail {
+    pub mailbox: String,
+    pub message_id: String,
+    pub sender: String,
+    pub subject: String,
+    pub received: DateTime<Utc>,
+    pub attachments: Vec<String>,
+    /// Per dataset, the rule the mail failed (`ib_calls: sender "x" does not match "…"`), or
+    /// why its sender was not believed.
+    pub reasons: Vec<String>,
+}
+
+impl RecordKey<UnmatchedMail> {
+    /// `UNMATCHED#{received day, UTC}` / `{received}#{mailbox}#{message id}`.
+    pub fn unmatched(m: &UnmatchedMail) -> Self {
+        Self::new(
+            unmatched_day(m.received.date_naive()),
+            format!(
+                "{}#{}#{}",
+                m.received
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                m.mailbox,
+                m.message_id
+            ),
+        )
+    }
+}
+
+/// The partition of the mails received on `day` (UTC) that no dataset took.
+pub fn unmatched_day(day: NaiveDate) -> String {
+    format!("UNMATCHED#{day}")
 }
 
 impl<'a> dyn StateRecords + 'a {
@@ -698,5 +802,36 @@ impl<'a> dyn StateRecords + 'a {
             .into_iter()
             .map(|(_, d)| d)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay's mailbox holds a `/`: the mail is found whether the record kept its mailbox or
+    /// predates it.
+    #[test]
+    fn a_day_attachment_names_its_mail_for_relay_mailboxes_too() {
+        let at = |source: &str, mailbox: Option<&str>| DayAttachment {
+            raw_key: "raw/x".into(),
+            source: source.into(),
+            mailbox: mailbox.map(str::to_owned),
+            received: Utc::now(),
+            name: None,
+        };
+        assert_eq!(
+            at("relay/branch-1/abc", None).mail(),
+            Some(("relay/branch-1", "abc"))
+        );
+        assert_eq!(
+            at("relay/branch-1/abc", Some("relay/branch-1")).mail(),
+            Some(("relay/branch-1", "abc"))
+        );
+        assert_eq!(
+            at("ops@contoso.example/AAMk/x=", None).mail(),
+            Some(("ops@contoso.example", "AAMk/x="))
+        );
+        assert_eq!(at("nothing", None).mail(), None);
     }
 }

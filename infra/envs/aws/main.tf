@@ -126,6 +126,9 @@ module "charlie" {
   mailboxes       = var.mailboxes
   graph_token_url = "https://login.microsoftonline.com/${var.tenant_id}/oauth2/v2.0/token"
   infra_file      = "${path.root}/../../../reports.infra.json"
+  # Behind CloudFront and the WAF (edge.tf): everything but /iam/v1 comes through it.
+  origin_check     = true
+  webhook_base_url = local.edge_url
   # Callers inside AWS (SigV4 on /iam/v1), each with a scope.
   api_iam_principals = var.api_iam_principals
   # The mailer may send as the DKIM-signed domain too.
@@ -176,5 +179,6 @@ output "dashboard" {
 }
 
 output "api_endpoint" {
-  value = module.charlie.api_endpoint
+  description = "Where people, the CLI, the relays and Graph reach the API: CloudFront, behind the WAF."
+  value       = local.edge_url
 }

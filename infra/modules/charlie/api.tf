@@ -44,6 +44,17 @@ resource "aws_apigatewayv2_route" "api" {
   target    = "integrations/${aws_apigatewayv2_integration.api.id}"
 }
 
+# The routes anyone may call (download links, relays' signed calls, the dashboard's sign-in),
+# each its own route so each has its own throttle (var.api_route_throttles): a flood of one
+# cannot starve operators or Graph's notifications.
+resource "aws_apigatewayv2_route" "api_public" {
+  for_each = toset(["GET /v1/links/{proxy+}", "ANY /v1/relay", "ANY /v1/relay/{proxy+}", "POST /ui/login"])
+  #checkov:skip=CKV_AWS_309:Reachable without credentials by design: a download link carries its own HMAC-signed, expiring token; a relay signs every request with its own HMAC key (checked by the function, nonce and clock skew included); the sign-in form takes an API key. Each route is throttled on its own (api_route_throttles) and, on AWS, behind the WAF rate rule
+  api_id    = aws_apigatewayv2_api.http.id
+  route_key = each.value
+  target    = "integrations/${aws_apigatewayv2_integration.api.id}"
+}
+
 # The dashboard: server-rendered pages under /ui, from the same function.
 resource "aws_apigatewayv2_route" "ui" {
   for_each = toset(["GET /ui", "ANY /ui/{proxy+}"])
@@ -75,11 +86,24 @@ resource "aws_apigatewayv2_stage" "default" {
   api_id      = aws_apigatewayv2_api.http.id
   name        = "$default"
   auto_deploy = true
-  # Every route, the webhook's included (Graph's bursts stay well under it).
+  # Operators' routes; the webhook's and the public ones have their own (below).
   default_route_settings {
     throttling_rate_limit  = var.api_throttle.rate
     throttling_burst_limit = var.api_throttle.burst
   }
+  dynamic "route_settings" {
+    for_each = var.api_route_throttles
+    content {
+      route_key              = route_settings.key
+      throttling_rate_limit  = route_settings.value.rate
+      throttling_burst_limit = route_settings.value.burst
+    }
+  }
+  depends_on = [
+    aws_apigatewayv2_route.graph_notifications,
+    aws_apigatewayv2_route.graph_lifecycle,
+    aws_apigatewayv2_route.api_public,
+  ]
   access_log_settings {
     destination_arn = aws_cloudwatch_log_group.api_access.arn
     format = jsonencode({
@@ -100,12 +124,27 @@ resource "aws_apigatewayv2_stage" "default" {
   }
 }
 
+# Lambda checks each route's source ARN ({api}/{stage}/{method}/{path}) against these: every
+# route the api function serves needs one (the local runner enforces them as Lambda does).
 resource "aws_lambda_permission" "api" {
   statement_id  = "AllowApiGatewayInvokeApi"
   action        = "lambda:InvokeFunction"
   function_name = aws_lambda_function.fn["api"].function_name
   principal     = "apigateway.amazonaws.com"
   source_arn    = "${aws_apigatewayv2_api.http.execution_arn}/*/*/v1/*"
+}
+
+# The dashboard: GET /ui and ANY /ui/{proxy+}.
+resource "aws_lambda_permission" "api_ui" {
+  for_each = {
+    AllowApiGatewayInvokeUi      = "ui"
+    AllowApiGatewayInvokeUiPages = "ui/*"
+  }
+  statement_id  = each.key
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.fn["api"].function_name
+  principal     = "apigateway.amazonaws.com"
+  source_arn    = "${aws_apigatewayv2_api.http.execution_arn}/*/*/${each.value}"
 }
 
 resource "aws_lambda_permission" "api_graph_webhook" {

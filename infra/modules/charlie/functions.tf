@@ -60,9 +60,18 @@ locals {
   policies = {
     graph-webhook = [
       local.send["inbound"], local.send["lifecycle"],
-      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = aws_secretsmanager_secret.client_state.arn },
-      # Intake's pause flag, and the mails it parks while paused.
-      { Effect = "Allow", Action = ["dynamodb:GetItem", "dynamodb:PutItem"], Resource = aws_dynamodb_table.state.arn },
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = concat([aws_secretsmanager_secret.client_state.arn], aws_secretsmanager_secret.origin[*].arn) },
+      # Intake's pause flag (read), and the mails it parks while paused (written): those items
+      # only (dynamodb:LeadingKeys), so a compromised webhook cannot write API keys, claims or
+      # anything else of the state table.
+      {
+        Effect    = "Allow", Action = ["dynamodb:GetItem"], Resource = aws_dynamodb_table.state.arn,
+        Condition = { "ForAllValues:StringEquals" = { "dynamodb:LeadingKeys" = ["INTAKE#control"] } }
+      },
+      {
+        Effect    = "Allow", Action = ["dynamodb:PutItem"], Resource = aws_dynamodb_table.state.arn,
+        Condition = { "ForAllValues:StringLike" = { "dynamodb:LeadingKeys" = ["PARKED#*"] } }
+      },
     ]
     poller = [
       local.read_config, local.read_graph_secret, local.state_rw, local.send["inbound"],
@@ -77,7 +86,10 @@ locals {
       local.read_config, local.read_graph_secret, local.state_rw,
       local.consume["inbound"], local.send["inbound"],
       # Large attachments stream to raw/ as multipart uploads; quarantine copies from raw/.
-      { Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"], Resource = ["${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/quarantine/*", "${aws_s3_bucket.data.arn}/inbox/*"] },
+      { Effect = "Allow", Action = ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"], Resource = ["${aws_s3_bucket.data.arn}/raw/*", "${aws_s3_bucket.data.arn}/quarantine/*"] },
+      # Relay uploads are read, never written: a write under inbox/relay/ would trigger ingest
+      # again as if a relay had uploaded it.
+      { Effect = "Allow", Action = ["s3:GetObject"], Resource = "${aws_s3_bucket.data.arn}/inbox/relay/*" },
       { Effect = "Allow", Action = ["dynamodb:BatchGetItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:DeleteItem"], Resource = aws_dynamodb_table.rows.arn },
     ])
     # (Nothing when there is no downstream API: no function either.)
@@ -102,7 +114,7 @@ locals {
       { Effect = "Allow", Action = ["sqs:GetQueueAttributes"], Resource = concat([for q in aws_sqs_queue.main : q.arn], [for q in aws_sqs_queue.dlq : q.arn], [aws_sqs_queue.scheduler_dlq.arn]) },
       { Effect = "Allow", Action = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"], Resource = concat([for q in aws_sqs_queue.dlq : q.arn], [aws_sqs_queue.scheduler_dlq.arn]) },
       { Effect = "Allow", Action = ["sqs:SendMessage"], Resource = [for q in aws_sqs_queue.main : q.arn] },
-      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = [aws_secretsmanager_secret.link_key.arn, aws_secretsmanager_secret.relay_key.arn] },
+      { Effect = "Allow", Action = ["secretsmanager:GetSecretValue"], Resource = concat([aws_secretsmanager_secret.link_key.arn, aws_secretsmanager_secret.relay_key.arn], aws_secretsmanager_secret.origin[*].arn) },
       # The relays' presigned uploads are signed with the api's own credentials.
       { Effect = "Allow", Action = ["s3:PutObject"], Resource = "${aws_s3_bucket.data.arn}/inbox/relay/*" },
       # Each queue's age of oldest message, which SQS publishes to CloudWatch only (the action
@@ -214,7 +226,7 @@ resource "aws_lambda_function" "fn" {
     variables = merge(local.common_env, { CHARLIE_STAGE = each.key }, local.function_env[each.key], local.dead_letter_env[each.key])
   }
 
-  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn, aws_iam_role_policy_attachment.vpc, aws_secretsmanager_secret_version.link_key, aws_secretsmanager_secret_version.relay_key]
+  depends_on = [aws_cloudwatch_log_group.fn, aws_iam_role_policy.fn, aws_iam_role_policy_attachment.vpc, aws_secretsmanager_secret_version.link_key, aws_secretsmanager_secret_version.relay_key, aws_secretsmanager_secret_version.origin]
 }
 
 # Functions in a VPC create network interfaces there.

@@ -56,7 +56,12 @@ locals {
 
   # Where Graph posts notifications: the API's own URL unless one is given (a custom domain,
   # or the local runner's port).
-  webhook_base_url = trimsuffix(var.webhook_base_url != null ? var.webhook_base_url : aws_apigatewayv2_stage.default.invoke_url, "/")
+  # The `$default` stage is served at the API's own endpoint (its invoke URL is the same):
+  # taken from the API, so the stage can wait for the routes its throttles name.
+  # Behind the CDN (origin_check), the functions that serve HTTP read the origin header's value.
+  origin_env = var.origin_check ? { CHARLIE_ORIGIN_SECRET = aws_secretsmanager_secret.origin[0].name } : {}
+
+  webhook_base_url = trimsuffix(var.webhook_base_url != null ? var.webhook_base_url : aws_apigatewayv2_api.http.api_endpoint, "/")
 
   # Per consuming function: its queues' ARNs -> their dead-letter queues, where a message that
   # failed permanently goes at once with its cause.
@@ -94,12 +99,12 @@ locals {
   }
 
   function_env = {
-    graph-webhook = {
+    graph-webhook = merge({
       CHARLIE_INBOUND_QUEUE_URL          = aws_sqs_queue.main["inbound"].url
       CHARLIE_LIFECYCLE_QUEUE_URL        = aws_sqs_queue.main["lifecycle"].url
       CHARLIE_CLIENT_STATE_SECRET        = aws_secretsmanager_secret.client_state.name
       CHARLIE_CLIENT_STATE_CACHE_SECONDS = tostring(var.client_state_cache_seconds)
-    }
+    }, local.origin_env)
     poller = {
       CHARLIE_INBOUND_QUEUE_URL        = aws_sqs_queue.main["inbound"].url
       CHARLIE_MAILBOXES                = join(",", var.mailboxes)
@@ -130,8 +135,10 @@ locals {
     report-builder = merge(local.row_store_env, {
       CHARLIE_MAIL_QUEUE_URL = aws_sqs_queue.main["mail"].url
     })
-    api = {
-      CHARLIE_RUNS_QUEUE_URL      = aws_sqs_queue.main["runs"].url
+    api = merge(local.origin_env, {
+      CHARLIE_RUNS_QUEUE_URL = aws_sqs_queue.main["runs"].url
+      # Where people reach the API (a dashboard sign-in posted from there is same-origin).
+      CHARLIE_API_BASE_URL        = local.webhook_base_url
       CHARLIE_INBOUND_QUEUE_URL   = aws_sqs_queue.main["inbound"].url
       CHARLIE_LIFECYCLE_QUEUE_URL = aws_sqs_queue.main["lifecycle"].url
       CHARLIE_LINK_SECRET         = aws_secretsmanager_secret.link_key.name
@@ -141,6 +148,10 @@ locals {
       CHARLIE_RELAY_OUTBOX_STALE_MINUTES = tostring(var.alarm_thresholds.relay_outbox_hours * 60)
       # Who may call the /iam/v1 routes (SigV4), each with its scope.
       CHARLIE_IAM_PRINCIPALS = jsonencode(var.api_iam_principals)
+      # One key's state-changing calls per hour, and its runs/reruns per report (and redrives
+      # per queue): a leaked or scripted key cannot mail-bomb the recipients.
+      CHARLIE_KEY_CALLS_PER_HOUR            = tostring(var.api_key_limits.calls_per_hour)
+      CHARLIE_KEY_SENDS_PER_REPORT_PER_HOUR = tostring(var.api_key_limits.sends_per_report_per_hour)
       # A queue's oldest message older than this makes health 503.
       CHARLIE_MAX_MESSAGE_AGE_SECONDS = tostring(var.max_message_age_seconds)
       # Every queue with its DLQ, and Scheduler's DLQ (no source queue).
@@ -148,7 +159,7 @@ locals {
         { for q, _ in local.queues : q => { url = aws_sqs_queue.main[q].url, dlq_url = aws_sqs_queue.dlq[q].url } },
         { scheduler = { url = null, dlq_url = aws_sqs_queue.scheduler_dlq.url } },
       ))
-    }
+    })
     mailer = {
       CHARLIE_SENDER         = var.sender
       CHARLIE_SES_CONFIG_SET = aws_ses_configuration_set.main.name

@@ -48,3 +48,12 @@ output "dashboard_name" {
 output "metrics_namespace" {
   value = local.metrics_namespace
 }
+
+output "origin_header" {
+  description = "With origin_check: the header the CDN adds to each request it forwards to api_endpoint ({name, value}); null without."
+  value = var.origin_check ? {
+    name  = "x-charlie-origin"
+    value = aws_secretsmanager_secret_version.origin[0].secret_string
+  } : null
+  sensitive = true
+}

@@ -278,9 +278,10 @@ resource "aws_secretsmanager_secret" "client_state" {
 }
 
 # The key that signs the mails' download links (HMAC); the api checks them, the mailer signs.
-# Its value is made once; rotating it (a new version) invalidates every link sent before.
+# Its value is made once. Rotated by hand as a key set ({"current", "keys"}): links signed
+# under the old key keep working while it stays in the set (docs/operations.md).
 resource "aws_secretsmanager_secret" "link_key" {
-  #checkov:skip=CKV2_AWS_57:Rotating the link key invalidates every download link already mailed (valid link_days); it is rotated by hand when needed (docs/operations.md), not on a schedule
+  #checkov:skip=CKV2_AWS_57:Rotated by hand as a key set (new current key, the old one kept for link_days so mailed links keep working, then dropped: docs/operations.md); a scheduled rotation Lambda would replace the value outright and kill every mailed link
   name                    = "${local.p}/link-signing-key"
   description             = "HMAC key of the report mails' download links"
   recovery_window_in_days = var.secret_recovery_window_days
@@ -297,6 +298,35 @@ resource "aws_secretsmanager_secret_version" "link_key" {
   secret_string = data.aws_secretsmanager_random_password.link_key.random_password
   lifecycle {
     # A new random value on every plan must not replace the key in use.
+    ignore_changes = [secret_string]
+  }
+}
+
+# The value the CDN in front of the API (origin_check) adds to every request as the header
+# x-charlie-origin; the webhook and the API refuse requests without it. Made once; rotated by
+# hand (docs/operations.md): the secret may hold the new and the old value while CloudFront
+# moves to the new one.
+resource "aws_secretsmanager_secret" "origin" {
+  #checkov:skip=CKV2_AWS_57:Rotated by hand with two values held at once (new and old) while CloudFront's header moves to the new one (docs/operations.md); a rotation Lambda replacing the value outright would refuse every request until CloudFront caught up
+  count                   = var.origin_check ? 1 : 0
+  name                    = "${local.p}/origin-header"
+  description             = "Value of the x-charlie-origin header the CDN adds to each request it forwards to the API"
+  recovery_window_in_days = var.secret_recovery_window_days
+  kms_key_id              = local.kms_key_arn
+}
+
+data "aws_secretsmanager_random_password" "origin" {
+  count               = var.origin_check ? 1 : 0
+  password_length     = 48
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret_version" "origin" {
+  count         = var.origin_check ? 1 : 0
+  secret_id     = aws_secretsmanager_secret.origin[0].id
+  secret_string = data.aws_secretsmanager_random_password.origin[0].random_password
+  lifecycle {
+    # A new random value on every plan must not replace the header in use.
     ignore_changes = [secret_string]
   }
 }

@@ -49,9 +49,15 @@ variable "graph_credentials" {
 }
 
 variable "webhook_base_url" {
-  description = "Base URL Graph posts notifications to (…/graph/notifications, …/graph/lifecycle); null: the API's invoke URL."
+  description = "Base URL people and Graph reach the API at (Graph's …/graph/notifications and …/graph/lifecycle, the mails' download links, the dashboard's sign-in origin); null: the API's invoke URL."
   type        = string
   default     = null
+}
+
+variable "origin_check" {
+  description = "The API sits behind a CDN (infra/envs/aws: CloudFront with the WAF) that adds the origin header: the webhook and the API then refuse every request without it (the /iam/v1 routes excepted), so the WAF cannot be gone round. The module makes the header's random value (the origin_header output)."
+  type        = bool
+  default     = false
 }
 
 variable "client_state_cache_seconds" {
@@ -176,9 +182,28 @@ variable "function_ephemeral_storage" {
 }
 
 variable "api_throttle" {
-  description = "API Gateway throttling of every route: steady requests per second and burst."
+  description = "API Gateway throttling of the operators' routes (every route without its own in api_route_throttles): steady requests per second and burst."
   type        = object({ rate = number, burst = number })
   default     = { rate = 20, burst = 40 }
+}
+
+variable "api_key_limits" {
+  description = "Bounds on one API key's state-changing calls per hour: all of them, and the runs started or rerun per report (and redrives per queue), past which it gets 429 with Retry-After (audited)."
+  type        = object({ calls_per_hour = number, sends_per_report_per_hour = number })
+  default     = { calls_per_hour = 300, sends_per_report_per_hour = 10 }
+}
+
+variable "api_route_throttles" {
+  description = "Throttles of their own for the routes callers reach without an API key, so a flood of one starves nothing else: Graph's notifications with headroom for a mailbox's bursts, download links, relays and the dashboard's sign-in tight. Route key => steady requests per second and burst."
+  type        = map(object({ rate = number, burst = number }))
+  default = {
+    "POST /graph/notifications" = { rate = 100, burst = 200 }
+    "POST /graph/lifecycle"     = { rate = 10, burst = 20 }
+    "GET /v1/links/{proxy+}"    = { rate = 5, burst = 10 }
+    "ANY /v1/relay"             = { rate = 10, burst = 20 }
+    "ANY /v1/relay/{proxy+}"    = { rate = 10, burst = 20 }
+    "POST /ui/login"            = { rate = 1, burst = 5 }
+  }
 }
 
 variable "poll_stale_minutes" {
@@ -227,9 +252,9 @@ variable "max_mail_bytes" {
 }
 
 variable "link_days" {
-  description = "How many days a mail's download link (size policy) works: a token signed with the link key for the API's download route, which redirects to a presigned URL valid for minutes."
+  description = "How many days a mail's download link (size policy) works: a token signed with the link key for the API's download route, which redirects to a presigned URL valid for minutes. Three by default: a link is a bearer credential, a report is read within a day or two, and each day more widens what a forwarded or leaked mail opens."
   type        = number
-  default     = 14
+  default     = 3
   validation {
     condition     = var.link_days >= 1 && var.link_days <= 90
     error_message = "link_days must be between 1 and 90."

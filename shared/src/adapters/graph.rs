@@ -371,7 +371,11 @@ impl GraphClient {
     /// left by a failure is deleted. Graph answers `sendMail` with no id: the mail is known by
     /// the `internetMessageId` Charlie gives it.
     pub async fn send_mail(&self, mail: &OutgoingMail<'_>) -> Result<SentMail, GraphError> {
-        let user_url = format!("{}/users/{}", self.base_url, encode_segment(mail.from));
+        let user_url = format!(
+            "{}/users/{}",
+            self.base_url,
+            crate::uri::graph_id(mail.from)
+        );
         let inline = mail
             .attachment
             .as_ref()
@@ -401,7 +405,7 @@ impl GraphClient {
                 "create draft",
             )
             .await?;
-        let message_url = format!("{user_url}/messages/{}", encode_segment(&draft.id));
+        let message_url = format!("{user_url}/messages/{}", crate::uri::graph_id(&draft.id));
         let sent = async {
             if let Some(a) = &mail.attachment {
                 self.upload_attachment(&message_url, a).await?;
@@ -497,8 +501,10 @@ impl MailSource for GraphClient {
         since: Option<chrono::DateTime<chrono::Utc>>,
     ) -> String {
         let mut url = format!(
-            "{}/users/{mailbox}/mailFolders/{folder}/messages/delta?$select=subject,from,receivedDateTime,hasAttachments",
-            self.base_url
+            "{}/users/{}/mailFolders/{}/messages/delta?$select=subject,from,receivedDateTime,hasAttachments",
+            self.base_url,
+            crate::uri::graph_id(mailbox),
+            crate::uri::graph_id(folder)
         );
         if let Some(t) = since {
             url.push_str(&format!(
@@ -516,9 +522,10 @@ impl MailSource for GraphClient {
 
     async fn message(&self, mailbox: &str, id: &str) -> Result<MailMessage, GraphError> {
         let url = format!(
-            "{}/users/{mailbox}/messages/{}?$select=subject,from,receivedDateTime,hasAttachments,internetMessageId,internetMessageHeaders",
+            "{}/users/{}/messages/{}?$select=subject,from,receivedDateTime,hasAttachments,internetMessageId,internetMessageHeaders",
             self.base_url,
-            encode_segment(id)
+            crate::uri::graph_id(mailbox),
+            crate::uri::graph_id(id)
         );
         self.get_json(&url, "get message").await
     }
@@ -534,7 +541,7 @@ impl MailSource for GraphClient {
         let url = format!(
             "{}/users/{}?$select=id",
             self.base_url,
-            encode_segment(mailbox)
+            crate::uri::graph_id(mailbox)
         );
         let user: User = self.get_json(&url, "get user").await?;
         self.mailbox_ids
@@ -552,9 +559,10 @@ impl MailSource for GraphClient {
         id: &str,
     ) -> Result<Vec<AttachmentInfo>, GraphError> {
         let mut url = Some(format!(
-            "{}/users/{mailbox}/messages/{}/attachments?$select=id,name,contentType,size,isInline",
+            "{}/users/{}/messages/{}/attachments?$select=id,name,contentType,size,isInline",
             self.base_url,
-            encode_segment(id)
+            crate::uri::graph_id(mailbox),
+            crate::uri::graph_id(id)
         ));
         let mut out = Vec::new();
         while let Some(u) = url.take() {
@@ -584,10 +592,11 @@ impl MailSource for GraphClient {
         attachment_id: &str,
     ) -> Result<Vec<u8>, GraphError> {
         let url = format!(
-            "{}/users/{mailbox}/messages/{}/attachments/{}/$value",
+            "{}/users/{}/messages/{}/attachments/{}/$value",
             self.base_url,
-            encode_segment(message_id),
-            encode_segment(attachment_id)
+            crate::uri::graph_id(mailbox),
+            crate::uri::graph_id(message_id),
+            crate::uri::graph_id(attachment_id)
         );
         let (_, body) = self
             .call(Method::GET, &url, Payload::None, "get attachment content")
@@ -604,10 +613,11 @@ impl MailSource for GraphClient {
     ) -> Result<ByteChunks, GraphError> {
         let what = "get attachment content";
         let url = format!(
-            "{}/users/{mailbox}/messages/{}/attachments/{}/$value",
+            "{}/users/{}/messages/{}/attachments/{}/$value",
             self.base_url,
-            encode_segment(message_id),
-            encode_segment(attachment_id)
+            crate::uri::graph_id(mailbox),
+            crate::uri::graph_id(message_id),
+            crate::uri::graph_id(attachment_id)
         );
         let (resp, permit) = self.respond(Method::GET, &url, Payload::None, what).await?;
         if !resp.status().is_success() {
@@ -657,7 +667,11 @@ impl Subscriptions for GraphClient {
         let body = serde_json::json!({
             "expirationDateTime": expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         });
-        let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
+        let url = format!(
+            "{}/subscriptions/{}",
+            self.base_url,
+            crate::uri::graph_id(id)
+        );
         self.call_json(
             Method::PATCH,
             &url,
@@ -668,7 +682,11 @@ impl Subscriptions for GraphClient {
     }
 
     async fn delete(&self, id: &str) -> Result<(), GraphError> {
-        let url = format!("{}/subscriptions/{}", self.base_url, encode_segment(id));
+        let url = format!(
+            "{}/subscriptions/{}",
+            self.base_url,
+            crate::uri::graph_id(id)
+        );
         self.call(Method::DELETE, &url, Payload::None, "delete subscription")
             .await
             .map(|_| ())
@@ -796,19 +814,6 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER))
 }
 
-/// Percent-encodes a Graph id for use as one path segment.
-fn encode_segment(id: &str) -> String {
-    let mut out = String::with_capacity(id.len());
-    for b in id.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~=".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -851,7 +856,7 @@ mod tests {
 
     #[test]
     fn ids_are_encoded_as_one_path_segment() {
-        assert_eq!(encode_segment("AAMk/a+b=="), "AAMk%2Fa%2Bb==");
+        assert_eq!(crate::uri::graph_id("AAMk/a+b=="), "AAMk%2Fa%2Bb==");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! AWS and Graph adapters (dedup by key, conditional claims, versioned objects, paged delta
 //! rounds), with switches that make a call fail the way the real service can.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use anyhow::bail;
@@ -16,12 +16,11 @@ use crate::definitions::{Dataset, OnDuplicate, TransportKind};
 use crate::ports::{
     AttachmentInfo, ByteChunks, Claim, Claims, ClientStateStore, DeadLetter, DeadLetters,
     DeltaEntry, DeltaPage, FileAttachment, GraphError, MailMessage, MailSource, MailTransport,
-    ObjectInfo, Objects, OutgoingMail, QueuedMessage, RowStore, SentMail, StateRecords,
-    StoreOutcome, StoredObject, StoredRow, Subscription, SubscriptionRequest, Subscriptions,
-    WorkQueue,
+    NoSuchObject, ObjectInfo, Objects, OutgoingMail, QueuedMessage, Replaced, RowStore, SentMail,
+    StateRecords, StoreOutcome, StoredObject, StoredRow, Subscription, SubscriptionRequest,
+    Subscriptions, WorkQueue,
 };
 use crate::report_mail::Recipients;
-use crate::secret::Secret;
 use crate::value::Row;
 
 /// `bytes` as a stream of 64 KiB pieces, as a network body arrives.
@@ -74,10 +73,10 @@ impl Fault {
     }
 }
 
-/// Rows by (dataset, day, key), in key order.
+/// Rows by (dataset, day, key), in key order, each with when it was stored.
 #[derive(Default)]
 pub struct MemoryRowStore {
-    rows: Mutex<BTreeMap<(String, NaiveDate, String), StoredRow>>,
+    rows: Mutex<MemoryRows>,
     pub fault: Fault,
 }
 
@@ -94,7 +93,16 @@ impl MemoryRowStore {
         lock(&self.rows)
             .iter()
             .filter(|((d, day, _), _)| d == dataset && *day == date)
-            .map(|((_, _, key), row)| (key.clone(), row.values.clone()))
+            .map(|((_, _, key), (row, _))| (key.clone(), row.values.clone()))
+            .collect()
+    }
+
+    /// The datasets (or staging names) holding rows on `date`.
+    pub fn names_on(&self, date: NaiveDate) -> BTreeSet<String> {
+        lock(&self.rows)
+            .keys()
+            .filter(|(_, day, _)| *day == date)
+            .map(|(d, _, _)| d.clone())
             .collect()
     }
 }
@@ -107,18 +115,21 @@ impl RowStore for MemoryRowStore {
         dataset: &Dataset,
         rows: &[KeyedRow],
         source: &str,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> anyhow::Result<StoreOutcome> {
         self.fault.check()?;
         let mut stored = lock(&self.rows);
         let mut outcome = StoreOutcome::default();
         for row in rows {
             let key = (dataset_name.to_owned(), row.date, row.key.clone());
-            let value = StoredRow {
-                key: row.key.clone(),
-                values: row.values.clone(),
-                source: source.to_owned(),
-            };
+            let value = (
+                StoredRow {
+                    key: row.key.clone(),
+                    values: row.values.clone(),
+                    source: source.to_owned(),
+                },
+                now,
+            );
             match stored.entry(key) {
                 std::collections::btree_map::Entry::Occupied(mut e) => {
                     outcome.duplicate += 1;
@@ -148,7 +159,7 @@ impl RowStore for MemoryRowStore {
                 let rows: Vec<StoredRow> = lock(&self.rows)
                     .iter()
                     .filter(|((d, day, _), _)| d == dataset_name && *day == date)
-                    .map(|(_, r)| r.clone())
+                    .map(|(_, (r, _))| r.clone())
                     .collect();
                 rows.chunks(100).map(|c| Ok(c.to_vec())).collect()
             }
@@ -164,6 +175,41 @@ impl RowStore for MemoryRowStore {
         Ok((before - rows.len()) as u64)
     }
 
+    async fn replace_day(
+        &self,
+        dataset_name: &str,
+        _dataset: &Dataset,
+        date: NaiveDate,
+        staging: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Replaced> {
+        self.fault.check()?;
+        let mut rows = lock(&self.rows);
+        let staged = day_of(&rows, staging, date);
+        let day = day_of(&rows, dataset_name, date);
+        let staged_keys: BTreeSet<&String> = staged.iter().map(|(k, _)| k).collect();
+        let mut replaced = Replaced {
+            before: day.len() as u64,
+            ..Replaced::default()
+        };
+        for (k, (_, at)) in &day {
+            if !staged_keys.contains(k) {
+                if *at >= since {
+                    replaced.kept += 1;
+                } else {
+                    rows.remove(&(dataset_name.to_owned(), date, k.clone()));
+                    replaced.removed += 1;
+                }
+            }
+        }
+        for (k, v) in staged {
+            rows.remove(&(staging.to_owned(), date, k.clone()));
+            rows.insert((dataset_name.to_owned(), date, k), v);
+        }
+        replaced.after = day_of(&rows, dataset_name, date).len() as u64;
+        Ok(replaced)
+    }
+
     async fn expire_before(
         &self,
         dataset_name: &str,
@@ -175,6 +221,20 @@ impl RowStore for MemoryRowStore {
         rows.retain(|(d, day, _), _| !(d == dataset_name && *day < cutoff));
         Ok(Some((before - rows.len()) as u64))
     }
+}
+
+type MemoryRows = BTreeMap<(String, NaiveDate, String), (StoredRow, DateTime<Utc>)>;
+
+/// The rows of `name` on `date`, by key.
+fn day_of(
+    rows: &MemoryRows,
+    name: &str,
+    date: NaiveDate,
+) -> Vec<(String, (StoredRow, DateTime<Utc>))> {
+    rows.iter()
+        .filter(|((d, day, _), _)| d == name && *day == date)
+        .map(|((_, _, k), v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -466,6 +526,11 @@ pub struct MemoryObjects {
 }
 
 impl MemoryObjects {
+    /// Removes `key` and every version of it, as an operator or a lifecycle rule would.
+    pub fn remove(&self, key: &str) {
+        lock(&self.objects).remove(key);
+    }
+
     /// Every key, sorted.
     pub fn keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = lock(&self.objects).keys().cloned().collect();
@@ -545,14 +610,16 @@ impl Objects for MemoryObjects {
         let objects = lock(&self.objects);
         let versions = objects
             .get(key)
-            .ok_or_else(|| anyhow::anyhow!("reading memory://{key}: NoSuchKey"))?;
+            .ok_or_else(|| anyhow::Error::new(NoSuchObject(format!("memory://{key}"))))?;
         let found = match version_id {
             Some(v) => versions.iter().find(|(id, _, _, _)| id == v),
             None => versions.last(),
         };
         match found {
             Some((_, bytes, _, _)) => Ok(bytes.clone()),
-            None => bail!("reading memory://{key}: NoSuchVersion {version_id:?}"),
+            None => Err(anyhow::Error::new(NoSuchObject(format!(
+                "memory://{key} version {version_id:?}"
+            )))),
         }
     }
 
@@ -1030,18 +1097,18 @@ impl MailTransport for MemoryTransport {
 
 #[derive(Default)]
 pub struct MemoryClientStates {
-    states: Mutex<HashMap<String, Secret>>,
+    states: Mutex<HashMap<String, crate::ports::Subscribed>>,
     pub fault: Fault,
 }
 
 #[async_trait]
 impl ClientStateStore for MemoryClientStates {
-    async fn load(&self) -> anyhow::Result<HashMap<String, Secret>> {
+    async fn load(&self) -> anyhow::Result<HashMap<String, crate::ports::Subscribed>> {
         self.fault.check()?;
         Ok(lock(&self.states).clone())
     }
 
-    async fn save(&self, states: &HashMap<String, Secret>) -> anyhow::Result<()> {
+    async fn save(&self, states: &HashMap<String, crate::ports::Subscribed>) -> anyhow::Result<()> {
         self.fault.check()?;
         *lock(&self.states) = states.clone();
         Ok(())

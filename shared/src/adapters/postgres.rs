@@ -28,7 +28,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::csv_ingest::KeyedRow;
 use crate::definitions::{ColumnType, Dataset, OnDuplicate};
-use crate::ports::{RowStore, StoreOutcome, StoredRow};
+use crate::ports::{Replaced, RowStore, StoreOutcome, StoredRow};
 use crate::secret::Secret;
 use crate::value::{Row, Value};
 
@@ -322,6 +322,67 @@ impl RowStore for PostgresRowStore {
             .with_context(|| format!("deleting rows of {dataset_name} on {date}"))?;
         self.count(1);
         Ok(n)
+    }
+
+    /// In one transaction: the day's rows the staging lacks (and stored before `since`)
+    /// deleted, the staged rows moved in over any stored under their key, the staging
+    /// emptied. Readers see the day before or after, never between.
+    async fn replace_day(
+        &self,
+        dataset_name: &str,
+        _dataset: &Dataset,
+        date: NaiveDate,
+        staging: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Replaced> {
+        let mut guard = self.client().await?;
+        let client = guard.as_mut().expect("opened");
+        let tx = client.transaction().await?;
+        let count = "SELECT count(*) FROM rows WHERE dataset = $1 AND day = $2";
+        let before: i64 = tx.query_one(count, &[&dataset_name, &date]).await?.get(0);
+        let gone = tx
+            .query_one(
+                "SELECT count(*) FILTER (WHERE r.ingested_at < $4), count(*) FILTER (WHERE r.ingested_at >= $4)
+                 FROM rows r
+                 WHERE r.dataset = $1 AND r.day = $2 AND NOT EXISTS (
+                     SELECT 1 FROM rows s WHERE s.dataset = $3 AND s.day = $2 AND s.key = r.key)",
+                &[&dataset_name, &date, &staging, &since],
+            )
+            .await?;
+        let (removed, kept): (i64, i64) = (gone.get(0), gone.get(1));
+        tx.execute(
+            "DELETE FROM rows r
+             WHERE r.dataset = $1 AND r.day = $2 AND r.ingested_at < $4 AND NOT EXISTS (
+                 SELECT 1 FROM rows s WHERE s.dataset = $3 AND s.day = $2 AND s.key = r.key)",
+            &[&dataset_name, &date, &staging, &since],
+        )
+        .await
+        .with_context(|| format!("deleting the rows of {dataset_name} on {date} not rebuilt"))?;
+        tx.execute(
+            "INSERT INTO rows (dataset, day, key, cols, src, ingested_at)
+             SELECT $1, day, key, cols, src, ingested_at FROM rows WHERE dataset = $3 AND day = $2
+             ON CONFLICT (dataset, day, key)
+             DO UPDATE SET cols = EXCLUDED.cols, src = EXCLUDED.src, ingested_at = EXCLUDED.ingested_at",
+            &[&dataset_name, &date, &staging],
+        )
+        .await
+        .with_context(|| format!("moving the rebuilt rows of {dataset_name} on {date} in"))?;
+        tx.execute(
+            "DELETE FROM rows WHERE dataset = $1 AND day = $2",
+            &[&staging, &date],
+        )
+        .await?;
+        let after: i64 = tx.query_one(count, &[&dataset_name, &date]).await?.get(0);
+        tx.commit()
+            .await
+            .with_context(|| format!("replacing the rows of {dataset_name} on {date}"))?;
+        self.count(7);
+        Ok(Replaced {
+            before: before as u64,
+            after: after as u64,
+            removed: removed as u64,
+            kept: kept as u64,
+        })
     }
 
     /// Deletes in slices of [`EXPIRE_SLICE`] rows, each its own short transaction (the primary

@@ -259,11 +259,35 @@ pub trait MailTransport: Send + Sync {
     async fn send(&self, mail: &OutgoingMail<'_>) -> anyhow::Result<SentMail>;
 }
 
-/// Where the clientState of every live subscription is kept (a secret). Writers read, change
-/// and write the whole map, so they take turns (see `stages::poller`).
+/// A live Graph subscription as the webhook knows it: its clientState and the mailbox it
+/// watches (as its resource names it), so a notification is taken for that mailbox only.
+#[derive(Clone, Debug)]
+pub struct Subscribed {
+    pub client_state: Secret,
+    /// `None` for a subscription recorded before mailboxes were (its notifications are
+    /// dropped; the poller's rounds find its mail).
+    pub mailbox: Option<String>,
+}
+
+impl Subscribed {
+    pub fn new(client_state: Secret, mailbox: &str) -> Self {
+        Subscribed {
+            client_state,
+            mailbox: Some(mailbox.to_owned()),
+        }
+    }
+
+    /// Whether `candidate` is this subscription's clientState (constant time).
+    pub fn matches(&self, candidate: &str) -> bool {
+        self.client_state.matches(candidate)
+    }
+}
+
+/// Where the clientState (and mailbox) of every live subscription is kept (a secret). Writers
+/// read, change and write the whole map, so they take turns (see `stages::poller`).
 #[async_trait]
 pub trait ClientStateStore: Send + Sync {
-    /// Every subscription's clientState; empty while none was written.
-    async fn load(&self) -> anyhow::Result<HashMap<String, Secret>>;
-    async fn save(&self, states: &HashMap<String, Secret>) -> anyhow::Result<()>;
+    /// Every subscription by id; empty while none was written.
+    async fn load(&self) -> anyhow::Result<HashMap<String, Subscribed>>;
+    async fn save(&self, states: &HashMap<String, Subscribed>) -> anyhow::Result<()>;
 }

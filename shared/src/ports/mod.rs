@@ -12,10 +12,10 @@ mod state;
 pub use mail::{
     AttachmentInfo, ClientStateStore, DeltaEntry, DeltaPage, EmailAddress, FileAttachment,
     GraphError, MAX_MAIL_SUBSCRIPTION_MINUTES, MailMessage, MailSource, MailTransport,
-    MessageHeader, OutgoingAttachment, OutgoingMail, Recipient, SentMail, Subscription,
+    MessageHeader, OutgoingAttachment, OutgoingMail, Recipient, SentMail, Subscribed, Subscription,
     SubscriptionRequest, Subscriptions,
 };
-pub use rows::{RowStore, StoreOutcome, StoredRow};
+pub use rows::{Replaced, RowStore, StoreOutcome, StoredRow};
 pub use state::{Claim, Claims, CounterValues, IndexedRecord, StateRecords};
 
 use async_trait::async_trait;
@@ -91,8 +91,21 @@ pub trait Objects: Send + Sync {
     fn locate(&self, key: &str) -> String;
 }
 
+/// The object asked for is not in the bucket (S3's `NoSuchKey` / `NoSuchVersion`): no retry
+/// brings it back.
+#[derive(Debug, thiserror::Error)]
+#[error("no object {0} in the bucket")]
+pub struct NoSuchObject(pub String);
+
+impl NoSuchObject {
+    /// Whether `error` is (or was caused by) a missing object.
+    pub fn is(error: &anyhow::Error) -> bool {
+        error.chain().any(|c| c.is::<NoSuchObject>())
+    }
+}
+
 /// An object (or one version of it) as a listing shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ObjectInfo {
     pub key: String,
     pub version_id: Option<String>,
@@ -193,7 +206,7 @@ pub struct DeadLetter {
 }
 
 /// A queue's depth, as SQS approximates it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueueDepth {
     /// Waiting to be received.
     pub visible: u64,
@@ -203,7 +216,7 @@ pub struct QueueDepth {
 }
 
 /// A message in a dead-letter queue, as peeked.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Letter {
     pub message_id: String,
     pub body: String,

@@ -28,6 +28,20 @@ impl std::ops::AddAssign for StoreOutcome {
     }
 }
 
+/// What [`RowStore::replace_day`] did to a day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Replaced {
+    /// Rows the day held before.
+    pub before: u64,
+    /// Rows it holds after: the staged ones and those kept.
+    pub after: u64,
+    /// Rows of the day before whose key the staging did not hold: deleted.
+    pub removed: u64,
+    /// Rows stored since the rebuild began (by an ingest running beside it) whose key the
+    /// staging did not hold: kept.
+    pub kept: u64,
+}
+
 /// A stored row as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredRow {
@@ -62,6 +76,21 @@ pub trait RowStore: Send + Sync {
 
     /// Deletes every stored row of `dataset` on `date`; returns how many there were.
     async fn delete_day(&self, dataset_name: &str, date: NaiveDate) -> anyhow::Result<u64>;
+
+    /// Makes the rows of `dataset` on `date` the ones staged under the name `staging` (rows
+    /// stored there with [`RowStore::store`], as if it were a dataset), then empties the
+    /// staging. A row of the day whose key the staging lacks is deleted, unless it was stored
+    /// at or after `since` (an ingest ran beside the rebuild: its rows stay). Rows are only
+    /// deleted after every staged row is in place, so a failure part way leaves no row of the
+    /// day missing (at worst old and rebuilt rows side by side, and a retry finishes it).
+    async fn replace_day(
+        &self,
+        dataset_name: &str,
+        dataset: &Dataset,
+        date: NaiveDate,
+        staging: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Replaced>;
 
     /// The retention sweep: deletes every stored row of `dataset` on a day before `cutoff`
     /// and says how many there were, or `None` when this store expires rows by itself (the

@@ -20,6 +20,7 @@ use chrono::{Duration, Utc};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::contract::DeliveryStatus;
 use crate::definitions::{Definitions, TransportKind};
 use crate::failure::{OrPermanent, permanent};
 use crate::idempotency::{IdempotencyKey, Once, once, persist};
@@ -31,11 +32,14 @@ use crate::ports::{
 };
 use crate::report_mail::{Field, Recipients, ReportMail, XLSX_CONTENT_TYPE, render};
 use crate::state::{
-    self, DeliveryEvent, DeliveryResult, DeliveryStatus, RecordKey, RunDelivery, SesMessage,
+    self, DeliveryEvent, DeliveryNews, DeliveryResult, RecordKey, RunDelivery, SesMessage,
 };
 
 /// How long a delivery's claim is kept: the same mail request within this time sends nothing.
 const KEEP_DELIVERIES: Duration = Duration::days(400);
+
+/// How long a download link works unless `CHARLIE_LINK_DAYS` says otherwise.
+pub const DEFAULT_LINK_DAYS: u32 = 3;
 
 pub struct Mailer {
     pub definitions: Arc<Definitions>,
@@ -94,8 +98,10 @@ impl Mailer {
         ) {
             (Some(id), Some(base)) => {
                 let secrets = aws_sdk_secretsmanager::Client::new(&aws.sdk);
+                let key = crate::adapters::aws::secrets::read_secret(&secrets, id).await?;
+                crate::links::check_keys(&key).map_err(anyhow::Error::msg)?;
                 Some(LinkSigner {
-                    key: crate::adapters::aws::secrets::read_secret(&secrets, id).await?,
+                    key,
                     api_base_url: base.trim_end_matches('/').to_owned(),
                 })
             }
@@ -116,7 +122,10 @@ impl Mailer {
                 SES_MAX_MAIL_BYTES,
                 1..=SES_MAX_MAIL_BYTES,
             )?,
-            link_days: env.in_range_or("CHARLIE_LINK_DAYS", 7, 1..=max_days)?,
+            // Three days by default: a link is a bearer credential (whoever has the mail has the
+            // workbook), a report is read within a day or two, and every day more widens what
+            // a forwarded or leaked mail opens; CHARLIE_LINK_DAYS gives longer.
+            link_days: env.in_range_or("CHARLIE_LINK_DAYS", DEFAULT_LINK_DAYS, 1..=max_days)?,
             links,
         })
     }
@@ -197,7 +206,7 @@ impl Mailer {
         let event: SesEvent = serde_json::from_str(message)
             .context("an SNS notification that is not an SES event")
             .or_permanent()?;
-        let Some((status, rank)) = delivery_status(&event.event_type) else {
+        let Some(status) = delivery_status(&event.event_type) else {
             info!(event_type = event.event_type, "SES event ignored");
             return Ok(());
         };
@@ -230,8 +239,9 @@ impl Mailer {
             )
             .await?;
         // One conditional write: of two events racing, the higher status stays.
-        let record = DeliveryStatus {
-            status: status.to_owned(),
+        let rank = status.rank();
+        let record = DeliveryNews {
+            status,
             rank,
             ses_message_id: ses_id.clone(),
             detail,
@@ -244,10 +254,10 @@ impl Mailer {
         if !raised {
             info!(
                 delivery,
-                status, "a higher status is recorded already: kept"
+                %status, "a higher status is recorded already: kept"
             );
         }
-        info!(delivery, status, "SES event recorded on the delivery");
+        info!(delivery, %status, "SES event recorded on the delivery");
         // `ses_{event}/{report}`, once per message and event type (as the event's record).
         let report = self
             .records
@@ -538,7 +548,7 @@ impl Mailer {
                 let queued = self
                     .queue_for_relay(req, report, to, group, from, &message_id, mime)
                     .await?;
-                ("queued", queued, None)
+                (DeliveryStatus::Queued, queued, None)
             } else {
                 let transport = self
                     .transports
@@ -561,10 +571,14 @@ impl Mailer {
                         attachment,
                     })
                     .await?;
-                ("sent", sent.provider_message_id, sent.draft_id)
+                (
+                    DeliveryStatus::Sent,
+                    sent.provider_message_id,
+                    sent.draft_id,
+                )
             };
         Ok(DeliveryResult {
-            status: status.into(),
+            status,
             transport: report.transport.name().to_owned(),
             provider_message_id,
             graph_draft_id,
@@ -613,10 +627,7 @@ impl Mailer {
                 key: String::new(),
                 size: 0,
                 queued_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                sent_at: None,
-                smtp_reply: None,
-                refused_at: None,
-                refusal: None,
+                ..Default::default()
             },
             mime,
         )
@@ -670,13 +681,34 @@ struct SesMail {
     message_id: String,
 }
 
+/// An SES event as read: its SES message id, and the delivery status (and rank) it gives.
+pub type SesEventRead = (String, Option<DeliveryStatus>);
+
+/// What a body on the mailer's queue is, as the mailer reads it before anything else: an SES
+/// event in an SNS notification (the SES message id, the delivery status it gives, if any), or
+/// something else (a mail request, to be read as one). Pure: a fuzz target drives it.
+pub fn ses_event_of(body: &str) -> Option<Result<SesEventRead, String>> {
+    let note = serde_json::from_str::<SnsNotification>(body).ok()?;
+    if note.kind != "Notification" {
+        return None;
+    }
+    Some(
+        serde_json::from_str::<SesEvent>(&note.message)
+            .map(|e| {
+                let status = delivery_status(&e.event_type);
+                (e.mail.message_id, status)
+            })
+            .map_err(|e| e.to_string()),
+    )
+}
+
 /// A delivery's status from an SES event type; a later event never lowers it (a bounce stays a
 /// bounce when the other recipients' deliveries arrive).
-fn delivery_status(event_type: &str) -> Option<(&'static str, u8)> {
+fn delivery_status(event_type: &str) -> Option<DeliveryStatus> {
     match event_type {
-        "Delivery" => Some(("delivered", 1)),
-        "Bounce" => Some(("bounced", 2)),
-        "Complaint" => Some(("complained", 3)),
+        "Delivery" => Some(DeliveryStatus::Delivered),
+        "Bounce" => Some(DeliveryStatus::Bounced),
+        "Complaint" => Some(DeliveryStatus::Complained),
         _ => None,
     }
 }
@@ -1162,7 +1194,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(status.status, "bounced");
+        assert_eq!(status.status, DeliveryStatus::Bounced);
         assert_eq!(status.detail["bounceType"], "Permanent");
         let logged = records.query(&delivery, "event#").await.unwrap();
         assert_eq!(logged.len(), 2, "each event as it came");
@@ -1256,7 +1288,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(notified.event_type, "Complaint");
-        let rank = |t| delivery_status(t).unwrap().1;
+        let rank = |t| delivery_status(t).unwrap().rank();
         assert!(rank("Delivery") < rank("Bounce") && rank("Bounce") < rank("Complaint"));
         assert_eq!(
             delivery_status("Send"),

@@ -34,7 +34,7 @@ use crate::invocation::Invocation;
 use crate::messages::{FoundBy, InboundMessage, LifecycleEvent, LifecycleWork, PollTrigger};
 use crate::ports::{
     Claims, ClientStateStore, DeadLetters, MAX_MAIL_SUBSCRIPTION_MINUTES, MailSource, StateRecords,
-    SubscriptionRequest, Subscriptions, WorkQueue,
+    Subscribed, SubscriptionRequest, Subscriptions, WorkQueue,
 };
 use crate::secret::Secret;
 use crate::state::{
@@ -238,13 +238,14 @@ impl Poller {
             Ok(relays) if relays.is_empty() => {}
             Ok(relays) => {
                 let mut oldest = 0i64;
-                for (relay, waiting, since) in &relays {
-                    if let Some(since) = since {
-                        let age = (now - *since).num_seconds().max(0);
+                for (relay, w) in &relays {
+                    if let Some(since) = w.oldest {
+                        let age = (now - since).num_seconds().max(0);
                         oldest = oldest.max(age);
                         info!(
                             relay = relay.id,
-                            waiting,
+                            waiting = w.count,
+                            stuck = w.stuck.as_ref().map(|m| m.message_id.as_str()),
                             oldest_seconds = age,
                             last_seen_at = relay.last_seen_at.as_deref().unwrap_or("never"),
                             "report mail waits for its relay"
@@ -480,7 +481,7 @@ impl Poller {
             self.claims.as_ref(),
             self.client_states.as_ref(),
             &created.id,
-            &client_state,
+            &Subscribed::new(client_state, mailbox),
             &drop,
             invocation,
         )
@@ -652,7 +653,7 @@ impl Poller {
     }
 }
 
-/// Records `subscription`'s clientState and forgets the ones in `drop`.
+/// Records `subscription`'s clientState and mailbox and forgets the ones in `drop`.
 ///
 /// The store has no conditional write, and every write reads the whole map and puts it back,
 /// so writers (each folder's poll, lifecycle work) take turns under a lock; otherwise two
@@ -662,7 +663,7 @@ pub async fn keep_client_state(
     claims: &dyn Claims,
     store: &dyn ClientStateStore,
     subscription: &str,
-    client_state: &Secret,
+    client_state: &Subscribed,
     drop: &[&str],
     invocation: &Invocation,
 ) -> anyhow::Result<()> {
@@ -670,7 +671,7 @@ pub async fn keep_client_state(
     loop {
         let until = (Utc::now() + CLIENT_STATES_HOLD).min(invocation.deadline);
         let write = async {
-            let mut states: HashMap<String, Secret> = store.load().await?;
+            let mut states: HashMap<String, Subscribed> = store.load().await?;
             for d in drop {
                 states.remove(*d);
             }
@@ -817,7 +818,7 @@ mod tests {
         );
         let states = w.client_states.load().await.unwrap();
         assert_eq!(
-            states[&sub.id].expose().len(),
+            states[&sub.id].client_state.expose().len(),
             64,
             "a fresh clientState for the webhook"
         );
@@ -1006,8 +1007,13 @@ mod tests {
         let claims = MemoryClaims::default();
         let store = MemoryClientStates::default();
         let inv = invocation();
-        let written: Vec<(String, Secret)> = (0..8)
-            .map(|i| (format!("sub-{i}"), fresh_client_state()))
+        let written: Vec<(String, Subscribed)> = (0..8)
+            .map(|i| {
+                (
+                    format!("sub-{i}"),
+                    Subscribed::new(fresh_client_state(), "mb"),
+                )
+            })
             .collect();
         let writes = written
             .iter()
@@ -1018,7 +1024,7 @@ mod tests {
         let kept = store.load().await.unwrap();
         assert_eq!(kept.len(), 8);
         for (id, s) in &written {
-            assert!(kept[id].matches(s.expose()));
+            assert!(kept[id].matches(s.client_state.expose()));
         }
     }
 

@@ -21,6 +21,7 @@ use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info, warn};
 
+use crate::contract::RunStatus;
 use crate::definitions::{Definitions, OnEmpty};
 use crate::failure::{FailureKind, busy, kind_of, permanent};
 use crate::idempotency::{IdempotencyKey, Once, exclusive, once};
@@ -291,7 +292,7 @@ impl ReportBuilder {
                 return Ok(record);
             }
             let building = RunRecord {
-                status: "building".into(),
+                status: RunStatus::Building,
                 deadline: Some(invocation.deadline.to_rfc3339()),
                 ..base.clone()
             };
@@ -321,7 +322,11 @@ impl ReportBuilder {
                     // The failure is on record (the claim is released: a retry may succeed).
                     let for_good = attempt.last || kind_of(&e) == FailureKind::Permanent;
                     let failed = RunRecord {
-                        status: if for_good { "failed" } else { "retrying" }.into(),
+                        status: if for_good {
+                            RunStatus::Failed
+                        } else {
+                            RunStatus::Retrying
+                        },
                         error: Some(format!("{e:#}")),
                         finished_at: Utc::now().to_rfc3339(),
                         ..base
@@ -471,12 +476,12 @@ impl ReportBuilder {
             match report.on_empty {
                 OnEmpty::Skip => {
                     info!("no rows in the period: nothing built or sent (on_empty = skip)");
-                    record.status = "skipped_empty".into();
+                    record.status = RunStatus::SkippedEmpty;
                 }
                 OnEmpty::Notice => {
                     self.mail.send(&request(vec![])?, run_id).await?;
                     info!("no rows in the period: a no-data notice is queued (on_empty = notice)");
-                    record.status = "notice_sent".into();
+                    record.status = RunStatus::NoticeSent;
                 }
             }
             return Ok(record);
@@ -498,7 +503,7 @@ impl ReportBuilder {
         request.workbook_version = stored.version_id;
         request.workbook_size = record.size;
         self.mail.send(&request, run_id).await?;
-        record.status = "built".into();
+        record.status = RunStatus::Built;
         record.finished_at = Utc::now().to_rfc3339();
         let about = Some(crate::metrics::About::Report(report_name));
         if let Ok(started) = chrono::DateTime::parse_from_rfc3339(&record.started_at) {
@@ -569,7 +574,7 @@ fn write_workbook(
 
 fn cancelled(base: RunRecord) -> RunRecord {
     RunRecord {
-        status: "cancelled".into(),
+        status: RunStatus::Cancelled,
         finished_at: Utc::now().to_rfc3339(),
         ..base
     }
@@ -583,7 +588,7 @@ fn new_record(
 ) -> RunRecord {
     RunRecord {
         started_at: started.to_rfc3339(),
-        ..RunRecord::new(run_id, report, &period.to_string())
+        ..RunRecord::new(run_id, report, &period.to_string(), RunStatus::Building)
     }
 }
 
@@ -789,7 +794,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(built.status, "built");
+        assert_eq!(built.status, RunStatus::Built);
         // Run again (a redelivery): done before, counted once.
         w.builder
             .run(
@@ -814,14 +819,14 @@ mod tests {
             .run(run("call_centre_daily", "2024-03-13", None), &invocation())
             .await
             .unwrap();
-        assert_eq!(skipped.status, "skipped_empty");
+        assert_eq!(skipped.status, RunStatus::SkippedEmpty);
         assert!(w.mail.sent().is_empty() && w.objects.keys().is_empty());
         let noticed = w
             .builder
             .run(run("call_centre_weekly", "2024-W12", None), &invocation())
             .await
             .unwrap();
-        assert_eq!(noticed.status, "notice_sent");
+        assert_eq!(noticed.status, RunStatus::NoticeSent);
         let requests: Vec<MailRequest> = w.mail.bodies();
         assert_eq!(requests.len(), 1);
         assert!(
@@ -850,7 +855,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(failed.status, "retrying", "the queue tries again");
+        assert_eq!(failed.status, RunStatus::Retrying, "the queue tries again");
         assert!(failed.error.unwrap().contains("SlowDown"));
         assert!(!w.claims.in_progress(&state::run_claim("r-f")), "released");
         assert!(
@@ -866,7 +871,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(built.status, "built");
+        assert_eq!(built.status, RunStatus::Built);
         assert_eq!(w.mail.sent().len(), 1, "mailed once");
     }
 
@@ -905,7 +910,7 @@ mod tests {
         let built = records.get_record(&RecordKey::run("q-1")).await.unwrap();
         assert_eq!(
             built.map(|r| (r.status, r.attempts)),
-            Some(("built".into(), 1))
+            Some((RunStatus::Built, 1))
         );
         assert_eq!(w.mail.sent().len(), 1);
     }
@@ -1061,6 +1066,19 @@ mod tests {
             self.inner.delete_day(dataset_name, date).await
         }
 
+        async fn replace_day(
+            &self,
+            dataset_name: &str,
+            dataset: &crate::definitions::Dataset,
+            date: chrono::NaiveDate,
+            staging: &str,
+            since: chrono::DateTime<Utc>,
+        ) -> anyhow::Result<crate::ports::Replaced> {
+            self.inner
+                .replace_day(dataset_name, dataset, date, staging, since)
+                .await
+        }
+
         async fn expire_before(
             &self,
             dataset_name: &str,
@@ -1091,7 +1109,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(before.status, "cancelled");
+        assert_eq!(before.status, RunStatus::Cancelled);
 
         w.builder.rows = Arc::new(CancelOnRead {
             inner: Arc::clone(&w.rows),
@@ -1106,14 +1124,14 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(during.status, "cancelled");
+        assert_eq!(during.status, RunStatus::Cancelled);
         assert!(w.objects.keys().is_empty(), "no workbook stored");
         assert!(w.mail.sent().is_empty(), "nothing mailed");
         let stored = records
             .get_record(&RecordKey::run("c-during"))
             .await
             .unwrap();
-        assert_eq!(stored.map(|r| r.status), Some("cancelled".into()));
+        assert_eq!(stored.map(|r| r.status), Some(RunStatus::Cancelled));
     }
 
     #[tokio::test]

@@ -45,6 +45,9 @@ pub fn failures(resp: &SqsBatchResponse) -> Vec<&str> {
         .collect()
 }
 
+/// The `Authentication-Results` Exchange Online writes for mail from the dialer.
+pub const EXCHANGE_PASS: &str = "spf=pass (sender IP is 203.0.113.7) smtp.mailfrom=dialer.example; dkim=pass (signature was verified) header.d=dialer.example;dmarc=pass action=none header.from=dialer.example;compauth=pass reason=100";
+
 /// A mail from the dialer with one attachment.
 pub fn mail(id: &str, received: &str, subject: &str, file: &str, bytes: &[u8]) -> MemoryMail {
     MemoryMail {
@@ -61,7 +64,11 @@ pub fn mail(id: &str, received: &str, subject: &str, file: &str, bytes: &[u8]) -
             }),
             received: Some(received.parse().unwrap()),
             internet_message_id: Some(format!("<{id}@dialer.example>")),
-            headers: Vec::new(),
+            // As Exchange Online writes it for a genuine sender (the datasets require one).
+            headers: vec![crate::ports::MessageHeader {
+                name: "Authentication-Results".into(),
+                value: EXCHANGE_PASS.into(),
+            }],
         },
         attachments: vec![FileAttachment {
             id: format!("{id}-att"),
@@ -81,6 +88,20 @@ pub fn ib_calls(day: &str, n: usize) -> Vec<u8> {
         csv.push_str(&format!("{day}-call-{i},A0075,Anne-Marie Nowak,Support,{day}T09:{:02}:00,{day}T09:{:02}:05,{day}T09:{:02}:50,45,5,RESOLVED,+44 20 7946 0000,\n", i % 60, i % 60, i % 60));
     }
     csv.into_bytes()
+}
+
+/// An ib_calls export of `n` good calls on `day`, then a record whose quote never closes and
+/// so runs past the default `max_field_bytes` (64 KiB): unusable part way, after `n` rows.
+pub fn ib_calls_cut_short(day: &str, n: usize) -> Vec<u8> {
+    let mut csv = ib_calls(day, n);
+    csv.extend_from_slice(
+        format!("{day}-call-broken,A0075,Anne,Support,{day}T10:00:00,,,1,1,X,,\"").as_bytes(),
+    );
+    for _ in 0..1100 {
+        csv.extend_from_slice(&[b'x'; 63]);
+        csv.push(b'\n');
+    }
+    csv
 }
 
 /// A mail carrying an ib_calls export of `n` calls on `day`.

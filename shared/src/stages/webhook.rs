@@ -31,7 +31,7 @@ use tracing::{error, info, warn};
 
 use crate::invocation::Invocation;
 use crate::messages::{FoundBy, InboundMessage, LifecycleEvent, LifecycleWork};
-use crate::ports::{ClientStateStore, WorkQueue};
+use crate::ports::{ClientStateStore, Subscribed, WorkQueue};
 use crate::secret::Secret;
 
 /// The clientState map is re-read at most this often when an unknown subscription shows up
@@ -45,6 +45,9 @@ const REFRESH_UNKNOWN: Duration = Duration::from_secs(10);
 /// not Graph and gets `413` before it is decoded or parsed.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// The longest validation token echoed in the handshake (Graph's are a few hundred bytes).
+pub const MAX_VALIDATION_TOKEN_BYTES: usize = 1024;
+
 /// Dropped notifications logged one by one per invocation; the rest are summed up.
 pub const LOGGED_DROPS: usize = 20;
 
@@ -56,17 +59,20 @@ pub struct GraphWebhook {
     lifecycle: Arc<dyn WorkQueue>,
     /// Paused intake parks the mails instead of queueing them (`None`: never paused).
     gate: Option<crate::intake_control::PauseGate>,
+    /// The CDN in front (on AWS): requests that did not come through it are refused.
+    edge: crate::edge::Edge,
 }
 
 #[derive(Default)]
 struct Known {
-    states: HashMap<String, Secret>,
+    states: HashMap<String, Subscribed>,
     loaded: Option<Instant>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum Verdict {
-    Valid,
+    /// With the mailbox the subscription watches (`None`: recorded before mailboxes were).
+    Valid(Option<String>),
     WrongClientState,
     UnknownSubscription,
 }
@@ -118,7 +124,14 @@ impl GraphWebhook {
             inbound,
             lifecycle,
             gate: None,
+            edge: crate::edge::Edge::default(),
         })
+    }
+
+    /// Behind a CDN that adds the origin header (`crate::edge`).
+    pub fn with_edge(mut self, edge: crate::edge::Edge) -> Self {
+        self.edge = edge;
+        self
     }
 
     /// With intake's pause flag (the state table).
@@ -142,11 +155,14 @@ impl GraphWebhook {
             wiring::queue(&aws, env, "CHARLIE_LIFECYCLE_QUEUE_URL")?,
         )
         .await?;
-        Ok(
-            hook.with_gate(crate::intake_control::PauseGate::new(wiring::state(
+        let origin = wiring::optional_secret(&aws, env, "CHARLIE_ORIGIN_SECRET").await?;
+        let edge = crate::edge::Edge::new(origin.as_ref(), None)
+            .map_err(|e| anyhow::anyhow!("CHARLIE_ORIGIN_SECRET: {e}"))?;
+        Ok(hook
+            .with_gate(crate::intake_control::PauseGate::new(wiring::state(
                 &aws, env,
-            )?)),
-        )
+            )?))
+            .with_edge(edge))
     }
 
     /// Checks a notification's subscription and clientState, re-reading the map when the
@@ -172,13 +188,34 @@ impl GraphWebhook {
         let k = self.known.read().await;
         match k.states.get(subscription) {
             None => Verdict::UnknownSubscription,
-            Some(secret) if candidate.is_some_and(|c| secret.matches(c)) => Verdict::Valid,
+            Some(known) if candidate.is_some_and(|c| known.matches(c)) => {
+                Verdict::Valid(known.mailbox.clone())
+            }
             Some(_) => Verdict::WrongClientState,
         }
     }
 
     pub async fn handle(&self, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-        if let Some(token) = req.query_string_parameters.first("validationToken") {
+        if !self.edge.admits(&req.headers) {
+            warn!("request without the edge's origin header refused");
+            return problem(403, "this endpoint is reached through its CDN");
+        }
+        // Graph's handshake is a POST with an empty body: only then is the token echoed (as
+        // plain text, never sniffed as HTML), and only a token of a sane length.
+        let no_body = req.body.as_deref().is_none_or(str::is_empty);
+        if let (Some(token), true) = (
+            req.query_string_parameters.first("validationToken"),
+            no_body,
+        ) {
+            if token.len() > MAX_VALIDATION_TOKEN_BYTES {
+                return problem(
+                    400,
+                    &format!(
+                        "validationToken is {} bytes; at most {MAX_VALIDATION_TOKEN_BYTES} are echoed",
+                        token.len()
+                    ),
+                );
+            }
             info!("Graph validation handshake answered");
             return response(200, "text/plain", token.to_owned());
         }
@@ -201,14 +238,14 @@ impl GraphWebhook {
         let mut work = Vec::new();
         let mut drops = Drops::default();
         for n in &notifications.value {
-            match self
+            let watched = match self
                 .verdict(
                     &n.subscription_id,
                     n.client_state.as_ref().map(Secret::expose),
                 )
                 .await
             {
-                Verdict::Valid => {}
+                Verdict::Valid(watched) => watched,
                 Verdict::WrongClientState => {
                     if drops.log_next() {
                         warn!(
@@ -227,7 +264,7 @@ impl GraphWebhook {
                     }
                     continue;
                 }
-            }
+            };
             if let Some(event) = n.lifecycle_event {
                 info!(
                     subscription_id = n.subscription_id,
@@ -241,14 +278,30 @@ impl GraphWebhook {
                 });
                 continue;
             }
-            match mail_of(n) {
-                Some((mailbox, message_id)) => mails.push(InboundMessage::GraphMessage {
-                    v: 1,
-                    mailbox,
-                    message_id,
-                    source: FoundBy::Webhook,
-                }),
-                None => {
+            match (mail_of(n), watched) {
+                // The mailbox is the subscription's own, never the one the notification names:
+                // whoever learnt a clientState cannot point ingest at another mailbox.
+                (Some((named, message_id)), Some(watched))
+                    if named.eq_ignore_ascii_case(&watched) =>
+                {
+                    mails.push(InboundMessage::GraphMessage {
+                        v: 1,
+                        mailbox: watched,
+                        message_id,
+                        source: FoundBy::Webhook,
+                    })
+                }
+                (Some((named, _)), watched) => {
+                    if drops.log_next() {
+                        warn!(
+                            subscription_id = n.subscription_id,
+                            named_mailbox = named,
+                            subscription_mailbox = watched.as_deref().unwrap_or("(not recorded)"),
+                            "notification naming a mailbox other than its subscription's dropped"
+                        );
+                    }
+                }
+                (None, _) => {
                     if drops.log_next() {
                         warn!(
                             subscription_id = n.subscription_id,
@@ -416,6 +469,10 @@ fn request_body_bytes(req: &ApiGatewayV2httpRequest, raw: &str) -> Result<Vec<u8
 fn response(status: i64, content_type: &'static str, body: String) -> ApiGatewayV2httpResponse {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     let mut r = ApiGatewayV2httpResponse::default();
     r.status_code = status;
     r.headers = headers;
@@ -442,7 +499,10 @@ mod tests {
         let store = Arc::new(MemoryClientStates::default());
         let map = states
             .iter()
-            .map(|(id, s)| ((*id).to_owned(), Secret::new(*s)))
+            .map(|(id, s)| {
+                let known = Subscribed::new(Secret::new(*s), "ops-reports@contoso.example");
+                ((*id).to_owned(), known)
+            })
             .collect();
         store.save(&map).await.unwrap();
         let (inbound, lifecycle) = (
@@ -499,6 +559,63 @@ mod tests {
         assert!(inbound.sent().is_empty());
     }
 
+    /// The token is echoed only for Graph's handshake (an empty body), only up to a sane
+    /// length, and never as something a browser would sniff as HTML.
+    #[tokio::test]
+    async fn the_handshake_echoes_only_a_short_token_of_an_empty_post_without_sniffing() {
+        let (hook, inbound, _) = webhook(&[("sub-1", "s3cr3t")]).await;
+        let ok = hook
+            .handle(request(serde_json::json!({"validationToken": "abc"}), ""))
+            .await;
+        assert_eq!(ok.headers["x-content-type-options"], "nosniff");
+        let long = "<script>".repeat(200);
+        let r = hook
+            .handle(request(serde_json::json!({"validationToken": long}), ""))
+            .await;
+        assert_eq!(r.status_code, 400);
+        assert!(!text(&r).contains("<script>"), "{}", text(&r));
+        // With a body, the query's token is not echoed: the body is read as notifications.
+        let body = serde_json::json!({"value": [change("sub-1", "s3cr3t", "AAMk-1")]});
+        let r = hook
+            .handle(request(
+                serde_json::json!({"validationToken": "<b>echo</b>"}),
+                &body.to_string(),
+            ))
+            .await;
+        assert_eq!(r.status_code, 202);
+        assert!(!text(&r).contains("echo"));
+        assert_eq!(inbound.sent().len(), 1);
+    }
+
+    /// Behind the CDN (AWS), a request that went round it (no origin header, or a wrong one)
+    /// is refused before anything is read: no handshake echoed, nothing queued.
+    #[tokio::test]
+    async fn behind_the_edge_requests_without_its_origin_header_are_refused() {
+        const ORIGIN: &str = "origin-value-for-tests-0123456789abcdef";
+        let (hook, inbound, _) = webhook(&[("sub-1", "s3cr3t")]).await;
+        let hook =
+            hook.with_edge(crate::edge::Edge::new(Some(&Secret::new(ORIGIN)), None).unwrap());
+        let body = serde_json::json!({"value": [change("sub-1", "s3cr3t", "AAMk-1")]}).to_string();
+        let handshake = hook
+            .handle(request(serde_json::json!({"validationToken": "abc"}), ""))
+            .await;
+        assert_eq!(handshake.status_code, 403);
+        assert!(!text(&handshake).contains("abc"));
+        let mut wrong = request(serde_json::json!({}), &body);
+        wrong.headers.insert(
+            crate::edge::ORIGIN_HEADER,
+            HeaderValue::from_static("origin-value-for-tests-0123456789abcdeX"),
+        );
+        assert_eq!(hook.handle(wrong).await.status_code, 403);
+        assert!(inbound.sent().is_empty());
+        let mut through = request(serde_json::json!({}), &body);
+        through
+            .headers
+            .insert(crate::edge::ORIGIN_HEADER, HeaderValue::from_static(ORIGIN));
+        assert_eq!(hook.handle(through).await.status_code, 202);
+        assert_eq!(inbound.sent().len(), 1);
+    }
+
     #[tokio::test]
     async fn only_notifications_with_their_subscriptions_client_state_are_queued() {
         let (hook, inbound, lifecycle) = webhook(&[("sub-1", "s3cr3t")]).await;
@@ -525,6 +642,58 @@ mod tests {
         let work: Vec<LifecycleWork> = lifecycle.bodies();
         assert_eq!(work.len(), 1);
         assert_eq!(work[0].event, LifecycleEvent::Missed);
+    }
+
+    /// Whoever learnt a subscription's clientState cannot point ingest at another mailbox:
+    /// the mailbox is the subscription's own; a notification naming another is dropped, as is
+    /// one of a subscription whose mailbox was never recorded.
+    #[tokio::test]
+    async fn a_notification_naming_another_mailbox_is_dropped() {
+        let (hook, inbound, _) = webhook(&[("sub-1", "s3cr3t")]).await;
+        let mut other = change("sub-1", "s3cr3t", "AAMk-ceo");
+        other["resource"] = serde_json::json!("Users/ceo@contoso.example/Messages/AAMk-ceo");
+        let mut shouted = change("sub-1", "s3cr3t", "AAMk-upper");
+        shouted["resource"] =
+            serde_json::json!("Users/OPS-REPORTS@contoso.example/Messages/AAMk-upper");
+        let body = serde_json::json!({"value": [other, shouted]});
+        let r = hook
+            .handle(request(serde_json::json!({}), &body.to_string()))
+            .await;
+        assert_eq!(r.status_code, 202);
+        let mails: Vec<InboundMessage> = inbound.bodies();
+        assert_eq!(
+            mails,
+            vec![InboundMessage::GraphMessage {
+                v: 1,
+                mailbox: "ops-reports@contoso.example".into(),
+                message_id: "AAMk-upper".into(),
+                source: FoundBy::Webhook,
+            }],
+            "only the subscription's own mailbox, as the subscription names it"
+        );
+
+        let store = Arc::new(MemoryClientStates::default());
+        let unrecorded = Subscribed {
+            client_state: Secret::new("old"),
+            mailbox: None,
+        };
+        store
+            .save(&[("sub-old".to_owned(), unrecorded)].into_iter().collect())
+            .await
+            .unwrap();
+        let inbound = Arc::new(MemoryQueue::default());
+        let hook = GraphWebhook::new(
+            store,
+            Duration::from_secs(60),
+            Arc::clone(&inbound) as _,
+            Arc::new(MemoryQueue::default()),
+        )
+        .await
+        .unwrap();
+        let body = serde_json::json!({"value": [change("sub-old", "old", "AAMk-1")]});
+        hook.handle(request(serde_json::json!({}), &body.to_string()))
+            .await;
+        assert!(inbound.sent().is_empty());
     }
 
     #[tokio::test]
@@ -587,9 +756,8 @@ mod tests {
         )
         .await
         .unwrap();
-        let map = [("sub-new".to_owned(), Secret::new("fresh"))]
-            .into_iter()
-            .collect();
+        let known = Subscribed::new(Secret::new("fresh"), "ops-reports@contoso.example");
+        let map = [("sub-new".to_owned(), known)].into_iter().collect();
         store.save(&map).await.unwrap();
         let body = serde_json::json!({"value": [change("sub-new", "fresh", "AAMk-1")]});
         assert_eq!(

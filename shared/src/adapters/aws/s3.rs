@@ -6,7 +6,7 @@ use aws_sdk_s3::primitives::ByteStream;
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::ports::{ByteChunks, ObjectInfo, Objects, StoredObject};
+use crate::ports::{ByteChunks, NoSuchObject, ObjectInfo, Objects, StoredObject};
 
 /// Part size of multipart uploads (S3 allows 5 MiB to 5 GiB, at most 10,000 parts).
 pub const PART_BYTES: u64 = 16 * 1024 * 1024;
@@ -35,6 +35,23 @@ impl S3Objects {
 
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// A failed GetObject, as [`NoSuchObject`] when the key (or version) is not there.
+    fn get_error(
+        &self,
+        key: &str,
+        e: aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::get_object::GetObjectError>,
+    ) -> anyhow::Error {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
+        let missing = matches!(e.code(), Some("NoSuchKey" | "NoSuchVersion"))
+            || e.raw_response().is_some_and(|r| r.status().as_u16() == 404);
+        let at = format!("reading s3://{}/{key}", self.bucket);
+        if missing {
+            anyhow::Error::new(NoSuchObject(format!("s3://{}/{key}", self.bucket))).context(at)
+        } else {
+            anyhow::Error::new(e).context(at)
+        }
     }
 
     /// One PUT of `body`; callers say what was being written.
@@ -222,7 +239,7 @@ impl Objects for S3Objects {
             .copy_object()
             .bucket(&self.bucket)
             .key(to)
-            .copy_source(format!("{}/{}", self.bucket, encode_copy_source(from)))
+            .copy_source(format!("{}/{}", self.bucket, crate::uri::s3_key(from)))
             .send()
             .await
             .with_context(|| format!("copying s3://{}/{from} to {to}", self.bucket))?;
@@ -288,7 +305,7 @@ impl Objects for S3Objects {
             .set_version_id(version_id.map(str::to_owned))
             .send()
             .await
-            .with_context(|| format!("reading s3://{}/{key}", self.bucket))?;
+            .map_err(|e| self.get_error(key, e))?;
         let body = out
             .body
             .collect()
@@ -305,7 +322,7 @@ impl Objects for S3Objects {
             .key(key)
             .send()
             .await
-            .with_context(|| format!("reading s3://{}/{key}", self.bucket))?;
+            .map_err(|e| self.get_error(key, e))?;
         let size = out.content_length.unwrap_or_default().max(0) as u64;
         let at = format!("reading the body of s3://{}/{key}", self.bucket);
         let body = futures::stream::try_unfold(out.body, move |mut body| {
@@ -431,20 +448,6 @@ fn parts_of(
     )
 }
 
-/// A key as CopyObject's `x-amz-copy-source` wants it: URL-encoded, `/` kept.
-fn encode_copy_source(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -483,7 +486,7 @@ mod tests {
     #[test]
     fn copy_sources_are_url_encoded() {
         assert_eq!(
-            encode_copy_source("raw/ib calls/a#1~b.csv"),
+            crate::uri::s3_key("raw/ib calls/a#1~b.csv"),
             "raw/ib%20calls/a%231~b.csv"
         );
     }

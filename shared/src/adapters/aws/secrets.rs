@@ -1,6 +1,7 @@
 //! Secrets Manager: secret values read once at cold start, and the store of the Graph
 //! subscriptions' clientStates, one secret holding
-//! `{"subscriptions": {"<subscription id>": "<clientState>"}}`.
+//! `{"subscriptions": {"<subscription id>": "<clientState>"}, "mailboxes": {"<subscription id>":
+//! "<mailbox>"}}` (`mailboxes` was added later: a subscription without one is read as such).
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use async_trait::async_trait;
 use aws_sdk_secretsmanager::error::ProvideErrorMetadata;
 use serde::{Deserialize, Serialize};
 
-use crate::ports::ClientStateStore;
+use crate::ports::{ClientStateStore, Subscribed};
 use crate::secret::Secret;
 
 /// Reads a secret's string value. The value is wrapped so it cannot be logged.
@@ -39,6 +40,8 @@ pub struct SecretClientStates {
 struct Stored {
     #[serde(default)]
     subscriptions: HashMap<String, String>,
+    #[serde(default)]
+    mailboxes: HashMap<String, String>,
 }
 
 impl SecretClientStates {
@@ -52,7 +55,7 @@ impl SecretClientStates {
 
 #[async_trait]
 impl ClientStateStore for SecretClientStates {
-    async fn load(&self) -> anyhow::Result<HashMap<String, Secret>> {
+    async fn load(&self) -> anyhow::Result<HashMap<String, Subscribed>> {
         let out = match self
             .client
             .get_secret_value()
@@ -80,18 +83,30 @@ impl ClientStateStore for SecretClientStates {
                 )
             })?,
         };
+        let mut mailboxes = stored.mailboxes;
         Ok(stored
             .subscriptions
             .into_iter()
-            .map(|(id, state)| (id, Secret::new(state)))
+            .map(|(id, state)| {
+                let mailbox = mailboxes.remove(&id);
+                let known = Subscribed {
+                    client_state: Secret::new(state),
+                    mailbox,
+                };
+                (id, known)
+            })
             .collect())
     }
 
-    async fn save(&self, states: &HashMap<String, Secret>) -> anyhow::Result<()> {
+    async fn save(&self, states: &HashMap<String, Subscribed>) -> anyhow::Result<()> {
         let stored = Stored {
             subscriptions: states
                 .iter()
-                .map(|(id, s)| (id.clone(), s.expose().to_owned()))
+                .map(|(id, s)| (id.clone(), s.client_state.expose().to_owned()))
+                .collect(),
+            mailboxes: states
+                .iter()
+                .filter_map(|(id, s)| Some((id.clone(), s.mailbox.clone()?)))
                 .collect(),
         };
         self.client

@@ -7,7 +7,8 @@
 //!   sessions at their next request; only the token's hash is stored.
 //! - **CSRF**: every form that changes state carries the session's own token (`_csrf`),
 //!   compared in constant time; a request a browser marks `Sec-Fetch-Site: cross-site` is
-//!   refused whatever it carries.
+//!   refused whatever it carries. The login form (no session yet, so no token) is refused when
+//!   `Sec-Fetch-Site` is other than `same-origin`/`none` or `Origin` names another host.
 //! - **CSP**: `default-src 'none'`, the stylesheet from `/ui/static/` only, forms to this
 //!   origin only, no scripts, no framing. Charts are inline SVG drawn here.
 //! - Pages: overview (health, today's intake, recent runs, rows stored per day for 30 days),
@@ -25,7 +26,7 @@ use minijinja::{Environment, context};
 use serde_json::{Value, json};
 
 use super::keys;
-use super::{Api, ApiError, Reply, ReplyBody, Request, percent_decode, scope_for};
+use super::{Api, ApiError, Reply, ReplyBody, Request, routes};
 use crate::secret::Secret;
 use crate::state::{ApiKeyRecord, RecordKey, SessionRecord};
 
@@ -89,7 +90,7 @@ fn templates() -> &'static Environment<'static> {
         env.add_filter("status_mark", status_mark);
         env.add_filter("when", when);
         env.add_filter("bytes", bytes);
-        env.add_filter("urlencode", |s: String| url_segment(&s));
+        env.add_filter("urlencode", |s: String| crate::uri::segment(&s));
         env.add_filter("tojson", |v: minijinja::Value| {
             serde_json::to_string_pretty(&v).unwrap_or_default()
         });
@@ -103,15 +104,23 @@ fn templates() -> &'static Environment<'static> {
     })
 }
 
-/// The colour class of a status word; the word itself and a mark are always shown too.
+/// The colour class of a status word (a run's, a delivery's, or health's and intake's own);
+/// the word itself and a mark are always shown too.
 fn status_class(status: String) -> String {
-    match status.as_str() {
-        "ok" | "built" | "sent" | "delivered" | "relayed" | "notice_sent" | "accepted" => "good",
-        "failed" | "bounced" | "complained" | "refused" | "unhealthy" | "cancelled" => "bad",
-        "queued" | "building" | "retrying" | "skipped_empty" | "paused" => "wait",
-        _ => "neutral",
-    }
-    .to_owned()
+    use crate::contract::{DeliveryStatus, RunStatus, Tone};
+    let tone = if let Ok(s) = status.parse::<RunStatus>() {
+        s.tone()
+    } else if let Ok(s) = status.parse::<DeliveryStatus>() {
+        s.tone()
+    } else {
+        match status.as_str() {
+            "ok" | "accepted" => Tone::Good,
+            "unhealthy" => Tone::Bad,
+            "paused" => Tone::Wait,
+            _ => Tone::Neutral,
+        }
+    };
+    tone.class().to_owned()
 }
 
 fn status_mark(status: String) -> String {
@@ -151,26 +160,31 @@ fn render_raw(name: &str, ctx: minijinja::Value) -> Result<String, minijinja::Er
     templates().get_template(name).and_then(|t| t.render(ctx))
 }
 
+/// Why a POST to the login form comes from another site, if it does: a browser's
+/// `Sec-Fetch-Site` other than `same-origin` / `none` (typed or bookmarked), or an `Origin` that
+/// is `null` or names another host than the request's (or, behind the CDN, the public one).
+fn foreign_post(req: &ApiGatewayV2httpRequest, edge: &crate::edge::Edge) -> Option<&'static str> {
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site")
+        && !matches!(site, "same-origin" | "none")
+    {
+        return Some("a sign-in posted from another site is refused");
+    }
+    let origin = header("origin")?;
+    if origin == "null" {
+        return Some("a sign-in posted from an opaque origin is refused");
+    }
+    let host = header("host").or(req.request_context.domain_name.as_deref())?;
+    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+    (!origin_host.eq_ignore_ascii_case(host) && !edge.is_public_host(origin_host))
+        .then_some("a sign-in posted from another origin is refused")
+}
+
 fn render(name: &str, ctx: minijinja::Value) -> Result<String, ApiError> {
     render_raw(name, ctx).map_err(|e| ApiError::from(anyhow::anyhow!("rendering {name}: {e:#}")))
 }
 
-/// A form body (`application/x-www-form-urlencoded`).
-fn form(body: &[u8]) -> HashMap<String, String> {
-    String::from_utf8_lossy(body)
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (
-                percent_decode(&k.replace('+', " ")),
-                percent_decode(&v.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all("cookie")
         .iter()
@@ -198,7 +212,7 @@ impl Api {
         let segments: Vec<String> = rest
             .split('/')
             .filter(|s| !s.is_empty())
-            .map(percent_decode)
+            .map(crate::uri::decode)
             .collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let request_id = req
@@ -241,7 +255,21 @@ impl Api {
                     render("login.html", context! { signed_in => false })?,
                 ));
             }
-            ("POST", ["login"]) => return self.login(&body).await,
+            ("POST", ["login"]) => {
+                let call = (request_id, method, path);
+                // Login CSRF: another site must not sign a visitor in under its own key.
+                if let Some(why) = foreign_post(req, &self.edge) {
+                    self.audit_as(
+                        call,
+                        ("none", "dashboard sign-in"),
+                        403,
+                        format!("refused: {why}"),
+                    )
+                    .await;
+                    return Err(ApiError::new(403, "forbidden", why));
+                }
+                return self.login(&body, call).await;
+            }
             _ => {}
         }
         if req
@@ -250,19 +278,30 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             == Some("cross-site")
         {
-            return Err(ApiError::new(
+            let why = "a cross-site request to the dashboard is refused";
+            self.audit_as(
+                (request_id, method, path),
+                ("none", "dashboard visitor"),
                 403,
-                "forbidden",
-                "a cross-site request to the dashboard is refused",
-            ));
+                format!("refused: {why}"),
+            )
+            .await;
+            return Err(ApiError::new(403, "forbidden", why));
         }
         let Some(session) = self.session(&req.headers).await? else {
             return Ok(Page::SeeOther("/ui/login".into(), None));
         };
         let fields = if method == "POST" {
-            let fields = form(&body);
+            let fields = crate::uri::form(&body);
             let sent = fields.get("_csrf").map(String::as_str).unwrap_or("");
             if !Secret::new(session.csrf.clone()).matches(sent) {
+                self.audit_as(
+                    (request_id, method, path),
+                    (&session.key.id, &session.key.name),
+                    403,
+                    "refused: a form without this session's CSRF token".into(),
+                )
+                .await;
                 return Err(ApiError::new(
                     403,
                     "forbidden",
@@ -320,7 +359,7 @@ impl Api {
                         reports => self.definitions.reports.keys().collect::<Vec<_>>(),
                         report => query("report"),
                         status => query("status"),
-                        statuses => ["queued", "building", "retrying", "built", "skipped_empty", "notice_sent", "failed", "cancelled"],
+                        statuses => crate::contract::RunStatus::words(),
                     },
                 )
             }
@@ -334,24 +373,26 @@ impl Api {
                 Ok(Page::SeeOther(
                     format!(
                         "/ui/runs/{}",
-                        url_segment(queued["run_id"].as_str().unwrap_or(""))
+                        crate::uri::segment(queued["run_id"].as_str().unwrap_or(""))
                     ),
                     None,
                 ))
             }
             ("GET", ["runs", id]) => {
                 let run = cx.get(&["runs", id], &[]).await?;
-                let done = matches!(
-                    run["status"].as_str(),
-                    Some("built" | "skipped_empty" | "notice_sent" | "failed" | "cancelled")
-                );
+                let status = run["status"]
+                    .as_str()
+                    .and_then(|s| s.parse::<crate::contract::RunStatus>().ok());
+                let done = status.is_some_and(crate::contract::RunStatus::is_final);
                 let delivered = run["deliveries"].as_array().is_some_and(|d| !d.is_empty());
+                let built = status == Some(crate::contract::RunStatus::Built);
                 cx.page(
                     "run.html",
                     context! {
                         run => run,
+                        cancellable => !done,
                         // Reload by itself while there is more to see.
-                        refresh => !(done && (delivered || run["status"] != "built")),
+                        refresh => !(done && (delivered || !built)),
                     },
                 )
             }
@@ -359,7 +400,7 @@ impl Api {
                 let answer = cx.post(&["runs", id, action], json!({})).await?;
                 let to = answer["run_id"].as_str().unwrap_or(id);
                 Ok(Page::SeeOther(
-                    format!("/ui/runs/{}", url_segment(to)),
+                    format!("/ui/runs/{}", crate::uri::segment(to)),
                     None,
                 ))
             }
@@ -405,7 +446,7 @@ impl Api {
                 Ok(Page::SeeOther(
                     format!(
                         "/ui/dead-letters/{}?moved={}",
-                        url_segment(queue),
+                        crate::uri::segment(queue),
                         moved["moved"].as_array().map_or(0, Vec::len)
                     ),
                     None,
@@ -416,7 +457,7 @@ impl Api {
                 cx.call("DELETE", &["dead-letters", queue, &id], &[], None)
                     .await?;
                 Ok(Page::SeeOther(
-                    format!("/ui/dead-letters/{}", url_segment(queue)),
+                    format!("/ui/dead-letters/{}", crate::uri::segment(queue)),
                     None,
                 ))
             }
@@ -434,10 +475,30 @@ impl Api {
         }
     }
 
-    async fn login(&self, body: &[u8]) -> Result<Page, ApiError> {
-        let fields = form(body);
+    async fn login(&self, body: &[u8], call: (&str, &str, &str)) -> Result<Page, ApiError> {
+        let fields = crate::uri::form(body);
         let presented = fields.get("key").map(|k| k.trim().to_owned());
-        match keys::authenticate(self.records.as_ref(), presented.as_deref()).await? {
+        let outcome = keys::authenticate(self.records.as_ref(), presented.as_deref()).await?;
+        match &outcome {
+            Ok(key) => {
+                self.audit_as(call, (&key.id, &key.name), 303, "dashboard sign-in".into())
+                    .await;
+            }
+            Err(refused) => {
+                let who = presented
+                    .as_deref()
+                    .and_then(keys::presented_id)
+                    .unwrap_or("none");
+                self.audit_as(
+                    call,
+                    (who, "dashboard sign-in"),
+                    401,
+                    format!("refused: {}", refused.message()),
+                )
+                .await;
+            }
+        }
+        match outcome {
             Ok(key) => {
                 let token = random_hex();
                 let now = Utc::now();
@@ -662,7 +723,14 @@ impl Cx<'_> {
         query: &[(&str, String)],
         body: Option<Value>,
     ) -> Result<Reply, ApiError> {
-        let needed = scope_for(method, segments);
+        // Only the routes a key may call; the page's own path names one.
+        let def = routes::find(method, segments)
+            .ok()
+            .filter(|d| d.scope().is_some())
+            .ok_or_else(|| {
+                ApiError::not_found(format!("no route {method} /v1/{}", segments.join("/")))
+            })?;
+        let needed = def.scope().unwrap_or(super::keys::Scope::Admin);
         let key = &self.session.key;
         if keys::granted(key).is_none_or(|s| s < needed) {
             return Err(ApiError::new(
@@ -689,7 +757,7 @@ impl Cx<'_> {
             body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
             request_id: self.request_id.to_owned(),
         };
-        let result = self.api.route(&request, segments, key).await;
+        let result = self.api.route(&request, def.route, segments, key).await;
         if method != "GET" {
             self.api.audit(&request, key, &result).await;
         }
@@ -734,18 +802,6 @@ fn json_of(reply: Reply) -> Result<Value, ApiError> {
         ReplyBody::Json(v) => Ok(v),
         _ => Ok(Value::Null),
     }
-}
-
-/// A path segment with what a URL path cannot carry escaped.
-fn url_segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn ui_respond(page: Page) -> ApiGatewayV2httpResponse {
@@ -798,7 +854,7 @@ mod tests {
 
     #[test]
     fn a_form_body_decodes_plus_and_percent() {
-        let f = form(b"key=chk_ab%2Bc&period=2024-03-14&_csrf=x+y");
+        let f = crate::uri::form(b"key=chk_ab%2Bc&period=2024-03-14&_csrf=x+y");
         assert_eq!(f["key"], "chk_ab+c");
         assert_eq!(f["_csrf"], "x y");
     }

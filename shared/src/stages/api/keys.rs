@@ -103,6 +103,13 @@ impl Refused {
     }
 }
 
+/// The id part of a presented key (`chk_{id}_…`) when it has the shape of one: not a secret
+/// (ids are listed by `charlie keys list`), so a refusal can say which key was refused.
+pub fn presented_id(presented: &str) -> Option<&str> {
+    let (id, _) = presented.strip_prefix("chk_")?.split_once('_')?;
+    (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
 /// The key's record when `presented` is a valid, unrevoked key.
 pub async fn authenticate(
     records: &dyn StateRecords,

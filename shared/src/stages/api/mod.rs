@@ -21,6 +21,9 @@
 mod dashboard;
 pub mod keys;
 mod relay;
+pub mod routes;
+
+use routes::{Access, Route};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,10 +34,10 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{error, info, warn};
 
+use crate::contract::{self, ReprocessStatus, RunStatus};
 use crate::definitions::Definitions;
 use crate::invocation::Invocation;
 use crate::messages::ReportTrigger;
@@ -42,7 +45,7 @@ use crate::period::Period;
 use crate::ports::{Claims, Objects, QueueAdmin, StateRecords, WorkQueue};
 use crate::secret::Secret;
 use crate::state::{
-    self, AUDIT_INDEX, ApiKeyRecord, AuditRecord, DeliveryStatus, FOLDERS_INDEX, RUNS_INDEX,
+    self, AUDIT_INDEX, ApiKeyRecord, AuditRecord, DeliveryNews, FOLDERS_INDEX, RUNS_INDEX,
     RecordKey, RunCancel, RunRecord,
 };
 use keys::Scope;
@@ -50,81 +53,11 @@ use keys::Scope;
 /// The OpenAPI 3.1 document of these routes.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
-/// The routes (`*`: any one segment), for 404 and 405 before a key is even looked at.
-const ROUTES: &[(&str, &[&str])] = &[
-    ("GET", &["openapi.json"]),
-    ("GET", &["links", "*"]),
-    ("GET", &["health"]),
-    ("GET", &["metrics"]),
-    ("GET", &["reports"]),
-    ("GET", &["reports", "*"]),
-    ("GET", &["reports", "*", "versions"]),
-    ("GET", &["runs"]),
-    ("POST", &["runs"]),
-    ("GET", &["runs", "*"]),
-    ("POST", &["runs", "*", "cancel"]),
-    ("POST", &["runs", "*", "rerun"]),
-    ("GET", &["runs", "*", "download"]),
-    ("GET", &["runs", "*", "deliveries"]),
-    ("POST", &["reprocess"]),
-    ("GET", &["reprocess", "*"]),
-    ("GET", &["intake", "outcomes"]),
-    ("GET", &["intake", "quarantine"]),
-    ("GET", &["intake", "quarantine", "file"]),
-    ("GET", &["intake", "rejects"]),
-    ("POST", &["intake", "poll"]),
-    ("GET", &["intake"]),
-    ("POST", &["intake", "pause"]),
-    ("POST", &["intake", "resume"]),
-    ("GET", &["dead-letters"]),
-    ("GET", &["dead-letters", "*"]),
-    ("POST", &["dead-letters", "*", "redrive"]),
-    ("DELETE", &["dead-letters", "*", "*"]),
-    ("GET", &["keys"]),
-    ("POST", &["keys"]),
-    ("DELETE", &["keys", "*"]),
-    ("GET", &["audit"]),
-    ("GET", &["relays"]),
-    ("POST", &["relays"]),
-    ("DELETE", &["relays", "*"]),
-    ("GET", &["relay"]),
-    ("POST", &["relay", "uploads"]),
-    ("GET", &["relay", "outbox"]),
-    ("POST", &["relay", "outbox", "ack"]),
-    ("POST", &["relay", "outbox", "refused"]),
-];
-
-/// The scope a route needs: `GET` reads, anything else operates, keys and the audit trail are
-/// for admins (the JSON routes and the dashboard's calls of them alike).
-fn scope_for(method: &str, segments: &[&str]) -> Scope {
-    match (method, segments.first().copied()) {
-        (_, Some("keys" | "relays")) | ("GET", Some("audit")) => Scope::Admin,
-        ("GET" | "HEAD", _) => Scope::Read,
-        _ => Scope::Operate,
-    }
-}
-
-fn matches_pattern(pattern: &[&str], segments: &[&str]) -> bool {
-    pattern.len() == segments.len()
-        && pattern
-            .iter()
-            .zip(segments)
-            .all(|(p, s)| *p == "*" || p == s)
-}
-
 /// The longest path segment or cursor that can name something stored.
 const MAX_ID_BYTES: usize = 512;
 
 /// How long the presigned URL a download redirects to lasts.
 const DOWNLOAD_MINUTES: u64 = 5;
-/// Runs whose status is final: a cancel has nothing to stop.
-const FINAL: [&str; 5] = [
-    "built",
-    "skipped_empty",
-    "notice_sent",
-    "failed",
-    "cancelled",
-];
 
 pub struct Api {
     pub definitions: Arc<Definitions>,
@@ -148,8 +81,14 @@ pub struct Api {
     pub max_message_age: chrono::Duration,
     /// Report mail queued for a relay this long and not sent makes the deployment unhealthy.
     pub relay_outbox_stale: chrono::Duration,
+    /// Bounds on one key's state-changing calls per hour (`CHARLIE_KEY_CALLS_PER_HOUR`,
+    /// `CHARLIE_KEY_SENDS_PER_REPORT_PER_HOUR`): a leaked or scripted operate key cannot
+    /// rerun or redrive in a loop and mail-bomb the recipients.
+    pub limits: KeyLimits,
     /// Who may call the `/iam/v1` routes, and with what scope.
     pub iam_principals: Vec<(String, Scope)>,
+    /// The CDN in front (on AWS): requests that went round it are refused (`crate::edge`).
+    pub edge: crate::edge::Edge,
 }
 
 #[cfg(feature = "api")]
@@ -160,8 +99,15 @@ impl Api {
         let objects = wiring::objects(&aws, env)?;
         let state = wiring::state(&aws, env)?;
         let link_key = wiring::optional_secret(&aws, env, "CHARLIE_LINK_SECRET").await?;
+        if let Some(k) = &link_key {
+            crate::links::check_keys(k).map_err(anyhow::Error::msg)?;
+        }
         let relay_key = wiring::optional_secret(&aws, env, "CHARLIE_RELAY_SECRET").await?;
+        let origin = wiring::optional_secret(&aws, env, "CHARLIE_ORIGIN_SECRET").await?;
+        let edge = crate::edge::Edge::new(origin.as_ref(), env.get("CHARLIE_API_BASE_URL"))
+            .map_err(|e| anyhow::anyhow!("CHARLIE_ORIGIN_SECRET / CHARLIE_API_BASE_URL: {e}"))?;
         Ok(Api {
+            edge,
             definitions: Arc::new(super::load_definitions(env, objects.as_ref()).await?),
             records: Arc::clone(&state) as _,
             claims: state,
@@ -194,6 +140,14 @@ impl Api {
                 240,
                 5..=10_080,
             )?),
+            limits: KeyLimits {
+                calls_per_hour: env.in_range_or("CHARLIE_KEY_CALLS_PER_HOUR", 300, 1..=100_000)?,
+                sends_per_report_per_hour: env.in_range_or(
+                    "CHARLIE_KEY_SENDS_PER_REPORT_PER_HOUR",
+                    10,
+                    1..=10_000,
+                )?,
+            },
         })
     }
 }
@@ -213,6 +167,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     field: Option<String>,
+    /// Seconds after which a refused (429) call may be tried again (`Retry-After`).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -222,6 +178,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            retry_after: None,
         }
     }
 
@@ -281,6 +238,14 @@ impl Reply {
 
     fn ok(body: Value) -> Self {
         Self::json(200, body)
+    }
+
+    /// An answer of the contract's types (`crate::contract`).
+    fn typed<T: serde::Serialize>(status: u16, body: &T) -> Result<Self, ApiError> {
+        Ok(Self::json(
+            status,
+            serde_json::to_value(body).map_err(anyhow::Error::from)?,
+        ))
     }
 
     fn said(mut self, summary: impl Into<String>) -> Self {
@@ -417,12 +382,23 @@ const MAX_SINCE_DAYS: i64 = 31;
 
 /// Counters as the API shows them: the hour they start from, totals by kind, and each
 /// dataset's, report's and stage's own.
-fn counters_json(counts: &crate::counters::Counts, start: DateTime<Utc>) -> Value {
-    json!({
-        "since": start.to_rfc3339(),
-        "totals": counts.totals(),
-        "by": counts.by_about(),
-    })
+/// Bounds on one key's state-changing calls in an hour.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyLimits {
+    /// Every state-changing call.
+    pub calls_per_hour: u32,
+    /// Calls that mail a report's recipients (a run started or rerun), per report; and
+    /// redrives, per queue.
+    pub sends_per_report_per_hour: u32,
+}
+
+impl Default for KeyLimits {
+    fn default() -> Self {
+        KeyLimits {
+            calls_per_hour: 300,
+            sends_per_report_per_hour: 10,
+        }
+    }
 }
 
 /// What the router needs of a request.
@@ -436,6 +412,11 @@ struct Request<'a> {
 }
 
 impl Request<'_> {
+    /// (request id, method, path): what the audit trail records of a call.
+    fn call(&self) -> (&str, &str, &str) {
+        (&self.request_id, self.method, self.path)
+    }
+
     fn query(&self, name: &str) -> Option<&str> {
         self.query.first(name).filter(|v| !v.is_empty())
     }
@@ -463,33 +444,7 @@ impl Request<'_> {
         let Some(v) = self.query("since") else {
             return Ok(default.max(now - chrono::Duration::days(MAX_SINCE_DAYS)));
         };
-        let span = |n: &str, unit: fn(i64) -> chrono::Duration| {
-            n.parse::<i64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .map(|n| now - unit(n))
-        };
-        let at = match v.char_indices().last() {
-            Some((i, 'm')) => span(&v[..i], chrono::Duration::minutes),
-            Some((i, 'h')) => span(&v[..i], chrono::Duration::hours),
-            Some((i, 'd')) => span(&v[..i], chrono::Duration::days),
-            _ => DateTime::parse_from_rfc3339(v)
-                .ok()
-                .map(|t| t.with_timezone(&Utc)),
-        };
-        let bad = |why: &str| ApiError::bad("since", format!("since {v:?} {why}"));
-        let at = at.ok_or_else(|| {
-            bad("is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor a span back (90m, 24h, 7d)")
-        })?;
-        if at > now {
-            return Err(bad("is in the future"));
-        }
-        if at < now - chrono::Duration::days(MAX_SINCE_DAYS) {
-            return Err(bad(&format!(
-                "is more than {MAX_SINCE_DAYS} days back (the counters' markers last 35 days, their buckets as long as the table keeps them; ask for at most {MAX_SINCE_DAYS})"
-            )));
-        }
-        Ok(at)
+        parse_since(v, now).map_err(|why| ApiError::bad("since", why))
     }
 
     fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, ApiError> {
@@ -540,6 +495,16 @@ impl Api {
             }
             Some(b) => b.as_bytes().to_vec(),
         };
+        // Behind the CDN, only what came through it (the WAF) is served; the SigV4 routes are
+        // checked by AWS before the function runs and signed for API Gateway's own host.
+        let signed_by_aws = path == "/iam/v1" || path.starts_with("/iam/v1/");
+        if !signed_by_aws && !self.edge.admits(&req.headers) {
+            return respond(Err(ApiError::new(
+                403,
+                "forbidden",
+                "this API is reached through its CDN",
+            )));
+        }
         // The dashboard's pages, with their own sign-in (a session cookie).
         if path == "/ui" || path.starts_with("/ui/") {
             return self.dashboard(&req, &method, &path, body).await;
@@ -564,7 +529,7 @@ impl Api {
             segments: rest
                 .split('/')
                 .filter(|s| !s.is_empty())
-                .map(percent_decode)
+                .map(crate::uri::decode)
                 .collect(),
             query: &req.query_string_parameters,
             body,
@@ -575,50 +540,60 @@ impl Api {
                 .unwrap_or_else(crate::invocation::new_correlation_id),
         };
         let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
-        if !ROUTES
-            .iter()
-            .any(|(m, p)| *m == method && matches_pattern(p, &segments))
-        {
-            let allowed: Vec<&str> = ROUTES
-                .iter()
-                .filter(|(_, p)| matches_pattern(p, &segments))
-                .map(|(m, _)| *m)
-                .collect();
-            if allowed.is_empty() {
+        let def = match routes::find(&method, &segments) {
+            Ok(def) => def,
+            Err(allowed) if allowed.is_empty() => {
                 return respond(Err(ApiError::not_found(format!(
                     "no route {method} {path} (see /v1/openapi.json)"
                 ))));
             }
-            let mut resp = respond(Err(ApiError::new(
-                405,
-                "method_not_allowed",
-                format!("{path} takes {}", allowed.join(", ")),
-            )));
-            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                resp.headers.insert("allow", v);
+            Err(allowed) => {
+                let mut resp = respond(Err(ApiError::new(
+                    405,
+                    "method_not_allowed",
+                    format!("{path} takes {}", allowed.join(", ")),
+                )));
+                if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                    resp.headers.insert("allow", v);
+                }
+                return resp;
             }
-            return resp;
-        }
+        };
         // Ids that cannot name anything stored (a key is at most 1 KiB in DynamoDB); a link's
         // token is checked by its signature instead.
-        if segments.first() != Some(&"links") && segments.iter().any(|s| s.len() > MAX_ID_BYTES) {
+        if def.route != Route::Link && segments.iter().any(|s| s.len() > MAX_ID_BYTES) {
             return respond(Err(ApiError::not_found(format!(
                 "nothing is named by a path segment over {MAX_ID_BYTES} bytes"
             ))));
         }
-        // Routes that need no key.
-        match (method.as_str(), segments.as_slice()) {
-            ("GET", ["openapi.json"]) => {
+        let needed = match (def.access, def.route) {
+            (Access::Public, Route::Link) => {
+                let result = self.follow_link(segments[1]).await;
+                // Who: the link (its bearer is unknown); what: the run's workbook, or why not.
+                let (status, summary) = match &result {
+                    Ok(r) => (r.status, r.summary.clone()),
+                    Err(e) => (e.status, format!("refused: {}", e.message)),
+                };
+                info!(status, summary, "download link followed");
+                self.audit_as(request.call(), ("link", "download link"), status, summary)
+                    .await;
+                return respond(result);
+            }
+            (Access::Public, Route::OpenApi) => {
                 let doc: Value = serde_json::from_str(OPENAPI).unwrap_or(Value::Null);
                 return respond(Ok(Reply::ok(doc)));
             }
-            ("GET", ["links", token]) => return respond(self.follow_link(token).await),
-            // A relay signs its calls with its own key.
-            (_, ["relay", ..]) => {
-                return respond(Box::pin(self.relay_call(&req, &request, &segments)).await);
+            (Access::Public, other) => {
+                return respond(Err(
+                    anyhow::anyhow!("public route {other:?} has no answer").into()
+                ));
             }
-            _ => {}
-        }
+            // A relay signs its calls with its own key.
+            (Access::Relay, route) => {
+                return respond(Box::pin(self.relay_call(&req, &request, route)).await);
+            }
+            (Access::Scope(needed), _) => needed,
+        };
         let key = if iam_route {
             let principal = req
                 .request_context
@@ -628,22 +603,44 @@ impl Api {
                 .and_then(|iam| iam.user_arn.clone());
             match iam_caller(&self.iam_principals, principal.as_deref()) {
                 Ok(caller) => caller,
-                Err(e) => return respond(Err(e)),
+                Err(e) => {
+                    let who = principal.as_deref().unwrap_or("none");
+                    self.audit_as(
+                        request.call(),
+                        (who, "IAM caller"),
+                        e.status,
+                        format!("refused: {}", e.message),
+                    )
+                    .await;
+                    return respond(Err(e));
+                }
             }
         } else {
             let presented = bearer(&req.headers);
             match keys::authenticate(self.records.as_ref(), presented.as_deref()).await {
                 Ok(Ok(key)) => key,
                 Ok(Err(refused)) => {
-                    return respond(Err(ApiError::new(401, "unauthorized", refused.message())));
+                    // Audited with the key's id when it has one (never the key itself).
+                    let who = presented
+                        .as_deref()
+                        .and_then(keys::presented_id)
+                        .unwrap_or("none");
+                    let refusal = ApiError::new(401, "unauthorized", refused.message());
+                    self.audit_as(
+                        request.call(),
+                        (who, "unauthenticated caller"),
+                        401,
+                        format!("refused: {}", refused.message()),
+                    )
+                    .await;
+                    return respond(Err(refusal));
                 }
                 Err(e) => return respond(Err(e.into())),
             }
         };
-        let needed = scope_for(&method, &segments);
         let has = keys::granted(&key);
         if has.is_none_or(|s| s < needed) {
-            return respond(Err(ApiError::new(
+            let refused = Err(ApiError::new(
                 403,
                 "forbidden",
                 format!(
@@ -653,71 +650,98 @@ impl Api {
                     key.name,
                     key.scopes.join(", ")
                 ),
-            )));
+            ));
+            self.audit(&request, &key, &refused).await;
+            return respond(refused);
         }
-        let result = self.route(&request, &segments, &key).await;
-        if method != "GET" && method != "HEAD" {
+        if method != "GET"
+            && method != "HEAD"
+            && let Err(limited) = self.within_limits(&request, &segments, &key).await
+        {
+            let refused = Err(limited);
+            self.audit(&request, &key, &refused).await;
+            return respond(refused);
+        }
+        let result = self.route(&request, def.route, &segments, &key).await;
+        // Every state-changing call, and the reads that hand out data: a workbook or a
+        // quarantined file.
+        let download = matches!(
+            segments.as_slice(),
+            ["runs", _, "download"] | ["intake", "quarantine", "file"]
+        );
+        if (method != "GET" && method != "HEAD") || download {
+            if download {
+                info!(
+                    key = key.name,
+                    path,
+                    status = result.as_ref().map_or_else(|e| e.status, |r| r.status),
+                    "download"
+                );
+            }
             self.audit(&request, &key, &result).await;
         }
         respond(result)
     }
 
+    /// Answers a route a caller may call (the scope checked): `segments[i]` is the path's
+    /// i-th segment, as the route's pattern says it is there.
     async fn route(
         &self,
         req: &Request<'_>,
+        route: Route,
         segments: &[&str],
         key: &ApiKeyRecord,
     ) -> Result<Reply, ApiError> {
-        match (req.method, segments) {
-            ("GET", ["health"]) => self.health().await,
-            ("GET", ["metrics"]) => self.metrics(req).await,
-            ("GET", ["reports"]) => Ok(Reply::ok(json!({
-                "reports": self
+        let at = |i: usize| segments.get(i).copied().unwrap_or_default();
+        match route {
+            Route::Health => self.health().await,
+            Route::Metrics => self.metrics(req).await,
+            Route::Reports => {
+                let reports = self
                     .definitions
                     .reports
                     .keys()
-                    .map(|name| self.report_json(name))
-                    .collect::<Vec<_>>()
-            }))),
-            ("GET", ["reports", name]) => self.report(name),
-            ("GET", ["reports", name, "versions"]) => self.versions(req, name).await,
-            ("GET", ["runs"]) => self.list_runs(req).await,
-            ("POST", ["runs"]) => {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Start {
-                    report: String,
-                    period: String,
-                }
-                let start: Start = req.json()?;
+                    .map(|name| self.report_info(name))
+                    .collect();
+                Reply::typed(200, &contract::ReportList { reports })
+            }
+            Route::Report => self.report(at(1)),
+            Route::ReportVersions => self.versions(req, at(1)).await,
+            Route::Runs => self.list_runs(req).await,
+            Route::StartRun => {
+                let start: contract::StartRun = req.json()?;
                 self.start_run(&start.report, &start.period, key).await
             }
-            ("GET", ["runs", id]) => self.show_run(id).await,
-            ("POST", ["runs", id, "cancel"]) => self.cancel_run(id, key).await,
-            ("POST", ["runs", id, "rerun"]) => {
-                let run = self.run_record(id).await?;
+            Route::Run => self.show_run(at(1)).await,
+            Route::CancelRun => self.cancel_run(at(1), key).await,
+            Route::RerunRun => {
+                let run = self.run_record(at(1)).await?;
                 self.start_run(&run.report, &run.period, key).await
             }
-            ("GET", ["runs", id, "download"]) => self.download(id).await,
-            ("GET", ["runs", id, "deliveries"]) => {
+            Route::DownloadRun => self.download(at(1)).await,
+            Route::RunDeliveries => {
+                let id = at(1);
                 self.run_record(id).await?;
-                Ok(Reply::ok(
-                    json!({"run_id": id, "deliveries": self.deliveries(id).await?}),
-                ))
+                Reply::typed(
+                    200,
+                    &contract::RunDeliveries {
+                        run_id: id.to_owned(),
+                        deliveries: self.deliveries(id).await?,
+                    },
+                )
             }
-            ("POST", ["reprocess"]) => self.start_reprocess(req, key).await,
-            ("GET", ["reprocess", id]) => {
-                let record: Option<state::ReprocessRecord> =
+            Route::StartReprocess => self.start_reprocess(req, key).await,
+            Route::Reprocess => {
+                let id = at(1);
+                let record: Option<contract::ReprocessRecord> =
                     self.records.get_record(&RecordKey::reprocess(id)).await?;
                 let record = record
                     .ok_or_else(|| ApiError::not_found(format!("no reprocess request {id:?}")))?;
-                Ok(Reply::ok(
-                    serde_json::to_value(record).map_err(anyhow::Error::from)?,
-                ))
+                Reply::typed(200, &record)
             }
-            ("GET", ["intake", "outcomes"]) => self.outcomes(req).await,
-            ("GET", ["intake"]) => self.intake_state(Some(req)).await,
-            ("POST", ["intake", "pause"]) => {
+            Route::IntakeOutcomes => self.outcomes(req).await,
+            Route::Intake => Reply::typed(200, &self.intake_state(Some(req)).await?),
+            Route::PauseIntake => {
                 use crate::intake_control::IntakeControl;
                 let control = IntakeControl {
                     paused: true,
@@ -728,9 +752,9 @@ impl Api {
                     .put_record(&RecordKey::intake_control(), &control, None)
                     .await?;
                 info!(by = key.name, "intake paused");
-                Ok(self.intake_state(None).await?.said("pause intake"))
+                Ok(Reply::typed(200, &self.intake_state(None).await?)?.said("pause intake"))
             }
-            ("POST", ["intake", "resume"]) => {
+            Route::ResumeIntake => {
                 use crate::intake_control::IntakeControl;
                 let control = IntakeControl {
                     paused: false,
@@ -746,13 +770,13 @@ impl Api {
                     crate::intake_control::resume(self.records.as_ref(), self.inbound.as_ref())
                         .await?;
                 info!(by = key.name, resumed, "intake resumed");
-                let mut reply = self.intake_state(None).await?;
-                if let ReplyBody::Json(body) = &mut reply.body {
-                    body["resumed"] = json!(resumed);
-                }
-                Ok(reply.said(format!("resume intake: {resumed} queued")))
+                let state = contract::IntakeState {
+                    resumed: Some(resumed as u64),
+                    ..self.intake_state(None).await?
+                };
+                Ok(Reply::typed(200, &state)?.said(format!("resume intake: {resumed} queued")))
             }
-            ("POST", ["intake", "poll"]) => {
+            Route::PollNow => {
                 let asked = crate::messages::PollNow {
                     v: 1,
                     kind: crate::messages::PollNowKind::PollNow,
@@ -761,8 +785,8 @@ impl Api {
                 self.lifecycle.send(&asked, &req.request_id).await?;
                 Ok(Reply::json(202, json!({"queued": true})).said("poll now"))
             }
-            ("GET", ["intake", "quarantine"]) => self.quarantine(req).await,
-            ("GET", ["intake", "quarantine", "file"]) => {
+            Route::Quarantine => self.quarantine(req).await,
+            Route::QuarantineFile => {
                 let key = req
                     .query("key")
                     .ok_or_else(|| ApiError::bad("key", "give ?key= (a quarantined file's key)"))?;
@@ -788,7 +812,7 @@ impl Api {
                     .await?;
                 Ok(redirect(url))
             }
-            ("GET", ["intake", "rejects"]) => {
+            Route::Rejects => {
                 let raw = req.query("raw_key").ok_or_else(|| {
                     ApiError::bad("raw_key", "give ?raw_key= (an outcome's raw_key)")
                 })?;
@@ -808,10 +832,11 @@ impl Api {
                 let rejects: Value = serde_json::from_slice(&bytes).map_err(anyhow::Error::from)?;
                 Ok(Reply::ok(json!({"raw_key": raw, "rejects": rejects})))
             }
-            ("GET", ["dead-letters"]) => self.dead_letter_queues().await,
-            ("GET", ["dead-letters", queue]) => self.peek(req, queue).await,
-            ("POST", ["dead-letters", queue, "redrive"]) => self.redrive(req, queue).await,
-            ("DELETE", ["dead-letters", queue, id]) => {
+            Route::DeadLetterQueues => self.dead_letter_queues().await,
+            Route::DeadLetters => self.peek(req, at(1)).await,
+            Route::Redrive => self.redrive(req, at(1)).await,
+            Route::DeleteDeadLetter => {
+                let (queue, id) = (at(1), at(2));
                 self.known_queue(queue)?;
                 if self.queues.delete(queue, id).await? {
                     Ok(Reply {
@@ -826,15 +851,23 @@ impl Api {
                     )))
                 }
             }
-            ("GET", ["keys"]) => self.list_keys().await,
-            ("POST", ["keys"]) => self.create_key(req, key).await,
-            ("DELETE", ["keys", id]) => self.revoke_key(id).await,
-            ("GET", ["relays"]) => self.list_relays().await,
-            ("POST", ["relays"]) => self.create_relay(req, key).await,
-            ("DELETE", ["relays", id]) => self.revoke_relay(id).await,
-            ("GET", ["audit"]) => self.audit_trail(req).await,
-            _ => Err(ApiError::not_found(format!(
-                "no route {} {} (see /v1/openapi.json)",
+            Route::Keys => self.list_keys().await,
+            Route::CreateKey => self.create_key(req, key).await,
+            Route::RevokeKey => self.revoke_key(at(1)).await,
+            Route::Relays => self.list_relays().await,
+            Route::CreateRelay => self.create_relay(req, key).await,
+            Route::RevokeRelay => self.revoke_relay(at(1)).await,
+            Route::Audit => self.audit_trail(req).await,
+            // Answered before a key is looked at (`handle`).
+            Route::OpenApi
+            | Route::Link
+            | Route::RelayHello
+            | Route::RelayUpload
+            | Route::RelayOutbox
+            | Route::RelayAck
+            | Route::RelayRefused
+            | Route::RelayDeferred => Err(ApiError::not_found(format!(
+                "no route {} {} for a key (see /v1/openapi.json)",
                 req.method, req.path
             ))),
         }
@@ -842,39 +875,48 @@ impl Api {
 
     // ---- reports -------------------------------------------------------------------------
 
-    fn report_json(&self, name: &str) -> Value {
+    fn report_info(&self, name: &str) -> contract::ReportInfo {
         let r = &self.definitions.reports[name];
         let zone = r.time_zone.0;
         let next = crate::schedule::Expression::parse(&r.schedule)
             .ok()
             .and_then(|e| e.next_after(Utc::now(), zone));
-        json!({
-            "name": name,
-            "title": r.title,
-            "datasets": r.datasets,
-            "schedule": r.schedule,
-            "time_zone": zone.name(),
-            "period": r.period,
-            "next_run_at": next.map(|t| t.to_rfc3339()),
-            "next_run_local": next.map(|t| t.with_timezone(&zone).format("%Y-%m-%d %H:%M %Z").to_string()),
-            "recipients": r.recipients,
-            "cc": r.cc,
-            "bcc": r.bcc,
-            "transport": r.transport,
-            "relay": r.relay,
-            "on_empty": r.on_empty,
-            "retain_days": r.retain_days,
-            "datasets_retain_days": r.datasets.iter()
-                .map(|d| (d.clone(), self.definitions.datasets.get(d).and_then(|d| d.retain_days)))
-                .collect::<std::collections::BTreeMap<_, _>>(),
-        })
+        contract::ReportInfo {
+            name: name.to_owned(),
+            title: r.title.clone(),
+            datasets: r.datasets.clone(),
+            schedule: r.schedule.clone(),
+            time_zone: zone.name().to_owned(),
+            period: r.period,
+            next_run_at: next.map(|t| t.to_rfc3339()),
+            next_run_local: next.map(|t| {
+                t.with_timezone(&zone)
+                    .format("%Y-%m-%d %H:%M %Z")
+                    .to_string()
+            }),
+            recipients: r.recipients.clone(),
+            cc: r.cc.clone(),
+            bcc: r.bcc.clone(),
+            transport: r.transport,
+            relay: r.relay.clone(),
+            on_empty: r.on_empty,
+            retain_days: r.retain_days,
+            datasets_retain_days: r
+                .datasets
+                .iter()
+                .map(|d| {
+                    let days = self.definitions.datasets.get(d).and_then(|d| d.retain_days);
+                    (d.clone(), days)
+                })
+                .collect(),
+        }
     }
 
     fn report(&self, name: &str) -> Result<Reply, ApiError> {
         if !self.definitions.reports.contains_key(name) {
             return Err(ApiError::not_found(format!("no report {name:?}")));
         }
-        Ok(Reply::ok(self.report_json(name)))
+        Reply::typed(200, &self.report_info(name))
     }
 
     async fn versions(&self, req: &Request<'_>, name: &str) -> Result<Reply, ApiError> {
@@ -889,9 +931,15 @@ impl Api {
         })?)?;
         let key = crate::object_keys::workbook(name, &period.to_string());
         let versions = self.objects.versions(&key).await?;
-        Ok(Reply::ok(
-            json!({"report": name, "period": period.to_string(), "key": key, "versions": versions}),
-        ))
+        Reply::typed(
+            200,
+            &contract::WorkbookVersions {
+                report: name.to_owned(),
+                period: period.to_string(),
+                key,
+                versions,
+            },
+        )
     }
 
     // ---- runs ----------------------------------------------------------------------------
@@ -923,10 +971,9 @@ impl Api {
         );
         let requested_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let queued = RunRecord {
-            status: "queued".into(),
             requested_at: requested_at.clone(),
             requested_by: key.name.clone(),
-            ..RunRecord::new(&run_id, report, &period.to_string())
+            ..RunRecord::new(&run_id, report, &period.to_string(), RunStatus::Queued)
         };
         let index = state::run_index_sk(&requested_at, &run_id);
         self.records
@@ -946,8 +993,13 @@ impl Api {
         };
         self.runs.send(&trigger, &run_id).await?;
         info!(run_id, report, %period, by = key.name, "run queued");
-        let mut reply = Reply::json(202, json!({"run_id": run_id, "status": "queued", "report": report, "period": period.to_string()}))
-            .said(format!("run {report} {period}"));
+        let queued = contract::RunQueued {
+            run_id: run_id.clone(),
+            status: RunStatus::Queued,
+            report: report.to_owned(),
+            period: period.to_string(),
+        };
+        let mut reply = Reply::typed(202, &queued)?.said(format!("run {report} {period}"));
         reply.location = Some(format!("/v1/runs/{run_id}"));
         Ok(reply)
     }
@@ -967,25 +1019,13 @@ impl Api {
         {
             return Err(ApiError::bad("report", format!("no report {r:?}")));
         }
-        let status = req.query("status");
-        const STATUSES: [&str; 8] = [
-            "queued",
-            "building",
-            "retrying",
-            "built",
-            "skipped_empty",
-            "notice_sent",
-            "failed",
-            "cancelled",
-        ];
-        if let Some(s) = status
-            && !STATUSES.contains(&s)
-        {
-            return Err(ApiError::bad(
-                "status",
-                format!("status {s:?} is not one of {STATUSES:?}"),
-            ));
-        }
+        let status = req
+            .query("status")
+            .map(|s| {
+                s.parse::<RunStatus>()
+                    .map_err(|e| ApiError::bad("status", format!("status {e}")))
+            })
+            .transpose()?;
         let day = |name: &'static str| -> Result<Option<NaiveDate>, ApiError> {
             req.query(name)
                 .map(|d| {
@@ -1037,7 +1077,7 @@ impl Api {
                 {
                     continue;
                 }
-                runs.push(run_summary(&run));
+                runs.push(contract::RunSummary::from(&run));
                 if runs.len() == limit {
                     next_cursor = Some(r.index_sk.clone());
                     break;
@@ -1047,32 +1087,35 @@ impl Api {
                 break;
             }
         }
-        Ok(Reply::ok(json!({"runs": runs, "next_cursor": next_cursor})))
+        Reply::typed(200, &contract::RunList { runs, next_cursor })
     }
 
     async fn show_run(&self, id: &str) -> Result<Reply, ApiError> {
         let run = self.run_record(id).await?;
         let cancel: Option<RunCancel> = self.records.get_record(&RecordKey::run_cancel(id)).await?;
         let deliveries = self.deliveries(id).await?;
-        let stale = run.status == "building"
+        let stale = run.status == RunStatus::Building
             && run
                 .deadline
                 .as_deref()
                 .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
                 .is_some_and(|d| d < Utc::now());
-        let mut body = serde_json::to_value(&run).map_err(anyhow::Error::from)?;
-        body["deliveries"] = Value::Array(deliveries);
-        body["cancel_requested"] = json!(cancel.is_some());
-        // A build past its deadline died (timed out or crashed); the queue delivers it again.
-        body["stale"] = json!(stale);
-        Ok(Reply::ok(body))
+        Reply::typed(
+            200,
+            &contract::RunAnswer {
+                run,
+                deliveries,
+                cancel_requested: cancel.is_some(),
+                stale,
+            },
+        )
     }
 
     /// A run's deliveries, one per recipient group, with their status and SES events.
-    async fn deliveries(&self, id: &str) -> Result<Vec<Value>, ApiError> {
+    async fn deliveries(&self, id: &str) -> Result<Vec<contract::Delivery>, ApiError> {
         let mut deliveries = Vec::new();
         for d in self.records.deliveries_of_run(id).await? {
-            let status: Option<DeliveryStatus> = self
+            let news: Option<DeliveryNews> = self
                 .records
                 .get_record(&RecordKey::delivery_status(&d.delivery))
                 .await?;
@@ -1081,20 +1124,23 @@ impl Api {
                 .query(&d.delivery, "event#")
                 .await?
                 .into_iter()
-                .filter_map(|(_, text)| serde_json::from_str::<Value>(&text).ok())
-                .collect::<Vec<_>>();
-            deliveries.push(json!({
-                "group": d.delivery.rsplit('#').next().unwrap_or_default(),
-                "transport": d.result.transport,
-                "provider_message_id": d.result.provider_message_id,
-                "to": d.result.to, "cc": d.result.cc, "bcc": d.result.bcc,
-                "sent_at": d.result.sent_at,
-                "as_link": d.result.link.is_some(),
-                "link_expires": d.result.link,
-                "status": status.as_ref().map_or(d.result.status.as_str(), |s| s.status.as_str()),
-                "status_detail": status.as_ref().map(|s| &s.detail).filter(|d| !d.is_null()),
-                "events": events,
-            }));
+                .filter_map(|(_, text)| serde_json::from_str(&text).ok())
+                .collect();
+            let result = d.result;
+            deliveries.push(contract::Delivery {
+                group: d.delivery.rsplit('#').next().unwrap_or_default().to_owned(),
+                transport: result.transport,
+                provider_message_id: result.provider_message_id,
+                to: result.to,
+                cc: result.cc,
+                bcc: result.bcc,
+                sent_at: result.sent_at,
+                as_link: result.link.is_some(),
+                link_expires: result.link,
+                status: news.as_ref().map_or(result.status, |n| n.status),
+                status_detail: news.map(|n| n.detail).filter(|d| !d.is_null()),
+                events,
+            });
         }
         Ok(deliveries)
     }
@@ -1133,7 +1179,10 @@ impl Api {
     /// Whether intake is paused, since when and by whom, how many mails wait for resume, and
     /// the intake's counters since `since` (default: the last pause or resume, the seed's
     /// "session", or a day back).
-    async fn intake_state(&self, req: Option<&Request<'_>>) -> Result<Reply, ApiError> {
+    async fn intake_state(
+        &self,
+        req: Option<&Request<'_>>,
+    ) -> Result<contract::IntakeState, ApiError> {
         use crate::counters::kind;
         let control: Option<crate::intake_control::IntakeControl> = self
             .records
@@ -1154,6 +1203,7 @@ impl Api {
             kind::MAILS_PROCESSED,
             kind::MAILS_IGNORED,
             kind::MAILS_DUPLICATE,
+            kind::MAILS_QUARANTINED,
             kind::ATTACHMENTS,
             kind::ATTACHMENTS_QUARANTINED,
             kind::ROWS_NEW,
@@ -1163,13 +1213,14 @@ impl Api {
         counts.retain(|kind, about| {
             intake.contains(&kind) || (kind == kind::DEAD_LETTERED && about == "ingest")
         });
-        Ok(Reply::ok(json!({
-            "paused": control.as_ref().is_some_and(|c| c.paused),
-            "since": control.as_ref().map(|c| c.since.clone()),
-            "by": control.as_ref().map(|c| c.by.clone()),
-            "parked": parked,
-            "counters": counters_json(&counts, start),
-        })))
+        Ok(contract::IntakeState {
+            paused: control.as_ref().is_some_and(|c| c.paused),
+            since: control.as_ref().map(|c| c.since.clone()),
+            by: control.as_ref().map(|c| c.by.clone()),
+            parked: parked as u64,
+            counters: contract::Counters::new(&counts, start),
+            resumed: None,
+        })
     }
 
     /// A dataset's day: each attachment that had rows on it and what ingest made of it.
@@ -1181,9 +1232,9 @@ impl Api {
             .await?;
         let mut outcomes = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        let (mut total, mut new, mut duplicate, mut rejected) = (0u64, 0u64, 0u64, 0u64);
+        let mut totals = contract::RowTotals::default();
         for (_, a) in attachments {
-            let Some((mailbox, message_id)) = a.source.split_once('/') else {
+            let Some((mailbox, message_id)) = a.mail() else {
                 continue;
             };
             if !seen.insert((mailbox.to_owned(), message_id.to_owned())) {
@@ -1193,24 +1244,52 @@ impl Api {
                 if o.dataset != dataset {
                     continue;
                 }
-                total += o.rows_total;
-                new += o.rows_new;
-                duplicate += o.rows_duplicate;
-                rejected += o.rows_rejected;
-                outcomes.push(json!({
-                    "mailbox": o.mailbox, "message_id": o.message_id, "attachment": o.attachment,
-                    "dates": o.dates, "rows_total": o.rows_total, "rows_new": o.rows_new,
-                    "rows_duplicate": o.rows_duplicate, "rows_rejected": o.rows_rejected,
-                    "raw_key": o.raw_key, "quarantine_reason": o.quarantined,
-                    "received": a.received.to_rfc3339(),
-                }));
+                let rows = contract::RowTotals {
+                    rows_total: o.rows_total,
+                    rows_new: o.rows_new,
+                    rows_duplicate: o.rows_duplicate,
+                    rows_rejected: o.rows_rejected,
+                };
+                totals += rows;
+                outcomes.push(contract::AttachmentOutcome {
+                    mailbox: o.mailbox,
+                    message_id: o.message_id,
+                    attachment: o.attachment,
+                    dates: o.dates,
+                    rows,
+                    raw_key: o.raw_key,
+                    quarantine_reason: o.quarantined,
+                    received: a.received.to_rfc3339(),
+                });
             }
         }
-        Ok(Reply::ok(json!({
-            "dataset": dataset, "date": date.to_string(),
-            "totals": {"rows_total": total, "rows_new": new, "rows_duplicate": duplicate, "rows_rejected": rejected},
-            "outcomes": outcomes,
-        })))
+        // And the mail received that day that no dataset took, with why: a forwarded export,
+        // another sender, a failed sender check.
+        let unmatched = self
+            .records
+            .records::<state::UnmatchedMail>(&state::unmatched_day(date), "")
+            .await?
+            .into_iter()
+            .map(|(_, m)| contract::UnmatchedMail {
+                mailbox: m.mailbox,
+                message_id: m.message_id,
+                sender: m.sender,
+                subject: m.subject,
+                received: m.received.to_rfc3339(),
+                attachments: m.attachments,
+                reasons: m.reasons,
+            })
+            .collect();
+        Reply::typed(
+            200,
+            &contract::DayOutcomes {
+                dataset,
+                date: date.to_string(),
+                totals,
+                outcomes,
+                unmatched,
+            },
+        )
     }
 
     /// Quarantined files, each with its reason, in key order.
@@ -1239,23 +1318,26 @@ impl Api {
                 let Some(file) = o.key.strip_suffix(".reason.json") else {
                     continue;
                 };
-                let reason: Value = match self.objects.get(&o.key, None).await {
-                    Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-                    Err(e) => {
-                        warn!(key = o.key, error = %format!("{e:#}"), "a quarantine reason could not be read");
-                        Value::Null
-                    }
-                };
-                files.push(json!({
-                    "key": file,
-                    "reason": reason["reason"],
-                    "dataset": reason["dataset"],
-                    "attachment": reason["attachment"],
-                    "mailbox": reason["mailbox"],
-                    "message_id": reason["message_id"],
-                    "downloaded": reason["downloaded"],
-                    "quarantined_at": reason["quarantined_at"],
-                }));
+                let reason: Option<contract::QuarantineReason> =
+                    match self.objects.get(&o.key, None).await {
+                        Ok(b) => serde_json::from_slice(&b)
+                            .inspect_err(|e| warn!(key = o.key, error = %e, "a quarantine reason does not parse"))
+                            .ok(),
+                        Err(e) => {
+                            warn!(key = o.key, error = %format!("{e:#}"), "a quarantine reason could not be read");
+                            None
+                        }
+                    };
+                files.push(contract::QuarantinedFile {
+                    key: file.to_owned(),
+                    reason: reason.as_ref().map(|r| r.reason.clone()),
+                    dataset: reason.as_ref().and_then(|r| r.dataset.clone()),
+                    attachment: reason.as_ref().and_then(|r| r.attachment.clone()),
+                    mailbox: reason.as_ref().and_then(|r| r.mailbox.clone()),
+                    message_id: reason.as_ref().map(|r| r.message_id.clone()),
+                    downloaded: reason.as_ref().map(|r| r.downloaded),
+                    quarantined_at: reason.map(|r| r.quarantined_at),
+                });
                 if files.len() == limit {
                     next = Some(o.key.clone());
                     break 'pages;
@@ -1265,7 +1347,13 @@ impl Api {
                 break;
             }
         }
-        Ok(Reply::ok(json!({"files": files, "next_after": next})))
+        Reply::typed(
+            200,
+            &contract::Quarantined {
+                files,
+                next_after: next,
+            },
+        )
     }
 
     async fn start_reprocess(
@@ -1273,13 +1361,7 @@ impl Api {
         req: &Request<'_>,
         key: &ApiKeyRecord,
     ) -> Result<Reply, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Ask {
-            dataset: String,
-            date: String,
-        }
-        let ask: Ask = req.json()?;
+        let ask: contract::StartReprocess = req.json()?;
         if !self.definitions.datasets.contains_key(&ask.dataset) {
             return Err(ApiError::bad(
                 "dataset",
@@ -1302,13 +1384,11 @@ impl Api {
             request_id: request_id.clone(),
             dataset: ask.dataset.clone(),
             date,
-            status: "queued".into(),
+            status: ReprocessStatus::Queued,
             requested_at: now,
             requested_by: key.name.clone(),
             finished_at: None,
-            attachments: 0,
-            rows_deleted: 0,
-            rows_stored: 0,
+            counts: Default::default(),
             error: None,
         };
         self.records
@@ -1321,15 +1401,21 @@ impl Api {
             date,
         };
         self.inbound.send(&message, &request_id).await?;
-        let mut reply = Reply::json(202, json!({"request_id": request_id, "status": "queued", "dataset": ask.dataset, "date": date.to_string()}))
-            .said(format!("reprocess {} {date}", ask.dataset));
+        let queued = contract::ReprocessQueued {
+            request_id: request_id.clone(),
+            status: ReprocessStatus::Queued,
+            dataset: ask.dataset.clone(),
+            date: date.to_string(),
+        };
+        let mut reply =
+            Reply::typed(202, &queued)?.said(format!("reprocess {} {date}", ask.dataset));
         reply.location = Some(format!("/v1/reprocess/{request_id}"));
         Ok(reply)
     }
 
     async fn cancel_run(&self, id: &str, key: &ApiKeyRecord) -> Result<Reply, ApiError> {
         let run = self.run_record(id).await?;
-        if FINAL.contains(&run.status.as_str()) {
+        if run.status.is_final() {
             return Err(ApiError::conflict(format!(
                 "run {id} is {}: there is nothing to cancel",
                 run.status
@@ -1345,14 +1431,15 @@ impl Api {
         info!(
             run_id = id,
             by = key.name,
-            status = run.status,
+            status = %run.status,
             "cancel requested"
         );
-        Ok(Reply::json(
-            202,
-            json!({"run_id": id, "status": run.status, "cancel_requested": true}),
-        )
-        .said(format!("cancel run {id}")))
+        let asked = contract::CancelRequested {
+            run_id: id.to_owned(),
+            status: run.status,
+            cancel_requested: true,
+        };
+        Ok(Reply::typed(202, &asked)?.said(format!("cancel run {id}")))
     }
 
     async fn download(&self, id: &str) -> Result<Reply, ApiError> {
@@ -1379,9 +1466,9 @@ impl Api {
     async fn follow_link(&self, token: &str) -> Result<Reply, ApiError> {
         let refuse = |why: String| Reply {
             status: 403,
+            summary: format!("refused: {why}"),
             body: ReplyBody::Html(link_page(&why)),
             location: None,
-            summary: String::new(),
         };
         let Some(link_key) = &self.link_key else {
             return Ok(refuse(
@@ -1416,7 +1503,10 @@ impl Api {
             )
             .await?;
         info!(run_id = claims.run_id, "download link followed");
-        Ok(redirect(url))
+        Ok(redirect(url).said(format!(
+            "download {} of run {}",
+            claims.workbook_key, claims.run_id
+        )))
     }
 
     // ---- queues and health -----------------------------------------------------------------
@@ -1453,36 +1543,37 @@ impl Api {
             } else {
                 None
             };
-            out.push(json!({
-                "queue": name,
-                "redrivable": redrivable,
-                "messages": dead.visible + dead.in_flight,
-                "oldest_sent_at": oldest.map(|t| t.to_rfc3339()),
-            }));
+            out.push(contract::DeadLetterQueue {
+                queue: name,
+                redrivable,
+                messages: dead.visible + dead.in_flight,
+                oldest_sent_at: oldest.map(|t| t.to_rfc3339()),
+            });
         }
-        Ok(Reply::ok(json!({"dead_letter_queues": out})))
+        Reply::typed(
+            200,
+            &contract::DeadLetterQueues {
+                dead_letter_queues: out,
+            },
+        )
     }
 
     async fn peek(&self, req: &Request<'_>, queue: &str) -> Result<Reply, ApiError> {
         self.known_queue(queue)?;
         let max = req.count("max", 10, 100)?;
         let letters = self.queues.peek(queue, max).await?;
-        Ok(Reply::ok(json!({"queue": queue, "messages": letters})))
+        Reply::typed(
+            200,
+            &contract::DeadLetters {
+                queue: queue.to_owned(),
+                messages: letters,
+            },
+        )
     }
 
     async fn redrive(&self, req: &Request<'_>, queue: &str) -> Result<Reply, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Redrive {
-            #[serde(default)]
-            message_ids: Option<Vec<String>>,
-            #[serde(default)]
-            all: bool,
-            #[serde(default)]
-            max: Option<usize>,
-        }
         let redrivable = self.known_queue(queue)?;
-        let ask: Redrive = req.json()?;
+        let ask: contract::Redrive = req.json()?;
         if !redrivable {
             return Err(ApiError::conflict(format!(
                 "{queue}'s dead letters have no source queue to go back to: start what they were for again (POST /v1/runs), then delete them"
@@ -1515,10 +1606,13 @@ impl Api {
             not_found = done.not_found.len(),
             "dead letters redriven"
         );
-        Ok(
-            Reply::ok(json!({"queue": queue, "moved": done.moved, "not_found": done.not_found}))
-                .said(format!("redrive {queue}: {} moved", done.moved.len())),
-        )
+        let moved = done.moved.len();
+        let answer = contract::Redriven {
+            queue: queue.to_owned(),
+            moved: done.moved,
+            not_found: done.not_found,
+        };
+        Ok(Reply::typed(200, &answer)?.said(format!("redrive {queue}: {moved} moved")))
     }
 
     async fn health(&self) -> Result<Reply, ApiError> {
@@ -1526,17 +1620,17 @@ impl Api {
         let mut problems: Vec<String> = Vec::new();
         let mut warnings: Vec<String> = Vec::new();
         let table = match self.records.get("HEALTH", "probe").await {
-            Ok(_) => json!({"ok": true}),
+            Ok(_) => contract::Reachable { ok: true },
             Err(e) => {
-                problems.push(format!("the state table: {e:#}"));
-                json!({"ok": false})
+                problems.push(cause("the state table", &e));
+                contract::Reachable { ok: false }
             }
         };
         let bucket = match self.objects.versions("config/reports.toml").await {
-            Ok(_) => json!({"ok": true}),
+            Ok(_) => contract::Reachable { ok: true },
             Err(e) => {
-                problems.push(format!("the bucket: {e:#}"));
-                json!({"ok": false})
+                problems.push(cause("the bucket", &e));
+                contract::Reachable { ok: false }
             }
         };
         let mut queues = Vec::new();
@@ -1545,7 +1639,7 @@ impl Api {
                 match self.queues.depth(&name, false).await {
                     Ok(d) => Some(d),
                     Err(e) => {
-                        problems.push(format!("queue {name}: {e:#}"));
+                        problems.push(cause(&format!("queue {name}"), &e));
                         None
                     }
                 }
@@ -1555,7 +1649,7 @@ impl Api {
             let dead = match self.queues.depth(&name, true).await {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    problems.push(format!("{name}'s dead-letter queue: {e:#}"));
+                    problems.push(cause(&format!("{name}'s dead-letter queue"), &e));
                     None
                 }
             };
@@ -1571,7 +1665,7 @@ impl Api {
                 match self.queues.oldest_age(&name).await {
                     Ok(age) => age,
                     Err(e) => {
-                        warnings.push(format!("queue {name}'s oldest message: {e:#}"));
+                        warnings.push(cause(&format!("queue {name}'s oldest message"), &e));
                         None
                     }
                 }
@@ -1587,9 +1681,14 @@ impl Api {
                     human_secs(self.max_message_age.num_seconds() as u64)
                 ));
             }
-            queues.push(json!({"queue": name, "depth": source, "dead_letters": dead, "oldest_message_age_seconds": oldest}));
+            queues.push(contract::QueueHealth {
+                queue: name,
+                depth: source,
+                dead_letters: dead,
+                oldest_message_age_seconds: oldest,
+            });
         }
-        let mut folders: BTreeMap<String, Value> = BTreeMap::new();
+        let mut folders: BTreeMap<String, contract::FolderHealth> = BTreeMap::new();
         match self
             .records
             .query_index(FOLDERS_INDEX, None, None, 1000)
@@ -1600,21 +1699,24 @@ impl Api {
                     let Some((kind, folder)) = r.index_sk.split_once('#') else {
                         continue;
                     };
-                    let entry = folders
-                        .entry(folder.to_owned())
-                        .or_insert_with(|| json!({"folder": folder}));
+                    let entry = folders.entry(folder.to_owned()).or_insert_with(|| {
+                        contract::FolderHealth {
+                            folder: folder.to_owned(),
+                            last_poll_at: None,
+                            subscription_expires_at: None,
+                        }
+                    });
                     match kind {
                         "DELTA" => {
                             if let Ok(link) = serde_json::from_str::<state::DeltaLink>(&r.data) {
-                                entry["last_poll_at"] = json!(link.saved_at);
+                                entry.last_poll_at = Some(link.saved_at);
                             }
                         }
                         "SUB" => {
                             if let Ok(sub) =
                                 serde_json::from_str::<state::SubscriptionRecord>(&r.data)
                             {
-                                entry["subscription_expires_at"] =
-                                    json!(sub.expires_at.to_rfc3339());
+                                entry.subscription_expires_at = Some(sub.expires_at.to_rfc3339());
                                 if sub.expires_at <= now {
                                     problems.push(format!(
                                         "{folder}: its Graph subscription expired at {}",
@@ -1627,11 +1729,12 @@ impl Api {
                     }
                 }
             }
-            Err(e) => problems.push(format!("the folders' poll records: {e:#}")),
+            Err(e) => problems.push(cause("the folders' poll records", &e)),
         }
         for (folder, f) in &folders {
-            let last = f["last_poll_at"]
-                .as_str()
+            let last = f
+                .last_poll_at
+                .as_deref()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.to_utc());
             match last {
@@ -1655,51 +1758,57 @@ impl Api {
                             b.last_failure.as_deref().map(|f| format!(" (last failure: {f})")).unwrap_or_default(),
                         ));
                     }
-                    json!({
-                        "breaker": b.state,
-                        "changed_at": b.changed_at.to_rfc3339(),
-                        "opened_at": b.opened_at.map(|t| t.to_rfc3339()),
-                        "recent_failures": b.failures.len(),
-                        "last_failure": b.last_failure,
+                    Some(contract::DownstreamHealth {
+                        breaker: b.state,
+                        changed_at: Some(b.changed_at.to_rfc3339()),
+                        opened_at: b.opened_at.map(|t| t.to_rfc3339()),
+                        recent_failures: b.failures.len() as u64,
+                        last_failure: b.last_failure,
                     })
                 }
                 Err(e) => {
                     warnings.push(format!(
                         "the downstream breaker's record is unreadable: {e}"
                     ));
-                    Value::Null
+                    None
                 }
             },
             // Closed and never failed (a record is written at the first failure), when the
             // deployment forwards outcomes at all.
-            Ok(None) if self.queues.queues().iter().any(|(q, _)| q == "outbound") => json!({
-                "breaker": crate::breaker::BreakerState::Closed,
-                "changed_at": null,
-                "opened_at": null,
-                "recent_failures": 0,
-                "last_failure": null,
-            }),
-            Ok(None) => Value::Null,
+            Ok(None) if self.queues.queues().iter().any(|(q, _)| q == "outbound") => {
+                Some(contract::DownstreamHealth {
+                    breaker: crate::breaker::BreakerState::Closed,
+                    changed_at: None,
+                    opened_at: None,
+                    recent_failures: 0,
+                    last_failure: None,
+                })
+            }
+            Ok(None) => None,
             Err(e) => {
-                warnings.push(format!("the downstream breaker's record: {e:#}"));
-                Value::Null
+                warnings.push(cause("the downstream breaker's record", &e));
+                None
             }
         };
         let relays = self.relays_health(now, &mut problems, &mut warnings).await;
         let healthy = problems.is_empty();
-        let body = json!({
-            "downstream": downstream,
-            "relays": relays,
-            "status": if healthy { "ok" } else { "unhealthy" },
-            "checked_at": now.to_rfc3339(),
-            "problems": problems,
-            "warnings": warnings,
-            "table": table,
-            "bucket": bucket,
-            "queues": queues,
-            "folders": folders.into_values().collect::<Vec<_>>(),
-        });
-        Ok(Reply::json(if healthy { 200 } else { 503 }, body))
+        let health = contract::Health {
+            status: if healthy {
+                contract::HealthStatus::Ok
+            } else {
+                contract::HealthStatus::Unhealthy
+            },
+            checked_at: now.to_rfc3339(),
+            problems,
+            warnings,
+            table,
+            bucket,
+            queues,
+            folders: folders.into_values().collect(),
+            downstream,
+            relays,
+        };
+        Reply::typed(if healthy { 200 } else { 503 }, &health)
     }
 
     async fn metrics(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
@@ -1714,7 +1823,7 @@ impl Api {
             .await?
         {
             if let Ok(run) = serde_json::from_str::<RunRecord>(&r.data) {
-                *runs.entry(run.status).or_default() += 1;
+                *runs.entry(run.status.to_string()).or_default() += 1;
             }
         }
         let mut queues = BTreeMap::new();
@@ -1725,14 +1834,23 @@ impl Api {
                 None
             };
             let dead = self.queues.depth(&name, true).await?.visible;
-            queues.insert(name, json!({"depth": depth, "dead_letters": dead}));
+            queues.insert(
+                name,
+                contract::QueueCounts {
+                    depth,
+                    dead_letters: dead,
+                },
+            );
         }
-        Ok(Reply::ok(json!({
-            "since": since.to_rfc3339(),
-            "runs_by_status": runs,
-            "queues": queues,
-            "counters": counters_json(&counts, start),
-        })))
+        Reply::typed(
+            200,
+            &contract::Metrics {
+                since: since.to_rfc3339(),
+                runs_by_status: runs,
+                queues,
+                counters: contract::Counters::new(&counts, start),
+            },
+        )
     }
 
     // ---- keys and audit ----------------------------------------------------------------------
@@ -1742,22 +1860,16 @@ impl Api {
             .records
             .query_index(state::API_KEYS_INDEX, None, None, 1000)
             .await?;
-        let keys: Vec<Value> = found
+        let keys = found
             .iter()
             .filter_map(|r| serde_json::from_str::<ApiKeyRecord>(&r.data).ok())
-            .map(|k| key_json(&k))
+            .map(|k| contract::KeyInfo::from(&k))
             .collect();
-        Ok(Reply::ok(json!({"keys": keys})))
+        Reply::typed(200, &contract::KeyList { keys })
     }
 
     async fn create_key(&self, req: &Request<'_>, by: &ApiKeyRecord) -> Result<Reply, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct NewKey {
-            name: String,
-            scopes: Vec<String>,
-        }
-        let ask: NewKey = req.json()?;
+        let ask: contract::NewKey = req.json()?;
         let name = ask.name.trim();
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(ApiError::bad(
@@ -1781,10 +1893,12 @@ impl Api {
             return Err(ApiError::bad("scopes", "give at least one scope"));
         }
         let (record, key) = keys::create(self.records.as_ref(), name, &scopes, &by.name).await?;
-        let mut body = key_json(&record);
         // Shown this once; only its hash is kept.
-        body["key"] = json!(key.expose());
-        Ok(Reply::json(201, body).said(format!(
+        let created = contract::CreatedKey {
+            info: contract::KeyInfo::from(&record),
+            key: key.expose().to_owned(),
+        };
+        Ok(Reply::typed(201, &created)?.said(format!(
             "create key {} ({})",
             record.name,
             record.scopes.join(",")
@@ -1803,10 +1917,8 @@ impl Api {
                 .put_record(&key, &record, Some((state::API_KEYS_INDEX, &index)))
                 .await?;
         }
-        Ok(
-            Reply::ok(key_json(&record))
-                .said(format!("revoke key {} ({})", record.name, record.id)),
-        )
+        Ok(Reply::typed(200, &contract::KeyInfo::from(&record))?
+            .said(format!("revoke key {} ({})", record.name, record.id)))
     }
 
     async fn audit_trail(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
@@ -1822,31 +1934,137 @@ impl Api {
         Ok(Reply::ok(json!({"entries": entries})))
     }
 
-    /// Records a state-changing call; a failure to record is logged, not hidden.
+    /// Counts a state-changing call against its key's bounds for this hour (a conditional
+    /// write per bound, so concurrent calls count exactly); a 429 naming the bound and when to
+    /// try again once one is reached.
+    async fn within_limits(
+        &self,
+        req: &Request<'_>,
+        segments: &[&str],
+        key: &ApiKeyRecord,
+    ) -> Result<(), ApiError> {
+        let now = Utc::now();
+        let hour = now.format("%Y-%m-%dT%H").to_string();
+        let next_hour = now.timestamp() - now.timestamp().rem_euclid(3600) + 3600;
+        let retry_after = u64::try_from(next_hour - now.timestamp())
+            .unwrap_or(3600)
+            .max(1);
+        // What mails recipients: a run started (the body's report) or rerun (the run id's
+        // report), and a redrive (per queue).
+        let sends = match segments {
+            ["runs"] => serde_json::from_slice::<Value>(&req.body)
+                .ok()
+                .and_then(|b| b["report"].as_str().map(|r| format!("report {r}"))),
+            ["runs", run, "rerun"] => {
+                Some(format!("report {}", run.split('.').next().unwrap_or(run)))
+            }
+            ["dead-letters", queue, "redrive"] => Some(format!("redrive {queue}")),
+            _ => None,
+        };
+        let mut bounds = vec![(
+            "calls".to_owned(),
+            self.limits.calls_per_hour,
+            "state-changing calls".to_owned(),
+        )];
+        if let Some(what) = sends {
+            bounds.push((
+                what.clone(),
+                self.limits.sends_per_report_per_hour,
+                format!("{what} calls"),
+            ));
+        }
+        for (bucket, limit, what) in bounds {
+            // IAM callers share the record id `iam`: each is bounded by its principal.
+            let who = if key.id == "iam" {
+                format!("iam:{}", key.name)
+            } else {
+                key.id.clone()
+            };
+            let pk = format!("LIMIT#{who}#{hour}");
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let current = self.records.get_versioned(&pk, &bucket).await?;
+                let (count, version) = match &current {
+                    Some((data, v)) => (data.parse::<u32>().unwrap_or(0), Some(*v)),
+                    None => (0, None),
+                };
+                if count >= limit {
+                    warn!(
+                        key = key.name,
+                        bound = what,
+                        limit,
+                        "a key's hourly bound reached: 429"
+                    );
+                    return Err(ApiError {
+                        retry_after: Some(retry_after),
+                        ..ApiError::new(
+                            429,
+                            "too_many_requests",
+                            format!(
+                                "key {} made {limit} {what} this hour, its bound (CHARLIE_KEY_CALLS_PER_HOUR / CHARLIE_KEY_SENDS_PER_REPORT_PER_HOUR); try again in {retry_after} s",
+                                key.name
+                            ),
+                        )
+                    });
+                }
+                if self
+                    .records
+                    .put_versioned(&pk, &bucket, (count + 1).to_string(), version)
+                    .await?
+                {
+                    break;
+                }
+                if tries >= 10 {
+                    return Err(anyhow::anyhow!(
+                        "the hourly bound {pk}/{bucket} kept changing under 10 tries"
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a state-changing call (or a refusal, a download); a failure to record is
+    /// logged, not hidden.
     async fn audit(&self, req: &Request<'_>, key: &ApiKeyRecord, result: &Result<Reply, ApiError>) {
-        let at = Utc::now();
         let (status, summary) = match result {
+            Ok(r) if r.summary.is_empty() => (r.status, format!("{} {}", req.method, req.path)),
             Ok(r) => (r.status, r.summary.clone()),
             Err(e) => (e.status, format!("refused: {}", e.message)),
         };
+        self.audit_as(req.call(), (&key.id, &key.name), status, summary)
+            .await;
+    }
+
+    /// Records what `who` (an id and a name; never a secret) did or was refused.
+    async fn audit_as(
+        &self,
+        (request_id, method, path): (&str, &str, &str),
+        (who_id, who_name): (&str, &str),
+        status: u16,
+        summary: String,
+    ) {
+        let at = Utc::now();
         let record = AuditRecord {
             at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            request_id: req.request_id.clone(),
-            key_id: key.id.clone(),
-            key_name: key.name.clone(),
-            method: req.method.to_owned(),
-            path: req.path.to_owned(),
+            request_id: request_id.to_owned(),
+            key_id: who_id.to_owned(),
+            key_name: who_name.to_owned(),
+            method: method.to_owned(),
+            path: path.to_owned(),
             status,
             summary,
         };
-        let rk = RecordKey::audit(&at, &req.request_id);
+        let rk = RecordKey::audit(&at, request_id);
         let index = rk.sk.clone();
         if let Err(e) = self
             .records
             .put_record(&rk, &record, Some((AUDIT_INDEX, &index)))
             .await
         {
-            error!(error = %format!("{e:#}"), path = req.path, key = key.name, "could not write the audit record");
+            error!(error = %format!("{e:#}"), path, key = who_name, "could not write the audit record");
         }
     }
 }
@@ -1856,32 +2074,59 @@ fn object_key_ok(key: &str) -> bool {
     key.len() <= 1024 && !key.chars().any(char::is_control)
 }
 
-fn key_json(k: &ApiKeyRecord) -> Value {
-    json!({
-        "id": k.id,
-        "name": k.name,
-        "scopes": k.scopes,
-        "created_at": k.created_at,
-        "created_by": k.created_by,
-        "revoked_at": k.revoked_at,
-    })
+/// A `since` parameter: an RFC 3339 time or a span back from `now` (`90m`, `24h`, `7d`), never
+/// more than [`MAX_SINCE_DAYS`] back nor in the future; else why not. Pure: a fuzz target
+/// drives it.
+pub fn parse_since(v: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    let limit = now - chrono::Duration::days(MAX_SINCE_DAYS);
+    // A span is counted in whole units up to the limit: a huge number is too far back, not an
+    // overflow.
+    let span = |n: &str, minutes_per_unit: i64| {
+        let n = n.parse::<i64>().ok().filter(|n| *n > 0)?;
+        let minutes = n.checked_mul(minutes_per_unit)?;
+        Some(if minutes > MAX_SINCE_DAYS * 24 * 60 {
+            limit - chrono::Duration::minutes(1)
+        } else {
+            now - chrono::Duration::minutes(minutes)
+        })
+    };
+    let at = match v.char_indices().last() {
+        Some((i, 'm')) => span(&v[..i], 1),
+        Some((i, 'h')) => span(&v[..i], 60),
+        Some((i, 'd')) => span(&v[..i], 24 * 60),
+        _ => DateTime::parse_from_rfc3339(v)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+    };
+    let bad = |why: &str| format!("since {v:?} {why}");
+    let at = at.ok_or_else(|| {
+        bad("is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor a span back (90m, 24h, 7d)")
+    })?;
+    if at > now {
+        return Err(bad("is in the future"));
+    }
+    if at < limit {
+        return Err(bad(&format!(
+            "is more than {MAX_SINCE_DAYS} days back (the counters' markers last 35 days, their buckets as long as the table keeps them; ask for at most {MAX_SINCE_DAYS})"
+        )));
+    }
+    Ok(at)
 }
 
-fn run_summary(run: &RunRecord) -> Value {
-    json!({
-        "run_id": run.run_id,
-        "report": run.report,
-        "period": run.period,
-        "status": run.status,
-        "rows": run.rows,
-        "size": run.size,
-        "attempts": run.attempts,
-        "requested_at": run.requested_at,
-        "requested_by": run.requested_by,
-        "started_at": run.started_at,
-        "finished_at": run.finished_at,
-        "error": run.error,
-    })
+/// The fields of a dashboard form body and a cookie of a `Cookie` header, as the dashboard
+/// reads them. Pure: a fuzz target drives them.
+pub fn form_fields(body: &[u8]) -> std::collections::HashMap<String, String> {
+    crate::uri::form(body)
+}
+
+/// The value of cookie `name` in a `Cookie` header value.
+pub fn cookie_value(header: &str, name: &str) -> Option<String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "cookie",
+        aws_lambda_events::http::HeaderValue::from_str(header).ok()?,
+    );
+    dashboard::cookie(&headers, name)
 }
 
 fn parse_period(text: &str) -> Result<Period, ApiError> {
@@ -1907,33 +2152,9 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-fn percent_decode(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The page a refused download link shows.
 fn link_page(why: &str) -> String {
-    let why = why
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
+    let why = minijinja::HtmlEscape(why);
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link not valid — Charlie</title></head>\
          <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem\">\
@@ -1943,6 +2164,7 @@ fn link_page(why: &str) -> String {
 }
 
 fn respond(result: Result<Reply, ApiError>) -> ApiGatewayV2httpResponse {
+    let mut retry_after = None;
     let (status, body, content_type, location) = match result {
         Ok(r) => match r.body {
             ReplyBody::Json(v) => (
@@ -1955,11 +2177,15 @@ fn respond(result: Result<Reply, ApiError>) -> ApiGatewayV2httpResponse {
             ReplyBody::Empty => (r.status, String::new(), None, r.location),
         },
         Err(e) => {
-            let mut body = json!({"error": e.code, "message": e.message});
-            if let Some(f) = e.field {
-                body["field"] = json!(f);
-            }
-            (e.status, body.to_string(), Some("application/json"), None)
+            retry_after = e.retry_after;
+            let body = contract::Problem {
+                error: e.code.to_owned(),
+                message: e.message,
+                field: e.field,
+                retry_after: e.retry_after,
+            };
+            let text = serde_json::to_string(&body).unwrap_or_default();
+            (e.status, text, Some("application/json"), None)
         }
     };
     let mut headers = HeaderMap::new();
@@ -1986,6 +2212,9 @@ fn respond(result: Result<Reply, ApiError>) -> ApiGatewayV2httpResponse {
         "strict-transport-security",
         "max-age=31536000; includeSubDomains",
     );
+    if let Some(s) = retry_after {
+        set("retry-after", &s.to_string());
+    }
     if status == 401 {
         set("www-authenticate", "Bearer realm=\"charlie\"");
     }
@@ -1994,6 +2223,23 @@ fn respond(result: Result<Reply, ApiError>) -> ApiGatewayV2httpResponse {
     r.headers = headers;
     r.body = (!body.is_empty()).then_some(Body::Text(body));
     r
+}
+
+/// What `/v1/health` says of a failed check: `what` and a short cause (the AWS error code when
+/// there is one), never the raw error, whose ARNs, table and bucket names and request ids go to
+/// the log only.
+fn cause(what: &str, e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    warn!(check = what, error = %full, "health check failed");
+    let code = full.split(|c: char| !c.is_ascii_alphanumeric()).find(|w| {
+        w.len() > 9
+            && w.starts_with(|c: char| c.is_ascii_uppercase())
+            && (w.ends_with("Exception") || w.ends_with("Error") || w.ends_with("Denied"))
+    });
+    match code {
+        Some(code) => format!("{what}: {code} (details in the API's log)"),
+        None => format!("{what}: unavailable (details in the API's log)"),
+    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! - `GET /v1/relay`: who the API takes the caller for, and its clock (`charlie-relay check`).
 //! - `GET /v1/relay/outbox`: the report mail queued for this relay (`transport = "relay"`),
 //!   oldest first, each with a presigned `GET` of its MIME; `POST /v1/relay/outbox/ack`
-//!   `{message_id, smtp_reply}` once its SMTP server took one (`crate::relay_outbox`).
+//!   `{message_id, smtp_reply}` once its SMTP server took one (`crate::relay_outbox`), `POST
+//!   /v1/relay/outbox/deferred` `{message_id, answer}` when it could not take one now.
 //! - `POST /v1/relay/uploads` `{sha256, size}`: a presigned `PUT` of the raw mail to
 //!   `inbox/relay/{relay}/{sha256}.eml` (its SHA-256, length and type signed, so S3 takes those
 //!   bytes only), or `exists: true` when that file is already there: a relay that crashed after
@@ -15,10 +16,11 @@ use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::{info, warn};
 
-use super::{Api, ApiError, Reply, Request};
+use super::{Api, ApiError, Reply, Request, Route};
+use crate::contract;
 use crate::idempotency::IdempotencyKey;
 use crate::ports::Claim;
 use crate::relay_auth::{self, NONCE_TTL_SECONDS, Refused};
@@ -31,25 +33,6 @@ const UPLOAD_MINUTES: u64 = 15;
 /// A relay's `last_seen_at` is rewritten at most this often.
 const SEEN_EVERY_SECONDS: i64 = 60;
 
-fn relay_json(r: &RelayRecord) -> Value {
-    json!({
-        "id": r.id,
-        "mailbox": r.mailbox,
-        "created_at": r.created_at,
-        "created_by": r.created_by,
-        "revoked_at": r.revoked_at,
-        "last_seen_at": r.last_seen_at,
-    })
-}
-
-/// A relay with its outbox: how many report mails wait for it, since when.
-fn relay_outbox_json(r: &RelayRecord, waiting: usize, oldest: Option<DateTime<Utc>>) -> Value {
-    let mut v = relay_json(r);
-    v["outbox_waiting"] = json!(waiting);
-    v["outbox_oldest_queued_at"] = json!(oldest.map(|t| t.to_rfc3339()));
-    v
-}
-
 fn index_sk(r: &RelayRecord) -> String {
     r.id.clone()
 }
@@ -57,10 +40,11 @@ fn index_sk(r: &RelayRecord) -> String {
 impl Api {
     pub(super) async fn list_relays(&self) -> Result<Reply, ApiError> {
         let relays = crate::relay_outbox::overview(self.records.as_ref()).await?;
-        Ok(Reply::ok(json!({"relays": relays
+        let relays = relays
             .iter()
-            .map(|(r, n, oldest)| relay_outbox_json(r, *n, *oldest))
-            .collect::<Vec<_>>()})))
+            .map(|(r, w)| contract::RelayOverview::new(r, w))
+            .collect();
+        Reply::typed(200, &contract::RelayList { relays })
     }
 
     /// The relays for the health check: report mail waiting longer than
@@ -71,11 +55,22 @@ impl Api {
         now: DateTime<Utc>,
         problems: &mut Vec<String>,
         warnings: &mut Vec<String>,
-    ) -> Value {
+    ) -> Option<Vec<contract::RelayOverview>> {
         match crate::relay_outbox::overview(self.records.as_ref()).await {
             Ok(relays) => {
-                for (r, waiting, oldest) in &relays {
-                    let Some(oldest) = oldest else { continue };
+                for (r, w) in &relays {
+                    if let Some(m) = &w.stuck {
+                        warnings.push(format!(
+                            "relay {}: mail {} deferred {} time(s) by its sender, last at {}: {}",
+                            r.id,
+                            m.message_id,
+                            m.attempts,
+                            m.last_attempt_at.as_deref().unwrap_or("?"),
+                            m.last_answer.as_deref().unwrap_or("no answer")
+                        ));
+                    }
+                    let waiting = w.count;
+                    let Some(oldest) = &w.oldest else { continue };
                     let seen = r.last_seen_at.as_deref().unwrap_or("never");
                     if r.revoked_at.is_some() {
                         warnings.push(format!(
@@ -91,16 +86,16 @@ impl Api {
                         ));
                     }
                 }
-                Value::Array(
+                Some(
                     relays
                         .iter()
-                        .map(|(r, n, oldest)| relay_outbox_json(r, *n, *oldest))
+                        .map(|(r, w)| contract::RelayOverview::new(r, w))
                         .collect(),
                 )
             }
             Err(e) => {
-                warnings.push(format!("the relays' outboxes: {e:#}"));
-                Value::Null
+                warnings.push(super::cause("the relays' outboxes", &e));
+                None
             }
         }
     }
@@ -115,21 +110,29 @@ impl Api {
         })
     }
 
-    /// `{id, mailbox?}`: a new relay, or a revoked one again with a new key. Answers the key
-    /// once.
+    /// `{id, mailbox?, trusted_authserv_ids?}`: a new relay, or a revoked one again with a new
+    /// key. Answers the key once.
     pub(super) async fn create_relay(
         &self,
         req: &Request<'_>,
         by: &ApiKeyRecord,
     ) -> Result<Reply, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct NewRelay {
-            id: String,
-            #[serde(default)]
-            mailbox: Option<String>,
+        let ask: contract::NewRelay = req.json()?;
+        let hostname = |h: &str| {
+            (1..=253).contains(&h.len())
+                && h.split('.').all(|l| {
+                    (1..=63).contains(&l.len())
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        };
+        if ask.trusted_authserv_ids.len() > 10
+            || !ask.trusted_authserv_ids.iter().all(|h| hostname(h))
+        {
+            return Err(ApiError::bad(
+                "trusted_authserv_ids",
+                "trusted_authserv_ids are the host names (at most 10) your mail servers write first in their Authentication-Results headers, e.g. mx.branch.example",
+            ));
         }
-        let ask: NewRelay = req.json()?;
         if !relay_id_ok(&ask.id) {
             return Err(ApiError::bad(
                 "id",
@@ -150,23 +153,54 @@ impl Api {
         }
         let master = self.relay_master()?;
         let key = RecordKey::relay(&ask.id);
-        if let Some(existing) = self.records.get_record(&key).await?
-            && existing.revoked_at.is_none()
-        {
-            return Err(ApiError::conflict(format!(
-                "relay {:?} exists (created {} by {}): revoke it first to give it a new key",
-                ask.id, existing.created_at, existing.created_by
-            )));
+        let existing = self.records.get_record(&key).await?;
+        let mut revoked_windows = Vec::new();
+        if let Some(existing) = existing {
+            let Some(revoked_at) = existing.revoked_at.clone() else {
+                return Err(ApiError::conflict(format!(
+                    "relay {:?} exists (created {} by {}): revoke it first to give it a new key",
+                    ask.id, existing.created_at, existing.created_by
+                )));
+            };
+            // Upload URLs issued to the old key live UPLOAD_MINUTES: made again before they
+            // have all expired, the relay would take uploads signed for the revoked key.
+            let usable_from = DateTime::parse_from_rfc3339(&revoked_at)
+                .map(|t| t.with_timezone(&Utc) + chrono::Duration::minutes(UPLOAD_MINUTES as i64))
+                .unwrap_or_else(|_| Utc::now());
+            if Utc::now() < usable_from {
+                return Err(ApiError::conflict(format!(
+                    "relay {:?} was revoked at {revoked_at}: it can be made again from {}, when every upload URL issued to its revoked key has expired",
+                    ask.id,
+                    usable_from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                )));
+            }
+            revoked_windows = existing.revoked_windows;
+            revoked_windows.push((
+                revoked_at,
+                Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ));
         }
-        let record = RelayRecord::new(&ask.id, mailbox, &by.name);
+        let record = RelayRecord {
+            revoked_windows,
+            trusted_authserv_ids: ask
+                .trusted_authserv_ids
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+            ..RelayRecord::new(&ask.id, mailbox, &by.name)
+        };
         self.records
             .put_record(&key, &record, Some((RELAYS_INDEX, &index_sk(&record))))
             .await?;
-        let mut body = relay_json(&record);
         // Shown this once: the API keeps the salt it is derived from, never the key.
-        body["key"] = json!(relay_auth::relay_key(master, &record.id, &record.salt).expose());
+        let created = contract::CreatedRelay {
+            relay: contract::RelayInfo::from(&record),
+            key: relay_auth::relay_key(master, &record.id, &record.salt)
+                .expose()
+                .to_owned(),
+        };
         info!(relay = record.id, by = by.name, "relay created");
-        Ok(Reply::json(201, body).said(format!("create relay {}", record.id)))
+        Ok(Reply::typed(201, &created)?.said(format!("create relay {}", record.id)))
     }
 
     pub(super) async fn revoke_relay(&self, id: &str) -> Result<Reply, ApiError> {
@@ -181,7 +215,8 @@ impl Api {
                 .put_record(&key, &record, Some((RELAYS_INDEX, &index_sk(&record))))
                 .await?;
         }
-        Ok(Reply::ok(relay_json(&record)).said(format!("revoke relay {id}")))
+        Ok(Reply::typed(200, &contract::RelayInfo::from(&record))?
+            .said(format!("revoke relay {id}")))
     }
 
     /// A relay's signed call: checked ([`relay_auth`]), answered, and written to the audit
@@ -190,9 +225,28 @@ impl Api {
         &self,
         http: &ApiGatewayV2httpRequest,
         req: &Request<'_>,
-        segments: &[&str],
+        route: Route,
     ) -> Result<Reply, ApiError> {
-        let relay = self.relay_caller(http, req).await?;
+        let relay = match self.relay_caller(http, req).await {
+            Ok(relay) => relay,
+            Err(e) => {
+                // Who it claimed to be (unverified), never what it signed with.
+                let claimed = http
+                    .headers
+                    .get(relay_auth::RELAY_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|r| crate::state::relay_id_ok(r))
+                    .map_or_else(|| "relay/?".to_owned(), |r| format!("relay/{r}"));
+                self.audit_as(
+                    req.call(),
+                    (&claimed, "unverified relay"),
+                    e.status,
+                    format!("refused: {}", e.message),
+                )
+                .await;
+                return Err(e);
+            }
+        };
         let caller = ApiKeyRecord {
             id: format!("relay/{}", relay.id),
             name: format!("relay {}", relay.id),
@@ -202,22 +256,24 @@ impl Api {
             created_by: relay.created_by.clone(),
             revoked_at: None,
         };
-        let result = match (req.method, segments) {
-            ("GET", ["relay"]) => Ok(Reply::ok(json!({
+        let result = match route {
+            Route::RelayHello => Ok(Reply::ok(json!({
                 "relay": relay.id,
                 "mailbox": relay.mailbox,
                 "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             }))),
-            ("POST", ["relay", "uploads"]) => self.relay_upload(req, &relay).await,
-            ("GET", ["relay", "outbox"]) => self.relay_outbox(&relay).await,
-            ("POST", ["relay", "outbox", "ack"]) => self.relay_ack(req, &relay).await,
-            ("POST", ["relay", "outbox", "refused"]) => self.relay_refused(req, &relay).await,
+            Route::RelayUpload => self.relay_upload(req, &relay).await,
+            Route::RelayOutbox => self.relay_outbox(&relay).await,
+            Route::RelayAck => self.relay_ack(req, &relay).await,
+            Route::RelayRefused => self.relay_refused(req, &relay).await,
+            Route::RelayDeferred => self.relay_deferred(req, &relay).await,
             _ => Err(ApiError::not_found(format!(
                 "no route {} {} (see /v1/openapi.json)",
                 req.method, req.path
             ))),
         };
-        if req.method != "GET" {
+        // Its fetches of report mail too: they hand out the mail's MIME.
+        if req.method != "GET" || route == Route::RelayOutbox {
             self.audit(req, &caller, &result).await;
         }
         result
@@ -233,22 +289,22 @@ impl Api {
         let master = self.relay_master()?;
         let header = |name: &str| http.headers.get(name).and_then(|v| v.to_str().ok());
         let presented = relay_auth::presented(header).map_err(refused)?;
-        let Some(mut relay) = self
+        // Whether the relay is known or revoked is said only to a caller whose signature
+        // verifies: anyone else gets the same answer as a wrong key (an unknown relay's
+        // request is checked against a key no relay has), so relay ids cannot be enumerated.
+        let record = self
             .records
             .get_record(&RecordKey::relay(presented.relay))
-            .await?
-        else {
-            return Err(refused(Refused::UnknownRelay(presented.relay.to_owned())));
+            .await?;
+        let secret = match &record {
+            Some(r) => relay_auth::relay_secret(master, &r.id, &r.salt),
+            None => relay_auth::relay_secret(master, presented.relay, "no such relay"),
         };
-        if relay.revoked_at.is_some() {
-            return Err(refused(Refused::Revoked(relay.id)));
-        }
         let signed_path = match http.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
             Some(q) => format!("{}?{q}", req.path),
             None => req.path.to_owned(),
         };
         let now = Utc::now();
-        let secret = relay_auth::relay_secret(master, &relay.id, &relay.salt);
         relay_auth::verify(
             &presented,
             &secret,
@@ -258,9 +314,27 @@ impl Api {
             now.timestamp(),
         )
         .map_err(|r| {
-            warn!(relay = relay.id, refused = %r, "relay request refused");
+            warn!(
+                relay = presented.relay,
+                known = record.is_some(),
+                revoked = record.as_ref().is_some_and(|r| r.revoked_at.is_some()),
+                refused = %r,
+                "relay request refused"
+            );
             refused(r)
         })?;
+        let Some(mut relay) = record else {
+            // Unreachable without the key of a relay that never existed; kept for safety.
+            warn!(
+                relay = presented.relay,
+                "relay request from an unknown relay refused"
+            );
+            return Err(refused(Refused::BadSignature));
+        };
+        if relay.revoked_at.is_some() {
+            warn!(relay = relay.id, "request from a revoked relay refused");
+            return Err(refused(Refused::Revoked(relay.id)));
+        }
         // Only now is the nonce spent: a forged request cannot use up a relay's nonces.
         let nonce = IdempotencyKey::new(
             format!("NONCE#{}#{}", relay.id, presented.nonce),
@@ -298,7 +372,8 @@ impl Api {
     }
 
     async fn relay_outbox(&self, relay: &RelayRecord) -> Result<Reply, ApiError> {
-        let waiting = crate::relay_outbox::pending(self.records.as_ref(), &relay.id, 20).await?;
+        let waiting =
+            crate::relay_outbox::pending(self.records.as_ref(), &relay.id, 20, Utc::now()).await?;
         let mut mails = Vec::with_capacity(waiting.len());
         for m in waiting {
             let url = self
@@ -354,6 +429,64 @@ impl Api {
             "smtp_reply": sent.smtp_reply,
         }))
         .said(format!("relay {} sent {}", relay.id, sent.message_id)))
+    }
+
+    /// `{message_id, answer}`: the relay's sender could not take a queued mail now (an SMTP
+    /// 4xx): it stays queued, not offered again before its backoff, and shows as stuck with the
+    /// answer in `charlie relay list` and health.
+    async fn relay_deferred(
+        &self,
+        req: &Request<'_>,
+        relay: &RelayRecord,
+    ) -> Result<Reply, ApiError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Deferred {
+            message_id: String,
+            answer: String,
+        }
+        let said: Deferred = req.json()?;
+        check_message_id(&said.message_id)?;
+        let answer = said_text(&said.answer, 2000);
+        if answer.trim().is_empty() {
+            return Err(ApiError::bad(
+                "answer",
+                "answer is what the relay's sender said (an SMTP reply, Outlook's error)",
+            ));
+        }
+        let Some(record) = crate::relay_outbox::defer(
+            self.records.as_ref(),
+            &relay.id,
+            &said.message_id,
+            &answer,
+            Utc::now(),
+        )
+        .await?
+        else {
+            return Err(not_in_outbox(&said.message_id, relay));
+        };
+        if record.settled() {
+            return Err(ApiError::conflict(format!(
+                "mail {} is settled (sent or refused): it cannot be deferred",
+                record.message_id
+            )));
+        }
+        warn!(
+            relay = relay.id,
+            message_id = record.message_id,
+            attempts = record.attempts,
+            answer,
+            "relay mail deferred by the relay's sender"
+        );
+        Ok(Reply::ok(json!({
+            "message_id": record.message_id,
+            "attempts": record.attempts,
+            "next_attempt_at": record.next_attempt_at,
+        }))
+        .said(format!(
+            "relay {} deferred {} ({} attempt(s))",
+            relay.id, record.message_id, record.attempts
+        )))
     }
 
     /// `{message_id, reason}`: the relay's sender refused a queued mail for good (an SMTP 5xx,

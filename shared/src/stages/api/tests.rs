@@ -46,6 +46,7 @@ async fn world() -> World {
         poll_stale: chrono::Duration::minutes(30),
         max_message_age: chrono::Duration::hours(1),
         relay_outbox_stale: chrono::Duration::hours(4),
+        limits: Default::default(),
         iam_principals: vec![
             (
                 "arn:aws:iam::123456789012:role/ops/charlie-operator".into(),
@@ -56,6 +57,7 @@ async fn world() -> World {
                 keys::Scope::Read,
             ),
         ],
+        edge: Default::default(),
     };
     let key = |name: &str, scope: Scope| {
         let records = Arc::clone(&records);
@@ -180,6 +182,7 @@ async fn the_openapi_document_is_served_without_a_key_and_names_every_route() {
         "/v1/relays",
         "/v1/relays/{relay_id}",
         "/v1/relay/uploads",
+        "/v1/relay/outbox/deferred",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} is not documented");
     }
@@ -306,7 +309,7 @@ async fn a_run_is_queued_listed_shown_cancelled_and_rerun() {
         .await
         .unwrap()
         .unwrap();
-    built.status = "built".into();
+    built.status = RunStatus::Built;
     rec(&w)
         .put_record(&RecordKey::run(&run_id), &built, None)
         .await
@@ -495,7 +498,7 @@ async fn a_mail_link_redirects_while_valid_and_a_forged_or_expired_one_gets_a_pa
         .await
         .unwrap();
     let run = RunRecord {
-        status: "built".into(),
+        status: RunStatus::Built,
         workbook_key: Some(stored.key.clone()),
         workbook_version: stored.version_id.clone(),
         ..serde_json::from_value(json!({
@@ -903,10 +906,22 @@ async fn a_dashboard_form_needs_its_session_s_csrf_token_and_a_same_site_request
     );
     // The start is in the audit trail under the key that signed in.
     let (_, _, audit) = call(&w, "GET", "/v1/audit", Some(&w.admin), None).await;
-    let entry = &audit["entries"][0];
+    let entry = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/ui/runs" && e["status"] == 202)
+        .unwrap_or_else(|| panic!("the start is audited: {audit}"));
     assert_eq!(entry["key_name"], "operator");
-    assert_eq!(entry["path"], "/ui/runs");
-    assert_eq!(entry["status"], 202);
+    // And the refused posts before it, under who was refused.
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["status"] == 403 && e["path"] == "/ui/runs"),
+        "{audit}"
+    );
 }
 
 #[tokio::test]
@@ -1037,9 +1052,40 @@ async fn an_admin_creates_lists_and_revokes_relays_and_the_key_is_shown_once() {
         call(&w, "DELETE", "/v1/relays/branch-7", Some(&w.admin), None).await;
     assert_eq!(status, 200);
     assert!(revoked["revoked_at"].is_string());
-    // Revoked, it can be made again: a new salt, so a new key, and the old one is dead.
+    // Revoked, it is not made again while upload URLs issued to the old key may still work.
+    let (status, _, early) =
+        call(&w, "POST", "/v1/relays", Some(&w.admin), Some(body.clone())).await;
+    assert_eq!(status, 409, "{early}");
+    assert!(
+        early["message"]
+            .as_str()
+            .unwrap()
+            .contains("can be made again from"),
+        "{early}"
+    );
+    // Fifteen minutes later it can: a new salt, so a new key, and the old one is dead; the
+    // revoked stretch is remembered.
+    let mut record: RelayRecord = rec(&w)
+        .get_record(&RecordKey::relay("branch-7"))
+        .await
+        .unwrap()
+        .unwrap();
+    let revoked_at = (Utc::now() - chrono::Duration::minutes(16))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    record.revoked_at = Some(revoked_at.clone());
+    rec(&w)
+        .put_record(&RecordKey::relay("branch-7"), &record, None)
+        .await
+        .unwrap();
     let (status, _, renewed) = call(&w, "POST", "/v1/relays", Some(&w.admin), Some(body)).await;
     assert_eq!(status, 201);
+    let record: RelayRecord = rec(&w)
+        .get_record(&RecordKey::relay("branch-7"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.revoked_windows.len(), 1);
+    assert_eq!(record.revoked_windows[0].0, revoked_at);
     assert_ne!(renewed["key"], created["key"]);
     let upload = json!({"sha256": "ab".repeat(32), "size": 10});
     let now = Utc::now().timestamp();
@@ -1055,6 +1101,10 @@ async fn an_admin_creates_lists_and_revokes_relays_and_the_key_is_shown_once() {
         (json!({"id": "Branch 7"}), "id"),
         (json!({"id": "b", "mailbox": ""}), "mailbox"),
         (json!({"id": "b", "colour": "red"}), "colour"),
+        (
+            json!({"id": "b", "trusted_authserv_ids": ["mx branch;example"]}),
+            "trusted_authserv_ids",
+        ),
     ] {
         let (status, _, err) = call(&w, "POST", "/v1/relays", Some(&w.admin), Some(body)).await;
         assert_eq!((status, err["field"].as_str()), (400, Some(field)), "{err}");
@@ -1199,6 +1249,30 @@ async fn a_relay_gets_a_presigned_upload_once_per_nonce_and_none_for_a_file_alre
         revoked["message"].as_str().unwrap().contains("revoked"),
         "{revoked}"
     );
+    // Without the relay's key, a revoked relay, an unknown one and a wrong key get one answer:
+    // relay ids cannot be enumerated.
+    let forged = |relay: &str| format!("chr_{relay}_{}", "A".repeat(43));
+    let mut answers = Vec::new();
+    for relay in ["branch-1", "no-such-relay"] {
+        let (status, refused) = relay_signed(
+            &w,
+            &forged(relay),
+            "/v1/relay/uploads",
+            &upload,
+            now,
+            &crate::relay_auth::new_nonce(),
+        )
+        .await;
+        assert_eq!(status, 401);
+        answers.push(refused);
+    }
+    assert_eq!(answers[0], answers[1]);
+    let message = answers[0]["message"].as_str().unwrap();
+    assert!(message.contains("signature"), "{message}");
+    assert!(
+        !message.contains("revoked") && !message.contains("known"),
+        "{message}"
+    );
 }
 
 /// A new relay `id`, made by the admin: its key.
@@ -1227,10 +1301,7 @@ async fn queued_for_relay(w: &World, relay: &str, run: &str, group: u32, hours_a
         size: 0,
         queued_at: (Utc::now() - chrono::Duration::hours(hours_ago))
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        sent_at: None,
-        smtp_reply: None,
-        refused_at: None,
-        refusal: None,
+        ..Default::default()
     };
     crate::relay_outbox::queue(w.objects.as_ref(), rec(w), relay, record, b"MIME".to_vec())
         .await
@@ -1277,12 +1348,12 @@ async fn a_relay_sees_only_its_own_outbox_and_acknowledges_a_mail_once() {
     let (_, outbox) =
         relay_signed_as(&w, &keys[0], "GET", "/v1/relay/outbox", None, now, &nonce()).await;
     assert_eq!(outbox["mails"], json!([]));
-    let status: DeliveryStatus = rec(&w)
+    let status: DeliveryNews = rec(&w)
         .get_record(&RecordKey::delivery_status("DLV#run-1#0"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.status, "relayed");
+    assert_eq!(status.status, crate::contract::DeliveryStatus::Relayed);
     let (status, err) = relay_signed(
         &w,
         &keys[0],
@@ -1316,12 +1387,12 @@ async fn a_relay_reports_a_mail_its_sender_refused_once_and_its_delivery_shows_i
         said["refusal"], "550 5.1.1 <leads@branch.example>: Recipient address rejected",
         "control characters dropped"
     );
-    let status: DeliveryStatus = rec(&w)
+    let status: DeliveryNews = rec(&w)
         .get_record(&RecordKey::delivery_status("DLV#run-1#0"))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(status.status, "refused");
+    assert_eq!(status.status, crate::contract::DeliveryStatus::Refused);
     assert_eq!(status.detail["relay"], "branch-1");
     // Off the outbox; said again, nothing changes and it is counted once.
     let (_, outbox) =
@@ -1444,5 +1515,509 @@ async fn report_mail_waiting_too_long_for_its_relay_makes_the_deployment_unhealt
             .to_string()
             .contains("relay branch-1: 2 report mail(s) wait for it, but it is revoked"),
         "{body}"
+    );
+}
+
+/// `/v1/health` names what failed and the AWS error code, never the raw error with its ARNs,
+/// table names and request ids (those go to the log).
+#[test]
+fn a_failed_health_check_gives_a_short_cause() {
+    let raw = anyhow::anyhow!(
+        "AccessDeniedException: User: arn:aws:sts::123456789012:assumed-role/charlie-api/x is not authorized to perform: dynamodb:GetItem on resource: arn:aws:dynamodb:eu-west-2:123456789012:table/charlie-state (request id 7Q3…)"
+    )
+    .context("reading HEALTH/probe from table charlie-state");
+    let said = super::cause("the state table", &raw);
+    assert_eq!(
+        said,
+        "the state table: AccessDeniedException (details in the API's log)"
+    );
+    let said = super::cause(
+        "the bucket",
+        &anyhow::anyhow!("connection refused to 10.0.3.7:443"),
+    );
+    assert_eq!(said, "the bucket: unavailable (details in the API's log)");
+}
+
+/// Login CSRF: a sign-in posted from another site (by the browser's Sec-Fetch-Site or the
+/// Origin) is refused, so no one can sign a visitor in under their own key; the same origin
+/// signs in.
+#[tokio::test]
+async fn a_sign_in_posted_from_another_site_is_refused() {
+    let w = world().await;
+    let form = format!("key={}", w.operate);
+    for extra in [
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("sec-fetch-site", "same-site")][..],
+        &[("origin", "https://evil.example"), ("host", "api.example")][..],
+        &[("origin", "null")][..],
+    ] {
+        let (status, headers, page) = ui(&w, "POST", "/ui/login", None, Some(&form), extra).await;
+        assert_eq!(status, 403, "{extra:?}: {page}");
+        assert!(headers.get("set-cookie").is_none(), "{extra:?}");
+    }
+    let same = [
+        ("sec-fetch-site", "same-origin"),
+        ("origin", "https://api.example"),
+        ("host", "api.example"),
+    ];
+    let (status, headers, _) = ui(&w, "POST", "/ui/login", None, Some(&form), &same).await;
+    assert_eq!(status, 303);
+    assert!(headers.get("set-cookie").is_some());
+}
+
+/// Behind the CDN (AWS), a request that went round it to the execute-api endpoint is refused
+/// on every route but the SigV4 ones; through it, everything works as before, and a sign-in
+/// posted from the CDN's host (API Gateway sees its own `Host`) is same-origin.
+#[tokio::test]
+async fn behind_the_edge_only_requests_through_it_are_served() {
+    const ORIGIN: &str = "origin-value-for-tests-0123456789abcdef";
+    let mut w = world().await;
+    w.api.edge = crate::edge::Edge::new(
+        Some(&Secret::new(ORIGIN)),
+        Some("https://d111111abcdef8.cloudfront.net"),
+    )
+    .unwrap();
+    let (status, _, body) = call(&w, "GET", "/v1/runs", Some(&w.read), None).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "forbidden");
+    let (status, _, _) = call(&w, "GET", "/v1/links/anything", None, None).await;
+    assert_eq!(status, 403);
+    let (status, _, page) = ui(&w, "GET", "/ui/login", None, None, &[]).await;
+    assert_eq!(status, 403, "{page}");
+    let (status, body) = call_iam(
+        &w,
+        "GET",
+        "/iam/v1/runs",
+        Some("arn:aws:iam::123456789012:user/auditor"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let mut headers = serde_json::Map::new();
+    headers.insert("authorization".into(), format!("Bearer {}", w.read).into());
+    headers.insert(crate::edge::ORIGIN_HEADER.into(), ORIGIN.into());
+    let event = gateway_event("ANY /v1/{proxy+}", "GET", "/v1/runs", headers, None);
+    let (status, _, body) = send(&w, event).await;
+    assert_eq!(status, 200, "{body}");
+
+    let form = format!("key={}", w.operate);
+    let through = [
+        (crate::edge::ORIGIN_HEADER, ORIGIN),
+        ("origin", "https://d111111abcdef8.cloudfront.net"),
+        ("host", "abc123.execute-api.eu-west-2.amazonaws.com"),
+    ];
+    let (status, headers, page) = ui(&w, "POST", "/ui/login", None, Some(&form), &through).await;
+    assert_eq!(status, 303, "{page}");
+    assert!(headers.get("set-cookie").is_some());
+    let elsewhere = [
+        (crate::edge::ORIGIN_HEADER, ORIGIN),
+        ("origin", "https://evil.example"),
+        ("host", "abc123.execute-api.eu-west-2.amazonaws.com"),
+    ];
+    let (status, _, _) = ui(&w, "POST", "/ui/login", None, Some(&form), &elsewhere).await;
+    assert_eq!(status, 403);
+}
+
+/// A mail the relay's SMTP server defers (452) stays queued but leaves the outbox's head until
+/// its backoff is over, so the mail behind it goes; the relay list and health show it with the
+/// server's last answer; bad input names the field.
+#[tokio::test]
+async fn a_deferred_relay_mail_steps_aside_and_shows_its_last_answer() {
+    let w = world().await;
+    let key = new_relay_key(&w, "branch-1").await;
+    for group in [0, 1] {
+        queued_for_relay(&w, "branch-1", "run-1", group, 1 - i64::from(group)).await;
+    }
+    let now = Utc::now().timestamp();
+    let nonce = crate::relay_auth::new_nonce;
+    assert_eq!(
+        relay_outbox_ids(&w, &key).await,
+        ["<run-1.0@branch.example>", "<run-1.1@branch.example>"]
+    );
+    let path = "/v1/relay/outbox/deferred";
+    let deferred = json!({"message_id": "<run-1.0@branch.example>", "answer": "452 4.2.2 <leads@branch.example>: Mailbox full"});
+    let (status, said) = relay_signed(&w, &key, path, &deferred, now, &nonce()).await;
+    assert_eq!(status, 200, "{said}");
+    assert_eq!(said["attempts"], 1);
+    assert!(said["next_attempt_at"].is_string());
+    assert_eq!(
+        relay_outbox_ids(&w, &key).await,
+        ["<run-1.1@branch.example>"],
+        "the deferred mail waits out its backoff; the next one is offered"
+    );
+    let (_, _, listed) = call(&w, "GET", "/v1/relays", Some(&w.admin), None).await;
+    let stuck = &listed["relays"][0]["outbox_stuck"];
+    assert_eq!(stuck["message_id"], "<run-1.0@branch.example>", "{listed}");
+    assert_eq!(stuck["attempts"], 1);
+    assert_eq!(
+        stuck["last_answer"],
+        "452 4.2.2 <leads@branch.example>: Mailbox full"
+    );
+    let (_, _, health) = call(&w, "GET", "/v1/health", Some(&w.read), None).await;
+    let warnings = health["warnings"].to_string();
+    assert!(
+        warnings.contains("mail <run-1.0@branch.example> deferred 1 time(s)")
+            && warnings.contains("Mailbox full"),
+        "{warnings}"
+    );
+    for (body, field) in [
+        (
+            json!({"message_id": "<run-1.0@branch.example>", "answer": " "}),
+            "answer",
+        ),
+        (json!({"message_id": "<run-1.0@branch.example>"}), "answer"),
+    ] {
+        let (status, err) = relay_signed(&w, &key, path, &body, now, &nonce()).await;
+        assert_eq!(status, 400, "{err}");
+        assert!(err.to_string().contains(field), "{err}");
+    }
+    let unknown = json!({"message_id": "<nope@branch.example>", "answer": "452"});
+    let (status, _) = relay_signed(&w, &key, path, &unknown, now, &nonce()).await;
+    assert_eq!(status, 404);
+}
+
+/// The Message-IDs the relay's outbox offers it now.
+async fn relay_outbox_ids(w: &World, key: &str) -> Vec<String> {
+    let now = Utc::now().timestamp();
+    let nonce = crate::relay_auth::new_nonce();
+    let (_, outbox) = relay_signed_as(w, key, "GET", "/v1/relay/outbox", None, now, &nonce).await;
+    outbox["mails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A relay made to trust its mail server's authserv-id keeps it (lower case) and shows it.
+#[tokio::test]
+async fn a_relay_made_to_trust_its_mail_server_says_so() {
+    let w = world().await;
+    let body = json!({"id": "branch-8", "trusted_authserv_ids": ["MX.Branch.Example"]});
+    let (status, _, created) = call(&w, "POST", "/v1/relays", Some(&w.admin), Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(
+        created["trusted_authserv_ids"],
+        json!(["mx.branch.example"])
+    );
+    let stored: crate::state::RelayRecord = rec(&w)
+        .get_record(&RecordKey::relay("branch-8"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.trusted_authserv_ids, ["mx.branch.example"]);
+}
+
+/// A day's outcomes name relay mail too (its mailbox `relay/{relay}` holds a `/`, in records of
+/// before the mailbox was kept as in new ones), and list the mail of that day no dataset took,
+/// with why.
+#[tokio::test]
+async fn outcomes_of_a_day_show_relay_mail_and_the_mail_no_dataset_took() {
+    let w = world().await;
+    let day: chrono::NaiveDate = "2024-03-14".parse().unwrap();
+    let received: DateTime<Utc> = "2024-03-14T09:00:00Z".parse().unwrap();
+    for (i, mailbox, kept) in [
+        (1, "relay/branch-1", false),
+        (2, "relay/branch-1", true),
+        (3, "ops@contoso.example", true),
+    ] {
+        let message_id = format!("sha{i}");
+        let outcome = crate::messages::IngestOutcome {
+            v: 1,
+            mailbox: mailbox.into(),
+            message_id: message_id.clone(),
+            attachment: format!("ib_calls_{i}.csv"),
+            dataset: "ib_calls".into(),
+            dates: vec![day],
+            rows_total: 10,
+            rows_new: 10,
+            rows_duplicate: 0,
+            rows_rejected: 0,
+            raw_key: format!("raw/ib_calls/2024-03-14/{message_id}/ib_calls_{i}.csv"),
+            quarantined: None,
+            lines: None,
+        };
+        rec(&w)
+            .put_record(&RecordKey::outcome(&outcome), &outcome, None)
+            .await
+            .unwrap();
+        let attachment = state::DayAttachment {
+            raw_key: outcome.raw_key.clone(),
+            source: format!("{mailbox}/{message_id}"),
+            mailbox: kept.then(|| mailbox.to_owned()),
+            received,
+            name: None,
+        };
+        crate::reprocess::index_day(rec(&w), "ib_calls", day, &attachment)
+            .await
+            .unwrap();
+    }
+    let forwarded = state::UnmatchedMail {
+        mailbox: "ops@contoso.example".into(),
+        message_id: "fwd-1".into(),
+        sender: "colleague@contoso.example".into(),
+        subject: "FW: IB calls export 2024-03-14".into(),
+        received,
+        attachments: vec!["ib_calls_2024-03-14.csv".into()],
+        reasons: vec!["ib_calls: sender \"colleague@contoso.example\" does not match \"^exports@dialer\\\\.example$\"".into()],
+    };
+    rec(&w)
+        .put_record(&RecordKey::unmatched(&forwarded), &forwarded, None)
+        .await
+        .unwrap();
+    let (status, _, body) = call(
+        &w,
+        "GET",
+        "/v1/intake/outcomes?dataset=ib_calls&date=2024-03-14",
+        Some(&w.read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mailboxes: Vec<&str> = body["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["mailbox"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mailboxes,
+        ["relay/branch-1", "relay/branch-1", "ops@contoso.example"],
+        "{body}"
+    );
+    assert_eq!(body["totals"]["rows_total"], 30);
+    let unmatched = &body["unmatched"][0];
+    assert_eq!(unmatched["sender"], "colleague@contoso.example");
+    assert!(
+        unmatched["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{body}"
+    );
+}
+
+/// `charlie intake status` counts quarantined mails beside the ignored and duplicate ones
+/// (they were left to `charlie metrics`).
+#[tokio::test]
+async fn intake_status_counts_quarantined_mails() {
+    let w = world().await;
+    let mut counts = crate::counters::Counts::default();
+    counts.add(
+        crate::counters::kind::MAILS_QUARANTINED,
+        "relay/branch-1",
+        1,
+    );
+    crate::counters::count(rec(&w), "mail/relay/branch-1/sha", Utc::now(), &counts)
+        .await
+        .unwrap();
+    let (status, _, body) = call(&w, "GET", "/v1/intake", Some(&w.read), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["counters"]["totals"]["mails_quarantined"], 1, "{body}");
+}
+
+/// A span of any size is too far back, never an overflow (`Duration::days` panicked past
+/// about 10^14 days: a 500 for `?since=200000000000000d`).
+#[test]
+fn a_since_of_any_size_is_refused_with_a_reason_not_a_panic() {
+    let now = Utc::now();
+    for v in ["200000000000000d", "9223372036854775807m", "32d"] {
+        let why = super::parse_since(v, now).unwrap_err();
+        assert!(why.contains("more than 31 days back"), "{v}: {why}");
+    }
+    assert_eq!(
+        super::parse_since("90m", now).unwrap(),
+        now - chrono::Duration::minutes(90)
+    );
+    assert!(super::parse_since("0d", now).is_err());
+    assert!(
+        super::parse_since("2099-01-01T00:00:00Z", now)
+            .unwrap_err()
+            .contains("future")
+    );
+}
+
+/// Refusals and reads that hand out data leave a trace: a 401 (by the refused key's id, never
+/// the key), a 403 for a weak key, a followed download link (refused or not), a workbook
+/// download, a dashboard sign-in (failed and succeeded) and a cross-site post to it, a relay's
+/// refused call; no entry holds a secret.
+#[tokio::test]
+async fn refusals_downloads_and_sign_ins_are_audited_without_a_secret() {
+    let w = world().await;
+    let wrong = "chk_0123456789abcdef_not-the-secret-at-all";
+    let (status, _, _) = call(&w, "GET", "/v1/runs", Some(wrong), None).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = call(
+        &w,
+        "POST",
+        "/v1/keys",
+        Some(&w.read),
+        Some(json!({"name": "x", "scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = call(&w, "GET", "/v1/links/not.a-token.at-all", None, None).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = call(
+        &w,
+        "GET",
+        "/v1/runs/no-such-run/download",
+        Some(&w.read),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = ui(
+        &w,
+        "POST",
+        "/ui/login",
+        None,
+        Some(&format!("key={wrong}")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 401);
+    sign_in(&w, &w.operate).await;
+    let (status, _, _) = ui(
+        &w,
+        "POST",
+        "/ui/login",
+        None,
+        Some("key=x"),
+        &[("sec-fetch-site", "cross-site")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let forged = format!("chr_branch-1_{}", "A".repeat(43));
+    let (status, _) = relay_signed_as(
+        &w,
+        &forged,
+        "GET",
+        "/v1/relay/outbox",
+        None,
+        Utc::now().timestamp(),
+        &crate::relay_auth::new_nonce(),
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    let (_, _, audit) = call(&w, "GET", "/v1/audit?limit=100", Some(&w.admin), None).await;
+    let entries = audit["entries"].as_array().unwrap();
+    let find = |method: &str, path: &str, status: u16| {
+        entries
+            .iter()
+            .find(|e| e["method"] == method && e["path"] == path && e["status"] == status)
+            .unwrap_or_else(|| panic!("no audit entry for {method} {path} {status}: {audit}"))
+    };
+    assert_eq!(find("GET", "/v1/runs", 401)["key_id"], "0123456789abcdef");
+    assert!(
+        find("POST", "/v1/keys", 403)["summary"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    );
+    assert_eq!(
+        find("GET", "/v1/links/not.a-token.at-all", 403)["key_id"],
+        "link"
+    );
+    find("GET", "/v1/runs/no-such-run/download", 404);
+    assert_eq!(find("POST", "/ui/login", 401)["key_id"], "0123456789abcdef");
+    assert_eq!(
+        find("POST", "/ui/login", 303)["summary"],
+        "dashboard sign-in"
+    );
+    find("POST", "/ui/login", 403);
+    assert_eq!(
+        find("GET", "/v1/relay/outbox", 401)["key_id"],
+        "relay/branch-1"
+    );
+    let text = audit.to_string();
+    for secret in ["not-the-secret-at-all", &"A".repeat(43), w.operate.as_str()] {
+        assert!(!text.contains(secret), "the audit trail holds a secret");
+    }
+}
+
+/// One key cannot mail-bomb: past its bound of runs started or rerun for a report in an hour
+/// (and of all its state-changing calls), it gets a 429 that says when to try again, audited;
+/// another report, and another key, are not held back.
+#[tokio::test]
+async fn a_key_that_reruns_in_a_loop_is_bounded_per_report_per_hour() {
+    let mut w = world().await;
+    w.api.limits = KeyLimits {
+        calls_per_hour: 8,
+        sends_per_report_per_hour: 3,
+    };
+    let start = |report: &str| json!({"report": report, "period": "2024-03-14"});
+    for _ in 0..3 {
+        let (status, _, body) = call(
+            &w,
+            "POST",
+            "/v1/runs",
+            Some(&w.operate),
+            Some(start("call_centre_daily")),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let (status, headers, body) = call(
+        &w,
+        "POST",
+        "/v1/runs",
+        Some(&w.operate),
+        Some(start("call_centre_daily")),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=3600).contains(&retry), "{retry}");
+    assert_eq!(body["retry_after"], retry);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("report call_centre_daily"),
+        "{body}"
+    );
+    // Another report goes; so does another key.
+    let (status, _, _) = call(
+        &w,
+        "POST",
+        "/v1/runs",
+        Some(&w.operate),
+        Some(start("call_centre_weekly")),
+    )
+    .await;
+    assert_ne!(status, 429);
+    let (status, _, _) = call(
+        &w,
+        "POST",
+        "/v1/runs",
+        Some(&w.admin),
+        Some(start("call_centre_daily")),
+    )
+    .await;
+    assert_eq!(status, 202);
+    // Every state-changing call counts against the key's hourly bound.
+    let mut last = 0;
+    for _ in 0..6 {
+        last = call(
+            &w,
+            "POST",
+            "/v1/runs",
+            Some(&w.operate),
+            Some(start("call_centre_weekly")),
+        )
+        .await
+        .0;
+    }
+    assert_eq!(last, 429);
+    let (_, _, audit) = call(&w, "GET", "/v1/audit?limit=100", Some(&w.admin), None).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["status"] == 429),
+        "the bound is audited: {audit}"
     );
 }

@@ -10,7 +10,7 @@
 //! archived file, skips the chunks stored and carries on. The outcomes are recorded and
 //! forwarded once, when the mail's last attachment is done.
 
-mod pipeline;
+pub(crate) mod pipeline;
 mod relay;
 
 use std::collections::{BTreeSet, HashSet};
@@ -22,6 +22,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::contract::ReprocessStatus;
 use crate::csv_ingest::{MAX_REJECT_DETAILS, ReadSummary, check_size};
 use crate::definitions::{Dataset, Definitions};
 use crate::failure::permanent;
@@ -151,7 +152,7 @@ impl super::MessageHandler for Ingest {
 
 /// How far one (attachment, dataset) pair got in this invocation.
 enum Step {
-    Done(IngestOutcome),
+    Done(Box<IngestOutcome>),
     Paused(FilePosition),
 }
 
@@ -195,16 +196,31 @@ impl Ingest {
             format!("REPROCESS#{request_id}"),
             &(dataset, date),
         );
-        record.status = "running".into();
+        record.status = ReprocessStatus::Running;
         self.records.put_record(&key, &record, None).await?;
-        let work = crate::reprocess::reprocess_day(
-            &self.definitions,
-            self.rows.as_ref(),
-            self.records.as_ref(),
-            self.objects.as_ref(),
-            dataset,
-            date,
-        );
+        // One rebuild of a day at a time (it stages the day under one name).
+        let lock = format!("LOCK#reprocess#{dataset}#{date}");
+        let work = async {
+            let rebuilt = crate::idempotency::exclusive(
+                self.claims.as_ref(),
+                &lock,
+                invocation.deadline,
+                crate::reprocess::reprocess_day(
+                    Arc::clone(&self.definitions),
+                    self.rows.as_ref(),
+                    self.records.as_ref(),
+                    self.objects.as_ref(),
+                    dataset,
+                    date,
+                ),
+            )
+            .await?;
+            rebuilt.ok_or_else(|| {
+                crate::failure::busy(format!(
+                    "{dataset} {date} is being reprocessed by another request; retried later"
+                ))
+            })
+        };
         let done = crate::idempotency::once(
             self.claims.as_ref(),
             &claim,
@@ -216,28 +232,27 @@ impl Ingest {
         let finished = Utc::now().to_rfc3339();
         let record = match &done {
             Ok(Once::Ran(o) | Once::AlreadyDone(o)) => ReprocessRecord {
-                status: "done".into(),
+                status: ReprocessStatus::Done,
                 finished_at: Some(finished),
-                attachments: o.attachments,
-                rows_deleted: o.rows_deleted,
-                rows_stored: o.rows_stored,
+                counts: o.clone(),
                 error: None,
                 ..record
             },
+            // Nothing of the day was touched: the record says so whatever an earlier try said.
             Err(e) => ReprocessRecord {
                 status: if crate::failure::kind_of(e) == crate::failure::FailureKind::Permanent {
-                    "failed"
+                    ReprocessStatus::Failed
                 } else {
-                    "retrying"
-                }
-                .into(),
+                    ReprocessStatus::Retrying
+                },
                 finished_at: Some(finished),
+                counts: Default::default(),
                 error: Some(format!("{e:#}")),
                 ..record
             },
         };
         self.records.put_record(&key, &record, None).await?;
-        info!(request_id, dataset, %date, status = record.status, rows = record.rows_stored, "reprocess");
+        info!(request_id, dataset, %date, status = %record.status, rows = record.counts.rows_stored, "reprocess");
         done.map(|_| ())
     }
 
@@ -389,7 +404,8 @@ impl Ingest {
         Ok(())
     }
 
-    /// The first invocation on a mail: the Message-ID guard, the attachment list, then work.
+    /// The first invocation on a mail: the attachment list, then work (where the Message-ID
+    /// guard is taken, once the mail has matched a dataset).
     async fn start_mail(
         &self,
         mailbox: &str,
@@ -399,38 +415,6 @@ impl Ingest {
         invocation: &Invocation,
     ) -> anyhow::Result<MailSummary> {
         let message = self.message_of(letter, mailbox, message_id).await?;
-        // The second guard: the same mail under another Graph id (from before immutable ids,
-        // or announced by an older path) is recognised by its Message-ID.
-        if let Some(internet_id) = &message.internet_message_id {
-            let key = IdempotencyKey::new(
-                state::internet_message_claim(mailbox, internet_id),
-                &(mailbox, internet_id),
-            );
-            let first_seen = async { Ok(message_id.to_owned()) };
-            let claimed = once(
-                self.claims.as_ref(),
-                &key,
-                invocation,
-                KEEP_CLAIMS,
-                first_seen,
-            );
-            match claimed.await? {
-                Once::AlreadyDone(first) if first != message_id => {
-                    info!(
-                        mailbox,
-                        message_id,
-                        first_seen_as = first,
-                        "the same mail (by Message-ID) was ingested under another id: nothing to do"
-                    );
-                    return Ok(MailSummary {
-                        status: "duplicate".into(),
-                        outcomes: Vec::new(),
-                        ignored: Vec::new(),
-                    });
-                }
-                _ => {}
-            }
-        }
         let progress = MailProgress {
             step: 0,
             started: Utc::now(),
@@ -441,6 +425,52 @@ impl Ingest {
         };
         self.work_on(mailbox, &message, letter, progress, invocation)
             .await
+    }
+
+    /// The second guard, for a mail that matched a dataset (and passed its sender check): the
+    /// same mail under another Graph id (from before immutable ids, or announced by another
+    /// path, a relay's) is recognised by its Message-ID *from the same sender*. Taken only
+    /// now, so a mail that matched nothing, failed authentication or came from someone else
+    /// cannot claim a Message-ID ahead of the genuine export and make it a silent duplicate.
+    /// `Some`: the duplicate's summary.
+    async fn seen_by_message_id(
+        &self,
+        mailbox: &str,
+        message: &MailMessage,
+        invocation: &Invocation,
+    ) -> anyhow::Result<Option<MailSummary>> {
+        let Some(internet_id) = &message.internet_message_id else {
+            return Ok(None);
+        };
+        let sender = message.sender().to_ascii_lowercase();
+        let key = IdempotencyKey::new(
+            state::internet_message_claim(mailbox, &sender, internet_id),
+            &(mailbox, &sender, internet_id),
+        );
+        let first_seen = async { Ok(message.id.clone()) };
+        let claimed = once(
+            self.claims.as_ref(),
+            &key,
+            invocation,
+            KEEP_CLAIMS,
+            first_seen,
+        );
+        match claimed.await? {
+            Once::AlreadyDone(first) if first != message.id => {
+                info!(
+                    mailbox,
+                    message_id = message.id,
+                    first_seen_as = first,
+                    "the same mail (by Message-ID and sender) was ingested under another id: nothing to do"
+                );
+                Ok(Some(MailSummary {
+                    status: "duplicate".into(),
+                    outcomes: Vec::new(),
+                    ignored: Vec::new(),
+                }))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Continuation `step` of a mail: carries on from the position its progress record holds.
@@ -491,7 +521,8 @@ impl Ingest {
                 format!("{}#{}", info.name, i + 1)
             });
         }
-        let authenticated = crate::sender_auth::check(&message.headers, message.sender());
+        let authenticated =
+            crate::sender_auth::check(&message.headers, message.sender(), letter.trust());
         let mut ignored = Vec::new();
         for (i, info) in attachments.iter().enumerate() {
             for (name, ds) in &self.definitions.datasets {
@@ -522,7 +553,7 @@ impl Ingest {
             );
         }
         if pairs.is_empty() {
-            if let Letter::Raw { relay, mail } = letter
+            if let Letter::Raw { relay, mail, .. } = letter
                 && !mail.unreadable.is_empty()
             {
                 // Nothing to ingest, and parts that may have held it: the operator must see it.
@@ -539,11 +570,43 @@ impl Ingest {
                 attachments = attachments.len(),
                 "no attachment to ingest: mail ignored"
             );
+            let names: Vec<&str> = attachments.iter().map(|a| a.name.as_str()).collect();
+            let mut reasons: Vec<String> = self
+                .definitions
+                .datasets
+                .iter()
+                .filter_map(|(name, ds)| {
+                    let why = ds.mismatch(message.sender(), &subject, &names)?;
+                    Some(format!("{name}: {why}"))
+                })
+                .collect();
+            reasons.extend(ignored.iter().cloned());
+            let unmatched = state::UnmatchedMail {
+                mailbox: mailbox.to_owned(),
+                message_id: message.id.clone(),
+                sender: message.sender().to_owned(),
+                subject: subject.clone(),
+                received: message.received.unwrap_or(progress.started),
+                attachments: names.iter().map(|n| (*n).to_owned()).collect(),
+                reasons,
+            };
+            self.records
+                .put_record(&RecordKey::unmatched(&unmatched), &unmatched, None)
+                .await?;
             return Ok(MailSummary {
                 status: "ignored".into(),
                 outcomes: Vec::new(),
                 ignored,
             });
+        }
+        if progress.step == 0
+            && progress.done.is_empty()
+            && progress.at.is_none()
+            && let Some(summary) = self
+                .seen_by_message_id(mailbox, message, invocation)
+                .await?
+        {
+            return Ok(summary);
         }
         let mut done = std::mem::take(&mut progress.done);
         let mut at = progress.at.take();
@@ -570,7 +633,7 @@ impl Ingest {
                 .await?
             {
                 Step::Done(outcome) => {
-                    done.push(outcome);
+                    done.push(*outcome);
                     worked = true;
                 }
                 Step::Paused(position) => {
@@ -690,11 +753,17 @@ impl Ingest {
             if archived {
                 objects.copy(raw, &q).await?;
             }
-            let why = serde_json::json!({
-                "reason": reason, "dataset": dataset_name, "mailbox": mailbox,
-                "message_id": message.id, "attachment": info.name, "raw_key": raw,
-                "downloaded": archived, "quarantined_at": now.to_rfc3339(),
-            });
+            let why = crate::contract::QuarantineReason {
+                reason: reason.clone(),
+                dataset: Some(dataset_name.to_owned()),
+                relay: None,
+                mailbox: Some(mailbox.to_owned()),
+                message_id: message.id.clone(),
+                attachment: Some(info.name.clone()),
+                raw_key: Some(raw.to_owned()),
+                downloaded: archived,
+                quarantined_at: now.to_rfc3339(),
+            };
             put_json(objects.as_ref(), &format!("{q}.reason.json"), &why).await?;
             anyhow::Ok(reason)
         };
@@ -710,7 +779,7 @@ impl Ingest {
         } else if let Err(over) = check_size(dataset, Some(info.size)) {
             // Not downloaded at all: the listed size is over the dataset's limit.
             outcome.quarantined = Some(quarantine(over.to_string(), false).await?);
-            return Ok(Step::Done(outcome));
+            return Ok(Step::Done(Box::new(outcome)));
         } else if large {
             let body = self.stream_of(letter, mailbox, &message.id, info).await?;
             objects
@@ -775,7 +844,7 @@ impl Ingest {
             Ended::Read(summary) => summary,
             Ended::Unusable(why, None) => {
                 outcome.quarantined = Some(quarantine(why.to_string(), true).await?);
-                return Ok(Step::Done(outcome));
+                return Ok(Step::Done(Box::new(outcome)));
             }
             Ended::Unusable(why, Some(summary)) => {
                 // Part way: the rows before stay stored (and counted); the file is held
@@ -808,7 +877,9 @@ impl Ingest {
         let indexed = DayAttachment {
             raw_key: raw_key.clone(),
             source: source.clone(),
+            mailbox: Some(mailbox.to_owned()),
             received,
+            name: Some(info.name.clone()),
         };
         for date in &dates {
             index_day(self.records.as_ref(), dataset_name, *date, &indexed).await?;
@@ -830,12 +901,12 @@ impl Ingest {
             rows_rejected = outcome.rows_rejected,
             "attachment ingested"
         );
-        Ok(Step::Done(outcome))
+        Ok(Step::Done(Box::new(outcome)))
     }
 }
 
 /// A JSON document beside an archived file (a quarantine reason, an attachment's rejects).
-async fn put_json(objects: &dyn Objects, key: &str, doc: &serde_json::Value) -> anyhow::Result<()> {
+async fn put_json<T: Serialize>(objects: &dyn Objects, key: &str, doc: &T) -> anyhow::Result<()> {
     let body = serde_json::to_vec_pretty(doc)?;
     objects.put(key, body, "application/json").await?;
     Ok(())
@@ -1037,6 +1108,46 @@ mod tests {
         );
     }
 
+    /// 12,000 good rows, then a quote that never closes and runs past `max_field_bytes`, read
+    /// in chunks of 5,000: every row before the error is stored (the last, partial chunk
+    /// too), the file is quarantined with its reason, and the outcome's counts add up.
+    #[tokio::test]
+    async fn a_file_unusable_part_way_stores_every_row_before_it_and_counts_add_up() {
+        let w = world();
+        let bytes = testkit::ib_calls_cut_short("2024-03-14", 12_000);
+        let lines = crate::csv_records::physical_lines(&bytes);
+        w.mail.deliver(testkit::mail(
+            "m-cut",
+            "2024-03-14T12:00:00Z",
+            "IB calls export 2024-03-14",
+            "ib_calls_2024-03-14.csv",
+            &bytes,
+        ));
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-cut")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 12_000);
+        let records: &dyn StateRecords = w.records.as_ref();
+        let o = &records.outcomes_of_mail(MAILBOX, "m-cut").await.unwrap()[0];
+        assert!(
+            o.quarantined
+                .as_deref()
+                .unwrap()
+                .contains("max_field_bytes"),
+            "{o:?}"
+        );
+        assert_eq!(
+            (o.rows_total, o.rows_new, o.rows_duplicate, o.rows_rejected),
+            (12_000, 12_000, 0, 0)
+        );
+        let l = o.lines.unwrap();
+        assert!(l.balanced(), "{l:?}");
+        assert_eq!((l.total, l.valid, l.unread), (lines, 12_000, 1100));
+        assert_eq!(counted(&w).await.about("ib_calls")["rows_new"], 12_000);
+    }
+
     #[tokio::test]
     async fn a_mail_without_a_matching_attachment_is_ignored_once() {
         let w = world();
@@ -1108,6 +1219,120 @@ mod tests {
         assert_eq!(summary.status, "duplicate");
         assert_eq!(w.outbound.sent().len(), 1, "one outcome, not two");
         assert_eq!(w.mail.content_fetches(), 1);
+    }
+
+    /// A mail that matched nothing, one whose sender failed authentication and one from
+    /// another sender, each carrying the genuine export's Message-ID and arriving first, leave
+    /// the genuine export to be ingested: the Message-ID is claimed only after the match and
+    /// the sender check, under the sender.
+    #[tokio::test]
+    async fn an_earlier_mail_with_the_same_message_id_cannot_pre_empt_the_genuine_one() {
+        let toml = include_str!("../../../../reports.toml").replacen(
+            "require_authenticated_sender = true\n",
+            "require_authenticated_sender = true\n",
+            1,
+        );
+        let mut w = world();
+        w.ingest.definitions = Arc::new(Definitions::parse(&toml).unwrap());
+        let genuine_id = "<export-42@dialer.example>";
+        let pass = "spf=pass smtp.mailfrom=dialer.example; dkim=pass header.d=dialer.example; dmarc=pass header.from=dialer.example";
+        let header = |value: &str| crate::ports::MessageHeader {
+            name: "Authentication-Results".into(),
+            value: value.into(),
+        };
+        // 1. matches no dataset (a forwarded copy under another name).
+        let mut ignored = testkit::ib_calls_mail("m-ignored", "2024-03-14", 3);
+        ignored.attachments[0].name = "forwarded.csv".into();
+        // 2. the dialer's address, but DMARC fails (forged From).
+        let mut forged = testkit::ib_calls_mail("m-forged", "2024-03-14", 3);
+        forged.message.headers = vec![header(
+            "spf=fail smtp.mailfrom=evil.example; dmarc=fail header.from=dialer.example",
+        )];
+        // 3. another sender altogether (matches no dataset by its sender).
+        let mut external = testkit::ib_calls_mail("m-external", "2024-03-14", 3);
+        external.message.from = Some(crate::ports::Recipient {
+            email_address: crate::ports::EmailAddress {
+                name: None,
+                address: Some("someone@elsewhere.example".into()),
+            },
+        });
+        let mut genuine = testkit::ib_calls_mail("m-genuine", "2024-03-14", 3);
+        genuine.message.headers = vec![header(pass)];
+        for mut m in [ignored, forged, external, genuine] {
+            m.message.internet_message_id = Some(genuine_id.into());
+            let id = m.message.id.clone();
+            w.mail.deliver(m);
+            let resp = w
+                .ingest
+                .handle(sqs_event(&[inbound(&id)]), &invocation())
+                .await;
+            assert!(failures(&resp).is_empty(), "{id}");
+        }
+        let status = |id: &str| {
+            serde_json::from_str::<MailSummary>(
+                &w.claims.result(&state::mail_claim(MAILBOX, id)).unwrap(),
+            )
+            .unwrap()
+            .status
+        };
+        assert_eq!(status("m-ignored"), "ignored");
+        assert_eq!(status("m-forged"), "ignored");
+        assert_eq!(status("m-external"), "ignored");
+        assert_eq!(status("m-genuine"), "ingested");
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 3);
+        // The genuine one under another Graph id is still recognised.
+        let mut again = testkit::ib_calls_mail("m-genuine-moved", "2024-03-14", 3);
+        again.message.headers = vec![header(pass)];
+        again.message.internet_message_id = Some(genuine_id.into());
+        w.mail.deliver(again);
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-genuine-moved")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(status("m-genuine-moved"), "duplicate");
+    }
+
+    /// A mail that matches no dataset is an outcome an operator can read: who sent it, what
+    /// it carried and, per dataset, the rule it failed.
+    #[tokio::test]
+    async fn a_mail_no_dataset_takes_is_recorded_with_the_rule_it_failed() {
+        let w = world();
+        let mut forwarded = testkit::ib_calls_mail("m-fwd", "2024-03-14", 3);
+        forwarded.message.from = Some(crate::ports::Recipient {
+            email_address: crate::ports::EmailAddress {
+                name: None,
+                address: Some("colleague@contoso.example".into()),
+            },
+        });
+        forwarded.message.subject = Some("FW: IB calls export 2024-03-14".into());
+        w.mail.deliver(forwarded);
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[inbound("m-fwd")]), &invocation())
+            .await;
+        assert!(failures(&resp).is_empty());
+        let records: &dyn StateRecords = w.records.as_ref();
+        let day: chrono::NaiveDate = "2024-03-14".parse().unwrap();
+        let found: Vec<(String, state::UnmatchedMail)> = records
+            .records(&state::unmatched_day(day), "")
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        let m = &found[0].1;
+        assert_eq!(
+            (m.sender.as_str(), m.attachments.as_slice()),
+            (
+                "colleague@contoso.example",
+                &["ib_calls_2024-03-14.csv".to_owned()][..]
+            )
+        );
+        let reasons = m.reasons.join("\n");
+        assert!(
+            reasons.contains("ib_calls: sender \"colleague@contoso.example\" does not match"),
+            "{reasons}"
+        );
+        assert!(reasons.contains("dials: sender"), "{reasons}");
     }
 
     #[tokio::test]
@@ -1256,7 +1481,7 @@ mod tests {
             .await
             .unwrap();
         let outcome = crate::reprocess::reprocess_day(
-            &defs,
+            Arc::clone(&defs),
             rows,
             w.records.as_ref(),
             w.objects.as_ref(),
@@ -1278,6 +1503,161 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(after, before, "same rows, same first sources");
+    }
+
+    /// A day of a clean mail (300 rows) and a file unusable part way (10,000 rows before the
+    /// error), as the operator found it: the reprocess asked for through the API.
+    async fn day_of_a_clean_mail_and_a_partly_read_file() -> World {
+        let w = world();
+        w.mail
+            .deliver(testkit::ib_calls_mail("m-clean", "2024-03-14", 300));
+        let mut cut = testkit::mail(
+            "m-cut",
+            "2024-03-14T13:00:00Z",
+            "IB calls export 2024-03-14",
+            "ib_calls_2024-03-14_b.csv",
+            &[],
+        );
+        let bytes = testkit::ib_calls_cut_short("2024-03-14", 10_300);
+        // Its first 300 calls are the clean mail's: 10,000 rows new.
+        cut.attachments[0].bytes = bytes;
+        w.mail.deliver(cut);
+        let resp = w
+            .ingest
+            .handle(
+                sqs_event(&[inbound("m-clean"), inbound("m-cut")]),
+                &invocation(),
+            )
+            .await;
+        assert!(failures(&resp).is_empty());
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 10_300);
+        w
+    }
+
+    /// Asks for a reprocess of ib_calls on 2024-03-14 as the API does: its record, then the
+    /// message; the record after the stage handled it, and the batch's failures.
+    async fn reprocess_through_the_stage(
+        w: &World,
+        id: &str,
+    ) -> (crate::state::ReprocessRecord, usize) {
+        let record = crate::state::ReprocessRecord {
+            request_id: id.into(),
+            dataset: "ib_calls".into(),
+            date: day("2024-03-14"),
+            status: ReprocessStatus::Queued,
+            requested_at: Utc::now().to_rfc3339(),
+            requested_by: "ops".into(),
+            finished_at: None,
+            counts: Default::default(),
+            error: None,
+        };
+        let records: &dyn StateRecords = w.records.as_ref();
+        records
+            .put_record(&RecordKey::reprocess(id), &record, None)
+            .await
+            .unwrap();
+        let message = serde_json::json!({"v": 1, "kind": "reprocess", "request_id": id,
+            "dataset": "ib_calls", "date": "2024-03-14"});
+        let resp = w
+            .ingest
+            .handle(sqs_event(&[message.to_string()]), &invocation())
+            .await;
+        let after = records
+            .get_record(&RecordKey::reprocess(id))
+            .await
+            .unwrap()
+            .unwrap();
+        (after, failures(&resp).len())
+    }
+
+    /// A file unusable part way gives the rows it gave at first: the day keeps all 10,300.
+    #[tokio::test]
+    async fn a_reprocess_keeps_the_rows_a_partly_read_file_gave() {
+        let w = day_of_a_clean_mail_and_a_partly_read_file().await;
+        let before = w.rows.rows_of("ib_calls", day("2024-03-14"));
+        let (record, failed) = reprocess_through_the_stage(&w, "rp-1").await;
+        assert_eq!(failed, 0);
+        assert_eq!(record.status, ReprocessStatus::Done, "{record:?}");
+        assert_eq!(
+            (
+                record.counts.attachments,
+                record.counts.rows_deleted,
+                record.counts.rows_stored,
+                record.counts.rows_removed,
+                record.counts.partly_read
+            ),
+            (2, 10_300, 10_300, 0, 1)
+        );
+        assert_eq!(w.rows.rows_of("ib_calls", day("2024-03-14")), before);
+        assert_eq!(
+            w.rows.names_on(day("2024-03-14")),
+            ["ib_calls".to_owned()].into(),
+            "no staged rows left"
+        );
+    }
+
+    /// An archived file gone from the bucket: a permanent failure that names its key, the day
+    /// as it was, the record saying nothing was deleted.
+    #[tokio::test]
+    async fn a_reprocess_missing_an_archived_file_fails_for_good_and_leaves_the_day() {
+        let w = day_of_a_clean_mail_and_a_partly_read_file().await;
+        let gone = "raw/ib_calls/2024-03-14/m-clean/ib_calls_2024-03-14.csv";
+        assert!(w.objects.current(gone).is_some());
+        w.objects.remove(gone);
+        let (record, failed) = reprocess_through_the_stage(&w, "rp-2").await;
+        assert_eq!(failed, 0, "not retried: dead-lettered");
+        assert_eq!(w.dead_letters.letters().len(), 1);
+        assert_eq!(record.status, ReprocessStatus::Failed, "{record:?}");
+        let error = record.error.unwrap();
+        assert!(error.contains(gone) && error.contains("gone"), "{error}");
+        assert_eq!(
+            (record.counts.rows_deleted, record.counts.rows_stored),
+            (0, 0)
+        );
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 10_300);
+        assert_eq!(
+            w.rows.names_on(day("2024-03-14")),
+            ["ib_calls".to_owned()].into()
+        );
+    }
+
+    /// A file that no longer reads under today's definition (here: a required column renamed
+    /// away) fails the reprocess for good; the day keeps every row.
+    #[tokio::test]
+    async fn a_reprocess_of_a_file_that_no_longer_reads_leaves_the_day() {
+        let w = day_of_a_clean_mail_and_a_partly_read_file().await;
+        let key = "raw/ib_calls/2024-03-14/m-clean/ib_calls_2024-03-14.csv";
+        let objects: &dyn Objects = w.objects.as_ref();
+        objects
+            .put(key, b"agent_id,queue\nA1,Sales\n".to_vec(), "text/csv")
+            .await
+            .unwrap();
+        let (record, _) = reprocess_through_the_stage(&w, "rp-3").await;
+        assert_eq!(record.status, ReprocessStatus::Failed);
+        assert!(
+            record
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("can no longer be read"),
+            "{record:?}"
+        );
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 10_300);
+    }
+
+    /// A row store failing for a while: the reprocess is retried, the day whole meanwhile,
+    /// and the retry finishes it.
+    #[tokio::test]
+    async fn a_reprocess_that_fails_transiently_is_retried_with_the_day_whole() {
+        let w = day_of_a_clean_mail_and_a_partly_read_file().await;
+        w.rows.fault.set("throttled");
+        let (record, failed) = reprocess_through_the_stage(&w, "rp-4").await;
+        assert_eq!((record.status, failed), (ReprocessStatus::Retrying, 1));
+        w.rows.fault.clear();
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 10_300);
+        let (record, failed) = reprocess_through_the_stage(&w, "rp-4").await;
+        assert_eq!((record.status, failed), (ReprocessStatus::Done, 0));
+        assert_eq!(w.rows.count("ib_calls", day("2024-03-14")), 10_300);
     }
 
     /// Runs every continuation the stage queues until none is left; how many ran.
@@ -1505,8 +1885,8 @@ mod tests {
     #[tokio::test]
     async fn a_dataset_that_requires_an_authenticated_sender_ignores_others_with_the_reason() {
         let toml = include_str!("../../../../reports.toml").replacen(
-            "[datasets.ib_calls]\n",
-            "[datasets.ib_calls]\nrequire_authenticated_sender = true\n",
+            "require_authenticated_sender = true\n",
+            "require_authenticated_sender = true\n",
             1,
         );
         let mut w = world();

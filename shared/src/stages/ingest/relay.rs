@@ -21,11 +21,23 @@ use crate::state::{self, RecordKey};
 pub(super) enum Letter {
     /// Graph (through [`Ingest::mail`]).
     Graph,
-    /// A raw mail a relay uploaded, parsed whole.
-    Raw { relay: String, mail: Box<RawMail> },
+    /// A raw mail a relay uploaded, parsed whole, with the authserv-ids its relay trusts.
+    Raw {
+        relay: String,
+        mail: Box<RawMail>,
+        trusted: Vec<String>,
+    },
 }
 
 impl Letter {
+    /// Which `Authentication-Results` header of the mail may be believed.
+    pub(super) fn trust(&self) -> crate::sender_auth::Trust<'_> {
+        match self {
+            Letter::Graph => crate::sender_auth::Trust::ReceivingServer,
+            Letter::Raw { trusted, .. } => crate::sender_auth::Trust::AuthservIds(trusted),
+        }
+    }
+
     pub(super) fn relay(&self) -> Option<&str> {
         match self {
             Letter::Graph => None,
@@ -133,7 +145,20 @@ impl Ingest {
                 .as_deref()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .filter(|t| object.at > *t)
-                .map(|t| format!("relay {relay:?} was revoked at {t}, before this upload")),
+                .map(|t| format!("relay {relay:?} was revoked at {t}, before this upload"))
+                .or_else(|| {
+                    // Stored while an earlier life of the relay was revoked (an upload URL of
+                    // the revoked key), read after it was made again.
+                    r.revoked_windows.iter().find_map(|(from, to)| {
+                        let from = DateTime::parse_from_rfc3339(from).ok()?;
+                        let to = DateTime::parse_from_rfc3339(to).ok()?;
+                        (object.at > from && object.at < to).then(|| {
+                            format!(
+                                "relay {relay:?} was revoked at {from} and made again at {to}: this upload came in between, with the revoked key's URL"
+                            )
+                        })
+                    })
+                }),
         };
         let key = IdempotencyKey::new(state::mail_claim(&mailbox, sha), &(&mailbox, sha));
         let work = async {
@@ -164,6 +189,10 @@ impl Ingest {
                     let letter = Letter::Raw {
                         relay: relay.to_owned(),
                         mail: Box::new(mail),
+                        trusted: record
+                            .as_ref()
+                            .map(|r| r.trusted_authserv_ids.clone())
+                            .unwrap_or_default(),
                     };
                     self.start_mail(&mailbox, sha, &letter, correlation, invocation)
                         .await
@@ -188,9 +217,16 @@ impl Ingest {
                 "relay mail {relay}/{sha} no longer reads as it did when its ingest started: {e}"
             ))
         })?;
+        let trusted = self
+            .records
+            .get_record(&RecordKey::relay(relay))
+            .await?
+            .map(|r| r.trusted_authserv_ids)
+            .unwrap_or_default();
         Ok(Letter::Raw {
             relay: relay.to_owned(),
             mail: Box::new(mail),
+            trusted,
         })
     }
 
@@ -213,11 +249,17 @@ impl Ingest {
         let inbox = object_keys::relay_inbox(relay, sha);
         let q = object_keys::quarantined_mail(relay, sha);
         self.objects.copy(&inbox, &q).await?;
-        let why = serde_json::json!({
-            "reason": reason, "dataset": null, "relay": relay, "mailbox": mailbox,
-            "message_id": sha, "attachment": null, "raw_key": inbox,
-            "downloaded": true, "quarantined_at": now.to_rfc3339(),
-        });
+        let why = crate::contract::QuarantineReason {
+            reason: reason.clone(),
+            dataset: None,
+            relay: Some(relay.to_owned()),
+            mailbox: Some(mailbox.to_owned()),
+            message_id: sha.to_owned(),
+            attachment: None,
+            raw_key: Some(inbox.clone()),
+            downloaded: true,
+            quarantined_at: now.to_rfc3339(),
+        };
         put_json(self.objects.as_ref(), &format!("{q}.reason.json"), &why).await?;
         Ok(MailSummary {
             status: "quarantined".into(),
@@ -272,6 +314,7 @@ mod tests {
     async fn relay(w: &World, id: &str, mailbox: Option<&str>) {
         let record = RelayRecord {
             created_at: "2024-03-01T00:00:00Z".into(),
+            trusted_authserv_ids: vec![BRANCH_MX.into()],
             ..RelayRecord::new(id, mailbox, "test")
         };
         let records: &dyn StateRecords = w.records.as_ref();
@@ -287,8 +330,27 @@ mod tests {
         String::from_utf8(reason.expect("a reason beside the quarantined mail")).unwrap()
     }
 
-    /// Uploads a raw mail as the relay would; its S3 event.
+    /// The branch's own mail server, whose Authentication-Results its relay trusts.
+    const BRANCH_MX: &str = "mx.branch.example";
+
+    /// `bytes` as the branch's mail server keeps it: its Authentication-Results on top (a pass
+    /// for the dialer, as the genuine exports get).
+    fn received(bytes: &[u8]) -> Vec<u8> {
+        let mut out = format!(
+            "Authentication-Results: {BRANCH_MX}; dmarc=pass (p=reject) header.from=dialer.example\r\n"
+        )
+        .into_bytes();
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    /// Uploads a raw mail as the relay would (as its server received it); its S3 event.
     async fn upload(w: &World, relay: &str, bytes: &[u8]) -> (String, String) {
+        upload_as_is(w, relay, &received(bytes)).await
+    }
+
+    /// Uploads these exact bytes as the relay would; its S3 event.
+    async fn upload_as_is(w: &World, relay: &str, bytes: &[u8]) -> (String, String) {
         let sha = raw_mail::content_id(bytes);
         let key = object_keys::relay_inbox(relay, &sha);
         let objects: &dyn Objects = w.objects.as_ref();
@@ -425,7 +487,7 @@ mod tests {
             ("bad-tnef-winmail.eml", "winmail.dat is TNEF"),
         ];
         for (file, why) in cases {
-            let (sha, event) = upload(&w, "branch-1", &corpus(file)).await;
+            let (sha, event) = upload_as_is(&w, "branch-1", &corpus(file)).await;
             let resp = w.ingest.handle(sqs_event(&[event]), &invocation()).await;
             assert!(failures(&resp).is_empty(), "{file}");
             let q = object_keys::quarantined_mail("branch-1", &sha);
@@ -466,6 +528,7 @@ mod tests {
         let mut revoked = RelayRecord {
             created_at: "2024-03-01T00:00:00Z".into(),
             revoked_at: Some("2024-03-14T12:00:00Z".into()),
+            trusted_authserv_ids: vec![BRANCH_MX.into()],
             ..RelayRecord::new("branch-2", None, "test")
         };
         let records: &dyn StateRecords = w.records.as_ref();
@@ -568,5 +631,105 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((outcomes.len(), outcomes[0].rows_new), (1, 23));
+    }
+
+    /// Relay mail carries whatever headers its file holds: a sender-written `dmarc=pass` on
+    /// top is not believed, only the relay's trusted server's verdict; a relay that trusts no
+    /// server has its mail ignored for datasets that require an authenticated sender.
+    #[tokio::test]
+    async fn relay_mail_is_authenticated_only_by_the_server_its_relay_trusts() {
+        let w = world();
+        relay(&w, "branch-1", None).await;
+        let plain = corpus("plain.eml");
+        let forged = |on_top: &str, server: &str| {
+            let mut out = format!(
+                "Authentication-Results: {on_top}\r\nAuthentication-Results: {BRANCH_MX}; {server}\r\n"
+            )
+            .into_bytes();
+            out.extend_from_slice(&plain);
+            out
+        };
+        let summary = |w: &World, sha: &str| -> MailSummary {
+            serde_json::from_str(
+                &w.claims
+                    .result(&state::mail_claim("relay/branch-1", sha))
+                    .unwrap(),
+            )
+            .unwrap()
+        };
+        // The sender's own pass on top, the branch server's fail below: ignored.
+        let bytes = forged(
+            "dmarc=pass header.from=dialer.example",
+            "spf=fail smtp.mailfrom=dialer.example; dmarc=fail header.from=dialer.example",
+        );
+        let (sha, event) = upload_as_is(&w, "branch-1", &bytes).await;
+        w.ingest.handle(sqs_event(&[event]), &invocation()).await;
+        let s = summary(&w, &sha);
+        assert_eq!(s.status, "ignored");
+        assert!(s.ignored[0].contains("dmarc=fail"), "{:?}", s.ignored);
+        assert_eq!(w.rows.count("ib_calls", day()), 0);
+        // Another server claiming a pass: not believed either.
+        let bytes = forged(
+            "mx.elsewhere.example; dmarc=pass header.from=dialer.example",
+            "dmarc=none header.from=dialer.example",
+        );
+        let (sha, event) = upload_as_is(&w, "branch-1", &bytes).await;
+        w.ingest.handle(sqs_event(&[event]), &invocation()).await;
+        assert_eq!(summary(&w, &sha).status, "ignored");
+        // A relay that trusts no server: its mail is unauthenticated.
+        let untrusting = RelayRecord {
+            created_at: "2024-03-01T00:00:00Z".into(),
+            ..RelayRecord::new("branch-3", None, "test")
+        };
+        let records: &dyn StateRecords = w.records.as_ref();
+        records
+            .put_record(&RecordKey::relay("branch-3"), &untrusting, None)
+            .await
+            .unwrap();
+        let (sha, event) = upload(&w, "branch-3", &plain).await;
+        w.ingest.handle(sqs_event(&[event]), &invocation()).await;
+        let s: MailSummary = serde_json::from_str(
+            &w.claims
+                .result(&state::mail_claim("relay/branch-3", &sha))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.status, "ignored");
+        assert!(
+            s.ignored[0].contains("trusts no authserv-id"),
+            "{:?}",
+            s.ignored
+        );
+        // The trusted server's pass: ingested.
+        let (_, event) = upload(&w, "branch-1", &plain).await;
+        w.ingest.handle(sqs_event(&[event]), &invocation()).await;
+        assert_eq!(w.rows.count("ib_calls", day()), 23);
+    }
+
+    /// An upload stored while the relay was revoked (with an upload URL issued to the revoked
+    /// key) and read after the relay was made again is refused: the revoked stretch is kept.
+    #[tokio::test]
+    async fn an_upload_from_a_revoked_stretch_is_refused_after_the_relay_is_made_again() {
+        let w = world();
+        let record = RelayRecord {
+            created_at: "2024-03-14T13:30:00Z".into(),
+            trusted_authserv_ids: vec![BRANCH_MX.into()],
+            // Revoked 12:50, made again 13:30; the upload below is stored at 13:00.
+            revoked_windows: vec![("2024-03-14T12:50:00Z".into(), "2024-03-14T13:30:00Z".into())],
+            ..RelayRecord::new("branch-5", None, "test")
+        };
+        let records: &dyn StateRecords = w.records.as_ref();
+        records
+            .put_record(&RecordKey::relay("branch-5"), &record, None)
+            .await
+            .unwrap();
+        let (sha, event) = upload(&w, "branch-5", &corpus("plain.eml")).await;
+        w.ingest.handle(sqs_event(&[event]), &invocation()).await;
+        let reason = quarantine_reason(&w, &object_keys::quarantined_mail("branch-5", &sha));
+        assert!(
+            reason.contains("made again") && reason.contains("revoked key"),
+            "{reason}"
+        );
+        assert_eq!(w.rows.count("ib_calls", day()), 0);
     }
 }

@@ -17,13 +17,16 @@ use futures::stream::BoxStream;
 use crate::adapters::retry::backoff;
 use crate::csv_ingest::KeyedRow;
 use crate::definitions::{ColumnType, Dataset, OnDuplicate};
-use crate::ports::{RowStore, StoreOutcome, StoredRow};
+use crate::ports::{Replaced, RowStore, StoreOutcome, StoredRow};
 use crate::value::{Row, Value};
 
 /// DynamoDB's BatchWriteItem limit.
 pub const WRITE_BATCH: usize = 25;
 /// DynamoDB's BatchGetItem limit.
 pub const GET_BATCH: usize = 100;
+/// DynamoDB's TransactWriteItems limits: actions and bytes per call.
+pub const TRANSACT_ITEMS: usize = 100;
+pub const TRANSACT_BYTES: usize = 4 * 1024 * 1024;
 const MAX_ATTEMPTS: u32 = 10;
 /// The table's TTL attribute: when a row of a dataset with `retain_days` expires (epoch seconds).
 pub const EXPIRES_AT: &str = "expires_at";
@@ -49,6 +52,9 @@ pub struct DynamoRowStore {
 pub struct RequestCounts {
     pub batch_get: std::sync::atomic::AtomicU64,
     pub batch_write: std::sync::atomic::AtomicU64,
+    /// TransactWriteItems calls (the conditional writes of `keep_first` datasets), each
+    /// try counted.
+    pub transact_write: std::sync::atomic::AtomicU64,
     pub query: std::sync::atomic::AtomicU64,
     /// Calls DynamoDB throttled (each retried after a backoff).
     pub throttled: std::sync::atomic::AtomicU64,
@@ -101,7 +107,10 @@ impl DynamoRowStore {
     pub fn requests(&self) -> u64 {
         use std::sync::atomic::Ordering::Relaxed;
         let r = &self.requests;
-        r.batch_get.load(Relaxed) + r.batch_write.load(Relaxed) + r.query.load(Relaxed)
+        r.batch_get.load(Relaxed)
+            + r.batch_write.load(Relaxed)
+            + r.transact_write.load(Relaxed)
+            + r.query.load(Relaxed)
     }
 
     /// Requests sent so far, by operation.
@@ -118,6 +127,14 @@ impl DynamoRowStore {
 impl RowStore for DynamoRowStore {
     /// Stores each row once. With `keep_first`, rows already stored are left as they are and
     /// counted as duplicates; with `replace`, they are overwritten.
+    ///
+    /// `keep_first` holds under concurrency: a BatchGetItem first sets aside the rows already
+    /// stored (the cheap, common case of a file delivered twice), then the rest are written by
+    /// TransactWriteItems, each put conditional on its key being absent. Of two ingests that
+    /// carry the same rows at once, each row goes to whichever writes it first; the other sees
+    /// its condition fail and counts the row as a duplicate. (BatchWriteItem takes no
+    /// conditions: a check then an unconditional write let both ingests count the same rows
+    /// new and credit them to a mix of both mails.)
     async fn store(
         &self,
         dataset_name: &str,
@@ -139,21 +156,24 @@ impl RowStore for DynamoRowStore {
                     ),
                 });
             } else {
-                fitting.push(row);
+                fitting.push((row, size));
             }
         }
         let rows = fitting;
-        let existing = self.existing_keys(dataset_name, &rows).await?;
+        let keyed: Vec<&KeyedRow> = rows.iter().map(|(r, _)| *r).collect();
+        let existing = self.existing_keys(dataset_name, &keyed).await?;
+        let keep_first = dataset.on_duplicate == OnDuplicate::KeepFirst;
         let mut writes = Vec::new();
-        for row in rows {
+        let mut absent = Vec::new();
+        for (row, size) in rows {
             let pk = partition_key(dataset_name, row.date);
             let stored = existing.contains(&(pk.clone(), row.key.clone()));
             if stored {
                 outcome.duplicate += 1;
-                if dataset.on_duplicate == OnDuplicate::KeepFirst {
+                if keep_first {
                     continue;
                 }
-            } else {
+            } else if !keep_first {
                 outcome.new += 1;
             }
             let mut item = to_item(pk, &row.key, dataset, &row.values, source, now);
@@ -163,10 +183,21 @@ impl RowStore for DynamoRowStore {
                     AttributeValue::N(at.timestamp().to_string()),
                 );
             }
-            let put = PutRequest::builder().set_item(Some(item)).build()?;
-            writes.push(WriteRequest::builder().put_request(put).build());
+            if keep_first {
+                absent.push((item, size));
+            } else {
+                let put = PutRequest::builder().set_item(Some(item)).build()?;
+                writes.push(WriteRequest::builder().put_request(put).build());
+            }
         }
-        self.write_batches(writes).await?;
+        if keep_first {
+            let tried = absent.len() as u64;
+            let written = self.put_absent(absent).await?;
+            outcome.new += written;
+            outcome.duplicate += tried - written;
+        } else {
+            self.write_batches(writes).await?;
+        }
         Ok(outcome)
     }
 
@@ -227,6 +258,139 @@ impl RowStore for DynamoRowStore {
         self.write_batches(deletes).await?;
         Ok(count)
     }
+    /// Not atomic (DynamoDB has no transaction of a day's size), but ordered so that no row
+    /// is ever missing: the staged rows are written over the day first, then the day is read
+    /// in key order beside the staging (both partitions sort alike) and the rows the staging
+    /// lacks are deleted, then the staging is emptied. Memory holds a page of each.
+    async fn replace_day(
+        &self,
+        dataset_name: &str,
+        _dataset: &Dataset,
+        date: NaiveDate,
+        staging: &str,
+        since: DateTime<Utc>,
+    ) -> anyhow::Result<Replaced> {
+        let pk = partition_key(dataset_name, date);
+        let staged_pk = partition_key(staging, date);
+        let before = self.count_partition(&pk).await?;
+        // 1. Every staged row over the day's.
+        let mut start = None;
+        loop {
+            let (page, next) = self.page(&staged_pk, None, start).await?;
+            let puts = page
+                .into_iter()
+                .map(|mut item| {
+                    item.insert("pk".into(), AttributeValue::S(pk.clone()));
+                    let put = PutRequest::builder().set_item(Some(item)).build()?;
+                    Ok(WriteRequest::builder().put_request(put).build())
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            self.write_batches(puts)
+                .await
+                .with_context(|| format!("writing the rebuilt rows of {pk}"))?;
+            match next {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        // 2. The day's rows the staging lacks, unless stored since the rebuild began.
+        let mut replaced = Replaced {
+            before,
+            ..Replaced::default()
+        };
+        let mut staged = SortKeys::new(self, staged_pk.clone());
+        let mut deletes = Vec::new();
+        let mut start = None;
+        loop {
+            let (page, next) = self.page(&pk, Some("pk, sk, ingested_at"), start).await?;
+            for item in page {
+                let Some(AttributeValue::S(sk)) = item.get("sk") else {
+                    continue;
+                };
+                if staged.holds(sk).await? {
+                    continue;
+                }
+                let stored_at = match item.get("ingested_at") {
+                    Some(AttributeValue::S(t)) => DateTime::parse_from_rfc3339(t).ok(),
+                    _ => None,
+                };
+                if stored_at.is_some_and(|t| t >= since) {
+                    replaced.kept += 1;
+                    continue;
+                }
+                replaced.removed += 1;
+                let key = key_item(pk.clone(), sk);
+                let delete = DeleteRequest::builder().set_key(Some(key)).build()?;
+                deletes.push(WriteRequest::builder().delete_request(delete).build());
+            }
+            if deletes.len() >= WRITE_BATCH * self.concurrency {
+                self.write_batches(std::mem::take(&mut deletes)).await?;
+            }
+            match next {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        self.write_batches(deletes)
+            .await
+            .with_context(|| format!("deleting the rows of {pk} not rebuilt"))?;
+        // 3. The staging, emptied.
+        self.delete_day(staging, date).await?;
+        replaced.after = self.count_partition(&pk).await?;
+        Ok(replaced)
+    }
+}
+
+/// The sort keys of a partition in order, read a page at a time, for a merge with another
+/// partition read in the same order.
+struct SortKeys<'s> {
+    store: &'s DynamoRowStore,
+    pk: String,
+    page: std::collections::VecDeque<String>,
+    start: Option<Item>,
+    done: bool,
+}
+
+impl<'s> SortKeys<'s> {
+    fn new(store: &'s DynamoRowStore, pk: String) -> Self {
+        SortKeys {
+            store,
+            pk,
+            page: Default::default(),
+            start: None,
+            done: false,
+        }
+    }
+
+    /// Whether the partition holds `sk`; keys must be asked in ascending order (the keys
+    /// before `sk` are passed over for good).
+    async fn holds(&mut self, sk: &str) -> anyhow::Result<bool> {
+        loop {
+            while let Some(first) = self.page.front() {
+                match first.as_str().cmp(sk) {
+                    std::cmp::Ordering::Less => {
+                        self.page.pop_front();
+                    }
+                    std::cmp::Ordering::Equal => return Ok(true),
+                    std::cmp::Ordering::Greater => return Ok(false),
+                }
+            }
+            if self.done {
+                return Ok(false);
+            }
+            let (items, next) = self
+                .store
+                .page(&self.pk, Some("pk, sk"), self.start.take())
+                .await?;
+            self.page
+                .extend(items.into_iter().filter_map(|mut i| match i.remove("sk") {
+                    Some(AttributeValue::S(sk)) => Some(sk),
+                    _ => None,
+                }));
+            self.done = next.is_none();
+            self.start = next;
+        }
+    }
 }
 
 impl DynamoRowStore {
@@ -263,6 +427,126 @@ impl DynamoRowStore {
             done?;
         }
         Ok(())
+    }
+
+    /// Puts each item unless its key is stored, in TransactWriteItems calls of at most 100
+    /// items and 4 MB, `concurrency` at a time; answers how many were written (the others were
+    /// there already, written by someone else since the check).
+    async fn put_absent(&self, items: Vec<(Item, usize)>) -> anyhow::Result<u64> {
+        let mut groups: Vec<Vec<Item>> = Vec::new();
+        let mut bytes = 0;
+        for (item, size) in items {
+            match groups.last_mut() {
+                Some(group) if group.len() < TRANSACT_ITEMS && bytes + size <= TRANSACT_BYTES => {
+                    bytes += size;
+                    group.push(item);
+                }
+                _ => {
+                    bytes = size;
+                    groups.push(vec![item]);
+                }
+            }
+        }
+        let mut calls = futures::stream::iter(groups)
+            .map(|group| self.put_group_absent(group))
+            .buffer_unordered(self.concurrency);
+        let mut written = 0;
+        while let Some(done) = calls.next().await {
+            written += done?;
+        }
+        Ok(written)
+    }
+
+    /// One group of conditional puts, as one transaction: when DynamoDB cancels it, the items
+    /// whose condition failed are dropped (stored meanwhile by another writer) and the rest
+    /// sent again; a conflict with another transaction or a throttle is retried after a
+    /// backoff. Answers how many of the group were written.
+    async fn put_group_absent(&self, mut group: Vec<Item>) -> anyhow::Result<u64> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+        use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
+        let mut attempt = 0;
+        while !group.is_empty() {
+            self.count(&self.requests.transact_write);
+            let actions = group
+                .iter()
+                .map(|item| {
+                    let put = Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(item.clone()))
+                        .condition_expression("attribute_not_exists(pk)")
+                        .build()?;
+                    Ok(TransactWriteItem::builder().put(put).build())
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let sent = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(actions))
+                .send()
+                .await;
+            let error = match sent {
+                Ok(_) => return Ok(group.len() as u64),
+                Err(e) => e,
+            };
+            let retry = match error.as_service_error() {
+                Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) => {
+                    let reasons = cancelled.cancellation_reasons();
+                    if reasons.len() != group.len() {
+                        bail!(
+                            "TransactWriteItems was cancelled with {} reason(s) for {} item(s): {}",
+                            reasons.len(),
+                            group.len(),
+                            cancelled.message().unwrap_or_default()
+                        );
+                    }
+                    let mut kept = Vec::with_capacity(group.len());
+                    let mut retry = false;
+                    for (item, reason) in group.into_iter().zip(reasons) {
+                        match reason.code().unwrap_or("None") {
+                            "ConditionalCheckFailed" => {}
+                            "None" => kept.push(item),
+                            "TransactionConflict"
+                            | "ThrottlingError"
+                            | "ProvisionedThroughputExceeded"
+                            | "RequestLimitExceeded" => {
+                                retry = true;
+                                kept.push(item);
+                            }
+                            other => bail!(
+                                "TransactWriteItems refused an item of the rows table: {other}: {}",
+                                reason.message().unwrap_or_default()
+                            ),
+                        }
+                    }
+                    group = kept;
+                    retry
+                }
+                Some(TransactWriteItemsError::TransactionInProgressException(_)) => true,
+                _ => {
+                    let e = call_error("TransactWriteItems", error);
+                    if !e.is::<Throttled>() {
+                        return Err(e);
+                    }
+                    true
+                }
+            };
+            if retry {
+                attempt += 1;
+                if attempt >= MAX_ATTEMPTS {
+                    bail!(
+                        "TransactWriteItems kept conflicting or throttled: {} item(s) unwritten after {attempt} attempts",
+                        group.len()
+                    );
+                }
+                tokio::time::sleep(backoff(
+                    attempt,
+                    Duration::from_millis(50),
+                    Duration::from_secs(2),
+                ))
+                .await;
+            }
+        }
+        Ok(0)
     }
 
     async fn existing_keys(
@@ -323,6 +607,31 @@ impl DynamoRowStore {
             found.extend(stored?);
         }
         Ok(found)
+    }
+
+    /// How many items partition `pk` holds (Select COUNT, every page).
+    async fn count_partition(&self, pk: &str) -> anyhow::Result<u64> {
+        let mut total = 0;
+        let mut start = None;
+        loop {
+            self.count(&self.requests.query);
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()))
+                .select(aws_sdk_dynamodb::types::Select::Count)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .with_context(|| format!("counting rows of {pk}"))?;
+            total += page.count.max(0) as u64;
+            match page.last_evaluated_key.filter(|k| !k.is_empty()) {
+                Some(k) => start = Some(k),
+                None => return Ok(total),
+            }
+        }
     }
 
     /// Every item of partition `pk`, all pages, with only `projection`'s attributes if given.

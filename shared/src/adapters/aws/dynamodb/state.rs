@@ -58,7 +58,8 @@ impl DynamoState {
                 .expression_attribute_values(":pk", s(pk))
                 .consistent_read(consistent)
                 .set_exclusive_start_key(start.take());
-            req = match sk_prefix {
+            // DynamoDB refuses an empty string as a key value: no prefix is the whole partition.
+            req = match sk_prefix.filter(|p| !p.is_empty()) {
                 Some(prefix) => req
                     .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
                     .expression_attribute_values(":prefix", s(prefix)),

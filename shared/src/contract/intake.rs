@@ -1,0 +1,150 @@
+//! Intake: whether it runs, what each attachment of a day became, what was quarantined
+//! (`/v1/intake…`), and the counters the intake and metrics answers carry.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Counters summed since a time: `totals` per kind, `by` per what they are about (a dataset,
+/// a mailbox, a report) and kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub since: String,
+    pub totals: BTreeMap<String, u64>,
+    pub by: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    pub fn new(counts: &crate::counters::Counts, start: chrono::DateTime<chrono::Utc>) -> Self {
+        Counters {
+            since: start.to_rfc3339(),
+            totals: counts.totals(),
+            by: counts.by_about(),
+        }
+    }
+}
+
+/// `GET /v1/intake`, and the answer of pausing or resuming it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IntakeState {
+    pub paused: bool,
+    /// When it was last paused or resumed, and by whom.
+    pub since: Option<String>,
+    pub by: Option<String>,
+    /// Mails that arrived while paused, waiting to be queued.
+    pub parked: u64,
+    pub counters: Counters,
+    /// Of a resume: the parked mails it queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<u64>,
+}
+
+/// Row counts of an attachment, or of a day.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct RowTotals {
+    pub rows_total: u64,
+    pub rows_new: u64,
+    pub rows_duplicate: u64,
+    pub rows_rejected: u64,
+}
+
+impl std::ops::AddAssign for RowTotals {
+    fn add_assign(&mut self, o: RowTotals) {
+        self.rows_total += o.rows_total;
+        self.rows_new += o.rows_new;
+        self.rows_duplicate += o.rows_duplicate;
+        self.rows_rejected += o.rows_rejected;
+    }
+}
+
+/// What ingest made of one attachment with rows on the day.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttachmentOutcome {
+    pub mailbox: String,
+    pub message_id: String,
+    pub attachment: String,
+    pub dates: Vec<chrono::NaiveDate>,
+    #[serde(flatten)]
+    pub rows: RowTotals,
+    pub raw_key: String,
+    pub quarantine_reason: Option<String>,
+    pub received: String,
+}
+
+/// A mail received on the day that no dataset took, with why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnmatchedMail {
+    pub mailbox: String,
+    pub message_id: String,
+    pub sender: String,
+    pub subject: String,
+    pub received: String,
+    pub attachments: Vec<String>,
+    pub reasons: Vec<String>,
+}
+
+/// `GET /v1/intake/outcomes?dataset=…&date=…`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DayOutcomes {
+    pub dataset: String,
+    pub date: String,
+    pub totals: RowTotals,
+    pub outcomes: Vec<AttachmentOutcome>,
+    pub unmatched: Vec<UnmatchedMail>,
+}
+
+/// `quarantine/….reason.json`: why a file was quarantined, as ingest writes it beside the file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QuarantineReason {
+    pub reason: String,
+    pub dataset: Option<String>,
+    /// Of a relay's mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    pub mailbox: Option<String>,
+    pub message_id: String,
+    pub attachment: Option<String>,
+    pub raw_key: Option<String>,
+    /// Whether the file itself was downloaded (and copied beside this).
+    pub downloaded: bool,
+    pub quarantined_at: String,
+}
+
+/// A quarantined file in `GET /v1/intake/quarantine` (its reason's fields are absent when the
+/// reason could not be read).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuarantinedFile {
+    pub key: String,
+    pub reason: Option<String>,
+    pub dataset: Option<String>,
+    pub attachment: Option<String>,
+    pub mailbox: Option<String>,
+    pub message_id: Option<String>,
+    pub downloaded: Option<bool>,
+    pub quarantined_at: Option<String>,
+}
+
+/// `GET /v1/intake/quarantine`: in key order; `next_after` continues it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Quarantined {
+    pub files: Vec<QuarantinedFile>,
+    pub next_after: Option<String>,
+}
+
+/// A queue's depth in `GET /v1/metrics` (`depth` absent for Scheduler's, which has no source
+/// queue).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueueCounts {
+    pub depth: Option<u64>,
+    pub dead_letters: u64,
+}
+
+/// `GET /v1/metrics`: counters, runs requested by status, and queue depths since a time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Metrics {
+    pub since: String,
+    /// Runs by their status word.
+    pub runs_by_status: BTreeMap<String, u64>,
+    pub queues: BTreeMap<String, QueueCounts>,
+    pub counters: Counters,
+}

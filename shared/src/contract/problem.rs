@@ -1,0 +1,16 @@
+//! How the API says no: every 4xx and 5xx answer's body.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`, …
+    pub error: String,
+    pub message: String,
+    /// The request's field the refusal is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// Of a 429: seconds until the call may be tried again (as `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
+}

@@ -1,0 +1,26 @@
+//! Reprocessing a day of a dataset (`/v1/reprocess…`); the request's record is
+//! `state::ReprocessRecord`, answered as it is stored.
+
+use serde::{Deserialize, Serialize};
+
+use super::ReprocessStatus;
+
+pub use crate::state::ReprocessRecord;
+
+/// `POST /v1/reprocess`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartReprocess {
+    pub dataset: String,
+    /// `yyyy-mm-dd`.
+    pub date: String,
+}
+
+/// Its answer (202); `GET /v1/reprocess/{request_id}` follows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReprocessQueued {
+    pub request_id: String,
+    pub status: ReprocessStatus,
+    pub dataset: String,
+    pub date: String,
+}

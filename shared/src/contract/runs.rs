@@ -1,0 +1,125 @@
+//! Runs: starting one, listing them, one run with its deliveries (`/v1/runs…`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{DeliveryStatus, RunStatus};
+use crate::state::{DeliveryEvent, RunRecord};
+
+/// `POST /v1/runs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    pub report: String,
+    /// `2024-03-14`, `2024-W11`, `2024-03` or a range `a..b`.
+    pub period: String,
+}
+
+/// The answer (202) of `POST /v1/runs` and `POST /v1/runs/{run_id}/rerun`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunQueued {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub report: String,
+    pub period: String,
+}
+
+/// A run in a list.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub report: String,
+    pub period: String,
+    pub status: RunStatus,
+    pub rows: u64,
+    pub size: u64,
+    pub attempts: u32,
+    pub requested_at: String,
+    pub requested_by: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub error: Option<String>,
+}
+
+impl From<&RunRecord> for RunSummary {
+    fn from(run: &RunRecord) -> Self {
+        RunSummary {
+            run_id: run.run_id.clone(),
+            report: run.report.clone(),
+            period: run.period.clone(),
+            status: run.status,
+            rows: run.rows,
+            size: run.size,
+            attempts: run.attempts,
+            requested_at: run.requested_at.clone(),
+            requested_by: run.requested_by.clone(),
+            started_at: run.started_at.clone(),
+            finished_at: run.finished_at.clone(),
+            error: run.error.clone(),
+        }
+    }
+}
+
+/// `GET /v1/runs`: newest first; `next_cursor` continues it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<RunSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// One mail of a run (one recipient group): how it went out and what its receiver said.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub group: String,
+    pub transport: String,
+    pub provider_message_id: String,
+    pub to: Vec<String>,
+    pub cc: Vec<String>,
+    pub bcc: Vec<String>,
+    pub sent_at: String,
+    /// The workbook went as a download link (too large to attach).
+    pub as_link: bool,
+    pub link_expires: Option<String>,
+    /// The receiver's news when there is any (`delivered`, `bounced`, `relayed`, …), else how
+    /// it went out (`sent`, or `queued` for a relay).
+    pub status: DeliveryStatus,
+    /// What came with that news (a bounce's type, a relay's SMTP answer or refusal).
+    pub status_detail: Option<serde_json::Value>,
+    /// Every SES event, as it came.
+    pub events: Vec<DeliveryEvent>,
+}
+
+impl Delivery {
+    /// Why a relay's server refused it, when it did.
+    pub fn refusal(&self) -> Option<&str> {
+        self.status_detail.as_ref()?.get("refusal")?.as_str()
+    }
+}
+
+/// `GET /v1/runs/{run_id}`: the run's record, its deliveries, and what the record alone does
+/// not say.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunAnswer {
+    #[serde(flatten)]
+    pub run: RunRecord,
+    pub deliveries: Vec<Delivery>,
+    pub cancel_requested: bool,
+    /// A build past its deadline died (timed out or crashed); the queue delivers it again.
+    pub stale: bool,
+}
+
+/// `GET /v1/runs/{run_id}/deliveries`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunDeliveries {
+    pub run_id: String,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// The answer (202) of `POST /v1/runs/{run_id}/cancel`: the builder stops before it starts or
+/// at its next page.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CancelRequested {
+    pub run_id: String,
+    /// The run's status when the cancel was asked for.
+    pub status: RunStatus,
+    pub cancel_requested: bool,
+}
