@@ -1204,7 +1204,12 @@ async fn relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once(cx: &Ctx
         .unwrap();
     let drained = cx.cloud.runner.drain().await.unwrap();
     assert!(drained.messages >= 3, "S3 announced each upload: {drained:?}");
-    assert_eq!(drained.failures, 0);
+    // The two announcements of the one mail may be read by two invocations at once: the second
+    // then meets the first's claim in progress and is retried (as on AWS), never ingested twice.
+    assert!(
+        drained.failures <= 1,
+        "only a copy met while the other held its claim is retried: {drained:?}"
+    );
     assert!(cx.dead_letters("inbound").await.is_empty(), "S3's events are read");
     assert_eq!(cx.rows_of("ib_calls", "2024-04-02").await, 7);
     let outcomes = cx
