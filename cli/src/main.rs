@@ -276,7 +276,7 @@ async fn run_remote(cli: Cli) -> ExitCode {
         Command::Reports { command } => remote::reports(&client, command).await,
         Command::Health => remote::health(&client).await,
         Command::Metrics { since } => remote::metrics(&client, since.as_deref()).await,
-        Command::Audit => remote::simple(&client, "/v1/audit").await,
+        Command::Audit => remote::audit(&client).await,
         Command::Relay { command } => remote::relay(&client, command).await,
         _ => unreachable!("offline commands are handled in main"),
     }

@@ -366,10 +366,6 @@ impl Client {
         })
     }
 
-    fn print_json(&self, v: &Value) {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-    }
-
     /// Prints an answer of the contract's types as JSON (`--json`).
     fn print<T: serde::Serialize>(&self, v: &T) {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -1053,10 +1049,14 @@ pub async fn metrics(c: &Client, since: Option<&str>) -> ExitCode {
     exit(result)
 }
 
-pub async fn simple(c: &Client, path: &str) -> ExitCode {
-    match c.call("GET", path, None).await {
-        Ok(a) => {
-            c.print_json(&a.body);
+/// `charlie audit`: the latest state-changing calls, as JSON.
+pub async fn audit(c: &Client) -> ExitCode {
+    match c
+        .typed::<charlie::contract::AuditTrail>("GET", "/v1/audit", None)
+        .await
+    {
+        Ok(trail) => {
+            c.print(&trail);
             ExitCode::SUCCESS
         }
         Err(f) => f.into(),
@@ -1581,8 +1581,8 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                 Ok(())
             }
             IntakeCommand::Rejects { raw_key } => {
-                let a = c
-                    .call(
+                let rejects: charlie::contract::Rejects = c
+                    .typed(
                         "GET",
                         &format!(
                             "/v1/intake/rejects?raw_key={}",
@@ -1591,7 +1591,7 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                         None,
                     )
                     .await?;
-                c.print_json(&a.body);
+                c.print(&rejects);
                 Ok(())
             }
             IntakeCommand::Pause | IntakeCommand::Resume | IntakeCommand::Status { .. } => {
@@ -1628,8 +1628,11 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                 Ok(())
             }
             IntakeCommand::Poll => {
-                c.call("POST", "/v1/intake/poll", None).await?;
-                if !c.json {
+                let queued: charlie::contract::PollQueued =
+                    c.typed("POST", "/v1/intake/poll", None).await?;
+                if c.json {
+                    c.print(&queued);
+                } else {
                     println!("poll queued: the poller runs its round over every folder now");
                 }
                 Ok::<(), Failure>(())

@@ -167,9 +167,8 @@ async fn check(file: &std::path::Path) -> ExitCode {
             );
             match api.whoami().await {
                 Ok(me) => {
-                    let skew = me["time"]
-                        .as_str()
-                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    let skew = chrono::DateTime::parse_from_rfc3339(&me.time)
+                        .ok()
                         .map(|t| {
                             (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()
                         });
@@ -178,8 +177,8 @@ async fn check(file: &std::path::Path) -> ExitCode {
                         Ok(format!(
                             "{} knows relay {} (mailbox {}); clock {} s from the API's",
                             config.api,
-                            me["relay"].as_str().unwrap_or("?"),
-                            me["mailbox"].as_str().unwrap_or("none"),
+                            me.relay,
+                            me.mailbox.as_deref().unwrap_or("none"),
                             skew.map_or("?".into(), |s| s.to_string())
                         )),
                     );

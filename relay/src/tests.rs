@@ -5,11 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use serde_json::{Value, json};
 
 use super::*;
 use crate::source::DropFolder;
-use crate::upstream::UploadAnswer;
+use charlie::contract::{OutboxMail, RelayHello, UploadTicket};
 
 /// Where a fault strikes, on the nth ask for an upload (from 1).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,11 +57,11 @@ impl Inbox {
 
 #[async_trait]
 impl Upstream for Inbox {
-    async fn whoami(&self) -> Result<Value, UpError> {
-        Ok(json!({"relay": "branch-1"}))
+    async fn whoami(&self) -> Result<RelayHello, UpError> {
+        Ok(hello("branch-1"))
     }
 
-    async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadAnswer, UpError> {
+    async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadTicket, UpError> {
         let ask = self.asks.fetch_add(1, Ordering::SeqCst) + 1;
         match self.strikes(
             ask,
@@ -75,15 +74,17 @@ impl Upstream for Inbox {
         }
         let key = charlie::object_keys::relay_inbox("branch-1", sha256);
         let exists = self.puts.lock().unwrap().iter().any(|(k, _)| *k == key);
-        Ok(UploadAnswer {
+        Ok(UploadTicket {
             key,
             exists,
             url: (!exists).then(|| format!("https://inbox.invalid/{sha256}?ask={ask}")),
+            method: (!exists).then(|| "PUT".into()),
             headers: BTreeMap::from([("content-length".into(), size.to_string())]),
+            expires_at: None,
         })
     }
 
-    async fn put(&self, answer: &UploadAnswer, bytes: Vec<u8>) -> Result<(), UpError> {
+    async fn put(&self, answer: &UploadTicket, bytes: Vec<u8>) -> Result<(), UpError> {
         let ask: usize = answer
             .url
             .as_ref()
@@ -550,7 +551,7 @@ impl charlie_outlook::Outbox for FakeOutbox {
 /// The control API's outbox for this relay: queued mail until acknowledged.
 #[derive(Default)]
 struct Queue {
-    mails: Mutex<Vec<(crate::upstream::OutboxMail, Vec<u8>)>>,
+    mails: Mutex<Vec<(OutboxMail, Vec<u8>)>>,
     acks: Mutex<Vec<(String, String)>>,
     refusals: Mutex<Vec<(String, String)>>,
     deferrals: Mutex<Vec<(String, String)>>,
@@ -560,7 +561,7 @@ struct Queue {
 
 #[async_trait]
 impl Upstream for Queue {
-    async fn outbox(&self) -> Result<Vec<crate::upstream::OutboxMail>, UpError> {
+    async fn outbox(&self) -> Result<Vec<OutboxMail>, UpError> {
         Ok(self
             .mails
             .lock()
@@ -570,7 +571,7 @@ impl Upstream for Queue {
             .collect())
     }
 
-    async fn download(&self, mail: &crate::upstream::OutboxMail) -> Result<Vec<u8>, UpError> {
+    async fn download(&self, mail: &OutboxMail) -> Result<Vec<u8>, UpError> {
         let mails = self.mails.lock().unwrap();
         Ok(mails
             .iter()
@@ -617,20 +618,29 @@ impl Upstream for Queue {
         Ok(())
     }
 
-    async fn whoami(&self) -> Result<Value, UpError> {
-        Ok(json!({"relay": "branch-out"}))
+    async fn whoami(&self) -> Result<RelayHello, UpError> {
+        Ok(hello("branch-out"))
     }
 
-    async fn upload_url(&self, _: &str, _: u64) -> Result<UploadAnswer, UpError> {
+    async fn upload_url(&self, _: &str, _: u64) -> Result<UploadTicket, UpError> {
         unreachable!("the outbox uploads nothing")
     }
 
-    async fn put(&self, _: &UploadAnswer, _: Vec<u8>) -> Result<(), UpError> {
+    async fn put(&self, _: &UploadTicket, _: Vec<u8>) -> Result<(), UpError> {
         unreachable!("the outbox uploads nothing")
     }
 }
 
-fn report_mail(id: &str, from: &str, workbook: &[u8]) -> (crate::upstream::OutboxMail, Vec<u8>) {
+/// The API's answer to a relay's hello.
+fn hello(relay: &str) -> RelayHello {
+    RelayHello {
+        relay: relay.into(),
+        mailbox: None,
+        time: "2024-03-15T06:00:00.000Z".into(),
+    }
+}
+
+fn report_mail(id: &str, from: &str, workbook: &[u8]) -> (OutboxMail, Vec<u8>) {
     let to = vec![
         "lead@branch.example".to_owned(),
         "floor@branch.example".to_owned(),
@@ -648,7 +658,7 @@ fn report_mail(id: &str, from: &str, workbook: &[u8]) -> (crate::upstream::Outbo
         date: "2024-03-15T06:00:00Z".parse().unwrap(),
     })
     .unwrap();
-    let mail = crate::upstream::OutboxMail {
+    let mail = OutboxMail {
         message_id: format!("<{id}>"),
         from: from.into(),
         recipients: vec![
@@ -657,6 +667,8 @@ fn report_mail(id: &str, from: &str, workbook: &[u8]) -> (crate::upstream::Outbo
             "ops@branch.example".into(),
             "audit@branch.example".into(),
         ],
+        size: mime.len() as u64,
+        queued_at: "2024-03-15T06:00:00Z".into(),
         url: format!("https://outbox.invalid/{id}"),
     };
     (mail, mime)

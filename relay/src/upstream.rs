@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use charlie::contract::{self, OutboxMail, RelayHello, UploadTicket};
 use charlie::relay_auth;
 use charlie::secret::Secret;
-use serde::Deserialize;
-use serde_json::Value;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Why a call failed, as the relay acts on it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,26 +26,6 @@ pub enum UpError {
     /// reported deferred, it waits out a backoff while the outbox goes on.
     #[error("{0} (deferred)")]
     Deferred(String),
-}
-
-/// The API's answer to "where does this mail go".
-#[derive(Debug, Clone, Deserialize)]
-pub struct UploadAnswer {
-    pub key: String,
-    pub exists: bool,
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, String>,
-}
-
-/// A report mail queued for this relay.
-#[derive(Debug, Clone, Deserialize)]
-pub struct OutboxMail {
-    pub message_id: String,
-    pub from: String,
-    pub recipients: Vec<String>,
-    pub url: String,
 }
 
 #[async_trait]
@@ -70,9 +51,10 @@ pub trait Upstream: Send + Sync {
         Err(UpError::Permanent("no outbox".into()))
     }
     /// Who the API takes this relay for (a signed call that changes nothing).
-    async fn whoami(&self) -> Result<Value, UpError>;
-    async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadAnswer, UpError>;
-    async fn put(&self, answer: &UploadAnswer, bytes: Vec<u8>) -> Result<(), UpError>;
+    async fn whoami(&self) -> Result<RelayHello, UpError>;
+    /// Where a raw mail of this digest and length goes (or that it is there already).
+    async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadTicket, UpError>;
+    async fn put(&self, ticket: &UploadTicket, bytes: Vec<u8>) -> Result<(), UpError>;
 }
 
 pub struct Api {
@@ -101,7 +83,17 @@ impl Api {
         &self.relay
     }
 
-    async fn signed(&self, method: &str, path: &str, body: Vec<u8>) -> Result<Value, UpError> {
+    /// A signed call with a JSON body (or none), its answer read as `T`.
+    async fn signed<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, UpError> {
+        let body = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| UpError::Permanent(e.to_string()))?,
+            None => Vec::new(),
+        };
         let headers = relay_auth::sign(
             &self.relay,
             &self.secret,
@@ -128,15 +120,19 @@ impl Api {
         })?;
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        let message = || {
-            body["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| body.to_string())
+        if (200..=299).contains(&status) {
+            // Never the answer itself in the error: it may hold a presigned URL.
+            return serde_json::from_str(&text).map_err(|e| {
+                UpError::Transient(format!(
+                    "the control API's answer to {method} {path} is not what the relay reads: {e}"
+                ))
+            });
+        }
+        let message = || match serde_json::from_str::<contract::Problem>(&text) {
+            Ok(problem) => problem.message,
+            Err(_) => text.clone(),
         };
         match status {
-            200..=299 => Ok(body),
             401 | 403 => Err(UpError::Refused(format!("{status}: {}", message()))),
             429 | 500..=599 => Err(UpError::Transient(format!(
                 "the control API answered {status}: {}",
@@ -152,17 +148,13 @@ impl Api {
 
 #[async_trait]
 impl Upstream for Api {
-    async fn whoami(&self) -> Result<Value, UpError> {
-        self.signed("GET", "/v1/relay", Vec::new()).await
+    async fn whoami(&self) -> Result<RelayHello, UpError> {
+        self.signed("GET", "/v1/relay", None::<&()>).await
     }
 
     async fn outbox(&self) -> Result<Vec<OutboxMail>, UpError> {
-        let answer = self.signed("GET", "/v1/relay/outbox", Vec::new()).await?;
-        serde_json::from_value(answer["mails"].clone()).map_err(|e| {
-            UpError::Transient(format!(
-                "the control API's outbox is not a list of mails: {e}"
-            ))
-        })
+        let outbox: contract::Outbox = self.signed("GET", "/v1/relay/outbox", None::<&()>).await?;
+        Ok(outbox.mails)
     }
 
     async fn download(&self, mail: &OutboxMail) -> Result<Vec<u8>, UpError> {
@@ -194,46 +186,54 @@ impl Upstream for Api {
     }
 
     async fn ack(&self, message_id: &str, smtp_reply: &str) -> Result<(), UpError> {
-        let body =
-            serde_json::json!({"message_id": message_id, "smtp_reply": smtp_reply}).to_string();
-        self.signed("POST", "/v1/relay/outbox/ack", body.into_bytes())
+        let sent = contract::MailSent {
+            message_id: message_id.to_owned(),
+            smtp_reply: smtp_reply.to_owned(),
+        };
+        self.signed::<contract::SentRecorded>("POST", "/v1/relay/outbox/ack", Some(&sent))
             .await
             .map(|_| ())
     }
 
     async fn refuse(&self, message_id: &str, reason: &str) -> Result<(), UpError> {
-        let body = serde_json::json!({"message_id": message_id, "reason": reason}).to_string();
-        self.signed("POST", "/v1/relay/outbox/refused", body.into_bytes())
+        let refused = contract::MailRefused {
+            message_id: message_id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.signed::<contract::RefusalRecorded>("POST", "/v1/relay/outbox/refused", Some(&refused))
             .await
             .map(|_| ())
     }
 
     async fn defer(&self, message_id: &str, answer: &str) -> Result<(), UpError> {
-        let body = serde_json::json!({"message_id": message_id, "answer": answer}).to_string();
-        self.signed("POST", "/v1/relay/outbox/deferred", body.into_bytes())
-            .await
-            .map(|_| ())
+        let deferred = contract::MailDeferred {
+            message_id: message_id.to_owned(),
+            answer: answer.to_owned(),
+        };
+        self.signed::<contract::DeferralRecorded>(
+            "POST",
+            "/v1/relay/outbox/deferred",
+            Some(&deferred),
+        )
+        .await
+        .map(|_| ())
     }
 
-    async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadAnswer, UpError> {
-        let body = serde_json::json!({"sha256": sha256, "size": size}).to_string();
-        let answer = self
-            .signed("POST", "/v1/relay/uploads", body.into_bytes())
-            .await?;
-        serde_json::from_value(answer.clone()).map_err(|e| {
-            UpError::Transient(format!(
-                "the control API's answer is not an upload: {e}: {answer}"
-            ))
-        })
+    async fn upload_url(&self, sha256: &str, size: u64) -> Result<UploadTicket, UpError> {
+        let ask = contract::UploadRequest {
+            sha256: sha256.to_owned(),
+            size,
+        };
+        self.signed("POST", "/v1/relay/uploads", Some(&ask)).await
     }
 
-    async fn put(&self, answer: &UploadAnswer, bytes: Vec<u8>) -> Result<(), UpError> {
-        let url = answer
+    async fn put(&self, ticket: &UploadTicket, bytes: Vec<u8>) -> Result<(), UpError> {
+        let url = ticket
             .url
             .as_deref()
             .ok_or_else(|| UpError::Transient("the upload answer has no url".into()))?;
         let mut req = self.http.put(url);
-        for (name, value) in &answer.headers {
+        for (name, value) in &ticket.headers {
             req = req.header(name, value);
         }
         // Never the URL in an error: it is a credential until it expires.

@@ -148,3 +148,29 @@ pub struct Metrics {
     pub queues: BTreeMap<String, QueueCounts>,
     pub counters: Counters,
 }
+
+/// `{raw_key}.rejects.json` beside an archived attachment some of whose rows were rejected:
+/// written by ingest, answered by `GET /v1/intake/rejects`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RejectsFile {
+    pub attachment: String,
+    pub raw_key: String,
+    pub rows_rejected: u64,
+    /// Every line of the file, by what it held.
+    pub lines: crate::csv_ingest::LineCounts,
+    /// The first rejects, in file order (`csv_ingest::MAX_REJECT_DETAILS`).
+    pub rejects: Vec<crate::csv_ingest::Reject>,
+}
+
+/// `GET /v1/intake/rejects?raw_key=…`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rejects {
+    pub raw_key: String,
+    pub rejects: RejectsFile,
+}
+
+/// `POST /v1/intake/poll` (202): the poller is asked to poll every folder now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollQueued {
+    pub queued: bool,
+}

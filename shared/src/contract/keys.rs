@@ -50,3 +50,9 @@ pub struct CreatedKey {
     pub info: KeyInfo,
     pub key: String,
 }
+
+/// `GET /v1/audit`: the latest state-changing calls (and refusals, downloads), newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditTrail {
+    pub entries: Vec<crate::state::AuditRecord>,
+}

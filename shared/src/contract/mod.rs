@@ -6,6 +6,7 @@ pub mod health;
 pub mod intake;
 pub mod keys;
 pub mod problem;
+pub mod relay_calls;
 pub mod relays;
 pub mod reports;
 pub mod reprocess;
@@ -17,11 +18,15 @@ pub use health::{
     DownstreamHealth, FolderHealth, Health, HealthStatus, QueueDepth, QueueHealth, Reachable,
 };
 pub use intake::{
-    AttachmentOutcome, Counters, DayOutcomes, IntakeState, Metrics, QuarantineReason, Quarantined,
-    QuarantinedFile, QueueCounts, RowTotals, UnmatchedMail,
+    AttachmentOutcome, Counters, DayOutcomes, IntakeState, Metrics, PollQueued, QuarantineReason,
+    Quarantined, QuarantinedFile, QueueCounts, Rejects, RejectsFile, RowTotals, UnmatchedMail,
 };
-pub use keys::{CreatedKey, KeyInfo, KeyList, NewKey};
+pub use keys::{AuditTrail, CreatedKey, KeyInfo, KeyList, NewKey};
 pub use problem::Problem;
+pub use relay_calls::{
+    DeferralRecorded, MailDeferred, MailRefused, MailSent, Outbox, OutboxMail, RefusalRecorded,
+    RelayHello, SentRecorded, UploadRequest, UploadTicket,
+};
 pub use relays::{CreatedRelay, NewRelay, RelayInfo, RelayList, RelayOverview, StuckMail};
 pub use reports::{ObjectInfo, ReportInfo, ReportList, WorkbookVersions};
 pub use reprocess::{ReprocessQueued, ReprocessRecord, StartReprocess};

@@ -15,8 +15,6 @@
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
-use serde_json::json;
 use tracing::{info, warn};
 
 use super::{Api, ApiError, Reply, Request, Route};
@@ -257,11 +255,14 @@ impl Api {
             revoked_at: None,
         };
         let result = match route {
-            Route::RelayHello => Ok(Reply::ok(json!({
-                "relay": relay.id,
-                "mailbox": relay.mailbox,
-                "time": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            }))),
+            Route::RelayHello => Reply::typed(
+                200,
+                &contract::RelayHello {
+                    relay: relay.id.clone(),
+                    mailbox: relay.mailbox.clone(),
+                    time: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                },
+            ),
             Route::RelayUpload => self.relay_upload(req, &relay).await,
             Route::RelayOutbox => self.relay_outbox(&relay).await,
             Route::RelayAck => self.relay_ack(req, &relay).await,
@@ -384,26 +385,20 @@ impl Api {
                     std::time::Duration::from_secs(UPLOAD_MINUTES * 60),
                 )
                 .await?;
-            mails.push(json!({
-                "message_id": m.message_id,
-                "from": m.from,
-                "recipients": m.recipients,
-                "size": m.size,
-                "queued_at": m.queued_at,
-                "url": url,
-            }));
+            mails.push(contract::OutboxMail {
+                message_id: m.message_id,
+                from: m.from,
+                recipients: m.recipients,
+                size: m.size,
+                queued_at: m.queued_at,
+                url,
+            });
         }
-        Ok(Reply::ok(json!({"mails": mails})))
+        Reply::typed(200, &contract::Outbox { mails })
     }
 
     async fn relay_ack(&self, req: &Request<'_>, relay: &RelayRecord) -> Result<Reply, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Ack {
-            message_id: String,
-            smtp_reply: String,
-        }
-        let ack: Ack = req.json()?;
+        let ack: contract::MailSent = req.json()?;
         check_message_id(&ack.message_id)?;
         let reply = said_text(&ack.smtp_reply, 512);
         let Some(sent) = crate::relay_outbox::acknowledge(
@@ -423,12 +418,15 @@ impl Api {
                 sent.refusal.as_deref().unwrap_or("no reason")
             )));
         }
-        Ok(Reply::ok(json!({
-            "message_id": sent.message_id,
-            "sent_at": sent.sent_at,
-            "smtp_reply": sent.smtp_reply,
-        }))
-        .said(format!("relay {} sent {}", relay.id, sent.message_id)))
+        let answer = contract::SentRecorded {
+            message_id: sent.message_id.clone(),
+            sent_at: sent.sent_at,
+            smtp_reply: sent.smtp_reply,
+        };
+        Ok(
+            Reply::typed(200, &answer)?
+                .said(format!("relay {} sent {}", relay.id, sent.message_id)),
+        )
     }
 
     /// `{message_id, answer}`: the relay's sender could not take a queued mail now (an SMTP
@@ -439,13 +437,7 @@ impl Api {
         req: &Request<'_>,
         relay: &RelayRecord,
     ) -> Result<Reply, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Deferred {
-            message_id: String,
-            answer: String,
-        }
-        let said: Deferred = req.json()?;
+        let said: contract::MailDeferred = req.json()?;
         check_message_id(&said.message_id)?;
         let answer = said_text(&said.answer, 2000);
         if answer.trim().is_empty() {
@@ -478,12 +470,12 @@ impl Api {
             answer,
             "relay mail deferred by the relay's sender"
         );
-        Ok(Reply::ok(json!({
-            "message_id": record.message_id,
-            "attempts": record.attempts,
-            "next_attempt_at": record.next_attempt_at,
-        }))
-        .said(format!(
+        let answer = contract::DeferralRecorded {
+            message_id: record.message_id.clone(),
+            attempts: record.attempts,
+            next_attempt_at: record.next_attempt_at.clone(),
+        };
+        Ok(Reply::typed(200, &answer)?.said(format!(
             "relay {} deferred {} ({} attempt(s))",
             relay.id, record.message_id, record.attempts
         )))
@@ -497,13 +489,7 @@ impl Api {
         req: &Request<'_>,
         relay: &RelayRecord,
     ) -> Result<Reply, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Refused {
-            message_id: String,
-            reason: String,
-        }
-        let said: Refused = req.json()?;
+        let said: contract::MailRefused = req.json()?;
         check_message_id(&said.message_id)?;
         let reason = said_text(&said.reason, 2000);
         if reason.trim().is_empty() {
@@ -552,12 +538,13 @@ impl Api {
             )
             .await?;
         }
-        Ok(Reply::ok(json!({
-            "message_id": record.message_id,
-            "refused_at": record.refused_at,
-            "refusal": record.refusal,
-        }))
-        .said(format!("relay {} refused {}", relay.id, record.message_id)))
+        let answer = contract::RefusalRecorded {
+            message_id: record.message_id.clone(),
+            refused_at: record.refused_at.clone(),
+            refusal: record.refusal.clone(),
+        };
+        Ok(Reply::typed(200, &answer)?
+            .said(format!("relay {} refused {}", relay.id, record.message_id)))
     }
 
     async fn relay_upload(
@@ -565,13 +552,7 @@ impl Api {
         req: &Request<'_>,
         relay: &RelayRecord,
     ) -> Result<Reply, ApiError> {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Upload {
-            sha256: String,
-            size: u64,
-        }
-        let ask: Upload = req.json()?;
+        let ask: contract::UploadRequest = req.json()?;
         let sha = ask.sha256.to_ascii_lowercase();
         let Some(digest) = hex::decode(&sha).ok().filter(|d| d.len() == 32) else {
             return Err(ApiError::bad(
@@ -589,7 +570,15 @@ impl Api {
         }
         let key = crate::object_keys::relay_inbox(&relay.id, &sha);
         if !self.objects.versions(&key).await?.is_empty() {
-            return Ok(Reply::ok(json!({"key": key, "exists": true}))
+            let there = contract::UploadTicket {
+                key,
+                exists: true,
+                url: None,
+                method: None,
+                headers: Default::default(),
+                expires_at: None,
+            };
+            return Ok(Reply::typed(200, &there)?
                 .said(format!("relay {} upload {sha}: there already", relay.id)));
         }
         let checksum = base64::engine::general_purpose::STANDARD.encode(&digest);
@@ -604,19 +593,25 @@ impl Api {
             )
             .await?;
         let expires_at = Utc::now() + chrono::Duration::minutes(UPLOAD_MINUTES as i64);
-        Ok(Reply::ok(json!({
-            "key": key,
-            "exists": false,
-            "url": url,
-            "method": "PUT",
-            "headers": {
-                "content-type": crate::object_keys::RELAY_CONTENT_TYPE,
-                "content-length": ask.size.to_string(),
-                "x-amz-checksum-sha256": checksum,
-            },
-            "expires_at": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        }))
-        .said(format!(
+        let ticket = contract::UploadTicket {
+            key,
+            exists: false,
+            url: Some(url),
+            method: Some("PUT".into()),
+            headers: [
+                (
+                    "content-type",
+                    crate::object_keys::RELAY_CONTENT_TYPE.to_owned(),
+                ),
+                ("content-length", ask.size.to_string()),
+                ("x-amz-checksum-sha256", checksum),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
+            expires_at: Some(expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        };
+        Ok(Reply::typed(200, &ticket)?.said(format!(
             "relay {} upload {sha} ({} bytes)",
             relay.id, ask.size
         )))

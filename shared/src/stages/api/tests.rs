@@ -3,6 +3,7 @@ use crate::adapters::memory::{MemoryObjects, MemoryQueue, MemoryQueueAdmin, Memo
 use crate::ports::Letter;
 use crate::stages::testkit;
 use crate::state::RelayRecord;
+use serde_json::json;
 
 struct World {
     records: Arc<MemoryState>,

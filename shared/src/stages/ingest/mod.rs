@@ -862,11 +862,13 @@ impl Ingest {
             parsed.rejects.truncate(MAX_REJECT_DETAILS);
         }
         if !parsed.rejects.is_empty() {
-            let report = serde_json::json!({
-                "attachment": info.name, "raw_key": raw_key,
-                "rows_rejected": parsed.rows_rejected, "lines": parsed.lines,
-                "rejects": parsed.rejects,
-            });
+            let report = crate::contract::RejectsFile {
+                attachment: info.name.clone(),
+                raw_key: raw_key.clone(),
+                rows_rejected: parsed.rows_rejected,
+                lines: parsed.lines,
+                rejects: std::mem::take(&mut parsed.rejects),
+            };
             put_json(
                 objects.as_ref(),
                 &format!("{raw_key}.rejects.json"),
