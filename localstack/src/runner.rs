@@ -565,12 +565,30 @@ impl LocalRunner {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             params.insert(decode(k), Value::String(decode(v)));
         }
+        // As API Gateway's payload 2.0 has them: a repeated header's values joined with commas,
+        // and the `Cookie` header not among the headers but in `cookies`, one per entry.
         let mut headers = serde_json::Map::new();
+        let mut cookies = Vec::new();
         for (k, v) in &parts.headers {
-            headers.insert(
-                k.as_str().to_owned(),
-                Value::String(v.to_str().unwrap_or_default().to_owned()),
-            );
+            let v = v.to_str().unwrap_or_default();
+            if k == axum::http::header::COOKIE {
+                cookies.extend(
+                    v.split(';')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(|c| Value::String(c.to_owned())),
+                );
+                continue;
+            }
+            match headers.get_mut(k.as_str()) {
+                Some(Value::String(earlier)) => {
+                    earlier.push(',');
+                    earlier.push_str(v);
+                }
+                _ => {
+                    headers.insert(k.as_str().to_owned(), Value::String(v.to_owned()));
+                }
+            }
         }
         // Lambda runs the function only if its resource policy lets API Gateway invoke it for
         // this route (`aws_lambda_permission`'s source ARN); else API Gateway answers 500.
@@ -623,6 +641,7 @@ impl LocalRunner {
             "rawPath": path,
             "rawQueryString": query,
             "headers": headers,
+            "cookies": (!cookies.is_empty()).then_some(cookies),
             "queryStringParameters": params,
             "requestContext": {
                 "accountId": "123456789012", "apiId": route.api_id, "domainName": "localhost",

@@ -184,15 +184,16 @@ fn render(name: &str, ctx: minijinja::Value) -> Result<String, ApiError> {
     render_raw(name, ctx).map_err(|e| ApiError::from(anyhow::anyhow!("rendering {name}: {e:#}")))
 }
 
-pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all("cookie")
+/// The value of cookie `name` among a request's cookies. API Gateway (payload 2.0) hands them
+/// over in the event's `cookies`, one per entry, and leaves no `Cookie` header; an entry that
+/// holds several (`a=1; b=2`) is read too.
+pub(super) fn cookie(cookies: &[String], name: &str) -> Option<String> {
+    cookies
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .flat_map(|c| cookie::Cookie::split_parse(c.as_str()))
+        .filter_map(Result::ok)
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
 }
 
 fn random_hex() -> String {
@@ -288,7 +289,10 @@ impl Api {
             .await;
             return Err(ApiError::new(403, "forbidden", why));
         }
-        let Some(session) = self.session(&req.headers).await? else {
+        let Some(session) = self
+            .session(req.cookies.as_deref().unwrap_or_default())
+            .await?
+        else {
             return Ok(Page::SeeOther("/ui/login".into(), None));
         };
         let fields = if method == "POST" {
@@ -531,8 +535,8 @@ impl Api {
     }
 
     /// The request's session, when its cookie names a live one whose key is not revoked.
-    async fn session(&self, headers: &HeaderMap) -> Result<Option<Session>, ApiError> {
-        let Some(token) = cookie(headers, COOKIE).filter(|t| t.len() == 64) else {
+    async fn session(&self, cookies: &[String]) -> Result<Option<Session>, ApiError> {
+        let Some(token) = cookie(cookies, COOKIE).filter(|t| t.len() == 64) else {
             return Ok(None);
         };
         let Some(record) = self.records.get_record(&RecordKey::session(&token)).await? else {
@@ -861,13 +865,13 @@ mod tests {
 
     #[test]
     fn the_session_cookie_is_found_among_others() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "cookie",
-            HeaderValue::from_static("a=1; charlie_session=abc; b=2"),
-        );
-        assert_eq!(cookie(&h, COOKIE).as_deref(), Some("abc"));
-        assert_eq!(cookie(&h, "missing"), None);
+        let given = |list: &[&str]| list.iter().map(|c| (*c).to_owned()).collect::<Vec<_>>();
+        let split = given(&["a=1", "charlie_session=abc", "b=2"]);
+        assert_eq!(cookie(&split, COOKIE).as_deref(), Some("abc"));
+        let joined = given(&["a=1; charlie_session=abc; b=2"]);
+        assert_eq!(cookie(&joined, COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&split, "missing"), None);
+        assert_eq!(cookie(&given(&["charlie_session"]), COOKIE), None);
     }
 
     #[test]

@@ -804,14 +804,10 @@ pub fn form_fields(body: &[u8]) -> std::collections::HashMap<String, String> {
     crate::uri::form(body)
 }
 
-/// The value of cookie `name` in a `Cookie` header value.
+/// The value of cookie `name` in a `Cookie` header's value (as API Gateway passes it on, in
+/// the event's `cookies`).
 pub fn cookie_value(header: &str, name: &str) -> Option<String> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "cookie",
-        aws_lambda_events::http::HeaderValue::from_str(header).ok()?,
-    );
-    dashboard::cookie(&headers, name)
+    dashboard::cookie(&[header.to_owned()], name)
 }
 
 fn parse_period(text: &str) -> Result<Period, ApiError> {

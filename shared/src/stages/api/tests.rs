@@ -125,9 +125,16 @@ fn gateway_event(
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         params.insert(k.into(), v.into());
     }
+    // API Gateway (payload 2.0) moves the `Cookie` header into `cookies`, one per entry.
+    let mut headers = headers;
+    let cookies: Vec<String> = headers
+        .remove("cookie")
+        .and_then(|c| c.as_str().map(str::to_owned))
+        .map(|c| c.split(';').map(|c| c.trim().to_owned()).collect())
+        .unwrap_or_default();
     json!({
         "version": "2.0", "routeKey": route_key, "rawPath": path, "rawQueryString": query,
-        "headers": headers, "queryStringParameters": params,
+        "headers": headers, "queryStringParameters": params, "cookies": cookies,
         "requestContext": {"http": {"method": method, "path": path}, "requestId": crate::invocation::new_correlation_id()},
         "body": body, "isBase64Encoded": false,
     })
