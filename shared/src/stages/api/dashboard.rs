@@ -23,10 +23,12 @@ use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue};
 use chrono::{Duration, Utc};
 use minijinja::{Environment, context};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use super::keys;
 use super::{Api, ApiError, Reply, ReplyBody, Request, routes};
+use crate::contract;
 use crate::secret::Secret;
 use crate::state::{ApiKeyRecord, RecordKey, SessionRecord};
 
@@ -355,41 +357,37 @@ impl Api {
                         q.push((name, v));
                     }
                 }
-                let runs = cx.get(&["runs"], &q).await?;
+                let runs: contract::RunList = cx.get(&["runs"], &q).await?;
                 cx.page(
                     "runs.html",
                     context! {
-                        runs => runs["runs"],
+                        runs => runs.runs,
                         reports => self.definitions.reports.keys().collect::<Vec<_>>(),
                         report => query("report"),
                         status => query("status"),
-                        statuses => crate::contract::RunStatus::words(),
+                        statuses => contract::RunStatus::words(),
                     },
                 )
             }
             ("POST", ["runs"]) => {
-                let report = fields.get("report").cloned().unwrap_or_default();
-                let mut start = json!({ "report": report });
-                if let Some(p) = fields.get("period").filter(|p| !p.trim().is_empty()) {
-                    start["period"] = json!(p.trim());
-                }
-                let queued = cx.post(&["runs"], start).await?;
+                let start = contract::StartRun {
+                    report: fields.get("report").cloned().unwrap_or_default(),
+                    period: fields
+                        .get("period")
+                        .map(|p| p.trim().to_owned())
+                        .unwrap_or_default(),
+                };
+                let queued: contract::RunQueued = cx.post(&["runs"], &start).await?;
                 Ok(Page::SeeOther(
-                    format!(
-                        "/ui/runs/{}",
-                        crate::uri::segment(queued["run_id"].as_str().unwrap_or(""))
-                    ),
+                    format!("/ui/runs/{}", crate::uri::segment(&queued.run_id)),
                     None,
                 ))
             }
             ("GET", ["runs", id]) => {
-                let run = cx.get(&["runs", id], &[]).await?;
-                let status = run["status"]
-                    .as_str()
-                    .and_then(|s| s.parse::<crate::contract::RunStatus>().ok());
-                let done = status.is_some_and(crate::contract::RunStatus::is_final);
-                let delivered = run["deliveries"].as_array().is_some_and(|d| !d.is_empty());
-                let built = status == Some(crate::contract::RunStatus::Built);
+                let run: contract::RunAnswer = cx.get(&["runs", id], &[]).await?;
+                let done = run.run.status.is_final();
+                let delivered = !run.deliveries.is_empty();
+                let built = run.run.status == contract::RunStatus::Built;
                 cx.page(
                     "run.html",
                     context! {
@@ -401,10 +399,17 @@ impl Api {
                 )
             }
             ("POST", ["runs", id, action @ ("rerun" | "cancel")]) => {
-                let answer = cx.post(&["runs", id, action], json!({})).await?;
-                let to = answer["run_id"].as_str().unwrap_or(id);
+                // A rerun is a new run, shown next; a cancelled one stays in view.
+                let to = if *action == "rerun" {
+                    let queued: contract::RunQueued = cx.post(&["runs", id, action], &()).await?;
+                    queued.run_id
+                } else {
+                    let asked: contract::CancelRequested =
+                        cx.post(&["runs", id, action], &()).await?;
+                    asked.run_id
+                };
                 Ok(Page::SeeOther(
-                    format!("/ui/runs/{}", crate::uri::segment(to)),
+                    format!("/ui/runs/{}", crate::uri::segment(&to)),
                     None,
                 ))
             }
@@ -417,41 +422,48 @@ impl Api {
             }
             ("GET", ["intake", "rejects"]) => {
                 let raw = query("raw_key").unwrap_or_default();
-                let rejects = cx
+                let rejects: contract::Rejects = cx
                     .get(&["intake", "rejects"], &[("raw_key", raw.clone())])
                     .await?;
                 cx.page(
                     "rejects.html",
-                    context! { raw_key => raw, rejects => rejects["rejects"] },
+                    context! { raw_key => raw, rejects => rejects.rejects },
                 )
             }
             ("GET", ["dead-letters"]) => {
-                let queues = cx.get(&["dead-letters"], &[]).await?;
+                let queues: contract::DeadLetterQueues = cx.get(&["dead-letters"], &[]).await?;
                 cx.page(
                     "dead_letters.html",
-                    context! { queues => queues["dead_letter_queues"] },
+                    context! { queues => queues.dead_letter_queues },
                 )
             }
             ("GET", ["dead-letters", queue]) => {
-                let peeked = cx
+                let peeked: contract::DeadLetters = cx
                     .get(&["dead-letters", queue], &[("max", "10".to_owned())])
                     .await?;
                 cx.page(
                     "dead_letter_queue.html",
-                    context! { queue => queue, messages => peeked["messages"], moved => query("moved") },
+                    context! { queue => queue, messages => peeked.messages, moved => query("moved") },
                 )
             }
             ("POST", ["dead-letters", queue, "redrive"]) => {
-                let body = match fields.get("message_id").filter(|m| !m.is_empty()) {
-                    Some(id) => json!({ "message_ids": [id] }),
-                    None => json!({ "all": true }),
+                let asked = match fields.get("message_id").filter(|m| !m.is_empty()) {
+                    Some(id) => contract::Redrive {
+                        message_ids: Some(vec![id.clone()]),
+                        ..Default::default()
+                    },
+                    None => contract::Redrive {
+                        all: true,
+                        ..Default::default()
+                    },
                 };
-                let moved = cx.post(&["dead-letters", queue, "redrive"], body).await?;
+                let done: contract::Redriven =
+                    cx.post(&["dead-letters", queue, "redrive"], &asked).await?;
                 Ok(Page::SeeOther(
                     format!(
                         "/ui/dead-letters/{}?moved={}",
                         crate::uri::segment(queue),
-                        moved["moved"].as_array().map_or(0, Vec::len)
+                        done.moved.len()
                     ),
                     None,
                 ))
@@ -468,10 +480,14 @@ impl Api {
             ("GET", ["reports"]) => {
                 let mut reports = Vec::new();
                 for name in self.definitions.reports.keys() {
-                    let mut report = cx.get(&["reports", name], &[]).await?;
-                    let versions = cx.get(&["reports", name, "versions"], &[]).await;
-                    report["versions"] = versions.map_or(Value::Null, |v| v["versions"].clone());
-                    reports.push(report);
+                    let info: contract::ReportInfo = cx.get(&["reports", name], &[]).await?;
+                    // No workbook yet for the period is no error on this page.
+                    let versions = cx
+                        .get::<contract::WorkbookVersions>(&["reports", name, "versions"], &[])
+                        .await
+                        .ok()
+                        .map(|v| v.versions);
+                    reports.push(ReportCard { info, versions });
                 }
                 cx.page("reports.html", context! { reports => reports })
             }
@@ -564,18 +580,18 @@ impl Api {
 
     async fn overview(&self, cx: &Cx<'_>) -> Result<Page, ApiError> {
         // Unhealthy is a 503 with the same body: shown, not an error page.
-        let health = cx.get(&["health"], &[]).await?;
+        let health: contract::Health = cx.get(&["health"], &[]).await?;
         let today = Utc::now().format("%Y-%m-%dT00:00:00Z").to_string();
-        let intake = cx.get(&["intake"], &[("since", today)]).await?;
-        let runs = cx.get(&["runs"], &[("limit", "10".to_owned())]).await?;
+        let intake: contract::IntakeState = cx.get(&["intake"], &[("since", today)]).await?;
+        let runs: contract::RunList = cx.get(&["runs"], &[("limit", "10".to_owned())]).await?;
         let mut recent = Vec::new();
-        for run in runs["runs"].as_array().into_iter().flatten() {
-            let mut run = run.clone();
-            if let Some(id) = run["run_id"].as_str() {
-                let d = cx.get(&["runs", id, "deliveries"], &[]).await?;
-                run["deliveries"] = d["deliveries"].clone();
-            }
-            recent.push(run);
+        for run in runs.runs {
+            let d: contract::RunDeliveries =
+                cx.get(&["runs", &run.run_id, "deliveries"], &[]).await?;
+            recent.push(RecentRun {
+                run,
+                deliveries: d.deliveries,
+            });
         }
         let chart = self.rows_chart().await?;
         cx.page(
@@ -592,7 +608,7 @@ impl Api {
 
     /// Rows stored per day and dataset over the last [`CHART_DAYS`] days, as an SVG drawing
     /// (one line per dataset) with its legend and the figures as a table.
-    async fn rows_chart(&self) -> Result<Value, ApiError> {
+    async fn rows_chart(&self) -> Result<Chart, ApiError> {
         let today = Utc::now().date_naive();
         let days: Vec<chrono::NaiveDate> = (0..CHART_DAYS)
             .rev()
@@ -630,8 +646,8 @@ impl Api {
         ];
         // Dashes as well as colours tell the lines apart.
         const DASHES: [&str; 4] = ["", "6 3", "2 3", "8 3 2 3"];
-        let series: Vec<Value> = by_dataset
-            .iter()
+        let series = by_dataset
+            .into_iter()
             .enumerate()
             .map(|(n, (dataset, values))| {
                 let points: Vec<String> = values
@@ -639,37 +655,44 @@ impl Api {
                     .enumerate()
                     .map(|(i, v)| format!("{:.1},{:.1}", x(i), y(*v)))
                     .collect();
-                json!({
-                    "dataset": dataset,
-                    "colour": COLOURS[n % COLOURS.len()],
-                    "points": points.join(" "),
-                    "dash": DASHES[n % DASHES.len()],
-                    "total": values.iter().sum::<u64>(),
-                    "values": values,
-                })
+                Series {
+                    dataset,
+                    colour: COLOURS[n % COLOURS.len()],
+                    points: points.join(" "),
+                    dash: DASHES[n % DASHES.len()],
+                    total: values.iter().sum(),
+                    values,
+                }
             })
             .collect();
-        Ok(json!({
-            "width": w, "height": h, "left": left, "bottom": h - bottom,
-            "top": top, "mid": top / 2, "y_mid": y(top / 2), "y_top": y(top),
-            "first": days.first().map(ToString::to_string),
-            "last": days.last().map(ToString::to_string),
-            "days": days.iter().map(|d| d.format("%m-%d").to_string()).collect::<Vec<_>>(),
-            "series": series,
-        }))
+        Ok(Chart {
+            width: w,
+            height: h,
+            left,
+            bottom: h - bottom,
+            top,
+            mid: top / 2,
+            y_mid: y(top / 2),
+            y_top: y(top),
+            first: days.first().map(ToString::to_string),
+            last: days.last().map(ToString::to_string),
+            days: days.iter().map(|d| d.format("%m-%d").to_string()).collect(),
+            series,
+        })
     }
 
     /// Each defined dataset's counters from an intake answer (`by` is keyed by what a
     /// counter is about: datasets, mailboxes, reports), zeros for one with none.
-    fn per_dataset(&self, intake: &Value) -> Value {
-        let by = &intake["counters"]["by"];
-        Value::Object(
-            self.definitions
-                .datasets
-                .keys()
-                .map(|d| (d.clone(), by.get(d).cloned().unwrap_or_else(|| json!({}))))
-                .collect(),
-        )
+    fn per_dataset(
+        &self,
+        intake: &contract::IntakeState,
+    ) -> BTreeMap<String, BTreeMap<String, u64>> {
+        let by = &intake.counters.by;
+        self.definitions
+            .datasets
+            .keys()
+            .map(|d| (d.clone(), by.get(d).cloned().unwrap_or_default()))
+            .collect()
     }
 
     async fn intake_page(
@@ -680,20 +703,21 @@ impl Api {
     ) -> Result<Page, ApiError> {
         let date = date.unwrap_or_else(|| Utc::now().format("%Y-%m-%d").to_string());
         let dataset = dataset.or_else(|| self.definitions.datasets.keys().next().cloned());
-        let outcomes = match &dataset {
-            Some(d) => {
+        let outcomes: Option<contract::DayOutcomes> = match &dataset {
+            Some(d) => Some(
                 cx.get(
                     &["intake", "outcomes"],
                     &[("dataset", d.clone()), ("date", date.clone())],
                 )
-                .await?
-            }
-            None => Value::Null,
+                .await?,
+            ),
+            None => None,
         };
-        let quarantine = cx
+        let quarantine: contract::Quarantined = cx
             .get(&["intake", "quarantine"], &[("limit", "50".to_owned())])
             .await?;
-        let intake = cx.get(&["intake"], &[("since", "7d".to_owned())]).await?;
+        let intake: contract::IntakeState =
+            cx.get(&["intake"], &[("since", "7d".to_owned())]).await?;
         cx.page(
             "intake.html",
             context! {
@@ -701,7 +725,7 @@ impl Api {
                 dataset => dataset,
                 datasets => self.definitions.datasets.keys().collect::<Vec<_>>(),
                 outcomes => outcomes,
-                quarantined => quarantine["files"],
+                quarantined => quarantine.files,
                 by_dataset => self.per_dataset(&intake),
                 intake => intake,
             },
@@ -725,7 +749,7 @@ impl Cx<'_> {
         method: &str,
         segments: &[&str],
         query: &[(&str, String)],
-        body: Option<Value>,
+        body: Option<Vec<u8>>,
     ) -> Result<Reply, ApiError> {
         // Only the routes a key may call; the page's own path names one.
         let def = routes::find(method, segments)
@@ -758,7 +782,7 @@ impl Cx<'_> {
             path: self.path,
             segments: segments.iter().map(|s| (*s).to_owned()).collect(),
             query: &query,
-            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            body: body.unwrap_or_default(),
             request_id: self.request_id.to_owned(),
         };
         let result = self.api.route(&request, def.route, segments, key).await;
@@ -768,12 +792,26 @@ impl Cx<'_> {
         result
     }
 
-    async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<Value, ApiError> {
-        json_of(self.call("GET", segments, query, None).await?)
+    /// A `GET` route's answer, read as the contract's type for it.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<T, ApiError> {
+        typed_of(self.call("GET", segments, query, None).await?, segments)
     }
 
-    async fn post(&self, segments: &[&str], body: Value) -> Result<Value, ApiError> {
-        json_of(self.call("POST", segments, &[], Some(body)).await?)
+    /// A `POST` route's answer to `body`, read as the contract's type for it.
+    async fn post<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        body: &impl Serialize,
+    ) -> Result<T, ApiError> {
+        let body = serde_json::to_vec(body).map_err(anyhow::Error::from)?;
+        typed_of(
+            self.call("POST", segments, &[], Some(body)).await?,
+            segments,
+        )
     }
 
     async fn download(
@@ -801,11 +839,61 @@ impl Cx<'_> {
     }
 }
 
-fn json_of(reply: Reply) -> Result<Value, ApiError> {
+/// An answer of the API's own routes as the page reads it: a route whose answer is not its
+/// contract's type is a bug, shown as one.
+fn typed_of<T: DeserializeOwned>(reply: Reply, segments: &[&str]) -> Result<T, ApiError> {
+    let route = segments.join("/");
     match reply.body {
-        ReplyBody::Json(v) => Ok(v),
-        _ => Ok(Value::Null),
+        ReplyBody::Json(v) => serde_json::from_value(v).map_err(|e| {
+            anyhow::anyhow!("the answer of /v1/{route} is not its contract's type: {e}").into()
+        }),
+        _ => Err(anyhow::anyhow!("/v1/{route} answered no JSON").into()),
     }
+}
+
+/// The overview's chart of rows stored per day and dataset, in the SVG's coordinates.
+#[derive(Serialize)]
+struct Chart {
+    width: f64,
+    height: f64,
+    left: f64,
+    bottom: f64,
+    /// The highest day's count, and half of it: the y axis' labels, at `y_top` and `y_mid`.
+    top: u64,
+    mid: u64,
+    y_mid: f64,
+    y_top: f64,
+    first: Option<String>,
+    last: Option<String>,
+    days: Vec<String>,
+    series: Vec<Series>,
+}
+
+/// One dataset's line: its points, how it is drawn, and the figures behind it.
+#[derive(Serialize)]
+struct Series {
+    dataset: String,
+    colour: &'static str,
+    points: String,
+    dash: &'static str,
+    total: u64,
+    values: Vec<u64>,
+}
+
+/// A run on the overview, with its deliveries.
+#[derive(Serialize)]
+struct RecentRun {
+    #[serde(flatten)]
+    run: contract::RunSummary,
+    deliveries: Vec<contract::Delivery>,
+}
+
+/// A report on the reports page, with its latest period's workbook versions when there are.
+#[derive(Serialize)]
+struct ReportCard {
+    #[serde(flatten)]
+    info: contract::ReportInfo,
+    versions: Option<Vec<contract::ObjectInfo>>,
 }
 
 fn ui_respond(page: Page) -> ApiGatewayV2httpResponse {
@@ -855,6 +943,7 @@ fn ui_respond(page: Page) -> ApiGatewayV2httpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn a_form_body_decodes_plus_and_percent() {
