@@ -476,13 +476,13 @@ async fn a_completed_claim_past_its_ttl_can_be_claimed_again() {
 
 #[tokio::test]
 async fn counters_add_once_per_event_in_one_transaction_on_dynamodb() {
-    use charlie::counters::{Counts, count, kind, since};
+    use charlie::counters::{Counts, Kind, count, since};
     let (_, state) = fresh_state().await;
     let now = Utc::now();
     let mut mail = Counts::default();
-    mail.add(kind::MAILS_PROCESSED, "ops@contoso.example", 1);
-    mail.add(kind::ROWS_NEW, "ib_calls", 40);
-    mail.add(kind::ROWS_NEW, "dials", 2);
+    mail.add(Kind::MailsProcessed, "ops@contoso.example", 1);
+    mail.add(Kind::RowsNew, "ib_calls", 40);
+    mail.add(Kind::RowsNew, "dials", 2);
     assert!(count(&state, "mail/a", now, &mail).await.unwrap());
     assert!(
         !count(&state, "mail/a", now, &mail).await.unwrap(),

@@ -16,36 +16,108 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
+use crate::contract::RunStatus;
 use crate::ports::StateRecords;
 
 /// How long an event's marker is kept: a redelivery later than this would count again, and
 /// no queue keeps a message this long (SQS: 14 days at most).
 pub const KEEP_MARKERS: Duration = Duration::days(35);
 
-/// Counter kinds, each with `/` and what it is about.
-pub mod kind {
-    /// A mail ingested (its attachments read), per mailbox's… dataset-less: `/all`.
-    pub const MAILS_PROCESSED: &str = "mails_processed";
+/// What a counter counts: its kind, stored as a word (`rows_new`, `runs_built`, `ses_bounce`)
+/// before the `/` and what it is about. The API answers counters by these words; the metrics
+/// ([`crate::metrics::of_counter`]) read them back as kinds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A mail ingested (its attachments read), per mailbox.
+    MailsProcessed,
     /// A mail no attachment of matched a dataset.
-    pub const MAILS_IGNORED: &str = "mails_ignored";
+    MailsIgnored,
     /// A raw mail (from a relay) that could not be read at all: quarantined whole.
-    pub const MAILS_QUARANTINED: &str = "mails_quarantined";
+    MailsQuarantined,
     /// A mail ingested before under another id.
-    pub const MAILS_DUPLICATE: &str = "mails_duplicate";
+    MailsDuplicate,
     /// A message a stage gave up on (sent to its dead-letter queue), per stage.
-    pub const DEAD_LETTERED: &str = "dead_lettered";
-    pub const ROWS_NEW: &str = "rows_new";
-    pub const ROWS_DUPLICATE: &str = "rows_duplicate";
-    pub const ROWS_REJECTED: &str = "rows_rejected";
-    pub const ATTACHMENTS: &str = "attachments";
-    pub const ATTACHMENTS_QUARANTINED: &str = "attachments_quarantined";
-    /// `runs_{status}` per report: built, skipped_empty, notice_sent, cancelled, failed.
-    pub const RUNS: &str = "runs";
-    pub const MAILS_SENT: &str = "mails_sent";
-    /// `ses_{event}` per report's deliveries: bounce, complaint, delivery, reject, …
-    pub const SES: &str = "ses";
+    DeadLettered,
+    RowsNew,
+    RowsDuplicate,
+    RowsRejected,
+    Attachments,
+    AttachmentsQuarantined,
+    /// A run that ended so, per report: built, skipped_empty, notice_sent, cancelled, failed.
+    RunEnded(RunStatus),
+    MailsSent,
+    /// An SES event on a report's delivery, by its type lowercased: bounce, complaint,
+    /// delivery, reject, send, renderingfailure, deliverydelay, …
+    Ses(String),
     /// A report mail a relay's sender refused for good, per report.
-    pub const RELAY_REFUSED: &str = "relay_refused";
+    RelayRefused,
+}
+
+/// The kinds without data, with their words.
+const PLAIN: [(Kind, &str); 12] = [
+    (Kind::MailsProcessed, "mails_processed"),
+    (Kind::MailsIgnored, "mails_ignored"),
+    (Kind::MailsQuarantined, "mails_quarantined"),
+    (Kind::MailsDuplicate, "mails_duplicate"),
+    (Kind::DeadLettered, "dead_lettered"),
+    (Kind::RowsNew, "rows_new"),
+    (Kind::RowsDuplicate, "rows_duplicate"),
+    (Kind::RowsRejected, "rows_rejected"),
+    (Kind::Attachments, "attachments"),
+    (Kind::AttachmentsQuarantined, "attachments_quarantined"),
+    (Kind::MailsSent, "mails_sent"),
+    (Kind::RelayRefused, "relay_refused"),
+];
+
+impl Kind {
+    /// The word it is stored and answered as.
+    pub fn word(&self) -> String {
+        match self {
+            Kind::RunEnded(status) => format!("runs_{status}"),
+            Kind::Ses(event) => format!("ses_{event}"),
+            plain => PLAIN
+                .iter()
+                .find(|(k, _)| k == plain)
+                .map(|(_, w)| (*w).to_owned())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The kind a stored word names; `None` for a word no kind has (written by a later
+    /// version, say).
+    pub fn parse(word: &str) -> Option<Kind> {
+        if let Some((kind, _)) = PLAIN.iter().find(|(_, w)| *w == word) {
+            return Some(kind.clone());
+        }
+        if let Some(status) = word.strip_prefix("runs_") {
+            return status.parse().ok().map(Kind::RunEnded);
+        }
+        word.strip_prefix("ses_")
+            .filter(|e| !e.is_empty())
+            .map(|e| Kind::Ses(e.to_owned()))
+    }
+
+    /// What ingest counts (the intake's counters).
+    pub fn is_intake(&self) -> bool {
+        matches!(
+            self,
+            Kind::MailsProcessed
+                | Kind::MailsIgnored
+                | Kind::MailsDuplicate
+                | Kind::MailsQuarantined
+                | Kind::Attachments
+                | Kind::AttachmentsQuarantined
+                | Kind::RowsNew
+                | Kind::RowsDuplicate
+                | Kind::RowsRejected
+        )
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.word())
+    }
 }
 
 /// Counter values by name.
@@ -54,9 +126,24 @@ pub struct Counts(pub BTreeMap<String, u64>);
 
 impl Counts {
     /// Adds `n` to `kind/about`.
-    pub fn add(&mut self, kind: &str, about: &str, n: u64) {
+    pub fn add(&mut self, kind: Kind, about: &str, n: u64) {
         if n > 0 {
             *self.0.entry(format!("{kind}/{about}")).or_default() += n;
+        }
+    }
+
+    /// Each counter whose word names a kind, as (kind, what it is about, value).
+    pub fn kinds(&self) -> impl Iterator<Item = (Kind, &str, u64)> {
+        self.split()
+            .filter_map(|(word, about, n)| Kind::parse(word).map(|k| (k, about, n)))
+    }
+
+    /// The counters as the API answers them, summed from the hour `start`.
+    pub fn answer(&self, start: DateTime<Utc>) -> crate::contract::Counters {
+        crate::contract::Counters {
+            since: start.to_rfc3339(),
+            totals: self.totals(),
+            by: self.by_about(),
         }
     }
 
@@ -178,9 +265,9 @@ mod tests {
         let state = MemoryState::default();
         let at = |h: u32, m: u32| Utc.with_ymd_and_hms(2026, 12, 1, h, m, 0).unwrap();
         let mut mail = Counts::default();
-        mail.add(kind::MAILS_PROCESSED, "all", 1);
-        mail.add(kind::ROWS_NEW, "ib_calls", 40);
-        mail.add(kind::ROWS_NEW, "dials", 2);
+        mail.add(Kind::MailsProcessed, "all", 1);
+        mail.add(Kind::RowsNew, "ib_calls", 40);
+        mail.add(Kind::RowsNew, "dials", 2);
         assert!(count(&state, "mail/a", at(9, 10), &mail).await.unwrap());
         assert!(!count(&state, "mail/a", at(9, 50), &mail).await.unwrap());
         assert!(count(&state, "mail/b", at(11, 5), &mail).await.unwrap());
@@ -195,5 +282,22 @@ mod tests {
         assert!(count(&state, "mail/c", next_day, &mail).await.unwrap());
         let (counts, _) = since(&state, at(0, 0), next_day).await.unwrap();
         assert_eq!(counts.totals()["mails_processed"], 3);
+    }
+
+    #[test]
+    fn every_kind_reads_back_from_its_word() {
+        let mut kinds: Vec<Kind> = PLAIN.iter().map(|(k, _)| k.clone()).collect();
+        kinds.extend(RunStatus::ALL.iter().map(|s| Kind::RunEnded(*s)));
+        kinds.push(Kind::Ses("bounce".into()));
+        for kind in kinds {
+            assert_eq!(Kind::parse(&kind.word()), Some(kind.clone()), "{kind:?}");
+        }
+        assert_eq!(
+            Kind::RunEnded(RunStatus::SkippedEmpty).word(),
+            "runs_skipped_empty"
+        );
+        assert_eq!(Kind::parse("runs_nonsense"), None);
+        assert_eq!(Kind::parse("ses_"), None);
+        assert_eq!(Kind::parse("later_kind"), None);
     }
 }

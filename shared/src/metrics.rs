@@ -18,6 +18,8 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
+use crate::counters::Kind;
+
 /// Metric names.
 pub mod name {
     pub const MAILS_INGESTED: &str = "MailsIngested";
@@ -92,37 +94,41 @@ pub fn level(stage: &str, metric: &'static str, value: f64) {
 /// The metric a `crate::counters` kind is recorded as, with the stage that counts it and the
 /// dimension its `about` fills; `None` for a kind that is not a metric.
 pub fn of_counter<'a>(
-    kind: &str,
+    kind: &Kind,
     about: &'a str,
 ) -> Option<(&'a str, &'static str, Option<About<'a>>)> {
-    use crate::counters::kind as k;
+    use crate::contract::RunStatus;
     let ingest = |metric, about| Some(("ingest", metric, Some(about)));
+    let report = |stage, metric| Some((stage, metric, Some(About::Report(about))));
     match kind {
-        k::MAILS_PROCESSED => ingest(name::MAILS_INGESTED, About::Mailbox(about)),
-        k::MAILS_IGNORED => ingest(name::MAILS_IGNORED, About::Mailbox(about)),
-        k::MAILS_DUPLICATE => ingest(name::MAILS_DUPLICATE, About::Mailbox(about)),
-        k::ATTACHMENTS => ingest(name::ATTACHMENTS, About::Dataset(about)),
-        k::ATTACHMENTS_QUARANTINED => ingest(name::ATTACHMENTS_QUARANTINED, About::Dataset(about)),
-        k::ROWS_NEW => ingest(name::ROWS_NEW, About::Dataset(about)),
-        k::ROWS_DUPLICATE => ingest(name::ROWS_DUPLICATE, About::Dataset(about)),
-        k::ROWS_REJECTED => ingest(name::ROWS_REJECTED, About::Dataset(about)),
-        k::MAILS_SENT => Some(("mailer", name::MAILS_SENT, Some(About::Report(about)))),
-        k::RELAY_REFUSED => Some(("api", name::RELAY_MAILS_REFUSED, Some(About::Report(about)))),
-        k::DEAD_LETTERED => Some((about, name::DEAD_LETTERED, None)),
-        _ => {
-            if let Some(status) = kind.strip_prefix("runs_") {
-                use crate::contract::RunStatus;
-                let metric = match status.parse::<RunStatus>().ok()? {
-                    RunStatus::Built => name::RUNS_BUILT,
-                    RunStatus::Failed => name::RUNS_FAILED,
-                    RunStatus::SkippedEmpty => "RunsSkippedEmpty",
-                    RunStatus::NoticeSent => "RunsNoticeSent",
-                    RunStatus::Cancelled => "RunsCancelled",
-                    RunStatus::Queued | RunStatus::Building | RunStatus::Retrying => return None,
-                };
-                return Some(("report-builder", metric, Some(About::Report(about))));
-            }
-            let metric = match kind.strip_prefix("ses_")? {
+        Kind::MailsProcessed => ingest(name::MAILS_INGESTED, About::Mailbox(about)),
+        Kind::MailsIgnored => ingest(name::MAILS_IGNORED, About::Mailbox(about)),
+        Kind::MailsDuplicate => ingest(name::MAILS_DUPLICATE, About::Mailbox(about)),
+        // Quarantined whole: counted (the intake's counters), not a metric of its own.
+        Kind::MailsQuarantined => None,
+        Kind::Attachments => ingest(name::ATTACHMENTS, About::Dataset(about)),
+        Kind::AttachmentsQuarantined => {
+            ingest(name::ATTACHMENTS_QUARANTINED, About::Dataset(about))
+        }
+        Kind::RowsNew => ingest(name::ROWS_NEW, About::Dataset(about)),
+        Kind::RowsDuplicate => ingest(name::ROWS_DUPLICATE, About::Dataset(about)),
+        Kind::RowsRejected => ingest(name::ROWS_REJECTED, About::Dataset(about)),
+        Kind::MailsSent => report("mailer", name::MAILS_SENT),
+        Kind::RelayRefused => report("api", name::RELAY_MAILS_REFUSED),
+        Kind::DeadLettered => Some((about, name::DEAD_LETTERED, None)),
+        Kind::RunEnded(status) => {
+            let metric = match status {
+                RunStatus::Built => name::RUNS_BUILT,
+                RunStatus::Failed => name::RUNS_FAILED,
+                RunStatus::SkippedEmpty => "RunsSkippedEmpty",
+                RunStatus::NoticeSent => "RunsNoticeSent",
+                RunStatus::Cancelled => "RunsCancelled",
+                RunStatus::Queued | RunStatus::Building | RunStatus::Retrying => return None,
+            };
+            report("report-builder", metric)
+        }
+        Kind::Ses(event) => {
+            let metric = match event.as_str() {
                 "bounce" => name::BOUNCES,
                 "complaint" => name::COMPLAINTS,
                 "delivery" => name::DELIVERIES,
@@ -132,15 +138,15 @@ pub fn of_counter<'a>(
                 "deliverydelay" => "DeliveryDelays",
                 _ => return None,
             };
-            Some(("mailer", metric, Some(About::Report(about))))
+            report("mailer", metric)
         }
     }
 }
 
 /// Records what `crate::counters` just counted.
 pub fn counted(counts: &crate::counters::Counts) {
-    for (kind, about, n) in counts.split() {
-        if let Some((stage, metric, about)) = of_counter(kind, about) {
+    for (kind, about, n) in counts.kinds() {
+        if let Some((stage, metric, about)) = of_counter(&kind, about) {
             count(stage, metric, about, n);
         }
     }
@@ -207,13 +213,13 @@ mod tests {
 
     #[test]
     fn every_counter_kind_the_stages_count_is_a_metric_with_its_stage() {
-        use crate::counters::kind as k;
+        use crate::contract::RunStatus;
         assert_eq!(
-            of_counter(k::ROWS_NEW, "ib_calls"),
+            of_counter(&Kind::RowsNew, "ib_calls"),
             Some(("ingest", name::ROWS_NEW, Some(About::Dataset("ib_calls"))))
         );
         assert_eq!(
-            of_counter(k::MAILS_PROCESSED, "ops@contoso.example"),
+            of_counter(&Kind::MailsProcessed, "ops@contoso.example"),
             Some((
                 "ingest",
                 name::MAILS_INGESTED,
@@ -221,7 +227,7 @@ mod tests {
             ))
         );
         assert_eq!(
-            of_counter("runs_failed", "daily"),
+            of_counter(&Kind::RunEnded(RunStatus::Failed), "daily"),
             Some((
                 "report-builder",
                 name::RUNS_FAILED,
@@ -229,13 +235,26 @@ mod tests {
             ))
         );
         assert_eq!(
-            of_counter("ses_bounce", "daily"),
+            of_counter(&Kind::Ses("bounce".into()), "daily"),
             Some(("mailer", name::BOUNCES, Some(About::Report("daily"))))
         );
         assert_eq!(
-            of_counter(k::DEAD_LETTERED, "mailer"),
+            of_counter(&Kind::DeadLettered, "mailer"),
             Some(("mailer", name::DEAD_LETTERED, None))
         );
-        assert_eq!(of_counter("runs_unheard_of", "daily"), None);
+        assert_eq!(
+            of_counter(&Kind::RunEnded(RunStatus::Queued), "daily"),
+            None
+        );
+    }
+
+    #[test]
+    fn counted_words_become_kinds_and_unknown_words_are_left_out() {
+        use crate::contract::RunStatus;
+        let mut counts = crate::counters::Counts::default();
+        counts.add(Kind::RunEnded(RunStatus::Built), "daily", 2);
+        counts.0.insert("runs_unheard_of/daily".into(), 1);
+        let kinds: Vec<_> = counts.kinds().collect();
+        assert_eq!(kinds, vec![(Kind::RunEnded(RunStatus::Built), "daily", 2)]);
     }
 }

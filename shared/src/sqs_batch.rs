@@ -154,7 +154,7 @@ where
                 });
                 if let Some(records) = consumer.counters {
                     let mut counts = crate::counters::Counts::default();
-                    counts.add(crate::counters::kind::DEAD_LETTERED, consumer.stage, 1);
+                    counts.add(crate::counters::Kind::DeadLettered, consumer.stage, 1);
                     let event = format!("dead_letter/{}/{}", consumer.stage, letter.message_id);
                     // The message is in the dead-letter queue: failing it now would put it
                     // there twice. A counter that could not be written is said, not retried.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use charlie::adapters::memory::MemoryState;
-use charlie::counters::{Counts, count, kind};
+use charlie::counters::{Counts, Kind, count};
 use charlie::metrics::{About, name};
 use chrono::Utc;
 use serde_json::Value;
@@ -83,19 +83,23 @@ async fn counted_events_and_measurements_reach_cloudwatch_once_with_both_dimensi
 
     // A mail with two datasets, announced twice: counted and recorded once.
     let mut mail = Counts::default();
-    mail.add(kind::MAILS_PROCESSED, "ops@contoso.example", 1);
-    mail.add(kind::ROWS_NEW, "ib_calls", 40);
-    mail.add(kind::ROWS_DUPLICATE, "ib_calls", 2);
-    mail.add(kind::ROWS_REJECTED, "dials", 3);
-    mail.add(kind::ATTACHMENTS_QUARANTINED, "dials", 1);
+    mail.add(Kind::MailsProcessed, "ops@contoso.example", 1);
+    mail.add(Kind::RowsNew, "ib_calls", 40);
+    mail.add(Kind::RowsDuplicate, "ib_calls", 2);
+    mail.add(Kind::RowsRejected, "dials", 3);
+    mail.add(Kind::AttachmentsQuarantined, "dials", 1);
     assert!(count(&state, "mail/a", now, &mail).await.unwrap());
     assert!(!count(&state, "mail/a", now, &mail).await.unwrap());
     // A run, its mail and a bounce; a message dead-lettered by the mailer.
     let mut later = Counts::default();
-    later.add("runs_built", "call_centre_daily", 1);
-    later.add(kind::MAILS_SENT, "call_centre_daily", 1);
-    later.add("ses_bounce", "call_centre_daily", 1);
-    later.add(kind::DEAD_LETTERED, "mailer", 1);
+    later.add(
+        Kind::RunEnded(charlie::contract::RunStatus::Built),
+        "call_centre_daily",
+        1,
+    );
+    later.add(Kind::MailsSent, "call_centre_daily", 1);
+    later.add(Kind::Ses("bounce".into()), "call_centre_daily", 1);
+    later.add(Kind::DeadLettered, "mailer", 1);
     assert!(count(&state, "run/r-1", now, &later).await.unwrap());
     // Measurements.
     let daily = Some(About::Report("call_centre_daily"));

@@ -14,16 +14,6 @@ pub struct Counters {
     pub by: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
-impl Counters {
-    pub fn new(counts: &crate::counters::Counts, start: chrono::DateTime<chrono::Utc>) -> Self {
-        Counters {
-            since: start.to_rfc3339(),
-            totals: counts.totals(),
-            by: counts.by_about(),
-        }
-    }
-}
-
 /// `GET /v1/intake`, and the answer of pausing or resuming it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IntakeState {

@@ -265,12 +265,8 @@ impl Mailer {
             .await?
             .map_or_else(|| "unknown".to_owned(), |r| r.report);
         let mut counts = crate::counters::Counts::default();
-        let kind = format!(
-            "{}_{}",
-            crate::counters::kind::SES,
-            event.event_type.to_ascii_lowercase()
-        );
-        counts.add(&kind, &report, 1);
+        let kind = crate::counters::Kind::Ses(event.event_type.to_ascii_lowercase());
+        counts.add(kind, &report, 1);
         let counted = format!("ses/{ses_id}/{}", event.event_type);
         crate::counters::count(self.records.as_ref(), &counted, Utc::now(), &counts).await?;
         Ok(())
@@ -403,7 +399,7 @@ impl Mailer {
     /// Counts a delivery (`mails_sent/{report}`, once per delivery: `crate::counters`).
     async fn count_sent(&self, req: &MailRequest, delivery: &str) -> anyhow::Result<()> {
         let mut counts = crate::counters::Counts::default();
-        counts.add(crate::counters::kind::MAILS_SENT, &req.report, 1);
+        counts.add(crate::counters::Kind::MailsSent, &req.report, 1);
         let event = format!("sent/{delivery}");
         crate::counters::count(self.records.as_ref(), &event, Utc::now(), &counts).await?;
         Ok(())

@@ -362,8 +362,11 @@ impl ReportBuilder {
     /// Counts a run's end (`runs_{status}/{report}`, once per run: `crate::counters`).
     async fn count_run(&self, record: &RunRecord) -> anyhow::Result<()> {
         let mut counts = crate::counters::Counts::default();
-        let kind = format!("{}_{}", crate::counters::kind::RUNS, record.status);
-        counts.add(&kind, &record.report, 1);
+        counts.add(
+            crate::counters::Kind::RunEnded(record.status),
+            &record.report,
+            1,
+        );
         let event = format!("run/{}", record.run_id);
         crate::counters::count(self.records.as_ref(), &event, Utc::now(), &counts).await?;
         Ok(())

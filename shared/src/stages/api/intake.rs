@@ -39,7 +39,7 @@ impl Api {
         &self,
         req: Option<&Request<'_>>,
     ) -> Result<contract::IntakeState, ApiError> {
-        use crate::counters::kind;
+        use crate::counters::Kind;
         let control: Option<crate::intake_control::IntakeControl> = self
             .records
             .get_record(&RecordKey::intake_control())
@@ -55,26 +55,17 @@ impl Api {
             None => session.max(now - chrono::Duration::days(MAX_SINCE_DAYS)),
         };
         let (mut counts, start) = crate::counters::since(self.records.as_ref(), since, now).await?;
-        let intake = [
-            kind::MAILS_PROCESSED,
-            kind::MAILS_IGNORED,
-            kind::MAILS_DUPLICATE,
-            kind::MAILS_QUARANTINED,
-            kind::ATTACHMENTS,
-            kind::ATTACHMENTS_QUARANTINED,
-            kind::ROWS_NEW,
-            kind::ROWS_DUPLICATE,
-            kind::ROWS_REJECTED,
-        ];
-        counts.retain(|kind, about| {
-            intake.contains(&kind) || (kind == kind::DEAD_LETTERED && about == "ingest")
+        counts.retain(|word, about| match Kind::parse(word) {
+            Some(Kind::DeadLettered) => about == "ingest",
+            Some(kind) => kind.is_intake(),
+            None => false,
         });
         Ok(contract::IntakeState {
             paused: control.as_ref().is_some_and(|c| c.paused),
             since: control.as_ref().map(|c| c.since.clone()),
             by: control.as_ref().map(|c| c.by.clone()),
             parked: parked as u64,
-            counters: contract::Counters::new(&counts, start),
+            counters: counts.answer(start),
             resumed: None,
         })
     }

@@ -40,7 +40,7 @@ impl Api {
                 since: since.to_rfc3339(),
                 runs_by_status: runs,
                 queues,
-                counters: contract::Counters::new(&counts, start),
+                counters: counts.answer(start),
             },
         )
     }

@@ -529,7 +529,7 @@ impl Api {
                 "a relay's sender refused a report mail"
             );
             let mut counts = crate::counters::Counts::default();
-            counts.add(crate::counters::kind::RELAY_REFUSED, &report, 1);
+            counts.add(crate::counters::Kind::RelayRefused, &report, 1);
             crate::counters::count(
                 self.records.as_ref(),
                 &format!("relay-refused/{}", record.delivery),

@@ -592,11 +592,11 @@ async fn counters_are_summed_since_the_time_or_span_asked_for_and_a_bad_since_is
     let now = Utc::now();
     let mut mail = crate::counters::Counts::default();
     mail.add(
-        crate::counters::kind::MAILS_PROCESSED,
+        crate::counters::Kind::MailsProcessed,
         "ops@contoso.example",
         1,
     );
-    mail.add(crate::counters::kind::ROWS_NEW, "ib_calls", 40);
+    mail.add(crate::counters::Kind::RowsNew, "ib_calls", 40);
     let hours_ago = |h| now - chrono::Duration::hours(h);
     crate::counters::count(w.records.as_ref(), "mail/a", hours_ago(30), &mail)
         .await
@@ -1426,7 +1426,9 @@ async fn a_relay_reports_a_mail_its_sender_refused_once_and_its_delivery_shows_i
             .await
             .unwrap();
     assert_eq!(
-        counts.totals().get(crate::counters::kind::RELAY_REFUSED),
+        counts
+            .totals()
+            .get(&crate::counters::Kind::RelayRefused.word()),
         Some(&1),
         "{counts:?}"
     );
@@ -1811,11 +1813,7 @@ async fn outcomes_of_a_day_show_relay_mail_and_the_mail_no_dataset_took() {
 async fn intake_status_counts_quarantined_mails() {
     let w = world().await;
     let mut counts = crate::counters::Counts::default();
-    counts.add(
-        crate::counters::kind::MAILS_QUARANTINED,
-        "relay/branch-1",
-        1,
-    );
+    counts.add(crate::counters::Kind::MailsQuarantined, "relay/branch-1", 1);
     crate::counters::count(rec(&w), "mail/relay/branch-1/sha", Utc::now(), &counts)
         .await
         .unwrap();

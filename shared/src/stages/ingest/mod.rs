@@ -379,24 +379,24 @@ impl Ingest {
         message_id: &str,
         summary: &MailSummary,
     ) -> anyhow::Result<()> {
-        use crate::counters::{Counts, kind};
+        use crate::counters::{Counts, Kind};
         let mut counts = Counts::default();
         match summary.status.as_str() {
             "ingested" => {
-                counts.add(kind::MAILS_PROCESSED, mailbox, 1);
+                counts.add(Kind::MailsProcessed, mailbox, 1);
                 for o in &summary.outcomes {
-                    counts.add(kind::ATTACHMENTS, &o.dataset, 1);
-                    counts.add(kind::ROWS_NEW, &o.dataset, o.rows_new);
-                    counts.add(kind::ROWS_DUPLICATE, &o.dataset, o.rows_duplicate);
-                    counts.add(kind::ROWS_REJECTED, &o.dataset, o.rows_rejected);
+                    counts.add(Kind::Attachments, &o.dataset, 1);
+                    counts.add(Kind::RowsNew, &o.dataset, o.rows_new);
+                    counts.add(Kind::RowsDuplicate, &o.dataset, o.rows_duplicate);
+                    counts.add(Kind::RowsRejected, &o.dataset, o.rows_rejected);
                     if o.quarantined.is_some() {
-                        counts.add(kind::ATTACHMENTS_QUARANTINED, &o.dataset, 1);
+                        counts.add(Kind::AttachmentsQuarantined, &o.dataset, 1);
                     }
                 }
             }
-            "ignored" => counts.add(kind::MAILS_IGNORED, mailbox, 1),
-            "quarantined" => counts.add(kind::MAILS_QUARANTINED, mailbox, 1),
-            "duplicate" => counts.add(kind::MAILS_DUPLICATE, mailbox, 1),
+            "ignored" => counts.add(Kind::MailsIgnored, mailbox, 1),
+            "quarantined" => counts.add(Kind::MailsQuarantined, mailbox, 1),
+            "duplicate" => counts.add(Kind::MailsDuplicate, mailbox, 1),
             _ => return Ok(()), // continued: its last step counts it
         }
         let event = format!("mail/{mailbox}/{message_id}");
