@@ -109,9 +109,10 @@ impl Api {
         // What mails recipients: a run started (the body's report) or rerun (the run id's
         // report), and a redrive (per queue).
         let sends = match segments {
-            ["runs"] => serde_json::from_slice::<Value>(&req.body)
+            // A body that is no run request is refused (400) before it could mail anyone.
+            ["runs"] => serde_json::from_slice::<contract::StartRun>(&req.body)
                 .ok()
-                .and_then(|b| b["report"].as_str().map(|r| format!("report {r}"))),
+                .map(|b| format!("report {}", b.report)),
             ["runs", run, "rerun"] => {
                 Some(format!("report {}", run.split('.').next().unwrap_or(run)))
             }
