@@ -145,8 +145,11 @@ pub struct Metrics {
 pub struct RejectsFile {
     pub attachment: String,
     pub raw_key: String,
+    /// Absent from the files of versions before the line counts (read as 0).
+    #[serde(default)]
     pub rows_rejected: u64,
     /// Every line of the file, by what it held.
+    #[serde(default)]
     pub lines: crate::csv_ingest::LineCounts,
     /// The first rejects, in file order (`csv_ingest::MAX_REJECT_DETAILS`).
     pub rejects: Vec<crate::csv_ingest::Reject>,

@@ -370,13 +370,13 @@ impl Api {
                 )
             }
             ("POST", ["runs"]) => {
-                let start = contract::StartRun {
-                    report: fields.get("report").cloned().unwrap_or_default(),
-                    period: fields
-                        .get("period")
-                        .map(|p| p.trim().to_owned())
-                        .unwrap_or_default(),
+                let report = fields.get("report").cloned().unwrap_or_default();
+                // The form's empty period is the report's last complete one, as it says.
+                let period = match fields.get("period").map(|p| p.trim()) {
+                    Some(p) if !p.is_empty() => p.to_owned(),
+                    _ => self.last_period(&report).unwrap_or_default(),
                 };
+                let start = contract::StartRun { report, period };
                 let queued: contract::RunQueued = cx.post(&["runs"], &start).await?;
                 Ok(Page::SeeOther(
                     format!("/ui/runs/{}", crate::uri::segment(&queued.run_id)),
@@ -427,7 +427,7 @@ impl Api {
                     .await?;
                 cx.page(
                     "rejects.html",
-                    context! { raw_key => raw, rejects => rejects.rejects },
+                    context! { raw_key => raw, file => rejects.rejects },
                 )
             }
             ("GET", ["dead-letters"]) => {
@@ -481,13 +481,15 @@ impl Api {
                 let mut reports = Vec::new();
                 for name in self.definitions.reports.keys() {
                     let info: contract::ReportInfo = cx.get(&["reports", name], &[]).await?;
-                    // No workbook yet for the period is no error on this page.
-                    let versions = cx
-                        .get::<contract::WorkbookVersions>(&["reports", name, "versions"], &[])
-                        .await
-                        .ok()
-                        .map(|v| v.versions);
-                    reports.push(ReportCard { info, versions });
+                    let last = self.last_period(name).unwrap_or_default();
+                    let stored: contract::WorkbookVersions = cx
+                        .get(&["reports", name, "versions"], &[("period", last)])
+                        .await?;
+                    reports.push(ReportCard {
+                        info,
+                        last_period: stored.period,
+                        versions: stored.versions,
+                    });
                 }
                 cx.page("reports.html", context! { reports => reports })
             }
@@ -604,6 +606,13 @@ impl Api {
                 chart => chart,
             },
         )
+    }
+
+    /// The last complete period of `report` now, in its time zone: what a run started with no
+    /// period builds. `None` for a report the definitions do not name.
+    fn last_period(&self, report: &str) -> Option<String> {
+        let r = self.definitions.reports.get(report)?;
+        Some(crate::period::Period::previous(r.period, Utc::now(), r.time_zone.0).to_string())
     }
 
     /// Rows stored per day and dataset over the last [`CHART_DAYS`] days, as an SVG drawing
@@ -888,12 +897,13 @@ struct RecentRun {
     deliveries: Vec<contract::Delivery>,
 }
 
-/// A report on the reports page, with its latest period's workbook versions when there are.
+/// A report on the reports page, with the workbooks stored for its last complete period.
 #[derive(Serialize)]
 struct ReportCard {
     #[serde(flatten)]
     info: contract::ReportInfo,
-    versions: Option<Vec<contract::ObjectInfo>>,
+    last_period: String,
+    versions: Vec<contract::ObjectInfo>,
 }
 
 fn ui_respond(page: Page) -> ApiGatewayV2httpResponse {

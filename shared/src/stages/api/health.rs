@@ -199,3 +199,40 @@ impl Api {
         Reply::typed(if healthy { 200 } else { 503 }, &health)
     }
 }
+
+/// `90061` → `1d 1h 1m 1s`, leaving out zero parts.
+pub(super) fn human_secs(secs: u64) -> String {
+    let parts = [
+        (secs / 86_400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+    ];
+    let text: Vec<String> = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, u)| format!("{n}{u}"))
+        .collect();
+    if text.is_empty() {
+        "0s".into()
+    } else {
+        text.join(" ")
+    }
+}
+
+/// What `/v1/health` says of a failed check: `what` and a short cause (the AWS error code when
+/// there is one), never the raw error, whose ARNs, table and bucket names and request ids go to
+/// the log only.
+pub(super) fn cause(what: &str, e: &anyhow::Error) -> String {
+    let full = format!("{e:#}");
+    warn!(check = what, error = %full, "health check failed");
+    let code = full.split(|c: char| !c.is_ascii_alphanumeric()).find(|w| {
+        w.len() > 9
+            && w.starts_with(|c: char| c.is_ascii_uppercase())
+            && (w.ends_with("Exception") || w.ends_with("Error") || w.ends_with("Denied"))
+    });
+    match code {
+        Some(code) => format!("{what}: {code} (details in the API's log)"),
+        None => format!("{what}: unavailable (details in the API's log)"),
+    }
+}

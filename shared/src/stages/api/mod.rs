@@ -22,11 +22,13 @@ mod audit;
 mod dashboard;
 mod dead_letters;
 mod health;
+mod iam;
 mod intake;
 pub mod keys;
 mod links;
 mod metrics;
 mod relay;
+mod reply;
 mod reports;
 pub mod routes;
 mod runs;
@@ -56,7 +58,11 @@ use crate::state::{
     self, AUDIT_INDEX, ApiKeyRecord, AuditRecord, DeliveryNews, FOLDERS_INDEX, RUNS_INDEX,
     RecordKey, RunCancel, RunRecord,
 };
+use health::cause;
+use iam::iam_caller;
+pub use iam::{IamPrincipal, iam_principals};
 use keys::Scope;
+use reply::{ApiError, Reply, ReplyBody, link_page, redirect, respond};
 
 /// The OpenAPI 3.1 document of these routes.
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
@@ -168,228 +174,9 @@ impl super::Handler for Api {
     }
 }
 
-/// A refusal or failure, as the client sees it: `{"error", "message", "field"?}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: u16,
-    code: &'static str,
-    message: String,
-    field: Option<String>,
-    /// Seconds after which a refused (429) call may be tried again (`Retry-After`).
-    retry_after: Option<u64>,
-}
-
-impl ApiError {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            field: None,
-            retry_after: None,
-        }
-    }
-
-    fn bad(field: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            field: Some(field.to_owned()),
-            ..Self::new(400, "bad_request", message)
-        }
-    }
-
-    fn not_found(what: impl Into<String>) -> Self {
-        Self::new(404, "not_found", what)
-    }
-
-    fn conflict(message: impl Into<String>) -> Self {
-        Self::new(409, "conflict", message)
-    }
-}
-
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        // The detail goes to the log, not to the caller.
-        error!(error = %format!("{e:#}"), "API request failed");
-
-        Self::new(
-            503,
-            "unavailable",
-            "the request could not be completed now; try again (the API's log has the cause)",
-        )
-    }
-}
-
-/// A successful answer.
-struct Reply {
-    status: u16,
-    body: ReplyBody,
-    location: Option<String>,
-    /// For the audit trail.
-    summary: String,
-}
-
-enum ReplyBody {
-    Json(Value),
-    Html(String),
-    Empty,
-}
-
-impl Reply {
-    fn json(status: u16, body: Value) -> Self {
-        Reply {
-            status,
-            body: ReplyBody::Json(body),
-            location: None,
-            summary: String::new(),
-        }
-    }
-
-    fn ok(body: Value) -> Self {
-        Self::json(200, body)
-    }
-
-    /// An answer of the contract's types (`crate::contract`).
-    fn typed<T: serde::Serialize>(status: u16, body: &T) -> Result<Self, ApiError> {
-        Ok(Self::json(
-            status,
-            serde_json::to_value(body).map_err(anyhow::Error::from)?,
-        ))
-    }
-
-    fn said(mut self, summary: impl Into<String>) -> Self {
-        self.summary = summary.into();
-        self
-    }
-}
-
-/// An IAM principal allowed on the `/iam/v1` routes, with its scope.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
-pub struct IamPrincipal {
-    /// An IAM user or role ARN (`arn:aws:iam::123456789012:role/ops`); a role also matches
-    /// its sessions (`arn:aws:sts::123456789012:assumed-role/ops/…`). A trailing `*` matches
-    /// any rest.
-    pub arn: String,
-    pub scope: String,
-}
-
-/// The IAM principals from `CHARLIE_IAM_PRINCIPALS` (`[{"arn": …, "scope": …}]`); none when
-/// unset. A bad entry fails the cold start: better than a principal silently refused.
-pub fn iam_principals(json: Option<&str>) -> anyhow::Result<Vec<(String, Scope)>> {
-    let Some(json) = json.filter(|j| !j.trim().is_empty()) else {
-        return Ok(Vec::new());
-    };
-    let list: Vec<IamPrincipal> = serde_json::from_str(json).map_err(|e| {
-        crate::failure::permanent(format!(
-            "CHARLIE_IAM_PRINCIPALS is not a JSON list of {{\"arn\", \"scope\"}}: {e}"
-        ))
-    })?;
-    list.into_iter()
-        .map(|p| {
-            let scope = Scope::parse(&p.scope).ok_or_else(|| {
-                crate::failure::permanent(format!(
-                    "CHARLIE_IAM_PRINCIPALS: {} has scope {:?}, not one of {}",
-                    p.arn,
-                    p.scope,
-                    Scope::NAMES.join(", ")
-                ))
-            })?;
-            if !p.arn.starts_with("arn:aws") {
-                return Err(crate::failure::permanent(format!(
-                    "CHARLIE_IAM_PRINCIPALS: {:?} is not an ARN",
-                    p.arn
-                )));
-            }
-            Ok((p.arn, scope))
-        })
-        .collect()
-}
-
-/// The ARNs a caller's principal answers to: itself, and for a role's session the role's ARN
-/// (with no path: a session's ARN does not carry it; a configured role ARN with a path is
-/// compared by account and name).
-fn principal_matches(pattern: &str, principal: &str) -> bool {
-    if let Some(prefix) = pattern.strip_suffix('*') {
-        return principal.starts_with(prefix);
-    }
-    if pattern == principal {
-        return true;
-    }
-    // arn:aws:sts::{account}:assumed-role/{role}/{session}
-    let session = principal
-        .strip_prefix("arn:aws:sts::")
-        .and_then(|r| r.split_once(":assumed-role/"))
-        .and_then(|(account, rest)| Some((account, rest.split_once('/')?.0)));
-    // arn:aws:iam::{account}:role/{path/}{role}
-    let role = pattern
-        .strip_prefix("arn:aws:iam::")
-        .and_then(|r| r.split_once(":role/"))
-        .map(|(account, rest)| (account, rest.rsplit('/').next().unwrap_or(rest)));
-    matches!((session, role), (Some(s), Some(r)) if s == r)
-}
-
-/// The caller on an `/iam/v1` route as a key record (its name the principal's ARN, its scope
-/// the highest configured for it), or why not.
-fn iam_caller(
-    principals: &[(String, Scope)],
-    principal: Option<&str>,
-) -> Result<ApiKeyRecord, ApiError> {
-    let Some(principal) = principal else {
-        return Err(ApiError::new(
-            401,
-            "unauthorized",
-            "the /iam/v1 routes take SigV4-signed requests (API Gateway's AWS_IAM authorization); this one names no IAM principal",
-        ));
-    };
-    let scope = principals
-        .iter()
-        .filter(|(arn, _)| principal_matches(arn, principal))
-        .map(|(_, scope)| *scope)
-        .max()
-        .ok_or_else(|| {
-            ApiError::new(
-                403,
-                "forbidden",
-                format!(
-                    "the IAM principal {principal} is not allowed on this API (add it to the deployment's api_iam_principals)"
-                ),
-            )
-        })?;
-    Ok(ApiKeyRecord {
-        id: "iam".into(),
-        name: principal.to_owned(),
-        scopes: vec![scope.name().to_owned()],
-        secret_sha256: String::new(),
-        created_at: String::new(),
-        created_by: "api_iam_principals".into(),
-        revoked_at: None,
-    })
-}
-
-/// `90061` → `1d 1h 1m 1s`, leaving out zero parts.
-fn human_secs(secs: u64) -> String {
-    let parts = [
-        (secs / 86_400, "d"),
-        (secs / 3600 % 24, "h"),
-        (secs / 60 % 60, "m"),
-        (secs % 60, "s"),
-    ];
-    let text: Vec<String> = parts
-        .iter()
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, u)| format!("{n}{u}"))
-        .collect();
-    if text.is_empty() {
-        "0s".into()
-    } else {
-        text.join(" ")
-    }
-}
-
 /// How far back counters can be asked for.
 const MAX_SINCE_DAYS: i64 = 31;
 
-/// Counters as the API shows them: the hour they start from, totals by kind, and each
-/// dataset's, report's and stage's own.
 /// Bounds on one key's state-changing calls in an hour.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyLimits {
@@ -815,15 +602,6 @@ fn parse_period(text: &str) -> Result<Period, ApiError> {
     Period::parse(text).map_err(|e| ApiError::bad("period", e.to_string()))
 }
 
-fn redirect(url: String) -> Reply {
-    Reply {
-        status: 302,
-        body: ReplyBody::Empty,
-        location: Some(url),
-        summary: String::new(),
-    }
-}
-
 /// The bearer token of `Authorization`.
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("authorization")?.to_str().ok()?;
@@ -831,96 +609,6 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim().to_owned())
-}
-
-/// The page a refused download link shows.
-fn link_page(why: &str) -> String {
-    let why = minijinja::HtmlEscape(why);
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Link not valid — Charlie</title></head>\
-         <body style=\"font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem\">\
-         <h1>This download link cannot be used</h1><p>{why}.</p>\
-         <p>Ask the report's owner to send it again, or download the report from Charlie's dashboard.</p></body></html>"
-    )
-}
-
-fn respond(result: Result<Reply, ApiError>) -> ApiGatewayV2httpResponse {
-    let mut retry_after = None;
-    let (status, body, content_type, location) = match result {
-        Ok(r) => match r.body {
-            ReplyBody::Json(v) => (
-                r.status,
-                v.to_string(),
-                Some("application/json"),
-                r.location,
-            ),
-            ReplyBody::Html(h) => (r.status, h, Some("text/html; charset=utf-8"), r.location),
-            ReplyBody::Empty => (r.status, String::new(), None, r.location),
-        },
-        Err(e) => {
-            retry_after = e.retry_after;
-            let body = contract::Problem {
-                error: e.code.to_owned(),
-                message: e.message,
-                field: e.field,
-                retry_after: e.retry_after,
-            };
-            let text = serde_json::to_string(&body).unwrap_or_default();
-            (e.status, text, Some("application/json"), None)
-        }
-    };
-    let mut headers = HeaderMap::new();
-    let mut set = |name: &'static str, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name, v);
-        }
-    };
-    if let Some(ct) = content_type {
-        set("content-type", ct);
-    }
-    if let Some(l) = &location {
-        set("location", l);
-    }
-    set("x-content-type-options", "nosniff");
-    set("cache-control", "no-store");
-    set("x-frame-options", "DENY");
-    set("referrer-policy", "no-referrer");
-    set(
-        "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-    );
-    set(
-        "strict-transport-security",
-        "max-age=31536000; includeSubDomains",
-    );
-    if let Some(s) = retry_after {
-        set("retry-after", &s.to_string());
-    }
-    if status == 401 {
-        set("www-authenticate", "Bearer realm=\"charlie\"");
-    }
-    let mut r = ApiGatewayV2httpResponse::default();
-    r.status_code = i64::from(status);
-    r.headers = headers;
-    r.body = (!body.is_empty()).then_some(Body::Text(body));
-    r
-}
-
-/// What `/v1/health` says of a failed check: `what` and a short cause (the AWS error code when
-/// there is one), never the raw error, whose ARNs, table and bucket names and request ids go to
-/// the log only.
-fn cause(what: &str, e: &anyhow::Error) -> String {
-    let full = format!("{e:#}");
-    warn!(check = what, error = %full, "health check failed");
-    let code = full.split(|c: char| !c.is_ascii_alphanumeric()).find(|w| {
-        w.len() > 9
-            && w.starts_with(|c: char| c.is_ascii_uppercase())
-            && (w.ends_with("Exception") || w.ends_with("Error") || w.ends_with("Denied"))
-    });
-    match code {
-        Some(code) => format!("{what}: {code} (details in the API's log)"),
-        None => format!("{what}: unavailable (details in the API's log)"),
-    }
 }
 
 #[cfg(test)]

@@ -2027,3 +2027,94 @@ async fn a_key_that_reruns_in_a_loop_is_bounded_per_report_per_hour() {
         "the bound is audited: {audit}"
     );
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_rejected_rows_the_last_period_s_workbooks_and_starts_it_by_default() {
+    let w = world().await;
+    let cookie = sign_in(&w, &w.operate).await;
+    // A rejects file as ingest writes it, and one of a version before the line counts.
+    let file = contract::RejectsFile {
+        attachment: "ib_calls.csv".into(),
+        raw_key: "raw/ib_calls/a.csv".into(),
+        rows_rejected: 2,
+        lines: Default::default(),
+        rejects: vec![crate::csv_ingest::Reject {
+            line: 7,
+            reason: "started_at \"yesterday\" is not a date-time".into(),
+        }],
+    };
+    let objects: &dyn Objects = w.objects.as_ref();
+    objects
+        .put(
+            "raw/ib_calls/a.csv.rejects.json",
+            serde_json::to_vec(&file).unwrap(),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    let old = json!({"attachment": "b.csv", "raw_key": "raw/ib_calls/b.csv", "rejects": [{"line": 3, "reason": "call_id is empty"}]});
+    objects
+        .put(
+            "raw/ib_calls/b.csv.rejects.json",
+            serde_json::to_vec(&old).unwrap(),
+            "application/json",
+        )
+        .await
+        .unwrap();
+    let (status, _, page) = ui(
+        &w,
+        "GET",
+        "/ui/intake/rejects?raw_key=raw/ib_calls/a.csv",
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(">7<"), "the line: {page}");
+    assert!(page.contains("is not a date-time"), "the reason: {page}");
+    assert!(page.contains("the first 1 are shown"), "{page}");
+    let (status, _, page) = ui(
+        &w,
+        "GET",
+        "/ui/intake/rejects?raw_key=raw/ib_calls/b.csv",
+        Some(&cookie),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "an older file is read too: {page}");
+    assert!(page.contains("call_id is empty"), "{page}");
+
+    // The reports page lists the workbooks stored for each report's last complete period.
+    let r = &w.api.definitions.reports["call_centre_daily"];
+    let last = crate::period::Period::previous(r.period, Utc::now(), r.time_zone.0).to_string();
+    objects
+        .put(
+            &crate::object_keys::workbook("call_centre_daily", &last),
+            b"PK".to_vec(),
+            crate::report_mail::XLSX_CONTENT_TYPE,
+        )
+        .await
+        .unwrap();
+    let (status, _, page) = ui(&w, "GET", "/ui/reports", Some(&cookie), None, &[]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&format!("({last})")), "{page}");
+    assert_eq!(
+        page.matches("No workbook stored for the last period")
+            .count(),
+        w.api.definitions.reports.len() - 1,
+        "the period's workbook is listed: {page}"
+    );
+
+    // A run started with the form's period left empty builds that period.
+    let (_, _, runs) = ui(&w, "GET", "/ui/runs", Some(&cookie), None, &[]).await;
+    let form = format!("report=call_centre_daily&period=&_csrf={}", csrf_of(&runs));
+    let (status, headers, page) = ui(&w, "POST", "/ui/runs", Some(&cookie), Some(&form), &[]).await;
+    assert_eq!(status, 303, "{page}");
+    let to = headers["location"].to_str().unwrap();
+    assert!(
+        to.starts_with(&format!("/ui/runs/call_centre_daily.{last}.")),
+        "{to}"
+    );
+}
