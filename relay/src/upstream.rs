@@ -128,8 +128,13 @@ impl Api {
                 ))
             });
         }
-        let message = || match serde_json::from_str::<contract::Problem>(&text) {
-            Ok(problem) => problem.message,
+        // The API's problem, or API Gateway's own `{"message": …}` (a 429, a 503), else the text.
+        #[derive(serde::Deserialize)]
+        struct Said {
+            message: String,
+        }
+        let message = || match serde_json::from_str::<Said>(&text) {
+            Ok(said) => said.message,
             Err(_) => text.clone(),
         };
         match status {
