@@ -376,7 +376,7 @@ impl Api {
             }
             (Access::Public, Route::OpenApi) => {
                 let doc: Value = serde_json::from_str(OPENAPI).unwrap_or(Value::Null);
-                return respond(Ok(Reply::ok(doc)));
+                return respond(Ok(Reply::json(200, doc)));
             }
             (Access::Public, other) => {
                 return respond(Err(

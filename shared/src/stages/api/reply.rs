@@ -80,10 +80,6 @@ impl Reply {
         }
     }
 
-    pub(super) fn ok(body: Value) -> Self {
-        Self::json(200, body)
-    }
-
     /// An answer of the contract's types (`crate::contract`).
     pub(super) fn typed<T: serde::Serialize>(status: u16, body: &T) -> Result<Self, ApiError> {
         Ok(Self::json(
