@@ -668,7 +668,20 @@ impl LocalRunner {
                         }
                     }
                 }
-                let body = resp["body"].as_str().unwrap_or_default().to_owned();
+                // Payload 2.0 answers its cookies apart; API Gateway sends each as a
+                // `Set-Cookie` header.
+                for cookie in resp["cookies"].as_array().into_iter().flatten() {
+                    if let Some(c) = cookie.as_str() {
+                        builder = builder.header(axum::http::header::SET_COOKIE, c);
+                    }
+                }
+                let text = resp["body"].as_str().unwrap_or_default();
+                let body = if resp["isBase64Encoded"].as_bool() == Some(true) {
+                    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, text)
+                        .unwrap_or_default()
+                } else {
+                    text.as_bytes().to_vec()
+                };
                 builder
                     .body(axum::body::Body::from(body))
                     .unwrap_or_default()
@@ -696,7 +709,7 @@ pub async fn build_stage(name: &str, env: &Env) -> anyhow::Result<Arc<dyn Handle
         "ingest" => Arc::new(ingest::Ingest::from_env(env).await?),
         "report-builder" => Arc::new(report::ReportBuilder::from_env(env).await?),
         "mailer" => Arc::new(mailer::Mailer::from_env(env).await?),
-        "api" => Arc::new(api::Api::from_env(env).await?),
+        "api" => Arc::new(api::ApiFunction::from_env(env).await?),
         "batch-sender" => Arc::new(batch_sender::BatchSender::from_env(env).await?),
         other => bail!(
             "unknown stage {other:?}; expected one of {:?}",

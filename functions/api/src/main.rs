@@ -7,7 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
     charlie::lambda::run("api", |env| async move {
-        charlie::stages::api::Api::from_env(&env).await
+        charlie::stages::api::ApiFunction::from_env(&env).await
     })
     .await
 }

@@ -18,7 +18,7 @@ impl Api {
 
     pub(super) async fn create_key(
         &self,
-        req: &Request<'_>,
+        req: &Request,
         by: &ApiKeyRecord,
     ) -> Result<Reply, ApiError> {
         let ask: contract::NewKey = req.json()?;
@@ -73,7 +73,7 @@ impl Api {
             .said(format!("revoke key {} ({})", record.name, record.id)))
     }
 
-    pub(super) async fn audit_trail(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
+    pub(super) async fn audit_trail(&self, req: &Request) -> Result<Reply, ApiError> {
         let limit = req.count("limit", 50, 500)?;
         let found = self
             .records
@@ -96,7 +96,7 @@ impl Api {
     /// try again once one is reached.
     pub(super) async fn within_limits(
         &self,
-        req: &Request<'_>,
+        req: &Request,
         segments: &[&str],
         key: &ApiKeyRecord,
     ) -> Result<(), ApiError> {
@@ -188,16 +188,17 @@ impl Api {
     /// logged, not hidden.
     pub(super) async fn audit(
         &self,
-        req: &Request<'_>,
+        call: (&str, &str, &str),
         key: &ApiKeyRecord,
         result: &Result<Reply, ApiError>,
     ) {
+        let (_, method, path) = call;
         let (status, summary) = match result {
-            Ok(r) if r.summary.is_empty() => (r.status, format!("{} {}", req.method, req.path)),
+            Ok(r) if r.summary.is_empty() => (r.status, format!("{method} {path}")),
             Ok(r) => (r.status, r.summary.clone()),
             Err(e) => (e.status, format!("refused: {}", e.message)),
         };
-        self.audit_as(req.call(), (&key.id, &key.name), status, summary)
+        self.audit_as(call, (&key.id, &key.name), status, summary)
             .await;
     }
 

@@ -18,9 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use aws_lambda_events::encodings::Body;
-use aws_lambda_events::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use chrono::{Duration, Utc};
 use minijinja::{Environment, context};
 use serde::Serialize;
@@ -165,7 +163,7 @@ fn render_raw(name: &str, ctx: minijinja::Value) -> Result<String, minijinja::Er
 /// Why a POST to the login form comes from another site, if it does: a browser's
 /// `Sec-Fetch-Site` other than `same-origin` / `none` (typed or bookmarked), or an `Origin` that
 /// is `null` or names another host than the request's (or, behind the CDN, the public one).
-fn foreign_post(req: &ApiGatewayV2httpRequest, edge: &crate::edge::Edge) -> Option<&'static str> {
+fn foreign_post(req: &Request, edge: &crate::edge::Edge) -> Option<&'static str> {
     let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = header("sec-fetch-site")
         && !matches!(site, "same-origin" | "none")
@@ -176,7 +174,7 @@ fn foreign_post(req: &ApiGatewayV2httpRequest, edge: &crate::edge::Edge) -> Opti
     if origin == "null" {
         return Some("a sign-in posted from an opaque origin is refused");
     }
-    let host = header("host").or(req.request_context.domain_name.as_deref())?;
+    let host = header("host").or(req.domain_name.as_deref())?;
     let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
     (!origin_host.eq_ignore_ascii_case(host) && !edge.is_public_host(origin_host))
         .then_some("a sign-in posted from another origin is refused")
@@ -186,9 +184,9 @@ fn render(name: &str, ctx: minijinja::Value) -> Result<String, ApiError> {
     render_raw(name, ctx).map_err(|e| ApiError::from(anyhow::anyhow!("rendering {name}: {e:#}")))
 }
 
-/// The value of cookie `name` among a request's cookies. API Gateway (payload 2.0) hands them
-/// over in the event's `cookies`, one per entry, and leaves no `Cookie` header; an entry that
-/// holds several (`a=1; b=2`) is read too.
+/// The value of cookie `name` among a request's cookies: `Cookie` headers, each of one cookie
+/// or several (`a=1; b=2`). API Gateway (payload 2.0) hands them over in the event's
+/// `cookies`, one per entry; lambda_http joins them into one `Cookie` header again.
 pub(super) fn cookie(cookies: &[String], name: &str) -> Option<String> {
     cookies
         .iter()
@@ -204,29 +202,8 @@ fn random_hex() -> String {
 
 impl Api {
     /// Serves `/ui…`.
-    pub(super) async fn dashboard(
-        &self,
-        req: &ApiGatewayV2httpRequest,
-        method: &str,
-        path: &str,
-        body: Vec<u8>,
-    ) -> ApiGatewayV2httpResponse {
-        let rest = path.strip_prefix("/ui").unwrap_or("");
-        let segments: Vec<String> = rest
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(crate::uri::decode)
-            .collect();
-        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let request_id = req
-            .request_context
-            .request_id
-            .clone()
-            .unwrap_or_else(crate::invocation::new_correlation_id);
-        let page = self
-            .dashboard_page(req, method, path, &segments, body, &request_id)
-            .await;
-        let page = match page {
+    pub(super) async fn dashboard(&self, req: &Request) -> axum::response::Response {
+        let page = match self.dashboard_page(req).await {
             Ok(p) => p,
             Err(e) => {
                 let html = render(
@@ -240,15 +217,11 @@ impl Api {
         ui_respond(page)
     }
 
-    async fn dashboard_page(
-        &self,
-        req: &ApiGatewayV2httpRequest,
-        method: &str,
-        path: &str,
-        segments: &[&str],
-        body: Vec<u8>,
-        request_id: &str,
-    ) -> Result<Page, ApiError> {
+    async fn dashboard_page(&self, req: &Request) -> Result<Page, ApiError> {
+        let (request_id, method, path) = req.call();
+        let segments: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+        let segments = segments.as_slice();
+        let body = &req.body;
         match (method, segments) {
             ("GET", ["static", "app.css"]) => return Ok(Page::Css),
             ("GET", ["static", "favicon.svg"]) => return Ok(Page::Icon),
@@ -271,7 +244,7 @@ impl Api {
                     .await;
                     return Err(ApiError::new(403, "forbidden", why));
                 }
-                return self.login(&body, call).await;
+                return self.login(body, call).await;
             }
             _ => {}
         }
@@ -291,14 +264,17 @@ impl Api {
             .await;
             return Err(ApiError::new(403, "forbidden", why));
         }
-        let Some(session) = self
-            .session(req.cookies.as_deref().unwrap_or_default())
-            .await?
-        else {
+        let cookies: Vec<String> = req
+            .headers
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect();
+        let Some(session) = self.session(&cookies).await? else {
             return Ok(Page::SeeOther("/ui/login".into(), None));
         };
         let fields = if method == "POST" {
-            let fields = crate::uri::form(&body);
+            let fields = crate::uri::form(body);
             let sent = fields.get("_csrf").map(String::as_str).unwrap_or("");
             if !Secret::new(session.csrf.clone()).matches(sent) {
                 self.audit_as(
@@ -318,12 +294,7 @@ impl Api {
         } else {
             HashMap::new()
         };
-        let query = |name: &str| -> Option<String> {
-            req.query_string_parameters
-                .first(name)
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned)
-        };
+        let query = |name: &str| -> Option<String> { req.query(name).map(str::to_owned) };
         let cx = Cx {
             api: self,
             session: &session,
@@ -785,18 +756,17 @@ impl Cx<'_> {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.clone()))
             .collect();
-        let query = aws_lambda_events::query_map::QueryMap::from(query);
-        let request = Request {
+        let request = Request::internal(
             method,
-            path: self.path,
-            segments: segments.iter().map(|s| (*s).to_owned()).collect(),
-            query: &query,
-            body: body.unwrap_or_default(),
-            request_id: self.request_id.to_owned(),
-        };
+            self.path,
+            segments,
+            query,
+            body.unwrap_or_default(),
+            self.request_id,
+        );
         let result = self.api.route(&request, def.route, segments, key).await;
         if method != "GET" {
-            self.api.audit(&request, key, &result).await;
+            self.api.audit(request.call(), key, &result).await;
         }
         result
     }
@@ -906,7 +876,7 @@ struct ReportCard {
     versions: Vec<contract::ObjectInfo>,
 }
 
-fn ui_respond(page: Page) -> ApiGatewayV2httpResponse {
+fn ui_respond(page: Page) -> axum::response::Response {
     let mut headers = HeaderMap::new();
     let mut set = |name: &'static str, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
@@ -943,10 +913,10 @@ fn ui_respond(page: Page) -> ApiGatewayV2httpResponse {
     set("cache-control", "no-store");
     set("x-frame-options", "DENY");
     set("referrer-policy", "same-origin");
-    let mut r = ApiGatewayV2httpResponse::default();
-    r.status_code = i64::from(status);
-    r.headers = headers;
-    r.body = Some(Body::Text(body));
+    let mut r = axum::response::Response::new(axum::body::Body::from(body));
+    *r.status_mut() = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.headers_mut() = headers;
     r
 }
 

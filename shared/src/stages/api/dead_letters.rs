@@ -50,7 +50,7 @@ impl Api {
         )
     }
 
-    pub(super) async fn peek(&self, req: &Request<'_>, queue: &str) -> Result<Reply, ApiError> {
+    pub(super) async fn peek(&self, req: &Request, queue: &str) -> Result<Reply, ApiError> {
         self.known_queue(queue)?;
         let max = req.count("max", 10, 100)?;
         let letters = self.queues.peek(queue, max).await?;
@@ -63,7 +63,7 @@ impl Api {
         )
     }
 
-    pub(super) async fn redrive(&self, req: &Request<'_>, queue: &str) -> Result<Reply, ApiError> {
+    pub(super) async fn redrive(&self, req: &Request, queue: &str) -> Result<Reply, ApiError> {
         let redrivable = self.known_queue(queue)?;
         let ask: contract::Redrive = req.json()?;
         if !redrivable {

@@ -5,7 +5,7 @@ use super::*;
 impl Api {
     pub(super) fn dataset_and_date(
         &self,
-        req: &Request<'_>,
+        req: &Request,
         date_field: &'static str,
     ) -> Result<(String, NaiveDate), ApiError> {
         let dataset = req
@@ -37,7 +37,7 @@ impl Api {
     /// "session", or a day back).
     pub(super) async fn intake_state(
         &self,
-        req: Option<&Request<'_>>,
+        req: Option<&Request>,
     ) -> Result<contract::IntakeState, ApiError> {
         use crate::counters::Kind;
         let control: Option<crate::intake_control::IntakeControl> = self
@@ -71,7 +71,7 @@ impl Api {
     }
 
     /// A dataset's day: each attachment that had rows on it and what ingest made of it.
-    pub(super) async fn outcomes(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
+    pub(super) async fn outcomes(&self, req: &Request) -> Result<Reply, ApiError> {
         let (dataset, date) = self.dataset_and_date(req, "date")?;
         let attachments: Vec<(String, state::DayAttachment)> = self
             .records
@@ -140,7 +140,7 @@ impl Api {
     }
 
     /// Quarantined files, each with its reason, in key order.
-    pub(super) async fn quarantine(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
+    pub(super) async fn quarantine(&self, req: &Request) -> Result<Reply, ApiError> {
         let prefix = match req.query("dataset") {
             Some(d) if self.definitions.datasets.contains_key(d) => format!("quarantine/{d}/"),
             Some(d) => return Err(ApiError::bad("dataset", format!("no dataset {d:?}"))),
@@ -205,7 +205,7 @@ impl Api {
 
     pub(super) async fn start_reprocess(
         &self,
-        req: &Request<'_>,
+        req: &Request,
         key: &ApiKeyRecord,
     ) -> Result<Reply, ApiError> {
         let ask: contract::StartReprocess = req.json()?;
@@ -305,7 +305,7 @@ impl Api {
 
     pub(super) async fn poll_now(
         &self,
-        req: &Request<'_>,
+        req: &Request,
         key: &ApiKeyRecord,
     ) -> Result<Reply, ApiError> {
         let asked = crate::messages::PollNow {
@@ -318,7 +318,7 @@ impl Api {
     }
 
     /// A quarantined file: redirected to a presigned URL valid for minutes.
-    pub(super) async fn quarantine_file(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
+    pub(super) async fn quarantine_file(&self, req: &Request) -> Result<Reply, ApiError> {
         let key = req
             .query("key")
             .ok_or_else(|| ApiError::bad("key", "give ?key= (a quarantined file's key)"))?;
@@ -343,7 +343,7 @@ impl Api {
     }
 
     /// The rows of an archived attachment that were rejected, with their lines and reasons.
-    pub(super) async fn rejects(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
+    pub(super) async fn rejects(&self, req: &Request) -> Result<Reply, ApiError> {
         let raw = req
             .query("raw_key")
             .ok_or_else(|| ApiError::bad("raw_key", "give ?raw_key= (an outcome's raw_key)"))?;

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Api {
-    pub(super) async fn metrics(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
+    pub(super) async fn metrics(&self, req: &Request) -> Result<Reply, ApiError> {
         let now = Utc::now();
         let since = req.since(now, now - chrono::Duration::days(1))?;
         let (counts, start) = crate::counters::since(self.records.as_ref(), since, now).await?;

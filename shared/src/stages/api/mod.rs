@@ -22,6 +22,7 @@ mod audit;
 mod dashboard;
 mod dead_letters;
 mod health;
+mod http;
 mod iam;
 mod intake;
 pub mod keys;
@@ -33,15 +34,16 @@ mod reports;
 pub mod routes;
 mod runs;
 
+pub use http::ApiFunction;
 use routes::{Access, Route};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
-use aws_lambda_events::http::{HeaderMap, HeaderValue};
+use axum::http::{HeaderMap, HeaderValue};
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
@@ -166,14 +168,6 @@ impl Api {
     }
 }
 
-#[async_trait]
-impl super::Handler for Api {
-    async fn invoke(&self, event: Value, _invocation: &Invocation) -> anyhow::Result<Value> {
-        let request: ApiGatewayV2httpRequest = super::parse_event(event)?;
-        Ok(serde_json::to_value(Box::pin(self.handle(request)).await)?)
-    }
-}
-
 /// How far back counters can be asked for.
 const MAX_SINCE_DAYS: i64 = 31;
 
@@ -196,24 +190,72 @@ impl Default for KeyLimits {
     }
 }
 
-/// What the router needs of a request.
-struct Request<'a> {
-    method: &'a str,
-    path: &'a str,
+/// What the API reads of a request, whichever route it takes (`http` builds it).
+pub(super) struct Request {
+    method: String,
+    path: String,
+    /// The path's segments after `/v1` (or `/iam/v1`, `/ui`), percent-decoded.
     segments: Vec<String>,
-    query: &'a aws_lambda_events::query_map::QueryMap,
+    /// The query's parameters, decoded; the first of a repeated one counts.
+    query: HashMap<String, String>,
+    /// The query as sent (a relay signs it).
+    raw_query: Option<String>,
+    headers: HeaderMap,
     body: Vec<u8>,
     request_id: String,
+    /// The host API Gateway was called on.
+    domain_name: Option<String>,
 }
 
-impl Request<'_> {
+impl Request {
+    /// A request the dashboard makes of a route on its session's behalf.
+    fn internal(
+        method: &str,
+        path: &str,
+        segments: &[&str],
+        query: HashMap<String, String>,
+        body: Vec<u8>,
+        request_id: &str,
+    ) -> Self {
+        Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+            query,
+            raw_query: None,
+            headers: HeaderMap::new(),
+            body,
+            request_id: request_id.to_owned(),
+            domain_name: None,
+        }
+    }
+
     /// (request id, method, path): what the audit trail records of a call.
     fn call(&self) -> (&str, &str, &str) {
-        (&self.request_id, self.method, self.path)
+        (&self.request_id, &self.method, &self.path)
+    }
+
+    /// The path's `i`-th segment (after `/v1`), as the route's pattern says it is there.
+    fn segment(&self, i: usize) -> &str {
+        self.segments.get(i).map_or("", String::as_str)
+    }
+
+    /// Ids that cannot name anything stored (a key is at most 1 KiB in DynamoDB): a 404
+    /// before anything is looked up. A link's token is checked by its signature instead.
+    fn ids_fit(&self) -> Result<(), ApiError> {
+        if self.segments.iter().any(|s| s.len() > MAX_ID_BYTES) {
+            return Err(ApiError::not_found(format!(
+                "nothing is named by a path segment over {MAX_ID_BYTES} bytes"
+            )));
+        }
+        Ok(())
     }
 
     fn query(&self, name: &str) -> Option<&str> {
-        self.query.first(name).filter(|v| !v.is_empty())
+        self.query
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     /// A count parameter: `default` when absent, else a whole number from 1 to `max`.
@@ -269,220 +311,11 @@ fn field_of(message: &str) -> Option<String> {
 }
 
 impl Api {
-    pub async fn handle(&self, req: ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
-        let method = req.request_context.http.method.as_str().to_owned();
-        let path = req
-            .raw_path
-            .clone()
-            .unwrap_or_else(|| req.request_context.http.path.clone().unwrap_or_default());
-        let body = match req.body.as_deref() {
-            None => Vec::new(),
-            Some(b) if req.is_base64_encoded => {
-                match base64::engine::general_purpose::STANDARD.decode(b) {
-                    Ok(b) => b,
-                    Err(_) => {
-                        return respond(Err(ApiError::bad(
-                            "body",
-                            "the body is marked base64 but is not",
-                        )));
-                    }
-                }
-            }
-            Some(b) => b.as_bytes().to_vec(),
-        };
-        // Behind the CDN, only what came through it (the WAF) is served; the SigV4 routes are
-        // checked by AWS before the function runs and signed for API Gateway's own host.
-        let signed_by_aws = path == "/iam/v1" || path.starts_with("/iam/v1/");
-        if !signed_by_aws && !self.edge.admits(&req.headers) {
-            return respond(Err(ApiError::new(
-                403,
-                "forbidden",
-                "this API is reached through its CDN",
-            )));
-        }
-        // The dashboard's pages, with their own sign-in (a session cookie).
-        if path == "/ui" || path.starts_with("/ui/") {
-            return self.dashboard(&req, &method, &path, body).await;
-        }
-        // `/iam/v1/…` is the same API behind API Gateway's AWS_IAM authorization: the caller
-        // signed with SigV4 and API Gateway checked it and names the principal.
-        let (api_path, iam_route) = match path.strip_prefix("/iam") {
-            Some(rest) if rest.starts_with("/v1") => (rest, true),
-            _ => (path.as_str(), false),
-        };
-        let Some(rest) = api_path
-            .strip_prefix("/v1/")
-            .or(api_path.strip_prefix("/v1").filter(|r| r.is_empty()))
-        else {
-            return respond(Err(ApiError::not_found(format!(
-                "no route {path}: routes are under /v1"
-            ))));
-        };
-        let request = Request {
-            method: &method,
-            path: &path,
-            segments: rest
-                .split('/')
-                .filter(|s| !s.is_empty())
-                .map(crate::uri::decode)
-                .collect(),
-            query: &req.query_string_parameters,
-            body,
-            request_id: req
-                .request_context
-                .request_id
-                .clone()
-                .unwrap_or_else(crate::invocation::new_correlation_id),
-        };
-        let segments: Vec<&str> = request.segments.iter().map(String::as_str).collect();
-        let def = match routes::find(&method, &segments) {
-            Ok(def) => def,
-            Err(allowed) if allowed.is_empty() => {
-                return respond(Err(ApiError::not_found(format!(
-                    "no route {method} {path} (see /v1/openapi.json)"
-                ))));
-            }
-            Err(allowed) => {
-                let mut resp = respond(Err(ApiError::new(
-                    405,
-                    "method_not_allowed",
-                    format!("{path} takes {}", allowed.join(", ")),
-                )));
-                if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
-                    resp.headers.insert("allow", v);
-                }
-                return resp;
-            }
-        };
-        // Ids that cannot name anything stored (a key is at most 1 KiB in DynamoDB); a link's
-        // token is checked by its signature instead.
-        if def.route != Route::Link && segments.iter().any(|s| s.len() > MAX_ID_BYTES) {
-            return respond(Err(ApiError::not_found(format!(
-                "nothing is named by a path segment over {MAX_ID_BYTES} bytes"
-            ))));
-        }
-        let needed = match (def.access, def.route) {
-            (Access::Public, Route::Link) => {
-                let result = self.follow_link(segments[1]).await;
-                // Who: the link (its bearer is unknown); what: the run's workbook, or why not.
-                let (status, summary) = match &result {
-                    Ok(r) => (r.status, r.summary.clone()),
-                    Err(e) => (e.status, format!("refused: {}", e.message)),
-                };
-                info!(status, summary, "download link followed");
-                self.audit_as(request.call(), ("link", "download link"), status, summary)
-                    .await;
-                return respond(result);
-            }
-            (Access::Public, Route::OpenApi) => {
-                let doc: Value = serde_json::from_str(OPENAPI).unwrap_or(Value::Null);
-                return respond(Ok(Reply::json(200, doc)));
-            }
-            (Access::Public, other) => {
-                return respond(Err(
-                    anyhow::anyhow!("public route {other:?} has no answer").into()
-                ));
-            }
-            // A relay signs its calls with its own key.
-            (Access::Relay, route) => {
-                return respond(Box::pin(self.relay_call(&req, &request, route)).await);
-            }
-            (Access::Scope(needed), _) => needed,
-        };
-        let key = if iam_route {
-            let principal = req
-                .request_context
-                .authorizer
-                .as_ref()
-                .and_then(|a| a.iam.as_ref())
-                .and_then(|iam| iam.user_arn.clone());
-            match iam_caller(&self.iam_principals, principal.as_deref()) {
-                Ok(caller) => caller,
-                Err(e) => {
-                    let who = principal.as_deref().unwrap_or("none");
-                    self.audit_as(
-                        request.call(),
-                        (who, "IAM caller"),
-                        e.status,
-                        format!("refused: {}", e.message),
-                    )
-                    .await;
-                    return respond(Err(e));
-                }
-            }
-        } else {
-            let presented = bearer(&req.headers);
-            match keys::authenticate(self.records.as_ref(), presented.as_deref()).await {
-                Ok(Ok(key)) => key,
-                Ok(Err(refused)) => {
-                    // Audited with the key's id when it has one (never the key itself).
-                    let who = presented
-                        .as_deref()
-                        .and_then(keys::presented_id)
-                        .unwrap_or("none");
-                    let refusal = ApiError::new(401, "unauthorized", refused.message());
-                    self.audit_as(
-                        request.call(),
-                        (who, "unauthenticated caller"),
-                        401,
-                        format!("refused: {}", refused.message()),
-                    )
-                    .await;
-                    return respond(Err(refusal));
-                }
-                Err(e) => return respond(Err(e.into())),
-            }
-        };
-        let has = keys::granted(&key);
-        if has.is_none_or(|s| s < needed) {
-            let refused = Err(ApiError::new(
-                403,
-                "forbidden",
-                format!(
-                    "{method} {path} needs a {} with scope {}; this one ({}) has {}",
-                    if iam_route { "caller" } else { "key" },
-                    needed.name(),
-                    key.name,
-                    key.scopes.join(", ")
-                ),
-            ));
-            self.audit(&request, &key, &refused).await;
-            return respond(refused);
-        }
-        if method != "GET"
-            && method != "HEAD"
-            && let Err(limited) = self.within_limits(&request, &segments, &key).await
-        {
-            let refused = Err(limited);
-            self.audit(&request, &key, &refused).await;
-            return respond(refused);
-        }
-        let result = self.route(&request, def.route, &segments, &key).await;
-        // Every state-changing call, and the reads that hand out data: a workbook or a
-        // quarantined file.
-        let download = matches!(
-            segments.as_slice(),
-            ["runs", _, "download"] | ["intake", "quarantine", "file"]
-        );
-        if (method != "GET" && method != "HEAD") || download {
-            if download {
-                info!(
-                    key = key.name,
-                    path,
-                    status = result.as_ref().map_or_else(|e| e.status, |r| r.status),
-                    "download"
-                );
-            }
-            self.audit(&request, &key, &result).await;
-        }
-        respond(result)
-    }
-
     /// Answers a route a caller may call (the scope checked): `segments[i]` is the path's
     /// i-th segment, as the route's pattern says it is there.
     async fn route(
         &self,
-        req: &Request<'_>,
+        req: &Request,
         route: Route,
         segments: &[&str],
         key: &ApiKeyRecord,

@@ -12,7 +12,6 @@
 //!   bytes only), or `exists: true` when that file is already there: a relay that crashed after
 //!   its upload and before its journal noted it asks again and sends nothing twice.
 
-use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
@@ -112,7 +111,7 @@ impl Api {
     /// key. Answers the key once.
     pub(super) async fn create_relay(
         &self,
-        req: &Request<'_>,
+        req: &Request,
         by: &ApiKeyRecord,
     ) -> Result<Reply, ApiError> {
         let ask: contract::NewRelay = req.json()?;
@@ -219,17 +218,12 @@ impl Api {
 
     /// A relay's signed call: checked ([`relay_auth`]), answered, and written to the audit
     /// trail as the relay's.
-    pub(super) async fn relay_call(
-        &self,
-        http: &ApiGatewayV2httpRequest,
-        req: &Request<'_>,
-        route: Route,
-    ) -> Result<Reply, ApiError> {
-        let relay = match self.relay_caller(http, req).await {
+    pub(super) async fn relay_call(&self, req: &Request, route: Route) -> Result<Reply, ApiError> {
+        let relay = match self.relay_caller(req).await {
             Ok(relay) => relay,
             Err(e) => {
                 // Who it claimed to be (unverified), never what it signed with.
-                let claimed = http
+                let claimed = req
                     .headers
                     .get(relay_auth::RELAY_HEADER)
                     .and_then(|v| v.to_str().ok())
@@ -275,20 +269,16 @@ impl Api {
         };
         // Its fetches of report mail too: they hand out the mail's MIME.
         if req.method != "GET" || route == Route::RelayOutbox {
-            self.audit(req, &caller, &result).await;
+            self.audit(req.call(), &caller, &result).await;
         }
         result
     }
 
     /// The relay that signed this request, or a 401 saying what is wrong with it.
-    async fn relay_caller(
-        &self,
-        http: &ApiGatewayV2httpRequest,
-        req: &Request<'_>,
-    ) -> Result<RelayRecord, ApiError> {
+    async fn relay_caller(&self, req: &Request) -> Result<RelayRecord, ApiError> {
         let refused = |r: Refused| ApiError::new(401, "unauthorized", r.to_string());
         let master = self.relay_master()?;
-        let header = |name: &str| http.headers.get(name).and_then(|v| v.to_str().ok());
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
         let presented = relay_auth::presented(header).map_err(refused)?;
         // Whether the relay is known or revoked is said only to a caller whose signature
         // verifies: anyone else gets the same answer as a wrong key (an unknown relay's
@@ -301,15 +291,15 @@ impl Api {
             Some(r) => relay_auth::relay_secret(master, &r.id, &r.salt),
             None => relay_auth::relay_secret(master, presented.relay, "no such relay"),
         };
-        let signed_path = match http.raw_query_string.as_deref().filter(|q| !q.is_empty()) {
+        let signed_path = match req.raw_query.as_deref().filter(|q| !q.is_empty()) {
             Some(q) => format!("{}?{q}", req.path),
-            None => req.path.to_owned(),
+            None => req.path.clone(),
         };
         let now = Utc::now();
         relay_auth::verify(
             &presented,
             &secret,
-            req.method,
+            &req.method,
             &signed_path,
             &req.body,
             now.timestamp(),
@@ -397,7 +387,7 @@ impl Api {
         Reply::typed(200, &contract::Outbox { mails })
     }
 
-    async fn relay_ack(&self, req: &Request<'_>, relay: &RelayRecord) -> Result<Reply, ApiError> {
+    async fn relay_ack(&self, req: &Request, relay: &RelayRecord) -> Result<Reply, ApiError> {
         let ack: contract::MailSent = req.json()?;
         check_message_id(&ack.message_id)?;
         let reply = said_text(&ack.smtp_reply, 512);
@@ -432,11 +422,7 @@ impl Api {
     /// `{message_id, answer}`: the relay's sender could not take a queued mail now (an SMTP
     /// 4xx): it stays queued, not offered again before its backoff, and shows as stuck with the
     /// answer in `charlie relay list` and health.
-    async fn relay_deferred(
-        &self,
-        req: &Request<'_>,
-        relay: &RelayRecord,
-    ) -> Result<Reply, ApiError> {
+    async fn relay_deferred(&self, req: &Request, relay: &RelayRecord) -> Result<Reply, ApiError> {
         let said: contract::MailDeferred = req.json()?;
         check_message_id(&said.message_id)?;
         let answer = said_text(&said.answer, 2000);
@@ -484,11 +470,7 @@ impl Api {
     /// `{message_id, reason}`: the relay's sender refused a queued mail for good (an SMTP 5xx,
     /// an address Outlook cannot resolve): off the outbox, its delivery `refused` with the
     /// reason, counted once (`RelayMailsRefused`, alarmed on).
-    async fn relay_refused(
-        &self,
-        req: &Request<'_>,
-        relay: &RelayRecord,
-    ) -> Result<Reply, ApiError> {
+    async fn relay_refused(&self, req: &Request, relay: &RelayRecord) -> Result<Reply, ApiError> {
         let said: contract::MailRefused = req.json()?;
         check_message_id(&said.message_id)?;
         let reason = said_text(&said.reason, 2000);
@@ -547,11 +529,7 @@ impl Api {
             .said(format!("relay {} refused {}", relay.id, record.message_id)))
     }
 
-    async fn relay_upload(
-        &self,
-        req: &Request<'_>,
-        relay: &RelayRecord,
-    ) -> Result<Reply, ApiError> {
+    async fn relay_upload(&self, req: &Request, relay: &RelayRecord) -> Result<Reply, ApiError> {
         let ask: contract::UploadRequest = req.json()?;
         let sha = ask.sha256.to_ascii_lowercase();
         let Some(digest) = hex::decode(&sha).ok().filter(|d| d.len() == 32) else {

@@ -1,5 +1,5 @@
 //! How an answer leaves the API: a refusal (`ApiError`, the body `contract::Problem`), a
-//! success (`Reply`), and the API Gateway response either becomes, with the headers every answer
+//! success (`Reply`), and the HTTP response either becomes, with the headers every answer
 //! carries.
 
 use super::*;
@@ -114,7 +114,18 @@ pub(super) fn link_page(why: &str) -> String {
     )
 }
 
-pub(super) fn respond(result: Result<Reply, ApiError>) -> ApiGatewayV2httpResponse {
+/// The HTTP response of an answer.
+pub(super) fn respond(result: Result<Reply, ApiError>) -> axum::response::Response {
+    let (status, headers, body) = answer(result);
+    let mut r = axum::response::Response::new(axum::body::Body::from(body));
+    *r.status_mut() = axum::http::StatusCode::from_u16(status)
+        .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.headers_mut() = headers;
+    r
+}
+
+/// An answer's status, headers and body, with the headers every answer carries.
+pub(super) fn answer(result: Result<Reply, ApiError>) -> (u16, HeaderMap, String) {
     let mut retry_after = None;
     let (status, body, content_type, location) = match result {
         Ok(r) => match r.body {
@@ -169,9 +180,5 @@ pub(super) fn respond(result: Result<Reply, ApiError>) -> ApiGatewayV2httpRespon
     if status == 401 {
         set("www-authenticate", "Bearer realm=\"charlie\"");
     }
-    let mut r = ApiGatewayV2httpResponse::default();
-    r.status_code = i64::from(status);
-    r.headers = headers;
-    r.body = (!body.is_empty()).then_some(Body::Text(body));
-    r
+    (status, headers, body)
 }

@@ -47,7 +47,7 @@ impl Api {
         Reply::typed(200, &self.report_info(name))
     }
 
-    pub(super) async fn versions(&self, req: &Request<'_>, name: &str) -> Result<Reply, ApiError> {
+    pub(super) async fn versions(&self, req: &Request, name: &str) -> Result<Reply, ApiError> {
         if !self.definitions.reports.contains_key(name) {
             return Err(ApiError::not_found(format!("no report {name:?}")));
         }

@@ -163,7 +163,7 @@ pub const ROUTES: &[RouteDef] = &[
 ];
 
 impl RouteDef {
-    fn matches(&self, segments: &[&str]) -> bool {
+    pub fn matches(&self, segments: &[&str]) -> bool {
         let mut pattern = self.path.split('/').filter(|p| !p.is_empty());
         let mut given = segments.iter();
         loop {

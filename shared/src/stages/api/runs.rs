@@ -70,7 +70,7 @@ impl Api {
             .ok_or_else(|| ApiError::not_found(format!("no run {id:?}")))
     }
 
-    pub(super) async fn list_runs(&self, req: &Request<'_>) -> Result<Reply, ApiError> {
+    pub(super) async fn list_runs(&self, req: &Request) -> Result<Reply, ApiError> {
         let limit = req.count("limit", 20, 100)?;
         let report = req.query("report");
         if let Some(r) = report
