@@ -322,3 +322,15 @@ fn report_build_refuses_a_dataset_the_report_does_not_use() {
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("uses datasets"));
 }
+
+#[test]
+fn a_run_status_filter_is_one_of_the_statuses_before_anything_is_asked() {
+    // Refused by the argument parser (exit 2), naming every status, with no API called.
+    let out = charlie(&["runs", "list", "--status", "sent"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"sent\" is not one of") && err.contains("skipped_empty"),
+        "{err}"
+    );
+}

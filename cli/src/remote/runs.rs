@@ -8,9 +8,9 @@ pub enum RunsCommand {
     List {
         #[arg(long)]
         report: Option<String>,
-        /// queued, building, retrying, built, skipped_empty, notice_sent, failed, cancelled
+        /// queued, building, retrying, built, skipped_empty, notice_sent, cancelled, failed
         #[arg(long)]
-        status: Option<String>,
+        status: Option<RunStatus>,
         /// Requested on or after this day (yyyy-mm-dd)
         #[arg(long)]
         from: Option<String>,
@@ -52,7 +52,7 @@ pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
             let mut q = vec![format!("limit={limit}")];
             for (k, v) in [
                 ("report", report),
-                ("status", status),
+                ("status", status.map(|s| s.to_string())),
                 ("from", from),
                 ("to", to),
             ] {
