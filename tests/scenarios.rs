@@ -1181,7 +1181,7 @@ async fn relay_mail_in_the_inbox_reaches_ingest_by_s3_notification_once(cx: &Ctx
     use charlie::raw_mail::content_id;
     let relay = charlie::state::RelayRecord {
         trusted_authserv_ids: vec![BRANCH_MX.into()],
-        ..charlie::state::RelayRecord::new("branch-e2e", None, "e2e")
+        ..charlie::state::RelayRecord::new(charlie::contract::RelayId::parse("branch-e2e").unwrap(), None, "e2e")
     };
     cx.records()
         .put_record(&RecordKey::relay("branch-e2e"), &relay, None)

@@ -53,13 +53,13 @@ enum Command {
     },
     /// A run's workbook, downloaded
     Download {
-        run: String,
+        run: charlie::contract::RunId,
         /// Where to write it (default: the workbook's own name)
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
     /// A run's deliveries: transport, status, provider message id, SES events
-    Deliveries { run: String },
+    Deliveries { run: charlie::contract::RunId },
     /// Re-ingest DATASET's DATE from its archived attachments (the same rows)
     Reprocess {
         dataset: String,

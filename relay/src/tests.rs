@@ -634,7 +634,7 @@ impl Upstream for Queue {
 /// The API's answer to a relay's hello.
 fn hello(relay: &str) -> RelayHello {
     RelayHello {
-        relay: relay.into(),
+        relay: charlie::contract::RelayId::parse(relay).unwrap(),
         mailbox: None,
         time: "2024-03-15T06:00:00.000Z".into(),
     }

@@ -838,7 +838,7 @@ impl Definitions {
                     Where::key(&table, 0, "transport"),
                     format!("report {name}: transport = \"relay\" needs relay, the id of the relay that sends it (charlie relay list)"),
                 )),
-                (TransportKind::Relay, Some(id)) if !crate::state::relay_id_ok(id) => out.push((
+                (TransportKind::Relay, Some(id)) if crate::contract::RelayId::parse(id).is_err() => out.push((
                     Where::key(&table, 0, "relay"),
                     format!("report {name}: relay {id:?} is not a relay id (a-z, 0-9, -)"),
                 )),

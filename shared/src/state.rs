@@ -139,7 +139,7 @@ pub const API_KEYS_INDEX: &str = "APIKEYS";
 /// (`crate::relay_auth`): rotating the key is a new salt, revoking it sets `revoked_at`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RelayRecord {
-    pub id: String,
+    pub id: crate::contract::RelayId,
     /// The mailbox the relay reads, when Graph may read it too (its address, resolved through
     /// Graph to the directory object id Graph's path claims mail under, or that id): the same
     /// mail by both paths is then ingested once. Without one, mail is claimed under
@@ -167,9 +167,9 @@ pub struct RelayRecord {
 
 impl RelayRecord {
     /// A new relay with a fresh salt (and so a fresh key), created now.
-    pub fn new(id: &str, mailbox: Option<&str>, created_by: &str) -> Self {
+    pub fn new(id: crate::contract::RelayId, mailbox: Option<&str>, created_by: &str) -> Self {
         RelayRecord {
-            id: id.to_owned(),
+            id,
             mailbox: mailbox.map(str::to_owned),
             salt: hex::encode(rand::random::<[u8; 16]>()),
             created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -197,16 +197,6 @@ impl RecordKey<RelayRecord> {
 
 /// Every relay on the index, by id.
 pub const RELAYS_INDEX: &str = "RELAYS";
-
-/// A relay id: 1 to 40 of `a-z`, `0-9`, `-`, starting with a letter or digit (it is a key
-/// segment in `inbox/relay/{id}/`).
-pub fn relay_id_ok(id: &str) -> bool {
-    (1..=40).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-}
 
 /// `AUDIT#{day}` / `{at}#{request id}`: one state-changing API call (on the index as
 /// [`AUDIT_INDEX`], newest first).

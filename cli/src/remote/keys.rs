@@ -18,7 +18,7 @@ pub enum KeysCommand {
     /// Every key (never their secrets)
     List,
     /// Revoke a key by id
-    Revoke { id: String },
+    Revoke { id: KeyId },
 }
 
 pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {

@@ -24,9 +24,9 @@ pub use runs::{RunsCommand, deliveries, download, runs};
 
 use charlie::contract::{
     CancelRequested, Counters, CreatedKey, CreatedRelay, DayOutcomes, DeadLetterQueues,
-    DeadLetters, Delivery, Health, IntakeState, KeyInfo, KeyList, Metrics, NewKey, NewRelay,
-    Problem, Quarantined, QueueDepth, Redrive, Redriven, RelayInfo, RelayList, ReportList,
-    ReprocessQueued, ReprocessRecord, ReprocessStatus, RunAnswer, RunDeliveries, RunList,
+    DeadLetters, Delivery, Health, IntakeState, KeyId, KeyInfo, KeyList, Metrics, NewKey, NewRelay,
+    Problem, Quarantined, QueueDepth, Redrive, Redriven, RelayId, RelayInfo, RelayList, ReportList,
+    ReprocessQueued, ReprocessRecord, ReprocessStatus, RunAnswer, RunDeliveries, RunId, RunList,
     RunQueued, RunStatus, StartReprocess, StartRun, WorkbookVersions,
 };
 use std::process::ExitCode;

@@ -8,7 +8,7 @@ pub enum RelayCommand {
     /// revoked relay is created again with a new key.
     Create {
         /// 1 to 40 of a-z, 0-9 and -
-        id: String,
+        id: RelayId,
         /// The mailbox the relay reads, when Graph may read it too (the same mail by both
         /// paths is then ingested once)
         #[arg(long)]
@@ -22,7 +22,7 @@ pub enum RelayCommand {
     /// Every relay, when it was last seen, whether it is revoked
     List,
     /// Revoke a relay: its key is refused, and what it uploaded after is quarantined
-    Revoke { id: String },
+    Revoke { id: RelayId },
 }
 
 pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
@@ -34,7 +34,7 @@ pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
                 trusted_authserv_ids,
             } => {
                 let ask = NewRelay {
-                    id,
+                    id: id.to_string(),
                     mailbox,
                     trusted_authserv_ids,
                 };

@@ -21,7 +21,7 @@ pub enum RunsCommand {
         limit: u32,
     },
     /// One run: status, timings, rows, workbook, error, deliveries
-    Show { run: String },
+    Show { run: RunId },
     /// Start a run of REPORT for PERIOD (2024-03-14, 2024-W11, 2024-03, 2024-03-01..2024-03-14)
     Start {
         report: String,
@@ -31,10 +31,10 @@ pub enum RunsCommand {
         wait: bool,
     },
     /// Cancel a queued or building run
-    Cancel { run: String },
+    Cancel { run: RunId },
     /// Run the same report and period again
     Rerun {
-        run: String,
+        run: RunId,
         #[arg(long)]
         wait: bool,
     },

@@ -3,6 +3,7 @@
 
 pub mod dead_letters;
 pub mod health;
+pub mod ids;
 pub mod intake;
 pub mod keys;
 pub mod problem;
@@ -17,6 +18,7 @@ pub use dead_letters::{DeadLetterQueue, DeadLetterQueues, DeadLetters, Letter, R
 pub use health::{
     DownstreamHealth, FolderHealth, Health, HealthStatus, QueueDepth, QueueHealth, Reachable,
 };
+pub use ids::{BadId, KeyId, RelayId, RunId};
 pub use intake::{
     AttachmentOutcome, Counters, DayOutcomes, IntakeState, Metrics, PollQueued, QuarantineReason,
     Quarantined, QuarantinedFile, QueueCounts, Rejects, RejectsFile, RowTotals, UnmatchedMail,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// `GET /v1/relay`: the relay as the API knows it, and the API's clock.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelayHello {
-    pub relay: String,
+    pub relay: super::RelayId,
     pub mailbox: Option<String>,
     /// RFC 3339, milliseconds: the relay compares its clock with it.
     pub time: String,

@@ -2,13 +2,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::RelayId;
 use crate::relay_outbox::{OutboxRecord, Waiting};
 use crate::state::RelayRecord;
 
 /// A relay: never its key, nor the salt it is derived from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelayInfo {
-    pub id: String,
+    pub id: RelayId,
     pub mailbox: Option<String>,
     pub created_at: String,
     pub created_by: String,

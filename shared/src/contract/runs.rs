@@ -17,7 +17,7 @@ pub struct StartRun {
 /// The answer (202) of `POST /v1/runs` and `POST /v1/runs/{run_id}/rerun`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunQueued {
-    pub run_id: String,
+    pub run_id: super::RunId,
     pub status: RunStatus,
     pub report: String,
     pub period: String,
@@ -110,7 +110,7 @@ pub struct RunAnswer {
 /// `GET /v1/runs/{run_id}/deliveries`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunDeliveries {
-    pub run_id: String,
+    pub run_id: super::RunId,
     pub deliveries: Vec<Delivery>,
 }
 
@@ -118,7 +118,7 @@ pub struct RunDeliveries {
 /// at its next page.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CancelRequested {
-    pub run_id: String,
+    pub run_id: super::RunId,
     /// The run's status when the cancel was asked for.
     pub status: RunStatus,
     pub cancel_requested: bool,

@@ -243,7 +243,7 @@ impl Poller {
                         let age = (now - since).num_seconds().max(0);
                         oldest = oldest.max(age);
                         info!(
-                            relay = relay.id,
+                            relay = %relay.id,
                             waiting = w.count,
                             stuck = w.stuck.as_ref().map(|m| m.message_id.as_str()),
                             oldest_seconds = age,

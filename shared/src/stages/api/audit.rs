@@ -57,7 +57,7 @@ impl Api {
         )))
     }
 
-    pub(super) async fn revoke_key(&self, id: &str) -> Result<Reply, ApiError> {
+    pub(super) async fn revoke_key(&self, id: &KeyId) -> Result<Reply, ApiError> {
         let key = RecordKey::api_key(id);
         let Some(mut record) = self.records.get_record(&key).await? else {
             return Err(ApiError::not_found(format!("no key {id:?}")));

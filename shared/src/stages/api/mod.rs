@@ -49,7 +49,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
-use crate::contract::{self, ReprocessStatus, RunStatus};
+use crate::contract::{self, KeyId, ReprocessStatus, RunId, RunStatus};
 use crate::definitions::Definitions;
 use crate::invocation::Invocation;
 use crate::messages::ReportTrigger;
@@ -332,11 +332,11 @@ impl Api {
                 let start: contract::StartRun = req.json()?;
                 self.start_run(&start.report, &start.period, key).await
             }
-            Route::Run => self.show_run(at(1)).await,
-            Route::CancelRun => self.cancel_run(at(1), key).await,
-            Route::RerunRun => self.rerun(at(1), key).await,
-            Route::DownloadRun => self.download(at(1)).await,
-            Route::RunDeliveries => self.run_deliveries(at(1)).await,
+            Route::Run => self.show_run(&path_id(at(1))?).await,
+            Route::CancelRun => self.cancel_run(&path_id(at(1))?, key).await,
+            Route::RerunRun => self.rerun(&path_id(at(1))?, key).await,
+            Route::DownloadRun => self.download(&path_id(at(1))?).await,
+            Route::RunDeliveries => self.run_deliveries(&path_id(at(1))?).await,
             Route::StartReprocess => self.start_reprocess(req, key).await,
             Route::Reprocess => self.reprocess_request(at(1)).await,
             Route::IntakeOutcomes => self.outcomes(req).await,
@@ -353,10 +353,10 @@ impl Api {
             Route::DeleteDeadLetter => self.delete_dead_letter(at(1), at(2)).await,
             Route::Keys => self.list_keys().await,
             Route::CreateKey => self.create_key(req, key).await,
-            Route::RevokeKey => self.revoke_key(at(1)).await,
+            Route::RevokeKey => self.revoke_key(&path_id(at(1))?).await,
             Route::Relays => self.list_relays().await,
             Route::CreateRelay => self.create_relay(req, key).await,
-            Route::RevokeRelay => self.revoke_relay(at(1)).await,
+            Route::RevokeRelay => self.revoke_relay(&path_id(at(1))?).await,
             Route::Audit => self.audit_trail(req).await,
             // Answered before a key is looked at (`handle`).
             Route::OpenApi
@@ -428,6 +428,13 @@ pub fn form_fields(body: &[u8]) -> std::collections::HashMap<String, String> {
 /// the event's `cookies`).
 pub fn cookie_value(header: &str, name: &str) -> Option<String> {
     dashboard::cookie(&[header.to_owned()], name)
+}
+
+/// An id in the path, of the kind its route names; one that breaks the kind's rule names
+/// nothing stored: 404, saying what the id looks like.
+fn path_id<T: std::str::FromStr<Err = contract::BadId>>(text: &str) -> Result<T, ApiError> {
+    text.parse()
+        .map_err(|e: contract::BadId| ApiError::not_found(format!("no such {}: {e}", e.kind)))
 }
 
 fn parse_period(text: &str) -> Result<Period, ApiError> {

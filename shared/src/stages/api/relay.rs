@@ -17,11 +17,11 @@ use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
 use super::{Api, ApiError, Reply, Request, Route};
-use crate::contract;
+use crate::contract::{self, RelayId};
 use crate::idempotency::IdempotencyKey;
 use crate::ports::Claim;
 use crate::relay_auth::{self, NONCE_TTL_SECONDS, Refused};
-use crate::state::{ApiKeyRecord, RELAYS_INDEX, RecordKey, RelayRecord, relay_id_ok};
+use crate::state::{ApiKeyRecord, RELAYS_INDEX, RecordKey, RelayRecord};
 
 /// The largest raw mail a relay may upload: ingest holds a relay's mail whole in memory.
 pub const MAX_RELAY_MAIL_BYTES: u64 = 64 * 1024 * 1024;
@@ -31,7 +31,7 @@ const UPLOAD_MINUTES: u64 = 15;
 const SEEN_EVERY_SECONDS: i64 = 60;
 
 fn index_sk(r: &RelayRecord) -> String {
-    r.id.clone()
+    r.id.to_string()
 }
 
 impl Api {
@@ -130,15 +130,7 @@ impl Api {
                 "trusted_authserv_ids are the host names (at most 10) your mail servers write first in their Authentication-Results headers, e.g. mx.branch.example",
             ));
         }
-        if !relay_id_ok(&ask.id) {
-            return Err(ApiError::bad(
-                "id",
-                format!(
-                    "relay id {:?} is not 1 to 40 of a-z, 0-9 and -, starting with a letter or digit",
-                    ask.id
-                ),
-            ));
-        }
+        let id = RelayId::parse(&ask.id).map_err(|e| ApiError::bad("id", e.to_string()))?;
         let mailbox = ask.mailbox.as_deref().map(str::trim);
         if let Some(m) = mailbox
             && (m.is_empty() || m.len() > 320 || m.chars().any(|c| c.is_control() || c == '#'))
@@ -184,7 +176,7 @@ impl Api {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
-            ..RelayRecord::new(&ask.id, mailbox, &by.name)
+            ..RelayRecord::new(id.clone(), mailbox, &by.name)
         };
         self.records
             .put_record(&key, &record, Some((RELAYS_INDEX, &index_sk(&record))))
@@ -196,11 +188,11 @@ impl Api {
                 .expose()
                 .to_owned(),
         };
-        info!(relay = record.id, by = by.name, "relay created");
+        info!(relay = %record.id, by = by.name, "relay created");
         Ok(Reply::typed(201, &created)?.said(format!("create relay {}", record.id)))
     }
 
-    pub(super) async fn revoke_relay(&self, id: &str) -> Result<Reply, ApiError> {
+    pub(super) async fn revoke_relay(&self, id: &RelayId) -> Result<Reply, ApiError> {
         let key = RecordKey::relay(id);
         let Some(mut record) = self.records.get_record(&key).await? else {
             return Err(ApiError::not_found(format!("no relay {id:?}")));
@@ -227,7 +219,7 @@ impl Api {
                     .headers
                     .get(relay_auth::RELAY_HEADER)
                     .and_then(|v| v.to_str().ok())
-                    .filter(|r| crate::state::relay_id_ok(r))
+                    .filter(|r| RelayId::parse(r).is_ok())
                     .map_or_else(|| "relay/?".to_owned(), |r| format!("relay/{r}"));
                 self.audit_as(
                     req.call(),
@@ -323,8 +315,8 @@ impl Api {
             return Err(refused(Refused::BadSignature));
         };
         if relay.revoked_at.is_some() {
-            warn!(relay = relay.id, "request from a revoked relay refused");
-            return Err(refused(Refused::Revoked(relay.id)));
+            warn!(relay = %relay.id, "request from a revoked relay refused");
+            return Err(refused(Refused::Revoked(relay.id.to_string())));
         }
         // Only now is the nonce spent: a forged request cannot use up a relay's nonces.
         let nonce = IdempotencyKey::new(
@@ -339,7 +331,7 @@ impl Api {
         {
             Claim::Acquired => {}
             Claim::AlreadyDone { .. } | Claim::InProgressElsewhere => {
-                warn!(relay = relay.id, "replayed relay request refused");
+                warn!(relay = %relay.id, "replayed relay request refused");
                 return Err(refused(Refused::Replayed));
             }
         }
@@ -450,7 +442,7 @@ impl Api {
             )));
         }
         warn!(
-            relay = relay.id,
+            relay = %relay.id,
             message_id = record.message_id,
             attempts = record.attempts,
             answer,
@@ -503,7 +495,7 @@ impl Api {
                 .await?
                 .map_or_else(|| "unknown".to_owned(), |r| r.report);
             warn!(
-                relay = relay.id,
+                relay = %relay.id,
                 run_id = record.run_id,
                 report,
                 message_id = record.message_id,

@@ -24,10 +24,11 @@ impl Api {
         }
         let period = parse_period(period)?;
         let now = Utc::now();
-        let run_id = format!(
+        let run_id = RunId::parse(&format!(
             "{report}.{period}.api.{}",
             crate::invocation::new_correlation_id()
-        );
+        ))
+        .map_err(|e| anyhow::anyhow!("report {report:?} makes no run id: {e}"))?;
         let requested_at = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let queued = RunRecord {
             requested_at: requested_at.clone(),
@@ -46,12 +47,12 @@ impl Api {
             v: 1,
             report: report.to_owned(),
             period,
-            run_id: Some(run_id.clone()),
+            run_id: Some(run_id.to_string()),
             requested_at: Some(now),
             requested_by: Some(key.name.clone()),
         };
         self.runs.send(&trigger, &run_id).await?;
-        info!(run_id, report, %period, by = key.name, "run queued");
+        info!(%run_id, report, %period, by = key.name, "run queued");
         let queued = contract::RunQueued {
             run_id: run_id.clone(),
             status: RunStatus::Queued,
@@ -149,7 +150,7 @@ impl Api {
         Reply::typed(200, &contract::RunList { runs, next_cursor })
     }
 
-    pub(super) async fn show_run(&self, id: &str) -> Result<Reply, ApiError> {
+    pub(super) async fn show_run(&self, id: &RunId) -> Result<Reply, ApiError> {
         let run = self.run_record(id).await?;
         let cancel: Option<RunCancel> = self.records.get_record(&RecordKey::run_cancel(id)).await?;
         let deliveries = self.deliveries(id).await?;
@@ -204,7 +205,11 @@ impl Api {
         Ok(deliveries)
     }
 
-    pub(super) async fn cancel_run(&self, id: &str, key: &ApiKeyRecord) -> Result<Reply, ApiError> {
+    pub(super) async fn cancel_run(
+        &self,
+        id: &RunId,
+        key: &ApiKeyRecord,
+    ) -> Result<Reply, ApiError> {
         let run = self.run_record(id).await?;
         if run.status.is_final() {
             return Err(ApiError::conflict(format!(
@@ -220,20 +225,20 @@ impl Api {
             .put_record(&RecordKey::run_cancel(id), &cancel, None)
             .await?;
         info!(
-            run_id = id,
+            run_id = %id,
             by = key.name,
             status = %run.status,
             "cancel requested"
         );
         let asked = contract::CancelRequested {
-            run_id: id.to_owned(),
+            run_id: id.clone(),
             status: run.status,
             cancel_requested: true,
         };
         Ok(Reply::typed(202, &asked)?.said(format!("cancel run {id}")))
     }
 
-    pub(super) async fn download(&self, id: &str) -> Result<Reply, ApiError> {
+    pub(super) async fn download(&self, id: &RunId) -> Result<Reply, ApiError> {
         let run = self.run_record(id).await?;
         let Some(key) = &run.workbook_key else {
             return Err(ApiError::not_found(format!(
@@ -253,17 +258,17 @@ impl Api {
     }
 
     /// A run's report and period started again (a new run).
-    pub(super) async fn rerun(&self, id: &str, key: &ApiKeyRecord) -> Result<Reply, ApiError> {
+    pub(super) async fn rerun(&self, id: &RunId, key: &ApiKeyRecord) -> Result<Reply, ApiError> {
         let run = self.run_record(id).await?;
         self.start_run(&run.report, &run.period, key).await
     }
 
-    pub(super) async fn run_deliveries(&self, id: &str) -> Result<Reply, ApiError> {
+    pub(super) async fn run_deliveries(&self, id: &RunId) -> Result<Reply, ApiError> {
         self.run_record(id).await?;
         Reply::typed(
             200,
             &contract::RunDeliveries {
-                run_id: id.to_owned(),
+                run_id: id.clone(),
                 deliveries: self.deliveries(id).await?,
             },
         )

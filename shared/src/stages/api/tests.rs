@@ -2253,3 +2253,36 @@ async fn an_event_lambda_http_cannot_read_is_a_400_not_a_panic() {
         assert_eq!(status, 200, "{name}: {value}: {body}");
     }
 }
+
+#[tokio::test]
+async fn an_id_that_breaks_its_kind_s_rule_names_nothing_and_says_what_the_id_looks_like() {
+    let w = world().await;
+    for (method, path, kind) in [
+        ("DELETE", "/v1/relays/Branch%207", "relay id"),
+        ("DELETE", "/v1/keys/not-a-key", "key id"),
+        ("GET", "/v1/runs/a%0Ab", "run id"),
+        ("POST", "/v1/runs/a%0Ab/cancel", "run id"),
+    ] {
+        let (status, _, body) = call(&w, method, path, Some(&w.admin), None).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(&format!("no such {kind}")), "{message}");
+    }
+    let (status, _, body) = call(
+        &w,
+        "POST",
+        "/v1/relays",
+        Some(&w.admin),
+        Some(json!({"id": "Branch 7"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("id")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("1 to 40 of a-z"),
+        "{body}"
+    );
+}

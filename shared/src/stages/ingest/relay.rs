@@ -315,7 +315,11 @@ mod tests {
         let record = RelayRecord {
             created_at: "2024-03-01T00:00:00Z".into(),
             trusted_authserv_ids: vec![BRANCH_MX.into()],
-            ..RelayRecord::new(id, mailbox, "test")
+            ..RelayRecord::new(
+                crate::contract::RelayId::parse(id).unwrap(),
+                mailbox,
+                "test",
+            )
         };
         let records: &dyn StateRecords = w.records.as_ref();
         records
@@ -529,7 +533,11 @@ mod tests {
             created_at: "2024-03-01T00:00:00Z".into(),
             revoked_at: Some("2024-03-14T12:00:00Z".into()),
             trusted_authserv_ids: vec![BRANCH_MX.into()],
-            ..RelayRecord::new("branch-2", None, "test")
+            ..RelayRecord::new(
+                crate::contract::RelayId::parse("branch-2").unwrap(),
+                None,
+                "test",
+            )
         };
         let records: &dyn StateRecords = w.records.as_ref();
         records
@@ -679,7 +687,11 @@ mod tests {
         // A relay that trusts no server: its mail is unauthenticated.
         let untrusting = RelayRecord {
             created_at: "2024-03-01T00:00:00Z".into(),
-            ..RelayRecord::new("branch-3", None, "test")
+            ..RelayRecord::new(
+                crate::contract::RelayId::parse("branch-3").unwrap(),
+                None,
+                "test",
+            )
         };
         let records: &dyn StateRecords = w.records.as_ref();
         records
@@ -716,7 +728,11 @@ mod tests {
             trusted_authserv_ids: vec![BRANCH_MX.into()],
             // Revoked 12:50, made again 13:30; the upload below is stored at 13:00.
             revoked_windows: vec![("2024-03-14T12:50:00Z".into(), "2024-03-14T13:30:00Z".into())],
-            ..RelayRecord::new("branch-5", None, "test")
+            ..RelayRecord::new(
+                crate::contract::RelayId::parse("branch-5").unwrap(),
+                None,
+                "test",
+            )
         };
         let records: &dyn StateRecords = w.records.as_ref();
         records
