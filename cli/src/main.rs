@@ -62,7 +62,7 @@ enum Command {
     Deliveries { run: charlie::contract::RunId },
     /// Re-ingest DATASET's DATE from its archived attachments (the same rows)
     Reprocess {
-        dataset: String,
+        dataset: charlie::contract::DatasetName,
         date: String,
         /// Wait until it is done
         #[arg(long)]

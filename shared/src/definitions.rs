@@ -659,13 +659,14 @@ impl Definitions {
         let mut out: Vec<(Where, String)> = Vec::new();
         for (name, ds) in &self.datasets {
             let table = format!("datasets.{name}");
-            if !dataset_name_ok(name) {
+            if crate::contract::DatasetName::parse(name).is_err() {
                 // Names are part of storage keys (`{dataset}#{day}`): nothing that could make
                 // one dataset's key another's.
                 out.push((
                     Where::table(&table),
                     format!(
-                        "dataset {name:?}: a dataset's name is 1 to 64 letters, digits, '_' and '-'"
+                        "dataset {name:?}: a dataset's name is {}",
+                        crate::contract::DatasetName::RULE
                     ),
                 ));
             }
@@ -776,6 +777,16 @@ impl Definitions {
         }
         for (name, r) in &self.reports {
             let table = format!("reports.{name}");
+            if crate::contract::ReportName::parse(name).is_err() {
+                // Part of run ids (`{report}.{period}…`), object keys and schedule names.
+                out.push((
+                    Where::table(&table),
+                    format!(
+                        "report {name:?}: a report's name is {}",
+                        crate::contract::ReportName::RULE
+                    ),
+                ));
+            }
             if r.datasets.is_empty() {
                 out.push((
                     Where::key(&table, 0, "datasets"),
@@ -1004,13 +1015,6 @@ pub(crate) fn looks_like_address(s: &str) -> bool {
 
 /// Whether `name` may name a dataset: 1 to 64 ASCII letters, digits, `_` and `-`, so that it can
 /// never hold the separators of the keys it is part of (`#`, `/`, `@`).
-pub fn dataset_name_ok(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
 /// The 1-based line holding byte `offset` of `text`.
 fn line_at(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
@@ -1324,7 +1328,30 @@ mod tests {
             let line = text.lines().nth(problem.line.unwrap() - 1).unwrap();
             assert!(line.starts_with("[datasets."), "{bad}: {line}");
         }
-        assert!(dataset_name_ok("ib_calls-2"));
+        assert!(crate::contract::DatasetName::parse("ib_calls-2").is_ok());
+    }
+
+    #[test]
+    fn a_report_name_that_could_be_part_of_another_key_is_refused_with_its_line() {
+        for bad in ["daily.v2", "daily/x", "daily #2"] {
+            let text = SHIPPED
+                .replace(
+                    "[reports.call_centre_daily]",
+                    &format!("[reports.\"{bad}\"]"),
+                )
+                .replace(
+                    "[reports.call_centre_daily.",
+                    &format!("[reports.\"{bad}\"."),
+                );
+            let err = Definitions::parse(&text).unwrap_err();
+            let problem = err
+                .problems
+                .iter()
+                .find(|p| p.message.contains("a report's name is 1 to 64"))
+                .unwrap_or_else(|| panic!("{bad}: {err}"));
+            let line = text.lines().nth(problem.line.unwrap() - 1).unwrap();
+            assert!(line.starts_with("[reports."), "{bad}: {line}");
+        }
     }
 
     #[test]

@@ -6,11 +6,11 @@ use super::*;
 #[derive(Subcommand)]
 pub enum IntakeCommand {
     /// What ingest made of each attachment with rows on DATASET's DATE, and the totals
-    Outcomes { dataset: String, date: String },
+    Outcomes { dataset: DatasetName, date: String },
     /// Quarantined files with their reasons
     Quarantine {
         #[arg(long)]
-        dataset: Option<String>,
+        dataset: Option<DatasetName>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },

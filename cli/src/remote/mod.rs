@@ -23,11 +23,12 @@ pub use reports::{ReportsCommand, reports};
 pub use runs::{RunsCommand, deliveries, download, runs};
 
 use charlie::contract::{
-    CancelRequested, Counters, CreatedKey, CreatedRelay, DayOutcomes, DeadLetterQueues,
-    DeadLetters, Delivery, Health, IntakeState, KeyId, KeyInfo, KeyList, Metrics, NewKey, NewRelay,
-    Problem, Quarantined, QueueDepth, Redrive, Redriven, RelayId, RelayInfo, RelayList, ReportList,
-    ReprocessQueued, ReprocessRecord, ReprocessStatus, RunAnswer, RunDeliveries, RunId, RunList,
-    RunQueued, RunStatus, StartReprocess, StartRun, WorkbookVersions,
+    CancelRequested, Counters, CreatedKey, CreatedRelay, DatasetName, DayOutcomes,
+    DeadLetterQueues, DeadLetters, Delivery, Health, IntakeState, KeyId, KeyInfo, KeyList, Metrics,
+    NewKey, NewRelay, Problem, Quarantined, QueueDepth, Redrive, Redriven, RelayId, RelayInfo,
+    RelayList, ReportList, ReportName, ReprocessQueued, ReprocessRecord, ReprocessStatus,
+    RunAnswer, RunDeliveries, RunId, RunList, RunQueued, RunStatus, StartReprocess, StartRun,
+    WorkbookVersions,
 };
 use std::process::ExitCode;
 use std::time::Duration;

@@ -7,7 +7,7 @@ pub enum ReportsCommand {
     /// The report definitions and when each fires next
     List,
     /// The stored versions of a period's workbook
-    Versions { report: String, period: String },
+    Versions { report: ReportName, period: String },
 }
 
 pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {

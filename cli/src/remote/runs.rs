@@ -7,7 +7,7 @@ pub enum RunsCommand {
     /// Runs, newest first
     List {
         #[arg(long)]
-        report: Option<String>,
+        report: Option<ReportName>,
         /// queued, building, retrying, built, skipped_empty, notice_sent, cancelled, failed
         #[arg(long)]
         status: Option<RunStatus>,
@@ -24,7 +24,7 @@ pub enum RunsCommand {
     Show { run: RunId },
     /// Start a run of REPORT for PERIOD (2024-03-14, 2024-W11, 2024-03, 2024-03-01..2024-03-14)
     Start {
-        report: String,
+        report: ReportName,
         period: String,
         /// Show progress until the run is sent, skipped or failed
         #[arg(long)]
@@ -51,7 +51,7 @@ pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
         } => {
             let mut q = vec![format!("limit={limit}")];
             for (k, v) in [
-                ("report", report),
+                ("report", report.map(|r| r.to_string())),
                 ("status", status.map(|s| s.to_string())),
                 ("from", from),
                 ("to", to),
@@ -114,7 +114,10 @@ pub async fn runs(c: &Client, command: RunsCommand) -> ExitCode {
             period,
             wait,
         } => {
-            let start = StartRun { report, period };
+            let start = StartRun {
+                report: report.to_string(),
+                period,
+            };
             match c
                 .typed::<RunQueued>("POST", "/v1/runs", Some(json!(start)))
                 .await

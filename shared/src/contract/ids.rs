@@ -1,4 +1,5 @@
-//! Ids that have rules, each written once: a relay's id, an API key's id and a run's id. Each
+//! Ids that have rules, each written once: a relay's id, an API key's id, a run's id, and the
+//! names of datasets and reports. Each
 //! is a type that only [`parse`](RelayId::parse) makes (and serde, through it), so a value of
 //! the type is a valid id wherever it travels: state records, the API's answers, the
 //! dashboard and the CLI's arguments (clap parses them with `FromStr`, so a bad id is refused
@@ -132,6 +133,32 @@ id_type!(
     |id| (1..=256).contains(&id.len()) && !id.chars().any(char::is_control)
 );
 
+/// What a dataset's or a report's name may be: it is part of storage keys (`{dataset}#{day}`,
+/// `reports/{report}/…`), run ids (`{report}.{period}…`) and schedule names, so nothing that
+/// could make one name's key another's.
+fn name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+id_type!(
+    /// A dataset's name (`[datasets.NAME]`).
+    DatasetName,
+    "dataset name",
+    "1 to 64 letters, digits, '_' and '-'",
+    name_ok
+);
+
+id_type!(
+    /// A report's name (`[reports.NAME]`).
+    ReportName,
+    "report name",
+    "1 to 64 letters, digits, '_' and '-'",
+    name_ok
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +188,10 @@ mod tests {
         let e = serde_json::from_str::<RelayId>("\"Branch 7\"").unwrap_err();
         assert!(e.to_string().contains("not a relay id"), "{e}");
         assert!("nope".parse::<KeyId>().is_err());
+        for bad in ["ib@rebuild", "ib#2024-03-14", "ib/x", "ib calls", "a.b", ""] {
+            assert!(DatasetName::parse(bad).is_err(), "{bad}");
+            assert!(ReportName::parse(bad).is_err(), "{bad}");
+        }
+        assert!(ReportName::parse("call_centre_daily").is_ok());
     }
 }

@@ -18,7 +18,7 @@ pub use dead_letters::{DeadLetterQueue, DeadLetterQueues, DeadLetters, Letter, R
 pub use health::{
     DownstreamHealth, FolderHealth, Health, HealthStatus, QueueDepth, QueueHealth, Reachable,
 };
-pub use ids::{BadId, KeyId, RelayId, RunId};
+pub use ids::{BadId, DatasetName, KeyId, RelayId, ReportName, RunId};
 pub use intake::{
     AttachmentOutcome, Counters, DayOutcomes, IntakeState, Metrics, PollQueued, QuarantineReason,
     Quarantined, QuarantinedFile, QueueCounts, Rejects, RejectsFile, RowTotals, UnmatchedMail,

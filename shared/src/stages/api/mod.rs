@@ -49,7 +49,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use tracing::{error, info, warn};
 
-use crate::contract::{self, KeyId, ReprocessStatus, RunId, RunStatus};
+use crate::contract::{self, KeyId, ReportName, ReprocessStatus, RunId, RunStatus};
 use crate::definitions::Definitions;
 use crate::invocation::Invocation;
 use crate::messages::ReportTrigger;
@@ -325,8 +325,8 @@ impl Api {
             Route::Health => self.health().await,
             Route::Metrics => self.metrics(req).await,
             Route::Reports => self.reports(),
-            Route::Report => self.report(at(1)),
-            Route::ReportVersions => self.versions(req, at(1)).await,
+            Route::Report => self.report(&path_id::<ReportName>(at(1))?),
+            Route::ReportVersions => self.versions(req, &path_id::<ReportName>(at(1))?).await,
             Route::Runs => self.list_runs(req).await,
             Route::StartRun => {
                 let start: contract::StartRun = req.json()?;
