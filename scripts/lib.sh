@@ -280,7 +280,7 @@ deny_check() {
 # throwaway folder); a crash fails the run and leaves its input under fuzz/artifacts/.
 fuzz_briefly() {
   local seconds=$1 target work
-  for target in csv_ingest csv_encodings definitions webhook_body raw_mail sender_auth relay_auth links_verify dashboard_input event_bodies; do
+  for target in csv_ingest csv_encodings definitions webhook_body raw_mail sender_auth relay_auth links_verify dashboard_input event_bodies api_event; do
     work=$(mktemp -d)
     mkdir -p "$work/corpus"
     say "cargo fuzz run $target (${seconds} s)"

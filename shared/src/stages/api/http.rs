@@ -460,6 +460,13 @@ fn normalized(mut req: lambda_http::Request) -> lambda_http::Request {
     req
 }
 
+/// The HTTP request lambda_http makes of an event, or why the event is refused (a 400). Pure:
+/// a fuzz target drives it, to hold [`readable`] to every panic lambda_http has.
+pub fn http_request_of(event: ApiGatewayV2httpRequest) -> Result<lambda_http::Request, String> {
+    let event = readable(event).map_err(|e| e.message)?;
+    Ok(LambdaRequest::ApiGatewayV2(event).into())
+}
+
 /// The event, if lambda_http can turn it into a request without panicking: its body decodes,
 /// its query is a URI's, and the headers it builds the URL from are well formed (a `Host` or
 /// `X-Forwarded-Proto` that is not is dropped: API Gateway's `domainName` names the host).

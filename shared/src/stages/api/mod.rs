@@ -34,7 +34,7 @@ mod reports;
 pub mod routes;
 mod runs;
 
-pub use http::ApiFunction;
+pub use http::{ApiFunction, http_request_of};
 use routes::{Access, Route};
 
 use std::collections::{BTreeMap, HashMap};

@@ -2239,6 +2239,21 @@ async fn an_event_lambda_http_cannot_read_is_a_400_not_a_panic() {
         "{body}"
     );
 
+    // Characters a client may send raw in a path: answered, whatever they are.
+    for path in [
+        "/v1/runs/a^b",
+        "/v1/runs/a|b",
+        "/v1/runs/{x}",
+        "/v1/runs/a`b",
+        "/v1/runs/a\\b",
+        "/v1/runs/a\"b",
+        "/v1/runs/%zz",
+        "/v1/runs/\u{e9}",
+    ] {
+        let event = gateway_event("ANY /v1/{proxy+}", "GET", path, headers.clone(), None);
+        let (status, _, body) = send(&w, event).await;
+        assert!(matches!(status, 400 | 404), "{path}: {status} {body}");
+    }
     // A Host or X-Forwarded-Proto the URL cannot be built from is not the caller's to break.
     for (name, value) in [
         ("host", "a:b:c"),
