@@ -449,7 +449,7 @@ impl RecordKey<DayAttachment> {
 /// What a run did; its record `RUN#{run id}` / `run`, and the run claim's result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunRecord {
-    pub run_id: String,
+    pub run_id: crate::contract::RunId,
     pub report: String,
     pub period: String,
     /// `queued` (requested through the API), `building` (an attempt is at work, until
@@ -498,13 +498,13 @@ pub struct RunRecord {
 impl RunRecord {
     /// A run of `report` for `period` with nothing done yet (no times).
     pub fn new(
-        run_id: &str,
+        run_id: &crate::contract::RunId,
         report: &str,
         period: &str,
         status: crate::contract::RunStatus,
     ) -> Self {
         RunRecord {
-            run_id: run_id.to_owned(),
+            run_id: run_id.clone(),
             report: report.to_owned(),
             period: period.to_owned(),
             status,

@@ -26,7 +26,7 @@ pub struct RunQueued {
 /// A run in a list.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
-    pub run_id: String,
+    pub run_id: super::RunId,
     pub report: String,
     pub period: String,
     pub status: RunStatus,

@@ -21,7 +21,7 @@ use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::contract::RunStatus;
+use crate::contract::{RunId, RunStatus};
 use crate::definitions::{Definitions, OnEmpty};
 use crate::failure::{FailureKind, busy, kind_of, permanent};
 use crate::idempotency::{IdempotencyKey, Once, exclusive, once};
@@ -170,7 +170,7 @@ impl Attempt {
 pub fn resolve(
     definitions: &Definitions,
     trigger: &ReportTrigger,
-) -> anyhow::Result<(String, Period, String)> {
+) -> anyhow::Result<(String, Period, RunId)> {
     resolve_run(definitions, trigger).map(|r| (r.report, r.period, r.run_id))
 }
 
@@ -178,7 +178,7 @@ pub fn resolve(
 pub struct Resolved {
     pub report: String,
     pub period: Period,
-    pub run_id: String,
+    pub run_id: RunId,
     pub requested_at: String,
     pub requested_by: String,
 }
@@ -192,7 +192,7 @@ pub fn resolve_run(definitions: &Definitions, trigger: &ReportTrigger) -> anyhow
         .reports
         .get(report_name)
         .ok_or_else(|| permanent(format!("unknown report {report_name:?}")))?;
-    let (period, run_id) = match trigger {
+    let (period, text) = match trigger {
         ReportTrigger::Scheduled { scheduled_time, .. } => {
             let period = Period::previous(def.period, *scheduled_time, def.time_zone.0);
             let at = scheduled_time.format("%Y%m%dT%H%M%SZ");
@@ -208,6 +208,8 @@ pub fn resolve_run(definitions: &Definitions, trigger: &ReportTrigger) -> anyhow
             }),
         ),
     };
+    // A run id that is not one (over 256 characters, a control character) is never stored.
+    let run_id = RunId::parse(&text).map_err(|e| permanent(format!("the trigger's run: {e}")))?;
     let at = |t: &chrono::DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let (requested_at, requested_by) = match trigger {
         ReportTrigger::Scheduled { scheduled_time, .. } => (at(scheduled_time), "schedule".into()),
@@ -271,7 +273,7 @@ impl ReportBuilder {
             requested_by,
         } = resolve_run(&self.definitions, &trigger)?;
         let report_name = report_name.as_str();
-        let span = tracing::info_span!("run", run_id, report = report_name, period = %period, attempt = attempt.number);
+        let span = tracing::info_span!("run", run_id = %run_id, report = report_name, period = %period, attempt = attempt.number);
         let label = period.to_string();
         let key = IdempotencyKey::new(state::run_claim(&run_id), &(report_name, &label));
         let started = Utc::now();
@@ -584,7 +586,7 @@ fn cancelled(base: RunRecord) -> RunRecord {
 }
 
 fn new_record(
-    run_id: &str,
+    run_id: &RunId,
     report: &str,
     period: Period,
     started: chrono::DateTime<Utc>,
@@ -1138,7 +1140,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_unknown_report_or_a_reused_run_id_is_permanent() {
+    async fn an_unknown_report_a_reused_run_id_or_a_malformed_one_is_permanent() {
         let w = world();
         let unknown = w
             .builder
@@ -1162,6 +1164,23 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(kind_of(&reused), FailureKind::Permanent);
+        // A run id that is not one is never stored: the trigger fails for good, saying why.
+        let long = "r".repeat(300);
+        for bad in ["r\nx", long.as_str()] {
+            let refused = w
+                .builder
+                .run(
+                    run("call_centre_daily", "2024-03-11", Some(bad)),
+                    &invocation(),
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(kind_of(&refused), FailureKind::Permanent);
+            assert!(
+                format!("{refused:#}").contains("is not a run id"),
+                "{refused:#}"
+            );
+        }
     }
 
     #[tokio::test]
