@@ -46,64 +46,9 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
-    /// Runs of a deployment: list, show, start, cancel, rerun
-    Runs {
-        #[command(subcommand)]
-        command: remote::RunsCommand,
-    },
-    /// A run's workbook, downloaded
-    Download {
-        run: charlie::contract::RunId,
-        /// Where to write it (default: the workbook's own name)
-        #[arg(short, long)]
-        out: Option<PathBuf>,
-    },
-    /// A run's deliveries: transport, status, provider message id, SES events
-    Deliveries { run: charlie::contract::RunId },
-    /// Re-ingest DATASET's DATE from its archived attachments (the same rows)
-    Reprocess {
-        dataset: charlie::contract::DatasetName,
-        date: String,
-        /// Wait until it is done
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Intake: outcomes of a day, quarantined files, an attachment's rejects, poll now
-    Intake {
-        #[command(subcommand)]
-        command: remote::IntakeCommand,
-    },
-    /// Dead-letter queues: list, peek, redrive, delete
-    Dlq {
-        #[command(subcommand)]
-        command: remote::DlqCommand,
-    },
-    /// The deployment's report definitions and workbook versions
-    Reports {
-        #[command(subcommand)]
-        command: remote::ReportsCommand,
-    },
-    /// The deployment's health (exit 1 when unhealthy)
-    Health,
-    /// Counters since a point in time (mails, rows, runs, mails sent, bounces), runs by
-    /// status, queue depths
-    Metrics {
-        /// RFC 3339 time or a span back (90m, 24h, 7d); default a day back
-        #[arg(long)]
-        since: Option<String>,
-    },
-    /// The audit trail of state-changing API calls (JSON; admin)
-    Audit,
-    /// Control API keys: create, list, revoke
-    Keys {
-        #[command(subcommand)]
-        command: remote::KeysCommand,
-    },
-    /// On-prem relays (charlie-relay): create (the key shown once), list, revoke
-    Relay {
-        #[command(subcommand)]
-        command: remote::RelayCommand,
-    },
+    /// A deployment, through its control API
+    #[command(flatten)]
+    Remote(remote::RemoteCommand),
 }
 
 #[derive(Subcommand)]
@@ -181,35 +126,20 @@ enum IngestCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let remote_command = matches!(
-        cli.command,
-        Command::Runs { .. }
-            | Command::Deliveries { .. }
-            | Command::Reprocess { .. }
-            | Command::Intake { .. }
-            | Command::Download { .. }
-            | Command::Dlq { .. }
-            | Command::Reports { .. }
-            | Command::Health
-            | Command::Metrics { .. }
-            | Command::Audit
-            | Command::Keys { .. }
-            | Command::Relay { .. }
-    );
-    if remote_command {
-        let runtime = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("charlie: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        return runtime.block_on(run_remote(cli));
-    }
     match cli.command {
+        Command::Remote(command) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("charlie: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(remote::run(&cli.remote, command))
+        }
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),
@@ -236,51 +166,11 @@ fn main() -> ExitCode {
                     csv_file,
                 },
         } => ingest_check(&dataset, &config, &csv_file, name.as_deref(), received),
-        Command::Runs { .. }
-        | Command::Deliveries { .. }
-        | Command::Reprocess { .. }
-        | Command::Intake { .. }
-        | Command::Download { .. }
-        | Command::Dlq { .. }
-        | Command::Reports { .. }
-        | Command::Health
-        | Command::Metrics { .. }
-        | Command::Audit
-        | Command::Keys { .. }
-        | Command::Relay { .. } => unreachable!("remote commands run in run_remote"),
     }
 }
 
 mod remote;
 mod report;
-
-async fn run_remote(cli: Cli) -> ExitCode {
-    if let Command::Keys { command } = cli.command {
-        return remote::keys(&cli.remote, command).await;
-    }
-    let client = match remote::Client::new(&cli.remote).await {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    match cli.command {
-        Command::Runs { command } => remote::runs(&client, command).await,
-        Command::Download { run, out } => remote::download(&client, &run, out).await,
-        Command::Deliveries { run } => remote::deliveries(&client, &run).await,
-        Command::Reprocess {
-            dataset,
-            date,
-            wait,
-        } => remote::reprocess(&client, &dataset, &date, wait).await,
-        Command::Intake { command } => remote::intake(&client, command).await,
-        Command::Dlq { command } => remote::dlq(&client, command).await,
-        Command::Reports { command } => remote::reports(&client, command).await,
-        Command::Health => remote::health(&client).await,
-        Command::Metrics { since } => remote::metrics(&client, since.as_deref()).await,
-        Command::Audit => remote::audit(&client).await,
-        Command::Relay { command } => remote::relay(&client, command).await,
-        _ => unreachable!("offline commands are handled in main"),
-    }
-}
 
 pub(crate) fn load(file: &Path) -> Result<Definitions, ExitCode> {
     let text = match std::fs::read_to_string(file) {

@@ -27,11 +27,12 @@ pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
     let result = async {
         match command {
             DlqCommand::List => {
-                let list: DeadLetterQueues = c.typed("GET", "/v1/dead-letters", None).await?;
-                if c.json {
-                    c.print(&list);
+                let Some(list) = c
+                    .shown::<DeadLetterQueues>("GET", "/v1/dead-letters", None)
+                    .await?
+                else {
                     return Ok(());
-                }
+                };
                 let rows: Vec<Vec<String>> = list
                     .dead_letter_queues
                     .iter()
@@ -52,8 +53,8 @@ pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
                 Ok(())
             }
             DlqCommand::Peek { queue, max } => {
-                let peeked: DeadLetters = c
-                    .typed(
+                let Some(peeked) = c
+                    .shown::<DeadLetters>(
                         "GET",
                         &format!(
                             "/v1/dead-letters/{}?max={max}",
@@ -61,11 +62,10 @@ pub async fn dlq(c: &Client, command: DlqCommand) -> ExitCode {
                         ),
                         None,
                     )
-                    .await?;
-                if c.json {
-                    c.print(&peeked);
+                    .await?
+                else {
                     return Ok(());
-                }
+                };
                 if peeked.messages.is_empty() {
                     println!("{queue}: no dead letters");
                 }

@@ -113,11 +113,9 @@ pub async fn metrics(c: &Client, since: Option<&str>) -> ExitCode {
         None => "/v1/metrics".to_owned(),
     };
     let result = async {
-        let m: Metrics = c.typed("GET", &path, None).await?;
-        if c.json {
-            c.print(&m);
+        let Some(m) = c.shown::<Metrics>("GET", &path, None).await? else {
             return Ok::<(), Failure>(());
-        }
+        };
         print_counters(&m.counters);
         let runs: Vec<Vec<String>> = m
             .runs_by_status

@@ -35,8 +35,8 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
     let result = async {
         match command {
             IntakeCommand::Outcomes { dataset, date } => {
-                let day: DayOutcomes = c
-                    .typed(
+                let Some(day) = c
+                    .shown::<DayOutcomes>(
                         "GET",
                         &format!(
                             "/v1/intake/outcomes?dataset={}&date={}",
@@ -45,11 +45,10 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                         ),
                         None,
                     )
-                    .await?;
-                if c.json {
-                    c.print(&day);
+                    .await?
+                else {
                     return Ok(());
-                }
+                };
                 let t = &day.totals;
                 println!(
                     "{dataset} {date}: {} rows: {} new, {} duplicate, {} rejected",
@@ -108,11 +107,9 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                 if let Some(d) = dataset {
                     path.push_str(&format!("&dataset={}", charlie::uri::segment(&d)));
                 }
-                let q: Quarantined = c.typed("GET", &path, None).await?;
-                if c.json {
-                    c.print(&q);
+                let Some(q) = c.shown::<Quarantined>("GET", &path, None).await? else {
                     return Ok(());
-                }
+                };
                 if q.files.is_empty() {
                     println!("nothing quarantined");
                 }
@@ -151,11 +148,9 @@ pub async fn intake(c: &Client, command: IntakeCommand) -> ExitCode {
                     ),
                     _ => ("GET", "/v1/intake".to_owned()),
                 };
-                let b: IntakeState = c.typed(method, &path, None).await?;
-                if c.json {
-                    c.print(&b);
+                let Some(b) = c.shown::<IntakeState>(method, &path, None).await? else {
                     return Ok(());
-                }
+                };
                 if b.paused {
                     println!(
                         "intake paused since {} by {}; {} mail(s) parked",

@@ -105,11 +105,9 @@ pub async fn keys(remote: &Remote, command: KeysCommand) -> ExitCode {
                 Ok::<(), Failure>(())
             }
             KeysCommand::List => {
-                let list: KeyList = c.typed("GET", "/v1/keys", None).await?;
-                if c.json {
-                    c.print(&list);
+                let Some(list) = c.shown::<KeyList>("GET", "/v1/keys", None).await? else {
                     return Ok(());
-                }
+                };
                 let rows: Vec<Vec<String>> = list
                     .keys
                     .iter()

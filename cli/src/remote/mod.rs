@@ -251,6 +251,22 @@ impl Client {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
     }
 
+    /// Calls a route for a command that shows its answer: with `--json` the answer is printed
+    /// as it is and `None` comes back (nothing more to show); else the answer, for a table.
+    async fn shown<T: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Option<T>, Failure> {
+        let answer: T = self.typed(method, path, body).await?;
+        if self.json {
+            self.print(&answer);
+            return Ok(None);
+        }
+        Ok(Some(answer))
+    }
+
     /// Calls a route and reads its answer as the contract's type for it.
     async fn typed<T: serde::de::DeserializeOwned>(
         &self,
@@ -330,5 +346,105 @@ fn exit(result: Result<(), Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => f.into(),
+    }
+}
+
+/// The commands that call a deployment's control API.
+#[derive(Subcommand)]
+pub enum RemoteCommand {
+    /// Control API keys: create, list, revoke
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    #[command(flatten)]
+    Api(ApiCommand),
+}
+
+/// The commands that need an API client (keys may also be made in the state table).
+#[derive(Subcommand)]
+pub enum ApiCommand {
+    /// Runs of a deployment: list, show, start, cancel, rerun
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
+    /// A run's workbook, downloaded
+    Download {
+        run: RunId,
+        /// Where to write it (default: the workbook's own name)
+        #[arg(short, long)]
+        out: Option<std::path::PathBuf>,
+    },
+    /// A run's deliveries: transport, status, provider message id, SES events
+    Deliveries { run: RunId },
+    /// Re-ingest DATASET's DATE from its archived attachments (the same rows)
+    Reprocess {
+        dataset: DatasetName,
+        date: String,
+        /// Wait until it is done
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Intake: outcomes of a day, quarantined files, an attachment's rejects, poll now
+    Intake {
+        #[command(subcommand)]
+        command: IntakeCommand,
+    },
+    /// Dead-letter queues: list, peek, redrive, delete
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// The deployment's report definitions and workbook versions
+    Reports {
+        #[command(subcommand)]
+        command: ReportsCommand,
+    },
+    /// The deployment's health (exit 1 when unhealthy)
+    Health,
+    /// Counters since a point in time (mails, rows, runs, mails sent, bounces), runs by
+    /// status, queue depths
+    Metrics {
+        /// RFC 3339 time or a span back (90m, 24h, 7d); default a day back
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// The audit trail of state-changing API calls (JSON; admin)
+    Audit,
+    /// On-prem relays (charlie-relay): create (the key shown once), list, revoke
+    Relay {
+        #[command(subcommand)]
+        command: RelayCommand,
+    },
+}
+
+/// Runs a command against the deployment `remote` names.
+pub async fn run(remote: &Remote, command: RemoteCommand) -> ExitCode {
+    let command = match command {
+        // The first admin key is made straight in the state table: no client yet.
+        RemoteCommand::Keys { command } => return keys(remote, command).await,
+        RemoteCommand::Api(command) => command,
+    };
+    let client = match Client::new(remote).await {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match command {
+        ApiCommand::Runs { command } => runs(&client, command).await,
+        ApiCommand::Download { run, out } => download(&client, &run, out).await,
+        ApiCommand::Deliveries { run } => deliveries(&client, &run).await,
+        ApiCommand::Reprocess {
+            dataset,
+            date,
+            wait,
+        } => reprocess(&client, &dataset, &date, wait).await,
+        ApiCommand::Intake { command } => intake(&client, command).await,
+        ApiCommand::Dlq { command } => dlq(&client, command).await,
+        ApiCommand::Reports { command } => reports(&client, command).await,
+        ApiCommand::Health => health(&client).await,
+        ApiCommand::Metrics { since } => metrics(&client, since.as_deref()).await,
+        ApiCommand::Audit => audit(&client).await,
+        ApiCommand::Relay { command } => relay(&client, command).await,
     }
 }

@@ -51,11 +51,9 @@ pub async fn relay(c: &Client, command: RelayCommand) -> ExitCode {
                 Ok::<(), Failure>(())
             }
             RelayCommand::List => {
-                let list: RelayList = c.typed("GET", "/v1/relays", None).await?;
-                if c.json {
-                    c.print(&list);
+                let Some(list) = c.shown::<RelayList>("GET", "/v1/relays", None).await? else {
                     return Ok(());
-                }
+                };
                 let rows: Vec<Vec<String>> = list
                     .relays
                     .iter()

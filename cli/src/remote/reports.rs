@@ -14,11 +14,9 @@ pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {
     let result = async {
         match command {
             ReportsCommand::List => {
-                let list: ReportList = c.typed("GET", "/v1/reports", None).await?;
-                if c.json {
-                    c.print(&list);
+                let Some(list) = c.shown::<ReportList>("GET", "/v1/reports", None).await? else {
                     return Ok(());
-                }
+                };
                 let rows: Vec<Vec<String>> = list
                     .reports
                     .iter()
@@ -39,8 +37,8 @@ pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {
                 Ok::<(), Failure>(())
             }
             ReportsCommand::Versions { report, period } => {
-                let stored: WorkbookVersions = c
-                    .typed(
+                let Some(stored) = c
+                    .shown::<WorkbookVersions>(
                         "GET",
                         &format!(
                             "/v1/reports/{}/versions?period={}",
@@ -49,11 +47,10 @@ pub async fn reports(c: &Client, command: ReportsCommand) -> ExitCode {
                         ),
                         None,
                     )
-                    .await?;
-                if c.json {
-                    c.print(&stored);
+                    .await?
+                else {
                     return Ok(());
-                }
+                };
                 println!("{}", cell(&stored.key));
                 let rows: Vec<Vec<String>> = stored
                     .versions

@@ -241,17 +241,16 @@ pub(super) async fn started(c: &Client, queued: RunQueued, wait: bool) -> Result
 }
 
 pub(super) async fn show_run(c: &Client, run: &str) -> Result<(), Failure> {
-    let r: RunAnswer = c
-        .typed(
+    let Some(r) = c
+        .shown::<RunAnswer>(
             "GET",
             &format!("/v1/runs/{}", charlie::uri::segment(run)),
             None,
         )
-        .await?;
-    if c.json {
-        c.print(&r);
+        .await?
+    else {
         return Ok(());
-    }
+    };
     let run = &r.run;
     let fields = [
         ("run", cell(&run.run_id)),
