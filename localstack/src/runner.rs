@@ -560,11 +560,7 @@ impl LocalRunner {
             }
         };
         let query = parts.uri.query().unwrap_or_default().to_owned();
-        let mut params = serde_json::Map::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            params.insert(decode(k), Value::String(decode(v)));
-        }
+        let params = query_parameters(&query);
         // As API Gateway's payload 2.0 has them: a repeated header's values joined with commas,
         // and the `Cookie` header not among the headers but in `cookies`, one per entry.
         let mut headers = serde_json::Map::new();
@@ -757,30 +753,22 @@ fn sqs_record(msg: &aws_sdk_sqs::types::Message, queue_arn: &str, region: &str) 
     })
 }
 
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(
-                    std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
-                    16,
-                ) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
+/// `queryStringParameters` as API Gateway's payload 2.0 has them: names and values decoded,
+/// a repeated parameter's values joined with commas.
+fn query_parameters(query: &str) -> serde_json::Map<String, Value> {
+    let mut params = serde_json::Map::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match params.get_mut(k.as_ref()) {
+            Some(Value::String(earlier)) => {
+                earlier.push(',');
+                earlier.push_str(&v);
             }
-            b => out.push(b),
+            _ => {
+                params.insert(k.into_owned(), Value::String(v.into_owned()));
+            }
         }
-        i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    params
 }
 
 #[cfg(test)]
@@ -842,11 +830,10 @@ mod tests {
     }
 
     #[test]
-    fn query_values_are_url_decoded() {
-        assert_eq!(
-            super::decode("Validation%3A+Testing%20client"),
-            "Validation: Testing client"
-        );
-        assert_eq!(super::decode("100%"), "100%");
+    fn query_values_are_url_decoded_and_a_repeated_one_joined_with_commas() {
+        let params = super::query_parameters("q=Validation%3A+Testing%20client&p=100%&a=1&a=2");
+        assert_eq!(params["q"], "Validation: Testing client");
+        assert_eq!(params["p"], "100%");
+        assert_eq!(params["a"], "1,2");
     }
 }

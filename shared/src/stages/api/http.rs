@@ -353,13 +353,7 @@ impl FromRequest<Arc<Api>> for Request {
             .map(split_path)
             .unwrap_or_default();
         let query = parts.uri.query().map(str::to_owned);
-        let mut fields = HashMap::new();
-        for (k, v) in form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()) {
-            // The first of a repeated parameter counts.
-            fields
-                .entry(k.into_owned())
-                .or_insert_with(|| v.into_owned());
-        }
+        let fields = crate::uri::form(query.as_deref().unwrap_or_default().as_bytes());
         Ok(Request {
             method: parts.method.as_str().to_owned(),
             request_id: request_id(&parts),

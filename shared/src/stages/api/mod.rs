@@ -196,7 +196,7 @@ pub(super) struct Request {
     path: String,
     /// The path's segments after `/v1` (or `/iam/v1`, `/ui`), percent-decoded.
     segments: Vec<String>,
-    /// The query's parameters, decoded; the first of a repeated one counts.
+    /// The query's parameters, decoded (`crate::uri::form`: of one given twice, the last).
     query: HashMap<String, String>,
     /// The query as sent (a relay signs it).
     raw_query: Option<String>,
