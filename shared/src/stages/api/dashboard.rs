@@ -104,8 +104,8 @@ fn templates() -> &'static Environment<'static> {
     })
 }
 
-/// The colour class of a status word (a run's, a delivery's, or health's and intake's own);
-/// the word itself and a mark are always shown too.
+/// The colour class of a run's or a delivery's status word, as its type gives it; the word
+/// itself and a mark are always shown too.
 fn status_class(status: String) -> String {
     use crate::contract::{DeliveryStatus, RunStatus, Tone};
     let tone = if let Ok(s) = status.parse::<RunStatus>() {
@@ -113,12 +113,7 @@ fn status_class(status: String) -> String {
     } else if let Ok(s) = status.parse::<DeliveryStatus>() {
         s.tone()
     } else {
-        match status.as_str() {
-            "ok" | "accepted" => Tone::Good,
-            "unhealthy" => Tone::Bad,
-            "paused" => Tone::Wait,
-            _ => Tone::Neutral,
-        }
+        Tone::Neutral
     };
     tone.class().to_owned()
 }
@@ -570,6 +565,7 @@ impl Api {
         cx.page(
             "overview.html",
             context! {
+                healthy => health.status == contract::HealthStatus::Ok,
                 health => health,
                 intake => intake,
                 by_dataset => self.per_dataset(&intake),
