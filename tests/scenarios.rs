@@ -384,7 +384,7 @@ fn parse_mail(raw: &str) -> mail_parser::Message<'_> {
 fn mail_request(run_id: &str, report: &str, key: &str, version: Option<String>) -> MailRequest {
     MailRequest {
         v: 1,
-        run_id: run_id.into(),
+        run_id: charlie::contract::RunId::parse(run_id).unwrap(),
         report: report.into(),
         title: "Call-centre report".into(),
         period: "2024-W11".into(),

@@ -187,7 +187,7 @@ impl Mailer {
         let mut failed = Vec::new();
         for group in &groups {
             if let Err(e) = self.deliver_group(&req, group, invocation).await {
-                warn!(run_id = req.run_id, error = %format!("{e:#}"), "a recipient group failed");
+                warn!(run_id = %req.run_id, error = %format!("{e:#}"), "a recipient group failed");
                 failed.push(e);
             }
         }
@@ -302,7 +302,7 @@ impl Mailer {
             let result = match earlier {
                 Some(earlier) => {
                     info!(
-                        run_id = req.run_id,
+                        run_id = %req.run_id,
                         provider_message_id = earlier.result.provider_message_id,
                         "sent before and not recorded as complete: not sent again"
                     );
@@ -311,7 +311,7 @@ impl Mailer {
                 None => {
                     let sent = self.deliver(req, to, &group).await?;
                     info!(
-                        run_id = req.run_id,
+                        run_id = %req.run_id,
                         transport = sent.transport,
                         provider_message_id = sent.provider_message_id,
                         recipients = to.len(),
@@ -352,7 +352,7 @@ impl Mailer {
         {
             Once::AlreadyDone(result) => {
                 info!(
-                    run_id = req.run_id,
+                    run_id = %req.run_id,
                     provider_message_id = result.provider_message_id,
                     "already delivered: nothing sent"
                 );
@@ -387,7 +387,7 @@ impl Mailer {
                     &RecordKey::ses_message(&result.provider_message_id),
                     &SesMessage {
                         delivery: delivery.to_owned(),
-                        run_id: req.run_id.clone(),
+                        run_id: req.run_id.to_string(),
                     },
                     None,
                 )
@@ -499,7 +499,7 @@ impl Mailer {
             let url = match &self.links {
                 Some(signer) => {
                     let claims = crate::links::LinkClaims {
-                        run_id: req.run_id.clone(),
+                        run_id: req.run_id.to_string(),
                         workbook_key: key.clone(),
                         workbook_version: req.workbook_version.clone(),
                         expires: until.timestamp(),
@@ -522,7 +522,7 @@ impl Mailer {
             };
             let expires = until.format("%Y-%m-%d %H:%M UTC").to_string();
             info!(
-                run_id = req.run_id,
+                run_id = %req.run_id,
                 workbook_bytes = req.workbook_size,
                 limit = self.max_mail_bytes,
                 "workbook too large to attach: sending a download link"
@@ -582,7 +582,7 @@ impl Mailer {
             cc: to.cc.clone(),
             bcc: to.bcc.clone(),
             link,
-            run_id: req.run_id.clone(),
+            run_id: req.run_id.to_string(),
             sent_at: Utc::now().to_rfc3339(),
             mime_bytes,
         })
@@ -617,7 +617,7 @@ impl Mailer {
             crate::relay_outbox::OutboxRecord {
                 message_id: format!("<{message_id}>"),
                 delivery: state::delivery_claim(&req.run_id, group),
-                run_id: req.run_id.clone(),
+                run_id: req.run_id.to_string(),
                 from: from.to_owned(),
                 recipients: to.to.iter().chain(&to.cc).chain(&to.bcc).cloned().collect(),
                 key: String::new(),
@@ -629,7 +629,7 @@ impl Mailer {
         )
         .await?;
         info!(
-            run_id = req.run_id,
+            run_id = %req.run_id,
             relay,
             key = queued.key,
             "queued for the relay"
@@ -822,7 +822,7 @@ mod tests {
         let stored = w.objects.put(&key, bytes, XLSX_CONTENT_TYPE).await.unwrap();
         MailRequest {
             v: 1,
-            run_id: run_id.into(),
+            run_id: crate::contract::RunId::parse(run_id).unwrap(),
             report: report.into(),
             title: "Call-centre daily report".into(),
             period: "2024-03-14".into(),

@@ -200,7 +200,7 @@ pub fn resolve_run(definitions: &Definitions, trigger: &ReportTrigger) -> anyhow
         }
         ReportTrigger::Run { period, run_id, .. } => (
             *period,
-            run_id.clone().unwrap_or_else(|| {
+            run_id.as_ref().map(RunId::to_string).unwrap_or_else(|| {
                 format!(
                     "{report_name}.{period}.request.{}",
                     crate::invocation::new_correlation_id()
@@ -387,7 +387,7 @@ impl ReportBuilder {
         &self,
         report_name: &str,
         period: Period,
-        run_id: &str,
+        run_id: &RunId,
         base: RunRecord,
     ) -> anyhow::Result<RunRecord> {
         let defs = &self.definitions;
@@ -460,7 +460,7 @@ impl ReportBuilder {
             .subject;
             Ok(MailRequest {
                 v: 1,
-                run_id: run_id.to_owned(),
+                run_id: run_id.clone(),
                 report: report_name.to_owned(),
                 title: report.title.clone(),
                 period: label.clone(),
@@ -1165,14 +1165,15 @@ mod tests {
             .unwrap_err();
         assert_eq!(kind_of(&reused), FailureKind::Permanent);
         // A run id that is not one is never stored: the trigger fails for good, saying why.
+        use crate::stages::MessageHandler;
         let long = "r".repeat(300);
         for bad in ["r\nx", long.as_str()] {
+            let body = serde_json::json!({"kind": "run", "report": "call_centre_daily", "period": "2024-03-11", "run_id": bad});
+            let mut msg = SqsMessage::default();
+            msg.body = Some(body.to_string());
             let refused = w
                 .builder
-                .run(
-                    run("call_centre_daily", "2024-03-11", Some(bad)),
-                    &invocation(),
-                )
+                .handle_message(msg, &invocation())
                 .await
                 .unwrap_err();
             assert_eq!(kind_of(&refused), FailureKind::Permanent);

@@ -47,7 +47,7 @@ impl Api {
             v: 1,
             report: report.to_owned(),
             period,
-            run_id: Some(run_id.to_string()),
+            run_id: Some(run_id.clone()),
             requested_at: Some(now),
             requested_by: Some(key.name.clone()),
         };

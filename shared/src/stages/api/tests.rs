@@ -273,7 +273,7 @@ async fn a_run_is_queued_listed_shown_cancelled_and_rerun() {
     assert_eq!(headers["location"], format!("/v1/runs/{run_id}").as_str());
     let queued: Vec<ReportTrigger> = w.runs.bodies();
     assert!(
-        matches!(&queued[..], [ReportTrigger::Run { run_id: Some(id), requested_by: Some(by), .. }] if *id == run_id && by == "operator"),
+        matches!(&queued[..], [ReportTrigger::Run { run_id: Some(id), requested_by: Some(by), .. }] if id.as_str() == run_id && by == "operator"),
         "{queued:?}"
     );
 
