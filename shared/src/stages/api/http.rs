@@ -112,8 +112,12 @@ pub(super) fn router(api: Arc<Api>) -> Router {
 
 /// A route's handler, by the access it needs; the route itself rides along as an extension.
 fn endpoint(def: &'static RouteDef) -> MethodRouter<Arc<Api>> {
-    let method = Method::from_bytes(def.method.as_bytes()).unwrap_or(Method::GET);
-    let filter = MethodFilter::try_from(method).unwrap_or(MethodFilter::GET);
+    // The table is constant: a method it misspells fails the first router built (every
+    // test), never serves as another method.
+    let method = Method::from_bytes(def.method.as_bytes())
+        .unwrap_or_else(|_| panic!("ROUTES: {:?} is not an HTTP method", def.method));
+    let filter = MethodFilter::try_from(method)
+        .unwrap_or_else(|_| panic!("ROUTES: {} cannot be routed", def.method));
     let endpoint = match def.access {
         Access::Public => on(filter, public),
         Access::Relay => on(filter, relayed),
