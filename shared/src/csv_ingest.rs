@@ -30,7 +30,9 @@ pub struct KeyedRow {
     pub line: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Reject {
     /// 1-based line of the file where the record starts.
     pub line: u64,
@@ -46,7 +48,17 @@ impl std::fmt::Display for Reject {
 /// Every physical line of a file, by what it held:
 /// `header + valid + rejected + blank + unread = total` (a record spanning lines counts all of
 /// them).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct LineCounts {
     pub total: u64,
     pub header: u64,

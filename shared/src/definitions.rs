@@ -350,7 +350,9 @@ pub struct Report {
     pub retain_days: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TransportKind {
     /// SES v2 raw send from the mailer's verified identity (`CHARLIE_SENDER`).
@@ -385,7 +387,9 @@ impl TransportKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OnEmpty {
     /// Build nothing, send nothing; the run records `skipped_empty`.

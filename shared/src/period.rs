@@ -8,7 +8,9 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 /// How long a report's scheduled period is (`period = "day"` in `reports.toml`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PeriodKind {
     #[default]

@@ -200,7 +200,8 @@ pub const RELAYS_INDEX: &str = "RELAYS";
 
 /// `AUDIT#{day}` / `{at}#{request id}`: one state-changing API call (on the index as
 /// [`AUDIT_INDEX`], newest first).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(rename = "Audit")]
 pub struct AuditRecord {
     pub at: String,
     pub request_id: String,
@@ -229,7 +230,7 @@ pub const AUDIT_INDEX: &str = "AUDIT";
 
 /// What a reprocess did; also the counts of its record (`state::ReprocessRecord`), all zero
 /// until it is done (and when it failed: nothing of the day was touched).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ReprocessOutcome {
     /// Rows the day held before, each replaced by its rebuilt copy or removed.
     #[serde(default)]
@@ -252,7 +253,8 @@ pub struct ReprocessOutcome {
 
 /// `REPROCESS#{id}` / `status`: a reprocess asked for through the API and how it went
 /// (`queued`, `running`, `done` or `failed`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[schemars(rename = "Reprocess")]
 pub struct ReprocessRecord {
     pub request_id: String,
     pub dataset: String,
@@ -447,7 +449,7 @@ impl RecordKey<DayAttachment> {
 }
 
 /// What a run did; its record `RUN#{run id}` / `run`, and the run claim's result.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct RunRecord {
     pub run_id: crate::contract::RunId,
     pub report: String,
@@ -577,7 +579,7 @@ pub struct DeliveryNews {
 }
 
 /// `DLV#…` / `event#…`: an SES event as it came.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct DeliveryEvent {
     #[serde(rename = "type")]
     pub event_type: String,

@@ -119,6 +119,19 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Some("openapi") => {
+            let path = charlie_local::project::root().join("docs/openapi.json");
+            match std::fs::write(&path, charlie::stages::api::openapi::text()) {
+                Ok(()) => {
+                    println!("wrote {}", path.display());
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("charlie-local openapi: {}: {e}", path.display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         _ => usage("which command?"),
     }
 }
@@ -132,5 +145,6 @@ fn usage(problem: &str) -> std::process::ExitCode {
     eprintln!("       charlie-local load [--mails N] [--rows R]");
     eprintln!("       charlie-local up [--row-store dynamodb|postgres] [--fresh]");
     eprintln!("       charlie-local bench-sender [--items N] [--latency-ms L]");
+    eprintln!("       charlie-local openapi   (writes docs/openapi.json from the code)");
     std::process::ExitCode::from(2)
 }

@@ -1,12 +1,13 @@
 //! `GET /v1/health`: 200 when nothing is wrong, 503 with the problems when something is.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::RelayOverview;
 use crate::breaker::BreakerState;
 pub use crate::ports::QueueDepth;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     Ok,
@@ -19,23 +20,27 @@ super::status::words!(HealthStatus {
 });
 
 /// Whether a store answered.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, JsonSchema)]
 pub struct Reachable {
     pub ok: bool,
 }
 
 /// A queue, its dead-letter queue, and how long its oldest message has waited (absent where it
 /// could not be read, or without a source queue).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct QueueHealth {
     pub queue: String,
     pub depth: Option<QueueDepth>,
     pub dead_letters: Option<QueueDepth>,
+    /// Seconds the source queue's oldest message has waited (SQS's
+    /// `ApproximateAgeOfOldestMessage`, the latest figure of the last 10 minutes); `null`
+    /// without a recent figure or a source queue. Over `CHARLIE_MAX_MESSAGE_AGE_SECONDS`
+    /// (default 3600) makes health 503.
     pub oldest_message_age_seconds: Option<u64>,
 }
 
 /// A mail folder the poller reads: its last successful poll and its Graph subscription.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct FolderHealth {
     pub folder: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +50,7 @@ pub struct FolderHealth {
 }
 
 /// The batch sender's circuit breaker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct DownstreamHealth {
     pub breaker: BreakerState,
     /// `None`: never failed.
@@ -55,7 +60,7 @@ pub struct DownstreamHealth {
     pub last_failure: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Health {
     pub status: HealthStatus,
     pub checked_at: String,
@@ -65,8 +70,9 @@ pub struct Health {
     pub bucket: Reachable,
     pub queues: Vec<QueueHealth>,
     pub folders: Vec<FolderHealth>,
-    /// `None` without a downstream API, or when its record could not be read.
+    /// The batch sender's circuit breaker (docs/downstream-api.md); `null` without a
+    /// downstream API, or when its record could not be read.
     pub downstream: Option<DownstreamHealth>,
-    /// `None` when the relays could not be read.
+    /// Each relay with its outbox; `null` when the relays could not be read.
     pub relays: Option<Vec<RelayOverview>>,
 }

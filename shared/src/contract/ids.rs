@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Why a text is not an id of a kind: names the kind and says what the id looks like.
@@ -19,7 +20,7 @@ pub struct BadId {
 }
 
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $rule:literal, $ok:expr) => {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $rule:literal, $ok:expr, $schema:tt) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
@@ -90,6 +91,25 @@ macro_rules! id_type {
             }
         }
 
+        /// A string with the rule as its description and as much of the rule as JSON Schema
+        /// says (a unit test holds the two to the same texts).
+        impl JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let mut schema = schemars::json_schema!($schema);
+                schema.insert("type".into(), "string".into());
+                schema.insert("description".into(), format!("A {}: {}", $kind, $rule).into());
+                schema
+            }
+        }
+
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
                 self.0 == other
@@ -114,7 +134,8 @@ id_type!(
         && id
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
+        && !id.starts_with('-'),
+    { "pattern": "^[a-z0-9][a-z0-9-]{0,39}$" }
 );
 
 id_type!(
@@ -122,7 +143,8 @@ id_type!(
     KeyId,
     "key id",
     "16 hexadecimal digits (the part of chk_{id}_… before the secret)",
-    |id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
+    |id| id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+    { "pattern": "^[0-9A-Fa-f]{16}$" }
 );
 
 id_type!(
@@ -130,7 +152,8 @@ id_type!(
     RunId,
     "run id",
     "1 to 256 characters, none of them a control character",
-    |id| (1..=256).contains(&id.len()) && !id.chars().any(char::is_control)
+    |id| (1..=256).contains(&id.len()) && !id.chars().any(char::is_control),
+    { "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]{1,256}$", "maxLength": 256 }
 );
 
 /// What a dataset's or a report's name may be: it is part of storage keys (`{dataset}#{day}`,
@@ -148,7 +171,8 @@ id_type!(
     DatasetName,
     "dataset name",
     "1 to 64 letters, digits, '_' and '-'",
-    name_ok
+    name_ok,
+    { "pattern": "^[A-Za-z0-9_-]{1,64}$" }
 );
 
 id_type!(
@@ -156,7 +180,8 @@ id_type!(
     ReportName,
     "report name",
     "1 to 64 letters, digits, '_' and '-'",
-    name_ok
+    name_ok,
+    { "pattern": "^[A-Za-z0-9_-]{1,64}$" }
 );
 
 #[cfg(test)]
@@ -193,5 +218,55 @@ mod tests {
             assert!(ReportName::parse(bad).is_err(), "{bad}");
         }
         assert!(ReportName::parse("call_centre_daily").is_ok());
+    }
+
+    /// What the OpenAPI document says of an id is what `parse` takes: every sample is taken by
+    /// both or refused by both.
+    #[test]
+    fn each_ids_schema_pattern_takes_what_parse_takes() {
+        fn agree<T: JsonSchema>(parse: fn(&str) -> bool) {
+            let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
+            let pattern = schema.get("pattern").and_then(|p| p.as_str()).unwrap();
+            let re = regex::Regex::new(pattern).unwrap();
+            let samples = [
+                "",
+                "a",
+                "-a",
+                "a-",
+                "branch-7",
+                "Branch",
+                "a_b",
+                "a.b",
+                "a b",
+                "a/b",
+                "a\nb",
+                "a\u{7f}b",
+                "0123456789abcdef",
+                "0123456789ABCDEF",
+                "0123456789abcdeg",
+                "call_centre_daily.2024-03-14.api.1",
+                "ib#2024-03-14",
+                "x@y",
+            ];
+            let long = [
+                "a".repeat(40),
+                "a".repeat(41),
+                "a".repeat(64),
+                "a".repeat(65),
+            ];
+            let long = long.iter().map(String::as_str);
+            for s in samples
+                .into_iter()
+                .chain(long)
+                .chain(["a".repeat(257).as_str()])
+            {
+                assert_eq!(re.is_match(s), parse(s), "{} {s:?}", T::schema_name());
+            }
+        }
+        agree::<RelayId>(|s| RelayId::parse(s).is_ok());
+        agree::<KeyId>(|s| KeyId::parse(s).is_ok());
+        agree::<RunId>(|s| RunId::parse(s).is_ok());
+        agree::<DatasetName>(|s| DatasetName::parse(s).is_ok());
+        agree::<ReportName>(|s| ReportName::parse(s).is_ok());
     }
 }

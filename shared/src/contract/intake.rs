@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Counters summed since a time: `totals` per kind, `by` per what they are about (a dataset,
-/// a mailbox, a report) and kind.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// What happened since `since` (the start of an hour), counted once per event: `totals` by
+/// kind, and `by` what they are about (a dataset, report, mailbox or stage) and kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Counters {
     pub since: String,
     pub totals: BTreeMap<String, u64>,
@@ -15,7 +16,8 @@ pub struct Counters {
 }
 
 /// `GET /v1/intake`, and the answer of pausing or resuming it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Intake")]
 pub struct IntakeState {
     pub paused: bool,
     /// When it was last paused or resumed, and by whom.
@@ -30,7 +32,7 @@ pub struct IntakeState {
 }
 
 /// Row counts of an attachment, or of a day.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
 pub struct RowTotals {
     pub rows_total: u64,
     pub rows_new: u64,
@@ -48,7 +50,8 @@ impl std::ops::AddAssign for RowTotals {
 }
 
 /// What ingest made of one attachment with rows on the day.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Outcome")]
 pub struct AttachmentOutcome {
     pub mailbox: String,
     pub message_id: String,
@@ -62,7 +65,7 @@ pub struct AttachmentOutcome {
 }
 
 /// A mail received on the day that no dataset took, with why.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct UnmatchedMail {
     pub mailbox: String,
     pub message_id: String,
@@ -70,21 +73,24 @@ pub struct UnmatchedMail {
     pub subject: String,
     pub received: String,
     pub attachments: Vec<String>,
+    /// Per dataset, the rule the mail failed.
     pub reasons: Vec<String>,
 }
 
 /// `GET /v1/intake/outcomes?dataset=…&date=…`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct DayOutcomes {
     pub dataset: String,
     pub date: String,
     pub totals: RowTotals,
     pub outcomes: Vec<AttachmentOutcome>,
+    /// Mail received on the date (UTC) that no dataset took (it matched none, or failed a
+    /// dataset's sender check), with why.
     pub unmatched: Vec<UnmatchedMail>,
 }
 
 /// `quarantine/….reason.json`: why a file was quarantined, as ingest writes it beside the file.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct QuarantineReason {
     pub reason: String,
     pub dataset: Option<String>,
@@ -102,7 +108,7 @@ pub struct QuarantineReason {
 
 /// A quarantined file in `GET /v1/intake/quarantine` (its reason's fields are absent when the
 /// reason could not be read).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct QuarantinedFile {
     pub key: String,
     pub reason: Option<String>,
@@ -115,7 +121,7 @@ pub struct QuarantinedFile {
 }
 
 /// `GET /v1/intake/quarantine`: in key order; `next_after` continues it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Quarantined {
     pub files: Vec<QuarantinedFile>,
     pub next_after: Option<String>,
@@ -123,14 +129,14 @@ pub struct Quarantined {
 
 /// A queue's depth in `GET /v1/metrics` (`depth` absent for Scheduler's, which has no source
 /// queue).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct QueueCounts {
     pub depth: Option<u64>,
     pub dead_letters: u64,
 }
 
 /// `GET /v1/metrics`: counters, runs requested by status, and queue depths since a time.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Metrics {
     pub since: String,
     /// Runs by their status word.
@@ -141,7 +147,7 @@ pub struct Metrics {
 
 /// `{raw_key}.rejects.json` beside an archived attachment some of whose rows were rejected:
 /// written by ingest, answered by `GET /v1/intake/rejects`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RejectsFile {
     pub attachment: String,
     pub raw_key: String,
@@ -156,14 +162,14 @@ pub struct RejectsFile {
 }
 
 /// `GET /v1/intake/rejects?raw_key=…`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Rejects {
     pub raw_key: String,
     pub rejects: RejectsFile,
 }
 
 /// `POST /v1/intake/poll` (202): the poller is asked to poll every folder now.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct PollQueued {
     pub queued: bool,
 }

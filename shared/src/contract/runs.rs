@@ -1,21 +1,24 @@
 //! Runs: starting one, listing them, one run with its deliveries (`/v1/runs…`).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{DeliveryStatus, RunStatus};
 use crate::state::{DeliveryEvent, RunRecord};
 
 /// `POST /v1/runs`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRun {
+    /// A report of reports.toml.
     pub report: String,
-    /// `2024-03-14`, `2024-W11`, `2024-03` or a range `a..b`.
+    /// A day (`2024-03-14`), an ISO week (`2024-W11`), a month (`2024-03`) or a range
+    /// (`2024-03-01..2024-03-14`).
     pub period: String,
 }
 
 /// The answer (202) of `POST /v1/runs` and `POST /v1/runs/{run_id}/rerun`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunQueued {
     pub run_id: super::RunId,
     pub status: RunStatus,
@@ -24,7 +27,7 @@ pub struct RunQueued {
 }
 
 /// A run in a list.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunSummary {
     pub run_id: super::RunId,
     pub report: String,
@@ -60,14 +63,15 @@ impl From<&RunRecord> for RunSummary {
 }
 
 /// `GET /v1/runs`: newest first; `next_cursor` continues it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunList {
     pub runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page.
     pub next_cursor: Option<String>,
 }
 
 /// One mail of a run (one recipient group): how it went out and what its receiver said.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Delivery {
     pub group: String,
     pub transport: String,
@@ -79,10 +83,12 @@ pub struct Delivery {
     /// The workbook went as a download link (too large to attach).
     pub as_link: bool,
     pub link_expires: Option<String>,
-    /// The receiver's news when there is any (`delivered`, `bounced`, `relayed`, …), else how
-    /// it went out (`sent`, or `queued` for a relay).
+    /// `sent` (the provider took it), then `delivered`, `bounced` or `complained` as SES
+    /// reports; for transport relay: `queued`, then `relayed` once the relay's SMTP server took
+    /// it, or `refused` when it refused it for good.
     pub status: DeliveryStatus,
-    /// What came with that news (a bounce's type, a relay's SMTP answer or refusal).
+    /// What set the status: SES's bounce or complaint, or for transport relay the relay and
+    /// its sender's answer (`smtp_reply` when relayed, `refusal` when refused).
     pub status_detail: Option<serde_json::Value>,
     /// Every SES event, as it came.
     pub events: Vec<DeliveryEvent>,
@@ -97,7 +103,8 @@ impl Delivery {
 
 /// `GET /v1/runs/{run_id}`: the run's record, its deliveries, and what the record alone does
 /// not say.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Run")]
 pub struct RunAnswer {
     #[serde(flatten)]
     pub run: RunRecord,
@@ -108,7 +115,7 @@ pub struct RunAnswer {
 }
 
 /// `GET /v1/runs/{run_id}/deliveries`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct RunDeliveries {
     pub run_id: super::RunId,
     pub deliveries: Vec<Delivery>,
@@ -116,7 +123,8 @@ pub struct RunDeliveries {
 
 /// The answer (202) of `POST /v1/runs/{run_id}/cancel`: the builder stops before it starts or
 /// at its next page.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Cancelled")]
 pub struct CancelRequested {
     pub run_id: super::RunId,
     /// The run's status when the cancel was asked for.

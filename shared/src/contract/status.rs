@@ -2,6 +2,7 @@
 //! state records store them, the API answers with them, the dashboard colours them and the CLI
 //! waits on them; all by these types, serialised as the same snake_case words as before.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How a status reads to someone glancing at it (the dashboard's colour and mark).
@@ -65,7 +66,7 @@ macro_rules! words_for {
 pub(crate) use words_for as words;
 
 /// Where a run is (`RUN#{id}` / `run`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Requested through the API, not yet picked up.
@@ -118,7 +119,7 @@ impl RunStatus {
 
 /// Where a report mail is: sent (or queued for a relay), then what its receiver said, which
 /// only ever rises in `rank` (a bounce after a delivery stands, never the other way round).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Waiting in a relay's outbox.
@@ -172,7 +173,7 @@ impl DeliveryStatus {
 }
 
 /// Where a reprocess asked for through the API is (`REPROCESS#{id}` / `status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReprocessStatus {
     Queued,

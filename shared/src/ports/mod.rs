@@ -105,7 +105,8 @@ impl NoSuchObject {
 }
 
 /// An object (or one version of it) as a listing shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "ObjectVersion")]
 pub struct ObjectInfo {
     pub key: String,
     pub version_id: Option<String>,
@@ -206,7 +207,9 @@ pub struct DeadLetter {
 }
 
 /// A queue's depth, as SQS approximates it.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct QueueDepth {
     /// Waiting to be received.
     pub visible: u64,
@@ -216,7 +219,7 @@ pub struct QueueDepth {
 }
 
 /// A message in a dead-letter queue, as peeked.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Letter {
     pub message_id: String,
     pub body: String,

@@ -203,10 +203,10 @@ async fn public(
     }
 }
 
-/// The OpenAPI document, read once.
+/// The OpenAPI document, built once.
 fn openapi() -> &'static Value {
     static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
-    DOC.get_or_init(|| serde_json::from_str(OPENAPI).unwrap_or(Value::Null))
+    DOC.get_or_init(super::openapi::document)
 }
 
 /// A relay's own calls, signed with its key.

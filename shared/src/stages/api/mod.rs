@@ -28,6 +28,7 @@ mod intake;
 pub mod keys;
 mod links;
 mod metrics;
+pub mod openapi;
 mod relay;
 mod reply;
 mod reports;
@@ -65,9 +66,6 @@ use iam::iam_caller;
 pub use iam::{IamPrincipal, iam_principals};
 use keys::Scope;
 use reply::{ApiError, Reply, ReplyBody, link_page, redirect, respond};
-
-/// The OpenAPI 3.1 document of these routes.
-pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
 /// The longest path segment or cursor that can name something stored.
 const MAX_ID_BYTES: usize = 512;
