@@ -1316,46 +1316,50 @@ mod tests {
         assert!(!ib.matches("someone@else.example", "IB calls export", "ib_calls.csv"));
     }
 
+    /// Datasets' and reports' names that could be part of another name's key are refused, each
+    /// on the line of its table.
     #[test]
-    fn a_dataset_name_that_could_be_part_of_another_key_is_refused_with_its_line() {
-        for bad in ["ib@rebuild", "ib#2024-03-14", "ib/x", "ib calls"] {
-            let text = SHIPPED
-                .replace("[datasets.dials]", &format!("[datasets.\"{bad}\"]"))
-                .replace("[datasets.dials.", &format!("[datasets.\"{bad}\"."))
-                .replace("\"dials\"]", &format!("\"{bad}\"]"));
-            let err = Definitions::parse(&text).unwrap_err();
-            let problem = err
-                .problems
-                .iter()
-                .find(|p| p.message.contains("a dataset's name"))
-                .unwrap_or_else(|| panic!("{bad}: {err}"));
-            let line = text.lines().nth(problem.line.unwrap() - 1).unwrap();
-            assert!(line.starts_with("[datasets."), "{bad}: {line}");
+    fn a_name_that_could_be_part_of_another_key_is_refused_with_its_line() {
+        let cases = [
+            (
+                "datasets",
+                "dials",
+                "a dataset's name",
+                ["ib@rebuild", "ib#2024-03-14", "ib/x", "ib calls"],
+            ),
+            (
+                "reports",
+                "call_centre_daily",
+                "a report's name is 1 to 64",
+                ["daily.v2", "daily/x", "daily #2", "d@y"],
+            ),
+        ];
+        for (table, name, message, bads) in cases {
+            for bad in bads {
+                let mut text = SHIPPED
+                    .replace(
+                        &format!("[{table}.{name}]"),
+                        &format!("[{table}.\"{bad}\"]"),
+                    )
+                    .replace(
+                        &format!("[{table}.{name}."),
+                        &format!("[{table}.\"{bad}\"."),
+                    );
+                if table == "datasets" {
+                    // The reports that name it.
+                    text = text.replace(&format!("\"{name}\"]"), &format!("\"{bad}\"]"));
+                }
+                let err = Definitions::parse(&text).unwrap_err();
+                let problem = err
+                    .problems
+                    .iter()
+                    .find(|p| p.message.contains(message))
+                    .unwrap_or_else(|| panic!("{bad}: {err}"));
+                let line = text.lines().nth(problem.line.unwrap() - 1).unwrap();
+                assert!(line.starts_with(&format!("[{table}.")), "{bad}: {line}");
+            }
         }
         assert!(crate::contract::DatasetName::parse("ib_calls-2").is_ok());
-    }
-
-    #[test]
-    fn a_report_name_that_could_be_part_of_another_key_is_refused_with_its_line() {
-        for bad in ["daily.v2", "daily/x", "daily #2"] {
-            let text = SHIPPED
-                .replace(
-                    "[reports.call_centre_daily]",
-                    &format!("[reports.\"{bad}\"]"),
-                )
-                .replace(
-                    "[reports.call_centre_daily.",
-                    &format!("[reports.\"{bad}\"."),
-                );
-            let err = Definitions::parse(&text).unwrap_err();
-            let problem = err
-                .problems
-                .iter()
-                .find(|p| p.message.contains("a report's name is 1 to 64"))
-                .unwrap_or_else(|| panic!("{bad}: {err}"));
-            let line = text.lines().nth(problem.line.unwrap() - 1).unwrap();
-            assert!(line.starts_with("[reports."), "{bad}: {line}");
-        }
     }
 
     #[test]

@@ -154,12 +154,10 @@ async fn no_route(method: Method, uri: Uri) -> Response {
         ))));
     };
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let mut allowed: Vec<&str> = ROUTES
-        .iter()
-        .filter(|r| r.matches(&segments) && r.method != method.as_str())
+    let allowed: Vec<&str> = routes::matching(&segments)
         .map(|r| r.method)
+        .filter(|m| *m != method.as_str())
         .collect();
-    allowed.dedup();
     if allowed.is_empty() {
         return respond(Err(ApiError::not_found(format!(
             "no route {method} {path} (see /v1/openapi.json)"
@@ -351,10 +349,8 @@ impl FromRequest<Arc<Api>> for Request {
             )))
         })?;
         let path = parts.uri.path().to_owned();
-        let segments = ["/iam/v1", "/v1", "/ui"]
-            .iter()
-            .find_map(|prefix| path.strip_prefix(prefix))
-            .map(split_path)
+        let segments = segments_under_v1(&path)
+            .or_else(|| path.strip_prefix("/ui").map(split_path))
             .unwrap_or_default();
         let query = parts.uri.query().map(str::to_owned);
         let fields = crate::uri::form(query.as_deref().unwrap_or_default().as_bytes());

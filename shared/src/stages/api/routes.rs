@@ -184,11 +184,16 @@ impl RouteDef {
     }
 }
 
+/// The routes whose path is `segments` (under `/v1`), one per method.
+pub fn matching<'a>(segments: &'a [&str]) -> impl Iterator<Item = &'static RouteDef> + 'a {
+    ROUTES.iter().filter(move |r| r.matches(segments))
+}
+
 /// The route `method` `segments` (under `/v1`) names; else the methods its path takes (empty:
 /// no such path).
 pub fn find(method: &str, segments: &[&str]) -> Result<&'static RouteDef, Vec<&'static str>> {
     let mut allowed = Vec::new();
-    for r in ROUTES.iter().filter(|r| r.matches(segments)) {
+    for r in matching(segments) {
         if r.method == method {
             return Ok(r);
         }
