@@ -598,8 +598,8 @@ impl Api {
             .collect();
         for (i, day) in days.iter().enumerate() {
             for (_, values) in self.records.counters(&format!("COUNTS#{day}")).await? {
-                for (name, n) in values {
-                    if let Some(dataset) = name.strip_prefix("rows_new/")
+                for (kind, dataset, n) in crate::counters::Counts(values).kinds() {
+                    if kind == crate::counters::Kind::RowsNew
                         && let Some(series) = by_dataset.get_mut(dataset)
                     {
                         series[i] += n;
