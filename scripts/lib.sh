@@ -73,6 +73,14 @@ AIOSMTPD_VERSION="1.4.6"
 export CHARLIE_AIOSMTPD_PYTHON="$ROOT/.venv-smtp/bin/python"
 ensure_aiosmtpd() { ensure_venv .venv-smtp aiosmtpd "$AIOSMTPD_VERSION"; }
 
+# cargo-lambda (and the zig it cross-links with) for the deployable zips (scripts/package).
+CARGO_LAMBDA_VERSION="1.9.2"
+# (The package depends on ziglang, which pip installs with it.)
+ensure_cargo_lambda() {
+  ensure_venv .venv-lambda cargo-lambda "$CARGO_LAMBDA_VERSION"
+  export PATH="$ROOT/.venv-lambda/bin:$PATH"
+}
+
 # checkov (the Terraform's static security checks) in its own virtualenv as well.
 CHECKOV_VERSION="3.3.30"
 export CHARLIE_CHECKOV="$ROOT/.venv-checkov/bin/checkov"
@@ -278,9 +286,17 @@ deny_check() {
 
 # Runs each fuzz target for $1 seconds from the committed seed corpus (new inputs go to a
 # throwaway folder); a crash fails the run and leaves its input under fuzz/artifacts/.
+# Every fuzz target (fuzz/fuzz_targets), each run briefly by the suite.
+FUZZ_TARGETS=(csv_ingest csv_encodings definitions webhook_body raw_mail sender_auth relay_auth
+  links_verify dashboard_input event_bodies api_event)
+
+# Builds every fuzz target once (one cargo build, optimised, with the sanitizer), then runs each
+# for SECONDS from its committed corpus.
 fuzz_briefly() {
   local seconds=$1 target work
-  for target in csv_ingest csv_encodings definitions webhook_body raw_mail sender_auth relay_auth links_verify dashboard_input event_bodies api_event; do
+  say "cargo fuzz build -O (every target)"
+  (cd "$ROOT/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz build -O)
+  for target in "${FUZZ_TARGETS[@]}"; do
     work=$(mktemp -d)
     mkdir -p "$work/corpus"
     say "cargo fuzz run $target (${seconds} s)"

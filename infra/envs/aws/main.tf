@@ -1,7 +1,5 @@
 # The Charlie module deployed to AWS. Build the zips first (README, "Deploying to AWS"):
-#   cargo lambda build --release --output-format zip -p graph-webhook -p poller -p ingest \
-#     -p report-builder -p mailer            (writes target/lambda/<fn>/bootstrap.zip)
-#   then copy each to dist/lambda/<fn>.zip
+#   scripts/package                          (writes dist/lambda/<fn>.zip for every function)
 # The Graph app credentials are set out of band, never in state; the poller writes the
 # subscriptions' clientStates itself (docs/operations.md: "The Graph client secret").
 #

@@ -119,6 +119,31 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Some("functions") => {
+            for name in charlie::stages::STAGES {
+                println!("{name}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Some("package") => {
+            let root = charlie_local::project::root();
+            let lambda = charlie_local::project::target_dir().join("lambda");
+            match charlie_local::packaging::package_lambda_builds(
+                &lambda,
+                &root.join("dist/lambda"),
+            ) {
+                Ok(out) => {
+                    for name in charlie::stages::STAGES {
+                        println!("{}", out.join(format!("{name}.zip")).display());
+                    }
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("charlie-local package: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
         Some("openapi") => {
             let path = charlie_local::project::root().join("docs/openapi.json");
             match std::fs::write(&path, charlie::stages::api::openapi::text()) {
@@ -146,5 +171,9 @@ fn usage(problem: &str) -> std::process::ExitCode {
     eprintln!("       charlie-local up [--row-store dynamodb|postgres] [--fresh]");
     eprintln!("       charlie-local bench-sender [--items N] [--latency-ms L]");
     eprintln!("       charlie-local openapi   (writes docs/openapi.json from the code)");
+    eprintln!("       charlie-local functions (the functions Terraform deploys, one per line)");
+    eprintln!(
+        "       charlie-local package   (zips target/lambda/<fn>/bootstrap into dist/lambda; scripts/package)"
+    );
     std::process::ExitCode::from(2)
 }
