@@ -64,7 +64,7 @@ pub struct OutboxConfig {
     #[serde(default)]
     pub smtp_port: Option<u16>,
     #[serde(default = "default_smtp_tls")]
-    pub smtp_tls: crate::outbox::SmtpTls,
+    pub smtp_tls: SmtpTls,
     /// Trust this CA (PEM) besides the usual ones.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -101,8 +101,20 @@ pub enum Via {
     Outlook,
 }
 
-fn default_smtp_tls() -> crate::outbox::SmtpTls {
-    crate::outbox::SmtpTls::Starttls
+/// How an SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// STARTTLS, required (port 587).
+    Starttls,
+    /// Implicit TLS (port 465).
+    Tls,
+    /// None: to a loopback address only.
+    None,
+}
+
+fn default_smtp_tls() -> SmtpTls {
+    SmtpTls::Starttls
 }
 
 fn default_smtp_password_env() -> String {

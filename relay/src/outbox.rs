@@ -23,22 +23,10 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Address, AsyncTransport, Tokio1Executor};
 use tracing::{info, warn};
 
-use crate::config::OutboxConfig;
+use crate::config::{OutboxConfig, SmtpTls};
 use crate::journal::Journal;
 use crate::keyring::Keyring;
 use crate::upstream::{UpError, Upstream};
-
-/// How an SMTP connection is secured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpTls {
-    /// STARTTLS, required (port 587).
-    Starttls,
-    /// Implicit TLS (port 465).
-    Tls,
-    /// None: to a loopback address only.
-    None,
-}
 
 /// Where the relay's outbox mail goes out.
 #[async_trait]

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
 use crate::contract::RunStatus;
+use crate::metrics;
 use crate::ports::StateRecords;
 
 /// How long an event's marker is kept: a redelivery later than this would count again, and
@@ -25,7 +26,7 @@ pub const KEEP_MARKERS: Duration = Duration::days(35);
 
 /// What a counter counts: its kind, stored as a word (`rows_new`, `runs_built`, `ses_bounce`)
 /// before the `/` and what it is about. The API answers counters by these words; the metrics
-/// ([`crate::metrics::of_counter`]) read them back as kinds.
+/// ([`metric_of`]) read them back as kinds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// A mail ingested (its attachments read), per mailbox.
@@ -218,7 +219,7 @@ pub async fn count(
         .await?;
     // The same events as CloudWatch metrics, as often as they are counted: once.
     if counted {
-        crate::metrics::counted(counts);
+        record_metrics(counts);
     }
     Ok(counted)
 }
@@ -252,6 +253,77 @@ pub async fn since(
         }
     }
     Ok((out, start))
+}
+
+/// The metric a kind is recorded as, with the stage that counts it and the
+/// dimension its `about` fills; `None` for a kind that is not a metric.
+pub fn metric_of<'a>(
+    kind: &Kind,
+    about: &'a str,
+) -> Option<(&'a str, &'static str, Option<metrics::About<'a>>)> {
+    use crate::contract::RunStatus;
+    let ingest = |metric, about| Some(("ingest", metric, Some(about)));
+    let report = |stage, metric| Some((stage, metric, Some(metrics::About::Report(about))));
+    match kind {
+        Kind::MailsProcessed => ingest(
+            metrics::name::MAILS_INGESTED,
+            metrics::About::Mailbox(about),
+        ),
+        Kind::MailsIgnored => ingest(metrics::name::MAILS_IGNORED, metrics::About::Mailbox(about)),
+        Kind::MailsDuplicate => ingest(
+            metrics::name::MAILS_DUPLICATE,
+            metrics::About::Mailbox(about),
+        ),
+        // Quarantined whole: counted (the intake's counters), not a metric of its own.
+        Kind::MailsQuarantined => None,
+        Kind::Attachments => ingest(metrics::name::ATTACHMENTS, metrics::About::Dataset(about)),
+        Kind::AttachmentsQuarantined => ingest(
+            metrics::name::ATTACHMENTS_QUARANTINED,
+            metrics::About::Dataset(about),
+        ),
+        Kind::RowsNew => ingest(metrics::name::ROWS_NEW, metrics::About::Dataset(about)),
+        Kind::RowsDuplicate => ingest(
+            metrics::name::ROWS_DUPLICATE,
+            metrics::About::Dataset(about),
+        ),
+        Kind::RowsRejected => ingest(metrics::name::ROWS_REJECTED, metrics::About::Dataset(about)),
+        Kind::MailsSent => report("mailer", metrics::name::MAILS_SENT),
+        Kind::RelayRefused => report("api", metrics::name::RELAY_MAILS_REFUSED),
+        Kind::DeadLettered => Some((about, metrics::name::DEAD_LETTERED, None)),
+        Kind::RunEnded(status) => {
+            let metric = match status {
+                RunStatus::Built => metrics::name::RUNS_BUILT,
+                RunStatus::Failed => metrics::name::RUNS_FAILED,
+                RunStatus::SkippedEmpty => "RunsSkippedEmpty",
+                RunStatus::NoticeSent => "RunsNoticeSent",
+                RunStatus::Cancelled => "RunsCancelled",
+                RunStatus::Queued | RunStatus::Building | RunStatus::Retrying => return None,
+            };
+            report("report-builder", metric)
+        }
+        Kind::Ses(event) => {
+            let metric = match event.as_str() {
+                "bounce" => metrics::name::BOUNCES,
+                "complaint" => metrics::name::COMPLAINTS,
+                "delivery" => metrics::name::DELIVERIES,
+                "reject" => "Rejects",
+                "send" => "Sends",
+                "renderingfailure" => "RenderingFailures",
+                "deliverydelay" => "DeliveryDelays",
+                _ => return None,
+            };
+            report("mailer", metric)
+        }
+    }
+}
+
+/// Records what was just counted as CloudWatch metrics.
+fn record_metrics(counts: &Counts) {
+    for (kind, about, n) in counts.kinds() {
+        if let Some((stage, metric, about)) = metric_of(&kind, about) {
+            metrics::count(stage, metric, about, n);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -299,5 +371,57 @@ mod tests {
         assert_eq!(Kind::parse("runs_nonsense"), None);
         assert_eq!(Kind::parse("ses_"), None);
         assert_eq!(Kind::parse("later_kind"), None);
+    }
+
+    #[test]
+    fn every_counter_kind_the_stages_count_is_a_metric_with_its_stage() {
+        use crate::contract::RunStatus;
+        assert_eq!(
+            metric_of(&Kind::RowsNew, "ib_calls"),
+            Some((
+                "ingest",
+                metrics::name::ROWS_NEW,
+                Some(metrics::About::Dataset("ib_calls"))
+            ))
+        );
+        assert_eq!(
+            metric_of(&Kind::MailsProcessed, "ops@contoso.example"),
+            Some((
+                "ingest",
+                metrics::name::MAILS_INGESTED,
+                Some(metrics::About::Mailbox("ops@contoso.example"))
+            ))
+        );
+        assert_eq!(
+            metric_of(&Kind::RunEnded(RunStatus::Failed), "daily"),
+            Some((
+                "report-builder",
+                metrics::name::RUNS_FAILED,
+                Some(metrics::About::Report("daily"))
+            ))
+        );
+        assert_eq!(
+            metric_of(&Kind::Ses("bounce".into()), "daily"),
+            Some((
+                "mailer",
+                metrics::name::BOUNCES,
+                Some(metrics::About::Report("daily"))
+            ))
+        );
+        assert_eq!(
+            metric_of(&Kind::DeadLettered, "mailer"),
+            Some(("mailer", metrics::name::DEAD_LETTERED, None))
+        );
+        assert_eq!(metric_of(&Kind::RunEnded(RunStatus::Queued), "daily"), None);
+    }
+
+    #[test]
+    fn counted_words_become_kinds_and_unknown_words_are_left_out() {
+        use crate::contract::RunStatus;
+        let mut counts = Counts::default();
+        counts.add(Kind::RunEnded(RunStatus::Built), "daily", 2);
+        counts.0.insert("runs_unheard_of/daily".into(), 1);
+        let kinds: Vec<_> = counts.kinds().collect();
+        assert_eq!(kinds, vec![(Kind::RunEnded(RunStatus::Built), "daily", 2)]);
     }
 }

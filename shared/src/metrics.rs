@@ -18,8 +18,6 @@ use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 
-use crate::counters::Kind;
-
 /// Metric names.
 pub mod name {
     pub const MAILS_INGESTED: &str = "MailsIngested";
@@ -91,67 +89,6 @@ pub fn level(stage: &str, metric: &'static str, value: f64) {
     gauge!(metric, "Stage" => stage.to_owned()).set(value);
 }
 
-/// The metric a `crate::counters` kind is recorded as, with the stage that counts it and the
-/// dimension its `about` fills; `None` for a kind that is not a metric.
-pub fn of_counter<'a>(
-    kind: &Kind,
-    about: &'a str,
-) -> Option<(&'a str, &'static str, Option<About<'a>>)> {
-    use crate::contract::RunStatus;
-    let ingest = |metric, about| Some(("ingest", metric, Some(about)));
-    let report = |stage, metric| Some((stage, metric, Some(About::Report(about))));
-    match kind {
-        Kind::MailsProcessed => ingest(name::MAILS_INGESTED, About::Mailbox(about)),
-        Kind::MailsIgnored => ingest(name::MAILS_IGNORED, About::Mailbox(about)),
-        Kind::MailsDuplicate => ingest(name::MAILS_DUPLICATE, About::Mailbox(about)),
-        // Quarantined whole: counted (the intake's counters), not a metric of its own.
-        Kind::MailsQuarantined => None,
-        Kind::Attachments => ingest(name::ATTACHMENTS, About::Dataset(about)),
-        Kind::AttachmentsQuarantined => {
-            ingest(name::ATTACHMENTS_QUARANTINED, About::Dataset(about))
-        }
-        Kind::RowsNew => ingest(name::ROWS_NEW, About::Dataset(about)),
-        Kind::RowsDuplicate => ingest(name::ROWS_DUPLICATE, About::Dataset(about)),
-        Kind::RowsRejected => ingest(name::ROWS_REJECTED, About::Dataset(about)),
-        Kind::MailsSent => report("mailer", name::MAILS_SENT),
-        Kind::RelayRefused => report("api", name::RELAY_MAILS_REFUSED),
-        Kind::DeadLettered => Some((about, name::DEAD_LETTERED, None)),
-        Kind::RunEnded(status) => {
-            let metric = match status {
-                RunStatus::Built => name::RUNS_BUILT,
-                RunStatus::Failed => name::RUNS_FAILED,
-                RunStatus::SkippedEmpty => "RunsSkippedEmpty",
-                RunStatus::NoticeSent => "RunsNoticeSent",
-                RunStatus::Cancelled => "RunsCancelled",
-                RunStatus::Queued | RunStatus::Building | RunStatus::Retrying => return None,
-            };
-            report("report-builder", metric)
-        }
-        Kind::Ses(event) => {
-            let metric = match event.as_str() {
-                "bounce" => name::BOUNCES,
-                "complaint" => name::COMPLAINTS,
-                "delivery" => name::DELIVERIES,
-                "reject" => "Rejects",
-                "send" => "Sends",
-                "renderingfailure" => "RenderingFailures",
-                "deliverydelay" => "DeliveryDelays",
-                _ => return None,
-            };
-            report("mailer", metric)
-        }
-    }
-}
-
-/// Records what `crate::counters` just counted.
-pub fn counted(counts: &crate::counters::Counts) {
-    for (kind, about, n) in counts.kinds() {
-        if let Some((stage, metric, about)) = of_counter(&kind, about) {
-            count(stage, metric, about, n);
-        }
-    }
-}
-
 /// Every metric's unit, for the recorder's documents.
 pub fn describe() {
     for metric in [
@@ -205,56 +142,4 @@ pub fn install(namespace: &str) -> anyhow::Result<&'static metrics_cloudwatch_em
         .map_err(|e| anyhow::anyhow!("installing the EMF recorder: {e}"))?;
     describe();
     Ok(COLLECTOR.get_or_init(|| collector))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_counter_kind_the_stages_count_is_a_metric_with_its_stage() {
-        use crate::contract::RunStatus;
-        assert_eq!(
-            of_counter(&Kind::RowsNew, "ib_calls"),
-            Some(("ingest", name::ROWS_NEW, Some(About::Dataset("ib_calls"))))
-        );
-        assert_eq!(
-            of_counter(&Kind::MailsProcessed, "ops@contoso.example"),
-            Some((
-                "ingest",
-                name::MAILS_INGESTED,
-                Some(About::Mailbox("ops@contoso.example"))
-            ))
-        );
-        assert_eq!(
-            of_counter(&Kind::RunEnded(RunStatus::Failed), "daily"),
-            Some((
-                "report-builder",
-                name::RUNS_FAILED,
-                Some(About::Report("daily"))
-            ))
-        );
-        assert_eq!(
-            of_counter(&Kind::Ses("bounce".into()), "daily"),
-            Some(("mailer", name::BOUNCES, Some(About::Report("daily"))))
-        );
-        assert_eq!(
-            of_counter(&Kind::DeadLettered, "mailer"),
-            Some(("mailer", name::DEAD_LETTERED, None))
-        );
-        assert_eq!(
-            of_counter(&Kind::RunEnded(RunStatus::Queued), "daily"),
-            None
-        );
-    }
-
-    #[test]
-    fn counted_words_become_kinds_and_unknown_words_are_left_out() {
-        use crate::contract::RunStatus;
-        let mut counts = crate::counters::Counts::default();
-        counts.add(Kind::RunEnded(RunStatus::Built), "daily", 2);
-        counts.0.insert("runs_unheard_of/daily".into(), 1);
-        let kinds: Vec<_> = counts.kinds().collect();
-        assert_eq!(kinds, vec![(Kind::RunEnded(RunStatus::Built), "daily", 2)]);
-    }
 }
