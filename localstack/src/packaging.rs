@@ -54,7 +54,8 @@ fn package(
             continue;
         }
         let bytes = std::fs::read(&bin).with_context(|| format!("reading {}", bin.display()))?;
-        let tmp = zip_path.with_extension("zip.tmp");
+        // Two test binaries may package at once: each writes its own file, then renames it.
+        let tmp = zip_path.with_extension(format!("zip.{}.tmp", std::process::id()));
         let mut zip = zip::ZipWriter::new(File::create(&tmp)?);
         let options = SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Deflated)
