@@ -16,9 +16,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 
-use crate::contract::RunStatus;
 use crate::metrics;
 use crate::ports::StateRecords;
+use crate::status::RunStatus;
 
 /// How long an event's marker is kept: a redelivery later than this would count again, and
 /// no queue keeps a message this long (SQS: 14 days at most).
@@ -261,7 +261,7 @@ pub fn metric_of<'a>(
     kind: &Kind,
     about: &'a str,
 ) -> Option<(&'a str, &'static str, Option<metrics::About<'a>>)> {
-    use crate::contract::RunStatus;
+    use crate::status::RunStatus;
     let ingest = |metric, about| Some(("ingest", metric, Some(about)));
     let report = |stage, metric| Some((stage, metric, Some(metrics::About::Report(about))));
     match kind {
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn every_counter_kind_the_stages_count_is_a_metric_with_its_stage() {
-        use crate::contract::RunStatus;
+        use crate::status::RunStatus;
         assert_eq!(
             metric_of(&Kind::RowsNew, "ib_calls"),
             Some((
@@ -417,7 +417,7 @@ mod tests {
 
     #[test]
     fn counted_words_become_kinds_and_unknown_words_are_left_out() {
-        use crate::contract::RunStatus;
+        use crate::status::RunStatus;
         let mut counts = Counts::default();
         counts.add(Kind::RunEnded(RunStatus::Built), "daily", 2);
         counts.0.insert("runs_unheard_of/daily".into(), 1);

@@ -663,14 +663,14 @@ impl Definitions {
         let mut out: Vec<(Where, String)> = Vec::new();
         for (name, ds) in &self.datasets {
             let table = format!("datasets.{name}");
-            if crate::contract::DatasetName::parse(name).is_err() {
+            if crate::ids::DatasetName::parse(name).is_err() {
                 // Names are part of storage keys (`{dataset}#{day}`): nothing that could make
                 // one dataset's key another's.
                 out.push((
                     Where::table(&table),
                     format!(
                         "dataset {name:?}: a dataset's name is {}",
-                        crate::contract::DatasetName::RULE
+                        crate::ids::DatasetName::RULE
                     ),
                 ));
             }
@@ -781,13 +781,13 @@ impl Definitions {
         }
         for (name, r) in &self.reports {
             let table = format!("reports.{name}");
-            if crate::contract::ReportName::parse(name).is_err() {
+            if crate::ids::ReportName::parse(name).is_err() {
                 // Part of run ids (`{report}.{period}…`), object keys and schedule names.
                 out.push((
                     Where::table(&table),
                     format!(
                         "report {name:?}: a report's name is {}",
-                        crate::contract::ReportName::RULE
+                        crate::ids::ReportName::RULE
                     ),
                 ));
             }
@@ -853,7 +853,7 @@ impl Definitions {
                     Where::key(&table, 0, "transport"),
                     format!("report {name}: transport = \"relay\" needs relay, the id of the relay that sends it (charlie relay list)"),
                 )),
-                (TransportKind::Relay, Some(id)) if crate::contract::RelayId::parse(id).is_err() => out.push((
+                (TransportKind::Relay, Some(id)) if crate::ids::RelayId::parse(id).is_err() => out.push((
                     Where::key(&table, 0, "relay"),
                     format!("report {name}: relay {id:?} is not a relay id (a-z, 0-9, -)"),
                 )),
@@ -1359,7 +1359,7 @@ mod tests {
                 assert!(line.starts_with(&format!("[{table}.")), "{bad}: {line}");
             }
         }
-        assert!(crate::contract::DatasetName::parse("ib_calls-2").is_ok());
+        assert!(crate::ids::DatasetName::parse("ib_calls-2").is_ok());
     }
 
     #[test]

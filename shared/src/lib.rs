@@ -29,6 +29,7 @@ pub mod edge;
 pub mod env;
 pub mod failure;
 pub mod idempotency;
+pub mod ids;
 pub mod intake_control;
 pub mod invocation;
 pub mod key_set;
@@ -39,6 +40,8 @@ pub mod links;
 pub mod mail_template;
 pub mod messages;
 pub mod metrics;
+#[cfg(test)]
+mod module_graph;
 pub mod object_keys;
 pub mod period;
 pub mod ports;
@@ -46,8 +49,6 @@ pub mod raw_mail;
 pub mod relay_auth;
 pub mod relay_outbox;
 pub mod report_mail;
-#[cfg(feature = "stages")]
-pub mod reprocess;
 pub mod schedule;
 pub mod secret;
 pub mod sender_auth;
@@ -55,7 +56,11 @@ pub mod sender_auth;
 pub mod sqs_batch;
 #[cfg(feature = "stages")]
 pub mod stages;
+/// Rebuilding a day from its archived attachments drives ingest's pipeline: it lives there.
+#[cfg(feature = "stages")]
+pub use stages::ingest::reprocess;
 pub mod state;
+pub mod status;
 pub mod summary;
 pub mod telemetry;
 pub mod uri;

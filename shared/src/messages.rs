@@ -208,7 +208,7 @@ pub struct IngestOutcome {
 pub struct MailRequest {
     #[serde(default = "v1")]
     pub v: u8,
-    pub run_id: crate::contract::RunId,
+    pub run_id: crate::ids::RunId,
     pub report: String,
     /// The report's title, for people.
     pub title: String,
@@ -251,10 +251,10 @@ pub enum ReportTrigger {
         report: String,
         #[serde(alias = "date")]
         period: crate::period::Period,
-        /// Read only when it is a run id (`crate::contract::RunId`): a trigger naming another
+        /// Read only when it is a run id (`crate::ids::RunId`): a trigger naming another
         /// text is refused whole, for good.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        run_id: Option<crate::contract::RunId>,
+        run_id: Option<crate::ids::RunId>,
         /// When it was asked for (the control API sets it; runs list by it).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         requested_at: Option<DateTime<Utc>>,

@@ -50,7 +50,7 @@ pub const RELAY_CONTENT_TYPE: &str = "message/rfc822";
 pub fn relay_upload(key: &str) -> Option<(&str, &str)> {
     let (relay, file) = key.strip_prefix(RELAY_INBOX)?.split_once('/')?;
     let sha = file.strip_suffix(".eml")?;
-    (crate::contract::RelayId::parse(relay).is_ok()
+    (crate::ids::RelayId::parse(relay).is_ok()
         && sha.len() == 64
         && sha
             .bytes()

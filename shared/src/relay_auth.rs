@@ -70,7 +70,7 @@ pub fn parse_key(key: &str) -> Result<(String, Vec<u8>), String> {
     let (relay, secret) = rest
         .split_once('_')
         .ok_or("a relay key is chr_{relay}_{secret}")?;
-    if crate::contract::RelayId::parse(relay).is_err() {
+    if crate::ids::RelayId::parse(relay).is_err() {
         return Err(format!("{relay:?} is not a relay id"));
     }
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -164,7 +164,7 @@ pub enum Refused {
 /// Reads the signing headers (`header` looks one up by lower-case name).
 pub fn presented<'r>(header: impl Fn(&str) -> Option<&'r str>) -> Result<Presented<'r>, Refused> {
     let relay = header(RELAY_HEADER).ok_or(Refused::Missing(RELAY_HEADER))?;
-    if crate::contract::RelayId::parse(relay).is_err() {
+    if crate::ids::RelayId::parse(relay).is_err() {
         return Err(Refused::Malformed(RELAY_HEADER, "not a relay id"));
     }
     let timestamp = header(TIMESTAMP_HEADER)

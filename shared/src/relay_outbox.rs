@@ -22,9 +22,16 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::contract::DeliveryStatus;
 use crate::ports::{Objects, StateRecords};
 use crate::state::{DeliveryNews, RecordKey};
+use crate::status::DeliveryStatus;
+
+impl RecordKey<OutboxRecord> {
+    /// `OUTBOX#{relay}` / `MSG#{message id}`: a mail queued for a relay.
+    pub fn outbox(relay: &str, message_id: &str) -> Self {
+        Self::new(format!("OUTBOX#{relay}"), format!("MSG#{message_id}"))
+    }
+}
 
 /// One queued mail.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -63,7 +63,9 @@ pub struct RecordKey<R> {
 }
 
 impl<R> RecordKey<R> {
-    fn new(pk: String, sk: impl Into<String>) -> Self {
+    /// A record's key; each record kind has its named constructor (beside the kind, where it
+    /// lives elsewhere: `relay_outbox`).
+    pub(crate) fn new(pk: String, sk: impl Into<String>) -> Self {
         RecordKey {
             pk,
             sk: sk.into(),
@@ -139,7 +141,7 @@ pub const API_KEYS_INDEX: &str = "APIKEYS";
 /// (`crate::relay_auth`): rotating the key is a new salt, revoking it sets `revoked_at`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RelayRecord {
-    pub id: crate::contract::RelayId,
+    pub id: crate::ids::RelayId,
     /// The mailbox the relay reads, when Graph may read it too (its address, resolved through
     /// Graph to the directory object id Graph's path claims mail under, or that id): the same
     /// mail by both paths is then ingested once. Without one, mail is claimed under
@@ -167,7 +169,7 @@ pub struct RelayRecord {
 
 impl RelayRecord {
     /// A new relay with a fresh salt (and so a fresh key), created now.
-    pub fn new(id: crate::contract::RelayId, mailbox: Option<&str>, created_by: &str) -> Self {
+    pub fn new(id: crate::ids::RelayId, mailbox: Option<&str>, created_by: &str) -> Self {
         RelayRecord {
             id,
             mailbox: mailbox.map(str::to_owned),
@@ -179,13 +181,6 @@ impl RelayRecord {
             trusted_authserv_ids: Vec::new(),
             revoked_windows: Vec::new(),
         }
-    }
-}
-
-impl RecordKey<crate::relay_outbox::OutboxRecord> {
-    /// `OUTBOX#{relay}` / `MSG#{message id}`: a mail queued for a relay (`crate::relay_outbox`).
-    pub fn outbox(relay: &str, message_id: &str) -> Self {
-        Self::new(format!("OUTBOX#{relay}"), format!("MSG#{message_id}"))
     }
 }
 
@@ -259,7 +254,7 @@ pub struct ReprocessRecord {
     pub request_id: String,
     pub dataset: String,
     pub date: NaiveDate,
-    pub status: crate::contract::ReprocessStatus,
+    pub status: crate::status::ReprocessStatus,
     pub requested_at: String,
     pub requested_by: String,
     #[serde(default)]
@@ -451,7 +446,7 @@ impl RecordKey<DayAttachment> {
 /// What a run did; its record `RUN#{run id}` / `run`, and the run claim's result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct RunRecord {
-    pub run_id: crate::contract::RunId,
+    pub run_id: crate::ids::RunId,
     pub report: String,
     pub period: String,
     /// `queued` (requested through the API), `building` (an attempt is at work, until
@@ -459,7 +454,7 @@ pub struct RunRecord {
     /// then one of `built`, `skipped_empty`, `notice_sent` (empty period, "no data" mail
     /// queued), `cancelled` or `failed` (for good: `error`, and the message is in the runs
     /// DLQ); a repeated trigger returns the earlier run's record.
-    pub status: crate::contract::RunStatus,
+    pub status: crate::status::RunStatus,
     pub rows: u64,
     #[serde(default)]
     pub sheets: Vec<String>,
@@ -500,10 +495,10 @@ pub struct RunRecord {
 impl RunRecord {
     /// A run of `report` for `period` with nothing done yet (no times).
     pub fn new(
-        run_id: &crate::contract::RunId,
+        run_id: &crate::ids::RunId,
         report: &str,
         period: &str,
-        status: crate::contract::RunStatus,
+        status: crate::status::RunStatus,
     ) -> Self {
         RunRecord {
             run_id: run_id.clone(),
@@ -533,7 +528,7 @@ impl RunRecord {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeliveryResult {
     /// `sent`, or `queued` for a relay.
-    pub status: crate::contract::DeliveryStatus,
+    pub status: crate::status::DeliveryStatus,
     pub transport: String,
     pub provider_message_id: String,
     #[serde(default)]
@@ -570,7 +565,7 @@ pub struct SesMessage {
 /// `complained`, `relayed` < `refused`), never lowered: `rank` is the status's.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeliveryNews {
-    pub status: crate::contract::DeliveryStatus,
+    pub status: crate::status::DeliveryStatus,
     pub rank: u8,
     pub ses_message_id: String,
     #[serde(default)]

@@ -14,7 +14,7 @@ pub enum HealthStatus {
     Unhealthy,
 }
 
-super::status::words!(HealthStatus {
+crate::status::words!(HealthStatus {
     Ok = "ok",
     Unhealthy = "unhealthy",
 });

@@ -3,7 +3,6 @@
 
 pub mod dead_letters;
 pub mod health;
-pub mod ids;
 pub mod intake;
 pub mod keys;
 pub mod problem;
@@ -12,7 +11,10 @@ pub mod relays;
 pub mod reports;
 pub mod reprocess;
 pub mod runs;
-pub mod status;
+
+/// Ids and statuses live beside the records that hold them (`crate::ids`, `crate::status`);
+/// the contract answers with them.
+pub use crate::{ids, status};
 
 pub use dead_letters::{DeadLetterQueue, DeadLetterQueues, DeadLetters, Letter, Redrive, Redriven};
 pub use health::{

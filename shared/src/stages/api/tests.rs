@@ -1765,7 +1765,7 @@ async fn outcomes_of_a_day_show_relay_mail_and_the_mail_no_dataset_took() {
             received,
             name: None,
         };
-        crate::reprocess::index_day(rec(&w), "ib_calls", day, &attachment)
+        crate::stages::ingest::reprocess::index_day(rec(&w), "ib_calls", day, &attachment)
             .await
             .unwrap();
     }

@@ -12,6 +12,7 @@
 
 pub(crate) mod pipeline;
 mod relay;
+pub mod reprocess;
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -34,11 +35,11 @@ use crate::ports::{
     AttachmentInfo, Claims, DeadLetters, MailMessage, MailSource, Objects, RowStore, StateRecords,
     WorkQueue,
 };
-use crate::reprocess::index_day;
 use crate::sqs_batch::correlation_id;
 use crate::state::{self, DayAttachment, FilePosition, MailProgress, RecordKey};
 use pipeline::{Ended, Input};
 use relay::Letter;
+use reprocess::index_day;
 
 /// Rows the store refused, kept in detail per attachment (all are counted).
 const STORE_REJECT_DETAILS: usize = 100;
@@ -205,7 +206,7 @@ impl Ingest {
                 self.claims.as_ref(),
                 &lock,
                 invocation.deadline,
-                crate::reprocess::reprocess_day(
+                reprocess::reprocess_day(
                     Arc::clone(&self.definitions),
                     self.rows.as_ref(),
                     self.records.as_ref(),
@@ -1482,7 +1483,7 @@ mod tests {
             .rows_for_day("ib_calls", ds, day("2024-03-14"))
             .await
             .unwrap();
-        let outcome = crate::reprocess::reprocess_day(
+        let outcome = super::reprocess::reprocess_day(
             Arc::clone(&defs),
             rows,
             w.records.as_ref(),
