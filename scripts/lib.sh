@@ -290,12 +290,16 @@ deny_check() {
 FUZZ_TARGETS=(csv_ingest csv_encodings definitions webhook_body raw_mail sender_auth relay_auth
   links_verify dashboard_input event_bodies api_event)
 
-# Builds every fuzz target once (one cargo build, optimised, with the sanitizer), then runs each
-# for SECONDS from its committed corpus.
+# Every fuzz target built once: one cargo build, optimised, with the sanitizer; at a lower
+# priority, so that tests running beside it keep their pace.
+fuzz_build() {
+  (cd "$ROOT/fuzz" && RUSTC_BOOTSTRAP=1 nice -n 10 cargo fuzz build -O)
+}
+
+# Each fuzz target run for SECONDS from its committed corpus (built first when it is not).
 fuzz_briefly() {
   local seconds=$1 target work
-  say "cargo fuzz build -O (every target)"
-  (cd "$ROOT/fuzz" && RUSTC_BOOTSTRAP=1 cargo fuzz build -O)
+  fuzz_build
   for target in "${FUZZ_TARGETS[@]}"; do
     work=$(mktemp -d)
     mkdir -p "$work/corpus"
