@@ -260,7 +260,10 @@ fn count(max: u32, default: u32) -> Value {
     json!({"type": "integer", "minimum": 1, "maximum": max, "default": default})
 }
 
-const DATE: &str = "date";
+/// A day, `yyyy-mm-dd`.
+fn date() -> Value {
+    json!({"type": "string", "format": "date"})
+}
 
 /// Each route's operation.
 fn op(route: Route, s: &mut Schemas) -> Op {
@@ -340,18 +343,8 @@ fn op(route: Route, s: &mut Schemas) -> Op {
                 "Only runs with this status",
                 s.answer::<c::RunStatus>(),
             )
-            .query(
-                "from",
-                false,
-                "Requested on or after this day",
-                json!({"type": "string", "format": DATE}),
-            )
-            .query(
-                "to",
-                false,
-                "Requested on or before this day",
-                json!({"type": "string", "format": DATE}),
-            )
+            .query("from", false, "Requested on or after this day", date())
+            .query("to", false, "Requested on or before this day", date())
             .query("limit", false, "Runs per page", count(100, 20))
             .query(
                 "cursor",
@@ -454,12 +447,7 @@ fn op(route: Route, s: &mut Schemas) -> Op {
             "A dataset of reports.toml",
             json!({"type": "string", "minLength": 1}),
         )
-        .query(
-            "date",
-            true,
-            "The day (yyyy-mm-dd)",
-            json!({"type": "string", "format": DATE}),
-        )
+        .query("date", true, "The day (yyyy-mm-dd)", date())
         .answers(
             200,
             answer("Outcomes and totals", s.answer::<c::DayOutcomes>()),
@@ -708,9 +696,15 @@ fn operation(def: &RouteDef, op: Op, s: &mut Schemas) -> Value {
     o.insert("operationId".into(), op.id.into());
     o.insert("summary".into(), op.summary.into());
     o.insert("tags".into(), json!([op.tag]));
+    // Who may call it: the operation's security (a scope's is the document's bearer key) and
+    // the sentence that says so.
     let who = match def.access {
-        Access::Public => "No key: anyone may call it.".to_owned(),
+        Access::Public => {
+            o.insert("security".into(), json!([]));
+            "No key: anyone may call it.".to_owned()
+        }
         Access::Relay => {
+            o.insert("security".into(), json!([{"relay": []}]));
             "Signed with a relay's key (the relay scheme; see docs/relay.md).".to_owned()
         }
         Access::Scope(scope) => {
@@ -726,15 +720,6 @@ fn operation(def: &RouteDef, op: Op, s: &mut Schemas) -> Value {
         None => who,
     };
     o.insert("description".into(), description.into());
-    match def.access {
-        Access::Public => {
-            o.insert("security".into(), json!([]));
-        }
-        Access::Relay => {
-            o.insert("security".into(), json!([{"relay": []}]));
-        }
-        Access::Scope(_) => {}
-    }
     let mut parameters: Vec<Value> = def
         .path
         .split('/')
