@@ -316,6 +316,21 @@ fuzz_briefly() {
   done
 }
 
+# What the end-to-end scenarios need on the machine: the emulator, schemathesis, PostgreSQL,
+# Dovecot, a Secret Service, aiosmtpd, Wine with the Windows target, and the browser.
+ensure_scenario_tools() {
+  ensure_tools
+  ensure_python_env
+  ensure_schemathesis
+  ensure_postgres
+  ensure_dovecot
+  ensure_secret_service
+  ensure_aiosmtpd
+  ensure_windows_target
+  ensure_wine
+  ensure_browser
+}
+
 # One shared target folder; debug builds (the emulator cannot run the release zips anyway).
 build_workspace() {
   say "Building the workspace (debug)"
